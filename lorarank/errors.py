@@ -1,0 +1,33 @@
+"""Exceptions raised by lorarank.
+
+Every error lorarank raises on purpose derives from :class:`LoraRankError` and from the
+built-in exception a caller would catch without knowing lorarank::
+
+    LoraRankError(Exception)
+    ├── ConfigError(LoraRankError, ValueError)        a bad argument: value, shape or dtype
+    └── AdapterError(LoraRankError, ValueError)       an adapter file that cannot be read
+        └── UnsupportedAdapterError(AdapterError)     recognised (LoHa, LoKr, DoRA) but not supported
+
+Messages are one sentence that names the bad value, so the CLI and the pages can show
+``str(exc)`` as is.
+"""
+
+from __future__ import annotations
+
+__all__ = ["LoraRankError", "ConfigError", "AdapterError", "UnsupportedAdapterError"]
+
+
+class LoraRankError(Exception):
+    """Base class of every error lorarank raises on purpose."""
+
+
+class ConfigError(LoraRankError, ValueError):
+    """An argument has a bad value, shape or dtype (``r < 1``, ``lr <= 0``, NaN input, ...)."""
+
+
+class AdapterError(LoraRankError, ValueError):
+    """An adapter file or folder cannot be read: corrupt, truncated, inconsistent or unsafe."""
+
+
+class UnsupportedAdapterError(AdapterError):
+    """The adapter is recognised (LoHa, LoKr, DoRA, ...) but lorarank cannot audit it yet."""
