@@ -1,0 +1,33 @@
+"""lorarank: what rank does a LoRA adapter need, and what did it actually learn?
+
+The engine is pure numpy (no streamlit): synthetic low-rank targets, LoRA fitted by gradient
+descent as training does it, singular values of ``scale * B @ A`` from the factors, rank
+metrics, and reading, auditing, resizing and comparing real adapters.
+"""
+
+from .errors import AdapterError, ConfigError, LoraRankError, UnsupportedAdapterError
+from .spectrum import (
+    RANK_RULES,
+    FactoredSVD,
+    eckart_young_errors,
+    energy_rank,
+    entropy_rank,
+    factored_svd,
+    factored_svdvals,
+    gavish_donoho_rank,
+    gavish_donoho_threshold,
+    kohya_rank,
+    numerical_rank,
+    recommend_rank,
+    stable_rank,
+    truncation_error,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LoraRankError", "ConfigError", "AdapterError", "UnsupportedAdapterError",
+    "RANK_RULES", "FactoredSVD", "factored_svd", "factored_svdvals", "energy_rank",
+    "stable_rank", "entropy_rank", "kohya_rank", "truncation_error", "eckart_young_errors",
+    "gavish_donoho_threshold", "gavish_donoho_rank", "numerical_rank", "recommend_rank",
+]

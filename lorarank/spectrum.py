@@ -1,0 +1,386 @@
+"""Singular values of a LoRA update from its factors, and what they say about its rank.
+
+A LoRA update is ``dW = scale * B @ A`` with ``B`` of shape (d_out, r) and ``A`` of shape
+(r, d_in). Its singular values come from the factors in O((d_out + d_in) r^2) time: QR of
+``B`` and of ``A.T``, then the SVD of the small r x r core. The dense d_out x d_in product is
+never formed.
+
+The metrics take a spectrum ``sigma_1 >= ... >= sigma_q >= 0`` and follow PRODUCT.md:
+
+- energy rank k(t): smallest k with ``sum_{i<=k} sigma_i^2 >= t * sum sigma^2``
+- stable rank: ``sum sigma^2 / sigma_1^2``
+- entropy effective rank (Roy and Vetterli 2007): ``exp(-sum p log p)``, ``p_i = sigma_i / sum sigma``
+- kohya rules: ``sv_ratio`` R keeps ``sigma_i > sigma_1 / R``; ``sv_fro`` t keeps a Frobenius
+  share t (energy t^2); ``sv_cumulative`` t keeps an L1 share t
+- truncation error at k: ``sqrt(sum_{i>k} sigma^2 / sum sigma^2)``; the Eckart-Young optimum of
+  a target at rank r is the same formula on the target's own singular values
+- Gavish-Donoho (2014): the optimal hard threshold that separates signal from white noise.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from ._validate import check_choice, check_int, check_matrix, check_real, check_spectrum
+from .errors import ConfigError
+
+__all__ = [
+    "FactoredSVD",
+    "factored_svd",
+    "factored_svdvals",
+    "energy_rank",
+    "stable_rank",
+    "entropy_rank",
+    "kohya_rank",
+    "truncation_error",
+    "eckart_young_errors",
+    "gavish_donoho_threshold",
+    "gavish_donoho_rank",
+    "numerical_rank",
+    "recommend_rank",
+    "RANK_RULES",
+]
+
+#: Rules :func:`recommend_rank` understands, with the meaning of their ``value``.
+RANK_RULES: dict[str, str] = {
+    "energy": "keep the smallest k whose share of sum sigma^2 reaches the value (0 < t <= 1)",
+    "sv_ratio": "kohya: keep sigma_i > sigma_1 / value (value >= 1)",
+    "sv_fro": "kohya: keep a Frobenius-norm share of value (energy value^2, 0 < t <= 1)",
+    "sv_cumulative": "kohya: keep an L1 share of value of sum sigma (0 < t <= 1)",
+    "entropy": "entropy effective rank, rounded up (value ignored)",
+}
+
+
+class FactoredSVD(NamedTuple):
+    """Thin SVD ``U @ diag(S) @ Vt`` of ``scale * B @ A``.
+
+    Attributes
+    ----------
+    U : ndarray of shape (d_out, q)
+        Left singular vectors, orthonormal columns; ``q = min(r, d_out, d_in)``.
+    S : ndarray of shape (q,)
+        Singular values, descending, float64.
+    Vt : ndarray of shape (q, d_in)
+        Right singular vectors, orthonormal rows.
+    """
+
+    U: np.ndarray
+    S: np.ndarray
+    Vt: np.ndarray
+
+
+def _check_factors(B: object, A: object, scale: object) -> tuple[np.ndarray, np.ndarray, float]:
+    B = check_matrix("B", B)
+    A = check_matrix("A", A)
+    if B.shape[1] != A.shape[0]:
+        raise ConfigError(
+            f"factors do not chain: B has shape {B.shape} (r = {B.shape[1]}) but A has shape "
+            f"{A.shape} (r = {A.shape[0]})"
+        )
+    scale = check_real("scale", scale)
+    return B.astype(np.float64, copy=False), A.astype(np.float64, copy=False), scale
+
+
+def _core(B: np.ndarray, A: np.ndarray, scale: float, vectors: bool):
+    # 1. B = Q_B R_B and A^T = Q_A R_A (reduced QR: Q has min(d, r) orthonormal columns).
+    qb, rb = np.linalg.qr(B)
+    qa, ra = np.linalg.qr(A.T)
+    # 2. scale * B @ A = Q_B (scale * R_B R_A^T) Q_A^T; the core is at most r x r.
+    core = scale * (rb @ ra.T)
+    # 3. The SVD of the core gives the singular values; Q_B and Q_A rotate its vectors back.
+    if not vectors:
+        return np.linalg.svd(core, compute_uv=False)
+    uc, s, vct = np.linalg.svd(core, full_matrices=False)
+    return qb @ uc, s, vct @ qa.T
+
+
+def factored_svd(B: object, A: object, *, scale: float = 1.0) -> FactoredSVD:
+    """Thin SVD of ``scale * B @ A`` computed from the factors.
+
+    Parameters
+    ----------
+    B : array_like of shape (d_out, r)
+        The up-projection (PEFT ``lora_B``).
+    A : array_like of shape (r, d_in)
+        The down-projection (PEFT ``lora_A``).
+    scale : float, default=1.0
+        The adapter's multiplier ``s`` (PEFT ``lora_alpha / r``).
+
+    Returns
+    -------
+    FactoredSVD
+        ``(U, S, Vt)`` with ``U`` (d_out, q), ``S`` (q,), ``Vt`` (q, d_in), ``q = min(r, d_out, d_in)``.
+
+    Raises
+    ------
+    ConfigError
+        If a factor is not a finite 2-D real matrix or the inner dimensions differ.
+
+    Notes
+    -----
+    Costs O((d_out + d_in) r^2 + r^3) instead of the O(d_out d_in r) of forming ``B @ A``
+    plus the O(d_out d_in min(d_out, d_in)) of its dense SVD. Computed in float64.
+    """
+    B, A, scale = _check_factors(B, A, scale)
+    u, s, vt = _core(B, A, scale, vectors=True)
+    return FactoredSVD(u, s, vt)
+
+
+def factored_svdvals(B: object, A: object, *, scale: float = 1.0) -> np.ndarray:
+    """Singular values of ``scale * B @ A`` from the factors, descending.
+
+    Parameters
+    ----------
+    B : array_like of shape (d_out, r)
+    A : array_like of shape (r, d_in)
+    scale : float, default=1.0
+
+    Returns
+    -------
+    ndarray of shape (min(r, d_out, d_in),)
+        float64, descending, non-negative.
+    """
+    B, A, scale = _check_factors(B, A, scale)
+    return _core(B, A, scale, vectors=False)
+
+
+def energy_rank(singular_values: object, *, threshold: float = 0.99) -> int:
+    """Smallest k whose top-k singular values hold ``threshold`` of the energy ``sum sigma^2``.
+
+    Parameters
+    ----------
+    singular_values : array_like of shape (q,)
+        Descending, non-negative.
+    threshold : float, default=0.99
+        Share of energy to keep, in (0, 1].
+
+    Returns
+    -------
+    int
+        In [1, q]; 0 for an all-zero (or empty) spectrum.
+    """
+    s = check_spectrum(singular_values)
+    t = check_real("threshold", threshold, minimum=0.0, maximum=1.0, strict_minimum=True)
+    return _share_rank(s * s, t)
+
+
+def _share_rank(weights: np.ndarray, share: float) -> int:
+    """Smallest k with ``sum(weights[:k]) >= share * sum(weights)``; 0 when the sum is 0."""
+    if weights.size == 0:
+        return 0
+    cumulative = np.cumsum(weights)
+    total = cumulative[-1]
+    if total <= 0:
+        return 0
+    k = int(np.searchsorted(cumulative, share * total, side="left")) + 1
+    return min(k, weights.size)
+
+
+def stable_rank(singular_values: object) -> float:
+    """Stable rank ``sum sigma^2 / sigma_1^2``, in [1, q]; 0.0 for an all-zero spectrum."""
+    s = check_spectrum(singular_values)
+    if s.size == 0 or s[0] == 0:
+        return 0.0
+    return float(np.sum((s / s[0]) ** 2))
+
+
+def entropy_rank(singular_values: object) -> float:
+    """Entropy effective rank ``exp(-sum p_i log p_i)`` with ``p_i = sigma_i / sum sigma``.
+
+    Returns a real number in [1, q] (Roy and Vetterli 2007); 0.0 for an all-zero spectrum.
+
+    References
+    ----------
+    O. Roy and M. Vetterli, "The effective rank: a measure of effective dimensionality",
+    EUSIPCO 2007.
+    """
+    s = check_spectrum(singular_values)
+    total = float(np.sum(s))
+    if total <= 0:
+        return 0.0
+    p = s[s > 0] / total
+    return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def kohya_rank(singular_values: object, *, rule: str, value: float) -> int:
+    """Rank kept by one of kohya ``resize_lora.py``'s dynamic rules.
+
+    Parameters
+    ----------
+    singular_values : array_like of shape (q,)
+    rule : {"sv_ratio", "sv_fro", "sv_cumulative"}
+        ``sv_ratio`` keeps ``sigma_i > sigma_1 / value``; ``sv_fro`` keeps the smallest k whose
+        Frobenius share reaches ``value`` (energy ``value^2``); ``sv_cumulative`` the smallest k
+        whose share of ``sum sigma`` reaches ``value``.
+    value : float
+        ``sv_ratio``: a ratio >= 1; the others: a share in (0, 1].
+
+    Returns
+    -------
+    int
+        In [1, q]; 0 for an all-zero spectrum.
+
+    Notes
+    -----
+    kohya additionally clamps the result to ``q - 1`` so that a resize always drops a
+    direction; lorarank reports the rule's own answer and lets the caller decide.
+    """
+    s = check_spectrum(singular_values)
+    rule = check_choice("rule", rule, ("sv_ratio", "sv_fro", "sv_cumulative"))
+    if s.size == 0 or s[0] == 0:
+        return 0
+    if rule == "sv_ratio":
+        ratio = check_real("value", value, minimum=1.0)
+        return max(1, int(np.count_nonzero(s > s[0] / ratio)))
+    share = check_real("value", value, minimum=0.0, maximum=1.0, strict_minimum=True)
+    if rule == "sv_fro":
+        return _share_rank(s * s, share * share)
+    return _share_rank(s, share)
+
+
+def truncation_error(singular_values: object, k: int) -> float:
+    """Relative error ``sqrt(sum_{i>k} sigma^2 / sum sigma^2)`` of keeping the top ``k``.
+
+    By Eckart-Young this is the smallest relative Frobenius error any rank-``k`` matrix can
+    reach; 0.0 for ``k >= q`` or an all-zero spectrum.
+    """
+    s = check_spectrum(singular_values)
+    k = check_int("k", k, minimum=0)
+    return float(_tail_errors(s, np.array([k]))[0])
+
+
+def _tail_errors(s: np.ndarray, ks: np.ndarray) -> np.ndarray:
+    # Tail sums from the small end, so that a tiny tail is not lost to cancellation.
+    sq = s * s
+    tails = np.concatenate([np.cumsum(sq[::-1])[::-1], [0.0]])
+    total = tails[0] if s.size else 0.0
+    if total <= 0:
+        return np.zeros(ks.shape)
+    return np.sqrt(tails[np.minimum(ks, s.size)] / total)
+
+
+def eckart_young_errors(singular_values: object, ranks: object) -> np.ndarray:
+    """Best relative Frobenius error of a rank-r approximation, for each r in ``ranks``.
+
+    Parameters
+    ----------
+    singular_values : array_like of shape (q,)
+        The target's singular values, descending.
+    ranks : array_like of int, shape (n,)
+
+    Returns
+    -------
+    ndarray of shape (n,)
+        ``sqrt(sum_{i>r} sigma_i^2 / sum sigma^2)`` for each rank.
+
+    References
+    ----------
+    C. Eckart and G. Young, "The approximation of one matrix by another of lower rank",
+    Psychometrika 1 (1936).
+    """
+    s = check_spectrum(singular_values)
+    ks = np.asarray(ranks)
+    if ks.ndim != 1 or ks.dtype.kind not in "iu" or (ks.size and ks.min() < 0):
+        raise ConfigError(f"`ranks` should be a 1-D list of non-negative integers, got {ranks!r}")
+    return _tail_errors(s, ks.astype(np.int64))
+
+
+def _gd_lambda(beta: float) -> float:
+    # Gavish-Donoho (2014) eq. (11): the threshold coefficient for a known noise level.
+    return math.sqrt(2 * (beta + 1) + 8 * beta / ((beta + 1) + math.sqrt(beta**2 + 14 * beta + 1)))
+
+
+def gavish_donoho_threshold(*, shape: tuple[int, int], noise: float | None = None,
+                            singular_values: object = None) -> float:
+    """Optimal hard threshold for the singular values of a ``shape`` matrix with white noise.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        ``(d_out, d_in)`` of the noisy matrix.
+    noise : float, optional
+        Standard deviation of the noise in each entry, when known. The threshold is then
+        ``lambda*(beta) * sqrt(n) * noise`` with ``n = max(shape)``, ``beta = min/max``.
+    singular_values : array_like, optional
+        All ``min(shape)`` singular values of the matrix, used when ``noise`` is unknown:
+        the threshold is then ``omega(beta) * median(sigma)``.
+
+    Returns
+    -------
+    float
+
+    References
+    ----------
+    M. Gavish and D. L. Donoho, "The optimal hard threshold for singular values is 4/sqrt(3)",
+    IEEE Trans. Inf. Theory 60 (2014).
+    """
+    if len(shape) != 2:
+        raise ConfigError(f"`shape` should be (d_out, d_in), got {shape!r}")
+    m, n = sorted(check_int("shape", d, minimum=1) for d in shape)
+    beta = m / n
+    if noise is not None:
+        sigma = check_real("noise", noise, minimum=0.0)
+        return _gd_lambda(beta) * math.sqrt(n) * sigma
+    if singular_values is None:
+        raise ConfigError("give `noise` or the matrix's `singular_values` for the threshold")
+    s = check_spectrum(singular_values)
+    if s.size == 0:
+        return 0.0
+    # Gavish-Donoho eq. (5): the polynomial approximation of omega(beta) = lambda*(beta) / sqrt(mu_beta).
+    omega = 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
+    return float(omega * np.median(s))
+
+
+def numerical_rank(singular_values: object, *, shape: tuple[int, int]) -> int:
+    """Number of singular values above ``sigma_1 * max(shape) * eps`` (numpy's ``matrix_rank``)."""
+    s = check_spectrum(singular_values)
+    if s.size == 0:
+        return 0
+    tol = s[0] * max(shape) * np.finfo(np.float64).eps
+    return int(np.count_nonzero(s > tol))
+
+
+def gavish_donoho_rank(singular_values: object, *, shape: tuple[int, int],
+                       noise: float | None = None) -> int:
+    """Number of singular values above the Gavish-Donoho threshold (and above round-off).
+
+    With ``noise`` known this counts the directions that rise above a white-noise floor of that
+    level; without it, ``singular_values`` must be the full spectrum of the matrix.
+    """
+    s = check_spectrum(singular_values)
+    tau = gavish_donoho_threshold(shape=shape, noise=noise, singular_values=s)
+    if s.size == 0:
+        return 0
+    tau = max(tau, s[0] * max(shape) * np.finfo(np.float64).eps)
+    return int(np.count_nonzero(s > tau))
+
+
+def recommend_rank(singular_values: object, *, rule: str = "energy", value: float = 0.99) -> int:
+    """The rank a rule keeps, for resizing an adapter.
+
+    Parameters
+    ----------
+    singular_values : array_like of shape (q,)
+    rule : {"energy", "sv_ratio", "sv_fro", "sv_cumulative", "entropy"}, default="energy"
+        See :data:`RANK_RULES`.
+    value : float, default=0.99
+        The rule's parameter (ignored by ``"entropy"``).
+
+    Returns
+    -------
+    int
+        In [1, q] for a non-zero spectrum, 0 for an all-zero one.
+    """
+    rule = check_choice("rule", rule, tuple(RANK_RULES))
+    if rule == "energy":
+        return energy_rank(singular_values, threshold=value)
+    if rule == "entropy":
+        s = check_spectrum(singular_values)
+        erank = entropy_rank(s)
+        if erank == 0.0:
+            return 0
+        return int(min(s.size, max(1, math.ceil(erank - 1e-9))))
+    return kohya_rank(singular_values, rule=rule, value=value)
