@@ -1,0 +1,480 @@
+"""LoRA fitted to a target update by full-batch gradient descent, as training does it.
+
+The adapter is ``dW = s * B @ A`` with ``B`` (d_out, r) initialised to zero and ``A`` (r, d_in)
+Kaiming-uniform as PEFT does (``kaiming_uniform_(a=sqrt(5))``: uniform in +-1/sqrt(d_in)).
+The loss is ``L = 0.5 * ||s B A - T||_F^2`` and a learning rate is a step on that loss::
+
+    gB = s (s B A - T) A^T        gA = s B^T (s B A - T)
+
+How it is fast without changing a single step:
+
+1. Nothing d_out x d_in is formed per step. ``gB = s (s B (A A^T) - T A^T)`` and
+   ``gA = s (s (B^T B) A - B^T T)`` need only r x r Gram matrices plus ``T A^T`` and ``B^T T``,
+   and the loss comes from the same pieces:
+   ``L = 0.5 (s^2 <B^T B, A A^T> - 2 s <B, T A^T> + ||T||^2)``.
+2. Plain gradient descent commutes with orthogonal changes of basis: with ``T = U S V^T``
+   (known exactly from the target), the iterates ``B' = U^T B`` and ``A' = A V`` follow gradient
+   descent on the diagonal target ``S``, where ``T A^T`` becomes a row scaling. SGD therefore
+   costs O((d_out + d_in) r^2) per step instead of O(d_out d_in r). Adam is not rotation
+   invariant (it scales each coordinate), so it runs in the original basis with point 1 only.
+3. Ranks whose padded problem is cheaper together than apart are stacked into one batch
+   (zero-padded factors stay exactly zero under both optimisers).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ._validate import check_choice, check_int, check_real
+from .errors import ConfigError
+from .spectrum import eckart_young_errors, factored_svdvals, gavish_donoho_rank
+from .synthetic import Target
+
+__all__ = [
+    "SCALING_RULES",
+    "OPTIMIZERS",
+    "DEFAULT_LR",
+    "DEFAULT_STEPS",
+    "FitResult",
+    "lora_scale",
+    "init_lora",
+    "fit_lora",
+    "fit_lora_reference",
+]
+
+#: Scaling rules: how the multiplier ``s`` depends on the rank ``r`` (and ``alpha``).
+SCALING_RULES: dict[str, str] = {
+    "fixed-alpha": "s = alpha / r (PEFT with lora_alpha kept fixed as r changes)",
+    "alpha-eq-r": "s = 1 (lora_alpha = r)",
+    "alpha-eq-2r": "s = 2 (lora_alpha = 2r)",
+    "rslora": "s = alpha / sqrt(r) (rsLoRA, PEFT use_rslora=True)",
+}
+
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
+
+#: Learning rates that reproduce the article's table with the default target.
+DEFAULT_LR: dict[str, float] = {"sgd": 0.02, "adam": 0.01}
+DEFAULT_STEPS = 2000
+
+# Adam's constants, as torch.optim.Adam's defaults.
+_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
+# Cost model of a batch step, in flop-equivalents: a fixed overhead for the ~15 numpy calls
+# plus the Gram products. Used only to decide which ranks share a batch.
+_STEP_OVERHEAD = 5e5
+
+
+def lora_scale(rule: str, rank: int, *, alpha: float = 16.0) -> float:
+    """The multiplier ``s`` of ``s * B @ A`` under a scaling rule.
+
+    Parameters
+    ----------
+    rule : {"fixed-alpha", "alpha-eq-r", "alpha-eq-2r", "rslora"}
+        See :data:`SCALING_RULES`.
+    rank : int
+        The adapter rank r >= 1.
+    alpha : float, default=16.0
+        ``lora_alpha``, used by ``fixed-alpha`` and ``rslora``.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> lora_scale("fixed-alpha", 8, alpha=16), lora_scale("rslora", 16, alpha=8)
+    (2.0, 2.0)
+    """
+    rule = check_choice("rule", rule, tuple(SCALING_RULES))
+    rank = check_int("rank", rank, minimum=1)
+    alpha = check_real("alpha", alpha, minimum=0.0, strict_minimum=True)
+    if rule == "fixed-alpha":
+        return alpha / rank
+    if rule == "alpha-eq-r":
+        return 1.0
+    if rule == "alpha-eq-2r":
+        return 2.0
+    return alpha / math.sqrt(rank)
+
+
+def init_lora(d_out: int, d_in: int, rank: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """PEFT's initial factors: ``B = 0`` and ``A`` Kaiming-uniform.
+
+    Parameters
+    ----------
+    d_out, d_in, rank : int
+    seed : int, default=0
+        The factors of rank r come from ``np.random.default_rng([seed, r])``, so a rank's fit
+        does not depend on which other ranks are fitted with it.
+
+    Returns
+    -------
+    B : ndarray of shape (d_out, rank)
+        Zeros.
+    A : ndarray of shape (rank, d_in)
+        Uniform in ``[-1/sqrt(d_in), 1/sqrt(d_in)]``: torch's ``kaiming_uniform_(a=sqrt(5))``
+        has gain ``sqrt(2 / (1 + 5))`` and bound ``gain * sqrt(3 / fan_in) = 1 / sqrt(d_in)``.
+    """
+    bound = 1.0 / math.sqrt(d_in)
+    rng = np.random.default_rng([seed, rank])
+    return np.zeros((d_out, rank)), rng.uniform(-bound, bound, size=(rank, d_in))
+
+
+@dataclass(frozen=True, eq=False)
+class FitResult:
+    """What one rank's fit learned.
+
+    Attributes
+    ----------
+    rank : int
+    scale : float
+        The multiplier ``s`` used.
+    rel_err : float or None
+        ``||s B A - T||_F / ||T||_F`` after training; None when the run diverged.
+    optimal_rel_err : float
+        The Eckart-Young optimum: the smallest relative error any rank-r matrix reaches.
+    singular_values : ndarray of shape (min(rank, d_out, d_in),)
+        Of the trained ``s * B @ A``, descending; empty when the run diverged.
+    effective_rank : int or None
+        Trained directions above the target's noise floor (Gavish-Donoho threshold for the
+        target's known noise level); None when the run diverged.
+    diverged : bool
+        The loss became non-finite or grew past ``divergence_factor`` times its initial value.
+    diverged_at : int or None
+        Number of steps taken when divergence was detected.
+    steps : int
+        Steps actually run.
+    loss : ndarray of shape (steps + 1,)
+        ``0.5 ||s B A - T||_F^2`` after t = 0, 1, ..., steps steps (finite values only).
+    max_update_norm : float
+        Largest ``||s B A||_F`` seen during training.
+    """
+
+    rank: int
+    scale: float
+    rel_err: float | None
+    optimal_rel_err: float
+    singular_values: np.ndarray
+    effective_rank: int | None
+    diverged: bool
+    diverged_at: int | None
+    steps: int
+    loss: np.ndarray
+    max_update_norm: float
+
+    def to_dict(self, *, loss_curve: bool = False) -> dict:
+        """JSON-friendly dict with PRODUCT.md's keys (no NaN or inf anywhere)."""
+        out = {
+            "rank": self.rank,
+            "scale": self.scale,
+            "rel_err": self.rel_err,
+            "optimal_rel_err": self.optimal_rel_err,
+            "singular_values": [float(x) for x in self.singular_values],
+            "effective_rank": self.effective_rank,
+            "diverged": self.diverged,
+            "diverged_at": self.diverged_at,
+            "steps": self.steps,
+            "max_update_norm": self.max_update_norm,
+        }
+        if loss_curve:
+            out["loss_curve"] = [float(x) for x in self.loss]
+        return out
+
+
+@dataclass
+class _Run:
+    rank: int
+    scale: float
+    B: np.ndarray
+    A: np.ndarray
+
+
+def _check_ranks(ranks: object, target: Target) -> list[int]:
+    if isinstance(ranks, (int, np.integer)):
+        ranks = [ranks]
+    try:
+        ranks = list(ranks)  # type: ignore[arg-type]
+    except TypeError:
+        raise ConfigError(f"`ranks` should be a list of whole numbers, got {ranks!r}") from None
+    if not ranks:
+        raise ConfigError("`ranks` should name at least one rank")
+    limit = min(target.shape)
+    out = []
+    for r in ranks:
+        r = check_int("rank", r, minimum=1)
+        if r > limit:
+            raise ConfigError(f"rank {r} is larger than min(d_out, d_in) = {limit}")
+        out.append(r)
+    if len(set(out)) != len(out):
+        raise ConfigError(f"`ranks` lists a rank twice: {out}")
+    return out
+
+
+def _batches(ranks: list[int], d_out: int, d_in: int) -> list[list[int]]:
+    """Group sorted ranks so that each padded batch costs less than running them apart."""
+    def cost(group: list[int]) -> float:
+        return _STEP_OVERHEAD + 2.0 * (d_out + d_in) * len(group) * max(group) ** 2
+
+    groups: list[list[int]] = []
+    for r in sorted(ranks):
+        if groups and cost(groups[-1] + [r]) <= cost(groups[-1]) + cost([r]):
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    return groups
+
+
+def fit_lora(target: Target, ranks: object, *, optimizer: str = "sgd", lr: float | None = None,
+             steps: int = DEFAULT_STEPS, rule: str = "alpha-eq-r", alpha: float = 16.0,
+             seed: int = 0, tol: float | None = None, divergence_factor: float = 1e4,
+             progress: Callable[[int, int], None] | None = None) -> list[FitResult]:
+    """Fit LoRA at each rank to ``target`` by full-batch gradient descent.
+
+    Parameters
+    ----------
+    target : Target
+        From :func:`lorarank.synthetic.make_target`.
+    ranks : int or sequence of int
+        Ranks to fit, each in [1, min(d_out, d_in)], no repeats.
+    optimizer : {"sgd", "adam"}, default="sgd"
+        Plain gradient descent, or Adam (torch defaults: betas 0.9, 0.999, eps 1e-8).
+    lr : float, optional
+        Learning rate (> 0), a step on ``0.5 ||s B A - T||^2``. Default :data:`DEFAULT_LR`.
+    steps : int, default=2000
+        Optimiser steps per rank (>= 1).
+    rule : {"fixed-alpha", "alpha-eq-r", "alpha-eq-2r", "rslora"}, default="alpha-eq-r"
+        How the multiplier ``s`` follows the rank, see :func:`lora_scale`.
+    alpha : float, default=16.0
+        ``lora_alpha`` for the rules that use it.
+    seed : int, default=0
+        Seed of ``A``'s initialisation (see :func:`init_lora`).
+    tol : float, optional
+        Stop a rank early once its loss fell by less than ``tol`` (relative) over the last 50
+        steps. Default: run every step.
+    divergence_factor : float, default=1e4
+        A run has diverged once its loss is non-finite or exceeds this many times its initial
+        value ``0.5 ||T||^2``.
+    progress : callable, optional
+        Called as ``progress(done, total)`` with optimiser steps done over all ranks.
+
+    Returns
+    -------
+    list of FitResult
+        In the order of ``ranks``.
+
+    Raises
+    ------
+    ConfigError
+        On a bad setting, naming it.
+    """
+    if not isinstance(target, Target):
+        raise ConfigError(f"`target` should be a Target from make_target, got {type(target).__name__}")
+    rank_list = _check_ranks(ranks, target)
+    optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
+    lr = DEFAULT_LR[optimizer] if lr is None else check_real("lr", lr, minimum=0.0, strict_minimum=True)
+    steps = check_int("steps", steps, minimum=1, maximum=1_000_000)
+    seed = check_int("seed", seed, minimum=0)
+    if tol is not None:
+        tol = check_real("tol", tol, minimum=0.0, strict_minimum=True)
+    divergence_factor = check_real("divergence_factor", divergence_factor, minimum=1.0, strict_minimum=True)
+    scales = {r: lora_scale(rule, r, alpha=alpha) for r in rank_list}
+
+    d_out, d_in = target.shape
+    total = steps * len(rank_list)
+    ticker = _Ticker(progress, total)
+    results: dict[int, FitResult] = {}
+    for group in _batches(rank_list, d_out, d_in):
+        runs = []
+        for r in group:
+            B, A = init_lora(d_out, d_in, r, seed=seed)
+            runs.append(_Run(r, scales[r], B, A))
+        for res in _fit_batch(target, runs, optimizer=optimizer, lr=lr, steps=steps, tol=tol,
+                              divergence_factor=divergence_factor, ticker=ticker):
+            results[res.rank] = res
+    ticker.finish()
+    return [results[r] for r in rank_list]
+
+
+class _Ticker:
+    """Calls ``progress(done, total)`` about a hundred times over a fit."""
+
+    def __init__(self, progress: Callable[[int, int], None] | None, total: int):
+        self.progress, self.total, self.done = progress, total, 0
+        self.every = max(1, total // 100)
+        self.next = 0
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.progress is not None and self.done >= self.next:
+            self.progress(min(self.done, self.total), self.total)
+            self.next = self.done + self.every
+
+    def finish(self) -> None:
+        if self.progress is not None:
+            self.progress(self.total, self.total)
+
+
+def _fit_batch(target: Target, runs: list[_Run], *, optimizer: str, lr: float, steps: int,
+               tol: float | None, divergence_factor: float, ticker: _Ticker) -> list[FitResult]:
+    """Fit ``runs`` stacked in one zero-padded batch; return their results."""
+    d_out, d_in = target.shape
+    n, rmax = len(runs), max(run.rank for run in runs)
+    sigma = target.singular_values
+    m = sigma.size
+    rotated = optimizer == "sgd"
+    # 1. Stack the factors, zero-padded to rmax; for SGD move to the basis where T is diagonal.
+    B = np.zeros((n, d_out, rmax))
+    A = np.zeros((n, rmax, d_in))
+    for i, run in enumerate(runs):
+        B[i, :, : run.rank] = run.B if not rotated else target.U.T @ run.B
+        A[i, : run.rank] = run.A if not rotated else run.A @ target.Vt.T
+    s = np.array([run.scale for run in runs])[:, None, None]
+    T = target.matrix
+    half_t2 = 0.5 * float(np.sum(sigma**2))
+    limit = divergence_factor * half_t2
+    if optimizer == "adam":
+        mB, vB, mA, vA = (np.zeros_like(B), np.zeros_like(B), np.zeros_like(A), np.zeros_like(A))
+
+    losses = np.empty((n, steps + 1))
+    norms = np.zeros(n)
+    alive = np.arange(n)  # runs still training; rows of B, A, s, ... follow it
+    # run index -> (steps run, diverged, factors at retirement unless diverged)
+    stopped: dict[int, tuple] = {}
+    with np.errstate(over="ignore", invalid="ignore"):
+        for t in range(steps + 1):
+            # 2. Gram matrices, cross terms and the loss of the current iterate.
+            AAt = A @ A.transpose(0, 2, 1)
+            BtB = B.transpose(0, 2, 1) @ B
+            if rotated:
+                TAt = np.zeros_like(B)
+                TAt[:, :m] = sigma[None, :, None] * A[:, :, :m].transpose(0, 2, 1)
+                BtT = np.zeros_like(A)
+                BtT[:, :, :m] = B[:, :m].transpose(0, 2, 1) * sigma[None, None, :]
+            else:
+                TAt = T @ A.transpose(0, 2, 1)
+                BtT = B.transpose(0, 2, 1) @ T
+            quad = np.einsum("nij,nij->n", BtB, AAt)
+            cross = np.einsum("nij,nij->n", B, TAt)
+            ss = s[:, 0, 0]
+            loss = np.maximum(0.5 * ss * ss * quad - ss * cross + half_t2, 0.0)
+            losses[alive, t] = loss
+            norms[alive] = np.fmax(norms[alive], ss * np.sqrt(np.maximum(quad, 0.0)))
+            # 3. Retire runs that diverged, converged or finished.
+            bad = ~np.isfinite(loss) | (loss > limit)
+            done = bad.copy()
+            if t == steps:
+                done[:] = True
+            elif tol is not None and t >= 50:
+                old = losses[alive, t - 50]
+                done |= (old - loss) <= tol * old
+            if done.any():
+                for j in np.flatnonzero(done):
+                    i = int(alive[j])
+                    stopped[i] = (t, bool(bad[j]), None if bad[j] else (B[j].copy(), A[j].copy()))
+                    ticker.add(steps - t)
+                keep = ~done
+                alive = alive[keep]
+                if alive.size == 0:
+                    break
+                B, A, s, AAt, BtB, TAt, BtT = (x[keep] for x in (B, A, s, AAt, BtB, TAt, BtT))
+                if optimizer == "adam":
+                    mB, vB, mA, vA = (x[keep] for x in (mB, vB, mA, vA))
+            # 4. The gradients and the optimiser step.
+            gB = s * (s * (B @ AAt) - TAt)
+            gA = s * (s * (BtB @ A) - BtT)
+            if optimizer == "sgd":
+                B -= lr * gB
+                A -= lr * gA
+            else:
+                k = t + 1
+                c1, c2 = 1 - _BETA1**k, 1 - _BETA2**k
+                for p, g, mo, ve in ((B, gB, mB, vB), (A, gA, mA, vA)):
+                    mo *= _BETA1
+                    mo += (1 - _BETA1) * g
+                    ve *= _BETA2
+                    ve += (1 - _BETA2) * g * g
+                    p -= lr * (mo / c1) / (np.sqrt(ve / c2) + _EPS)
+            ticker.add(alive.size)
+    return [_result(target, run, losses[i], norms[i], *stopped[i], rotated=rotated)
+            for i, run in enumerate(runs)]
+
+
+def _result(target: Target, run: _Run, loss: np.ndarray, norm: float, t: int, diverged: bool,
+            factors: tuple[np.ndarray, np.ndarray] | None, *, rotated: bool) -> FitResult:
+    """Measure one retired run: exact final error, singular values, effective rank."""
+    r, s = run.rank, run.scale
+    optimal = float(eckart_young_errors(target.singular_values, [r])[0])
+    if diverged:
+        finite = loss[:t + 1]
+        finite = finite[np.isfinite(finite)]
+        return FitResult(rank=r, scale=s, rel_err=None, optimal_rel_err=optimal,
+                         singular_values=np.zeros(0), effective_rank=None, diverged=True,
+                         diverged_at=t, steps=t, loss=finite.copy(),
+                         max_update_norm=float(norm) if np.isfinite(norm) else float(np.finfo(float).max))
+    B, A = factors[0][:, :r], factors[1][:r]
+    # The exact residual once, at the end (the loss history uses the cheaper Gram form).
+    residual = s * (B @ A)
+    if rotated:  # T is diag(sigma) in this basis
+        m = target.singular_values.size
+        residual[np.arange(m), np.arange(m)] -= target.singular_values
+    else:
+        residual -= target.matrix
+    rel_err = float(np.linalg.norm(residual) / target.norm)
+    sv = factored_svdvals(B, A, scale=s)
+    eff = gavish_donoho_rank(sv, shape=target.shape, noise=target.noise) if sv.size else 0
+    return FitResult(rank=r, scale=s, rel_err=rel_err, optimal_rel_err=optimal, singular_values=sv,
+                     effective_rank=eff, diverged=False, diverged_at=None, steps=t,
+                     loss=loss[:t + 1].copy(), max_update_norm=float(norm))
+
+
+def fit_lora_reference(matrix: np.ndarray, rank: int, *, scale: float, optimizer: str = "sgd",
+                       lr: float, steps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The textbook loop, for tests and benchmarks: one dense residual per step.
+
+    ``R = s B A - T; gB = s R A^T; gA = s B^T R`` and an SGD or Adam step, from the same
+    initialisation as :func:`fit_lora`, with no change of basis, batching or divergence check.
+
+    Parameters
+    ----------
+    matrix : ndarray of shape (d_out, d_in)
+        The target ``T``.
+    rank : int
+    scale : float
+    optimizer : {"sgd", "adam"}, default="sgd"
+    lr : float
+    steps : int
+    seed : int, default=0
+
+    Returns
+    -------
+    B : ndarray of shape (d_out, rank)
+    A : ndarray of shape (rank, d_in)
+    loss : ndarray of shape (steps + 1,)
+        ``0.5 ||R||_F^2`` after t = 0..steps steps.
+    """
+    T = np.asarray(matrix, dtype=np.float64)
+    B, A = init_lora(T.shape[0], T.shape[1], rank, seed=seed)
+    mB, vB, mA, vA = np.zeros_like(B), np.zeros_like(B), np.zeros_like(A), np.zeros_like(A)
+    loss = np.empty(steps + 1)
+    for t in range(steps + 1):
+        R = scale * B @ A - T
+        loss[t] = 0.5 * np.sum(R * R)
+        if t == steps:
+            break
+        gB = scale * R @ A.T
+        gA = scale * B.T @ R
+        if optimizer == "sgd":
+            B -= lr * gB
+            A -= lr * gA
+        else:
+            c1, c2 = 1 - _BETA1 ** (t + 1), 1 - _BETA2 ** (t + 1)
+            for p, g, mo, ve in ((B, gB, mB, vB), (A, gA, mA, vA)):
+                mo *= _BETA1
+                mo += (1 - _BETA1) * g
+                ve *= _BETA2
+                ve += (1 - _BETA2) * g * g
+                p -= lr * (mo / c1) / (np.sqrt(ve / c2) + _EPS)
+    return B, A, loss
