@@ -267,7 +267,9 @@ class StabilityGrid:
 
 
 def _check_list(name: str, values: object, check: Callable[[str, object], object]) -> tuple:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+    if isinstance(values, (str, bytes)):
+        raise ConfigError(f"`{name}` should be a list, got {values!r}")
+    if not isinstance(values, Sequence):
         try:
             values = list(values)  # type: ignore[call-overload]
         except TypeError:
