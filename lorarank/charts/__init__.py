@@ -1,0 +1,14 @@
+"""Pure Altair chart builders for the app's pages (altair and pandas only, never streamlit).
+
+One module per page: :mod:`.sweep` (Rank sweep); ``stability`` and ``audit`` follow. Each
+builder takes plain numbers (arrays, mappings) and returns an Altair chart with tooltips, so it
+can be tested without a browser; shared theme pieces live in :mod:`._common`.
+"""
+
+from ._common import PALETTE, downsample_index, rank_color_scale, rank_label
+from .sweep import loss_chart, loss_frame, spectrum_chart, spectrum_frame
+
+__all__ = [
+    "PALETTE", "rank_label", "rank_color_scale", "downsample_index",
+    "spectrum_frame", "spectrum_chart", "loss_frame", "loss_chart",
+]

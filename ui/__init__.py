@@ -1,0 +1,54 @@
+"""Streamlit-only helpers the pages import (the engine, ``lorarank``, never imports these).
+
+Arrows point one way: ``pages/*.py -> ui -> lorarank``. A page reads widgets, calls the engine
+through a cached wrapper of its ``ui/<page>.py`` module, and renders.
+
+Modules
+-------
+``ui.common`` (shared by every page)
+    - ``setup_page(title)``: tab title, wide layout and the shared sidebar (call first).
+    - ``PAGES`` / ``available_pages()``: the navigation (readable labels, one-line question);
+      the home page and the sidebar link only pages whose file exists.
+    - ``Setting(key, label, default, help, kind=..., min_value=..., ...)``: a URL-bound input.
+      Its ``key`` is the widget key, the session-state key and the query-parameter name.
+    - ``url_settings(settings, columns=3) -> (values, url_errors)``: checks hand-edited query
+      parameters (``?true_rank=-3``, ``?true_rank=abc``) *before* drawing the widgets
+      (``bind="query-params"``), returning one sentence per bad value; then
+      ``show_errors(url_errors)``. The widgets fall back to their defaults.
+    - ``stop_on_error()``: context manager turning a ``LoraRankError`` into one ``st.error``
+      line and ``st.stop()``.
+    - ``progress_bar(text)``: context manager yielding a ``progress(done, total)`` callback for
+      the engine; use it inside the ``st.cache_data`` function (a cache hit replays nothing).
+    - ``show_chart(chart)``: render an Altair chart from ``lorarank.charts`` full width.
+    - ``download_buttons(frame, stem=..., key=..., json_data=...)``: CSV and JSON downloads.
+``ui.sweep`` (Rank sweep), ``ui.stability`` (alpha/r stability), ``ui.audit`` (Adapter audit)
+    Each page's settings (``SETTINGS``), cached engine wrappers (``@st.cache_data`` taking
+    small hashable inputs: a frozen config dataclass, the upload's bytes), table builders and
+    text read off the numbers.
+
+Keys
+----
+URL-bound widget keys are bare readable names (the CLI option with underscores: ``d_out``,
+``true_rank``); they must be unique within a page. Every other session-state key is a constant
+in the page's module, prefixed with the page (``sweep_``, ``stability_``, ``audit_``). Store
+inputs in session state, never derived arrays: the cache holds those.
+
+A page in full
+--------------
+::
+
+    import streamlit as st
+    from ui import common, sweep
+
+    common.setup_page("Rank sweep")
+    st.title("Rank sweep")
+    alerts = st.container()
+    values, bad_url = common.url_settings(sweep.SETTINGS, columns=4)
+    with alerts:
+        common.show_errors(bad_url)
+    with common.stop_on_error():
+        run = sweep.run_sweep(sweep.SweepConfig.from_values(values))
+    st.dataframe(sweep.results_table(run), hide_index=True)
+    common.download_buttons(sweep.results_records(run), stem="lorarank-sweep",
+                            key=sweep.DOWNLOAD_KEY, json_data=sweep.results_json(run))
+"""

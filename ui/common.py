@@ -1,0 +1,328 @@
+"""Helpers every page shares: page setup and sidebar, URL-bound settings, progress, errors,
+charts and downloads.
+
+Nothing here computes: the engine (``lorarank``) does, reached through the cached wrappers of
+each page's ``ui/<page>.py`` module.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import pandas as pd
+import streamlit as st
+
+from lorarank.errors import LoraRankError
+
+__all__ = [
+    "ROOT",
+    "PageInfo",
+    "PAGES",
+    "available_pages",
+    "setup_page",
+    "sidebar",
+    "Setting",
+    "parse_url_value",
+    "url_errors",
+    "setting_widget",
+    "url_settings",
+    "show_errors",
+    "stop_on_error",
+    "progress_bar",
+    "show_chart",
+    "download_buttons",
+    "to_json_bytes",
+]
+
+#: The repository root: ``app.py`` and ``pages/`` live here.
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------------------------
+# Pages and navigation
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PageInfo:
+    """One entry of the navigation: a script, its readable label and the question it answers."""
+
+    path: str
+    label: str
+    icon: str
+    question: str
+
+
+#: Every page of the app, in navigation order. A page whose file does not exist yet is skipped
+#: by :func:`available_pages`, so the home page and the sidebar never link to a missing file.
+PAGES: tuple[PageInfo, ...] = (
+    PageInfo("app.py", "Home", ":material/home:", "What lorarank answers, and the LoRA formula."),
+    PageInfo("pages/1_Rank_sweep.py", "Rank sweep", ":material/stacked_line_chart:",
+             "What rank does a task of intrinsic rank k need? Fit LoRA at several r on a synthetic "
+             "update and see which directions each r learns."),
+    PageInfo("pages/2_Alpha_r_stability.py", "alpha/r stability", ":material/tune:",
+             "Raising r made training worse: is it capacity or the alpha/r scaling? Final error "
+             "over rank and learning rate for each scaling rule."),
+    PageInfo("pages/3_Adapter_audit.py", "Adapter audit", ":material/fact_check:",
+             "How many directions does my trained adapter really use, can I shrink it without "
+             "retraining, and do two adapters learn the same thing?"),
+)
+
+
+def available_pages() -> list[PageInfo]:
+    """The entries of :data:`PAGES` whose script exists, in order."""
+    return [page for page in PAGES if (ROOT / page.path).is_file()]
+
+
+def setup_page(title: str, *, icon: str = ":material/insights:") -> None:
+    """Set the browser tab title and layout, and draw the shared sidebar. Call first on a page."""
+    st.set_page_config(page_title=f"{title} · lorarank", page_icon=icon, layout="wide")
+    sidebar()
+
+
+def sidebar() -> None:
+    """The shared navigation: a readable link to every existing page."""
+    with st.sidebar:
+        st.markdown("**lorarank**")
+        for page in available_pages():
+            st.page_link(page.path, label=page.label, icon=page.icon)
+        st.caption("What LoRA rank do you need, and what did your adapter actually learn?")
+
+
+# --------------------------------------------------------------------------------------------
+# Settings bound to the URL
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Setting:
+    """A page input that lives in the URL, so a copied link reproduces the view.
+
+    Attributes
+    ----------
+    key : str
+        Widget key, session-state key and query-parameter name at once (``?true_rank=4``).
+        Keep it short and readable; unique within its page.
+    label, help : str
+        Shown by the widget; ``help`` is the definition of the number.
+    default : int, float, str or None
+        Value when the URL does not set it. ``None`` (float kind only) means "leave it to the
+        engine's default", shown as ``placeholder``.
+    kind : {"int", "float", "choice", "text"}
+        ``int``/``float``: number input with ``min_value``/``max_value``; ``choice``: one of
+        ``options`` (radio, or a select box when ``select=True``); ``text``: free text that the
+        page parses itself (e.g. a list of ranks).
+    """
+
+    key: str
+    label: str
+    default: Any
+    help: str
+    kind: str = "int"
+    min_value: float | None = None
+    max_value: float | None = None
+    step: float | None = None
+    format: str | None = None
+    options: tuple[str, ...] = ()
+    select: bool = False
+    placeholder: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("int", "float", "choice", "text"):
+            raise ValueError(f"Setting {self.key!r}: unknown kind {self.kind!r}")
+        if self.kind == "choice" and self.default not in self.options:
+            raise ValueError(f"Setting {self.key!r}: default {self.default!r} not in options")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def parse_url_value(setting: Setting, raw: str) -> Any:
+    """The value a hand-written query parameter asks for, or ValueError with the reason.
+
+    The reason completes the sentence "The link sets `key=raw`, but ..." (see
+    :func:`url_errors`).
+    """
+    raw = raw.strip()
+    if setting.kind == "text":
+        return raw
+    if setting.kind == "choice":
+        if raw not in setting.options:
+            raise ValueError(f"{setting.label} should be one of {', '.join(setting.options)}")
+        return raw
+    if raw == "" and setting.default is None:
+        return None
+    try:
+        number = float(raw)
+    except ValueError:
+        what = "a whole number" if setting.kind == "int" else "a number"
+        raise ValueError(f"{setting.label} should be {what}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{setting.label} should be a finite number")
+    if setting.kind == "int":
+        if not number.is_integer():
+            raise ValueError(f"{setting.label} should be a whole number")
+        number = int(number)
+    if setting.min_value is not None and number < setting.min_value:
+        raise ValueError(f"{setting.label} should be at least {_fmt(setting.min_value)}")
+    if setting.max_value is not None and number > setting.max_value:
+        raise ValueError(f"{setting.label} should be at most {_fmt(setting.max_value)}")
+    return number
+
+
+def url_errors(settings: Sequence[Setting]) -> list[str]:
+    """One sentence per query parameter of ``settings`` whose value the widget cannot take.
+
+    Call it *before* the widgets are drawn: a bound widget drops an invalid value from the URL
+    silently when it registers, and this is the only moment the hand-edited value is seen.
+    """
+    errors = []
+    for setting in settings:
+        if setting.key not in st.query_params:
+            continue
+        raw = st.query_params[setting.key]
+        try:
+            parse_url_value(setting, raw)
+        except ValueError as exc:
+            default = "empty (the engine's default)" if setting.default is None else _fmt(setting.default)
+            errors.append(f"The link sets `{setting.key}={raw}`, but {exc}; the default "
+                          f"{default} is used instead.")
+    return errors
+
+
+def setting_widget(setting: Setting, container: Any = None) -> Any:
+    """Draw one URL-bound widget for ``setting`` in ``container`` (default: the main area)."""
+    where = st if container is None else container
+    common = dict(key=setting.key, help=setting.help, bind="query-params")
+    if setting.kind == "int":
+        return where.number_input(
+            setting.label, min_value=None if setting.min_value is None else int(setting.min_value),
+            max_value=None if setting.max_value is None else int(setting.max_value),
+            value=setting.default, step=int(setting.step or 1), **common)
+    if setting.kind == "float":
+        return where.number_input(
+            setting.label, min_value=setting.min_value, max_value=setting.max_value,
+            value=setting.default, step=setting.step, format=setting.format,
+            placeholder=setting.placeholder, **common)
+    if setting.kind == "choice":
+        index = setting.options.index(setting.default)
+        if setting.select:
+            return where.selectbox(setting.label, setting.options, index=index, **common)
+        return where.radio(setting.label, setting.options, index=index, horizontal=True, **common)
+    return where.text_input(setting.label, value=setting.default,
+                            placeholder=setting.placeholder, **common)
+
+
+def url_settings(settings: Sequence[Setting], *, columns: int = 0,
+                 container: Any = None) -> tuple[dict[str, Any], list[str]]:
+    """Check the URL, then draw every setting; return ``(values by key, URL error sentences)``.
+
+    ``columns > 0`` lays the widgets out in that many columns of ``container``. Show the
+    sentences with :func:`show_errors`; the widgets already fell back to their defaults.
+    """
+    errors = url_errors(settings)
+    where = st if container is None else container
+    slots = where.columns(columns) if columns > 0 else None
+    values = {}
+    for i, setting in enumerate(settings):
+        values[setting.key] = setting_widget(setting, slots[i % columns] if slots else where)
+    return values, errors
+
+
+def show_errors(messages: Sequence[str]) -> None:
+    """Show each message as one ``st.error`` sentence."""
+    for message in messages:
+        st.error(message, icon=":material/error:")
+
+
+@contextmanager
+def stop_on_error() -> Iterator[None]:
+    """Turn an engine error (:class:`LoraRankError`) into one ``st.error`` line and stop the run.
+
+    >>> with stop_on_error():          # doctest: +SKIP
+    ...     result = cached_engine_call(...)
+    """
+    try:
+        yield
+    except LoraRankError as exc:
+        st.error(str(exc), icon=":material/error:")
+        st.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# Progress, charts and downloads
+# --------------------------------------------------------------------------------------------
+
+@contextmanager
+def progress_bar(text: str, *, min_interval: float = 0.1) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar for the engine's ``progress(done, total)`` callback, removed when done.
+
+    Use it *inside* an ``st.cache_data`` function so the bar is created and emptied there:
+    a cache hit then replays nothing visible and a miss shows the bar while it works::
+
+        @st.cache_data(show_spinner=False)
+        def run(...):
+            with progress_bar("Fitting") as progress:
+                return fit_lora(..., progress=progress)
+
+    Updates closer than ``min_interval`` seconds apart are skipped (the final one is not).
+    """
+    bar = st.progress(0.0, text=text)
+    last = [-math.inf]
+
+    def update(done: int, total: int) -> None:
+        frac = 1.0 if total <= 0 else min(max(done / total, 0.0), 1.0)
+        now = time.perf_counter()
+        if frac < 1.0 and now - last[0] < min_interval:
+            return
+        last[0] = now
+        bar.progress(frac, text=f"{text} ({done:,} of {total:,})")
+
+    try:
+        yield update
+    finally:
+        bar.empty()
+
+
+def show_chart(chart: Any, *, caption: str | None = None) -> None:
+    """Render an Altair chart from ``lorarank.charts`` at the container's width."""
+    st.altair_chart(chart, width="stretch")
+    if caption:
+        st.caption(caption)
+
+
+def to_json_bytes(data: Any) -> bytes:
+    """Strict JSON (no NaN/inf), indented, UTF-8."""
+    return json.dumps(data, indent=2, allow_nan=False).encode("utf-8")
+
+
+def download_buttons(frame: pd.DataFrame, *, stem: str, key: str,
+                     json_data: Any = None) -> None:
+    """CSV and JSON download buttons for a table, side by side.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        Written as CSV (no index).
+    stem : str
+        File name without extension (``lorarank-sweep`` gives ``lorarank-sweep.csv``).
+    key : str
+        Prefix of the two buttons' keys (``<key>_csv``, ``<key>_json``), e.g. ``"sweep_dl"``.
+    json_data : JSON-friendly object, optional
+        The JSON document; default: the table's records.
+    """
+    if json_data is None:
+        json_data = json.loads(frame.to_json(orient="records"))
+    left, right, _ = st.columns([1, 1, 4])
+    left.download_button("Download CSV", frame.to_csv(index=False).encode("utf-8"),
+                         file_name=f"{stem}.csv", mime="text/csv", key=f"{key}_csv",
+                         on_click="ignore", icon=":material/download:")
+    right.download_button("Download JSON", to_json_bytes(json_data), file_name=f"{stem}.json",
+                          mime="application/json", key=f"{key}_json", on_click="ignore",
+                          icon=":material/download:")
+

@@ -1,0 +1,298 @@
+"""The Rank sweep page's pieces: its URL settings, the cached sweep, its tables and reading.
+
+Keys of the URL-bound widgets are the CLI's option names with underscores (``?d_out=128&
+true_rank=8&ranks=2,8,32``); other session-state keys of this page start with ``sweep_``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from lorarank.errors import ConfigError
+from lorarank.fit import DEFAULT_LR, DEFAULT_STEPS, OPTIMIZERS, SCALING_RULES, FitResult, fit_lora
+from lorarank.spectrum import gavish_donoho_rank, gavish_donoho_threshold, truncation_error
+from lorarank.synthetic import SPECTRA, make_target
+
+from .common import Setting, progress_bar
+
+__all__ = [
+    "MAX_DIM_APP", "MAX_STEPS_APP", "MAX_RANKS_APP", "DOWNLOAD_KEY",
+    "TARGET_SETTINGS", "TRAINING_SETTINGS", "SETTINGS",
+    "parse_ranks", "SweepConfig", "SweepRun", "run_sweep", "noise_floor",
+    "COLUMN_HELP", "results_table", "results_records", "results_json", "reading",
+]
+
+#: Limits of the hosted app (the engine and CLI accept more; the app must answer in seconds
+#: within ~1 GB of memory).
+MAX_DIM_APP = 1024
+MAX_STEPS_APP = 20_000
+MAX_RANKS_APP = 12
+
+#: Session-state key prefix of the download buttons (not URL-bound).
+DOWNLOAD_KEY = "sweep_download"
+
+TARGET_SETTINGS: tuple[Setting, ...] = (
+    Setting("d_out", "d_out", 64, "Output features of the layer: rows of the update T.",
+            min_value=1, max_value=MAX_DIM_APP),
+    Setting("d_in", "d_in", 64, "Input features of the layer: columns of the update T.",
+            min_value=1, max_value=MAX_DIM_APP),
+    Setting("true_rank", "intrinsic rank k", 4,
+            "Number of directions planted in T: its intrinsic rank, at most min(d_out, d_in).",
+            min_value=1, max_value=MAX_DIM_APP),
+    Setting("spectrum", "spectrum shape", "linear",
+            "Planted singular values: flat (all sigma_max), linear (sigma_max down towards "
+            "sigma_max/2), geometric (a factor 10 from first to last).",
+            kind="choice", options=SPECTRA),
+    Setting("noise", "noise", 0.01,
+            "Standard deviation of the Gaussian noise added to every entry of T: the noise "
+            "floor a real fine-tuning update has.",
+            kind="float", min_value=0.0, max_value=100.0, step=0.005, format="%.4f"),
+    Setting("sigma_max", "sigma_max", 38.0,
+            "Largest planted singular value (the article's target has 37.8). It sets which "
+            "learning rates are stable, so it is not normalised away.",
+            kind="float", min_value=0.001, max_value=10_000.0, step=1.0, format="%.3f"),
+)
+
+TRAINING_SETTINGS: tuple[Setting, ...] = (
+    Setting("ranks", "ranks r", "2,4,16",
+            f"LoRA ranks to fit, separated by commas (up to {MAX_RANKS_APP}), each at most "
+            "min(d_out, d_in).", kind="text", placeholder="e.g. 2,4,16"),
+    Setting("optimizer", "optimizer", "sgd",
+            "sgd: plain full-batch gradient descent. adam: Adam with torch's defaults.",
+            kind="choice", options=OPTIMIZERS),
+    Setting("lr", "learning rate", None,
+            "A step on the loss 0.5*||s B A - T||_F^2. Empty: the engine's default, "
+            + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items()) + ".",
+            kind="float", min_value=1e-9, max_value=100.0, step=0.001, format="%.6g",
+            placeholder="default: " + ", ".join(f"{v:g} ({k})" for k, v in DEFAULT_LR.items())),
+    Setting("steps", "steps", DEFAULT_STEPS, "Optimiser steps per rank.",
+            min_value=1, max_value=MAX_STEPS_APP, step=100),
+    Setting("seed", "seed", 0, "Seed of the target and of A's initialisation.",
+            min_value=0, max_value=2**31 - 1),
+    Setting("rule", "alpha rule", "alpha-eq-r",
+            "How the multiplier s of s*B@A follows r: "
+            + "; ".join(f"{k}: {v}" for k, v in SCALING_RULES.items()) + ".",
+            kind="choice", options=tuple(SCALING_RULES), select=True),
+    Setting("alpha", "alpha", 16.0, "lora_alpha, used by the fixed-alpha and rslora rules.",
+            kind="float", min_value=0.001, max_value=100_000.0, step=1.0, format="%.3f"),
+)
+
+#: Every URL-bound setting of the page.
+SETTINGS: tuple[Setting, ...] = TARGET_SETTINGS + TRAINING_SETTINGS
+
+
+def parse_ranks(text: str) -> tuple[int, ...]:
+    """``"2, 4,16"`` -> ``(2, 4, 16)``; ConfigError naming the bad entry otherwise."""
+    parts = [p.strip() for p in str(text).replace(";", ",").split(",") if p.strip()]
+    if not parts:
+        raise ConfigError("`ranks` should list at least one rank, e.g. 2,4,16")
+    ranks = []
+    for part in parts:
+        try:
+            value = float(part)
+        except ValueError:
+            value = float("nan")
+        if not (np.isfinite(value) and value.is_integer() and value >= 1):
+            raise ConfigError(f"`ranks` should be whole numbers of at least 1 separated by "
+                              f"commas, got {part!r} in {text!r}")
+        ranks.append(int(value))
+    if len(ranks) > MAX_RANKS_APP:
+        raise ConfigError(f"`ranks` lists {len(ranks)} ranks; the app fits at most {MAX_RANKS_APP}")
+    return tuple(ranks)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Every setting of one sweep (hashable: it is the cache key)."""
+
+    d_out: int = 64
+    d_in: int = 64
+    true_rank: int = 4
+    spectrum: str = "linear"
+    noise: float = 0.01
+    sigma_max: float = 38.0
+    ranks: tuple[int, ...] = (2, 4, 16)
+    optimizer: str = "sgd"
+    lr: float | None = None
+    steps: int = DEFAULT_STEPS
+    seed: int = 0
+    rule: str = "alpha-eq-r"
+    alpha: float = 16.0
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> "SweepConfig":
+        """From the widgets' values (``ranks`` as text); ConfigError on an unparsable list."""
+        kw = {k: values[k] for k in cls.__dataclass_fields__ if k in values}
+        kw["ranks"] = parse_ranks(values.get("ranks", "2,4,16"))
+        return cls(**kw)
+
+    @property
+    def lr_used(self) -> float:
+        """The learning rate the fit uses: the setting, or the engine's default."""
+        return DEFAULT_LR[self.optimizer] if self.lr is None else float(self.lr)
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """What the page shows of one sweep (small: no dense matrix)."""
+
+    config: SweepConfig
+    target_values: np.ndarray
+    signal_values: np.ndarray
+    noise_floor: float
+    signal_rank: int
+    results: tuple[FitResult, ...]
+    seconds: float
+
+
+def noise_floor(singular_values: np.ndarray, *, shape: tuple[int, int], noise: float) -> float:
+    """The singular value below which a direction is noise.
+
+    The Gavish-Donoho threshold for the known noise level (what ``FitResult.effective_rank``
+    counts above), raised to the round-off level ``sigma_1 * max(shape) * eps`` when
+    ``noise = 0``.
+    """
+    tau = gavish_donoho_threshold(shape=shape, noise=noise)
+    s1 = float(singular_values[0]) if len(singular_values) else 0.0
+    return max(tau, s1 * max(shape) * np.finfo(np.float64).eps)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def run_sweep(config: SweepConfig) -> SweepRun:
+    """Make the target and fit every rank (cached per config; shows a progress bar on a miss)."""
+    start = time.perf_counter()
+    target = make_target(config.d_out, config.d_in, true_rank=config.true_rank,
+                         spectrum=config.spectrum, sigma_max=config.sigma_max,
+                         noise=config.noise, seed=config.seed)
+    label = f"Fitting LoRA at r = {', '.join(map(str, config.ranks))}: optimiser steps"
+    with progress_bar(label) as progress:
+        results = fit_lora(target, list(config.ranks), optimizer=config.optimizer, lr=config.lr,
+                           steps=config.steps, rule=config.rule, alpha=config.alpha,
+                           seed=config.seed, progress=progress)
+    sv = np.array(target.singular_values)
+    return SweepRun(
+        config=config, target_values=sv, signal_values=np.array(target.signal_values),
+        noise_floor=noise_floor(sv, shape=target.shape, noise=config.noise),
+        signal_rank=gavish_donoho_rank(sv, shape=target.shape, noise=config.noise),
+        results=tuple(results), seconds=time.perf_counter() - start)
+
+
+#: Definition of every column of the results table (shown as column help).
+COLUMN_HELP: dict[str, str] = {
+    "r": "LoRA rank: B is d_out x r, A is r x d_in.",
+    "scale s": "The multiplier s of s*B@A under the chosen alpha rule.",
+    "final relative error": "||s B A - T||_F / ||T||_F after the last step, or the step at "
+                            "which the loss blew up.",
+    "Eckart-Young optimum": "The smallest relative error any rank-r matrix can reach: "
+                            "sqrt(sum_{i>r} sigma_i(T)^2 / sum sigma_i(T)^2).",
+    "effective rank": "Trained directions above the noise floor (the Gavish-Donoho threshold "
+                      "for the target's noise level).",
+    "steps run": "Optimiser steps actually taken.",
+    "top singular values": "Largest singular values of the trained s*B@A, descending.",
+}
+
+
+def _sig(x: float, digits: int = 4) -> str:
+    return f"{x:.{digits}g}"
+
+
+def results_table(run: SweepRun, *, top: int = 6) -> pd.DataFrame:
+    """The table shown on the page: diverged fits read "diverged at step N", never NaN."""
+    rows = []
+    for res in run.results:
+        if res.diverged:
+            err = f"diverged at step {res.diverged_at}"
+            eff = "-"
+        else:
+            err = _sig(res.rel_err)
+            eff = str(res.effective_rank)
+        sv = ", ".join(_sig(x, 3) for x in res.singular_values[:top])
+        if res.singular_values.size > top:
+            sv += ", ..."
+        rows.append({"r": res.rank, "scale s": _sig(res.scale), "final relative error": err,
+                     "Eckart-Young optimum": _sig(res.optimal_rel_err), "effective rank": eff,
+                     "steps run": res.steps, "top singular values": sv or "-"})
+    return pd.DataFrame(rows, columns=list(COLUMN_HELP))
+
+
+def results_records(run: SweepRun) -> pd.DataFrame:
+    """The CSV download: one row per rank, machine column names, empty cells when diverged."""
+    rows = []
+    for res in run.results:
+        d = res.to_dict()
+        d["singular_values"] = " ".join(f"{x:.9g}" for x in res.singular_values)
+        rows.append(d)
+    frame = pd.DataFrame(rows)
+    for col in ("effective_rank", "diverged_at"):
+        frame[col] = frame[col].astype("Int64")
+    return frame
+
+
+def results_json(run: SweepRun) -> dict:
+    """The JSON download, shaped like ``python -m lorarank sweep --json``."""
+    config = asdict(run.config)
+    config["ranks"] = list(run.config.ranks)
+    config["lr"] = run.config.lr_used
+    return {"config": config, "results": [res.to_dict() for res in run.results],
+            "seconds": round(run.seconds, 4)}
+
+
+def reading(run: SweepRun) -> list[str]:
+    """Plain-words sentences read off the numbers of ``run`` (markdown)."""
+    k = run.signal_rank
+    floor = run.noise_floor
+    planted = run.config.true_rank
+    out = []
+    head = (f"The target has **{k}** direction{'s' if k != 1 else ''} above the noise floor "
+            f"(sigma > {_sig(floor, 3)})")
+    if k != planted:
+        head += f"; {planted} were planted, so {planted - k} sank below the noise" if k < planted \
+            else f"; {planted} were planted and the noise adds {k - planted}"
+    out.append(head + ".")
+    ok = [r for r in run.results if not r.diverged]
+    for res in run.results:
+        r = res.rank
+        if res.diverged:
+            out.append(f"**r = {r}** diverged at step {res.diverged_at}: the step was too large "
+                       f"for s = {_sig(res.scale, 3)}; lower the learning rate or pick an alpha "
+                       f"rule whose s does not grow with r.")
+            continue
+        gap = res.rel_err - res.optimal_rel_err
+        short = gap > 0.05 * res.optimal_rel_err + 1e-3
+        tail = (f" It is still {_sig(res.rel_err, 3)} against an optimum of "
+                f"{_sig(res.optimal_rel_err, 3)}: more steps or a larger learning rate would "
+                f"close the gap." if short else "")
+        eff = res.effective_rank
+        if r < k:
+            out.append(f"**r = {r}** is under-parameterised: it has room for {r} of the {k} "
+                       f"directions, so its error stays near the Eckart-Young optimum "
+                       f"{_sig(res.optimal_rel_err, 3)} (it reached {_sig(res.rel_err, 3)}); "
+                       f"only a larger r lowers it.{tail}")
+        elif r == k:
+            found = (f"all {k} directions" if eff == k else f"{eff} of the {k} directions")
+            out.append(f"**r = {r}** matches the intrinsic rank: it learned {found}, error "
+                       f"{_sig(res.rel_err, 3)} against the optimum "
+                       f"{_sig(res.optimal_rel_err, 3)}.{tail}")
+        else:
+            at_floor = int(res.singular_values.size - eff)
+            opt_k = truncation_error(run.target_values, k)
+            out.append(f"**r = {r}** is over-parameterised: {eff} of its {r} directions are "
+                       f"above the noise floor and the optimiser drove the other {at_floor} to "
+                       f"it (at or below {_sig(floor, 3)}). Its error {_sig(res.rel_err, 3)} "
+                       f"is below the rank-{k} optimum {_sig(opt_k, 3)} only by fitting "
+                       f"noise.{tail}")
+    enough = [res for res in ok if res.rank >= k and res.effective_rank is not None
+              and res.effective_rank >= k]
+    if enough:
+        best = min(enough, key=lambda res: res.rank)
+        out.append(f"The smallest rank here that captures every direction above the noise is "
+                   f"**r = {best.rank}**.")
+    elif ok:
+        out.append(f"No rank here captures all {k} directions above the noise: try r >= {k}.")
+    return out
