@@ -418,8 +418,8 @@ def _npz_tensors(source: str, fileobj, size: int) -> _Tensors:
 
 
 # ---------------------------------------------------------------------------------- public read
-def load_adapter(path: str | os.PathLike, *, alpha: float | None = None,
-                 scale: float | None = None) -> Adapter:
+def load_adapter(path: str | os.PathLike, *, config: str | os.PathLike | None = None,
+                 alpha: float | None = None, scale: float | None = None) -> Adapter:
     """Read an adapter from a file (``.safetensors``, ``.npz``) or a PEFT / mlx-lm folder.
 
     Parameters
@@ -428,6 +428,8 @@ def load_adapter(path: str | os.PathLike, *, alpha: float | None = None,
         A weights file, or a folder holding one weights file (``adapter_model.safetensors``,
         ``adapters.safetensors``, ...) and optionally ``adapter_config.json``. A file with an
         ``adapter_config.json`` beside it uses that config.
+    config : str or PathLike, optional
+        An ``adapter_config.json`` elsewhere (overrides the one beside the weights).
     alpha : float, optional
         Override alpha for every module (scale = alpha / r, or alpha / sqrt(r) with
         ``use_rslora``): for files without a config or alpha keys.
@@ -470,6 +472,9 @@ def load_adapter(path: str | os.PathLike, *, alpha: float | None = None,
         if (path.parent / "adapter_config.json").is_file():
             config_path = path.parent / "adapter_config.json"
         source = path.name
+    if config is not None:
+        config_path = Path(config)
+        source = f"{source} + {config_path.name}"
     config = _parse_config(config_path.name, config_path.read_bytes()) if config_path else None
     with open(weights_path, "rb") as fh:
         head = fh.read(4)
@@ -633,8 +638,14 @@ def _build(tensors: _Tensors, config: dict | None, source: str, *, alpha: float 
     uses_alpha = fmt in ("kohya", "diffusers", "npz") and alpha is None and scale is None
     used_alpha = {k for n, k in alpha_keys.items() if uses_alpha and (n in named or (n == "" and fmt == "npz"))}
     ignored += [k for k in alpha_keys.values() if k not in used_alpha]
+    scaled.sort(key=lambda m: _natural_key(m.name))
     return Adapter(format=fmt, modules=scaled, scaling=note, source=source,
                    config=config if fmt in ("peft", "mlx") else None, ignored=ignored)
+
+
+def _natural_key(name: str) -> list:
+    """Sort key putting ``layers.2`` before ``layers.10``."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
 
 
 def _read_module(tensors: _Tensors, name: str, key_a: str, key_b: str, layout: str,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from typing import Sequence
@@ -220,18 +221,125 @@ def _stability_table(grid, rule: str) -> None:
 
 
 # ----------------------------------------------------------------------------------- audit
+def _audit_load(paths: Sequence[str]) -> list:
+    """Adapters named on the command line: weights files or folders, plus at most one config."""
+    from .adapters import load_adapter
+
+    configs = [p for p in paths if p.lower().endswith(".json")]
+    weights = [p for p in paths if not p.lower().endswith(".json")]
+    if len(configs) > 1:
+        raise LoraRankError(f"give at most one adapter_config.json, got {len(configs)}")
+    if not weights:
+        raise LoraRankError(f"{configs[0]} is a config; give the weights file or folder too")
+    if configs and len(weights) != 1:
+        raise LoraRankError(f"{configs[0]} can go with one weights file, got {len(weights)}")
+    return [load_adapter(w, config=configs[0] if configs else None) for w in weights]
+
+
+def _audit_short(name: str) -> str:
+    return name[len("base_model.model."):] if name.startswith("base_model.model.") else name
+
+
+def _audit_print(report) -> None:
+    detected = report.detected
+    print(f"{report.source}: {detected['format']}, {detected['modules']} modules, "
+          f"{detected['params']:,} parameters, dtype {', '.join(detected['dtypes'])}, "
+          f"rank {', '.join(map(str, detected['ranks']))}")
+    print(f"scaling: {report.scaling}")
+    print(f"orientation: {detected['orientation']}")
+    if detected["ignored_tensors"]:
+        print(f"ignored {detected['ignored_tensors']} tensors that are not LoRA factors")
+    width = max(12, *(len(_audit_short(m.name)) for m in report.modules))
+    print()
+    print(f"{'module':<{width}} | {'d_out x d_in':>13} | {'r':>4} | {'scale':>7} | {'sigma_1':>9} | "
+          f"{'k(.90)':>6} | {'k(.95)':>6} | {'k(.99)':>6} | {'stable':>6} | {'entropy':>7} | "
+          f"{'rec.':>4} | {'trunc err':>9}")
+    print("-" * (width + 114))
+    for m in report.modules:
+        s1 = m.singular_values[0] if m.singular_values.size else 0.0
+        k = m.energy_rank
+        print(f"{_audit_short(m.name):<{width}} | {f'{m.shape[0]} x {m.shape[1]}':>13} | {m.rank:>4} | "
+              f"{m.scale:>7.4g} | {s1:>9.4g} | {k['0.9']:>6} | {k['0.95']:>6} | {k['0.99']:>6} | "
+              f"{m.stable_rank:>6.2f} | {m.entropy_rank:>7.2f} | {m.recommended_rank:>4} | "
+              f"{m.truncation_error:>9.4f}")
+    s = report.summary
+    print()
+    print(f"recommended ({s['rule']} {s['value']:g}): rank {s['recommended_rank']['min']}.."
+          f"{s['recommended_rank']['max']} (median {s['recommended_rank']['median']:g}), "
+          f"{s['params']:,} -> {s['params_after']:,} parameters ({s['compression']:.1%}), "
+          f"retained energy {s['retained_energy']:.4f}")
+    print("sigma = singular values of scale * B @ A; k(t) = smallest k keeping share t of sum sigma^2; "
+          "stable = sum sigma^2 / sigma_1^2;")
+    print("entropy = exp(-sum p log p), p = sigma / sum sigma; trunc err = relative Frobenius error "
+          "of keeping rec. directions.")
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
-    raise LoraRankError("the audit command is not available yet")
+    from .audit import audit_adapter
+
+    reports = [audit_adapter(a) for a in _audit_load(args.paths)]
+    if args.json:
+        docs = [r.to_dict() for r in reports]
+        _print_json(docs[0] if len(docs) == 1 else {"adapters": docs})
+        return 0
+    for i, report in enumerate(reports):
+        if i:
+            print()
+        _audit_print(report)
+    return 0
 
 
 # ---------------------------------------------------------------------------------- resize
 def _cmd_resize(args: argparse.Namespace) -> int:
-    raise LoraRankError("the resize command is not available yet")
+    from .adapters import save_adapter
+    from .audit import resize_adapter
+
+    (adapter,) = _audit_load([args.path])
+    if args.rank is not None:
+        result = resize_adapter(adapter, rank=args.rank)
+    else:
+        result = resize_adapter(adapter, rule="energy", value=args.energy)
+    fmt = "npz" if args.output.lower().endswith(".npz") else None
+    written = save_adapter(result.adapter, args.output, format=fmt)
+    changed = sum(1 for m, n in zip(adapter.modules, result.adapter.modules) if m is not n)
+    worst = max(result.errors.items(), key=lambda kv: kv[1])
+    print(f"resized {changed} of {len(adapter.modules)} modules; {result.params_before:,} -> "
+          f"{result.params_after:,} parameters; retained energy {result.retained_energy:.4f}; "
+          f"largest truncation error {worst[1]:.4f} ({_audit_short(worst[0])})")
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
 
 
 # --------------------------------------------------------------------------------- compare
 def _cmd_compare(args: argparse.Namespace) -> int:
-    raise LoraRankError("the compare command is not available yet")
+    from .compare import compare_adapters
+
+    (a,) = _audit_load([args.path_a])
+    (b,) = _audit_load([args.path_b])
+    result = compare_adapters(a, b)
+    if args.json:
+        _print_json(result.to_dict())
+        return 0
+    print(f"A: {a.source} (rank {', '.join(map(str, a.ranks))}), B: {b.source} "
+          f"(rank {', '.join(map(str, b.ranks))}); {len(result.modules)} shared modules, "
+          f"{len(result.only_a)} only in A, {len(result.only_b)} only in B")
+    width = max(12, *(len(_audit_short(m.name)) for m in result.modules))
+    print()
+    print(f"{'module':<{width}} | {'r_a':>4} | {'r_b':>4} | {'phi(1,1)':>8} | {'phi(k,k)':>8} | {'k':>2} | "
+          f"{'chance':>7} | {'min angle':>9}")
+    print("-" * (width + 66))
+    for m in result.modules:
+        angle = math.degrees(m.angles[0]) if m.angles.size else 90.0
+        print(f"{_audit_short(m.name):<{width}} | {m.rank_a:>4} | {m.rank_b:>4} | {m.phi[0, 0]:>8.4f} | "
+              f"{m.top_overlap:>8.4f} | {m.top:>2} | {m.chance:>7.4f} | {angle:>8.2f}d")
+    s = result.summary
+    print()
+    print(f"top-direction overlap phi(k,k): mean {s['top_overlap']['mean']:.4f} (min "
+          f"{s['top_overlap']['min']:.4f}, max {s['top_overlap']['max']:.4f}); chance level "
+          f"{s['chance_mean']:.4f}")
+    print("phi(i,j) = ||U_i^T V_j||_F^2 / min(i,j) on the right singular vectors of the A factors "
+          "(Hu et al. 2022, sec. 7.2): 1 = same directions, chance = k / d_in.")
+    return 0
 
 
 # ------------------------------------------------------------------------------------ main
