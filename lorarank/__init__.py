@@ -6,6 +6,17 @@ metrics, and reading, auditing, resizing and comparing real adapters.
 """
 
 from .errors import AdapterError, ConfigError, LoraRankError, UnsupportedAdapterError
+from .fit import (
+    DEFAULT_LR,
+    DEFAULT_STEPS,
+    OPTIMIZERS,
+    SCALING_RULES,
+    FitResult,
+    fit_lora,
+    fit_lora_reference,
+    init_lora,
+    lora_scale,
+)
 from .spectrum import (
     RANK_RULES,
     FactoredSVD,
@@ -23,6 +34,8 @@ from .spectrum import (
     truncation_error,
 )
 
+from .synthetic import SPECTRA, Target, make_target, planted_spectrum
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -30,4 +43,7 @@ __all__ = [
     "RANK_RULES", "FactoredSVD", "factored_svd", "factored_svdvals", "energy_rank",
     "stable_rank", "entropy_rank", "kohya_rank", "truncation_error", "eckart_young_errors",
     "gavish_donoho_threshold", "gavish_donoho_rank", "numerical_rank", "recommend_rank",
+    "SPECTRA", "Target", "make_target", "planted_spectrum",
+    "SCALING_RULES", "OPTIMIZERS", "DEFAULT_LR", "DEFAULT_STEPS", "FitResult", "lora_scale",
+    "init_lora", "fit_lora", "fit_lora_reference",
 ]
