@@ -48,7 +48,7 @@ TARGET_SETTINGS: tuple[Setting, ...] = (
     Setting("spectrum", "spectrum shape", "linear",
             "Planted singular values: flat (all sigma_max), linear (sigma_max down towards "
             "sigma_max/2), geometric (a factor 10 from first to last).",
-            kind="choice", options=SPECTRA),
+            kind="choice", options=SPECTRA, select=True),
     Setting("noise", "noise", 0.01,
             "Standard deviation of the Gaussian noise added to every entry of T: the noise "
             "floor a real fine-tuning update has.",
@@ -70,7 +70,7 @@ TRAINING_SETTINGS: tuple[Setting, ...] = (
             "A step on the loss 0.5*||s B A - T||_F^2. Empty: the engine's default, "
             + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items()) + ".",
             kind="float", min_value=1e-9, max_value=100.0, step=0.001, format="%.6g",
-            placeholder="default: " + ", ".join(f"{v:g} ({k})" for k, v in DEFAULT_LR.items())),
+            placeholder="default"),
     Setting("steps", "steps", DEFAULT_STEPS, "Optimiser steps per rank.",
             min_value=1, max_value=MAX_STEPS_APP, step=100),
     Setting("seed", "seed", 0, "Seed of the target and of A's initialisation.",
@@ -265,28 +265,30 @@ def reading(run: SweepRun) -> list[str]:
             continue
         gap = res.rel_err - res.optimal_rel_err
         short = gap > 0.05 * res.optimal_rel_err + 1e-3
-        tail = (f" It is still {_sig(res.rel_err, 3)} against an optimum of "
-                f"{_sig(res.optimal_rel_err, 3)}: more steps or a larger learning rate would "
-                f"close the gap." if short else "")
+        err, opt = _sig(res.rel_err, 3), _sig(res.optimal_rel_err, 3)
+        tail = (" It has not converged yet: more steps or a larger learning rate would close "
+                "the gap." if short else "")
         eff = res.effective_rank
         if r < k:
             out.append(f"**r = {r}** is under-parameterised: it has room for {r} of the {k} "
-                       f"directions, so its error stays near the Eckart-Young optimum "
-                       f"{_sig(res.optimal_rel_err, 3)} (it reached {_sig(res.rel_err, 3)}); "
-                       f"only a larger r lowers it.{tail}")
+                       f"directions, so no training takes it below the Eckart-Young optimum "
+                       f"{opt} (it reached {err}); only a larger r lowers the error.{tail}")
         elif r == k:
-            found = (f"all {k} directions" if eff == k else f"{eff} of the {k} directions")
+            found = (f"all {k} directions" if eff == k else f"only {eff} of the {k} directions")
             out.append(f"**r = {r}** matches the intrinsic rank: it learned {found}, error "
-                       f"{_sig(res.rel_err, 3)} against the optimum "
-                       f"{_sig(res.optimal_rel_err, 3)}.{tail}")
+                       f"{err} against the optimum {opt}.{tail}")
         else:
             at_floor = int(res.singular_values.size - eff)
             opt_k = truncation_error(run.target_values, k)
+            if res.rel_err < opt_k:
+                gain = (f"Its error {err} is below the rank-{k} optimum {_sig(opt_k, 3)} only "
+                        f"by fitting noise.")
+            else:
+                gain = (f"Its error {err} is no better than the rank-{k} optimum "
+                        f"{_sig(opt_k, 3)}: the extra directions buy nothing.")
             out.append(f"**r = {r}** is over-parameterised: {eff} of its {r} directions are "
                        f"above the noise floor and the optimiser drove the other {at_floor} to "
-                       f"it (at or below {_sig(floor, 3)}). Its error {_sig(res.rel_err, 3)} "
-                       f"is below the rank-{k} optimum {_sig(opt_k, 3)} only by fitting "
-                       f"noise.{tail}")
+                       f"it (at or below {_sig(floor, 3)}). {gain}{tail}")
     enough = [res for res in ok if res.rank >= k and res.effective_rank is not None
               and res.effective_rank >= k]
     if enough:

@@ -38,11 +38,19 @@ def rank_color_scale(ranks: Iterable[int]) -> alt.Scale:
     return alt.Scale(domain=labels, range=colors)
 
 
-def downsample_index(n: int, max_points: int) -> np.ndarray:
-    """At most ``max_points`` indices into ``range(n)``, evenly spread, first and last kept."""
+def downsample_index(n: int, max_points: int, *, log: bool = False) -> np.ndarray:
+    """At most ``max_points`` sorted indices into ``range(n)``, first and last kept.
+
+    Evenly spread, or with ``log=True`` geometrically spread (dense at the start), which suits
+    a curve drawn on a log or symlog step axis.
+    """
     if n <= max_points:
         return np.arange(n)
-    return np.unique(np.linspace(0, n - 1, max_points).round().astype(int))
+    if log:
+        idx = np.geomspace(1, n, max_points).round().astype(int) - 1
+    else:
+        idx = np.linspace(0, n - 1, max_points).round().astype(int)
+    return np.unique(np.concatenate(([0, n - 1], idx)))
 
 
 def log_scale() -> alt.Scale:

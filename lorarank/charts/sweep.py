@@ -76,7 +76,8 @@ def spectrum_chart(target_values: object, fitted: Mapping[int, object], *,
     tooltip = [alt.Tooltip("panel:N", title="rank"), alt.Tooltip("series:N"),
                alt.Tooltip("index:Q", title="i"), alt.Tooltip("sigma:Q", title="sigma_i", format=".4g")]
     x = alt.X("index:Q", title="index i", axis=alt.Axis(tickMinStep=1, format="d"))
-    y = alt.Y("sigma:Q", title="singular value sigma_i (log)", scale=log_scale())
+    y = alt.Y("sigma:Q", title="singular value sigma_i (log)", scale=log_scale(),
+              axis=alt.Axis(tickCount=6, format="~g"))
     series_color = alt.Color("series:N", title="spectrum",
                              scale=alt.Scale(domain=["target", "trained"],
                                              range=[TARGET_COLOR, "#0072B2"]))
@@ -111,7 +112,8 @@ def loss_frame(losses: Mapping[int, object], *, max_points: int = 400) -> pd.Dat
     losses : mapping of int to array_like of shape (steps + 1,)
         For each rank, the loss ``0.5 ||s B A - T||_F^2`` after 0, 1, ... steps.
     max_points : int, default=400
-        Points kept per curve (evenly spread, first and last kept).
+        Points kept per curve (geometrically spread: dense over the first steps, where the
+        symlog step axis is widest; first and last kept).
 
     Returns
     -------
@@ -122,7 +124,7 @@ def loss_frame(losses: Mapping[int, object], *, max_points: int = 400) -> pd.Dat
     parts = []
     for rank, curve in losses.items():
         curve = np.asarray(curve, dtype=np.float64).ravel()
-        idx = downsample_index(curve.size, max_points)
+        idx = downsample_index(curve.size, max_points, log=True)
         part = pd.DataFrame({"rank": rank_label(rank), "step": idx, "loss": curve[idx]})
         parts.append(part[np.isfinite(part["loss"]) & (part["loss"] > 0)])
     if not parts:
@@ -132,7 +134,7 @@ def loss_frame(losses: Mapping[int, object], *, max_points: int = 400) -> pd.Dat
 
 def loss_chart(losses: Mapping[int, object], *, diverged_at: Mapping[int, int | None] | None = None,
                max_points: int = 400, height: int = 300) -> alt.LayerChart:
-    """Loss against optimiser step, one line per rank, log-scale loss.
+    """Loss against optimiser step, one line per rank; log-scale loss, symlog steps.
 
     Parameters
     ----------
@@ -149,9 +151,15 @@ def loss_chart(losses: Mapping[int, object], *, diverged_at: Mapping[int, int | 
     color = alt.Color("rank:N", title="rank", scale=rank_color_scale(losses))
     tooltip = [alt.Tooltip("rank:N"), alt.Tooltip("step:Q"),
                alt.Tooltip("loss:Q", title="0.5*||sBA - T||^2", format=".4g")]
+    # symlog keeps step 0 and shows the first few dozen steps, where most of the drop happens.
+    last = int(frame["step"].max()) if len(frame) else 1
+    ticks = [t for t in (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000,
+                         300_000, 1_000_000) if t <= last]
+    x = alt.X("step:Q", title="optimiser step (symlog)", scale=alt.Scale(type="symlog"),
+              axis=alt.Axis(values=ticks, format="d"))
     lines = alt.Chart(frame).mark_line(strokeWidth=2).encode(
-        x=alt.X("step:Q", title="optimiser step"),
-        y=alt.Y("loss:Q", title="loss 0.5*||s B A - T||_F^2 (log)", scale=log_scale()),
+        x=x, y=alt.Y("loss:Q", title="loss (log)", scale=log_scale(),
+                     axis=alt.Axis(tickCount=6, format="~g")),
         color=color, tooltip=tooltip)
     layers = [lines]
     ends = [(rank_label(r), int(step)) for r, step in (diverged_at or {}).items() if step is not None]
@@ -160,6 +168,6 @@ def loss_chart(losses: Mapping[int, object], *, diverged_at: Mapping[int, int | 
         marks = last[last["rank"].isin([lab for lab, _ in ends])].copy()
         marks["status"] = [f"diverged at step {dict(ends)[lab]}" for lab in marks["rank"]]
         layers.append(alt.Chart(marks).mark_point(shape="cross", size=140, filled=True).encode(
-            x="step:Q", y=alt.Y("loss:Q", scale=log_scale()), color=color,
+            x=x, y=alt.Y("loss:Q", scale=log_scale()), color=color,
             tooltip=[alt.Tooltip("rank:N"), alt.Tooltip("status:N")]))
     return alt.layer(*layers).properties(height=height, title="Training loss per rank")

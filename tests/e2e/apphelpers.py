@@ -1,0 +1,98 @@
+"""Helpers for browser tests of the app: the server process and waits (see conftest.py).
+
+Import them in a test module of this folder with ``from apphelpers import wait_for_app``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+STARTUP_TIMEOUT = 30.0
+
+__all__ = ["REPO", "CHROMIUM", "CHROMIUM_ARGS", "AppServer", "wait_for_app", "set_number"]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class AppServer:
+    """A ``streamlit run app.py`` subprocess on a free port; ``stop()`` ends it by its PID."""
+
+    def __init__(self, log_path: Path, *, script: str = "app.py") -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        cmd = [sys.executable, "-m", "streamlit", "run", script, "--server.headless", "true",
+               "--server.address", "127.0.0.1", "--server.port", str(self.port),
+               "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+        self.started = time.perf_counter()
+        self.healthy_after = self._wait_healthy()
+
+    def _wait_healthy(self) -> float:
+        deadline = time.perf_counter() + STARTUP_TIMEOUT
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"streamlit exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=1) as resp:
+                    if resp.read().decode().strip() == "ok":
+                        return time.perf_counter() - self.started
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"streamlit not healthy after {STARTUP_TIMEOUT} s:\n{self.log()}")
+
+    def log(self) -> str:
+        """The server's output so far."""
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """Terminate, wait up to 10 s, then kill."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+def wait_for_app(page, *, timeout: float = 60_000) -> None:
+    """Wait until the app is connected, its script has finished and no skeleton is left."""
+    page.wait_for_timeout(200)
+    page.wait_for_selector('[data-testid="stApp"][data-test-connection-state="CONNECTED"]',
+                           timeout=timeout)
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]',
+                           timeout=timeout)
+    page.wait_for_function('document.querySelectorAll(\'[data-testid="stSkeleton"]\').length === 0',
+                           timeout=timeout)
+
+
+def set_number(page, key: str, value: object) -> None:
+    """Type ``value`` into the number input with widget key ``key`` and commit it (Enter)."""
+    box = page.locator(f".st-key-{key}").get_by_test_id("stNumberInput").locator("input")
+    box.fill(str(value))
+    box.press("Enter")
+    wait_for_app(page)
