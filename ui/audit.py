@@ -1,0 +1,555 @@
+"""The Adapter audit page's pieces: URL settings, uploads, cached engine calls, tables, demo.
+
+URL-bound widget keys are readable names (``?rule=sv_ratio&sv_ratio=10&module=...&budget=4``);
+the upload itself never enters the URL. Other session-state keys of this page start with
+``audit_``. Uploaded bytes are held in memory only (``st.file_uploader`` gives them, the engine
+reads them with ``load_adapter_bytes``): nothing is written to disk or logged.
+
+Caching
+-------
+Every engine call goes through an ``st.cache_data`` wrapper that takes an :class:`Upload`
+(the files' names and bytes). Hashing 84 MB of bytes on every rerun costs about 0.15 s per
+call, so an :class:`Upload` is hashed by its identity instead: the uploader's ``file_id`` (a
+fresh id per uploaded file, whose content never changes) or, for bytes from elsewhere, a
+BLAKE2b digest of the content. Cached values are small (spectra, ranks, errors): the factors
+themselves are never cached, they are re-read from the bytes (a view, no copy) on a miss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import zipfile
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from lorarank.adapters import Adapter, LoraModule, adapter_files, load_adapter_bytes
+from lorarank.audit import AuditReport, allocate_budget, audit_adapter, budget_curve, resize_adapter
+from lorarank.compare import Comparison, compare_adapters
+from lorarank.errors import ConfigError
+from lorarank.spectrum import RANK_RULES
+
+from .common import Setting, progress_bar
+
+__all__ = [
+    "UPLOAD_KEY", "UPLOAD_B_KEY", "DOWNLOAD_KEY", "RESIZE_DOWNLOAD_KEY", "COMPARE_DOWNLOAD_KEY",
+    "RULE", "RULE_VALUES", "MAP_METRIC", "BUDGET", "RESIZE_BY", "ALPHA", "SCALE", "TOP",
+    "MODULE_KEY", "COMPARE_KEY", "DEMO_KEY", "ALL_SETTINGS", "MAP_METRICS", "RULE_LABELS",
+    "Upload", "Detected", "ResizeTarget", "ResizePreview",
+    "short_name", "rule_text", "assumed_scale", "module_url_error",
+    "detect", "run_audit", "run_budget", "run_resize", "resized_files", "zip_files",
+    "run_compare", "demo_files", "demo_upload",
+    "COLUMN_HELP", "module_table", "module_records", "audit_json", "detected_lines", "reading",
+    "RESIZE_HELP", "resize_table", "COMPARE_HELP", "compare_table", "compare_reading", "json_safe",
+]
+
+# ------------------------------------------------------------------------------ session keys
+UPLOAD_KEY = "audit_upload"
+UPLOAD_B_KEY = "audit_upload_b"
+DOWNLOAD_KEY = "audit_download"
+RESIZE_DOWNLOAD_KEY = "audit_resize_download"
+COMPARE_DOWNLOAD_KEY = "audit_compare_download"
+#: URL-bound keys drawn by the page itself (their options depend on the upload, or booleans).
+MODULE_KEY = "module"
+COMPARE_KEY = "compare"
+DEMO_KEY = "demo"
+
+# ---------------------------------------------------------------------------------- settings
+RULE_LABELS: dict[str, str] = {
+    "energy": "energy share",
+    "sv_ratio": "kohya sv_ratio",
+    "sv_fro": "kohya sv_fro",
+    "sv_cumulative": "kohya sv_cumulative",
+    "entropy": "entropy rank",
+}
+
+RULE = Setting(
+    "rule", "rank rule", "energy",
+    "How each module's recommended rank is chosen. " + " ".join(
+        f"{RULE_LABELS[k]} ({k}): {v}." for k, v in RANK_RULES.items()),
+    kind="choice", options=tuple(RANK_RULES), select=True)
+
+#: The value widget of each rule (entropy has none); its key is the rule's name.
+RULE_VALUES: dict[str, Setting] = {
+    "energy": Setting("energy", "energy share t", 0.99,
+                      "Keep the smallest k with sum_{i<=k} sigma_i^2 >= t * sum sigma^2.",
+                      kind="float", min_value=0.001, max_value=1.0, step=0.01, format="%.4f"),
+    "sv_ratio": Setting("sv_ratio", "ratio R", 10.0,
+                        "kohya sv_ratio: keep every sigma_i > sigma_1 / R.",
+                        kind="float", min_value=1.0, max_value=1e6, step=1.0, format="%.3f"),
+    "sv_fro": Setting("sv_fro", "Frobenius share t", 0.9,
+                      "kohya sv_fro: keep the smallest k whose Frobenius norm share reaches t "
+                      "(energy share t^2).",
+                      kind="float", min_value=0.001, max_value=1.0, step=0.01, format="%.4f"),
+    "sv_cumulative": Setting("sv_cumulative", "L1 share t", 0.9,
+                             "kohya sv_cumulative: keep the smallest k with "
+                             "sum_{i<=k} sigma_i >= t * sum sigma.",
+                             kind="float", min_value=0.001, max_value=1.0, step=0.01, format="%.4f"),
+}
+
+#: Rank-map metrics: table column -> label.
+MAP_METRICS: dict[str, str] = {
+    "recommended_rank": "recommended rank",
+    "energy_rank_0.99": "energy rank k(0.99)",
+    "energy_rank_0.95": "energy rank k(0.95)",
+    "energy_rank_0.9": "energy rank k(0.9)",
+    "stable_rank": "stable rank",
+    "entropy_rank": "entropy rank",
+    "truncation_error": "truncation error",
+}
+MAP_METRIC = Setting("map", "rank map shows", "recommended_rank",
+                     "The per-module number the rank map colours (definitions under the table).",
+                     kind="choice", options=tuple(MAP_METRICS), select=True)
+BUDGET = Setting("budget", "global budget: mean rank per module", 4,
+                 "A budget of (this x number of modules) directions for the whole adapter, "
+                 "spent on the directions with the largest sigma^2 first, wherever they are. "
+                 "By Eckart-Young no allocation of that many directions keeps more energy.",
+                 min_value=0, max_value=4096)
+RESIZE_BY = Setting("resize_by", "resize by", "rule",
+                    "rule: every module to its recommended rank. budget: the global budget's "
+                    "allocation (largest sigma^2 first across modules).",
+                    kind="choice", options=("rule", "budget"))
+ALPHA = Setting("alpha", "alpha", None,
+                "The file has no alpha for some modules, so scale 1 was assumed there. Set the "
+                "lora_alpha you trained with: scale = alpha / r for every module.",
+                kind="float", min_value=1e-6, max_value=1e6, step=1.0, format="%.6g",
+                placeholder="scale 1 assumed")
+SCALE = Setting("scale", "scale", None,
+                "The mlx-lm adapter has no adapter_config.json with lora_parameters.scale, so "
+                "scale 1 was assumed. Set the scale you trained with.",
+                kind="float", min_value=1e-6, max_value=1e6, step=1.0, format="%.6g",
+                placeholder="scale 1 assumed")
+TOP = Setting("top", "top directions k", 4,
+              "The summary overlap is phi(k, k) with k = min(this, r_A, r_B).",
+              min_value=1, max_value=4096)
+
+#: Every URL-bound setting built from :class:`Setting` (checked against the URL first).
+ALL_SETTINGS: tuple[Setting, ...] = (RULE, *RULE_VALUES.values(), MAP_METRIC, BUDGET, RESIZE_BY,
+                                     ALPHA, SCALE, TOP)
+
+_PEFT_PREFIX = "base_model.model."
+
+
+def short_name(name: str) -> str:
+    """A module name for display and URLs: PEFT's ``base_model.model.`` prefix dropped."""
+    return name[len(_PEFT_PREFIX):] if name.startswith(_PEFT_PREFIX) else (name or "(unnamed)")
+
+
+def rule_text(rule: str, value: float | None) -> str:
+    """``"energy share 0.99"``, ``"kohya sv_ratio 10"``, ``"entropy rank"``."""
+    if rule == "entropy" or value is None:
+        return RULE_LABELS.get(rule, rule)
+    return f"{RULE_LABELS.get(rule, rule)} {value:g}"
+
+
+# ------------------------------------------------------------------------------------ uploads
+@dataclass(frozen=True)
+class Upload:
+    """The files of one upload: ``(name, bytes)`` pairs and an identity used as cache key.
+
+    Build it with :meth:`from_uploaded` (``st.file_uploader``'s files) or :meth:`from_files`.
+    The bytes never leave memory and never enter a URL or a log.
+    """
+
+    files: tuple[tuple[str, bytes], ...]
+    ident: str
+    label: str = ""
+
+    @classmethod
+    def from_uploaded(cls, uploaded: Sequence[Any] | None) -> "Upload | None":
+        """From the uploader's ``UploadedFile`` list (None or empty: None)."""
+        if not uploaded:
+            return None
+        files = tuple((f.name, f.getvalue()) for f in uploaded)
+        ident = "|".join(f"{f.file_id}:{f.name}:{f.size}" for f in uploaded)
+        return cls(files, "upload:" + ident, " + ".join(f.name for f in uploaded))
+
+    @classmethod
+    def from_files(cls, files: Mapping[str, bytes] | Iterable[tuple[str, bytes]], *,
+                   label: str = "") -> "Upload":
+        """From names and bytes; the identity is a BLAKE2b digest of names and contents."""
+        items = tuple(files.items()) if isinstance(files, Mapping) else tuple(files)
+        digest = hashlib.blake2b(digest_size=16)
+        for name, data in items:
+            digest.update(name.encode() + b"\0" + len(data).to_bytes(8, "little"))
+            digest.update(data)
+        return cls(items, "digest:" + digest.hexdigest(), label or " + ".join(n for n, _ in items))
+
+    @property
+    def size(self) -> int:
+        """Total bytes."""
+        return sum(len(b) for _, b in self.files)
+
+
+_HASH = {Upload: lambda u: u.ident}
+
+
+def _load(upload: Upload, alpha: float | None = None, scale: float | None = None) -> Adapter:
+    return load_adapter_bytes(list(upload.files), alpha=alpha, scale=scale)
+
+
+def assumed_scale(adapter: Adapter) -> str | None:
+    """Which override the user should be offered: ``"alpha"``, ``"scale"`` (mlx-lm) or None.
+
+    PEFT without ``adapter_config.json``, kohya / diffusers / npz modules without an alpha
+    entry, and mlx-lm without ``lora_parameters.scale`` all run with an assumed scale of 1.
+    """
+    if adapter.format == "mlx":
+        params = (adapter.config or {}).get("lora_parameters")
+        return None if isinstance(params, dict) and "scale" in params else "scale"
+    if adapter.format == "peft":
+        return "alpha" if adapter.config is None else None
+    return "alpha" if any(m.alpha is None for m in adapter.modules) else None
+
+
+@dataclass(frozen=True)
+class Detected:
+    """What was detected in an upload as stored (no alpha override)."""
+
+    describe: dict
+    assumed: str | None
+    names: tuple[str, ...]
+    size: int
+
+
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs=_HASH)
+def detect(upload: Upload) -> Detected:
+    """Read the upload as stored: format, orientation, scaling, dtypes, modules, parameters."""
+    adapter = _load(upload)
+    return Detected(describe=adapter.describe(), assumed=assumed_scale(adapter),
+                    names=tuple(m.name for m in adapter.modules), size=upload.size)
+
+
+@st.cache_data(show_spinner=False, max_entries=32, hash_funcs=_HASH)
+def run_audit(upload: Upload, *, alpha: float | None, scale: float | None, rule: str,
+              value: float) -> AuditReport:
+    """Every module's spectrum and metrics (progress bar per module on a cache miss)."""
+    adapter = _load(upload, alpha, scale)
+    with progress_bar(f"Auditing {len(adapter.modules):,} modules (factored SVDs)") as progress:
+        return audit_adapter(adapter, rule=rule, value=value, progress=progress)
+
+
+@st.cache_data(show_spinner=False, max_entries=32, hash_funcs=_HASH)
+def run_budget(upload: Upload, *, alpha: float | None, scale: float | None, rule: str,
+               value: float, mean_rank: int) -> tuple[dict, dict]:
+    """``(budget curve, allocation of mean_rank x modules directions)`` as JSON-friendly dicts."""
+    report = run_audit(upload, alpha=alpha, scale=scale, rule=rule, value=value)
+    curve = budget_curve(report)
+    allocation = allocate_budget(report, rank_budget=int(mean_rank) * len(report.modules))
+    return curve, allocation.to_dict()
+
+
+@dataclass(frozen=True)
+class ResizeTarget:
+    """What a resize aims at: the rule's per-module rank, or a global rank budget."""
+
+    by: str = "rule"
+    rule: str = "energy"
+    value: float = 0.99
+    rank_budget: int = 0
+
+    def kwargs(self) -> dict:
+        """Keyword arguments of :func:`lorarank.audit.resize_adapter`."""
+        if self.by == "budget":
+            return {"rank_budget": int(self.rank_budget)}
+        return {"rule": self.rule, "value": self.value}
+
+    def describe(self) -> str:
+        """``"rule energy share 0.99"`` or ``"global budget of 56 directions"``."""
+        if self.by == "budget":
+            return f"global budget of {self.rank_budget:,} directions"
+        return f"rule {rule_text(self.rule, self.value)}"
+
+
+@dataclass(frozen=True)
+class ResizePreview:
+    """What a resize does, without the factors (small, cacheable)."""
+
+    names: tuple[str, ...]
+    old_ranks: tuple[int, ...]
+    summary: dict
+    write_format: str
+
+
+@st.cache_data(show_spinner=False, max_entries=32, hash_funcs=_HASH)
+def run_resize(upload: Upload, *, alpha: float | None, scale: float | None,
+               target: ResizeTarget) -> ResizePreview:
+    """Resize with the engine and keep its numbers: ranks, errors, parameters, energy."""
+    adapter = _load(upload, alpha, scale)
+    with progress_bar("Resizing (best rank-k approximation per module)") as progress:
+        result = resize_adapter(adapter, progress=progress, **target.kwargs())
+    fmt = "peft" if adapter.format == "peft" else "kohya" if adapter.format == "kohya" else (
+        "peft" if any(m.transposed for m in adapter.modules) else "npz")
+    return ResizePreview(names=tuple(m.name for m in adapter.modules),
+                         old_ranks=tuple(m.rank for m in adapter.modules),
+                         summary=result.to_dict(), write_format=fmt)
+
+
+def resized_files(upload: Upload, *, alpha: float | None, scale: float | None,
+                  target: ResizeTarget) -> dict[str, bytes]:
+    """The resized adapter's files in the input's family (PEFT, kohya or npz), as bytes.
+
+    Not cached (the bytes can be as large as the upload): the page calls it only when a
+    download button is clicked.
+    """
+    adapter = _load(upload, alpha, scale)
+    result = resize_adapter(adapter, **target.kwargs())
+    return adapter_files(result.adapter)
+
+
+def zip_files(files: Mapping[str, bytes], *, folder: str = "") -> bytes:
+    """A zip of ``files`` (inside ``folder/`` when given), deflated."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(f"{folder}/{name}" if folder else name, data)
+    return buf.getvalue()
+
+
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs=_HASH)
+def run_compare(upload_a: Upload, upload_b: Upload, *, top: int) -> Comparison:
+    """Subspace similarity of the two adapters' A factors on their shared modules.
+
+    phi uses the right singular vectors of A only, so no scale or alpha is involved.
+    """
+    a, b = _load(upload_a), _load(upload_b)
+    with progress_bar("Comparing shared modules") as progress:
+        return compare_adapters(a, b, top=top, progress=progress)
+
+
+def module_url_error(options: Sequence[str]) -> str | None:
+    """One sentence when the URL's ``module`` is not a module of the upload (checked first)."""
+    if MODULE_KEY not in st.query_params:
+        return None
+    raw = st.query_params[MODULE_KEY]
+    if raw in options:
+        return None
+    return (f"The link sets `module={raw}`, but this adapter has no such module; the first "
+            f"module, {options[0]}, is shown instead.")
+
+
+# --------------------------------------------------------------------------------------- demo
+_DEMO_LAYERS = 2
+_DEMO_SHAPES = {"q_proj": (128, 128), "k_proj": (64, 128), "v_proj": (64, 128),
+                "o_proj": (128, 128), "gate_proj": (256, 128), "up_proj": (256, 128),
+                "down_proj": (128, 256)}
+_DEMO_PLANTED = {"q_proj": 2, "k_proj": 2, "v_proj": 6, "o_proj": 5, "gate_proj": 3,
+                 "up_proj": 4, "down_proj": 8}
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def demo_files(variant: str = "a") -> dict[str, bytes]:
+    """A small synthetic PEFT adapter (Llama-shaped, 2 layers x 7 modules), as files.
+
+    Variant ``"a"`` has r = 16, ``"b"`` r = 8. In every module of either, ``dW = s * B @ A``
+    has k planted directions (k = 2 for q_proj ... 8 for down_proj) with singular values from
+    10 down to 5 and a tail of noise directions at about 0.1; the two variants share their
+    planted input directions (the row space of A), so the compare mode finds them. Written
+    by the engine's own PEFT writer, and read back like any upload.
+    """
+    if variant not in ("a", "b"):
+        raise ConfigError(f"demo variant should be 'a' or 'b', got {variant!r}")
+    r = 16 if variant == "a" else 8
+    shared = np.random.default_rng(2024)
+    own = np.random.default_rng(7 if variant == "a" else 8)
+    modules = []
+    for layer in range(_DEMO_LAYERS):
+        for kind, (d_out, d_in) in _DEMO_SHAPES.items():
+            k = _DEMO_PLANTED[kind]
+            # 1. Shared planted input directions, own output directions and noise directions.
+            v_planted = np.linalg.qr(shared.standard_normal((d_in, k)))[0]
+            v_noise = own.standard_normal((d_in, r - k))
+            v = np.linalg.qr(np.hstack([v_planted, v_noise]))[0]
+            u = np.linalg.qr(own.standard_normal((d_out, r)))[0]
+            # 2. Singular values: planted 10 -> 5, then a noise tail near 0.1.
+            s = np.concatenate([np.linspace(10.0, 5.0, k), 0.1 * own.uniform(0.5, 1.5, r - k)])
+            s = np.sort(s)[::-1]
+            root = np.sqrt(s)
+            name = f"base_model.model.model.layers.{layer}." + (
+                "self_attn." if kind.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else "mlp.") + kind
+            modules.append(LoraModule(name, (root[:, None] * v.T).astype(np.float32),
+                                      (u * root).astype(np.float32), 1.0, alpha=float(r)))
+    config = {"r": r, "lora_alpha": r, "peft_type": "LORA", "target_modules": list(_DEMO_SHAPES),
+              "base_model_name_or_path": "synthetic-demo (lorarank)"}
+    adapter = Adapter(format="peft", modules=modules, scaling="", source="demo", config=config)
+    return adapter_files(adapter, format="peft")
+
+
+def demo_upload(variant: str = "a") -> Upload:
+    """The synthetic demo as an :class:`Upload` (as if its two files were uploaded)."""
+    files = demo_files(variant)
+    return Upload.from_files(files, label=f"synthetic demo {variant.upper()} (r = "
+                                          f"{16 if variant == 'a' else 8})")
+
+
+# ------------------------------------------------------------------------------------- tables
+COLUMN_HELP: dict[str, str] = {
+    "module": "Module path without the factor suffix (and without PEFT's base_model.model.).",
+    "shape": "d_out x d_in of the update dW = s·B·A.",
+    "r": "Stored rank: A is r x d_in, B is d_out x r.",
+    "alpha": "lora_alpha / alpha as stored or configured; empty when the file has none.",
+    "scale s": "The multiplier of B·A the format applies (PEFT alpha/r, rsLoRA alpha/sqrt(r), "
+               "kohya alpha/r, mlx-lm scale; 1 when assumed).",
+    "top singular values": "Largest singular values sigma_i of s·B·A, descending, from the "
+                           "factors (QR of B and A^T, SVD of the r x r core), never the dense dW.",
+    "k(0.9)": "Energy rank: smallest k with sum_{i<=k} sigma_i^2 >= 0.9 sum sigma^2.",
+    "k(0.95)": "Energy rank: smallest k with sum_{i<=k} sigma_i^2 >= 0.95 sum sigma^2.",
+    "k(0.99)": "Energy rank: smallest k with sum_{i<=k} sigma_i^2 >= 0.99 sum sigma^2.",
+    "stable rank": "sum sigma^2 / sigma_1^2: how many directions of full strength the energy "
+                   "would fill.",
+    "entropy rank": "Entropy effective rank (Roy and Vetterli 2007): exp(-sum p log p), "
+                    "p_i = sigma_i / sum sigma.",
+    "recommended rank": "The rank the chosen rule keeps.",
+    "truncation error": "Relative Frobenius error of keeping only the recommended k directions: "
+                        "sqrt(sum_{i>k} sigma^2 / sum sigma^2) (Eckart-Young: no rank-k "
+                        "matrix does better).",
+}
+
+
+def _sig(x: float, digits: int = 4) -> str:
+    return f"{x:.{digits}g}"
+
+
+def module_table(report: AuditReport, *, top: int = 4) -> pd.DataFrame:
+    """The table shown on the page: one row per module, numbers as numbers."""
+    rows = []
+    for m in report.modules:
+        s = m.singular_values
+        sv = ", ".join(_sig(x, 3) for x in s[:top]) + (", ..." if s.size > top else "")
+        rows.append({
+            "module": short_name(m.name), "shape": f"{m.shape[0]} x {m.shape[1]}", "r": m.rank,
+            "alpha": m.alpha, "scale s": m.scale, "top singular values": sv or "-",
+            "k(0.9)": m.energy_rank["0.9"], "k(0.95)": m.energy_rank["0.95"],
+            "k(0.99)": m.energy_rank["0.99"], "stable rank": m.stable_rank,
+            "entropy rank": m.entropy_rank, "recommended rank": m.recommended_rank,
+            "truncation error": m.truncation_error,
+        })
+    return pd.DataFrame(rows, columns=list(COLUMN_HELP))
+
+
+def module_records(report: AuditReport) -> pd.DataFrame:
+    """The CSV download: the engine's flat rows plus every singular value (space-separated)."""
+    frame = pd.DataFrame(report.table())
+    frame["singular_values"] = [" ".join(f"{x:.9g}" for x in m.singular_values)
+                                for m in report.modules]
+    if "layer" in frame:
+        frame["layer"] = frame["layer"].astype("Int64")
+    return frame
+
+
+def audit_json(report: AuditReport) -> dict:
+    """The JSON download, shaped like ``python -m lorarank audit --json`` plus ``detected``."""
+    doc = report.to_dict()
+    doc["detected"] = report.detected
+    return doc
+
+
+def detected_lines(detected: Detected, report: AuditReport) -> list[tuple[str, str]]:
+    """``(label, text)`` pairs of what was detected, for the page's summary box."""
+    d = detected.describe
+    scales = sorted({round(m.scale, 6) for m in report.modules})
+    scale_txt = ", ".join(f"{s:g}" for s in scales[:6]) + (", ..." if len(scales) > 6 else "")
+    return [
+        ("format", f"{d['format']} ({d['source']})"),
+        ("orientation", d["orientation"]),
+        ("scaling", f"{report.scaling}; s = {scale_txt}"),
+        ("dtype", ", ".join(d["dtypes"])),
+        ("modules", f"{d['modules']:,} (ranks {', '.join(map(str, d['ranks']))})"),
+        ("parameters", f"{d['params']:,} in the factors"),
+        ("other tensors", f"{d['ignored_tensors']:,} ignored (not LoRA factors)"),
+    ]
+
+
+def reading(report: AuditReport) -> str:
+    """One plain-words sentence read off the summary (markdown)."""
+    s = report.summary
+    recs = s.get("recommended_rank") or {}
+    if not recs:
+        return "The adapter has no modules."
+    ranks = s["ranks"]
+    stored = f"r = {ranks[0]}" if len(ranks) == 1 else f"r = {ranks[0]}..{ranks[-1]}"
+    share = s["params_after"] / s["params"] if s["params"] else 1.0
+    return (f"Under **{rule_text(report.rule, report.value)}** the modules need rank "
+            f"**{recs['min']}** to **{recs['max']}** (median {recs['median']:g}) of the stored "
+            f"{stored}: resizing every module to its recommended rank keeps "
+            f"**{100 * s['retained_energy']:.2f} %** of the update's energy "
+            f"(sum sigma^2) with **{100 * share:.1f} %** of the parameters "
+            f"({s['params']:,} -> {s['params_after']:,}).")
+
+
+RESIZE_HELP: dict[str, str] = {
+    "module": COLUMN_HELP["module"],
+    "r": "Stored rank.",
+    "new r": "Rank after the resize (a target at or above r leaves the module unchanged).",
+    "params": "Parameters after the resize: new r x (d_out + d_in).",
+    "truncation error": "||dW_k - dW||_F / ||dW||_F of this module after the resize "
+                        "(0 when unchanged).",
+}
+
+
+def resize_table(preview: ResizePreview, report: AuditReport) -> pd.DataFrame:
+    """Per-module ranks before and after and the truncation error of the resize."""
+    ranks, errors = preview.summary["ranks"], preview.summary["errors"]
+    shapes = {m.name: m.shape for m in report.modules}
+    rows = [{"module": short_name(n), "r": r, "new r": ranks[n],
+             "params": ranks[n] * sum(shapes[n]), "truncation error": errors[n]}
+            for n, r in zip(preview.names, preview.old_ranks)]
+    return pd.DataFrame(rows, columns=list(RESIZE_HELP))
+
+
+COMPARE_HELP: dict[str, str] = {
+    "module": COLUMN_HELP["module"],
+    "r_A": "Rank of the module in adapter A.",
+    "r_B": "Rank of the module in adapter B.",
+    "phi(1, 1)": "Overlap of the single top direction of A's row space with B's: "
+                 "|u_1^T v_1|^2.",
+    "k": "k = min(top directions, r_A, r_B).",
+    "phi(k, k)": "phi(i, j) = ||U_i^T V_j||_F^2 / min(i, j) on the right singular vectors of "
+                 "the two A factors (Hu et al. 2022, section 7.2), at i = j = k: 1 = the "
+                 "same k directions, 0 = orthogonal.",
+    "chance": "What two random k-dimensional subspaces of R^d_in give on average: k / d_in.",
+    "smallest angle (deg)": "The smallest principal angle between the two row spaces.",
+}
+
+
+def compare_table(comparison: Comparison) -> pd.DataFrame:
+    """One row per shared module."""
+    rows = [{"module": short_name(r["name"]), "r_A": r["rank_a"], "r_B": r["rank_b"],
+             "phi(1, 1)": r["phi_1_1"], "k": r["top"], "phi(k, k)": r["top_overlap"],
+             "chance": r["chance"], "smallest angle (deg)": r["smallest_angle_deg"]}
+            for r in comparison.table()]
+    return pd.DataFrame(rows, columns=list(COMPARE_HELP))
+
+
+def compare_reading(comparison: Comparison) -> str:
+    """One plain-words sentence on how much the top directions overlap."""
+    s = comparison.summary
+    t, chance = s["top_overlap"], s["chance_mean"]
+    verdict = ("they learned largely the same input directions" if t["mean"] >= 0.7 else
+               "they share some input directions" if t["mean"] >= max(0.2, 3 * chance) else
+               "their top directions are about as related as random subspaces")
+    extra = ""
+    if comparison.only_a or comparison.only_b or comparison.mismatched:
+        extra = (f" {len(comparison.only_a)} modules are only in A, {len(comparison.only_b)} only in B"
+                 f" and {len(comparison.mismatched)} differ in input size (not compared).")
+    return (f"Over {s['shared_modules']} shared modules the top-direction overlap phi(k, k) is "
+            f"**{t['mean']:.3f}** on average (min {t['min']:.3f}, max {t['max']:.3f}) against a "
+            f"chance level of {chance:.3f}: {verdict}.{extra}")
+
+
+
+def json_safe(value: Any) -> Any:
+    """Replace non-finite floats by None, recursively (strict JSON downloads)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
