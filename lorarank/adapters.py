@@ -643,6 +643,18 @@ def _build(tensors: _Tensors, config: dict | None, source: str, *, alpha: float 
                    config=config if fmt in ("peft", "mlx") else None, ignored=ignored)
 
 
+_EXPONENT_MASKS = {np.dtype(ml_dtypes.bfloat16): 0x7F80, np.dtype(np.float16): 0x7C00}
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    """``np.isfinite(arr).all()``; for 16-bit floats on the bits (exponent all ones = inf/NaN)."""
+    mask = _EXPONENT_MASKS.get(arr.dtype)
+    if mask is None:
+        return bool(np.isfinite(arr).all())
+    bits = np.ascontiguousarray(arr).view(np.uint16)
+    return not bool(np.any((bits & mask) == mask))
+
+
 def _natural_key(name: str) -> list:
     """Sort key putting ``layers.2`` before ``layers.10``."""
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
@@ -659,7 +671,7 @@ def _read_module(tensors: _Tensors, name: str, key_a: str, key_b: str, layout: s
                                "LoRA factors are matrices")
         if arr.size == 0:
             raise AdapterError(f"{source}: tensor {key!r} is empty (shape {arr.shape})")
-        if not np.isfinite(arr).all():
+        if not _all_finite(arr):
             raise AdapterError(f"{source}: tensor {key!r} contains NaN or infinite values")
     kernel = None
     transposed = layout == "ab_t"

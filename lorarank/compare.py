@@ -26,6 +26,7 @@ import numpy as np
 
 from ._validate import check_int, check_matrix
 from .adapters import Adapter
+from .audit import single_threaded_blas
 from .errors import AdapterError, ConfigError
 
 __all__ = [
@@ -174,6 +175,21 @@ class Comparison:
                 for m in self.modules]
 
 
+def _compare_module(ma, mb, top, progress, i, total) -> ModuleComparison:
+    u1 = right_singular_vectors(ma.A.astype(np.float64))
+    u2 = right_singular_vectors(mb.A.astype(np.float64))
+    overlap = u1.T @ u2
+    phi = _phi_from_overlap(overlap)
+    angles = np.arccos(np.clip(np.linalg.svd(overlap, compute_uv=False), -1.0, 1.0))
+    k = min(top, phi.shape[0], phi.shape[1])
+    d_in = int(ma.A.shape[1])
+    result = ModuleComparison(name=ma.name, rank_a=ma.rank, rank_b=mb.rank, d_in=d_in, phi=phi,
+                              angles=angles, top=k, top_overlap=float(phi[k - 1, k - 1]), chance=k / d_in)
+    if progress is not None:
+        progress(i + 1, total)
+    return result
+
+
 def compare_adapters(a: Adapter, b: Adapter, *, top: int = 4,
                      progress: Callable[[int, int], None] | None = None) -> Comparison:
     """Subspace similarity and principal angles of two adapters, module by module.
@@ -208,21 +224,9 @@ def compare_adapters(a: Adapter, b: Adapter, *, top: int = 4,
     total = len(shared)
     if progress is not None:
         progress(0, total)
-    out = []
-    for i, ma in enumerate(shared):
-        mb = by_name_b[ma.name]
-        u1 = right_singular_vectors(ma.A.astype(np.float64))
-        u2 = right_singular_vectors(mb.A.astype(np.float64))
-        overlap = u1.T @ u2
-        phi = _phi_from_overlap(overlap)
-        angles = np.arccos(np.clip(np.linalg.svd(overlap, compute_uv=False), -1.0, 1.0))
-        k = min(top, phi.shape[0], phi.shape[1])
-        d_in = int(ma.A.shape[1])
-        out.append(ModuleComparison(name=ma.name, rank_a=ma.rank, rank_b=mb.rank, d_in=d_in, phi=phi,
-                                    angles=angles, top=k, top_overlap=float(phi[k - 1, k - 1]),
-                                    chance=k / d_in))
-        if progress is not None:
-            progress(i + 1, total)
+    with single_threaded_blas():
+        out = [_compare_module(ma, by_name_b[ma.name], top, progress, i, total)
+               for i, ma in enumerate(shared)]
     tops = np.array([m.top_overlap for m in out])
     firsts = np.array([float(m.phi[0, 0]) for m in out])
     summary = {

@@ -1,0 +1,138 @@
+"""Benchmark: `python -m lorarank audit DIR --json` on a Llama-3-8B-shaped PEFT adapter.
+
+Writes a PEFT folder (32 layers x q,k,v,o,gate,up,down with Llama-3-8B shapes: hidden 4096,
+kv 1024, intermediate 14336; r = 16; bfloat16; about 84 MB) to a temporary folder, then runs
+the whole audit *process* several times and prints its wall time and peak resident memory
+(``ru_maxrss`` of the finished children). Beside it, the dense approach (form ``scale * B @ A``,
+then ``np.linalg.svd``) on a few modules, against the factored SVD on the same modules, in the
+same process. Targets (PRODUCT.md): <= 1.0 s wall, <= 300 MB peak for the whole process.
+
+Usage: ``python benchmarks/bench_audit.py [--runs 5] [--dense q_proj,k_proj]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+from safetensors.numpy import save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lorarank.spectrum import factored_svdvals  # noqa: E402
+
+HIDDEN, KV, INTER, LAYERS, RANK, ALPHA = 4096, 1024, 14336, 32, 16, 32
+SHAPES = {  # module -> (d_out, d_in)
+    "self_attn.q_proj": (HIDDEN, HIDDEN),
+    "self_attn.k_proj": (KV, HIDDEN),
+    "self_attn.v_proj": (KV, HIDDEN),
+    "self_attn.o_proj": (HIDDEN, HIDDEN),
+    "mlp.gate_proj": (INTER, HIDDEN),
+    "mlp.up_proj": (INTER, HIDDEN),
+    "mlp.down_proj": (HIDDEN, INTER),
+}
+
+
+def write_adapter(folder: Path, *, seed: int = 0) -> tuple[int, dict]:
+    """Write adapter_model.safetensors + adapter_config.json; return (bytes, factors of layer 0)."""
+    rng = np.random.default_rng(seed)
+    tensors, layer0 = {}, {}
+    decay = np.geomspace(1.0, 0.02, RANK).astype(np.float32)  # a trained-looking spectrum
+    for layer in range(LAYERS):
+        for module, (d_out, d_in) in SHAPES.items():
+            name = f"base_model.model.model.layers.{layer}.{module}"
+            a = (rng.standard_normal((RANK, d_in), dtype=np.float32) / np.sqrt(d_in)) * decay[:, None]
+            b = rng.standard_normal((d_out, RANK), dtype=np.float32) * 0.01
+            tensors[name + ".lora_A.weight"] = a.astype(ml_dtypes.bfloat16)
+            tensors[name + ".lora_B.weight"] = b.astype(ml_dtypes.bfloat16)
+            if layer == 0:
+                layer0[module] = (tensors[name + ".lora_B.weight"], tensors[name + ".lora_A.weight"])
+    save_file(tensors, folder / "adapter_model.safetensors", metadata={"format": "pt"})
+    config = {"peft_type": "LORA", "r": RANK, "lora_alpha": ALPHA, "use_rslora": False,
+              "rank_pattern": {}, "alpha_pattern": {}, "fan_in_fan_out": False,
+              "target_modules": sorted({m.split(".")[-1] for m in SHAPES}), "task_type": "CAUSAL_LM"}
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return (folder / "adapter_model.safetensors").stat().st_size, layer0
+
+
+def time_cli(folder: Path, runs: int) -> tuple[list[float], float, int]:
+    """Wall seconds of each `python -m lorarank audit DIR --json` run, peak RSS (MB), modules."""
+    walls, modules = [], 0
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for _ in range(runs):
+        started = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "lorarank", "audit", str(folder), "--json"],
+                              capture_output=True, env=env, cwd=str(ROOT))
+        walls.append(time.perf_counter() - started)
+        if proc.returncode != 0:
+            raise SystemExit(f"audit failed: {proc.stderr.decode().strip()}")
+        modules = len(json.loads(proc.stdout)["modules"])
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
+    return walls, peak_mb, modules
+
+
+def dense_vs_factored(layer0: dict, names: list[str]) -> list[tuple[str, tuple[int, int], float, float, float]]:
+    """(module, shape, dense s, factored s, max relative difference of the singular values)."""
+    out = []
+    scale = ALPHA / RANK
+    for name in names:
+        key = next(k for k in SHAPES if k.endswith(name))
+        b, a = (x.astype(np.float32) for x in layer0[key])
+        t0 = time.perf_counter()
+        dense = np.linalg.svd(scale * (b @ a), compute_uv=False)[:RANK]
+        t_dense = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fact = factored_svdvals(b.astype(np.float64), a.astype(np.float64), scale=scale)
+        t_fact = time.perf_counter() - t0
+        diff = float(np.max(np.abs(dense - fact) / fact[0]))
+        out.append((key, SHAPES[key], t_dense, t_fact, diff))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--dense", default="k_proj,q_proj",
+                        help="comma-separated module types of layer 0 for the dense SVD comparison")
+    args = parser.parse_args()
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, numpy {np.__version__}")
+    with tempfile.TemporaryDirectory(prefix="lorarank-bench-") as tmp:
+        folder = Path(tmp) / "llama3_8b_r16_bf16"
+        folder.mkdir()
+        t0 = time.perf_counter()
+        size, layer0 = write_adapter(folder)
+        print(f"wrote {folder.name}: {LAYERS} layers x {len(SHAPES)} modules, r = {RANK}, bfloat16, "
+              f"{size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s")
+        walls, peak, modules = time_cli(folder, args.runs)
+        print(f"`python -m lorarank audit DIR --json` ({modules} modules), {args.runs} runs: "
+              f"wall median {statistics.median(walls):.3f} s (min {min(walls):.3f}, max {max(walls):.3f}); "
+              f"peak RSS {peak:.0f} MB   [targets: <= 1.0 s, <= 300 MB]")
+        names = [n.strip() for n in args.dense.split(",") if n.strip()]
+        rows = dense_vs_factored(layer0, names)
+        print()
+        print(f"{'module (layer 0)':<18} | {'shape':>13} | {'dense B@A + svd':>15} | {'factored':>9} | "
+              f"{'ratio':>7} | max |diff| / sigma_1")
+        for key, shape, t_dense, t_fact, diff in rows:
+            print(f"{key:<18} | {f'{shape[0]} x {shape[1]}':>13} | {t_dense:>13.3f} s | {t_fact * 1e3:>6.2f} ms | "
+                  f"{t_dense / t_fact:>6.0f}x | {diff:.1e}")
+        per_module = {key: t_dense for key, _, t_dense, _, _ in rows}
+        if per_module:
+            est = sum(per_module.get(k, 0.0) for k in SHAPES) * LAYERS
+            covered = [k for k in SHAPES if k in per_module]
+            print(f"dense estimate for those module types over all {LAYERS} layers: {est:.0f} s "
+                  f"({', '.join(covered)} only; the 14336-wide modules cost more)")
+
+
+if __name__ == "__main__":
+    main()
