@@ -402,6 +402,7 @@ def _npz_tensors(source: str, fileobj, size: int) -> _Tensors:
                 f"member holds {info.file_size - header_len} bytes of data"
             )
         entries[key] = (name, tuple(int(d) for d in shape))
+    fileobj.seek(0)  # zipfile left the position at the end; np.load reads the magic from here
     try:
         npz = np.load(fileobj, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
