@@ -1,0 +1,445 @@
+"""The Adapter audit page under AppTest, with real adapter files, and its ui helpers.
+
+Expected numbers come from the dense ``scale * B @ A`` computed here with numpy (the slow
+exact oracle), never from the engine that the page calls.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import zipfile
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+import streamlit as st
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+from streamlit.testing.v1 import AppTest
+
+from lorarank.adapters import load_adapter_bytes
+from ui import audit
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+PAGE = "pages/3_Adapter_audit.py"
+SAMPLE_NAMES = ("peft_llama_r8", "peft_llama_r32_rslora", "peft_llama_rank_pattern", "peft_gpt2_r4")
+
+
+# ----------------------------------------------------------------------------- helpers
+@pytest.fixture(autouse=True)
+def clear_cache():
+    """Every test starts with empty Streamlit caches."""
+    st.cache_data.clear()
+    yield
+    st.cache_data.clear()
+
+
+def open_page(query: dict | None = None) -> AppTest:
+    """Run the home script, switch to the audit page (with ``query`` in the URL) and run it."""
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run()
+    at.switch_page(PAGE)
+    for key, value in (query or {}).items():
+        at.query_params[key] = value
+    return at.run()
+
+
+def upload(at: AppTest, files: dict[str, bytes], key: str = audit.UPLOAD_KEY) -> AppTest:
+    """Put ``files`` into the page's uploader and rerun."""
+    at.file_uploader(key=key).set_value(
+        [(name, data, "application/octet-stream") for name, data in files.items()])
+    return at.run()
+
+
+def sample_files(name: str) -> dict[str, bytes]:
+    """The files of a PEFT sample folder, name -> bytes."""
+    return {p.name: p.read_bytes() for p in sorted((SAMPLES / name).iterdir())}
+
+
+def frame_with(at: AppTest, column: str):
+    """The one data frame on the page that has ``column``."""
+    frames = [d.value for d in at.dataframe if column in d.value.columns]
+    assert len(frames) == 1, [list(d.value.columns) for d in at.dataframe]
+    return frames[0]
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, at.exception
+    assert errors(at) == []
+
+
+def dense_spectra(weights: bytes, scales: dict[str, float]) -> dict[str, np.ndarray]:
+    """Oracle: singular values of the dense scale * B @ A of every PEFT module."""
+    tensors = st_load(weights)
+    out = {}
+    for key, a in tensors.items():
+        if key.endswith(".lora_A.weight"):
+            mod = key[: -len(".lora_A.weight")]
+            b = tensors[mod + ".lora_B.weight"]
+            short = mod[len("base_model.model."):]
+            out[short] = np.linalg.svd(scales[short] * (b.astype(np.float64) @ a.astype(np.float64)),
+                                       compute_uv=False)
+    return out
+
+
+def peft_scale(config: dict, short: str, r: int) -> float:
+    """The scale PEFT applies, by hand from the README's table (patterns are simple suffixes)."""
+    alpha = config["lora_alpha"]
+    for key, val in (config.get("alpha_pattern") or {}).items():
+        if short.endswith(key):
+            alpha = val
+    return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+
+
+def oracle_energy_rank(s: np.ndarray, t: float) -> int:
+    e = np.cumsum(s * s) / np.sum(s * s)
+    return int(np.argmax(e >= t - 1e-12) + 1)
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def factors(seed: int, d_out: int, d_in: int, r: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((r, d_in)).astype(np.float32),
+            rng.standard_normal((d_out, r)).astype(np.float32))
+
+
+# ------------------------------------------------------------------------------- tests
+class TestEmptyState:
+    """The page before anything is uploaded."""
+
+    def test_explains_what_to_upload(self):
+        """Without an upload the page says what to upload and offers the synthetic demo."""
+        at = open_page()
+        assert_clean(at)
+        text = " ".join(m.value for m in at.markdown)
+        assert "What to upload" in text and "adapter_config.json" in text
+        assert at.toggle(key=audit.DEMO_KEY).value is False
+        assert len(at.dataframe) == 0
+
+    def test_demo_is_labelled_and_recovers_planted_ranks(self):
+        """The demo is labelled synthetic and its k(0.99) column equals the planted ranks."""
+        at = open_page()
+        at.toggle(key=audit.DEMO_KEY).set_value(True).run()
+        assert_clean(at)
+        assert any("synthetic demo" in i.value for i in at.info)
+        table = at.dataframe[0].value
+        assert len(table) == 14
+        planted = {"q_proj": 2, "k_proj": 2, "v_proj": 6, "o_proj": 5, "gate_proj": 3,
+                   "up_proj": 4, "down_proj": 8}
+        for _, row in table.iterrows():
+            assert row["k(0.99)"] == planted[row["module"].rsplit(".", 1)[1]]
+
+
+class TestPeftSamples:
+    """The real PEFT adapters of /work/shared/samples uploaded as the two files together."""
+
+    @pytest.mark.parametrize("name", SAMPLE_NAMES)
+    def test_table_matches_dense_oracle(self, name):
+        """Scale, sigma_1 and k(0.99) of every module agree with the dense s*B@A."""
+        files = sample_files(name)
+        config = json.loads(files["adapter_config.json"])
+        at = upload(open_page(), files)
+        assert_clean(at)
+        table = at.dataframe[0].value
+        weights = st_load(files["adapter_model.safetensors"])
+        ranks = {k[len("base_model.model."):-len(".lora_A.weight")]: v.shape[0]
+                 for k, v in weights.items() if k.endswith(".lora_A.weight")}
+        scales = {short: peft_scale(config, short, r) for short, r in ranks.items()}
+        spectra = dense_spectra(files["adapter_model.safetensors"], scales)
+        assert sorted(table["module"]) == sorted(spectra)
+        for _, row in table.iterrows():
+            s = spectra[row["module"]]
+            assert row["scale s"] == pytest.approx(scales[row["module"]], rel=1e-12)
+            assert row["top singular values"].split(",")[0] == f"{s[0]:.3g}"
+            assert row["k(0.99)"] == oracle_energy_rank(s, 0.99)
+            assert row["r"] == ranks[row["module"]]
+
+    def test_detected_box(self):
+        """The detection names format, scaling formula, dtype, module count and parameters."""
+        at = upload(open_page(), sample_files("peft_llama_r32_rslora"))
+        text = " ".join(m.value for m in at.markdown)
+        assert "**format:** peft" in text
+        assert "lora_alpha / sqrt(r) (use_rslora)" in text
+        assert "**dtype:** float32" in text
+        assert "**modules:** 4 (ranks 32)" in text
+        assert not at.warning  # a config with alpha: nothing assumed
+
+    def test_rule_change_updates_recommended_rank(self):
+        """kohya sv_ratio R keeps sigma_i > sigma_1 / R, checked on the dense spectrum."""
+        files = sample_files("peft_llama_r8")
+        at = upload(open_page(), files)
+        at.selectbox(key="rule").set_value("sv_ratio").run()
+        at.number_input(key="sv_ratio").set_value(3.0).run()
+        assert_clean(at)
+        spectra = dense_spectra(files["adapter_model.safetensors"],
+                                {m: 2.0 for m in at.dataframe[0].value["module"]})
+        for _, row in at.dataframe[0].value.iterrows():
+            s = spectra[row["module"]]
+            assert row["recommended rank"] == int(np.sum(s > s[0] / 3.0))
+        assert "kohya sv_ratio 3" in " ".join(m.value for m in at.markdown)
+
+    def test_module_selector_draws_that_spectrum(self):
+        """Choosing a module redraws the spectrum chart with its values."""
+        files = sample_files("peft_llama_rank_pattern")
+        at = upload(open_page(), files)
+        name = "model.layers.1.mlp.down_proj"
+        at.selectbox(key=audit.MODULE_KEY).set_value(name).run()
+        assert_clean(at)
+        specs = [json.loads(c.proto.spec) for c in at.get("arrow_vega_lite_chart")] or \
+                [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+        titles = [str(s.get("title")) for s in specs]
+        assert any(name in t for t in titles)
+
+    def test_entropy_rule_hides_the_value(self):
+        """The entropy rule has no value widget and still gives a table."""
+        at = upload(open_page(), sample_files("peft_llama_r8"))
+        at.selectbox(key="rule").set_value("entropy").run()
+        assert_clean(at)
+        assert not any(n.key in audit.RULE_VALUES for n in at.number_input)
+        assert len(at.dataframe[0].value) == 14
+
+
+class TestBuiltFiles:
+    """npz and kohya files written in the test by numpy and safetensors."""
+
+    def test_npz_without_alpha_offers_alpha(self):
+        """An npz without alpha assumes s = 1, says so, and an alpha input rescales it."""
+        a, b = factors(0, 24, 16, 4)
+        at = upload(open_page(), {"delta.npz": npz_bytes({"layers.0.q.A": a, "layers.0.q.B": b})})
+        assert_clean(at)
+        assert any("scale s = 1 assumed" in w.value for w in at.warning)
+        assert at.dataframe[0].value["scale s"].tolist() == [1.0]
+        at.number_input(key="alpha").set_value(8.0).run()
+        assert_clean(at)
+        assert at.dataframe[0].value["scale s"].tolist() == [pytest.approx(2.0)]
+        s = np.linalg.svd(2.0 * (b.astype(np.float64) @ a), compute_uv=False)
+        assert at.dataframe[0].value["top singular values"][0].split(",")[0] == f"{s[0]:.3g}"
+
+    def test_kohya_with_conv_and_alpha(self):
+        """kohya alpha/r per module, a conv module flattened to (out, in*k*k)."""
+        rng = np.random.default_rng(3)
+        tensors = {
+            "lora_unet_down_0_conv.lora_down.weight": rng.standard_normal((4, 8, 3, 3)).astype(np.float16),
+            "lora_unet_down_0_conv.lora_up.weight": rng.standard_normal((16, 4, 1, 1)).astype(np.float16),
+            "lora_unet_down_0_conv.alpha": np.array(2.0, dtype=np.float16),
+            "lora_te_layers_1_mlp_fc1.lora_down.weight": rng.standard_normal((4, 32)).astype(np.float16),
+            "lora_te_layers_1_mlp_fc1.lora_up.weight": rng.standard_normal((64, 4)).astype(np.float16),
+            "lora_te_layers_1_mlp_fc1.alpha": np.array(8.0, dtype=np.float16),
+        }
+        at = upload(open_page(), {"my_lora.safetensors": st_save(tensors)})
+        assert_clean(at)
+        table = at.dataframe[0].value.set_index("module")
+        assert table.loc["lora_unet_down_0_conv", "shape"] == "16 x 72"
+        assert table.loc["lora_unet_down_0_conv", "scale s"] == pytest.approx(0.5)
+        assert table.loc["lora_te_layers_1_mlp_fc1", "scale s"] == pytest.approx(2.0)
+        assert "**format:** kohya" in " ".join(m.value for m in at.markdown)
+        labels = [b.label for b in at.get("download_button")]
+        assert "Download resized adapter (.safetensors)" in labels
+
+    def test_bfloat16_peft_without_config(self):
+        """A bfloat16 PEFT file without config: dtype bfloat16, scale 1 assumed."""
+        a, b = factors(1, 32, 32, 8)
+        tensors = {"base_model.model.layers.0.q_proj.lora_A.weight": a.astype(ml_dtypes.bfloat16),
+                   "base_model.model.layers.0.q_proj.lora_B.weight": b.astype(ml_dtypes.bfloat16)}
+        at = upload(open_page(), {"adapter_model.safetensors": st_save(tensors)})
+        assert_clean(at)
+        text = " ".join(m.value for m in at.markdown)
+        assert "**dtype:** bfloat16" in text
+        assert any("scale s = 1 assumed" in w.value for w in at.warning)
+
+
+def _truncated_safetensors() -> bytes:
+    data = st_save({"x.lora_A.weight": np.ones((2, 4), np.float32),
+                    "x.lora_B.weight": np.ones((4, 2), np.float32)})
+    return data[: len(data) - 7]
+
+
+def _pickled_npz() -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, A=np.array([{"evil": 1}], dtype=object), B=np.ones((3, 2)))
+    return buf.getvalue()
+
+
+BAD_FILES = [
+    ("empty", {"adapter.safetensors": b""},
+     "adapter.safetensors is not a valid safetensors file (only 0 bytes)"),
+    ("text renamed npz", {"adapter.npz": b"hello, I am text\n" * 4},
+     "adapter.npz is not an .npz archive (it does not start with a zip signature)"),
+    ("truncated", {"adapter.safetensors": _truncated_safetensors()},
+     "adapter.safetensors is not a valid safetensors file"),
+    ("pickled npz", {"adapter.npz": _pickled_npz()},
+     "adapter.npz: array 'A' holds pickled Python objects, which lorarank does not load"),
+    ("nan", {"a.npz": npz_bytes({"A": np.full((2, 3), np.nan), "B": np.ones((3, 2))})},
+     "a.npz: tensor 'A' contains NaN or infinite values"),
+    ("no partner", {"a.npz": npz_bytes({"m.A": np.ones((2, 3))})},
+     "a.npz: tensor 'm.A' has no partner B factor for module 'm'"),
+    ("two weights", {"a.npz": npz_bytes({"A": np.ones((2, 3)), "B": np.ones((3, 2))}),
+                     "b.npz": npz_bytes({"A": np.ones((2, 3)), "B": np.ones((3, 2))})},
+     "several weights files given (a.npz, b.npz); give one"),
+    ("config only", {"adapter_config.json": b"{}"},
+     "no weights file given (expected a .safetensors or .npz file)"),
+    ("bad json", {"adapter_model.safetensors": st_save({"x.lora_A.weight": np.ones((2, 4), np.float32),
+                                                        "x.lora_B.weight": np.ones((4, 2), np.float32)}),
+                  "adapter_config.json": b"{not json"},
+     "adapter_config.json is not valid JSON"),
+    ("loha", {"a.safetensors": st_save({"m.hada_w1_a": np.ones((2, 2), np.float32)})},
+     "a.safetensors is a LoHa adapter (tensor 'm.hada_w1_a'); lorarank audits plain LoRA only"),
+]
+
+
+class TestBadFiles:
+    """Bad uploads give one error sentence and no exception."""
+
+    @pytest.mark.parametrize("files, message", [c[1:] for c in BAD_FILES], ids=[c[0] for c in BAD_FILES])
+    def test_one_sentence(self, files, message):
+        """The engine's one-line message is shown as the page's only error; nothing else renders."""
+        at = upload(open_page(), files)
+        assert not at.exception
+        shown = errors(at)
+        assert len(shown) == 1 and shown[0].startswith(message), shown
+        assert "\n" not in shown[0]
+        assert len(at.dataframe) == 0
+
+
+class TestUrlSettings:
+    """Settings come from the URL; bad values are one sentence each."""
+
+    def test_settings_restored(self):
+        """rule, its value, map metric, budget, resize_by and compare are read from the URL."""
+        at = open_page({"rule": "sv_fro", "sv_fro": "0.8", "map": "stable_rank", "budget": "3",
+                        "resize_by": "budget", "compare": "true", "demo": "true"})
+        assert_clean(at)
+        assert at.selectbox(key="rule").value == "sv_fro"
+        assert at.number_input(key="sv_fro").value == pytest.approx(0.8)
+        assert at.selectbox(key="map").value == "stable_rank"
+        assert at.number_input(key="budget").value == 3
+        assert at.radio(key="resize_by").value == "budget"
+        assert at.toggle(key=audit.COMPARE_KEY).value is True
+        assert any("global budget of 42 directions" in c.value for c in at.caption)
+        assert len(frame_with(at, "phi(k, k)")) == 14
+
+    @pytest.mark.parametrize("query, sentence", [
+        ({"energy": "2"}, "The link sets `energy=2`, but energy share t should be at most 1; the "
+                          "default 0.99 is used instead."),
+        ({"rule": "magic"}, "The link sets `rule=magic`, but rank rule should be one of energy, "
+                            "sv_ratio, sv_fro, sv_cumulative, entropy; the default energy is used "
+                            "instead."),
+        ({"budget": "-1"}, "The link sets `budget=-1`, but global budget: mean rank per module "
+                           "should be at least 0; the default 4 is used instead."),
+    ])
+    def test_bad_value_is_one_sentence(self, query, sentence):
+        """A hand-edited bad value shows exactly one error sentence."""
+        at = open_page(query)
+        assert not at.exception
+        assert errors(at) == [sentence]
+
+    def test_unknown_module_in_link(self):
+        """A module the upload does not have is named in one sentence; the first is shown."""
+        at = open_page({"module": "model.layers.9.nope", "demo": "true"})
+        assert not at.exception
+        assert errors(at) == ["The link sets `module=model.layers.9.nope`, but this adapter has "
+                              "no such module; the first module, model.layers.0.mlp.down_proj, "
+                              "is shown instead."]
+
+
+class TestCompare:
+    """Compare mode with a second upload."""
+
+    def test_same_adapter_overlaps_fully(self):
+        """An adapter compared with itself has phi(k, k) = 1 on every module."""
+        files = sample_files("peft_llama_r8")
+        at = upload(open_page({"compare": "true"}), files)
+        at = upload(at, files, key=audit.UPLOAD_B_KEY)
+        assert_clean(at)
+        table = frame_with(at, "phi(k, k)")
+        assert len(table) == 14
+        assert np.allclose(table["phi(k, k)"], 1.0) and np.allclose(table["phi(1, 1)"], 1.0)
+
+    def test_phi_against_oracle(self):
+        """phi(k, k) between two samples equals ||V1_k^T V2_k||^2 / k from numpy SVDs of A."""
+        fa, fb = sample_files("peft_llama_r8"), sample_files("peft_llama_rank_pattern")
+        at = upload(open_page({"compare": "true", "top": "3"}), fa)
+        at = upload(at, fb, key=audit.UPLOAD_B_KEY)
+        assert_clean(at)
+        table = frame_with(at, "phi(k, k)").set_index("module")
+        wa, wb = st_load(fa["adapter_model.safetensors"]), st_load(fb["adapter_model.safetensors"])
+        assert len(table) == 6  # q, v, down of 2 layers are shared
+        for module, row in table.iterrows():
+            key = f"base_model.model.{module}.lora_A.weight"
+            v1 = np.linalg.svd(wa[key].astype(np.float64), full_matrices=False)[2][:3].T
+            v2 = np.linalg.svd(wb[key].astype(np.float64), full_matrices=False)[2][:3].T
+            assert row["phi(k, k)"] == pytest.approx(np.sum((v1.T @ v2) ** 2) / 3, abs=1e-9)
+
+    def test_demo_compares_with_demo_b(self):
+        """With the demo and no second upload, demo B is compared and labelled synthetic."""
+        at = open_page({"compare": "true", "demo": "true"})
+        assert_clean(at)
+        assert any("synthetic demo B" in i.value for i in at.info)
+        assert len(frame_with(at, "phi(k, k)")) == 14
+
+
+class TestUiHelpers:
+    """The ui module's pure pieces, called directly."""
+
+    def test_resized_files_round_trip(self):
+        """The resized PEFT files re-read to the truncated spectrum of every module."""
+        files = sample_files("peft_llama_r8")
+        up = audit.Upload.from_files(files)
+        target = audit.ResizeTarget(by="rule", rule="sv_ratio", value=4.0)
+        out = audit.resized_files(up, alpha=None, scale=None, target=target)
+        assert sorted(out) == ["adapter_config.json", "adapter_model.safetensors"]
+        config = json.loads(out["adapter_config.json"])
+        resized = load_adapter_bytes(out)
+        spectra = dense_spectra(files["adapter_model.safetensors"],
+                                {m.name[len("base_model.model."):]: 2.0 for m in resized.modules})
+        for m in resized.modules:
+            s = spectra[m.name[len("base_model.model."):]]
+            k = int(np.sum(s > s[0] / 4.0))
+            assert m.rank == k
+            got = np.linalg.svd(m.scale * (m.B.astype(np.float64) @ m.A.astype(np.float64)),
+                                compute_uv=False)[:k]
+            assert np.allclose(got, s[:k], rtol=1e-4)
+        assert "rank_pattern" in config
+
+    def test_zip_holds_both_files(self):
+        """The PEFT zip download holds the two files in one folder."""
+        data = audit.zip_files({"a.json": b"{}", "w.safetensors": b"xy"}, folder="resized_adapter")
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            assert archive.namelist() == ["resized_adapter/a.json", "resized_adapter/w.safetensors"]
+            assert archive.read("resized_adapter/w.safetensors") == b"xy"
+
+    @pytest.mark.parametrize("a, b, same", [
+        ({"x.npz": b"abc"}, {"x.npz": b"abc"}, True),
+        ({"x.npz": b"abc"}, {"x.npz": b"abd"}, False),
+        ({"x.npz": b"abc"}, {"y.npz": b"abc"}, False),
+    ])
+    def test_upload_identity_follows_content(self, a, b, same):
+        """Two uploads share a cache identity exactly when names and bytes agree."""
+        assert (audit.Upload.from_files(a).ident == audit.Upload.from_files(b).ident) is same
+
+    def test_identity_never_holds_the_bytes(self):
+        """The cache identity is a digest: the uploaded bytes do not appear in it."""
+        secret = b"SECRET-WEIGHTS-0123456789"
+        up = audit.Upload.from_files({"w.npz": secret})
+        assert "SECRET" not in up.ident and len(up.ident) < 64
+
+    @pytest.mark.parametrize("name, short", [
+        ("base_model.model.model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.q_proj"),
+        ("lora_unet_down_0_conv", "lora_unet_down_0_conv"),
+        ("", "(unnamed)"),
+    ])
+    def test_short_name(self, name, short):
+        """PEFT's wrapper prefix is dropped for display; other names stay."""
+        assert audit.short_name(name) == short
