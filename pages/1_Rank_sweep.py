@@ -13,16 +13,14 @@ st.caption(
     "LoRA at each rank r with the loss 0.5·||s·B·A − T||². Which r are too small, which match "
     "k, and what the rest spend their directions on. The defaults are the article's setup."
 )
-alerts = st.container()
+common.show_errors(common.check_url(sweep.SETTINGS, state_key=sweep.URL_ERRORS_KEY))
 
 with st.container(border=True):
     st.markdown("**Target update T**")
-    target_values, bad_target = common.url_settings(sweep.TARGET_SETTINGS, columns=6)
+    target_values = common.url_settings(sweep.TARGET_SETTINGS, columns=6)
 with st.container(border=True):
     st.markdown("**LoRA training**")
-    training_values, bad_training = common.url_settings(sweep.TRAINING_SETTINGS, columns=7)
-with alerts:
-    common.show_errors(bad_target + bad_training)
+    training_values = common.url_settings(sweep.TRAINING_SETTINGS, columns=7)
 
 with common.stop_on_error():
     config = sweep.SweepConfig.from_values({**target_values, **training_values})

@@ -11,10 +11,12 @@ Modules
       the home page and the sidebar link only pages whose file exists.
     - ``Setting(key, label, default, help, kind=..., min_value=..., ...)``: a URL-bound input.
       Its ``key`` is the widget key, the session-state key and the query-parameter name.
-    - ``url_settings(settings, columns=3) -> (values, url_errors)``: checks hand-edited query
-      parameters (``?true_rank=-3``, ``?true_rank=abc``) *before* drawing the widgets
-      (``bind="query-params"``), returning one sentence per bad value; then
-      ``show_errors(url_errors)``. The widgets fall back to their defaults.
+    - ``check_url(all_settings, state_key="<page>_url_errors") -> list[str]``: call once at
+      the top of the page, before any widget. A hand-edited bad value (``?true_rank=-3``,
+      ``?true_rank=abc``) is removed from the URL and the page reruns once, so the widget shows
+      its default; returns one sentence per bad value for ``show_errors``.
+    - ``url_settings(settings, columns=3) -> values``: draws the URL-bound widgets
+      (``bind="query-params"``, key = query parameter) and returns their values by key.
     - ``stop_on_error()``: context manager turning a ``LoraRankError`` into one ``st.error``
       line and ``st.stop()``.
     - ``progress_bar(text)``: context manager yielding a ``progress(done, total)`` callback for
@@ -42,10 +44,8 @@ A page in full
 
     common.setup_page("Rank sweep")
     st.title("Rank sweep")
-    alerts = st.container()
-    values, bad_url = common.url_settings(sweep.SETTINGS, columns=4)
-    with alerts:
-        common.show_errors(bad_url)
+    common.show_errors(common.check_url(sweep.SETTINGS, state_key=sweep.URL_ERRORS_KEY))
+    values = common.url_settings(sweep.SETTINGS, columns=4)
     with common.stop_on_error():
         run = sweep.run_sweep(sweep.SweepConfig.from_values(values))
     st.dataframe(sweep.results_table(run), hide_index=True)

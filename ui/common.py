@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import pandas as pd
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 
 from lorarank.errors import LoraRankError
 
@@ -30,6 +31,7 @@ __all__ = [
     "Setting",
     "parse_url_value",
     "url_errors",
+    "check_url",
     "setting_widget",
     "url_settings",
     "show_errors",
@@ -175,13 +177,9 @@ def parse_url_value(setting: Setting, raw: str) -> Any:
     return number
 
 
-def url_errors(settings: Sequence[Setting]) -> list[str]:
-    """One sentence per query parameter of ``settings`` whose value the widget cannot take.
-
-    Call it *before* the widgets are drawn: a bound widget drops an invalid value from the URL
-    silently when it registers, and this is the only moment the hand-edited value is seen.
-    """
-    errors = []
+def _bad_params(settings: Sequence[Setting]) -> dict[str, str]:
+    """``{key: sentence}`` for each query parameter of ``settings`` the widget cannot take."""
+    errors = {}
     for setting in settings:
         if setting.key not in st.query_params:
             continue
@@ -190,9 +188,38 @@ def url_errors(settings: Sequence[Setting]) -> list[str]:
             parse_url_value(setting, raw)
         except ValueError as exc:
             default = "empty (the engine's default)" if setting.default is None else _fmt(setting.default)
-            errors.append(f"The link sets `{setting.key}={raw}`, but {exc}; the default "
-                          f"{default} is used instead.")
+            errors[setting.key] = (f"The link sets `{setting.key}={raw}`, but {exc}; the default "
+                                   f"{default} is used instead.")
     return errors
+
+
+def url_errors(settings: Sequence[Setting]) -> list[str]:
+    """One sentence per query parameter of ``settings`` whose value the widget cannot take.
+
+    A pure check of ``st.query_params``; prefer :func:`check_url`, which also removes the bad
+    values so the widgets really show their defaults.
+    """
+    return list(_bad_params(settings).values())
+
+
+def check_url(settings: Sequence[Setting], *, state_key: str) -> list[str]:
+    """Check hand-edited query parameters; call once at the top of a page, before its widgets.
+
+    A bound widget would silently drop an invalid value (or, for ``?d_out=2.5``, truncate it),
+    so a bad parameter is removed from the URL and the page reruns once: its widget then shows
+    the default. The sentences saying so survive the rerun in ``st.session_state[state_key]``
+    (e.g. ``"sweep_url_errors"``) and are returned; show them with :func:`show_errors`.
+    """
+    bad = _bad_params(settings)
+    if bad:
+        for key in bad:
+            try:
+                del st.query_params[key]
+            except (KeyError, StreamlitAPIException):  # already gone, or bound this session
+                pass
+        st.session_state[state_key] = list(bad.values())
+        st.rerun()
+    return st.session_state.pop(state_key, [])
 
 
 def setting_widget(setting: Setting, container: Any = None) -> Any:
@@ -219,19 +246,18 @@ def setting_widget(setting: Setting, container: Any = None) -> Any:
 
 
 def url_settings(settings: Sequence[Setting], *, columns: int = 0,
-                 container: Any = None) -> tuple[dict[str, Any], list[str]]:
-    """Check the URL, then draw every setting; return ``(values by key, URL error sentences)``.
+                 container: Any = None) -> dict[str, Any]:
+    """Draw a URL-bound widget for every setting; return their values by key.
 
-    ``columns > 0`` lays the widgets out in that many columns of ``container``. Show the
-    sentences with :func:`show_errors`; the widgets already fell back to their defaults.
+    ``columns > 0`` lays the widgets out in that many columns of ``container`` (default: the
+    main area). Call :func:`check_url` first, with every setting of the page.
     """
-    errors = url_errors(settings)
     where = st if container is None else container
     slots = where.columns(columns) if columns > 0 else None
     values = {}
     for i, setting in enumerate(settings):
         values[setting.key] = setting_widget(setting, slots[i % columns] if slots else where)
-    return values, errors
+    return values
 
 
 def show_errors(messages: Sequence[str]) -> None:

@@ -22,7 +22,7 @@ from lorarank.synthetic import SPECTRA, make_target
 from .common import Setting, progress_bar
 
 __all__ = [
-    "MAX_DIM_APP", "MAX_STEPS_APP", "MAX_RANKS_APP", "DOWNLOAD_KEY",
+    "MAX_DIM_APP", "MAX_STEPS_APP", "MAX_RANKS_APP", "DOWNLOAD_KEY", "URL_ERRORS_KEY",
     "TARGET_SETTINGS", "TRAINING_SETTINGS", "SETTINGS",
     "parse_ranks", "SweepConfig", "SweepRun", "run_sweep", "noise_floor",
     "COLUMN_HELP", "results_table", "results_records", "results_json", "reading",
@@ -34,8 +34,9 @@ MAX_DIM_APP = 1024
 MAX_STEPS_APP = 20_000
 MAX_RANKS_APP = 12
 
-#: Session-state key prefix of the download buttons (not URL-bound).
-DOWNLOAD_KEY = "sweep_download"
+#: Session-state keys of this page that are not URL-bound.
+DOWNLOAD_KEY = "sweep_download"  # prefix of the two download buttons' keys
+URL_ERRORS_KEY = "sweep_url_errors"  # sentences about bad query parameters, across one rerun
 
 TARGET_SETTINGS: tuple[Setting, ...] = (
     Setting("d_out", "d_out", 64, "Output features of the layer: rows of the update T.",

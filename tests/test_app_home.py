@@ -1,0 +1,70 @@
+"""The home page and the navigation, run headless with Streamlit's AppTest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from ui.common import PAGES, available_pages
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+TIMEOUT = 60
+
+
+@pytest.fixture(autouse=True)
+def clear_cache():
+    """Every test starts with an empty st.cache_data."""
+    st.cache_data.clear()
+    yield
+    st.cache_data.clear()
+
+
+class TestHome:
+    """The home page."""
+
+    def test_runs_without_exception(self):
+        """The home page renders with no exception and no error."""
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+        assert not at.exception
+        assert not at.error
+        assert at.title[0].value == "lorarank"
+
+    def test_shows_formula_and_scaling_conventions(self):
+        """The LoRA formula and the four scaling conventions are on the page."""
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+        assert "h = W x + s \\cdot B A x" in at.latex[0].value
+        text = " ".join(m.value for m in at.markdown)
+        for convention in ("lora_alpha / r", "lora_alpha / sqrt(r)", "kohya", "mlx-lm"):
+            assert convention in text
+
+    def test_links_every_existing_page_in_body_and_sidebar(self):
+        """Each existing page gets a readable link in the body and in the sidebar."""
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+        expected = [(p.label, p.path.removeprefix("pages/").removesuffix(".py").split("_", 1)[-1])
+                    for p in available_pages()[1:]]
+        sidebar = [(el.proto.label, el.proto.page) for el in at.sidebar.get("page_link")]
+        body = [(el.proto.label, el.proto.page) for el in at.main.get("page_link")]
+        assert sidebar == [("Home", "")] + expected
+        assert body == expected
+        assert not any("_" in label for label, _ in sidebar)
+
+    def test_missing_pages_are_not_linked(self):
+        """A page whose file is absent is left out rather than erroring."""
+        present = {p.path for p in available_pages()}
+        assert present == {p.path for p in PAGES if (ROOT / p.path).is_file()}
+        assert "app.py" in present and "pages/1_Rank_sweep.py" in present
+
+
+class TestNavigation:
+    """Every linked page opens from the home page."""
+
+    @pytest.mark.parametrize("path", [p.path for p in available_pages()[1:]])
+    def test_linked_page_runs(self, path):
+        """Switching to a linked page runs it without exception."""
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+        at.switch_page(path).run()
+        assert not at.exception

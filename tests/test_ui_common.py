@@ -1,0 +1,69 @@
+"""URL values of settings are checked before a bound widget sees them."""
+
+from __future__ import annotations
+
+import pytest
+
+from ui.common import PAGES, Setting, available_pages, parse_url_value
+
+INT = Setting("true_rank", "intrinsic rank k", 4, "help", min_value=1, max_value=1024)
+FLOAT = Setting("noise", "noise", 0.01, "help", kind="float", min_value=0.0, max_value=100.0)
+OPTIONAL = Setting("lr", "learning rate", None, "help", kind="float", min_value=1e-9)
+CHOICE = Setting("optimizer", "optimizer", "sgd", "help", kind="choice", options=("sgd", "adam"))
+TEXT = Setting("ranks", "ranks r", "2,4,16", "help", kind="text")
+
+
+class TestParseUrlValue:
+    """``parse_url_value`` accepts what the widget can show and explains the rest."""
+
+    @pytest.mark.parametrize("setting, raw, value", [
+        (INT, "8", 8), (INT, "8.0", 8), (INT, " 3 ", 3), (FLOAT, "1e-3", 0.001), (FLOAT, "0", 0.0),
+        (OPTIONAL, "", None), (CHOICE, "adam", "adam"), (TEXT, "anything", "anything"),
+    ])
+    def test_good(self, setting, raw, value):
+        """Valid text becomes the widget's value."""
+        assert parse_url_value(setting, raw) == value
+
+    @pytest.mark.parametrize("setting, raw, reason", [
+        (INT, "-3", "intrinsic rank k should be at least 1"),
+        (INT, "abc", "intrinsic rank k should be a whole number"),
+        (INT, "2.5", "intrinsic rank k should be a whole number"),
+        (INT, "2000", "intrinsic rank k should be at most 1024"),
+        (INT, "inf", "intrinsic rank k should be a finite number"),
+        (INT, "", "intrinsic rank k should be a whole number"),
+        (FLOAT, "nan", "noise should be a finite number"),
+        (FLOAT, "x", "noise should be a number"),
+        (FLOAT, "-1", "noise should be at least 0"),
+        (CHOICE, "lion", "optimizer should be one of sgd, adam"),
+        (CHOICE, "SGD", "optimizer should be one of sgd, adam"),
+    ])
+    def test_bad(self, setting, raw, reason):
+        """Invalid text raises ValueError with the reason in words."""
+        with pytest.raises(ValueError) as info:
+            parse_url_value(setting, raw)
+        assert str(info.value) == reason
+
+
+class TestSetting:
+    """Settings are checked when declared."""
+
+    def test_choice_default_must_be_an_option(self):
+        """A choice whose default is not an option is a programming error."""
+        with pytest.raises(ValueError):
+            Setting("x", "x", "c", "help", kind="choice", options=("a", "b"))
+
+    def test_unknown_kind(self):
+        """Only int, float, choice and text exist."""
+        with pytest.raises(ValueError):
+            Setting("x", "x", 1, "help", kind="bool")
+
+
+class TestPages:
+    """The navigation table."""
+
+    def test_home_first_and_existing_pages_only(self):
+        """Home leads; only pages whose script exists are listed."""
+        pages = available_pages()
+        assert pages[0].label == "Home"
+        assert [p.label for p in PAGES] == ["Home", "Rank sweep", "alpha/r stability", "Adapter audit"]
+        assert set(p.path for p in pages) <= set(p.path for p in PAGES)
