@@ -1,0 +1,173 @@
+"""Chart builders of the Adapter audit: the frames they draw and the specs they produce."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lorarank.charts import audit as charts
+
+
+def marks_with_tooltips(spec: dict) -> list[tuple[str, bool]]:
+    """(mark type, has a tooltip) for every mark of a (layered) Vega-Lite spec."""
+    out = []
+    for layer in spec.get("layer", [spec]):
+        mark = layer.get("mark")
+        kind = mark["type"] if isinstance(mark, dict) else mark
+        out.append((kind, "tooltip" in layer.get("encoding", {})))
+    return out
+
+
+RECORDS = [
+    {"layer": 0, "module_type": "q_proj", "name": "layers.0.q_proj", "value": 4},
+    {"layer": 0, "module_type": "v_proj", "name": "layers.0.v_proj", "value": 8},
+    {"layer": 10, "module_type": "q_proj", "name": "layers.10.q_proj", "value": 2},
+    {"layer": 2, "module_type": "q_proj", "name": "layers.2.q_proj", "value": 3},
+    {"layer": None, "module_type": "lm_head", "name": "lm_head", "value": 1},
+]
+
+
+class TestRankMap:
+    """Heatmap layer x module type."""
+
+    def test_frame_labels_layers(self):
+        """A module without a layer number is placed in the row '-' sorted first."""
+        frame = charts.rank_map_frame(RECORDS)
+        assert list(frame["layer"]) == ["0", "0", "10", "2", "-"]
+        assert list(frame["layer_num"]) == [0, 0, 10, 2, -1]
+        assert frame["value"].dtype == float
+
+    def test_layers_sorted_numerically(self):
+        """Layers run 0, 2, 10 (numbers, not strings) and every mark has a tooltip."""
+        spec = charts.rank_map_chart(RECORDS, metric="recommended rank").to_dict()
+        assert spec["layer"][0]["encoding"]["y"]["sort"] == ["-", "0", "2", "10"]
+        assert all(tip for _, tip in marks_with_tooltips(spec))
+        assert spec["title"] == "Rank map: recommended rank per module"
+
+    def test_duplicate_cells_are_counted(self):
+        """Two modules in one cell are averaged and counted in the tooltip data."""
+        recs = RECORDS + [{"layer": 0, "module_type": "q_proj", "name": "te.layers.0.q_proj",
+                           "value": 6}]
+        spec = charts.rank_map_chart(recs).to_dict()
+        data = next(iter(spec["datasets"].values()))
+        cell = [d for d in data if d["layer"] == "0" and d["module_type"] == "q_proj"]
+        assert cell == [{"layer": "0", "module_type": "q_proj", "value": 5.0, "modules": 2,
+                         "name": "layers.0.q_proj"}]
+
+    def test_large_maps_drop_the_text(self):
+        """Past 600 cells the numbers are not written in the cells."""
+        recs = [{"layer": i, "module_type": f"t{j}", "name": f"{i}.{j}", "value": j}
+                for i in range(80) for j in range(8)]
+        assert [k for k, _ in marks_with_tooltips(charts.rank_map_chart(recs).to_dict())] == ["rect"]
+
+
+class TestModuleSpectrum:
+    """One module's spectrum with the cut."""
+
+    @pytest.mark.parametrize("cut, kept", [(0, 0), (2, 2), (4, 3), (9, 3)])
+    def test_kept_and_dropped(self, cut, kept):
+        """Indices up to the cut are kept; zeros are not drawn."""
+        frame = charts.module_spectrum_frame([4.0, 2.0, 1.0, 0.0], cut=cut)
+        assert list(frame["index"]) == [1, 2, 3]
+        assert (frame["status"] == "kept").sum() == kept
+
+    def test_energy_column(self):
+        """energy is the cumulative share of sum sigma^2."""
+        frame = charts.module_spectrum_frame([3.0, 4.0 ** 0.5, 1.0], cut=1)
+        assert np.allclose(frame["energy"], [9 / 14, 13 / 14, 1.0])
+
+    def test_cut_rule_between_k_and_k_plus_1(self):
+        """The dashed rule sits at k + 0.5 with a tooltip naming the rule; the axis is log."""
+        spec = charts.module_spectrum_chart([5.0, 1.0, 0.1], cut=2, name="q", rule="energy 0.99").to_dict()
+        rule_layer = spec["layer"][2]
+        data = spec["datasets"][rule_layer["data"]["name"]]
+        assert data == [{"at": 2.5, "label": "recommended rank 2", "rule": "energy 0.99"}]
+        assert spec["layer"][1]["encoding"]["y"]["scale"]["type"] == "log"
+        assert [tip for _, tip in marks_with_tooltips(spec)] == [False, True, True]
+        assert spec["title"] == "Spectrum of q"
+
+    def test_all_zero_spectrum(self):
+        """An all-zero spectrum gives an empty frame, not an error."""
+        assert charts.module_spectrum_frame([0.0, 0.0], cut=0).empty
+        charts.module_spectrum_chart([0.0, 0.0], cut=0).to_dict()
+
+
+CURVE = {"directions": list(range(5)), "params": [0, 10, 20, 30, 40],
+         "retained_energy": [0.0, 0.5, 0.8, 0.95, 1.0], "mean_rank": [0, 0.5, 1.0, 1.5, 2.0]}
+
+
+class TestBudget:
+    """Retained energy against a global budget."""
+
+    def test_frame_downsamples_keeping_ends(self):
+        """A long curve is thinned to max_points with its first and last points."""
+        n = 5001
+        curve = {"directions": list(range(n)), "params": list(range(n)),
+                 "retained_energy": list(np.linspace(0, 1, n)), "mean_rank": list(range(n))}
+        frame = charts.budget_frame(curve, max_points=100)
+        assert len(frame) <= 102
+        assert frame["directions"].iloc[0] == 0 and frame["directions"].iloc[-1] == n - 1
+
+    def test_marks_are_drawn_with_tooltips(self):
+        """Each mark is a labelled point with its parameters in the tooltip."""
+        marks = [{"label": "budget", "mean_rank": 1.0, "retained_energy": 0.8, "params": 20},
+                 {"label": "as stored", "mean_rank": 2.0, "retained_energy": 1.0, "params": 40}]
+        spec = charts.budget_chart(CURVE, marks=marks).to_dict()
+        assert [k for k, _ in marks_with_tooltips(spec)] == ["line", "point"]
+        assert all(tip for _, tip in marks_with_tooltips(spec))
+        points = spec["datasets"][spec["layer"][1]["data"]["name"]]
+        assert [p["label"] for p in points] == ["budget", "as stored"]
+        assert spec["layer"][0]["encoding"]["y"]["scale"]["domain"] == [0, 1]
+
+    def test_without_marks(self):
+        """No marks: the curve alone."""
+        spec = charts.budget_chart(CURVE).to_dict()
+        assert [k for k, _ in marks_with_tooltips(spec)] == ["line"]
+
+
+ROWS = [{"name": "a.q", "top": 4, "top_overlap": 0.9, "phi_1_1": 1.0, "chance": 0.03},
+        {"name": "a.v", "top": 2, "top_overlap": 0.1, "phi_1_1": 0.2, "chance": 0.01}]
+
+
+class TestCompare:
+    """Subspace similarity charts."""
+
+    def test_overlap_frame_is_long(self):
+        """Two measures per module with the module's k and chance level."""
+        frame = charts.overlap_frame(ROWS)
+        assert list(frame["measure"]) == ["phi(k, k)", "phi(1, 1)"] * 2
+        assert list(frame["phi"]) == [0.9, 1.0, 0.1, 0.2]
+
+    def test_overlap_chart_ticks_chance(self):
+        """Bars and a chance tick, both with tooltips, on a [0, 1] axis."""
+        spec = charts.overlap_chart(ROWS).to_dict()
+        assert marks_with_tooltips(spec) == [("bar", True), ("tick", True)]
+        assert spec["layer"][0]["encoding"]["x"]["scale"]["domain"] == [0, 1]
+
+    def test_phi_frame(self):
+        """phi(i, j) is laid out 1-based, row-major."""
+        frame = charts.phi_frame(np.array([[1.0, 0.5, 0.2], [0.4, 0.3, 0.1]]))
+        assert list(zip(frame["i"], frame["j"], frame["phi"]))[:4] == [
+            (1, 1, 1.0), (1, 2, 0.5), (1, 3, 0.2), (2, 1, 0.4)]
+
+    @pytest.mark.parametrize("bad", [np.ones(3), np.ones((2, 2, 2))])
+    def test_phi_frame_rejects_non_matrix(self, bad):
+        """A phi that is not a matrix is refused with its shape in the message."""
+        with pytest.raises(ValueError, match=r"expected a 2-D phi matrix, got shape"):
+            charts.phi_frame(bad)
+
+    def test_phi_chart(self):
+        """The heatmap's colour runs over [0, 1] with a tooltip."""
+        spec = charts.phi_chart(np.eye(3), name="q").to_dict()
+        assert spec["encoding"]["color"]["scale"]["domain"] == [0, 1]
+        assert "tooltip" in spec["encoding"] and spec["title"] == "phi(i, j) of q"
+
+
+def test_reexported_from_package():
+    """The builders are importable from lorarank.charts."""
+    import lorarank.charts as pkg
+
+    for name in charts.__all__:
+        assert getattr(pkg, name) is getattr(charts, name)
+    assert isinstance(charts.rank_map_frame([]), pd.DataFrame)
