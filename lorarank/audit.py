@@ -207,7 +207,7 @@ class ModuleReport:
         return float(np.sum(self.singular_values**2))
 
     def to_dict(self) -> dict:
-        """JSON-friendly, with the keys of PRODUCT.md's ``audit --json`` first."""
+        """JSON-friendly, exactly the keys of PRODUCT.md's ``audit --json`` modules (see :meth:`AuditReport.table` for more)."""
         return {
             "name": self.name,
             "shape": [int(self.shape[0]), int(self.shape[1])],
@@ -219,11 +219,6 @@ class ModuleReport:
             "stable_rank": self.stable_rank,
             "entropy_rank": self.entropy_rank,
             "recommended_rank": self.recommended_rank,
-            "truncation_error": self.truncation_error,
-            "layer": self.layer,
-            "module_type": self.module_type,
-            "params": self.params,
-            "params_after": self.params_after,
         }
 
 
@@ -259,7 +254,6 @@ class AuditReport:
         """``{"format", "modules": [...], "summary": {...}}`` (PRODUCT.md ``audit --json``)."""
         return {
             "format": self.format,
-            "source": self.source,
             "modules": [m.to_dict() for m in self.modules],
             "summary": dict(self.summary),
         }
@@ -352,6 +346,7 @@ def _summary(adapter: Adapter, reports: Sequence[ModuleReport], rule: str, value
     kept = sum(float(np.sum(m.singular_values[: m.recommended_rank] ** 2)) for m in reports)
     recs = [m.recommended_rank for m in reports]
     return {
+        "source": adapter.source,
         "modules": len(reports),
         "params": params,
         "params_after": after,
@@ -364,6 +359,7 @@ def _summary(adapter: Adapter, reports: Sequence[ModuleReport], rule: str, value
         "ranks": sorted({m.rank for m in reports}),
         "dtypes": adapter.dtypes,
         "scaling": adapter.scaling,
+        "truncation_error": {m.name: m.truncation_error for m in reports},
     }
 
 
