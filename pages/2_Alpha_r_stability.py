@@ -1,0 +1,123 @@
+"""alpha/r stability: final error over rank x learning rate for each LoRA scaling rule."""
+
+import streamlit as st
+
+from lorarank.charts import stability_heatmap, stability_loss_chart, update_norm_chart
+from ui import common
+from ui import stability as stab
+
+common.setup_page("alpha/r stability", icon=":material/tune:")
+
+st.title("alpha/r stability")
+st.caption(
+    "LoRA's update is s·B·A, and s multiplies the learning rate: on the loss "
+    "0.5·||s·B·A − T||² plain gradient descent is stable only for about lr < 1 / (s·σ₁(T)). "
+    "With a fixed alpha (s = alpha/r) raising r shrinks s, so learning slows and the stable "
+    "window moves; with alpha = r it stays put. Each cell below is one fit of the synthetic "
+    "update T at one rank and one learning rate under one scaling rule."
+)
+common.show_errors(common.check_url(stab.SETTINGS, state_key=stab.URL_ERRORS_KEY))
+
+with st.container(border=True):
+    st.markdown("**Target update T**")
+    target_values = common.url_settings(stab.TARGET_SETTINGS, columns=6)
+with st.container(border=True):
+    st.markdown("**Grid**")
+    top = st.columns([1.2, 1.6, 2.6])
+    grid_values = {s.key: common.setting_widget(s, col)
+                   for s, col in zip(stab.GRID_SETTINGS[:2], top[:2])}
+    rules = stab.rules_widget(top[2])
+    grid_values.update(common.url_settings(stab.GRID_SETTINGS[2:], columns=5))
+
+with common.stop_on_error():
+    config = stab.StabilityConfig.from_values({**target_values, **grid_values}, rules)
+    run = stab.run_grid(config)
+    found = stab.findings(run, target_err=grid_values["target_err"])
+
+st.subheader("What the grid shows")
+st.markdown("\n".join(  # each rule's sentences start with its name: set it in bold
+    f"- **{rule.rule}**{' '.join(rule.sentences)[len(rule.rule):]}" for rule in found.rules))
+st.caption(
+    f"Read off this grid: {len(run.grid.records)} cells, {config.optimizer}, {config.steps} "
+    f"steps, alpha {config.alpha:g}, σ₁(T) = {run.sigma_1:.4g}. A run counts as diverged when "
+    f"its loss becomes non-finite or exceeds 10⁴ times its start. Computed in "
+    f"{run.seconds:.2f} s."
+)
+
+common.show_chart(
+    stability_heatmap(run.grid.records, rules=list(config.rules)),
+    caption="Colour: final relative error ||s·B·A − T||_F / ||T||_F (log scale, lighter is "
+            "lower). Orange cells marked 'div' diverged; hover a cell for s, the step it "
+            "diverged at and its largest update norm.",
+)
+
+st.subheader("Learning-rate window per rank")
+st.dataframe(
+    stab.windows_table(run, found), hide_index=True, key="stability_windows",
+    column_config={name: st.column_config.Column(name, help=text)
+                   for name, text in stab.WINDOW_HELP.items()},
+)
+
+st.subheader("Loss curves and update norms")
+picked = stab.curve_widgets(config)
+if picked["mode"] == stab.CURVE_MODES[0]:
+    cells = stab.row_records(run, picked["rule"], lr=picked["lr"])
+    title, color_by = f"{picked['rule']}, lr {picked['lr']:g}: every rank", "rank"
+else:
+    cells = stab.row_records(run, picked["rule"], rank=picked["rank"])
+    title, color_by = f"{picked['rule']}, r = {picked['rank']}: every learning rate", "lr"
+left, right = st.columns(2)
+with left:
+    common.show_chart(
+        stability_loss_chart(cells, color_by=color_by, title=title),
+        caption="Loss 0.5·||s·B·A − T||_F² after each step (log scale). A curve that ends "
+                "early with a cross diverged at that step.",
+    )
+with right:
+    common.show_chart(
+        update_norm_chart(run.grid.records, rule=picked["rule"], target_norm=run.target_norm),
+        caption=f"Largest ||s·B·A||_F over the steps of each cell of {picked['rule']}. A "
+                f"trained run ends near ||T||_F = {run.target_norm:.4g} (dashed); a diverging "
+                f"one overshoots it.",
+    )
+
+with st.expander("Every cell", expanded=False):
+    st.dataframe(
+        stab.cells_table(run), hide_index=True, key="stability_cells",
+        column_config={name: st.column_config.Column(name, help=text)
+                       for name, text in stab.CELL_HELP.items()},
+    )
+common.download_buttons(stab.cells_csv_frame(run), stem="lorarank-stability",
+                        key=stab.DOWNLOAD_KEY, json_data=run.grid.to_dict())
+st.caption("The JSON download is the document `python -m lorarank stability --json` prints "
+           "(records with loss curves); the CSV has one row per cell without the curves.")
+
+st.subheader("Scaling calculator")
+st.caption("The multiplier s an adapter's files imply, and the alpha that keeps its behaviour "
+           "when you change r.")
+with st.container(border=True):
+    cols = st.columns([1.3, 1, 1, 1])
+    calc = {s.key: s for s in stab.CALC_SETTINGS}
+    calc_values = {"calc_convention": common.setting_widget(calc["calc_convention"], cols[0])}
+    calc_values["calc_r"] = common.setting_widget(calc["calc_r"], cols[1])
+    if calc_values["calc_convention"] == "mlx-lm":
+        calc_values["calc_scale"] = common.setting_widget(calc["calc_scale"], cols[2])
+    else:
+        no_alpha = False
+        if calc_values["calc_convention"] == "kohya":
+            no_alpha = cols[2].toggle("no alpha key", key=stab.CALC_NO_ALPHA_KEY,
+                                      bind="query-params",
+                                      help="kohya files without a .alpha tensor use s = 1.")
+        calc_values[stab.CALC_NO_ALPHA_KEY] = no_alpha
+        if not no_alpha:
+            calc_values["calc_alpha"] = common.setting_widget(calc["calc_alpha"], cols[2])
+    calc_values["calc_r_new"] = common.setting_widget(calc["calc_r_new"], cols[3])
+    with common.stop_on_error():
+        answer = stab.calculator(calc_values)
+    m1, m2 = st.columns(2)
+    m1.metric(f"s at r = {calc_values['calc_r']}", f"{answer['scale']:.6g}",
+              help=stab.CONVENTIONS[calc_values["calc_convention"]])
+    m2.metric(f"s at r = {calc_values['calc_r_new']} with the same {answer['knob']}",
+              f"{answer['same_alpha']:.6g}",
+              help="What happens if you change r and leave the config alone.")
+    st.dataframe(answer["table"], hide_index=True, key="stability_calc_table")

@@ -1,0 +1,119 @@
+"""The alpha/r stability page in headless Chromium against a real server."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+
+import pytest
+from apphelpers import set_number, wait_for_app
+
+pytestmark = pytest.mark.e2e
+
+COLD_QUERY = ("d_out=48&d_in=40&sigma_max=20&ranks=2,8,32&lrs=0.003,0.03,0.3&steps=120&seed=3"
+              "&alpha=8&rules=fixed-alpha&rules=alpha-eq-r&curves_rule=alpha-eq-r"
+              "&curves_mode=every+lr+at+one+rank&curves_rank=8&calc_convention=rslora&calc_r=8"
+              "&calc_alpha=16&calc_r_new=32")
+
+
+def assert_no_exception(page) -> None:
+    assert page.get_by_test_id("stException").count() == 0
+
+
+def input_value(page, key: str) -> str:
+    """Current text of the text or number input with widget key ``key``."""
+    return page.locator(f".st-key-{key} input").first.input_value()
+
+
+def markdown_text(page) -> str:
+    return " ".join(page.get_by_test_id("stMarkdown").all_inner_texts())
+
+
+def heatmap_spec_rules(page) -> list[str]:
+    """Panel titles of the rendered heatmap (facet headers are SVG text)."""
+    chart = page.get_by_test_id("stVegaLiteChart").first
+    chart.locator("svg, canvas").first.wait_for(state="attached", timeout=10_000)
+    return chart.locator("svg text").all_text_contents()
+
+
+class TestColdDeepLink:
+    """A shared link opened on a server that has never served a page."""
+
+    def test_first_request_restores_every_setting(self, page, fresh_server, shot):
+        """Target, grid, curve and calculator settings in the URL reach the page on a cold server."""
+        url = fresh_server()
+        page.goto(f"{url}/Alpha_r_stability?{COLD_QUERY}")
+        wait_for_app(page)
+        shot(page, "stability_cold_deep_link")
+        assert_no_exception(page)
+        assert page.get_by_role("heading", name="alpha/r stability").count() == 1
+        assert [input_value(page, k) for k in ("d_out", "d_in", "steps", "seed")] == \
+            ["48", "40", "120", "3"]
+        assert float(input_value(page, "sigma_max")) == 20.0
+        assert float(input_value(page, "alpha")) == 8.0
+        assert input_value(page, "ranks") == "2,8,32"
+        assert input_value(page, "lrs") == "0.003,0.03,0.3"
+        chips = page.locator(".st-key-rules").get_by_role("button").all_inner_texts()
+        text = " ".join(page.locator(".st-key-rules").all_inner_texts())
+        assert "fixed-alpha" in text and "alpha-eq-r" in text and "rslora" not in text, chips
+        # the reading covers exactly the two rules asked for, at the ranks asked for
+        reading = markdown_text(page)
+        assert "fixed-alpha (s = 4 at r = 2 to 0.25 at r = 32)" in reading
+        assert "alpha-eq-r (s = 1 at every rank)" in reading
+        assert "rslora (" not in reading
+        # curve selectors and calculator restored
+        assert page.locator(".st-key-curves_mode input[type=radio]").nth(1).is_checked()
+        assert input_value(page, "curves_rule") == "alpha-eq-r"
+        assert input_value(page, "calc_convention") == "rslora"
+        assert [input_value(page, k) for k in ("calc_r", "calc_r_new")] == ["8", "32"]
+        metrics = page.get_by_test_id("stMetricValue").all_inner_texts()
+        assert metrics[0] == "5.65685"  # 16 / sqrt(8)
+
+    def test_bad_value_is_one_sentence(self, page, app_url, shot):
+        """A hand-edited bad lr list shows one error sentence and no traceback."""
+        page.goto(f"{app_url}/Alpha_r_stability?lrs=0.01,-3")
+        wait_for_app(page)
+        shot(page, "stability_bad_lrs")
+        assert_no_exception(page)
+        alerts = page.get_by_test_id("stAlertContentError")
+        texts = [t.strip() for t in alerts.get_by_test_id("stMarkdownContainer").all_inner_texts()]
+        assert texts == ["lrs should be positive numbers separated by commas, got '-3' in "
+                         "'0.01,-3'"]
+
+
+class TestInteraction:
+    """Changing settings on a running page."""
+
+    def test_default_page_and_downloads(self, page, app_url, tmp_path, shot):
+        """The default grid renders four heatmap panels; CSV and JSON downloads hold every cell."""
+        page.goto(f"{app_url}/Alpha_r_stability")
+        wait_for_app(page)
+        shot(page, "stability_default")
+        assert_no_exception(page)
+        assert "the window moves to larger learning rates as r grows" in markdown_text(page)
+        with page.expect_download() as info:
+            page.get_by_role("button", name="Download CSV").click()
+        path = tmp_path / info.value.suggested_filename
+        info.value.save_as(path)
+        assert path.name == "lorarank-stability.csv"
+        rows = list(csv.DictReader(io.StringIO(path.read_text())))
+        assert len(rows) == 4 * 5 * 5
+        with page.expect_download() as info:
+            page.get_by_role("button", name="Download JSON").click()
+        jpath = tmp_path / info.value.suggested_filename
+        info.value.save_as(jpath)
+        doc = json.loads(jpath.read_text())
+        assert set(doc) == {"config", "records"} and len(doc["records"]) == 100
+        assert_no_exception(page)
+
+    def test_changing_steps_reruns_and_lands_in_url(self, page, app_url):
+        """A new step count reruns the grid and appears in the URL."""
+        page.goto(f"{app_url}/Alpha_r_stability?ranks=4,16&lrs=0.001,0.1")
+        wait_for_app(page)
+        set_number(page, "steps", 40)
+        assert_no_exception(page)
+        assert "steps=40" in page.url
+        assert re.search(r"40 steps", markdown_text(page) + " ".join(
+            page.get_by_test_id("stCaptionContainer").all_inner_texts()))
