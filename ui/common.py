@@ -13,13 +13,15 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-import pandas as pd
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 from lorarank.errors import LoraRankError
+
+if TYPE_CHECKING:  # pandas is imported by the pages that draw tables, not by the home page
+    import pandas as pd
 
 __all__ = [
     "ROOT",
@@ -327,7 +329,7 @@ def to_json_bytes(data: Any) -> bytes:
     return json.dumps(data, indent=2, allow_nan=False).encode("utf-8")
 
 
-def download_buttons(frame: pd.DataFrame, *, stem: str, key: str,
+def download_buttons(frame: "pd.DataFrame", *, stem: str, key: str,
                      json_data: Any = None) -> None:
     """CSV and JSON download buttons for a table, side by side.
 
