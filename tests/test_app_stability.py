@@ -1,0 +1,237 @@
+"""The alpha/r stability page run headless with Streamlit's AppTest (no browser)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from lorarank.stability import DEFAULT_LRS, DEFAULT_RANKS, run_stability, stability_findings
+from lorarank.synthetic import make_target
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+PAGE = "pages/2_Alpha_r_stability.py"
+TIMEOUT = 90
+
+
+@pytest.fixture(autouse=True)
+def clear_cache():
+    """Every test starts with an empty st.cache_data."""
+    st.cache_data.clear()
+    yield
+    st.cache_data.clear()
+
+
+def open_page(**query) -> AppTest:
+    """The page as a browser reaches it: app.py is the entry point, then the page runs."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in query.items():
+        at.query_params[key] = value
+    return at.switch_page(PAGE).run()
+
+
+def reading(at: AppTest) -> str:
+    return " ".join(m.value for m in at.markdown)
+
+
+def windows(at: AppTest):
+    """The per-rule, per-rank window table."""
+    return at.dataframe[0].value
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+
+
+def chart_rows(at: AppTest, index: int):
+    """The main dataset of the index-th chart (Streamlit ships it beside the spec as Arrow)."""
+    proto = at.get("vega_lite_chart")[index].proto
+    return pa.ipc.open_stream(proto.datasets[0].data.data).read_all().to_pandas()
+
+
+class TestDefaults:
+    """The page with no settings in the URL."""
+
+    def test_runs_and_reads_the_engine_grid(self):
+        """The default grid's reading on the page is the engine's, sentence for sentence."""
+        at = open_page()
+        assert not at.exception and not at.error
+        grid = run_stability(make_target(), ranks=DEFAULT_RANKS, lrs=DEFAULT_LRS)
+        found = stability_findings(grid, target_err=0.05)
+        text = reading(at)
+        for sentence in found.sentences:
+            # the page sets each rule's name in bold
+            for rule in grid.config["rules"]:
+                if sentence.startswith(rule + " ("):
+                    sentence = f"**{rule}**" + sentence[len(rule):]
+            assert sentence in text
+
+    def test_physics_on_the_page(self):
+        """fixed-alpha's window moves up with r, alpha-eq-r's stays: read off the window table."""
+        frame = windows(open_page())
+        fixed = frame[frame["rule"] == "fixed-alpha"]["largest stable lr"].tolist()
+        eq_r = frame[frame["rule"] == "alpha-eq-r"]["largest stable lr"].tolist()
+        assert fixed[0] == "0.003" and fixed[-1].startswith("> ")
+        assert len(set(eq_r)) == 1
+        bound = frame[frame["rule"] == "alpha-eq-r"]["SGD bound 1/(s*sigma_1)"].iloc[0]
+        assert float(bound) == pytest.approx(1 / make_target().singular_values[0], rel=1e-3)
+
+    def test_charts_and_downloads(self):
+        """Heatmap, loss and norm charts render; the downloads hold every cell."""
+        at = open_page()
+        specs = charts(at)
+        assert len(specs) == 3
+        assert specs[0]["facet"]["field"] == "rule"
+        buttons = at.get("download_button")
+        assert len(buttons) == 2
+        cells = at.dataframe[1].value
+        assert len(cells) == 4 * len(DEFAULT_RANKS) * len(DEFAULT_LRS)
+        assert not cells.isna().any().any()
+        assert "nan" not in cells.to_string().lower()
+
+    def test_every_input_is_defined(self):
+        """Every widget carries help text; every table column a definition."""
+        at = open_page()
+        widgets = (list(at.number_input) + list(at.text_input) + list(at.radio)
+                   + list(at.selectbox) + list(at.multiselect))
+        assert len(widgets) >= 19
+        assert all(w.help for w in widgets)
+
+
+class TestUrl:
+    """Settings in the URL reach the widgets and the grid."""
+
+    @pytest.mark.parametrize("kind, key, raw, value", [
+        ("number_input", "d_out", "48", 48),
+        ("number_input", "sigma_max", "20", 20.0),
+        ("text_input", "ranks", "2,8", "2,8"),
+        ("text_input", "lrs", "0.01,0.1", "0.01,0.1"),
+        ("radio", "optimizer", "adam", "adam"),
+        ("number_input", "steps", "80", 80),
+        ("number_input", "alpha", "8", 8.0),
+        ("number_input", "target_err", "0.2", 0.2),
+        ("selectbox", "calc_convention", "kohya", "kohya"),
+        ("number_input", "calc_r", "4", 4),
+    ])
+    def test_param_restores_widget(self, kind, key, raw, value):
+        """``?key=raw`` sets the widget to the value."""
+        at = open_page(**{key: raw})
+        assert not at.exception
+        assert getattr(at, kind)(key=key).value == value
+
+    def test_rules_and_grid_from_url(self):
+        """Repeated ?rules= pick the rules; the window table covers exactly those cells."""
+        at = open_page(rules=["rslora", "alpha-eq-2r"], ranks="2,16", lrs="0.001,0.1",
+                       steps="60")
+        assert not at.exception and not at.error
+        assert at.multiselect(key="rules").value == ["rslora", "alpha-eq-2r"]
+        frame = windows(at)
+        assert frame["rule"].tolist() == ["rslora", "rslora", "alpha-eq-2r", "alpha-eq-2r"]
+        assert frame["r"].tolist() == [2, 16, 2, 16]
+        assert "60 steps" in " ".join(c.value for c in at.caption)
+
+
+class TestInteraction:
+    """Changing widgets reruns the grid or the view."""
+
+    @pytest.mark.parametrize("kind, key, value", [
+        ("text_input", "ranks", "4,32"),
+        ("text_input", "lrs", "0.002,0.02"),
+        ("number_input", "alpha", 64.0),
+        ("radio", "optimizer", "adam"),
+    ])
+    def test_change_changes_windows(self, kind, key, value):
+        """The window table after the change differs from the default one."""
+        at = open_page(steps="60")
+        before = windows(at)
+        getattr(at, kind)(key=key).set_value(value).run()
+        assert not at.exception and not at.error
+        assert not windows(at).equals(before)
+
+    def test_curves_follow_selection(self):
+        """Picking a column of the grid draws every learning rate at that rank."""
+        at = open_page(steps="60")
+        at.radio(key="curves_mode").set_value("every lr at one rank").run()
+        at.selectbox(key="curves_rank").set_value(16).run()
+        at.selectbox(key="curves_rule").set_value("rslora").run()
+        assert not at.exception
+        rows = chart_rows(at, 1)
+        assert set(zip(rows["rule"], rows["rank"])) == {("rslora", 16)}
+        assert set(rows["lr"]) <= set(DEFAULT_LRS) and len(set(rows["lr"])) >= 2
+        assert charts(at)[1]["title"] == "rslora, r = 16: every learning rate"
+
+
+class TestCalculator:
+    """The scaling calculator's numbers, against hand-computed values."""
+
+    @pytest.mark.parametrize("query, s_old, s_same", [
+        ({"calc_convention": "peft", "calc_r": "16", "calc_alpha": "32", "calc_r_new": "64"},
+         "2", "0.5"),
+        ({"calc_convention": "rslora", "calc_r": "16", "calc_alpha": "8", "calc_r_new": "64"},
+         "2", "1"),
+        ({"calc_convention": "kohya", "calc_r": "8", "calc_alpha": "4", "calc_r_new": "32"},
+         "0.5", "0.125"),
+        ({"calc_convention": "kohya", "calc_no_alpha": "true", "calc_r": "8", "calc_r_new": "32"},
+         "1", "1"),
+        ({"calc_convention": "mlx-lm", "calc_scale": "20", "calc_r": "8", "calc_r_new": "32"},
+         "20", "20"),
+    ])
+    def test_metrics(self, query, s_old, s_same):
+        """s under the convention and s at the new rank with the same knob."""
+        at = open_page(steps="20", ranks="4", lrs="0.01", **query)
+        assert not at.exception and not at.error
+        assert [m.value for m in at.metric] == [s_old, s_same]
+
+    def test_keep_table(self):
+        """PEFT r 16 -> 64 at alpha 32: keep s needs alpha 128; keep rsLoRA needs alpha 64."""
+        at = open_page(steps="20", ranks="4", lrs="0.01", calc_convention="peft", calc_r="16",
+                       calc_alpha="32", calc_r_new="64")
+        table = at.dataframe[-1].value
+        assert table["keep"].tolist() == ["scale", "rslora"]
+        assert table["new alpha at r = 64"].tolist() == [128.0, 64.0]
+        assert table["s at the new rank"].tolist() == [2.0, 1.0]
+
+
+class TestBadInput:
+    """Bad or impossible settings give one sentence and no traceback."""
+
+    @pytest.mark.parametrize("query, message", [
+        ({"lrs": "0.01,-3"}, "`lrs` should be positive numbers separated by commas, got '-3' in "
+                             "'0.01,-3'"),
+        ({"ranks": "4,x"}, "`ranks` should be whole numbers of at least 1 separated by commas, "
+                           "got 'x' in '4,x'"),
+        ({"ranks": "4,65"}, "rank 65 is larger than min(d_out, d_in) = 64"),
+        ({"ranks": "4,4"}, "`ranks` lists 4 twice"),
+        ({"ranks": "1,2,3,4,5,6,7,8,9"}, "`ranks` lists 9 ranks; the app runs at most 8"),
+        ({"d_out": "300"}, "The link sets `d_out=300`, but d_out should be at most 256; the "
+                           "default 64 is used instead."),
+        ({"steps": "0"}, "The link sets `steps=0`, but steps should be at least 1; the default "
+                         "200 is used instead."),
+    ])
+    def test_one_sentence(self, query, message):
+        """The page shows exactly one error and no exception."""
+        at = open_page(**query)
+        assert not at.exception
+        assert [e.value for e in at.error] == [message]
+
+    def test_no_rules_selected(self):
+        """Clearing the rules says so in one sentence."""
+        at = open_page(steps="20")
+        at.multiselect(key="rules").set_value([]).run()
+        assert not at.exception
+        assert [e.value for e in at.error] == ["`rules` is empty: pick at least one scaling rule"]
+
+    def test_diverged_everywhere_reads_without_nan(self):
+        """A grid where every cell diverges reads as such, with no NaN on the page."""
+        at = open_page(lrs="5,50", ranks="4,16", steps="30")
+        assert not at.exception and not at.error
+        assert "every tested learning rate diverged at every rank" in reading(at)
+        cells = at.dataframe[1].value
+        assert all(v.startswith("diverged at step") for v in cells["final relative error"])
+        assert not any(isinstance(v, float) and math.isnan(v) for v in cells.to_numpy().ravel())
