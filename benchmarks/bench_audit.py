@@ -30,7 +30,8 @@ from safetensors.numpy import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lorarank.spectrum import factored_svdvals  # noqa: E402
+from lorarank.adapters import LoraModule  # noqa: E402
+from lorarank.audit import module_spectrum, single_threaded_blas  # noqa: E402
 
 HIDDEN, KV, INTER, LAYERS, RANK, ALPHA = 4096, 1024, 14336, 32, 16, 32
 SHAPES = {  # module -> (d_out, d_in)
@@ -66,9 +67,10 @@ def write_adapter(folder: Path, *, seed: int = 0) -> tuple[int, dict]:
     return (folder / "adapter_model.safetensors").stat().st_size, layer0
 
 
-def time_cli(folder: Path, runs: int) -> tuple[list[float], float, int]:
-    """Wall seconds of each `python -m lorarank audit DIR --json` run, peak RSS (MB), modules."""
+def time_cli(folder: Path, runs: int) -> tuple[list[float], float, float, int]:
+    """Wall seconds of each `python -m lorarank audit DIR --json` run, peak RSS (MB), CPU s per run, modules."""
     walls, modules = [], 0
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for _ in range(runs):
         started = time.perf_counter()
@@ -78,8 +80,25 @@ def time_cli(folder: Path, runs: int) -> tuple[list[float], float, int]:
         if proc.returncode != 0:
             raise SystemExit(f"audit failed: {proc.stderr.decode().strip()}")
         modules = len(json.loads(proc.stdout)["modules"])
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
-    return walls, peak_mb, modules
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak_mb = after.ru_maxrss / 1024  # Linux: KiB
+    cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / runs
+    return walls, peak_mb, cpu, modules
+
+
+def phases(folder: Path) -> dict[str, float]:
+    """In-process seconds of the audit's phases (imports already done): read, spectra + metrics, JSON."""
+    from lorarank.adapters import load_adapter
+    from lorarank.audit import audit_adapter
+
+    t0 = time.perf_counter()
+    adapter = load_adapter(folder)
+    t1 = time.perf_counter()
+    report = audit_adapter(adapter)
+    t2 = time.perf_counter()
+    json.dumps(report.to_dict(), allow_nan=False)
+    t3 = time.perf_counter()
+    return {"read": t1 - t0, "audit": t2 - t1, "json": t3 - t2}
 
 
 def dense_vs_factored(layer0: dict, names: list[str]) -> list[tuple[str, tuple[int, int], float, float, float]]:
@@ -88,12 +107,14 @@ def dense_vs_factored(layer0: dict, names: list[str]) -> list[tuple[str, tuple[i
     scale = ALPHA / RANK
     for name in names:
         key = next(k for k in SHAPES if k.endswith(name))
-        b, a = (x.astype(np.float32) for x in layer0[key])
+        b, a = (x.astype(np.float32) for x in layer0[key])  # dense baseline in float32
         t0 = time.perf_counter()
         dense = np.linalg.svd(scale * (b @ a), compute_uv=False)[:RANK]
         t_dense = time.perf_counter() - t0
+        module = LoraModule(key, layer0[key][1], layer0[key][0], scale)
         t0 = time.perf_counter()
-        fact = factored_svdvals(b.astype(np.float64), a.astype(np.float64), scale=scale)
+        with single_threaded_blas():
+            fact = module_spectrum(module)  # what the audit runs (bf16 -> float64, R-only QRs)
         t_fact = time.perf_counter() - t0
         diff = float(np.max(np.abs(dense - fact) / fact[0]))
         out.append((key, SHAPES[key], t_dense, t_fact, diff))
@@ -114,10 +135,14 @@ def main() -> None:
         size, layer0 = write_adapter(folder)
         print(f"wrote {folder.name}: {LAYERS} layers x {len(SHAPES)} modules, r = {RANK}, bfloat16, "
               f"{size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s")
-        walls, peak, modules = time_cli(folder, args.runs)
+        walls, peak, cpu, modules = time_cli(folder, args.runs)
+        print(f"load average (1, 5, 15 min) after the runs: {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
+              "(other processes share the cores; CPU time per run is what an idle machine's wall would be)")
         print(f"`python -m lorarank audit DIR --json` ({modules} modules), {args.runs} runs: "
               f"wall median {statistics.median(walls):.3f} s (min {min(walls):.3f}, max {max(walls):.3f}); "
-              f"peak RSS {peak:.0f} MB   [targets: <= 1.0 s, <= 300 MB]")
+              f"CPU {cpu:.3f} s per run; peak RSS {peak:.0f} MB   [targets: <= 1.0 s, <= 300 MB]")
+        ph = phases(folder)
+        print("in-process phases: " + ", ".join(f"{k} {v:.3f} s" for k, v in ph.items()))
         names = [n.strip() for n in args.dense.split(",") if n.strip()]
         rows = dense_vs_factored(layer0, names)
         print()
