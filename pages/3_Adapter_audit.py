@@ -91,8 +91,10 @@ st.markdown(audit.reading(report))
 st.subheader("Per module")
 st.dataframe(
     audit.module_table(report), hide_index=True, key="audit_table",
+    height=audit.table_height(len(report.modules)),
     column_config={
         **{name: st.column_config.Column(name, help=text) for name, text in audit.COLUMN_HELP.items()},
+        "module": st.column_config.Column("module", help=audit.COLUMN_HELP["module"], pinned=True),
         **{name: st.column_config.NumberColumn(name, help=audit.COLUMN_HELP[name], format="%.4g")
            for name in ("alpha", "scale s", "stable rank", "entropy rank", "truncation error")},
     },
@@ -137,16 +139,7 @@ with common.stop_on_error():
     curve, allocation = audit.run_budget(upload, alpha=alpha, scale=scale, rule=rule,
                                          value=value or 0.0, mean_rank=budget)
 n_modules = len(report.modules)
-summary = report.summary
-marks = [
-    {"label": f"budget: mean rank {budget}", "mean_rank": allocation["directions"] / n_modules,
-     "retained_energy": allocation["retained_energy"], "params": allocation["params"]},
-    {"label": f"rule: {audit.rule_text(rule, value)}",
-     "mean_rank": sum(m.recommended_rank for m in report.modules) / n_modules,
-     "retained_energy": summary["retained_energy"], "params": summary["params_after"]},
-    {"label": "as stored", "mean_rank": sum(m.rank for m in report.modules) / n_modules,
-     "retained_energy": 1.0, "params": summary["params"]},
-]
+marks = audit.budget_marks(report, allocation, budget=budget)
 common.show_chart(
     budget_chart(curve, marks=marks),
     caption=f"Keeping the adapter's top directions by sigma² wherever they are: a budget of "
@@ -235,6 +228,7 @@ if compare:
             comparison = audit.run_compare(upload, upload_b, top=top)
         st.markdown(audit.compare_reading(comparison))
         st.dataframe(audit.compare_table(comparison), hide_index=True, key="audit_compare_table",
+                     height=audit.table_height(len(comparison.modules)),
                      column_config={
                          **{n: st.column_config.Column(n, help=t) for n, t in audit.COMPARE_HELP.items()},
                          **{n: st.column_config.NumberColumn(n, help=audit.COMPARE_HELP[n], format="%.4f")

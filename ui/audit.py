@@ -44,7 +44,7 @@ __all__ = [
     "short_name", "rule_text", "assumed_scale", "module_url_error",
     "detect", "run_audit", "run_budget", "run_resize", "resized_files", "zip_files",
     "run_compare", "demo_files", "demo_upload",
-    "COLUMN_HELP", "module_table", "module_records", "audit_json", "detected_lines", "reading",
+    "COLUMN_HELP", "module_table", "module_records", "table_height", "budget_marks", "audit_json", "detected_lines", "reading",
     "RESIZE_HELP", "resize_table", "COMPARE_HELP", "compare_table", "compare_reading", "json_safe",
 ]
 
@@ -392,11 +392,10 @@ COLUMN_HELP: dict[str, str] = {
     "module": "Module path without the factor suffix (and without PEFT's base_model.model.).",
     "shape": "d_out x d_in of the update dW = s·B·A.",
     "r": "Stored rank: A is r x d_in, B is d_out x r.",
-    "alpha": "lora_alpha / alpha as stored or configured; empty when the file has none.",
-    "scale s": "The multiplier of B·A the format applies (PEFT alpha/r, rsLoRA alpha/sqrt(r), "
-               "kohya alpha/r, mlx-lm scale; 1 when assumed).",
-    "top singular values": "Largest singular values sigma_i of s·B·A, descending, from the "
-                           "factors (QR of B and A^T, SVD of the r x r core), never the dense dW.",
+    "recommended rank": "The rank the chosen rule keeps.",
+    "truncation error": "Relative Frobenius error of keeping only the recommended k directions: "
+                        "sqrt(sum_{i>k} sigma^2 / sum sigma^2) (Eckart-Young: no rank-k "
+                        "matrix does better).",
     "k(0.9)": "Energy rank: smallest k with sum_{i<=k} sigma_i^2 >= 0.9 sum sigma^2.",
     "k(0.95)": "Energy rank: smallest k with sum_{i<=k} sigma_i^2 >= 0.95 sum sigma^2.",
     "k(0.99)": "Energy rank: smallest k with sum_{i<=k} sigma_i^2 >= 0.99 sum sigma^2.",
@@ -404,10 +403,11 @@ COLUMN_HELP: dict[str, str] = {
                    "would fill.",
     "entropy rank": "Entropy effective rank (Roy and Vetterli 2007): exp(-sum p log p), "
                     "p_i = sigma_i / sum sigma.",
-    "recommended rank": "The rank the chosen rule keeps.",
-    "truncation error": "Relative Frobenius error of keeping only the recommended k directions: "
-                        "sqrt(sum_{i>k} sigma^2 / sum sigma^2) (Eckart-Young: no rank-k "
-                        "matrix does better).",
+    "top singular values": "Largest singular values sigma_i of s·B·A, descending, from the "
+                           "factors (QR of B and A^T, SVD of the r x r core), never the dense dW.",
+    "alpha": "lora_alpha / alpha as stored or configured; empty when the file has none.",
+    "scale s": "The multiplier of B·A the format applies (PEFT alpha/r, rsLoRA alpha/sqrt(r), "
+               "kohya alpha/r, mlx-lm scale; 1 when assumed).",
 }
 
 
@@ -430,6 +430,26 @@ def module_table(report: AuditReport, *, top: int = 4) -> pd.DataFrame:
             "truncation error": m.truncation_error,
         })
     return pd.DataFrame(rows, columns=list(COLUMN_HELP))
+
+
+def table_height(rows: int, *, max_rows: int = 16) -> int:
+    """Pixel height of a data frame showing ``min(rows, max_rows)`` rows without scrolling."""
+    return 38 + 35 * max(1, min(rows, max_rows))
+
+
+def budget_marks(report: AuditReport, allocation: Mapping[str, Any], *, budget: int) -> list[dict]:
+    """The points marked on the budget curve: the chosen budget, the rule, the stored adapter."""
+    n = max(len(report.modules), 1)
+    s = report.summary
+    return [
+        {"label": f"budget: mean rank {budget}", "mean_rank": allocation["directions"] / n,
+         "retained_energy": allocation["retained_energy"], "params": allocation["params"]},
+        {"label": f"rule: {rule_text(report.rule, report.value)}",
+         "mean_rank": sum(m.recommended_rank for m in report.modules) / n,
+         "retained_energy": s["retained_energy"], "params": s["params_after"]},
+        {"label": "as stored", "mean_rank": sum(m.rank for m in report.modules) / n,
+         "retained_energy": 1.0, "params": s["params"]},
+    ]
 
 
 def module_records(report: AuditReport) -> pd.DataFrame:

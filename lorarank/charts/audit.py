@@ -66,7 +66,7 @@ def rank_map_chart(records: Sequence[Mapping[str, object]], *, metric: str = "re
     metric : str
         Name of the number, for the title, legend and tooltip.
     cell : int
-        Row height in pixels (the chart grows with the number of layers, up to ``max_height``).
+        Row height in pixels; rows shrink (down to 8 px) to keep the map within ``max_height``.
 
     Returns
     -------
@@ -78,7 +78,8 @@ def rank_map_chart(records: Sequence[Mapping[str, object]], *, metric: str = "re
     layers = sorted(set(zip(frame["layer_num"], frame["layer"])))
     order = [label for _, label in layers]
     types = list(dict.fromkeys(frame["module_type"]))
-    height = min(max_height, max(120, cell * len(order)))
+    # A step height (not a fixed one): Streamlit 1.67 drops a fixed height of a discrete axis.
+    step = max(8, min(cell, max_height // max(len(order), 1)))
     agg = (frame.groupby(["layer", "module_type"], as_index=False, sort=False)
            .agg(value=("value", "mean"), modules=("name", "count"), name=("name", "first")))
     x = alt.X("module_type:N", title="module type", sort=types, axis=alt.Axis(labelAngle=-30))
@@ -101,7 +102,7 @@ def rank_map_chart(records: Sequence[Mapping[str, object]], *, metric: str = "re
             color=alt.condition(alt.datum.value > mid, alt.value("black"), alt.value("white")),
             tooltip=tooltip)
         layers_.append(text)
-    return alt.layer(*layers_).properties(height=height, title=f"Rank map: {metric} per module")
+    return alt.layer(*layers_).properties(height=alt.Step(step), title=f"Rank map: {metric} per module")
 
 
 def module_spectrum_frame(singular_values: object, *, cut: int) -> pd.DataFrame:
@@ -275,7 +276,7 @@ def overlap_chart(rows: Sequence[Mapping[str, object]], *, bar: int = 14,
     """
     frame = overlap_frame(rows)
     names = list(dict.fromkeys(frame["name"]))
-    height = min(max_height, max(120, bar * 2 * len(names)))
+    step = max(6, min(bar, max_height // max(2 * len(names), 1)))
     y = alt.Y("name:N", title=None, sort=names)
     x = alt.X("phi:Q", title="subspace similarity phi", scale=alt.Scale(domain=[0, 1]))
     color = alt.Color("measure:N", title=None,
@@ -287,12 +288,12 @@ def overlap_chart(rows: Sequence[Mapping[str, object]], *, bar: int = 14,
     bars = alt.Chart(frame).mark_bar().encode(x=x, y=y, yOffset=alt.YOffset("measure:N"),
                                               color=color, tooltip=tooltip)
     chance = (alt.Chart(frame[frame["measure"] == "phi(k, k)"])
-              .mark_tick(color="black", thickness=2, size=bar * 1.6)
+              .mark_tick(color="black", thickness=2, size=step * 1.6)
               .encode(x=alt.X("chance:Q"), y=y,
                       tooltip=[alt.Tooltip("name:N", title="module"),
                                alt.Tooltip("chance:Q", title="chance k / d_in", format=".4f")]))
     return alt.layer(bars, chance).properties(
-        height=height, title="Overlap of the top directions of A's row spaces (tick: chance level)")
+        height=alt.Step(2 * step), title="Overlap of the top directions of A's row spaces (tick: chance level)")
 
 
 def phi_frame(phi: object) -> pd.DataFrame:
@@ -321,4 +322,5 @@ def phi_chart(phi: object, *, name: str = "", label_a: str = "A", label_b: str =
         y=alt.Y("i:O", title=f"i: top directions of {label_a}"),
         color=alt.Color("phi:Q", title="phi", scale=alt.Scale(domain=[0, 1], scheme="viridis")),
         tooltip=[alt.Tooltip("i:O"), alt.Tooltip("j:O"), alt.Tooltip("phi:Q", format=".4f")],
-    ).properties(width=size, height=size, title=title)
+    ).properties(width=alt.Step(max(6, size // max(frame["j"].max(), 1))),
+                 height=alt.Step(max(6, size // max(frame["i"].max(), 1))), title=title)

@@ -1,0 +1,155 @@
+"""The Adapter audit page in headless Chromium against a real server, with real adapter files."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from apphelpers import wait_for_app
+from safetensors.numpy import load as st_load
+
+pytestmark = pytest.mark.e2e
+
+SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"
+
+
+def assert_no_exception(page) -> None:
+    assert page.get_by_test_id("stException").count() == 0
+
+
+def table_rows(page, index: int = 0) -> list[list[str]]:
+    """Cell texts of a data frame, row by row (the grid's accessible table)."""
+    grid = page.get_by_test_id("stDataFrame").nth(index)
+    return [row.locator("td").all_inner_texts() for row in grid.locator("table tbody tr").all()]
+
+
+def select_text(page, key: str) -> str:
+    """What the select box with widget key ``key`` shows (its text and its input's value)."""
+    box = page.locator(f".st-key-{key}")
+    inputs = box.locator("input")
+    return (box.text_content() or "") + " ".join(inputs.nth(i).input_value() for i in range(inputs.count()))
+
+
+def upload_sample(page, name: str) -> None:
+    """Drop a sample's adapter_model.safetensors and adapter_config.json together."""
+    folder = SAMPLES / name
+    files = [{"name": p.name, "mimeType": "application/octet-stream", "buffer": p.read_bytes()}
+             for p in sorted(folder.iterdir())]
+    page.get_by_test_id("stFileUploaderDropzoneInput").first.set_input_files(files=files)
+    wait_for_result(page)
+
+
+def wait_for_result(page) -> None:
+    """After an upload: wait until the run it triggers shows a table or an error."""
+    page.wait_for_selector('[data-testid="stDataFrame"], [data-testid="stAlertContentError"]',
+                           timeout=60_000)
+    wait_for_app(page)
+
+
+class TestColdDeepLink:
+    """A shared link opened on a server that has never served a page."""
+
+    def test_settings_restored_on_a_cold_server(self, page, fresh_server, shot):
+        """rule, value, map, budget, resize_by and compare come back from the URL, no error."""
+        url = fresh_server()
+        page.goto(f"{url}/Adapter_audit?rule=sv_ratio&sv_ratio=4&map=stable_rank&budget=3"
+                  "&resize_by=budget&compare=true")
+        wait_for_app(page)
+        shot(page, "cold_deep_link")
+        assert_no_exception(page)
+        assert page.get_by_role("heading", name="Adapter audit").count() == 1
+        assert "sv_ratio" in select_text(page, "rule")
+        assert page.locator(".st-key-sv_ratio input").input_value() == "4.000"
+        assert "stable_rank" in select_text(page, "map")
+        assert page.locator(".st-key-budget input").input_value() == "3"
+        assert page.locator(".st-key-resize_by input[type=radio]").nth(1).is_checked()
+        assert page.locator(".st-key-compare input").is_checked()
+        assert page.get_by_test_id("stAlertContentError").count() == 0
+        assert page.get_by_text("What to upload").count() == 1
+
+    def test_demo_link_shows_the_whole_page(self, page, fresh_server, shot):
+        """A link with demo=true renders the synthetic demo with every section and compare."""
+        url = fresh_server()
+        page.goto(f"{url}/Adapter_audit?demo=true&compare=true&module=model.layers.1.self_attn.v_proj")
+        wait_for_app(page)
+        shot(page, "demo")
+        assert_no_exception(page)
+        assert page.get_by_text("synthetic demo", exact=False).count() >= 1
+        assert len(table_rows(page)) == 14
+        for heading in ("Per module", "Rank map", "Spectrum of one module", "Global budget",
+                        "Resize", "Compare with a second adapter"):
+            assert page.get_by_role("heading", name=heading).count() == 1
+        assert "layers.1.self_attn.v_proj" in select_text(page, "module")
+        assert page.get_by_test_id("stVegaLiteChart").count() >= 5
+
+
+class TestUpload:
+    """Uploading the real PEFT sample through the dropzone."""
+
+    def test_upload_table_and_resize_download(self, page, app_url, tmp_path, shot):
+        """The two files together give the table; the resized PEFT zip loads at the new ranks."""
+        page.goto(f"{app_url}/Adapter_audit?rule=sv_ratio&sv_ratio=2")
+        wait_for_app(page)
+        upload_sample(page, "peft_llama_r8")
+        shot(page, "uploaded")
+        assert_no_exception(page)
+        assert page.get_by_test_id("stAlertContentError").count() == 0
+        rows = table_rows(page)
+        assert len(rows) == 14
+        assert all(row[2] == "8" for row in rows)      # r
+        recommended = {row[0]: int(row[3]) for row in rows}
+        body = page.get_by_test_id("stMain").inner_text()
+        assert "peft (adapter_model.safetensors + adapter_config.json)" in body
+        assert "scale = lora_alpha / r; s = 2" in body  # 16 / 8
+        with page.expect_download() as info:
+            page.get_by_role("button", name="Download resized adapter (.zip)").click()
+        download = info.value
+        assert download.suggested_filename == "lorarank-resized-adapter.zip"
+        path = tmp_path / "resized.zip"
+        download.save_as(path)
+        with zipfile.ZipFile(path) as archive:
+            assert sorted(archive.namelist()) == ["resized_adapter/adapter_config.json",
+                                                  "resized_adapter/adapter_model.safetensors"]
+            weights = st_load(archive.read("resized_adapter/adapter_model.safetensors"))
+            config = json.loads(archive.read("resized_adapter/adapter_config.json"))
+        ranks = {k[len("base_model.model."):-len(".lora_A.weight")]: v.shape[0]
+                 for k, v in weights.items() if k.endswith(".lora_A.weight")}
+        assert ranks == recommended
+        # The oracle: sv_ratio 2 keeps sigma_i > sigma_1 / 2 of the dense 2 * B @ A.
+        original = st_load((SAMPLES / "peft_llama_r8" / "adapter_model.safetensors").read_bytes())
+        for module, k in ranks.items():
+            key = f"base_model.model.{module}"
+            s = np.linalg.svd(2.0 * original[key + ".lora_B.weight"].astype(np.float64)
+                              @ original[key + ".lora_A.weight"], compute_uv=False)
+            assert k == int(np.sum(s > s[0] / 2))
+        assert config["peft_type"] == "LORA"
+        assert_no_exception(page)
+
+    def test_csv_download_and_bad_file(self, page, app_url, tmp_path):
+        """The table's CSV has one row per module; a text file renamed .npz is one error."""
+        page.goto(f"{app_url}/Adapter_audit")
+        wait_for_app(page)
+        upload_sample(page, "peft_llama_r32_rslora")
+        with page.expect_download() as info:
+            page.get_by_role("button", name="Download CSV").click()
+        text = info.value.path().read_text()
+        assert text.count("\n") == 1 + 4 and "singular_values" in text.splitlines()[0]
+        assert re.search(r",1\.41421356\d*,", text)  # rsLoRA scale 8 / sqrt(32)
+        page.goto(f"{app_url}/Adapter_audit")  # a new session: the uploader is empty
+        wait_for_app(page)
+        page.get_by_test_id("stFileUploaderDropzoneInput").first.set_input_files(files=[
+            {"name": "adapter.npz", "mimeType": "application/octet-stream",
+             "buffer": b"this is not an archive\n"}])
+        wait_for_result(page)
+        assert_no_exception(page)
+        # The alert's material icon adds its name ("error") as hidden text before the sentence.
+        errors = [e.strip().splitlines()[-1]
+                  for e in page.get_by_test_id("stAlertContentError").all_inner_texts()]
+        assert errors == ["adapter.npz is not an .npz archive (it does not start with a zip "
+                          "signature)"]
+        assert "this is not an archive" not in page.url
