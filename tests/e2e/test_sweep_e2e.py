@@ -10,6 +10,8 @@ import time
 import pytest
 from apphelpers import set_number, wait_for_app
 
+from ui.common import available_pages
+
 pytestmark = pytest.mark.e2e
 
 
@@ -61,6 +63,19 @@ class TestColdDeepLink:
         rows = wait_for_ranks(page, ["3", "6", "12"])
         assert [row[0] for row in rows] == ["3", "6", "12"]
         assert all(row[5] == "300" for row in rows)
+
+    @pytest.mark.parametrize("page_info", available_pages()[1:], ids=lambda p: p.label)
+    def test_every_page_opens_cold(self, page, fresh_server, shot, page_info):
+        """Each page's URL as the first request of a fresh server runs that page, not home."""
+        url = fresh_server()
+        path = page_info.path.removeprefix("pages/").removesuffix(".py").split("_", 1)[1]
+        page.goto(f"{url}/{path}")
+        wait_for_app(page)
+        shot(page, f"cold_{path}")
+        assert_no_exception(page)
+        assert page.get_by_role("heading", name=page_info.label, exact=True).count() == 1
+        sidebar = page.get_by_test_id("stSidebar")
+        assert sidebar.get_by_role("link", name=page_info.label).count() == 1
 
     @pytest.mark.parametrize("query, sentence", [
         ("true_rank=-3", "The link sets `true_rank=-3`, but intrinsic rank k should be at "
