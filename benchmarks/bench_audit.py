@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lorarank.adapters import LoraModule  # noqa: E402
-from lorarank.audit import module_spectrum, single_threaded_blas  # noqa: E402
+from lorarank.audit import module_spectrum  # noqa: E402
+from lorarank.spectrum import single_threaded_blas  # noqa: E402
 
 HIDDEN, KV, INTER, LAYERS, RANK, ALPHA = 4096, 1024, 14336, 32, 16, 32
 SHAPES = {  # module -> (d_out, d_in)

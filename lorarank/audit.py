@@ -17,10 +17,7 @@ alpha = k); a module whose target rank is >= its rank is left exactly as it was.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import math
-import threading
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping, Sequence
 
@@ -31,6 +28,8 @@ from .adapters import Adapter, LoraModule, parse_module_name
 from .errors import ConfigError
 from .spectrum import (
     RANK_RULES,
+    _svdvals_unchecked,
+    single_threaded_blas,
     energy_rank,
     entropy_rank,
     factored_svd,
@@ -50,7 +49,6 @@ __all__ = [
     "allocate_budget",
     "budget_curve",
     "resize_adapter",
-    "single_threaded_blas",
 ]
 
 #: Thresholds t of the energy ranks k(t) every module report carries.
@@ -75,59 +73,6 @@ def _check_rule(rule: str, value: float) -> tuple[str, float]:
     return rule, value
 
 
-_blas_lock = threading.Lock()
-_blas_state = {"depth": 0, "saved": None}
-
-
-def _openblas():
-    """numpy's bundled OpenBLAS (get, set) thread functions, or None when not found."""
-    try:
-        libs = [line.split()[-1] for line in open("/proc/self/maps", encoding="utf-8", errors="replace")
-                if "openblas" in line and line.rstrip().endswith(".so")]
-        if not libs:
-            return None
-        lib = ctypes.CDLL(libs[0])
-        for get_name, set_name in (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-                                   ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
-                                   ("openblas_get_num_threads", "openblas_set_num_threads")):
-            if hasattr(lib, get_name) and hasattr(lib, set_name):
-                getter, setter = getattr(lib, get_name), getattr(lib, set_name)
-                getter.restype = ctypes.c_int
-                setter.argtypes = [ctypes.c_int]
-                return getter, setter
-    except OSError:
-        return None
-    return None
-
-
-@contextlib.contextmanager
-def single_threaded_blas():
-    """Run the block with one OpenBLAS thread (restored afterwards; nests and is thread-safe).
-
-    The audit does hundreds of QRs of thin (d x r) matrices; threads gain nothing there, and
-    OpenBLAS's spinning threads make them many times slower when the cores are busy (measured
-    30x on 2 busy cores). A no-op when numpy's OpenBLAS is not found.
-    """
-    global _OPENBLAS
-    with _blas_lock:
-        if _OPENBLAS is None:
-            _OPENBLAS = _openblas() or False
-        if _OPENBLAS and _blas_state["depth"] == 0:
-            _blas_state["saved"] = _OPENBLAS[0]()
-            _OPENBLAS[1](1)
-        _blas_state["depth"] += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_state["depth"] -= 1
-            if _OPENBLAS and _blas_state["depth"] == 0 and _blas_state["saved"]:
-                _OPENBLAS[1](int(_blas_state["saved"]))
-
-
-_OPENBLAS = None
-
-
 def module_spectrum(module: LoraModule) -> np.ndarray:
     """Singular values of ``module.scale * B @ A`` from the factors, descending, float64.
 
@@ -137,15 +82,11 @@ def module_spectrum(module: LoraModule) -> np.ndarray:
 
     Notes
     -----
-    The algorithm of :func:`lorarank.spectrum.factored_svdvals` (QR of ``B`` and of ``A.T``,
-    SVD of the small core) with ``np.linalg.qr(mode="r")``: only the triangular factors are
-    needed for singular values, and skipping the orthonormal ones is 3x faster. The factors
-    were checked finite when the adapter was read.
+    :func:`lorarank.spectrum.factored_svdvals` without its validation: the factors were
+    checked finite when the adapter was read.
     """
     B, A = module.factors(np.float64)
-    rb = np.linalg.qr(B, mode="r")
-    ra = np.linalg.qr(A.T, mode="r")
-    return np.linalg.svd(module.scale * (rb @ ra.T), compute_uv=False)
+    return _svdvals_unchecked(B, A, module.scale)
 
 
 # ------------------------------------------------------------------------------------ reports

@@ -26,7 +26,7 @@ import numpy as np
 
 from ._validate import check_int, check_matrix
 from .adapters import Adapter
-from .audit import single_threaded_blas
+from .spectrum import single_threaded_blas
 from .errors import AdapterError, ConfigError
 
 __all__ = [

@@ -23,6 +23,7 @@ How it is fast without changing a single step:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -31,7 +32,7 @@ import numpy as np
 
 from ._validate import check_choice, check_int, check_real
 from .errors import ConfigError
-from .spectrum import eckart_young_errors, factored_svdvals, gavish_donoho_rank
+from .spectrum import eckart_young_errors, factored_svdvals, gavish_donoho_rank, single_threaded_blas
 from .synthetic import Target
 
 __all__ = [
@@ -286,14 +287,17 @@ def fit_lora(target: Target, ranks: object, *, optimizer: str = "sgd", lr: float
     total = steps * len(rank_list)
     ticker = _Ticker(progress, total)
     results: dict[int, FitResult] = {}
-    for group in _batches(rank_list, d_out, d_in):
-        runs = []
-        for r in group:
-            B, A = init_lora(d_out, d_in, r, seed=seed)
-            runs.append(_Run(r, scales[r], B, A))
-        for res in _fit_batch(target, runs, optimizer=optimizer, lr=lr, steps=steps, tol=tol,
-                              divergence_factor=divergence_factor, ticker=ticker):
-            results[res.rank] = res
+    # Rotated SGD steps are small r x r and d x r products: BLAS threads only cost there.
+    threads = single_threaded_blas() if optimizer == "sgd" else contextlib.nullcontext()
+    with threads:
+        for group in _batches(rank_list, d_out, d_in):
+            runs = []
+            for r in group:
+                B, A = init_lora(d_out, d_in, r, seed=seed)
+                runs.append(_Run(r, scales[r], B, A))
+            for res in _fit_batch(target, runs, optimizer=optimizer, lr=lr, steps=steps, tol=tol,
+                                  divergence_factor=divergence_factor, ticker=ticker):
+                results[res.rank] = res
     ticker.finish()
     return [results[r] for r in rank_list]
 

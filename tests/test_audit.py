@@ -13,13 +13,13 @@ import pytest
 from safetensors.numpy import save
 
 from lorarank.adapters import Adapter, LoraModule, adapter_files, load_adapter, load_adapter_bytes
+from lorarank.spectrum import single_threaded_blas
 from lorarank.audit import (
     allocate_budget,
     audit_adapter,
     budget_curve,
     module_spectrum,
     resize_adapter,
-    single_threaded_blas,
 )
 from lorarank.errors import ConfigError
 
@@ -83,12 +83,20 @@ class TestModuleSpectrum:
         np.testing.assert_allclose(module_spectrum(m), dense_svals(m), rtol=1e-10)
 
     def test_single_threaded_blas_nests_and_restores(self):
-        """The BLAS thread guard can nest and leaves results unchanged."""
+        """The BLAS thread guard nests, limits BLAS to one thread, restores it, and changes no result."""
+        from threadpoolctl import threadpool_info
+
+        def blas_threads():
+            return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
         rng = np.random.default_rng(2)
         m = LoraModule("m", rng.standard_normal((4, 30)), rng.standard_normal((30, 4)), 1.0)
+        before = blas_threads()
         with single_threaded_blas():
             with single_threaded_blas():
                 inner = module_spectrum(m)
+                assert all(n == 1 for n in blas_threads())
+        assert blas_threads() == before
         np.testing.assert_allclose(inner, module_spectrum(m), rtol=1e-12)
 
 
