@@ -27,7 +27,7 @@ arXiv:2312.03732.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from numbers import Real
 
@@ -35,6 +35,7 @@ import numpy as np
 
 from ._validate import check_choice, check_int, check_real
 from .errors import ConfigError
+from .spectrum import eckart_young_errors
 
 __all__ = [
     "DEFAULT_RANKS",
@@ -248,11 +249,15 @@ class StabilityGrid:
         Ordered by rule (as asked), then lr, then rank.
     seconds : float
         Wall time of the fits.
+    optimal_rel_err : dict of int to float
+        Eckart-Young optimum per rank: the smallest relative error any rank-r matrix reaches
+        on the target (what capacity allows, whatever the scaling). Not part of ``to_dict``.
     """
 
     config: dict
     records: tuple[StabilityRecord, ...]
     seconds: float
+    optimal_rel_err: dict[int, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """``{"config", "records"}`` as ``lorarank stability --json`` prints it."""
@@ -387,8 +392,10 @@ def run_stability(target, *, ranks: Sequence[int] = DEFAULT_RANKS,
             ))
         if progress is not None:
             progress((i + 1) * steps, total)
+    optimal = eckart_young_errors(target.singular_values, np.asarray(ranks, dtype=np.int64))
     return StabilityGrid(config=config, records=tuple(records),
-                         seconds=time.perf_counter() - start)
+                         seconds=time.perf_counter() - start,
+                         optimal_rel_err={r: float(e) for r, e in zip(ranks, optimal)})
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,6 +419,8 @@ class RankWindow:
         Smallest tested lr whose final relative error is <= the findings' ``target_err``.
     best_lr, best_rel_err : float or None
         The tested lr with the lowest final relative error, and that error.
+    optimal_rel_err : float or None
+        The Eckart-Young optimum at this rank, when known: no training goes below it.
     """
 
     rule: str
@@ -422,6 +431,7 @@ class RankWindow:
     min_lr_reaching: float | None
     best_lr: float | None
     best_rel_err: float | None
+    optimal_rel_err: float | None = None
 
 
 @dataclass(frozen=True)
@@ -511,14 +521,23 @@ def _rule_sentences(rule: str, windows: Sequence[RankWindow], direction: str,
     # 2. How far the runs get at the largest lr every rank tolerates.
     if common_lr is not None and len(windows) > 1:
         lo, hi = common_errors[0], common_errors[-1]
+        # Compare what is left to learn: the error above what the rank can reach at all.
+        gap_lo = lo - (windows[0].optimal_rel_err or 0.0)
+        gap_hi = hi - (windows[-1].optimal_rel_err or 0.0)
+        # A run has finished learning once it is within the target, or within a fifth of the
+        # target of its rank's optimum.
+        done_lo = lo <= target_err or gap_lo <= target_err / 5
+        done_hi = hi <= target_err or gap_hi <= target_err / 5
         if max(lo, hi) <= target_err:
             trend = f"both within the target {target_err:g}"
-        elif hi > 1.5 * lo:
+        elif done_lo and done_hi:
+            trend = "both reached what their rank can hold"
+        elif done_lo or (not done_hi and gap_hi > 1.5 * gap_lo):
             trend = "learning slows as r grows"
-        elif lo > 1.5 * hi:
+        elif done_hi or gap_lo > 1.5 * gap_hi:
             trend = "learning is faster at larger r"
         else:
-            trend = "about the same at every rank"
+            trend = "both still learning, about equally far from their rank's optimum"
         out.append(f"At lr = {common_lr:g}, stable at every rank, the final relative error is "
                    f"{lo:.3g} at r = {ranks[0]} and {hi:.3g} at r = {ranks[-1]}: {trend}.")
     # 3. The smallest learning rate that gets the job done.
@@ -535,11 +554,19 @@ def _rule_sentences(rule: str, windows: Sequence[RankWindow], direction: str,
         tail = f"; no tested lr does at r = {', '.join(missing)}" if missing else ""
         out.append(f"Smallest learning rate reaching relative error {target_err:g}: {parts}"
                    f"{tail}.")
+    # 4. Ranks that cannot reach the target at all: capacity, not scaling.
+    short = [w for w in windows if w.optimal_rel_err is not None and w.optimal_rel_err > target_err]
+    if short:
+        parts = ", ".join(f"{w.optimal_rel_err:.3g} at r = {w.rank}" for w in short)
+        out.append(f"Capacity, not scaling, limits the smallest ranks: the best error any "
+                   f"matrix of that rank reaches (Eckart-Young) is {parts}, above "
+                   f"{target_err:g}.")
     return tuple(out)
 
 
 def stability_findings(records: Sequence[StabilityRecord] | StabilityGrid, *,
-                       target_err: float = 0.05) -> StabilityFindings:
+                       target_err: float = 0.05,
+                       optimal_rel_err: Mapping[int, float] | None = None) -> StabilityFindings:
     """Read a grid's numbers: per rule and rank the stable lr window, and how it moves with r.
 
     Parameters
@@ -548,6 +575,9 @@ def stability_findings(records: Sequence[StabilityRecord] | StabilityGrid, *,
         The grid to read (any subset of cells works; each rule is read on its own ranks).
     target_err : float, default=0.05
         The final relative error a run must reach for ``min_lr_reaching``, in (0, 1].
+    optimal_rel_err : mapping of int to float, optional
+        Eckart-Young optimum per rank, so capacity is told apart from learning speed. Default:
+        the grid's own (``StabilityGrid.optimal_rel_err``), none for a bare record list.
 
     Returns
     -------
@@ -557,7 +587,10 @@ def stability_findings(records: Sequence[StabilityRecord] | StabilityGrid, *,
     target_err = check_real("target_err", target_err, minimum=0.0, maximum=1.0,
                             strict_minimum=True)
     if isinstance(records, StabilityGrid):
+        if optimal_rel_err is None:
+            optimal_rel_err = records.optimal_rel_err
         records = records.records
+    optimal_rel_err = dict(optimal_rel_err or {})
     records = list(records)
     if not records:
         raise ConfigError("`records` should not be empty")
@@ -580,6 +613,7 @@ def stability_findings(records: Sequence[StabilityRecord] | StabilityGrid, *,
                 min_lr_reaching=reach[0].lr if reach else None,
                 best_lr=None if best is None else best.lr,
                 best_rel_err=None if best is None else best.rel_err,
+                optimal_rel_err=optimal_rel_err.get(rank),
             ))
         # 1. Direction of the window's edge with r (an all-diverged row counts as lr 0, a row
         #    that never diverged as beyond the grid).

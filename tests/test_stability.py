@@ -255,6 +255,28 @@ class TestStabilityFindings:
                 assert not sgd_grid.cell("fixed-alpha", w.rank, w.max_stable_lr).diverged
                 assert sgd_grid.cell("fixed-alpha", w.rank, w.min_diverged_lr).diverged
 
+    def test_capacity_is_told_apart_from_speed(self):
+        """A rank whose Eckart-Young optimum is above the target is called capacity-limited."""
+        recs = [_rec("alpha-eq-r", 2, 0.01, 0.5921), _rec("alpha-eq-r", 32, 0.01, 0.0082)]
+        (f,) = stability_findings(recs, optimal_rel_err={2: 0.5920, 32: 0.0017}).rules
+        assert f.windows[0].optimal_rel_err == 0.5920
+        assert f.sentences[1].endswith("0.592 at r = 2 and 0.0082 at r = 32: both reached what "
+                                       "their rank can hold.")
+        assert f.sentences[-1] == ("Capacity, not scaling, limits the smallest ranks: the best "
+                                   "error any matrix of that rank reaches (Eckart-Young) is "
+                                   "0.592 at r = 2, above 0.05.")
+        # without the optimum the same numbers read as slower learning at small r
+        (g,) = stability_findings(recs).rules
+        assert g.sentences[1].endswith("learning is faster at larger r.")
+
+    def test_grid_carries_eckart_young(self, target, sgd_grid):
+        """The grid's optimum per rank is Eckart-Young on the target's singular values."""
+        from lorarank.spectrum import eckart_young_errors
+
+        expected = eckart_young_errors(target.singular_values, np.array(RANKS))
+        assert [sgd_grid.optimal_rel_err[r] for r in RANKS] == pytest.approx(list(expected))
+        assert "optimal_rel_err" not in sgd_grid.to_dict()
+
     @pytest.mark.parametrize("kwargs, message", [
         ({"records": []}, "`records` should not be empty"),
         ({"records": [_rec("rslora", 4, 0.1, 0.1)], "target_err": 0}, "`target_err` should be greater than 0, got 0"),

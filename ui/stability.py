@@ -249,7 +249,7 @@ def run_grid(config: StabilityConfig) -> StabilityRun:
 
 
 def findings(run: StabilityRun, *, target_err: float) -> StabilityFindings:
-    """The grid's reading (per rule and rank windows, sentences)."""
+    """The grid's reading (per rule and rank windows, sentences; capacity via Eckart-Young)."""
     return stability_findings(run.grid, target_err=target_err)
 
 
@@ -272,6 +272,8 @@ WINDOW_HELP: dict[str, str] = {
                             "at most the 'error to reach' setting.",
     "best final error": "Lowest final relative error ||sBA - T|| / ||T|| over the tested "
                         "learning rates, and where.",
+    "Eckart-Young optimum": "The lowest relative error any rank-r matrix reaches on T: what "
+                            "the rank's capacity allows, whatever the scaling.",
 }
 
 
@@ -294,6 +296,7 @@ def windows_table(run: StabilityRun, found: StabilityFindings) -> pd.DataFrame:
                 "SGD bound 1/(s*sigma_1)": _g(1.0 / (w.scale * run.sigma_1), 3),
                 "smallest lr reaching": _g(w.min_lr_reaching),
                 "best final error": best,
+                "Eckart-Young optimum": _g(w.optimal_rel_err, 3),
             })
     return pd.DataFrame(rows, columns=list(WINDOW_HELP))
 
