@@ -38,6 +38,29 @@ from .synthetic import SPECTRA, Target, make_target, planted_spectrum
 
 __version__ = "0.1.0"
 
+# Adapter reading pulls in safetensors and ml_dtypes: load those modules on first use (PEP 562)
+# so that `python -m lorarank sweep` and the Rank sweep page do not pay for them.
+_LAZY = {
+    "adapters": ("FORMATS", "Adapter", "LoraModule", "load_adapter", "load_adapter_bytes",
+                 "adapter_files", "save_adapter"),
+    "audit": ("audit_adapter", "AuditReport", "ModuleReport", "resize_adapter", "ResizeResult",
+              "allocate_budget", "Allocation", "budget_curve"),
+    "compare": ("compare_adapters", "Comparison", "subspace_similarity", "principal_angles"),
+    "stability": ("run_stability", "StabilityGrid", "stability_findings", "scale_for", "alpha_to_keep"),
+}
+_LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name in _LAZY_NAMES:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lorarank' has no attribute {name!r}")
+
+
 __all__ = [
     "LoraRankError", "ConfigError", "AdapterError", "UnsupportedAdapterError",
     "RANK_RULES", "FactoredSVD", "factored_svd", "factored_svdvals", "energy_rank",
@@ -46,4 +69,5 @@ __all__ = [
     "SPECTRA", "Target", "make_target", "planted_spectrum",
     "SCALING_RULES", "OPTIMIZERS", "DEFAULT_LR", "DEFAULT_STEPS", "FitResult", "lora_scale",
     "init_lora", "fit_lora", "fit_lora_reference",
+    *_LAZY_NAMES,
 ]
