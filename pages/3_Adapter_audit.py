@@ -185,7 +185,7 @@ weights_stem = next((n for n, _ in upload.files if not n.lower().endswith(".json
 weights_stem = weights_stem.rsplit(".", 1)[0] or "adapter"
 if preview.write_format == "peft":
     files = ["adapter_model.safetensors", "adapter_config.json"]
-    b1, b2, b3, _ = st.columns([1.4, 1.2, 1.2, 2])
+    b1 = b2 = b3 = st.container(horizontal=True)
     b1.download_button("Download resized adapter (.zip)", key=f"{audit.RESIZE_DOWNLOAD_KEY}_zip",
                        data=lambda: audit.zip_files(
                            audit.resized_files(upload, alpha=alpha, scale=scale, target=target),

@@ -28,6 +28,8 @@ __all__ = [
 ]
 
 _KEPT, _DROPPED = "kept", "dropped"
+#: Room above a titled chart with a continuous y axis: Streamlit 1.67 otherwise clips the title.
+_PAD = {"top": 16, "left": 5, "right": 5, "bottom": 5}
 
 
 def _layer_label(layer: object) -> str:
@@ -169,7 +171,7 @@ def module_spectrum_chart(singular_values: object, *, cut: int, name: str = "",
     rule_mark = alt.Chart(cut_frame).mark_rule(color=FLOOR_COLOR, strokeDash=[6, 4], strokeWidth=2).encode(
         x=alt.X("at:Q"), tooltip=[alt.Tooltip("label:N", title="cut"), alt.Tooltip("rule:N")])
     title = f"Spectrum of {name}" if name else "Spectrum"
-    return alt.layer(line, points, rule_mark).properties(height=height, title=title)
+    return alt.layer(line, points, rule_mark).properties(height=height, title=title, padding=_PAD)
 
 
 def budget_frame(curve: Mapping[str, Sequence[float]], *, max_points: int = 800) -> pd.DataFrame:
@@ -230,16 +232,16 @@ def budget_chart(curve: Mapping[str, Sequence[float]], *,
         labels = list(mframe["label"])
         color = alt.Color("label:N", title=None,
                           scale=alt.Scale(domain=labels, range=[PALETTE[(i + 1) % len(PALETTE)]
-                                                                for i in range(len(labels))]),
-                          legend=alt.Legend(orient="bottom"))
+                                                                for i in range(len(labels))]))
         mtip = [alt.Tooltip("label:N", title="point"),
                 alt.Tooltip("mean_rank:Q", title="mean rank", format=".3~f"),
                 alt.Tooltip("params:Q", title="parameters", format=","),
                 alt.Tooltip("retained_energy:Q", title="retained energy", format=".4f")]
         layers.append(alt.Chart(mframe).mark_point(size=140, filled=True, opacity=1).encode(
             x=x, y=y, color=color, shape=alt.Shape("label:N", title=None, legend=None), tooltip=mtip))
-    return alt.layer(*layers).properties(height=height,
-                                         title="Whole adapter: retained energy against a global rank budget")
+    return alt.layer(*layers).properties(
+        height=height, padding=_PAD,
+        title="Whole adapter: retained energy against a global rank budget")
 
 
 def overlap_frame(rows: Sequence[Mapping[str, object]]) -> pd.DataFrame:
@@ -277,7 +279,7 @@ def overlap_chart(rows: Sequence[Mapping[str, object]], *, bar: int = 14,
     frame = overlap_frame(rows)
     names = list(dict.fromkeys(frame["name"]))
     step = max(6, min(bar, max_height // max(2 * len(names), 1)))
-    y = alt.Y("name:N", title=None, sort=names)
+    y = alt.Y("name:N", title=None, sort=names, axis=alt.Axis(labelLimit=360))
     x = alt.X("phi:Q", title="subspace similarity phi", scale=alt.Scale(domain=[0, 1]))
     color = alt.Color("measure:N", title=None,
                       scale=alt.Scale(domain=["phi(k, k)", "phi(1, 1)"], range=[PALETTE[0], PALETTE[1]]),
