@@ -16,7 +16,8 @@ st.caption(
     "window moves; with alpha = r it stays put. Each cell below is one fit of the synthetic "
     "update T at one rank and one learning rate under one scaling rule."
 )
-common.show_errors(common.check_url(stab.SETTINGS, state_key=stab.URL_ERRORS_KEY))
+common.show_errors(common.check_url(stab.SETTINGS, state_key=stab.URL_ERRORS_KEY)
+                   + stab.url_rule_errors())
 
 with st.container(border=True):
     st.markdown("**Target update T**")

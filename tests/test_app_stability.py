@@ -220,6 +220,16 @@ class TestBadInput:
         assert not at.exception
         assert [e.value for e in at.error] == [message]
 
+    def test_unknown_rule_in_url(self):
+        """An unknown ?rules= value is named in one sentence and the known ones are kept."""
+        at = open_page(steps="20", rules=["bogus", "rslora"], curves_lr="7")
+        assert not at.exception
+        assert [e.value for e in at.error] == [
+            "The link sets `rules=bogus`, but scaling rules are fixed-alpha, alpha-eq-r, "
+            "alpha-eq-2r, rslora; it is ignored."]
+        assert at.multiselect(key="rules").value == ["rslora"]
+        assert at.selectbox(key="curves_lr").value == "0.01"  # an lr not in the grid: the middle one
+
     def test_no_rules_selected(self):
         """Clearing the rules says so in one sentence."""
         at = open_page(steps="20")

@@ -31,7 +31,7 @@ __all__ = [
     "MAX_DIM_APP", "MAX_STEPS_APP", "MAX_RANKS_APP", "MAX_LRS_APP", "MAX_CELLS_APP",
     "URL_ERRORS_KEY", "DOWNLOAD_KEY", "RULES_KEY", "CURVE_MODES", "CURVE_KEYS",
     "CALC_NO_ALPHA_KEY", "TARGET_SETTINGS", "GRID_SETTINGS", "CALC_SETTINGS", "SETTINGS",
-    "rules_widget", "curve_widgets", "parse_ranks", "parse_lrs",
+    "rules_widget", "url_rule_errors", "curve_widgets", "parse_ranks", "parse_lrs",
     "StabilityConfig", "StabilityRun", "run_grid", "findings", "windows_table", "WINDOW_HELP",
     "cells_table", "CELL_HELP", "cells_csv_frame", "row_records", "calculator",
 ]
@@ -113,6 +113,19 @@ def rules_widget(container: Any = None) -> list[str]:
         "scaling rules", list(SCALING_RULES), default=list(SCALING_RULES), key=RULES_KEY,
         bind="query-params",
         help="; ".join(f"{k}: {v}" for k, v in SCALING_RULES.items()) + ".")
+
+
+def url_rule_errors() -> list[str]:
+    """One sentence per ``?rules=`` value that is not a scaling rule (call before the widgets).
+
+    The bound multiselect drops such values silently when it registers; this says so.
+    """
+    out = []
+    for raw in st.query_params.get_all(RULES_KEY):
+        if raw not in SCALING_RULES:
+            out.append(f"The link sets `rules={raw}`, but scaling rules are "
+                       f"{', '.join(SCALING_RULES)}; it is ignored.")
+    return out
 
 
 def curve_widgets(config: "StabilityConfig", container: Any = None) -> dict[str, Any]:

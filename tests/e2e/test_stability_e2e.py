@@ -71,16 +71,24 @@ class TestColdDeepLink:
         metrics = page.get_by_test_id("stMetricValue").all_inner_texts()
         assert metrics[0] == "5.65685"  # 16 / sqrt(8)
 
-    def test_bad_value_is_one_sentence(self, page, app_url, shot):
-        """A hand-edited bad lr list shows one error sentence and no traceback."""
-        page.goto(f"{app_url}/Alpha_r_stability?lrs=0.01,-3")
+    @pytest.mark.parametrize("query, sentence", [
+        ("lrs=0.01,-3", "lrs should be positive numbers separated by commas, got '-3' in "
+                        "'0.01,-3'"),
+        ("rules=bogus&rules=rslora&steps=30", "The link sets rules=bogus, but scaling rules are "
+                                              "fixed-alpha, alpha-eq-r, alpha-eq-2r, rslora; it "
+                                              "is ignored."),
+        ("steps=0", "The link sets steps=0, but steps should be at least 1; the default 200 is "
+                    "used instead."),
+    ])
+    def test_bad_value_is_one_sentence(self, page, app_url, shot, query, sentence):
+        """A hand-edited bad value shows one error sentence and no traceback."""
+        page.goto(f"{app_url}/Alpha_r_stability?{query}")
         wait_for_app(page)
-        shot(page, "stability_bad_lrs")
+        shot(page, "stability_bad_" + re.sub(r"\W", "_", query))
         assert_no_exception(page)
         alerts = page.get_by_test_id("stAlertContentError")
         texts = [t.strip() for t in alerts.get_by_test_id("stMarkdownContainer").all_inner_texts()]
-        assert texts == ["lrs should be positive numbers separated by commas, got '-3' in "
-                         "'0.01,-3'"]
+        assert texts == [sentence]
 
 
 class TestInteraction:
