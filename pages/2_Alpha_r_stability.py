@@ -3,6 +3,7 @@
 import streamlit as st
 
 from lorarank.charts import stability_heatmap, stability_loss_chart, update_norm_chart
+from lorarank.errors import LoraRankError
 from ui import common
 from ui import stability as stab
 
@@ -24,74 +25,78 @@ with st.container(border=True):
     target_values = common.url_settings(stab.TARGET_SETTINGS, columns=6)
 with st.container(border=True):
     st.markdown("**Grid**")
-    top = st.columns([1.2, 1.6, 2.6])
+    top = st.columns([1, 1.4, 3.2])
     grid_values = {s.key: common.setting_widget(s, col)
                    for s, col in zip(stab.GRID_SETTINGS[:2], top[:2])}
     rules = stab.rules_widget(top[2])
     grid_values.update(common.url_settings(stab.GRID_SETTINGS[2:], columns=5))
 
-with common.stop_on_error():
+try:
     config = stab.StabilityConfig.from_values({**target_values, **grid_values}, rules)
     run = stab.run_grid(config)
     found = stab.findings(run, target_err=grid_values["target_err"])
+except LoraRankError as exc:  # one sentence; the calculator below still works
+    st.error(str(exc), icon=":material/error:")
+    run = None
 
-st.subheader("What the grid shows")
-st.markdown("\n".join(  # each rule's sentences start with its name: set it in bold
-    f"- **{rule.rule}**{' '.join(rule.sentences)[len(rule.rule):]}" for rule in found.rules))
-st.caption(
-    f"Read off this grid: {len(run.grid.records)} cells, {config.optimizer}, {config.steps} "
-    f"steps, alpha {config.alpha:g}, σ₁(T) = {run.sigma_1:.4g}. A run counts as diverged when "
-    f"its loss becomes non-finite or exceeds 10⁴ times its start. Computed in "
-    f"{run.seconds:.2f} s."
-)
-
-common.show_chart(
-    stability_heatmap(run.grid.records, rules=list(config.rules)),
-    caption="Colour: final relative error ||s·B·A − T||_F / ||T||_F (log scale, lighter is "
-            "lower). Orange cells marked 'div' diverged; hover a cell for s, the step it "
-            "diverged at and its largest update norm.",
-)
-
-st.subheader("Learning-rate window per rank")
-st.dataframe(
-    stab.windows_table(run, found), hide_index=True, key="stability_windows",
-    column_config={name: st.column_config.Column(name, help=text)
-                   for name, text in stab.WINDOW_HELP.items()},
-)
-
-st.subheader("Loss curves and update norms")
-picked = stab.curve_widgets(config)
-if picked["mode"] == stab.CURVE_MODES[0]:
-    cells = stab.row_records(run, picked["rule"], lr=picked["lr"])
-    title, color_by = f"{picked['rule']}, lr {picked['lr']:g}: every rank", "rank"
-else:
-    cells = stab.row_records(run, picked["rule"], rank=picked["rank"])
-    title, color_by = f"{picked['rule']}, r = {picked['rank']}: every learning rate", "lr"
-left, right = st.columns(2)
-with left:
-    common.show_chart(
-        stability_loss_chart(cells, color_by=color_by, title=title),
-        caption="Loss 0.5·||s·B·A − T||_F² after each step (log scale). A curve that ends "
-                "early with a cross diverged at that step.",
-    )
-with right:
-    common.show_chart(
-        update_norm_chart(run.grid.records, rule=picked["rule"], target_norm=run.target_norm),
-        caption=f"Largest ||s·B·A||_F over the steps of each cell of {picked['rule']}. A "
-                f"trained run ends near ||T||_F = {run.target_norm:.4g} (dashed); a diverging "
-                f"one overshoots it.",
+if run is not None:
+    st.subheader("What the grid shows")
+    st.markdown("\n".join(  # each rule's sentences start with its name: set it in bold
+        f"- **{rule.rule}**{' '.join(rule.sentences)[len(rule.rule):]}" for rule in found.rules))
+    st.caption(
+        f"Read off this grid: {len(run.grid.records)} cells, {config.optimizer}, {config.steps} "
+        f"steps, alpha {config.alpha:g}, σ₁(T) = {run.sigma_1:.4g}. A run counts as diverged when "
+        f"its loss becomes non-finite or exceeds 10⁴ times its start. Computed in "
+        f"{run.seconds:.2f} s."
     )
 
-with st.expander("Every cell", expanded=False):
+    common.show_chart(
+        stability_heatmap(run.grid.records, rules=list(config.rules)),
+        caption="Colour: final relative error ||s·B·A − T||_F / ||T||_F (log scale, lighter is "
+                "lower). Orange cells marked 'div' diverged; hover a cell for s, the step it "
+                "diverged at and its largest update norm.",
+    )
+
+    st.subheader("Learning-rate window per rank")
     st.dataframe(
-        stab.cells_table(run), hide_index=True, key="stability_cells",
+        stab.windows_table(run, found), hide_index=True, key="stability_windows",
         column_config={name: st.column_config.Column(name, help=text)
-                       for name, text in stab.CELL_HELP.items()},
+                       for name, text in stab.WINDOW_HELP.items()},
     )
-common.download_buttons(stab.cells_csv_frame(run), stem="lorarank-stability",
-                        key=stab.DOWNLOAD_KEY, json_data=run.grid.to_dict())
-st.caption("The JSON download is the document `python -m lorarank stability --json` prints "
-           "(records with loss curves); the CSV has one row per cell without the curves.")
+
+    st.subheader("Loss curves and update norms")
+    picked = stab.curve_widgets(config)
+    if picked["mode"] == stab.CURVE_MODES[0]:
+        cells = stab.row_records(run, picked["rule"], lr=picked["lr"])
+        title, color_by = f"{picked['rule']}, lr {picked['lr']:g}: every rank", "rank"
+    else:
+        cells = stab.row_records(run, picked["rule"], rank=picked["rank"])
+        title, color_by = f"{picked['rule']}, r = {picked['rank']}: every learning rate", "lr"
+    left, right = st.columns(2)
+    with left:
+        common.show_chart(
+            stability_loss_chart(cells, color_by=color_by, title=title),
+            caption="Loss 0.5·||s·B·A − T||_F² after each step (log scale). A curve that ends "
+                    "early with a cross diverged at that step.",
+        )
+    with right:
+        common.show_chart(
+            update_norm_chart(run.grid.records, rule=picked["rule"], target_norm=run.target_norm),
+            caption=f"Largest ||s·B·A||_F over the steps of each cell of {picked['rule']}. A "
+                    f"trained run ends near ||T||_F = {run.target_norm:.4g} (dashed); a diverging "
+                    f"one overshoots it.",
+        )
+
+    with st.expander("Every cell", expanded=False):
+        st.dataframe(
+            stab.cells_table(run), hide_index=True, key="stability_cells",
+            column_config={name: st.column_config.Column(name, help=text)
+                           for name, text in stab.CELL_HELP.items()},
+        )
+    common.download_buttons(stab.cells_csv_frame(run), stem="lorarank-stability",
+                            key=stab.DOWNLOAD_KEY, json_data=run.grid.to_dict())
+    st.caption("The JSON download is the document `python -m lorarank stability --json` prints "
+               "(records with loss curves); the CSV has one row per cell without the curves.")
 
 st.subheader("Scaling calculator")
 st.caption("The multiplier s an adapter's files imply, and the alpha that keeps its behaviour "

@@ -215,10 +215,11 @@ class TestBadInput:
                          "200 is used instead."),
     ])
     def test_one_sentence(self, query, message):
-        """The page shows exactly one error and no exception."""
+        """The page shows exactly one error and no exception; the calculator still works."""
         at = open_page(**query)
         assert not at.exception
         assert [e.value for e in at.error] == [message]
+        assert [m.value for m in at.metric] == ["2", "0.5"]  # PEFT r 16, alpha 32 -> r 64
 
     def test_unknown_rule_in_url(self):
         """An unknown ?rules= value is named in one sentence and the known ones are kept."""
