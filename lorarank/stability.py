@@ -27,14 +27,15 @@ arXiv:2312.03732.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from numbers import Real
 
 import numpy as np
 
 from ._validate import check_choice, check_int, check_real
 from .errors import ConfigError
+from .fit import OPTIMIZERS, SCALING_RULES, fit_lora
 from .spectrum import eckart_young_errors
 
 __all__ = [
@@ -339,10 +340,6 @@ def run_stability(target, *, ranks: Sequence[int] = DEFAULT_RANKS,
         A bad rank, rule, lr, optimizer, steps, alpha or seed (the message names it), or more
         than :data:`MAX_CELLS` cells.
     """
-    import time
-
-    from .fit import OPTIMIZERS, SCALING_RULES, fit_lora
-
     # 1. Validate every knob at the boundary.
     ranks = _check_list("ranks", ranks, lambda n, v: check_int(n, v, minimum=1))
     rules = _check_list("rules", SCALING_RULES if rules is None else rules,
