@@ -2,7 +2,6 @@
 
 import streamlit as st
 
-from lorarank.charts import loss_chart, spectrum_chart
 from ui import common, sweep
 
 common.setup_page("Rank sweep", icon=":material/stacked_line_chart:")
@@ -43,20 +42,18 @@ common.download_buttons(sweep.results_records(run), stem="lorarank-sweep",
 st.subheader("What the numbers say")
 st.markdown("\n".join(f"- {sentence}" for sentence in sweep.reading(run)))
 
+charts = sweep.sweep_charts(config)
 st.subheader("Spectra")
-max_index = min(run.target_values.size, max(max(config.ranks), run.signal_rank) + 4)
 common.show_chart(
-    spectrum_chart(run.target_values, {res.rank: res.singular_values for res in run.results},
-                   noise_floor=run.noise_floor, max_index=max_index),
-    caption=f"Grey: the target's first {max_index} singular values. Blue: the trained s·B·A's. "
-            f"Dashed: the noise floor {run.noise_floor:.3g} (Gavish-Donoho threshold for the "
+    charts.spectrum,
+    caption=f"Grey: the target's first {charts.max_index} singular values. Blue: the trained "
+            f"s·B·A's. Dashed: the noise floor {run.noise_floor:.3g} (Gavish-Donoho threshold for the "
             f"noise level); directions below it fit noise, not the task.",
 )
 
 st.subheader("Loss curves")
 common.show_chart(
-    loss_chart({res.rank: res.loss for res in run.results},
-               diverged_at={res.rank: res.diverged_at for res in run.results}),
+    charts.loss,
     caption="Loss 0.5·||s·B·A − T||_F² after each optimiser step, log scale. A curve that ends "
             "early with a cross diverged.",
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,18 @@ class TestDefaults:
         assert "**r = 4** matches the intrinsic rank" in text
         assert "**r = 16** is over-parameterised" in text
         assert "drove the other 12 to it" in text
+
+    def test_charts_are_log_scale_with_tooltips(self):
+        """The spectrum chart (one panel per rank, noise floor) and the loss chart render."""
+        at = open_sweep()
+        charts = [json.loads(el.proto.spec) for el in at.get("vega_lite_chart")]
+        assert len(charts) == 2
+        spectrum, loss = charts
+        assert spectrum["facet"]["sort"] == ["r = 2", "r = 4", "r = 16"]
+        assert spectrum["spec"]["layer"][0]["encoding"]["y"]["scale"]["type"] == "log"
+        assert any(layer["mark"]["type"] == "rule" for layer in spectrum["spec"]["layer"])
+        assert loss["layer"][0]["encoding"]["y"]["scale"]["type"] == "log"
+        assert loss["layer"][0]["encoding"]["tooltip"]
 
     def test_every_number_is_defined(self):
         """Every widget has help text and the table columns carry definitions."""

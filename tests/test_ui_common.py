@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from ui.common import PAGES, Setting, available_pages, parse_url_value
+import altair as alt
+import pandas as pd
+
+from ui.common import PAGES, Setting, available_pages, chart_spec, parse_url_value
 
 INT = Setting("true_rank", "intrinsic rank k", 4, "help", min_value=1, max_value=1024)
 FLOAT = Setting("noise", "noise", 0.01, "help", kind="float", min_value=0.0, max_value=100.0)
@@ -67,3 +70,21 @@ class TestPages:
         assert pages[0].label == "Home"
         assert [p.label for p in PAGES] == ["Home", "Rank sweep", "alpha/r stability", "Adapter audit"]
         assert set(p.path for p in pages) <= set(p.path for p in PAGES)
+
+
+class TestChartSpec:
+    """``chart_spec`` gives the dict a cached function can return for ``show_chart``."""
+
+    def test_drops_default_view_size_keeps_the_rest(self):
+        """The 300 x 300 default view is dropped so the chart fills its container."""
+        chart = alt.Chart(pd.DataFrame({"x": [1, 2], "y": [3, 4]})).mark_line().encode(
+            x="x:Q", y=alt.Y("y:Q", scale=alt.Scale(type="log")), tooltip=["x:Q"])
+        spec = chart_spec(chart)
+        assert "continuousWidth" not in spec.get("config", {}).get("view", {})
+        assert spec["encoding"]["y"]["scale"]["type"] == "log"
+        assert list(spec["datasets"].values())[0] == [{"x": 1, "y": 3}, {"x": 2, "y": 4}]
+
+    def test_keeps_explicit_config(self):
+        """Other configuration survives."""
+        chart = alt.Chart(pd.DataFrame({"x": [1]})).mark_point().encode(x="x:Q").configure_axis(grid=False)
+        assert chart_spec(chart)["config"]["axis"] == {"grid": False}

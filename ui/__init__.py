@@ -21,7 +21,9 @@ Modules
       line and ``st.stop()``.
     - ``progress_bar(text)``: context manager yielding a ``progress(done, total)`` callback for
       the engine; use it inside the ``st.cache_data`` function (a cache hit replays nothing).
-    - ``show_chart(chart)``: render an Altair chart from ``lorarank.charts`` full width.
+    - ``show_chart(chart)``: render an Altair chart from ``lorarank.charts`` full width, or
+      the dict ``chart_spec(chart)`` made of it: return that dict from an ``st.cache_data``
+      function to skip rebuilding and validating the chart on every rerun.
     - ``download_buttons(frame, stem=..., key=..., json_data=...)``: CSV and JSON downloads.
 ``ui.sweep`` (Rank sweep), ``ui.stability`` (alpha/r stability), ``ui.audit`` (Adapter audit)
     Each page's settings (``SETTINGS``), cached engine wrappers (``@st.cache_data`` taking

@@ -39,6 +39,7 @@ __all__ = [
     "show_errors",
     "stop_on_error",
     "progress_bar",
+    "chart_spec",
     "show_chart",
     "download_buttons",
     "to_json_bytes",
@@ -317,9 +318,31 @@ def progress_bar(text: str, *, min_interval: float = 0.1) -> Iterator[Callable[[
         bar.empty()
 
 
+def chart_spec(chart: Any) -> dict:
+    """The Vega-Lite dict of an Altair chart, ready to cache and to pass to :func:`show_chart`.
+
+    Building and validating an Altair chart costs tens of milliseconds per rerun; a cached
+    function can return this dict instead. The default Altair theme's 300 x 300 view size is
+    dropped, as ``st.altair_chart`` does, so the chart fills its container.
+    """
+    spec = chart.to_dict()
+    view = spec.get("config", {}).get("view", {})
+    for key in ("continuousWidth", "continuousHeight"):
+        view.pop(key, None)
+    if "config" in spec and not view:
+        spec["config"].pop("view", None)
+        if not spec["config"]:
+            del spec["config"]
+    return spec
+
+
 def show_chart(chart: Any, *, caption: str | None = None) -> None:
-    """Render an Altair chart from ``lorarank.charts`` at the container's width."""
-    st.altair_chart(chart, width="stretch")
+    """Render a chart full width: an Altair chart from ``lorarank.charts`` or its
+    :func:`chart_spec` dict (e.g. from a cached function)."""
+    if isinstance(chart, dict):
+        st.vega_lite_chart(spec=chart, width="stretch")
+    else:
+        st.altair_chart(chart, width="stretch")
     if caption:
         st.caption(caption)
 

@@ -19,13 +19,15 @@ from lorarank.fit import DEFAULT_LR, DEFAULT_STEPS, OPTIMIZERS, SCALING_RULES, F
 from lorarank.spectrum import gavish_donoho_rank, gavish_donoho_threshold, truncation_error
 from lorarank.synthetic import SPECTRA, make_target
 
-from .common import Setting, progress_bar
+from lorarank.charts import loss_chart, spectrum_chart
+
+from .common import Setting, chart_spec, progress_bar
 
 __all__ = [
     "MAX_DIM_APP", "MAX_STEPS_APP", "MAX_RANKS_APP", "DOWNLOAD_KEY", "URL_ERRORS_KEY",
     "TARGET_SETTINGS", "TRAINING_SETTINGS", "SETTINGS",
     "parse_ranks", "SweepConfig", "SweepRun", "run_sweep", "noise_floor",
-    "COLUMN_HELP", "results_table", "results_records", "results_json", "reading",
+    "SweepCharts", "sweep_charts", "COLUMN_HELP", "results_table", "results_records", "results_json", "reading",
 ]
 
 #: Limits of the hosted app (the engine and CLI accept more; the app must answer in seconds
@@ -182,6 +184,28 @@ def run_sweep(config: SweepConfig) -> SweepRun:
         noise_floor=noise_floor(sv, shape=target.shape, noise=config.noise),
         signal_rank=gavish_donoho_rank(sv, shape=target.shape, noise=config.noise),
         results=tuple(results), seconds=time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class SweepCharts:
+    """Vega-Lite specs of the page's two charts, and how many target values the first shows."""
+
+    spectrum: dict
+    loss: dict
+    max_index: int
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def sweep_charts(config: SweepConfig) -> SweepCharts:
+    """The spectrum and loss charts of :func:`run_sweep`'s result for ``config`` (cached)."""
+    run = run_sweep(config)
+    max_index = min(run.target_values.size, max(max(config.ranks), run.signal_rank) + 4)
+    spectrum = spectrum_chart(run.target_values,
+                              {res.rank: res.singular_values for res in run.results},
+                              noise_floor=run.noise_floor, max_index=max_index)
+    loss = loss_chart({res.rank: res.loss for res in run.results},
+                      diverged_at={res.rank: res.diverged_at for res in run.results})
+    return SweepCharts(spectrum=chart_spec(spectrum), loss=chart_spec(loss), max_index=max_index)
 
 
 #: Definition of every column of the results table (shown as column help).
