@@ -72,6 +72,37 @@ class TestPages:
         assert set(p.path for p in pages) <= set(p.path for p in PAGES)
 
 
+class TestProgressBar:
+    """``progress_bar`` adapts the engine's ``progress(done, total)`` callback."""
+
+    def test_bar_is_removed_and_cache_hit_replays_nothing(self):
+        """Inside a cached function the bar ends empty, and a cache hit shows no bar either."""
+        from streamlit.testing.v1 import AppTest
+
+        def script():
+            import streamlit as st
+
+            from ui.common import progress_bar
+
+            @st.cache_data
+            def work(n):
+                with progress_bar("Working") as progress:
+                    for i in range(n + 1):
+                        progress(i, n)
+                return n * 2
+
+            st.write(f"result {work(50)}")
+
+        at = AppTest.from_function(script, default_timeout=30).run()
+        assert not at.exception
+        assert at.markdown[0].value == "result 100"
+        assert not at.get("progress")
+        at.run()
+        assert not at.exception
+        assert at.markdown[0].value == "result 100"
+        assert not at.get("progress")
+
+
 class TestChartSpec:
     """``chart_spec`` gives the dict a cached function can return for ``show_chart``."""
 

@@ -121,6 +121,18 @@ class TestInteraction:
         reading = " ".join(page.get_by_test_id("stMarkdown").all_inner_texts())
         assert "r = 8 matches the intrinsic rank" in reading
 
+    def test_long_run_shows_progress_then_removes_it(self, page, app_url, shot):
+        """A sweep of a few seconds shows a progress bar that is gone when the table appears."""
+        page.goto(f"{app_url}/Rank_sweep?d_out=256&d_in=256&true_rank=8&ranks=8,32,64&steps=3000")
+        bar = page.get_by_test_id("stProgress")
+        bar.wait_for(state="visible", timeout=30_000)
+        assert "Fitting LoRA at r = 8, 32, 64" in bar.inner_text()
+        shot(page, "progress")
+        wait_for_app(page)
+        assert bar.count() == 0
+        assert [row[0] for row in wait_for_ranks(page, ["8", "32", "64"])] == ["8", "32", "64"]
+        assert_no_exception(page)
+
     def test_csv_download_matches_table(self, page, app_url, tmp_path):
         """The CSV download holds one row per rank with the table's numbers."""
         page.goto(f"{app_url}/Rank_sweep")
