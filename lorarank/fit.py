@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -44,6 +44,7 @@ __all__ = [
     "lora_scale",
     "init_lora",
     "fit_lora",
+    "fit_lora_runs",
     "fit_lora_reference",
 ]
 
@@ -189,6 +190,7 @@ class FitResult:
 class _Run:
     rank: int
     scale: float
+    lr: float
     B: np.ndarray
     A: np.ndarray
 
@@ -214,17 +216,25 @@ def _check_ranks(ranks: object, target: Target) -> list[int]:
     return out
 
 
-def _batches(ranks: list[int], d_out: int, d_in: int) -> list[list[int]]:
-    """Group sorted ranks so that each padded batch costs less than running them apart."""
-    def cost(group: list[int]) -> float:
-        return _STEP_OVERHEAD + 2.0 * (d_out + d_in) * len(group) * max(group) ** 2
+def _batches(runs: list[tuple[int, float, float]], d_out: int, d_in: int, optimizer: str) -> list[list[int]]:
+    """Group run indices (by rank) so that each zero-padded batch costs less than running apart.
+
+    Cost of one step of a batch of n runs padded to rank R, in flop-equivalents: a fixed
+    overhead for the numpy calls, plus n times the cheaper form of the step at rank R
+    (:func:`_macs_per_step`).
+    """
+    def cost(n: int, rmax: int) -> float:
+        return _STEP_OVERHEAD + 2.0 * n * min(_macs_per_step(d_out, d_in, rmax, optimizer))
 
     groups: list[list[int]] = []
-    for r in sorted(ranks):
-        if groups and cost(groups[-1] + [r]) <= cost(groups[-1]) + cost([r]):
-            groups[-1].append(r)
+    rmax = 0
+    for i in sorted(range(len(runs)), key=lambda i: runs[i][0]):
+        r = runs[i][0]
+        if groups and cost(len(groups[-1]) + 1, r) <= cost(len(groups[-1]), rmax) + cost(1, r):
+            groups[-1].append(i)
         else:
-            groups.append([r])
+            groups.append([i])
+        rmax = r
     return groups
 
 
@@ -275,31 +285,80 @@ def fit_lora(target: Target, ranks: object, *, optimizer: str = "sgd", lr: float
         raise ConfigError(f"`target` should be a Target from make_target, got {type(target).__name__}")
     rank_list = _check_ranks(ranks, target)
     optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
-    lr = DEFAULT_LR[optimizer] if lr is None else check_real("lr", lr, minimum=0.0, strict_minimum=True)
+    lr = DEFAULT_LR[optimizer] if lr is None else lr
+    runs = [(r, lora_scale(rule, r, alpha=alpha), lr) for r in rank_list]
+    return fit_lora_runs(target, runs, optimizer=optimizer, steps=steps, seed=seed, tol=tol,
+                         divergence_factor=divergence_factor, progress=progress)
+
+
+def fit_lora_runs(target: Target, runs: Sequence[tuple[int, float, float]], *, optimizer: str = "sgd",
+                  steps: int = DEFAULT_STEPS, seed: int = 0, tol: float | None = None,
+                  divergence_factor: float = 1e4,
+                  progress: Callable[[int, int], None] | None = None) -> list[FitResult]:
+    """Fit many independent LoRA runs, each with its own rank, multiplier and learning rate.
+
+    The engine of :func:`fit_lora` and of the alpha/r stability grid: runs are stacked into as
+    few batches as the cost model finds cheaper than running them apart, so a grid of small
+    problems costs a few numpy calls per step instead of a few per run.
+
+    Parameters
+    ----------
+    target : Target
+    runs : sequence of (rank, scale, lr)
+        Each run's rank (in [1, min(d_out, d_in)]), multiplier ``s`` and learning rate (> 0).
+        Repeats are allowed; a rank always starts from the same :func:`init_lora` factors.
+    optimizer, steps, seed, tol, divergence_factor, progress
+        As in :func:`fit_lora`; ``progress`` counts steps over all runs.
+
+    Returns
+    -------
+    list of FitResult
+        In the order of ``runs``.
+    """
+    if not isinstance(target, Target):
+        raise ConfigError(f"`target` should be a Target from make_target, got {type(target).__name__}")
+    optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
     steps = check_int("steps", steps, minimum=1, maximum=1_000_000)
     seed = check_int("seed", seed, minimum=0)
     if tol is not None:
         tol = check_real("tol", tol, minimum=0.0, strict_minimum=True)
     divergence_factor = check_real("divergence_factor", divergence_factor, minimum=1.0, strict_minimum=True)
-    scales = {r: lora_scale(rule, r, alpha=alpha) for r in rank_list}
+    try:
+        specs = [tuple(run) for run in runs]
+    except TypeError:
+        raise ConfigError(f"`runs` should be a list of (rank, scale, lr), got {runs!r}") from None
+    if not specs:
+        raise ConfigError("`runs` should name at least one run")
+    limit = min(target.shape)
+    checked = []
+    for spec in specs:
+        if len(spec) != 3:
+            raise ConfigError(f"each run should be (rank, scale, lr), got {spec!r}")
+        r = check_int("rank", spec[0], minimum=1)
+        if r > limit:
+            raise ConfigError(f"rank {r} is larger than min(d_out, d_in) = {limit}")
+        checked.append((r, check_real("scale", spec[1]),
+                        check_real("lr", spec[2], minimum=0.0, strict_minimum=True)))
 
     d_out, d_in = target.shape
-    total = steps * len(rank_list)
-    ticker = _Ticker(progress, total)
-    results: dict[int, FitResult] = {}
+    ticker = _Ticker(progress, steps * len(checked))
+    results: list[FitResult | None] = [None] * len(checked)
+    inits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     # Rotated SGD steps are small r x r and d x r products: BLAS threads only cost there.
     threads = single_threaded_blas() if optimizer == "sgd" else contextlib.nullcontext()
     with threads:
-        for group in _batches(rank_list, d_out, d_in):
-            runs = []
-            for r in group:
-                B, A = init_lora(d_out, d_in, r, seed=seed)
-                runs.append(_Run(r, scales[r], B, A))
-            for res in _fit_batch(target, runs, optimizer=optimizer, lr=lr, steps=steps, tol=tol,
-                                  divergence_factor=divergence_factor, ticker=ticker):
-                results[res.rank] = res
+        for group in _batches(checked, d_out, d_in, optimizer):
+            batch = []
+            for i in group:
+                r, scale, lr = checked[i]
+                if r not in inits:
+                    inits[r] = init_lora(d_out, d_in, r, seed=seed)
+                batch.append(_Run(r, scale, lr, *inits[r]))
+            for i, res in zip(group, _fit_batch(target, batch, optimizer=optimizer, steps=steps, tol=tol,
+                                                divergence_factor=divergence_factor, ticker=ticker)):
+                results[i] = res
     ticker.finish()
-    return [results[r] for r in rank_list]
+    return results  # type: ignore[return-value]
 
 
 class _Ticker:
@@ -321,14 +380,28 @@ class _Ticker:
             self.progress(self.total, self.total)
 
 
-def _fit_batch(target: Target, runs: list[_Run], *, optimizer: str, lr: float, steps: int,
+def _macs_per_step(d_out: int, d_in: int, r: int, optimizer: str) -> tuple[float, float]:
+    """Multiply-adds of one step of one run at rank r: (Gram form, residual form).
+
+    Gram form: ``A A^T``, ``B^T B``, ``B (A A^T)``, ``(B^T B) A``, plus for Adam (original basis)
+    ``T A^T`` and ``B^T T``. Residual form: ``R = s B A - T``, ``R A^T``, ``B^T R``. In the
+    rotated SGD basis ``T`` is diagonal, so only the Gram form's dense products disappear.
+    """
+    gram = 2.0 * r * r * (d_out + d_in) + (2.0 * d_out * d_in * r if optimizer == "adam" else 0.0)
+    return gram, 3.0 * d_out * d_in * r
+
+
+def _fit_batch(target: Target, runs: list[_Run], *, optimizer: str, steps: int,
                tol: float | None, divergence_factor: float, ticker: _Ticker) -> list[FitResult]:
     """Fit ``runs`` stacked in one zero-padded batch; return their results."""
     d_out, d_in = target.shape
     n, rmax = len(runs), max(run.rank for run in runs)
     sigma = target.singular_values
     m = sigma.size
+    diag = (np.arange(m), np.arange(m))
     rotated = optimizer == "sgd"
+    gram_macs, residual_macs = _macs_per_step(d_out, d_in, rmax, optimizer)
+    gram = gram_macs <= residual_macs  # large r / d makes the residual form cheaper
     # 1. Stack the factors, zero-padded to rmax; for SGD move to the basis where T is diagonal.
     B = np.zeros((n, d_out, rmax))
     A = np.zeros((n, rmax, d_in))
@@ -336,11 +409,11 @@ def _fit_batch(target: Target, runs: list[_Run], *, optimizer: str, lr: float, s
         B[i, :, : run.rank] = run.B if not rotated else target.U.T @ run.B
         A[i, : run.rank] = run.A if not rotated else run.A @ target.Vt.T
     s = np.array([run.scale for run in runs])[:, None, None]
+    lr = np.array([run.lr for run in runs])[:, None, None]
     T = target.matrix
     half_t2 = 0.5 * float(np.sum(sigma**2))
     limit = divergence_factor * half_t2
-    if optimizer == "adam":
-        mB, vB, mA, vA = (np.zeros_like(B), np.zeros_like(B), np.zeros_like(A), np.zeros_like(A))
+    moments = [np.zeros_like(B), np.zeros_like(B), np.zeros_like(A), np.zeros_like(A)] if optimizer == "adam" else []
 
     losses = np.empty((n, steps + 1))
     norms = np.zeros(n)
@@ -349,23 +422,34 @@ def _fit_batch(target: Target, runs: list[_Run], *, optimizer: str, lr: float, s
     stopped: dict[int, tuple] = {}
     with np.errstate(over="ignore", invalid="ignore"):
         for t in range(steps + 1):
-            # 2. Gram matrices, cross terms and the loss of the current iterate.
-            AAt = A @ A.transpose(0, 2, 1)
-            BtB = B.transpose(0, 2, 1) @ B
-            if rotated:
-                TAt = np.zeros_like(B)
-                TAt[:, :m] = sigma[None, :, None] * A[:, :, :m].transpose(0, 2, 1)
-                BtT = np.zeros_like(A)
-                BtT[:, :, :m] = B[:, :m].transpose(0, 2, 1) * sigma[None, None, :]
-            else:
-                TAt = T @ A.transpose(0, 2, 1)
-                BtT = B.transpose(0, 2, 1) @ T
-            quad = np.einsum("nij,nij->n", BtB, AAt)
-            cross = np.einsum("nij,nij->n", B, TAt)
             ss = s[:, 0, 0]
-            loss = np.maximum(0.5 * ss * ss * quad - ss * cross + half_t2, 0.0)
+            # 2. The loss of the current iterate and the pieces its gradient needs.
+            if gram:
+                AAt = A @ A.transpose(0, 2, 1)
+                BtB = B.transpose(0, 2, 1) @ B
+                if rotated:
+                    TAt = np.zeros_like(B)
+                    TAt[:, :m] = sigma[None, :, None] * A[:, :, :m].transpose(0, 2, 1)
+                    BtT = np.zeros_like(A)
+                    BtT[:, :, :m] = B[:, :m].transpose(0, 2, 1) * sigma[None, None, :]
+                else:
+                    TAt = T @ A.transpose(0, 2, 1)
+                    BtT = B.transpose(0, 2, 1) @ T
+                update_sq = ss * ss * np.einsum("nij,nij->n", BtB, AAt)
+                cross = np.einsum("nij,nij->n", B, TAt)
+                loss = np.maximum(0.5 * update_sq - ss * cross + half_t2, 0.0)
+                work = [AAt, BtB, TAt, BtT]
+            else:
+                R = s * (B @ A)
+                update_sq = np.einsum("nij,nij->n", R, R)
+                if rotated:
+                    R[:, diag[0], diag[1]] -= sigma
+                else:
+                    R -= T
+                loss = 0.5 * np.einsum("nij,nij->n", R, R)
+                work = [R]
             losses[alive, t] = loss
-            norms[alive] = np.fmax(norms[alive], ss * np.sqrt(np.maximum(quad, 0.0)))
+            norms[alive] = np.fmax(norms[alive], np.sqrt(np.maximum(update_sq, 0.0)))
             # 3. Retire runs that diverged, converged or finished.
             bad = ~np.isfinite(loss) | (loss > limit)
             done = bad.copy()
@@ -383,18 +467,25 @@ def _fit_batch(target: Target, runs: list[_Run], *, optimizer: str, lr: float, s
                 alive = alive[keep]
                 if alive.size == 0:
                     break
-                B, A, s, AAt, BtB, TAt, BtT = (x[keep] for x in (B, A, s, AAt, BtB, TAt, BtT))
-                if optimizer == "adam":
-                    mB, vB, mA, vA = (x[keep] for x in (mB, vB, mA, vA))
-            # 4. The gradients and the optimiser step.
-            gB = s * (s * (B @ AAt) - TAt)
-            gA = s * (s * (BtB @ A) - BtT)
+                B, A, s, lr = B[keep], A[keep], s[keep], lr[keep]
+                work = [x[keep] for x in work]
+                moments = [x[keep] for x in moments]
+            # 4. The gradients gB = s (s B A - T) A^T, gA = s B^T (s B A - T) and the step.
+            if gram:
+                AAt, BtB, TAt, BtT = work
+                gB = s * (s * (B @ AAt) - TAt)
+                gA = s * (s * (BtB @ A) - BtT)
+            else:
+                (R,) = work
+                gB = s * (R @ A.transpose(0, 2, 1))
+                gA = s * (B.transpose(0, 2, 1) @ R)
             if optimizer == "sgd":
                 B -= lr * gB
                 A -= lr * gA
             else:
                 k = t + 1
                 c1, c2 = 1 - _BETA1**k, 1 - _BETA2**k
+                mB, vB, mA, vA = moments
                 for p, g, mo, ve in ((B, gB, mB, vB), (A, gA, mA, vA)):
                     mo *= _BETA1
                     mo += (1 - _BETA1) * g

@@ -35,7 +35,7 @@ import numpy as np
 
 from ._validate import check_choice, check_int, check_real
 from .errors import ConfigError
-from .fit import OPTIMIZERS, SCALING_RULES, fit_lora
+from .fit import OPTIMIZERS, SCALING_RULES, fit_lora_runs, lora_scale
 from .spectrum import eckart_young_errors
 
 __all__ = [
@@ -305,9 +305,9 @@ def run_stability(target, *, ranks: Sequence[int] = DEFAULT_RANKS,
                   progress: Callable[[int, int], None] | None = None) -> StabilityGrid:
     """Fit LoRA on ``target`` for every scaling rule x rank x learning rate.
 
-    Each (rule, lr) pair is one call of :func:`lorarank.fit.fit_lora`, which fits all ranks at
-    once from the same LoRA initialisation as training (B = 0, A Kaiming-uniform) and detects
-    divergence.
+    Every cell is one run of :func:`lorarank.fit.fit_lora_runs`, which stacks the whole grid
+    into a few batches, starts each rank from the same LoRA initialisation as training (B = 0,
+    A Kaiming-uniform) and detects divergence.
 
     Parameters
     ----------
@@ -354,8 +354,8 @@ def run_stability(target, *, ranks: Sequence[int] = DEFAULT_RANKS,
     if n_cells > MAX_CELLS:
         raise ConfigError(f"the grid has {n_cells} cells (rules x ranks x lrs); at most "
                           f"{MAX_CELLS} are allowed")
-    calls = [(rule, lr) for rule in rules for lr in lrs]
-    total = len(calls) * steps
+    cells = [(rule, rank, lr) for rule in rules for lr in lrs for rank in ranks]
+    total = len(cells) * steps
     d_out, d_in = target.shape
     config = {
         "d_out": int(d_out), "d_in": int(d_in), "true_rank": int(target.true_rank),
@@ -364,31 +364,26 @@ def run_stability(target, *, ranks: Sequence[int] = DEFAULT_RANKS,
         "ranks": list(ranks), "rules": list(rules), "lrs": list(lrs), "alpha": alpha,
         "optimizer": optimizer, "steps": steps, "seed": seed,
     }
-    # 2. One fit per (rule, lr); progress in steps over the whole grid.
-    records: list[StabilityRecord] = []
+    # 2. Every cell is an independent run: one batched call fits the whole grid, each rank from
+    #    the same initialisation; progress counts steps over the whole grid.
     start = time.perf_counter()
     if progress is not None:
         progress(0, total)
-    for i, (rule, lr) in enumerate(calls):
-        def _inner(done: int, inner_total: int, _base: int = i * steps) -> None:
-            if progress is not None and inner_total > 0:
-                progress(_base + min(steps, round(steps * done / inner_total)), total)
-
-        results = fit_lora(target, list(ranks), optimizer=optimizer, lr=lr, steps=steps,
-                           rule=rule, alpha=alpha, seed=seed, progress=_inner)
-        for res in results:
-            # 3. Only finite numbers leave this module (a diverged cell's tail is dropped).
-            norm = float(res.max_update_norm)
-            records.append(StabilityRecord(
-                rule=rule, rank=int(res.rank), lr=float(lr), scale=float(res.scale),
-                rel_err=None if res.diverged or res.rel_err is None else float(res.rel_err),
-                diverged=bool(res.diverged),
-                diverged_at=None if res.diverged_at is None else int(res.diverged_at),
-                max_update_norm=norm if math.isfinite(norm) else float(np.finfo(np.float64).max),
-                loss_curve=_finite_prefix(res.loss),
-            ))
-        if progress is not None:
-            progress((i + 1) * steps, total)
+    results = fit_lora_runs(target, [(rank, lora_scale(rule, rank, alpha=alpha), lr)
+                                     for rule, rank, lr in cells],
+                            optimizer=optimizer, steps=steps, seed=seed, progress=progress)
+    records: list[StabilityRecord] = []
+    for (rule, rank, lr), res in zip(cells, results):
+        # 3. Only finite numbers leave this module (a diverged cell's tail is dropped).
+        norm = float(res.max_update_norm)
+        records.append(StabilityRecord(
+            rule=rule, rank=int(rank), lr=float(lr), scale=float(res.scale),
+            rel_err=None if res.diverged or res.rel_err is None else float(res.rel_err),
+            diverged=bool(res.diverged),
+            diverged_at=None if res.diverged_at is None else int(res.diverged_at),
+            max_update_norm=norm if math.isfinite(norm) else float(np.finfo(np.float64).max),
+            loss_curve=_finite_prefix(res.loss),
+        ))
     optimal = eckart_young_errors(target.singular_values, np.asarray(ranks, dtype=np.int64))
     return StabilityGrid(config=config, records=tuple(records),
                          seconds=time.perf_counter() - start,

@@ -10,7 +10,9 @@ from lorarank import ConfigError
 from lorarank.fit import (
     DEFAULT_LR,
     fit_lora,
+    _macs_per_step,
     fit_lora_reference,
+    fit_lora_runs,
     init_lora,
     lora_scale,
 )
@@ -118,6 +120,27 @@ class TestFitAgainstReference:
             np.testing.assert_allclose(res.singular_values, want, rtol=1e-9, atol=1e-12 * want[0])
             norms = [res.scale * np.linalg.norm(B2 @ A2) for B2, A2 in [(B, A)]]
             assert res.max_update_norm >= norms[0] * (1 - 1e-9)
+
+    @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+    def test_grid_of_runs_matches_textbook_loop(self, optimizer):
+        """fit_lora_runs with its own scale and lr per run (both step forms) matches the loop."""
+        t = make_target(24, 20, true_rank=3, seed=5)
+        runs = [(2, 1.0, 0.003), (2, 2.0, 0.001), (19, 0.5, 0.004), (20, 1.0, 0.002), (20, 1.0, 0.003)]
+        for (r, scale, lr), res in zip(runs, fit_lora_runs(t, runs, optimizer=optimizer, steps=120)):
+            B, A, loss = fit_lora_reference(t.matrix, r, scale=scale, optimizer=optimizer, lr=lr, steps=120)
+            assert (res.rank, res.scale) == (r, scale) and not res.diverged
+            np.testing.assert_allclose(res.loss, loss, rtol=1e-9)
+            rel = np.linalg.norm(scale * B @ A - t.matrix) / np.linalg.norm(t.matrix)
+            assert res.rel_err == pytest.approx(rel, rel=1e-10)
+
+    def test_step_form_follows_flop_count(self):
+        """The residual form is used exactly when it needs fewer multiply-adds."""
+        gram, residual = _macs_per_step(64, 64, 8, "sgd")
+        assert gram < residual
+        gram, residual = _macs_per_step(64, 64, 60, "sgd")
+        assert gram > residual
+        gram, residual = _macs_per_step(256, 256, 128, "adam")
+        assert gram > residual
 
     def test_rank_result_does_not_depend_on_company(self, article):
         """A rank fitted alone equals the same rank fitted in a batch with others."""

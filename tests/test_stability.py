@@ -141,14 +141,14 @@ class TestRunStabilityOutput:
         assert cfg["optimizer"] == "sgd" and cfg["steps"] == 200 and cfg["alpha"] == 16.0
 
     def test_progress_spans_whole_grid(self, target):
-        """Progress goes from 0 to total, never backwards, over all (rule, lr) fits."""
+        """Progress counts steps over all cells from 0 to total, never backwards."""
         calls = []
         run_stability(target, ranks=[4, 8], rules=["alpha-eq-r", "rslora"], lrs=[0.001, 0.01],
                       steps=30, progress=lambda d, t: calls.append((d, t)))
         totals = {t for _, t in calls}
-        assert totals == {2 * 2 * 30}
+        assert totals == {2 * 2 * 2 * 30}
         done = [d for d, _ in calls]
-        assert done[0] == 0 and done[-1] == 120
+        assert done[0] == 0 and done[-1] == 240
         assert all(b >= a for a, b in zip(done, done[1:]))
         assert len(calls) > 4
 
