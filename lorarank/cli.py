@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=16.0, help="lora_alpha for fixed-alpha and rslora (default %(default)s)")
     p.add_argument("--lrs", type=_float_list, default=[0.003, 0.01, 0.03], help="comma-separated learning rates")
     p.add_argument("--optimizer", default="sgd", help="sgd or adam (default %(default)s)")
-    p.add_argument("--steps", type=int, default=None, help="optimiser steps per run")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps per run (default 200)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(handler=_cmd_stability)
 
