@@ -50,7 +50,9 @@ import json
 import math
 import os
 import re
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -351,6 +353,12 @@ def _safetensors_from_bytes(source: str, data: bytes) -> _Tensors:
     return _Tensors(source, entries, get)
 
 
+# What a damaged zip archive or .npy member can raise while being read: bad headers and CRCs,
+# truncated or corrupt deflate streams, unknown compression methods, missing members.
+_ZIP_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError, zlib.error,
+               NotImplementedError, KeyError, struct.error)
+
+
 def _npz_tensors(source: str, fileobj, size: int) -> _Tensors:
     """Check the zip directory and every member's .npy header, then read with np.load."""
     # 1. It must be a zip archive at all (a text file renamed .npz is not).
@@ -361,7 +369,7 @@ def _npz_tensors(source: str, fileobj, size: int) -> _Tensors:
     try:
         archive = zipfile.ZipFile(fileobj)
         infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+    except _ZIP_ERRORS as exc:
         raise AdapterError(f"{source} is not a valid .npz archive ({exc})") from exc
     # 2. Declared unpacked sizes bound the memory before anything is inflated.
     declared = sum(info.file_size for info in infos)
@@ -385,7 +393,7 @@ def _npz_tensors(source: str, fileobj, size: int) -> _Tensors:
                 else:
                     shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
                 header_len = member.tell() if member.seekable() else None
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError) as exc:
+        except _ZIP_ERRORS as exc:
             raise AdapterError(f"{source}: member {info.filename!r} is not a valid .npy array ({exc})") from exc
         if dtype.hasobject:
             raise AdapterError(
@@ -405,13 +413,13 @@ def _npz_tensors(source: str, fileobj, size: int) -> _Tensors:
     fileobj.seek(0)  # zipfile left the position at the end; np.load reads the magic from here
     try:
         npz = np.load(fileobj, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except _ZIP_ERRORS as exc:
         raise AdapterError(f"{source} is not a valid .npz archive ({exc})") from exc
 
     def get(key: str) -> np.ndarray:
         try:
             arr = npz[key]
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        except _ZIP_ERRORS as exc:
             raise AdapterError(f"{source}: array {key!r} cannot be read ({exc})") from exc
         return arr.astype(arr.dtype.newbyteorder("="), copy=False)
 
