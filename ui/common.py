@@ -321,11 +321,13 @@ def progress_bar(text: str, *, min_interval: float = 0.1) -> Iterator[Callable[[
 def chart_spec(chart: Any) -> dict:
     """The Vega-Lite dict of an Altair chart, ready to cache and to pass to :func:`show_chart`.
 
-    Building and validating an Altair chart costs tens of milliseconds per rerun; a cached
-    function can return this dict instead. The default Altair theme's 300 x 300 view size is
+    Building and validating an Altair chart costs tens of milliseconds per rerun (and loading
+    the Vega-Lite schema ~0.1 s on a cold server); a cached function can return this dict
+    instead. Validation is skipped here: the builders' tests (``tests/test_charts_*.py``)
+    validate every chart they build. The default Altair theme's 300 x 300 view size is
     dropped, as ``st.altair_chart`` does, so the chart fills its container.
     """
-    spec = chart.to_dict()
+    spec = chart.to_dict(validate=False)
     view = spec.get("config", {}).get("view", {})
     for key in ("continuousWidth", "continuousHeight"):
         view.pop(key, None)
