@@ -15,7 +15,7 @@ st.caption(
     "which rank a resize can keep, and whether two adapters learned the same directions."
 )
 alerts = st.container()
-bad_url = common.url_errors(audit.ALL_SETTINGS)
+bad_url = common.check_url(audit.ALL_SETTINGS, state_key=audit.URL_ERRORS_KEY)
 
 # ---------------------------------------------------------------------------- upload
 uploaded = st.file_uploader(

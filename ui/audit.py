@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 # ------------------------------------------------------------------------------ session keys
+URL_ERRORS_KEY = "audit_url_errors"  # sentences about bad query parameters, across one rerun
 UPLOAD_KEY = "audit_upload"
 UPLOAD_B_KEY = "audit_upload_b"
 DOWNLOAD_KEY = "audit_download"

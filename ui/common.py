@@ -32,7 +32,6 @@ __all__ = [
     "sidebar",
     "Setting",
     "parse_url_value",
-    "url_errors",
     "check_url",
     "setting_widget",
     "url_settings",
@@ -151,7 +150,7 @@ def parse_url_value(setting: Setting, raw: str) -> Any:
     """The value a hand-written query parameter asks for, or ValueError with the reason.
 
     The reason completes the sentence "The link sets `key=raw`, but ..." (see
-    :func:`url_errors`).
+    :func:`check_url`).
     """
     raw = raw.strip()
     if setting.kind == "text":
@@ -194,15 +193,6 @@ def _bad_params(settings: Sequence[Setting]) -> dict[str, str]:
             errors[setting.key] = (f"The link sets `{setting.key}={raw}`, but {exc}; the default "
                                    f"{default} is used instead.")
     return errors
-
-
-def url_errors(settings: Sequence[Setting]) -> list[str]:
-    """One sentence per query parameter of ``settings`` whose value the widget cannot take.
-
-    A pure check of ``st.query_params``; prefer :func:`check_url`, which also removes the bad
-    values so the widgets really show their defaults.
-    """
-    return list(_bad_params(settings).values())
 
 
 def check_url(settings: Sequence[Setting], *, state_key: str) -> list[str]:
