@@ -2,7 +2,6 @@
 
 import streamlit as st
 
-from lorarank.charts import stability_heatmap, stability_loss_chart, update_norm_chart
 from lorarank.errors import LoraRankError
 from ui import common
 from ui import stability as stab
@@ -34,7 +33,7 @@ with st.container(border=True):
 try:
     config = stab.StabilityConfig.from_values({**target_values, **grid_values}, rules)
     run = stab.run_grid(config)
-    found = stab.findings(run, target_err=grid_values["target_err"])
+    views = stab.grid_views(config, grid_values["target_err"])
 except LoraRankError as exc:  # one sentence; the calculator below still works
     st.error(str(exc), icon=":material/error:")
     run = None
@@ -42,7 +41,7 @@ except LoraRankError as exc:  # one sentence; the calculator below still works
 if run is not None:
     st.subheader("What the grid shows")
     st.markdown("\n".join(  # each rule's sentences start with its name: set it in bold
-        f"- **{rule.rule}**{' '.join(rule.sentences)[len(rule.rule):]}" for rule in found.rules))
+        f"- **{rule.rule}**{' '.join(rule.sentences)[len(rule.rule):]}" for rule in views.findings.rules))
     st.caption(
         f"Read off this grid: {len(run.grid.records)} cells, {config.optimizer}, {config.steps} "
         f"steps, alpha {config.alpha:g}, σ₁(T) = {run.sigma_1:.4g}. A run counts as diverged when "
@@ -51,7 +50,7 @@ if run is not None:
     )
 
     common.show_chart(
-        stability_heatmap(run.grid.records, rules=list(config.rules)),
+        views.heatmap,
         caption="Colour: final relative error ||s·B·A − T||_F / ||T||_F (log scale, lighter is "
                 "lower). Orange cells marked 'div' diverged; hover a cell for s, the step it "
                 "diverged at and its largest update norm.",
@@ -59,7 +58,7 @@ if run is not None:
 
     st.subheader("Learning-rate window per rank")
     st.dataframe(
-        stab.windows_table(run, found), hide_index=True, key="stability_windows",
+        views.windows, hide_index=True, key="stability_windows",
         column_config={name: st.column_config.Column(name, help=text)
                        for name, text in stab.WINDOW_HELP.items()},
     )
@@ -67,21 +66,23 @@ if run is not None:
     st.subheader("Loss curves and update norms")
     picked = stab.curve_widgets(config)
     if picked["mode"] == stab.CURVE_MODES[0]:
-        cells = stab.row_records(run, picked["rule"], lr=picked["lr"])
-        title, color_by = f"{picked['rule']}, lr {picked['lr']:g}: every rank", "rank"
+        loss_spec, norm_spec = stab.curve_specs(
+            config, picked["rule"], lr=picked["lr"], rank=None, color_by="rank",
+            title=f"{picked['rule']}, lr {picked['lr']:g}: every rank")
     else:
-        cells = stab.row_records(run, picked["rule"], rank=picked["rank"])
-        title, color_by = f"{picked['rule']}, r = {picked['rank']}: every learning rate", "lr"
+        loss_spec, norm_spec = stab.curve_specs(
+            config, picked["rule"], lr=None, rank=picked["rank"], color_by="lr",
+            title=f"{picked['rule']}, r = {picked['rank']}: every learning rate")
     left, right = st.columns(2)
     with left:
         common.show_chart(
-            stability_loss_chart(cells, color_by=color_by, title=title),
+            loss_spec,
             caption="Loss 0.5·||s·B·A − T||_F² after each step (log scale). A curve that ends "
                     "early with a cross diverged at that step.",
         )
     with right:
         common.show_chart(
-            update_norm_chart(run.grid.records, rule=picked["rule"], target_norm=run.target_norm),
+            norm_spec,
             caption=f"Largest ||s·B·A||_F over the steps of each cell of {picked['rule']}. A "
                     f"trained run ends near ||T||_F = {run.target_norm:.4g} (dashed); a diverging "
                     f"one overshoots it.",
@@ -89,12 +90,12 @@ if run is not None:
 
     with st.expander("Every cell", expanded=False):
         st.dataframe(
-            stab.cells_table(run), hide_index=True, key="stability_cells",
+            views.cells, hide_index=True, key="stability_cells",
             column_config={name: st.column_config.Column(name, help=text)
                            for name, text in stab.CELL_HELP.items()},
         )
-    common.download_buttons(stab.cells_csv_frame(run), stem="lorarank-stability",
-                            key=stab.DOWNLOAD_KEY, json_data=run.grid.to_dict())
+    common.download_buttons(stem="lorarank-stability", key=stab.DOWNLOAD_KEY,
+                            csv_bytes=views.csv, json_bytes=views.json)
     st.caption("The JSON download is the document `python -m lorarank stability --json` prints "
                "(records with loss curves); the CSV has one row per cell without the curves.")
 

@@ -246,3 +246,19 @@ class TestBadInput:
         cells = at.dataframe[1].value
         assert all(v.startswith("diverged at step") for v in cells["final relative error"])
         assert not any(isinstance(v, float) and math.isnan(v) for v in cells.to_numpy().ravel())
+
+
+class TestPageSwitch:
+    """Settings that share a name across pages."""
+
+    def test_sweep_settings_do_not_leak_into_this_page(self):
+        """A seed and ranks set on the Rank sweep page do not surface here, not even a rerun later."""
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT).switch_page("pages/1_Rank_sweep.py").run()
+        at.number_input(key="seed").set_value(3).run()
+        assert at.number_input(key="seed").value == 3
+        at.switch_page(PAGE).run()
+        assert not at.exception
+        assert at.number_input(key="seed").value == 0
+        at.run()
+        assert at.number_input(key="seed").value == 0
+        assert at.text_input(key="ranks").value == ",".join(str(r) for r in DEFAULT_RANKS)

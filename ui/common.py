@@ -83,10 +83,33 @@ def available_pages() -> list[PageInfo]:
     return [page for page in PAGES if (ROOT / page.path).is_file()]
 
 
+#: Session-state key holding the title of the page that ran last.
+CURRENT_PAGE_KEY = "lorarank_page"
+#: Prefixes of session-state keys that are not URL-bound settings (kept across pages).
+_PAGE_STATE_PREFIXES = ("lorarank_", "sweep_", "stability_", "audit_")
+
+
 def setup_page(title: str, *, icon: str = ":material/insights:") -> None:
     """Set the browser tab title and layout, and draw the shared sidebar. Call first on a page."""
     st.set_page_config(page_title=f"{title} · lorarank", page_icon=icon, layout="wide")
+    forget_other_pages(title)
     sidebar()
+
+
+def forget_other_pages(title: str) -> None:
+    """On arriving from another page, drop the URL-bound settings it left in session state.
+
+    Pages share readable setting names (``seed``, ``ranks``, ``steps``). Switching pages drops
+    the query parameters, so the new page should show its own defaults; a value left behind by
+    the previous page's widget would otherwise surface one rerun later.
+    """
+    previous = st.session_state.get(CURRENT_PAGE_KEY)
+    if previous is not None and previous != title:
+        for key in list(st.session_state.keys()):
+            if (isinstance(key, str) and not key.startswith(_PAGE_STATE_PREFIXES)
+                    and key not in st.query_params):
+                del st.session_state[key]
+    st.session_state[CURRENT_PAGE_KEY] = title
 
 
 def sidebar() -> None:
@@ -344,28 +367,34 @@ def to_json_bytes(data: Any) -> bytes:
     return json.dumps(data, indent=2, allow_nan=False).encode("utf-8")
 
 
-def download_buttons(frame: "pd.DataFrame", *, stem: str, key: str,
-                     json_data: Any = None) -> None:
+def download_buttons(frame: "pd.DataFrame | None" = None, *, stem: str, key: str,
+                     json_data: Any = None, csv_bytes: bytes | None = None,
+                     json_bytes: bytes | None = None) -> None:
     """CSV and JSON download buttons for a table, side by side.
 
     Parameters
     ----------
-    frame : DataFrame
-        Written as CSV (no index).
+    frame : DataFrame, optional
+        Written as CSV (no index), unless ``csv_bytes`` is given.
     stem : str
         File name without extension (``lorarank-sweep`` gives ``lorarank-sweep.csv``).
     key : str
         Prefix of the two buttons' keys (``<key>_csv``, ``<key>_json``), e.g. ``"sweep_dl"``.
     json_data : JSON-friendly object, optional
         The JSON document; default: the table's records.
+    csv_bytes, json_bytes : bytes, optional
+        The files already serialised (e.g. by a cached function): a rerun then serialises
+        nothing.
     """
-    if json_data is None:
-        json_data = json.loads(frame.to_json(orient="records"))
+    if csv_bytes is None:
+        csv_bytes = frame.to_csv(index=False).encode("utf-8")
+    if json_bytes is None:
+        if json_data is None:
+            json_data = json.loads(frame.to_json(orient="records"))
+        json_bytes = to_json_bytes(json_data)
     left, right, _ = st.columns([1, 1, 4])
-    left.download_button("Download CSV", frame.to_csv(index=False).encode("utf-8"),
-                         file_name=f"{stem}.csv", mime="text/csv", key=f"{key}_csv",
-                         on_click="ignore", icon=":material/download:")
-    right.download_button("Download JSON", to_json_bytes(json_data), file_name=f"{stem}.json",
+    left.download_button("Download CSV", csv_bytes, file_name=f"{stem}.csv", mime="text/csv",
+                         key=f"{key}_csv", on_click="ignore", icon=":material/download:")
+    right.download_button("Download JSON", json_bytes, file_name=f"{stem}.json",
                           mime="application/json", key=f"{key}_json", on_click="ignore",
                           icon=":material/download:")
-

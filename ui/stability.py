@@ -16,7 +16,8 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 import streamlit as st
 
-from lorarank.charts.stability import records_frame
+from lorarank.charts.stability import (records_frame, stability_heatmap, stability_loss_chart,
+                                       update_norm_chart)
 from lorarank.errors import ConfigError
 from lorarank.fit import OPTIMIZERS, SCALING_RULES
 from lorarank.stability import (CONVENTIONS, DEFAULT_LRS, DEFAULT_RANKS, DEFAULT_STEPS,
@@ -24,7 +25,7 @@ from lorarank.stability import (CONVENTIONS, DEFAULT_LRS, DEFAULT_RANKS, DEFAULT
                                 run_stability, scale_for, stability_findings)
 from lorarank.synthetic import make_target
 
-from .common import Setting, progress_bar
+from .common import Setting, chart_spec, progress_bar, to_json_bytes
 from .sweep import TARGET_SETTINGS as _SWEEP_TARGET_SETTINGS
 
 __all__ = [
@@ -350,6 +351,48 @@ def row_records(run: StabilityRun, rule: str, *, lr: float | None = None,
     """The cells of ``rule`` at one learning rate (every rank) or one rank (every lr)."""
     return [r for r in run.grid.records if r.rule == rule
             and (lr is None or r.lr == lr) and (rank is None or r.rank == rank)]
+
+
+@dataclass(frozen=True)
+class GridViews:
+    """Everything the page renders from one grid, built once per (config, error to reach)."""
+
+    findings: StabilityFindings
+    heatmap: dict  # Vega-Lite spec
+    windows: pd.DataFrame
+    cells: pd.DataFrame
+    csv: bytes
+    json: bytes
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def grid_views(config: StabilityConfig, target_err: float) -> GridViews:
+    """Reading, heatmap spec, tables and downloads of :func:`run_grid`'s result (cached).
+
+    A rerun with unchanged inputs then costs a cache lookup instead of rebuilding (and
+    re-validating) charts and re-serialising a few thousand loss values.
+    """
+    run = run_grid(config)
+    found = findings(run, target_err=target_err)
+    return GridViews(
+        findings=found,
+        heatmap=chart_spec(stability_heatmap(run.grid.records, rules=list(config.rules))),
+        windows=windows_table(run, found),
+        cells=cells_table(run),
+        csv=cells_csv_frame(run).to_csv(index=False).encode("utf-8"),
+        json=to_json_bytes(run.grid.to_dict()),
+    )
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def curve_specs(config: StabilityConfig, rule: str, *, lr: float | None, rank: int | None,
+                title: str, color_by: str) -> tuple[dict, dict]:
+    """Vega-Lite specs of the loss curves of one row or column of cells and of ``rule``'s
+    update norms (cached)."""
+    run = run_grid(config)
+    cells = row_records(run, rule, lr=lr, rank=rank)
+    return (chart_spec(stability_loss_chart(cells, color_by=color_by, title=title)),
+            chart_spec(update_norm_chart(run.grid.records, rule=rule, target_norm=run.target_norm)))
 
 
 def calculator(values: Mapping[str, Any]) -> dict[str, Any]:
