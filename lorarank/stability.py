@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -233,9 +233,11 @@ class StabilityRecord:
 
     def to_dict(self) -> dict:
         """The record as the ``stability --json`` record: plain, finite, JSON-ready values."""
-        out = asdict(self)
-        out["loss_curve"] = list(self.loss_curve)
-        return out
+        # Field by field: dataclasses.asdict would deep-copy every float of the curve.
+        return {"rule": self.rule, "rank": self.rank, "lr": self.lr, "scale": self.scale,
+                "rel_err": self.rel_err, "diverged": self.diverged,
+                "diverged_at": self.diverged_at, "max_update_norm": self.max_update_norm,
+                "loss_curve": list(self.loss_curve)}
 
 
 @dataclass(frozen=True)
