@@ -195,6 +195,13 @@ class _Run:
     A: np.ndarray
 
 
+def _check_rank(rank: object, target: Target) -> int:
+    rank = check_int("rank", rank, minimum=1)
+    if rank > min(target.shape):
+        raise ConfigError(f"rank {rank} is larger than min(d_out, d_in) = {min(target.shape)}")
+    return rank
+
+
 def _check_ranks(ranks: object, target: Target) -> list[int]:
     if isinstance(ranks, (int, np.integer)):
         ranks = [ranks]
@@ -204,13 +211,7 @@ def _check_ranks(ranks: object, target: Target) -> list[int]:
         raise ConfigError(f"`ranks` should be a list of whole numbers, got {ranks!r}") from None
     if not ranks:
         raise ConfigError("`ranks` should name at least one rank")
-    limit = min(target.shape)
-    out = []
-    for r in ranks:
-        r = check_int("rank", r, minimum=1)
-        if r > limit:
-            raise ConfigError(f"rank {r} is larger than min(d_out, d_in) = {limit}")
-        out.append(r)
+    out = [_check_rank(r, target) for r in ranks]
     if len(set(out)) != len(out):
         raise ConfigError(f"`ranks` lists a rank twice: {out}")
     return out
@@ -329,15 +330,11 @@ def fit_lora_runs(target: Target, runs: Sequence[tuple[int, float, float]], *, o
         raise ConfigError(f"`runs` should be a list of (rank, scale, lr), got {runs!r}") from None
     if not specs:
         raise ConfigError("`runs` should name at least one run")
-    limit = min(target.shape)
     checked = []
     for spec in specs:
         if len(spec) != 3:
             raise ConfigError(f"each run should be (rank, scale, lr), got {spec!r}")
-        r = check_int("rank", spec[0], minimum=1)
-        if r > limit:
-            raise ConfigError(f"rank {r} is larger than min(d_out, d_in) = {limit}")
-        checked.append((r, check_real("scale", spec[1]),
+        checked.append((_check_rank(spec[0], target), check_real("scale", spec[1]),
                         check_real("lr", spec[2], minimum=0.0, strict_minimum=True)))
 
     d_out, d_in = target.shape

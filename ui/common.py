@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
-from lorarank.errors import LoraRankError
+from lorarank.errors import ConfigError, LoraRankError
 
 if TYPE_CHECKING:  # pandas is imported by the pages that draw tables, not by the home page
     import pandas as pd
@@ -33,6 +33,8 @@ __all__ = [
     "Setting",
     "parse_url_value",
     "check_url",
+    "split_list",
+    "parse_ranks",
     "setting_widget",
     "url_settings",
     "show_errors",
@@ -360,6 +362,31 @@ def show_chart(chart: Any, *, caption: str | None = None) -> None:
         st.altair_chart(chart, width="stretch")
     if caption:
         st.caption(caption)
+
+
+def split_list(text: str) -> list[str]:
+    """The entries of a comma- (or semicolon-) separated text field, stripped, empties dropped."""
+    return [p.strip() for p in str(text).replace(";", ",").split(",") if p.strip()]
+
+
+def parse_ranks(text: str, *, max_count: int, example: str = "2,4,16") -> tuple[int, ...]:
+    """``"2, 4,16"`` -> ``(2, 4, 16)``; ConfigError naming the bad entry otherwise."""
+    parts = split_list(text)
+    if not parts:
+        raise ConfigError(f"`ranks` should list at least one rank, e.g. {example}")
+    ranks = []
+    for part in parts:
+        try:
+            value = float(part)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value.is_integer() and value >= 1):
+            raise ConfigError(f"`ranks` should be whole numbers of at least 1 separated by "
+                              f"commas, got {part!r} in {text!r}")
+        ranks.append(int(value))
+    if len(ranks) > max_count:
+        raise ConfigError(f"`ranks` lists {len(ranks)} ranks; the app fits at most {max_count}")
+    return tuple(ranks)
 
 
 def to_json_bytes(data: Any) -> bytes:

@@ -25,7 +25,8 @@ from lorarank.stability import (CONVENTIONS, DEFAULT_LRS, DEFAULT_RANKS, DEFAULT
                                 run_stability, scale_for, stability_findings)
 from lorarank.synthetic import make_target
 
-from .common import Setting, chart_spec, progress_bar, to_json_bytes
+from .common import Setting, chart_spec, progress_bar, split_list, to_json_bytes
+from .common import parse_ranks as common_parse_ranks
 from .sweep import TARGET_SETTINGS as _SWEEP_TARGET_SETTINGS
 
 __all__ = [
@@ -155,33 +156,14 @@ def curve_widgets(config: "StabilityConfig", container: Any = None) -> dict[str,
             "rank": rank}
 
 
-def _split(text: str) -> list[str]:
-    return [p.strip() for p in str(text).replace(";", ",").split(",") if p.strip()]
-
-
 def parse_ranks(text: str) -> tuple[int, ...]:
     """``"4, 8,64"`` -> ``(4, 8, 64)``; ConfigError naming the bad entry otherwise."""
-    parts = _split(text)
-    if not parts:
-        raise ConfigError("`ranks` should list at least one rank, e.g. 4,8,64")
-    out = []
-    for part in parts:
-        try:
-            value = float(part)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and value.is_integer() and value >= 1):
-            raise ConfigError(f"`ranks` should be whole numbers of at least 1 separated by "
-                              f"commas, got {part!r} in {text!r}")
-        out.append(int(value))
-    if len(out) > MAX_RANKS_APP:
-        raise ConfigError(f"`ranks` lists {len(out)} ranks; the app runs at most {MAX_RANKS_APP}")
-    return tuple(out)
+    return common_parse_ranks(text, max_count=MAX_RANKS_APP, example="4,8,64")
 
 
 def parse_lrs(text: str) -> tuple[float, ...]:
     """``"0.001, 0.01"`` -> ``(0.001, 0.01)``; ConfigError naming the bad entry otherwise."""
-    parts = _split(text)
+    parts = split_list(text)
     if not parts:
         raise ConfigError("`lrs` should list at least one learning rate, e.g. 0.001,0.01,0.1")
     out = []

@@ -22,6 +22,7 @@ from lorarank.synthetic import SPECTRA, make_target
 from lorarank.charts import loss_chart, spectrum_chart
 
 from .common import Setting, chart_spec, progress_bar
+from .common import parse_ranks as common_parse_ranks
 
 __all__ = [
     "MAX_DIM_APP", "MAX_STEPS_APP", "MAX_RANKS_APP", "DOWNLOAD_KEY", "URL_ERRORS_KEY",
@@ -92,22 +93,7 @@ SETTINGS: tuple[Setting, ...] = TARGET_SETTINGS + TRAINING_SETTINGS
 
 def parse_ranks(text: str) -> tuple[int, ...]:
     """``"2, 4,16"`` -> ``(2, 4, 16)``; ConfigError naming the bad entry otherwise."""
-    parts = [p.strip() for p in str(text).replace(";", ",").split(",") if p.strip()]
-    if not parts:
-        raise ConfigError("`ranks` should list at least one rank, e.g. 2,4,16")
-    ranks = []
-    for part in parts:
-        try:
-            value = float(part)
-        except ValueError:
-            value = float("nan")
-        if not (np.isfinite(value) and value.is_integer() and value >= 1):
-            raise ConfigError(f"`ranks` should be whole numbers of at least 1 separated by "
-                              f"commas, got {part!r} in {text!r}")
-        ranks.append(int(value))
-    if len(ranks) > MAX_RANKS_APP:
-        raise ConfigError(f"`ranks` lists {len(ranks)} ranks; the app fits at most {MAX_RANKS_APP}")
-    return tuple(ranks)
+    return common_parse_ranks(text, max_count=MAX_RANKS_APP, example="2,4,16")
 
 
 @dataclass(frozen=True)
