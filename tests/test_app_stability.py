@@ -208,7 +208,7 @@ class TestBadInput:
                            "got 'x' in '4,x'"),
         ({"ranks": "4,65"}, "rank 65 is larger than min(d_out, d_in) = 64"),
         ({"ranks": "4,4"}, "`ranks` lists 4 twice"),
-        ({"ranks": "1,2,3,4,5,6,7,8,9"}, "`ranks` lists 9 ranks; the app runs at most 8"),
+        ({"ranks": "1,2,3,4,5,6,7,8,9"}, "`ranks` lists 9 ranks; the app fits at most 8"),
         ({"d_out": "300"}, "The link sets `d_out=300`, but d_out should be at most 256; the "
                            "default 64 is used instead."),
         ({"steps": "0"}, "The link sets `steps=0`, but steps should be at least 1; the default "
