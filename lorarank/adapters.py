@@ -947,27 +947,46 @@ def adapter_files(adapter: Adapter, *, format: str | None = None,
 
 
 def save_adapter(adapter: Adapter, path: str | os.PathLike, *, format: str | None = None,
-                 dtype: str | None = None) -> list[Path]:
+                 dtype: str | None = None, overwrite: bool = False) -> list[Path]:
     """Write an adapter to ``path`` (the path twin of :func:`adapter_files`).
 
     ``peft`` writes a folder (``path`` is created); ``kohya`` and ``npz`` write one file,
     named ``path`` itself unless ``path`` is an existing folder.
 
+    Parameters
+    ----------
+    adapter : Adapter
+    path : path-like
+    format : {"peft", "kohya", "npz"}, optional
+        Default: the input's family.
+    dtype : str, optional
+        Storage dtype of the factors; default: as read.
+    overwrite : bool, default=False
+        Replace files that already exist. Without it an existing file is an error, so that a
+        resize cannot silently replace the adapter it was made from.
+
     Returns
     -------
     list of Path
         The files written.
+
+    Raises
+    ------
+    ConfigError
+        A file to write exists and ``overwrite`` is False.
     """
     files = adapter_files(adapter, format=format, dtype=dtype)
     path = Path(path)
-    written = []
     if "adapter_config.json" in files:
-        path.mkdir(parents=True, exist_ok=True)
-        for name, data in files.items():
-            (path / name).write_bytes(data)
-            written.append(path / name)
-        return written
-    (name, data), = files.items()
-    target = path / name if path.is_dir() else path
-    target.write_bytes(data)
-    return [target]
+        targets = {path / name: data for name, data in files.items()}
+    else:
+        (name, data), = files.items()
+        targets = {path / name if path.is_dir() else path: data}
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise ConfigError(f"{existing[0]} already exists; choose another output (or overwrite "
+                          f"it on purpose with --force)")
+    for target, data in targets.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return list(targets)

@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--rank", type=int, help="new rank of every module")
     target.add_argument("--energy", type=float, help="keep this share of each module's energy (e.g. 0.99)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file or folder")
+    p.add_argument("--force", action="store_true", help="replace output files that already exist")
     p.set_defaults(handler=_cmd_resize)
 
     p = sub.add_parser("compare", help="subspace similarity of two adapters on their shared modules")
@@ -300,7 +301,7 @@ def _cmd_resize(args: argparse.Namespace) -> int:
     else:
         result = resize_adapter(adapter, rule="energy", value=args.energy)
     fmt = "npz" if args.output.lower().endswith(".npz") else None
-    written = save_adapter(result.adapter, args.output, format=fmt)
+    written = save_adapter(result.adapter, args.output, format=fmt, overwrite=args.force)
     changed = sum(1 for m, n in zip(adapter.modules, result.adapter.modules) if m is not n)
     worst = max(result.errors.items(), key=lambda kv: kv[1])
     print(f"resized {changed} of {len(adapter.modules)} modules; {result.params_before:,} -> "

@@ -159,6 +159,23 @@ class TestResize:
         assert [(m["scale"], m["singular_values"]) for m in a["modules"]] == \
             [(m["scale"], m["singular_values"]) for m in b["modules"]]
 
+    def test_never_overwrites_without_force(self, capsys, tmp_path):
+        """Resizing onto an existing adapter (its own input, say) is refused and changes nothing."""
+        import shutil
+
+        src = tmp_path / "adapter"
+        shutil.copytree(SAMPLES / "peft_llama_r8", src)
+        before = {p.name: p.read_bytes() for p in src.iterdir()}
+        code, out, err = run(capsys, "resize", str(src), "--rank", "2", "-o", str(src))
+        assert code == 2 and out == ""
+        assert err.strip() == (f"lorarank: error: {src / 'adapter_model.safetensors'} already exists; "
+                               "choose another output (or overwrite it on purpose with --force)")
+        assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+        code, _, _ = run(capsys, "resize", str(src), "--rank", "2", "-o", str(src), "--force")
+        assert code == 0
+        again = json.loads(run(capsys, "audit", str(src), "--json")[1])
+        assert {m["rank"] for m in again["modules"]} == {2}
+
 
 @needs_samples
 class TestCompare:
