@@ -365,3 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     print(f"lorarank: error: {message}", file=sys.stderr)
     return 2
+
+
+def main_exit() -> None:
+    """Console-script entry point (``lorarank ...`` after ``pip install .``)."""
+    sys.exit(main())
