@@ -528,6 +528,8 @@ def fit_lora_reference(matrix: np.ndarray, rank: int, *, scale: float, optimizer
 
     ``R = s B A - T; gB = s R A^T; gA = s B^T R`` and an SGD or Adam step, from the same
     initialisation as :func:`fit_lora`, with no change of basis, batching or divergence check.
+    It shares no step code with :func:`fit_lora_runs` on purpose: it is the oracle the fast
+    path is tested against.
 
     Parameters
     ----------
