@@ -40,6 +40,7 @@ __all__ = [
     "eckart_young_errors",
     "gavish_donoho_threshold",
     "gavish_donoho_rank",
+    "noise_threshold",
     "numerical_rank",
     "recommend_rank",
     "RANK_RULES",
@@ -365,19 +366,31 @@ def numerical_rank(singular_values: object, *, shape: tuple[int, int]) -> int:
     return int(np.count_nonzero(s > tol))
 
 
+def noise_threshold(singular_values: object, *, shape: tuple[int, int],
+                    noise: float | None = None) -> float:
+    """The singular value below which a direction is noise.
+
+    The Gavish-Donoho threshold (:func:`gavish_donoho_threshold`), raised to the round-off
+    level ``sigma_1 * max(shape) * eps`` so that a noise-free matrix still has a floor.
+    """
+    s = check_spectrum(singular_values)
+    tau = gavish_donoho_threshold(shape=shape, noise=noise, singular_values=s)
+    if s.size == 0:
+        return tau
+    return max(tau, float(s[0]) * max(shape) * np.finfo(np.float64).eps)
+
+
 def gavish_donoho_rank(singular_values: object, *, shape: tuple[int, int],
                        noise: float | None = None) -> int:
-    """Number of singular values above the Gavish-Donoho threshold (and above round-off).
+    """Number of singular values above :func:`noise_threshold`.
 
     With ``noise`` known this counts the directions that rise above a white-noise floor of that
     level; without it, ``singular_values`` must be the full spectrum of the matrix.
     """
     s = check_spectrum(singular_values)
-    tau = gavish_donoho_threshold(shape=shape, noise=noise, singular_values=s)
     if s.size == 0:
         return 0
-    tau = max(tau, s[0] * max(shape) * np.finfo(np.float64).eps)
-    return int(np.count_nonzero(s > tau))
+    return int(np.count_nonzero(s > noise_threshold(s, shape=shape, noise=noise)))
 
 
 def recommend_rank(singular_values: object, *, rule: str = "energy", value: float = 0.99) -> int:

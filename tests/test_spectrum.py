@@ -17,6 +17,7 @@ from lorarank.spectrum import (
     gavish_donoho_rank,
     gavish_donoho_threshold,
     kohya_rank,
+    noise_threshold,
     numerical_rank,
     recommend_rank,
     stable_rank,
@@ -201,6 +202,16 @@ class TestGavishDonoho:
         s = np.linalg.svd(X, compute_uv=False)
         assert gavish_donoho_rank(s, shape=X.shape, noise=sigma) == 3
         assert gavish_donoho_rank(s, shape=X.shape) == 3
+
+    def test_noise_threshold_is_gavish_donoho_for_known_noise(self):
+        """With noise the floor equals the Gavish-Donoho threshold for that noise level."""
+        s = np.array([38.0, 1.0, 0.1])
+        assert noise_threshold(s, shape=(64, 32), noise=0.01) == gavish_donoho_threshold(shape=(64, 32), noise=0.01)
+
+    def test_noise_threshold_round_off_without_noise(self):
+        """Without noise the floor is the round-off level, positive so a log axis can draw it."""
+        s = np.array([38.0, 1e-15])
+        assert noise_threshold(s, shape=(64, 64), noise=0.0) == pytest.approx(38.0 * 64 * np.finfo(float).eps)
 
     def test_noise_free_counts_numerical_rank(self):
         """With zero noise only round-off is thresholded away."""

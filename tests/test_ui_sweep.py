@@ -9,10 +9,8 @@ import pytest
 import streamlit as st
 
 from lorarank.errors import ConfigError
-from lorarank.spectrum import gavish_donoho_threshold
 from ui.sweep import (
     SweepConfig,
-    noise_floor,
     parse_ranks,
     reading,
     results_json,
@@ -53,20 +51,6 @@ class TestParseRanks:
         with pytest.raises(ConfigError) as info:
             parse_ranks(text)
         assert str(info.value) == message
-
-
-class TestNoiseFloor:
-    """The floor drawn on the chart and used by the reading."""
-
-    def test_is_gavish_donoho_for_known_noise(self):
-        """With noise it equals the Gavish-Donoho threshold for that noise level."""
-        s = np.array([38.0, 1.0, 0.1])
-        assert noise_floor(s, shape=(64, 32), noise=0.01) == gavish_donoho_threshold(shape=(64, 32), noise=0.01)
-
-    def test_round_off_without_noise(self):
-        """Without noise it is the round-off level, positive so a log axis can draw it."""
-        s = np.array([38.0, 1e-15])
-        assert noise_floor(s, shape=(64, 64), noise=0.0) == pytest.approx(38.0 * 64 * np.finfo(float).eps)
 
 
 class TestTables:

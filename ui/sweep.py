@@ -16,7 +16,7 @@ import streamlit as st
 
 from lorarank.errors import ConfigError
 from lorarank.fit import DEFAULT_LR, DEFAULT_STEPS, OPTIMIZERS, SCALING_RULES, FitResult, fit_lora
-from lorarank.spectrum import gavish_donoho_rank, gavish_donoho_threshold, truncation_error
+from lorarank.spectrum import gavish_donoho_rank, noise_threshold, truncation_error
 from lorarank.synthetic import SPECTRA, make_target
 
 from lorarank.charts import loss_chart, spectrum_chart
@@ -27,7 +27,7 @@ from .common import parse_ranks as common_parse_ranks
 __all__ = [
     "MAX_DIM_APP", "MAX_STEPS_APP", "MAX_RANKS_APP", "DOWNLOAD_KEY", "URL_ERRORS_KEY",
     "TARGET_SETTINGS", "TRAINING_SETTINGS", "SETTINGS",
-    "parse_ranks", "SweepConfig", "SweepRun", "run_sweep", "noise_floor",
+    "parse_ranks", "SweepConfig", "SweepRun", "run_sweep",
     "SweepCharts", "sweep_charts", "COLUMN_HELP", "results_table", "results_records", "results_json", "reading",
 ]
 
@@ -140,18 +140,6 @@ class SweepRun:
     seconds: float
 
 
-def noise_floor(singular_values: np.ndarray, *, shape: tuple[int, int], noise: float) -> float:
-    """The singular value below which a direction is noise.
-
-    The Gavish-Donoho threshold for the known noise level (what ``FitResult.effective_rank``
-    counts above), raised to the round-off level ``sigma_1 * max(shape) * eps`` when
-    ``noise = 0``.
-    """
-    tau = gavish_donoho_threshold(shape=shape, noise=noise)
-    s1 = float(singular_values[0]) if len(singular_values) else 0.0
-    return max(tau, s1 * max(shape) * np.finfo(np.float64).eps)
-
-
 @st.cache_data(show_spinner=False, max_entries=64)
 def run_sweep(config: SweepConfig) -> SweepRun:
     """Make the target and fit every rank (cached per config; shows a progress bar on a miss)."""
@@ -167,7 +155,7 @@ def run_sweep(config: SweepConfig) -> SweepRun:
     sv = np.array(target.singular_values)
     return SweepRun(
         config=config, target_values=sv, signal_values=np.array(target.signal_values),
-        noise_floor=noise_floor(sv, shape=target.shape, noise=config.noise),
+        noise_floor=noise_threshold(sv, shape=target.shape, noise=config.noise),
         signal_rank=gavish_donoho_rank(sv, shape=target.shape, noise=config.noise),
         results=tuple(results), seconds=time.perf_counter() - start)
 
