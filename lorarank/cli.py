@@ -34,24 +34,21 @@ def _fail(message: str):
     raise _Failure(message)
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected at least one whole number, got {text!r}")
-    return values
+def _number_list(cast: type, what: str):
+    """An argparse type for comma-separated numbers (``cast`` int or float)."""
+    def parse(text: str) -> list:
+        try:
+            values = [cast(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected at least one {what[:-1]}, got {text!r}")
+        return values
+    return parse
 
 
-def _float_list(text: str) -> list[float]:
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
-    return values
+_int_list = _number_list(int, "whole numbers")
+_float_list = _number_list(float, "numbers")
 
 
 def _str_list(text: str) -> list[str]:
