@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from lorarank.errors import ConfigError
 from lorarank.fit import DEFAULT_LR, DEFAULT_STEPS, OPTIMIZERS, SCALING_RULES, FitResult, fit_lora
 from lorarank.spectrum import gavish_donoho_rank, noise_threshold, truncation_error
 from lorarank.synthetic import SPECTRA, make_target

@@ -21,7 +21,8 @@ CHROMIUM_ARGS = [
 ]
 STARTUP_TIMEOUT = 30.0
 
-__all__ = ["REPO", "CHROMIUM", "CHROMIUM_ARGS", "AppServer", "wait_for_app", "set_number"]
+__all__ = ["REPO", "CHROMIUM", "CHROMIUM_ARGS", "AppServer", "wait_for_app", "set_number",
+           "assert_no_exception", "input_value", "error_sentences"]
 
 
 def _free_port() -> int:
@@ -96,3 +97,19 @@ def set_number(page, key: str, value: object) -> None:
     box.fill(str(value))
     box.press("Enter")
     wait_for_app(page)
+
+
+def assert_no_exception(page) -> None:
+    """The page shows no Streamlit exception box (no traceback)."""
+    assert page.get_by_test_id("stException").count() == 0
+
+
+def input_value(page, key: str) -> str:
+    """Current text of the text or number input with widget key ``key``."""
+    return page.locator(f".st-key-{key} input").first.input_value()
+
+
+def error_sentences(page) -> list[str]:
+    """The texts of the page's ``st.error`` boxes, stripped (code spans render without backticks)."""
+    alerts = page.get_by_test_id("stAlertContentError")
+    return [t.strip() for t in alerts.get_by_test_id("stMarkdownContainer").all_inner_texts()]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import zipfile
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from apphelpers import wait_for_app
+from apphelpers import assert_no_exception, input_value, wait_for_app
 from safetensors.numpy import load as st_load
 
 pytestmark = pytest.mark.e2e
@@ -18,8 +17,6 @@ pytestmark = pytest.mark.e2e
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"
 
 
-def assert_no_exception(page) -> None:
-    assert page.get_by_test_id("stException").count() == 0
 
 
 def table_rows(page, index: int = 0) -> list[list[str]]:
@@ -64,9 +61,9 @@ class TestColdDeepLink:
         assert_no_exception(page)
         assert page.get_by_role("heading", name="Adapter audit").count() == 1
         assert "sv_ratio" in select_text(page, "rule")
-        assert page.locator(".st-key-sv_ratio input").input_value() == "4.000"
+        assert input_value(page, "sv_ratio") == "4.000"
         assert "stable_rank" in select_text(page, "map")
-        assert page.locator(".st-key-budget input").input_value() == "3"
+        assert input_value(page, "budget") == "3"
         assert page.locator(".st-key-resize_by input[type=radio]").nth(1).is_checked()
         assert page.locator(".st-key-compare input").is_checked()
         assert page.get_by_test_id("stAlertContentError").count() == 0

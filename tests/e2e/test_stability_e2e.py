@@ -8,7 +8,7 @@ import json
 import re
 
 import pytest
-from apphelpers import set_number, wait_for_app
+from apphelpers import assert_no_exception, error_sentences, input_value, set_number, wait_for_app
 
 pytestmark = pytest.mark.e2e
 
@@ -18,13 +18,8 @@ COLD_QUERY = ("d_out=48&d_in=40&sigma_max=20&ranks=2,8,32&lrs=0.003,0.03,0.3&ste
               "&calc_alpha=16&calc_r_new=32")
 
 
-def assert_no_exception(page) -> None:
-    assert page.get_by_test_id("stException").count() == 0
 
 
-def input_value(page, key: str) -> str:
-    """Current text of the text or number input with widget key ``key``."""
-    return page.locator(f".st-key-{key} input").first.input_value()
 
 
 def markdown_text(page) -> str:
@@ -86,9 +81,7 @@ class TestColdDeepLink:
         wait_for_app(page)
         shot(page, "stability_bad_" + re.sub(r"\W", "_", query))
         assert_no_exception(page)
-        alerts = page.get_by_test_id("stAlertContentError")
-        texts = [t.strip() for t in alerts.get_by_test_id("stMarkdownContainer").all_inner_texts()]
-        assert texts == [sentence]
+        assert error_sentences(page) == [sentence]
 
 
 class TestInteraction:

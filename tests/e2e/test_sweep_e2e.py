@@ -8,7 +8,7 @@ import re
 import time
 
 import pytest
-from apphelpers import set_number, wait_for_app
+from apphelpers import assert_no_exception, error_sentences, input_value, set_number, wait_for_app
 
 from ui.common import available_pages
 
@@ -34,13 +34,8 @@ def wait_for_ranks(page, ranks: list[str], *, timeout: float = 10.0) -> list[lis
         page.wait_for_timeout(100)
 
 
-def assert_no_exception(page) -> None:
-    assert page.get_by_test_id("stException").count() == 0
 
 
-def input_value(page, key: str) -> str:
-    """Current text of the text or number input with widget key ``key``."""
-    return page.locator(f".st-key-{key} input").first.input_value()
 
 
 class TestColdDeepLink:
@@ -93,9 +88,7 @@ class TestColdDeepLink:
         wait_for_app(page)
         shot(page, "bad_" + re.sub(r"\W", "_", query))
         assert_no_exception(page)
-        alerts = page.get_by_test_id("stAlertContentError")
-        texts = alerts.get_by_test_id("stMarkdownContainer").all_inner_texts()
-        assert [t.strip() for t in texts] == [sentence.replace("`", "")]  # code spans rendered
+        assert error_sentences(page) == [sentence.replace("`", "")]  # code spans rendered
 
 
 class TestInteraction:
