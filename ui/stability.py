@@ -23,11 +23,11 @@ from lorarank.fit import OPTIMIZERS, SCALING_RULES
 from lorarank.stability import (CONVENTIONS, DEFAULT_LRS, DEFAULT_RANKS, DEFAULT_STEPS,
                                 KEEP_MODES, StabilityFindings, StabilityGrid, alpha_to_keep,
                                 run_stability, scale_for, stability_findings)
-from lorarank.synthetic import make_target
 
 from .common import Setting, chart_spec, progress_bar, split_list, to_json_bytes
 from .common import parse_ranks as common_parse_ranks
 from .sweep import TARGET_SETTINGS as _SWEEP_TARGET_SETTINGS
+from .sweep import TargetConfig
 
 __all__ = [
     "MAX_DIM_APP", "MAX_STEPS_APP", "MAX_RANKS_APP", "MAX_LRS_APP", "MAX_CELLS_APP",
@@ -183,22 +183,15 @@ def parse_lrs(text: str) -> tuple[float, ...]:
 
 
 @dataclass(frozen=True)
-class StabilityConfig:
+class StabilityConfig(TargetConfig):
     """Every setting of one grid (hashable: it is the cache key)."""
 
-    d_out: int = 64
-    d_in: int = 64
-    true_rank: int = 4
-    spectrum: str = "linear"
-    noise: float = 0.01
-    sigma_max: float = 38.0
     ranks: tuple[int, ...] = DEFAULT_RANKS
     lrs: tuple[float, ...] = DEFAULT_LRS
     rules: tuple[str, ...] = tuple(SCALING_RULES)
     optimizer: str = "sgd"
     steps: int = DEFAULT_STEPS
     alpha: float = 16.0
-    seed: int = 0
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any], rules: Sequence[str]) -> "StabilityConfig":
@@ -231,9 +224,7 @@ class StabilityRun:
 def run_grid(config: StabilityConfig) -> StabilityRun:
     """Make the target and fit every cell (cached per config; a progress bar on a miss)."""
     start = time.perf_counter()
-    target = make_target(config.d_out, config.d_in, true_rank=config.true_rank,
-                         spectrum=config.spectrum, sigma_max=config.sigma_max,
-                         noise=config.noise, seed=config.seed)
+    target = config.make_target()
     cells = len(config.rules) * len(config.ranks) * len(config.lrs)
     with progress_bar(f"Fitting {cells} cells (rules x ranks x learning rates): optimiser "
                       f"steps") as progress:

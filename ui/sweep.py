@@ -16,7 +16,7 @@ import streamlit as st
 
 from lorarank.fit import DEFAULT_LR, DEFAULT_STEPS, OPTIMIZERS, SCALING_RULES, FitResult, fit_lora
 from lorarank.spectrum import gavish_donoho_rank, noise_threshold, truncation_error
-from lorarank.synthetic import SPECTRA, make_target
+from lorarank.synthetic import SPECTRA, Target, make_target
 
 from lorarank.charts import loss_chart, spectrum_chart
 
@@ -26,7 +26,7 @@ from .common import parse_ranks as common_parse_ranks
 __all__ = [
     "MAX_DIM_APP", "MAX_STEPS_APP", "MAX_RANKS_APP", "DOWNLOAD_KEY", "URL_ERRORS_KEY",
     "TARGET_SETTINGS", "TRAINING_SETTINGS", "SETTINGS",
-    "parse_ranks", "SweepConfig", "SweepRun", "run_sweep",
+    "parse_ranks", "TargetConfig", "SweepConfig", "SweepRun", "run_sweep",
     "SweepCharts", "sweep_charts", "COLUMN_HELP", "results_table", "results_records", "results_json", "reading",
 ]
 
@@ -96,8 +96,8 @@ def parse_ranks(text: str) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class SweepConfig:
-    """Every setting of one sweep (hashable: it is the cache key)."""
+class TargetConfig:
+    """The synthetic target's settings, shared by the Rank sweep and alpha/r stability pages."""
 
     d_out: int = 64
     d_in: int = 64
@@ -105,11 +105,22 @@ class SweepConfig:
     spectrum: str = "linear"
     noise: float = 0.01
     sigma_max: float = 38.0
+    seed: int = 0
+
+    def make_target(self) -> Target:
+        """The target these settings describe (the seed also seeds the LoRA init)."""
+        return make_target(self.d_out, self.d_in, true_rank=self.true_rank, spectrum=self.spectrum,
+                           sigma_max=self.sigma_max, noise=self.noise, seed=self.seed)
+
+
+@dataclass(frozen=True)
+class SweepConfig(TargetConfig):
+    """Every setting of one sweep (hashable: it is the cache key)."""
+
     ranks: tuple[int, ...] = (2, 4, 16)
     optimizer: str = "sgd"
     lr: float | None = None
     steps: int = DEFAULT_STEPS
-    seed: int = 0
     rule: str = "alpha-eq-r"
     alpha: float = 16.0
 
@@ -143,9 +154,7 @@ class SweepRun:
 def run_sweep(config: SweepConfig) -> SweepRun:
     """Make the target and fit every rank (cached per config; shows a progress bar on a miss)."""
     start = time.perf_counter()
-    target = make_target(config.d_out, config.d_in, true_rank=config.true_rank,
-                         spectrum=config.spectrum, sigma_max=config.sigma_max,
-                         noise=config.noise, seed=config.seed)
+    target = config.make_target()
     label = f"Fitting LoRA at r = {', '.join(map(str, config.ranks))}: optimiser steps"
     with progress_bar(label) as progress:
         results = fit_lora(target, list(config.ranks), optimizer=config.optimizer, lr=config.lr,
