@@ -15,7 +15,6 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
-import streamlit as st
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 from streamlit.testing.v1 import AppTest
@@ -30,14 +29,6 @@ SAMPLE_NAMES = ("peft_llama_r8", "peft_llama_r32_rslora", "peft_llama_rank_patte
 
 
 # ----------------------------------------------------------------------------- helpers
-@pytest.fixture(autouse=True)
-def clear_cache():
-    """Every test starts with empty Streamlit caches."""
-    st.cache_data.clear()
-    yield
-    st.cache_data.clear()
-
-
 def open_page(query: dict | None = None) -> AppTest:
     """Run the home script, switch to the audit page (with ``query`` in the URL) and run it."""
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from ui.common import PAGES, available_pages
@@ -13,14 +12,6 @@ from ui.common import PAGES, available_pages
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
 TIMEOUT = 60
-
-
-@pytest.fixture(autouse=True)
-def clear_cache():
-    """Every test starts with an empty st.cache_data."""
-    st.cache_data.clear()
-    yield
-    st.cache_data.clear()
 
 
 class TestHome:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from lorarank.stability import DEFAULT_LRS, DEFAULT_RANKS, run_stability, stability_findings
@@ -18,14 +17,6 @@ ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
 PAGE = "pages/2_Alpha_r_stability.py"
 TIMEOUT = 90
-
-
-@pytest.fixture(autouse=True)
-def clear_cache():
-    """Every test starts with an empty st.cache_data."""
-    st.cache_data.clear()
-    yield
-    st.cache_data.clear()
 
 
 def open_page(**query) -> AppTest:

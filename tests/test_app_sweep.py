@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from lorarank.fit import DEFAULT_STEPS, fit_lora
@@ -17,14 +16,6 @@ ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
 PAGE = "pages/1_Rank_sweep.py"
 TIMEOUT = 60
-
-
-@pytest.fixture(autouse=True)
-def clear_cache():
-    """Every test starts with an empty st.cache_data."""
-    st.cache_data.clear()
-    yield
-    st.cache_data.clear()
 
 
 def open_sweep(**query: str) -> AppTest:

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import streamlit as st
 
 from lorarank.errors import ConfigError
 from ui.sweep import (
@@ -18,14 +17,6 @@ from ui.sweep import (
     results_table,
     run_sweep,
 )
-
-
-@pytest.fixture(autouse=True)
-def clear_cache():
-    """Every test starts with an empty st.cache_data."""
-    st.cache_data.clear()
-    yield
-    st.cache_data.clear()
 
 
 class TestParseRanks:
