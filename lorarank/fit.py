@@ -191,8 +191,7 @@ class _Run:
     rank: int
     scale: float
     lr: float
-    B: np.ndarray
-    A: np.ndarray
+    A: np.ndarray  # initial A, already in the batch's basis; B starts at zero in any basis
 
 
 def _check_rank(rank: object, target: Target) -> int:
@@ -340,7 +339,9 @@ def fit_lora_runs(target: Target, runs: Sequence[tuple[int, float, float]], *, o
     d_out, d_in = target.shape
     ticker = _Ticker(progress, steps * len(checked))
     results: list[FitResult | None] = [None] * len(checked)
-    inits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    # Each rank's initial A, once: for SGD moved to the basis where T is diagonal (A' = A V).
+    rotated = optimizer == "sgd"
+    inits: dict[int, np.ndarray] = {}
     # Rotated SGD steps are small r x r and d x r products: BLAS threads only cost there.
     threads = single_threaded_blas() if optimizer == "sgd" else contextlib.nullcontext()
     with threads:
@@ -349,8 +350,9 @@ def fit_lora_runs(target: Target, runs: Sequence[tuple[int, float, float]], *, o
             for i in group:
                 r, scale, lr = checked[i]
                 if r not in inits:
-                    inits[r] = init_lora(d_out, d_in, r, seed=seed)
-                batch.append(_Run(r, scale, lr, *inits[r]))
+                    A0 = init_lora(d_out, d_in, r, seed=seed)[1]
+                    inits[r] = A0 @ target.Vt.T if rotated else A0
+                batch.append(_Run(r, scale, lr, inits[r]))
             for i, res in zip(group, _fit_batch(target, batch, optimizer=optimizer, steps=steps, tol=tol,
                                                 divergence_factor=divergence_factor, ticker=ticker)):
                 results[i] = res
@@ -399,12 +401,11 @@ def _fit_batch(target: Target, runs: list[_Run], *, optimizer: str, steps: int,
     rotated = optimizer == "sgd"
     gram_macs, residual_macs = _macs_per_step(d_out, d_in, rmax, optimizer)
     gram = gram_macs <= residual_macs  # large r / d makes the residual form cheaper
-    # 1. Stack the factors, zero-padded to rmax; for SGD move to the basis where T is diagonal.
+    # 1. Stack the factors, zero-padded to rmax (B = 0 as PEFT initialises it).
     B = np.zeros((n, d_out, rmax))
     A = np.zeros((n, rmax, d_in))
     for i, run in enumerate(runs):
-        B[i, :, : run.rank] = run.B if not rotated else target.U.T @ run.B
-        A[i, : run.rank] = run.A if not rotated else run.A @ target.Vt.T
+        A[i, : run.rank] = run.A
     s = np.array([run.scale for run in runs])[:, None, None]
     lr = np.array([run.lr for run in runs])[:, None, None]
     T = target.matrix
