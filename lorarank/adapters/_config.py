@@ -1,0 +1,62 @@
+"""adapter_config.json and override parsing shared by the readers."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Iterable
+
+from .._validate import check_real
+from ..errors import AdapterError, ConfigError
+
+__all__ = ["parse_config", "peft_pattern_key", "number", "check_override"]
+
+
+def parse_config(name: str, data: bytes) -> dict:
+    if len(data) > 16 * 2**20:
+        raise AdapterError(f"{name} is {len(data) / 2**20:.0f} MiB; an adapter config is a small JSON file")
+    try:
+        config = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterError(f"{name} is not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise AdapterError(f"{name} should hold a JSON object, got {type(config).__name__}")
+    return config
+
+
+def peft_pattern_key(patterns: Iterable[str], module: str) -> str | None:
+    """The first key of ``patterns`` that PEFT would apply to ``module``, or None.
+
+    PEFT (``peft.utils.other.get_pattern_key``) tries the keys of ``rank_pattern`` /
+    ``alpha_pattern`` in insertion order and takes the first ``key`` for which
+    ``re.match(rf"(.*\\.)?({key})$", module)`` matches, where ``module`` is the name inside the
+    base model (``model.layers.0.self_attn.q_proj``, without PEFT's ``base_model.model.``).
+    A key is therefore a regular expression matched against a dotted suffix of the name.
+    """
+    for key in patterns:
+        try:
+            if re.match(rf"(.*\.)?({key})$", module):
+                return key
+        except re.error as exc:
+            raise AdapterError(f"adapter_config.json pattern {key!r} is not a valid regular expression ({exc})") from exc
+    return None
+
+
+def number(config_name: str, field_name: str, value: object, *, positive: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise AdapterError(f"{config_name}: `{field_name}` should be a number, got {value!r}")
+    if positive and value <= 0:
+        raise AdapterError(f"{config_name}: `{field_name}` should be positive, got {value!r}")
+    return float(value)
+
+
+def check_override(alpha: float | None, scale: float | None) -> tuple[float | None, float | None]:
+    if alpha is not None and scale is not None:
+        raise ConfigError("give `alpha` or `scale`, not both")
+    if alpha is not None:
+        alpha = check_real("alpha", alpha, minimum=0.0, strict_minimum=True)
+    if scale is not None:
+        scale = check_real("scale", scale)
+    return alpha, scale
+

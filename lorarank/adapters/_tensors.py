@@ -1,0 +1,227 @@
+"""Tensor sources: uniform, lazy read access to the named tensors of a safetensors or npz file.
+
+Why safetensors' own API plus ml_dtypes
+---------------------------------------
+Files are parsed by the ``safetensors`` library itself (the Rust reference implementation, the
+one PEFT and diffusers use), so header checks (length, JSON, offsets inside the buffer, no
+overlap, no gap) are exactly the library's: a path through ``safe_open(..., framework="numpy")``
+(lazy: only the LoRA tensors are read), bytes through ``safetensors.deserialize`` (validated,
+then each tensor's raw buffer). ``safetensors.numpy.load`` cannot decode bfloat16 (its dtype
+table has no ``BF16``) and ``safe_open`` finds numpy's ``bfloat16`` only once ``ml_dtypes`` has
+registered it, so this module imports ``ml_dtypes`` and maps ``BF16`` to ``ml_dtypes.bfloat16``:
+the raw bytes are viewed, not copied, and converted straight to float64 one module at a time
+when a spectrum is computed, so an 84 MB bfloat16 adapter costs about its own size in memory.
+Writing bfloat16 works through ``safetensors.numpy.save`` (0.8 accepts ml_dtypes arrays).
+
+``.npz`` files are read with ``np.load(..., allow_pickle=False)`` after the zip directory was
+checked: members must be ``.npy`` arrays of a float dtype whose header size matches the
+member's declared size, and the declared sizes together may not exceed
+:data:`MAX_NPZ_EXPANSION` times the archive size (plus 64 MiB), which stops zip bombs before
+any byte is inflated.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Callable
+
+import ml_dtypes
+import numpy as np
+
+from ..errors import AdapterError
+
+__all__ = ["MAX_NPZ_EXPANSION", "Tensors", "safetensors_from_path", "safetensors_from_bytes",
+           "npz_tensors", "all_finite", "FLOAT_DTYPES", "INT_DTYPES", "DTYPE_NAMES"]
+
+#: Largest accepted ratio of the declared unpacked size of an ``.npz`` to its packed size.
+MAX_NPZ_EXPANSION = 16
+_NPZ_SLACK = 64 * 2**20
+
+# safetensors dtype name -> numpy dtype; ints are accepted only for alpha scalars.
+FLOAT_DTYPES = {
+    "F64": np.dtype(np.float64),
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+}
+INT_DTYPES = {
+    "I64": np.dtype(np.int64), "I32": np.dtype(np.int32), "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8), "U16": np.dtype(np.uint16),
+    "U32": np.dtype(np.uint32), "U64": np.dtype(np.uint64),
+}
+DTYPE_NAMES = {v: k for k, v in {**FLOAT_DTYPES, **INT_DTYPES}.items()}
+
+
+class Tensors:
+    """Uniform read access to the named tensors of one file (lazy where the format allows)."""
+
+    def __init__(self, source: str, entries: dict[str, tuple[str, tuple[int, ...]]],
+                 getter: Callable[[str], np.ndarray]):
+        self.source = source
+        self.entries = entries  # name -> (safetensors dtype name, shape)
+        self._get = getter
+
+    def keys(self) -> list[str]:
+        return list(self.entries)
+
+    def get(self, key: str, *, scalar: bool = False) -> np.ndarray:
+        dtype_name, shape = self.entries[key]
+        if dtype_name not in FLOAT_DTYPES and not (scalar and dtype_name in INT_DTYPES):
+            raise AdapterError(
+                f"{self.source}: tensor {key!r} has dtype {_readable_dtype(dtype_name)}; LoRA "
+                "factors must be float64, float32, float16 or bfloat16"
+            )
+        arr = self._get(key)
+        if arr.shape != tuple(shape):  # pragma: no cover - guarded by the libraries
+            raise AdapterError(f"{self.source}: tensor {key!r} has inconsistent shape {arr.shape}")
+        return arr
+
+
+def _readable_dtype(name: str) -> str:
+    for table in (FLOAT_DTYPES, INT_DTYPES):
+        if name in table:
+            return f"{table[name].name} ({name})"
+    return name
+
+
+def _safetensors_error(source: str, exc: Exception) -> AdapterError:
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return AdapterError(f"{source} is not a valid safetensors file ({detail})")
+
+
+def safetensors_from_path(path: Path) -> Tensors:
+    import safetensors
+
+    source = path.name
+    if path.stat().st_size < 8:
+        raise AdapterError(f"{source} is not a valid safetensors file (only {path.stat().st_size} bytes)")
+    try:
+        handle = safetensors.safe_open(str(path), framework="numpy")
+        entries = {}
+        for key in handle.keys():
+            sl = handle.get_slice(key)
+            entries[key] = (sl.get_dtype(), tuple(int(d) for d in sl.get_shape()))
+    except Exception as exc:  # SafetensorError and friends: the file is not valid
+        raise _safetensors_error(source, exc) from exc
+
+    def get(key: str) -> np.ndarray:
+        try:
+            return handle.get_tensor(key)
+        except Exception as exc:
+            raise _safetensors_error(source, exc) from exc
+
+    return Tensors(source, entries, get)
+
+
+def safetensors_from_bytes(source: str, data: bytes) -> Tensors:
+    import safetensors
+
+    if len(data) < 8:
+        raise AdapterError(f"{source} is not a valid safetensors file (only {len(data)} bytes)")
+    try:
+        flat = safetensors.deserialize(bytes(data) if not isinstance(data, bytes) else data)
+    except Exception as exc:
+        raise _safetensors_error(source, exc) from exc
+    entries: dict[str, tuple[str, tuple[int, ...]]] = {}
+    raw: dict[str, object] = {}
+    for key, view in flat:
+        entries[key] = (view["dtype"], tuple(int(d) for d in view["shape"]))
+        raw[key] = view["data"]
+
+    def get(key: str) -> np.ndarray:
+        dtype_name, shape = entries[key]
+        dtype = FLOAT_DTYPES.get(dtype_name) or INT_DTYPES[dtype_name]
+        return np.frombuffer(raw[key], dtype=dtype).reshape(shape)
+
+    return Tensors(source, entries, get)
+
+
+# What a damaged zip archive or .npy member can raise while being read: bad headers and CRCs,
+# truncated or corrupt deflate streams, unknown compression methods, missing members.
+_ZIP_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError, zlib.error,
+               NotImplementedError, KeyError, struct.error)
+
+
+def npz_tensors(source: str, fileobj, size: int) -> Tensors:
+    """Check the zip directory and every member's .npy header, then read with np.load."""
+    # 1. It must be a zip archive at all (a text file renamed .npz is not).
+    head = fileobj.read(4)
+    fileobj.seek(0)
+    if head[:2] != b"PK":
+        raise AdapterError(f"{source} is not an .npz archive (it does not start with a zip signature)")
+    try:
+        archive = zipfile.ZipFile(fileobj)
+        infos = archive.infolist()
+    except _ZIP_ERRORS as exc:
+        raise AdapterError(f"{source} is not a valid .npz archive ({exc})") from exc
+    # 2. Declared unpacked sizes bound the memory before anything is inflated.
+    declared = sum(info.file_size for info in infos)
+    limit = MAX_NPZ_EXPANSION * size + _NPZ_SLACK
+    if declared > limit:
+        raise AdapterError(
+            f"{source} would unpack to {declared / 2**20:,.0f} MiB from {size / 2**20:,.1f} MiB "
+            f"(more than {MAX_NPZ_EXPANSION}x its size plus 64 MiB); refusing a possible zip bomb"
+        )
+    # 3. Each member: a .npy header with a float dtype whose byte count matches the member.
+    entries: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for info in infos:
+        if not info.filename.endswith(".npy"):
+            raise AdapterError(f"{source}: member {info.filename!r} is not a .npy array")
+        key = info.filename[:-4]
+        try:
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+                header_len = member.tell() if member.seekable() else None
+        except _ZIP_ERRORS as exc:
+            raise AdapterError(f"{source}: member {info.filename!r} is not a valid .npy array ({exc})") from exc
+        if dtype.hasobject:
+            raise AdapterError(
+                f"{source}: array {key!r} holds pickled Python objects, which lorarank does not load"
+            )
+        name = DTYPE_NAMES.get(dtype.newbyteorder("=")) if dtype.kind in "fiu" else None
+        if name is None:
+            raise AdapterError(f"{source}: array {key!r} has dtype {dtype}; LoRA factors must be "
+                               "float64, float32, float16 or bfloat16")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if header_len is not None and info.file_size != header_len + nbytes:
+            raise AdapterError(
+                f"{source}: array {key!r} declares shape {tuple(shape)} ({nbytes} bytes) but its "
+                f"member holds {info.file_size - header_len} bytes of data"
+            )
+        entries[key] = (name, tuple(int(d) for d in shape))
+    fileobj.seek(0)  # zipfile left the position at the end; np.load reads the magic from here
+    try:
+        npz = np.load(fileobj, allow_pickle=False)
+    except _ZIP_ERRORS as exc:
+        raise AdapterError(f"{source} is not a valid .npz archive ({exc})") from exc
+
+    def get(key: str) -> np.ndarray:
+        try:
+            arr = npz[key]
+        except _ZIP_ERRORS as exc:
+            raise AdapterError(f"{source}: array {key!r} cannot be read ({exc})") from exc
+        return arr.astype(arr.dtype.newbyteorder("="), copy=False)
+
+    return Tensors(source, entries, get)
+
+
+
+_EXPONENT_MASKS = {np.dtype(ml_dtypes.bfloat16): 0x7F80, np.dtype(np.float16): 0x7C00}
+
+
+def all_finite(arr: np.ndarray) -> bool:
+    """``np.isfinite(arr).all()``; for 16-bit floats on the bits (exponent all ones = inf/NaN)."""
+    mask = _EXPONENT_MASKS.get(arr.dtype)
+    if mask is None:
+        return bool(np.isfinite(arr).all())
+    bits = np.ascontiguousarray(arr).view(np.uint16)
+    return not bool(np.any((bits & mask) == mask))
+

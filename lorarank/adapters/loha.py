@@ -1,0 +1,7 @@
+"""LoHa: recognised by key name; refused until its reader lands (issue 8)."""
+
+from __future__ import annotations
+
+from ._registry import refuse
+
+refuse(r"(^|[._])hada_(w1|w2|t1|t2)", "LoHa")

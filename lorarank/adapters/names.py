@@ -1,0 +1,36 @@
+"""Module names: the layer / type parse the rank map uses, and natural sort order."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["parse_module_name", "natural_key", "PEFT_PREFIX"]
+
+PEFT_PREFIX = "base_model.model."
+
+_LAYER = re.compile(r"(?:^|[._])(\d+)(?=[._]|$)")
+
+
+def parse_module_name(name: str) -> tuple[int | None, str]:
+    """``(layer, module_type)`` of a module path, for the rank map.
+
+    The layer is the first integer component (``model.layers.7.mlp.up_proj`` -> 7, kohya
+    ``lora_te_text_model_encoder_layers_3_mlp_fc1`` -> 3); the type is the last dotted
+    component (``up_proj``) or, for underscore-only names, what follows the layer (``mlp_fc1``).
+    """
+    match = _LAYER.search(name)
+    layer = int(match.group(1)) if match else None
+    if "." in name:
+        kind = name.rsplit(".", 1)[-1]
+    elif match:
+        kind = name[match.end():].lstrip("._") or name
+    else:
+        kind = name
+    return layer, kind or "(unnamed)"
+
+
+
+def natural_key(name: str) -> list:
+    """Sort key putting ``layers.2`` before ``layers.10``."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+
