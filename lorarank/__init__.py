@@ -47,6 +47,8 @@ _LAZY = {
     "audit": ("audit_adapter", "AuditReport", "ModuleReport", "resize_adapter", "ResizeResult",
               "allocate_budget", "Allocation", "budget_curve"),
     "compare": ("compare_adapters", "Comparison", "subspace_similarity", "principal_angles"),
+    "series": ("audit_series", "find_checkpoints", "checkpoints_from_files", "Checkpoint", "Run",
+               "SeriesReport"),
     "stability": ("run_stability", "StabilityGrid", "stability_findings", "scale_for", "alpha_to_keep"),
 }
 _LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}

@@ -99,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_stability)
 
     p = sub.add_parser("audit", help="per-module effective rank of trained adapters")
-    p.add_argument("paths", nargs="+", metavar="PATH", help=".npz / .safetensors file or a PEFT folder")
+    p.add_argument("paths", nargs="*", metavar="PATH", help=".npz / .safetensors file or a PEFT folder")
+    p.add_argument("--series", metavar="DIR",
+                   help="audit every checkpoint-<step> subfolder of a training run's folder, "
+                        "and each module's rank and subspace similarity over steps")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(handler=_cmd_audit)
 
@@ -275,6 +278,12 @@ def _audit_print(report) -> None:
 def _cmd_audit(args: argparse.Namespace) -> int:
     from .audit import audit_adapter
 
+    if args.series is not None:
+        if args.paths:
+            _fail("audit: give either PATH ... or --series DIR, not both")
+        return _cmd_audit_series(args)
+    if not args.paths:
+        _fail("audit: give at least one PATH, or --series DIR")
     reports = [audit_adapter(a) for a in _audit_load(args.paths)]
     if args.json:
         docs = [r.to_dict() for r in reports]
@@ -285,6 +294,54 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             print()
         _audit_print(report)
     return 0
+
+
+def _cmd_audit_series(args: argparse.Namespace) -> int:
+    from .series import audit_series, find_checkpoints
+
+    result = audit_series(find_checkpoints(args.series))
+    if args.json:
+        _print_json(result.to_dict())
+        return 0
+    _series_print(result, args.series)
+    return 0
+
+
+def _series_print(result, folder: str) -> None:
+    """``audit --series``: the whole adapter per step, then each module's ranks over steps."""
+    steps = result.steps
+    print(f"{folder}: {len(steps)} checkpoints (steps {', '.join(map(str, steps))}), "
+          f"{len(result.modules)} modules in every checkpoint")
+    print()
+    print(f"{'step':>8} | {'directions':>10} | {'rec. median':>11} | {'k(.90) mean':>11} | "
+          f"{'k(.99) mean':>11} | {'stable mean':>11} | {'phi next':>8} | {'phi last':>8}")
+    print("-" * 100)
+    for row in result.adapter:
+        nxt = "-" if row["phi_next_mean"] is None else f"{row['phi_next_mean']:.4f}"
+        last = "-" if row["phi_last_mean"] is None else f"{row['phi_last_mean']:.4f}"
+        print(f"{row['step']:>8} | {row['directions']:>10} | {row['recommended_rank_median']:>11g} | "
+              f"{row['energy_rank_0.9_mean']:>11.2f} | {row['energy_rank_0.99_mean']:>11.2f} | "
+              f"{row['stable_rank_mean']:>11.2f} | {nxt:>8} | {last:>8}")
+    width = max(12, *(len(_audit_short(m.name)) for m in result.modules)) if result.modules else 12
+    print()
+    print(f"{'module':<{width}} | recommended rank per step{'':<{max(0, 4 * len(steps) - 25)}} | "
+          f"{'phi first->last':>15} | {'settled at':>10}")
+    print("-" * (width + 4 * len(steps) + 40))
+    for m in result.modules:
+        ranks = " ".join(f"{k:>3}" for k in m.recommended_rank)
+        print(f"{_audit_short(m.name):<{width}} | {ranks:<{max(25, 4 * len(steps))}} | "
+              f"{m.phi_last[0]:>15.4f} | {m.settled_step:>10}")
+    print()
+    print(f"settled at step {result.settled_step}: from there on no module's recommended rank "
+          f"({result.rule} {result.value:g}) changed" + (
+              " (it still changed at the last checkpoint)" if result.settled_step == steps[-1] and len(steps) > 1
+              else ""))
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"directions = sum of recommended ranks; k(t) = smallest k keeping share t of sum sigma^2 "
+          f"of scale * B @ A; stable = sum sigma^2 / sigma_1^2;")
+    print(f"phi = phi(k,k), k = min({result.top}, r), on the right singular vectors of the A factors "
+          f"(Hu et al. 2022, sec. 7.2) with the next / the last checkpoint.")
 
 
 # ---------------------------------------------------------------------------------- resize

@@ -9,6 +9,7 @@ from ._common import PALETTE, downsample_index, rank_color_scale, rank_label
 from .sweep import loss_chart, loss_frame, spectrum_chart, spectrum_frame
 from .audit import *  # noqa: F401,F403  (Adapter audit; names in audit.__all__)
 from .stability import *  # noqa: F401,F403  (alpha/r stability; names in stability.__all__)
+from .series import *  # noqa: F401,F403  (rank over training; names in series.__all__)
 
 __all__ = [
     "PALETTE", "rank_label", "rank_color_scale", "downsample_index",

@@ -1,0 +1,661 @@
+"""Rank over training: audit every checkpoint of one run and follow each module over steps.
+
+A run is a list of :class:`Checkpoint` (a step, where it came from, and a function that reads
+its adapter). They come from a folder of ``checkpoint-<step>`` subfolders as Transformers' and
+TRL's trainers write them (:func:`find_checkpoints`), from uploaded files, e.g. a ``.zip`` of
+that folder (:func:`checkpoints_from_files`), or from anything else that can build a
+:class:`Checkpoint` (a Hub revision per step, say). :func:`audit_series` then reads each
+checkpoint once, in step order, and keeps per checkpoint only
+
+- its audit (:func:`lorarank.audit.audit_adapter`: the spectrum ``sigma_1..sigma_r`` of
+  ``scale * B @ A`` per module and the rank metrics), which is small, and
+- for the subspace similarity, the top ``top`` right singular vectors of every module's ``A``
+  (``d_in x top`` each), of the previous checkpoint and of the last one only,
+
+so its memory does not grow with the number of checkpoints beyond those small summaries.
+The last checkpoint is read first (every checkpoint is compared with it) and not read again.
+
+Per module shared by all checkpoints, over steps:
+
+- ``phi_next[i]``: ``phi(k, k)`` between checkpoint i and checkpoint i + 1 (None for the last),
+- ``phi_last[i]``: ``phi(k, k)`` between checkpoint i and the last checkpoint (1 for the last),
+
+with Hu et al.'s ``phi(i, j) = ||U_i^T V_j||_F^2 / min(i, j)`` on the right singular vectors
+of the two ``A`` factors, computed as :mod:`lorarank.compare` does (``k = min(top, r_1, r_2)``:
+the ``top_overlap`` of a comparison); and ``settled_step``, the first step from which the
+recommended rank never changed again up to the last checkpoint.
+
+References
+----------
+E. J. Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022, section 7.2.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ._validate import check_int
+from .adapters import Adapter, load_adapter, load_adapter_bytes
+from .audit import AuditReport, _check_rule, audit_adapter
+from .compare import _phi_from_overlap, right_singular_vectors
+from .errors import AdapterError, ConfigError
+from .spectrum import single_threaded_blas
+
+__all__ = [
+    "MAX_CHECKPOINTS",
+    "Checkpoint",
+    "Run",
+    "ModuleSeries",
+    "SeriesReport",
+    "step_from_name",
+    "step_from_trainer_state",
+    "find_checkpoints",
+    "checkpoints_from_files",
+    "audit_series",
+    "settled_index",
+]
+
+#: Most checkpoints one series may hold (each costs one read and a small summary).
+MAX_CHECKPOINTS = 1000
+#: Largest ``trainer_state.json`` read for its ``global_step`` (long runs log a lot).
+MAX_TRAINER_STATE = 64 * 2**20
+#: A zip's declared unpacked sizes may total at most this many times the archive, plus 64 MiB.
+MAX_ZIP_EXPANSION = 16
+_ZIP_SLACK = 64 * 2**20
+
+_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+# kohya / sd-scripts save `<name>-000005.safetensors` per epoch, `<name>-step00001000` per step.
+_KOHYA_FILE = re.compile(r"^.+-(?:step)?(\d{6,})\.(?:safetensors|npz)$")
+_WEIGHTS = (".safetensors", ".npz")
+_PREFERRED = ("adapter_model.safetensors", "adapters.safetensors")
+_ZIP_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError, zlib.error,
+               NotImplementedError, KeyError)
+
+Progress = Callable[[int, int], None]
+
+
+# ------------------------------------------------------------------------------------ inputs
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint of a run.
+
+    Attributes
+    ----------
+    step : int
+        Training step (``global_step``); checkpoints are ordered by it.
+    path : str
+        Where it came from, for display and JSON: a folder, a zip member folder, a file, or a
+        Hub address with its revision.
+    load : callable() -> Adapter
+        Reads the adapter; called once by :func:`audit_series` (never kept).
+    """
+
+    step: int
+    path: str
+    load: Callable[[], Adapter] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Run:
+    """The checkpoints found in a folder or an upload, and what was found but not used.
+
+    Attributes
+    ----------
+    checkpoints : list of Checkpoint
+        In step order.
+    notes : list of str
+        One sentence per thing left out or assumed (an adapter at the top level whose step is
+        unknown, a ``trainer_state.json`` step that differs from the folder name, ...).
+    """
+
+    checkpoints: list[Checkpoint]
+    notes: list[str] = field(default_factory=list)
+
+
+def step_from_name(name: str) -> int | None:
+    """The step in a checkpoint's folder or file name, or None.
+
+    ``checkpoint-500`` (Transformers, TRL) gives 500; kohya's ``mylora-000005.safetensors``
+    (epoch 5) gives 5 and ``mylora-step00001000.safetensors`` gives 1000. Other names give None.
+    """
+    base = PurePosixPath(str(name).replace("\\", "/")).name
+    match = _CHECKPOINT_DIR.match(base) or _KOHYA_FILE.match(base)
+    return int(match.group(1)) if match else None
+
+
+def step_from_trainer_state(data: bytes, *, source: str = "trainer_state.json") -> int:
+    """``global_step`` of a Transformers ``trainer_state.json``.
+
+    Raises
+    ------
+    AdapterError
+        If the file is too large, not JSON, or has no whole-number ``global_step >= 0``.
+    """
+    if len(data) > MAX_TRAINER_STATE:
+        raise AdapterError(f"{source} is {len(data):,} bytes; at most {MAX_TRAINER_STATE:,} are read")
+    try:
+        state = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AdapterError(f"{source} is not valid JSON ({exc})") from exc
+    step = state.get("global_step") if isinstance(state, dict) else None
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise AdapterError(f"{source} has no whole-number global_step >= 0 (got {step!r})")
+    return step
+
+
+def _pick_weights(names: Sequence[str], where: str) -> str:
+    weights = [n for n in names if n.lower().endswith(_WEIGHTS)]
+    preferred = [n for n in weights if PurePosixPath(n).name in _PREFERRED]
+    if len(preferred) == 1:
+        return preferred[0]
+    if len(weights) == 1:
+        return weights[0]
+    if not weights:
+        raise AdapterError(f"{where} holds no .safetensors or .npz weights file")
+    listed = ", ".join(PurePosixPath(n).name for n in weights)
+    raise AdapterError(f"{where} holds several weights files ({listed}); keep one per checkpoint")
+
+
+def _resolve_step(name_step: int, state: bytes | None, where: str, notes: list[str]) -> int:
+    if state is None:
+        return name_step
+    step = step_from_trainer_state(state, source=f"{where}/trainer_state.json")
+    if step != name_step:
+        notes.append(f"{where}: trainer_state.json says global_step {step}, the folder name "
+                     f"{name_step}; step {step} is used.")
+    return step
+
+
+def _checked_run(checkpoints: list[Checkpoint], notes: list[str], source: str) -> Run:
+    if not checkpoints:
+        raise AdapterError(
+            f"{source} holds no checkpoint: expected checkpoint-<step> folders (as Transformers "
+            f"and TRL save them), each with an adapter, or kohya <name>-000005.safetensors files")
+    checkpoints.sort(key=lambda c: c.step)
+    _check_steps(checkpoints)
+    return Run(checkpoints, notes)
+
+
+def _check_steps(checkpoints: Sequence[Checkpoint]) -> None:
+    if len(checkpoints) > MAX_CHECKPOINTS:
+        raise ConfigError(f"a series holds at most {MAX_CHECKPOINTS} checkpoints, got {len(checkpoints)}")
+    seen: dict[int, str] = {}
+    for c in checkpoints:
+        check_int(f"step of {c.path}", c.step, minimum=0)
+        if c.step in seen:
+            raise ConfigError(f"two checkpoints have step {c.step}: {seen[c.step]} and {c.path}")
+        seen[c.step] = c.path
+
+
+def find_checkpoints(path: str | os.PathLike) -> Run:
+    """The checkpoints of a training run's output folder.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A folder holding ``checkpoint-<step>`` subfolders (each a PEFT adapter, as Transformers'
+        ``Trainer`` and TRL save them, optionally with ``trainer_state.json``), or kohya
+        ``<name>-000005.safetensors`` / ``<name>-step00001000.safetensors`` files.
+
+    Returns
+    -------
+    Run
+        The step is ``trainer_state.json``'s ``global_step`` when the folder has one, else the
+        number in the name. Nothing is read but those small JSON files.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    AdapterError
+        If it is not a folder or holds no checkpoint.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(2, "No such file or directory", str(root))
+    if not root.is_dir():
+        raise AdapterError(f"{root} is not a folder; --series takes a run folder with checkpoint-<step> subfolders")
+    checkpoints, notes = [], []
+    top_weights = []
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        step = step_from_name(entry.name)
+        if entry.is_dir() and step is not None and _CHECKPOINT_DIR.match(entry.name):
+            state = entry / "trainer_state.json"
+            if state.is_file() and state.stat().st_size > MAX_TRAINER_STATE:
+                raise AdapterError(f"{state} is {state.stat().st_size:,} bytes; at most "
+                                   f"{MAX_TRAINER_STATE:,} are read")
+            step = _resolve_step(step, state.read_bytes() if state.is_file() else None, entry.name, notes)
+            checkpoints.append(Checkpoint(step, str(entry), partial(load_adapter, entry)))
+        elif entry.is_file() and step is not None:
+            checkpoints.append(Checkpoint(step, str(entry), partial(load_adapter, entry)))
+        elif entry.is_file() and entry.suffix in _WEIGHTS:
+            top_weights.append(entry.name)
+    if top_weights and checkpoints:
+        notes.append(f"{', '.join(top_weights)} at the top of {root.name} left out: no step in its name "
+                     f"(the trainer's final save is usually the last checkpoint again).")
+    return _checked_run(checkpoints, notes, str(root))
+
+
+# --------------------------------------------------------------------------------- uploads
+def _zip_members(name: str, data: bytes) -> list[tuple[str, Callable[[], bytes]]]:
+    """The files of a zip as (path, reader), after bounding what they may inflate to."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        infos = [i for i in archive.infolist() if not i.is_dir()]
+    except _ZIP_ERRORS as exc:
+        raise AdapterError(f"{name} is not a valid .zip archive ({exc})") from exc
+    declared = sum(i.file_size for i in infos)
+    limit = MAX_ZIP_EXPANSION * len(data) + _ZIP_SLACK
+    if declared > limit:
+        raise AdapterError(f"{name} would unpack to {declared:,} bytes, more than {MAX_ZIP_EXPANSION} "
+                           f"times its size plus 64 MiB; refused")
+
+    def read(info: zipfile.ZipInfo) -> bytes:
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as again:
+                return again.read(info)
+        except _ZIP_ERRORS as exc:
+            raise AdapterError(f"{name}: member {info.filename} cannot be read ({exc})") from exc
+
+    members = []
+    for info in infos:
+        parts = PurePosixPath(info.filename.replace("\\", "/")).parts
+        # macOS adds __MACOSX/._name resource forks; hidden files are never checkpoints.
+        if any(p.startswith(".") or p == "__MACOSX" for p in parts):
+            continue
+        members.append(("/".join(parts), partial(read, info)))
+    return members
+
+
+def checkpoints_from_files(files: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> Run:
+    """The checkpoints of uploaded files, read from memory (nothing is written to disk).
+
+    Parameters
+    ----------
+    files : mapping or iterable of (name, bytes)
+        Either one ``.zip`` of a run folder (``checkpoint-<step>/adapter_model.safetensors``,
+        ``adapter_config.json`` and optionally ``trainer_state.json`` per checkpoint, at any
+        depth), or weights files whose names carry the step (kohya ``<name>-000005.safetensors``),
+        optionally with one ``.json`` config shared by all of them.
+
+    Returns
+    -------
+    Run
+        Each checkpoint's files are unpacked only when it is read.
+    """
+    items = list(files.items()) if isinstance(files, Mapping) else list(files)
+    if not items:
+        raise AdapterError("no files given")
+    zips = [(n, b) for n, b in items if str(n).lower().endswith(".zip")]
+    if zips:
+        if len(items) != 1:
+            raise AdapterError("give one .zip of the run folder, or the checkpoint files themselves, "
+                               "not both")
+        name, data = zips[0]
+        return _from_members(_zip_members(name, bytes(data)), name)
+    members = [(str(n), partial(lambda b: bytes(b), b)) for n, b in items]
+    return _from_members(members, "the uploaded files")
+
+
+def _from_members(members: list[tuple[str, Callable[[], bytes]]], source: str) -> Run:
+    by_dir: dict[str, dict[str, Callable[[], bytes]]] = {}
+    for path, read in members:
+        parent, _, base = path.rpartition("/")
+        by_dir.setdefault(parent, {})[base] = read
+    checkpoints, notes, left_out = [], [], []
+    for folder, entries in sorted(by_dir.items()):
+        dir_name = folder.rpartition("/")[2]
+        if _CHECKPOINT_DIR.match(dir_name):
+            weights = _pick_weights(list(entries), folder)
+            state = entries["trainer_state.json"]() if "trainer_state.json" in entries else None
+            step = _resolve_step(step_from_name(dir_name), state, folder, notes)
+            chosen = [weights] + (["adapter_config.json"] if "adapter_config.json" in entries else [])
+            checkpoints.append(Checkpoint(step, folder, partial(_load_members, entries, chosen)))
+            continue
+        numbered = [n for n in entries if step_from_name(n) is not None]
+        configs = [n for n in entries if n.lower().endswith(".json")]
+        if len(configs) > 1 and numbered:
+            raise AdapterError(f"{folder or source} holds several .json configs ({', '.join(configs)}); "
+                               f"give at most one for the numbered weights files")
+        for n in numbered:
+            where = f"{folder}/{n}" if folder else n
+            checkpoints.append(Checkpoint(step_from_name(n), where,
+                                          partial(_load_members, entries, [n] + configs)))
+        left_out.extend(f"{folder}/{n}" if folder else n for n in entries
+                        if n.lower().endswith(_WEIGHTS) and n not in numbered)
+    if left_out and checkpoints:
+        notes.append(f"{_names(left_out)} left out: no step in the file or folder name (the "
+                     f"trainer's final save is usually the last checkpoint again).")
+    return _checked_run(checkpoints, notes, source)
+
+
+def _load_members(entries: Mapping[str, Callable[[], bytes]], names: Sequence[str]) -> Adapter:
+    return load_adapter_bytes([(n, entries[n]()) for n in names])
+
+
+# ------------------------------------------------------------------------------------ report
+@dataclass(frozen=True)
+class ModuleSeries:
+    """One module (present in every checkpoint) over steps; lists are aligned with ``steps``.
+
+    Attributes
+    ----------
+    name : str
+    layer : int or None
+    module_type : str
+    steps : list of int
+    rank : list of int
+        Stored rank r per checkpoint.
+    singular_values : list of ndarray
+        sigma_1..sigma_r of ``scale * B @ A`` per checkpoint, descending.
+    energy_rank : list of dict
+        ``{"0.9": k, "0.95": k, "0.99": k}`` per checkpoint.
+    stable_rank : list of float
+    recommended_rank : list of int
+        Under the series' rule.
+    phi_next : list of float or None
+        ``phi(k, k)`` with the next checkpoint; None for the last.
+    phi_last : list of float
+        ``phi(k, k)`` with the last checkpoint.
+    chance : float
+        ``k / d_in`` with ``k = min(top, r)`` at the last checkpoint: what two random subspaces
+        would give on average.
+    settled_step : int
+        First step from which ``recommended_rank`` stays as it is at the last checkpoint.
+    """
+
+    name: str
+    layer: int | None
+    module_type: str
+    steps: list[int]
+    rank: list[int]
+    singular_values: list[np.ndarray]
+    energy_rank: list[dict]
+    stable_rank: list[float]
+    recommended_rank: list[int]
+    phi_next: list[float | None]
+    phi_last: list[float]
+    chance: float
+    settled_step: int
+
+    def to_dict(self) -> dict:
+        """JSON-friendly (PRODUCT.md's series module plus rank, sigma, recommended rank)."""
+        return {
+            "name": self.name, "steps": list(self.steps),
+            "energy_rank": [dict(k) for k in self.energy_rank],
+            "stable_rank": list(self.stable_rank),
+            "phi_next": list(self.phi_next), "phi_last": list(self.phi_last),
+            "rank": list(self.rank),
+            "singular_values": [[float(x) for x in s] for s in self.singular_values],
+            "recommended_rank": list(self.recommended_rank),
+            "chance": self.chance, "settled_step": self.settled_step,
+        }
+
+
+@dataclass(frozen=True)
+class SeriesReport:
+    """Every checkpoint's audit plus each shared module over steps.
+
+    Attributes
+    ----------
+    steps : list of int
+        Ascending.
+    paths : list of str
+        Where each checkpoint came from.
+    reports : list of AuditReport
+        One per checkpoint (all its modules, shared or not).
+    modules : list of ModuleSeries
+        The modules present in every checkpoint with the same (d_out, d_in), in the last
+        checkpoint's order.
+    settled_step : int
+        The largest ``settled_step`` of the modules: from it on no module's recommended rank
+        changed. Equal to the last step when something still changed there.
+    adapter : list of dict
+        The whole adapter (over the shared modules) per checkpoint: directions kept by the
+        rule, median recommended rank, mean energy ranks, mean stable rank, mean phi.
+    notes : list of str
+        Modules left out of the series, rank changes, steps taken from trainer_state.json.
+    rule, value : str, float
+        The rank rule of ``recommended_rank``.
+    top : int
+        phi is ``phi(k, k)`` with ``k = min(top, r_1, r_2)``.
+    """
+
+    steps: list[int]
+    paths: list[str]
+    reports: list[AuditReport]
+    modules: list[ModuleSeries]
+    settled_step: int
+    adapter: list[dict]
+    notes: list[str]
+    rule: str
+    value: float
+    top: int
+
+    def to_dict(self) -> dict:
+        """``{"checkpoints": [{"step", "path", "modules", ...}], "series": {"modules", "settled_step", ...}}``."""
+        checkpoints = []
+        for step, path, report in zip(self.steps, self.paths, self.reports):
+            doc = report.to_dict()
+            checkpoints.append({"step": step, "path": path, **doc})
+        return {
+            "checkpoints": checkpoints,
+            "series": {
+                "modules": [m.to_dict() for m in self.modules],
+                "settled_step": self.settled_step,
+                "steps": list(self.steps),
+                "adapter": [dict(a) for a in self.adapter],
+                "rule": self.rule, "value": self.value, "top": self.top,
+                "notes": list(self.notes),
+            },
+        }
+
+    def table(self) -> list[dict]:
+        """One flat row per (step, shared module), for CSV / JSON downloads and charts.
+
+        Columns: step, module, layer, module_type, rank, sigma_1, energy_rank_0.9 / 0.95 /
+        0.99, stable_rank, recommended_rank, phi_next, phi_last, then sigma_1..sigma_q.
+        """
+        width = max((len(s) for m in self.modules for s in m.singular_values), default=0)
+        rows = []
+        for i, step in enumerate(self.steps):
+            for m in self.modules:
+                s = m.singular_values[i]
+                rows.append({
+                    "step": step, "module": m.name, "layer": m.layer, "module_type": m.module_type,
+                    "rank": m.rank[i], "sigma_1": float(s[0]) if s.size else 0.0,
+                    **{f"energy_rank_{t}": k for t, k in m.energy_rank[i].items()},
+                    "stable_rank": m.stable_rank[i], "recommended_rank": m.recommended_rank[i],
+                    "phi_next": m.phi_next[i], "phi_last": m.phi_last[i],
+                    **{f"sigma_{j + 1}": (float(s[j]) if j < s.size else None) for j in range(width)},
+                })
+        return rows
+
+    def report_at(self, step: int) -> AuditReport:
+        """The audit of the checkpoint at ``step``."""
+        if step not in self.steps:
+            raise ConfigError(f"no checkpoint at step {step!r}; steps are {', '.join(map(str, self.steps))}")
+        return self.reports[self.steps.index(step)]
+
+
+def settled_index(values: Sequence[object]) -> int:
+    """Smallest i with ``values[j] == values[-1]`` for every j >= i (0 for an empty list)."""
+    i = len(values) - 1
+    while i > 0 and values[i - 1] == values[-1]:
+        i -= 1
+    return max(i, 0)
+
+
+# -------------------------------------------------------------------------------- the audit
+def _bases(adapter: Adapter, top: int) -> dict[str, np.ndarray]:
+    """Top-``top`` right singular vectors of every module's A, ``(d_in, min(top, r))`` each."""
+    return {m.name: right_singular_vectors(m.A.astype(np.float64))[:, :top] for m in adapter.modules}
+
+
+def _phi(u1: np.ndarray | None, u2: np.ndarray | None) -> float | None:
+    """``phi(k, k)``, ``k = min(top, r_1, r_2)``, as :func:`lorarank.compare.compare_adapters`."""
+    if u1 is None or u2 is None or u1.shape[0] != u2.shape[0]:
+        return None
+    phi = _phi_from_overlap(u1.T @ u2)
+    k = min(phi.shape)
+    return float(phi[k - 1, k - 1])
+
+
+def _load(checkpoint: Checkpoint) -> Adapter:
+    try:
+        return checkpoint.load()
+    except AdapterError as exc:
+        raise type(exc)(f"{checkpoint.path}: {exc}") from exc
+
+
+def audit_series(run: Run | Sequence[Checkpoint], *, rule: str = "energy", value: float = 0.99,
+                 top: int = 4, progress: Progress | None = None) -> SeriesReport:
+    """Audit every checkpoint of a run and follow each shared module over steps.
+
+    Parameters
+    ----------
+    run : Run or sequence of Checkpoint
+        From :func:`find_checkpoints`, :func:`checkpoints_from_files`, or built by hand (e.g.
+        one Hub revision per step). Ordered by step here.
+    rule : str, default="energy"
+    value : float, default=0.99
+        The rank rule of ``recommended_rank`` and ``settled_step``
+        (:data:`lorarank.spectrum.RANK_RULES`).
+    top : int, default=4
+        phi is ``phi(k, k)`` with ``k = min(top, r_1, r_2)``, as in :func:`compare_adapters`.
+    progress : callable(done, total), optional
+        Called after each checkpoint is read and audited (and with ``(0, n)`` first).
+
+    Returns
+    -------
+    SeriesReport
+
+    Notes
+    -----
+    Each checkpoint is read once: the last one first (every checkpoint is compared with it),
+    then the others in step order. Kept in memory at any time: one adapter being read, the
+    top-``top`` right singular vectors of A (``d_in x top`` per module) of the previous and of
+    the last checkpoint, and the small per-checkpoint audits. Nothing ``d_out x d_in`` is
+    formed.
+    """
+    rule, value = _check_rule(rule, value)
+    top = check_int("top", top, minimum=1)
+    notes = list(run.notes) if isinstance(run, Run) else []
+    order = sorted(run.checkpoints if isinstance(run, Run) else list(run), key=lambda c: c.step)
+    if not order:
+        raise ConfigError("a series needs at least one checkpoint")
+    _check_steps(order)
+    n = len(order)
+    if progress is not None:
+        progress(0, n)
+    reports: list[AuditReport] = []
+    phi_next: list[dict[str, float | None]] = []
+    phi_last: list[dict[str, float | None]] = []
+    with single_threaded_blas():
+        # 1. The last checkpoint first: everything is compared with it.
+        adapter = _load(order[-1])
+        last_report = audit_adapter(adapter, rule=rule, value=value)
+        last_bases = _bases(adapter, top)
+        del adapter
+        previous: dict[str, np.ndarray] | None = None
+        # 2. Every checkpoint in step order; the last one is not read again.
+        for i, checkpoint in enumerate(order):
+            if i == n - 1:
+                report, bases = last_report, last_bases
+            else:
+                adapter = _load(checkpoint)
+                report = audit_adapter(adapter, rule=rule, value=value)
+                bases = _bases(adapter, top)
+                del adapter
+            if previous is not None:
+                phi_next.append({name: _phi(u, bases.get(name)) for name, u in previous.items()})
+            phi_last.append({name: _phi(u, last_bases.get(name)) for name, u in bases.items()})
+            reports.append(report)
+            previous = bases
+            if progress is not None:
+                progress(i + 1, n)
+    phi_next.append({})
+    modules, more_notes = _module_series(order, reports, phi_next, phi_last, top)
+    notes.extend(more_notes)
+    steps = [c.step for c in order]
+    settled = max((m.settled_step for m in modules), default=steps[-1])
+    return SeriesReport(steps=steps, paths=[c.path for c in order], reports=reports, modules=modules,
+                        settled_step=settled, adapter=_adapter_rows(steps, modules), notes=notes,
+                        rule=rule, value=value, top=top)
+
+
+def _names(names: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _module_series(order, reports, phi_next, phi_last, top) -> tuple[list[ModuleSeries], list[str]]:
+    steps = [c.step for c in order]
+    by_step = [{m.name: m for m in r.modules} for r in reports]
+    last = reports[-1].modules
+    everywhere = [m.name for m in last if all(m.name in b for b in by_step)]
+    same_shape = [name for name in everywhere if len({b[name].shape for b in by_step}) == 1]
+    notes = []
+    all_names = list(dict.fromkeys(m.name for r in reports for m in r.modules))
+    partial_names = [name for name in all_names if name not in everywhere]
+    if partial_names:
+        notes.append(f"{len(partial_names)} module(s) are not in every checkpoint and are left out of "
+                     f"the series (each checkpoint's own audit still lists them): {_names(partial_names)}.")
+    reshaped = [name for name in everywhere if name not in same_shape]
+    if reshaped:
+        notes.append(f"{len(reshaped)} module(s) change shape between checkpoints and are left out of "
+                     f"the series: {_names(reshaped)}.")
+    modules, rank_changes = [], []
+    for name in same_shape:
+        reps = [b[name] for b in by_step]
+        ranks = [m.rank for m in reps]
+        if len(set(ranks)) > 1:
+            rank_changes.append(name)
+        recommended = [m.recommended_rank for m in reps]
+        k = min(top, ranks[-1], reps[-1].shape[1])
+        modules.append(ModuleSeries(
+            name=name, layer=reps[-1].layer, module_type=reps[-1].module_type, steps=steps, rank=ranks,
+            singular_values=[m.singular_values for m in reps],
+            energy_rank=[dict(m.energy_rank) for m in reps],
+            stable_rank=[m.stable_rank for m in reps], recommended_rank=recommended,
+            phi_next=[p.get(name) for p in phi_next], phi_last=[p.get(name) for p in phi_last],
+            chance=k / reps[-1].shape[1], settled_step=steps[settled_index(recommended)]))
+    if rank_changes:
+        notes.append(f"{len(rank_changes)} module(s) change their stored rank r between checkpoints "
+                     f"(phi compares the top min({top}, r_1, r_2) directions): {_names(rank_changes)}.")
+    return modules, notes
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    kept = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(kept)) if kept else None
+
+
+def _adapter_rows(steps: Sequence[int], modules: Sequence[ModuleSeries]) -> list[dict]:
+    rows = []
+    for i, step in enumerate(steps):
+        rec = [m.recommended_rank[i] for m in modules]
+        rows.append({
+            "step": step, "modules": len(modules),
+            "directions": int(sum(rec)),
+            "recommended_rank_median": float(np.median(rec)) if rec else None,
+            **{f"energy_rank_{t}_mean": _mean(m.energy_rank[i][t] for m in modules)
+               for t in (modules[0].energy_rank[i] if modules else {})},
+            "stable_rank_mean": _mean(m.stable_rank[i] for m in modules),
+            "energy": float(sum(float(np.sum(m.singular_values[i] ** 2)) for m in modules)),
+            "phi_next_mean": _mean(m.phi_next[i] for m in modules),
+            "phi_last_mean": _mean(m.phi_last[i] for m in modules),
+        })
+    return rows
