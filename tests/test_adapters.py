@@ -359,30 +359,45 @@ class TestFormats:
         assert parse_module_name(name) == expected
 
 
-class TestUnsupported:
-    """LoHa, LoKr and DoRA are recognised and named."""
+class TestFamilies:
+    """LoHa, LoKr and DoRA keys are read as their families; configs must agree with the tensors."""
 
-    @pytest.mark.parametrize("keys, kind", [
-        (["m.hada_w1_a", "m.hada_w1_b", "m.hada_w2_a", "m.hada_w2_b"], "LoHa"),
-        (["m.lokr_w1", "m.lokr_w2_a", "m.lokr_w2_b"], "LoKr"),
-        (["m.lora_A.weight", "m.lora_B.weight", "m.lora_magnitude_vector"], "DoRA"),
-        (["m.lora_down.weight", "m.lora_up.weight", "m.dora_scale"], "DoRA"),
+    @pytest.mark.parametrize("keys, family", [
+        (["m.hada_w1_a", "m.hada_w1_b", "m.hada_w2_a", "m.hada_w2_b"], "loha"),
+        (["m.lokr_w1", "m.lokr_w2_a", "m.lokr_w2_b"], "lokr"),
+        (["m.lora_A.weight", "m.lora_B.weight", "m.lora_magnitude_vector"], "dora"),
+        (["m.lora_down.weight", "m.lora_up.weight", "m.dora_scale"], "dora"),
     ])
-    def test_keys(self, keys, kind):
-        """Key names give the adapter type away before any data is read."""
-        data = save({k: np.ones((2, 2), np.float32) for k in keys})
-        with pytest.raises(UnsupportedAdapterError, match=rf"is a {kind} .*lorarank audits plain LoRA only"):
-            load_adapter_bytes({"x.safetensors": data})
+    def test_keys(self, keys, family):
+        """Key names decide the family."""
+        arrays = {k: np.ones((2, 2), np.float32) for k in keys}
+        for k in keys:
+            if k.endswith(("magnitude_vector", "dora_scale")):
+                arrays[k] = np.ones((2, 1) if "dora_scale" in k else (2,), np.float32)
+        adapter = load_adapter_bytes({"x.safetensors": save(arrays)})
+        assert [m.family for m in adapter.modules] == [family]
+        assert adapter.describe()["families"] == [family]
 
-    @pytest.mark.parametrize("config, kind", [({"use_dora": True}, "DoRA"), ({"peft_type": "LOHA"}, "LoHa"),
-                                              ({"peft_type": "LOKR"}, "LoKr")])
-    def test_config(self, config, kind):
-        """A config declaring DoRA / LoHa / LoKr is refused with the name."""
+    @pytest.mark.parametrize("config, pattern", [
+        ({"use_dora": True}, r"use_dora but module 'm' has no lora_magnitude_vector"),
+        ({"peft_type": "LOHA"}, r"peft_type LOHA but the weights hold LoRA tensors"),
+        ({"peft_type": "LOKR"}, r"peft_type LOKR but the weights hold LoRA tensors"),
+    ])
+    def test_config_disagrees(self, config, pattern):
+        """A config declaring DoRA / LoHa / LoKr over plain LoRA tensors is named."""
         rng = np.random.default_rng(16)
         a, b = pair(rng)
-        with pytest.raises(UnsupportedAdapterError, match=kind):
+        with pytest.raises(AdapterError, match=pattern):
             load_adapter_bytes({"w.safetensors": save({"m.lora_A.weight": a, "m.lora_B.weight": b}),
                                 "adapter_config.json": json.dumps({"r": 4, **config}).encode()})
+
+    def test_unsupported_peft_type(self):
+        """A PEFT type lorarank does not read (IA3) is refused by name."""
+        rng = np.random.default_rng(16)
+        a, b = pair(rng)
+        with pytest.raises(UnsupportedAdapterError, match=r"is a PEFT IA3 adapter"):
+            load_adapter_bytes({"w.safetensors": save({"m.lora_A.weight": a, "m.lora_B.weight": b}),
+                                "adapter_config.json": json.dumps({"r": 4, "peft_type": "IA3"}).encode()})
 
 
 # -------------------------------------------------------------------------------- bad input

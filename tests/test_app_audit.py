@@ -286,7 +286,7 @@ BAD_FILES = [
                   "adapter_config.json": b"{not json"},
      "adapter_config.json is not valid JSON"),
     ("loha", {"a.safetensors": st_save({"m.hada_w1_a": np.ones((2, 2), np.float32)})},
-     "a.safetensors is a LoHa adapter (tensor 'm.hada_w1_a'); lorarank audits plain LoRA only"),
+     "a.safetensors: tensor 'm.hada_w1_a' has no partner 'm.hada_w1_b' for module 'm'"),
 ]
 
 

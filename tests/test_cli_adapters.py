@@ -101,7 +101,7 @@ class TestErrors:
     @pytest.mark.parametrize("argv, message", [
         (["audit", "{d}/empty.safetensors"], "empty.safetensors is not a valid safetensors file (only 0 bytes)"),
         (["audit", "{d}/notes.npz"], "notes.npz is not an .npz archive (it does not start with a zip signature)"),
-        (["audit", "{d}/loha.safetensors"], "loha.safetensors is a LoHa adapter (tensor 'm.hada_w1_a'); lorarank audits plain LoRA only"),
+        (["audit", "{d}/loha.safetensors"], "loha.safetensors: tensor 'm.hada_w1_a' has no partner 'm.hada_w1_b' for module 'm'"),
         (["audit", "{d}/missing"], "no such file or folder: {d}/missing"),
         (["resize", "{d}/ok.safetensors", "--rank", "0", "-o", "{d}/out.npz"], "`rank` should be at least 1, got 0"),
         (["resize", "{d}/ok.safetensors", "--energy", "1.5", "-o", "{d}/out.npz"], "`value` should be at most 1, got 1.5"),

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 # Family modules register their layouts on import: plain LoRA first (its suffixes win).
 from . import lora as _lora  # noqa: F401  (registers)
-from . import dora as _dora, loha as _loha, lokr as _lokr  # noqa: F401  (register refusals)
+from . import adalora as _adalora, dora as _dora, locon as _locon  # noqa: F401  (register)
+from . import loha as _loha, lokr as _lokr  # noqa: F401  (register)
 from ._config import peft_pattern_key
-from ._load import load_adapter, load_adapter_bytes
+from ._load import load_adapter, load_adapter_bytes, load_adapters
 from ._model import FAMILIES, Adapter, Extra, LoraModule
 from ._tensors import MAX_NPZ_EXPANSION
 from ._write import WRITE_FORMATS, adapter_files, save_adapter
@@ -44,6 +45,7 @@ __all__ = [
     "Extra",
     "load_adapter",
     "load_adapter_bytes",
+    "load_adapters",
     "adapter_files",
     "save_adapter",
     "parse_module_name",

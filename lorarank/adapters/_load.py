@@ -9,18 +9,66 @@ from __future__ import annotations
 
 import io
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from ..errors import AdapterError, UnsupportedAdapterError
 from . import _registry
-from ._config import check_override, parse_config
-from ._model import Adapter, LoraModule
+from ._config import check_override, loads_bounded, parse_config
+from ._metadata import training_metadata
+from ._model import Adapter, Extra, LoraModule
+from ._scales import apply_scales, config_bool
 from ._tensors import Tensors, npz_tensors, safetensors_from_bytes, safetensors_from_path
-from .lora import apply_scales
-from .names import natural_key
+from .gguf_lora import GGUF_MAGIC, load_gguf_bytes, load_gguf_path
+from .names import PEFT_PREFIX, natural_key
 
-__all__ = ["load_adapter", "load_adapter_bytes"]
+__all__ = ["load_adapter", "load_adapter_bytes", "load_adapters", "named_adapters"]
+
+_WEIGHT_SUFFIXES = (".safetensors", ".npz", ".gguf")
+_NON_WEIGHTS = ("base_weights.safetensors",)   # DoRA samples keep the base model's weights beside
+
+
+def named_adapters(folder: Path) -> list[Path]:
+    """Subfolders of ``folder`` that hold an adapter each (a config and a weights file), sorted."""
+    subs = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if (sub / "adapter_config.json").is_file() and any(
+                p.suffix in _WEIGHT_SUFFIXES and p.is_file() for p in sub.iterdir()):
+            subs.append(sub)
+    return subs
+
+
+def load_adapters(path: str | os.PathLike, *, config: str | os.PathLike | None = None,
+                  alpha: float | None = None, scale: float | None = None) -> list[Adapter]:
+    """Every adapter at ``path``: one for a file or adapter folder, one per named subfolder.
+
+    PEFT's ``save_pretrained`` of a model with several named adapters writes each into its own
+    subfolder (``summarize/``, ``translate/``) with its own config; each is read and named
+    (:attr:`Adapter.name`).
+
+    Parameters
+    ----------
+    path : str or PathLike
+    config, alpha, scale
+        As in :func:`load_adapter` (applied to every adapter).
+
+    Returns
+    -------
+    list of Adapter
+    """
+    path = Path(path)
+    if path.is_dir() and not _weights_in(path):
+        subs = named_adapters(path)
+        if subs:
+            return [replace(load_adapter(sub, config=config, alpha=alpha, scale=scale), name=sub.name)
+                    for sub in subs]
+    return [load_adapter(path, config=config, alpha=alpha, scale=scale)]
+
+
+def _weights_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix in _WEIGHT_SUFFIXES and p.is_file() and p.name not in _NON_WEIGHTS)
 
 
 def load_adapter(path: str | os.PathLike, *, config: str | os.PathLike | None = None,
@@ -59,9 +107,14 @@ def load_adapter(path: str | os.PathLike, *, config: str | os.PathLike | None = 
         raise FileNotFoundError(2, "No such file or directory", str(path))
     config_path: Path | None = None
     if path.is_dir():
-        weights = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".npz") and p.is_file())
+        weights = _weights_in(path)
         if not weights:
-            raise AdapterError(f"folder {path} holds no .safetensors or .npz weights file")
+            subs = named_adapters(path)
+            if subs:
+                names = ", ".join(p.name for p in subs)
+                raise AdapterError(f"folder {path} holds several named adapters ({names}); pass one of them, "
+                                   f"e.g. {subs[0]}")
+            raise AdapterError(f"folder {path} holds no .safetensors, .npz or .gguf weights file")
         preferred = [p for p in weights if p.name in ("adapter_model.safetensors", "adapters.safetensors")]
         if len(preferred) == 1:
             weights = preferred
@@ -83,6 +136,8 @@ def load_adapter(path: str | os.PathLike, *, config: str | os.PathLike | None = 
     config = parse_config(config_path.name, config_path.read_bytes()) if config_path else None
     with open(weights_path, "rb") as fh:
         head = fh.read(4)
+    if head == GGUF_MAGIC:
+        return load_gguf_path(weights_path, alpha=alpha, scale=scale)
     if head[:2] == b"PK" or weights_path.suffix == ".npz":
         with open(weights_path, "rb") as fh:
             tensors = npz_tensors(weights_path.name, fh, weights_path.stat().st_size)
@@ -119,6 +174,9 @@ def load_adapter_bytes(files: Mapping[str, bytes] | Iterable[tuple[str, bytes]],
     config = parse_config(*configs[0]) if configs else None
     name, data = weights[0]
     data = bytes(data) if not isinstance(data, bytes) else data
+    if data[:4] == GGUF_MAGIC:
+        alpha, scale = check_override(alpha, scale)
+        return load_gguf_bytes(name, data, alpha=alpha, scale=scale)
     if data[:2] == b"PK" or str(name).lower().endswith(".npz"):
         tensors = npz_tensors(name, io.BytesIO(data), len(data))
     else:
@@ -127,76 +185,164 @@ def load_adapter_bytes(files: Mapping[str, bytes] | Iterable[tuple[str, bytes]],
     return _build(tensors, config, source, alpha=alpha, scale=scale)
 
 
-# A bare pair ``A`` / ``B`` in an npz is one unnamed module.
-_NPZ_SINGLE = next(lay for lay in _registry.layouts() if lay.format == "npz")
+_KINDS = {"lora": "LoRA", "dora": "DoRA", "adalora": "AdaLoRA", "loha": "LoHa", "lokr": "LoKr",
+          "locon-tucker": "LyCORIS LoCon (Tucker)"}
+
+
+def _classify(keys: list[str]) -> tuple[dict[str, dict[str, dict[str, str]]], dict[str, str], list[str]]:
+    """Group keys: format -> module -> {role: key}; alpha keys by module; the rest."""
+    found: dict[str, dict[str, dict[str, str]]] = {}
+    alpha_keys: dict[str, str] = {}
+    rest: list[str] = []
+    for key in keys:
+        if key in ("A", "B"):
+            found.setdefault("npz", {}).setdefault("", {})[key] = key
+            continue
+        hit = _registry.classify(key)
+        if hit is not None:
+            fmt, name, role = hit
+            found.setdefault(fmt, {}).setdefault(name, {})[role] = key
+        elif key == "alpha" or key.endswith(".alpha"):
+            alpha_keys[key[: -len(".alpha")] if key != "alpha" else ""] = key
+        elif key.endswith(".network_alpha"):
+            alpha_keys[key[: -len(".network_alpha")]] = key
+        else:
+            rest.append(key)
+    return found, alpha_keys, rest
+
+
+def _select_layouts(fmt: str, named: dict[str, dict[str, str]], source: str, rest: list[str]):
+    """The layout of every module; modules with only optional keys go back to ``rest``."""
+    chosen: dict[str, _registry.Layout] = {}
+    for name, roles in list(named.items()):
+        if fmt == "npz" and name == "" and set(roles.values()) <= {"A", "B"}:
+            roles = {r: "." + k for r, k in roles.items()}   # a bare pair A / B: one unnamed module
+        layout = _registry.select(fmt, name, roles)
+        if layout is not None:
+            chosen[name] = layout
+            continue
+        candidates = [lay for lay in _registry.layouts() if lay.format == fmt
+                      and any(r in roles for r in lay.required)]
+        if not candidates:      # e.g. a lone ".m" tensor: not a factor of anything
+            rest.extend(roles.values())
+            del named[name]
+            continue
+        best = max(candidates, key=lambda lay: sum(r in roles for r in lay.required))
+        missing = [r for r in best.required if r not in roles]
+        have = next(iter(roles.values()))
+        if missing:
+            role = missing[0]
+            what = f"{role} factor" if role in ("A", "B") else repr(name + dict(best.roles)[role])
+            raise AdapterError(f"{source}: tensor {have!r} has no partner {what} "
+                               f"for module {name or '(unnamed)'!r}")
+        extra = sorted(set(roles) - {r for r, _ in best.roles})
+        raise AdapterError(f"{source}: module {name or '(unnamed)'!r} mixes {_KINDS[best.family]} tensors "
+                           f"with {', '.join(repr(roles[r]) for r in extra)}")
+    return chosen
+
+
+def _diffusers_components(tensors: Tensors, source: str) -> dict[str, dict] | None:
+    """Per-component PEFT configs from ``__metadata__["lora_adapter_metadata"]`` (diffusers)."""
+    text = tensors.metadata.get("lora_adapter_metadata")
+    if text is None:
+        return None
+    meta = loads_bounded(source, text, what="lora_adapter_metadata")
+    if not isinstance(meta, dict):
+        raise AdapterError(f"{source}: lora_adapter_metadata should be a JSON object")
+    components: dict[str, dict] = {}
+    for key, value in meta.items():
+        prefix, _, field_name = str(key).partition(".")
+        if field_name:
+            components.setdefault(prefix, {})[field_name] = value
+    return components or None
 
 
 def _build(tensors: Tensors, config: dict | None, source: str, *, alpha: float | None,
-           scale: float | None) -> Adapter:
+           scale: float | None, name: str = "") -> Adapter:
     alpha, scale = check_override(alpha, scale)
     keys = tensors.keys()
     # 1. Refuse what we recognise but cannot audit, before reading any data.
     for key in keys:
         kind = _registry.refusal(key)
         if kind is not None:
-            raise UnsupportedAdapterError(
-                f"{source} is a {kind} adapter (tensor {key!r}); lorarank audits plain LoRA only"
-            )
+            raise UnsupportedAdapterError(f"{source} is a {kind} adapter (tensor {key!r}), which lorarank "
+                                          "does not read yet")
+    peft_type = None
     if config is not None:
-        peft_type = str(config.get("peft_type", "LORA")).upper()
-        if peft_type in ("LOHA", "LOKR"):
-            kind = {"LOHA": "LoHa", "LOKR": "LoKr"}[peft_type]
-            raise UnsupportedAdapterError(f"{source} is a {kind} adapter (peft_type {peft_type}); "
-                                          "lorarank audits plain LoRA only")
-        if config.get("use_dora"):
-            raise UnsupportedAdapterError(f"{source} is a DoRA adapter (use_dora is true); "
-                                          "lorarank audits plain LoRA only")
+        peft_type = str(config.get("peft_type") or "LORA").upper()
+        if peft_type not in _PEFT_TYPES:
+            raise UnsupportedAdapterError(f"{source} is a PEFT {peft_type} adapter (peft_type in the config), "
+                                          f"which lorarank does not read; it reads {', '.join(_PEFT_TYPES)}")
     # 2. Classify keys by the registered layouts.
-    found: dict[str, dict[str, dict[str, str]]] = {}   # format -> module -> {role: key}
-    layouts: dict[str, _registry.Layout] = {}
-    alpha_keys: dict[str, str] = {}
-    ignored: list[str] = []
-    for key in keys:
-        if key == "A" or key == "B":
-            found.setdefault("npz", {}).setdefault("", {})[key] = key
-            layouts[""] = _NPZ_SINGLE
-            continue
-        hit = _registry.classify(key)
-        if hit is not None:
-            layout, name, role = hit
-            found.setdefault(layout.format, {}).setdefault(name, {})[role] = key
-            layouts[name] = layout
-        elif key == "alpha" or key.endswith(".alpha"):
-            alpha_keys[key[: -len(".alpha")] if key != "alpha" else ""] = key
+    found, alpha_keys, rest = _classify(keys)
+    for fmt in list(found):
+        layouts_of = _select_layouts(fmt, found[fmt], source, rest)
+        if not found[fmt]:
+            del found[fmt]
         else:
-            ignored.append(key)
+            found[fmt] = {n: (roles, layouts_of[n]) for n, roles in found[fmt].items()}
     if not found:
         few = ", ".join(repr(k) for k in keys[:3]) or "none"
         raise AdapterError(
             f"{source} holds no LoRA factors (tensors: {few}); expected keys like "
             "'<module>.lora_A.weight' / '.lora_B.weight', '.lora_down.weight' / '.lora_up.weight', "
-            "'.lora_a' / '.lora_b' or 'A' / 'B'"
+            "'.lora_a' / '.lora_b', 'hada_w1_a', 'lokr_w1' or 'A' / 'B'"
         )
+    # PEFT and LyCORIS name LoHa / LoKr tensors alike: a PEFT config or prefix makes them PEFT's.
+    if "kohya" in found and "peft" not in found:
+        lyco = {lay.family for _, lay in found["kohya"].values()} <= {"loha", "lokr"}
+        if lyco and (peft_type in ("LOHA", "LOKR") or all(n.startswith(PEFT_PREFIX) for n in found["kohya"])):
+            found["peft"] = found.pop("kohya")
     if len(found) > 1:
         raise AdapterError(f"{source} mixes the key conventions of {' and '.join(sorted(found))}")
     fmt, named = next(iter(found.items()))
-    # 3. Read each module with its family, fix orientation and compute each module's scale.
-    rslora = bool(config.get("use_rslora", False)) if (config and fmt == "peft") else False
-    modules: list[LoraModule] = []
-    for name, roles in named.items():
-        layout = layouts[name]
-        missing = [r for r in layout.required if r not in roles]
-        if missing:
-            have = next(iter(roles.values()))
-            raise AdapterError(f"{source}: tensor {have!r} has no partner {missing[0]} factor "
-                               f"for module {name or '(unnamed)'!r}")
-        modules.append(layout.read(tensors, name, roles, source))
-    scaled, note = apply_scales(fmt, modules, tensors, alpha_keys, config, source,
-                                alpha=alpha, scale=scale, rslora=rslora)
-    uses_alpha = fmt in ("kohya", "diffusers", "npz") and alpha is None and scale is None
+    # 3. Read each module with its family, then compute each module's scale.
+    components = _diffusers_components(tensors, source) if fmt == "peft" and config is None else None
+    rslora = config_bool(config, "use_rslora") if (config and fmt == "peft") else False
+    modules: list[LoraModule] = [layout.read(tensors, n, roles, source) for n, (roles, layout) in named.items()]
+    _check_family_config(fmt, modules, config, source)
+    scaled, note = apply_scales(fmt, modules, tensors, alpha_keys, config, source, alpha=alpha, scale=scale,
+                                rslora=rslora, components=components)
+    if components:
+        fmt = "diffusers"
+    uses_alpha = fmt in ("kohya", "diffusers", "npz") and alpha is None and scale is None and not components
     used_alpha = {k for n, k in alpha_keys.items() if uses_alpha and (n in named or (n == "" and fmt == "npz"))}
-    ignored += [k for k in alpha_keys.values() if k not in used_alpha]
+    ignored = rest + [k for k in alpha_keys.values() if k not in used_alpha]
     scaled.sort(key=lambda m: natural_key(m.name))
+    extras = {k: _extra(tensors, k) for k in rest}
     return Adapter(format=fmt, modules=scaled, scaling=note, source=source,
-                   config=config if fmt in ("peft", "mlx") else None, ignored=ignored)
+                   config=config if fmt in ("peft", "mlx") else None, ignored=ignored,
+                   metadata=training_metadata(config, tensors.metadata, fmt), extras=extras, name=name)
 
+
+_PEFT_TYPES = ("LORA", "ADALORA", "LOHA", "LOKR")
+
+
+def _extra(tensors: Tensors, key: str) -> Extra:
+    dtype_name, shape = tensors.entries[key]
+    return Extra(dtype=dtype_name, shape=tuple(shape), loader=lambda: tensors.raw(key))
+
+
+def _check_family_config(fmt: str, modules: list[LoraModule], config: dict | None, source: str) -> None:
+    """The config and the tensors must agree on the family (a DoRA config without magnitudes, ...)."""
+    families = {m.family for m in modules}
+    if config is None:
+        return
+    if fmt == "peft":
+        peft_type = str(config.get("peft_type") or "LORA").upper()
+        expected = {"LORA": {"lora", "dora"}, "ADALORA": {"adalora"}, "LOHA": {"loha"}, "LOKR": {"lokr"}}[peft_type]
+        if not families <= expected:
+            found = ", ".join(_KINDS[f] for f in sorted(families - expected))
+            raise AdapterError(f"{source}: the config says peft_type {peft_type} but the weights hold {found} tensors")
+        if peft_type == "LORA":
+            use_dora = config_bool(config, "use_dora")
+            if use_dora and "lora" in families:
+                plain = next(m.name for m in modules if m.family == "lora")
+                raise AdapterError(f"{source}: the config says use_dora but module {plain!r} has no "
+                                   "lora_magnitude_vector")
+    if fmt == "mlx":
+        tune = config.get("fine_tune_type", "lora")
+        if tune == "dora" and "lora" in families:
+            plain = next(m.name for m in modules if m.family == "lora")
+            raise AdapterError(f"{source}: adapter_config.json says fine_tune_type dora but module {plain!r} "
+                               "has no magnitude '.m'")

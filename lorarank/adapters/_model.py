@@ -8,6 +8,7 @@ two documented extensions); :class:`Adapter` is a whole file or folder.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -35,13 +36,19 @@ class Extra:
     dtype : str
         safetensors dtype name (``"F32"``, ``"BF16"``, ...).
     shape : tuple of int
-    data : bytes
-        The raw little-endian buffer as stored.
+    loader : callable
+        Returns the raw little-endian buffer as stored; read on demand (:attr:`data`), so an
+        adapter with a large ``lm_head`` costs no memory until it is written back.
     """
 
     dtype: str
     shape: tuple[int, ...]
-    data: bytes
+    loader: Callable[[], bytes] = field(repr=False, compare=False)
+
+    @property
+    def data(self) -> bytes:
+        """The stored bytes."""
+        return self.loader()
 
 
 # ---------------------------------------------------------------------------------- data model
@@ -216,6 +223,8 @@ class Adapter:
             "modules": len(self.modules),
             "params": self.num_params,
             "ignored_tensors": len(self.ignored),
+            "extras": len(self.extras),
+            "metadata": dict(self.metadata),
         }
 
 

@@ -16,7 +16,7 @@ from typing import Callable
 from ._model import LoraModule
 from ._tensors import Tensors
 
-__all__ = ["Layout", "register", "refuse", "classify", "refusal", "layouts"]
+__all__ = ["Layout", "register", "refuse", "classify", "select", "refusal", "layouts"]
 
 
 @dataclass(frozen=True)
@@ -72,10 +72,30 @@ def refusal(key: str) -> str | None:
     return None
 
 
-def classify(key: str) -> tuple[Layout, str, str] | None:
-    """``(layout, module name, role)`` of a tensor key, or None if no layout claims it."""
+def classify(key: str) -> tuple[str, str, str] | None:
+    """``(format, module name, role)`` of a tensor key, or None if no layout claims it.
+
+    The longest matching suffix wins (``.lora_mid.weight`` before a shorter one).
+    """
+    best: tuple[int, str, str, str] | None = None
     for layout in _LAYOUTS:
         for role, suffix in layout.roles:
-            if key.endswith(suffix):
-                return layout, key[: -len(suffix)], role
-    return None
+            if key.endswith(suffix) and len(key) > len(suffix) - 1 and (best is None or len(suffix) > best[0]):
+                best = (len(suffix), layout.format, key[: -len(suffix)], role)
+    return None if best is None else best[1:]
+
+
+def _names_keys(layout: Layout, name: str, keys: dict[str, str]) -> bool:
+    suffixes = dict(layout.roles)
+    return all(role in suffixes and key == name + suffixes[role] for role, key in keys.items())
+
+
+def select(fmt: str, name: str, keys: dict[str, str]) -> Layout | None:
+    """The layout of ``fmt`` that reads module ``name`` with exactly these ``{role: key}``.
+
+    Among layouts whose suffixes name every key and whose required roles are all present, the
+    one with the most required roles wins (LoRA + magnitude is DoRA, not LoRA).
+    """
+    fits = [lay for lay in _LAYOUTS if lay.format == fmt and _names_keys(lay, name, keys)
+            and set(lay.required) <= set(keys)]
+    return max(fits, key=lambda lay: len(lay.required)) if fits else None

@@ -60,10 +60,20 @@ class Tensors:
     """Uniform read access to the named tensors of one file (lazy where the format allows)."""
 
     def __init__(self, source: str, entries: dict[str, tuple[str, tuple[int, ...]]],
-                 getter: Callable[[str], np.ndarray]):
+                 getter: Callable[[str], np.ndarray], metadata: dict[str, str] | None = None,
+                 raw: Callable[[str], bytes] | None = None):
         self.source = source
         self.entries = entries  # name -> (safetensors dtype name, shape)
         self._get = getter
+        self.metadata = dict(metadata or {})  # safetensors __metadata__ (str -> str)
+        self._raw = raw
+
+    def raw(self, key: str) -> bytes:
+        """The stored bytes of ``key`` (any dtype), for keeping non-LoRA tensors byte-identical."""
+        if self._raw is None:
+            arr = self._get(key)
+            return np.ascontiguousarray(arr).tobytes()
+        return self._raw(key)
 
     def keys(self) -> list[str]:
         return list(self.entries)
@@ -99,6 +109,8 @@ def safetensors_from_path(path: Path) -> Tensors:
     source = path.name
     if path.stat().st_size < 8:
         raise AdapterError(f"{source} is not a valid safetensors file (only {path.stat().st_size} bytes)")
+    with open(path, "rb") as fh:
+        metadata, header = check_safetensors_header(source, fh.read(8), fh.read, path.stat().st_size)
     try:
         handle = safetensors.safe_open(str(path), framework="numpy")
         entries = {}
@@ -110,11 +122,23 @@ def safetensors_from_path(path: Path) -> Tensors:
 
     def get(key: str) -> np.ndarray:
         try:
+            if entries[key][0] not in FLOAT_DTYPES and entries[key][0] not in INT_DTYPES:
+                return np.frombuffer(raw(key), dtype=np.uint8)
             return handle.get_tensor(key)
         except Exception as exc:
             raise _safetensors_error(source, exc) from exc
 
-    return Tensors(source, entries, get)
+    def raw(key: str) -> bytes:
+        start, end = offsets[key]
+        with open(path, "rb") as fh:
+            fh.seek(data_start + start)
+            return fh.read(end - start)
+
+    with open(path, "rb") as fh:
+        data_start = 8 + struct.unpack("<Q", fh.read(8))[0]
+    offsets = {k: (int(v["data_offsets"][0]), int(v["data_offsets"][1]))
+               for k, v in header.items() if k != "__metadata__"}
+    return Tensors(source, entries, get, metadata, raw)
 
 
 def safetensors_from_bytes(source: str, data: bytes) -> Tensors:
@@ -122,6 +146,15 @@ def safetensors_from_bytes(source: str, data: bytes) -> Tensors:
 
     if len(data) < 8:
         raise AdapterError(f"{source} is not a valid safetensors file (only {len(data)} bytes)")
+    view = memoryview(data)
+    pos = [8]
+
+    def read(n: int) -> bytes:
+        chunk = bytes(view[pos[0]:pos[0] + n])
+        pos[0] += n
+        return chunk
+
+    metadata, _ = check_safetensors_header(source, bytes(view[:8]), read, len(data))
     try:
         flat = safetensors.deserialize(bytes(data) if not isinstance(data, bytes) else data)
     except Exception as exc:
@@ -137,7 +170,51 @@ def safetensors_from_bytes(source: str, data: bytes) -> Tensors:
         dtype = FLOAT_DTYPES.get(dtype_name) or INT_DTYPES[dtype_name]
         return np.frombuffer(raw[key], dtype=dtype).reshape(shape)
 
-    return Tensors(source, entries, get)
+    return Tensors(source, entries, get, metadata, lambda key: bytes(raw[key]))
+
+
+#: Bounds on a safetensors header, checked before the library parses it (issue 12).
+MAX_HEADER_BYTES = 16 * 2**20
+MAX_TENSORS = 50_000
+MAX_METADATA_VALUE = 4 * 2**20
+
+
+def check_safetensors_header(source: str, head: bytes, read: Callable[[int], bytes],
+                             size: int) -> tuple[dict[str, str], dict]:
+    """Check a safetensors header's size, nesting and tensor count.
+
+    Returns ``(__metadata__, header)``; both empty when the header is left for the library to
+    reject.
+
+    The 8-byte length and the JSON header are read here with caps (:data:`MAX_HEADER_BYTES`,
+    :data:`MAX_TENSORS`) so that a file of a million tiny tensors or a deeply nested header is
+    refused in bounded time and memory before the library builds anything from it. Everything
+    else (offsets, dtypes, no overlap, no gap) is left to the ``safetensors`` library.
+    """
+    from ._config import loads_bounded
+
+    (length,) = struct.unpack("<Q", head[:8])
+    if length > MAX_HEADER_BYTES and length <= size - 8:
+        raise AdapterError(f"{source} has a {length / 2**20:,.1f} MiB safetensors header; lorarank "
+                           f"reads headers up to {MAX_HEADER_BYTES // 2**20} MiB")
+    if length > size - 8 or length > MAX_HEADER_BYTES:
+        return {}, {}  # the library names these (header too large / invalid header length)
+    text = read(length)
+    count = text.count(b'"data_offsets"')
+    if count > MAX_TENSORS:
+        raise AdapterError(f"{source} declares {count:,} tensors; lorarank reads at most "
+                           f"{MAX_TENSORS:,} (a LoRA adapter has a few thousand at most)")
+    try:
+        header = loads_bounded(source, text, what="safetensors header")
+    except AdapterError as exc:
+        if "levels deep" in str(exc) or "MiB" in str(exc):
+            raise
+        return {}, {}  # not JSON: the library names it
+    if not isinstance(header, dict):
+        return {}, {}  # the library names it
+    meta = header.get("__metadata__")
+    meta = {str(k): v for k, v in meta.items() if isinstance(v, str)} if isinstance(meta, dict) else {}
+    return meta, header
 
 
 # What a damaged zip archive or .npy member can raise while being read: bad headers and CRCs,

@@ -122,6 +122,20 @@ def _default_write_format(adapter: Adapter) -> str:
     return "npz"
 
 
+def _check_writable(adapter: Adapter) -> None:
+    """Refuse what a plain-LoRA file cannot hold exactly, with one sentence."""
+    if adapter.format == "gguf":
+        raise ConfigError("adapters read from GGUF are not written back: llama.cpp permuted the rows of their "
+                          "q / k factors, so a PEFT or kohya file would not match the model")
+    for m in adapter.modules:
+        if m.kron_left is not None:
+            raise ConfigError(f"module {m.name!r} is LoKr (a Kronecker product), which the writers do not store "
+                              "as such; resize it first (the result is plain LoRA of the same update)")
+        if m.magnitude is not None:
+            raise ConfigError(f"module {m.name!r} is DoRA: its magnitude vector rescales W0 + s*B@A, so plain "
+                              "LoRA factors cannot express it; lorarank does not write DoRA adapters")
+
+
 def adapter_files(adapter: Adapter, *, format: str | None = None,
                   dtype: str | None = None) -> dict[str, bytes]:
     """Serialise an adapter to files, as bytes (for downloads).
@@ -148,6 +162,7 @@ def adapter_files(adapter: Adapter, *, format: str | None = None,
     target = None if dtype is None else _WRITE_DTYPES[check_choice("dtype", dtype, tuple(_WRITE_DTYPES))]
     if not adapter.modules:
         raise ConfigError("the adapter has no modules to write")
+    _check_writable(adapter)
     writer = {"peft": _peft_files, "kohya": _kohya_file, "npz": _npz_file}[fmt]
     return writer(adapter, target)
 

@@ -1,7 +1,105 @@
-"""LoHa: recognised by key name; refused until its reader lands (issue 8)."""
+"""LoHa (PEFT ``LoHaConfig`` and LyCORIS / kohya ``hada_*``), with the optional Tucker cores.
+
+The update is a Hadamard product of two rank-r products,
+``dW = scale * (W1a W1b) * (W2a W2b)``. Its exact small factorisation is the row-wise
+Khatri-Rao product of the factors:
+
+    (B1 A1) * (B2 A2) = B A,   B[o, (i, j)] = B1[o, i] B2[o, j],   A[(i, j), c] = A1[i, c] A2[j, c]
+
+so ``B`` is (d_out, r1 * r2), ``A`` is (r1 * r2, d_in) and q = r1 * r2 (``stored_rank`` = r,
+the dim the scale divides by). The products are formed in float64 (exact to one rounding).
+With Tucker cores (``hada_t1`` (r, r, kh, kw), ``hada_w1_a`` (r, out), ``hada_w1_b`` (r, in)),
+each half is ``einsum("ijk,ip,jr->prk", t, wa, wb)`` flattened to (out, in * kh * kw), whose
+exact rank-r factorisation is ``B = wa.T`` and ``A[i, (r, k)] = sum_j t[i, j, k] wb[j, r]``.
+"""
 
 from __future__ import annotations
 
-from ._registry import refuse
+import numpy as np
 
-refuse(r"(^|[._])hada_(w1|w2|t1|t2)", "LoHa")
+from ..errors import AdapterError
+from ._model import LoraModule
+from ._registry import Layout, register
+from ._tensors import Tensors
+from .lora import read_factor, stored_size
+
+__all__ = ["khatri_rao_rows", "tucker_half"]
+
+
+def khatri_rao_rows(b1: np.ndarray, a1: np.ndarray, b2: np.ndarray, a2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(B, A)`` with ``B @ A == (b1 @ a1) * (b2 @ a2)`` exactly (float64).
+
+    Parameters
+    ----------
+    b1 : ndarray of shape (d_out, r1)
+    a1 : ndarray of shape (r1, d_in)
+    b2 : ndarray of shape (d_out, r2)
+    a2 : ndarray of shape (r2, d_in)
+
+    Returns
+    -------
+    B : ndarray of shape (d_out, r1 * r2)
+    A : ndarray of shape (r1 * r2, d_in)
+    """
+    b1, a1, b2, a2 = (np.asarray(x, dtype=np.float64) for x in (b1, a1, b2, a2))
+    d_out, d_in = b1.shape[0], a1.shape[1]
+    big_b = (b1[:, :, None] * b2[:, None, :]).reshape(d_out, -1)
+    big_a = (a1[:, None, :] * a2[None, :, :]).reshape(-1, d_in)
+    return big_b, big_a
+
+
+def tucker_half(t: np.ndarray, wa: np.ndarray, wb: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """Rank-r factors of LyCORIS' ``rebuild_tucker(t, wa, wb)`` flattened to (out, in * prod(k)).
+
+    Returns ``(B, A, kernel)`` with B (out, r), A (r, in * prod(k)) in float64 and
+    ``kernel = (in, *k)``.
+    """
+    t64 = np.asarray(t, dtype=np.float64)
+    r = t64.shape[0]
+    k = tuple(int(d) for d in t64.shape[2:])
+    wb64 = np.asarray(wb, dtype=np.float64)
+    n_in = wb64.shape[1]
+    core = t64.reshape(r, t64.shape[1], -1)                 # (r, r, K)
+    a = np.einsum("ijk,jc->ick", core, wb64).reshape(r, n_in * core.shape[2])
+    return np.asarray(wa, dtype=np.float64).T, a, (n_in, *k)
+
+
+def _half(tensors: Tensors, keys: dict[str, str], n: int, name: str, source: str):
+    wa = read_factor(tensors, keys[f"w{n}a"], source)
+    wb = read_factor(tensors, keys[f"w{n}b"], source)
+    t_key = keys.get(f"t{n}")
+    if t_key is not None:
+        t = read_factor(tensors, t_key, source, min_ndim=3)
+        if wa.ndim != 2 or wb.ndim != 2 or t.shape[0] != wa.shape[0] or t.shape[1] != wb.shape[0]:
+            raise AdapterError(f"{source}: LoHa Tucker factors of {name!r} do not chain: {t_key} {t.shape}, "
+                               f"{keys[f'w{n}a']} {wa.shape}, {keys[f'w{n}b']} {wb.shape}")
+        b, a, kernel = tucker_half(t, wa, wb)
+        return b, a, kernel, int(t.shape[0])
+    if wa.ndim != 2:
+        raise AdapterError(f"{source}: tensor {keys[f'w{n}a']!r} should be 2-D, got shape {wa.shape}")
+    kernel = tuple(int(d) for d in wb.shape[1:]) if wb.ndim > 2 else None
+    wb2 = wb.reshape(wb.shape[0], -1)
+    if wa.shape[1] != wb2.shape[0]:
+        raise AdapterError(f"{source}: LoHa factors of {name!r} do not chain: {keys[f'w{n}a']} has shape "
+                           f"{wa.shape} but {keys[f'w{n}b']} has shape {wb.shape}")
+    return wa, wb2, kernel, int(wa.shape[1])
+
+
+def _read_loha(tensors: Tensors, name: str, keys: dict[str, str], source: str) -> LoraModule:
+    if ("t1" in keys) != ("t2" in keys):
+        raise AdapterError(f"{source}: LoHa module {name!r} has only one of hada_t1 / hada_t2")
+    b1, a1, k1, r1 = _half(tensors, keys, 1, name, source)
+    b2, a2, k2, r2 = _half(tensors, keys, 2, name, source)
+    if b1.shape[0] != b2.shape[0] or a1.shape[1] != a2.shape[1]:
+        raise AdapterError(f"{source}: the two LoHa halves of {name!r} have different shapes "
+                           f"({b1.shape[0]} x {a1.shape[1]} and {b2.shape[0]} x {a2.shape[1]})")
+    big_b, big_a = khatri_rao_rows(b1, a1, b2, a2)
+    return LoraModule(name, big_a, big_b, 1.0, kernel=k1 or k2, family="loha", stored_rank=r1,
+                      stored_params=stored_size(tensors, keys))
+
+
+# LyCORIS / kohya and PEFT use the same suffixes; the loader tells them apart (config, prefix).
+register(Layout(format="kohya", family="loha",
+                roles=(("w1a", ".hada_w1_a"), ("w1b", ".hada_w1_b"), ("w2a", ".hada_w2_a"),
+                       ("w2b", ".hada_w2_b"), ("t1", ".hada_t1"), ("t2", ".hada_t2")),
+                required=("w1a", "w1b", "w2a", "w2b"), read=_read_loha))
