@@ -39,7 +39,7 @@ from .synthetic import SPECTRA, Target, make_target, planted_spectrum
 
 __version__ = "0.1.0"
 
-# Adapter reading pulls in safetensors and ml_dtypes: load those modules on first use (PEP 562)
+# Adapter reading pulls in safetensors (and gguf, regex when needed): load it on first use (PEP 562)
 # so that `python -m lorarank sweep` and the Rank sweep page do not pay for them.
 _LAZY = {
     "adapters": ("FORMATS", "Adapter", "LoraModule", "load_adapter", "load_adapter_bytes",

@@ -60,7 +60,13 @@ def parse_config(name: str, data: bytes) -> dict:
     return config
 
 
-def peft_pattern_key(patterns: Iterable[str], module: str) -> str | None:
+#: Bounds on PEFT rank_pattern / alpha_pattern keys (issue 12): count, length, time per match.
+MAX_PATTERNS = 10_000
+MAX_PATTERN_LENGTH = 1_000
+PATTERN_TIMEOUT = 0.05   # seconds for one key against one module name
+
+
+def peft_pattern_key(patterns: Iterable[str], module: str, *, field_name: str = "rank_pattern") -> str | None:
     """The first key of ``patterns`` that PEFT would apply to ``module``, or None.
 
     PEFT (``peft.utils.other.get_pattern_key``) tries the keys of ``rank_pattern`` /
@@ -68,13 +74,37 @@ def peft_pattern_key(patterns: Iterable[str], module: str) -> str | None:
     ``re.match(rf"(.*\\.)?({key})$", module)`` matches, where ``module`` is the name inside the
     base model (``model.layers.0.self_attn.q_proj``, without PEFT's ``base_model.model.``).
     A key is therefore a regular expression matched against a dotted suffix of the name.
+
+    The same semantics are kept with bounded work: each key must compile with ``re`` (as PEFT
+    compiles it), is at most :data:`MAX_PATTERN_LENGTH` characters, and is matched with the
+    ``regex`` engine under a :data:`PATTERN_TIMEOUT` per match, so a key such as ``(.+)+z``
+    (exponential backtracking) is refused with one sentence instead of freezing the server.
     """
-    for key in patterns:
+    import regex
+
+    keys = list(patterns)
+    if len(keys) > MAX_PATTERNS:
+        raise AdapterError(f"adapter_config.json: `{field_name}` has {len(keys):,} keys; lorarank reads at most "
+                           f"{MAX_PATTERNS:,}")
+    for key in keys:
+        key = str(key)
+        if len(key) > MAX_PATTERN_LENGTH:
+            raise AdapterError(f"adapter_config.json: a `{field_name}` key is {len(key):,} characters long; "
+                               f"lorarank reads keys up to {MAX_PATTERN_LENGTH:,}")
         try:
-            if re.match(rf"(.*\.)?({key})$", module):
-                return key
+            re.compile(rf"(.*\.)?({key})$")
         except re.error as exc:
             raise AdapterError(f"adapter_config.json pattern {key!r} is not a valid regular expression ({exc})") from exc
+        try:
+            hit = regex.match(rf"(.*\.)?({key})$", module, timeout=PATTERN_TIMEOUT)
+        except TimeoutError as exc:
+            raise AdapterError(f"adapter_config.json: `{field_name}` key {key!r} takes over "
+                               f"{PATTERN_TIMEOUT * 1000:g} ms to match one module name (exponential backtracking); "
+                               "lorarank refuses it") from exc
+        except regex.error as exc:
+            raise AdapterError(f"adapter_config.json pattern {key!r} is not a valid regular expression ({exc})") from exc
+        if hit:
+            return key
     return None
 
 

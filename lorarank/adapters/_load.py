@@ -299,7 +299,12 @@ def _build(tensors: Tensors, config: dict | None, source: str, *, alpha: float |
     # 3. Read each module with its family, then compute each module's scale.
     components = _diffusers_components(tensors, source) if fmt == "peft" and config is None else None
     rslora = config_bool(config, "use_rslora") if (config and fmt == "peft") else False
-    modules: list[LoraModule] = [layout.read(tensors, n, roles, source) for n, (roles, layout) in named.items()]
+    modules: list[LoraModule] = []
+    for n, (roles, layout) in named.items():
+        module = layout.read(tensors, n, roles, source)
+        if any(tensors.entries[k][0] == "BF16" for k in roles.values()):
+            module = replace(module, stored_dtype="bfloat16")
+        modules.append(module)
     _check_family_config(fmt, modules, config, source)
     scaled, note = apply_scales(fmt, modules, tensors, alpha_keys, config, source, alpha=alpha, scale=scale,
                                 rslora=rslora, components=components)

@@ -92,6 +92,9 @@ class LoraModule:
         ``(o1 * d_out2, i1 * d_in2)``.
     stored_params : int or None
         Parameters the file stores for this module, when not ``q * (d_out + d_in)``.
+    stored_dtype : str or None
+        The file's dtype when the arrays hold it in another one (``"bfloat16"`` factors are
+        held as exact float32, since numpy has no bfloat16). None: the arrays' own dtype.
     """
 
     name: str
@@ -107,6 +110,7 @@ class LoraModule:
     magnitude: np.ndarray | None = None
     kron_left: np.ndarray | None = None
     stored_params: int | None = None
+    stored_dtype: str | None = None
 
     @property
     def rank(self) -> int:
@@ -132,7 +136,7 @@ class LoraModule:
     @property
     def dtype(self) -> str:
         """numpy name of the stored dtype (``"bfloat16"``, ``"float32"``, ...)."""
-        return str(self.A.dtype.name)
+        return self.stored_dtype or str(self.A.dtype.name)
 
     def factors(self, dtype: object = np.float64) -> tuple[np.ndarray, np.ndarray]:
         """``(B, A)`` converted to ``dtype`` (float64 by default) for the linear algebra."""

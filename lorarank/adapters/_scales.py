@@ -174,8 +174,8 @@ def peft_scales(modules: list[LoraModule], config: dict, source: str, rslora: bo
         return out, note
     for m in modules:
         inner = m.name[len(strip):] if strip and m.name.startswith(strip) else m.name
-        r_key = peft_pattern_key(rank_pattern, inner)
-        a_key = peft_pattern_key(alpha_pattern, inner)
+        r_key = peft_pattern_key(rank_pattern, inner, field_name="rank_pattern")
+        a_key = peft_pattern_key(alpha_pattern, inner, field_name="alpha_pattern")
         r = rank_pattern[r_key] if r_key is not None else r_default
         if isinstance(r, bool) or not isinstance(r, int) or r < 1:
             raise AdapterError(f"{name}: rank_pattern[{r_key!r}] should be a positive integer, got {r!r}")

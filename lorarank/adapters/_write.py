@@ -1,4 +1,14 @@
-"""Writers: an :class:`Adapter` to PEFT, kohya or npz files (bytes, or a path)."""
+"""Writers: an :class:`Adapter` to PEFT, kohya or npz files (bytes, or a path).
+
+Tensors are serialised with ``safetensors.serialize`` from raw buffers, so bfloat16 is written
+without ml_dtypes (rounded to nearest even from float32; exact for factors read as bfloat16),
+and the tensors that are not LoRA factors (:attr:`Adapter.extras`: ``modules_to_save`` heads,
+trainable-token deltas, ``embed_tokens.base_layer``, ...) are written back byte-identical, with
+the config's ``modules_to_save`` / ``trainable_token_indices`` kept, so the library that wrote
+the input loads the output. Modules of another family (LoHa, LoKr, AdaLoRA, LoCon Tucker) are
+written as plain LoRA of the same update (PEFT config ``peft_type: LORA``); DoRA modules and
+LoKr Kronecker factors are refused (a plain LoRA pair cannot hold them).
+"""
 
 from __future__ import annotations
 
@@ -9,22 +19,28 @@ import os
 import re
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 
 from .._validate import check_choice
 from ..errors import ConfigError
 from ._model import Adapter
+from ._tensors import encode_bf16
 from .names import PEFT_PREFIX, parse_module_name
 
 __all__ = ["WRITE_FORMATS", "adapter_files", "save_adapter"]
 
 #: Formats lorarank writes.
 WRITE_FORMATS: tuple[str, ...] = ("peft", "kohya", "npz")
-_WRITE_DTYPES = {
-    "float64": np.dtype(np.float64), "float32": np.dtype(np.float32),
-    "float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16),
-}
+_WRITE_DTYPES = ("float64", "float32", "float16", "bfloat16")
+# safetensors header dtype name -> safetensors.serialize dtype name
+_ST_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+             "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "U16": "uint16", "U32": "uint32",
+             "U64": "uint64", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+             "C64": "complex64"}
+# LoRA config fields that stay meaningful when another family is written as plain LoRA.
+_LORA_KEEP = ("base_model_name_or_path", "revision", "task_type", "target_modules", "exclude_modules",
+              "modules_to_save", "trainable_token_indices", "layers_to_transform", "layers_pattern",
+              "fan_in_fan_out", "inference_mode", "bias", "auto_mapping", "peft_version", "use_rslora")
 
 # (format, A-suffix, B-suffix, layout). Layout "ab": A (r, in), B (out, r); "ab_t": the same
 
@@ -36,16 +52,61 @@ def _alpha_for(scale: float, r: int, rslora: bool) -> float:
     return int(nearest) if nearest and abs(value - nearest) <= 1e-9 * abs(value) else value
 
 
-def _cast(arr: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
-    return np.ascontiguousarray(arr if dtype is None else arr.astype(dtype, copy=False))
+class _Specs:
+    """Tensors to serialise: name -> (serialize dtype name, shape, contiguous buffer)."""
+
+    def __init__(self):
+        self.items: dict[str, tuple[str, tuple[int, ...], np.ndarray]] = {}
+
+    def add(self, key: str, arr: np.ndarray, dtype: str) -> None:
+        """Add ``arr`` stored as ``dtype`` (one of float64, float32, float16, bfloat16)."""
+        arr = np.asarray(arr)
+        if dtype == "bfloat16":
+            buf = encode_bf16(arr.astype(np.float32, copy=False))
+        else:
+            buf = np.ascontiguousarray(arr.astype(np.dtype(dtype).newbyteorder("<"), copy=False))
+        self.items[key] = (dtype, tuple(int(d) for d in arr.shape), buf)
+
+    def add_raw(self, key: str, st_dtype: str, shape: tuple[int, ...], data: bytes) -> None:
+        """Add stored bytes as they are (non-LoRA tensors, byte-identical)."""
+        if st_dtype not in _ST_NAMES:
+            raise ConfigError(f"tensor {key!r} has dtype {st_dtype}, which lorarank cannot write back")
+        self.items[key] = (_ST_NAMES[st_dtype], tuple(shape), np.frombuffer(data, dtype=np.uint8))
+
+    def serialize(self, metadata: dict[str, str] | None = None) -> bytes:
+        from safetensors import TensorSpec, serialize
+
+        specs = {k: TensorSpec(dtype=d, shape=list(shape), data_ptr=buf.ctypes.data, data_len=buf.nbytes)
+                 for k, (d, shape, buf) in self.items.items()}
+        out = bytes(serialize(specs, metadata=metadata))
+        del specs   # the buffers in self.items stayed alive while serialize read them
+        return out
 
 
-def _peft_files(adapter: Adapter, dtype: np.dtype | None) -> dict[str, bytes]:
-    from safetensors.numpy import save
+def _target(m, dtype: str | None) -> str:
+    name = dtype or m.dtype
+    return name if name in _WRITE_DTYPES else "float32"
 
+
+def _add_extras(specs: _Specs, adapter: Adapter, fmt: str) -> None:
+    if not adapter.extras:
+        return
+    if adapter.format != fmt and not (adapter.format == "diffusers" and fmt == "peft"):
+        few = ", ".join(repr(k) for k in list(adapter.extras)[:2])
+        raise ConfigError(f"the adapter holds {len(adapter.extras)} tensors that are not LoRA factors ({few}) "
+                          f"in {adapter.format} naming; write {adapter.format} to keep them")
+    for key, extra in adapter.extras.items():
+        specs.add_raw(key, extra.dtype, extra.shape, extra.data)
+
+
+def _peft_files(adapter: Adapter, dtype: str | None) -> dict[str, bytes]:
     config = dict(adapter.config or {})
-    rslora = bool(config.get("use_rslora", False)) if adapter.format == "peft" else False
-    tensors: dict[str, np.ndarray] = {}
+    if str(config.get("peft_type") or "LORA").upper() != "LORA":
+        # LoHa / LoKr / AdaLoRA written as plain LoRA of the same update: a LoRA config.
+        config = {k: config[k] for k in _LORA_KEEP if k in config}
+        config["peft_type"] = "LORA"
+    rslora = config.get("use_rslora", False) is True if adapter.format == "peft" else False
+    specs = _Specs()
     ranks: dict[str, int] = {}
     alphas: dict[str, float] = {}
     for m in adapter.modules:
@@ -54,8 +115,8 @@ def _peft_files(adapter: Adapter, dtype: np.dtype | None) -> dict[str, bytes]:
         a_key, b_key = (".lora_embedding_A", ".lora_embedding_B") if embedding else (".lora_A.weight", ".lora_B.weight")
         a = m.A.reshape((m.rank,) + m.kernel) if m.kernel else m.A
         b = m.B.reshape(m.B.shape + (1,) * (len(m.kernel) - 1)) if m.kernel else m.B
-        tensors[name + a_key] = _cast(a, dtype)
-        tensors[name + b_key] = _cast(b, dtype)
+        specs.add(name + a_key, a, _target(m, dtype))
+        specs.add(name + b_key, b, _target(m, dtype))
         inner = name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name
         ranks[inner] = m.rank
         alphas[inner] = _alpha_for(m.scale, m.rank, rslora)
@@ -73,41 +134,44 @@ def _peft_files(adapter: Adapter, dtype: np.dtype | None) -> dict[str, bytes]:
     config.setdefault("fan_in_fan_out", False)
     config.update({"r": r0, "lora_alpha": a0, "rank_pattern": rank_pattern,
                    "alpha_pattern": alpha_pattern, "use_rslora": rslora, "use_dora": False})
+    _add_extras(specs, adapter, "peft")
     return {
-        "adapter_model.safetensors": save(tensors, metadata={"format": "pt"}),
+        "adapter_model.safetensors": specs.serialize({"format": "pt"}),
         "adapter_config.json": (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
     }
 
 
-def _kohya_file(adapter: Adapter, dtype: np.dtype | None) -> dict[str, bytes]:
-    from safetensors.numpy import save
-
-    tensors: dict[str, np.ndarray] = {}
+def _kohya_file(adapter: Adapter, dtype: str | None) -> dict[str, bytes]:
+    specs = _Specs()
     for m in adapter.modules:
         if m.transposed:
             raise ConfigError(f"module {m.name!r} adds (B @ A)^T, which the kohya format cannot express; "
                               "write peft or npz instead")
         a = m.A.reshape((m.rank,) + m.kernel) if m.kernel else m.A
         b = m.B.reshape(m.B.shape + (1,) * (len(m.kernel) - 1)) if m.kernel else m.B
-        tensors[m.name + ".lora_down.weight"] = _cast(a, dtype)
-        tensors[m.name + ".lora_up.weight"] = _cast(b, dtype)
-        tensors[m.name + ".alpha"] = np.array(m.scale * m.rank, dtype=np.float32)
-    return {"adapter.safetensors": save(tensors)}
+        specs.add(m.name + ".lora_down.weight", a, _target(m, dtype))
+        specs.add(m.name + ".lora_up.weight", b, _target(m, dtype))
+        specs.add(m.name + ".alpha", np.array(m.scale * m.rank), "float32")
+    _add_extras(specs, adapter, "kohya")
+    return {"adapter.safetensors": specs.serialize()}
 
 
-def _npz_file(adapter: Adapter, dtype: np.dtype | None) -> dict[str, bytes]:
+def _npz_file(adapter: Adapter, dtype: str | None) -> dict[str, bytes]:
+    if adapter.extras:
+        few = ", ".join(repr(k) for k in list(adapter.extras)[:2])
+        raise ConfigError(f"the simple npz format keeps LoRA factors only, and the adapter holds "
+                          f"{len(adapter.extras)} other tensors ({few}); write {adapter.format} to keep them")
     arrays: dict[str, np.ndarray] = {}
     for m in adapter.modules:
         if m.transposed:
             raise ConfigError(f"module {m.name!r} adds (B @ A)^T, which the simple npz format cannot "
                               "express; write peft instead")
         # .npy has no bfloat16: such factors are written as float32 (exact).
-        target = dtype if dtype is not None else m.A.dtype
-        if target == np.dtype(ml_dtypes.bfloat16):
-            target = np.dtype(np.float32)
+        target = _target(m, dtype)
+        target = np.dtype(np.float32 if target == "bfloat16" else target)
         prefix = f"{m.name}." if m.name else ""
-        arrays[prefix + "A"] = _cast(m.A, target)
-        arrays[prefix + "B"] = _cast(m.B, target)
+        arrays[prefix + "A"] = np.ascontiguousarray(np.asarray(m.A).astype(target, copy=False))
+        arrays[prefix + "B"] = np.ascontiguousarray(np.asarray(m.B).astype(target, copy=False))
         arrays[prefix + "alpha"] = np.array(m.scale * m.rank, dtype=np.float64)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -159,7 +223,7 @@ def adapter_files(adapter: Adapter, *, format: str | None = None,
         File name -> content.
     """
     fmt = _default_write_format(adapter) if format is None else check_choice("format", format, WRITE_FORMATS)
-    target = None if dtype is None else _WRITE_DTYPES[check_choice("dtype", dtype, tuple(_WRITE_DTYPES))]
+    target = None if dtype is None else check_choice("dtype", dtype, _WRITE_DTYPES)
     if not adapter.modules:
         raise ConfigError("the adapter has no modules to write")
     _check_writable(adapter)
