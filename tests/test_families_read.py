@@ -196,3 +196,207 @@ def test_metadata():
     assert mlx.metadata["fine_tune_type"] == "dora"
     gguf, _ = load_case("gguf_lora")
     assert gguf.metadata["general.type"] == "adapter" and gguf.metadata["adapter.lora.alpha"] == 8.0
+
+
+# ------------------------------------------------------------------------------ own edge cases
+def dense_svals(dw: np.ndarray) -> np.ndarray:
+    return np.linalg.svd(dw.reshape(dw.shape[0], -1), compute_uv=False)
+
+
+def module_svals(m) -> np.ndarray:
+    return np.linalg.svd(dense_update(m), compute_uv=False)
+
+
+def rebuild_tucker(t, wa, wb):
+    """LyCORIS / PEFT make_weight_cp: einsum('i j k l, i p, j r -> p r k l')."""
+    return np.einsum("ijkl,ip,jr->prkl", t, wa, wb)
+
+
+class TestOwnFiles:
+    """Files written here with safetensors / gguf for the cases the samples do not cover."""
+
+    def test_tucker_loha(self):
+        """LyCORIS LoHa with hada_t1 / hada_t2 on a 3x3 conv: exact Khatri-Rao of the Tucker folds."""
+        from safetensors.numpy import save
+
+        rng = np.random.default_rng(40)
+        r, out, n_in = 3, 10, 6
+        t = {k: rng.standard_normal((r, r, 3, 3)) for k in ("t1", "t2")}
+        w = {k: rng.standard_normal(s) for k, s in (("1a", (r, out)), ("1b", (r, n_in)), ("2a", (r, out)), ("2b", (r, n_in)))}
+        arrays = {"lora_unet_c.hada_t1": t["t1"], "lora_unet_c.hada_t2": t["t2"], "lora_unet_c.alpha": np.array(1.5)}
+        arrays.update({f"lora_unet_c.hada_w{k[0]}_{k[1]}": v for k, v in w.items()})
+        adapter = load_adapter_bytes({"l.safetensors": save(arrays)})
+        (m,) = adapter.modules
+        assert (m.family, m.stored_rank, m.rank, m.scale, m.shape, m.kernel) == ("loha", 3, 9, 0.5, (10, 54), (6, 3, 3))
+        dw = rebuild_tucker(t["t1"], w["1a"], w["1b"]) * rebuild_tucker(t["t2"], w["2a"], w["2b"]) * 0.5
+        np.testing.assert_allclose(module_svals(m)[:9], dense_svals(dw)[:9], atol=1e-10 * dense_svals(dw)[0])
+
+    def test_lokr_factorised_w1_full_w2(self):
+        """LyCORIS LoKr with lokr_w1_a / lokr_w1_b and a full lokr_w2: scale alpha / dim of w1."""
+        from safetensors.numpy import save
+
+        rng = np.random.default_rng(41)
+        w1a, w1b, w2 = rng.standard_normal((4, 2)), rng.standard_normal((2, 3)), rng.standard_normal((5, 7))
+        data = save({"lora_te_m.lokr_w1_a": w1a, "lora_te_m.lokr_w1_b": w1b, "lora_te_m.lokr_w2": w2,
+                     "lora_te_m.alpha": np.array(1.0)})
+        (m,) = load_adapter_bytes({"k.safetensors": data}).modules
+        assert (m.family, m.stored_rank, m.scale, m.shape) == ("lokr", 2, 0.5, (20, 21))
+        dw = 0.5 * np.kron(w1a @ w1b, w2)
+        np.testing.assert_allclose(module_svals(m)[:10], dense_svals(dw)[:10], atol=1e-12 * dense_svals(dw)[0])
+
+    def test_lokr_tucker_conv(self):
+        """LoKr with lokr_t2 on a 3x3 conv: kron of w1 with the Tucker fold, flattened (out, in*9)."""
+        from safetensors.numpy import save
+
+        rng = np.random.default_rng(42)
+        w1 = rng.standard_normal((2, 3))
+        t2, w2a, w2b = rng.standard_normal((2, 2, 3, 3)), rng.standard_normal((2, 4)), rng.standard_normal((2, 5))
+        data = save({"lora_unet_c.lokr_w1": w1, "lora_unet_c.lokr_t2": t2, "lora_unet_c.lokr_w2_a": w2a,
+                     "lora_unet_c.lokr_w2_b": w2b, "lora_unet_c.alpha": np.array(4.0)})
+        (m,) = load_adapter_bytes({"k.safetensors": data}).modules
+        assert (m.family, m.stored_rank, m.scale, m.shape, m.kernel) == ("lokr", 2, 2.0, (8, 135), (15, 3, 3))
+        full = np.kron(w1[:, :, None, None], rebuild_tucker(t2, w2a, w2b)) * 2.0    # torch.kron semantics
+        np.testing.assert_allclose(module_svals(m)[:12], dense_svals(full)[:12], atol=1e-12 * dense_svals(full)[0])
+
+    def test_lokr_both_full_peft_vs_lycoris(self):
+        """Both halves full: LyCORIS applies scale 1, PEFT keeps alpha / r (families README)."""
+        from safetensors.numpy import save
+
+        rng = np.random.default_rng(43)
+        w1, w2 = rng.standard_normal((2, 2)), rng.standard_normal((3, 3))
+        (ly,) = load_adapter_bytes({"k.safetensors": save({"lora_unet_m.lokr_w1": w1, "lora_unet_m.lokr_w2": w2,
+                                                             "lora_unet_m.alpha": np.array(3.0)})}).modules
+        assert ly.scale == 1.0 and ly.stored_rank is None
+        config = {"peft_type": "LOKR", "r": 6, "alpha": 3.0}
+        (pf,) = load_adapter_bytes({"w.safetensors": save({PEFT + "m.lokr_w1": w1, PEFT + "m.lokr_w2": w2}),
+                                    "adapter_config.json": json.dumps(config).encode()}).modules
+        assert pf.scale == 0.5 and pf.family == "lokr"
+
+    def test_adalora_rank_zero(self):
+        """An AdaLoRA module pruned to rank 0 (tensors (0, in)) reads as an exactly-zero update."""
+        from safetensors.numpy import save
+
+        rng = np.random.default_rng(44)
+        p = PEFT + "model.layers.0.self_attn."
+        data = save({p + "v_proj.lora_A": np.zeros((0, 8), np.float32), p + "v_proj.lora_B": np.zeros((6, 0), np.float32),
+                     p + "v_proj.lora_E": np.zeros((0, 1), np.float32),
+                     p + "o_proj.lora_A": rng.standard_normal((2, 8)).astype(np.float32),
+                     p + "o_proj.lora_B": rng.standard_normal((8, 2)).astype(np.float32),
+                     p + "o_proj.lora_E": np.array([[0.5], [0.0]], np.float32)})
+        config = {"peft_type": "ADALORA", "init_r": 4, "r": 2, "lora_alpha": 8, "target_modules": ["v_proj", "o_proj"]}
+        adapter = load_adapter_bytes({"w.safetensors": data, "adapter_config.json": json.dumps(config).encode()})
+        zero, live = adapter.module(p + "v_proj"), adapter.module(p + "o_proj")
+        assert (zero.rank, zero.kept_rank, zero.shape) == (0, 0, (6, 8))
+        assert zero.scale == 8 / 1e-5 and not np.any(dense_update(zero))
+        assert live.kept_rank == 1 and live.scale == 8 / (4 + 1e-5)
+
+    def test_quantised_gguf(self, tmp_path):
+        """A Q8_0 GGUF LoRA written with gguf.GGUFWriter: dequantised exactly as gguf does, names mapped."""
+        import gguf
+
+        rng = np.random.default_rng(45)
+        a = rng.standard_normal((4, 64)).astype(np.float32)
+        q = gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0)
+        b = rng.standard_normal((32, 4)).astype(np.float32)
+        path = tmp_path / "q.gguf"
+        w = gguf.GGUFWriter(str(path), "llama")
+        w.add_string("general.type", "adapter")
+        w.add_string("adapter.type", "lora")
+        w.add_float32("adapter.lora.alpha", 8.0)
+        w.add_tensor("blk.3.ffn_down.weight.lora_a", q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        w.add_tensor("blk.3.ffn_down.weight.lora_b", b)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        for adapter in (load_adapter(path), load_adapter_bytes({"q.gguf": path.read_bytes()})):
+            (m,) = adapter.modules
+            assert (m.name, m.scale, adapter.format) == ("model.layers.3.mlp.down_proj", 2.0, "gguf")
+            np.testing.assert_array_equal(m.A, gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0))
+            assert "Q8_0 tensors dequantised" in adapter.scaling
+
+    def test_gguf_model_refused(self, tmp_path):
+        """A GGUF model (not an adapter) is named as such."""
+        import gguf
+
+        path = tmp_path / "m.gguf"
+        w = gguf.GGUFWriter(str(path), "llama")
+        w.add_string("general.type", "model")
+        w.add_tensor("blk.0.attn_q.weight", np.ones((4, 4), np.float32))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        with pytest.raises(AdapterError, match=r"m.gguf is a GGUF model, not a LoRA adapter"):
+            load_adapter(path)
+
+    def test_lycoris_dora_columnwise_refused(self):
+        """LyCORIS dora_scale per input column (shape (1, in)) is refused by name, not misread."""
+        from safetensors.numpy import save
+
+        from lorarank.errors import UnsupportedAdapterError
+
+        rng = np.random.default_rng(46)
+        data = save({"m.lora_down.weight": rng.standard_normal((2, 8)), "m.lora_up.weight": rng.standard_normal((6, 2)),
+                     "m.dora_scale": np.ones((1, 8))})
+        with pytest.raises(UnsupportedAdapterError, match=r"a LyCORIS DoRA magnitude per input column"):
+            load_adapter_bytes({"d.safetensors": data})
+
+
+# ------------------------------------------------------------------------------ writers
+@needs_families
+def test_modules_to_save_round_trip(tmp_path):
+    """Written back as PEFT, the classifier head is byte-identical and the config still names it."""
+    from lorarank.adapters import adapter_files
+
+    adapter, doc = load_case("peft_modules_to_save")
+    files = adapter_files(adapter, format="peft")
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    config = json.loads(files["adapter_config.json"])
+    assert config["modules_to_save"] == doc["adapter_config"]["modules_to_save"]
+    back = load_adapter(tmp_path)
+    src = load_file(FAMILIES / doc["audit_path"] / "adapter_model.safetensors")
+    out = load_file(tmp_path / "adapter_model.safetensors")
+    assert set(out) == set(src)
+    for key in src:
+        assert out[key].tobytes() == src[key].tobytes() and out[key].dtype == src[key].dtype
+    assert [(m.name, m.scale) for m in back.modules] == [(m.name, m.scale) for m in adapter.modules]
+
+
+@needs_families
+def test_loha_written_as_lora(tmp_path):
+    """A LoHa written as PEFT is plain LoRA of the same update, with a LORA config."""
+    from lorarank.adapters import adapter_files
+
+    adapter, _ = load_case("peft_loha")
+    files = adapter_files(adapter, format="peft")
+    config = json.loads(files["adapter_config.json"])
+    assert config["peft_type"] == "LORA" and "alpha" not in config
+    back = load_adapter_bytes(files)
+    for a, b in zip(adapter.modules, back.modules):
+        assert b.family == "lora" and b.rank == a.rank
+        np.testing.assert_allclose(module_svals(b), module_svals(a), atol=1e-12 * module_svals(a)[0])
+
+
+@needs_families
+def test_peft_loads_written_modules_to_save(tmp_path):
+    """peft itself loads the written adapter (skips when peft / torch are not installed)."""
+    peft = pytest.importorskip("peft", reason="peft is not installed here; run with peft + torch to check loading")
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    from lorarank.adapters import adapter_files
+
+    adapter, doc = load_case("peft_modules_to_save")
+    for name, data in adapter_files(adapter, format="peft").items():
+        (tmp_path / name).write_bytes(data)
+    cfg = transformers.LlamaConfig(hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=96, num_labels=4, pad_token_id=95)
+    base = transformers.LlamaForSequenceClassification(cfg)
+    model = peft.PeftModel.from_pretrained(base, str(tmp_path))
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    src = load_file(FAMILIES / doc["audit_path"] / "adapter_model.safetensors")
+    head = [k for k in state if "score" in k and "modules_to_save" in k and k.endswith("weight")]
+    assert head and state[head[0]].tobytes() == src["base_model.model.score.weight"].tobytes()
+    q = "base_model.model.model.layers.0.self_attn.q_proj"
+    np.testing.assert_array_equal(state[q + ".lora_A.default.weight"], src[q + ".lora_A.weight"])
+    assert model.peft_config["default"].lora_alpha / model.peft_config["default"].r == 1.4
