@@ -3,106 +3,108 @@
 import streamlit as st
 
 from lorarank.errors import LoraRankError
-from ui import common
+from ui import common, layout
 from ui import stability as stab
 
 common.setup_page("alpha/r stability", icon=":material/tune:")
 
-st.title("alpha/r stability")
-st.caption(
-    "LoRA's update is s·B·A, and s multiplies the learning rate: on the loss "
-    "0.5·||s·B·A − T||² plain gradient descent is stable only for about lr < 1 / (s·σ₁(T)). "
-    "With a fixed alpha (s = alpha/r) raising r shrinks s, so learning slows and the stable "
-    "window moves; with alpha = r it stays put. Each cell below is one fit of the synthetic "
-    "update T at one rank and one learning rate under one scaling rule."
+layout.header(
+    "alpha/r stability",
+    "Where training diverges over rank × learning rate for each scaling rule, and whether the "
+    "stable window moves with r.",
+    about="LoRA's update is s·B·A, and s multiplies the learning rate: on the loss "
+          "0.5·||s·B·A − T||² plain gradient descent is stable only for about lr < 1 / (s·σ₁(T)). "
+          "With a fixed alpha (s = alpha/r) raising r shrinks s, so learning slows and the "
+          "stable window moves; with alpha = r it stays put. Each heatmap cell is one fit of "
+          "the synthetic update T at one rank and one learning rate under one scaling rule.",
 )
 common.show_errors(common.check_url(stab.SETTINGS, state_key=stab.URL_ERRORS_KEY)
                    + stab.url_rule_errors())
 
-with st.container(border=True):
-    st.markdown("**Target update T**")
-    target_values = common.url_settings(stab.TARGET_SETTINGS, columns=6)
-with st.container(border=True):
-    st.markdown("**Grid**")
-    top = st.columns([1, 1.4, 3.2])
-    grid_values = {s.key: common.setting_widget(s, col)
-                   for s, col in zip(stab.GRID_SETTINGS[:2], top[:2])}
-    rules = stab.rules_widget(top[2])
-    grid_values.update(common.url_settings(stab.GRID_SETTINGS[2:], columns=5))
+target_values = layout.settings_group("Target update T", stab.TARGET_SETTINGS)
+grid_box = st.sidebar.expander("Grid", expanded=True)
+grid_values = layout.settings_group("Grid", stab.GRID_SETTINGS[:2], container=grid_box)
+rules = stab.rules_widget(grid_box)
+grid_values.update(layout.settings_group("Grid", stab.GRID_SETTINGS[2:], container=grid_box))
 
 try:
     config = stab.StabilityConfig.from_values({**target_values, **grid_values}, rules)
     run = stab.run_grid(config)
     views = stab.grid_views(config, grid_values["target_err"])
-except LoraRankError as exc:  # one sentence; the calculator below still works
+except LoraRankError as exc:  # one sentence; the calculator still works
     st.error(str(exc), icon=":material/error:")
     run = None
 
+tabs = layout.sections(["Grid", "Learning-rate window", "Loss curves", "Scaling calculator"])
+
 if run is not None:
-    st.subheader("What the grid shows")
-    st.markdown("\n".join(  # each rule's sentences start with its name: set it in bold
-        f"- **{rule.rule}**{' '.join(rule.sentences)[len(rule.rule):]}" for rule in views.findings.rules))
-    st.caption(
-        f"Read off this grid: {len(run.grid.records)} cells, {config.optimizer}, {config.steps} "
-        f"steps, alpha {config.alpha:g}, σ₁(T) = {run.sigma_1:.4g}. A run counts as diverged when "
-        f"its loss becomes non-finite or exceeds 10⁴ times its start. Computed in "
-        f"{run.seconds:.2f} s."
-    )
-
-    common.show_chart(
-        views.heatmap,
-        caption="Colour: final relative error ||s·B·A − T||_F / ||T||_F (log scale, lighter is "
-                "lower). Orange cells marked 'div' diverged; hover a cell for s, the step it "
-                "diverged at and its largest update norm.",
-    )
-
-    st.subheader("Learning-rate window per rank")
-    st.dataframe(
-        views.windows, hide_index=True, key="stability_windows",
-        column_config={name: st.column_config.Column(name, help=text)
-                       for name, text in stab.WINDOW_HELP.items()},
-    )
-
-    st.subheader("Loss curves and update norms")
-    picked = stab.curve_widgets(config)
-    if picked["mode"] == stab.CURVE_MODES[0]:
-        loss_spec, norm_spec = stab.curve_specs(
-            config, picked["rule"], lr=picked["lr"], rank=None, color_by="rank",
-            title=f"{picked['rule']}, lr {picked['lr']:g}: every rank")
-    else:
-        loss_spec, norm_spec = stab.curve_specs(
-            config, picked["rule"], lr=None, rank=picked["rank"], color_by="lr",
-            title=f"{picked['rule']}, r = {picked['rank']}: every learning rate")
-    left, right = st.columns(2)
-    with left:
+    with tabs["Grid"]:
         common.show_chart(
-            loss_spec,
-            caption="Loss 0.5·||s·B·A − T||_F² after each step (log scale). A curve that ends "
-                    "early with a cross diverged at that step.",
+            views.heatmap,
+            caption="Colour: final relative error ||s·B·A − T||_F / ||T||_F (log scale, lighter "
+                    "is lower). Orange cells marked 'div' diverged; hover a cell for s, the step "
+                    "it diverged at and its largest update norm.",
         )
-    with right:
-        common.show_chart(
-            norm_spec,
-            caption=f"Largest ||s·B·A||_F over the steps of each cell of {picked['rule']}. A "
-                    f"trained run ends near ||T||_F = {run.target_norm:.4g} (dashed); a diverging "
-                    f"one overshoots it.",
+        st.markdown("\n".join(  # each rule's sentences start with its name: set it in bold
+            f"- **{rule.rule}**{' '.join(rule.sentences)[len(rule.rule):]}"
+            for rule in views.findings.rules))
+        st.caption(
+            f"Read off this grid: {len(run.grid.records)} cells, {config.optimizer}, "
+            f"{config.steps} steps, alpha {config.alpha:g}, σ₁(T) = {run.sigma_1:.4g}. A run "
+            f"counts as diverged when its loss becomes non-finite or exceeds 10⁴ times its "
+            f"start. Computed in {run.seconds:.2f} s."
         )
+        common.download_buttons(stem="lorarank-stability", key=stab.DOWNLOAD_KEY,
+                                csv_bytes=views.csv, json_bytes=views.json)
+        st.caption("The JSON download is the document `python -m lorarank stability --json` "
+                   "prints (records with loss curves); the CSV has one row per cell without the "
+                   "curves.")
+        with st.expander("Every cell", expanded=False):
+            st.dataframe(
+                views.cells, hide_index=True, key="stability_cells",
+                column_config={name: st.column_config.Column(name, help=text)
+                               for name, text in stab.CELL_HELP.items()},
+            )
 
-    with st.expander("Every cell", expanded=False):
+    with tabs["Learning-rate window"]:
         st.dataframe(
-            views.cells, hide_index=True, key="stability_cells",
+            views.windows, hide_index=True, key="stability_windows",
             column_config={name: st.column_config.Column(name, help=text)
-                           for name, text in stab.CELL_HELP.items()},
+                           for name, text in stab.WINDOW_HELP.items()},
         )
-    common.download_buttons(stem="lorarank-stability", key=stab.DOWNLOAD_KEY,
-                            csv_bytes=views.csv, json_bytes=views.json)
-    st.caption("The JSON download is the document `python -m lorarank stability --json` prints "
-               "(records with loss curves); the CSV has one row per cell without the curves.")
 
-st.subheader("Scaling calculator")
-st.caption("The multiplier s an adapter's files imply, and the alpha that keeps its behaviour "
-           "when you change r.")
-with st.container(border=True):
+    with tabs["Loss curves"]:
+        picked = stab.curve_widgets(config)
+        if picked["mode"] == stab.CURVE_MODES[0]:
+            loss_spec, norm_spec = stab.curve_specs(
+                config, picked["rule"], lr=picked["lr"], rank=None, color_by="rank",
+                title=f"{picked['rule']}, lr {picked['lr']:g}: every rank")
+        else:
+            loss_spec, norm_spec = stab.curve_specs(
+                config, picked["rule"], lr=None, rank=picked["rank"], color_by="lr",
+                title=f"{picked['rule']}, r = {picked['rank']}: every learning rate")
+        left, right = st.columns(2)
+        with left:
+            common.show_chart(
+                loss_spec,
+                caption="Loss 0.5·||s·B·A − T||_F² after each step (log scale). A curve that "
+                        "ends early with a cross diverged at that step.",
+            )
+        with right:
+            common.show_chart(
+                norm_spec,
+                caption=f"Largest ||s·B·A||_F over the steps of each cell of {picked['rule']}. "
+                        f"A trained run ends near ||T||_F = {run.target_norm:.4g} (dashed); a "
+                        f"diverging one overshoots it.",
+            )
+else:
+    for name in ("Grid", "Learning-rate window", "Loss curves"):
+        tabs[name].caption("Nothing to show until the settings in the sidebar are valid (see the "
+                           "error above).")
+
+with tabs["Scaling calculator"]:
+    st.caption("The multiplier s an adapter's files imply, and the alpha that keeps its "
+               "behaviour when you change r.")
     cols = st.columns([1.3, 1, 1, 1])
     calc = {s.key: s for s in stab.CALC_SETTINGS}
     calc_values = {"calc_convention": common.setting_widget(calc["calc_convention"], cols[0])}

@@ -4,15 +4,18 @@ import streamlit as st
 
 from lorarank.charts import (budget_chart, module_spectrum_chart, overlap_chart, phi_chart,
                              rank_map_chart)
-from ui import audit, common
+from ui import audit, common, layout
 
 common.setup_page("Adapter audit", icon=":material/fact_check:")
 
-st.title("Adapter audit")
-st.caption(
-    "Upload a trained LoRA adapter: the singular values of every module's update s·B·A "
-    "(from the factors, never the dense matrix) say how many directions it really uses, "
-    "which rank a resize can keep, and whether two adapters learned the same directions."
+layout.header(
+    "Adapter audit",
+    "Upload a trained LoRA adapter: how many directions each module really uses, which rank a "
+    "resize can keep, and whether two adapters learned the same directions.",
+    about="The singular values of every module's update s·B·A are computed from the factors "
+          "(QR of B and of Aᵀ, SVD of the r × r core), never from the dense matrix. Every "
+          "setting on this page is kept in the link; the files are not.",
+    hint=None,
 )
 alerts = st.container()
 bad_url = common.check_url(audit.ALL_SETTINGS, state_key=audit.URL_ERRORS_KEY)
@@ -30,7 +33,7 @@ if upload is None:
         "PEFT's `save_pretrained` wrote (select both), a kohya / sd-scripts or diffusers LoRA "
         "`.safetensors`, an mlx-lm `adapters.safetensors` with its config, or an `.npz` of "
         "`<module>.A` / `<module>.B` factors. Without a config the scale is assumed to be 1 "
-        "and you can set alpha. Settings below are kept in the link; the files are not."
+        "and you can set alpha."
     )
     if st.toggle("Use the synthetic demo adapter", key=audit.DEMO_KEY, bind="query-params",
                  help="A small PEFT-format adapter generated here (Llama-shaped, 2 layers x 7 "
@@ -41,11 +44,12 @@ if upload is None:
                 "3, up_proj 4, o_proj 5, v_proj 6, down_proj 8; r = 16). Upload a file to "
                 "audit your own adapter.", icon=":material/science:")
 demo = upload is not None and upload.ident == audit.demo_upload("a").ident
+summary = st.container()  # what was detected and the reading, filled once there is an upload
 
-# -------------------------------------------------------------------------- settings
-with st.container(border=True):
-    st.markdown("**Settings** (kept in the link)")
-    cols = st.columns([1.3, 1, 1.3, 1.3, 1])
+# ------------------------------------------------- sections, each with its own inputs first
+tabs = layout.sections(["Per module", "Rank map", "Spectrum", "Budget", "Resize", "Compare"])
+with tabs["Per module"]:
+    cols = st.columns([1.3, 1, 3])
     rule = common.setting_widget(audit.RULE, cols[0])
     value_setting = audit.RULE_VALUES.get(rule)
     if value_setting is not None:
@@ -53,9 +57,13 @@ with st.container(border=True):
     else:
         value = None
         cols[1].caption("The entropy rule has no value: it keeps ceil(entropy rank) directions.")
-    metric = common.setting_widget(audit.MAP_METRIC, cols[2])
-    budget = common.setting_widget(audit.BUDGET, cols[3])
-    resize_by = common.setting_widget(audit.RESIZE_BY, cols[4])
+with tabs["Rank map"]:
+    metric = common.setting_widget(audit.MAP_METRIC, st.columns([1, 2])[0])
+with tabs["Budget"]:
+    budget = common.setting_widget(audit.BUDGET, st.columns([1, 2])[0])
+with tabs["Resize"]:
+    resize_by = common.setting_widget(audit.RESIZE_BY, st.columns([1, 2])[0])
+with tabs["Compare"]:
     compare = st.toggle("Compare with a second adapter", key=audit.COMPARE_KEY,
                         bind="query-params",
                         help="Upload a second adapter (e.g. the same task at another rank) and "
@@ -64,14 +72,15 @@ with alerts:
     common.show_errors(bad_url)
 
 if upload is None:
+    for tab in tabs.values():
+        tab.caption("Upload an adapter above (or switch on the synthetic demo) to see this.")
     st.stop()
 
 # ------------------------------------------------------------------------ detection
 with common.stop_on_error():
     detected = audit.detect(upload)
 alpha = scale = None
-with st.container(border=True):
-    st.markdown("**What was detected**")
+with summary:
     if detected.assumed == "alpha":
         st.warning("No alpha found for some modules: **scale s = 1 assumed**. Set the alpha "
                    "you trained with to get the real update s·B·A.", icon=":material/warning:")
@@ -83,172 +92,172 @@ with st.container(border=True):
     with common.stop_on_error():
         report = audit.run_audit(upload, alpha=alpha, scale=scale, rule=rule, value=value or 0.0)
     lines = audit.detected_lines(detected, report)
-    st.markdown("\n".join(f"- **{label}:** {text}" for label, text in lines))
-
-st.markdown(audit.reading(report))
+    st.markdown(" · ".join(f"**{label}:** {text}" for label, text in lines))
+    st.markdown(audit.reading(report))
 
 # --------------------------------------------------------------------------- table
-st.subheader("Per module")
-st.dataframe(
-    audit.module_table(report), hide_index=True, key="audit_table",
-    height=audit.table_height(len(report.modules)),
-    column_config={
-        **{name: st.column_config.Column(name, help=text) for name, text in audit.COLUMN_HELP.items()},
-        "module": st.column_config.Column("module", help=audit.COLUMN_HELP["module"], pinned=True),
-        **{name: st.column_config.NumberColumn(name, help=audit.COLUMN_HELP[name], format="%.4g")
-           for name in ("alpha", "scale s", "stable rank", "entropy rank", "truncation error")},
-    },
-)
-st.caption(
-    "sigma_i are the singular values of s·B·A. Energy rank k(t): smallest k with "
-    "sum_{i<=k} sigma_i² >= t·sum sigma². Stable rank: sum sigma² / sigma_1². Entropy rank: "
-    "exp(−sum p log p), p_i = sigma_i / sum sigma. Recommended rank: what "
-    f"**{audit.rule_text(rule, value)}** keeps. Truncation error at k: "
-    "sqrt(sum_{i>k} sigma² / sum sigma²). Hover a column header for its definition."
-)
-common.download_buttons(audit.module_records(report), stem="lorarank-audit",
-                        key=audit.DOWNLOAD_KEY, json_data=audit.json_safe(audit.audit_json(report)))
+with tabs["Per module"]:
+    st.dataframe(
+        audit.module_table(report), hide_index=True, key="audit_table",
+        height=audit.table_height(len(report.modules)),
+        column_config={
+            **{name: st.column_config.Column(name, help=text) for name, text in audit.COLUMN_HELP.items()},
+            "module": st.column_config.Column("module", help=audit.COLUMN_HELP["module"], pinned=True),
+            **{name: st.column_config.NumberColumn(name, help=audit.COLUMN_HELP[name], format="%.4g")
+               for name in ("alpha", "scale s", "stable rank", "entropy rank", "truncation error")},
+        },
+    )
+    st.caption(
+        "sigma_i are the singular values of s·B·A. Energy rank k(t): smallest k with "
+        "sum_{i<=k} sigma_i² >= t·sum sigma². Stable rank: sum sigma² / sigma_1². Entropy rank: "
+        "exp(−sum p log p), p_i = sigma_i / sum sigma. Recommended rank: what "
+        f"**{audit.rule_text(rule, value)}** keeps. Truncation error at k: "
+        "sqrt(sum_{i>k} sigma² / sum sigma²). Hover a column header for its definition."
+    )
+    common.download_buttons(audit.module_records(report), stem="lorarank-audit",
+                            key=audit.DOWNLOAD_KEY,
+                            json_data=audit.json_safe(audit.audit_json(report)))
 
 # ------------------------------------------------------------------------- rank map
-st.subheader("Rank map")
-common.show_chart(
-    rank_map_chart(report.rank_map(metric), metric=audit.MAP_METRICS[metric]),
-    caption="One cell per layer and module type (the first number in a module's name is its "
-            "layer). Hover a cell for the module and its value.")
+with tabs["Rank map"]:
+    common.show_chart(
+        rank_map_chart(report.rank_map(metric), metric=audit.MAP_METRICS[metric]),
+        caption="One cell per layer and module type (the first number in a module's name is its "
+                "layer). Hover a cell for the module and its value.")
 
 # ------------------------------------------------------------------- module spectrum
-st.subheader("Spectrum of one module")
-names = [audit.short_name(m.name) for m in report.modules]
-bad_module = audit.module_url_error(names)
-if bad_module:
-    common.show_errors([bad_module])
-chosen = st.selectbox("module", names, key=audit.MODULE_KEY, bind="query-params",
-                      help="The module whose singular values are drawn below (kept in the link).")
-module = report.modules[names.index(chosen)]
-common.show_chart(
-    module_spectrum_chart(module.singular_values, cut=module.recommended_rank, name=chosen,
-                          rule=audit.rule_text(rule, value)),
-    caption=f"Singular values of s·B·A for {chosen} (r = {module.rank}, s = {module.scale:.4g}), "
-            f"log scale. Dashed: the recommended rank {module.recommended_rank} under "
-            f"{audit.rule_text(rule, value)}; truncating there loses "
-            f"{module.truncation_error:.3g} of ||dW||_F. Zero values are not drawn.")
+with tabs["Spectrum"]:
+    names = [audit.short_name(m.name) for m in report.modules]
+    bad_module = audit.module_url_error(names)
+    if bad_module:
+        common.show_errors([bad_module])
+    chosen = st.selectbox("module", names, key=audit.MODULE_KEY, bind="query-params",
+                          help="The module whose singular values are drawn below (kept in the "
+                               "link).")
+    module = report.modules[names.index(chosen)]
+    common.show_chart(
+        module_spectrum_chart(module.singular_values, cut=module.recommended_rank, name=chosen,
+                              rule=audit.rule_text(rule, value)),
+        caption=f"Singular values of s·B·A for {chosen} (r = {module.rank}, s = "
+                f"{module.scale:.4g}), log scale. Dashed: the recommended rank "
+                f"{module.recommended_rank} under {audit.rule_text(rule, value)}; truncating "
+                f"there loses {module.truncation_error:.3g} of ||dW||_F. Zero values are not "
+                f"drawn.")
 
 # ----------------------------------------------------------------------- budget curve
-st.subheader("Global budget")
-with common.stop_on_error():
-    curve, allocation = audit.run_budget(upload, alpha=alpha, scale=scale, rule=rule,
-                                         value=value or 0.0, mean_rank=budget)
-n_modules = len(report.modules)
-marks = audit.budget_marks(report, allocation, budget=budget)
-common.show_chart(
-    budget_chart(curve, marks=marks),
-    caption=f"Keeping the adapter's top directions by sigma² wherever they are: a budget of "
-            f"{budget} x {n_modules} modules = {allocation['directions']:,} directions keeps "
-            f"{100 * allocation['retained_energy']:.2f} % of sum sigma² with "
-            f"{allocation['params']:,} parameters (each direction costs d_out + d_in). By "
-            f"Eckart-Young no other allocation of as many directions keeps more.")
+with tabs["Budget"]:
+    with common.stop_on_error():
+        curve, allocation = audit.run_budget(upload, alpha=alpha, scale=scale, rule=rule,
+                                             value=value or 0.0, mean_rank=budget)
+    n_modules = len(report.modules)
+    marks = audit.budget_marks(report, allocation, budget=budget)
+    common.show_chart(
+        budget_chart(curve, marks=marks),
+        caption=f"Keeping the adapter's top directions by sigma² wherever they are: a budget of "
+                f"{budget} x {n_modules} modules = {allocation['directions']:,} directions keeps "
+                f"{100 * allocation['retained_energy']:.2f} % of sum sigma² with "
+                f"{allocation['params']:,} parameters (each direction costs d_out + d_in). By "
+                f"Eckart-Young no other allocation of as many directions keeps more.")
 
 # ---------------------------------------------------------------------------- resize
-st.subheader("Resize")
-target = audit.ResizeTarget(by=resize_by, rule=rule, value=value or 0.0,
-                            rank_budget=int(budget) * n_modules)
-with common.stop_on_error():
-    preview = audit.run_resize(upload, alpha=alpha, scale=scale, target=target)
-ps = preview.summary
-m1, m2, m3, m4 = st.columns(4)
-m1.metric("parameters before", f"{ps['params_before']:,}")
-m2.metric("parameters after", f"{ps['params_after']:,}",
-          delta=f"{100 * (ps['params_after'] / ps['params_before'] - 1):.1f} %" if ps["params_before"] else None,
-          delta_color="off")
-m3.metric("retained energy", f"{100 * ps['retained_energy']:.2f} %",
-          help="sum of the kept sigma² over sum sigma², over the whole adapter.")
-m4.metric("largest truncation error", f"{ps['max_error']:.3g}",
-          help="max over modules of ||dW_k − dW||_F / ||dW||_F.")
-st.caption(f"Resize by {target.describe()}: each module becomes the best rank-k approximation "
-           f"of its s·B·A (B_k = U_k·sqrt(S_k), A_k = sqrt(S_k)·V_kᵀ, scale folded in, alpha = k); "
-           f"a module already at or below k is left as it is. Written as {preview.write_format}, "
-           "the input's family.")
-with st.expander("Per-module ranks and truncation errors"):
-    st.dataframe(audit.resize_table(preview, report), hide_index=True, key="audit_resize_table",
-                 column_config={
-                     **{n: st.column_config.Column(n, help=t) for n, t in audit.RESIZE_HELP.items()},
-                     "truncation error": st.column_config.NumberColumn(
-                         "truncation error", help=audit.RESIZE_HELP["truncation error"], format="%.4g")})
-
-
 def _resized(name: str):
     """A deferred download: the resized files are built only when a button is clicked."""
     return lambda: audit.resized_files(upload, alpha=alpha, scale=scale, target=target)[name]
 
 
-weights_stem = next((n for n, _ in upload.files if not n.lower().endswith(".json")), "adapter")
-weights_stem = weights_stem.rsplit(".", 1)[0] or "adapter"
-if preview.write_format == "peft":
-    files = ["adapter_model.safetensors", "adapter_config.json"]
-    b1 = b2 = b3 = st.container(horizontal=True)
-    b1.download_button("Download resized adapter (.zip)", key=f"{audit.RESIZE_DOWNLOAD_KEY}_zip",
-                       data=lambda: audit.zip_files(
-                           audit.resized_files(upload, alpha=alpha, scale=scale, target=target),
-                           folder="resized_adapter"),
-                       file_name="lorarank-resized-adapter.zip", mime="application/zip",
-                       on_click="ignore", icon=":material/download:",
-                       help="adapter_model.safetensors + adapter_config.json (with rank_pattern "
-                            "and alpha_pattern) in a folder PEFT can load.")
-    b2.download_button("adapter_model.safetensors", data=_resized(files[0]),
-                       file_name=files[0], mime="application/octet-stream",
-                       key=f"{audit.RESIZE_DOWNLOAD_KEY}_weights", on_click="ignore",
-                       icon=":material/download:")
-    b3.download_button("adapter_config.json", data=_resized(files[1]), file_name=files[1],
-                       mime="application/json", key=f"{audit.RESIZE_DOWNLOAD_KEY}_config",
-                       on_click="ignore", icon=":material/download:")
-else:
-    inner = "adapter.safetensors" if preview.write_format == "kohya" else "adapter.npz"
-    suffix = inner.rsplit(".", 1)[1]
-    st.download_button(f"Download resized adapter (.{suffix})", data=_resized(inner),
-                       file_name=f"{weights_stem}-resized.{suffix}",
-                       mime="application/octet-stream", key=f"{audit.RESIZE_DOWNLOAD_KEY}_file",
-                       on_click="ignore", icon=":material/download:")
+with tabs["Resize"]:
+    target = audit.ResizeTarget(by=resize_by, rule=rule, value=value or 0.0,
+                                rank_budget=int(budget) * n_modules)
+    with common.stop_on_error():
+        preview = audit.run_resize(upload, alpha=alpha, scale=scale, target=target)
+    ps = preview.summary
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("parameters before", f"{ps['params_before']:,}")
+    m2.metric("parameters after", f"{ps['params_after']:,}",
+              delta=f"{100 * (ps['params_after'] / ps['params_before'] - 1):.1f} %" if ps["params_before"] else None,
+              delta_color="off")
+    m3.metric("retained energy", f"{100 * ps['retained_energy']:.2f} %",
+              help="sum of the kept sigma² over sum sigma², over the whole adapter.")
+    m4.metric("largest truncation error", f"{ps['max_error']:.3g}",
+              help="max over modules of ||dW_k − dW||_F / ||dW||_F.")
+    st.caption(f"Resize by {target.describe()}: each module becomes the best rank-k approximation "
+               f"of its s·B·A (B_k = U_k·sqrt(S_k), A_k = sqrt(S_k)·V_kᵀ, scale folded in, alpha = k); "
+               f"a module already at or below k is left as it is. Written as {preview.write_format}, "
+               "the input's family.")
+    with st.expander("Per-module ranks and truncation errors"):
+        st.dataframe(audit.resize_table(preview, report), hide_index=True, key="audit_resize_table",
+                     column_config={
+                         **{n: st.column_config.Column(n, help=t) for n, t in audit.RESIZE_HELP.items()},
+                         "truncation error": st.column_config.NumberColumn(
+                             "truncation error", help=audit.RESIZE_HELP["truncation error"], format="%.4g")})
+    weights_stem = next((n for n, _ in upload.files if not n.lower().endswith(".json")), "adapter")
+    weights_stem = weights_stem.rsplit(".", 1)[0] or "adapter"
+    if preview.write_format == "peft":
+        files = ["adapter_model.safetensors", "adapter_config.json"]
+        b1 = b2 = b3 = st.container(horizontal=True)
+        b1.download_button("Download resized adapter (.zip)", key=f"{audit.RESIZE_DOWNLOAD_KEY}_zip",
+                           data=lambda: audit.zip_files(
+                               audit.resized_files(upload, alpha=alpha, scale=scale, target=target),
+                               folder="resized_adapter"),
+                           file_name="lorarank-resized-adapter.zip", mime="application/zip",
+                           on_click="ignore", icon=":material/download:",
+                           help="adapter_model.safetensors + adapter_config.json (with rank_pattern "
+                                "and alpha_pattern) in a folder PEFT can load.")
+        b2.download_button("adapter_model.safetensors", data=_resized(files[0]),
+                           file_name=files[0], mime="application/octet-stream",
+                           key=f"{audit.RESIZE_DOWNLOAD_KEY}_weights", on_click="ignore",
+                           icon=":material/download:")
+        b3.download_button("adapter_config.json", data=_resized(files[1]), file_name=files[1],
+                           mime="application/json", key=f"{audit.RESIZE_DOWNLOAD_KEY}_config",
+                           on_click="ignore", icon=":material/download:")
+    else:
+        inner = "adapter.safetensors" if preview.write_format == "kohya" else "adapter.npz"
+        suffix = inner.rsplit(".", 1)[1]
+        st.download_button(f"Download resized adapter (.{suffix})", data=_resized(inner),
+                           file_name=f"{weights_stem}-resized.{suffix}",
+                           mime="application/octet-stream", key=f"{audit.RESIZE_DOWNLOAD_KEY}_file",
+                           on_click="ignore", icon=":material/download:")
 
 # --------------------------------------------------------------------------- compare
-if compare:
-    st.subheader("Compare with a second adapter")
-    uploaded_b = st.file_uploader(
-        "Second adapter (B)", type=["safetensors", "npz", "json"], accept_multiple_files=True,
-        key=audit.UPLOAD_B_KEY, help="Same kind of files as above; modules are matched by name.")
-    top = common.setting_widget(audit.TOP, st.columns(4)[0])
-    upload_b = audit.Upload.from_uploaded(uploaded_b)
-    if upload_b is None and demo:
-        upload_b = audit.demo_upload("b")
-        st.info("Comparing with the **synthetic demo B** (r = 8, same planted input directions, "
-                "its own noise).", icon=":material/science:")
-    if upload_b is None:
-        st.markdown("Upload the second adapter to see the subspace similarity phi per module.")
-    else:
-        with common.stop_on_error():
-            comparison = audit.run_compare(upload, upload_b, top=top)
-        st.markdown(audit.compare_reading(comparison))
-        st.dataframe(audit.compare_table(comparison), hide_index=True, key="audit_compare_table",
-                     height=audit.table_height(len(comparison.modules)),
-                     column_config={
-                         **{n: st.column_config.Column(n, help=t) for n, t in audit.COMPARE_HELP.items()},
-                         **{n: st.column_config.NumberColumn(n, help=audit.COMPARE_HELP[n], format="%.4f")
-                            for n in ("phi(1, 1)", "phi(k, k)", "chance")},
-                         "smallest angle (deg)": st.column_config.NumberColumn(
-                             "smallest angle (deg)", help=audit.COMPARE_HELP["smallest angle (deg)"],
-                             format="%.2f")})
-        common.download_buttons(audit.compare_table(comparison), stem="lorarank-compare",
-                                key=audit.COMPARE_DOWNLOAD_KEY,
-                                json_data=audit.json_safe(comparison.to_dict()))
-        rows = [{**r, "name": audit.short_name(r["name"])} for r in comparison.table()]
-        left, right = st.columns([3, 2])
-        with left:
-            common.show_chart(overlap_chart(rows),
-                              caption="phi(i, j) = ||U_iᵀV_j||_F² / min(i, j) on the right "
-                                      "singular vectors of the two A factors (Hu et al. 2022, "
-                                      "section 7.2). Tick: chance level k / d_in.")
-        with right:
-            by_name = {audit.short_name(m.name): m for m in comparison.modules}
-            shown = by_name.get(chosen) or comparison.modules[0]
-            common.show_chart(phi_chart(shown.phi, name=audit.short_name(shown.name)),
-                              caption="phi(i, j) for the module chosen above: the top-i "
-                                      "directions of A against the top-j of B.")
+with tabs["Compare"]:
+    if compare:
+        uploaded_b = st.file_uploader(
+            "Second adapter (B)", type=["safetensors", "npz", "json"], accept_multiple_files=True,
+            key=audit.UPLOAD_B_KEY, help="Same kind of files as above; modules are matched by name.")
+        top = common.setting_widget(audit.TOP, st.columns(4)[0])
+        upload_b = audit.Upload.from_uploaded(uploaded_b)
+        if upload_b is None and demo:
+            upload_b = audit.demo_upload("b")
+            st.info("Comparing with the **synthetic demo B** (r = 8, same planted input directions, "
+                    "its own noise).", icon=":material/science:")
+        if upload_b is None:
+            st.markdown("Upload the second adapter to see the subspace similarity phi per module.")
+        else:
+            with common.stop_on_error():
+                comparison = audit.run_compare(upload, upload_b, top=top)
+            st.markdown(audit.compare_reading(comparison))
+            st.dataframe(audit.compare_table(comparison), hide_index=True, key="audit_compare_table",
+                         height=audit.table_height(len(comparison.modules)),
+                         column_config={
+                             **{n: st.column_config.Column(n, help=t) for n, t in audit.COMPARE_HELP.items()},
+                             **{n: st.column_config.NumberColumn(n, help=audit.COMPARE_HELP[n], format="%.4f")
+                                for n in ("phi(1, 1)", "phi(k, k)", "chance")},
+                             "smallest angle (deg)": st.column_config.NumberColumn(
+                                 "smallest angle (deg)", help=audit.COMPARE_HELP["smallest angle (deg)"],
+                                 format="%.2f")})
+            common.download_buttons(audit.compare_table(comparison), stem="lorarank-compare",
+                                    key=audit.COMPARE_DOWNLOAD_KEY,
+                                    json_data=audit.json_safe(comparison.to_dict()))
+            rows = [{**r, "name": audit.short_name(r["name"])} for r in comparison.table()]
+            left, right = st.columns([3, 2])
+            with left:
+                common.show_chart(overlap_chart(rows),
+                                  caption="phi(i, j) = ||U_iᵀV_j||_F² / min(i, j) on the right "
+                                          "singular vectors of the two A factors (Hu et al. 2022, "
+                                          "section 7.2). Tick: chance level k / d_in.")
+            with right:
+                by_name = {audit.short_name(m.name): m for m in comparison.modules}
+                shown = by_name.get(chosen) or comparison.modules[0]
+                common.show_chart(phi_chart(shown.phi, name=audit.short_name(shown.name)),
+                                  caption="phi(i, j) for the module chosen above: the top-i "
+                                          "directions of A against the top-j of B.")

@@ -32,8 +32,8 @@ def reading(at: AppTest) -> str:
 
 
 def windows(at: AppTest):
-    """The per-rule, per-rank window table."""
-    return at.dataframe[0].value
+    """The per-rule, per-rank window table (second: the Grid tab's cell table comes first)."""
+    return at.dataframe[1].value
 
 
 def charts(at: AppTest) -> list[dict]:
@@ -81,7 +81,7 @@ class TestDefaults:
         assert specs[0]["facet"]["field"] == "rule"
         buttons = at.get("download_button")
         assert len(buttons) == 2
-        cells = at.dataframe[1].value
+        cells = at.dataframe[0].value
         assert len(cells) == 4 * len(DEFAULT_RANKS) * len(DEFAULT_LRS)
         assert not cells.isna().any().any()
         assert "nan" not in cells.to_string().lower()
@@ -234,7 +234,7 @@ class TestBadInput:
         at = open_page(lrs="5,50", ranks="4,16", steps="30")
         assert not at.exception and not at.error
         assert "every tested learning rate diverged at every rank" in reading(at)
-        cells = at.dataframe[1].value
+        cells = at.dataframe[0].value
         assert all(v.startswith("diverged at step") for v in cells["final relative error"])
         assert not any(isinstance(v, float) and math.isnan(v) for v in cells.to_numpy().ravel())
 

@@ -1,0 +1,92 @@
+"""Page structure every page shares: a short header, settings in the sidebar, tabbed sections.
+
+The layout is results first. A page's run-wide inputs live in the sidebar (:func:`settings_group`),
+which Streamlit shows beside the results on a wide screen and folds away on a phone, so the first
+thing under the title is always a result. Inputs that change one view only (the rank map's metric,
+the calculator, the compare uploader) sit at the top of that view's tab (:func:`sections`).
+
+Adding a section to a page: put its name in the page's ``sections([...])`` list and write into
+``tabs["name"]`` with a ``with`` block; a section's widgets belong inside it, before any result.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import streamlit as st
+
+from ui.common import Setting, setting_widget
+
+__all__ = ["header", "settings_group", "sections", "SETTINGS_HINT"]
+
+#: Said under the title of a page whose inputs are in the sidebar.
+SETTINGS_HINT = ("Settings are in the sidebar (on a phone, open it with the » button at the top "
+                 "left); every setting is kept in the link.")
+
+
+def header(title: str, summary: str, *, about: str | None = None,
+           hint: str | None = SETTINGS_HINT) -> None:
+    """The page title, a one-sentence summary, and the longer explanation folded away.
+
+    Parameters
+    ----------
+    title : str
+        The page's heading (the same as its navigation label).
+    summary : str
+        One sentence: what the page shows.
+    about : str, optional
+        Markdown with the background; shown in a collapsed expander "About this page".
+    hint : str, optional
+        A caption after the summary (default: where the settings are).
+    """
+    st.title(title)
+    st.caption(summary + (f" {hint}" if hint else ""))
+    if about:
+        with st.expander("About this page", icon=":material/info:"):
+            st.markdown(about)
+
+
+def _is_compact(setting: Setting) -> bool:
+    """Numbers fit two to a sidebar row; choices and free text take the whole row."""
+    return setting.kind in ("int", "float")
+
+
+def settings_group(title: str, settings: Sequence[Setting], *, container: Any = None,
+                   expanded: bool = True) -> dict[str, Any]:
+    """Draw the URL-bound widgets of ``settings`` in a sidebar expander titled ``title``.
+
+    Numbers go two to a row, choices and text fields one to a row, in the order given. Returns
+    the values by key, as :func:`ui.common.url_settings` does. ``container`` (e.g. an expander
+    already holding other widgets) is used instead of a new expander when given.
+    """
+    box = st.sidebar.expander(title, expanded=expanded) if container is None else container
+    values: dict[str, Any] = {}
+    pending: list[Setting] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        cols = box.columns(2)
+        for i, setting in enumerate(pending):
+            values[setting.key] = setting_widget(setting, cols[i])
+        pending.clear()
+
+    for setting in settings:
+        if _is_compact(setting):
+            pending.append(setting)
+            if len(pending) == 2:
+                flush()
+        else:
+            flush()
+            values[setting.key] = setting_widget(setting, box)
+    flush()
+    return values
+
+
+def sections(names: Sequence[str]) -> dict[str, Any]:
+    """Tabs a user can jump between, by name: ``tabs = sections(["Grid", "Loss curves"])``.
+
+    All tabs are drawn on every run (a widget in a tab the user is not looking at keeps its
+    value and its place in the URL); write into one with ``with tabs["Grid"]:``.
+    """
+    return dict(zip(names, st.tabs(list(names))))
