@@ -25,14 +25,18 @@ import numpy as np
 
 from ._validate import check_choice, check_int, check_real
 from .adapters import Adapter, LoraModule, parse_module_name
-from .errors import ConfigError
+from .errors import AdapterError, ConfigError
 from .spectrum import (
     RANK_RULES,
+    FactoredSVD,
+    _kron_values,
     _svdvals_unchecked,
     single_threaded_blas,
     energy_rank,
     entropy_rank,
     factored_svd,
+    kron_svd,
+    operator_svdvals,
     recommend_rank,
     stable_rank,
     truncation_error,
@@ -46,6 +50,11 @@ __all__ = [
     "ResizeResult",
     "audit_adapter",
     "module_spectrum",
+    "module_svd",
+    "dora_update",
+    "spectrum_of",
+    "COLLAPSE_RATIO",
+    "BASE_TOP_K",
     "allocate_budget",
     "budget_curve",
     "resize_adapter",
@@ -55,6 +64,13 @@ __all__ = [
 ENERGY_THRESHOLDS: tuple[float, ...] = (0.9, 0.95, 0.99)
 
 Progress = Callable[[int, int], None]
+
+#: A module is "collapsed to one direction" when ``sigma_2 <= COLLAPSE_RATIO * sigma_1``
+#: (every direction but the first holds less than 1e-12 of its energy).
+COLLAPSE_RATIO = 1e-6
+
+#: How many leading singular values of ``merged - W0`` a DoRA module with base weights reports.
+BASE_TOP_K = 64
 
 
 def _tick(progress: Progress | None, done: int, total: int) -> None:
@@ -73,12 +89,33 @@ def _check_rule(rule: str, value: float) -> tuple[str, float]:
     return rule, value
 
 
+def _family(module: LoraModule) -> str:
+    return getattr(module, "family", "lora")
+
+
+def _kron_left(module: LoraModule) -> np.ndarray | None:
+    left = getattr(module, "kron_left", None)
+    return None if left is None else np.asarray(left, dtype=np.float64)
+
+
+def _magnitude(module: LoraModule) -> np.ndarray | None:
+    m = getattr(module, "magnitude", None)
+    return None if m is None else np.asarray(m, dtype=np.float64).ravel()
+
+
 def module_spectrum(module: LoraModule) -> np.ndarray:
-    """Singular values of ``module.scale * B @ A`` from the factors, descending, float64.
+    """Singular values of what ``(B, A, scale)`` describe, from the factors, descending, float64.
+
+    For every family but DoRA that is the update the library applies: ``scale * B @ A``
+    (LoRA, AdaLoRA with E folded into A, LoCon with its Tucker core folded, LoHa's exact
+    Khatri-Rao factors), or ``scale * kron(kron_left, B @ A)`` for LoKr (all products of the
+    halves' singular values). For DoRA it is the directional part ``scale * B @ A``; the true
+    update needs the base weight (:func:`dora_update`).
 
     Returns
     -------
-    ndarray of shape (min(r, d_out, d_in),)
+    ndarray of shape (q,)
+        ``q = min(r, d_out, d_in)``; for LoKr ``min(o1, i1) * min(r, d_out2, d_in2)``.
 
     Notes
     -----
@@ -86,7 +123,128 @@ def module_spectrum(module: LoraModule) -> np.ndarray:
     checked finite when the adapter was read.
     """
     B, A = module.factors(np.float64)
+    left = _kron_left(module)
+    if left is not None:
+        s_left = _svdvals_unchecked(left, np.eye(left.shape[1]), 1.0)
+        return _kron_values(s_left, _svdvals_unchecked(B, A, module.scale))
     return _svdvals_unchecked(B, A, module.scale)
+
+
+def module_svd(module: LoraModule, k: int | None = None) -> FactoredSVD:
+    """Thin SVD (top ``k``) of the update ``(B, A, scale)`` describe (the directional part for DoRA).
+
+    Returns
+    -------
+    FactoredSVD
+        ``U`` (d_out, k), ``S`` (k,), ``Vt`` (k, d_in) in the orientation of ``B @ A``.
+    """
+    B, A = module.factors(np.float64)
+    left = _kron_left(module)
+    if left is not None:
+        return kron_svd(left, B, A, scale=module.scale, k=k)
+    u, sv, vt = factored_svd(B, A, scale=module.scale)
+    k = sv.size if k is None else min(k, sv.size)
+    return FactoredSVD(u[:, :k], sv[:k], vt[:k])
+
+
+def spectrum_of(module: LoraModule, *, with_base: bool = False) -> str:
+    """One phrase naming what the module's reported singular values are of."""
+    family = _family(module)
+    if family == "dora" or _magnitude(module) is not None:
+        if with_base:
+            return "update merged - W0 (DoRA, exact with the base weights)"
+        return ("directional part s*B@A (DoRA, no base weights): not the update, which rescales the rows "
+                "of W0 + s*B@A by the magnitude vector")
+    return {
+        "lora": "update s*B@A",
+        "adalora": "update s*B@(A*E) (AdaLoRA, as PEFT's get_delta_weight)",
+        "loha": "update s*(W1a@W1b)*(W2a@W2b) (LoHa, exact rank-r1*r2 Khatri-Rao factors)",
+        "lokr": "update s*kron(W1, W2) (LoKr, products of the halves' singular values)",
+        "locon-tucker": "update s*up@(mid x down) (LoCon, Tucker core folded into the factors)",
+    }.get(family, f"update ({family})")
+
+
+# ------------------------------------------------------------------------------- base weights
+def _update_shape(module: LoraModule) -> tuple[int, int]:
+    return tuple(int(d) for d in module.shape)
+
+
+def _base_weight(module: LoraModule, base) -> np.ndarray:
+    return base.weight(module.name, _update_shape(module), transposed=bool(module.transposed))
+
+
+def _dora_parts(module: LoraModule, W0: np.ndarray):
+    """``(c, s, B, A)`` with ``dW = diag(c) (W0 + s B A) - W0``, ``c = m / ||W0 + s B A||_row``.
+
+    The row norms come from the factors: ``||w_i + s (BA)_i||^2 = ||w_i||^2 + 2 s b_i . (A w_i)
+    + s^2 b_i (A A^T) b_i^T``; the d_out x d_in product ``B @ A`` is never formed.
+    """
+    B, A = module.factors(np.float64)
+    s = float(module.scale)
+    m = _magnitude(module)
+    if m is None or m.size != W0.shape[0]:
+        raise AdapterError(f"module {module.name!r}: DoRA magnitude vector has {0 if m is None else m.size} "
+                           f"entries, the layer has {W0.shape[0]} outputs")
+    w_sq = np.einsum("ij,ij->i", W0, W0)
+    cross = np.einsum("ij,ij->i", B, W0 @ A.T)
+    ba_sq = np.einsum("ij,ij->i", B @ (A @ A.T), B)
+    norms_sq = w_sq + 2 * s * cross + s * s * ba_sq
+    norms = np.sqrt(np.maximum(norms_sq, 0.0))
+    if np.any(norms == 0) or not np.all(np.isfinite(norms)):
+        raise AdapterError(f"module {module.name!r}: a row of W0 + s*B@A is zero or not finite, so DoRA's "
+                           "magnitude scaling is undefined")
+    c = m / norms
+    return c, s, B, A, (w_sq, cross, ba_sq)
+
+
+def dora_update(module: LoraModule, W0: np.ndarray, *, k: int = BASE_TOP_K,
+                method: str = "auto") -> tuple[np.ndarray, float]:
+    """Top-``k`` singular values and the Frobenius norm of DoRA's true update.
+
+    ``dW = diag(c) (W0 + s B A) - W0 = diag(c - 1) W0 + s diag(c) B A`` with
+    ``c = m / ||W0 + s B A||_row`` (PEFT ``lora_magnitude_vector`` and mlx-lm ``fuse()``).
+
+    Parameters
+    ----------
+    module : LoraModule
+        With ``magnitude`` of shape (d_out,).
+    W0 : ndarray of shape (d_out, d_in)
+        The base weight, in the orientation of ``B @ A``.
+    k : int, default=BASE_TOP_K
+    method : {"auto", "iterative", "dense"}
+        Passed to :func:`lorarank.spectrum.operator_svdvals`: products ``dW @ X`` only, so a
+        4096 x 4096 layer is never decomposed densely.
+
+    Returns
+    -------
+    singular_values : ndarray of shape (min(k, d_out, d_in),)
+    norm : float
+        ``||dW||_F`` from the rows: ``(c_i - 1)^2 ||w_i||^2 + 2 (c_i - 1) c_i s b_i.(A w_i)
+        + c_i^2 s^2 ||(BA)_i||^2`` summed.
+    """
+    c, s, B, A, (w_sq, cross, ba_sq) = _dora_parts(module, W0)
+    d = c - 1.0
+    rows = d * d * w_sq + 2 * d * c * s * cross + c * c * s * s * ba_sq
+    norm = float(np.sqrt(max(float(np.sum(rows)), 0.0)))
+    sB = s * (c[:, None] * B)
+
+    def matmat(X):
+        return d[:, None] * (W0 @ X) + sB @ (A @ X)
+
+    def rmatmat(Y):
+        return W0.T @ (d[:, None] * Y) + A.T @ (sB.T @ Y)
+
+    values = operator_svdvals(matmat, rmatmat, W0.shape, k=k, method=method)
+    if not np.all(np.isfinite(values)) or not np.isfinite(norm):
+        raise AdapterError(f"module {module.name!r}: DoRA's update overflows float64")
+    return values, norm
+
+
+def _frobenius(s: np.ndarray) -> float:
+    """``sqrt(sum s^2)`` without overflow for values near float64's limit."""
+    if s.size == 0 or s[0] == 0:
+        return 0.0
+    return float(s[0] * np.sqrt(np.sum((s / s[0]) ** 2)))
 
 
 # ------------------------------------------------------------------------------------ reports
@@ -124,6 +282,27 @@ class ModuleReport:
         ``r * (d_out + d_in)``.
     params_after : int
         ``recommended_rank * (d_out + d_in)``.
+    family : str
+        ``lora``, ``dora``, ``adalora``, ``loha``, ``lokr`` or ``locon-tucker``.
+    spectrum_of : str
+        What ``singular_values`` are the singular values of (:func:`spectrum_of`).
+    stored_rank : int or None
+        The r the file declares when it differs from the inner dimension (LoHa r, AdaLoRA init_r).
+    kept_rank : int or None
+        AdaLoRA: nonzero entries of E, the rank its budget left.
+    magnitude : dict or None
+        DoRA: ``{"min", "mean", "max"}`` of the magnitude vector m (and, with base weights,
+        ``row_scale_min`` / ``row_scale_max`` of ``m / ||W0 + s B A||_row``).
+    directional_singular_values : ndarray or None
+        DoRA with base weights: the spectrum of ``s * B @ A`` (``singular_values`` is then of
+        ``merged - W0``).
+    norm : float
+        ``||dW||_F`` of the update (of the directional part for DoRA without base).
+    relative_size : float or None
+        ``||dW||_F / ||W0||_F`` when base weights were given.
+    flags : list of str
+        ``zero`` (the update is exactly zero: never trained, or a zero scale), ``collapsed``
+        (``sigma_2 <= 1e-6 sigma_1``: one direction).
     """
 
     name: str
@@ -141,15 +320,24 @@ class ModuleReport:
     truncation_error: float
     params: int
     params_after: int
+    family: str = "lora"
+    spectrum_of: str = "update s*B@A"
+    stored_rank: int | None = None
+    kept_rank: int | None = None
+    magnitude: dict | None = None
+    directional_singular_values: np.ndarray | None = None
+    norm: float = 0.0
+    relative_size: float | None = None
+    flags: tuple[str, ...] = ()
 
     @property
     def energy(self) -> float:
-        """``sum sigma^2 = ||scale * B @ A||_F^2``."""
+        """``sum sigma^2`` of the reported values (``||dW||_F^2`` when they are all of them)."""
         return float(np.sum(self.singular_values**2))
 
     def to_dict(self) -> dict:
-        """JSON-friendly, exactly the keys of PRODUCT.md's ``audit --json`` modules (see :meth:`AuditReport.table` for more)."""
-        return {
+        """JSON-friendly: PRODUCT.md's ``audit --json`` module keys plus the family fields."""
+        out = {
             "name": self.name,
             "shape": [int(self.shape[0]), int(self.shape[1])],
             "rank": self.rank,
@@ -160,7 +348,18 @@ class ModuleReport:
             "stable_rank": self.stable_rank,
             "entropy_rank": self.entropy_rank,
             "recommended_rank": self.recommended_rank,
+            "family": self.family,
+            "spectrum_of": self.spectrum_of,
+            "stored_rank": self.stored_rank,
+            "kept_rank": self.kept_rank,
+            "magnitude": None if self.magnitude is None else dict(self.magnitude),
+            "norm": self.norm,
+            "relative_size": self.relative_size,
+            "flags": list(self.flags),
         }
+        if self.directional_singular_values is not None:
+            out["directional_singular_values"] = [float(v) for v in self.directional_singular_values]
+        return out
 
 
 @dataclass(frozen=True)
@@ -230,22 +429,65 @@ class AuditReport:
                  "value": r[metric]} for r in rows]
 
 
-def _report(module: LoraModule, s: np.ndarray, rule: str, value: float) -> ModuleReport:
+def _flags(module: LoraModule, s: np.ndarray) -> tuple[str, ...]:
+    if s.size == 0 or s[0] == 0:
+        return ("zero",)
+    if s.size > 1 and s[1] <= COLLAPSE_RATIO * s[0]:
+        return ("collapsed",)
+    if s.size == 1 and module.rank > 1:
+        return ("collapsed",)
+    return ()
+
+
+def _magnitude_summary(m: np.ndarray | None, row_scale: np.ndarray | None = None) -> dict | None:
+    if m is None:
+        return None
+    out = {"min": float(m.min()), "mean": float(m.mean()), "max": float(m.max())} if m.size else {}
+    if row_scale is not None and row_scale.size:
+        out.update(row_scale_min=float(row_scale.min()), row_scale_max=float(row_scale.max()))
+    return out
+
+
+def _report(module: LoraModule, s: np.ndarray, rule: str, value: float, *, base=None,
+            base_k: int = BASE_TOP_K) -> ModuleReport:
     layer, kind = parse_module_name(module.name)
+    family = _family(module)
+    magnitude = _magnitude(module)
+    directional = None
+    norm = _frobenius(s)
+    relative = None
+    row_scale = None
+    flags = _flags(module, s)
+    if base is not None:
+        W0 = _base_weight(module, base)
+        w_norm = float(np.linalg.norm(W0))
+        if magnitude is not None:
+            directional = s
+            c = _dora_parts(module, W0)[0]
+            row_scale = c
+            s, norm = dora_update(module, W0, k=base_k)
+            flags = _flags(module, s)
+        relative = norm / w_norm if w_norm > 0 else None
     k = recommend_rank(s, rule=rule, value=value)
-    d_out, d_in = module.shape
+    d_out, d_in = _update_shape(module)
+    if (s.size and not math.isfinite(float(s[0]))) or not math.isfinite(norm):
+        raise AdapterError(f"module {module.name!r}: its update overflows float64 (scale {module.scale!r})")
     return ModuleReport(
         name=module.name, layer=layer, module_type=kind, shape=(d_out, d_in), rank=module.rank,
         alpha=module.alpha, scale=float(module.scale), singular_values=s,
         energy_rank={f"{t:g}": energy_rank(s, threshold=t) for t in ENERGY_THRESHOLDS},
         stable_rank=stable_rank(s), entropy_rank=entropy_rank(s), recommended_rank=k,
         truncation_error=truncation_error(s, k), params=module.num_params,
-        params_after=k * (d_out + d_in),
+        params_after=k * (d_out + d_in), family=family,
+        spectrum_of=spectrum_of(module, with_base=base is not None),
+        stored_rank=getattr(module, "stored_rank", None), kept_rank=getattr(module, "kept_rank", None),
+        magnitude=_magnitude_summary(magnitude, row_scale), directional_singular_values=directional,
+        norm=norm, relative_size=relative, flags=flags,
     )
 
 
 def audit_adapter(adapter: Adapter, *, rule: str = "energy", value: float = 0.99,
-                  progress: Progress | None = None) -> AuditReport:
+                  progress: Progress | None = None, base=None, base_k: int = BASE_TOP_K) -> AuditReport:
     """Spectrum, rank metrics and a recommended rank for every module of ``adapter``.
 
     Parameters
@@ -258,34 +500,91 @@ def audit_adapter(adapter: Adapter, *, rule: str = "energy", value: float = 0.99
         The rule's parameter.
     progress : callable(done, total), optional
         Called after each module (and once with ``(0, total)`` at the start).
+    base : lorarank.base.BaseWeights, optional
+        The base model's weights (:func:`lorarank.base.open_base`). With them every module
+        gets ``relative_size = ||dW||_F / ||W0||_F``, and a DoRA module's spectrum becomes
+        that of ``merged - W0`` (top ``base_k`` values, by products only).
+    base_k : int, default=BASE_TOP_K
 
     Returns
     -------
     AuditReport
+
+    Raises
+    ------
+    AdapterError
+        A base weight is missing or misshapen, or a result overflows float64.
 
     Notes
     -----
     Costs O((d_out + d_in) r^2) per module; the dense ``d_out x d_in`` update is never formed.
     """
     rule, value = _check_rule(rule, value)
+    base_k = check_int("base_k", base_k, minimum=1)
     total = len(adapter.modules)
     _tick(progress, 0, total)
     reports = []
     with single_threaded_blas():
         for i, module in enumerate(adapter.modules):
-            reports.append(_report(module, module_spectrum(module), rule, value))
+            reports.append(_report(module, module_spectrum(module), rule, value, base=base, base_k=base_k))
             _tick(progress, i + 1, total)
+    detected = adapter.describe()
+    if base is not None:
+        detected = {**detected, "base": base.source}
+    summary = _summary(adapter, reports, rule, value)
+    if base is not None:
+        summary["base"] = base.source
+    _check_finite(summary)
     return AuditReport(format=adapter.format, source=adapter.source, scaling=adapter.scaling,
-                       rule=rule, value=value, modules=reports,
-                       summary=_summary(adapter, reports, rule, value), detected=adapter.describe())
+                       rule=rule, value=value, modules=reports, summary=summary, detected=detected)
+
+
+def _check_finite(doc, path: str = "summary") -> None:
+    """Raise when a number in the summary is NaN or infinite: never print "nan %"."""
+    if isinstance(doc, float) and not math.isfinite(doc):
+        raise AdapterError(f"the audit's {path} is not finite ({doc}): the adapter's values overflow float64")
+    if isinstance(doc, dict):
+        for key, v in doc.items():
+            _check_finite(v, f"{path}.{key}")
+    elif isinstance(doc, (list, tuple)):
+        for v in doc:
+            _check_finite(v, path)
+
+
+def _warnings(adapter: Adapter, reports: Sequence[ModuleReport]) -> list[str]:
+    """Sentences about the whole adapter a reader must not miss."""
+    out = []
+    zero = [m for m in reports if "zero" in m.flags]
+    if reports and len(zero) == len(reports):
+        if all(m.scale == 0 for m in reports):
+            out.append("every module has scale 0, so the adapter changes nothing whatever its factors hold")
+        else:
+            out.append("every module's update is exactly zero: the adapter was never trained "
+                       "(or saved at initialisation) and changes nothing")
+    elif zero:
+        out.append(f"{len(zero)} of {len(reports)} modules are exactly zero (never trained or scale 0), "
+                   f"e.g. {zero[0].name}")
+    collapsed = [m for m in reports if "collapsed" in m.flags]
+    if collapsed:
+        out.append(f"{len(collapsed)} of {len(reports)} modules collapsed to one direction "
+                   f"(sigma_2 <= 1e-6 sigma_1), e.g. {collapsed[0].name}")
+    if any(m.family == "dora" or m.magnitude is not None for m in reports) and \
+            all(m.directional_singular_values is None for m in reports if m.magnitude is not None):
+        out.append("DoRA without base weights: the spectra are of the directional part s*B@A, not of the "
+                   "update; give the base weights for the exact merged - W0")
+    return out
 
 
 def _summary(adapter: Adapter, reports: Sequence[ModuleReport], rule: str, value: float) -> dict:
     params = sum(m.params for m in reports)
     after = sum(m.params_after for m in reports)
-    energy = sum(m.energy for m in reports)
-    kept = sum(float(np.sum(m.singular_values[: m.recommended_rank] ** 2)) for m in reports)
+    # Energies relative to the largest sigma_1, so spectra near 1e160 do not overflow squared.
+    peak = max((float(m.singular_values[0]) for m in reports if m.singular_values.size), default=0.0)
+    unit = peak if peak > 0 else 1.0
+    energy = sum(float(np.sum((m.singular_values / unit) ** 2)) for m in reports)
+    kept = sum(float(np.sum((m.singular_values[: m.recommended_rank] / unit) ** 2)) for m in reports)
     recs = [m.recommended_rank for m in reports]
+    families = list(dict.fromkeys(m.family for m in reports))
     return {
         "source": adapter.source,
         "modules": len(reports),
@@ -301,6 +600,10 @@ def _summary(adapter: Adapter, reports: Sequence[ModuleReport], rule: str, value
         "dtypes": adapter.dtypes,
         "scaling": adapter.scaling,
         "truncation_error": {m.name: m.truncation_error for m in reports},
+        "families": families,
+        "zero_modules": [m.name for m in reports if "zero" in m.flags],
+        "collapsed_modules": [m.name for m in reports if "collapsed" in m.flags],
+        "warnings": _warnings(adapter, reports),
     }
 
 
@@ -365,7 +668,10 @@ def allocate_budget(source: AuditReport | Adapter, *, rank_budget: int | None = 
 
 
 def _ordered(spectra: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
-    energy = np.concatenate([s * s for s in spectra]) if spectra else np.zeros(0)
+    # Relative to the largest value, so spectra near 1e160 do not overflow when squared.
+    peak = max((float(s[0]) for s in spectra if s.size), default=0.0)
+    unit = peak if peak > 0 else 1.0
+    energy = np.concatenate([(s / unit) ** 2 for s in spectra]) if spectra else np.zeros(0)
     owner = np.concatenate([np.full(s.size, i) for i, s in enumerate(spectra)]) if spectra else np.zeros(0, int)
     # Stable sort: ties keep the module order and, within a module, the spectrum's order.
     order = np.argsort(-energy, kind="stable")

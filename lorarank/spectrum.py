@@ -45,6 +45,12 @@ __all__ = [
     "recommend_rank",
     "RANK_RULES",
     "single_threaded_blas",
+    "khatri_rao_rows",
+    "hadamard_factors",
+    "kron_svdvals",
+    "kron_svd",
+    "operator_svd",
+    "operator_svdvals",
 ]
 
 #: Rules :func:`recommend_rank` understands, with the meaning of their ``value``.
@@ -90,13 +96,15 @@ def _check_factors(B: object, A: object, scale: object) -> tuple[np.ndarray, np.
 def _core(B: np.ndarray, A: np.ndarray, scale: float, vectors: bool):
     if not vectors:
         return _svdvals_unchecked(B, A, scale)
+    # 0. Factors divided by their largest entries (unit carries them): no overflow near 1e160.
+    B, A, unit = _normalised(B, A, scale)
     # 1. B = Q_B R_B and A^T = Q_A R_A (reduced QR: Q has min(d, r) orthonormal columns).
     qb, rb = np.linalg.qr(B)
     qa, ra = np.linalg.qr(A.T)
     # 2. scale * B @ A = Q_B (scale * R_B R_A^T) Q_A^T; the core is at most r x r.
     # 3. The SVD of the core gives the singular values; Q_B and Q_A rotate its vectors back.
-    uc, s, vct = np.linalg.svd(scale * (rb @ ra.T), full_matrices=False)
-    return qb @ uc, s, vct @ qa.T
+    uc, s, vct = np.linalg.svd(np.sign(scale) * (rb @ ra.T), full_matrices=False)
+    return qb @ uc, _rescaled(s, unit), vct @ qa.T
 
 
 def _svdvals_unchecked(B: np.ndarray, A: np.ndarray, scale: float) -> np.ndarray:
@@ -105,9 +113,33 @@ def _svdvals_unchecked(B: np.ndarray, A: np.ndarray, scale: float) -> np.ndarray
     Singular values need only the triangular factors of the QRs (``mode="r"``, about 3x
     faster than forming Q as well): ``scale * B @ A = Q_B (scale * R_B R_A^T) Q_A^T``.
     """
+    B, A, unit = _normalised(B, A, scale)
     rb = np.linalg.qr(B, mode="r")
     ra = np.linalg.qr(A.T, mode="r")
-    return np.linalg.svd(scale * (rb @ ra.T), compute_uv=False)
+    return _rescaled(np.linalg.svd(rb @ ra.T, compute_uv=False), unit)
+
+
+def _normalised(B: np.ndarray, A: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(B / b, A / a, |scale| * a * b)`` with ``b``, ``a`` the factors' largest entries.
+
+    Factors near 1e160 (or a scale of 1e300) give products that overflow float64 inside the
+    QR / SVD (LinAlgError) although every singular value is representable; the singular
+    values scale linearly, so dividing first and multiplying the (few) values back is exact
+    up to rounding. An all-zero factor gives ``unit = 0`` (every singular value 0).
+    """
+    b = float(np.max(np.abs(B))) if B.size else 0.0
+    a = float(np.max(np.abs(A))) if A.size else 0.0
+    if b == 0.0 or a == 0.0 or scale == 0.0:
+        return B, A, 0.0
+    return B / b, A / a, abs(scale) * a * b
+
+
+def _rescaled(s: np.ndarray, unit: float) -> np.ndarray:
+    out = s * unit if unit else np.zeros_like(s)
+    if not np.all(np.isfinite(out)):
+        raise ConfigError(f"a singular value overflows float64 (sigma_1 = {float(s[0])!r} x {unit!r}): "
+                          "the scale or the factors are too large to give a finite update")
+    return out
 
 
 def single_threaded_blas():
@@ -187,7 +219,13 @@ def energy_rank(singular_values: object, *, threshold: float = 0.99) -> int:
     """
     s = check_spectrum(singular_values)
     t = check_real("threshold", threshold, minimum=0.0, maximum=1.0, strict_minimum=True)
-    return _share_rank(s * s, t)
+    u = _unit(s)
+    return _share_rank(u * u, t)
+
+
+def _unit(s: np.ndarray) -> np.ndarray:
+    """``s / s[0]`` (or ``s`` when zero): ratios need no squares near float64's limit."""
+    return s / s[0] if s.size and s[0] > 0 else s
 
 
 def _share_rank(weights: np.ndarray, share: float) -> int:
@@ -220,7 +258,7 @@ def entropy_rank(singular_values: object) -> float:
     O. Roy and M. Vetterli, "The effective rank: a measure of effective dimensionality",
     EUSIPCO 2007.
     """
-    s = check_spectrum(singular_values)
+    s = _unit(check_spectrum(singular_values))
     total = float(np.sum(s))
     if total <= 0:
         return 0.0
@@ -259,9 +297,10 @@ def kohya_rank(singular_values: object, *, rule: str, value: float) -> int:
         ratio = check_real("value", value, minimum=1.0)
         return max(1, int(np.count_nonzero(s > s[0] / ratio)))
     share = check_real("value", value, minimum=0.0, maximum=1.0, strict_minimum=True)
+    u = _unit(s)
     if rule == "sv_fro":
-        return _share_rank(s * s, share * share)
-    return _share_rank(s, share)
+        return _share_rank(u * u, share * share)
+    return _share_rank(u, share)
 
 
 def truncation_error(singular_values: object, k: int) -> float:
@@ -276,7 +315,9 @@ def truncation_error(singular_values: object, k: int) -> float:
 
 
 def _tail_errors(s: np.ndarray, ks: np.ndarray) -> np.ndarray:
-    # Tail sums from the small end, so that a tiny tail is not lost to cancellation.
+    # Tail sums from the small end, so that a tiny tail is not lost to cancellation; ratios
+    # only, so spectra near 1e160 do not overflow when squared.
+    s = _unit(s)
     sq = s * s
     tails = np.concatenate([np.cumsum(sq[::-1])[::-1], [0.0]])
     total = tails[0] if s.size else 0.0
@@ -419,3 +460,211 @@ def recommend_rank(singular_values: object, *, rule: str = "energy", value: floa
             return 0
         return int(min(s.size, max(1, math.ceil(erank - 1e-9))))
     return kohya_rank(singular_values, rule=rule, value=value)
+
+
+# ------------------------------------------------------------------------ family spectra
+def khatri_rao_rows(X: object, Y: object) -> np.ndarray:
+    """Row-wise Kronecker (face-splitting) product: row i is ``kron(X[i], Y[i])``.
+
+    Parameters
+    ----------
+    X : array_like of shape (n, p)
+    Y : array_like of shape (n, q)
+
+    Returns
+    -------
+    ndarray of shape (n, p * q)
+        ``out[i, a * q + b] = X[i, a] * Y[i, b]``, float64.
+    """
+    X = check_matrix("X", X).astype(np.float64, copy=False)
+    Y = check_matrix("Y", Y).astype(np.float64, copy=False)
+    if X.shape[0] != Y.shape[0]:
+        raise ConfigError(f"row-wise Khatri-Rao needs the same number of rows, got {X.shape} and {Y.shape}")
+    return (X[:, :, None] * Y[:, None, :]).reshape(X.shape[0], -1)
+
+
+def hadamard_factors(B1: object, A1: object, B2: object, A2: object) -> tuple[np.ndarray, np.ndarray]:
+    """An exact factorisation ``(B, A)`` of the Hadamard product ``(B1 @ A1) * (B2 @ A2)``.
+
+    This is LoHa's update (``hada_w1_a @ hada_w1_b`` times ``hada_w2_a @ hada_w2_b``, element
+    by element): ``(B1 A1)_ij (B2 A2)_ij = sum_{a,b} B1_ia B2_ib A1_aj A2_bj``, so with the
+    row-wise Khatri-Rao products ``B = B1 (*) B2`` and ``A^T = A1^T (*) A2^T`` the update is
+    ``B @ A`` with inner dimension ``r1 * r2``.
+
+    Parameters
+    ----------
+    B1 : array_like of shape (d_out, r1)
+    A1 : array_like of shape (r1, d_in)
+    B2 : array_like of shape (d_out, r2)
+    A2 : array_like of shape (r2, d_in)
+
+    Returns
+    -------
+    B : ndarray of shape (d_out, r1 * r2)
+    A : ndarray of shape (r1 * r2, d_in)
+    """
+    B1, A1 = check_matrix("B1", B1), check_matrix("A1", A1)
+    B2, A2 = check_matrix("B2", B2), check_matrix("A2", A2)
+    if B1.shape[1] != A1.shape[0] or B2.shape[1] != A2.shape[0]:
+        raise ConfigError(f"factors do not chain: {B1.shape} @ {A1.shape} and {B2.shape} @ {A2.shape}")
+    if (B1.shape[0], A1.shape[1]) != (B2.shape[0], A2.shape[1]):
+        raise ConfigError(f"Hadamard halves differ in shape: {(B1.shape[0], A1.shape[1])} and "
+                          f"{(B2.shape[0], A2.shape[1])}")
+    return khatri_rao_rows(B1, B2), khatri_rao_rows(A1.T, A2.T).T
+
+
+def _kron_parts(left: object, B: object, A: object, scale: object):
+    left = check_matrix("left", left).astype(np.float64, copy=False)
+    B, A, scale = _check_factors(B, A, scale)
+    return left, B, A, scale
+
+
+def kron_svdvals(left: object, B: object, A: object, *, scale: float = 1.0) -> np.ndarray:
+    """Singular values of ``scale * kron(left, B @ A)`` (LoKr), descending.
+
+    The singular values of a Kronecker product are all products ``sigma_i(left) *
+    sigma_j(B @ A)``; ``left`` is small and dense, ``B @ A`` is never formed.
+
+    Parameters
+    ----------
+    left : array_like of shape (o1, i1)
+    B : array_like of shape (d_out2, q)
+    A : array_like of shape (q, d_in2)
+    scale : float, default=1.0
+
+    Returns
+    -------
+    ndarray of shape (min(o1, i1) * min(q, d_out2, d_in2),)
+        float64, descending.
+    """
+    left, B, A, scale = _kron_parts(left, B, A, scale)
+    s_left = _svdvals_unchecked(left, np.eye(left.shape[1]), 1.0)
+    s_right = _svdvals_unchecked(B, A, scale)
+    return _kron_values(s_left, s_right)
+
+
+def _kron_values(s_left: np.ndarray, s_right: np.ndarray) -> np.ndarray:
+    out = np.outer(s_left, s_right).ravel()
+    if not np.all(np.isfinite(out)):
+        raise ConfigError("a singular value of the Kronecker product overflows float64")
+    return -np.sort(-out)
+
+
+def kron_svd(left: object, B: object, A: object, *, scale: float = 1.0,
+             k: int | None = None) -> FactoredSVD:
+    """Top-``k`` thin SVD of ``scale * kron(left, B @ A)`` from the halves' SVDs.
+
+    ``kron(U1 S1 V1^T, U2 S2 V2^T) = kron(U1, U2) kron(S1, S2) kron(V1, V2)^T``; the top ``k``
+    products are picked and only their ``k`` singular-vector pairs are formed.
+
+    Parameters
+    ----------
+    left : array_like of shape (o1, i1)
+    B : array_like of shape (d_out2, q)
+    A : array_like of shape (q, d_in2)
+    scale : float, default=1.0
+    k : int, optional
+        How many leading triplets (default: all ``min(o1, i1) * min(q, d_out2, d_in2)``).
+
+    Returns
+    -------
+    FactoredSVD
+        ``U`` (o1 * d_out2, k), ``S`` (k,), ``Vt`` (k, i1 * d_in2).
+    """
+    left, B, A, scale = _kron_parts(left, B, A, scale)
+    u1, s1, vt1 = np.linalg.svd(left, full_matrices=False)
+    u2, s2, vt2 = _core(B, A, scale, vectors=True)
+    values = np.outer(s1, s2).ravel()
+    order = np.argsort(-values, kind="stable")
+    if k is not None:
+        order = order[: check_int("k", k, minimum=0)]
+    i, j = np.divmod(order, s2.size)
+    U = (u1[:, i][:, None, :] * u2[:, j][None, :, :]).reshape(-1, order.size)
+    Vt = (vt1[i][:, :, None] * vt2[j][:, None, :]).reshape(order.size, -1)
+    return FactoredSVD(U, _kron_values(values[order], np.ones(1)) if order.size else values[:0], Vt)
+
+
+def operator_svd(matmat, rmatmat, shape: tuple[int, int], *, k: int, method: str = "auto",
+                 vectors: bool = False):
+    """Top-``k`` singular values (and vectors) of a matrix known only by its products.
+
+    For updates that have no small exact factorisation once the base weight is involved
+    (DoRA's ``merged - W0``), the matrix is reached through ``matmat(X) = M @ X`` and
+    ``rmatmat(Y) = M.T @ Y`` only.
+
+    Parameters
+    ----------
+    matmat : callable
+        ``X`` of shape (d_in, p) -> ``M @ X`` of shape (d_out, p).
+    rmatmat : callable
+        ``Y`` of shape (d_out, p) -> ``M.T @ Y`` of shape (d_in, p).
+    shape : (int, int)
+        ``(d_out, d_in)``.
+    k : int
+        How many leading singular values (clipped to ``min(shape)``).
+    method : {"auto", "iterative", "dense"}, default="auto"
+        ``iterative``: ARPACK (``scipy.sparse.linalg.svds`` on a ``LinearOperator``, tolerance
+        at machine precision), cost about a few hundred products; ``dense``: ``min(shape)``
+        products with the identity, then LAPACK's SVD (exact, for small matrices);
+        ``auto``: dense when ``min(shape) <= max(2 k, 256)`` (then no cheaper), else iterative.
+    vectors : bool, default=False
+        Also return the singular vectors.
+
+    Returns
+    -------
+    ndarray of shape (k,), or FactoredSVD with ``U`` (d_out, k), ``S`` (k,), ``Vt`` (k, d_in)
+        Descending, float64.
+
+    Notes
+    -----
+    ARPACK needs ``k < min(shape)``: asking for all singular values uses the dense method.
+    scipy is imported here only (the rest of the engine needs numpy alone).
+    """
+    if len(shape) != 2:
+        raise ConfigError(f"`shape` should be (d_out, d_in), got {shape!r}")
+    m = check_int("shape[0]", shape[0], minimum=1)
+    n = check_int("shape[1]", shape[1], minimum=1)
+    k = min(check_int("k", k, minimum=1), m, n)
+    method = check_choice("method", method, ("auto", "iterative", "dense"))
+    if method == "auto":
+        method = "dense" if min(m, n) <= max(2 * k, 256) else "iterative"
+    if method == "iterative" and k >= min(m, n):
+        method = "dense"
+    if method == "dense":
+        # Materialise through the smaller side: min(m, n) products with the identity.
+        if n <= m:
+            M = np.asarray(matmat(np.eye(n)), dtype=np.float64)
+        else:
+            M = np.asarray(rmatmat(np.eye(m)), dtype=np.float64).T
+        if not np.all(np.isfinite(M)):
+            raise ConfigError("the operator's matrix has NaN or infinite entries")
+        if not vectors:
+            return np.linalg.svd(M, compute_uv=False)[:k]
+        u, s, vt = np.linalg.svd(M, full_matrices=False)
+        return FactoredSVD(u[:, :k], s[:k], vt[:k])
+    from scipy.sparse.linalg import LinearOperator, svds  # lazy: only this path needs scipy
+
+    op = LinearOperator(
+        (m, n), dtype=np.float64,
+        matvec=lambda x: np.asarray(matmat(np.asarray(x, dtype=np.float64).reshape(n, 1))).ravel(),
+        rmatvec=lambda y: np.asarray(rmatmat(np.asarray(y, dtype=np.float64).reshape(m, 1))).ravel(),
+        matmat=lambda X: np.asarray(matmat(np.asarray(X, dtype=np.float64))),
+        rmatmat=lambda Y: np.asarray(rmatmat(np.asarray(Y, dtype=np.float64))),
+    )
+    # A fixed start vector makes the result reproducible run to run.
+    v0 = np.random.default_rng(0).standard_normal(min(m, n))
+    out = svds(op, k=k, tol=0, v0=v0, return_singular_vectors=vectors, solver="arpack")
+    if not vectors:
+        s = np.sort(np.abs(out))[::-1]
+        if not np.all(np.isfinite(s)):
+            raise ConfigError("the operator's singular values are not finite")
+        return s
+    u, s, vt = out
+    order = np.argsort(-s)
+    return FactoredSVD(u[:, order], s[order], vt[order])
+
+
+def operator_svdvals(matmat, rmatmat, shape: tuple[int, int], *, k: int,
+                     method: str = "auto") -> np.ndarray:
+    """Top-``k`` singular values of a matrix given by products; see :func:`operator_svd`."""
+    return operator_svd(matmat, rmatmat, shape, k=k, method=method, vectors=False)

@@ -136,12 +136,15 @@ class TestAuditSamples:
         assert report.summary["retained_energy"] == pytest.approx(kept / total, rel=1e-9)
 
     def test_to_dict_is_json_with_contract_keys(self):
-        """to_dict has exactly PRODUCT.md's audit --json keys and survives strict JSON."""
+        """to_dict has PRODUCT.md's audit --json keys (plus the family fields) and survives strict JSON."""
         doc = audit_adapter(load_adapter(SAMPLES / "peft_gpt2_r4")).to_dict()
         json.dumps(doc, allow_nan=False)
         assert set(doc) == {"format", "modules", "summary"}
         assert set(doc["modules"][0]) == {"name", "shape", "rank", "alpha", "scale", "singular_values",
-                                          "energy_rank", "stable_rank", "entropy_rank", "recommended_rank"}
+                                          "energy_rank", "stable_rank", "entropy_rank", "recommended_rank",
+                                          "family", "spectrum_of", "stored_rank", "kept_rank", "magnitude",
+                                          "norm", "relative_size", "flags"}
+        assert doc["modules"][0]["family"] == "lora" and doc["modules"][0]["spectrum_of"] == "update s*B@A"
         assert set(doc["modules"][0]["energy_rank"]) == {"0.9", "0.95", "0.99"}
         assert doc["modules"][0]["name"] == "base_model.model.transformer.h.0.attn.c_attn"
 
