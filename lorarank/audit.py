@@ -739,6 +739,11 @@ class ResizeResult:
     params_before, params_after : int
     retained_energy : float
         Over the whole adapter.
+    changed : int
+        Modules whose factors changed (0: the resize changes nothing).
+    notes : list of str
+        Sentences about what the resize did that a reader must know (a family converted to
+        plain LoRA, DoRA magnitudes kept, nothing to cut).
     """
 
     adapter: Adapter
@@ -747,24 +752,48 @@ class ResizeResult:
     params_before: int
     params_after: int
     retained_energy: float
+    changed: int = 0
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         """JSON-friendly summary (without the factors)."""
         return {"format": self.adapter.format, "ranks": dict(self.ranks), "errors": dict(self.errors),
                 "params_before": self.params_before, "params_after": self.params_after,
                 "retained_energy": self.retained_energy,
-                "max_error": max(self.errors.values(), default=0.0)}
+                "max_error": max(self.errors.values(), default=0.0),
+                "changed": self.changed, "notes": list(self.notes)}
+
+
+#: Families whose resize writes plain LoRA factors of the best rank-k approximation of the update.
+CONVERTED_FAMILIES = ("adalora", "loha", "lokr", "locon-tucker")
+
+
+def _as_lora(module: LoraModule, B: np.ndarray, A: np.ndarray, alpha: float) -> LoraModule:
+    changes = dict(A=A, B=B, scale=1.0, alpha=alpha)
+    if hasattr(module, "family"):
+        changes.update(family="lora" if _family(module) in CONVERTED_FAMILIES else _family(module),
+                       stored_rank=None, kept_rank=None, kron_left=None, stored_params=None)
+    return replace(module, **changes)
+
+
+def _store(arr: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
+    out = arr.astype(dtype)
+    if not np.all(np.isfinite(out)):
+        raise ConfigError(f"module {name!r}: the resized factors overflow {dtype} (largest entry "
+                          f"{float(np.max(np.abs(arr))):.3g}); resize to a float64 .npz instead")
+    return out
 
 
 def _truncate(module: LoraModule, k: int) -> LoraModule:
-    # 1. dW = U S V^T from the factors; 2. split sqrt(S) between the new factors so both are
-    #    balanced; 3. the old scale lives in S, so the new scale is 1 (alpha = k).
-    B, A = module.factors(np.float64)
-    u, s, vt = factored_svd(B, A, scale=module.scale)
-    root = np.sqrt(s[:k])
-    new_b = (u[:, :k] * root).astype(module.B.dtype)
-    new_a = (root[:, None] * vt[:k]).astype(module.A.dtype)
-    return replace(module, A=new_a, B=new_b, scale=1.0, alpha=float(k))
+    # 1. dW = U S V^T from the factors (Kronecker-aware for LoKr); 2. split sqrt(S) between the
+    #    new factors so both are balanced; 3. the old scale lives in S, so the new scale is 1
+    #    (alpha = k). Families other than LoRA / DoRA become plain LoRA of the same update.
+    u, sv, vt = module_svd(module, k)
+    root = np.sqrt(sv[:k])
+    dtype = module.B.dtype if module.B.dtype.kind not in "iub" else np.dtype(np.float32)
+    new_b = _store(u[:, :k] * root, dtype, module.name)
+    new_a = _store(root[:, None] * vt[:k], dtype, module.name)
+    return _as_lora(module, new_b, new_a, float(k))
 
 
 def resize_adapter(adapter: Adapter, *, rank: int | Mapping[str, int] | None = None,
@@ -818,30 +847,56 @@ def _resize(adapter, *, rank, rule, value, rank_budget, param_budget, progress) 
         unknown = [n for n in rank if n not in names]
         if unknown:
             raise ConfigError(f"`rank` names module {unknown[0]!r}, which the adapter does not have")
-        targets = [check_int(f"rank[{m.name!r}]", rank[m.name], minimum=1) if m.name in rank else m.rank
-                   for m in modules]
+        targets = [check_int(f"rank[{m.name!r}]", rank[m.name], minimum=1) if m.name in rank else sp.size
+                   for m, sp in zip(modules, spectra)]
     elif rule is not None:
         rule, value = _check_rule(rule, value)
         targets = [recommend_rank(s, rule=rule, value=value) for s in spectra]
     else:
         costs = [sum(m.shape) for m in modules]
         targets = _allocate(spectra, costs, rank_budget=rank_budget, param_budget=param_budget).ranks
+    convert = any(_family(m) in CONVERTED_FAMILIES for m in modules)
+    peak = max((float(sp[0]) for sp in spectra if sp.size), default=0.0)
+    unit = peak if peak > 0 else 1.0
     new_modules, ranks, errors = [], {}, {}
     kept = energy = 0.0
-    for i, (m, s, k) in enumerate(zip(modules, spectra, targets)):
+    changed = 0
+    for i, (m, sp, k) in enumerate(zip(modules, spectra, targets)):
         k = max(int(k), 1)
-        if k >= m.rank:
+        full = sp.size
+        if k >= full and not (convert and _family(m) in CONVERTED_FAMILIES):
             new_modules.append(m)
             errors[m.name] = 0.0
+            ranks[m.name] = min(k, m.rank)
         else:
-            new_modules.append(_truncate(m, k))
-            errors[m.name] = truncation_error(s, k)
-        ranks[m.name] = min(k, m.rank)
-        kept += float(np.sum(s[: ranks[m.name]] ** 2))
-        energy += float(np.sum(s**2))
+            kk = min(k, full)
+            new_modules.append(_truncate(m, kk))
+            errors[m.name] = truncation_error(sp, kk)
+            ranks[m.name] = kk
+            changed += int(kk < full or _family(m) in CONVERTED_FAMILIES)
+        kept += float(np.sum((sp[: ranks[m.name]] / unit) ** 2))
+        energy += float(np.sum((sp / unit) ** 2))
         _tick(progress, i + 1, total)
-    resized = replace(adapter, modules=new_modules,
-                      scaling=adapter.scaling + "; resized modules: scale folded into the factors (scale 1)")
+    notes = []
+    families = list(dict.fromkeys(_family(m) for m in modules))
+    conv = [f for f in families if f in CONVERTED_FAMILIES]
+    if conv:
+        notes.append(f"{', '.join(conv)} modules are written as plain LoRA factors of the best rank-k "
+                     "approximation of the same update (the family cannot hold it otherwise); "
+                     "the parameter count can grow")
+    if "dora" in families:
+        notes.append("DoRA: the directional part s*B@A is truncated and the magnitude vector kept, so the "
+                     "merged weight changes by more than the directional truncation error")
+    if changed == 0:
+        notes.append("nothing to cut: every module's target rank is at or above its rank, so the adapter "
+                     "is unchanged")
+    scaling = adapter.scaling
+    if changed:
+        scaling += "; resized modules: scale folded into the factors (scale 1)"
+    resized = replace(adapter, modules=new_modules, scaling=scaling)
+    retained = kept / energy if energy > 0 else 1.0
+    if not math.isfinite(retained):
+        raise ConfigError("the resize's retained energy is not finite: the adapter's values overflow float64")
     return ResizeResult(adapter=resized, ranks=ranks, errors=errors, params_before=adapter.num_params,
-                        params_after=resized.num_params,
-                        retained_energy=kept / energy if energy > 0 else 1.0)
+                        params_after=resized.num_params, retained_energy=retained, changed=changed,
+                        notes=tuple(notes))

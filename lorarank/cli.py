@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from typing import Sequence
@@ -104,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="audit every checkpoint-<step> subfolder of a training run's folder, "
                         "and each module's rank and subspace similarity over steps")
     p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="alpha for files that carry none (scale = alpha / r per module)")
+    p.add_argument("--scale", type=float, default=None, help="the scale s itself, for files that carry none")
+    p.add_argument("--base", default=None, metavar="BASE",
+                   help="base model weights (.safetensors file or folder of shards): DoRA's exact "
+                        "merged - W0 and every module's ||dW|| / ||W0||")
     p.set_defaults(handler=_cmd_audit)
 
     p = sub.add_parser("resize", help="write the best lower-rank approximation of an adapter")
@@ -222,9 +229,14 @@ def _stability_table(grid, rule: str) -> None:
 
 
 # ----------------------------------------------------------------------------------- audit
-def _audit_load(paths: Sequence[str]) -> list:
-    """Adapters named on the command line: weights files or folders, plus at most one config."""
-    from .adapters import load_adapter
+def _audit_load(paths: Sequence[str], *, alpha: float | None = None, scale: float | None = None,
+                many: bool = False) -> list:
+    """Adapters named on the command line: weights files or folders, plus at most one config.
+
+    With ``many``, a folder of several named adapters gives all of them (audit); otherwise it
+    is an error naming them (resize, compare take one adapter per path).
+    """
+    from . import adapters
 
     configs = [p for p in paths if p.lower().endswith(".json")]
     weights = [p for p in paths if not p.lower().endswith(".json")]
@@ -234,7 +246,14 @@ def _audit_load(paths: Sequence[str]) -> list:
         raise LoraRankError(f"{configs[0]} is a config; give the weights file or folder too")
     if configs and len(weights) != 1:
         raise LoraRankError(f"{configs[0]} can go with one weights file, got {len(weights)}")
-    return [load_adapter(w, config=configs[0] if configs else None) for w in weights]
+    out = []
+    for w in weights:
+        load_many = getattr(adapters, "load_adapters", None)
+        if many and not configs and load_many is not None and os.path.isdir(w):
+            out.extend(load_many(w, alpha=alpha, scale=scale) if (alpha, scale) != (None, None) else load_many(w))
+        else:
+            out.append(adapters.load_adapter(w, config=configs[0] if configs else None, alpha=alpha, scale=scale))
+    return out
 
 
 def _audit_short(name: str) -> str:
@@ -243,36 +262,62 @@ def _audit_short(name: str) -> str:
 
 def _audit_print(report) -> None:
     detected = report.detected
-    print(f"{report.source}: {detected['format']}, {detected['modules']} modules, "
+    name = f" [{detected['name']}]" if detected.get("name") else ""
+    families = ", ".join(report.summary.get("families", []))
+    print(f"{report.source}{name}: {detected['format']}, {families}, {detected['modules']} modules, "
           f"{detected['params']:,} parameters, dtype {', '.join(detected['dtypes'])}, "
           f"rank {', '.join(map(str, detected['ranks']))}")
     print(f"scaling: {report.scaling}")
     print(f"orientation: {detected['orientation']}")
+    if detected.get("base"):
+        print(f"base weights: {detected['base']}")
+    for key, value in _metadata_lines(detected.get("metadata") or {}):
+        print(f"{key}: {value}")
     if detected["ignored_tensors"]:
-        print(f"ignored {detected['ignored_tensors']} tensors that are not LoRA factors")
+        print(f"kept {detected['ignored_tensors']} tensors that are not LoRA factors (not audited)")
+    kinds = list(dict.fromkeys(m.spectrum_of for m in report.modules))
+    print("spectrum of: " + "; ".join(kinds))
+    for warning in report.summary.get("warnings", []):
+        print(f"warning: {warning}")
     width = max(12, *(len(_audit_short(m.name)) for m in report.modules))
+    with_base = any(m.relative_size is not None for m in report.modules)
     print()
     print(f"{'module':<{width}} | {'d_out x d_in':>13} | {'r':>4} | {'scale':>7} | {'sigma_1':>9} | "
           f"{'k(.90)':>6} | {'k(.95)':>6} | {'k(.99)':>6} | {'stable':>6} | {'entropy':>7} | "
-          f"{'rec.':>4} | {'trunc err':>9}")
-    print("-" * (width + 114))
+          f"{'rec.':>4} | {'trunc err':>9}" + (f" | {'|dW|/|W0|':>9}" if with_base else "") + " | flags")
+    print("-" * (width + 122 + (12 if with_base else 0)))
     for m in report.modules:
         s1 = m.singular_values[0] if m.singular_values.size else 0.0
         k = m.energy_rank
-        print(f"{_audit_short(m.name):<{width}} | {f'{m.shape[0]} x {m.shape[1]}':>13} | {m.rank:>4} | "
+        rank = f"{m.rank}" if m.kept_rank is None else f"{m.kept_rank}/{m.rank}"
+        rel = (f" | {m.relative_size:>9.4g}" if m.relative_size is not None else f" | {'-':>9}") if with_base else ""
+        print(f"{_audit_short(m.name):<{width}} | {f'{m.shape[0]} x {m.shape[1]}':>13} | {rank:>4} | "
               f"{m.scale:>7.4g} | {s1:>9.4g} | {k['0.9']:>6} | {k['0.95']:>6} | {k['0.99']:>6} | "
               f"{m.stable_rank:>6.2f} | {m.entropy_rank:>7.2f} | {m.recommended_rank:>4} | "
-              f"{m.truncation_error:>9.4f}")
+              f"{m.truncation_error:>9.4f}{rel} | {','.join(m.flags) or '-'}")
     s = report.summary
     print()
-    print(f"recommended ({s['rule']} {s['value']:g}): rank {s['recommended_rank']['min']}.."
-          f"{s['recommended_rank']['max']} (median {s['recommended_rank']['median']:g}), "
-          f"{s['params']:,} -> {s['params_after']:,} parameters ({s['compression']:.1%}), "
-          f"retained energy {s['retained_energy']:.4f}")
-    print("sigma = singular values of scale * B @ A; k(t) = smallest k keeping share t of sum sigma^2; "
-          "stable = sum sigma^2 / sigma_1^2;")
+    if s["recommended_rank"]:
+        print(f"recommended ({s['rule']} {s['value']:g}): rank {s['recommended_rank']['min']}.."
+              f"{s['recommended_rank']['max']} (median {s['recommended_rank']['median']:g}), "
+              f"{s['params']:,} -> {s['params_after']:,} parameters ({s['compression']:.1%}), "
+              f"retained energy {s['retained_energy']:.4f}")
+    print("sigma = singular values of the update (see 'spectrum of'); k(t) = smallest k keeping share t of "
+          "sum sigma^2; stable = sum sigma^2 / sigma_1^2;")
     print("entropy = exp(-sum p log p), p = sigma / sum sigma; trunc err = relative Frobenius error "
-          "of keeping rec. directions.")
+          "of keeping rec. directions; r a/b = AdaLoRA kept a of b;")
+    print("flags: zero = the update is exactly 0, collapsed = sigma_2 <= 1e-6 sigma_1"
+          + ("; |dW|/|W0| = ||dW||_F / ||W0||_F with the base weights." if with_base else "."))
+
+
+def _metadata_lines(metadata: dict) -> list[tuple[str, str]]:
+    """What the file says about its training, one short line per key (long values cut)."""
+    out = []
+    for key, value in metadata.items():
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        text = " ".join(str(text).split())
+        out.append((f"metadata {key}", text if len(text) <= 120 else text[:117] + "..."))
+    return out
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -284,9 +329,21 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         return _cmd_audit_series(args)
     if not args.paths:
         _fail("audit: give at least one PATH, or --series DIR")
-    reports = [audit_adapter(a) for a in _audit_load(args.paths)]
+    base = None
+    if args.base is not None:
+        from .base import open_base
+
+        base = open_base(args.base)
+    adapters = _audit_load(args.paths, alpha=args.alpha, scale=args.scale, many=True)
+    reports = [audit_adapter(a, base=base) for a in adapters]
     if args.json:
-        docs = [r.to_dict() for r in reports]
+        docs = []
+        for a, r in zip(adapters, reports):
+            doc = r.to_dict()
+            if getattr(a, "name", None):
+                doc["name"] = a.name
+            doc["detected"] = _json_safe(r.detected)
+            docs.append(doc)
         _print_json(docs[0] if len(docs) == 1 else {"adapters": docs})
         return 0
     for i, report in enumerate(reports):
@@ -344,6 +401,19 @@ def _series_print(result, folder: str) -> None:
           f"(Hu et al. 2022, sec. 7.2) with the next / the last checkpoint.")
 
 
+def _json_safe(doc):
+    """Drop what JSON cannot hold (NaN, arrays) from the detected block."""
+    if isinstance(doc, dict):
+        return {str(k): _json_safe(v) for k, v in doc.items()}
+    if isinstance(doc, (list, tuple)):
+        return [_json_safe(v) for v in doc]
+    if isinstance(doc, float) and not math.isfinite(doc):
+        return None
+    if isinstance(doc, (str, int, float, bool)) or doc is None:
+        return doc
+    return str(doc)
+
+
 # ---------------------------------------------------------------------------------- resize
 def _cmd_resize(args: argparse.Namespace) -> int:
     from .adapters import save_adapter
@@ -356,11 +426,13 @@ def _cmd_resize(args: argparse.Namespace) -> int:
         result = resize_adapter(adapter, rule="energy", value=args.energy)
     fmt = "npz" if args.output.lower().endswith(".npz") else None
     written = save_adapter(result.adapter, args.output, format=fmt, overwrite=args.force)
-    changed = sum(1 for m, n in zip(adapter.modules, result.adapter.modules) if m is not n)
+    changed = result.changed
     worst = max(result.errors.items(), key=lambda kv: kv[1])
     print(f"resized {changed} of {len(adapter.modules)} modules; {result.params_before:,} -> "
           f"{result.params_after:,} parameters; retained energy {result.retained_energy:.4f}; "
           f"largest truncation error {worst[1]:.4f} ({_audit_short(worst[0])})")
+    for note in result.notes:
+        print(f"note: {note}")
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
@@ -378,6 +450,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     print(f"A: {a.source} (rank {', '.join(map(str, a.ranks))}), B: {b.source} "
           f"(rank {', '.join(map(str, b.ranks))}); {len(result.modules)} shared modules, "
           f"{len(result.only_a)} only in A, {len(result.only_b)} only in B")
+    if result.undefined:
+        print(f"not compared: {len(result.undefined)} shared modules are exactly zero in A or B (a zero "
+              f"update has no directions; phi is undefined), e.g. {_audit_short(result.undefined[0])}")
     width = max(12, *(len(_audit_short(m.name)) for m in result.modules))
     print()
     print(f"{'module':<{width}} | {'r_a':>4} | {'r_b':>4} | {'phi(1,1)':>8} | {'phi(k,k)':>8} | {'k':>2} | "

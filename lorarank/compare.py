@@ -19,7 +19,7 @@ E. J. Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -152,6 +152,9 @@ class Comparison:
     mismatched : list of str
         Shared names whose input sizes differ (not compared).
     summary : dict
+    undefined : list of str
+        Shared names whose update is exactly zero in one adapter or both: a zero update has no
+        directions, so phi is undefined there (not compared, never reported as 0 or 1).
         Mean / min / max of ``top_overlap`` and ``phi(1, 1)`` over the shared modules.
     """
 
@@ -160,11 +163,13 @@ class Comparison:
     only_b: list[str]
     mismatched: list[str]
     summary: dict
+    undefined: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """JSON-friendly."""
         return {"modules": [m.to_dict() for m in self.modules], "only_a": self.only_a,
-                "only_b": self.only_b, "mismatched": self.mismatched, "summary": dict(self.summary)}
+                "only_b": self.only_b, "mismatched": self.mismatched, "undefined": list(self.undefined),
+                "summary": dict(self.summary)}
 
     def table(self) -> list[dict]:
         """One flat row per shared module (no matrices), for CSV / JSON downloads."""
@@ -175,19 +180,50 @@ class Comparison:
                 for m in self.modules]
 
 
-def _compare_module(ma, mb, top, progress, i, total) -> ModuleComparison:
-    u1 = right_singular_vectors(ma.A.astype(np.float64))
-    u2 = right_singular_vectors(mb.A.astype(np.float64))
+def _input_basis(module) -> np.ndarray:
+    """Orthonormal basis (d_in, q) of the directions the module reads, ordered by importance.
+
+    Hu et al. use the right singular vectors of ``A``; for LoKr, whose ``A`` is only the
+    Kronecker factor's half, they are the right singular vectors of the whole update. Only
+    directions with a nonzero singular value count (a zero or collapsed factor has fewer).
+    """
+    if getattr(module, "kron_left", None) is not None:
+        from .audit import module_svd
+
+        f = module_svd(module)
+        keep = f.S > f.S[0] * _RANK_TOL if f.S.size and f.S[0] > 0 else np.zeros(f.S.size, bool)
+        return f.Vt[keep].T
+    if module.scale == 0 or not np.any(module.B):
+        return np.zeros((module.A.shape[1], 0))
+    A = module.A.astype(np.float64)
+    peak = float(np.max(np.abs(A))) if A.size else 0.0
+    if peak == 0.0:
+        return np.zeros((A.shape[1], 0))
+    A = A / peak
+    q, rr = np.linalg.qr(A.T)
+    _, sv, vt = np.linalg.svd(rr.T, full_matrices=False)
+    keep = sv > sv[0] * _RANK_TOL
+    return (q @ vt.T)[:, keep]
+
+
+#: Directions below this share of sigma_1 do not count as directions of a factor.
+_RANK_TOL = 1e-10
+
+
+def _compare_module(ma, mb, top, progress, i, total) -> ModuleComparison | None:
+    u1 = _input_basis(ma)
+    u2 = _input_basis(mb)
+    if progress is not None:
+        progress(i + 1, total)
+    if u1.shape[1] == 0 or u2.shape[1] == 0:
+        return None
     overlap = u1.T @ u2
     phi = _phi_from_overlap(overlap)
     angles = np.arccos(np.clip(np.linalg.svd(overlap, compute_uv=False), -1.0, 1.0))
     k = min(top, phi.shape[0], phi.shape[1])
-    d_in = int(ma.A.shape[1])
-    result = ModuleComparison(name=ma.name, rank_a=ma.rank, rank_b=mb.rank, d_in=d_in, phi=phi,
-                              angles=angles, top=k, top_overlap=float(phi[k - 1, k - 1]), chance=k / d_in)
-    if progress is not None:
-        progress(i + 1, total)
-    return result
+    d_in = int(u1.shape[0])
+    return ModuleComparison(name=ma.name, rank_a=ma.rank, rank_b=mb.rank, d_in=d_in, phi=phi,
+                            angles=angles, top=k, top_overlap=float(phi[k - 1, k - 1]), chance=k / d_in)
 
 
 def compare_adapters(a: Adapter, b: Adapter, *, top: int = 4,
@@ -208,13 +244,14 @@ def compare_adapters(a: Adapter, b: Adapter, *, top: int = 4,
     Raises
     ------
     AdapterError
-        If the adapters share no module name with equal input size.
+        If the adapters share no module name with equal input size, or every shared module is
+        exactly zero in one of them (similarity undefined).
     """
     top = check_int("top", top, minimum=1)
     by_name_b = {m.name: m for m in b.modules}
     names_a = {m.name for m in a.modules}
     shared = [m for m in a.modules if m.name in by_name_b]
-    mismatched = [m.name for m in shared if m.A.shape[1] != by_name_b[m.name].A.shape[1]]
+    mismatched = [m.name for m in shared if m.shape[1] != by_name_b[m.name].shape[1]]
     shared = [m for m in shared if m.name not in mismatched]
     if not shared:
         raise AdapterError(
@@ -225,8 +262,15 @@ def compare_adapters(a: Adapter, b: Adapter, *, top: int = 4,
     if progress is not None:
         progress(0, total)
     with single_threaded_blas():
-        out = [_compare_module(ma, by_name_b[ma.name], top, progress, i, total)
-               for i, ma in enumerate(shared)]
+        results = [_compare_module(ma, by_name_b[ma.name], top, progress, i, total)
+                   for i, ma in enumerate(shared)]
+    out = [r for r in results if r is not None]
+    undefined = [ma.name for ma, r in zip(shared, results) if r is None]
+    if not out:
+        raise AdapterError(
+            f"every shared module is exactly zero in {a.source or 'adapter A'} or {b.source or 'adapter B'} "
+            f"(e.g. {undefined[0]!r}): a zero update has no directions, so their similarity is undefined"
+        )
     tops = np.array([m.top_overlap for m in out])
     firsts = np.array([float(m.phi[0, 0]) for m in out])
     summary = {
@@ -237,6 +281,8 @@ def compare_adapters(a: Adapter, b: Adapter, *, top: int = 4,
         "chance_mean": float(np.mean([m.chance for m in out])),
         "only_a": len(names_a - set(by_name_b)),
         "only_b": len(set(by_name_b) - names_a),
+        "undefined": len(undefined),
     }
     return Comparison(modules=out, only_a=sorted(names_a - set(by_name_b)),
-                      only_b=sorted(set(by_name_b) - names_a), mismatched=mismatched, summary=summary)
+                      only_b=sorted(set(by_name_b) - names_a), mismatched=mismatched, summary=summary,
+                      undefined=undefined)
