@@ -777,7 +777,8 @@ def _as_lora(module: LoraModule, B: np.ndarray, A: np.ndarray, alpha: float) -> 
 
 
 def _store(arr: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
-    out = arr.astype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = arr.astype(dtype)
     if not np.all(np.isfinite(out)):
         raise ConfigError(f"module {name!r}: the resized factors overflow {dtype} (largest entry "
                           f"{float(np.max(np.abs(arr))):.3g}); resize to a float64 .npz instead")
