@@ -264,7 +264,7 @@ def _audit_print(report) -> None:
     detected = report.detected
     name = f" [{detected['name']}]" if detected.get("name") else ""
     families = ", ".join(report.summary.get("families", []))
-    print(f"{report.source}{name}: {detected['format']}, {families}, {detected['modules']} modules, "
+    print(f"{report.source}{name}: {detected['format']}, {detected['modules']} modules ({families}), "
           f"{detected['params']:,} parameters, dtype {', '.join(detected['dtypes'])}, "
           f"rank {', '.join(map(str, detected['ranks']))}")
     print(f"scaling: {report.scaling}")
@@ -337,13 +337,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     adapters = _audit_load(args.paths, alpha=args.alpha, scale=args.scale, many=True)
     reports = [audit_adapter(a, base=base) for a in adapters]
     if args.json:
-        docs = []
-        for a, r in zip(adapters, reports):
-            doc = r.to_dict()
-            if getattr(a, "name", None):
-                doc["name"] = a.name
-            doc["detected"] = _json_safe(r.detected)
-            docs.append(doc)
+        docs = [r.to_dict() for r in reports]
         _print_json(docs[0] if len(docs) == 1 else {"adapters": docs})
         return 0
     for i, report in enumerate(reports):
@@ -399,19 +393,6 @@ def _series_print(result, folder: str) -> None:
           f"of scale * B @ A; stable = sum sigma^2 / sigma_1^2;")
     print(f"phi = phi(k,k), k = min({result.top}, r), on the right singular vectors of the A factors "
           f"(Hu et al. 2022, sec. 7.2) with the next / the last checkpoint.")
-
-
-def _json_safe(doc):
-    """Drop what JSON cannot hold (NaN, arrays) from the detected block."""
-    if isinstance(doc, dict):
-        return {str(k): _json_safe(v) for k, v in doc.items()}
-    if isinstance(doc, (list, tuple)):
-        return [_json_safe(v) for v in doc]
-    if isinstance(doc, float) and not math.isfinite(doc):
-        return None
-    if isinstance(doc, (str, int, float, bool)) or doc is None:
-        return doc
-    return str(doc)
 
 
 # ---------------------------------------------------------------------------------- resize

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"sample adapters not found at {SAMPLES}")
 MODULE_KEYS = {"name", "shape", "rank", "alpha", "scale", "singular_values", "energy_rank", "stable_rank",
-               "entropy_rank", "recommended_rank"}
+               "entropy_rank", "recommended_rank", "family", "spectrum_of", "stored_rank", "kept_rank", "magnitude", "norm",
+               "relative_size", "flags"}
 
 
 def run(capsys, *argv):
