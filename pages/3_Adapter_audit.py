@@ -89,10 +89,13 @@ with summary:
         st.warning("No `lora_parameters.scale` found: **scale s = 1 assumed**. Set the scale "
                    "you trained with.", icon=":material/warning:")
         scale = common.setting_widget(audit.SCALE, st.columns(4)[0])
+    base = audit.base_uploader()
     with common.stop_on_error():
-        report = audit.run_audit(upload, alpha=alpha, scale=scale, rule=rule, value=value or 0.0)
+        report = audit.run_audit(upload, alpha=alpha, scale=scale, rule=rule, value=value or 0.0,
+                                 base=base)
     lines = audit.detected_lines(detected, report)
     st.markdown(" · ".join(f"**{label}:** {text}" for label, text in lines))
+    audit.show_family_details(report)
     st.markdown(audit.reading(report))
 
 # --------------------------------------------------------------------------- table
@@ -138,7 +141,7 @@ with tabs["Spectrum"]:
     common.show_chart(
         module_spectrum_chart(module.singular_values, cut=module.recommended_rank, name=chosen,
                               rule=audit.rule_text(rule, value)),
-        caption=f"Singular values of s·B·A for {chosen} (r = {module.rank}, s = "
+        caption=f"Singular values of the {audit.plain(module.spectrum_of)} for {chosen} (r = {module.rank}, s = "
                 f"{module.scale:.4g}), log scale. Dashed: the recommended rank "
                 f"{module.recommended_rank} under {audit.rule_text(rule, value)}; truncating "
                 f"there loses {module.truncation_error:.3g} of ||dW||_F. Zero values are not "
@@ -184,6 +187,8 @@ with tabs["Resize"]:
                f"of its s·B·A (B_k = U_k·sqrt(S_k), A_k = sqrt(S_k)·V_kᵀ, scale folded in, alpha = k); "
                f"a module already at or below k is left as it is. Written as {preview.write_format}, "
                "the input's family.")
+    for note in ps.get("notes", []):
+        st.info(note, icon=":material/info:")
     with st.expander("Per-module ranks and truncation errors"):
         st.dataframe(audit.resize_table(preview, report), hide_index=True, key="audit_resize_table",
                      column_config={

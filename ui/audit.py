@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import zipfile
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import streamlit as st
 
 from lorarank.adapters import Adapter, LoraModule, adapter_files, load_adapter_bytes
 from lorarank.audit import AuditReport, allocate_budget, audit_adapter, budget_curve, resize_adapter
+from lorarank.base import open_base_bytes
 from lorarank.compare import Comparison, compare_adapters
 from lorarank.errors import ConfigError
 from lorarank.spectrum import RANK_RULES
@@ -46,12 +48,15 @@ __all__ = [
     "run_compare", "demo_files", "demo_upload",
     "COLUMN_HELP", "module_table", "module_records", "table_height", "budget_marks", "audit_json", "detected_lines", "reading",
     "RESIZE_HELP", "resize_table", "COMPARE_HELP", "compare_table", "compare_reading", "json_safe",
+    "BASE_UPLOAD_KEY", "base_uploader", "family_notes", "metadata_rows", "show_family_details",
+    "spectrum_label", "plain",
 ]
 
 # ------------------------------------------------------------------------------ session keys
 URL_ERRORS_KEY = "audit_url_errors"  # sentences about bad query parameters, across one rerun
 UPLOAD_KEY = "audit_upload"
 UPLOAD_B_KEY = "audit_upload_b"
+BASE_UPLOAD_KEY = "audit_upload_base"
 DOWNLOAD_KEY = "audit_download"
 RESIZE_DOWNLOAD_KEY = "audit_resize_download"
 COMPARE_DOWNLOAD_KEY = "audit_compare_download"
@@ -228,11 +233,16 @@ def detect(upload: Upload) -> Detected:
 
 @st.cache_data(show_spinner=False, max_entries=32, hash_funcs=_HASH)
 def run_audit(upload: Upload, *, alpha: float | None, scale: float | None, rule: str,
-              value: float) -> AuditReport:
-    """Every module's spectrum and metrics (progress bar per module on a cache miss)."""
+              value: float, base: Upload | None = None) -> AuditReport:
+    """Every module's spectrum and metrics (progress bar per module on a cache miss).
+
+    With ``base`` (the base model's weights, uploaded), every module also gets
+    ``||dW||_F / ||W0||_F`` and DoRA modules the exact spectrum of ``merged - W0``.
+    """
     adapter = _load(upload, alpha, scale)
+    weights = open_base_bytes(list(base.files)) if base is not None else None
     with progress_bar(f"Auditing {len(adapter.modules):,} modules (factored SVDs)") as progress:
-        return audit_adapter(adapter, rule=rule, value=value, progress=progress)
+        return audit_adapter(adapter, rule=rule, value=value, progress=progress, base=weights)
 
 
 @st.cache_data(show_spinner=False, max_entries=32, hash_funcs=_HASH)
@@ -404,8 +414,14 @@ COLUMN_HELP: dict[str, str] = {
                    "would fill.",
     "entropy rank": "Entropy effective rank (Roy and Vetterli 2007): exp(-sum p log p), "
                     "p_i = sigma_i / sum sigma.",
-    "top singular values": "Largest singular values sigma_i of s·B·A, descending, from the "
-                           "factors (QR of B and A^T, SVD of the r x r core), never the dense dW.",
+    "top singular values": "Largest singular values sigma_i of the update (DoRA without base weights: "
+                           "of its directional part s·B·A; see 'spectrum of' above), descending, "
+                           "from the factors (QR of B and A^T, SVD of the r x r core), never the dense dW.",
+    "family": "lora, dora, adalora, loha, lokr or locon-tucker: how the file builds the update.",
+    "flags": "zero: the update is exactly zero (never trained, or scale 0); collapsed: "
+             "sigma_2 <= 1e-6 sigma_1, a single direction.",
+    "|dW|/|W0|": "||dW||_F / ||W0||_F: the update's size relative to the base weight "
+                 "(only with base weights uploaded).",
     "alpha": "lora_alpha / alpha as stored or configured; empty when the file has none.",
     "scale s": "The multiplier of B·A the format applies (PEFT alpha/r, rsLoRA alpha/sqrt(r), "
                "kohya alpha/r, mlx-lm scale; 1 when assumed).",
@@ -428,9 +444,13 @@ def module_table(report: AuditReport, *, top: int = 4) -> pd.DataFrame:
             "k(0.9)": m.energy_rank["0.9"], "k(0.95)": m.energy_rank["0.95"],
             "k(0.99)": m.energy_rank["0.99"], "stable rank": m.stable_rank,
             "entropy rank": m.entropy_rank, "recommended rank": m.recommended_rank,
-            "truncation error": m.truncation_error,
+            "truncation error": m.truncation_error, "family": m.family,
+            "flags": ", ".join(m.flags) or "-", "|dW|/|W0|": m.relative_size,
         })
-    return pd.DataFrame(rows, columns=list(COLUMN_HELP))
+    frame = pd.DataFrame(rows, columns=list(COLUMN_HELP))
+    if frame["|dW|/|W0|"].isna().all():
+        frame = frame.drop(columns="|dW|/|W0|")
+    return frame
 
 
 def table_height(rows: int, *, max_rows: int = 16) -> int:
@@ -475,15 +495,31 @@ def detected_lines(detected: Detected, report: AuditReport) -> list[tuple[str, s
     d = detected.describe
     scales = sorted({round(m.scale, 6) for m in report.modules})
     scale_txt = ", ".join(f"{s:g}" for s in scales[:6]) + (", ..." if len(scales) > 6 else "")
-    return [
+    families = report.summary.get("families") or d.get("families") or ["lora"]
+    lines = [
         ("format", f"{d['format']} ({d['source']})"),
+        ("family", plain(", ".join(families))),
+        ("spectrum of", plain(spectrum_label(report))),
         ("orientation", d["orientation"]),
         ("scaling", f"{report.scaling}; s = {scale_txt}"),
         ("dtype", ", ".join(d["dtypes"])),
         ("modules", f"{d['modules']:,} (ranks {', '.join(map(str, d['ranks']))})"),
         ("parameters", f"{d['params']:,} in the factors"),
-        ("other tensors", f"{d['ignored_tensors']:,} ignored (not LoRA factors)"),
+        ("other tensors", f"{d['ignored_tensors']:,} kept as they are (not LoRA factors, not audited)"),
     ]
+    if d.get("name"):
+        lines.insert(1, ("named adapter", plain(d["name"])))
+    kept = [m for m in report.modules if m.kept_rank is not None]
+    if kept:
+        lines.append(("AdaLoRA kept rank", ", ".join(str(m.kept_rank) for m in kept[:12])
+                      + (", ..." if len(kept) > 12 else "") + " (nonzero E entries per module)"))
+    mags = [m.magnitude for m in report.modules if m.magnitude]
+    if mags:
+        lines.append(("DoRA magnitude m", f"{min(x['min'] for x in mags):.4g} .. {max(x['max'] for x in mags):.4g} "
+                                          f"over {len(mags)} modules"))
+    if report.summary.get("base"):
+        lines.append(("base weights", plain(report.summary["base"])))
+    return lines
 
 
 def reading(report: AuditReport) -> str:
@@ -501,6 +537,60 @@ def reading(report: AuditReport) -> str:
             f"**{100 * s['retained_energy']:.2f} %** of the update's energy "
             f"(sum sigma^2) with **{100 * share:.1f} %** of the parameters "
             f"({s['params']:,} -> {s['params_after']:,}).")
+
+
+_MD_SPECIAL = set("\\`*_{}[]()<>#+-.!|~$")
+
+
+def plain(text: object) -> str:
+    """``text`` with every markdown character backslash-escaped: names from a file render as typed."""
+    return "".join("\\" + c if c in _MD_SPECIAL else c for c in str(text)).replace("\n", " ")
+
+
+def spectrum_label(report: AuditReport) -> str:
+    """What the reported singular values are of, over all modules (plain text)."""
+    return "; ".join(dict.fromkeys(m.spectrum_of for m in report.modules)) or "-"
+
+
+def family_notes(report: AuditReport) -> list[str]:
+    """Sentences a reader must not miss (zero, collapsed, DoRA without base), plain text."""
+    return list(report.summary.get("warnings", []))
+
+
+def metadata_rows(report: AuditReport) -> pd.DataFrame:
+    """What the file says about its training, one row per key (values as text)."""
+    meta = report.detected.get("metadata") or {}
+    rows = []
+    for key, value in meta.items():
+        text = value if isinstance(value, str) else json.dumps(json_safe(value), default=str)
+        rows.append({"key": str(key), "value": text if len(text) <= 400 else text[:397] + "..."})
+    return pd.DataFrame(rows, columns=["key", "value"])
+
+
+def base_uploader(container: Any = None) -> Upload | None:
+    """The optional base-weights upload (``.safetensors``: a file or its shards)."""
+    where = container if container is not None else st
+    files = where.file_uploader(
+        "Base model weights (optional)", type=["safetensors"], accept_multiple_files=True,
+        key=BASE_UPLOAD_KEY,
+        help="The base model's .safetensors (or its shards). Only the adapted modules' weights "
+             "are used: DoRA's exact update merged - W0 and every module's ||dW||_F / ||W0||_F. "
+             "Read in memory only.")
+    return Upload.from_uploaded(files)
+
+
+def show_family_details(report: AuditReport) -> None:
+    """Family warnings, what the spectra are of, and the file's own training metadata."""
+    for note in family_notes(report):
+        st.warning(plain(note), icon=":material/warning:")
+    meta = metadata_rows(report)
+    if len(meta):
+        with st.expander(f"What the file says about its training ({len(meta)} entries)"):
+            st.dataframe(meta, hide_index=True, key="audit_metadata_table",
+                         column_config={"key": st.column_config.Column("key", help="Key as stored "
+                                        "(kohya ss_*, PEFT config, mlx-lm config, GGUF general.* / adapter.*)."),
+                                        "value": st.column_config.Column("value", help="As the file states it; "
+                                                                         "not checked by lorarank.")})
 
 
 RESIZE_HELP: dict[str, str] = {
@@ -558,6 +648,9 @@ def compare_reading(comparison: Comparison) -> str:
     if comparison.only_a or comparison.only_b or comparison.mismatched:
         extra = (f" {len(comparison.only_a)} modules are only in A, {len(comparison.only_b)} only in B"
                  f" and {len(comparison.mismatched)} differ in input size (not compared).")
+    if comparison.undefined:
+        extra += (f" {len(comparison.undefined)} shared modules are exactly zero in A or B: a zero update has "
+                  "no directions, so phi is undefined there (not compared).")
     return (f"Over {s['shared_modules']} shared modules the top-direction overlap phi(k, k) is "
             f"**{t['mean']:.3f}** on average (min {t['min']:.3f}, max {t['max']:.3f}) against a "
             f"chance level of {chance:.3f}: {verdict}.{extra}")
