@@ -7,7 +7,18 @@ the whole audit *process* several times and prints its wall time and peak reside
 then ``np.linalg.svd``) on a few modules, against the factored SVD on the same modules, in the
 same process. Targets (PRODUCT.md): <= 1.0 s wall, <= 300 MB peak for the whole process.
 
-Usage: ``python benchmarks/bench_audit.py [--runs 5] [--dense q_proj,k_proj]``
+The baseline: Gradience 0.11 (``gradience audit --peft-dir DIR --json``, torch + safetensors;
+its per-module spectrum is an eigen-decomposition of the r x r Gram matrices) on the same
+file, in the same run, when it is installed (``pip install gradience==0.11.0``; it needs torch:
+install ``torch==2.13.0`` first so pip does not fetch a CUDA build). Issue 8's target: the
+lorarank process >= 4x faster, peak <= 300 MB.
+
+Then the same shapes as PEFT LoHa (``LoHaConfig``, r = 4: the exact factorisation has inner
+dimension r^2 = 16, the LoRA's r) and LoKr (``LoKrConfig``, r = 16, PEFT's factorisation of each
+dimension into the two closest factors, full ``lokr_w1``), audited by the same process.
+
+Usage: ``python benchmarks/bench_audit.py [--runs 5] [--dense q_proj,k_proj] [--no-gradience]
+[--no-families]``
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -68,23 +80,82 @@ def write_adapter(folder: Path, *, seed: int = 0) -> tuple[int, dict]:
     return (folder / "adapter_model.safetensors").stat().st_size, layer0
 
 
-def time_cli(folder: Path, runs: int) -> tuple[list[float], float, float, int]:
-    """Wall seconds of each `python -m lorarank audit DIR --json` run, peak RSS (MB), CPU s per run, modules."""
-    walls, modules = [], 0
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+def _factor_pair(d: int) -> tuple[int, int]:
+    """PEFT LoKr ``factorization(d, -1)``: the two closest factors m <= n with m * n = d."""
+    m = int(d**0.5)
+    while d % m:
+        m -= 1
+    return m, d // m
+
+
+def write_family(folder: Path, family: str, *, seed: int = 1) -> int:
+    """A PEFT LoHa (r = 4) or LoKr (r = 16) adapter of the same shapes, bfloat16; returns bytes."""
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    r = 4 if family == "loha" else RANK
+    for layer in range(LAYERS):
+        for module, (d_out, d_in) in SHAPES.items():
+            name = f"base_model.model.model.layers.{layer}.{module}"
+            bf = lambda x: x.astype(ml_dtypes.bfloat16)  # noqa: E731
+            if family == "loha":
+                for half in ("1", "2"):
+                    tensors[f"{name}.hada_w{half}_a"] = bf(rng.standard_normal((d_out, r), dtype=np.float32) * 0.05)
+                    tensors[f"{name}.hada_w{half}_b"] = bf(rng.standard_normal((r, d_in), dtype=np.float32) * 0.05)
+            else:
+                o1, o2 = _factor_pair(d_out)
+                i1, i2 = _factor_pair(d_in)
+                tensors[f"{name}.lokr_w1"] = bf(rng.standard_normal((o1, i1), dtype=np.float32) * 0.1)
+                tensors[f"{name}.lokr_w2_a"] = bf(rng.standard_normal((o2, r), dtype=np.float32) * 0.1)
+                tensors[f"{name}.lokr_w2_b"] = bf(rng.standard_normal((r, i2), dtype=np.float32) * 0.1)
+    save_file(tensors, folder / "adapter_model.safetensors", metadata={"format": "pt"})
+    config = {"peft_type": "LOHA" if family == "loha" else "LOKR", "r": r, "alpha": 2 * r,
+              "rank_pattern": {}, "alpha_pattern": {}, "rank_dropout": 0.0, "module_dropout": 0.0,
+              "use_effective_conv2d": False, "target_modules": sorted({m.split(".")[-1] for m in SHAPES}),
+              "task_type": "CAUSAL_LM"}
+    if family == "lokr":
+        config.update(decompose_both=False, decompose_factor=-1)
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return (folder / "adapter_model.safetensors").stat().st_size
+
+
+def time_cli(folder: Path, runs: int, command: list[str] | None = None) -> tuple[list[float], float, float, int]:
+    """Wall seconds of each audit process run, peak RSS (MB), CPU s per run, modules.
+
+    ``command`` defaults to ``python -m lorarank audit DIR --json``. Each command runs in a fresh
+    ``python -c`` wrapper that reports its own children's peak RSS, so one command's peak is
+    not mixed with another's (``ru_maxrss`` of RUSAGE_CHILDREN is a maximum over all of them).
+    """
+    command = command or [sys.executable, "-m", "lorarank", "audit", str(folder), "--json"]
+    wrapper = ("import json, resource, subprocess, sys, time; t = time.perf_counter(); "
+               "p = subprocess.run(sys.argv[1:], capture_output=True); w = time.perf_counter() - t; "
+               "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+               "sys.stderr.write(p.stderr.decode(errors='replace')); "
+               "sys.stdout.write(json.dumps({'rc': p.returncode, 'wall': w, 'rss': u.ru_maxrss, "
+               "'cpu': u.ru_utime + u.ru_stime, 'out': p.stdout.decode(errors='replace')}))")
+    walls, peaks, cpus, modules = [], [], [], 0
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for _ in range(runs):
-        started = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "lorarank", "audit", str(folder), "--json"],
-                              capture_output=True, env=env, cwd=str(ROOT))
-        walls.append(time.perf_counter() - started)
-        if proc.returncode != 0:
-            raise SystemExit(f"audit failed: {proc.stderr.decode().strip()}")
-        modules = len(json.loads(proc.stdout)["modules"])
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    peak_mb = after.ru_maxrss / 1024  # Linux: KiB
-    cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / runs
-    return walls, peak_mb, cpu, modules
+        proc = subprocess.run([sys.executable, "-c", wrapper, *command], capture_output=True, env=env,
+                              cwd=str(ROOT))
+        doc = json.loads(proc.stdout)
+        if doc["rc"] != 0:
+            raise SystemExit(f"{' '.join(command[:4])} failed: {proc.stderr.decode().strip()[-500:]}")
+        walls.append(doc["wall"])
+        peaks.append(doc["rss"] / 1024)  # Linux: KiB
+        cpus.append(doc["cpu"])
+        try:
+            modules = len(json.loads(doc["out"])["modules"])
+        except (ValueError, KeyError, TypeError):
+            modules = 0
+    return walls, max(peaks), statistics.mean(cpus), modules
+
+
+def gradience_command(folder: Path) -> list[str] | None:
+    """``gradience audit --peft-dir DIR --json`` when Gradience is installed, else None."""
+    exe = shutil.which("gradience")
+    if exe is None:
+        return None
+    return [exe, "audit", "--peft-dir", str(folder), "--json"]
 
 
 def phases(folder: Path) -> dict[str, float]:
@@ -127,6 +198,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--dense", default="k_proj,q_proj",
                         help="comma-separated module types of layer 0 for the dense SVD comparison")
+    parser.add_argument("--no-gradience", action="store_true", help="skip the Gradience 0.11 baseline")
+    parser.add_argument("--no-families", action="store_true", help="skip the LoHa and LoKr adapters")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, numpy {np.__version__}")
     with tempfile.TemporaryDirectory(prefix="lorarank-bench-") as tmp:
@@ -142,6 +215,30 @@ def main() -> None:
         print(f"`python -m lorarank audit DIR --json` ({modules} modules), {args.runs} runs: "
               f"wall median {statistics.median(walls):.3f} s (min {min(walls):.3f}, max {max(walls):.3f}); "
               f"CPU {cpu:.3f} s per run; peak RSS {peak:.0f} MB   [targets: <= 1.0 s, <= 300 MB]")
+        gcmd = None if args.no_gradience else gradience_command(folder)
+        if gcmd is None and not args.no_gradience:
+            print("Gradience baseline skipped: `gradience` is not installed (pip install gradience==0.11.0)")
+        if gcmd is not None:
+            g_walls, g_peak, g_cpu, _ = time_cli(folder, args.runs, gcmd)
+            print(f"`gradience audit --peft-dir DIR --json` (Gradience 0.11), {args.runs} runs: wall median "
+                  f"{statistics.median(g_walls):.3f} s (min {min(g_walls):.3f}); CPU {g_cpu:.3f} s per run; "
+                  f"peak RSS {g_peak:.0f} MB")
+            print(f"lorarank vs Gradience on the same file: {statistics.median(g_walls) / statistics.median(walls):.1f}x "
+                  f"wall (median), {min(g_walls) / min(walls):.1f}x (min), {g_cpu / cpu:.1f}x CPU   [target >= 4x]; "
+                  f"load now {os.getloadavg()[0]:.2f}")
+        if not args.no_families:
+            for family in ("loha", "lokr"):
+                fam = Path(tmp) / f"llama3_8b_{family}_bf16"
+                fam.mkdir()
+                fam_size = write_family(fam, family)
+                try:
+                    f_walls, f_peak, f_cpu, f_modules = time_cli(fam, args.runs)
+                except SystemExit as exc:
+                    print(f"{family}: {exc}")
+                    continue
+                print(f"{family} (PEFT, same shapes, {fam_size / 1e6:.1f} MB, {f_modules} modules), {args.runs} runs: "
+                      f"wall median {statistics.median(f_walls):.3f} s (min {min(f_walls):.3f}); CPU "
+                      f"{f_cpu:.3f} s per run; peak RSS {f_peak:.0f} MB; load {os.getloadavg()[0]:.2f}")
         ph = phases(folder)
         print("in-process phases: " + ", ".join(f"{k} {v:.3f} s" for k, v in ph.items()))
         names = [n.strip() for n in args.dense.split(",") if n.strip()]
