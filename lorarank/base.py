@@ -64,12 +64,6 @@ def canonical_name(name: str, *, base: bool = False) -> str:
     return name.replace(".", "_")
 
 
-def _bf16_dtype() -> np.dtype:
-    import ml_dtypes  # lazy: only a bfloat16 base needs it (numpy has no bfloat16)
-
-    return np.dtype(ml_dtypes.bfloat16)
-
-
 class BaseWeights:
     """Lazily read base weights, looked up by adapter module name.
 
@@ -84,6 +78,7 @@ class BaseWeights:
     """
 
     def __init__(self, source: str, entries: Mapping[str, tuple[str, tuple[int, ...]]], reader) -> None:
+        # entries: key -> (safetensors dtype name, shape); reader(key) -> ndarray of the stored values
         self.source = source
         self._entries = dict(entries)
         self._reader = reader
@@ -150,39 +145,23 @@ class BaseWeights:
         if len(stored) < 2 or stored[0] != want[0] or size != want[0] * want[1]:
             raise AdapterError(f"base weight {key!r} in {self.source} has shape {list(stored)}, but module "
                                f"{name!r} updates a {d_out} x {d_in} matrix")
-        arr = np.asarray(self._reader(key, dtype_name)).reshape(want).astype(np.float64)
+        arr = np.asarray(self._reader(key)).reshape(want).astype(np.float64)
         if not np.all(np.isfinite(arr)):
             raise AdapterError(f"base weight {key!r} in {self.source} contains NaN or infinite values")
         return arr.T if transposed else arr
 
 
-def _open_file(path: Path, entries: dict, readers: dict) -> None:
-    import safetensors
-
-    try:
-        handle = safetensors.safe_open(str(path), framework="numpy")
-        for key in handle.keys():
-            sl = handle.get_slice(key)
-            if key in entries:
-                raise AdapterError(f"base weight {key!r} appears in two files ({path.name} and another shard)")
-            entries[key] = (sl.get_dtype(), tuple(int(d) for d in sl.get_shape()))
-            readers[key] = handle
-    except AdapterError:
-        raise
-    except Exception as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AdapterError(f"{path.name} is not a valid safetensors file ({detail})") from exc
+def _add_file(tensors, entries: dict, owners: dict) -> None:
+    for key, spec in tensors.entries.items():
+        if key in entries:
+            raise AdapterError(f"base weight {key!r} appears in two files ({tensors.source} and another shard)")
+        entries[key] = spec
+        owners[key] = tensors
 
 
-def _reader_for(handles: dict, source: str):
-    def read(key: str, dtype_name: str) -> np.ndarray:
-        handle = handles[key]
-        try:
-            if dtype_name == "BF16":
-                _bf16_dtype()  # registers bfloat16 with numpy so safe_open can return it
-            return handle.get_tensor(key)
-        except Exception as exc:
-            raise AdapterError(f"cannot read base weight {key!r} from {source} ({exc})") from exc
+def _reader_for(owners: dict):
+    def read(key: str) -> np.ndarray:
+        return owners[key].get(key)
 
     return read
 
@@ -205,11 +184,13 @@ def open_base(path: str | os.PathLike) -> BaseWeights:
     AdapterError
         Missing path, no safetensors file, an invalid file or index.
     """
+    from .adapters._tensors import safetensors_from_path
+
     p = Path(path)
     entries: dict[str, tuple[str, tuple[int, ...]]] = {}
     handles: dict[str, object] = {}
     if p.is_file():
-        _open_file(p, entries, handles)
+        _add_file(safetensors_from_path(p), entries, handles)
     elif p.is_dir():
         index = p / "model.safetensors.index.json"
         if index.is_file():
@@ -224,50 +205,35 @@ def open_base(path: str | os.PathLike) -> BaseWeights:
                 shard_path = (p / str(shard))
                 if not isinstance(shard, str) or shard_path.parent.resolve() != p.resolve() or not shard_path.is_file():
                     raise AdapterError(f"{index.name} names shard {shard!r}, which is not a file in {p.name}")
-                _open_file(shard_path, entries, handles)
+                _add_file(safetensors_from_path(shard_path), entries, handles)
         else:
             files = sorted(f for f in p.glob("*.safetensors") if f.is_file())
             if not files:
                 raise AdapterError(f"{p.name} holds no .safetensors base weights")
             for f in files:
-                _open_file(f, entries, handles)
+                _add_file(safetensors_from_path(f), entries, handles)
     else:
         raise AdapterError(f"base weights {str(path)!r} do not exist")
-    return BaseWeights(p.name, entries, _reader_for(handles, p.name))
+    return BaseWeights(p.name, entries, _reader_for(handles))
 
 
 def open_base_bytes(files: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> BaseWeights:
     """Base weights from uploaded ``.safetensors`` bytes (one file or several shards).
 
-    Each file is validated by ``safetensors.deserialize``; tensors are views on the bytes.
+    Each file is validated as the adapter readers validate theirs (bounded header, then
+    ``safetensors.deserialize``); tensors are views on the bytes.
     """
-    import safetensors
+    from .adapters._tensors import safetensors_from_bytes
 
     items = list(files.items()) if isinstance(files, Mapping) else list(files)
     if not items:
         raise ConfigError("no base weights file given")
     entries: dict[str, tuple[str, tuple[int, ...]]] = {}
-    raw: dict[str, object] = {}
+    owners: dict[str, object] = {}
     for name, data in items:
-        if not str(name).endswith(".safetensors"):
-            continue
-        try:
-            flat = safetensors.deserialize(bytes(data))
-        except Exception as exc:
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise AdapterError(f"{name} is not a valid safetensors file ({detail})") from exc
-        for key, view in flat:
-            if key in entries:
-                raise AdapterError(f"base weight {key!r} appears in two files")
-            entries[key] = (view["dtype"], tuple(int(d) for d in view["shape"]))
-            raw[key] = view["data"]
+        if str(name).endswith(".safetensors"):
+            _add_file(safetensors_from_bytes(str(name), data), entries, owners)
     if not entries:
         raise AdapterError("the base weights upload holds no .safetensors file")
-    dtypes = {"F64": np.float64, "F32": np.float32, "F16": np.float16}
-
-    def read(key: str, dtype_name: str) -> np.ndarray:
-        dtype = _bf16_dtype() if dtype_name == "BF16" else np.dtype(dtypes[dtype_name])
-        return np.frombuffer(raw[key], dtype=dtype)
-
     source = ", ".join(str(n) for n, _ in items)
-    return BaseWeights(source, entries, read)
+    return BaseWeights(source, entries, _reader_for(owners))

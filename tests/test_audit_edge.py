@@ -167,3 +167,21 @@ class TestRelativeSize:
         assert main(["audit", str(tmp_path / "a.npz"), "--base", str(tmp_path / "b.safetensors")]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "has shape [9, 16]" in err
+
+
+def test_plain_audit_does_not_import_scipy():
+    """scipy is imported only for DoRA with base weights: the 8B audit's start-up stays small."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys, io, contextlib; from lorarank.cli import main\n"
+            "import numpy as np; from lorarank.adapters import Adapter, LoraModule, save_adapter\n"
+            "import tempfile, os; d = tempfile.mkdtemp(); p = os.path.join(d, 'a.npz')\n"
+            "save_adapter(Adapter('npz', [LoraModule('m.q', np.ones((2, 4)), np.eye(3, 2), 1.0)], 't'), p)\n"
+            "with contextlib.redirect_stdout(io.StringIO()): main(['audit', p, '--json'])\n"
+            "print('scipy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
