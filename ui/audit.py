@@ -585,12 +585,10 @@ def show_family_details(report: AuditReport) -> None:
         st.warning(plain(note), icon=":material/warning:")
     meta = metadata_rows(report)
     if len(meta):
-        with st.expander(f"What the file says about its training ({len(meta)} entries)"):
-            st.dataframe(meta, hide_index=True, key="audit_metadata_table",
-                         column_config={"key": st.column_config.Column("key", help="Key as stored "
-                                        "(kohya ss_*, PEFT config, mlx-lm config, GGUF general.* / adapter.*)."),
-                                        "value": st.column_config.Column("value", help="As the file states it; "
-                                                                         "not checked by lorarank.")})
+        # st.json, not a data frame or markdown: the values come from the file and render as text,
+        # and the page's first data frame stays the per-module table.
+        with st.expander(f"What the file says about its training ({len(meta)} entries, as stated, not checked)"):
+            st.json(dict(zip(meta["key"], meta["value"])), expanded=True)
 
 
 RESIZE_HELP: dict[str, str] = {
