@@ -49,6 +49,8 @@ _LAZY = {
     "compare": ("compare_adapters", "Comparison", "subspace_similarity", "principal_angles"),
     "series": ("audit_series", "find_checkpoints", "checkpoints_from_files", "Checkpoint", "Run",
                "SeriesReport"),
+    "data": ("DataConfig", "Dataset", "make_dataset", "fit_data", "fit_data_runs", "fit_data_reference",
+             "reduced_rank_losses", "data_noise_floor", "data_macs"),
     "stability": ("run_stability", "StabilityGrid", "stability_findings", "scale_for", "alpha_to_keep"),
 }
 _LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}

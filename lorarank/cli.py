@@ -69,6 +69,34 @@ def _add_target_options(p: argparse.ArgumentParser, *, d: int = 64) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of target and init (default %(default)s)")
 
 
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("finite data (data mode: fit n pairs y = T x + noise instead of T itself)")
+    g.add_argument("--samples", type=int, default=None, metavar="N",
+                   help="training pairs n; turns the data mode on (default: the exact target)")
+    g.add_argument("--label-noise", type=float, default=None, metavar="X",
+                   help="std of the label noise in y = T x + X e (default 1.0)")
+    g.add_argument("--batch-size", type=int, default=None, metavar="B",
+                   help="pairs per optimiser step (default: full batch)")
+    g.add_argument("--heldout", type=int, default=None, metavar="M",
+                   help="held-out pairs the fit is judged on (default 1000)")
+
+
+def _data_config(args: argparse.Namespace):
+    """The DataConfig the options ask for, or None in the exact mode."""
+    from .data import DEFAULT_HELDOUT, DEFAULT_LABEL_NOISE, DataConfig
+
+    if args.samples is None:
+        given = [f"--{name.replace('_', '-')}" for name in ("label_noise", "batch_size", "heldout")
+                 if getattr(args, name) is not None]
+        if given:
+            _fail(f"{args.command}: {' and '.join(given)} need{'s' if len(given) == 1 else ''} --samples N (the data mode)")
+        return None
+    return DataConfig(samples=args.samples,
+                      label_noise=DEFAULT_LABEL_NOISE if args.label_noise is None else args.label_noise,
+                      batch_size=args.batch_size,
+                      heldout=DEFAULT_HELDOUT if args.heldout is None else args.heldout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand."""
     parser = _Parser(prog="lorarank", description="What LoRA rank do you need, and what did your adapter learn?")
@@ -78,12 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target_options(p)
     p.add_argument("--ranks", type=_int_list, default=[2, 4, 16], help="comma-separated ranks (default 2,4,16)")
     p.add_argument("--optimizer", default="sgd", help="sgd or adam (default %(default)s)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.02 for sgd, 0.01 for adam)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: 0.02 for sgd, 0.01 for adam; data mode 0.005 for sgd)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (default 2000)")
     p.add_argument("--rule", default="alpha-eq-r",
                    help="scaling rule: fixed-alpha, alpha-eq-r, alpha-eq-2r, rslora (default %(default)s)")
     p.add_argument("--alpha", type=float, default=16.0, help="lora_alpha for fixed-alpha and rslora (default %(default)s)")
     p.add_argument("--tol", type=float, default=None, help="stop a rank once its loss fell by less than TOL over 50 steps")
+    _add_data_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(handler=_cmd_sweep)
 
@@ -96,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lrs", type=_float_list, default=[0.003, 0.01, 0.03], help="comma-separated learning rates")
     p.add_argument("--optimizer", default="sgd", help="sgd or adam (default %(default)s)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps per run (default 200)")
+    _add_data_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(handler=_cmd_stability)
 
@@ -144,22 +175,38 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from .synthetic import make_target
 
     steps = DEFAULT_STEPS if args.steps is None else args.steps
+    data = _data_config(args)
     started = time.perf_counter()
     target = make_target(args.d_out, args.d_in, true_rank=args.true_rank, spectrum=args.spectrum,
                          sigma_max=args.sigma_max, noise=args.noise, seed=args.seed)
-    results = fit_lora(target, args.ranks, optimizer=args.optimizer, lr=args.lr, steps=steps,
-                       rule=args.rule, alpha=args.alpha, seed=args.seed, tol=args.tol)
+    if data is None:
+        results = fit_lora(target, args.ranks, optimizer=args.optimizer, lr=args.lr, steps=steps,
+                           rule=args.rule, alpha=args.alpha, seed=args.seed, tol=args.tol)
+    else:
+        from .data import fit_data
+
+        results = fit_data(target, args.ranks, data=data, optimizer=args.optimizer, lr=args.lr,
+                           steps=steps, rule=args.rule, alpha=args.alpha, seed=args.seed, tol=args.tol)
     seconds = time.perf_counter() - started
     if args.json:
         config = {k: v for k, v in vars(args).items() if k not in ("handler", "json", "command")}
         config["steps"] = steps
         config["lr"] = _lr_used(args)
+        if data is not None:
+            config.update(data.to_dict())
+            config["epochs"] = data.epochs(steps)
+            config["noise_floor"] = results[0].noise_floor
         _print_json({"config": config, "results": [r.to_dict() for r in results], "seconds": seconds})
         return 0
     print(f"target {target.shape[0]} x {target.shape[1]}, intrinsic rank {target.true_rank}, "
           f"noise {target.noise:g}; {args.optimizer} lr {_lr_used(args):g}, {steps} steps, "
           f"rule {args.rule}")
     print(f"top singular values of the target: {_fmt_values(target.singular_values)}")
+    if data is not None:
+        _data_header(data, steps, results[0].noise_floor)
+        _data_table(results)
+        print(f"({seconds:.2f} s)")
+        return 0
     print()
     print(f"{'r':>5} | {'rel err':>9} | {'optimum':>9} | {'eff. rank':>9} | top-8 singular values of trained s*B@A")
     print("-" * 104)
@@ -177,10 +224,46 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_header(data, steps: int, floor: float | None) -> None:
+    batch = "full batch" if data.full_batch else f"batches of {data.batch}"
+    print(f"data mode: {data.samples} training pairs y = T x + {data.label_noise:g} e, {batch} "
+          f"({data.epochs(steps):.4g} epochs), {data.heldout} held-out pairs")
+
+
+def _data_table(results) -> None:
+    from .data import DataConfig  # noqa: F401  (the table's definitions follow the data module)
+
+    print()
+    print(f"{'r':>5} | {'train loss':>10} | {'RRR bound':>10} | {'held-out':>10} | {'rel err':>9} | "
+          f"{'optimum':>9} | {'eff. rank':>9} | top-6 singular values of trained s*B@A")
+    print("-" * 120)
+    for r in results:
+        if r.diverged:
+            print(f"{r.rank:>5} | {'diverged at step ' + str(r.diverged_at):>36} | {r.optimal_train_loss:>10.4g} |")
+            continue
+        eff = "-" if r.effective_rank is None else str(r.effective_rank)
+        print(f"{r.rank:>5} | {r.train_loss:>10.4g} | {r.optimal_train_loss:>10.4g} | {r.heldout_loss:>10.4g} | "
+              f"{r.rel_err:>9.4f} | {r.optimal_rel_err:>9.4f} | {eff:>9} | {_fmt_values(r.singular_values, 6)}")
+    print()
+    print("losses = mean over pairs of 0.5 ||s B A x - y||^2 (expected: 0.5 ||s B A - T||_F^2 + "
+          "0.5 d_out noise^2); RRR bound = the smallest")
+    print("training loss any rank-r matrix reaches on these pairs (reduced-rank regression); "
+          "rel err = ||s B A - T||_F / ||T||_F;")
+    floor = results[0].noise_floor
+    print("optimum = Eckart-Young on T; eff. rank = trained directions above the noise floor for this n "
+          + (f"({floor:.4g})." if floor is not None else "(none: n <= d_in + 1 does not determine T)."))
+
+
 def _lr_used(args: argparse.Namespace) -> float:
     from .fit import DEFAULT_LR
 
-    return DEFAULT_LR.get(args.optimizer, 0.0) if args.lr is None else args.lr
+    if args.lr is not None:
+        return args.lr
+    if getattr(args, "samples", None) is not None:
+        from .data import DATA_DEFAULT_LR
+
+        return DATA_DEFAULT_LR.get(args.optimizer, 0.0)
+    return DEFAULT_LR.get(args.optimizer, 0.0)
 
 
 # ------------------------------------------------------------------------------- stability
@@ -189,10 +272,12 @@ def _cmd_stability(args: argparse.Namespace) -> int:
     from .synthetic import make_target
 
     steps = DEFAULT_STEPS if args.steps is None else args.steps
+    data = _data_config(args)
     target = make_target(args.d_out, args.d_in, true_rank=args.true_rank, spectrum=args.spectrum,
                          sigma_max=args.sigma_max, noise=args.noise, seed=args.seed)
     grid = run_stability(target, ranks=args.ranks, rules=args.rules, lrs=args.lrs,
-                         optimizer=args.optimizer, steps=steps, alpha=args.alpha, seed=args.seed)
+                         optimizer=args.optimizer, steps=steps, alpha=args.alpha, seed=args.seed,
+                         data=data)
     if args.json:
         _print_json(grid.to_dict())
         return 0
@@ -200,6 +285,9 @@ def _cmd_stability(args: argparse.Namespace) -> int:
     print(f"target {cfg['d_out']} x {cfg['d_in']}, intrinsic rank {cfg['true_rank']}, "
           f"sigma_max {cfg['sigma_max']:g}, noise {cfg['noise']:g}; {cfg['optimizer']}, "
           f"{cfg['steps']} steps, alpha {cfg['alpha']:g}")
+    if data is not None:
+        _data_header(data, steps, None)
+        print("cells: relative error against T; the data's noise and minibatches move where runs diverge.")
     for rule in cfg["rules"]:
         print()
         _stability_table(grid, rule)

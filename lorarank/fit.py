@@ -153,6 +153,16 @@ class FitResult:
         ``0.5 ||s B A - T||_F^2`` after t = 0, 1, ..., steps steps (finite values only).
     max_update_norm : float
         Largest ``||s B A||_F`` seen during training.
+    train_loss, heldout_loss : float or None
+        Data mode only (:mod:`lorarank.data`): the mean loss ``1/(2n) sum ||s B A x - y||^2``
+        on the training and on the held-out pairs after training; None in the exact mode and
+        when the run diverged.
+    optimal_train_loss : float or None
+        Data mode only: the smallest training loss any rank-r matrix reaches on these pairs
+        (reduced-rank regression), a lower bound of ``train_loss``.
+    noise_floor : float or None
+        Data mode only: the singular value below which a trained direction fits noise for this
+        many pairs (:func:`lorarank.data.data_noise_floor`); None when undetermined.
     """
 
     rank: int
@@ -166,6 +176,10 @@ class FitResult:
     steps: int
     loss: np.ndarray
     max_update_norm: float
+    train_loss: float | None = None
+    heldout_loss: float | None = None
+    optimal_train_loss: float | None = None
+    noise_floor: float | None = None
 
     def to_dict(self, *, loss_curve: bool = False) -> dict:
         """JSON-friendly dict with PRODUCT.md's keys (no NaN or inf anywhere)."""
@@ -180,6 +194,9 @@ class FitResult:
             "diverged_at": self.diverged_at,
             "steps": self.steps,
             "max_update_norm": self.max_update_norm,
+            "train_loss": self.train_loss,
+            "heldout_loss": self.heldout_loss,
+            "optimal_train_loss": self.optimal_train_loss,
         }
         if loss_curve:
             out["loss_curve"] = [float(x) for x in self.loss]

@@ -218,7 +218,12 @@ class StabilityRecord:
     max_update_norm : float
         Largest ``||s B A||_F`` over the steps run (finite values only).
     loss_curve : tuple of float
-        Loss after t = 0, 1, ... steps, finite values only (a diverged run stops early).
+        Loss after t = 0, 1, ... steps, finite values only (a diverged run stops early). In the
+        data mode, the mean loss of the minibatch each step used.
+    train_loss, heldout_loss : float or None
+        Data mode only: the mean loss ``1/(2n) sum ||s B A x - y||^2`` on the training and
+        held-out pairs after training (:mod:`lorarank.data`); None in the exact mode and when
+        the run diverged.
     """
 
     rule: str
@@ -230,6 +235,8 @@ class StabilityRecord:
     diverged_at: int | None
     max_update_norm: float
     loss_curve: tuple[float, ...] = field(repr=False)
+    train_loss: float | None = None
+    heldout_loss: float | None = None
 
     def to_dict(self) -> dict:
         """The record as the ``stability --json`` record: plain, finite, JSON-ready values."""
@@ -237,6 +244,7 @@ class StabilityRecord:
         return {"rule": self.rule, "rank": self.rank, "lr": self.lr, "scale": self.scale,
                 "rel_err": self.rel_err, "diverged": self.diverged,
                 "diverged_at": self.diverged_at, "max_update_norm": self.max_update_norm,
+                "train_loss": self.train_loss, "heldout_loss": self.heldout_loss,
                 "loss_curve": list(self.loss_curve)}
 
 
@@ -300,10 +308,21 @@ def _finite_prefix(values: np.ndarray) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
 
 
+def _data_settings(data) -> dict:
+    """The data mode's settings as flat config keys (all None in the exact mode)."""
+    if data is None:
+        return {"samples": None, "label_noise": None, "batch_size": None, "heldout": None}
+    from .data import DataConfig
+
+    if not isinstance(data, DataConfig):
+        raise ConfigError(f"`data` should be a DataConfig, got {type(data).__name__}")
+    return data.to_dict()
+
+
 def run_stability(target, *, ranks: Sequence[int] = DEFAULT_RANKS,
                   rules: Sequence[str] | None = None, lrs: Sequence[float] = DEFAULT_LRS,
                   optimizer: str = "sgd", steps: int = DEFAULT_STEPS, alpha: float = 16.0,
-                  seed: int = 0,
+                  seed: int = 0, data=None,
                   progress: Callable[[int, int], None] | None = None) -> StabilityGrid:
     """Fit LoRA on ``target`` for every scaling rule x rank x learning rate.
 
@@ -327,7 +346,12 @@ def run_stability(target, *, ranks: Sequence[int] = DEFAULT_RANKS,
     alpha : float, default=16.0
         The alpha of the ``fixed-alpha`` and ``rslora`` rules.
     seed : int, default=0
-        Seed of the LoRA initialisation (the same A for every cell of a rank).
+        Seed of the LoRA initialisation (the same A for every cell of a rank), and of the
+        pairs in the data mode.
+    data : lorarank.data.DataConfig, optional
+        The data mode: every cell trains on the same ``n`` pairs drawn from ``target``, in the
+        same minibatch order (:func:`lorarank.data.fit_data_runs`), so minibatch noise and the
+        finite sample can be seen moving each rule's stable window. Default: the exact target.
     progress : callable(done, total), optional
         Called with steps done so far over the whole grid, ``0 <= done <= total``.
 
@@ -365,15 +389,22 @@ def run_stability(target, *, ranks: Sequence[int] = DEFAULT_RANKS,
         "noise": float(target.noise), "target_seed": int(target.seed),
         "ranks": list(ranks), "rules": list(rules), "lrs": list(lrs), "alpha": alpha,
         "optimizer": optimizer, "steps": steps, "seed": seed,
+        **_data_settings(data),
     }
     # 2. Every cell is an independent run: one batched call fits the whole grid, each rank from
     #    the same initialisation; progress counts steps over the whole grid.
     start = time.perf_counter()
     if progress is not None:
         progress(0, total)
-    results = fit_lora_runs(target, [(rank, lora_scale(rule, rank, alpha=alpha), lr)
-                                     for rule, rank, lr in cells],
-                            optimizer=optimizer, steps=steps, seed=seed, progress=progress)
+    runs = [(rank, lora_scale(rule, rank, alpha=alpha), lr) for rule, rank, lr in cells]
+    if data is None:
+        results = fit_lora_runs(target, runs, optimizer=optimizer, steps=steps, seed=seed,
+                                progress=progress)
+    else:
+        from .data import fit_data_runs
+
+        results = fit_data_runs(target, runs, data=data, optimizer=optimizer, steps=steps,
+                                seed=seed, progress=progress)
     records: list[StabilityRecord] = []
     for (rule, rank, lr), res in zip(cells, results):
         # 3. Only finite numbers leave this module (a diverged cell's tail is dropped).
@@ -385,6 +416,7 @@ def run_stability(target, *, ranks: Sequence[int] = DEFAULT_RANKS,
             diverged_at=None if res.diverged_at is None else int(res.diverged_at),
             max_update_norm=norm if math.isfinite(norm) else float(np.finfo(np.float64).max),
             loss_curve=_finite_prefix(res.loss),
+            train_loss=res.train_loss, heldout_loss=res.heldout_loss,
         ))
     optimal = eckart_young_errors(target.singular_values, np.asarray(ranks, dtype=np.int64))
     return StabilityGrid(config=config, records=tuple(records),

@@ -56,7 +56,7 @@ class TestStabilityJson:
         assert doc["config"]["rules"] == ["fixed-alpha", "alpha-eq-r", "alpha-eq-2r", "rslora"]
         assert len(doc["records"]) == 4 * 2 * 2
         keys = {"rule", "rank", "lr", "scale", "rel_err", "diverged", "diverged_at",
-                "max_update_norm", "loss_curve"}
+                "max_update_norm", "loss_curve", "train_loss", "heldout_loss"}
         assert all(set(r) == keys for r in doc["records"])
         assert "NaN" not in text and "Infinity" not in text
         diverged = [r for r in doc["records"] if r["diverged"]]

@@ -130,7 +130,8 @@ class TestRunStabilityOutput:
         doc = json.loads(text)
         assert set(doc) == {"config", "records"}
         assert set(doc["records"][0]) == {"rule", "rank", "lr", "scale", "rel_err", "diverged",
-                                          "diverged_at", "max_update_norm", "loss_curve"}
+                                          "diverged_at", "max_update_norm", "loss_curve",
+                                          "train_loss", "heldout_loss"}
 
     def test_config_records_settings(self, sgd_grid):
         """The config names the target and the grid."""

@@ -1,0 +1,677 @@
+"""LoRA trained on finite data: n input/output pairs instead of the exact target.
+
+The exact mode of :mod:`lorarank.fit` fits ``s B A`` to the target update ``T`` itself, which
+is training on infinitely many noiseless examples. Here LoRA learns a layer
+``y = (W0 + s B A) x`` from ``n`` training pairs (``W0`` is frozen and drops out of every
+gradient, so only ``s B A`` against ``T`` matters)::
+
+    x_i ~ N(0, I_{d_in}),    y_i = T x_i + noise_y * e_i,    e_i ~ N(0, I_{d_out})
+
+and is judged on ``M`` held-out pairs drawn the same way, and against ``T`` itself.
+
+Loss (training and held-out alike), the mean over pairs of half the squared error::
+
+    L = 1/(2n) * sum_i ||s B A x_i - y_i||^2
+
+Since ``E[x x^T] = I``, its expectation is ``0.5 ||s B A - T||_F^2 + 0.5 d_out noise_y^2``:
+the exact mode's loss plus the label noise nobody can fit. With ``n -> inf`` and full batch the
+gradients are the exact mode's, so a learning rate means the same step in both modes.
+
+How it is fast (steps identical to the textbook loop :func:`fit_data_reference`):
+
+1. Full batch needs only the data's moments: ``S = X^T X / n`` (d_in x d_in),
+   ``C = Y^T X / n`` (d_out x d_in) and ``q = ||Y||_F^2 / n``. With ``W = s B A``,
+   ``L = 0.5 (s^2 <B^T B, A S A^T> - 2 s <B, C A^T> + q)``,
+   ``gB = s (s B (A S A^T) - C A^T)`` and ``gA = s (s (B^T B)(A S) - B^T C)``: a step costs
+   ``O(r d_in (d_in + 2 d_out))`` whatever ``n``, instead of ``O(n r (2 d_in + 3 d_out))``.
+2. Minibatches use the factored forward pass ``P = X_b A^T``, ``R = s P B^T - Y_b``,
+   ``gB = s/b R^T P``, ``gA = s/b (R B)^T X_b``; the ``X_b``-side products of every rank in a
+   batch are one matrix product over the stacked ``A`` factors.
+3. Ranks are stacked into zero-padded batches (padding stays exactly zero), grouped as the
+   cost model finds cheaper, as in the exact mode.
+
+References
+----------
+A. J. Izenman, "Reduced-rank regression for the multivariate linear model", J. Multivariate
+Analysis 5 (1975): the closed-form rank-r least-squares optimum used as the lower bound.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ._validate import check_choice, check_int, check_real
+from .errors import ConfigError
+from .fit import (
+    _BETA1,
+    _BETA2,
+    _EPS,
+    _STEP_OVERHEAD,
+    DEFAULT_STEPS,
+    OPTIMIZERS,
+    FitResult,
+    _check_rank,
+    _check_ranks,
+    _Ticker,
+    init_lora,
+    lora_scale,
+)
+from .spectrum import eckart_young_errors, factored_svdvals, gavish_donoho_threshold, single_threaded_blas
+from .synthetic import Target
+
+__all__ = [
+    "DEFAULT_SAMPLES",
+    "DEFAULT_LABEL_NOISE",
+    "DEFAULT_HELDOUT",
+    "DATA_DEFAULT_LR",
+    "MAX_DATA_VALUES",
+    "DataConfig",
+    "Dataset",
+    "make_dataset",
+    "data_noise_floor",
+    "reduced_rank_losses",
+    "fit_data",
+    "fit_data_runs",
+    "fit_data_reference",
+    "data_macs",
+]
+
+#: Training pairs of the data mode when only "data mode" is asked for.
+DEFAULT_SAMPLES = 128
+#: Standard deviation of the label noise e in y = T x + noise_y e.
+DEFAULT_LABEL_NOISE = 1.0
+#: Held-out pairs the trained update is judged on.
+DEFAULT_HELDOUT = 1000
+#: Learning rates of the data mode when none is given. The exact mode's SGD default (0.02) sits
+#: near the edge of stability for the default target; the sample covariance ``X^T X / n`` of
+#: a few pairs has eigenvalues up to ``(1 + sqrt(d_in / n))^2`` and pushes it over.
+DATA_DEFAULT_LR: dict[str, float] = {"sgd": 0.005, "adam": 0.01}
+#: Largest ``(samples + heldout) * (d_in + d_out)``: the pairs are held in memory as float64
+#: (2**25 values = 256 MB).
+MAX_DATA_VALUES = 2**25
+
+_TRAIN_STREAM, _HELDOUT_STREAM, _ORDER_STREAM = 0xDA7A, 0x4E1D, 0x0D0E
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How the finite data is drawn and fed to the optimiser.
+
+    Attributes
+    ----------
+    samples : int
+        Training pairs ``n >= 1``.
+    label_noise : float, default=1.0
+        ``noise_y >= 0``, the standard deviation of each output's label noise.
+    batch_size : int or None, default=None
+        Pairs per optimiser step; ``None`` (or ``>= samples``) is full batch. Each epoch visits
+        the pairs in a fresh random order; the last batch of an epoch may be smaller.
+    heldout : int, default=1000
+        Held-out pairs ``M >= 1`` for the held-out loss.
+    """
+
+    samples: int
+    label_noise: float = DEFAULT_LABEL_NOISE
+    batch_size: int | None = None
+    heldout: int = DEFAULT_HELDOUT
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "samples", check_int("samples", self.samples, minimum=1))
+        object.__setattr__(self, "label_noise", check_real("label_noise", self.label_noise, minimum=0.0))
+        if self.batch_size is not None:
+            object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size, minimum=1))
+        object.__setattr__(self, "heldout", check_int("heldout", self.heldout, minimum=1))
+
+    @property
+    def full_batch(self) -> bool:
+        """Whether every step sees all ``samples`` pairs."""
+        return self.batch_size is None or self.batch_size >= self.samples
+
+    @property
+    def batch(self) -> int:
+        """Pairs per step: ``batch_size``, capped at ``samples``."""
+        return self.samples if self.full_batch else int(self.batch_size)  # type: ignore[arg-type]
+
+    def epochs(self, steps: int) -> float:
+        """Passes over the training pairs that ``steps`` optimiser steps make."""
+        return steps * self.batch / self.samples
+
+    def to_dict(self) -> dict:
+        """JSON-ready settings (``batch_size`` None means full batch)."""
+        return {"samples": self.samples, "label_noise": self.label_noise,
+                "batch_size": self.batch_size, "heldout": self.heldout}
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Training and held-out pairs for one target, with the moments the fits need.
+
+    Attributes
+    ----------
+    X : ndarray of shape (n, d_in)
+    Y : ndarray of shape (n, d_out)
+        ``Y = X T^T + noise_y E``.
+    S : ndarray of shape (d_in, d_in)
+        ``X^T X / n``.
+    C : ndarray of shape (d_out, d_in)
+        ``Y^T X / n``.
+    q : float
+        ``||Y||_F^2 / n``.
+    S_heldout, C_heldout, q_heldout
+        The same moments of the held-out pairs.
+    config : DataConfig
+    seed : int
+    """
+
+    X: np.ndarray
+    Y: np.ndarray
+    S: np.ndarray
+    C: np.ndarray
+    q: float
+    S_heldout: np.ndarray
+    C_heldout: np.ndarray
+    q_heldout: float
+    config: DataConfig
+    seed: int
+
+    def loss(self, B: np.ndarray, A: np.ndarray, scale: float, *, heldout: bool = False) -> float:
+        """``1/(2n) sum_i ||s B A x_i - y_i||^2`` on the training (or held-out) pairs.
+
+        From the factors and the moments: nothing ``d_out x d_in`` is formed.
+        """
+        S, C, q = (self.S_heldout, self.C_heldout, self.q_heldout) if heldout else (self.S, self.C, self.q)
+        AS = A @ S
+        quad = scale * scale * float(np.sum((B.T @ B) * (AS @ A.T)))
+        cross = scale * float(np.sum(B * (C @ A.T)))
+        return max(0.5 * (quad - 2.0 * cross + q), 0.0)
+
+
+def _check_data_size(shape: tuple[int, int], config: DataConfig) -> None:
+    values = (config.samples + config.heldout) * (shape[0] + shape[1])
+    if values > MAX_DATA_VALUES:
+        raise ConfigError(
+            f"{config.samples} training + {config.heldout} held-out pairs of a {shape[0]} x {shape[1]} "
+            f"layer are {values:,} numbers; at most {MAX_DATA_VALUES:,} are held in memory")
+
+
+def _draw(target: Target, n: int, noise_y: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    d_out, d_in = target.shape
+    # One draw per pair (x and e side by side): the first n pairs of a larger n are the same.
+    Z = rng.standard_normal((n, d_in + d_out))
+    X = np.ascontiguousarray(Z[:, :d_in])
+    Y = X @ target.matrix.T
+    if noise_y > 0:
+        Y += noise_y * Z[:, d_in:]
+    return X, Y
+
+
+def make_dataset(target: Target, config: DataConfig, *, seed: int = 0) -> Dataset:
+    """Draw the training and held-out pairs for ``target``.
+
+    Parameters
+    ----------
+    target : Target
+    config : DataConfig
+    seed : int, default=0
+        Seed of the pairs (and of the minibatch order). Training sets of different sizes with
+        one seed are nested (the first n pairs of a larger set), and share the held-out set.
+
+    Returns
+    -------
+    Dataset
+
+    Raises
+    ------
+    ConfigError
+        More pairs than :data:`MAX_DATA_VALUES` allows, or a bad argument.
+    """
+    if not isinstance(target, Target):
+        raise ConfigError(f"`target` should be a Target from make_target, got {type(target).__name__}")
+    if not isinstance(config, DataConfig):
+        raise ConfigError(f"`config` should be a DataConfig, got {type(config).__name__}")
+    seed = check_int("seed", seed, minimum=0)
+    _check_data_size(target.shape, config)
+    X, Y = _draw(target, config.samples, config.label_noise, np.random.default_rng([seed, _TRAIN_STREAM]))
+    Xh, Yh = _draw(target, config.heldout, config.label_noise, np.random.default_rng([seed, _HELDOUT_STREAM]))
+    n, m = config.samples, config.heldout
+    for arr in (X, Y):
+        arr.setflags(write=False)
+    return Dataset(X=X, Y=Y, S=X.T @ X / n, C=Y.T @ X / n, q=float(np.sum(Y * Y)) / n,
+                   S_heldout=Xh.T @ Xh / m, C_heldout=Yh.T @ Xh / m, q_heldout=float(np.sum(Yh * Yh)) / m,
+                   config=config, seed=seed)
+
+
+def data_noise_floor(target: Target, config: DataConfig) -> float | None:
+    """The singular value below which a trained direction fits noise, for ``n`` pairs.
+
+    The Gavish-Donoho threshold (as in the exact mode) for a per-entry noise of
+    ``sqrt(noise_T^2 + noise_y^2 / (n - d_in - 1))``: the target's own noise floor plus the
+    label noise as the least-squares estimate of ``T`` from ``n`` Gaussian pairs sees it
+    (``E[(X^T X)^-1] = I / (n - d_in - 1)`` for ``x ~ N(0, I)``).
+
+    Returns
+    -------
+    float or None
+        None when ``n <= d_in + 1`` and there is label noise: so few pairs do not determine
+        ``T`` and the estimate's noise has no such bound.
+    """
+    d_out, d_in = target.shape
+    n, noise_y = config.samples, config.label_noise
+    if noise_y > 0 and n <= d_in + 1:
+        return None
+    var = target.noise**2 + (noise_y**2 / (n - d_in - 1) if noise_y > 0 else 0.0)
+    return gavish_donoho_threshold(shape=target.shape, noise=math.sqrt(var))
+
+
+def reduced_rank_losses(dataset: Dataset, ranks: Sequence[int]) -> np.ndarray:
+    """The smallest training loss any rank-r matrix reaches on these pairs, per rank.
+
+    Reduced-rank regression in closed form: with the fitted values ``Yhat`` of the unrestricted
+    least-squares fit (``Y`` projected on the column space of ``X``), the best rank-r ``W``
+    gives ``X W^T = Yhat_r``, the rank-r truncation of ``Yhat``, so
+    ``min L = 0.5 (q - sum_{i<=r} lambda_i)`` with ``lambda_i`` the eigenvalues of
+    ``C S^+ C^T`` (``= Yhat^T Yhat / n``). Training LoRA of rank r minimises the same loss over
+    a subset of rank-r matrices, so its training loss cannot go below this.
+
+    Parameters
+    ----------
+    dataset : Dataset
+    ranks : sequence of int
+
+    Returns
+    -------
+    ndarray of shape (len(ranks),)
+    """
+    ks = np.asarray([check_int("rank", r, minimum=0) for r in ranks], dtype=np.int64)
+    # 1. Whiten the inputs: S = V diag(w) V^T, keeping the numerically non-zero eigenvalues.
+    w, V = np.linalg.eigh(dataset.S)
+    keep = w > w.max() * max(dataset.S.shape) * np.finfo(np.float64).eps
+    # 2. C S^+ C^T = K K^T with K = C V_+ diag(w_+)^(-1/2); its eigenvalues are sigma(K)^2.
+    K = (dataset.C @ V[:, keep]) / np.sqrt(w[keep])
+    lam = np.linalg.svd(K, compute_uv=False) ** 2
+    cum = np.concatenate([[0.0], np.cumsum(lam)])
+    return np.maximum(0.5 * (dataset.q - cum[np.minimum(ks, lam.size)]), 0.0)
+
+
+def _steps_macs(d_out: int, d_in: int, r: int, batch: int, full: bool, optimizer: str) -> float:
+    """Multiply-adds of one step of one run at rank r."""
+    if full:
+        # A S, (A S) A^T, C A^T, B^T C, B^T B, B G, (B^T B)(A S)
+        return r * d_in * (d_in + 2.0 * d_out) + r * r * (2.0 * d_in + 2.0 * d_out)
+    # P = X_b A^T, P B^T, R^T P, R B, (R B)^T X_b
+    return batch * r * (2.0 * d_in + 3.0 * d_out)
+
+
+def data_macs(d_out: int, d_in: int, ranks: Sequence[int], *, config: DataConfig, steps: int,
+              optimizer: str = "sgd") -> float:
+    """Multiply-adds of a data-mode fit: drawing the data, its moments, the steps, the results.
+
+    For cost estimates before running (work budgets): an honest count of the arithmetic of
+    :func:`fit_data_runs` for one run per entry of ``ranks``, without the padding of batches.
+
+    Parameters
+    ----------
+    d_out, d_in : int
+    ranks : sequence of int
+        One entry per run (repeats count again).
+    config : DataConfig
+    steps : int
+    optimizer : {"sgd", "adam"}, default="sgd"
+
+    Returns
+    -------
+    float
+    """
+    n, m = config.samples, config.heldout
+    # Drawing Y = X T^T, and the moments X^T X, Y^T X of both sets.
+    total = (n + m) * d_in * (d_out + d_in + d_out)
+    # The reduced-rank bound: eigh of S (~9 d^3) and the SVD of K (~4 d_out d_in^2).
+    total += 9.0 * d_in**3 + 4.0 * d_out * d_in * min(d_out, d_in)
+    for r in ranks:
+        total += steps * _steps_macs(d_out, d_in, int(r), config.batch, config.full_batch, optimizer)
+        # the results: two losses from moments and the dense residual against T
+        total += 2 * r * d_in * (d_in + d_out) + d_out * d_in * r
+    return float(total)
+
+
+def _batches(ranks: Sequence[int], cost: Callable[[int, int], float]) -> list[list[int]]:
+    """Group run indices (ascending rank) where one zero-padded batch costs less than two."""
+    groups: list[list[int]] = []
+    rmax = 0
+    for i in sorted(range(len(ranks)), key=lambda i: ranks[i]):
+        r = ranks[i]
+        if groups and cost(len(groups[-1]) + 1, r) <= cost(len(groups[-1]), rmax) + cost(1, r):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+        rmax = r
+    return groups
+
+
+def _batch_order(n: int, batch: int, steps: int, seed: int):
+    """Index arrays of the pairs each step uses: a fresh permutation per epoch (last batch of an
+    epoch may be smaller); ``None`` for full batch."""
+    if batch >= n:
+        while True:
+            yield None
+    rng = np.random.default_rng([seed, _ORDER_STREAM])
+    while True:
+        perm = rng.permutation(n)
+        for start in range(0, n, batch):
+            yield perm[start:start + batch]
+
+
+def fit_data(target: Target, ranks: object, *, data: DataConfig, optimizer: str = "sgd",
+             lr: float | None = None, steps: int = DEFAULT_STEPS, rule: str = "alpha-eq-r",
+             alpha: float = 16.0, seed: int = 0, tol: float | None = None,
+             divergence_factor: float = 1e4, dataset: Dataset | None = None,
+             progress: Callable[[int, int], None] | None = None) -> list[FitResult]:
+    """Fit LoRA at each rank to ``n`` pairs drawn from ``target`` (the data mode of the sweep).
+
+    Parameters
+    ----------
+    target : Target
+    ranks : int or sequence of int
+        Each in [1, min(d_out, d_in)], no repeats.
+    data : DataConfig
+        Pairs, label noise, batch size and held-out size.
+    optimizer, lr, steps, rule, alpha, seed, tol, divergence_factor, progress
+        As in :func:`lorarank.fit.fit_lora`, but ``lr`` defaults to :data:`DATA_DEFAULT_LR`;
+        the learning rate is a step on the mean loss
+        ``1/(2b) sum ||s B A x - y||^2`` of the batch, ``seed`` also seeds the pairs. A run has
+        diverged once a batch loss is non-finite or exceeds ``divergence_factor`` times the
+        initial training loss ``q / 2``.
+    dataset : Dataset, optional
+        Pairs already drawn with :func:`make_dataset` (default: drawn here from ``seed``).
+
+    Returns
+    -------
+    list of FitResult
+        In the order of ``ranks``, with ``train_loss``, ``heldout_loss`` and
+        ``optimal_train_loss`` (the reduced-rank optimum) set.
+    """
+    if not isinstance(target, Target):
+        raise ConfigError(f"`target` should be a Target from make_target, got {type(target).__name__}")
+    rank_list = _check_ranks(ranks, target)
+    optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
+    lr = DATA_DEFAULT_LR[optimizer] if lr is None else lr
+    runs = [(r, lora_scale(rule, r, alpha=alpha), lr) for r in rank_list]
+    return fit_data_runs(target, runs, data=data, optimizer=optimizer, steps=steps, seed=seed, tol=tol,
+                         divergence_factor=divergence_factor, dataset=dataset, progress=progress)
+
+
+def fit_data_runs(target: Target, runs: Sequence[tuple[int, float, float]], *, data: DataConfig,
+                  optimizer: str = "sgd", steps: int = DEFAULT_STEPS, seed: int = 0,
+                  tol: float | None = None, divergence_factor: float = 1e4,
+                  dataset: Dataset | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> list[FitResult]:
+    """Many independent data-mode runs, each with its own (rank, scale, lr), batched.
+
+    The data-mode twin of :func:`lorarank.fit.fit_lora_runs` (used by the stability grid):
+    every run sees the same pairs in the same minibatch order.
+
+    Parameters
+    ----------
+    target : Target
+    runs : sequence of (rank, scale, lr)
+    data : DataConfig
+    optimizer, steps, seed, tol, divergence_factor, dataset, progress
+        As in :func:`fit_data`.
+
+    Returns
+    -------
+    list of FitResult
+        In the order of ``runs``.
+    """
+    if not isinstance(target, Target):
+        raise ConfigError(f"`target` should be a Target from make_target, got {type(target).__name__}")
+    if not isinstance(data, DataConfig):
+        raise ConfigError(f"`data` should be a DataConfig, got {type(data).__name__}")
+    optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
+    steps = check_int("steps", steps, minimum=1, maximum=1_000_000)
+    seed = check_int("seed", seed, minimum=0)
+    if tol is not None:
+        tol = check_real("tol", tol, minimum=0.0, strict_minimum=True)
+    divergence_factor = check_real("divergence_factor", divergence_factor, minimum=1.0, strict_minimum=True)
+    try:
+        specs = [tuple(run) for run in runs]
+    except TypeError:
+        raise ConfigError(f"`runs` should be a list of (rank, scale, lr), got {runs!r}") from None
+    if not specs:
+        raise ConfigError("`runs` should name at least one run")
+    checked = []
+    for spec in specs:
+        if len(spec) != 3:
+            raise ConfigError(f"each run should be (rank, scale, lr), got {spec!r}")
+        checked.append((_check_rank(spec[0], target), check_real("scale", spec[1]),
+                        check_real("lr", spec[2], minimum=0.0, strict_minimum=True)))
+    if dataset is None:
+        dataset = make_dataset(target, data, seed=seed)
+    elif not isinstance(dataset, Dataset) or dataset.config != data or dataset.X.shape[1] != target.shape[1]:
+        raise ConfigError("`dataset` was drawn for other settings than `data` and `target`")
+
+    d_out, d_in = target.shape
+    full, batch = data.full_batch, data.batch
+
+    def cost(count: int, rmax: int) -> float:
+        return _STEP_OVERHEAD + count * _steps_macs(d_out, d_in, rmax, batch, full, optimizer)
+
+    ticker = _Ticker(progress, steps * len(checked))
+    results: list[FitResult | None] = [None] * len(checked)
+    rrr = reduced_rank_losses(dataset, sorted({r for r, _, _ in checked}))
+    optimal_train = dict(zip(sorted({r for r, _, _ in checked}), (float(v) for v in rrr)))
+    floor = data_noise_floor(target, data)
+    inits: dict[int, np.ndarray] = {}
+    for group in _batches([c[0] for c in checked], cost):
+        batch_runs = []
+        for i in group:
+            r, scale, lr = checked[i]
+            if r not in inits:
+                inits[r] = init_lora(d_out, d_in, r, seed=seed)[1]
+            batch_runs.append((r, scale, lr, inits[r]))
+        fitted = _fit_batch(dataset, batch_runs, optimizer=optimizer, steps=steps, tol=tol,
+                            divergence_factor=divergence_factor, seed=seed, ticker=ticker)
+        for i, (run, out) in zip(group, zip(batch_runs, fitted)):
+            results[i] = _result(target, dataset, run, *out, floor=floor,
+                                 optimal_train=optimal_train[run[0]])
+    ticker.finish()
+    return results  # type: ignore[return-value]
+
+
+def _fit_batch(ds: Dataset, runs: list[tuple[int, float, float, np.ndarray]], *, optimizer: str,
+               steps: int, tol: float | None, divergence_factor: float, seed: int,
+               ticker: _Ticker) -> list[tuple]:
+    """Train ``runs`` stacked and zero-padded; per run (loss curve, max norm, steps, diverged,
+    factors or None)."""
+    cfg = ds.config
+    n_runs, rmax = len(runs), max(run[0] for run in runs)
+    d_in, d_out = ds.X.shape[1], ds.Y.shape[1]
+    B = np.zeros((n_runs, d_out, rmax))
+    A = np.zeros((n_runs, rmax, d_in))
+    for i, (r, _, _, A0) in enumerate(runs):
+        A[i, :r] = A0
+    s = np.array([run[1] for run in runs])[:, None, None]
+    lr = np.array([run[2] for run in runs])[:, None, None]
+    limit = divergence_factor * 0.5 * ds.q
+    moments = [np.zeros_like(B), np.zeros_like(B), np.zeros_like(A), np.zeros_like(A)] if optimizer == "adam" else []
+    losses = np.empty((n_runs, steps + 1))
+    norms = np.zeros(n_runs)
+    alive = np.arange(n_runs)
+    stopped: dict[int, tuple] = {}
+    order = _batch_order(cfg.samples, cfg.batch, steps, seed)
+    S, C, q = ds.S, ds.C, ds.q
+    # Minibatch steps are tall-skinny products on a shared X_b: BLAS threads help; the
+    # full-batch moments path is d x d products, where they help too. Small problems do not.
+    small = d_in * d_out * rmax * n_runs < 2_000_000
+    with (single_threaded_blas() if small else _nullcontext()), np.errstate(over="ignore", invalid="ignore"):
+        for t in range(steps + 1):
+            k, rm = alive.size, A.shape[1]
+            ss = s[:, 0, 0]
+            idx = next(order) if t < steps else None
+            # 1. The loss at this iterate (on this step's batch) and the pieces of its gradient.
+            if idx is None:
+                AS = (A.reshape(k * rm, d_in) @ S).reshape(k, rm, d_in)
+                G = AS @ A.transpose(0, 2, 1)
+                CAt = (A.reshape(k * rm, d_in) @ C.T).reshape(k, rm, d_out).transpose(0, 2, 1)
+                BtB = B.transpose(0, 2, 1) @ B
+                update_sq = ss * ss * np.einsum("nij,nij->n", BtB, G)
+                loss = np.maximum(0.5 * (update_sq - 2.0 * ss * np.einsum("nij,nij->n", B, CAt) + q), 0.0)
+                work = [AS, G, CAt, BtB]
+            else:
+                Xb, Yb = ds.X[idx], ds.Y[idx]
+                b = Xb.shape[0]
+                P = (Xb @ A.reshape(k * rm, d_in).T).reshape(b, k, rm).transpose(1, 0, 2)
+                R = s * (P @ B.transpose(0, 2, 1))
+                # ||s B A||_F^2 from the Gram matrices (not the batch): the update's own size.
+                update_sq = ss * ss * np.einsum("nij,nij->n", B.transpose(0, 2, 1) @ B, A @ A.transpose(0, 2, 1))
+                R -= Yb[None]
+                loss = 0.5 / b * np.einsum("nij,nij->n", R, R)
+                work = [P, R]
+            losses[alive, t] = loss
+            norms[alive] = np.fmax(norms[alive], np.sqrt(np.maximum(update_sq, 0.0)))
+            # 2. Retire runs that diverged, converged or finished.
+            bad = ~np.isfinite(loss) | (loss > limit)
+            done = bad.copy()
+            if t == steps:
+                done[:] = True
+            elif tol is not None and t >= 50:
+                old = losses[alive, t - 50]
+                done |= (old - loss) <= tol * old
+            if done.any():
+                for j in np.flatnonzero(done):
+                    i = int(alive[j])
+                    stopped[i] = (t, bool(bad[j]), None if bad[j] else (B[j].copy(), A[j].copy()))
+                    ticker.add(steps - t)
+                keep = ~done
+                alive = alive[keep]
+                if alive.size == 0:
+                    break
+                B, A, s, lr = B[keep], A[keep], s[keep], lr[keep]
+                work = [x[keep] for x in work]
+                moments = [x[keep] for x in moments]
+                k = alive.size
+            # 3. Gradients of the mean loss and the step.
+            if idx is None:
+                AS, G, CAt, BtB = work
+                gB = s * (s * (B @ G) - CAt)
+                gA = s * (s * (BtB @ AS) - B.transpose(0, 2, 1) @ C)
+            else:
+                P, R = work
+                gB = (s / b) * (R.transpose(0, 2, 1) @ P)
+                H = R @ B  # (k, b, rm)
+                gA = (s / b) * (H.transpose(1, 0, 2).reshape(b, k * rm).T @ Xb).reshape(k, rm, d_in)
+            if optimizer == "sgd":
+                B -= lr * gB
+                A -= lr * gA
+            else:
+                c1, c2 = 1 - _BETA1 ** (t + 1), 1 - _BETA2 ** (t + 1)
+                mB, vB, mA, vA = moments
+                for p, g, mo, ve in ((B, gB, mB, vB), (A, gA, mA, vA)):
+                    mo *= _BETA1
+                    mo += (1 - _BETA1) * g
+                    ve *= _BETA2
+                    ve += (1 - _BETA2) * g * g
+                    p -= lr * (mo / c1) / (np.sqrt(ve / c2) + _EPS)
+            ticker.add(alive.size)
+    return [(losses[i], norms[i], *stopped[i]) for i in range(n_runs)]
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _result(target: Target, ds: Dataset, run: tuple, loss: np.ndarray, norm: float, t: int,
+            diverged: bool, factors: tuple[np.ndarray, np.ndarray] | None, *, floor: float | None,
+            optimal_train: float) -> FitResult:
+    """Measure one retired run: errors against T, both losses, spectrum, effective rank."""
+    r, s = run[0], run[1]
+    optimal = float(eckart_young_errors(target.singular_values, [r])[0])
+    if diverged:
+        finite = loss[:t + 1]
+        finite = finite[np.isfinite(finite)]
+        return FitResult(rank=r, scale=s, rel_err=None, optimal_rel_err=optimal,
+                         singular_values=np.zeros(0), effective_rank=None, diverged=True,
+                         diverged_at=t, steps=t, loss=finite.copy(),
+                         max_update_norm=float(norm) if np.isfinite(norm) else float(np.finfo(float).max),
+                         train_loss=None, heldout_loss=None, optimal_train_loss=optimal_train,
+                         noise_floor=floor)
+    B, A = factors[0][:, :r], factors[1][:r]
+    residual = s * (B @ A) - target.matrix  # once, at the end
+    rel_err = float(np.linalg.norm(residual) / target.norm)
+    sv = factored_svdvals(B, A, scale=s)
+    eff = None if floor is None else int(np.count_nonzero(sv > floor))
+    return FitResult(rank=r, scale=s, rel_err=rel_err, optimal_rel_err=optimal, singular_values=sv,
+                     effective_rank=eff, diverged=False, diverged_at=None, steps=t,
+                     loss=loss[:t + 1].copy(), max_update_norm=float(norm),
+                     train_loss=ds.loss(B, A, s), heldout_loss=ds.loss(B, A, s, heldout=True),
+                     optimal_train_loss=optimal_train, noise_floor=floor)
+
+
+def fit_data_reference(X: np.ndarray, Y: np.ndarray, rank: int, *, scale: float, optimizer: str = "sgd",
+                       lr: float, steps: int, batch_size: int | None = None,
+                       seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The textbook minibatch loop, for tests and benchmarks: one rank, the pairs themselves.
+
+    ``P = X_b A^T; R = s P B^T - Y_b; gB = s/b R^T P; gA = s/b (R B)^T X_b`` and an SGD or
+    Adam step, from :func:`lorarank.fit.init_lora`'s factors and in the minibatch order of
+    :func:`fit_data` (same ``seed``), with no moments, batching over ranks or divergence check.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d_in)
+    Y : ndarray of shape (n, d_out)
+    rank : int
+    scale : float
+    optimizer : {"sgd", "adam"}, default="sgd"
+    lr : float
+    steps : int
+    batch_size : int, optional
+        Default: full batch.
+    seed : int, default=0
+
+    Returns
+    -------
+    B : ndarray of shape (d_out, rank)
+    A : ndarray of shape (rank, d_in)
+    loss : ndarray of shape (steps + 1,)
+        The mean loss ``1/(2b) ||R||_F^2`` of the batch each step used (all pairs after the
+        last step).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    n = X.shape[0]
+    B, A = init_lora(Y.shape[1], X.shape[1], rank, seed=seed)
+    mB, vB, mA, vA = np.zeros_like(B), np.zeros_like(B), np.zeros_like(A), np.zeros_like(A)
+    order = _batch_order(n, n if batch_size is None else min(batch_size, n), steps, seed)
+    loss = np.empty(steps + 1)
+    for t in range(steps + 1):
+        idx = next(order) if t < steps else None
+        Xb, Yb = (X, Y) if idx is None else (X[idx], Y[idx])
+        b = Xb.shape[0]
+        P = Xb @ A.T
+        R = scale * P @ B.T - Yb
+        loss[t] = 0.5 * np.sum(R * R) / b
+        if t == steps:
+            break
+        gB = scale / b * (R.T @ P)
+        gA = scale / b * ((R @ B).T @ Xb)
+        if optimizer == "sgd":
+            B -= lr * gB
+            A -= lr * gA
+        else:
+            c1, c2 = 1 - _BETA1 ** (t + 1), 1 - _BETA2 ** (t + 1)
+            for p, g, mo, ve in ((B, gB, mB, vB), (A, gA, mA, vA)):
+                mo *= _BETA1
+                mo += (1 - _BETA1) * g
+                ve *= _BETA2
+                ve += (1 - _BETA2) * g * g
+                p -= lr * (mo / c1) / (np.sqrt(ve / c2) + _EPS)
+    return B, A, loss
