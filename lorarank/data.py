@@ -78,6 +78,7 @@ __all__ = [
     "fit_data_runs",
     "fit_data_reference",
     "data_macs",
+    "data_findings",
 ]
 
 #: Training pairs of the data mode when only "data mode" is asked for.
@@ -675,3 +676,77 @@ def fit_data_reference(X: np.ndarray, Y: np.ndarray, rank: int, *, scale: float,
                 ve += (1 - _BETA2) * g * g
                 p -= lr * (mo / c1) / (np.sqrt(ve / c2) + _EPS)
     return B, A, loss
+
+
+def _g(x: float, digits: int = 3) -> str:
+    return f"{x:.{digits}g}"
+
+
+def data_findings(by_n: "dict[int, Sequence[FitResult]]", *, true_rank: int, d_out: int,
+                  label_noise: float) -> list[str]:
+    """What a data-mode sweep over several ``n`` shows, in sentences quoting its numbers.
+
+    Parameters
+    ----------
+    by_n : mapping of int to sequence of FitResult
+        For each number of training pairs ``n``, the results of :func:`fit_data` (one per rank).
+    true_rank : int
+        The target's planted rank k.
+    d_out : int
+    label_noise : float
+
+    Returns
+    -------
+    list of str
+        Markdown sentences: where the held-out loss is lowest for each n, whether more rank
+        stops helping or starts hurting past it (with the training loss beside it), how the
+        cost of extra rank changes with n, and the loss ``T`` itself scores.
+    """
+    out: list[str] = []
+    floor = 0.5 * d_out * label_noise**2
+    rises: dict[int, tuple[int, int, float]] = {}
+    for n in sorted(by_n):
+        results = sorted(by_n[n], key=lambda r: r.rank)
+        ok = [r for r in results if not r.diverged]
+        bad = [r for r in results if r.diverged]
+        if bad:
+            out.append(f"With **n = {n}**, r = {', '.join(str(r.rank) for r in bad)} diverged "
+                       f"(at step {', '.join(str(r.diverged_at) for r in bad)}): lower the learning rate.")
+        if not ok:
+            continue
+        best = min(ok, key=lambda r: r.heldout_loss)  # type: ignore[arg-type,return-value]
+        last = ok[-1]
+        text = (f"With **n = {n}** pairs the held-out loss is lowest at **r = {best.rank}** "
+                f"({_g(best.heldout_loss, 4)})")
+        if last.rank > best.rank:
+            grew = last.heldout_loss - best.heldout_loss  # type: ignore[operator]
+            if grew > 0.01 * best.heldout_loss:  # type: ignore[operator]
+                rises[n] = (best.rank, last.rank, grew)
+                text += (f" and rises to {_g(last.heldout_loss, 4)} at r = {last.rank}, while the "
+                         f"training loss keeps falling ({_g(best.train_loss, 4)} to "
+                         f"{_g(last.train_loss, 4)}): past r = {best.rank} more rank hurts, the "
+                         f"extra directions fit the label noise of these {n} pairs.")
+            else:
+                rises[n] = (best.rank, last.rank, grew)
+                text += (f"; up to r = {last.rank} it stays within 1% ({_g(last.heldout_loss, 4)}): "
+                         f"past r = {best.rank} more rank stops helping but costs little.")
+        elif best.rank < true_rank or len(ok) == 1:
+            text += "."
+        else:
+            text += f", the largest rank tried: every extra rank still helped."
+        out.append(text)
+        under = [r for r in ok if r.rank < true_rank]
+        if under and n == max(by_n):
+            r0 = under[-1]
+            out.append(f"r = {r0.rank} < k = {true_rank} is limited by capacity, not data: even "
+                       f"with n = {n} its held-out loss is {_g(r0.heldout_loss, 4)}.")
+    if len(rises) > 1:
+        parts = ", ".join(f"{_g(g, 3)} at n = {n}" for n, (_, _, g) in sorted(rises.items()))
+        ns = sorted(rises)
+        trend = ("shrinks" if rises[ns[-1]][2] < rises[ns[0]][2] else "does not shrink")
+        out.append(f"The cost of the extra ranks (held-out loss at the largest r minus the best) "
+                   f"{trend} with more data: {parts}.")
+    if label_noise > 0:
+        out.append(f"The floor: T itself scores 0.5·d_out·noise² = {_g(floor, 4)} on held-out pairs "
+                   f"(label noise nobody can fit).")
+    return out

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui import common, layout, sweep
+from ui import common, datamode, layout, sweep
 
 common.setup_page("Rank sweep", icon=":material/stacked_line_chart:")
 
@@ -16,10 +16,12 @@ layout.header(
           "and the spectra show what the extra directions of a large r are spent on. The "
           "defaults are the article's setup.",
 )
-common.show_errors(common.check_url(sweep.SETTINGS, state_key=sweep.URL_ERRORS_KEY))
+common.show_errors(common.check_url(sweep.SETTINGS + datamode.SWEEP_SETTINGS,
+                                    state_key=sweep.URL_ERRORS_KEY))
 
 target_values = layout.settings_group("Target update T", sweep.TARGET_SETTINGS)
 training_values = layout.settings_group("LoRA training", sweep.TRAINING_SETTINGS)
+data_values = datamode.sweep_inputs()
 
 with common.stop_on_error():
     config = sweep.SweepConfig.from_values({**target_values, **training_values})
@@ -40,7 +42,11 @@ common.download_buttons(sweep.results_records(run), stem="lorarank-sweep",
 st.markdown("\n".join(f"- {sentence}" for sentence in sweep.reading(run)))
 
 charts = sweep.sweep_charts(config)
-tabs = layout.sections(["Spectra", "Loss curves"])
+# The data mode's results come first when the link asks for them.
+names = ["Spectra", "Loss curves", "Finite data"]
+tabs = layout.sections(names[2:] + names[:2] if datamode.is_data_mode(data_values) else names)
+with tabs["Finite data"]:
+    datamode.sweep_results(config, data_values)
 with tabs["Spectra"]:
     common.show_chart(
         charts.spectrum,

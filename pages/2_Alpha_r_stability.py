@@ -3,7 +3,7 @@
 import streamlit as st
 
 from lorarank.errors import LoraRankError
-from ui import common, layout
+from ui import common, datamode, layout
 from ui import stability as stab
 
 common.setup_page("alpha/r stability", icon=":material/tune:")
@@ -18,7 +18,7 @@ layout.header(
           "stable window moves; with alpha = r it stays put. Each heatmap cell is one fit of "
           "the synthetic update T at one rank and one learning rate under one scaling rule.",
 )
-common.show_errors(common.check_url(stab.SETTINGS, state_key=stab.URL_ERRORS_KEY)
+common.show_errors(common.check_url(stab.SETTINGS + datamode.GRID_SETTINGS, state_key=stab.URL_ERRORS_KEY)
                    + stab.url_rule_errors())
 
 target_values = layout.settings_group("Target update T", stab.TARGET_SETTINGS)
@@ -26,9 +26,10 @@ grid_box = st.sidebar.expander("Grid", expanded=True)
 grid_values = layout.settings_group("Grid", stab.GRID_SETTINGS[:2], container=grid_box)
 rules = stab.rules_widget(grid_box)
 grid_values.update(layout.settings_group("Grid", stab.GRID_SETTINGS[2:], container=grid_box))
+data = datamode.grid_inputs((target_values["d_out"], target_values["d_in"]))
 
 try:
-    config = stab.StabilityConfig.from_values({**target_values, **grid_values}, rules)
+    config = stab.StabilityConfig.from_values({**target_values, **grid_values}, rules, data=data)
     run = stab.run_grid(config)
     views = stab.grid_views(config, grid_values["target_err"])
 except LoraRankError as exc:  # one sentence; the calculator still works
@@ -52,7 +53,8 @@ if run is not None:
             f"Read off this grid: {len(run.grid.records)} cells, {config.optimizer}, "
             f"{config.steps} steps, alpha {config.alpha:g}, σ₁(T) = {run.sigma_1:.4g}. A run "
             f"counts as diverged when its loss becomes non-finite or exceeds 10⁴ times its "
-            f"start. Computed in {run.seconds:.2f} s."
+            f"start. Computed in {run.seconds:.2f} s. "
+            f"{datamode.grid_caption(config.data, config.steps)}"
         )
         common.download_buttons(stem="lorarank-stability", key=stab.DOWNLOAD_KEY,
                                 csv_bytes=views.csv, json_bytes=views.json)
@@ -65,6 +67,10 @@ if run is not None:
                 column_config={name: st.column_config.Column(name, help=text)
                                for name, text in stab.CELL_HELP.items()},
             )
+        if config.data is not None:
+            with st.expander("Training and held-out loss per cell", expanded=False):
+                st.dataframe(datamode.grid_losses_table(run.grid.records), hide_index=True,
+                             key="data_grid_losses")
 
     with tabs["Learning-rate window"]:
         st.dataframe(

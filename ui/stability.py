@@ -18,6 +18,7 @@ import streamlit as st
 
 from lorarank.charts.stability import (records_frame, stability_heatmap, stability_loss_chart,
                                        update_norm_chart)
+from lorarank.data import DataConfig
 from lorarank.errors import ConfigError
 from lorarank.fit import OPTIMIZERS, SCALING_RULES
 from lorarank.stability import (CONVENTIONS, DEFAULT_LRS, DEFAULT_RANKS, DEFAULT_STEPS,
@@ -192,11 +193,14 @@ class StabilityConfig(TargetConfig):
     optimizer: str = "sgd"
     steps: int = DEFAULT_STEPS
     alpha: float = 16.0
+    data: DataConfig | None = None  # the data mode's pairs; None: the exact target
 
     @classmethod
-    def from_values(cls, values: Mapping[str, Any], rules: Sequence[str]) -> "StabilityConfig":
+    def from_values(cls, values: Mapping[str, Any], rules: Sequence[str], *,
+                    data: DataConfig | None = None) -> "StabilityConfig":
         """From the widgets' values (ranks and lrs as text); ConfigError on a bad list."""
-        kw = {k: values[k] for k in cls.__dataclass_fields__ if k in values}
+        kw = {k: values[k] for k in cls.__dataclass_fields__ if k in values and k != "data"}
+        kw["data"] = data
         kw["ranks"] = parse_ranks(values.get("ranks", ""))
         kw["lrs"] = parse_lrs(values.get("lrs", ""))
         if not rules:
@@ -230,7 +234,8 @@ def run_grid(config: StabilityConfig) -> StabilityRun:
                       f"steps") as progress:
         grid = run_stability(target, ranks=config.ranks, rules=config.rules, lrs=config.lrs,
                              optimizer=config.optimizer, steps=config.steps,
-                             alpha=config.alpha, seed=config.seed, progress=progress)
+                             alpha=config.alpha, seed=config.seed, data=config.data,
+                             progress=progress)
     return StabilityRun(config=config, grid=grid, sigma_1=float(target.singular_values[0]),
                         target_norm=target.norm, seconds=time.perf_counter() - start)
 

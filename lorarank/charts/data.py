@@ -1,0 +1,103 @@
+"""Charts of the data mode (LoRA trained on n pairs): held-out loss against rank for several n.
+
+Pure builders: numbers in, an Altair chart out (no streamlit).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from ._common import FLOOR_COLOR, PALETTE, log_scale
+
+__all__ = ["data_loss_frame", "data_loss_chart", "n_label"]
+
+#: Series of :func:`data_loss_frame`, in legend order.
+SERIES: tuple[str, ...] = ("held-out loss", "training loss", "rank-r optimum on the training pairs")
+
+
+def n_label(n: int) -> str:
+    """The legend label of ``n`` training pairs: ``"n = 128"``."""
+    return f"n = {int(n)}"
+
+
+def data_loss_frame(rows: Iterable[Mapping[str, object]]) -> pd.DataFrame:
+    """Long table of the losses drawn by :func:`data_loss_chart`.
+
+    Parameters
+    ----------
+    rows : iterable of mapping
+        One per (n, rank) with keys ``samples``, ``rank``, ``heldout_loss``, ``train_loss`` and
+        ``optimal_train_loss`` (None for a diverged run's losses).
+
+    Returns
+    -------
+    DataFrame
+        Columns ``n`` (label), ``samples``, ``rank``, ``series`` (one of :data:`SERIES`) and
+        ``loss``; missing and non-positive losses dropped (a log axis cannot place them).
+    """
+    keys = {"held-out loss": "heldout_loss", "training loss": "train_loss",
+            "rank-r optimum on the training pairs": "optimal_train_loss"}
+    out = []
+    for row in rows:
+        for series, key in keys.items():
+            value = row.get(key)
+            if value is None or not np.isfinite(float(value)) or float(value) <= 0:  # type: ignore[arg-type]
+                continue
+            out.append((n_label(row["samples"]), int(row["samples"]), int(row["rank"]), series,  # type: ignore[call-overload]
+                        float(value)))  # type: ignore[arg-type]
+    return pd.DataFrame(out, columns=["n", "samples", "rank", "series", "loss"])
+
+
+def data_loss_chart(rows: Iterable[Mapping[str, object]], *, noise_loss: float | None = None,
+                    true_rank: int | None = None, height: int = 320) -> alt.LayerChart:
+    """Held-out loss against rank r, one colour per n; training loss and its bound dashed.
+
+    Parameters
+    ----------
+    rows
+        As in :func:`data_loss_frame`.
+    noise_loss : float, optional
+        What ``T`` itself scores on held-out pairs, ``0.5 d_out noise^2``: drawn as a rule.
+    true_rank : int, optional
+        The target's intrinsic rank k, drawn as a vertical rule.
+
+    Returns
+    -------
+    alt.LayerChart
+        Log-scale rank and loss axes; tooltips give n, r, the series and the loss.
+    """
+    frame = data_loss_frame(rows)
+    labels = [n_label(n) for n in sorted(frame["samples"].unique())] if len(frame) else []
+    color = alt.Color("n:N", title="training pairs", sort=labels,
+                      scale=alt.Scale(domain=labels, range=[PALETTE[i % len(PALETTE)] for i in range(len(labels))]))
+    dash = alt.StrokeDash("series:N", title="loss", sort=list(SERIES),
+                          scale=alt.Scale(domain=list(SERIES), range=[[1, 0], [6, 3], [2, 2]]))
+    ranks = sorted(frame["rank"].unique()) if len(frame) else [1]
+    x = alt.X("rank:Q", title="LoRA rank r (log)", scale=alt.Scale(type="log", base=2),
+              axis=alt.Axis(values=[int(r) for r in ranks], format="d"))
+    y = alt.Y("loss:Q", title="mean loss 0.5·||s·B·A·x − y||² per pair (log)", scale=log_scale(),
+              axis=alt.Axis(tickCount=6, format="~g"))
+    tooltip = [alt.Tooltip("n:N", title="training pairs"), alt.Tooltip("rank:Q", title="r"),
+               alt.Tooltip("series:N", title="loss"), alt.Tooltip("loss:Q", format=".5g")]
+    base = alt.Chart(frame)
+    lines = base.mark_line(strokeWidth=2).encode(x=x, y=y, color=color, strokeDash=dash,
+                                                 detail="series:N", tooltip=tooltip)
+    points = base.transform_filter(alt.datum.series == SERIES[0]).mark_point(
+        size=60, filled=True).encode(x=x, y=y, color=color, tooltip=tooltip)
+    layers: list = [lines, points]
+    if noise_loss is not None and noise_loss > 0:
+        rule = pd.DataFrame({"loss": [float(noise_loss)], "what": ["T itself on held-out pairs"]})
+        layers.append(alt.Chart(rule).mark_rule(color=FLOOR_COLOR, strokeDash=[4, 4]).encode(
+            y=alt.Y("loss:Q", scale=log_scale()),
+            tooltip=[alt.Tooltip("what:N", title="floor"), alt.Tooltip("loss:Q", format=".5g")]))
+    if true_rank is not None:
+        k = pd.DataFrame({"rank": [int(true_rank)], "what": ["intrinsic rank k"]})
+        layers.append(alt.Chart(k).mark_rule(color="#8a8a8a", strokeDash=[2, 3]).encode(
+            x=alt.X("rank:Q", scale=alt.Scale(type="log", base=2)),
+            tooltip=[alt.Tooltip("what:N", title=" "), alt.Tooltip("rank:Q", title="k")]))
+    return alt.layer(*layers).properties(
+        height=height, title="Held-out loss against rank for each n (dashed: training loss and its bound)")

@@ -1,0 +1,65 @@
+"""The data mode of the Rank sweep in headless Chromium against a real, cold server."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+from apphelpers import assert_no_exception, error_sentences, input_value, wait_for_app
+
+pytestmark = pytest.mark.e2e
+
+LINK = "/Rank_sweep?mode=data&samples=128,2048&ranks=2,4,8,16,32"
+
+
+def data_rows(page) -> list[list[str]]:
+    """Cell texts of the data-mode table (the page's second table), row by row."""
+    grid = page.get_by_test_id("stDataFrame").nth(1)
+    rows = grid.locator("table tbody tr")
+    rows.first.locator("td").first.wait_for(state="attached", timeout=30_000)
+    return [row.locator("td").all_text_contents() for row in rows.all()]
+
+
+class TestDataModeInBrowser:
+    def test_cold_link_shows_heldout_rising_past_k(self, page, fresh_server, shot, tmp_path):
+        """A shared data-mode link, first request to a fresh server: the settings reach the
+        widgets, at n = 128 the held-out loss is lowest at r = k = 4 and rises with every extra
+        rank, the reading says so, the loss chart is drawn, and the CSV holds the same numbers."""
+        url = fresh_server()
+        page.goto(url + LINK)
+        wait_for_app(page, timeout=180_000)
+        shot(page, "data_mode")
+        assert_no_exception(page)
+        assert error_sentences(page) == []
+        assert page.locator(".st-key-mode input[type=radio]").nth(1).is_checked()
+        assert input_value(page, "samples") == "128,2048"
+        rows = data_rows(page)
+        assert [(r[0], r[1]) for r in rows] == [(n, r) for n in ("128", "2048") for r in ("2", "4", "8", "16", "32")]
+        held = [float(r[4]) for r in rows[:5]]
+        assert min(held) == held[1] and held[1] < held[2] < held[3] < held[4]
+        train, bound = [float(r[2]) for r in rows[:5]], [float(r[3]) for r in rows[:5]]
+        assert all(t >= b * (1 - 1e-3) for t, b in zip(train, bound))
+        body = page.get_by_test_id("stMain").inner_text()
+        assert "With n = 128 pairs the held-out loss is lowest at r = 4" in body
+        assert "past r = 4 more rank hurts" in body
+        assert page.get_by_test_id("stVegaLiteChart").count() >= 4
+        with page.expect_download() as info:
+            page.locator(".st-key-data_download_csv").get_by_role("button").click()
+        download = info.value
+        assert download.suggested_filename == "lorarank-sweep-data.csv"
+        path = tmp_path / download.suggested_filename
+        download.save_as(path)
+        records = list(csv.DictReader(io.StringIO(path.read_text())))
+        assert [f"{float(r['heldout_loss']):.4g}" for r in records[:5]] == [r[4] for r in rows[:5]]
+
+    def test_switch_back_to_exact(self, page, app_url):
+        """Clicking "exact" hides the data-mode results and drops them from the URL's mode."""
+        page.goto(app_url + "/Rank_sweep?mode=data&samples=100&ranks=2,4&steps=200")
+        wait_for_app(page, timeout=120_000)
+        assert page.get_by_test_id("stDataFrame").count() == 2
+        page.locator(".st-key-mode").get_by_text("exact", exact=True).click()
+        wait_for_app(page, timeout=60_000)
+        assert_no_exception(page)
+        assert page.get_by_test_id("stDataFrame").count() == 1
+        assert "mode=data" not in page.url

@@ -1,0 +1,87 @@
+"""The data mode of the Rank sweep and alpha/r stability pages, run headless with AppTest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from lorarank.data import DataConfig, fit_data
+from lorarank.synthetic import make_target
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+TIMEOUT = 120
+SMALL = {"ranks": "2,4,16", "steps": "600"}
+
+
+def open_page(page: str, **query: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in query.items():
+        at.query_params[key] = value
+    return at.switch_page(page).run()
+
+
+def text(at: AppTest) -> str:
+    return " ".join(m.value for m in at.markdown)
+
+
+class TestSweepDataMode:
+    def test_exact_mode_default_shows_switch(self):
+        """By default the section only offers the switch; no data-mode table is drawn."""
+        at = open_page("pages/1_Rank_sweep.py", **SMALL)
+        assert not at.exception
+        assert at.radio(key="mode").value == "exact"
+        assert len(at.dataframe) == 1
+        assert any("Switch the training signal" in c.value for c in at.caption)
+
+    def test_data_mode_from_url(self):
+        """?mode=data&samples=128,2048: a row per (n, r) equal to the engine's numbers, the
+        reading saying held-out loss rises past r = 4 at n = 128, and the loss chart."""
+        at = open_page("pages/1_Rank_sweep.py", mode="data", samples="128,2048", **SMALL)
+        assert not at.exception and not at.error
+        frame = at.dataframe[1].value
+        assert frame["n"].tolist() == [128] * 3 + [2048] * 3
+        engine = fit_data(make_target(), [2, 4, 16], data=DataConfig(samples=128), steps=600)
+        assert frame["held-out loss"].tolist()[:3] == [f"{r.heldout_loss:.4g}" for r in engine]
+        assert frame["rank-r optimum"].tolist()[:3] == [f"{r.optimal_train_loss:.4g}" for r in engine]
+        words = text(at)
+        assert "With **n = 128** pairs the held-out loss is lowest at **r = 4**" in words
+        assert "more rank hurts" in words
+        specs = [c.proto.spec for c in at.get("vega_lite_chart")]
+        assert any("Held-out loss against rank" in s for s in specs)
+
+    def test_bad_samples_one_sentence(self):
+        """A bad list of n is one error sentence, no traceback."""
+        at = open_page("pages/1_Rank_sweep.py", mode="data", samples="128,abc", **SMALL)
+        assert not at.exception
+        assert [e.value for e in at.error] == [
+            "`samples` should be whole numbers from 1 to 20,000 separated by commas, got 'abc' in '128,abc'"]
+
+    def test_json_download_shape(self):
+        """The JSON download carries train/held-out losses per (n, r)."""
+        from ui.datamode import DataSweepConfig, data_json, run_data_sweep
+        from ui.sweep import SweepConfig
+
+        cfg = DataSweepConfig(sweep=SweepConfig(ranks=(2, 4), steps=50), samples=(100,))
+        doc = data_json(run_data_sweep(cfg))
+        json.dumps(doc, allow_nan=False)
+        assert doc["config"]["samples"] == [100] and doc["config"]["lr"] == 0.005
+        assert [r["samples"] for r in doc["results"]] == [100, 100]
+        assert all(r["train_loss"] >= r["optimal_train_loss"] for r in doc["results"])
+
+
+class TestStabilityDataMode:
+    def test_grid_in_data_mode(self):
+        """?mode=data on the stability page: the grid trains on n pairs, says so, and lists
+        training and held-out loss per cell."""
+        at = open_page("pages/2_Alpha_r_stability.py", mode="data", samples="128", batch_size="16",
+                       ranks="4,16", lrs="0.003,0.03", steps="100", rules="alpha-eq-r")
+        assert not at.exception and not at.error
+        assert any("Every cell learns from the same 128 pairs" in c.value for c in at.caption)
+        losses = next(df.value for df in at.dataframe if "held-out loss" in df.value.columns)
+        assert list(losses.columns) == ["rule", "r", "lr", "training loss", "held-out loss",
+                                        "relative error vs T"]
+        assert len(losses) == 4
