@@ -205,6 +205,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if data is not None:
         _data_header(data, steps, results[0].noise_floor)
         _data_table(results)
+        from .data import data_findings
+
+        print()
+        for sentence in data_findings({data.samples: results}, true_rank=target.true_rank,
+                                      d_out=target.shape[0], label_noise=data.label_noise):
+            print(sentence.replace("**", ""))
         print(f"({seconds:.2f} s)")
         return 0
     print()

@@ -78,6 +78,7 @@ __all__ = [
     "fit_data_runs",
     "fit_data_reference",
     "data_macs",
+    "data_values",
     "data_findings",
 ]
 
@@ -94,6 +95,10 @@ DATA_DEFAULT_LR: dict[str, float] = {"sgd": 0.005, "adam": 0.01}
 #: Largest ``(samples + heldout) * (d_in + d_out)``: the pairs are held in memory as float64
 #: (2**25 values = 256 MB).
 MAX_DATA_VALUES = 2**25
+
+#: Largest ``runs * batch * (d_out + r)`` of one stacked minibatch step (2**24 values = 128 MB
+#: per array): more runs are split into further batches.
+_MAX_STEP_VALUES = 2**24
 
 _TRAIN_STREAM, _HELDOUT_STREAM, _ORDER_STREAM = 0xDA7A, 0x4E1D, 0x0D0E
 
@@ -191,8 +196,13 @@ class Dataset:
         return max(0.5 * (quad - 2.0 * cross + q), 0.0)
 
 
+def data_values(shape: tuple[int, int], config: DataConfig) -> int:
+    """Numbers the pairs of ``config`` hold for a ``shape`` layer: ``(n + M) (d_in + d_out)``."""
+    return (config.samples + config.heldout) * (shape[0] + shape[1])
+
+
 def _check_data_size(shape: tuple[int, int], config: DataConfig) -> None:
-    values = (config.samples + config.heldout) * (shape[0] + shape[1])
+    values = data_values(shape, config)
     if values > MAX_DATA_VALUES:
         raise ConfigError(
             f"{config.samples} training + {config.heldout} held-out pairs of a {shape[0]} x {shape[1]} "
@@ -339,13 +349,16 @@ def data_macs(d_out: int, d_in: int, ranks: Sequence[int], *, config: DataConfig
     return float(total)
 
 
-def _batches(ranks: Sequence[int], cost: Callable[[int, int], float]) -> list[list[int]]:
-    """Group run indices (ascending rank) where one zero-padded batch costs less than two."""
+def _batches(ranks: Sequence[int], cost: Callable[[int, int], float],
+             fits: Callable[[int, int], bool] = lambda count, rmax: True) -> list[list[int]]:
+    """Group run indices (ascending rank) where one zero-padded batch costs less than two and
+    ``fits(count, rmax)`` (its arrays stay within memory)."""
     groups: list[list[int]] = []
     rmax = 0
     for i in sorted(range(len(ranks)), key=lambda i: ranks[i]):
         r = ranks[i]
-        if groups and cost(len(groups[-1]) + 1, r) <= cost(len(groups[-1]), rmax) + cost(1, r):
+        if (groups and fits(len(groups[-1]) + 1, r)
+                and cost(len(groups[-1]) + 1, r) <= cost(len(groups[-1]), rmax) + cost(1, r)):
             groups[-1].append(i)
         else:
             groups.append([i])
@@ -467,7 +480,11 @@ def fit_data_runs(target: Target, runs: Sequence[tuple[int, float, float]], *, d
     optimal_train = dict(zip(sorted({r for r, _, _ in checked}), (float(v) for v in rrr)))
     floor = data_noise_floor(target, data)
     inits: dict[int, np.ndarray] = {}
-    for group in _batches([c[0] for c in checked], cost):
+    def fits(count: int, rmax: int) -> bool:
+        per_run = (d_out + d_in) * rmax if full else batch * (d_out + rmax)
+        return count * per_run <= _MAX_STEP_VALUES
+
+    for group in _batches([c[0] for c in checked], cost, fits):
         batch_runs = []
         for i in group:
             r, scale, lr = checked[i]

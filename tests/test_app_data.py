@@ -85,3 +85,14 @@ class TestStabilityDataMode:
         assert list(losses.columns) == ["rule", "r", "lr", "training loss", "held-out loss",
                                         "relative error vs T"]
         assert len(losses) == 4
+
+
+class TestAppLimits:
+    def test_too_many_pairs_for_the_app(self):
+        """A set of pairs beyond the app's memory limit is one sentence saying how many fit."""
+        at = open_page("pages/1_Rank_sweep.py", mode="data", samples="20000", d_out="1024", d_in="1024",
+                       heldout="1000", **SMALL)
+        assert not at.exception
+        assert [e.value for e in at.error] == [
+            "20,000 training + 1,000 held-out pairs of a 1024 x 1024 layer are 43,008,000 numbers; the "
+            "app holds at most 4,194,304, so at most 1,048 training pairs here"]

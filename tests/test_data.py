@@ -250,3 +250,19 @@ class TestMacs:
         fb = [data_macs(64, 64, [4], config=DataConfig(samples=n), **base) for n in (1000, 10_000)]
         per_step = [f - (n + 1000) * 64 * 192 for f, n in zip(fb, (1000, 10_000))]
         assert per_step[0] == pytest.approx(per_step[1])
+
+
+class TestMemoryBoundedBatches:
+    def test_split_batches_give_the_same_fits(self, small, monkeypatch):
+        """With the per-step memory cap forcing one run per batch, every fit is unchanged."""
+        import lorarank.data as data_module
+
+        cfg = DataConfig(samples=60, label_noise=0.3, batch_size=20)
+        together = fit_data(small, [1, 3, 6], data=cfg, steps=60)
+        monkeypatch.setattr(data_module, "_MAX_STEP_VALUES", 20 * (16 + 6))
+        groups = data_module._batches([1, 3, 6], lambda c, r: 0.0,
+                                      lambda c, r: c * 20 * (16 + r) <= data_module._MAX_STEP_VALUES)
+        assert groups == [[0], [1], [2]]
+        apart = fit_data(small, [1, 3, 6], data=cfg, steps=60)
+        for a, b in zip(together, apart):
+            np.testing.assert_allclose(a.loss, b.loss, rtol=1e-10)

@@ -19,7 +19,7 @@ import streamlit as st
 
 from lorarank.charts import data_loss_chart, spectrum_chart
 from lorarank.data import (DATA_DEFAULT_LR, DEFAULT_HELDOUT, DEFAULT_LABEL_NOISE, DataConfig,
-                           data_findings, data_noise_floor, fit_data, make_dataset)
+                           data_findings, data_noise_floor, data_values, fit_data, make_dataset)
 from lorarank.errors import ConfigError
 from lorarank.fit import FitResult
 
@@ -28,8 +28,8 @@ from .common import Setting, chart_spec, progress_bar, split_list
 from .sweep import SweepConfig
 
 __all__ = [
-    "MODES", "MAX_SAMPLES_APP", "MAX_NS_APP", "MAX_HELDOUT_APP", "DOWNLOAD_KEY",
-    "SWEEP_SETTINGS", "GRID_SETTINGS", "parse_samples", "data_config",
+    "MODES", "MAX_SAMPLES_APP", "MAX_NS_APP", "MAX_HELDOUT_APP", "MAX_DATA_VALUES_APP", "DOWNLOAD_KEY",
+    "SWEEP_SETTINGS", "GRID_SETTINGS", "parse_samples", "check_app_size", "data_config",
     "DataSweepConfig", "DataSweepRun", "run_data_sweep", "DATA_COLUMN_HELP", "data_table",
     "data_records", "data_json", "data_reading", "data_charts", "grid_inputs",
     "grid_caption", "grid_losses_table",
@@ -41,6 +41,8 @@ MODES: tuple[str, ...] = ("exact", "data")
 MAX_SAMPLES_APP = 20_000
 MAX_NS_APP = 4
 MAX_HELDOUT_APP = 20_000
+#: Largest (n + held-out) * (d_in + d_out) of one set of pairs in the app (2**22 values, 32 MB).
+MAX_DATA_VALUES_APP = 2**22
 DOWNLOAD_KEY = "data_download"
 
 _MODE_HELP = ("exact: fit s·B·A to the target T itself (infinitely many noiseless examples, the "
@@ -95,11 +97,23 @@ def parse_samples(text: str) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
-def data_config(values: Mapping[str, Any], samples: int) -> DataConfig:
-    """The engine's DataConfig for ``samples`` pairs from the widgets' values."""
+def check_app_size(shape: tuple[int, int], data: DataConfig) -> DataConfig:
+    """``data`` if its pairs fit the app's memory limit, else ConfigError saying how many fit."""
+    values = data_values(shape, data)
+    if values > MAX_DATA_VALUES_APP:
+        most = MAX_DATA_VALUES_APP // (shape[0] + shape[1]) - data.heldout
+        raise ConfigError(f"{data.samples:,} training + {data.heldout:,} held-out pairs of a {shape[0]} x "
+                          f"{shape[1]} layer are {values:,} numbers; the app holds at most "
+                          f"{MAX_DATA_VALUES_APP:,}, so at most {max(most, 0):,} training pairs here")
+    return data
+
+
+def data_config(values: Mapping[str, Any], samples: int, shape: tuple[int, int]) -> DataConfig:
+    """The engine's DataConfig for ``samples`` pairs from the widgets' values (app limits checked)."""
     batch = int(values.get("batch_size") or 0)
-    return DataConfig(samples=samples, label_noise=float(values.get("label_noise", DEFAULT_LABEL_NOISE)),
+    data = DataConfig(samples=samples, label_noise=float(values.get("label_noise", DEFAULT_LABEL_NOISE)),
                       batch_size=batch or None, heldout=int(values.get("heldout", DEFAULT_HELDOUT)))
+    return check_app_size(shape, data)
 
 
 @dataclass(frozen=True)
@@ -114,11 +128,15 @@ class DataSweepConfig:
 
     @classmethod
     def from_values(cls, sweep: SweepConfig, values: Mapping[str, Any]) -> "DataSweepConfig":
-        """From the sweep's config and the data widgets' values; ConfigError on a bad list."""
-        return cls(sweep=sweep, samples=parse_samples(values.get("samples", "128")),
-                   label_noise=float(values.get("label_noise", DEFAULT_LABEL_NOISE)),
-                   batch_size=int(values.get("batch_size") or 0),
-                   heldout=int(values.get("heldout", DEFAULT_HELDOUT)))
+        """From the sweep's config and the data widgets' values; ConfigError on a bad list or
+        a set of pairs larger than the app holds."""
+        config = cls(sweep=sweep, samples=parse_samples(values.get("samples", "128")),
+                     label_noise=float(values.get("label_noise", DEFAULT_LABEL_NOISE)),
+                     batch_size=int(values.get("batch_size") or 0),
+                     heldout=int(values.get("heldout", DEFAULT_HELDOUT)))
+        for n in config.samples:
+            check_app_size((sweep.d_out, sweep.d_in), config.data(n))
+        return config
 
     def data(self, n: int) -> DataConfig:
         """The engine's settings for ``n`` pairs."""
@@ -148,14 +166,15 @@ def run_data_sweep(config: DataSweepConfig) -> DataSweepRun:
     start = time.perf_counter()
     sweep = config.sweep
     target = sweep.make_target()
-    # Draw every set before fitting: a set too large for memory fails before any work.
-    sets = [(n, config.data(n), make_dataset(target, config.data(n), seed=sweep.seed)) for n in config.samples]
     per_n = sweep.steps * len(sweep.ranks)
-    total = per_n * len(sets)
+    total = per_n * len(config.samples)
     out = []
     with progress_bar(f"Training on n = {', '.join(map(str, config.samples))} pairs at r = "
                       f"{', '.join(map(str, sweep.ranks))}: optimiser steps") as progress:
-        for i, (n, data, ds) in enumerate(sets):
+        for i, n in enumerate(config.samples):
+            # One set of pairs in memory at a time (sizes were checked by from_values).
+            data = config.data(n)
+            ds = make_dataset(target, data, seed=sweep.seed)
             def shifted(done: int, _total: int, base: int = i * per_n) -> None:
                 progress(base + done, total)
             results = fit_data(target, list(sweep.ranks), data=data, dataset=ds, optimizer=sweep.optimizer,
@@ -307,15 +326,17 @@ def sweep_section(sweep: SweepConfig) -> None:
 # alpha/r stability
 # --------------------------------------------------------------------------------------------
 
-def grid_inputs() -> DataConfig | None:
-    """The stability page's data-mode inputs; the DataConfig they ask for, None in exact mode."""
+def grid_inputs(shape: tuple[int, int]) -> DataConfig | None:
+    """The stability page's data-mode inputs; the DataConfig they ask for, None in exact mode.
+
+    ``shape`` is the target's ``(d_out, d_in)``, for the app's memory limit on the pairs."""
     with st.container(border=True):
         st.markdown("**Training signal**")
         values = common.url_settings(GRID_SETTINGS, columns=5)
     if values["mode"] != "data":
         return None
     with common.stop_on_error():
-        return data_config(values, int(values["samples"]))
+        return data_config(values, int(values["samples"]), shape)
 
 
 def grid_caption(data: DataConfig | None, steps: int) -> str:
