@@ -246,14 +246,15 @@ def make_dataset(target: Target, config: DataConfig, *, seed: int = 0) -> Datase
         raise ConfigError(f"`config` should be a DataConfig, got {type(config).__name__}")
     seed = check_int("seed", seed, minimum=0)
     _check_data_size(target.shape, config)
-    X, Y = _draw(target, config.samples, config.label_noise, np.random.default_rng([seed, _TRAIN_STREAM]))
-    Xh, Yh = _draw(target, config.heldout, config.label_noise, np.random.default_rng([seed, _HELDOUT_STREAM]))
-    n, m = config.samples, config.heldout
-    for arr in (X, Y):
-        arr.setflags(write=False)
-    return Dataset(X=X, Y=Y, S=X.T @ X / n, C=Y.T @ X / n, q=float(np.sum(Y * Y)) / n,
-                   S_heldout=Xh.T @ Xh / m, C_heldout=Yh.T @ Xh / m, q_heldout=float(np.sum(Yh * Yh)) / m,
-                   config=config, seed=seed)
+    with single_threaded_blas():  # see fit_data_runs
+        X, Y = _draw(target, config.samples, config.label_noise, np.random.default_rng([seed, _TRAIN_STREAM]))
+        Xh, Yh = _draw(target, config.heldout, config.label_noise, np.random.default_rng([seed, _HELDOUT_STREAM]))
+        n, m = config.samples, config.heldout
+        for arr in (X, Y):
+            arr.setflags(write=False)
+        return Dataset(X=X, Y=Y, S=X.T @ X / n, C=Y.T @ X / n, q=float(np.sum(Y * Y)) / n,
+                       S_heldout=Xh.T @ Xh / m, C_heldout=Yh.T @ Xh / m,
+                       q_heldout=float(np.sum(Yh * Yh)) / m, config=config, seed=seed)
 
 
 def data_noise_floor(target: Target, config: DataConfig) -> float | None:
@@ -467,7 +468,19 @@ def fit_data_runs(target: Target, runs: Sequence[tuple[int, float, float]], *, d
         dataset = make_dataset(target, data, seed=seed)
     elif not isinstance(dataset, Dataset) or dataset.config != data or dataset.X.shape[1] != target.shape[1]:
         raise ConfigError("`dataset` was drawn for other settings than `data` and `target`")
+    # One BLAS thread: on a shared machine OpenBLAS's spinning threads made these products and
+    # factorisations ~10x slower when the cores were busy (measured at load 15 on 2 cores),
+    # and an idle machine gains less than 2x from a second thread.
+    with single_threaded_blas():
+        return _fit_all(target, dataset, checked, optimizer=optimizer, steps=steps, seed=seed, tol=tol,
+                        divergence_factor=divergence_factor, progress=progress)
 
+
+def _fit_all(target: Target, dataset: Dataset, checked: list[tuple[int, float, float]], *, optimizer: str,
+             steps: int, seed: int, tol: float | None, divergence_factor: float,
+             progress: Callable[[int, int], None] | None) -> list[FitResult]:
+    """Fit validated runs on ``dataset`` in memory-bounded, cost-grouped batches."""
+    data = dataset.config
     d_out, d_in = target.shape
     full, batch = data.full_batch, data.batch
 
@@ -480,6 +493,7 @@ def fit_data_runs(target: Target, runs: Sequence[tuple[int, float, float]], *, d
     optimal_train = dict(zip(sorted({r for r, _, _ in checked}), (float(v) for v in rrr)))
     floor = data_noise_floor(target, data)
     inits: dict[int, np.ndarray] = {}
+
     def fits(count: int, rmax: int) -> bool:
         per_run = (d_out + d_in) * rmax if full else batch * (d_out + rmax)
         return count * per_run <= _MAX_STEP_VALUES
@@ -522,10 +536,7 @@ def _fit_batch(ds: Dataset, runs: list[tuple[int, float, float, np.ndarray]], *,
     stopped: dict[int, tuple] = {}
     order = _batch_order(cfg.samples, cfg.batch, steps, seed)
     S, C, q = ds.S, ds.C, ds.q
-    # Minibatch steps are tall-skinny products on a shared X_b: BLAS threads help; the
-    # full-batch moments path is d x d products, where they help too. Small problems do not.
-    small = d_in * d_out * rmax * n_runs < 2_000_000
-    with (single_threaded_blas() if small else _nullcontext()), np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
         for t in range(steps + 1):
             k, rm = alive.size, A.shape[1]
             ss = s[:, 0, 0]
@@ -596,14 +607,6 @@ def _fit_batch(ds: Dataset, runs: list[tuple[int, float, float, np.ndarray]], *,
                     p -= lr * (mo / c1) / (np.sqrt(ve / c2) + _EPS)
             ticker.add(alive.size)
     return [(losses[i], norms[i], *stopped[i]) for i in range(n_runs)]
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _result(target: Target, ds: Dataset, run: tuple, loss: np.ndarray, norm: float, t: int,

@@ -71,7 +71,8 @@ TRAINING_SETTINGS: tuple[Setting, ...] = (
             kind="choice", options=OPTIMIZERS),
     Setting("lr", "learning rate", None,
             "A step on the loss 0.5*||s B A - T||_F^2. Empty: the engine's default, "
-            + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items()) + ".",
+            + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items())
+            + " (finite-data mode: 0.005 for sgd).",
             kind="float", min_value=1e-9, max_value=100.0, step=0.001, format="%.6g",
             placeholder="default"),
     Setting("steps", "steps", DEFAULT_STEPS, "Optimiser steps per rank.",
