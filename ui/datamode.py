@@ -32,7 +32,7 @@ __all__ = [
     "SWEEP_SETTINGS", "GRID_SETTINGS", "parse_samples", "check_app_size", "data_config",
     "DataSweepConfig", "DataSweepRun", "run_data_sweep", "DATA_COLUMN_HELP", "data_table",
     "data_records", "data_json", "data_reading", "data_charts", "grid_inputs",
-    "grid_caption", "grid_losses_table",
+    "grid_caption", "grid_losses_table", "sweep_inputs", "sweep_results", "is_data_mode",
 ]
 
 #: The two training modes: the exact target (the article's) or finite data.
@@ -280,15 +280,27 @@ def data_charts(config: DataSweepConfig) -> DataCharts:
     return DataCharts(losses=chart_spec(losses), spectrum=chart_spec(spectrum), spectrum_n=n)
 
 
-def sweep_section(sweep: SweepConfig) -> None:
-    """The Rank sweep page's "Finite data" section: its inputs and, in data mode, its results."""
-    st.subheader("Finite data")
-    with st.container(border=True):
-        values = common.url_settings(SWEEP_SETTINGS, columns=5)
-    if values["mode"] != "data":
+def _url_asks_data() -> bool:
+    return st.query_params.get("mode") == "data"
+
+
+def sweep_inputs() -> dict[str, Any]:
+    """Draw the data-mode widgets in a sidebar group "Finite data" (open when the link asks for
+    the data mode); return their values."""
+    return layout.settings_group("Finite data", SWEEP_SETTINGS, expanded=_url_asks_data())
+
+
+def is_data_mode(values: Mapping[str, Any]) -> bool:
+    """Whether the data-mode widgets ask for finite data."""
+    return values.get("mode") == "data"
+
+
+def sweep_results(sweep: SweepConfig, values: Mapping[str, Any]) -> None:
+    """The data-mode results for the sweep's settings (or, in exact mode, how to get them)."""
+    if not is_data_mode(values):
         st.caption("Switch the training signal to **data** to train each rank on n noisy pairs "
                    "y = T x + noise instead of T itself, and see where more rank stops helping "
-                   "and starts fitting noise. The results above are the exact target (n → ∞).")
+                   "and starts fitting noise. The exact-target results are the n → ∞ limit.")
         return
     with common.stop_on_error():
         config = DataSweepConfig.from_values(sweep, values)
@@ -327,12 +339,11 @@ def sweep_section(sweep: SweepConfig) -> None:
 # --------------------------------------------------------------------------------------------
 
 def grid_inputs(shape: tuple[int, int]) -> DataConfig | None:
-    """The stability page's data-mode inputs; the DataConfig they ask for, None in exact mode.
+    """The stability page's data-mode inputs, in a sidebar group "Training signal"; the
+    DataConfig they ask for, None in exact mode.
 
     ``shape`` is the target's ``(d_out, d_in)``, for the app's memory limit on the pairs."""
-    with st.container(border=True):
-        st.markdown("**Training signal**")
-        values = common.url_settings(GRID_SETTINGS, columns=5)
+    values = layout.settings_group("Training signal", GRID_SETTINGS, expanded=_url_asks_data())
     if values["mode"] != "data":
         return None
     with common.stop_on_error():

@@ -1,0 +1,339 @@
+"""The data mode's pieces for the Rank sweep and alpha/r stability pages: URL settings, the
+cached data-mode sweep, its table, reading and charts.
+
+The data mode trains LoRA on n pairs ``y = T x + noise_y e`` instead of the exact target T
+(:mod:`lorarank.data`). Its URL keys: ``mode=data``, ``samples``, ``label_noise``,
+``batch_size`` (0 = full batch), ``heldout``. Other session-state keys start with ``data_``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from lorarank.charts import data_loss_chart, spectrum_chart
+from lorarank.data import (DATA_DEFAULT_LR, DEFAULT_HELDOUT, DEFAULT_LABEL_NOISE, DataConfig,
+                           data_findings, data_noise_floor, fit_data, make_dataset)
+from lorarank.errors import ConfigError
+from lorarank.fit import FitResult
+
+from . import common, layout
+from .common import Setting, chart_spec, progress_bar, split_list
+from .sweep import SweepConfig
+
+__all__ = [
+    "MODES", "MAX_SAMPLES_APP", "MAX_NS_APP", "MAX_HELDOUT_APP", "DOWNLOAD_KEY",
+    "SWEEP_SETTINGS", "GRID_SETTINGS", "parse_samples", "data_config",
+    "DataSweepConfig", "DataSweepRun", "run_data_sweep", "DATA_COLUMN_HELP", "data_table",
+    "data_records", "data_json", "data_reading", "data_charts", "grid_inputs",
+    "grid_caption", "grid_losses_table",
+]
+
+#: The two training modes: the exact target (the article's) or finite data.
+MODES: tuple[str, ...] = ("exact", "data")
+#: Limits of the hosted app (the engine and CLI accept more).
+MAX_SAMPLES_APP = 20_000
+MAX_NS_APP = 4
+MAX_HELDOUT_APP = 20_000
+DOWNLOAD_KEY = "data_download"
+
+_MODE_HELP = ("exact: fit s·B·A to the target T itself (infinitely many noiseless examples, the "
+              "article's setting). data: learn y = (W0 + s·B·A) x from n pairs x ~ N(0, I), "
+              "y = T x + label noise, judged on held-out pairs and against T.")
+_NOISE_HELP = "Standard deviation of the label noise e in y = T x + noise·e, per output."
+_BATCH_HELP = ("Pairs per optimiser step; 0 = full batch. Each epoch visits the pairs in a "
+               "new random order.")
+_HELDOUT_HELP = "Held-out pairs, drawn like the training pairs, on which the fit is judged."
+
+#: The Rank sweep page's data-mode settings (several n, compared in one chart).
+SWEEP_SETTINGS: tuple[Setting, ...] = (
+    Setting("mode", "training signal", "exact", _MODE_HELP, kind="choice", options=MODES),
+    Setting("samples", "training pairs n", "128,512,2048",
+            f"Numbers of training pairs, separated by commas (up to {MAX_NS_APP}, each at most "
+            f"{MAX_SAMPLES_APP:,}); the chart compares them.", kind="text", placeholder="e.g. 128,512,2048"),
+    Setting("label_noise", "label noise", DEFAULT_LABEL_NOISE, _NOISE_HELP, kind="float",
+            min_value=0.0, max_value=1000.0, step=0.1, format="%.4g"),
+    Setting("batch_size", "batch size", 0, _BATCH_HELP, min_value=0, max_value=MAX_SAMPLES_APP, step=16),
+    Setting("heldout", "held-out pairs", DEFAULT_HELDOUT, _HELDOUT_HELP, min_value=1,
+            max_value=MAX_HELDOUT_APP, step=100),
+)
+
+#: The alpha/r stability page's data-mode settings (one n for the whole grid).
+GRID_SETTINGS: tuple[Setting, ...] = (
+    SWEEP_SETTINGS[0],
+    Setting("samples", "training pairs n", 256, "Training pairs every cell learns from.",
+            min_value=1, max_value=MAX_SAMPLES_APP, step=64),
+    *SWEEP_SETTINGS[2:],
+)
+
+
+def parse_samples(text: str) -> tuple[int, ...]:
+    """``"128, 512"`` -> ``(128, 512)`` sorted; ConfigError naming the bad entry otherwise."""
+    parts = split_list(text)
+    if not parts:
+        raise ConfigError("`samples` should list at least one number of training pairs, e.g. 128,512")
+    out = []
+    for part in parts:
+        try:
+            value = float(part)
+        except ValueError:
+            value = float("nan")
+        if not (value == value and value.is_integer() and 1 <= value <= MAX_SAMPLES_APP):
+            raise ConfigError(f"`samples` should be whole numbers from 1 to {MAX_SAMPLES_APP:,} separated "
+                              f"by commas, got {part!r} in {text!r}")
+        out.append(int(value))
+    if len(out) > MAX_NS_APP:
+        raise ConfigError(f"`samples` lists {len(out)} values; the app compares at most {MAX_NS_APP}")
+    if len(set(out)) != len(out):
+        raise ConfigError(f"`samples` lists a value twice: {text!r}")
+    return tuple(sorted(out))
+
+
+def data_config(values: Mapping[str, Any], samples: int) -> DataConfig:
+    """The engine's DataConfig for ``samples`` pairs from the widgets' values."""
+    batch = int(values.get("batch_size") or 0)
+    return DataConfig(samples=samples, label_noise=float(values.get("label_noise", DEFAULT_LABEL_NOISE)),
+                      batch_size=batch or None, heldout=int(values.get("heldout", DEFAULT_HELDOUT)))
+
+
+@dataclass(frozen=True)
+class DataSweepConfig:
+    """Every setting of a data-mode sweep (hashable: it is the cache key)."""
+
+    sweep: SweepConfig
+    samples: tuple[int, ...] = (128, 512, 2048)
+    label_noise: float = DEFAULT_LABEL_NOISE
+    batch_size: int = 0
+    heldout: int = DEFAULT_HELDOUT
+
+    @classmethod
+    def from_values(cls, sweep: SweepConfig, values: Mapping[str, Any]) -> "DataSweepConfig":
+        """From the sweep's config and the data widgets' values; ConfigError on a bad list."""
+        return cls(sweep=sweep, samples=parse_samples(values.get("samples", "128")),
+                   label_noise=float(values.get("label_noise", DEFAULT_LABEL_NOISE)),
+                   batch_size=int(values.get("batch_size") or 0),
+                   heldout=int(values.get("heldout", DEFAULT_HELDOUT)))
+
+    def data(self, n: int) -> DataConfig:
+        """The engine's settings for ``n`` pairs."""
+        return DataConfig(samples=n, label_noise=self.label_noise, batch_size=self.batch_size or None,
+                          heldout=self.heldout)
+
+    @property
+    def lr_used(self) -> float:
+        """The sweep's learning rate, or the data mode's default."""
+        return DATA_DEFAULT_LR[self.sweep.optimizer] if self.sweep.lr is None else float(self.sweep.lr)
+
+
+@dataclass(frozen=True)
+class DataSweepRun:
+    """What the page shows of a data-mode sweep (small: no pairs, no dense matrix)."""
+
+    config: DataSweepConfig
+    target_values: np.ndarray
+    results: tuple[tuple[int, tuple[FitResult, ...]], ...]  # (n, results per rank)
+    floors: tuple[float | None, ...]  # noise floor per n
+    seconds: float
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def run_data_sweep(config: DataSweepConfig) -> DataSweepRun:
+    """Fit every rank on each n's pairs (cached per config; a progress bar on a miss)."""
+    start = time.perf_counter()
+    sweep = config.sweep
+    target = sweep.make_target()
+    # Draw every set before fitting: a set too large for memory fails before any work.
+    sets = [(n, config.data(n), make_dataset(target, config.data(n), seed=sweep.seed)) for n in config.samples]
+    per_n = sweep.steps * len(sweep.ranks)
+    total = per_n * len(sets)
+    out = []
+    with progress_bar(f"Training on n = {', '.join(map(str, config.samples))} pairs at r = "
+                      f"{', '.join(map(str, sweep.ranks))}: optimiser steps") as progress:
+        for i, (n, data, ds) in enumerate(sets):
+            def shifted(done: int, _total: int, base: int = i * per_n) -> None:
+                progress(base + done, total)
+            results = fit_data(target, list(sweep.ranks), data=data, dataset=ds, optimizer=sweep.optimizer,
+                               lr=config.lr_used, steps=sweep.steps, rule=sweep.rule, alpha=sweep.alpha,
+                               seed=sweep.seed, progress=shifted)
+            out.append((n, tuple(results)))
+    floors = tuple(data_noise_floor(target, config.data(n)) for n in config.samples)
+    return DataSweepRun(config=config, target_values=np.array(target.singular_values), results=tuple(out),
+                        floors=floors, seconds=time.perf_counter() - start)
+
+
+#: Definition of every column of the data-mode table.
+DATA_COLUMN_HELP: dict[str, str] = {
+    "n": "Training pairs.",
+    "r": "LoRA rank.",
+    "training loss": "Mean over the training pairs of 0.5·||s·B·A·x − y||² after training.",
+    "rank-r optimum": "The smallest training loss any rank-r matrix reaches on these pairs "
+                      "(reduced-rank regression, closed form): the training loss cannot go below it.",
+    "held-out loss": "Mean over the held-out pairs of 0.5·||s·B·A·x − y||²; its expectation is "
+                     "0.5·||s·B·A − T||² + 0.5·d_out·noise².",
+    "relative error vs T": "||s·B·A − T||_F / ||T||_F: how far the trained update is from the "
+                           "true one, whatever the data.",
+    "Eckart-Young optimum": "The smallest relative error any rank-r matrix reaches on T.",
+    "directions above noise": "Trained singular values above the noise floor for this n "
+                              "(Gavish-Donoho threshold for the target's noise plus the label "
+                              "noise seen through n pairs); '-' when n ≤ d_in + 1.",
+    "steps run": "Optimiser steps taken, or the step at which the loss blew up.",
+}
+
+
+def _sig(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}g}"
+
+
+def data_table(run: DataSweepRun) -> pd.DataFrame:
+    """The table shown on the page: one row per (n, r); diverged runs say so, never NaN."""
+    rows = []
+    for n, results in run.results:
+        for res in results:
+            rows.append({
+                "n": n, "r": res.rank, "training loss": _sig(res.train_loss),
+                "rank-r optimum": _sig(res.optimal_train_loss), "held-out loss": _sig(res.heldout_loss),
+                "relative error vs T": _sig(res.rel_err), "Eckart-Young optimum": _sig(res.optimal_rel_err),
+                "directions above noise": _sig(res.effective_rank),
+                "steps run": f"diverged at step {res.diverged_at}" if res.diverged else str(res.steps),
+            })
+    return pd.DataFrame(rows, columns=list(DATA_COLUMN_HELP))
+
+
+def _result_rows(run: DataSweepRun) -> list[dict]:
+    rows = []
+    for (n, results), floor in zip(run.results, run.floors):
+        for res in results:
+            rows.append({"samples": n, **res.to_dict(), "noise_floor": floor})
+    return rows
+
+
+def data_records(run: DataSweepRun) -> pd.DataFrame:
+    """The CSV download: one row per (n, r), machine column names, empty cells when undefined."""
+    frame = pd.DataFrame(_result_rows(run))
+    frame["singular_values"] = [" ".join(f"{x:.9g}" for x in sv) for sv in frame["singular_values"]]
+    for col in ("effective_rank", "diverged_at"):
+        frame[col] = frame[col].astype("Int64")
+    return frame
+
+
+def data_json(run: DataSweepRun) -> dict:
+    """The JSON download: the CLI's sweep document with a ``samples`` field per result."""
+    cfg = run.config
+    config = dataclasses.asdict(cfg.sweep)
+    config.update(ranks=list(cfg.sweep.ranks), lr=cfg.lr_used, samples=list(cfg.samples),
+                  label_noise=cfg.label_noise, batch_size=cfg.batch_size or None, heldout=cfg.heldout)
+    return {"config": config, "results": _result_rows(run), "seconds": round(run.seconds, 4)}
+
+
+def data_reading(run: DataSweepRun) -> list[str]:
+    """Sentences read off the numbers (:func:`lorarank.data.data_findings`)."""
+    sweep = run.config.sweep
+    return data_findings({n: results for n, results in run.results}, true_rank=sweep.true_rank,
+                         d_out=sweep.d_out, label_noise=run.config.label_noise)
+
+
+@dataclass(frozen=True)
+class DataCharts:
+    """Vega-Lite specs of the data mode's charts."""
+
+    losses: dict
+    spectrum: dict
+    spectrum_n: int
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def data_charts(config: DataSweepConfig) -> DataCharts:
+    """Held-out loss against r for every n, and the spectra at the smallest n (cached)."""
+    run = run_data_sweep(config)
+    sweep = config.sweep
+    losses = data_loss_chart(_result_rows(run), noise_loss=0.5 * sweep.d_out * config.label_noise**2 or None,
+                             true_rank=sweep.true_rank)
+    n, results = run.results[0]
+    max_index = min(run.target_values.size, max(max(sweep.ranks), sweep.true_rank) + 4)
+    spectrum = spectrum_chart(run.target_values, {res.rank: res.singular_values for res in results},
+                              noise_floor=run.floors[0], max_index=max_index)
+    return DataCharts(losses=chart_spec(losses), spectrum=chart_spec(spectrum), spectrum_n=n)
+
+
+def sweep_section(sweep: SweepConfig) -> None:
+    """The Rank sweep page's "Finite data" section: its inputs and, in data mode, its results."""
+    st.subheader("Finite data")
+    with st.container(border=True):
+        values = common.url_settings(SWEEP_SETTINGS, columns=5)
+    if values["mode"] != "data":
+        st.caption("Switch the training signal to **data** to train each rank on n noisy pairs "
+                   "y = T x + noise instead of T itself, and see where more rank stops helping "
+                   "and starts fitting noise. The results above are the exact target (n → ∞).")
+        return
+    with common.stop_on_error():
+        config = DataSweepConfig.from_values(sweep, values)
+        run = run_data_sweep(config)
+        charts = data_charts(config)
+    st.markdown("\n".join(f"- {s}" for s in data_reading(run)))
+    common.show_chart(
+        charts.losses,
+        caption="Loss of a pair: 0.5·||s·B·A·x − y||², averaged over the held-out pairs (solid, "
+                "dots) or the training pairs (dashed); dotted: the smallest training loss any "
+                "rank-r matrix reaches on those pairs (reduced-rank regression). Orange rule: what "
+                "T itself scores on held-out pairs, 0.5·d_out·noise². Grey rule: the intrinsic rank k. "
+                "With n → ∞ and full batch the losses become 0.5·||s·B·A − T||² (+ the noise term), "
+                "the exact mode's.")
+    st.dataframe(data_table(run), hide_index=True, key="data_table",
+                 column_config={name: st.column_config.Column(name, help=text)
+                                for name, text in DATA_COLUMN_HELP.items()})
+    batch = "full batch" if not config.batch_size else f"batches of {config.batch_size}"
+    st.caption(f"Learning rate {config.lr_used:g} ({sweep.optimizer}; the data mode's default "
+               f"when the learning rate is empty), {sweep.steps} steps, {batch}, label noise "
+               f"{config.label_noise:g}, {config.heldout} held-out pairs, alpha rule {sweep.rule}. "
+               f"Computed in {run.seconds:.2f} s.")
+    common.download_buttons(data_records(run), stem="lorarank-sweep-data", key=DOWNLOAD_KEY,
+                            json_data=data_json(run))
+    floor = run.floors[0]
+    floor_text = (f"Dashed: the noise floor {floor:.3g} for n = {charts.spectrum_n}; trained "
+                  f"directions below it fit noise." if floor is not None else
+                  f"No noise floor: n = {charts.spectrum_n} ≤ d_in + 1 pairs do not determine T.")
+    common.show_chart(charts.spectrum,
+                      caption=f"Singular values of the trained s·B·A at n = {charts.spectrum_n} "
+                              f"(blue) against T's (grey). {floor_text}")
+
+
+# --------------------------------------------------------------------------------------------
+# alpha/r stability
+# --------------------------------------------------------------------------------------------
+
+def grid_inputs() -> DataConfig | None:
+    """The stability page's data-mode inputs; the DataConfig they ask for, None in exact mode."""
+    with st.container(border=True):
+        st.markdown("**Training signal**")
+        values = common.url_settings(GRID_SETTINGS, columns=5)
+    if values["mode"] != "data":
+        return None
+    with common.stop_on_error():
+        return data_config(values, int(values["samples"]))
+
+
+def grid_caption(data: DataConfig | None, steps: int) -> str:
+    """One sentence saying which training signal the grid used."""
+    if data is None:
+        return "Every cell fits the exact target T."
+    batch = "full batch" if data.full_batch else f"batches of {data.batch}"
+    return (f"Every cell learns from the same {data.samples} pairs y = T x + {data.label_noise:g}·e "
+            f"({batch}, {data.epochs(steps):.3g} epochs); the lr is a step on the batch's mean "
+            f"loss 0.5·||s·B·A·x − y||², which tends to the exact mode's loss as n grows. "
+            f"Minibatch noise and the sample's covariance move where runs diverge.")
+
+
+def grid_losses_table(records) -> pd.DataFrame:
+    """Training and held-out loss per cell (data mode), '-' for a diverged cell."""
+    rows = [{"rule": r.rule, "r": r.rank, "lr": f"{r.lr:g}", "training loss": _sig(r.train_loss),
+             "held-out loss": _sig(r.heldout_loss),
+             "relative error vs T": f"diverged at step {r.diverged_at}" if r.diverged else _sig(r.rel_err)}
+            for r in records]
+    return pd.DataFrame(rows, columns=["rule", "r", "lr", "training loss", "held-out loss",
+                                       "relative error vs T"])
