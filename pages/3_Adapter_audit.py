@@ -22,16 +22,17 @@ bad_url = common.check_url(audit.ALL_SETTINGS, state_key=audit.URL_ERRORS_KEY)
 
 # ---------------------------------------------------------------------------- upload
 uploaded = st.file_uploader(
-    "Adapter files", type=["safetensors", "npz", "json"], accept_multiple_files=True,
+    "Adapter files", type=["safetensors", "npz", "gguf", "json"], accept_multiple_files=True,
     key=audit.UPLOAD_KEY,
-    help="One weights file (.safetensors or .npz) plus, for PEFT and mlx-lm, its "
+    help="One weights file (.safetensors, .npz or a llama.cpp LoRA .gguf) plus, for PEFT and mlx-lm, its "
          "adapter_config.json. Read in memory only; never stored, logged or put in the URL.")
 upload = audit.Upload.from_uploaded(uploaded)
 if upload is None:
     st.markdown(
         "**What to upload:** the `adapter_model.safetensors` and `adapter_config.json` that "
-        "PEFT's `save_pretrained` wrote (select both), a kohya / sd-scripts or diffusers LoRA "
-        "`.safetensors`, an mlx-lm `adapters.safetensors` with its config, or an `.npz` of "
+        "PEFT's `save_pretrained` wrote (select both; LoRA, DoRA, AdaLoRA, LoHa, LoKr), a kohya / "
+        "sd-scripts, LyCORIS or diffusers `.safetensors`, an mlx-lm `adapters.safetensors` with its "
+        "config, a llama.cpp LoRA `.gguf`, or an `.npz` of "
         "`<module>.A` / `<module>.B` factors. Without a config the scale is assumed to be 1 "
         "and you can set alpha."
     )
@@ -227,7 +228,7 @@ with tabs["Resize"]:
 with tabs["Compare"]:
     if compare:
         uploaded_b = st.file_uploader(
-            "Second adapter (B)", type=["safetensors", "npz", "json"], accept_multiple_files=True,
+            "Second adapter (B)", type=["safetensors", "npz", "gguf", "json"], accept_multiple_files=True,
             key=audit.UPLOAD_B_KEY, help="Same kind of files as above; modules are matched by name.")
         top = common.setting_widget(audit.TOP, st.columns(4)[0])
         upload_b = audit.Upload.from_uploaded(uploaded_b)

@@ -251,6 +251,17 @@ class TestBuiltFiles:
         assert any("scale s = 1 assumed" in w.value for w in at.warning)
 
 
+    @pytest.mark.skipif(not (SAMPLES / "families" / "gguf_lora.gguf").is_file(), reason="family samples not found")
+    def test_gguf_upload(self):
+        """A llama.cpp LoRA .gguf upload is audited: format gguf, module names mapped, scale alpha / r."""
+        data = (SAMPLES / "families" / "gguf_lora.gguf").read_bytes()
+        at = upload(open_page(), {"gguf_lora.gguf": data})
+        assert_clean(at)
+        assert "**format:** gguf" in " ".join(m.value for m in at.markdown)
+        table = at.dataframe[0].value.set_index("module")
+        assert table["scale s"].tolist() == pytest.approx([1.6] * 21)
+
+
 def _truncated_safetensors() -> bytes:
     data = st_save({"x.lora_A.weight": np.ones((2, 4), np.float32),
                     "x.lora_B.weight": np.ones((4, 2), np.float32)})

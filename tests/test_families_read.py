@@ -381,22 +381,41 @@ def test_loha_written_as_lora(tmp_path):
 
 @needs_families
 def test_peft_loads_written_modules_to_save(tmp_path):
-    """peft itself loads the written adapter (skips when peft / torch are not installed)."""
-    peft = pytest.importorskip("peft", reason="peft is not installed here; run with peft + torch to check loading")
-    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    """peft itself loads the written adapter (skips when peft / torch are not installed).
+
+    Runs in a subprocess so that torch is never imported into the test process (its memory
+    would be inherited by the memory-measuring subprocesses of other tests).
+    """
+    import importlib.util
+    import subprocess
+    import sys
+    import textwrap
+
+    for mod in ("peft", "transformers", "torch"):
+        if importlib.util.find_spec(mod) is None:
+            pytest.skip(f"{mod} is not installed here; install peft + transformers + torch to check loading")
     from lorarank.adapters import adapter_files
 
     adapter, doc = load_case("peft_modules_to_save")
     for name, data in adapter_files(adapter, format="peft").items():
         (tmp_path / name).write_bytes(data)
-    cfg = transformers.LlamaConfig(hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4,
-                                   num_key_value_heads=2, vocab_size=96, num_labels=4, pad_token_id=95)
-    base = transformers.LlamaForSequenceClassification(cfg)
-    model = peft.PeftModel.from_pretrained(base, str(tmp_path))
-    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    src = load_file(FAMILIES / doc["audit_path"] / "adapter_model.safetensors")
-    head = [k for k in state if "score" in k and "modules_to_save" in k and k.endswith("weight")]
-    assert head and state[head[0]].tobytes() == src["base_model.model.score.weight"].tobytes()
-    q = "base_model.model.model.layers.0.self_attn.q_proj"
-    np.testing.assert_array_equal(state[q + ".lora_A.default.weight"], src[q + ".lora_A.weight"])
-    assert model.peft_config["default"].lora_alpha / model.peft_config["default"].r == 1.4
+    src_path = FAMILIES / doc["audit_path"] / "adapter_model.safetensors"
+    code = textwrap.dedent(f"""
+        import numpy as np, peft, transformers
+        from safetensors.numpy import load_file
+        cfg = transformers.LlamaConfig(hidden_size=48, intermediate_size=80, num_hidden_layers=3,
+                                       num_attention_heads=4, num_key_value_heads=2, vocab_size=96,
+                                       num_labels=4, pad_token_id=95)
+        model = peft.PeftModel.from_pretrained(transformers.LlamaForSequenceClassification(cfg), {str(tmp_path)!r})
+        state = {{k: v.detach().numpy() for k, v in model.state_dict().items()}}
+        src = load_file({str(src_path)!r})
+        head = [k for k in state if "score" in k and "modules_to_save" in k and k.endswith("weight")]
+        assert head and state[head[0]].tobytes() == src["base_model.model.score.weight"].tobytes()
+        q = "base_model.model.model.layers.0.self_attn.q_proj"
+        assert np.array_equal(state[q + ".lora_A.default.weight"], src[q + ".lora_A.weight"])
+        c = model.peft_config["default"]
+        assert c.lora_alpha / c.r == 1.4
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]

@@ -217,8 +217,10 @@ def _diffusers_scales(modules, components: dict[str, dict], source: str):
         out += scaled
         notes.append(prefix)
     missing = [m for m in modules if not any(m.name.startswith(p + ".") for p in components)]
+    out += [replace(m, scale=1.0) for m in missing]
+    note = ("diffusers lora_adapter_metadata in the file: scale = lora_alpha / r per component "
+            f"({', '.join(notes)})")
     if missing:
-        raise AdapterError(f"{source}: module {missing[0].name!r} belongs to no component of the "
-                           f"file's lora_adapter_metadata ({', '.join(components)})")
-    return out, ("diffusers lora_adapter_metadata in the file: scale = lora_alpha / r per component "
-                 f"({', '.join(notes)})")
+        note += (f"; scale 1 assumed for the {len(missing)} modules of components the metadata does not "
+                 "cover (give alpha to set it)")
+    return out, note
