@@ -1,0 +1,151 @@
+"""Benchmark: `python -m lorarank audit --series DIR --json` on 50 Llama-3-8B-shaped checkpoints.
+
+Writes N checkpoint folders (``checkpoint-<step>``, each a PEFT adapter of 32 layers x q, k, v,
+o, gate, up, down with Llama-3-8B shapes, r = 16, bfloat16, about 84 MB, with a
+``trainer_state.json``; the factors drift from checkpoint to checkpoint so no two files are
+equal) to a temporary folder. Then, in the same run:
+
+1. the single-adapter audit process, ``audit CHECKPOINT --json``, several times (the baseline);
+2. ``audit --series`` processes over the first 5, 10, 25 and N checkpoints (folders of
+   symbolic links), each timed alone, with its own peak resident memory (``wait4``'s
+   ``ru_maxrss`` of that child).
+
+Targets (issue 11): the series of 50 in <= 50 x the time of one audit (no repeated work beyond
+reading each checkpoint), and peak memory independent of the number of checkpoints.
+
+Usage: ``python benchmarks/bench_series.py [--checkpoints 50] [--runs 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+from safetensors.numpy import save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+HIDDEN, KV, INTER, LAYERS, RANK, ALPHA = 4096, 1024, 14336, 32, 16, 32
+SHAPES = {  # module -> (d_out, d_in), as benchmarks/bench_audit.py
+    "self_attn.q_proj": (HIDDEN, HIDDEN),
+    "self_attn.k_proj": (KV, HIDDEN),
+    "self_attn.v_proj": (KV, HIDDEN),
+    "self_attn.o_proj": (HIDDEN, HIDDEN),
+    "mlp.gate_proj": (INTER, HIDDEN),
+    "mlp.up_proj": (INTER, HIDDEN),
+    "mlp.down_proj": (HIDDEN, INTER),
+}
+CONFIG = {"peft_type": "LORA", "r": RANK, "lora_alpha": ALPHA, "use_rslora": False,
+          "rank_pattern": {}, "alpha_pattern": {}, "fan_in_fan_out": False,
+          "target_modules": sorted({m.split(".")[-1] for m in SHAPES}), "task_type": "CAUSAL_LM"}
+
+
+def write_run(root: Path, n: int, every: int = 100) -> tuple[list[Path], float]:
+    """n checkpoint folders: A = A0 + t dA, B = (t / n) B0 at t = 1..n; returns (folders, MB each)."""
+    rng = np.random.default_rng(0)
+    decay = np.geomspace(1.0, 0.02, RANK).astype(np.float32)
+    base = {}
+    for layer in range(LAYERS):
+        for module, (d_out, d_in) in SHAPES.items():
+            a0 = rng.standard_normal((RANK, d_in), dtype=np.float32) / np.sqrt(d_in)
+            da = rng.standard_normal((RANK, d_in), dtype=np.float32) * (0.05 / np.sqrt(d_in)) * decay[:, None]
+            b0 = rng.standard_normal((d_out, RANK), dtype=np.float32) * 0.01 * decay
+            base[f"base_model.model.model.layers.{layer}.{module}"] = (a0, da, b0)
+    folders = []
+    for t in range(1, n + 1):
+        folder = root / f"checkpoint-{t * every}"
+        folder.mkdir()
+        tensors = {}
+        for name, (a0, da, b0) in base.items():
+            tensors[name + ".lora_A.weight"] = (a0 + t * da).astype(ml_dtypes.bfloat16)
+            tensors[name + ".lora_B.weight"] = (b0 * (t / n)).astype(ml_dtypes.bfloat16)
+        save_file(tensors, folder / "adapter_model.safetensors", metadata={"format": "pt"})
+        (folder / "adapter_config.json").write_text(json.dumps(CONFIG))
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": t * every}))
+        folders.append(folder)
+    return folders, (folders[0] / "adapter_model.safetensors").stat().st_size / 1e6
+
+
+def run_child(args: list[str]) -> tuple[float, float, float, bytes]:
+    """(wall s, CPU s, peak RSS MB, stdout) of one `python -m lorarank ...` child."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out_path = Path(tempfile.mkstemp(prefix="lorarank-bench-out-")[1])
+    try:
+        with open(out_path, "wb") as out:
+            started = time.perf_counter()
+            proc = subprocess.Popen([sys.executable, "-m", "lorarank", *args], stdout=out,
+                                    stderr=subprocess.PIPE, env=env, cwd=str(ROOT))
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err = proc.stderr.read().decode().strip()
+        proc.stderr.close()
+        if proc.returncode != 0:
+            raise SystemExit(f"`lorarank {' '.join(args)}` failed: {err}")
+        return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, out_path.read_bytes()
+    finally:
+        out_path.unlink()
+
+
+def subset(root: Path, folders: list[Path], n: int) -> Path:
+    """A run folder holding links to the first n checkpoints."""
+    run = root / f"run{n}"
+    run.mkdir()
+    for folder in folders[:n]:
+        (run / folder.name).symlink_to(folder, target_is_directory=True)
+    return run
+
+
+def load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoints", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=3, help="runs of the single audit (median kept)")
+    args = parser.parse_args()
+    n = args.checkpoints
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, numpy {np.__version__}; "
+          f"load average (1, 5, 15 min) at start: {load()}")
+    with tempfile.TemporaryDirectory(prefix="lorarank-bench-series-") as tmp:
+        root = Path(tmp)
+        (root / "all").mkdir()
+        t0 = time.perf_counter()
+        folders, mb = write_run(root / "all", n)
+        print(f"wrote {n} checkpoints of {LAYERS} layers x {len(SHAPES)} modules, r = {RANK}, bfloat16, "
+              f"{mb:.1f} MB each, in {time.perf_counter() - t0:.0f} s")
+        singles = [run_child(["audit", str(folders[-1]), "--json"]) for _ in range(args.runs)]
+        one_wall = statistics.median(s[0] for s in singles)
+        one_cpu = statistics.median(s[1] for s in singles)
+        one_rss = max(s[2] for s in singles)
+        print(f"one checkpoint, `audit DIR --json`, {args.runs} runs: wall median {one_wall:.3f} s, "
+              f"CPU {one_cpu:.3f} s, peak RSS {one_rss:.0f} MB   (load {load()})")
+        print()
+        print(f"{'checkpoints':>11} | {'wall s':>7} | {'CPU s':>7} | {'wall / one':>10} | {'CPU / one':>9} | "
+              f"{'CPU per ckpt':>12} | {'peak RSS MB':>11} | load (1, 5, 15 min)")
+        sizes = sorted({k for k in (5, 10, 25, n) if k <= n})
+        for k in sizes:
+            run = subset(root, folders, k)
+            wall, cpu, rss, out = run_child(["audit", "--series", str(run), "--json"])
+            doc = json.loads(out)
+            assert len(doc["checkpoints"]) == k and len(doc["series"]["modules"]) == LAYERS * len(SHAPES)
+            print(f"{k:>11} | {wall:>7.2f} | {cpu:>7.2f} | {wall / one_wall:>9.1f}x | {cpu / one_cpu:>8.1f}x | "
+                  f"{cpu / k:>10.3f} s | {rss:>11.0f} | {load()}")
+        print()
+        print(f"targets: {n} checkpoints in <= {n}x one audit's time; peak RSS flat in the number of "
+              f"checkpoints (per-checkpoint summaries only).")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+"""Rank over training, the Adapter audit page's checkpoint-series section.
+
+The page calls :func:`section` where the section belongs (a tab of its own); everything the
+section shows is drawn here: its uploader (a ``.zip`` of the run folder, or kohya numbered
+files), its URL-bound settings (``?series_metric=...&series_step=...&series_module=...``),
+the cached engine call (:func:`run_series`), the reading, the whole-adapter table with CSV /
+JSON downloads, and three charts: rank over steps, the layer x module map at a chosen step,
+and phi over steps. Uploaded bytes stay in memory (never on disk, in the URL or in logs).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from lorarank.adapters import Adapter, LoraModule, adapter_files
+from lorarank.charts import SERIES_METRICS, phi_over_steps_chart, rank_map_chart, rank_over_steps_chart
+from lorarank.errors import LoraRankError
+from lorarank.series import SeriesReport, audit_series, checkpoints_from_files
+
+from .audit import MAP_METRICS, Upload, json_safe, rule_text, short_name
+from .common import (Setting, check_url, download_buttons, progress_bar, setting_widget, show_chart,
+                     show_errors)
+
+__all__ = [
+    "UPLOAD_KEY", "DOWNLOAD_KEY", "URL_ERRORS_KEY", "DEMO_KEY", "STEP_KEY", "MODULE_KEY", "NO_MODULE",
+    "METRIC", "TOP", "SETTINGS", "run_series", "demo_files", "demo_upload", "rows", "adapter_table",
+    "reading", "url_choice_error", "section",
+]
+
+# ------------------------------------------------------------------------------ session keys
+UPLOAD_KEY = "audit_series_upload"
+DOWNLOAD_KEY = "audit_series_download"
+URL_ERRORS_KEY = "audit_series_url_errors"
+#: URL-bound keys drawn by the section itself (their options depend on the run).
+DEMO_KEY = "series_demo"
+STEP_KEY = "series_step"
+MODULE_KEY = "series_module"
+NO_MODULE = "(none)"
+
+METRIC = Setting("series_metric", "rank over steps shows", "recommended_rank",
+                 "The per-module number drawn over steps (mean over the layers of each module "
+                 "type) and in the map at the chosen step.",
+                 kind="choice", options=tuple(SERIES_METRICS), select=True)
+TOP = Setting("series_top", "phi: top directions k", 4,
+              "phi(k, k) between two checkpoints uses the top k = min(this, r) right singular "
+              "vectors of each A factor (as the compare mode does).",
+              min_value=1, max_value=4096)
+SETTINGS: tuple[Setting, ...] = (METRIC, TOP)
+
+_HASH = {Upload: lambda u: u.ident}
+
+
+# ---------------------------------------------------------------------------------- engine
+@st.cache_data(show_spinner=False, max_entries=8, hash_funcs=_HASH)
+def run_series(upload: Upload, *, rule: str, value: float, top: int) -> SeriesReport:
+    """Every checkpoint of the upload audited, in step order (progress bar per checkpoint)."""
+    run = checkpoints_from_files(list(upload.files))
+    with progress_bar(f"Auditing {len(run.checkpoints)} checkpoints (read one at a time)") as progress:
+        return audit_series(run, rule=rule, value=value, top=top, progress=progress)
+
+
+# ------------------------------------------------------------------------------------ demo
+_DEMO_STEPS = (50, 100, 150, 200, 250, 300)
+_DEMO_SHAPES = {"self_attn.q_proj": (64, 64), "self_attn.v_proj": (32, 64), "mlp.down_proj": (64, 128)}
+_DEMO_FINAL = {"self_attn.q_proj": 2, "self_attn.v_proj": 4, "mlp.down_proj": 6}
+
+
+@st.cache_data(show_spinner=False, max_entries=1)
+def demo_files() -> bytes:
+    """A synthetic run as a ``.zip``: six PEFT checkpoints (r = 8) of 2 layers x 3 modules.
+
+    Module type t has ``k_t`` planted directions (q_proj 2, v_proj 4, down_proj 6); at step
+    i = 0..5 the update holds ``min(k_t, 2 (i + 1))`` of them, all growing in strength, and
+    A's row space turns from a random start towards the planted one. Written by the engine's
+    own PEFT writer with a ``trainer_state.json`` per checkpoint, and read back like an upload.
+    """
+    rng = np.random.default_rng(11)
+    r = 8
+    final = {}
+    for layer in range(2):
+        for kind, (d_out, d_in) in _DEMO_SHAPES.items():
+            final[(layer, kind)] = (np.linalg.qr(rng.standard_normal((d_out, r)))[0],
+                                    np.linalg.qr(rng.standard_normal((d_in, r)))[0],
+                                    np.linalg.qr(rng.standard_normal((d_in, r)))[0])
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for i, step in enumerate(_DEMO_STEPS):
+            t = (i + 1) / len(_DEMO_STEPS)
+            modules = []
+            for (layer, kind), (u, v, v0) in final.items():
+                k = _DEMO_FINAL[kind]
+                s = np.full(r, 0.02)
+                grown = min(k, 2 * (i + 1))  # q_proj has all its directions at step 50, down_proj at 150
+                s[:grown] = np.linspace(4.0, 2.0, k)[:grown] * t
+                v_t = np.linalg.qr((1 - t) * v0 + t * v)[0]
+                root = np.sqrt(s)
+                modules.append(LoraModule(f"base_model.model.model.layers.{layer}.{kind}",
+                                          (root[:, None] * v_t.T).astype(np.float32),
+                                          (u * root).astype(np.float32), 1.0, alpha=float(r)))
+            config = {"r": r, "lora_alpha": r, "peft_type": "LORA", "target_modules":
+                      sorted(k.split(".")[-1] for k in _DEMO_SHAPES),
+                      "base_model_name_or_path": "synthetic-demo-run (lorarank)"}
+            adapter = Adapter(format="peft", modules=modules, scaling="", source="demo", config=config)
+            for name, data in adapter_files(adapter, format="peft").items():
+                archive.writestr(f"demo-run/checkpoint-{step}/{name}", data)
+            archive.writestr(f"demo-run/checkpoint-{step}/trainer_state.json",
+                             json.dumps({"global_step": step}))
+    return buf.getvalue()
+
+
+def demo_upload() -> Upload:
+    """The synthetic run as an :class:`Upload` (as if its zip were uploaded)."""
+    return Upload.from_files([("demo-run.zip", demo_files())], label="synthetic demo run")
+
+
+# ---------------------------------------------------------------------------------- tables
+def rows(report: SeriesReport) -> list[dict]:
+    """The engine's rows (one per step and module) with a short ``name`` for display."""
+    return [{**row, "name": short_name(row["module"])} for row in report.table()]
+
+
+ADAPTER_HELP: dict[str, str] = {
+    "step": "Training step of the checkpoint (trainer_state.json global_step, else the folder name).",
+    "directions": "Sum over the modules of the recommended rank: the directions a resize by the "
+                  "rule would keep.",
+    "median rank": "Median recommended rank over the modules.",
+    "mean k(0.9)": "Mean over modules of the energy rank k(0.9): smallest k with "
+                   "sum_{i<=k} sigma_i^2 >= 0.9 sum sigma^2 (sigma of s·B·A).",
+    "mean k(0.99)": "As k(0.9), at 0.99.",
+    "mean stable rank": "Mean over modules of sum sigma^2 / sigma_1^2.",
+    "||dW||² total": "Sum over modules of ||s·B·A||_F^2 = sum sigma^2.",
+    "phi with next": "Mean over modules of phi(k, k) between this checkpoint's A and the next "
+                     "one's (right singular vectors; Hu et al. 2022, section 7.2).",
+    "phi with last": "Mean over modules of phi(k, k) between this checkpoint's A and the last one's.",
+}
+
+
+def adapter_table(report: SeriesReport) -> pd.DataFrame:
+    """The whole adapter per checkpoint (over the modules present in every checkpoint)."""
+    out = [{"step": a["step"], "directions": a["directions"],
+            "median rank": a["recommended_rank_median"], "mean k(0.9)": a.get("energy_rank_0.9_mean"),
+            "mean k(0.99)": a.get("energy_rank_0.99_mean"), "mean stable rank": a["stable_rank_mean"],
+            "||dW||² total": a["energy"], "phi with next": a["phi_next_mean"],
+            "phi with last": a["phi_last_mean"]} for a in report.adapter]
+    return pd.DataFrame(out, columns=list(ADAPTER_HELP))
+
+
+def reading(report: SeriesReport) -> str:
+    """Plain words read off the series (markdown)."""
+    steps, a = report.steps, report.adapter
+    rule = rule_text(report.rule, report.value)
+    if not report.modules:
+        return "The checkpoints share no module, so nothing can be followed over steps."
+    if len(steps) == 1:
+        return (f"One checkpoint (step {steps[0]}): its {len(report.modules)} modules need "
+                f"**{a[0]['directions']}** directions under **{rule}**. Add more checkpoints to "
+                f"see rank over training.")
+    first, last = a[0], a[-1]
+    settled = report.settled_step
+    if settled == steps[-1]:
+        when = (f"some module's recommended rank still changed at the last checkpoint (step "
+                f"{steps[-1]}): the rank had **not settled** when training stopped")
+    elif settled == steps[0]:
+        when = f"no module's recommended rank changed after the first checkpoint (step {settled})"
+    else:
+        when = f"the recommended rank **settled at step {settled}**: no module's changed after it"
+    return (f"Over {len(steps)} checkpoints (steps {steps[0]} to {steps[-1]}) the "
+            f"{len(report.modules)} modules needed **{first['directions']}** directions under "
+            f"**{rule}** at first and **{last['directions']}** at the end (median rank "
+            f"{first['recommended_rank_median']:g} -> {last['recommended_rank_median']:g}); {when}. "
+            f"The top-{report.top} input directions of A at step {steps[0]} overlap the final ones "
+            f"by phi = **{first['phi_last_mean']:.3f}** on average, and the last two checkpoints by "
+            f"**{a[-2]['phi_next_mean']:.3f}** (1 = the same directions).")
+
+
+def url_choice_error(key: str, options: Sequence[str], what: str, fallback: str) -> str | None:
+    """One sentence when the URL's ``key`` is not one of ``options`` (checked before the widget)."""
+    if key not in st.query_params:
+        return None
+    raw = st.query_params[key]
+    if raw in options:
+        return None
+    return f"The link sets `{key}={raw}`, but this run has no such {what}; {fallback} is shown instead."
+
+
+# ---------------------------------------------------------------------------------- section
+def section(*, rule: str, value: float | None) -> None:
+    """Draw the whole "Rank over training" section: input, reading, table, downloads, charts.
+
+    Parameters
+    ----------
+    rule, value
+        The page's rank rule (the recommended rank of every checkpoint).
+
+    Errors in the upload are shown as one sentence and end the section only, not the page.
+    """
+    show_errors(check_url(SETTINGS, state_key=URL_ERRORS_KEY))
+    uploaded = st.file_uploader(
+        "Checkpoints of one training run", type=["zip", "safetensors", "npz", "json"],
+        accept_multiple_files=True, key=UPLOAD_KEY,
+        help="A .zip of the run's output folder (its checkpoint-<step> subfolders, each with "
+             "adapter_model.safetensors, adapter_config.json and trainer_state.json), or kohya "
+             "numbered saves (name-000005.safetensors). Read in memory, one checkpoint at a time; "
+             "never stored, logged or put in the URL.")
+    upload = Upload.from_uploaded(uploaded)
+    if upload is None:
+        st.markdown(
+            "**What to upload:** zip the folder your trainer wrote (`output_dir` with its "
+            "`checkpoint-<step>` subfolders, as Transformers' `Trainer` and TRL save them; "
+            "`optimizer.pt` and the like may stay in, they are not read) and drop the `.zip` "
+            "here. Each checkpoint's step comes from its `trainer_state.json`, else the folder "
+            "name. Browsers give an upload only file names, so several `adapter_model.safetensors` "
+            "cannot be told apart without the zip.")
+        if not st.toggle("Use the synthetic demo run", key=DEMO_KEY, bind="query-params",
+                         help="Six PEFT checkpoints (r = 8) generated here whose modules grow "
+                              "2, 4 and 6 planted directions by steps 50, 100 and 150: synthetic, not a "
+                              "trained model."):
+            return
+        upload = demo_upload()
+        st.info("Showing the **synthetic demo run** (steps 50 to 300; q_proj grows 2 planted "
+                "directions by step 50, v_proj 4 by step 100, down_proj 6 by step 150). Upload a "
+                ".zip to follow your own run.",
+                icon=":material/science:")
+    cols = st.columns([1.3, 1, 2])
+    metric = setting_widget(METRIC, cols[0])
+    top = setting_widget(TOP, cols[1])
+    try:
+        report = run_series(upload, rule=rule, value=float(value or 0.0), top=int(top))
+    except LoraRankError as exc:
+        st.error(str(exc), icon=":material/error:")
+        return
+    for note in report.notes:
+        st.info(note, icon=":material/info:")
+    st.markdown(reading(report))
+    st.dataframe(adapter_table(report), hide_index=True, key="audit_series_table",
+                 column_config={
+                     **{n: st.column_config.NumberColumn(n, help=t, format="%.4g")
+                        for n, t in ADAPTER_HELP.items()},
+                     "step": st.column_config.NumberColumn("step", help=ADAPTER_HELP["step"], format="%d"),
+                     "directions": st.column_config.NumberColumn(
+                         "directions", help=ADAPTER_HELP["directions"], format="%d")})
+    st.caption(f"One row per checkpoint, over the {len(report.modules)} modules present in every "
+               f"checkpoint; recommended rank under {rule_text(report.rule, report.value)}. The "
+               f"downloads hold every module at every step (CSV: one row per step and module with "
+               f"sigma_1..sigma_r; JSON: what `lorarank audit --series DIR --json` prints).")
+    table = rows(report)
+    download_buttons(pd.DataFrame(table).drop(columns=["name"]), stem="lorarank-series",
+                     key=DOWNLOAD_KEY, json_data=json_safe(report.to_dict()))
+
+    # Rank over steps, with one module on demand.
+    names = [NO_MODULE] + [short_name(m.name) for m in report.modules]
+    bad = url_choice_error(MODULE_KEY, names, "module", "no single module")
+    if bad:
+        show_errors([bad])
+    module = st.selectbox("also draw one module", names, key=MODULE_KEY, bind="query-params",
+                          help="Its own line (dashed, black) beside the module-type means; "
+                               "kept in the link.")
+    chosen = None if module == NO_MODULE else module
+    show_chart(rank_over_steps_chart(table, metric=metric, module=chosen,
+                                     settled_step=report.settled_step),
+               caption=f"{SERIES_METRICS[metric]} of every module at every checkpoint, averaged "
+                       f"over the layers of each module type (hover for min and max). Dashed grey "
+                       f"rule: step {report.settled_step}, after which no module's recommended rank "
+                       f"changed.")
+
+    # The layer x module map at one step.
+    steps = [str(s) for s in report.steps]
+    bad = url_choice_error(STEP_KEY, steps, "step", f"the last step, {steps[-1]},")
+    if bad:
+        show_errors([bad])
+    step = st.select_slider("map at step", steps, value=steps[-1], key=STEP_KEY, bind="query-params",
+                            help="The checkpoint whose modules the map shows; kept in the link.")
+    at = report.report_at(int(step))
+    map_metric = metric if metric in MAP_METRICS else "recommended_rank"
+    show_chart(rank_map_chart(at.rank_map(map_metric), metric=f"{MAP_METRICS[map_metric]} at step {step}"),
+               caption=f"Every module of the checkpoint at step {step} (layer x module type"
+                       f"{'' if map_metric == metric else '; sigma_1 has no map, the recommended rank is shown'}).")
+
+    # phi over steps.
+    chance = float(np.mean([m.chance for m in report.modules])) if report.modules else None
+    show_chart(phi_over_steps_chart(table, module=chosen, top=report.top, chance=chance),
+               caption=f"phi(k, k) = ||U_kᵀV_k||_F² / k on the top k = min({report.top}, r) right "
+                       f"singular vectors of two checkpoints' A factors (Hu et al. 2022, section "
+                       f"7.2), as the compare mode computes it. Solid: with the next checkpoint "
+                       f"(drawn at the earlier step); dashed: with the last. Dotted: the chance "
+                       f"level k / d_in of two random subspaces.")
