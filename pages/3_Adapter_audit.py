@@ -4,7 +4,7 @@ import streamlit as st
 
 from lorarank.charts import (budget_chart, module_spectrum_chart, overlap_chart, phi_chart,
                              rank_map_chart)
-from ui import audit, common, layout
+from ui import audit, common, layout, series
 
 common.setup_page("Adapter audit", icon=":material/fact_check:")
 
@@ -48,7 +48,8 @@ demo = upload is not None and upload.ident == audit.demo_upload("a").ident
 summary = st.container()  # what was detected and the reading, filled once there is an upload
 
 # ------------------------------------------------- sections, each with its own inputs first
-tabs = layout.sections(["Per module", "Rank map", "Spectrum", "Budget", "Resize", "Compare"])
+tabs = layout.sections(["Per module", "Rank map", "Spectrum", "Budget", "Resize", "Compare",
+                        series.TAB], default=series.TAB if series.linked() else None)
 with tabs["Per module"]:
     cols = st.columns([1.3, 1, 3])
     rule = common.setting_widget(audit.RULE, cols[0])
@@ -72,9 +73,14 @@ with tabs["Compare"]:
 with alerts:
     common.show_errors(bad_url)
 
+# ------------------------------------------------- rank over training (its own upload)
+with tabs[series.TAB]:
+    series.section(rule=rule, value=value)
+
 if upload is None:
-    for tab in tabs.values():
-        tab.caption("Upload an adapter above (or switch on the synthetic demo) to see this.")
+    for name, tab in tabs.items():
+        if name != series.TAB:
+            tab.caption("Upload an adapter above (or switch on the synthetic demo) to see this.")
     st.stop()
 
 # ------------------------------------------------------------------------ detection

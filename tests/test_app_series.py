@@ -73,7 +73,7 @@ def dense_directions(step: int) -> int:
 
 
 def charts(at: AppTest) -> list[dict]:
-    return [json.loads(c.proto.spec) for c in at.get("arrow_vega_lite_chart")]
+    return [json.loads(c.proto.spec) for c in [*at.get("arrow_vega_lite_chart"), *at.get("vega_lite_chart")]]
 
 
 def titles(at: AppTest) -> list[str]:

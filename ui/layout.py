@@ -83,10 +83,11 @@ def settings_group(title: str, settings: Sequence[Setting], *, container: Any = 
     return values
 
 
-def sections(names: Sequence[str]) -> dict[str, Any]:
+def sections(names: Sequence[str], *, default: str | None = None) -> dict[str, Any]:
     """Tabs a user can jump between, by name: ``tabs = sections(["Grid", "Loss curves"])``.
 
     All tabs are drawn on every run (a widget in a tab the user is not looking at keeps its
-    value and its place in the URL); write into one with ``with tabs["Grid"]:``.
+    value and its place in the URL); write into one with ``with tabs["Grid"]:``. ``default``
+    names the tab shown first (e.g. the one a link's settings belong to); None: the first.
     """
-    return dict(zip(names, st.tabs(list(names))))
+    return dict(zip(names, st.tabs(list(names), default=default)))

@@ -29,9 +29,9 @@ from .common import (Setting, check_url, download_buttons, progress_bar, setting
                      show_errors)
 
 __all__ = [
-    "UPLOAD_KEY", "DOWNLOAD_KEY", "URL_ERRORS_KEY", "DEMO_KEY", "STEP_KEY", "MODULE_KEY", "NO_MODULE",
+    "TAB", "UPLOAD_KEY", "DOWNLOAD_KEY", "URL_ERRORS_KEY", "DEMO_KEY", "STEP_KEY", "MODULE_KEY", "NO_MODULE",
     "METRIC", "TOP", "SETTINGS", "run_series", "demo_files", "demo_upload", "rows", "adapter_table",
-    "reading", "url_choice_error", "section",
+    "reading", "url_choice_error", "linked", "section",
 ]
 
 # ------------------------------------------------------------------------------ session keys
@@ -40,6 +40,8 @@ DOWNLOAD_KEY = "audit_series_download"
 URL_ERRORS_KEY = "audit_series_url_errors"
 #: URL-bound keys drawn by the section itself (their options depend on the run).
 DEMO_KEY = "series_demo"
+#: The page's tab holding the section (shown first when the link carries a series setting).
+TAB = "Rank over training"
 STEP_KEY = "series_step"
 MODULE_KEY = "series_module"
 NO_MODULE = "(none)"
@@ -191,6 +193,11 @@ def url_choice_error(key: str, options: Sequence[str], what: str, fallback: str)
 
 
 # ---------------------------------------------------------------------------------- section
+def linked() -> bool:
+    """True when the link carries a setting of this section (show its tab first)."""
+    return any(key in st.query_params for key in (*(s.key for s in SETTINGS), DEMO_KEY, STEP_KEY, MODULE_KEY))
+
+
 def section(*, rule: str, value: float | None) -> None:
     """Draw the whole "Rank over training" section: input, reading, table, downloads, charts.
 

@@ -1,0 +1,105 @@
+"""Rank over training (Adapter audit) in headless Chromium: a cold deep link, then the real run."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from apphelpers import assert_no_exception, wait_for_app
+from safetensors.numpy import load_file
+
+pytestmark = pytest.mark.e2e
+
+RUN = Path(__file__).resolve().parents[3] / "shared" / "samples" / "checkpoints" / "run"
+STEPS = [15, 30, 45, 60, 75, 90]
+TAB = "Rank over training"
+
+
+def run_zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for path in sorted(RUN.rglob("*")):
+            if path.is_file():
+                z.write(path, f"run/{path.relative_to(RUN).as_posix()}")
+    return buf.getvalue()
+
+
+def dense_recommended(step: int) -> dict[str, int]:
+    """Oracle: per module, the smallest k keeping 0.99 of sum sigma^2 of the dense scale * B @ A."""
+    folder = RUN / f"checkpoint-{step}"
+    config = json.loads((folder / "adapter_config.json").read_text())
+    tensors = load_file(folder / "adapter_model.safetensors")
+    out = {}
+    for key, a in tensors.items():
+        if key.endswith(".lora_A.weight"):
+            b = tensors[key.replace("lora_A", "lora_B")]
+            s = np.linalg.svd(config["lora_alpha"] / config["r"] * b.astype(np.float64) @ a.astype(np.float64),
+                              compute_uv=False)
+            e = np.cumsum(s * s) / np.sum(s * s)
+            out[key[: -len(".lora_A.weight")]] = int(np.argmax(e >= 0.99 - 1e-12) + 1)
+    return out
+
+
+def widget_text(page, key: str) -> str:
+    """What the widget with key ``key`` shows: its text plus its inputs' values."""
+    box = page.locator(f".st-key-{key}")
+    inputs = box.locator("input")
+    return (box.text_content() or "") + " ".join(inputs.nth(i).input_value() for i in range(inputs.count()))
+
+
+def open_tab(page) -> None:
+    tab = page.get_by_role("tab", name=TAB)
+    if tab.count():
+        tab.click()
+        wait_for_app(page)
+
+
+@pytest.mark.skipif(not RUN.is_dir(), reason=f"checkpoint run not found at {RUN}")
+def test_cold_link_then_real_run(page, fresh_server, tmp_path, shot):
+    """A cold deep link keeps its series settings; the uploaded real run shows oracle numbers."""
+    url = fresh_server()
+    page.goto(f"{url}/Adapter_audit?series_metric=stable_rank&series_top=2&series_step=45"
+              "&series_module=model.layers.0.self_attn.q_proj")
+    wait_for_app(page)
+    assert_no_exception(page)
+    open_tab(page)
+    section = page.locator(".st-key-audit_series_upload")
+    section.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(files=[
+        {"name": "run.zip", "mimeType": "application/zip", "buffer": run_zip()}])
+    page.get_by_text("Over 6 checkpoints (steps 15 to 90)").wait_for(timeout=90_000)
+    wait_for_app(page)
+    shot(page, "series")
+    assert_no_exception(page)
+    assert page.get_by_test_id("stAlertContentError").count() == 0
+    body = page.get_by_test_id("stMain").inner_text()
+    # Settings from the link survived the cold start and the upload.
+    assert page.locator(".st-key-series_top input").input_value() == "2"
+    assert "stable_rank" in widget_text(page, "series_metric")
+    assert "45" in widget_text(page, "series_step")
+    assert "model.layers.0.self_attn.q_proj" in widget_text(page, "series_module")
+    assert page.get_by_test_id("stVegaLiteChart").count() >= 3
+    # The JSON download is the CLI's document; its numbers equal the dense oracle.
+    with page.expect_download() as info:
+        page.locator(".st-key-audit_series_download_json").get_by_role("button").click()
+    doc = json.loads(Path(info.value.path()).read_text())
+    assert [c["step"] for c in doc["checkpoints"]] == STEPS
+    series = doc["series"]
+    assert series["top"] == 2
+    for step_index, step in enumerate(STEPS):
+        expected = dense_recommended(step)
+        got = {m["name"]: m["recommended_rank"][step_index] for m in series["modules"]}
+        assert got == expected
+    settled = max(
+        next(s for i, s in enumerate(STEPS) if all(m["recommended_rank"][j] == m["recommended_rank"][-1]
+                                                  for j in range(i, len(STEPS))))
+        for m in series["modules"])
+    assert series["settled_step"] == settled
+    assert f"settled at step {settled}" in body
+    with page.expect_download() as info:
+        page.locator(".st-key-audit_series_download_csv").get_by_role("button").click()
+    lines = Path(info.value.path()).read_text().strip().splitlines()
+    assert len(lines) == 1 + 6 * 6 and lines[0].startswith("step,module,")
