@@ -29,6 +29,10 @@ Modules
     Each page's settings (``SETTINGS``), cached engine wrappers (``@st.cache_data`` taking
     small hashable inputs: a frozen config dataclass, the upload's bytes), table builders and
     text read off the numbers.
+``ui.series`` (the Adapter audit's "Rank over training" section)
+    ``section(rule=..., value=...)`` draws the whole section (its own uploader, URL-bound
+    ``series_*`` settings, cached :func:`lorarank.series.audit_series`, table, downloads and
+    charts); an error in it ends the section, not the page.
 
 Keys
 ----
