@@ -219,7 +219,7 @@ def section(*, rule: str, value: float | None) -> None:
     upload = Upload.from_uploaded(uploaded)
     if upload is None:
         st.markdown(
-            "**What to upload:** zip the folder your trainer wrote (`output_dir` with its "
+            "**Follow a training run:** zip the folder your trainer wrote (`output_dir` with its "
             "`checkpoint-<step>` subfolders, as Transformers' `Trainer` and TRL save them; "
             "`optimizer.pt` and the like may stay in, they are not read) and drop the `.zip` "
             "here. Each checkpoint's step comes from its `trainer_state.json`, else the folder "
