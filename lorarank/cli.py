@@ -461,12 +461,15 @@ def _series_print(result, folder: str) -> None:
     print(f"{'step':>8} | {'directions':>10} | {'rec. median':>11} | {'k(.90) mean':>11} | "
           f"{'k(.99) mean':>11} | {'stable mean':>11} | {'phi next':>8} | {'phi last':>8}")
     print("-" * 100)
+    def cell(row: dict, key: str, fmt: str) -> str:
+        value = row.get(key)
+        return "-" if value is None else format(value, fmt)
+
     for row in result.adapter:
-        nxt = "-" if row["phi_next_mean"] is None else f"{row['phi_next_mean']:.4f}"
-        last = "-" if row["phi_last_mean"] is None else f"{row['phi_last_mean']:.4f}"
-        print(f"{row['step']:>8} | {row['directions']:>10} | {row['recommended_rank_median']:>11g} | "
-              f"{row['energy_rank_0.9_mean']:>11.2f} | {row['energy_rank_0.99_mean']:>11.2f} | "
-              f"{row['stable_rank_mean']:>11.2f} | {nxt:>8} | {last:>8}")
+        print(f"{row['step']:>8} | {row['directions']:>10} | {cell(row, 'recommended_rank_median', 'g'):>11} | "
+              f"{cell(row, 'energy_rank_0.9_mean', '.2f'):>11} | {cell(row, 'energy_rank_0.99_mean', '.2f'):>11} | "
+              f"{cell(row, 'stable_rank_mean', '.2f'):>11} | {cell(row, 'phi_next_mean', '.4f'):>8} | "
+              f"{cell(row, 'phi_last_mean', '.4f'):>8}")
     width = max(12, *(len(_audit_short(m.name)) for m in result.modules)) if result.modules else 12
     print()
     print(f"{'module':<{width}} | recommended rank per step{'':<{max(0, 4 * len(steps) - 25)}} | "

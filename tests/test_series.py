@@ -401,3 +401,23 @@ class TestUploads:
         assert main(["audit", "--series", str(tmp_path / "a.txt")]) == 2
         assert main(["audit", "--series", str(tmp_path)]) == 2
         assert main(["audit", str(tmp_path), "--series", str(tmp_path)]) == 2
+
+
+class TestNothingShared:
+    """Checkpoints that share no module still give a report, JSON and a text table."""
+
+    def test_no_shared_module(self, tmp_path, capsys):
+        """The series is empty with a note; the CLI prints dashes, not a traceback."""
+        run = tmp_path / "run"
+        for step, name in ((10, "base_model.model.layers.0.q_proj"), (20, "base_model.model.layers.0.v_proj")):
+            folder = run / f"checkpoint-{step}"
+            folder.mkdir(parents=True)
+            for file, data in adapter_files(synthetic([(name, 8, 6, 2)], seed=step)).items():
+                (folder / file).write_bytes(data)
+        result = audit_series(find_checkpoints(run))
+        assert result.modules == [] and result.settled_step == 20
+        assert "2 module(s) are not in every checkpoint" in result.notes[0]
+        json.dumps(result.to_dict(), allow_nan=False)
+        assert main(["audit", "--series", str(run)]) == 0
+        out = capsys.readouterr().out
+        assert "0 modules in every checkpoint" in out and "note: 2 module(s)" in out
