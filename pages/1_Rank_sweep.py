@@ -25,7 +25,10 @@ data_values = datamode.sweep_inputs()
 
 with common.stop_on_error():
     config = sweep.SweepConfig.from_values({**target_values, **training_values})
-    run = sweep.run_sweep(config)
+    run = sweep.guarded_run(config)  # within the server's work budget, or what finished
+if run is None:
+    st.stop()
+config = run.config
 
 st.dataframe(
     sweep.results_table(run), hide_index=True,

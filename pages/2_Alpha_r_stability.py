@@ -30,10 +30,12 @@ data = datamode.grid_inputs((target_values["d_out"], target_values["d_in"]))
 
 try:
     config = stab.StabilityConfig.from_values({**target_values, **grid_values}, rules, data=data)
-    run = stab.run_grid(config)
-    views = stab.grid_views(config, grid_values["target_err"])
+    run = stab.guarded_grid(config)  # within the server's work budget, or what finished
+    if run is not None:
+        config = run.config
+        views = stab.grid_views(config, grid_values["target_err"])
 except LoraRankError as exc:  # one sentence; the calculator still works
-    st.error(str(exc), icon=":material/error:")
+    common.show_errors([common.error_line(exc)])
     run = None
 
 tabs = layout.sections(["Grid", "Learning-rate window", "Loss curves", "Scaling calculator"])

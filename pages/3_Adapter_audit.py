@@ -86,6 +86,8 @@ if upload is None:
 # ------------------------------------------------------------------------ detection
 with common.stop_on_error():
     detected = audit.detect(upload)
+if not audit.audit_gate(upload, detected):  # the server's work budget
+    st.stop()
 alpha = scale = None
 with summary:
     if detected.assumed == "alpha":
@@ -148,7 +150,7 @@ with tabs["Spectrum"]:
     common.show_chart(
         module_spectrum_chart(module.singular_values, cut=module.recommended_rank, name=chosen,
                               rule=audit.rule_text(rule, value)),
-        caption=f"Singular values of the {audit.plain(module.spectrum_of)} for {chosen} (r = {module.rank}, s = "
+        caption=f"Singular values of the {audit.plain(module.spectrum_of)} for {common.md_code(chosen)} (r = {module.rank}, s = "
                 f"{module.scale:.4g}), log scale. Dashed: the recommended rank "
                 f"{module.recommended_rank} under {audit.rule_text(rule, value)}; truncating "
                 f"there loses {module.truncation_error:.3g} of ||dW||_F. Zero values are not "

@@ -21,6 +21,7 @@ from streamlit.testing.v1 import AppTest
 
 from lorarank.adapters import load_adapter_bytes
 from ui import audit
+from ui.common import md_plain
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
@@ -58,7 +59,7 @@ def frame_with(at: AppTest, column: str):
 
 
 def errors(at: AppTest) -> list[str]:
-    return [e.value for e in at.error]
+    return [md_plain(e.value) for e in at.error]  # engine messages are escaped
 
 
 def assert_clean(at: AppTest) -> None:
@@ -352,7 +353,7 @@ class TestUrlSettings:
         at = open_page({"module": "model.layers.9.nope", "demo": "true"})
         assert not at.exception
         assert errors(at) == ["The link sets `module=model.layers.9.nope`, but this adapter has "
-                              "no such module; the first module, model.layers.0.mlp.down_proj, "
+                              "no such module; the first module, `model.layers.0.mlp.down_proj`, "
                               "is shown instead."]
 
 

@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from lorarank.stability import DEFAULT_LRS, DEFAULT_RANKS, run_stability, stability_findings
 from lorarank.synthetic import make_target
+from ui.common import md_plain
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -209,14 +210,14 @@ class TestBadInput:
         """The page shows exactly one error and no exception; the calculator still works."""
         at = open_page(**query)
         assert not at.exception
-        assert [e.value for e in at.error] == [message]
+        assert [md_plain(e.value) for e in at.error] == [message]
         assert [m.value for m in at.metric] == ["2", "0.5"]  # PEFT r 16, alpha 32 -> r 64
 
     def test_unknown_rule_in_url(self):
         """An unknown ?rules= value is named in one sentence and the known ones are kept."""
         at = open_page(steps="20", rules=["bogus", "rslora"], curves_lr="7")
         assert not at.exception
-        assert [e.value for e in at.error] == [
+        assert [md_plain(e.value) for e in at.error] == [
             "The link sets `rules=bogus`, but scaling rules are fixed-alpha, alpha-eq-r, "
             "alpha-eq-2r, rslora; it is ignored."]
         assert at.multiselect(key="rules").value == ["rslora"]
@@ -227,7 +228,7 @@ class TestBadInput:
         at = open_page(steps="20")
         at.multiselect(key="rules").set_value([]).run()
         assert not at.exception
-        assert [e.value for e in at.error] == ["`rules` is empty: pick at least one scaling rule"]
+        assert [md_plain(e.value) for e in at.error] == ["`rules` is empty: pick at least one scaling rule"]
 
     def test_diverged_everywhere_reads_without_nan(self):
         """A grid where every cell diverges reads as such, with no NaN on the page."""

@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 from lorarank.fit import DEFAULT_STEPS, fit_lora
 from lorarank.spectrum import eckart_young_errors
 from lorarank.synthetic import make_target
+from ui.common import md_plain
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -206,7 +207,7 @@ class TestBadInput:
         """The page names the bad value, falls back to the default and still shows results."""
         at = open_sweep(**query)
         assert not at.exception
-        assert [e.value for e in at.error] == [message]
+        assert [md_plain(e.value) for e in at.error] == [message]
         assert table(at)["r"].tolist() == [2, 4, 16]
 
     def test_bad_value_leaves_url_and_widget_at_default(self):
@@ -241,5 +242,5 @@ class TestBadInput:
         """An impossible combination stops the page with the engine's sentence."""
         at = open_sweep(**query)
         assert not at.exception
-        assert [e.value for e in at.error] == [message]
+        assert [md_plain(e.value) for e in at.error] == [message]
         assert not at.dataframe

@@ -33,10 +33,12 @@ from lorarank.adapters import Adapter, LoraModule, adapter_files, load_adapter_b
 from lorarank.audit import AuditReport, allocate_budget, audit_adapter, budget_curve, resize_adapter
 from lorarank.base import open_base_bytes
 from lorarank.compare import Comparison, compare_adapters
+from lorarank.cost import audit_cost
 from lorarank.errors import ConfigError
 from lorarank.spectrum import RANK_RULES
 
-from .common import Setting, progress_bar
+from . import guard
+from .common import Setting, md_code, md_escape, progress_bar
 
 __all__ = [
     "UPLOAD_KEY", "UPLOAD_B_KEY", "DOWNLOAD_KEY", "RESIZE_DOWNLOAD_KEY", "COMPARE_DOWNLOAD_KEY",
@@ -44,7 +46,7 @@ __all__ = [
     "MODULE_KEY", "COMPARE_KEY", "DEMO_KEY", "ALL_SETTINGS", "MAP_METRICS", "RULE_LABELS",
     "Upload", "Detected", "ResizeTarget", "ResizePreview",
     "short_name", "rule_text", "assumed_scale", "module_url_error",
-    "detect", "run_audit", "run_budget", "run_resize", "resized_files", "zip_files",
+    "detect", "GATE_KEY", "audit_gate", "run_audit", "run_budget", "run_resize", "resized_files", "zip_files",
     "run_compare", "demo_files", "demo_upload",
     "COLUMN_HELP", "module_table", "module_records", "table_height", "budget_marks", "audit_json", "detected_lines", "reading",
     "RESIZE_HELP", "resize_table", "COMPARE_HELP", "compare_table", "compare_reading", "json_safe",
@@ -55,6 +57,7 @@ __all__ = [
 # ------------------------------------------------------------------------------ session keys
 URL_ERRORS_KEY = "audit_url_errors"  # sentences about bad query parameters, across one rerun
 UPLOAD_KEY = "audit_upload"
+GATE_KEY = "audit_gate"  # prefix of the work-budget gate's keys (Run, approval)
 UPLOAD_B_KEY = "audit_upload_b"
 BASE_UPLOAD_KEY = "audit_upload_base"
 DOWNLOAD_KEY = "audit_download"
@@ -221,14 +224,30 @@ class Detected:
     assumed: str | None
     names: tuple[str, ...]
     size: int
+    shapes: tuple[tuple[int, int, int], ...] = ()  # (d_out, d_in, r) per module
 
 
 @st.cache_data(show_spinner=False, max_entries=16, hash_funcs=_HASH)
 def detect(upload: Upload) -> Detected:
     """Read the upload as stored: format, orientation, scaling, dtypes, modules, parameters."""
-    adapter = _load(upload)
+    with guard.heavy_work("reading the upload"):
+        adapter = _load(upload)
     return Detected(describe=adapter.describe(), assumed=assumed_scale(adapter),
-                    names=tuple(m.name for m in adapter.modules), size=upload.size)
+                    names=tuple(m.name for m in adapter.modules), size=upload.size,
+                    shapes=tuple((*m.shape, m.rank) for m in adapter.modules))
+
+
+def audit_gate(upload: Upload, detected: Detected) -> bool:
+    """Whether the audit of ``upload`` may run within the server's work budget.
+
+    Estimated from the detected module shapes (:func:`lorarank.cost.audit_cost`): short
+    audits run, long ones wait for Run, past the server's cap one sentence (:func:`ui.guard.gate`).
+    """
+    seconds = audit_cost(detected.shapes).seconds if detected.shapes else 0.0
+    return guard.gate(seconds, key=GATE_KEY, what=f"audit of {len(detected.shapes):,} modules",
+                      ident=("audit", upload.ident),
+                      hint="Audit a smaller adapter, or run `python -m lorarank audit` on your "
+                           "own machine.")
 
 
 @st.cache_data(show_spinner=False, max_entries=32, hash_funcs=_HASH)
@@ -239,10 +258,14 @@ def run_audit(upload: Upload, *, alpha: float | None, scale: float | None, rule:
     With ``base`` (the base model's weights, uploaded), every module also gets
     ``||dW||_F / ||W0||_F`` and DoRA modules the exact spectrum of ``merged - W0``.
     """
-    adapter = _load(upload, alpha, scale)
-    weights = open_base_bytes(list(base.files)) if base is not None else None
-    with progress_bar(f"Auditing {len(adapter.modules):,} modules (factored SVDs)") as progress:
-        return audit_adapter(adapter, rule=rule, value=value, progress=progress, base=weights)
+    with guard.heavy_work("the audit"):
+        adapter = _load(upload, alpha, scale)
+        weights = open_base_bytes(list(base.files)) if base is not None else None
+        with progress_bar(f"Auditing {len(adapter.modules):,} modules (factored SVDs)") as progress:
+            report = audit_adapter(adapter, rule=rule, value=value, progress=progress,
+                                   base=weights)
+    guard.mark_done(("audit", upload.ident))
+    return report
 
 
 @st.cache_data(show_spinner=False, max_entries=32, hash_funcs=_HASH)
@@ -291,9 +314,10 @@ class ResizePreview:
 def run_resize(upload: Upload, *, alpha: float | None, scale: float | None,
                target: ResizeTarget) -> ResizePreview:
     """Resize with the engine and keep its numbers: ranks, errors, parameters, energy."""
-    adapter = _load(upload, alpha, scale)
-    with progress_bar("Resizing (best rank-k approximation per module)") as progress:
-        result = resize_adapter(adapter, progress=progress, **target.kwargs())
+    with guard.heavy_work("the resize preview"):
+        adapter = _load(upload, alpha, scale)
+        with progress_bar("Resizing (best rank-k approximation per module)") as progress:
+            result = resize_adapter(adapter, progress=progress, **target.kwargs())
     fmt = "peft" if adapter.format == "peft" else "kohya" if adapter.format == "kohya" else (
         "peft" if any(m.transposed for m in adapter.modules) else "npz")
     return ResizePreview(names=tuple(m.name for m in adapter.modules),
@@ -308,9 +332,10 @@ def resized_files(upload: Upload, *, alpha: float | None, scale: float | None,
     Not cached (the bytes can be as large as the upload): the page calls it only when a
     download button is clicked.
     """
-    adapter = _load(upload, alpha, scale)
-    result = resize_adapter(adapter, **target.kwargs())
-    return adapter_files(result.adapter)
+    with guard.QUEUE.slot():  # called by a download button, outside the script run: no notice
+        adapter = _load(upload, alpha, scale)
+        result = resize_adapter(adapter, **target.kwargs())
+        return adapter_files(result.adapter)
 
 
 def zip_files(files: Mapping[str, bytes], *, folder: str = "") -> bytes:
@@ -328,9 +353,10 @@ def run_compare(upload_a: Upload, upload_b: Upload, *, top: int) -> Comparison:
 
     phi uses the right singular vectors of A only, so no scale or alpha is involved.
     """
-    a, b = _load(upload_a), _load(upload_b)
-    with progress_bar("Comparing shared modules") as progress:
-        return compare_adapters(a, b, top=top, progress=progress)
+    with guard.heavy_work("the comparison"):
+        a, b = _load(upload_a), _load(upload_b)
+        with progress_bar("Comparing shared modules") as progress:
+            return compare_adapters(a, b, top=top, progress=progress)
 
 
 def module_url_error(options: Sequence[str]) -> str | None:
@@ -340,8 +366,8 @@ def module_url_error(options: Sequence[str]) -> str | None:
     raw = st.query_params[MODULE_KEY]
     if raw in options:
         return None
-    return (f"The link sets `module={raw}`, but this adapter has no such module; the first "
-            f"module, {options[0]}, is shown instead.")
+    return (f"The link sets {md_code(f'module={raw}')}, but this adapter has no such module; "
+            f"the first module, {md_code(options[0])}, is shown instead.")
 
 
 # --------------------------------------------------------------------------------------- demo
@@ -497,7 +523,7 @@ def detected_lines(detected: Detected, report: AuditReport) -> list[tuple[str, s
     scale_txt = ", ".join(f"{s:g}" for s in scales[:6]) + (", ..." if len(scales) > 6 else "")
     families = report.summary.get("families") or d.get("families") or ["lora"]
     lines = [
-        ("format", f"{d['format']} ({d['source']})"),
+        ("format", f"{d['format']} ({md_escape(d['source'])})"),  # source: file names
         ("family", plain(", ".join(families))),
         ("spectrum of", plain(spectrum_label(report))),
         ("orientation", d["orientation"]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,7 +38,11 @@ __all__ = [
     "parse_ranks",
     "setting_widget",
     "url_settings",
+    "md_escape",
+    "md_code",
+    "md_plain",
     "show_errors",
+    "error_line",
     "stop_on_error",
     "progress_bar",
     "chart_spec",
@@ -215,8 +220,9 @@ def _bad_params(settings: Sequence[Setting]) -> dict[str, str]:
             parse_url_value(setting, raw)
         except ValueError as exc:
             default = "empty (the engine's default)" if setting.default is None else _fmt(setting.default)
-            errors[setting.key] = (f"The link sets `{setting.key}={raw}`, but {exc}; the default "
-                                   f"{default} is used instead.")
+            # The reason and the default are the app's own words; only raw came from the user.
+            errors[setting.key] = (f"The link sets {md_code(f'{setting.key}={raw}')}, but {exc}; "
+                                   f"the default {default} is used instead.")
     return errors
 
 
@@ -278,15 +284,92 @@ def url_settings(settings: Sequence[Setting], *, columns: int = 0,
     return values
 
 
+# --------------------------------------------------------------------------------------------
+# Text that came from a user, on its way to markdown
+# --------------------------------------------------------------------------------------------
+# Every string a user controls (URL values, file names, tensor names, config strings, and the
+# engine's error messages, which quote them) reaches Streamlit's markdown only through
+# md_escape or md_code: a shared link must not render a link, an image, a colour, an icon or
+# maths inside the app's own boxes.
+
+#: Longest user text shown in a message; the rest is cut with an ellipsis.
+MAX_SHOWN_CHARS = 160
+# ASCII punctuation: CommonMark lets a backslash escape every one of them, which also stops
+# GFM autolinks (``https\://``, ``www\.``), Streamlit's ``:red[...]`` / ``:material/x:``
+# directives, ``$maths$`` and HTML-entity references (``&#96;``).
+_MD_PUNCT = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+
+
+def _clip(text: object, limit: int) -> str:
+    out = _CONTROL.sub(" ", str(text))
+    return out if len(out) <= limit else out[: max(limit - 1, 0)] + "\u2026"
+
+
+# GFM autolinks bare URLs and e-mail addresses *after* escapes are resolved (Streamlit's
+# remark-gfm works on the text nodes), so backslashes cannot stop them: an invisible
+# WORD JOINER splits the triggers (``http:``, ``www.``, ``@``) instead.
+_AUTOLINK = re.compile(r"(?i)(?<=https)(?=:)|(?<=http)(?=:)|(?<=ftp)(?=:)|(?<=mailto)(?=:)"
+                       r"|(?<=www)(?=\.)|(?=@)")
+_JOINER = "\u2060"
+
+
+def md_escape(text: object, *, limit: int = 2000) -> str:
+    """``text`` as literal markdown: every ASCII punctuation backslash-escaped, one line.
+
+    Control characters and line breaks become spaces; longer than ``limit`` characters, the
+    text is cut with an ellipsis; bare URLs and addresses are kept from becoming links by an
+    invisible word joiner. Use it for whole sentences that quote user values (an engine error
+    message); use :func:`md_code` for one value.
+    """
+    text = _AUTOLINK.sub(_JOINER, _clip(text, limit))
+    return "".join("\\" + ch if ch in _MD_PUNCT else ch for ch in text)
+
+
+def md_code(text: object, *, limit: int = MAX_SHOWN_CHARS) -> str:
+    """``text`` as one markdown code span that no content can close early.
+
+    The fence is one backtick longer than the longest run of backticks inside (CommonMark),
+    padded with spaces when the text starts or ends with a backtick; line breaks become
+    spaces and more than ``limit`` characters are cut with an ellipsis.
+    """
+    body = _clip(text, limit)
+    if not body.strip():
+        return "(empty)"
+    longest = max((len(run) for run in re.findall(r"`+", body)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if body[0] in "` " or body[-1] in "` " else ""
+    return f"{fence}{pad}{body}{pad}{fence}"
+
+
+def md_plain(markdown: str) -> str:
+    """What a reader sees of :func:`md_escape`'s output: escapes and word joiners removed.
+
+    For tests and logs that compare messages with the engine's own words.
+    """
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown).replace(_JOINER, "")
+
+
 def show_errors(messages: Sequence[str]) -> None:
-    """Show each message as one ``st.error`` sentence."""
+    """Show each message as one ``st.error`` sentence.
+
+    The messages are markdown written by the app: user values inside them must already have
+    gone through :func:`md_code` or :func:`md_escape`.
+    """
     for message in messages:
         st.error(message, icon=":material/error:")
+
+
+def error_line(exc: BaseException) -> str:
+    """An engine error as one escaped markdown line (it quotes file, tensor and URL values)."""
+    return md_escape(str(exc))
 
 
 @contextmanager
 def stop_on_error() -> Iterator[None]:
     """Turn an engine error (:class:`LoraRankError`) into one ``st.error`` line and stop the run.
+
+    The message is escaped (:func:`error_line`): it may quote names from an upload.
 
     >>> with stop_on_error():          # doctest: +SKIP
     ...     result = cached_engine_call(...)
@@ -294,7 +377,7 @@ def stop_on_error() -> Iterator[None]:
     try:
         yield
     except LoraRankError as exc:
-        st.error(str(exc), icon=":material/error:")
+        st.error(error_line(exc), icon=":material/error:")
         st.stop()
 
 
@@ -315,11 +398,16 @@ def progress_bar(text: str, *, min_interval: float = 0.1) -> Iterator[Callable[[
                 return fit_lora(..., progress=progress)
 
     Updates closer than ``min_interval`` seconds apart are skipped (the final one is not).
+    Every tick also checks that the browser session is still there: work for a closed tab
+    stops (:func:`ui.guard.check_alive`).
     """
+    from .guard import check_alive
+
     bar = st.progress(0.0, text=text)
     last = [-math.inf]
 
     def update(done: int, total: int) -> None:
+        check_alive()
         frac = 1.0 if total <= 0 else min(max(done / total, 0.0), 1.0)
         now = time.perf_counter()
         if frac < 1.0 and now - last[0] < min_interval:

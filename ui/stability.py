@@ -19,13 +19,15 @@ import streamlit as st
 from lorarank.charts.stability import (records_frame, stability_heatmap, stability_loss_chart,
                                        update_norm_chart)
 from lorarank.data import DataConfig
+from lorarank.cost import WorkEstimate, stability_cost
 from lorarank.errors import ConfigError
 from lorarank.fit import OPTIMIZERS, SCALING_RULES
 from lorarank.stability import (CONVENTIONS, DEFAULT_LRS, DEFAULT_RANKS, DEFAULT_STEPS,
                                 KEEP_MODES, StabilityFindings, StabilityGrid, alpha_to_keep,
                                 run_stability, scale_for, stability_findings)
 
-from .common import Setting, chart_spec, progress_bar, split_list, to_json_bytes
+from . import guard
+from .common import Setting, chart_spec, md_code, progress_bar, split_list, to_json_bytes
 from .common import parse_ranks as common_parse_ranks
 from .sweep import TARGET_SETTINGS as _SWEEP_TARGET_SETTINGS
 from .sweep import TargetConfig
@@ -35,7 +37,8 @@ __all__ = [
     "URL_ERRORS_KEY", "DOWNLOAD_KEY", "RULES_KEY", "CURVE_MODES", "CURVE_KEYS",
     "CALC_NO_ALPHA_KEY", "TARGET_SETTINGS", "GRID_SETTINGS", "CALC_SETTINGS", "SETTINGS",
     "rules_widget", "url_rule_errors", "curve_widgets", "parse_ranks", "parse_lrs",
-    "StabilityConfig", "StabilityRun", "run_grid", "findings", "windows_table", "WINDOW_HELP",
+    "StabilityConfig", "StabilityRun", "run_grid", "GATE_KEY", "grid_estimate", "by_rank",
+    "finished_ranks", "guarded_grid", "findings", "windows_table", "WINDOW_HELP",
     "cells_table", "CELL_HELP", "cells_csv_frame", "row_records", "calculator",
 ]
 
@@ -49,6 +52,7 @@ MAX_CELLS_APP = 200
 #: Session-state keys of this page that are not Setting-bound.
 URL_ERRORS_KEY = "stability_url_errors"
 DOWNLOAD_KEY = "stability_download"
+GATE_KEY = "stability_gate"  # prefix of the work-budget gate's keys (Run, Stop, approval)
 RULES_KEY = "rules"  # the multiselect of scaling rules, bound to ?rules=...&rules=...
 
 #: The sweep's target settings, with the app's smaller size limit for a grid.
@@ -126,7 +130,7 @@ def url_rule_errors() -> list[str]:
     out = []
     for raw in st.query_params.get_all(RULES_KEY):
         if raw not in SCALING_RULES:
-            out.append(f"The link sets `rules={raw}`, but scaling rules are "
+            out.append(f"The link sets {md_code(f'rules={raw}')}, but scaling rules are "
                        f"{', '.join(SCALING_RULES)}; it is ignored.")
     return out
 
@@ -224,20 +228,111 @@ class StabilityRun:
     seconds: float
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
-def run_grid(config: StabilityConfig) -> StabilityRun:
-    """Make the target and fit every cell (cached per config; a progress bar on a miss)."""
+def grid_estimate(config: StabilityConfig) -> WorkEstimate:
+    """What the grid will cost (:func:`lorarank.cost.stability_cost`), before running it."""
+    return stability_cost(config.d_out, config.d_in, config.ranks, n_lrs=len(config.lrs),
+                          n_rules=len(config.rules), optimizer=config.optimizer,
+                          steps=config.steps)
+
+
+def _rank_ident(config: StabilityConfig, rank: int) -> tuple:
+    return ("grid-rank", dataclasses.replace(config, ranks=(rank,)))
+
+
+def by_rank(config: StabilityConfig) -> bool:
+    """Whether the grid runs one rank (every rule and lr) at a time, so a stop keeps ranks.
+
+    A grid estimated above :data:`ui.guard.ASK_SECONDS` does; so does one whose every rank
+    already finished that way. Short grids fit every cell in one batched call.
+    """
+    return (grid_estimate(config).seconds > guard.ASK_SECONDS
+            or all(guard.is_done(_rank_ident(config, r)) for r in config.ranks))
+
+
+def finished_ranks(config: StabilityConfig) -> tuple[int, ...]:
+    """The ranks of ``config`` whose cells were already fitted one rank at a time."""
+    return tuple(r for r in config.ranks if guard.is_done(_rank_ident(config, r)))
+
+
+def _fit_grid(config: StabilityConfig, what: str) -> StabilityRun:
     start = time.perf_counter()
-    target = config.make_target()
     cells = len(config.rules) * len(config.ranks) * len(config.lrs)
-    with progress_bar(f"Fitting {cells} cells (rules x ranks x learning rates): optimiser "
-                      f"steps") as progress:
-        grid = run_stability(target, ranks=config.ranks, rules=config.rules, lrs=config.lrs,
-                             optimizer=config.optimizer, steps=config.steps,
-                             alpha=config.alpha, seed=config.seed, data=config.data,
-                             progress=progress)
+    with guard.heavy_work(what):
+        target = config.make_target()
+        with progress_bar(f"Fitting {cells} cells (rules x ranks x learning rates"
+                          + (f", r = {config.ranks[0]}" if len(config.ranks) == 1 else "")
+                          + "): optimiser steps") as progress:
+            grid = run_stability(target, ranks=config.ranks, rules=config.rules, lrs=config.lrs,
+                                 optimizer=config.optimizer, steps=config.steps,
+                                 alpha=config.alpha, seed=config.seed, data=config.data,
+                                 progress=progress)
     return StabilityRun(config=config, grid=grid, sigma_1=float(target.singular_values[0]),
                         target_norm=target.norm, seconds=time.perf_counter() - start)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _grid_one_rank(config: StabilityConfig) -> StabilityRun:
+    """The cells of one rank (``config.ranks`` has one entry; cached)."""
+    run = _fit_grid(config, f"the cells at r = {config.ranks[0]}")
+    guard.mark_done(_rank_ident(config, config.ranks[0]))
+    return run
+
+
+def _merge(config: StabilityConfig, parts: Sequence[StabilityRun]) -> StabilityRun:
+    """One grid from grids of one rank each, records in the engine's order (rule, lr, rank)."""
+    rule_at = {r: i for i, r in enumerate(config.rules)}
+    lr_at = {lr: i for i, lr in enumerate(config.lrs)}
+    rank_at = {r: i for i, r in enumerate(config.ranks)}
+    records = sorted((rec for part in parts for rec in part.grid.records),
+                     key=lambda rec: (rule_at[rec.rule], lr_at[rec.lr], rank_at[rec.rank]))
+    optimal: dict[int, float] = {}
+    for part in parts:
+        optimal.update(part.grid.optimal_rel_err)
+    grid_config = {**parts[0].grid.config, "ranks": list(config.ranks)}
+    grid = StabilityGrid(config=grid_config, records=tuple(records),
+                         seconds=sum(p.grid.seconds for p in parts), optimal_rel_err=optimal)
+    return StabilityRun(config=config, grid=grid, sigma_1=parts[0].sigma_1,
+                        target_norm=parts[0].target_norm, seconds=sum(p.seconds for p in parts))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def run_grid(config: StabilityConfig) -> StabilityRun:
+    """Make the target and fit every cell (cached per config; a progress bar on a miss).
+
+    Long grids (:func:`by_rank`) run one rank at a time, each cached on its own, in a slot of
+    the server's queue; short ones fit every cell in one batched call.
+    """
+    if by_rank(config):
+        run = _merge(config, [_grid_one_rank(dataclasses.replace(config, ranks=(r,)))
+                              for r in config.ranks])
+    else:
+        run = _fit_grid(config, "the grid")
+    guard.mark_done(("grid", config))
+    return run
+
+
+def guarded_grid(config: StabilityConfig) -> StabilityRun | None:
+    """The grid within the server's work budget (:func:`ui.guard.gate`), or what finished.
+
+    Short: runs. Long: asks for Run (showing the estimate), then runs with a Stop button.
+    Past the server's cap: one sentence. When it does not run, the ranks that finished
+    before a stop come back as a grid of those ranks (``config.ranks`` says which), else None.
+    """
+    ident = ("grid", config)
+    seconds = grid_estimate(config).seconds
+    hint = "Fewer ranks, learning rates or rules, fewer steps or a smaller d make it cheaper."
+    if guard.gate(seconds, key=GATE_KEY, what="grid", ident=ident, hint=hint):
+        asked = seconds > guard.ASK_SECONDS and not guard.is_done(ident)
+        remove = guard.stop_button(GATE_KEY, ident) if asked else (lambda: None)
+        run = run_grid(config)
+        remove()
+        return run
+    done = finished_ranks(config)
+    if not done:
+        return None
+    st.caption(f"Showing the ranks already fitted: r = {', '.join(map(str, done))} of "
+               f"{', '.join(map(str, config.ranks))}.")
+    return run_grid(dataclasses.replace(config, ranks=done))
 
 
 def findings(run: StabilityRun, *, target_err: float) -> StabilityFindings:

@@ -7,26 +7,29 @@ true_rank=8&ranks=2,8,32``); other session-state keys of this page start with ``
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
+from lorarank.cost import WorkEstimate, sweep_cost
 from lorarank.fit import DEFAULT_LR, DEFAULT_STEPS, OPTIMIZERS, SCALING_RULES, FitResult, fit_lora
 from lorarank.spectrum import gavish_donoho_rank, noise_threshold, truncation_error
 from lorarank.synthetic import SPECTRA, Target, make_target
 
 from lorarank.charts import loss_chart, spectrum_chart
 
+from . import guard
 from .common import Setting, chart_spec, progress_bar
 from .common import parse_ranks as common_parse_ranks
 
 __all__ = [
     "MAX_DIM_APP", "MAX_STEPS_APP", "MAX_RANKS_APP", "DOWNLOAD_KEY", "URL_ERRORS_KEY",
     "TARGET_SETTINGS", "TRAINING_SETTINGS", "SETTINGS",
-    "parse_ranks", "TargetConfig", "SweepConfig", "SweepRun", "run_sweep",
+    "parse_ranks", "TargetConfig", "SweepConfig", "SweepRun", "run_sweep", "GATE_KEY",
+    "sweep_estimate", "by_rank", "finished_ranks", "guarded_run",
     "SweepCharts", "sweep_charts", "COLUMN_HELP", "results_table", "results_records", "results_json", "reading",
 ]
 
@@ -39,6 +42,7 @@ MAX_RANKS_APP = 12
 #: Session-state keys of this page that are not URL-bound.
 DOWNLOAD_KEY = "sweep_download"  # prefix of the two download buttons' keys
 URL_ERRORS_KEY = "sweep_url_errors"  # sentences about bad query parameters, across one rerun
+GATE_KEY = "sweep_gate"  # prefix of the work-budget gate's keys (Run, Stop, approval)
 
 TARGET_SETTINGS: tuple[Setting, ...] = (
     Setting("d_out", "d_out", 64, "Output features of the layer: rows of the update T.",
@@ -151,22 +155,106 @@ class SweepRun:
     seconds: float
 
 
+def sweep_estimate(config: SweepConfig) -> WorkEstimate:
+    """What the sweep will cost (:func:`lorarank.cost.sweep_cost`), before running it."""
+    return sweep_cost(config.d_out, config.d_in, config.ranks, optimizer=config.optimizer,
+                      steps=config.steps)
+
+
+def _target_config(config: TargetConfig) -> TargetConfig:
+    return TargetConfig(**{f.name: getattr(config, f.name) for f in fields(TargetConfig)})
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _target(config: TargetConfig) -> Target:
+    """The target (read-only arrays), shared by the ranks of a sweep run rank by rank."""
+    return config.make_target()
+
+
+def _rank_ident(config: SweepConfig, rank: int) -> tuple:
+    return ("sweep-rank", replace(config, ranks=(rank,)))
+
+
+def by_rank(config: SweepConfig) -> bool:
+    """Whether the sweep runs rank by rank (so a stop keeps finished ranks).
+
+    A sweep estimated above :data:`ui.guard.ASK_SECONDS` does; so does one whose every rank
+    already finished that way (its results are then cache hits). Short sweeps fit all ranks
+    in one batched call.
+    """
+    return (sweep_estimate(config).seconds > guard.ASK_SECONDS
+            or all(guard.is_done(_rank_ident(config, r)) for r in config.ranks))
+
+
+def finished_ranks(config: SweepConfig) -> tuple[int, ...]:
+    """The ranks of ``config`` already fitted one by one on this server (kept after a stop)."""
+    return tuple(r for r in config.ranks if guard.is_done(_rank_ident(config, r)))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _fit_one_rank(config: SweepConfig) -> FitResult:
+    """One rank of a sweep run rank by rank (``config.ranks`` has one entry; cached)."""
+    (rank,) = config.ranks
+    with guard.heavy_work(f"the fit at r = {rank}"):
+        target = _target(_target_config(config))
+        with progress_bar(f"Fitting LoRA at r = {rank}: optimiser steps") as progress:
+            result = fit_lora(target, [rank], optimizer=config.optimizer, lr=config.lr,
+                              steps=config.steps, rule=config.rule, alpha=config.alpha,
+                              seed=config.seed, progress=progress)[0]
+    guard.mark_done(_rank_ident(config, rank))
+    return result
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def run_sweep(config: SweepConfig) -> SweepRun:
-    """Make the target and fit every rank (cached per config; shows a progress bar on a miss)."""
+    """Make the target and fit every rank (cached per config; shows a progress bar on a miss).
+
+    Long sweeps (:func:`by_rank`) fit one rank at a time, each cached on its own, in a slot
+    of the server's queue; short ones fit every rank in one batched call.
+    """
     start = time.perf_counter()
-    target = config.make_target()
-    label = f"Fitting LoRA at r = {', '.join(map(str, config.ranks))}: optimiser steps"
-    with progress_bar(label) as progress:
-        results = fit_lora(target, list(config.ranks), optimizer=config.optimizer, lr=config.lr,
-                           steps=config.steps, rule=config.rule, alpha=config.alpha,
-                           seed=config.seed, progress=progress)
+    if by_rank(config):
+        results = [_fit_one_rank(replace(config, ranks=(r,))) for r in config.ranks]
+        target = _target(_target_config(config))
+    else:
+        with guard.heavy_work("the sweep"):
+            target = config.make_target()
+            label = f"Fitting LoRA at r = {', '.join(map(str, config.ranks))}: optimiser steps"
+            with progress_bar(label) as progress:
+                results = fit_lora(target, list(config.ranks), optimizer=config.optimizer,
+                                   lr=config.lr, steps=config.steps, rule=config.rule,
+                                   alpha=config.alpha, seed=config.seed, progress=progress)
     sv = np.array(target.singular_values)
+    guard.mark_done(("sweep", config))
     return SweepRun(
         config=config, target_values=sv, signal_values=np.array(target.signal_values),
         noise_floor=noise_threshold(sv, shape=target.shape, noise=config.noise),
         signal_rank=gavish_donoho_rank(sv, shape=target.shape, noise=config.noise),
         results=tuple(results), seconds=time.perf_counter() - start)
+
+
+def guarded_run(config: SweepConfig) -> SweepRun | None:
+    """The sweep within the server's work budget (:func:`ui.guard.gate`), or what finished.
+
+    Short: runs. Long: asks for Run (showing the estimate), then runs with a Stop button.
+    Past the server's cap: one sentence. When it does not run, the ranks that finished before
+    a stop are returned as a sweep of those ranks (its ``config.ranks`` says which), else None.
+    """
+    ident = ("sweep", config)
+    seconds = sweep_estimate(config).seconds
+    hint = "Fewer or smaller ranks, fewer steps or a smaller d_out x d_in make it cheaper."
+    if guard.gate(seconds, key=GATE_KEY, what="sweep", ident=ident, hint=hint):
+        asked = seconds > guard.ASK_SECONDS and not guard.is_done(ident)
+        remove = guard.stop_button(GATE_KEY, ident) if asked else (lambda: None)
+        run = run_sweep(config)
+        remove()
+        return run
+    done = finished_ranks(config)
+    if not done:
+        return None
+    st.caption(f"Showing the ranks already fitted: r = {', '.join(map(str, done))} of "
+               f"{', '.join(map(str, config.ranks))}.")
+    return run_sweep(replace(config, ranks=done))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,173 @@
+"""Work estimates: what a sweep, a stability grid or an audit will cost, before it runs.
+
+Pure arithmetic on the inputs (shapes, ranks, steps), never the work itself, so a shared server
+can show an estimate, ask before a long run and refuse one past its limit. The model counts
+multiply-adds (MACs) of the engine's own kernels and the numpy calls around them:
+
+    seconds ~= SECONDS_PER_MAC * macs + SECONDS_PER_CALL * calls
+
+with the two constants calibrated by ``benchmarks/bench_cost.py`` on a 2-core machine (one
+BLAS thread, as the fits run). An estimate is a guide within a small factor, not a promise:
+the benchmark prints estimate / measured for a spread of inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from ._validate import check_choice, check_int
+from .errors import ConfigError
+from .fit import OPTIMIZERS, _batches, _macs_per_step
+
+__all__ = ["SECONDS_PER_MAC", "SECONDS_PER_CALL", "WorkEstimate", "target_cost", "fit_cost",
+           "sweep_cost", "stability_cost", "factored_svd_cost", "audit_cost"]
+
+#: Seconds per multiply-add of the fits' and SVDs' BLAS kernels (float64, one thread), and per
+#: numpy call of their per-step overhead; see ``benchmarks/bench_cost.py`` for the calibration.
+SECONDS_PER_MAC = 1.0e-10
+SECONDS_PER_CALL = 5.0e-6
+
+# numpy calls of one optimiser step of one batch (products, einsums, updates, the divergence
+# check), of the final measurement of one run, and of one module of an audit.
+_CALLS_PER_STEP = {"sgd": 40.0, "adam": 70.0}
+_CALLS_PER_RESULT = 60.0
+_ELEMENTWISE_PER_STEP = {"sgd": 4.0, "adam": 16.0}
+_CALLS_PER_MODULE = 120.0
+
+
+@dataclass(frozen=True)
+class WorkEstimate:
+    """The cost of one piece of work.
+
+    Attributes
+    ----------
+    macs : float
+        Multiply-adds of the dense kernels.
+    calls : float
+        numpy calls whose fixed overhead dominates small problems.
+    bytes : int
+        Largest working set held at once (arrays of the computation, not the input files).
+    """
+
+    macs: float
+    calls: float
+    bytes: int
+
+    @property
+    def seconds(self) -> float:
+        """Estimated wall time on one core: ``SECONDS_PER_MAC * macs + SECONDS_PER_CALL * calls``."""
+        return SECONDS_PER_MAC * self.macs + SECONDS_PER_CALL * self.calls
+
+    def __add__(self, other: "WorkEstimate") -> "WorkEstimate":
+        return WorkEstimate(self.macs + other.macs, self.calls + other.calls,
+                            max(self.bytes, other.bytes))
+
+
+def _dims(d_out: object, d_in: object) -> tuple[int, int]:
+    return check_int("d_out", d_out, minimum=1), check_int("d_in", d_in, minimum=1)
+
+
+def target_cost(d_out: int, d_in: int) -> WorkEstimate:
+    """Building a synthetic target: a dense d_out x d_in matrix and its full SVD.
+
+    LAPACK's SVD with full square bases costs about ``4 m n^2 + 8 n^3`` flops for m >= n
+    (Golub and Van Loan): taken as ``6 m n min(m, n) + 4 min(m, n)^3`` MACs.
+    """
+    d_out, d_in = _dims(d_out, d_in)
+    small = min(d_out, d_in)
+    macs = 6.0 * d_out * d_in * small + 4.0 * small**3
+    return WorkEstimate(macs=macs, calls=20.0, bytes=8 * (3 * d_out * d_in + d_out**2 + d_in**2))
+
+
+def fit_cost(d_out: int, d_in: int, ranks: Sequence[int], *, optimizer: str = "sgd",
+             steps: int = 2000) -> WorkEstimate:
+    """Fitting one LoRA run per entry of ``ranks`` (repeats allowed: a grid's cells).
+
+    Runs are grouped into zero-padded batches exactly as :func:`lorarank.fit.fit_lora_runs`
+    groups them; each step of a batch of n runs padded to rank R costs n times the cheaper
+    form of the step (:func:`lorarank.fit._macs_per_step`), and every run ends with one dense
+    residual ``s B A - T`` (d_out * d_in * r MACs) and a factored SVD. Every run is assumed
+    to take all ``steps`` (a diverged run stops early: the estimate is an upper bound).
+
+    Parameters
+    ----------
+    d_out, d_in : int
+        Shape of the target.
+    ranks : sequence of int
+        One rank per run, each >= 1.
+    optimizer : {"sgd", "adam"}
+    steps : int
+        Optimiser steps per run.
+    """
+    d_out, d_in = _dims(d_out, d_in)
+    optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
+    steps = check_int("steps", steps, minimum=1)
+    ranks = [check_int("rank", r, minimum=1) for r in ranks]
+    if not ranks:
+        raise ConfigError("`ranks` should list at least one rank")
+    runs = [(r, 1.0, 1.0) for r in ranks]
+    macs = calls = 0.0
+    peak = 0
+    for group in _batches(runs, d_out, d_in, optimizer):
+        n, rmax = len(group), max(ranks[i] for i in group)
+        factors = n * rmax * (d_out + d_in)
+        # Products, plus the elementwise updates of the factors (memory-bound, counted as
+        # MACs: Adam's moments touch every factor entry about a dozen times per step).
+        macs += steps * (n * min(_macs_per_step(d_out, d_in, rmax, optimizer))
+                         + _ELEMENTWISE_PER_STEP[optimizer] * factors)
+        calls += steps * _CALLS_PER_STEP[optimizer]
+        # B, A, their gradients (and Adam's two moments each), plus the residual form's R.
+        peak = max(peak, 8 * (factors * (6 if optimizer == "adam" else 3) + n * d_out * d_in))
+    for r in ranks:
+        macs += d_out * d_in * r + 2.0 * r * r * (d_out + d_in) + 10.0 * r**3
+        calls += _CALLS_PER_RESULT
+    losses = 8 * len(ranks) * (steps + 1)
+    return WorkEstimate(macs=macs, calls=calls, bytes=peak + losses)
+
+
+def sweep_cost(d_out: int, d_in: int, ranks: Sequence[int], *, optimizer: str = "sgd",
+               steps: int = 2000) -> WorkEstimate:
+    """A Rank sweep: the target, then one fit per rank (see :func:`fit_cost`)."""
+    return target_cost(d_out, d_in) + fit_cost(d_out, d_in, ranks, optimizer=optimizer,
+                                               steps=steps)
+
+
+def stability_cost(d_out: int, d_in: int, ranks: Sequence[int], *, n_lrs: int, n_rules: int,
+                   optimizer: str = "sgd", steps: int = 200) -> WorkEstimate:
+    """A stability grid: the target, then ``n_rules x len(ranks) x n_lrs`` fits."""
+    n_lrs = check_int("n_lrs", n_lrs, minimum=1)
+    n_rules = check_int("n_rules", n_rules, minimum=1)
+    cells = [r for r in ranks for _ in range(n_lrs * n_rules)]
+    return target_cost(d_out, d_in) + fit_cost(d_out, d_in, cells, optimizer=optimizer,
+                                               steps=steps)
+
+
+def factored_svd_cost(d_out: int, d_in: int, rank: int) -> WorkEstimate:
+    """The singular values of ``s B A`` from its factors: QR of B and of A^T, SVD of r x r.
+
+    Householder QR of an m x r matrix costs about ``2 m r^2`` flops (taken as MACs), the
+    r x r core product r^3 and its SVD about ``10 r^3``.
+    """
+    d_out, d_in = _dims(d_out, d_in)
+    r = check_int("rank", rank, minimum=1)
+    macs = 2.0 * r * r * (d_out + d_in) + 11.0 * r**3
+    return WorkEstimate(macs=macs, calls=_CALLS_PER_MODULE,
+                        bytes=8 * (r * (d_out + d_in) * 2 + 3 * r * r))
+
+
+def audit_cost(shapes: Sequence[tuple[int, int, int]]) -> WorkEstimate:
+    """Auditing (or resizing, or comparing) modules of the given ``(d_out, d_in, r)`` shapes.
+
+    One factored SVD per module (:func:`factored_svd_cost`), plus reading each factor into
+    float64 (d_out + d_in) * r values.
+    """
+    total = WorkEstimate(0.0, 0.0, 0)
+    for shape in shapes:
+        try:
+            d_out, d_in, r = shape
+        except (TypeError, ValueError):
+            raise ConfigError(f"each module shape should be (d_out, d_in, r), got {shape!r}") from None
+        one = factored_svd_cost(d_out, d_in, r)
+        total = total + WorkEstimate(one.macs + float(r) * (d_out + d_in), one.calls, one.bytes)
+    return total

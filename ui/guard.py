@@ -1,0 +1,284 @@
+"""Keeping one shared server usable: work budgets, a queue for heavy work, abandoned work stops.
+
+The hosted app is one process shared by a team, on a couple of cores and about a gigabyte.
+
+Work budget
+    Every page estimates its work from the inputs before running it (:mod:`lorarank.cost`).
+    Up to :data:`ASK_SECONDS` it runs at once; above, the page shows the estimate and an
+    explicit **Run** button; above :data:`MAX_SECONDS` it refuses with one sentence naming the
+    limit and the value. A run under way shows **Stop**; long sweeps and grids run rank by
+    rank, so the ranks finished before a stop are kept (and reused when Run is pressed again).
+Queue
+    At most :data:`HEAVY_SLOTS` computations run at once in the whole server (every session,
+    every page); the others wait in line and see their position (:func:`heavy_work`).
+Abandoned work
+    Work whose browser session has gone (tab closed, network lost) stops at the next progress
+    tick instead of running to the end for nobody (:func:`check_alive`).
+
+Configuration (environment variables of the server process): ``LORARANK_ASK_SECONDS``
+(default 5), ``LORARANK_MAX_SECONDS`` (default 120), ``LORARANK_HEAVY_SLOTS`` (default 2, one
+per core of a small host).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import threading
+import time
+from collections import OrderedDict
+from contextlib import contextmanager
+from typing import Callable, Hashable, Iterator
+
+import streamlit as st
+
+__all__ = ["ASK_SECONDS", "MAX_SECONDS", "HEAVY_SLOTS", "WorkQueue", "QUEUE", "session_alive",
+           "check_alive", "heavy_work", "mark_done", "is_done", "gate", "stop_button",
+           "format_seconds"]
+
+
+def _env_float(name: str, default: float, minimum: float) -> float:
+    try:
+        value = float(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if math.isfinite(value) and value >= minimum else default
+
+
+#: Estimated seconds above which a page asks for an explicit Run.
+ASK_SECONDS = _env_float("LORARANK_ASK_SECONDS", 5.0, 0.0)
+#: Estimated seconds above which a page refuses the work (the server's cap per request).
+MAX_SECONDS = max(_env_float("LORARANK_MAX_SECONDS", 120.0, 0.0), ASK_SECONDS)
+#: Heavy computations running at once in the whole server.
+HEAVY_SLOTS = int(_env_float("LORARANK_HEAVY_SLOTS", 2, 1))
+
+
+# --------------------------------------------------------------------------------------------
+# Is anybody still waiting for this work?
+# --------------------------------------------------------------------------------------------
+
+def session_alive() -> bool:
+    """False once the browser session of the running script has disconnected.
+
+    Streamlit's runtime keeps a disconnected session for a while (to resume it), but nobody
+    sees its output. Outside a server (AppTest, bare mode) this is always True.
+    """
+    try:
+        from streamlit.runtime import Runtime
+        from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
+    except ImportError:  # pragma: no cover - a Streamlit without these internals
+        return True
+    ctx = get_script_run_ctx(suppress_warning=True)
+    if ctx is None or not Runtime.exists():
+        return True
+    return Runtime.instance().is_active_session(ctx.session_id)
+
+
+def check_alive() -> None:
+    """Stop the script run (``st.stop()``) when its session is gone; call from progress ticks."""
+    if not session_alive():
+        st.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# The server-wide queue
+# --------------------------------------------------------------------------------------------
+
+class WorkQueue:
+    """At most ``slots`` holders at once, served first come first served.
+
+    Thread-safe; one instance (:data:`QUEUE`) is shared by every session of the process.
+    """
+
+    def __init__(self, slots: int) -> None:
+        if slots < 1:
+            raise ValueError(f"slots should be at least 1, got {slots}")
+        self.slots = slots
+        self._cond = threading.Condition()
+        self._running = 0
+        self._waiting: list[int] = []
+        self._tickets = itertools.count()
+
+    @property
+    def running(self) -> int:
+        """Holders now."""
+        return self._running
+
+    @property
+    def waiting(self) -> int:
+        """Callers in line now."""
+        return len(self._waiting)
+
+    @contextmanager
+    def slot(self, *, on_wait: Callable[[int], None] | None = None,
+             poll: float = 0.5) -> Iterator[None]:
+        """Hold a slot for the ``with`` block, waiting in line for it if all are taken.
+
+        ``on_wait(position)`` is called about every ``poll`` seconds while waiting (position
+        1 is next); an exception it raises (a rerun, a stop, a closed session) leaves the line.
+        """
+        ticket = next(self._tickets)
+        with self._cond:
+            self._waiting.append(ticket)
+        try:
+            while True:
+                with self._cond:
+                    if self._running < self.slots and self._waiting[0] == ticket:
+                        self._waiting.pop(0)
+                        self._running += 1
+                        self._cond.notify_all()
+                        break
+                    position = self._waiting.index(ticket) + 1
+                if on_wait is not None:
+                    on_wait(position)
+                with self._cond:
+                    if not (self._running < self.slots and self._waiting[0] == ticket):
+                        self._cond.wait(poll)
+        except BaseException:
+            with self._cond:
+                if ticket in self._waiting:
+                    self._waiting.remove(ticket)
+                self._cond.notify_all()
+            raise
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._cond.notify_all()
+
+
+#: The process-wide queue of heavy work.
+QUEUE = WorkQueue(HEAVY_SLOTS)
+
+
+@contextmanager
+def heavy_work(what: str) -> Iterator[None]:
+    """Run the ``with`` block in one of the server's :data:`HEAVY_SLOTS`, in line if needed.
+
+    Use it inside the ``st.cache_data`` function that does the work, so a cache hit never
+    waits. While in line, the page shows the position; a closed session leaves the line.
+    """
+    notice = st.empty()
+
+    def on_wait(position: int) -> None:
+        check_alive()
+        notice.info(f"Waiting for a free slot to start {what}: number {position} in line "
+                    f"({QUEUE.running} of {QUEUE.slots} computations running on this shared "
+                    f"server).", icon=":material/hourglass_top:")
+
+    try:
+        with QUEUE.slot(on_wait=on_wait):
+            notice.empty()
+            yield
+    finally:
+        notice.empty()
+
+
+# --------------------------------------------------------------------------------------------
+# Work already done (server-wide): no need to ask again
+# --------------------------------------------------------------------------------------------
+
+_DONE: "OrderedDict[Hashable, None]" = OrderedDict()
+_DONE_LOCK = threading.Lock()
+_DONE_MAX = 4096
+
+
+def mark_done(ident: Hashable) -> None:
+    """Remember that the work ``ident`` finished on this server (bounded, oldest forgotten)."""
+    with _DONE_LOCK:
+        _DONE[ident] = None
+        _DONE.move_to_end(ident)
+        while len(_DONE) > _DONE_MAX:
+            _DONE.popitem(last=False)
+
+
+def is_done(ident: Hashable) -> bool:
+    """Whether :func:`mark_done` was called for ``ident`` (and not forgotten since)."""
+    with _DONE_LOCK:
+        return ident in _DONE
+
+
+# --------------------------------------------------------------------------------------------
+# The budget gate and the Stop button
+# --------------------------------------------------------------------------------------------
+
+def format_seconds(seconds: float) -> str:
+    """``"about 40 s"``, ``"about 3 min"``, ``"about 2.5 h"``."""
+    if seconds < 90:
+        return f"about {max(seconds, 1):.0f} s"
+    if seconds < 5400:
+        return f"about {seconds / 60:.0f} min"
+    return f"about {seconds / 3600:.1f} h"
+
+
+def _approve(key: str, ident: Hashable) -> None:
+    st.session_state[f"{key}_approved"] = ident
+    st.session_state.pop(f"{key}_stopped", None)
+
+
+def _stop(key: str, ident: Hashable) -> None:
+    st.session_state.pop(f"{key}_approved", None)
+    st.session_state[f"{key}_stopped"] = ident
+
+
+def gate(seconds: float, *, key: str, what: str, ident: Hashable, hint: str = "") -> bool:
+    """Whether work estimated at ``seconds`` may run now; otherwise say why and offer Run.
+
+    Parameters
+    ----------
+    seconds : float
+        The estimate (:attr:`lorarank.cost.WorkEstimate.seconds`).
+    key : str
+        Session-state prefix of this page's gate (``"sweep_gate"``).
+    what : str
+        The work in words, completing "This ... is estimated at ..." (``"sweep"``).
+    ident : hashable
+        The work's identity (its config): approval holds for this work only, and work that
+        already finished on the server (:func:`mark_done`) runs without asking (a cache hit).
+    hint : str
+        What makes it cheaper, appended to a refusal (markdown written by the app).
+
+    Returns
+    -------
+    bool
+        True to run. False after drawing a refusal (above :data:`MAX_SECONDS`) or the estimate
+        with a Run button (above :data:`ASK_SECONDS`).
+    """
+    if seconds <= ASK_SECONDS or is_done(ident):
+        return True
+    if seconds > MAX_SECONDS:
+        st.error(f"This {what} is estimated at {format_seconds(seconds)} of computing; this "
+                 f"shared server runs at most {MAX_SECONDS:.0f} s per request. {hint}".strip(),
+                 icon=":material/block:")
+        return False
+    if st.session_state.get(f"{key}_approved") == ident:
+        return True
+    stopped = st.session_state.get(f"{key}_stopped") == ident
+    with st.container(border=True, key=f"{key}_ask"):
+        st.markdown(
+            ("**Stopped.** " if stopped else "")
+            + f"This {what} is estimated at **{format_seconds(seconds)}** on this server, so it "
+            f"waits for you: press Run to start it. A run under way can be stopped; ranks "
+            f"that finished are kept.")
+        st.button("Run", key=f"{key}_run", type="primary", icon=":material/play_arrow:",
+                  on_click=_approve, args=(key, ident))
+    return False
+
+
+def stop_button(key: str, ident: Hashable) -> Callable[[], None]:
+    """Draw a Stop button for the approved run ``ident``; returns a function that removes it.
+
+    Pressing it interrupts the run at its next progress tick (Streamlit reruns the page) and
+    withdraws the approval, so the rerun shows what finished and the Run button again.
+    """
+    slot = st.empty()
+    slot.button("Stop", key=f"{key}_stop", icon=":material/stop:", on_click=_stop,
+                args=(key, ident), help="Stop this run; finished ranks are kept.")
+    return slot.empty
+
+
+def was_stopped(key: str, ident: Hashable) -> bool:
+    """Whether the run ``ident`` was stopped by its Stop button (until Run is pressed again)."""
+    return st.session_state.get(f"{key}_stopped") == ident
