@@ -99,6 +99,10 @@ _PAGE_STATE_PREFIXES = ("lorarank_", "sweep_", "stability_", "audit_")
 def setup_page(title: str, *, icon: str = ":material/insights:") -> None:
     """Set the browser tab title and layout, and draw the shared sidebar. Call first on a page."""
     st.set_page_config(page_title=f"{title} · lorarank", page_icon=icon, layout="wide")
+    from . import uploads  # server upkeep: uploads stay in memory, closed sessions leave
+
+    uploads.keep_uploads_in_memory()
+    uploads.start_janitor()
     forget_other_pages(title)
     sidebar()
 
@@ -360,9 +364,25 @@ def show_errors(messages: Sequence[str]) -> None:
         st.error(message, icon=":material/error:")
 
 
-def error_line(exc: BaseException) -> str:
-    """An engine error as one escaped markdown line (it quotes file, tensor and URL values)."""
-    return md_escape(str(exc))
+# A code span of the engine's own messages (`ranks`, `true_rank` = 65): only word characters,
+# dots, dashes, equals signs and spaces inside, so it stays inert whoever wrote it.
+_SAFE_SPAN = re.compile(r"`([\w.=\- ]{1,80})`")
+
+
+def error_line(exc: BaseException | str) -> str:
+    """An engine error as one safe markdown line (it may quote file, tensor and URL values).
+
+    Everything is escaped (:func:`md_escape`) except code spans whose content is plain
+    (word characters, ``.``, ``-``, ``=``, spaces), which render as code as the engine meant.
+    """
+    text = _clip(exc, 2000)
+    out, at = [], 0
+    for match in _SAFE_SPAN.finditer(text):
+        out.append(md_escape(text[at:match.start()]))
+        out.append(match.group(0))
+        at = match.end()
+    out.append(md_escape(text[at:]))
+    return "".join(out)
 
 
 @contextmanager

@@ -16,7 +16,7 @@ Abandoned work
     tick instead of running to the end for nobody (:func:`check_alive`).
 
 Configuration (environment variables of the server process): ``LORARANK_ASK_SECONDS``
-(default 5), ``LORARANK_MAX_SECONDS`` (default 120), ``LORARANK_HEAVY_SLOTS`` (default 2, one
+(default 5), ``LORARANK_MAX_SECONDS`` (default 300), ``LORARANK_HEAVY_SLOTS`` (default 2, one
 per core of a small host).
 """
 
@@ -49,7 +49,7 @@ def _env_float(name: str, default: float, minimum: float) -> float:
 #: Estimated seconds above which a page asks for an explicit Run.
 ASK_SECONDS = _env_float("LORARANK_ASK_SECONDS", 5.0, 0.0)
 #: Estimated seconds above which a page refuses the work (the server's cap per request).
-MAX_SECONDS = max(_env_float("LORARANK_MAX_SECONDS", 120.0, 0.0), ASK_SECONDS)
+MAX_SECONDS = max(_env_float("LORARANK_MAX_SECONDS", 300.0, 0.0), ASK_SECONDS)
 #: Heavy computations running at once in the whole server.
 HEAVY_SLOTS = int(_env_float("LORARANK_HEAVY_SLOTS", 2, 1))
 

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from ui.common import MAX_SHOWN_CHARS, md_code, md_escape
+from ui.common import MAX_SHOWN_CHARS, error_line, md_code, md_escape, md_plain
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -59,3 +59,20 @@ def test_md_escape_one_line_and_clipped():
     """Line breaks and control characters become spaces; long text is cut."""
     assert md_escape("a\n\nb\x00c") == "a b c"
     assert md_escape("y" * 5000, limit=100) == "y" * 99 + "\u2026"
+
+
+@pytest.mark.parametrize("message, expected", [
+    ("`ranks` should list at least one rank", "`ranks`"),
+    ("`true_rank` = 65 is larger", "`true_rank`"),
+    ("got '1` [x](https://e.x) `' in 'a'", None),
+    ("tensor `a](https://e.x)` is odd", None),
+])
+def test_error_line_keeps_plain_code_spans_only(message, expected):
+    """The engine's plain code spans render as code; anything else is escaped."""
+    out = error_line(message)
+    if expected is not None:
+        assert out.startswith(expected) and out.count("`") == 2
+    else:
+        assert "](" not in out.replace("\\]\\(", "")
+        assert "\\`" in out
+    assert md_plain(out) == message

@@ -1,0 +1,192 @@
+"""Stress: N concurrent browser sessions against one ``streamlit run app.py``.
+
+Run: ``python benchmarks/bench_stress.py [--sessions 1,4,8] [--mb 84] [--timeout 900]``.
+
+For each N, a fresh server on 127.0.0.1 (loopback only) and one headless Chromium with N
+contexts (separate sessions). Every session, at the same time: opens the Rank sweep (defaults)
+and waits for its table, then alpha/r stability (defaults), then the Adapter audit with a
+Llama-3-8B-shaped PEFT adapter in bfloat16 (``--mb`` 84 MB, written by the real safetensors
+writer, as in ``bench_upload_memory.py``) and waits for the per-module table. Prints per N:
+median and max latency of each step, the server's peak RSS (sampled every 0.2 s, children
+included) and its idle RSS; then closes every tab and reports how long the server took to get
+back within 300 MB of idle (polled up to ``--release-timeout`` s). Bounded: at most 8 sessions,
+every wait has a timeout, and the server and browser are stopped by their handles.
+Report ``uptime`` with the figures: on a shared 2-core machine latencies mostly measure load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+
+from apphelpers import CHROMIUM, CHROMIUM_ARGS, AppServer  # noqa: E402
+from benchmarks.bench_upload_memory import adapter_bytes  # noqa: E402
+
+MAX_SESSIONS = 8
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and its children, MB."""
+    total = 0
+    pids = [pid]
+    try:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                             text=True, check=False).stdout
+        pids += [int(p) for p in out.split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+class Sampler(threading.Thread):
+    """Peak RSS of a process tree, sampled every ``every`` seconds."""
+
+    def __init__(self, pid: int, every: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every, self.peak, self.stop = pid, every, 0.0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, rss_mb(self.pid))
+            time.sleep(self.every)
+
+
+async def wait_idle(page, timeout_ms: float) -> None:
+    await page.wait_for_timeout(200)
+    await page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]',
+                                 timeout=timeout_ms)
+
+
+async def session(browser, url: str, files: list[dict], timeout_ms: float) -> dict[str, float]:
+    """One user: sweep, stability, audit; seconds until each shows its first table."""
+    context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = await context.new_page()
+    out: dict[str, float] = {}
+    try:
+        for name, path in (("sweep", "Rank_sweep"), ("stability", "Alpha_r_stability")):
+            start = time.perf_counter()
+            await page.goto(f"{url}/{path}", timeout=timeout_ms)
+            await page.wait_for_selector('[data-testid="stDataFrame"]', timeout=timeout_ms)
+            await wait_idle(page, timeout_ms)
+            out[name] = time.perf_counter() - start
+        start = time.perf_counter()
+        await page.goto(f"{url}/Adapter_audit", timeout=timeout_ms)
+        await wait_idle(page, timeout_ms)
+        await page.get_by_test_id("stFileUploaderDropzoneInput").first.set_input_files(files=files)
+        await page.wait_for_selector('[data-testid="stDataFrame"], '
+                                     '[data-testid="stAlertContentError"]', timeout=timeout_ms)
+        await wait_idle(page, timeout_ms)
+        if await page.get_by_test_id("stAlertContentError").count():
+            raise RuntimeError("audit error: " + " | ".join(
+                await page.get_by_test_id("stAlertContentError").all_inner_texts()))
+        out["audit"] = time.perf_counter() - start
+    finally:
+        out["_context"] = context  # type: ignore[assignment]
+    return out
+
+
+async def run_n(n: int, files: list[dict], timeout: float, release_timeout: float,
+                log_dir: Path) -> None:
+    from playwright.async_api import async_playwright
+
+    server = AppServer(log_dir / f"stress-{n}.log")
+    try:
+        pid = server.proc.pid
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                               args=CHROMIUM_ARGS)
+            try:
+                # Warm the server with one page so idle RSS includes the imports.
+                warm = await browser.new_context()
+                page = await warm.new_page()
+                await page.goto(f"{server.url}/Rank_sweep", timeout=timeout * 1000)
+                await wait_idle(page, timeout * 1000)
+                await warm.close()
+                await asyncio.sleep(2)
+                idle = rss_mb(pid)
+                sampler = Sampler(pid)
+                sampler.start()
+                start = time.perf_counter()
+                results = await asyncio.gather(
+                    *[session(browser, server.url, files, timeout * 1000) for _ in range(n)],
+                    return_exceptions=True)
+                wall = time.perf_counter() - start
+                sampler.stop.set()
+                sampler.join()
+                failed = [r for r in results if isinstance(r, BaseException)]
+                ok = [r for r in results if not isinstance(r, BaseException)]
+                print(f"N = {n}: {len(ok)} sessions done, {len(failed)} failed, wall {wall:.1f} s, "
+                      f"load {os.getloadavg()[0]:.1f}")
+                for f in failed[:3]:
+                    print(f"  failure: {type(f).__name__}: {str(f)[:200]}")
+                for step in ("sweep", "stability", "audit"):
+                    times = [r[step] for r in ok if step in r]
+                    if times:
+                        print(f"  {step:9} median {statistics.median(times):6.1f} s  max "
+                              f"{max(times):6.1f} s")
+                print(f"  server RSS: idle {idle:.0f} MB, peak {sampler.peak:.0f} MB "
+                      f"(+{sampler.peak - idle:.0f} MB)")
+                for r in ok:
+                    await r["_context"].close()
+                closed = time.perf_counter()
+                back = None
+                while time.perf_counter() - closed < release_timeout:
+                    now = rss_mb(pid)
+                    if now - idle <= 300:
+                        back = time.perf_counter() - closed
+                        break
+                    await asyncio.sleep(1)
+                now = rss_mb(pid)
+                if back is None:
+                    print(f"  after closing every tab: {now:.0f} MB after {release_timeout:.0f} s "
+                          f"(+{now - idle:.0f} MB over idle): NOT back within 300 MB")
+                else:
+                    print(f"  after closing every tab: within 300 MB of idle after {back:.0f} s "
+                          f"({now:.0f} MB, +{now - idle:.0f} MB)")
+            finally:
+                await browser.close()
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", default="1,4,8", help="comma-separated N (each <= 8)")
+    parser.add_argument("--layers", type=int, default=32, help="32 layers: 84 MB bf16 adapter")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per wait")
+    parser.add_argument("--release-timeout", type=float, default=240.0)
+    args = parser.parse_args()
+    counts = [int(x) for x in args.sessions.split(",")]
+    if any(not 1 <= n <= MAX_SESSIONS for n in counts):
+        raise SystemExit(f"bench_stress: error: sessions must be 1..{MAX_SESSIONS}")
+    weights, config = adapter_bytes(layers=args.layers)
+    files = [{"name": "adapter_model.safetensors", "mimeType": "application/octet-stream",
+              "buffer": weights},
+             {"name": "adapter_config.json", "mimeType": "application/json", "buffer": config}]
+    print(f"adapter {len(weights) / 2**20:.1f} MB; {os.cpu_count()} cores; "
+          f"LORARANK_HEAVY_SLOTS={os.environ.get('LORARANK_HEAVY_SLOTS', 'default')}")
+    log_dir = Path(os.environ.get("TMPDIR", "/tmp"))
+    for n in counts:
+        asyncio.run(run_n(n, files, args.timeout, args.release_timeout, log_dir))
+
+
+if __name__ == "__main__":
+    main()

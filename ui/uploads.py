@@ -1,0 +1,155 @@
+"""Where uploaded bytes live on the server, and when they leave.
+
+Disk
+    Streamlit (1.5x+) serves uploads with Starlette, whose multipart parser spools every file
+    part over ``MultiPartParser.spool_max_size`` (1 MiB) to a ``SpooledTemporaryFile`` in
+    ``$TMPDIR`` (``/tmp``): an adapter upload would touch the disk. :func:`keep_uploads_in_memory`
+    raises that threshold to the app's upload limit, so the parser keeps each part in memory
+    (the bytes end in Streamlit's in-memory upload store either way). Deployments should still
+    point ``TMPDIR`` at memory-backed storage (``/dev/shm``), in case another Streamlit or
+    Starlette version parses uploads differently; ``tests/hostile/test_uploads_e2e.py`` checks
+    that no upload bytes reach the temp folder.
+Memory
+    ``UploadedFile.getvalue()`` returns the very ``bytes`` object the upload store holds (a
+    ``BytesIO`` shares its initial buffer until written), so :class:`ui.audit.Upload` holds no
+    copy; ``getbuffer()`` would copy it (CPython unshares the buffer for a writable view).
+    The engine reads factors as ``np.frombuffer`` views of those bytes.
+Release
+    Streamlit keeps a closed tab's session (and its uploads) for reconnection, and drops
+    expired sessions from that store without shutting them down, so their uploads stayed in
+    memory until an unrelated event. :func:`start_janitor` runs one daemon thread per server
+    that closes sessions disconnected for more than :data:`DISCONNECTED_GRACE_SECONDS` (their
+    uploads, session state and running script go with them) and drops upload files of
+    sessions the runtime no longer knows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+
+__all__ = ["DISCONNECTED_GRACE_SECONDS", "JANITOR_INTERVAL_SECONDS", "keep_uploads_in_memory",
+           "start_janitor", "sweep_sessions"]
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def _env_seconds(name: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if math.isfinite(value) and value >= 0 else default
+
+
+#: A disconnected session (closed tab, lost network) is closed after this many seconds.
+DISCONNECTED_GRACE_SECONDS = _env_seconds("LORARANK_DISCONNECTED_GRACE_SECONDS", 60.0)
+#: How often the janitor looks.
+JANITOR_INTERVAL_SECONDS = _env_seconds("LORARANK_JANITOR_INTERVAL_SECONDS", 10.0)
+
+# Starlette's margin for the multipart framing around one file part.
+_MULTIPART_MARGIN = 1 << 20
+
+
+def keep_uploads_in_memory() -> None:
+    """Make Starlette's multipart parser keep file parts up to the upload limit in memory.
+
+    Idempotent; a no-op when Starlette is not importable (another server implementation).
+    """
+    try:
+        from starlette.formparsers import MultiPartParser
+        from streamlit import config
+    except ImportError:  # pragma: no cover
+        return
+    limit = int(config.get_option("server.maxUploadSize")) * (1 << 20) + _MULTIPART_MARGIN
+    if getattr(MultiPartParser, "spool_max_size", 0) < limit:
+        MultiPartParser.spool_max_size = limit
+
+
+# --------------------------------------------------------------------------------------------
+# Closing sessions nobody will come back to
+# --------------------------------------------------------------------------------------------
+
+_JANITOR_LOCK = threading.Lock()
+_JANITOR: threading.Thread | None = None
+_DISCONNECTED_SINCE: dict[str, float] = {}
+
+
+def sweep_sessions(*, grace: float | None = None, now: float | None = None) -> list[str]:
+    """One janitor pass; must run on the runtime's event loop thread. Returns closed ids.
+
+    Sessions disconnected for more than ``grace`` seconds are closed (``Runtime.close_session``:
+    the script stops, uploads and state are dropped); upload files of sessions the runtime no
+    longer lists are removed.
+    """
+    from streamlit.runtime import Runtime
+
+    if not Runtime.exists():
+        return []
+    runtime = Runtime.instance()
+    grace = DISCONNECTED_GRACE_SECONDS if grace is None else grace
+    now = time.monotonic() if now is None else now
+    manager = runtime._session_mgr  # noqa: SLF001 - no public accessor in Streamlit 1.67
+    known = {info.session.id for info in manager.list_sessions()}
+    closed = []
+    for session_id in known:
+        if runtime.is_active_session(session_id):
+            _DISCONNECTED_SINCE.pop(session_id, None)
+            continue
+        since = _DISCONNECTED_SINCE.setdefault(session_id, now)
+        if now - since >= grace:
+            runtime.close_session(session_id)
+            _DISCONNECTED_SINCE.pop(session_id, None)
+            closed.append(session_id)
+    for session_id in list(_DISCONNECTED_SINCE):
+        if session_id not in known:
+            del _DISCONNECTED_SINCE[session_id]
+    store = getattr(runtime.uploaded_file_mgr, "file_storage", None)
+    if isinstance(store, dict):
+        for session_id in list(store):
+            if session_id not in known:
+                runtime.uploaded_file_mgr.remove_session_files(session_id)
+                closed.append(session_id)
+    if closed:
+        _LOGGER.info("lorarank janitor: closed %d disconnected session(s)", len(closed))
+    return closed
+
+
+def _janitor_loop() -> None:
+    from streamlit.runtime import Runtime
+
+    while True:
+        time.sleep(JANITOR_INTERVAL_SECONDS)
+        try:
+            if not Runtime.exists():
+                continue
+            loop = Runtime.instance()._get_async_objs().eventloop  # noqa: SLF001
+            if loop.is_closed():
+                return
+            loop.call_soon_threadsafe(_safe_sweep)
+        except Exception:  # never let the janitor die silently of a Streamlit change
+            _LOGGER.exception("lorarank janitor pass failed")
+
+
+def _safe_sweep() -> None:
+    try:
+        sweep_sessions()
+    except Exception:
+        _LOGGER.exception("lorarank janitor pass failed")
+
+
+def start_janitor() -> None:
+    """Start the server's janitor thread once (idempotent; no-op outside a server)."""
+    global _JANITOR
+    from streamlit.runtime import Runtime
+
+    if not Runtime.exists():
+        return
+    with _JANITOR_LOCK:
+        if _JANITOR is None or not _JANITOR.is_alive():
+            _JANITOR = threading.Thread(target=_janitor_loop, name="lorarank-janitor",
+                                        daemon=True)
+            _JANITOR.start()
