@@ -7,7 +7,7 @@ Disk
     raises that threshold to the app's upload limit, so the parser keeps each part in memory
     (the bytes end in Streamlit's in-memory upload store either way). Deployments should still
     point ``TMPDIR`` at memory-backed storage (``/dev/shm``), in case another Streamlit or
-    Starlette version parses uploads differently; ``tests/hostile/test_uploads_e2e.py`` checks
+    Starlette version parses uploads differently; a browser test (written, not landed yet) checks
     that no upload bytes reach the temp folder.
 Memory
     ``UploadedFile.getvalue()`` returns the very ``bytes`` object the upload store holds (a

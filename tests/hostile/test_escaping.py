@@ -1,6 +1,6 @@
 """``md_escape`` / ``md_code``: user text reaches markdown inert (issue 12, "Seen" 4).
 
-The browser tests (``test_markdown_e2e.py``) check the rendered page; these pin the helpers'
+The browser tests (``tests/e2e/test_hostile_markdown_e2e.py``) check the rendered page; these pin the helpers'
 output, including the cases CommonMark makes subtle (backtick runs, padding, autolinks).
 """
 
