@@ -16,7 +16,7 @@ from typing import Sequence
 
 from .errors import LoraRankError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "json_text", "audit_document"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_stability)
 
     p = sub.add_parser("audit", help="per-module effective rank of trained adapters")
-    p.add_argument("paths", nargs="*", metavar="PATH", help=".npz / .safetensors file or a PEFT folder")
+    p.add_argument("paths", nargs="*", metavar="PATH", help=".npz / .safetensors file, a PEFT folder, or "
+                   "hf://owner/name[@revision][/subfolder] (Hugging Face Hub)")
     p.add_argument("--series", metavar="DIR",
                    help="audit every checkpoint-<step> subfolder of a training run's folder, "
                         "and each module's rank and subspace similarity over steps")
@@ -142,10 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default=None, metavar="BASE",
                    help="base model weights (.safetensors file or folder of shards): DoRA's exact "
                         "merged - W0 and every module's ||dW|| / ||W0||")
+    p.add_argument("--html", metavar="OUT", default=None,
+                   help="also write a self-contained HTML report (tables and interactive charts; "
+                        "opens offline) to OUT; one adapter only")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(handler=_cmd_audit)
 
     p = sub.add_parser("resize", help="write the best lower-rank approximation of an adapter")
-    p.add_argument("path", metavar="PATH")
+    p.add_argument("path", metavar="PATH", help="as in audit (a file, a folder or hf://...)")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--rank", type=int, help="new rank of every module")
     target.add_argument("--energy", type=float, help="keep this share of each module's energy (e.g. 0.99)")
@@ -161,8 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def json_text(doc: dict) -> str:
+    """The exact text ``--json`` prints: one line of strict JSON and a newline (the pages'
+    JSON downloads use it too, so a download and the CLI's output are the same bytes)."""
+    return json.dumps(doc, allow_nan=False) + "\n"
+
+
 def _print_json(doc: dict) -> None:
-    sys.stdout.write(json.dumps(doc, allow_nan=False) + "\n")
+    sys.stdout.write(json_text(doc))
+
+
+def audit_document(reports: Sequence) -> dict:
+    """The ``audit --json`` document of one or several :class:`~lorarank.audit.AuditReport`."""
+    docs = [r.to_dict() for r in reports]
+    return docs[0] if len(docs) == 1 else {"adapters": docs}
 
 
 def _fmt_values(values: Sequence[float], n: int = 8) -> str:
@@ -324,14 +341,24 @@ def _stability_table(grid, rule: str) -> None:
 
 # ----------------------------------------------------------------------------------- audit
 def _audit_load(paths: Sequence[str], *, alpha: float | None = None, scale: float | None = None,
-                many: bool = False) -> list:
-    """Adapters named on the command line: weights files or folders, plus at most one config.
+                many: bool = False, pinned: list | None = None) -> list:
+    """Adapters named on the command line: weights files or folders, plus at most one config;
+    or ``hf://`` adapters from the Hub (their pinned references are appended to ``pinned``).
 
     With ``many``, a folder of several named adapters gives all of them (audit); otherwise it
     is an error naming them (resize, compare take one adapter per path).
     """
     from . import adapters
+    from .hub import is_hub_uri, load_hub_adapter
 
+    hub = [p for p in paths if is_hub_uri(p)]
+    if hub and len(paths) > len(hub):
+        raise LoraRankError("an hf:// adapter brings its own config; give it without local files")
+    if hub:
+        loaded = [load_hub_adapter(p, alpha=alpha, scale=scale) for p in hub]
+        if pinned is not None:
+            pinned.extend(fetched.pinned.uri for _, fetched in loaded)
+        return [adapter for adapter, _ in loaded]
     configs = [p for p in paths if p.lower().endswith(".json")]
     weights = [p for p in paths if not p.lower().endswith(".json")]
     if len(configs) > 1:
@@ -423,20 +450,28 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         return _cmd_audit_series(args)
     if not args.paths:
         _fail("audit: give at least one PATH, or --series DIR")
+    if args.html is not None:
+        _check_output(args.html, force=args.force)
     base = None
     if args.base is not None:
         from .base import open_base
 
         base = open_base(args.base)
-    adapters = _audit_load(args.paths, alpha=args.alpha, scale=args.scale, many=True)
+    pinned: list[str] = []
+    adapters = _audit_load(args.paths, alpha=args.alpha, scale=args.scale, many=True, pinned=pinned)
+    if args.html is not None and len(adapters) != 1:
+        raise LoraRankError(f"--html writes the report of one adapter, got {len(adapters)}")
     reports = [audit_adapter(a, base=base) for a in adapters]
+    if args.html is not None:
+        _write_audit_html(reports[0], args.html, source=pinned[0] if pinned else reports[0].source)
     if args.json:
-        docs = [r.to_dict() for r in reports]
-        _print_json(docs[0] if len(docs) == 1 else {"adapters": docs})
+        _print_json(audit_document(reports))
         return 0
     for i, report in enumerate(reports):
         if i:
             print()
+        if pinned:
+            print(f"from {pinned[i]}")
         _audit_print(report)
     return 0
 
@@ -490,6 +525,38 @@ def _series_print(result, folder: str) -> None:
           f"of scale * B @ A; stable = sum sigma^2 / sigma_1^2;")
     print(f"phi = phi(k,k), k = min({result.top}, r), on the right singular vectors of the A factors "
           f"(Hu et al. 2022, sec. 7.2) with the next / the last checkpoint.")
+
+
+def _check_output(path: str, *, force: bool) -> None:
+    from pathlib import Path
+
+    out = Path(path)
+    if out.is_dir():
+        raise LoraRankError(f"--html {path} is a folder; give a file name such as report.html")
+    if out.exists() and not force:
+        raise LoraRankError(f"--html {path} exists; pass --force to replace it")
+    if not out.parent.is_dir():
+        raise LoraRankError(f"--html {path}: no such folder {out.parent}")
+
+
+def _write_audit_html(report, path: str, *, source: str) -> None:
+    """The report the Adapter audit page downloads, for the page's default settings."""
+    from pathlib import Path
+
+    from .charts.report import audit_charts
+    from .report import audit_report
+
+    rule_text = f"{report.rule} {report.value:g}" if report.rule != "entropy" else "entropy rank"
+    detected = report.detected
+    facts = [("format", f"{detected['format']} ({detected.get('source', report.source)})"),
+             ("orientation", detected["orientation"]), ("scaling", report.scaling),
+             ("dtype", ", ".join(detected["dtypes"])),
+             ("modules", f"{detected['modules']:,} (ranks {', '.join(map(str, detected['ranks']))})"),
+             ("parameters", f"{detected['params']:,} in the factors")]
+    html = audit_report(audit_document([report]), source=source, facts=facts,
+                        charts=audit_charts(report, rule_text=rule_text))
+    Path(path).write_text(html, encoding="utf-8")
+    print(f"wrote {path} ({len(html.encode()) / 1e6:.1f} MB)", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------- resize

@@ -7,6 +7,7 @@ built-in exception a caller would catch without knowing lorarank::
     ├── ConfigError(LoraRankError, ValueError)        a bad argument: value, shape or dtype
     └── AdapterError(LoraRankError, ValueError)       an adapter file that cannot be read
         └── UnsupportedAdapterError(AdapterError)     recognised (LoHa, LoKr, DoRA) but not supported
+    HubError(LoraRankError, OSError)                  a Hugging Face Hub adapter that cannot be fetched
 
 Messages are one sentence that names the bad value, so the CLI and the pages can show
 ``str(exc)`` as is.
@@ -14,7 +15,7 @@ Messages are one sentence that names the bad value, so the CLI and the pages can
 
 from __future__ import annotations
 
-__all__ = ["LoraRankError", "ConfigError", "AdapterError", "UnsupportedAdapterError"]
+__all__ = ["LoraRankError", "ConfigError", "AdapterError", "UnsupportedAdapterError", "HubError"]
 
 
 class LoraRankError(Exception):
@@ -31,3 +32,8 @@ class AdapterError(LoraRankError, ValueError):
 
 class UnsupportedAdapterError(AdapterError):
     """The adapter is recognised (LoHa, LoKr, DoRA, ...) but lorarank cannot audit it yet."""
+
+
+class HubError(LoraRankError, OSError):
+    """A Hub adapter cannot be fetched: no such repo or file, no access, no adapter in it,
+    over the size limit, the Hub unreachable or stalled (see :mod:`lorarank.hub`)."""

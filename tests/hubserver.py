@@ -1,0 +1,287 @@
+"""A small stand-in for the Hugging Face Hub's HTTP API, for tests of ``lorarank.hub``.
+
+It answers what ``huggingface_hub`` asks when it reads a model repo, the way the Hub does:
+
+- ``GET /api/models/{owner}/{name}[/revision/{rev}]`` (``?blobs=true``): the repo's ``sha``
+  and ``siblings`` (``rfilename``, ``size``, ``blobId``, ``lfs``);
+- ``HEAD|GET /{owner}/{name}/resolve/{rev}/{path}``: small files with ``ETag``,
+  ``X-Repo-Commit`` and ``Content-Length``; ``.safetensors`` files (LFS) with a 302 to a "CDN"
+  on another host name (``localhost`` instead of ``127.0.0.1``) carrying ``X-Linked-Etag``,
+  ``X-Linked-Size`` and ``X-Repo-Commit``, as the Hub does;
+- ``GET /cdn/{sha256}``: the bytes (with ``Range`` support);
+- errors with the Hub's ``X-Error-Code`` header: ``RepoNotFound`` (401, also for a private
+  repo without the right token), ``RevisionNotFound`` and ``EntryNotFound`` (404),
+  ``GatedRepo`` (401 on a gated repo's files without a token).
+
+Repos are built from folders of real files (``/work/shared/samples``) or from
+``{path: bytes}``; a file can also be *declared* with a size and no content (the 50 GB
+weights test), and a repo can *stall* (send the headers of a download, then nothing).
+Loopback only. Run it alone with ``python tests/hubserver.py [--port N]`` to try the app
+against it (``HF_ENDPOINT=http://127.0.0.1:N``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+if not SAMPLES.is_dir():
+    SAMPLES = Path("/work/shared/samples")
+
+__all__ = ["HubRepo", "FakeHub", "SAMPLES", "sample_repos"]
+
+
+@dataclass
+class HubRepo:
+    """One model repo at one commit (``branches`` and ``tags`` all point at it)."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    declared: dict[str, int] = field(default_factory=dict)  # path -> size, no content
+    private_token: str | None = None  # the token that may read it, if private
+    gated: bool = False
+    stall: bool = False  # downloads of LFS files send headers, then nothing
+    refs: tuple[str, ...] = ("main",)
+
+    @classmethod
+    def from_folder(cls, folder: Path, *, prefix: str = "", **kwargs) -> "HubRepo":
+        files = {f"{prefix}{p.relative_to(folder).as_posix()}": p.read_bytes()
+                 for p in sorted(folder.rglob("*")) if p.is_file()}
+        return cls(files=files, **kwargs)
+
+    @property
+    def sha(self) -> str:
+        digest = hashlib.sha1()
+        for path in sorted(self.files):
+            digest.update(path.encode() + b"\0" + hashlib.sha256(self.files[path]).digest())
+        for path in sorted(self.declared):
+            digest.update(path.encode() + b"\0" + str(self.declared[path]).encode())
+        return digest.hexdigest()
+
+    def size(self, path: str) -> int:
+        return self.declared[path] if path in self.declared else len(self.files[path])
+
+    def sha256(self, path: str) -> str:
+        if path in self.declared:
+            return hashlib.sha256(f"declared:{path}:{self.declared[path]}".encode()).hexdigest()
+        return hashlib.sha256(self.files[path]).hexdigest()
+
+    def paths(self) -> list[str]:
+        return sorted({*self.files, *self.declared})
+
+
+def _is_lfs(path: str) -> bool:
+    return path.endswith((".safetensors", ".npz", ".bin", ".gguf"))
+
+
+def sample_repos() -> dict[str, HubRepo]:
+    """The test repos, from the real PEFT samples."""
+    llama = SAMPLES / "peft_llama_r8"
+    return {
+        "lorarank-test/peft-llama-r8": HubRepo.from_folder(llama),
+        "lorarank-test/adapters-in-folders": HubRepo(files={
+            **HubRepo.from_folder(llama, prefix="llama-r8/").files,
+            **HubRepo.from_folder(SAMPLES / "peft_gpt2_r4", prefix="gpt2-r4/").files,
+            "README.md": b"# two adapters\n"}),
+        "lorarank-test/private-adapter": HubRepo.from_folder(llama, private_token="hf_test_reader"),
+        "lorarank-test/gated-adapter": HubRepo.from_folder(llama, gated=True),
+        "lorarank-test/a-whole-model": HubRepo(
+            files={"config.json": b'{"model_type": "llama"}', "README.md": b"# a model\n"},
+            declared={"model-00001-of-00002.safetensors": 4_900_000_000,
+                      "model-00002-of-00002.safetensors": 1_100_000_000}),
+        "lorarank-test/huge-adapter": HubRepo(
+            files={"adapter_config.json": (llama / "adapter_config.json").read_bytes()},
+            declared={"adapter_model.safetensors": 50_000_000_000}),
+        # Its own bytes (one more byte of padding), so no cached blob of another repo serves it.
+        "lorarank-test/stalled-adapter": HubRepo(stall=True, files={
+            "adapter_config.json": (llama / "adapter_config.json").read_bytes(),
+            "adapter_model.safetensors": (llama / "adapter_model.safetensors").read_bytes() + b" "}),
+        "lorarank-test/config-only": HubRepo(
+            files={"adapter_config.json": (llama / "adapter_config.json").read_bytes()}),
+    }
+
+
+class FakeHub:
+    """The server: ``with FakeHub(repos) as hub: os.environ["HF_ENDPOINT"] = hub.url``.
+
+    ``hub.requests`` lists ``(method, path)`` of every request, to check what was fetched.
+    """
+
+    def __init__(self, repos: dict[str, HubRepo] | None = None, *, port: int = 0) -> None:
+        self.repos = sample_repos() if repos is None else repos
+        self.requests: list[tuple[str, str]] = []
+        self.closing = threading.Event()
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def do_HEAD(self) -> None:
+                hub._handle(self, head=True)
+
+            def do_GET(self) -> None:
+                hub._handle(self, head=False)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FakeHub":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.closing.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+    # ---------------------------------------------------------------------------- answers
+    def _send(self, h, status: int, body: bytes = b"", *, head: bool = False,
+              headers: dict[str, str] | None = None) -> None:
+        h.send_response(status)
+        for key, value in (headers or {}).items():
+            h.send_header(key, value)
+        h.send_header("Content-Length", str(len(body)) if "Content-Length" not in (headers or {})
+                      else headers["Content-Length"])
+        h.end_headers()
+        if not head and body:
+            h.wfile.write(body)
+
+    def _error(self, h, status: int, code: str, message: str, *, head: bool) -> None:
+        body = json.dumps({"error": message}).encode()
+        self._send(h, status, body, head=head,
+                   headers={"Content-Type": "application/json", "X-Error-Code": code,
+                            "X-Error-Message": message})
+
+    def _allowed(self, h, repo: HubRepo) -> bool:
+        if repo.private_token is None:
+            return True
+        return h.headers.get("Authorization", "") == f"Bearer {repo.private_token}"
+
+    def _handle(self, h, *, head: bool) -> None:
+        parts = urlsplit(h.path)
+        path = unquote(parts.path)
+        self.requests.append((h.command, path))
+        segs = path.strip("/").split("/")
+        if segs[:2] == ["api", "models"] and len(segs) >= 4:
+            return self._info(h, "/".join(segs[2:4]), segs[4:], head=head)
+        if segs[0] == "cdn" and len(segs) == 2:
+            return self._cdn(h, segs[1], head=head)
+        if len(segs) >= 5 and segs[2] == "resolve":
+            return self._resolve(h, "/".join(segs[:2]), segs[3], "/".join(segs[4:]), head=head)
+        self._error(h, 404, "NotFound", "no such endpoint", head=head)
+
+    def _repo(self, h, repo_id: str, *, head: bool) -> HubRepo | None:
+        repo = self.repos.get(repo_id)
+        if repo is None or not self._allowed(h, repo):
+            self._error(h, 401, "RepoNotFound", "Repository not found", head=head)
+            return None
+        return repo
+
+    def _info(self, h, repo_id: str, rest: list[str], *, head: bool) -> None:
+        repo = self._repo(h, repo_id, head=head)
+        if repo is None:
+            return
+        if rest[:1] == ["revision"]:
+            rev = "/".join(rest[1:])
+            if rev not in repo.refs and rev != repo.sha:
+                return self._error(h, 404, "RevisionNotFound", "Invalid rev id: " + rev, head=head)
+        elif rest:
+            return self._error(h, 404, "NotFound", "no such endpoint", head=head)
+        siblings = []
+        for p in repo.paths():
+            entry = {"rfilename": p, "size": repo.size(p),
+                     "blobId": hashlib.sha1(repo.sha256(p).encode()).hexdigest()}
+            if _is_lfs(p):
+                entry["lfs"] = {"sha256": repo.sha256(p), "size": repo.size(p), "pointerSize": 134}
+            siblings.append(entry)
+        doc = {"_id": repo.sha[:24], "id": repo_id, "modelId": repo_id, "author": repo_id.split("/")[0],
+               "sha": repo.sha, "private": repo.private_token is not None,
+               "gated": "manual" if repo.gated else False, "disabled": False, "downloads": 0,
+               "likes": 0, "tags": ["peft", "safetensors"], "library_name": "peft",
+               "lastModified": "2026-12-01T00:00:00.000Z",
+               "createdAt": "2026-12-01T00:00:00.000Z", "siblings": siblings}
+        self._send(h, 200, json.dumps(doc).encode(), head=head,
+                   headers={"Content-Type": "application/json"})
+
+    def _resolve(self, h, repo_id: str, rev: str, path: str, *, head: bool) -> None:
+        repo = self._repo(h, repo_id, head=head)
+        if repo is None:
+            return
+        if rev not in repo.refs and rev != repo.sha:
+            return self._error(h, 404, "RevisionNotFound", "Invalid rev id: " + rev, head=head)
+        if repo.gated and "Authorization" not in h.headers:
+            return self._error(h, 401, "GatedRepo", "Access to model is restricted", head=head)
+        if path not in repo.files and path not in repo.declared:
+            return self._error(h, 404, "EntryNotFound", "Entry not found", head=head)
+        common = {"X-Repo-Commit": repo.sha, "Accept-Ranges": "bytes"}
+        if _is_lfs(path):
+            sha = repo.sha256(path)
+            location = f"http://localhost:{self.port}/cdn/{sha}?repo={repo_id}"
+            return self._send(h, 302, b"", head=head, headers={
+                **common, "Location": location, "X-Linked-Etag": f'"{sha}"',
+                "X-Linked-Size": str(repo.size(path)), "ETag": f'"{sha[:40]}"'})
+        data = repo.files[path]
+        etag = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        self._send(h, 200, data, head=head,
+                   headers={**common, "ETag": f'"{etag}"', "Content-Type": "text/plain"})
+
+    def _cdn(self, h, sha: str, *, head: bool) -> None:
+        for repo_id, repo in self.repos.items():
+            for p in repo.paths():
+                if repo.sha256(p) == sha:
+                    return self._serve_blob(h, repo, p, head=head)
+        self._error(h, 404, "NotFound", "no such blob", head=head)
+
+    def _serve_blob(self, h, repo: HubRepo, path: str, *, head: bool) -> None:
+        size = repo.size(path)
+        if repo.stall or path in repo.declared:
+            # Headers of the whole file, then nothing until the server closes.
+            h.send_response(200)
+            h.send_header("Content-Length", str(size))
+            h.end_headers()
+            if not head:
+                h.wfile.flush()
+                self.closing.wait(120)
+            return
+        data = repo.files[path]
+        start = 0
+        rng = h.headers.get("Range", "")
+        if rng.startswith("bytes=") and rng[6:].split("-")[0].isdigit():
+            start = min(int(rng[6:].split("-")[0]), len(data))
+        body = data[start:]
+        status = 206 if start else 200
+        headers = {"Content-Type": "application/octet-stream", "ETag": f'"{repo.sha256(path)}"'}
+        if start:
+            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        self._send(h, status, body, head=head, headers=headers)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    with FakeHub(port=args.port) as hub:
+        print(f"HF_ENDPOINT={hub.url}", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
