@@ -395,7 +395,8 @@ def _fetch(ref: HubRef, settings: HubSettings, token: str | bool, activity: _Act
     """The work of :func:`fetch_adapter_files`, run in a worker thread."""
     from huggingface_hub import HfApi, hf_hub_download
 
-    api = HfApi(token=token)
+    endpoint = _endpoint()
+    api = HfApi(endpoint=endpoint, token=token)
     cache_dir = settings.resolved_cache_dir()
     try:
         info = api.model_info(ref.repo_id, revision=ref.revision, files_metadata=True,
@@ -427,6 +428,7 @@ def _fetch(ref: HubRef, settings: HubSettings, token: str | bool, activity: _Act
         try:
             local.append(Path(hf_hub_download(ref.repo_id, path, revision=commit,
                                               cache_dir=cache_dir, token=token,
+                                              endpoint=endpoint,
                                               etag_timeout=settings.timeout,
                                               tqdm_class=tqdm_class)))
         except HubError:
@@ -483,6 +485,10 @@ def fetch_adapter_files(ref: HubRef | str, *, token: str | None = None,
     ref = parse_hub_uri(ref) if isinstance(ref, str) else ref
     settings = HubSettings.from_env() if settings is None else settings
     token_used: str | bool = token or os.environ.get("HF_TOKEN", "").strip() or False
+    # Import before the clock starts: on a busy machine the import alone can take seconds.
+    import huggingface_hub  # noqa: F401
+    import huggingface_hub.file_download  # noqa: F401
+
     activity = _Activity()
     state: dict = {"total": 0}
     outcome: dict = {}
