@@ -4,7 +4,7 @@ import streamlit as st
 
 from lorarank.charts import (budget_chart, module_spectrum_chart, overlap_chart, phi_chart,
                              rank_map_chart)
-from ui import audit, common, layout, series
+from ui import audit, common, hub, layout, series
 
 common.setup_page("Adapter audit", icon=":material/fact_check:")
 
@@ -26,7 +26,10 @@ uploaded = st.file_uploader(
     key=audit.UPLOAD_KEY,
     help="One weights file (.safetensors, .npz or a llama.cpp LoRA .gguf) plus, for PEFT and mlx-lm, its "
          "adapter_config.json. Read in memory only; never stored, logged or put in the URL.")
+hub.privacy_note()
 upload = audit.Upload.from_uploaded(uploaded)
+hub_upload = hub.hub_input()
+upload = upload or hub_upload
 if upload is None:
     st.markdown(
         "**What to upload:** the `adapter_model.safetensors` and `adapter_config.json` that "
@@ -239,7 +242,8 @@ with tabs["Compare"]:
             "Second adapter (B)", type=["safetensors", "npz", "gguf", "json"], accept_multiple_files=True,
             key=audit.UPLOAD_B_KEY, help="Same kind of files as above; modules are matched by name.")
         top = common.setting_widget(audit.TOP, st.columns(4)[0])
-        upload_b = audit.Upload.from_uploaded(uploaded_b)
+        hub_b = hub.hub_input(hub.HubInput("_b"), label="…or a second adapter on the Hub")
+        upload_b = audit.Upload.from_uploaded(uploaded_b) or hub_b
         if upload_b is None and demo:
             upload_b = audit.demo_upload("b")
             st.info("Comparing with the **synthetic demo B** (r = 8, same planted input directions, "
