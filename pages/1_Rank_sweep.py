@@ -3,6 +3,7 @@
 import streamlit as st
 
 from ui import common, datamode, layout, sweep
+from ui import report as report_ui
 
 common.setup_page("Rank sweep", icon=":material/stacked_line_chart:")
 
@@ -63,3 +64,5 @@ with tabs["Loss curves"]:
         caption="Loss 0.5·||s·B·A − T||_F² after each optimiser step, log scale. A curve that "
                 "ends early with a cross diverged.",
     )
+
+report_ui.sweep_button(run, charts)

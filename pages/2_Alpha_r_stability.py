@@ -4,6 +4,7 @@ import streamlit as st
 
 from lorarank.errors import LoraRankError
 from ui import common, datamode, layout
+from ui import report as report_ui
 from ui import stability as stab
 
 common.setup_page("alpha/r stability", icon=":material/tune:")
@@ -105,6 +106,10 @@ if run is not None:
                         f"A trained run ends near ||T||_F = {run.target_norm:.4g} (dashed); a "
                         f"diverging one overshoots it.",
             )
+    with tabs["Grid"]:
+        report_ui.stability_button(config, views, [
+            ("Loss curves", loss_spec, "Loss 0.5·||s·B·A − T||_F² after each step (log scale)."),
+            ("Largest update norms", norm_spec, "Largest ||s·B·A||_F over the steps of each cell.")])
 else:
     for name in ("Grid", "Learning-rate window", "Loss curves"):
         tabs[name].caption("Nothing to show until the settings in the sidebar are valid (see the "

@@ -5,6 +5,7 @@ import streamlit as st
 from lorarank.charts import (budget_chart, module_spectrum_chart, overlap_chart, phi_chart,
                              rank_map_chart)
 from ui import audit, common, hub, layout, series
+from ui import report as report_ui
 
 common.setup_page("Adapter audit", icon=":material/fact_check:")
 
@@ -130,8 +131,7 @@ with tabs["Per module"]:
         "sqrt(sum_{i>k} sigma² / sum sigma²). Hover a column header for its definition."
     )
     common.download_buttons(audit.module_records(report), stem="lorarank-audit",
-                            key=audit.DOWNLOAD_KEY,
-                            json_data=audit.json_safe(audit.audit_json(report)))
+                            key=audit.DOWNLOAD_KEY, json_bytes=audit.cli_json_bytes(report))
 
 # ------------------------------------------------------------------------- rank map
 with tabs["Rank map"]:
@@ -236,6 +236,7 @@ with tabs["Resize"]:
                            on_click="ignore", icon=":material/download:")
 
 # --------------------------------------------------------------------------- compare
+comparison = None
 with tabs["Compare"]:
     if compare:
         uploaded_b = st.file_uploader(
@@ -279,3 +280,8 @@ with tabs["Compare"]:
                 common.show_chart(phi_chart(shown.phi, name=audit.short_name(shown.name)),
                                   caption="phi(i, j) for the module chosen above: the top-i "
                                           "directions of A against the top-j of B.")
+
+# ---------------------------------------------------------------------------- report
+report_ui.audit_button(upload=upload, report=report, detected=lines, alpha=alpha, scale=scale,
+                       rule=rule, value=value, metric=metric, module=chosen, budget=budget,
+                       comparison=comparison)

@@ -81,7 +81,8 @@ class TestDefaults:
         assert len(specs) == 3
         assert specs[0]["facet"]["field"] == "rule"
         buttons = at.get("download_button")
-        assert len(buttons) == 2
+        assert [b.key for b in buttons] == ["stability_download_csv", "stability_download_json",
+                                            "stability_report_download"]
         cells = at.dataframe[0].value
         assert len(cells) == 4 * len(DEFAULT_RANKS) * len(DEFAULT_LRS)
         assert not cells.isna().any().any()

@@ -30,8 +30,10 @@ import pandas as pd
 import streamlit as st
 
 from lorarank.adapters import Adapter, LoraModule, adapter_files, load_adapter_bytes
+from lorarank.charts.report import budget_marks as _budget_marks
 from lorarank.audit import AuditReport, allocate_budget, audit_adapter, budget_curve, resize_adapter
 from lorarank.base import open_base_bytes
+from lorarank.cli import audit_document, json_text
 from lorarank.compare import Comparison, compare_adapters
 from lorarank.cost import audit_cost
 from lorarank.errors import ConfigError
@@ -48,7 +50,7 @@ __all__ = [
     "short_name", "rule_text", "assumed_scale", "module_url_error",
     "detect", "GATE_KEY", "audit_gate", "run_audit", "run_budget", "run_resize", "resized_files", "zip_files",
     "run_compare", "demo_files", "demo_upload",
-    "COLUMN_HELP", "module_table", "module_records", "table_height", "budget_marks", "audit_json", "detected_lines", "reading",
+    "COLUMN_HELP", "module_table", "module_records", "table_height", "budget_marks", "cli_json_bytes", "detected_lines", "reading",
     "RESIZE_HELP", "resize_table", "COMPARE_HELP", "compare_table", "compare_reading", "json_safe",
     "BASE_UPLOAD_KEY", "base_uploader", "family_notes", "metadata_rows", "show_family_details",
     "spectrum_label", "plain",
@@ -486,17 +488,8 @@ def table_height(rows: int, *, max_rows: int = 16) -> int:
 
 def budget_marks(report: AuditReport, allocation: Mapping[str, Any], *, budget: int) -> list[dict]:
     """The points marked on the budget curve: the chosen budget, the rule, the stored adapter."""
-    n = max(len(report.modules), 1)
-    s = report.summary
-    return [
-        {"label": f"budget: mean rank {budget}", "mean_rank": allocation["directions"] / n,
-         "retained_energy": allocation["retained_energy"], "params": allocation["params"]},
-        {"label": f"rule: {rule_text(report.rule, report.value)}",
-         "mean_rank": sum(m.recommended_rank for m in report.modules) / n,
-         "retained_energy": s["retained_energy"], "params": s["params_after"]},
-        {"label": "as stored", "mean_rank": sum(m.rank for m in report.modules) / n,
-         "retained_energy": 1.0, "params": s["params"]},
-    ]
+    return _budget_marks(report, allocation, budget=budget,
+                         rule_text=rule_text(report.rule, report.value))
 
 
 def module_records(report: AuditReport) -> pd.DataFrame:
@@ -509,11 +502,9 @@ def module_records(report: AuditReport) -> pd.DataFrame:
     return frame
 
 
-def audit_json(report: AuditReport) -> dict:
-    """The JSON download, shaped like ``python -m lorarank audit --json`` plus ``detected``."""
-    doc = report.to_dict()
-    doc["detected"] = report.detected
-    return doc
+def cli_json_bytes(report: AuditReport) -> bytes:
+    """The JSON download: exactly the bytes ``python -m lorarank audit PATH --json`` prints."""
+    return json_text(audit_document([report])).encode("utf-8")
 
 
 def detected_lines(detected: Detected, report: AuditReport) -> list[tuple[str, str]]:

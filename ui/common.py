@@ -97,12 +97,16 @@ _PAGE_STATE_PREFIXES = ("lorarank_", "sweep_", "stability_", "audit_")
 
 
 def setup_page(title: str, *, icon: str = ":material/insights:") -> None:
-    """Set the browser tab title and layout, and draw the shared sidebar. Call first on a page."""
+    """Set the browser tab title and layout, ask for sign-in when the deployment configures it
+    (:mod:`ui.auth`), and draw the shared sidebar. Call first on a page."""
     st.set_page_config(page_title=f"{title} · lorarank", page_icon=icon, layout="wide")
     from . import uploads  # server upkeep: uploads stay in memory, closed sessions leave
 
     uploads.keep_uploads_in_memory()
     uploads.start_janitor()
+    from .auth import require_login
+
+    require_login()  # stops here with a sign-in screen when [auth] is configured
     forget_other_pages(title)
     sidebar()
 
