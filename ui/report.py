@@ -150,9 +150,19 @@ def audit_button(*, upload: Any, report: Any, detected: Sequence[tuple[str, str]
             metric=metric, metric_label=ui_audit.MAP_METRICS[metric], module=module,
             budget=budget, curve=curve, allocation=allocation, extra=extra)
 
-    stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in upload.label)[:60].strip("-")
+    stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in _stem(upload))[:60].strip("-")
     report_button(build, file_name=f"lorarank-audit-{stem or 'adapter'}.html",
                   key=REPORT_KEYS["audit"])
+
+
+def _stem(upload: Any) -> str:
+    """A file-name stem for an upload: the Hub repo's name and commit, or the weights file's."""
+    if upload.ident.startswith("hub:hf://"):
+        ref = upload.ident[len("hub:hf://"):]
+        name, _, rest = ref.split("/", 1)[1].partition("@")
+        return f"{name}-{rest[:7]}"
+    weights = next((n for n, _ in upload.files if not n.lower().endswith(".json")), "adapter")
+    return weights.rsplit(".", 1)[0]
 
 
 def sweep_button(run: Any, charts: Any) -> None:
