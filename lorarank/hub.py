@@ -60,7 +60,7 @@ _PART_RE = re.compile(r"[A-Za-z0-9_.\-]+")
 _SHA_RE = re.compile(r"[0-9a-f]{40}")
 #: Weights files an adapter folder holds, by preference.
 _PREFERRED = ("adapter_model.safetensors", "adapters.safetensors")
-_WEIGHTS_SUFFIXES = (".safetensors", ".npz")
+_WEIGHTS_SUFFIXES = (".safetensors", ".npz", ".gguf")
 _CONFIG = "adapter_config.json"
 
 
