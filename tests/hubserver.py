@@ -44,6 +44,7 @@ class HubRepo:
 
     files: dict[str, bytes] = field(default_factory=dict)
     declared: dict[str, int] = field(default_factory=dict)  # path -> size, no content
+    understated: dict[str, int] = field(default_factory=dict)  # path -> a smaller size it claims
     private_token: str | None = None  # the token that may read it, if private
     gated: bool = False
     stall: bool = False  # downloads of LFS files send headers, then nothing
@@ -65,6 +66,9 @@ class HubRepo:
         return digest.hexdigest()
 
     def size(self, path: str) -> int:
+        """The size the API and the headers announce."""
+        if path in self.understated:
+            return self.understated[path]
         return self.declared[path] if path in self.declared else len(self.files[path])
 
     def sha256(self, path: str) -> str:
@@ -102,6 +106,12 @@ def sample_repos() -> dict[str, HubRepo]:
         "lorarank-test/stalled-adapter": HubRepo(stall=True, files={
             "adapter_config.json": (llama / "adapter_config.json").read_bytes(),
             "adapter_model.safetensors": (llama / "adapter_model.safetensors").read_bytes() + b" "}),
+        # Announces 1000 bytes for its weights and sends all of them.
+        "lorarank-test/understated-adapter": HubRepo(
+            understated={"adapter_model.safetensors": 1000}, files={
+                "adapter_config.json": (llama / "adapter_config.json").read_bytes(),
+                "adapter_model.safetensors": (llama / "adapter_model.safetensors").read_bytes()
+                + b"  "}),
         "lorarank-test/config-only": HubRepo(
             files={"adapter_config.json": (llama / "adapter_config.json").read_bytes()}),
     }

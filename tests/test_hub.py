@@ -170,6 +170,11 @@ def test_declared_50_gb_file_is_refused_before_download(hub, settings):
     assert _no_weights_fetched(hub)
 
 
+def test_a_server_sending_more_than_it_announced_is_stopped(settings):
+    text = _error("hf://lorarank-test/understated-adapter", settings)
+    assert "grew past the announced" in text or "another size than the Hub announced" in text
+
+
 def test_private_repo_needs_the_token(hub, settings, monkeypatch):
     text = _error("hf://lorarank-test/private-adapter", settings)
     assert "private" in text
