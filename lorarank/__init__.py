@@ -5,7 +5,7 @@ descent as training does it, singular values of ``scale * B @ A`` from the facto
 metrics, and reading, auditing, resizing and comparing real adapters.
 """
 
-from .errors import AdapterError, ConfigError, LoraRankError, UnsupportedAdapterError
+from .errors import AdapterError, ConfigError, HubError, LoraRankError, UnsupportedAdapterError
 from .fit import (
     DEFAULT_LR,
     DEFAULT_STEPS,
@@ -67,7 +67,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "LoraRankError", "ConfigError", "AdapterError", "UnsupportedAdapterError",
+    "LoraRankError", "ConfigError", "AdapterError", "UnsupportedAdapterError", "HubError",
     "RANK_RULES", "FactoredSVD", "factored_svd", "factored_svdvals", "energy_rank",
     "stable_rank", "entropy_rank", "kohya_rank", "truncation_error", "eckart_young_errors",
     "gavish_donoho_threshold", "gavish_donoho_rank", "noise_threshold", "numerical_rank", "recommend_rank",

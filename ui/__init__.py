@@ -25,6 +25,15 @@ Modules
       the dict ``chart_spec(chart)`` made of it: return that dict from an ``st.cache_data``
       function to skip rebuilding and validating the chart on every rerun.
     - ``download_buttons(frame, stem=..., key=..., json_data=...)``: CSV and JSON downloads.
+``ui.auth``
+    ``require_login()`` (called by ``setup_page``): a sign-in screen when the secrets configure
+    ``st.login`` (``[auth]``), else nothing.
+``ui.hub`` (Adapter audit)
+    ``hub_input(HubInput(""|"_b"))``: the Hub field and the ``?hf=`` link of one adapter slot;
+    returns an ``Upload`` and pins the link's ``revision`` to the resolved commit.
+``ui.report``
+    ``audit_button`` / ``sweep_button`` / ``stability_button``: "Download report (HTML)",
+    built by ``lorarank.report`` when clicked.
 ``ui.sweep`` (Rank sweep), ``ui.stability`` (alpha/r stability), ``ui.audit`` (Adapter audit)
     Each page's settings (``SETTINGS``), cached engine wrappers (``@st.cache_data`` taking
     small hashable inputs: a frozen config dataclass, the upload's bytes), table builders and
