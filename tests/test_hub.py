@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-huggingface_hub = pytest.importorskip("huggingface_hub")
-
 from hubserver import SAMPLES, FakeHub, HubRepo  # noqa: E402
 
 from lorarank.adapters import load_adapter  # noqa: E402
@@ -25,6 +23,13 @@ REPO = Path(__file__).resolve().parents[1]
 LLAMA = SAMPLES / "peft_llama_r8"
 needs_samples = pytest.mark.skipif(not LLAMA.is_dir(), reason="../shared/samples not present")
 pytestmark = needs_samples
+
+
+@pytest.fixture(scope="module", autouse=True)
+def client():
+    """The real huggingface_hub, imported when these tests run (not at collection: it weighs
+    ~25 MB, and tests/hostile measures children's peak memory, which includes the parent's)."""
+    return pytest.importorskip("huggingface_hub")
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +221,7 @@ def test_offline_mode(settings, monkeypatch):
     assert "offline" in text
 
 
-def test_cache_stays_within_its_budget(hub, tmp_path):
+def test_cache_stays_within_its_budget(hub, tmp_path, client):
     budget = 200_000  # room for one of the two ~150 kB adapters
     s = HubSettings(cache_dir=tmp_path / "cache", cache_bytes=budget, timeout=5.0)
     first = fetch_adapter_files("hf://lorarank-test/peft-llama-r8", settings=s)
@@ -224,7 +229,7 @@ def test_cache_stays_within_its_budget(hub, tmp_path):
     second = fetch_adapter_files("hf://lorarank-test/adapters-in-folders/llama-r8", settings=s)
     assert second.weights.is_file()
     assert not first.weights.exists()  # the older revision left the cache
-    info = huggingface_hub.scan_cache_dir(s.cache_dir)
+    info = client.scan_cache_dir(s.cache_dir)
     assert info.size_on_disk <= budget
     assert prune_cache(s.cache_dir, max_bytes=0) > 0
 
