@@ -72,7 +72,9 @@ def test_audit_downloads(page, context, app_url, tmp_path, shot):
 ])
 def test_page_reports_open_offline(page, context, app_url, tmp_path, path, key, charts):
     page.goto(f"{app_url}/{path}?steps=50")
-    wait_for_table(page)
+    wait_for_app(page)
+    page.locator(f".st-key-{key} button").first.wait_for(timeout=90_000)
+    assert_no_exception(page)
     report = download(page, key, tmp_path)
     offline, refused = open_offline(context, report)
     check_every_chart(offline, charts)
