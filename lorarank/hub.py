@@ -486,8 +486,8 @@ def fetch_adapter_files(ref: HubRef | str, *, token: str | None = None,
     settings = HubSettings.from_env() if settings is None else settings
     token_used: str | bool = token or os.environ.get("HF_TOKEN", "").strip() or False
     # Import before the clock starts: on a busy machine the import alone can take seconds.
-    import huggingface_hub  # noqa: F401
-    import huggingface_hub.file_download  # noqa: F401
+    from huggingface_hub import HfApi, hf_hub_download  # noqa: F401 - the big modules, now
+    from huggingface_hub.utils import tqdm  # noqa: F401
 
     activity = _Activity()
     state: dict = {"total": 0}

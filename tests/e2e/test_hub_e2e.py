@@ -24,7 +24,7 @@ def hub_server(fresh_server, monkeypatch, tmp_path):
     with FakeHub() as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         monkeypatch.setenv("LORARANK_HF_CACHE", str(tmp_path / "hf-cache"))
-        monkeypatch.setenv("LORARANK_HF_TIMEOUT", "4")
+        monkeypatch.setenv("LORARANK_HF_TIMEOUT", "10")
         monkeypatch.delenv("HF_TOKEN", raising=False)
         yield hub, fresh_server()
 
@@ -67,7 +67,7 @@ BAD_LINKS = [
     ("hf=lorarank-test/a-whole-model", "holds no LoRA adapter"),
     ("hf=lorarank-test/huge-adapter", "50 GB, over this server's limit of 2 GB"),
     ("hf=lorarank-test/peft-llama-r8&subfolder=missing", "has no such folder"),
-    ("hf=lorarank-test/stalled-adapter", "sent nothing for 4 s"),
+    ("hf=lorarank-test/stalled-adapter", "sent nothing for 10 s"),
 ]
 
 
