@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from lorarank.data import DataConfig, fit_data
 from lorarank.synthetic import make_target
+from ui.common import md_plain
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -57,7 +58,7 @@ class TestSweepDataMode:
         """A bad list of n is one error sentence, no traceback."""
         at = open_page("pages/1_Rank_sweep.py", mode="data", samples="128,abc", **SMALL)
         assert not at.exception
-        assert [e.value for e in at.error] == [
+        assert [md_plain(e.value) for e in at.error] == [
             "`samples` should be whole numbers from 1 to 20,000 separated by commas, got 'abc' in '128,abc'"]
 
     def test_json_download_shape(self):
@@ -93,6 +94,6 @@ class TestAppLimits:
         at = open_page("pages/1_Rank_sweep.py", mode="data", samples="20000", d_out="1024", d_in="1024",
                        heldout="1000", **SMALL)
         assert not at.exception
-        assert [e.value for e in at.error] == [
+        assert [md_plain(e.value) for e in at.error] == [
             "20,000 training + 1,000 held-out pairs of a 1024 x 1024 layer are 43,008,000 numbers; the "
             "app holds at most 4,194,304, so at most 1,048 training pairs here"]
