@@ -135,7 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "hf://owner/name[@revision][/subfolder] (Hugging Face Hub)")
     p.add_argument("--series", metavar="DIR",
                    help="audit every checkpoint-<step> subfolder of a training run's folder, "
-                        "and each module's rank and subspace similarity over steps")
+                        "and each module's rank and subspace similarity over steps; or a run on "
+                        "the Hub: hf://owner/name@rev1,rev2,...[/subfolder] (one checkpoint per "
+                        "revision) or hf://owner/name[@revision][/subfolder] (its checkpoint-<step> "
+                        "folders)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--alpha", type=float, default=None,
                    help="alpha for files that carry none (scale = alpha / r per module)")
@@ -477,12 +480,21 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit_series(args: argparse.Namespace) -> int:
+    from .hub import is_hub_uri, plan_hub_series
     from .series import audit_series, find_checkpoints
 
-    result = audit_series(find_checkpoints(args.series))
+    pinned = None
+    if is_hub_uri(args.series):
+        plan = plan_hub_series(args.series)
+        run, pinned = plan.run(alpha=args.alpha, scale=args.scale), plan.pinned.uri
+    else:
+        run = find_checkpoints(args.series)
+    result = audit_series(run)
     if args.json:
         _print_json(result.to_dict())
         return 0
+    if pinned:
+        print(f"from {pinned}")
     _series_print(result, args.series)
     return 0
 
@@ -492,6 +504,8 @@ def _series_print(result, folder: str) -> None:
     steps = result.steps
     print(f"{folder}: {len(steps)} checkpoints (steps {', '.join(map(str, steps))}), "
           f"{len(result.modules)} modules in every checkpoint")
+    if any(x is not None for x in result.labels):
+        print("labels: " + ", ".join(f"step {s} = {result.label(i)}" for i, s in enumerate(steps)))
     print()
     print(f"{'step':>8} | {'directions':>10} | {'rec. median':>11} | {'k(.90) mean':>11} | "
           f"{'k(.99) mean':>11} | {'stable mean':>11} | {'phi next':>8} | {'phi last':>8}")

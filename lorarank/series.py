@@ -100,11 +100,14 @@ class Checkpoint:
         Hub address with its revision.
     load : callable() -> Adapter
         Reads the adapter; called once by :func:`audit_series` (never kept).
+    label : str or None
+        What to call it besides its step (a Hub revision as given); None: the step.
     """
 
     step: int
     path: str
     load: Callable[[], Adapter] = field(repr=False, compare=False)
+    label: str | None = None
 
 
 @dataclass(frozen=True)
@@ -431,6 +434,8 @@ class SeriesReport:
         The rank rule of ``recommended_rank``.
     top : int
         phi is ``phi(k, k)`` with ``k = min(top, r_1, r_2)``.
+    labels : list of (str or None)
+        Each checkpoint's label (a Hub revision as given), None where it has only its step.
     """
 
     steps: list[int]
@@ -443,13 +448,25 @@ class SeriesReport:
     rule: str
     value: float
     top: int
+    labels: list[str | None] = field(default_factory=list)
+
+    def label(self, i: int) -> str:
+        """Checkpoint ``i``'s name for display: its label (a Hub revision), else its step."""
+        given = self.labels[i] if i < len(self.labels) else None
+        return given if given is not None else str(self.steps[i])
 
     def to_dict(self) -> dict:
-        """``{"checkpoints": [{"step", "path", "modules", ...}], "series": {"modules", "settled_step", ...}}``."""
+        """``{"checkpoints": [{"step", "path", "modules", ...}], "series": {"modules", "settled_step", ...}}``.
+
+        A checkpoint with a label (a Hub revision) also carries ``"label"``, and the series
+        ``"labels"`` (aligned with ``steps``)."""
         checkpoints = []
-        for step, path, report in zip(self.steps, self.paths, self.reports):
+        labelled = any(x is not None for x in self.labels)
+        for i, (step, path, report) in enumerate(zip(self.steps, self.paths, self.reports)):
             doc = report.to_dict()
-            checkpoints.append({"step": step, "path": path, **doc})
+            extra = {"label": self.label(i)} if labelled else {}
+            checkpoints.append({"step": step, "path": path, **extra, **doc})
+        series_extra = {"labels": [self.label(i) for i in range(len(self.steps))]} if labelled else {}
         return {
             "checkpoints": checkpoints,
             "series": {
@@ -458,23 +475,25 @@ class SeriesReport:
                 "steps": list(self.steps),
                 "adapter": [dict(a) for a in self.adapter],
                 "rule": self.rule, "value": self.value, "top": self.top,
-                "notes": list(self.notes),
+                "notes": list(self.notes), **series_extra,
             },
         }
 
     def table(self) -> list[dict]:
         """One flat row per (step, shared module), for CSV / JSON downloads and charts.
 
-        Columns: step, module, layer, module_type, rank, sigma_1, energy_rank_0.9 / 0.95 /
-        0.99, stable_rank, recommended_rank, phi_next, phi_last, then sigma_1..sigma_q.
+        Columns: step (and label, for a series with labels), module, layer, module_type, rank,
+        sigma_1, energy_rank_0.9 / 0.95 / 0.99, stable_rank, recommended_rank, phi_next,
+        phi_last, then sigma_1..sigma_q.
         """
         width = max((len(s) for m in self.modules for s in m.singular_values), default=0)
+        labelled = any(x is not None for x in self.labels)
         rows = []
         for i, step in enumerate(self.steps):
             for m in self.modules:
                 s = m.singular_values[i]
                 rows.append({
-                    "step": step, "module": m.name, "layer": m.layer, "module_type": m.module_type,
+                    "step": step, **({"label": self.label(i)} if labelled else {}), "module": m.name, "layer": m.layer, "module_type": m.module_type,
                     "rank": m.rank[i], "sigma_1": float(s[0]) if s.size else 0.0,
                     **{f"energy_rank_{t}": k for t, k in m.energy_rank[i].items()},
                     "stable_rank": m.stable_rank[i], "recommended_rank": m.recommended_rank[i],
@@ -593,7 +612,7 @@ def audit_series(run: Run | Sequence[Checkpoint], *, rule: str = "energy", value
     settled = max((m.settled_step for m in modules), default=steps[-1])
     return SeriesReport(steps=steps, paths=[c.path for c in order], reports=reports, modules=modules,
                         settled_step=settled, adapter=_adapter_rows(steps, modules), notes=notes,
-                        rule=rule, value=value, top=top)
+                        rule=rule, value=value, top=top, labels=[c.label for c in order])
 
 
 def _names(names: Sequence[str], limit: int = 5) -> str:

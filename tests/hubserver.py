@@ -14,7 +14,9 @@ It answers what ``huggingface_hub`` asks when it reads a model repo, the way the
   ``GatedRepo`` (401 on a gated repo's files without a token).
 
 Repos are built from folders of real files (``/work/shared/samples``) or from
-``{path: bytes}``; a file can also be *declared* with a size and no content (the 50 GB
+``{path: bytes}``; a repo with a history is a list of :class:`HubRepo`, one per commit, each
+answering to its own ``refs`` (branches, tags) and its sha (the one with ``main`` is the
+default branch); a file can also be *declared* with a size and no content (the 50 GB
 weights test), and a repo can *stall* (send the headers of a download, then nothing).
 Loopback only. Run it alone with ``python tests/hubserver.py [--port N]`` to try the app
 against it (``HF_ENDPOINT=http://127.0.0.1:N``).
@@ -40,7 +42,7 @@ __all__ = ["HubRepo", "FakeHub", "SAMPLES", "sample_repos"]
 
 @dataclass
 class HubRepo:
-    """One model repo at one commit (``branches`` and ``tags`` all point at it)."""
+    """One model repo at one commit (the branches and tags in ``refs`` point at it)."""
 
     files: dict[str, bytes] = field(default_factory=dict)
     declared: dict[str, int] = field(default_factory=dict)  # path -> size, no content
@@ -114,7 +116,47 @@ def sample_repos() -> dict[str, HubRepo]:
                 + b"  "}),
         "lorarank-test/config-only": HubRepo(
             files={"adapter_config.json": (llama / "adapter_config.json").read_bytes()}),
+        **run_repos(),
     }
+
+
+def run_repos() -> dict[str, list[HubRepo] | HubRepo]:
+    """Repos holding the six checkpoints of the real run in ``samples/checkpoints/run``.
+
+    - ``run-revisions``: six commits, each with one checkpoint's files at the root (as
+      ``Trainer(push_to_hub=True, hub_strategy="every_save")`` pushes them), tagged
+      ``step-15`` ... ``step-90``; the last is also ``main``.
+    - ``run-revisions-no-state``: three commits without ``trainer_state.json`` (tags ``v1``,
+      ``v2``, ``v3`` = ``main``) holding checkpoints 90, 15 and 45, so step order and the
+      order given differ.
+    - ``run-checkpoints``: one commit with every ``checkpoint-<step>/`` folder (as
+      ``hub_strategy="all_checkpoints"`` pushes them), also under ``outputs/``.
+    """
+    run = SAMPLES / "checkpoints" / "run"
+    if not run.is_dir():
+        return {}
+    steps = sorted(int(p.name.split("-")[1]) for p in run.iterdir() if p.name.startswith("checkpoint-"))
+    revisions = [HubRepo.from_folder(run / f"checkpoint-{s}",
+                                     refs=(f"step-{s}",) + (("main",) if s == steps[-1] else ()))
+                 for s in steps]
+
+    def no_state(step: int, refs: tuple[str, ...]) -> HubRepo:
+        repo = HubRepo.from_folder(run / f"checkpoint-{step}", refs=refs)
+        repo.files.pop("trainer_state.json", None)
+        return repo
+
+    return {
+        "lorarank-test/run-revisions": revisions,
+        "lorarank-test/run-revisions-no-state": [no_state(90, ("v1",)), no_state(15, ("v2",)),
+                                                 no_state(45, ("v3", "main"))],
+        "lorarank-test/run-checkpoints": HubRepo(files={
+            **HubRepo.from_folder(run).files, **HubRepo.from_folder(run, prefix="outputs/").files,
+            "README.md": b"# a run pushed with hub_strategy=all_checkpoints\n"}),
+    }
+
+
+def _snapshots(entry: "HubRepo | list[HubRepo]") -> list[HubRepo]:
+    return list(entry) if isinstance(entry, (list, tuple)) else [entry]
 
 
 class FakeHub:
@@ -123,7 +165,7 @@ class FakeHub:
     ``hub.requests`` lists ``(method, path)`` of every request, to check what was fetched.
     """
 
-    def __init__(self, repos: dict[str, HubRepo] | None = None, *, port: int = 0) -> None:
+    def __init__(self, repos: dict[str, HubRepo | list[HubRepo]] | None = None, *, port: int = 0) -> None:
         self.repos = sample_repos() if repos is None else repos
         self.requests: list[tuple[str, str]] = []
         self.closing = threading.Event()
@@ -195,23 +237,27 @@ class FakeHub:
             return self._resolve(h, "/".join(segs[:2]), segs[3], "/".join(segs[4:]), head=head)
         self._error(h, 404, "NotFound", "no such endpoint", head=head)
 
-    def _repo(self, h, repo_id: str, *, head: bool) -> HubRepo | None:
-        repo = self.repos.get(repo_id)
-        if repo is None or not self._allowed(h, repo):
+    def _repo(self, h, repo_id: str, rev: str | None, *, head: bool) -> HubRepo | None:
+        """The repo's commit that ``rev`` names (None: the default branch), or an error sent."""
+        entry = self.repos.get(repo_id)
+        if entry is None or not self._allowed(h, _snapshots(entry)[0]):
             self._error(h, 401, "RepoNotFound", "Repository not found", head=head)
             return None
-        return repo
+        snaps = _snapshots(entry)
+        for repo in snaps:
+            if (rev is None and "main" in repo.refs) or rev in repo.refs or rev == repo.sha:
+                return repo
+        if rev is None:
+            return snaps[-1]
+        self._error(h, 404, "RevisionNotFound", "Invalid rev id: " + rev, head=head)
+        return None
 
     def _info(self, h, repo_id: str, rest: list[str], *, head: bool) -> None:
-        repo = self._repo(h, repo_id, head=head)
+        if rest and rest[:1] != ["revision"]:
+            return self._error(h, 404, "NotFound", "no such endpoint", head=head)
+        repo = self._repo(h, repo_id, "/".join(rest[1:]) if rest else None, head=head)
         if repo is None:
             return
-        if rest[:1] == ["revision"]:
-            rev = "/".join(rest[1:])
-            if rev not in repo.refs and rev != repo.sha:
-                return self._error(h, 404, "RevisionNotFound", "Invalid rev id: " + rev, head=head)
-        elif rest:
-            return self._error(h, 404, "NotFound", "no such endpoint", head=head)
         siblings = []
         for p in repo.paths():
             entry = {"rfilename": p, "size": repo.size(p),
@@ -229,11 +275,9 @@ class FakeHub:
                    headers={"Content-Type": "application/json"})
 
     def _resolve(self, h, repo_id: str, rev: str, path: str, *, head: bool) -> None:
-        repo = self._repo(h, repo_id, head=head)
+        repo = self._repo(h, repo_id, rev, head=head)
         if repo is None:
             return
-        if rev not in repo.refs and rev != repo.sha:
-            return self._error(h, 404, "RevisionNotFound", "Invalid rev id: " + rev, head=head)
         if repo.gated and "Authorization" not in h.headers:
             return self._error(h, 401, "GatedRepo", "Access to model is restricted", head=head)
         if path not in repo.files and path not in repo.declared:
@@ -251,10 +295,11 @@ class FakeHub:
                    headers={**common, "ETag": f'"{etag}"', "Content-Type": "text/plain"})
 
     def _cdn(self, h, sha: str, *, head: bool) -> None:
-        for repo_id, repo in self.repos.items():
-            for p in repo.paths():
-                if repo.sha256(p) == sha:
-                    return self._serve_blob(h, repo, p, head=head)
+        for repo_id, entry in self.repos.items():
+            for repo in _snapshots(entry):
+                for p in repo.paths():
+                    if repo.sha256(p) == sha:
+                        return self._serve_blob(h, repo, p, head=head)
         self._error(h, 404, "NotFound", "no such blob", head=head)
 
     def _serve_blob(self, h, repo: HubRepo, path: str, *, head: bool) -> None:
