@@ -510,6 +510,21 @@ def _npy_header(shape, descr="<f4") -> bytes:
     return buf.getvalue()
 
 
+@pytest.fixture(scope="module")
+def zip_bomb(tmp_path_factory) -> Path:
+    """An .npz of about 2 MB whose member inflates to 2 GiB of zeros (a valid float32 .npy)."""
+    path = tmp_path_factory.mktemp("bomb") / "bomb.npz"
+    n = 2**29  # float32 -> 2 GiB
+    chunk = b"\0" * (16 * 2**20)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        with zf.open("A.npy", "w", force_zip64=True) as member:
+            member.write(_npy_header((n // 4, 4)))
+            for _ in range(n * 4 // len(chunk)):
+                member.write(chunk)
+        zf.writestr("B.npy", _npy_header((4, 4)) + b"\0" * 64)
+    return path
+
+
 class TestBadNpz:
     """Unsafe or corrupt .npz archives."""
 
@@ -550,20 +565,6 @@ class TestBadNpz:
             zf.writestr("readme.txt", "hi")
         with pytest.raises(AdapterError, match=r"member 'readme.txt' is not a .npy array"):
             load_adapter_bytes({"w.npz": buf.getvalue()})
-
-    @pytest.fixture(scope="class")
-    def zip_bomb(self, tmp_path_factory) -> Path:
-        """An .npz of about 2 MB whose member inflates to 2 GiB of zeros (a valid float32 .npy)."""
-        path = tmp_path_factory.mktemp("bomb") / "bomb.npz"
-        n = 2**29  # float32 -> 2 GiB
-        chunk = b"\0" * (16 * 2**20)
-        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-            with zf.open("A.npy", "w", force_zip64=True) as member:
-                member.write(_npy_header((n // 4, 4)))
-                for _ in range(n * 4 // len(chunk)):
-                    member.write(chunk)
-            zf.writestr("B.npy", _npy_header((4, 4)) + b"\0" * 64)
-        return path
 
     def test_zip_bomb_refused(self, zip_bomb):
         """Declared sizes far beyond the archive size stop the read before inflating."""

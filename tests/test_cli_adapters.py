@@ -87,17 +87,19 @@ class TestAudit:
         assert len(json.loads(proc.stdout)["modules"]) == 14
 
 
+@pytest.fixture
+def files(tmp_path):
+    """Bad and good adapter files in a fresh folder."""
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    (tmp_path / "notes.npz").write_text("just text\n")
+    save_file({"m.hada_w1_a": np.ones((2, 2), np.float32)}, tmp_path / "loha.safetensors")
+    save_file({"m.lora_A.weight": np.ones((2, 3), np.float32), "m.lora_B.weight": np.ones((4, 2), np.float32)},
+              tmp_path / "ok.safetensors")
+    return tmp_path
+
+
 class TestErrors:
     """Bad input: exit 2 and one line `lorarank: error: ...` on stderr."""
-
-    @pytest.fixture
-    def files(self, tmp_path):
-        (tmp_path / "empty.safetensors").write_bytes(b"")
-        (tmp_path / "notes.npz").write_text("just text\n")
-        save_file({"m.hada_w1_a": np.ones((2, 2), np.float32)}, tmp_path / "loha.safetensors")
-        save_file({"m.lora_A.weight": np.ones((2, 3), np.float32), "m.lora_B.weight": np.ones((4, 2), np.float32)},
-                  tmp_path / "ok.safetensors")
-        return tmp_path
 
     @pytest.mark.parametrize("argv, message", [
         (["audit", "{d}/empty.safetensors"], "empty.safetensors is not a valid safetensors file (only 0 bytes)"),

@@ -35,3 +35,19 @@ class TestEngineBoundary:
 
         missing = [name for name in lorarank.__all__ if not hasattr(lorarank, name)]
         assert missing == []
+
+
+class TestTestSuite:
+    def test_no_fixture_is_an_instance_method(self):
+        """Fixtures are module-level functions: pytest 9.1 deprecates class-scoped fixtures written
+        as methods (PytestRemovedIn10Warning) and pytest 10 removes them."""
+        import ast
+
+        found = []
+        for path in sorted((ROOT / "tests").rglob("*.py")):
+            for cls in (n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ClassDef)):
+                for fn in cls.body:
+                    if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(
+                            "fixture" in ast.unparse(d) for d in fn.decorator_list):
+                        found.append(f"{path.relative_to(ROOT)}:{fn.lineno} {cls.name}.{fn.name}")
+        assert found == []

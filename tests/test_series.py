@@ -129,17 +129,21 @@ class TestSteps:
 
 
 # --------------------------------------------------------------------------- the real run
+@pytest.fixture(scope="module")
+def result():
+    """The series audit of the real run (shared by TestRealRun)."""
+    return audit_series(find_checkpoints(RUN))
+
+
+@pytest.fixture(scope="module")
+def oracle():
+    """Dense float64 factors of every checkpoint of the real run."""
+    return {step: dense_checkpoint(RUN / f"checkpoint-{step}") for step in RUN_STEPS}
+
+
 @needs_run
 class TestRealRun:
     """The six real PEFT checkpoints of samples/checkpoints/run against dense float64 oracles."""
-
-    @pytest.fixture(scope="class")
-    def result(self):
-        return audit_series(find_checkpoints(RUN))
-
-    @pytest.fixture(scope="class")
-    def oracle(self):
-        return {step: dense_checkpoint(RUN / f"checkpoint-{step}") for step in RUN_STEPS}
 
     def test_steps_and_paths(self, result):
         """Six checkpoints in step order, each with its folder."""
