@@ -37,7 +37,7 @@ from ..errors import AdapterError
 
 __all__ = ["MAX_NPZ_EXPANSION", "Tensors", "safetensors_from_path", "safetensors_from_bytes",
            "npz_tensors", "all_finite", "FLOAT_DTYPES", "INT_DTYPES", "DTYPE_NAMES", "decode_bf16",
-           "encode_bf16"]
+           "encode_bf16", "Bf16Array", "LazyArray"]
 
 #: Largest accepted ratio of the declared unpacked size of an ``.npz`` to its packed size.
 MAX_NPZ_EXPANSION = 16
@@ -132,7 +132,7 @@ def safetensors_from_path(path: Path) -> Tensors:
         try:
             dtype_name, shape = entries[key]
             if dtype_name == "BF16":
-                return decode_bf16(raw(key), shape)
+                return Bf16Array(raw(key), shape)
             if dtype_name not in FLOAT_DTYPES and dtype_name not in INT_DTYPES:
                 return np.frombuffer(raw(key), dtype=np.uint8)
             return handle.get_tensor(key)
@@ -153,6 +153,13 @@ def safetensors_from_path(path: Path) -> Tensors:
 
 
 def safetensors_from_bytes(source: str, data: bytes) -> Tensors:
+    """Tensors of an in-memory safetensors file, as views of ``data`` (no copy is kept).
+
+    The ``safetensors`` library checks the whole file (offsets, dtypes, no overlap, no gap);
+    its copies of the tensors are dropped at once, and every tensor is then served as a
+    zero-copy view of ``data`` at the offsets of the header that was just validated, so an
+    upload costs its own bytes once (bfloat16 is decoded per tensor on use, :class:`Bf16Array`).
+    """
     import safetensors
 
     if len(data) < 8:
@@ -165,27 +172,33 @@ def safetensors_from_bytes(source: str, data: bytes) -> Tensors:
         pos[0] += n
         return chunk
 
-    metadata, _ = check_safetensors_header(source, bytes(view[:8]), read, len(data))
+    metadata, header = check_safetensors_header(source, bytes(view[:8]), read, len(data))
     try:
+        # Validation only: the library's per-tensor copies are freed tensor by tensor below.
         flat = safetensors.deserialize(bytes(data) if not isinstance(data, bytes) else data)
     except Exception as exc:
         raise _safetensors_error(source, exc) from exc
     entries: dict[str, tuple[str, tuple[int, ...]]] = {}
-    raw: dict[str, object] = {}
-    for key, view in flat:
-        entries[key] = (view["dtype"], tuple(int(d) for d in view["shape"]))
-        raw[key] = view["data"]
+    while flat:
+        key, info = flat.pop()
+        entries[key] = (info["dtype"], tuple(int(d) for d in info["shape"]))
+    entries = dict(sorted(entries.items()))  # the library's order (by name)
+    start = 8 + struct.unpack("<Q", view[:8])[0]
+    spans = {k: (start + int(v["data_offsets"][0]), start + int(v["data_offsets"][1]))
+             for k, v in header.items() if k != "__metadata__"}
+
+    def raw_view(key: str) -> memoryview:
+        lo, hi = spans[key]
+        return view[lo:hi]
 
     def get(key: str) -> np.ndarray:
         dtype_name, shape = entries[key]
         if dtype_name == "BF16":
-            return decode_bf16(raw[key], shape)
-        dtype = FLOAT_DTYPES.get(dtype_name) or INT_DTYPES[dtype_name]
-        return np.frombuffer(raw[key], dtype=dtype).reshape(shape)
+            return Bf16Array(raw_view(key), shape)
+        dtype = (FLOAT_DTYPES.get(dtype_name) or INT_DTYPES[dtype_name]).newbyteorder("<")
+        return np.frombuffer(raw_view(key), dtype=dtype).reshape(shape)
 
-    return Tensors(source, entries, get, metadata, lambda key: bytes(raw[key]))
-
-
+    return Tensors(source, entries, get, metadata, lambda key: bytes(raw_view(key)))
 
 
 def check_safetensors_header(source: str, head: bytes, read: Callable[[int], bytes],
@@ -316,6 +329,92 @@ def npz_tensors(source: str, fileobj, size: int) -> Tensors:
 _EXPONENT_MASKS = {np.dtype(np.float16): 0x7C00}
 
 
+class LazyArray(np.lib.mixins.NDArrayOperatorsMixin):
+    """An array computed on each use from what it is made of, held as that recipe only.
+
+    Used where holding the array would cost a multiple of the file (bfloat16 factors decoded to
+    float32, LoHa's r1*r2-wide Khatri-Rao factors in float64). ``np.asarray``, ufuncs and
+    operators (``@``, ``*``), indexing and every ndarray attribute (``.T``, ``.astype``,
+    ``.reshape``) see the computed array, so readers and computations use it as that array;
+    each use computes it anew (a transient of one module's size). Pickled as the plain array.
+
+    Parameters
+    ----------
+    make : callable
+        Returns the ndarray of ``shape`` and ``dtype``.
+    shape : tuple of int
+    dtype : numpy dtype
+    """
+
+    __slots__ = ("_make", "shape", "dtype")
+
+    def __init__(self, make: Callable[[], np.ndarray], shape: tuple[int, ...], dtype: object):
+        self._make = make
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = np.dtype(dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def materialize(self) -> np.ndarray:
+        """The array (a new one on each call)."""
+        return self._make()
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        out = self.materialize()
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):  # noqa: ANN001 - numpy protocol
+        inputs = tuple(x.materialize() if isinstance(x, LazyArray) else x for x in inputs)
+        return getattr(ufunc, method)(*inputs, **kwargs)
+
+    def __getitem__(self, index: object) -> np.ndarray:
+        return self.materialize()[index]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getattr__(self, name: str) -> object:  # .T, .astype, .reshape, .copy, .sum, ...
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.materialize(), name)
+
+    def __reduce__(self) -> tuple:
+        return np.array, (self.materialize(),)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype})"
+
+
+class Bf16Array(LazyArray):
+    """A bfloat16 tensor held as its stored bits (a view of the file, no copy), used as float32.
+
+    numpy has no bfloat16, and decoding a whole adapter at once would hold it twice over
+    (float32 is twice the size of the stored bits). ``dtype`` is float32, the exact dtype of
+    the values as computed with; :attr:`LoraModule.stored_dtype` says bfloat16.
+
+    Parameters
+    ----------
+    data : bytes-like
+        Little-endian bfloat16 bits, ``2 * prod(shape)`` bytes.
+    shape : tuple of int
+    """
+
+    __slots__ = ("bits",)
+
+    def __init__(self, data: object, shape: tuple[int, ...]):
+        self.bits = np.frombuffer(data, dtype="<u2")
+        super().__init__(lambda: decode_bf16(self.bits, self.shape), shape, np.float32)
+
+    def __reduce__(self) -> tuple:
+        return Bf16Array, (self.bits.tobytes(), self.shape)
+
+
 def decode_bf16(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
     """bfloat16 bytes (little-endian) as an exact float32 array of ``shape``."""
     bits = np.frombuffer(data, dtype="<u2")
@@ -336,6 +435,8 @@ def encode_bf16(arr: np.ndarray) -> np.ndarray:
 
 def all_finite(arr: np.ndarray) -> bool:
     """``np.isfinite(arr).all()``; for 16-bit floats on the bits (exponent all ones = inf/NaN)."""
+    if isinstance(arr, Bf16Array):
+        return not bool(np.any((arr.bits & 0x7F80) == 0x7F80))
     mask = _EXPONENT_MASKS.get(arr.dtype)
     if mask is None:
         return bool(np.isfinite(arr).all())

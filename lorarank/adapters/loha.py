@@ -7,7 +7,8 @@ Khatri-Rao product of the factors:
     (B1 A1) * (B2 A2) = B A,   B[o, (i, j)] = B1[o, i] B2[o, j],   A[(i, j), c] = A1[i, c] A2[j, c]
 
 so ``B`` is (d_out, r1 * r2), ``A`` is (r1 * r2, d_in) and q = r1 * r2 (``stored_rank`` = r,
-the dim the scale divides by). The products are formed in float64 (exact to one rounding).
+the dim the scale divides by). The products are formed in float64 (exact to one rounding) on
+each use (:class:`LazyArray`): the module holds only the four small factors.
 With Tucker cores (``hada_t1`` (r, r, kh, kw), ``hada_w1_a`` (r, out), ``hada_w1_b`` (r, in)),
 each half is ``einsum("ijk,ip,jr->prk", t, wa, wb)`` flattened to (out, in * kh * kw), whose
 exact rank-r factorisation is ``B = wa.T`` and ``A[i, (r, k)] = sum_j t[i, j, k] wb[j, r]``.
@@ -20,7 +21,7 @@ import numpy as np
 from ..errors import AdapterError
 from ._model import LoraModule
 from ._registry import Layout, register
-from ._tensors import Tensors
+from ._tensors import LazyArray, Tensors
 from .lora import read_factor, stored_size
 
 __all__ = ["khatri_rao_rows", "tucker_half"]
@@ -93,7 +94,11 @@ def _read_loha(tensors: Tensors, name: str, keys: dict[str, str], source: str) -
     if b1.shape[0] != b2.shape[0] or a1.shape[1] != a2.shape[1]:
         raise AdapterError(f"{source}: the two LoHa halves of {name!r} have different shapes "
                            f"({b1.shape[0]} x {a1.shape[1]} and {b2.shape[0]} x {a2.shape[1]})")
-    big_b, big_a = khatri_rao_rows(b1, a1, b2, a2)
+    # Held as the four small factors: the r1*r2-wide float64 products are formed on each use
+    # (an 8B-shaped r = 16 LoHa would otherwise hold about 5 GB).
+    d_out, d_in, q = b1.shape[0], a1.shape[1], b1.shape[1] * b2.shape[1]
+    big_b = LazyArray(lambda: khatri_rao_rows(b1, a1[:, :1], b2, a2[:, :1])[0], (d_out, q), np.float64)
+    big_a = LazyArray(lambda: khatri_rao_rows(b1[:1], a1, b2[:1], a2)[1], (q, d_in), np.float64)
     return LoraModule(name, big_a, big_b, 1.0, kernel=k1 or k2, family="loha", stored_rank=r1,
                       stored_params=stored_size(tensors, keys))
 
