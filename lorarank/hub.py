@@ -40,7 +40,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from .errors import ConfigError, HubError
 
@@ -719,7 +719,8 @@ def _load_checkpoint(ref: HubRef, token: str | None, settings: HubSettings | Non
 
 def plan_hub_series(spec: HubSeriesRef | str, *, token: str | None = None,
                     settings: HubSettings | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> HubSeries:
+                    progress: Callable[[int, int], None] | None = None,
+                    labels: Sequence[str] | None = None) -> HubSeries:
     """List a Hub series' checkpoints, pin each to its commit and read their steps.
 
     One API call per revision lists the files (and resolves the revision to a commit); the
@@ -733,6 +734,9 @@ def plan_hub_series(spec: HubSeriesRef | str, *, token: str | None = None,
         A string is parsed by :func:`parse_hub_series`.
     token, settings, progress
         As in :func:`fetch_adapter_files` (``progress`` reports revisions listed).
+    labels : sequence of str, optional
+        Names of the revisions of a series by revision, aligned with ``spec.revisions``
+        (default: the revisions as given). A link pinned to commits keeps the names given.
 
     Returns
     -------
@@ -749,15 +753,19 @@ def plan_hub_series(spec: HubSeriesRef | str, *, token: str | None = None,
     """
     spec = parse_hub_series(spec) if isinstance(spec, str) else spec
     settings = HubSettings.from_env() if settings is None else settings
+    names = [str(r) for r in spec.revisions] if labels is None else [str(x) for x in labels]
+    if len(names) != len(spec.revisions):
+        raise ConfigError(f"{len(names)} labels for {len(spec.revisions)} revisions")
     first = HubRef(spec.repo_id, spec.revisions[0], spec.subfolder)
     where = HubRef(spec.repo_id, None, spec.subfolder)
     return _watched(where if spec.by_revision else first, settings,
-                    lambda activity, state: _plan(spec, settings, _token(token), activity, state),
+                    lambda activity, state: _plan(spec, names, settings, _token(token), activity,
+                                                  state),
                     progress)
 
 
-def _plan(spec: HubSeriesRef, settings: HubSettings, token: str | bool, activity: _Activity,
-          state: dict) -> HubSeries:
+def _plan(spec: HubSeriesRef, names: Sequence[str], settings: HubSettings, token: str | bool,
+          activity: _Activity, state: dict) -> HubSeries:
     from huggingface_hub import HfApi, hf_hub_download
 
     from .series import MAX_TRAINER_STATE, step_from_trainer_state
@@ -777,7 +785,7 @@ def _plan(spec: HubSeriesRef, settings: HubSettings, token: str | bool, activity
         if spec.by_revision:
             paths = choose_adapter_files(ref, listing)
             state_path = _join(spec.subfolder, _TRAINER_STATE)
-            found.append((str(rev), ref.with_revision(commit), paths,
+            found.append((names[i], ref.with_revision(commit), paths,
                           state_path if state_path in listing else None, None))
             continue
         prefix = spec.subfolder + "/" if spec.subfolder else ""

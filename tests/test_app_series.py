@@ -170,3 +170,62 @@ class TestHelpers:
                     out.writestr(n, z.read(n))
         report = audit_series(checkpoints_from_files([("one.zip", buf.getvalue())]))
         assert series.reading(report).startswith("One checkpoint (step 50)")
+
+
+@needs_run
+class TestHubRun:
+    """A run on the Hub (tests/hubserver.py through the real huggingface_hub client)."""
+
+    @pytest.fixture(autouse=True)
+    def hub(self, monkeypatch, tmp_path):
+        pytest.importorskip("huggingface_hub")
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from hubserver import FakeHub
+        from huggingface_hub import constants
+
+        with FakeHub() as server:
+            monkeypatch.setattr(constants, "ENDPOINT", server.url)
+            monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                                server.url + "/{repo_id}/resolve/{revision}/{filename}")
+            monkeypatch.setenv("LORARANK_HF_CACHE", str(tmp_path / "cache"))
+            monkeypatch.delenv("HF_TOKEN", raising=False)
+            yield server
+
+    def test_revisions_from_the_link_are_pinned_and_equal_dense_svds(self, hub):
+        """Revisions given out of order: ordered by step, labelled, pinned; numbers = dense SVDs."""
+        tags = "step-45,step-15,step-90,step-30,step-60,step-75"
+        at = open_page({series.HUB_REPO_KEY: "lorarank-test/run-revisions",
+                        series.HUB_REVISIONS_KEY: tags})
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        frame = series_frame(at)
+        assert list(frame["step"]) == STEPS
+        assert list(frame["checkpoint"]) == [f"step-{s}" for s in STEPS]
+        assert list(frame["directions"]) == [dense_directions(s) for s in STEPS]
+        by_tag = {snap.refs[0]: snap.sha for snap in hub.repos["lorarank-test/run-revisions"]}
+        assert at.query_params[series.HUB_COMMITS_KEY] == ",".join(by_tag[t] for t in tags.split(","))
+        # The pinned link, opened again, shows the same numbers.
+        again = open_page({key: at.query_params[key] for key in series.HUB_KEYS if key in at.query_params})
+        assert not again.exception and not again.error
+        assert series_frame(again).equals(frame)
+
+    def test_checkpoint_folders_of_one_repo(self, hub):
+        at = open_page({series.HUB_REPO_KEY: "lorarank-test/run-checkpoints",
+                        series.HUB_SUBFOLDER_KEY: "outputs"})
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        frame = series_frame(at)
+        assert list(frame["checkpoint"]) == [f"checkpoint-{s}" for s in STEPS]
+        assert list(frame["directions"]) == [dense_directions(s) for s in STEPS]
+        assert at.query_params[series.HUB_COMMITS_KEY] == hub.repos["lorarank-test/run-checkpoints"].sha
+
+    def test_typed_run_updates_the_link_and_errors_are_one_sentence(self, hub):
+        at = open_page()
+        at.text_input(key="audit_series_hub_repo").set_value("lorarank-test/run-revisions")
+        at.text_input(key="audit_series_hub_revisions").set_value("step-15, nope")
+        at.button(key="FormSubmitter:audit_series_hub_form-Load").click()
+        at = at.run()
+        assert not at.exception
+        errors = [e.value for e in at.error]
+        assert len(errors) == 1 and "has no revision 'nope'" in errors[0], errors
+        assert at.query_params[series.HUB_REVISIONS_KEY] == "step-15,nope"

@@ -22,11 +22,13 @@ import streamlit as st
 from lorarank.adapters import Adapter, LoraModule, adapter_files
 from lorarank.charts import SERIES_METRICS, phi_over_steps_chart, rank_map_chart, rank_over_steps_chart
 from lorarank.errors import LoraRankError
+from lorarank.hub import HubSeries, HubSeriesRef, HubSettings, plan_hub_series
 from lorarank.series import SeriesReport, audit_series, checkpoints_from_files
 
 from .audit import MAP_METRICS, Upload, json_safe, rule_text, short_name
 from .common import (Setting, check_url, download_buttons, progress_bar, setting_widget, show_chart,
-                     show_errors)
+                     show_errors, split_list)
+from .hub import hub_token
 
 __all__ = [
     "TAB", "UPLOAD_KEY", "DOWNLOAD_KEY", "URL_ERRORS_KEY", "DEMO_KEY", "STEP_KEY", "MODULE_KEY", "NO_MODULE",
@@ -45,6 +47,13 @@ TAB = "Rank over training"
 STEP_KEY = "series_step"
 MODULE_KEY = "series_module"
 NO_MODULE = "(none)"
+#: A run on the Hub in the link: repo, revisions (comma-separated, as typed), folder, and the
+#: commits they resolved to (written after the first load, so a shared link shows the same numbers).
+HUB_REPO_KEY = "series_hf"
+HUB_REVISIONS_KEY = "series_revisions"
+HUB_SUBFOLDER_KEY = "series_subfolder"
+HUB_COMMITS_KEY = "series_commits"
+HUB_KEYS = (HUB_REPO_KEY, HUB_REVISIONS_KEY, HUB_SUBFOLDER_KEY, HUB_COMMITS_KEY)
 
 METRIC = Setting("series_metric", "rank over steps shows", "recommended_rank",
                  "The per-module number drawn over steps (mean over the layers of each module "
@@ -66,6 +75,97 @@ def run_series(upload: Upload, *, rule: str, value: float, top: int) -> SeriesRe
     run = checkpoints_from_files(list(upload.files))
     with progress_bar(f"Auditing {len(run.checkpoints)} checkpoints (read one at a time)") as progress:
         return audit_series(run, rule=rule, value=value, top=top, progress=progress)
+
+
+@st.cache_data(show_spinner=False, max_entries=32, ttl=300)
+def plan_hub(repo: str, revisions: tuple[str | None, ...], subfolder: str,
+             labels: tuple[str, ...]) -> HubSeries:
+    """The checkpoints of a Hub run, pinned (cached 5 minutes, so a branch that moves is seen
+    again soon); only the small trainer_state.json files are downloaded here."""
+    spec = HubSeriesRef(repo, revisions, subfolder)
+    with progress_bar(f"Listing {spec.uri} on the Hub") as bar:
+        return plan_hub_series(spec, token=hub_token(), settings=HubSettings.from_env(),
+                               labels=labels, progress=lambda done, total: bar(done, max(total, 1)))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def run_hub_series(repo: str, commits: tuple[str, ...], subfolder: str, labels: tuple[str, ...], *,
+                   rule: str, value: float, top: int) -> SeriesReport:
+    """Every checkpoint of a pinned Hub run audited: each downloaded into the bounded cache and
+    read when its turn comes (one adapter in memory at a time; progress bar per checkpoint)."""
+    plan = plan_hub(repo, commits, subfolder, labels)
+    run = plan.run(token=hub_token(), settings=HubSettings.from_env())
+    with progress_bar(f"Downloading and auditing {len(run.checkpoints)} checkpoints from the Hub "
+                      f"(one at a time)") as progress:
+        return audit_series(run, rule=rule, value=value, top=top, progress=progress)
+
+
+def _set_hub_url(repo: str, revisions: str, subfolder: str) -> None:
+    for key, value in ((HUB_REPO_KEY, repo), (HUB_REVISIONS_KEY, ",".join(split_list(revisions))),
+                       (HUB_SUBFOLDER_KEY, subfolder)):
+        if value.strip():
+            st.query_params[key] = value.strip()
+        elif key in st.query_params:
+            del st.query_params[key]
+    if HUB_COMMITS_KEY in st.query_params:
+        del st.query_params[HUB_COMMITS_KEY]
+
+
+def hub_series_input() -> tuple[HubSeries, tuple[str, ...]] | None:
+    """Draw the Hub fields of the section; list the run the link names and pin its commits.
+
+    Returns ``(plan, labels)`` (the plan pinned to commits; labels: the revisions as typed),
+    or None when the link names no run or it cannot be listed (then one ``st.error``).
+    """
+    with st.form("audit_series_hub_form", border=False, enter_to_submit=True):
+        cols = st.columns([2.2, 2.5, 1.3, 0.8], vertical_alignment="bottom")
+        repo = cols[0].text_input(
+            "…or a run on the Hugging Face Hub", value=st.query_params.get(HUB_REPO_KEY, ""),
+            key="audit_series_hub_repo", placeholder="owner/name", max_chars=200,
+            help="A repo the trainer pushed to. Private or gated repos need a token in the "
+                 "server's secrets (HF_TOKEN); never put one in the link.")
+        revisions = cols[1].text_input(
+            "revisions (one checkpoint each)", value=st.query_params.get(HUB_REVISIONS_KEY, ""),
+            key="audit_series_hub_revisions", placeholder="empty: its checkpoint-* folders",
+            max_chars=4000,
+            help="Several branches, tags or commits separated by commas, one checkpoint each "
+                 "(Trainer(push_to_hub=True) pushes a commit per save), ordered by their "
+                 "trainer_state.json, else as typed. One revision or none: the checkpoint-<step> "
+                 "folders of the repo at that revision (hub_strategy='all_checkpoints'). The "
+                 "link pins the commits, so it shows the same numbers later.")
+        subfolder = cols[2].text_input(
+            "subfolder", value=st.query_params.get(HUB_SUBFOLDER_KEY, ""),
+            key="audit_series_hub_subfolder", placeholder="(repo root)", max_chars=500,
+            help="Folder inside the repo holding the adapter (per revision) or the "
+                 "checkpoint-<step> folders.")
+        submitted = cols[3].form_submit_button("Load", icon=":material/cloud_download:")
+    if submitted:
+        _set_hub_url(repo, revisions, subfolder)
+    repo_id = st.query_params.get(HUB_REPO_KEY, "").strip()
+    if not repo_id:
+        return None
+    try:
+        names = tuple(split_list(st.query_params.get(HUB_REVISIONS_KEY, ""))) or (None,)
+        spec = HubSeriesRef(repo_id, names, st.query_params.get(HUB_SUBFOLDER_KEY, ""))
+        labels = tuple(str(n) for n in spec.revisions)
+        commits = tuple(split_list(st.query_params.get(HUB_COMMITS_KEY, "")))
+        if len(commits) == len(spec.revisions):
+            pinned = HubSeriesRef(spec.repo_id, commits, spec.subfolder)  # checks each commit
+        else:
+            pinned = spec
+        plan = plan_hub(pinned.repo_id, pinned.revisions, pinned.subfolder, labels)
+    except LoraRankError as exc:
+        st.error(str(exc), icon=":material/error:")
+        return None
+    pins = ",".join(plan.commits)
+    if st.query_params.get(HUB_COMMITS_KEY) != pins:
+        st.query_params[HUB_COMMITS_KEY] = pins
+    what = (f"{len(plan.checkpoints)} revisions" if spec.by_revision else
+            f"{len(plan.checkpoints)} checkpoint folders at commit `{plan.commits[0][:12]}`")
+    st.caption(f"Loaded **{spec.repo_id}**{' / ' + spec.subfolder if spec.subfolder else ''}: "
+               f"{what} ({plan.total_bytes / 1e6:.1f} MB); the link pins "
+               f"{'each revision to its commit' if spec.by_revision else 'this commit'}.")
+    return plan, labels
 
 
 # ------------------------------------------------------------------------------------ demo
@@ -129,7 +229,8 @@ def rows(report: SeriesReport) -> list[dict]:
 
 
 ADAPTER_HELP: dict[str, str] = {
-    "step": "Training step of the checkpoint (trainer_state.json global_step, else the folder name).",
+    "step": "Training step of the checkpoint (trainer_state.json global_step, else the folder name; "
+            "for Hub revisions without trainer_state.json, the position in the order given).",
     "directions": "Sum over the modules of the recommended rank: the directions a resize by the "
                   "rule would keep.",
     "median rank": "Median recommended rank over the modules.",
@@ -146,12 +247,15 @@ ADAPTER_HELP: dict[str, str] = {
 
 def adapter_table(report: SeriesReport) -> pd.DataFrame:
     """The whole adapter per checkpoint (over the modules present in every checkpoint)."""
-    out = [{"step": a["step"], "directions": a["directions"],
+    out = [{"step": a["step"], "checkpoint": report.label(i), "directions": a["directions"],
             "median rank": a["recommended_rank_median"], "mean k(0.9)": a.get("energy_rank_0.9_mean"),
             "mean k(0.99)": a.get("energy_rank_0.99_mean"), "mean stable rank": a["stable_rank_mean"],
             "||dW||² total": a["energy"], "phi with next": a["phi_next_mean"],
-            "phi with last": a["phi_last_mean"]} for a in report.adapter]
-    return pd.DataFrame(out, columns=list(ADAPTER_HELP))
+            "phi with last": a["phi_last_mean"]} for i, a in enumerate(report.adapter)]
+    columns = list(ADAPTER_HELP)
+    if any(x is not None for x in report.labels):
+        columns.insert(1, "checkpoint")
+    return pd.DataFrame(out, columns=columns)
 
 
 def reading(report: SeriesReport) -> str:
@@ -195,7 +299,8 @@ def url_choice_error(key: str, options: Sequence[str], what: str, fallback: str)
 # ---------------------------------------------------------------------------------- section
 def linked() -> bool:
     """True when the link carries a setting of this section (show its tab first)."""
-    return any(key in st.query_params for key in (*(s.key for s in SETTINGS), DEMO_KEY, STEP_KEY, MODULE_KEY))
+    return any(key in st.query_params for key in (*(s.key for s in SETTINGS), DEMO_KEY, STEP_KEY, MODULE_KEY,
+                                                  *HUB_KEYS))
 
 
 def section(*, rule: str, value: float | None) -> None:
@@ -217,7 +322,8 @@ def section(*, rule: str, value: float | None) -> None:
              "numbered saves (name-000005.safetensors). Read in memory, one checkpoint at a time; "
              "never stored, logged or put in the URL.")
     upload = Upload.from_uploaded(uploaded)
-    if upload is None:
+    hub = hub_series_input()
+    if upload is None and hub is None:
         st.markdown(
             "**Follow a training run:** zip the folder your trainer wrote (`output_dir` with its "
             "`checkpoint-<step>` subfolders, as Transformers' `Trainer` and TRL save them; "
@@ -239,7 +345,12 @@ def section(*, rule: str, value: float | None) -> None:
     metric = setting_widget(METRIC, cols[0])
     top = setting_widget(TOP, cols[1])
     try:
-        report = run_series(upload, rule=rule, value=float(value or 0.0), top=int(top))
+        if upload is None and hub is not None:
+            plan, labels = hub
+            report = run_hub_series(plan.spec.repo_id, plan.commits, plan.spec.subfolder, labels,
+                                    rule=rule, value=float(value or 0.0), top=int(top))
+        else:
+            report = run_series(upload, rule=rule, value=float(value or 0.0), top=int(top))
     except LoraRankError as exc:
         st.error(str(exc), icon=":material/error:")
         return
@@ -251,6 +362,9 @@ def section(*, rule: str, value: float | None) -> None:
                      **{n: st.column_config.NumberColumn(n, help=t, format="%.4g")
                         for n, t in ADAPTER_HELP.items()},
                      "step": st.column_config.NumberColumn("step", help=ADAPTER_HELP["step"], format="%d"),
+                     "checkpoint": st.column_config.TextColumn(
+                         "checkpoint", help="The Hub revision as given, or the checkpoint-<step> folder "
+                                            "(the link pins each to its commit)."),
                      "directions": st.column_config.NumberColumn(
                          "directions", help=ADAPTER_HELP["directions"], format="%d")})
     st.caption(f"One row per checkpoint, over the {len(report.modules)} modules present in every "
@@ -282,7 +396,10 @@ def section(*, rule: str, value: float | None) -> None:
     bad = url_choice_error(STEP_KEY, steps, "step", f"the last step, {steps[-1]},")
     if bad:
         show_errors([bad])
+    names_at = {str(s): (str(s) if report.label(i) == str(s) else f"{s} ({report.label(i)})")
+                for i, s in enumerate(report.steps)}
     step = st.select_slider("map at step", steps, value=steps[-1], key=STEP_KEY, bind="query-params",
+                            format_func=names_at.get,
                             help="The checkpoint whose modules the map shows; kept in the link.")
     at = report.report_at(int(step))
     map_metric = metric if metric in MAP_METRICS else "recommended_rank"

@@ -96,3 +96,44 @@ def test_typed_repo_loads_and_updates_the_link(page, hub_server):
     assert query["subfolder"] == ["gpt2-r4"]
     assert query["revision"] == [hub.repos["lorarank-test/adapters-in-folders"].sha]
     assert error_sentences(page) == []
+
+
+RUN = SAMPLES / "checkpoints" / "run"
+
+
+@pytest.mark.skipif(not RUN.is_dir(), reason=f"checkpoint run not found at {RUN}")
+def test_cold_deep_link_to_a_run_of_hub_revisions(page, hub_server, shot):
+    """A cold link naming six revisions out of order: ordered by step, each revision pinned to
+    its commit in the link, and the JSON download's sigmas equal dense float64 SVDs."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    hub, url = hub_server
+    tags = ["step-45", "step-15", "step-90", "step-30", "step-60", "step-75"]
+    page.goto(f"{url}/Adapter_audit?series_hf=lorarank-test/run-revisions"
+              f"&series_revisions={','.join(tags)}&series_top=2")
+    page.get_by_text("Over 6 checkpoints (steps 15 to 90)").wait_for(timeout=120_000)
+    wait_for_app(page)
+    shot(page, "hub_series")
+    assert_no_exception(page)
+    assert error_sentences(page) == []
+    by_tag = {snap.refs[0]: snap.sha for snap in hub.repos["lorarank-test/run-revisions"]}
+    query = parse_qs(urlsplit(page.url).query)
+    assert query["series_commits"] == [",".join(by_tag[t] for t in tags)]
+    assert query["series_revisions"] == [",".join(tags)] and query["series_top"] == ["2"]
+    with page.expect_download() as info:
+        page.locator(".st-key-audit_series_download_json").get_by_role("button").click()
+    doc = json.loads(Path(info.value.path()).read_text())
+    assert doc["series"]["labels"] == [f"step-{s}" for s in (15, 30, 45, 60, 75, 90)]
+    for i, step in enumerate((15, 30, 45, 60, 75, 90)):
+        folder = RUN / f"checkpoint-{step}"
+        config = json.loads((folder / "adapter_config.json").read_text())
+        tensors = load_file(folder / "adapter_model.safetensors")
+        for m in doc["series"]["modules"]:
+            a = tensors[m["name"] + ".lora_A.weight"].astype(np.float64)
+            b = tensors[m["name"] + ".lora_B.weight"].astype(np.float64)
+            dense = np.linalg.svd(config["lora_alpha"] / config["r"] * b @ a, compute_uv=False)
+            np.testing.assert_allclose(m["singular_values"][i], dense[: len(m["singular_values"][i])],
+                                       rtol=1e-9, atol=1e-12)
