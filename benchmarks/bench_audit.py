@@ -46,37 +46,16 @@ from lorarank.adapters import LoraModule  # noqa: E402
 from lorarank.audit import module_spectrum  # noqa: E402
 from lorarank.spectrum import single_threaded_blas  # noqa: E402
 
-HIDDEN, KV, INTER, LAYERS, RANK, ALPHA = 4096, 1024, 14336, 32, 16, 32
-SHAPES = {  # module -> (d_out, d_in)
-    "self_attn.q_proj": (HIDDEN, HIDDEN),
-    "self_attn.k_proj": (KV, HIDDEN),
-    "self_attn.v_proj": (KV, HIDDEN),
-    "self_attn.o_proj": (HIDDEN, HIDDEN),
-    "mlp.gate_proj": (INTER, HIDDEN),
-    "mlp.up_proj": (INTER, HIDDEN),
-    "mlp.down_proj": (HIDDEN, INTER),
-}
+from benchmarks.llama8b import ALPHA, CONFIG, LAYERS, RANK, SHAPES, lora_tensors, module_name  # noqa: E402
 
 
 def write_adapter(folder: Path, *, seed: int = 0) -> tuple[int, dict]:
     """Write adapter_model.safetensors + adapter_config.json; return (bytes, factors of layer 0)."""
-    rng = np.random.default_rng(seed)
-    tensors, layer0 = {}, {}
-    decay = np.geomspace(1.0, 0.02, RANK).astype(np.float32)  # a trained-looking spectrum
-    for layer in range(LAYERS):
-        for module, (d_out, d_in) in SHAPES.items():
-            name = f"base_model.model.model.layers.{layer}.{module}"
-            a = (rng.standard_normal((RANK, d_in), dtype=np.float32) / np.sqrt(d_in)) * decay[:, None]
-            b = rng.standard_normal((d_out, RANK), dtype=np.float32) * 0.01
-            tensors[name + ".lora_A.weight"] = a.astype(ml_dtypes.bfloat16)
-            tensors[name + ".lora_B.weight"] = b.astype(ml_dtypes.bfloat16)
-            if layer == 0:
-                layer0[module] = (tensors[name + ".lora_B.weight"], tensors[name + ".lora_A.weight"])
+    tensors = lora_tensors(seed=seed)
+    layer0 = {module: (tensors[module_name(0, module) + ".lora_B.weight"],
+                       tensors[module_name(0, module) + ".lora_A.weight"]) for module in SHAPES}
     save_file(tensors, folder / "adapter_model.safetensors", metadata={"format": "pt"})
-    config = {"peft_type": "LORA", "r": RANK, "lora_alpha": ALPHA, "use_rslora": False,
-              "rank_pattern": {}, "alpha_pattern": {}, "fan_in_fan_out": False,
-              "target_modules": sorted({m.split(".")[-1] for m in SHAPES}), "task_type": "CAUSAL_LM"}
-    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    (folder / "adapter_config.json").write_text(json.dumps(CONFIG, indent=2))
     return (folder / "adapter_model.safetensors").stat().st_size, layer0
 
 

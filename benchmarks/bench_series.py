@@ -35,19 +35,7 @@ from safetensors.numpy import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-HIDDEN, KV, INTER, LAYERS, RANK, ALPHA = 4096, 1024, 14336, 32, 16, 32
-SHAPES = {  # module -> (d_out, d_in), as benchmarks/bench_audit.py
-    "self_attn.q_proj": (HIDDEN, HIDDEN),
-    "self_attn.k_proj": (KV, HIDDEN),
-    "self_attn.v_proj": (KV, HIDDEN),
-    "self_attn.o_proj": (HIDDEN, HIDDEN),
-    "mlp.gate_proj": (INTER, HIDDEN),
-    "mlp.up_proj": (INTER, HIDDEN),
-    "mlp.down_proj": (HIDDEN, INTER),
-}
-CONFIG = {"peft_type": "LORA", "r": RANK, "lora_alpha": ALPHA, "use_rslora": False,
-          "rank_pattern": {}, "alpha_pattern": {}, "fan_in_fan_out": False,
-          "target_modules": sorted({m.split(".")[-1] for m in SHAPES}), "task_type": "CAUSAL_LM"}
+from benchmarks.llama8b import CONFIG, LAYERS, RANK, SHAPES, module_name  # noqa: E402
 
 
 def write_run(root: Path, n: int, every: int = 100) -> tuple[list[Path], float]:
@@ -60,7 +48,7 @@ def write_run(root: Path, n: int, every: int = 100) -> tuple[list[Path], float]:
             a0 = rng.standard_normal((RANK, d_in), dtype=np.float32) / np.sqrt(d_in)
             da = rng.standard_normal((RANK, d_in), dtype=np.float32) * (0.05 / np.sqrt(d_in)) * decay[:, None]
             b0 = rng.standard_normal((d_out, RANK), dtype=np.float32) * 0.01 * decay
-            base[f"base_model.model.model.layers.{layer}.{module}"] = (a0, da, b0)
+            base[module_name(layer, module)] = (a0, da, b0)
     folders = []
     for t in range(1, n + 1):
         folder = root / f"checkpoint-{t * every}"

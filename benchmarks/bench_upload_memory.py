@@ -13,7 +13,6 @@ Report ``uptime`` with the figures.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -22,31 +21,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SHAPES = {"q_proj": (4096, 4096), "k_proj": (1024, 4096), "v_proj": (1024, 4096),
-          "o_proj": (4096, 4096), "gate_proj": (14336, 4096), "up_proj": (14336, 4096),
-          "down_proj": (4096, 14336)}
+from benchmarks.llama8b import adapter_bytes as _adapter_bytes  # noqa: E402
 
 
-def adapter_bytes(layers: int = 32, r: int = 16) -> tuple[bytes, bytes]:
-    """``(adapter_model.safetensors, adapter_config.json)`` of a bf16 Llama-3-8B-shaped LoRA."""
-    import numpy as np
-    import safetensors.numpy
-    from ml_dtypes import bfloat16
-
-    rng = np.random.default_rng(0)
-    tensors = {}
-    for layer in range(layers):
-        for kind, (d_out, d_in) in SHAPES.items():
-            group = "self_attn" if kind in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
-            stem = f"base_model.model.model.layers.{layer}.{group}.{kind}"
-            tensors[f"{stem}.lora_A.weight"] = (rng.standard_normal((r, d_in), np.float32)
-                                                * 0.01).astype(bfloat16)
-            tensors[f"{stem}.lora_B.weight"] = (rng.standard_normal((d_out, r), np.float32)
-                                                * 0.01).astype(bfloat16)
-    weights = safetensors.numpy.save(tensors)
-    config = json.dumps({"peft_type": "LORA", "r": r, "lora_alpha": 32,
-                         "target_modules": list(SHAPES), "base_model_name_or_path": "llama-3-8b"})
-    return weights, config.encode()
+def adapter_bytes(layers: int = 32) -> tuple[bytes, bytes]:
+    """``(adapter_model.safetensors, adapter_config.json)`` of the bf16 Llama-3-8B-shaped LoRA."""
+    return _adapter_bytes(layers=layers)
 
 
 CHILD = r"""
