@@ -172,26 +172,28 @@ class TestHelpers:
         assert series.reading(report).startswith("One checkpoint (step 50)")
 
 
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """tests/hubserver.py on loopback, the real huggingface_hub client pointed at it."""
+    pytest.importorskip("huggingface_hub")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from hubserver import FakeHub
+    from huggingface_hub import constants
+
+    with FakeHub() as server:
+        monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            server.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setenv("LORARANK_HF_CACHE", str(tmp_path / "cache"))
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        yield server
+
+
 @needs_run
 class TestHubRun:
     """A run on the Hub (tests/hubserver.py through the real huggingface_hub client)."""
-
-    @pytest.fixture(autouse=True)
-    def hub(self, monkeypatch, tmp_path):
-        pytest.importorskip("huggingface_hub")
-        import sys
-
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from hubserver import FakeHub
-        from huggingface_hub import constants
-
-        with FakeHub() as server:
-            monkeypatch.setattr(constants, "ENDPOINT", server.url)
-            monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                                server.url + "/{repo_id}/resolve/{revision}/{filename}")
-            monkeypatch.setenv("LORARANK_HF_CACHE", str(tmp_path / "cache"))
-            monkeypatch.delenv("HF_TOKEN", raising=False)
-            yield server
 
     def test_revisions_from_the_link_are_pinned_and_equal_dense_svds(self, hub):
         """Revisions given out of order: ordered by step, labelled, pinned; numbers = dense SVDs."""
