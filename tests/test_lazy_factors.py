@@ -20,7 +20,6 @@ from safetensors.numpy import save
 
 from lorarank.adapters import load_adapter, load_adapter_bytes
 from lorarank.adapters._tensors import Bf16Array, LazyArray, all_finite, decode_bf16
-from lorarank.adapters.loha import khatri_rao_rows
 from lorarank.audit import audit_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,17 +99,6 @@ def test_loha_holds_only_its_small_factors():
              for i in (1, 2) for ab in "ab"]
         dense = (w[0] @ w[1]) * (w[2] @ w[3])
         np.testing.assert_allclose(m.B @ m.A, dense, rtol=0, atol=1e-13 * np.abs(dense).max())
-
-
-def test_khatri_rao_slices_give_the_full_products():
-    """The lazy LoHa recipe (B from A's first column, A from B's first row) is the full product."""
-    rng = np.random.default_rng(4)
-    b1, a1, b2, a2 = rng.standard_normal((7, 3)), rng.standard_normal((3, 5)), rng.standard_normal((7, 2)), \
-        rng.standard_normal((2, 5))
-    big_b, big_a = khatri_rao_rows(b1, a1, b2, a2)
-    np.testing.assert_array_equal(khatri_rao_rows(b1, a1[:, :1], b2, a2[:, :1])[0], big_b)
-    np.testing.assert_array_equal(khatri_rao_rows(b1[:1], a1, b2[:1], a2)[1], big_a)
-    np.testing.assert_allclose(big_b @ big_a, (b1 @ a1) * (b2 @ a2), rtol=1e-13)
 
 
 def test_loading_a_bf16_upload_costs_about_its_size_once():

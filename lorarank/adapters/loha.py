@@ -19,34 +19,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import AdapterError
+from ..spectrum import khatri_rao_rows
 from ._model import LoraModule
 from ._registry import Layout, register
 from ._tensors import LazyArray, Tensors
 from .lora import read_factor, stored_size
 
-__all__ = ["khatri_rao_rows", "tucker_half"]
-
-
-def khatri_rao_rows(b1: np.ndarray, a1: np.ndarray, b2: np.ndarray, a2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(B, A)`` with ``B @ A == (b1 @ a1) * (b2 @ a2)`` exactly (float64).
-
-    Parameters
-    ----------
-    b1 : ndarray of shape (d_out, r1)
-    a1 : ndarray of shape (r1, d_in)
-    b2 : ndarray of shape (d_out, r2)
-    a2 : ndarray of shape (r2, d_in)
-
-    Returns
-    -------
-    B : ndarray of shape (d_out, r1 * r2)
-    A : ndarray of shape (r1 * r2, d_in)
-    """
-    b1, a1, b2, a2 = (np.asarray(x, dtype=np.float64) for x in (b1, a1, b2, a2))
-    d_out, d_in = b1.shape[0], a1.shape[1]
-    big_b = (b1[:, :, None] * b2[:, None, :]).reshape(d_out, -1)
-    big_a = (a1[:, None, :] * a2[None, :, :]).reshape(-1, d_in)
-    return big_b, big_a
+__all__ = ["tucker_half"]
 
 
 def tucker_half(t: np.ndarray, wa: np.ndarray, wb: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
@@ -97,8 +76,8 @@ def _read_loha(tensors: Tensors, name: str, keys: dict[str, str], source: str) -
     # Held as the four small factors: the r1*r2-wide float64 products are formed on each use
     # (an 8B-shaped r = 16 LoHa would otherwise hold about 5 GB).
     d_out, d_in, q = b1.shape[0], a1.shape[1], b1.shape[1] * b2.shape[1]
-    big_b = LazyArray(lambda: khatri_rao_rows(b1, a1[:, :1], b2, a2[:, :1])[0], (d_out, q), np.float64)
-    big_a = LazyArray(lambda: khatri_rao_rows(b1[:1], a1, b2[:1], a2)[1], (q, d_in), np.float64)
+    big_b = LazyArray(lambda: khatri_rao_rows(b1, b2), (d_out, q), np.float64)
+    big_a = LazyArray(lambda: khatri_rao_rows(a1.T, a2.T).T, (q, d_in), np.float64)
     return LoraModule(name, big_a, big_b, 1.0, kernel=k1 or k2, family="loha", stored_rank=r1,
                       stored_params=stored_size(tensors, keys))
 
