@@ -276,3 +276,45 @@ def test_cli_hub_errors_are_one_line(hub, tmp_path, uri, words):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lorarank: error: ") and words in lines[0]
+
+
+def test_page_cap_is_the_upload_limit(monkeypatch):
+    """The page holds Hub files in memory like an upload: its byte cap is server.maxUploadSize
+    unless LORARANK_HF_MAX_BYTES is set explicitly (then that, even above the upload limit)."""
+    from streamlit import config
+
+    from ui.hub import _settings
+
+    monkeypatch.delenv("LORARANK_HF_MAX_BYTES", raising=False)
+    before = config.get_option("server.maxUploadSize")
+    try:
+        config.set_option("server.maxUploadSize", 3)
+        assert _settings().max_bytes == 3 * 2**20
+        monkeypatch.setenv("LORARANK_HF_MAX_BYTES", "5000000000")
+        assert _settings().max_bytes == 5_000_000_000
+    finally:
+        config.set_option("server.maxUploadSize", before)
+
+
+def test_page_refuses_a_hub_adapter_over_the_upload_limit(hub, tmp_path, monkeypatch):
+    """A link to an adapter larger than the upload limit is one sentence naming the limit."""
+    from streamlit import config
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.delenv("LORARANK_HF_MAX_BYTES", raising=False)
+    monkeypatch.setenv("LORARANK_HF_CACHE", str(tmp_path / "cache"))
+    before = config.get_option("server.maxUploadSize")
+    try:
+        hub.repos["lorarank-test/five-mb-adapter"] = HubRepo(
+            files={"adapter_config.json": (LLAMA / "adapter_config.json").read_bytes()},
+            declared={"adapter_model.safetensors": 5_000_000})  # under the CLI's 2 GB
+        config.set_option("server.maxUploadSize", 1)  # MB
+        at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
+        at.switch_page("pages/3_Adapter_audit.py")
+        at.query_params["hf"] = "lorarank-test/five-mb-adapter"
+        at.run()
+    finally:
+        config.set_option("server.maxUploadSize", before)
+    errors = " ".join(e.value for e in at.error)
+    assert "adapter_model.safetensors is 5 MB, over this server's limit of 1.05 MB per request" in errors, errors
+    assert not at.exception

@@ -6,12 +6,14 @@ the link's ``revision`` is the resolved commit, so a shared link shows the same 
 A token never enters the link: the server uses ``HF_TOKEN`` from its secrets or environment.
 
 The downloaded files are read into memory once per commit (``st.cache_resource``, shared by
-sessions, a few entries) and audited like an upload; the engine call is
+sessions, two entries), at most ``server.maxUploadSize`` of them per request (what an upload
+could make the server hold), and audited like an upload; the engine call is
 :func:`lorarank.hub.fetch_adapter_files`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import streamlit as st
@@ -75,7 +77,7 @@ def hub_token() -> str | None:
     return str(value) if value else None
 
 
-@st.cache_resource(show_spinner=False, max_entries=4, ttl=3600)
+@st.cache_resource(show_spinner=False, max_entries=2, ttl=3600)
 def _fetch_pinned(repo_id: str, commit: str, subfolder: str, max_bytes: int) -> Upload:
     """The files of one adapter at one commit, in memory (shared across sessions)."""
     fetched = fetch_adapter_files(HubRef(repo_id, commit, subfolder), token=hub_token(),
@@ -86,7 +88,19 @@ def _fetch_pinned(repo_id: str, commit: str, subfolder: str, max_bytes: int) -> 
 
 
 def _settings() -> HubSettings:
-    return HubSettings.from_env()
+    """The engine's Hub limits, with the per-request byte cap at most the upload limit.
+
+    The page holds a Hub adapter's files in memory like an upload (shared by sessions, at most
+    two commits), so a link can make the server hold no more than an upload could:
+    ``server.maxUploadSize`` unless ``LORARANK_HF_MAX_BYTES`` is set explicitly.
+    """
+    import os
+
+    settings = HubSettings.from_env()
+    if os.environ.get("LORARANK_HF_MAX_BYTES", "").strip():
+        return settings
+    upload_limit = int(st.get_option("server.maxUploadSize")) * 2**20
+    return dataclasses.replace(settings, max_bytes=min(settings.max_bytes, upload_limit))
 
 
 @st.cache_data(show_spinner=False, max_entries=64, ttl=300)
