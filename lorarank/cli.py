@@ -79,6 +79,9 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                    help="pairs per optimiser step (default: full batch)")
     g.add_argument("--heldout", type=int, default=None, metavar="M",
                    help="held-out pairs the fit is judged on (default 1000)")
+    g.add_argument("--epochs", type=int, default=None, metavar="E",
+                   help="train for E passes over the pairs: ceil(N / B) * E optimiser steps, "
+                        "instead of --steps")
 
 
 def _data_config(args: argparse.Namespace):
@@ -86,7 +89,8 @@ def _data_config(args: argparse.Namespace):
     from .data import DEFAULT_HELDOUT, DEFAULT_LABEL_NOISE, DataConfig
 
     if args.samples is None:
-        given = [f"--{name.replace('_', '-')}" for name in ("label_noise", "batch_size", "heldout")
+        given = [f"--{name.replace('_', '-')}" for name in ("label_noise", "batch_size", "heldout",
+                                                           "epochs")
                  if getattr(args, name) is not None]
         if given:
             _fail(f"{args.command}: {' and '.join(given)} need{'s' if len(given) == 1 else ''} --samples N (the data mode)")
@@ -95,6 +99,16 @@ def _data_config(args: argparse.Namespace):
                       label_noise=DEFAULT_LABEL_NOISE if args.label_noise is None else args.label_noise,
                       batch_size=args.batch_size,
                       heldout=DEFAULT_HELDOUT if args.heldout is None else args.heldout)
+
+
+def _steps(args: argparse.Namespace, data, default: int) -> int:
+    """Optimiser steps: ``--steps``, or ``--epochs`` passes over the pairs, or ``default``."""
+    if args.epochs is None:
+        return default if args.steps is None else args.steps
+    steps = data.steps_for_epochs(args.epochs)
+    if args.steps is not None:
+        _fail(f"{args.command}: give --steps or --epochs, not both")
+    return steps
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,8 +208,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from .fit import DEFAULT_STEPS, fit_lora
     from .synthetic import make_target
 
-    steps = DEFAULT_STEPS if args.steps is None else args.steps
     data = _data_config(args)
+    steps = _steps(args, data, DEFAULT_STEPS)
     started = time.perf_counter()
     target = make_target(args.d_out, args.d_in, true_rank=args.true_rank, spectrum=args.spectrum,
                          sigma_max=args.sigma_max, noise=args.noise, seed=args.seed)
@@ -215,6 +229,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if data is not None:
             config.update(data.to_dict())
             config["epochs"] = data.epochs(steps)
+            config["steps_per_epoch"] = data.steps_per_epoch
             config["noise_floor"] = results[0].noise_floor
         _print_json({"config": config, "results": [r.to_dict() for r in results], "seconds": seconds})
         return 0
@@ -253,7 +268,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _data_header(data, steps: int, floor: float | None) -> None:
     batch = "full batch" if data.full_batch else f"batches of {data.batch}"
     print(f"data mode: {data.samples} training pairs y = T x + {data.label_noise:g} e, {batch} "
-          f"({data.epochs(steps):.4g} epochs), {data.heldout} held-out pairs")
+          f"({data.epochs(steps):.4g} epochs of {data.steps_per_epoch} step"
+          f"{'s' if data.steps_per_epoch != 1 else ''} = {steps} steps), "
+          f"{data.heldout} held-out pairs")
 
 
 def _data_table(results) -> None:
@@ -297,15 +314,18 @@ def _cmd_stability(args: argparse.Namespace) -> int:
     from .stability import DEFAULT_STEPS, run_stability, stability_findings
     from .synthetic import make_target
 
-    steps = DEFAULT_STEPS if args.steps is None else args.steps
     data = _data_config(args)
+    steps = _steps(args, data, DEFAULT_STEPS)
     target = make_target(args.d_out, args.d_in, true_rank=args.true_rank, spectrum=args.spectrum,
                          sigma_max=args.sigma_max, noise=args.noise, seed=args.seed)
     grid = run_stability(target, ranks=args.ranks, rules=args.rules, lrs=args.lrs,
                          optimizer=args.optimizer, steps=steps, alpha=args.alpha, seed=args.seed,
                          data=data)
     if args.json:
-        _print_json(grid.to_dict())
+        doc = grid.to_dict()
+        if data is not None:
+            doc["config"].update(epochs=data.epochs(steps), steps_per_epoch=data.steps_per_epoch)
+        _print_json(doc)
         return 0
     cfg = grid.config
     print(f"target {cfg['d_out']} x {cfg['d_in']}, intrinsic rank {cfg['true_rank']}, "

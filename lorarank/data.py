@@ -142,9 +142,26 @@ class DataConfig:
         """Pairs per step: ``batch_size``, capped at ``samples``."""
         return self.samples if self.full_batch else int(self.batch_size)  # type: ignore[arg-type]
 
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps of one pass over the pairs: ``ceil(samples / batch)`` (the last batch
+        of an epoch may be smaller), 1 for full batch."""
+        return -(-self.samples // self.batch)
+
     def epochs(self, steps: int) -> float:
-        """Passes over the training pairs that ``steps`` optimiser steps make."""
-        return steps * self.batch / self.samples
+        """Passes over the training pairs that ``steps`` optimiser steps make:
+        ``steps / steps_per_epoch``."""
+        return steps / self.steps_per_epoch
+
+    def steps_for_epochs(self, epochs: int) -> int:
+        """Optimiser steps of ``epochs`` passes over the pairs: ``ceil(samples / batch) * epochs``.
+
+        Raises
+        ------
+        ConfigError
+            If ``epochs`` is not a whole number >= 1.
+        """
+        return self.steps_per_epoch * check_int("epochs", epochs, minimum=1)
 
     def to_dict(self) -> dict:
         """JSON-ready settings (``batch_size`` None means full batch)."""

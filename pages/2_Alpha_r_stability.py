@@ -30,6 +30,7 @@ grid_values.update(layout.settings_group("Grid", stab.GRID_SETTINGS[2:], contain
 data = datamode.grid_inputs((target_values["d_out"], target_values["d_in"]))
 
 try:
+    grid_values["steps"] = datamode.grid_steps(grid_values["steps"], data)  # or epochs x ceil(n / batch)
     config = stab.StabilityConfig.from_values({**target_values, **grid_values}, rules, data=data)
     run = stab.guarded_grid(config)  # within the server's work budget, or what finished
     if run is not None:

@@ -74,6 +74,47 @@ class TestSweepDataMode:
         assert all(r["train_loss"] >= r["optimal_train_loss"] for r in doc["results"])
 
 
+class TestEpochs:
+    def test_epochs_from_the_link(self):
+        """?epochs=3 with batches of 32: each n trains ceil(n / 32) * 3 steps (12 at n = 128, 48 at
+        n = 512), shown in the table, the caption and the JSON, and equal to the engine's fit."""
+        at = open_page("pages/1_Rank_sweep.py", mode="data", samples="128,512", batch_size="32",
+                       epochs="3", ranks="2,4")
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert at.number_input(key="epochs").value == 3
+        frame = next(df.value for df in at.dataframe if "held-out loss" in df.value.columns)
+        assert frame["steps run"].tolist() == ["12", "12", "48", "48"]
+        assert any("3 epochs = ceil(n / batch) × 3 steps (12 at n = 128, 48 at n = 512)" in c.value
+                   for c in at.caption)
+        engine = fit_data(make_target(), [2, 4], data=DataConfig(samples=512, batch_size=32), steps=48)
+        assert frame["held-out loss"].tolist()[2:] == [f"{r.heldout_loss:.4g}" for r in engine]
+
+    def test_json_carries_the_steps_per_n(self):
+        from ui.datamode import DataSweepConfig, data_json, run_data_sweep
+        from ui.sweep import SweepConfig
+
+        cfg = DataSweepConfig(sweep=SweepConfig(ranks=(2,), steps=50), samples=(100, 250),
+                              batch_size=50, epochs=4)
+        doc = data_json(run_data_sweep(cfg))
+        assert doc["config"]["epochs"] == 4 and doc["config"]["steps_per_n"] == [8, 20]
+        assert [r["steps"] for r in doc["results"]] == [8, 20]
+
+    def test_too_many_steps_is_one_sentence(self):
+        at = open_page("pages/1_Rank_sweep.py", mode="data", samples="2000", batch_size="1",
+                       epochs="20", ranks="2")
+        assert not at.exception
+        assert [md_plain(e.value) for e in at.error] == [
+            "20 epochs of 2,000 pairs in batches of 1 are 40,000 steps; this page runs at most "
+            "20,000: ask for at most 10 epochs or a larger batch"]
+
+    def test_stability_grid_in_epochs(self):
+        """On the stability page every cell trains ceil(128 / 16) * 5 = 40 steps."""
+        at = open_page("pages/2_Alpha_r_stability.py", mode="data", samples="128", batch_size="16",
+                       epochs="5", ranks="4", lrs="0.003", steps="999", rules="alpha-eq-r")
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert any("40 steps" in c.value and "(batches of 16, 5 epochs)" in c.value for c in at.caption)
+
+
 class TestStabilityDataMode:
     def test_grid_in_data_mode(self):
         """?mode=data on the stability page: the grid trains on n pairs, says so, and lists

@@ -43,11 +43,30 @@ class TestSweepDataMode:
         """The table shows training loss beside its bound, held-out loss and the definitions."""
         assert main(["sweep", *SMALL, "--ranks", "1,4", "--samples", "100"]) == 0
         out = capsys.readouterr().out
-        assert "data mode: 100 training pairs y = T x + 1 e, full batch (60 epochs), 1000 held-out pairs" in out
+        assert "data mode: 100 training pairs y = T x + 1 e, full batch (60 epochs of 1 step = 60 steps), 1000 held-out pairs" in out
         assert "train loss |  RRR bound |   held-out" in out
         assert "reduced-rank regression" in out and "noise floor for this n" in out
 
+    def test_epochs(self, capsys):
+        """--epochs E trains ceil(n / batch) * E steps (100 pairs in batches of 16: 7 a pass),
+        said in the table's header and the JSON, and equal to asking for those steps."""
+        base = ["sweep", "--d-out", "24", "--d-in", "20", "--true-rank", "2", "--ranks", "1,4",
+                "--samples", "100", "--batch-size", "16"]
+        by_epochs = run_json(capsys, *base, "--epochs", "3")
+        by_steps = run_json(capsys, *base, "--steps", "21")
+        cfg = by_epochs["config"]
+        assert (cfg["steps"], cfg["epochs"], cfg["steps_per_epoch"]) == (21, 3.0, 7)
+        assert [r["steps"] for r in by_epochs["results"]] == [21, 21]
+        assert by_epochs["results"] == by_steps["results"]
+        assert main([*base, "--epochs", "3"]) == 0
+        assert "batches of 16 (3 epochs of 7 steps = 21 steps)" in capsys.readouterr().out
+        # Full batch: one step per epoch.
+        assert run_json(capsys, *base[:-2], "--epochs", "5")["config"]["steps"] == 5
+
     @pytest.mark.parametrize("extra, message", [
+        (["--samples", "10", "--epochs", "3"], "lorarank: error: sweep: give --steps or --epochs, not both"),
+        (["--epochs", "3"], "lorarank: error: sweep: --epochs needs --samples N (the data mode)"),
+        (["--samples", "10", "--epochs", "0"], "lorarank: error: `epochs` should be at least 1, got 0"),
         (["--heldout", "5"], "lorarank: error: sweep: --heldout needs --samples N (the data mode)"),
         (["--label-noise", "1", "--batch-size", "4"],
          "lorarank: error: sweep: --label-noise and --batch-size need --samples N (the data mode)"),
@@ -80,6 +99,14 @@ class TestStabilityDataMode:
         for rec in doc["records"]:
             assert rec["train_loss"] > 0 and rec["heldout_loss"] > 0
 
+    def test_epochs(self, capsys):
+        """--epochs E: every cell trains ceil(n / batch) * E steps (64 pairs, batches of 10: 7 a pass)."""
+        small = [a for a in SMALL if a not in ("--steps", "60")]
+        doc = run_json(capsys, "stability", *small, "--ranks", "2", "--lrs", "0.01", "--rules",
+                       "alpha-eq-r", "--samples", "64", "--batch-size", "10", "--epochs", "2")
+        assert (doc["config"]["steps"], doc["config"]["epochs"], doc["config"]["steps_per_epoch"]) == (14, 2.0, 7)
+        assert len(doc["records"][0]["loss_curve"]) in (14, 15)
+
     def test_exact_records_null(self, capsys):
         """Without --samples every record's losses are null."""
         doc = run_json(capsys, "stability", *SMALL, "--ranks", "2", "--lrs", "0.01", "--rules", "alpha-eq-r")
@@ -90,4 +117,4 @@ class TestStabilityDataMode:
         assert main(["stability", *SMALL, "--ranks", "2", "--lrs", "0.01", "--rules", "alpha-eq-r",
                      "--samples", "50", "--batch-size", "10"]) == 0
         out = capsys.readouterr().out
-        assert "data mode: 50 training pairs y = T x + 1 e, batches of 10 (12 epochs), 1000 held-out pairs" in out
+        assert "data mode: 50 training pairs y = T x + 1 e, batches of 10 (12 epochs of 5 steps = 60 steps), 1000 held-out pairs" in out

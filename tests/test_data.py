@@ -46,10 +46,27 @@ class TestDataConfig:
         assert str(exc.value) == message
 
     def test_batch_and_epochs(self):
-        """A batch at least n is full batch; epochs = steps * batch / n."""
+        """A batch at least n is full batch; an epoch is ceil(n / batch) steps."""
         assert DataConfig(samples=100).full_batch and DataConfig(samples=100, batch_size=500).batch == 100
         cfg = DataConfig(samples=100, batch_size=25)
         assert not cfg.full_batch and cfg.epochs(8) == 2.0
+        assert DataConfig(samples=100).steps_for_epochs(3) == 3  # full batch: a step per epoch
+        assert DataConfig(samples=100, batch_size=16).steps_for_epochs(3) == 21
+        assert DataConfig(samples=100, batch_size=16).epochs(21) == 3.0
+        with pytest.raises(ConfigError, match="`epochs` should be at least 1, got 0"):
+            cfg.steps_for_epochs(0)
+
+    def test_an_epoch_visits_every_pair_once(self):
+        """Oracle for steps_per_epoch: the batches the fit draws cover the n pairs exactly once
+        per ceil(n / batch) steps, the last batch smaller (100 pairs, batches of 16: 6 x 16 + 4)."""
+        from lorarank.data import _batch_order
+
+        cfg = DataConfig(samples=100, batch_size=16)
+        order = _batch_order(100, 16, 0, seed=3)
+        for _ in range(2):
+            batches = [next(order) for _ in range(cfg.steps_per_epoch)]
+            assert [b.size for b in batches] == [16] * 6 + [4]
+            assert sorted(np.concatenate(batches).tolist()) == list(range(100))
 
     def test_memory_bound(self, small):
         """Too many pairs for memory is one sentence, before anything is drawn."""

@@ -33,6 +33,7 @@ __all__ = [
     "DataSweepConfig", "DataSweepRun", "run_data_sweep", "DATA_COLUMN_HELP", "data_table",
     "data_records", "data_json", "data_reading", "data_charts", "grid_inputs",
     "grid_caption", "grid_losses_table", "sweep_inputs", "sweep_results", "is_data_mode",
+    "MAX_EPOCHS_APP", "epoch_steps", "grid_steps",
 ]
 
 #: The two training modes: the exact target (the article's) or finite data.
@@ -43,6 +44,8 @@ MAX_NS_APP = 4
 MAX_HELDOUT_APP = 20_000
 #: Largest (n + held-out) * (d_in + d_out) of one set of pairs in the app (2**22 values, 32 MB).
 MAX_DATA_VALUES_APP = 2**22
+#: Largest epochs input; the steps they make are also held to the page's step limit.
+MAX_EPOCHS_APP = 20_000
 DOWNLOAD_KEY = "data_download"
 
 _MODE_HELP = ("exact: fit s·B·A to the target T itself (infinitely many noiseless examples, the "
@@ -64,6 +67,10 @@ SWEEP_SETTINGS: tuple[Setting, ...] = (
     Setting("batch_size", "batch size", 0, _BATCH_HELP, min_value=0, max_value=MAX_SAMPLES_APP, step=16),
     Setting("heldout", "held-out pairs", DEFAULT_HELDOUT, _HELDOUT_HELP, min_value=1,
             max_value=MAX_HELDOUT_APP, step=100),
+    Setting("epochs", "epochs", 0, "Passes over the n training pairs instead of a number of steps: "
+            "each pass is ceil(n / batch size) optimiser steps (1 with full batch), so a larger n "
+            "trains for more steps. 0: every n trains the 'steps' set under LoRA training.",
+            min_value=0, max_value=MAX_EPOCHS_APP, step=1),
 )
 
 #: The alpha/r stability page's data-mode settings (one n for the whole grid).
@@ -108,6 +115,28 @@ def check_app_size(shape: tuple[int, int], data: DataConfig) -> DataConfig:
     return data
 
 
+def epoch_steps(data: DataConfig, epochs: int, *, max_steps: int) -> int:
+    """Steps of ``epochs`` passes over ``data``'s pairs, ``ceil(n / batch) * epochs``; ConfigError
+    when that is more than the page runs (``max_steps``)."""
+    steps = data.steps_for_epochs(epochs)
+    if steps > max_steps:
+        raise ConfigError(f"{epochs:,} epochs of {data.samples:,} pairs in batches of {data.batch:,} "
+                          f"are {steps:,} steps; this page runs at most {max_steps:,}: ask for at most "
+                          f"{max_steps // data.steps_per_epoch:,} epochs or a larger batch")
+    return steps
+
+
+def grid_steps(steps: int, data: DataConfig | None, values: Mapping[str, Any] | None = None) -> int:
+    """The stability grid's steps: the epochs input's ``ceil(n / batch) * epochs`` in the data
+    mode when it is set, else ``steps``."""
+    from .stability import MAX_STEPS_APP
+
+    epochs = int((values if values is not None else st.session_state).get("epochs") or 0)
+    if data is None or not epochs:
+        return int(steps)
+    return epoch_steps(data, epochs, max_steps=MAX_STEPS_APP)
+
+
 def data_config(values: Mapping[str, Any], samples: int, shape: tuple[int, int]) -> DataConfig:
     """The engine's DataConfig for ``samples`` pairs from the widgets' values (app limits checked)."""
     batch = int(values.get("batch_size") or 0)
@@ -125,6 +154,7 @@ class DataSweepConfig:
     label_noise: float = DEFAULT_LABEL_NOISE
     batch_size: int = 0
     heldout: int = DEFAULT_HELDOUT
+    epochs: int = 0  # 0: every n trains sweep.steps
 
     @classmethod
     def from_values(cls, sweep: SweepConfig, values: Mapping[str, Any]) -> "DataSweepConfig":
@@ -133,10 +163,27 @@ class DataSweepConfig:
         config = cls(sweep=sweep, samples=parse_samples(values.get("samples", "128")),
                      label_noise=float(values.get("label_noise", DEFAULT_LABEL_NOISE)),
                      batch_size=int(values.get("batch_size") or 0),
-                     heldout=int(values.get("heldout", DEFAULT_HELDOUT)))
+                     heldout=int(values.get("heldout", DEFAULT_HELDOUT)),
+                     epochs=int(values.get("epochs") or 0))
         for n in config.samples:
             check_app_size((sweep.d_out, sweep.d_in), config.data(n))
+            config.steps_for(n)  # within the page's step limit
         return config
+
+    def steps_for(self, n: int) -> int:
+        """Optimiser steps at ``n`` pairs: ``ceil(n / batch) * epochs``, or the sweep's steps."""
+        if not self.epochs:
+            return self.sweep.steps
+        from .sweep import MAX_STEPS_APP
+
+        return epoch_steps(self.data(n), self.epochs, max_steps=MAX_STEPS_APP)
+
+    def steps_text(self) -> str:
+        """How long each n trains, in words."""
+        if not self.epochs:
+            return f"{self.sweep.steps} steps"
+        per_n = ", ".join(f"{self.steps_for(n):,} at n = {n}" for n in self.samples)
+        return (f"{self.epochs} epochs = ceil(n / batch) × {self.epochs} steps ({per_n})")
 
     def data(self, n: int) -> DataConfig:
         """The engine's settings for ``n`` pairs."""
@@ -166,8 +213,8 @@ def run_data_sweep(config: DataSweepConfig) -> DataSweepRun:
     start = time.perf_counter()
     sweep = config.sweep
     target = sweep.make_target()
-    per_n = sweep.steps * len(sweep.ranks)
-    total = per_n * len(config.samples)
+    per_n = [config.steps_for(n) * len(sweep.ranks) for n in config.samples]
+    total = sum(per_n)
     out = []
     with progress_bar(f"Training on n = {', '.join(map(str, config.samples))} pairs at r = "
                       f"{', '.join(map(str, sweep.ranks))}: optimiser steps") as progress:
@@ -175,10 +222,10 @@ def run_data_sweep(config: DataSweepConfig) -> DataSweepRun:
             # One set of pairs in memory at a time (sizes were checked by from_values).
             data = config.data(n)
             ds = make_dataset(target, data, seed=sweep.seed)
-            def shifted(done: int, _total: int, base: int = i * per_n) -> None:
+            def shifted(done: int, _total: int, base: int = sum(per_n[:i])) -> None:
                 progress(base + done, total)
             results = fit_data(target, list(sweep.ranks), data=data, dataset=ds, optimizer=sweep.optimizer,
-                               lr=config.lr_used, steps=sweep.steps, rule=sweep.rule, alpha=sweep.alpha,
+                               lr=config.lr_used, steps=config.steps_for(n), rule=sweep.rule, alpha=sweep.alpha,
                                seed=sweep.seed, progress=shifted)
             out.append((n, tuple(results)))
     floors = tuple(data_noise_floor(target, config.data(n)) for n in config.samples)
@@ -246,7 +293,8 @@ def data_json(run: DataSweepRun) -> dict:
     cfg = run.config
     config = dataclasses.asdict(cfg.sweep)
     config.update(ranks=list(cfg.sweep.ranks), lr=cfg.lr_used, samples=list(cfg.samples),
-                  label_noise=cfg.label_noise, batch_size=cfg.batch_size or None, heldout=cfg.heldout)
+                  label_noise=cfg.label_noise, batch_size=cfg.batch_size or None, heldout=cfg.heldout,
+                  epochs=cfg.epochs or None, steps_per_n=[cfg.steps_for(n) for n in cfg.samples])
     return {"config": config, "results": _result_rows(run), "seconds": round(run.seconds, 4)}
 
 
@@ -320,7 +368,7 @@ def sweep_results(sweep: SweepConfig, values: Mapping[str, Any]) -> None:
                                 for name, text in DATA_COLUMN_HELP.items()})
     batch = "full batch" if not config.batch_size else f"batches of {config.batch_size}"
     st.caption(f"Learning rate {config.lr_used:g} ({sweep.optimizer}; the data mode's default "
-               f"when the learning rate is empty), {sweep.steps} steps, {batch}, label noise "
+               f"when the learning rate is empty), {config.steps_text()}, {batch}, label noise "
                f"{config.label_noise:g}, {config.heldout} held-out pairs, alpha rule {sweep.rule}. "
                f"Computed in {run.seconds:.2f} s.")
     common.download_buttons(data_records(run), stem="lorarank-sweep-data", key=DOWNLOAD_KEY,
