@@ -22,12 +22,13 @@ import streamlit as st
 from lorarank.adapters import Adapter, LoraModule, adapter_files
 from lorarank.charts import SERIES_METRICS, phi_over_steps_chart, rank_map_chart, rank_over_steps_chart
 from lorarank.errors import LoraRankError
-from lorarank.hub import HubSeries, HubSeriesRef, HubSettings, plan_hub_series
+from lorarank.hub import HubSeries, HubSeriesRef, plan_hub_series
 from lorarank.series import SeriesReport, audit_series, checkpoints_from_files
 
 from .audit import MAP_METRICS, Upload, json_safe, rule_text, short_name
 from .common import (Setting, check_url, download_buttons, progress_bar, setting_widget, show_chart,
                      show_errors, split_list)
+from .hub import _settings as hub_settings  # the page's Hub limits (byte cap = the upload limit)
 from .hub import hub_token
 
 __all__ = [
@@ -81,10 +82,11 @@ def run_series(upload: Upload, *, rule: str, value: float, top: int) -> SeriesRe
 def plan_hub(repo: str, revisions: tuple[str | None, ...], subfolder: str,
              labels: tuple[str, ...]) -> HubSeries:
     """The checkpoints of a Hub run, pinned (cached 5 minutes, so a branch that moves is seen
-    again soon); only the small trainer_state.json files are downloaded here."""
+    again soon); only the small trainer_state.json files are downloaded here. The whole run's
+    files must fit the page's per-request byte cap (the upload limit, as a zipped run would)."""
     spec = HubSeriesRef(repo, revisions, subfolder)
     with progress_bar(f"Listing {spec.uri} on the Hub") as bar:
-        return plan_hub_series(spec, token=hub_token(), settings=HubSettings.from_env(),
+        return plan_hub_series(spec, token=hub_token(), settings=hub_settings(),
                                labels=labels, progress=lambda done, total: bar(done, max(total, 1)))
 
 
@@ -94,7 +96,7 @@ def run_hub_series(repo: str, commits: tuple[str, ...], subfolder: str, labels: 
     """Every checkpoint of a pinned Hub run audited: each downloaded into the bounded cache and
     read when its turn comes (one adapter in memory at a time; progress bar per checkpoint)."""
     plan = plan_hub(repo, commits, subfolder, labels)
-    run = plan.run(token=hub_token(), settings=HubSettings.from_env())
+    run = plan.run(token=hub_token(), settings=hub_settings())
     with progress_bar(f"Downloading and auditing {len(run.checkpoints)} checkpoints from the Hub "
                       f"(one at a time)") as progress:
         return audit_series(run, rule=rule, value=value, top=top, progress=progress)
