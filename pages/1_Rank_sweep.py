@@ -52,8 +52,8 @@ tabs = layout.sections(names[2:] + names[:2] if datamode.is_data_mode(data_value
 with tabs["Finite data"]:
     datamode.sweep_results(config, data_values)
 with tabs["Spectra"]:
-    common.show_chart(
-        charts.spectrum,
+    layout.show_panels(
+        charts.spectrum, columns=4, legend=False,
         caption=f"Grey: the target's first {charts.max_index} singular values. Blue: the trained "
                 f"s·B·A's. Dashed: the noise floor {run.noise_floor:.3g} (Gavish-Donoho threshold "
                 f"for the noise level); directions below it fit noise, not the task.",

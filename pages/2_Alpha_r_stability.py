@@ -44,8 +44,8 @@ tabs = layout.sections(["Grid", "Learning-rate window", "Loss curves", "Scaling 
 
 if run is not None:
     with tabs["Grid"]:
-        common.show_chart(
-            views.heatmap,
+        layout.show_panels(
+            views.heatmap, columns=2,
             caption="Colour: final relative error ||s·B·A − T||_F / ||T||_F (log scale, lighter "
                     "is lower). Orange cells marked 'div' diverged; hover a cell for s, the step "
                     "it diverged at and its largest update norm.",

@@ -78,8 +78,12 @@ class TestDefaults:
         """Heatmap, loss and norm charts render; the downloads hold every cell."""
         at = open_page()
         specs = charts(at)
-        assert len(specs) == 3
-        assert specs[0]["facet"]["field"] == "rule"
+        assert len(specs) == 4 + 2  # a heatmap panel per rule, the loss and norm charts
+        assert [s["title"] for s in specs[:4]] == ["fixed-alpha", "alpha-eq-r", "alpha-eq-2r",
+                                                   "rslora"]
+        assert all({row["rule"] for row in s["data"]["values"]} == {s["title"]}
+                   for s in specs[:4])
+        assert len({json.dumps(s["layer"][0]["encoding"]["color"]["scale"]) for s in specs[:4]}) == 1
         buttons = at.get("download_button")
         assert [b.key for b in buttons] == ["stability_download_csv", "stability_download_json",
                                             "stability_report_download"]
@@ -154,10 +158,10 @@ class TestInteraction:
         at.selectbox(key="curves_rank").set_value(16).run()
         at.selectbox(key="curves_rule").set_value("rslora").run()
         assert not at.exception
-        rows = chart_rows(at, 1)
+        rows = chart_rows(at, -2)  # the loss chart: after the heatmap panels, before the norms
         assert set(zip(rows["rule"], rows["rank"])) == {("rslora", 16)}
         assert set(rows["lr"]) <= set(DEFAULT_LRS) and len(set(rows["lr"])) >= 2
-        assert charts(at)[1]["title"] == "rslora, r = 16: every learning rate"
+        assert charts(at)[-2]["title"] == "rslora, r = 16: every learning rate"
 
 
 class TestCalculator:

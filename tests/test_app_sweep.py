@@ -68,14 +68,20 @@ class TestDefaults:
         assert "drove the other 12 to it" in text
 
     def test_charts_are_log_scale_with_tooltips(self):
-        """The spectrum chart (one panel per rank, noise floor) and the loss chart render."""
+        """The spectrum panels (one per rank, shared log axis, noise floor) and the loss chart
+        render, each panel as wide as its column."""
         at = open_sweep()
         charts = [json.loads(el.proto.spec) for el in at.get("vega_lite_chart")]
-        assert len(charts) == 2
-        spectrum, loss = charts
-        assert spectrum["facet"]["sort"] == ["r = 2", "r = 4", "r = 16"]
-        assert spectrum["spec"]["layer"][0]["encoding"]["y"]["scale"]["type"] == "log"
-        assert any(layer["mark"]["type"] == "rule" for layer in spectrum["spec"]["layer"])
+        assert len(charts) == 4
+        *panels, loss = charts
+        assert [p["title"] for p in panels] == ["r = 2", "r = 4", "r = 16"]
+        for panel in panels:
+            assert panel["width"] == "container"
+            assert {row["panel"] for row in panel["data"]["values"]} == {panel["title"]}
+            y = panel["layer"][0]["encoding"]["y"]["scale"]
+            assert y["type"] == "log"
+            assert y["domain"] == panels[0]["layer"][0]["encoding"]["y"]["scale"]["domain"]
+            assert any(layer["mark"]["type"] == "rule" for layer in panel["layer"])
         assert loss["layer"][0]["encoding"]["y"]["scale"]["type"] == "log"
         assert loss["layer"][0]["encoding"]["tooltip"]
 

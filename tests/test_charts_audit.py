@@ -52,8 +52,25 @@ class TestRankMap:
         spec = charts.rank_map_chart(recs).to_dict()
         data = next(iter(spec["datasets"].values()))
         cell = [d for d in data if d["layer"] == "0" and d["module_type"] == "q_proj"]
-        assert cell == [{"layer": "0", "module_type": "q_proj", "value": 5.0, "modules": 2,
-                         "name": "layers.0.q_proj"}]
+        assert [{k: v for k, v in d.items() if k != "ink"} for d in cell] == [
+            {"layer": "0", "module_type": "q_proj", "value": 5.0, "modules": 2,
+             "name": "layers.0.q_proj"}]
+
+    @pytest.mark.parametrize("values, ink", [
+        ([8, 8, 8], ["black"] * 3),              # one shared rank: the yellow top of viridis
+        ([0, 0, 0], ["white"] * 3),              # all zero: the dark bottom
+        ([0, 5, 10], ["white", "white", "black"]),
+    ])
+    def test_cell_text_contrasts_with_its_cell(self, values, ink):
+        """Numbers are black on the light upper part of the colour scale, white on the dark."""
+        recs = [{"layer": i, "module_type": "q_proj", "name": f"layers.{i}.q_proj", "value": v}
+                for i, v in enumerate(values)]
+        spec = charts.rank_map_chart(recs).to_dict()
+        data = next(iter(spec["datasets"].values()))
+        assert [d["ink"] for d in sorted(data, key=lambda d: int(d["layer"]))] == ink
+        text = [layer for layer in spec["layer"] if layer["mark"]["type"] == "text"][0]
+        assert text["encoding"]["color"] == {"field": "ink", "legend": None, "scale": None,
+                                             "type": "nominal"}
 
     def test_large_maps_drop_the_text(self):
         """Past 600 cells the numbers are not written in the cells."""
@@ -119,6 +136,18 @@ class TestBudget:
         points = spec["datasets"][spec["layer"][1]["data"]["name"]]
         assert [p["label"] for p in points] == ["budget", "as stored"]
         assert spec["layer"][0]["encoding"]["y"]["scale"]["domain"] == [0, 1]
+
+    def test_marker_shapes_have_a_legend(self):
+        """Colour and shape encode the same label with the same title and legend, so the
+        legend shows each point's shape and colour (no unexplained markers)."""
+        marks = [{"label": n, "mean_rank": float(i), "retained_energy": 0.5, "params": 10}
+                 for i, n in enumerate(["budget 4", "rule", "as stored"])]
+        enc = charts.budget_chart(CURVE, marks=marks).to_dict()["layer"][1]["encoding"]
+        assert enc["shape"]["field"] == enc["color"]["field"] == "label"
+        assert enc["shape"]["title"] is None and enc["color"]["title"] is None
+        assert enc["shape"]["legend"] == enc["color"]["legend"] == {"orient": "bottom"}
+        assert len(set(enc["shape"]["scale"]["range"])) == 3
+        assert enc["shape"]["scale"]["domain"] == enc["color"]["scale"]["domain"]
 
     def test_without_marks(self):
         """No marks: the curve alone."""

@@ -151,3 +151,23 @@ class TestUpdateNormChart:
         assert layers[-1]["mark"]["type"] == "rule"
         assert "max_update_norm" in tooltip_fields(layers[1])
         assert layers[0]["encoding"]["x"]["axis"]["values"] == list(LRS)
+
+
+class TestHeatmapPanels:
+    """The heatmap split into one container-wide panel per rule (the page's grid)."""
+
+    def test_panels_share_colours_and_keep_their_height(self):
+        """Every rule's panel has the same colour domain and a step height per learning rate."""
+        from lorarank.charts import split_facets
+        records = [{"rule": rule, "rank": r, "lr": lr, "scale": 1.0, "rel_err": 0.01 * r * k,
+                    "diverged": False, "diverged_at": None, "max_update_norm": 1.0,
+                    "loss_curve": [1.0, 0.5]}
+                   for k, rule in enumerate(["fixed-alpha", "alpha-eq-r", "rslora"], start=1)
+                   for r in (4, 8) for lr in (0.001, 0.01)]
+        title, panels = split_facets(stability_heatmap(records).to_dict())
+        assert title.startswith("Final relative error")
+        assert [p["title"] for p in panels] == ["fixed-alpha", "alpha-eq-r", "rslora"]
+        scales = {json.dumps(p["layer"][0]["encoding"]["color"]["scale"]) for p in panels}
+        assert len(scales) == 1  # one colour scale: panels compare as in one chart
+        assert all(p["height"] == {"step": 190 // 2} for p in panels)
+        assert all(p["width"] == "container" for p in panels)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import altair as alt
 import numpy as np
 import pytest
 from hypothesis import given
@@ -15,6 +18,7 @@ from lorarank.charts import (
     rank_label,
     spectrum_chart,
     spectrum_frame,
+    split_facets,
 )
 from lorarank.fit import fit_lora
 from lorarank.synthetic import make_target
@@ -174,3 +178,59 @@ class TestCommon:
         assert idx[0] == 0 and idx[-1] == n - 1
         assert np.all(np.diff(idx) > 0)
         assert len(idx) <= max(n if n <= max_points else max_points + 2, 1)
+
+
+class TestSplitFacets:
+    """A faceted chart split into one container-wide chart per panel (the page's grid)."""
+
+    def _spectrum(self, **kw):
+        target = np.array([38.0, 33.0, 28.0, 23.0] + [0.1] * 300)
+        fitted = {2: [38.0, 33.0], 4: [38.0, 33.0, 28.0, 23.0], 16: [38.0, 33.0, 28.0, 23.0] + [0.05] * 12}
+        return spectrum_chart(target, fitted, noise_floor=0.2, **kw)
+
+    def test_one_valid_panel_per_rank_with_its_rows(self):
+        """Each panel is a valid single view, titled by its rank, holding only its rows."""
+        spec = self._spectrum().to_dict()
+        title, panels = split_facets(spec)
+        assert title.startswith("Singular values of the trained")
+        assert [p["title"] for p in panels] == ["r = 2", "r = 4", "r = 16"]
+        for panel in panels:
+            alt.LayerChart.from_dict(panel)  # validates against the Vega-Lite schema
+            assert panel["width"] == "container"
+            assert {row["panel"] for row in panel["data"]["values"]} == {panel["title"]}
+        assert sum(len(p["data"]["values"]) for p in panels) == len(spec["datasets"][spec["data"]["name"]])
+
+    def test_axes_shared_across_panels_as_in_the_facet(self):
+        """Every panel's y (log) and x domains are the whole data's, noise floor included."""
+        _, panels = split_facets(self._spectrum().to_dict())
+        for panel in panels:
+            for layer in panel["layer"]:
+                y = layer["encoding"]["y"]["scale"]
+                assert y["domain"] == [0.05, 38.0]
+            assert panel["layer"][0]["encoding"]["x"]["scale"]["domain"] == [1.0, 304.0]
+
+    def test_input_left_alone_and_unfaceted_passes_through(self):
+        """The caller's dict is not modified; a single view comes back as the only panel."""
+        spec = self._spectrum().to_dict()
+        before = json.dumps(spec, sort_keys=True)
+        split_facets(spec)
+        assert json.dumps(spec, sort_keys=True) == before
+        single = loss_chart({2: np.linspace(10, 1, 50)}).to_dict()
+        assert split_facets(single)[1] == [{k: v for k, v in single.items() if k != "title"}]
+
+    def test_legend_dropped_on_request(self):
+        """legend=False removes every panel's legend (the page's caption names the colours)."""
+        _, panels = split_facets(self._spectrum().to_dict(), legend=False)
+        for panel in panels:
+            for layer in panel["layer"]:
+                if "color" in layer["encoding"]:
+                    assert layer["encoding"]["color"]["legend"] is None
+        _, kept = split_facets(self._spectrum().to_dict())
+        assert "legend" not in kept[0]["layer"][0]["encoding"]["color"]
+
+    def test_long_index_axis_turns_log(self):
+        """Hundreds of indices: the index axis is logarithmic, so the first ones stay apart."""
+        spec = self._spectrum().to_dict()
+        assert spec["spec"]["layer"][0]["encoding"]["x"]["scale"]["type"] == "log"
+        short = spectrum_chart(np.array([3.0, 2.0, 1.0]), {2: [3.0, 2.0]}).to_dict()
+        assert "scale" not in short["spec"]["layer"][0]["encoding"]["x"]

@@ -15,9 +15,10 @@ from typing import Any, Sequence
 
 import streamlit as st
 
+from lorarank.charts import split_facets
 from ui.common import Setting, setting_widget
 
-__all__ = ["header", "settings_group", "sections", "SETTINGS_HINT"]
+__all__ = ["header", "settings_group", "sections", "show_panels", "SETTINGS_HINT"]
 
 #: Said under the title of a page whose inputs are in the sidebar.
 SETTINGS_HINT = ("Settings are in the sidebar (on a phone, open it with the » button at the top "
@@ -91,3 +92,25 @@ def sections(names: Sequence[str], *, default: str | None = None) -> dict[str, A
     names the tab shown first (e.g. the one a link's settings belong to); None: the first.
     """
     return dict(zip(names, st.tabs(list(names), default=default)))
+
+
+def show_panels(spec: dict, *, columns: int = 3, caption: str | None = None,
+                legend: bool = True) -> None:
+    """Draw a faceted chart as a grid of panels that follows the page's width.
+
+    Each facet panel becomes its own chart filling a Streamlit column (shared axes and colours,
+    see :func:`lorarank.charts.split_facets`); a row holds at most ``columns`` panels, and on a
+    phone the columns stack. A row left short keeps empty space, not an empty panel.
+    ``legend=False`` drops the per-panel legends: then the caption must say what the colours
+    mean.
+    """
+    title, panels = split_facets(spec, legend=legend)
+    if title:
+        st.markdown(f"**{title}**")
+    per_row = max(1, min(columns, len(panels)))
+    for start in range(0, len(panels), per_row):
+        cols = st.columns(per_row)
+        for col, panel in zip(cols, panels[start:start + per_row]):
+            col.vega_lite_chart(spec=panel, width="stretch")
+    if caption:
+        st.caption(caption)

@@ -5,7 +5,7 @@ builder takes plain numbers (arrays, mappings) and returns an Altair chart with 
 can be tested without a browser; shared theme pieces live in :mod:`._common`.
 """
 
-from ._common import PALETTE, downsample_index, rank_color_scale, rank_label
+from ._common import PALETTE, downsample_index, rank_color_scale, rank_label, split_facets
 from .sweep import loss_chart, loss_frame, spectrum_chart, spectrum_frame
 from .data import data_loss_chart, data_loss_frame, n_label
 from .audit import *  # noqa: F401,F403  (Adapter audit; names in audit.__all__)
@@ -13,7 +13,7 @@ from .stability import *  # noqa: F401,F403  (alpha/r stability; names in stabil
 from .series import *  # noqa: F401,F403  (rank over training; names in series.__all__)
 
 __all__ = [
-    "PALETTE", "rank_label", "rank_color_scale", "downsample_index",
+    "PALETTE", "rank_label", "rank_color_scale", "downsample_index", "split_facets",
     "spectrum_frame", "spectrum_chart", "loss_frame", "loss_chart",
     "data_loss_frame", "data_loss_chart", "n_label",
 ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+import copy
+import math
+from typing import Any, Iterable, Mapping, Sequence
 
 import altair as alt
 import numpy as np
@@ -15,11 +17,13 @@ __all__ = [
     "rank_color_scale",
     "downsample_index",
     "log_scale",
+    "split_facets",
 ]
 
-#: Okabe-Ito colours (distinguishable with the common colour-vision deficiencies), in order.
+#: Okabe-Ito colours (distinguishable with the common colour-vision deficiencies), in order;
+#: its black is replaced by a mid grey, which reads on a light and on a dark page alike.
 PALETTE: tuple[str, ...] = (
-    "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000",
+    "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#999999",
 )
 #: The reference series (a target spectrum) and the noise floor.
 TARGET_COLOR = "#8a8a8a"
@@ -56,3 +60,102 @@ def downsample_index(n: int, max_points: int, *, log: bool = False) -> np.ndarra
 def log_scale() -> alt.Scale:
     """A base-10 logarithmic scale that does not pad to zero."""
     return alt.Scale(type="log", base=10, zero=False, nice=False)
+
+
+def _field_values(rows: Sequence[Mapping[str, Any]], field: str) -> list[float]:
+    out = []
+    for row in rows:
+        value = row.get(field)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out.append(float(value))
+    return out
+
+
+def split_facets(spec: Mapping[str, Any], *, legend: bool = True) -> tuple[str | None, list[dict]]:
+    """Split a faceted Vega-Lite dict into one single-view dict per panel, sized to a container.
+
+    Vega-Lite sizes a facet in pixels (``width: "container"`` works for single and layered
+    views only), so a faceted chart cannot follow its container: it overflows a narrow page. A
+    page can instead lay the panels out in a responsive grid (Streamlit columns, which stack
+    on a phone), one ``width: "container"`` chart each.
+
+    The panels keep what made the facet one chart: every quantitative ``x``, ``y`` and
+    ``color`` channel gets the domain of the whole data set (the union over the layers drawing
+    into it, positive values only for a log scale) unless its scale already sets one, so the
+    panels share their axes and colours. Each panel holds only its own rows of the data.
+
+    Parameters
+    ----------
+    spec : dict
+        ``chart.to_dict()`` of an ``alt.FacetChart`` with a ``facet`` field, one inline named
+        data set (Altair's ``datasets``) and a single or layered inner ``spec``.
+
+    Returns
+    -------
+    title : str or None
+        The facet chart's title (the panels are titled with their facet value).
+    panels : list of dict
+        One Vega-Lite dict per facet value, in the facet's sort order (else first appearance).
+        A spec without ``facet`` is returned as the only panel.
+    legend : bool, default=True
+        False drops the legends from the panels (say what the colours mean beside them):
+        a legend repeated in every narrow panel takes a third of its width.
+    """
+    spec = copy.deepcopy(dict(spec))
+    title = spec.pop("title", None)
+    if isinstance(title, Mapping):
+        title = title.get("text")
+    if "facet" not in spec or "spec" not in spec:
+        return title, [spec]
+    facet = spec.pop("facet")
+    inner = spec.pop("spec")
+    spec.pop("columns", None)
+    resolve = spec.pop("resolve", {}).get("scale", {})
+    field = facet["field"]
+    datasets = spec.pop("datasets", {})
+    data_name = spec.pop("data", {}).get("name")
+    rows = list(datasets.get(data_name, []))
+    order = facet.get("sort") if isinstance(facet.get("sort"), list) else None
+    if order is None:
+        order = list(dict.fromkeys(row.get(field) for row in rows))
+    layers = inner.get("layer", [inner])
+    # shared domains: union over the layers' fields of each quantitative channel
+    for channel in ("x", "y", "color"):
+        if resolve.get(channel) == "independent":
+            continue
+        encs = [layer.get("encoding", {}).get(channel) for layer in layers]
+        encs = [e for e in encs if isinstance(e, dict) and e.get("field")
+                and e.get("type") == "quantitative"]
+        if not encs or any("domain" in (e.get("scale") or {}) for e in encs):
+            continue
+        log = any((e.get("scale") or {}).get("type") == "log" for e in encs)
+        values = [v for e in encs for v in _field_values(rows, e["field"]) if v > 0 or not log]
+        if not values:
+            continue
+        for e in encs:
+            e["scale"] = {**(e.get("scale") or {}), "domain": [min(values), max(values)]}
+    if not legend:
+        for layer in layers:
+            for channel in ("color", "shape", "size", "opacity", "strokeDash"):
+                enc = layer.get("encoding", {}).get(channel)
+                if isinstance(enc, dict) and "field" in enc:
+                    enc["legend"] = None
+    y_encs = [layer.get("encoding", {}).get("y") for layer in layers]
+    y_encs = [e for e in y_encs if isinstance(e, dict) and e.get("field")]
+    y_discrete = bool(y_encs) and y_encs[0].get("type") in ("nominal", "ordinal")
+    y_levels = {row.get(y_encs[0]["field"]) for row in rows} if y_discrete else set()
+    panels = []
+    for value in order:
+        panel = {**spec, **{k: v for k, v in inner.items() if k not in ("width", "height")}}
+        panel["data"] = {"values": [row for row in rows if row.get(field) == value]}
+        panel["width"] = "container"
+        # fit the width only: the height stays the plot's, so the title and axes add to it
+        panel["autosize"] = {"type": "fit-x", "contains": "padding"}
+        if isinstance(inner.get("height"), (int, float)) and y_discrete:
+            # a discrete y axis takes a step height (Streamlit drops a fixed one there)
+            panel["height"] = {"step": max(8, int(inner["height"]) // max(len(y_levels), 1))}
+        elif "height" in inner:
+            panel["height"] = inner["height"]
+        panel["title"] = str(value)
+        panels.append(panel)
+    return title, panels

@@ -30,6 +30,8 @@ __all__ = [
 _KEPT, _DROPPED = "kept", "dropped"
 #: Room above a titled chart with a continuous y axis: Streamlit 1.67 otherwise clips the title.
 _PAD = {"top": 16, "left": 5, "right": 5, "bottom": 5}
+#: Marker shapes of the budget chart's labelled points, in order.
+_SHAPES = ("circle", "square", "diamond", "triangle-up", "cross")
 
 
 def _layer_label(layer: object) -> str:
@@ -96,12 +98,15 @@ def rank_map_chart(records: Sequence[Mapping[str, object]], *, metric: str = "re
         tooltip=tooltip)
     layers_ = [heat]
     if len(order) * len(types) <= 600:
-        # Text colour follows the cell: dark text on the light (high) end of viridis.
-        lo, hi = float(agg["value"].min()), float(agg["value"].max())
-        mid = lo + 0.6 * (hi - lo)
-        text = base.mark_text(fontSize=10).encode(
+        # Text colour follows the cell's place on the colour scale (domain [min(0, lo), hi],
+        # zero=True): black on viridis's light upper part, white on its dark lower part. With
+        # every cell equal (one shared rank) the cells are all at the yellow top: black.
+        lo, hi = min(0.0, float(agg["value"].min())), float(agg["value"].max())
+        frac = (agg["value"] - lo) / (hi - lo) if hi > lo else agg["value"] * 0.0 + (hi > 0)
+        agg["ink"] = np.where(frac > 0.55, "black", "white")
+        text = alt.Chart(agg).encode(x=x, y=y).mark_text(fontSize=10).encode(
             text=alt.Text("value:Q", format=".3~g"),
-            color=alt.condition(alt.datum.value > mid, alt.value("black"), alt.value("white")),
+            color=alt.Color("ink:N", scale=None, legend=None),
             tooltip=tooltip)
         layers_.append(text)
     return alt.layer(*layers_).properties(height=alt.Step(step), title=f"Rank map: {metric} per module")
@@ -230,15 +235,19 @@ def budget_chart(curve: Mapping[str, Sequence[float]], *,
                                 "retained_energy": float(m["retained_energy"]),
                                 "params": int(m["params"])} for m in marks])
         labels = list(mframe["label"])
-        color = alt.Color("label:N", title=None,
+        color = alt.Color("label:N", title=None, legend=alt.Legend(orient="bottom"),
                           scale=alt.Scale(domain=labels, range=[PALETTE[(i + 1) % len(PALETTE)]
                                                                 for i in range(len(labels))]))
         mtip = [alt.Tooltip("label:N", title="point"),
                 alt.Tooltip("mean_rank:Q", title="mean rank", format=".3~f"),
                 alt.Tooltip("params:Q", title="parameters", format=","),
                 alt.Tooltip("retained_energy:Q", title="retained energy", format=".4f")]
+        # colour and shape share field and title, so Vega-Lite draws one legend with both
+        shape = alt.Shape("label:N", title=None, legend=alt.Legend(orient="bottom"),
+                          scale=alt.Scale(domain=labels, range=[_SHAPES[i % len(_SHAPES)]
+                                                                for i in range(len(labels))]))
         layers.append(alt.Chart(mframe).mark_point(size=140, filled=True, opacity=1).encode(
-            x=x, y=y, color=color, shape=alt.Shape("label:N", title=None, legend=None), tooltip=mtip))
+            x=x, y=y, color=color, shape=shape, tooltip=mtip))
     return alt.layer(*layers).properties(
         height=height, padding=_PAD,
         title="Whole adapter: retained energy against a global rank budget")

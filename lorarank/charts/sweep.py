@@ -14,7 +14,10 @@ import pandas as pd
 
 from ._common import FLOOR_COLOR, TARGET_COLOR, downsample_index, log_scale, rank_color_scale, rank_label
 
-__all__ = ["spectrum_frame", "spectrum_chart", "loss_frame", "loss_chart"]
+__all__ = ["LOG_INDEX_ABOVE", "spectrum_frame", "spectrum_chart", "loss_frame", "loss_chart"]
+
+#: The spectrum chart switches its index axis to a log scale above this many indices.
+LOG_INDEX_ABOVE = 40
 
 
 def spectrum_frame(target_values: object, fitted: Mapping[int, object], *,
@@ -53,7 +56,8 @@ def spectrum_frame(target_values: object, fitted: Mapping[int, object], *,
 
 def spectrum_chart(target_values: object, fitted: Mapping[int, object], *,
                    noise_floor: float | None = None, max_index: int | None = None,
-                   columns: int = 4, panel_width: int = 230, panel_height: int = 220) -> alt.FacetChart:
+                   columns: int = 4, panel_width: int = 230, panel_height: int = 220,
+                   log_index: bool | None = None) -> alt.FacetChart:
     """One log-scale panel per rank: the target's spectrum, the trained one, the noise floor.
 
     Parameters
@@ -65,6 +69,10 @@ def spectrum_chart(target_values: object, fitted: Mapping[int, object], *,
         when None or not positive (a log axis has no zero).
     columns : int, default=4
         Panels per row.
+    log_index : bool, optional
+        Draw the index axis on a log scale, so that the first few directions (the ones that
+        matter) are not squeezed against the left edge when hundreds are drawn. Default: when
+        more than :data:`LOG_INDEX_ABOVE` indices are drawn.
 
     Returns
     -------
@@ -75,7 +83,11 @@ def spectrum_chart(target_values: object, fitted: Mapping[int, object], *,
     frame["noise_floor"] = float(noise_floor) if noise_floor and noise_floor > 0 else np.nan
     tooltip = [alt.Tooltip("panel:N", title="rank"), alt.Tooltip("series:N"),
                alt.Tooltip("index:Q", title="i"), alt.Tooltip("sigma:Q", title="sigma_i", format=".4g")]
-    x = alt.X("index:Q", title="index i", axis=alt.Axis(tickMinStep=1, format="d"))
+    if log_index is None:
+        log_index = bool(len(frame)) and int(frame["index"].max()) > LOG_INDEX_ABOVE
+    x = (alt.X("index:Q", title="index i (log)", scale=log_scale(), axis=alt.Axis(format="d"))
+         if log_index else
+         alt.X("index:Q", title="index i", axis=alt.Axis(tickMinStep=1, format="d")))
     y = alt.Y("sigma:Q", title="singular value sigma_i (log)", scale=log_scale(),
               axis=alt.Axis(tickCount=6, format="~g"))
     series_color = alt.Color("series:N", title="spectrum",
