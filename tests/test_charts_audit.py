@@ -69,8 +69,8 @@ class TestRankMap:
         data = next(iter(spec["datasets"].values()))
         assert [d["ink"] for d in sorted(data, key=lambda d: int(d["layer"]))] == ink
         text = [layer for layer in spec["layer"] if layer["mark"]["type"] == "text"][0]
-        assert text["encoding"]["color"] == {"field": "ink", "legend": None, "scale": None,
-                                             "type": "nominal"}
+        assert text["encoding"]["color"] == {"condition": {"test": "(datum.ink === 'black')",
+                                                           "value": "black"}, "value": "white"}
 
     def test_large_maps_drop_the_text(self):
         """Past 600 cells the numbers are not written in the cells."""

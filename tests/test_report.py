@@ -73,3 +73,28 @@ def test_audit_report_tabulates_the_json_document():
     assert rows[0][5] == pytest.approx(report.modules[0].singular_values[0])
     for column in AUDIT_COLUMNS:
         assert f">{column}</th>" in html
+
+
+def test_audit_report_charts_compile_in_vega_lite():
+    """Every chart of the audit report compiles with the Vega-Lite the report embeds (vl-convert's
+    copy): a colour field with ``scale: null`` layered over the rank map's heat scale did not."""
+    vl_convert = pytest.importorskip("vl_convert")
+    import numpy as np
+
+    from lorarank.adapters import Adapter, LoraModule
+    from lorarank.audit import audit_adapter
+    from lorarank.charts.report import audit_charts
+
+    rng = np.random.default_rng(0)
+    # one module type at a shared rank (every rank-map cell equal), one varied
+    modules = [LoraModule(f"base_model.model.model.layers.{i}.self_attn.{kind}_proj",
+                          rng.standard_normal((4, 32)).astype(np.float32),
+                          rng.standard_normal((24, 4)).astype(np.float32), 2.0, alpha=8.0)
+               for i in range(3) for kind in ("q", "v")]
+    report = audit_adapter(Adapter(format="peft", modules=modules, scaling="", source="t"))
+    charts = audit_charts(report, rule_text="energy share 0.99")
+    html = audit_report({"format": "peft", "modules": [], "summary": {}}, charts=charts,
+                        bundle=FAKE_BUNDLE)
+    for spec in _json_script(html, "lorarank-specs"):
+        vega = vl_convert.vegalite_to_vega(spec)  # raises on a spec Vega-Lite cannot compile
+        assert vega["marks"]

@@ -106,7 +106,9 @@ def rank_map_chart(records: Sequence[Mapping[str, object]], *, metric: str = "re
         agg["ink"] = np.where(frac > 0.55, "black", "white")
         text = alt.Chart(agg).encode(x=x, y=y).mark_text(fontSize=10).encode(
             text=alt.Text("value:Q", format=".3~g"),
-            color=alt.Color("ink:N", scale=None, legend=None),
+            # a condition, not a colour field: a field with scale=None merges with the heat
+            # layer's colour scale into null, which Vega-Lite cannot compile
+            color=alt.condition(alt.datum.ink == "black", alt.value("black"), alt.value("white")),
             tooltip=tooltip)
         layers_.append(text)
     return alt.layer(*layers_).properties(height=alt.Step(step), title=f"Rank map: {metric} per module")
