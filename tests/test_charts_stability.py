@@ -90,9 +90,35 @@ class TestHeatmap:
             assert row["error_text"] == ("div" if rec.diverged else f"{rec.rel_err:.3g}")
             assert row["diverged"] == rec.diverged
         for layer in all_layers(spec):
-            assert {"rule", "rank", "lr", "rel_err", "status", "max_update_norm"} <= \
+            assert {"rule", "rank", "lr", "error_tip", "status", "max_update_norm"} <= \
                 set(tooltip_fields(layer))
         json.dumps(spec, allow_nan=False)  # diverged cells carry null, not NaN
+
+    def test_tooltip_says_diverged_not_null(self, grid):
+        """A diverged cell's tooltip error reads "diverged" (its rel_err is null, which Vega shows
+        as "null"); a trained cell's reads its error to 4 significant digits."""
+        spec = stability_heatmap(grid.records).to_dict()
+        (rows,) = datasets(spec).values()
+        assert any(row["diverged"] for row in rows) and not all(row["diverged"] for row in rows)
+        for row in rows:
+            rec = grid.cell(row["rule"], row["rank"], row["lr"])
+            assert row["error_tip"] == ("diverged" if rec.diverged else f"{rec.rel_err:.4g}")
+        for layer in all_layers(spec):
+            tips = {t["field"]: t for t in layer["encoding"]["tooltip"]}
+            assert "rel_err" not in tips
+            assert tips["error_tip"]["title"] == "final relative error"
+
+    @pytest.mark.parametrize("build", ["heatmap", "loss", "norm"])
+    def test_learning_rates_read_short(self, grid, build):
+        """Learning-rate tooltips use d3's "~g" (0.1, 0.001), not "g" (0.100000)."""
+        cells = [r for r in grid.records if r.rule == "fixed-alpha"]
+        chart = {"heatmap": lambda: stability_heatmap(grid.records),
+                 "loss": lambda: stability_loss_chart(cells),
+                 "norm": lambda: update_norm_chart(grid.records)}[build]()
+        spec = chart.to_dict()
+        tips = [t for layer in all_layers(spec) for t in layer["encoding"].get("tooltip", [])
+                if isinstance(t, dict) and t.get("field") == "lr"]
+        assert tips and all(t["format"] == "~g" for t in tips)
 
     def test_axes_ordered(self, grid):
         """Ranks ascend left to right, learning rates descend top to bottom."""

@@ -161,6 +161,20 @@ class TestLossChart:
         assert sorted(row["status"] for row in rows) == sorted(
             f"diverged at step {r.diverged_at}" for r in results)
 
+    def test_loss_axis_labels_in_one_style(self):
+        """A diverging curve's axis, drawn by Vega-Lite (vl-convert), labels every power of ten
+        from 1e4 up as an exponent: no "10000000000" beside "1e+16"."""
+        vl_convert = pytest.importorskip("vl_convert")
+        import re
+
+        losses = {4: np.geomspace(100.0, 0.01, 300), 16: np.geomspace(10.0, 1e16, 200)}
+        spec = loss_chart(losses, diverged_at={16: 199}).to_dict()
+        svg = vl_convert.vegalite_to_svg(spec)
+        labels = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
+        y_labels = labels[labels.index("optimiser step (symlog)") + 1:labels.index("loss (log)")]
+        assert "1e+16" in y_labels and "0.01" in y_labels
+        assert not [t for t in y_labels if re.fullmatch(r"\d{5,}", t)], y_labels
+
 
 class TestCommon:
     """Shared helpers."""

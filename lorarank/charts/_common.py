@@ -18,6 +18,8 @@ __all__ = [
     "downsample_index",
     "log_scale",
     "split_facets",
+    "LOG_LABELS",
+    "log_axis",
 ]
 
 #: Okabe-Ito colours (distinguishable with the common colour-vision deficiencies), in order;
@@ -55,6 +57,19 @@ def downsample_index(n: int, max_points: int, *, log: bool = False) -> np.ndarra
     else:
         idx = np.linspace(0, n - 1, max_points).round().astype(int)
     return np.unique(np.concatenate(([0, n - 1], idx)))
+
+
+#: Tick labels of a log axis that can span 1e-3 .. 1e16, in one style: plain numbers from 0.001
+#: to below 10000 ("0.01", "300"), an exponent outside ("1e+4", "1e+16", "1e-5"). Vega's own
+#: "~g" switches style at 1e6 and a layer without the format falls back to long integers
+#: ("10000000000" beside "1e+16").
+LOG_LABELS = ("datum.value >= 10000 || datum.value < 0.001 ? format(datum.value, '.0e') "
+              ": format(datum.value, '~g')")
+
+
+def log_axis(**kwargs: Any) -> alt.Axis:
+    """The axis of a log-scale value channel, labelled with :data:`LOG_LABELS`."""
+    return alt.Axis(labelExpr=LOG_LABELS, **{"tickCount": 6, **kwargs})
 
 
 def log_scale() -> alt.Scale:

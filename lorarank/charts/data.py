@@ -11,7 +11,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from ._common import FLOOR_COLOR, PALETTE, log_scale
+from ._common import FLOOR_COLOR, PALETTE, log_axis, log_scale
 
 __all__ = ["data_loss_frame", "data_loss_chart", "n_label"]
 
@@ -80,7 +80,7 @@ def data_loss_chart(rows: Iterable[Mapping[str, object]], *, noise_loss: float |
     x = alt.X("rank:Q", title="LoRA rank r (log)", scale=alt.Scale(type="log", base=2),
               axis=alt.Axis(values=[int(r) for r in ranks], format="d"))
     y = alt.Y("loss:Q", title="mean loss 0.5·||s·B·A·x − y||² per pair (log)", scale=log_scale(),
-              axis=alt.Axis(tickCount=6, format="~g"))
+              axis=log_axis())
     tooltip = [alt.Tooltip("n:N", title="training pairs"), alt.Tooltip("rank:Q", title="r"),
                alt.Tooltip("series:N", title="loss"), alt.Tooltip("loss:Q", format=".5g")]
     base = alt.Chart(frame)
@@ -92,7 +92,7 @@ def data_loss_chart(rows: Iterable[Mapping[str, object]], *, noise_loss: float |
     if noise_loss is not None and noise_loss > 0:
         rule = pd.DataFrame({"loss": [float(noise_loss)], "what": ["T itself on held-out pairs"]})
         layers.append(alt.Chart(rule).mark_rule(color=FLOOR_COLOR, strokeDash=[4, 4]).encode(
-            y=alt.Y("loss:Q", scale=log_scale()),
+            y=alt.Y("loss:Q", scale=log_scale(), axis=log_axis()),
             tooltip=[alt.Tooltip("what:N", title="floor"), alt.Tooltip("loss:Q", format=".5g")]))
     if true_rank is not None:
         k = pd.DataFrame({"rank": [int(true_rank)], "what": ["intrinsic rank k"]})

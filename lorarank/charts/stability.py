@@ -14,7 +14,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from ._common import downsample_index, log_scale, rank_color_scale, rank_label
+from ._common import downsample_index, log_axis, log_scale, rank_color_scale, rank_label
 
 __all__ = [
     "records_frame",
@@ -28,9 +28,6 @@ __all__ = [
 #: Colour of a diverged cell (Okabe-Ito vermillion): no error to show, and no colour of the
 #: error scale (viridis) is near it.
 DIVERGED_COLOR = "#D55E00"
-#: Axis labels of a log axis that can span 1e-3 .. 1e14: plain below 1e4, exponent above.
-_LOG_LABELS = ("datum.value >= 10000 || datum.value < 0.001 ? format(datum.value, '.0e') "
-               ": format(datum.value, '~g')")
 
 _COLUMNS = ["rule", "rank", "lr", "scale", "rel_err", "diverged", "diverged_at",
             "max_update_norm", "steps_run"]
@@ -83,6 +80,9 @@ def _heat_frame(records: Iterable[Any]) -> pd.DataFrame:
                        for d, s in zip(frame["diverged"], frame["diverged_at"].fillna(0))]
     frame["error_text"] = ["div" if d else f"{e:.3g}"
                            for d, e in zip(frame["diverged"], frame["rel_err"])]
+    # the tooltip's error: a word where there is no number (a missing value reads "null")
+    frame["error_tip"] = ["diverged" if d else f"{e:.4g}"
+                          for d, e in zip(frame["diverged"], frame["rel_err"])]
     return frame
 
 
@@ -114,8 +114,8 @@ def stability_heatmap(records: Iterable[Any], *, rules: Sequence[str] | None = N
     rank_order = sorted(set(int(r) for r in frame["rank"]))
     tooltip = [alt.Tooltip("rule:N"), alt.Tooltip("rank:O", title="r"),
                alt.Tooltip("scale:Q", title="s", format=".4g"),
-               alt.Tooltip("lr:Q", title="learning rate", format="g"),
-               alt.Tooltip("rel_err:Q", title="final relative error", format=".4g"),
+               alt.Tooltip("lr:Q", title="learning rate", format="~g"),
+               alt.Tooltip("error_tip:N", title="final relative error"),
                alt.Tooltip("status:N"),
                alt.Tooltip("max_update_norm:Q", title="max ||s B A||_F", format=".4g")]
     x = alt.X("rank:O", title="rank r", sort=rank_order, axis=alt.Axis(labelAngle=0))
@@ -210,7 +210,7 @@ def stability_loss_chart(records: Sequence[Any], *, color_by: str = "rank",
     else:
         color = alt.Color("series:N", title="cell")
     tooltip = [alt.Tooltip("rule:N"), alt.Tooltip("rank:Q", title="r"),
-               alt.Tooltip("lr:Q", title="learning rate", format="g"), alt.Tooltip("step:Q"),
+               alt.Tooltip("lr:Q", title="learning rate", format="~g"), alt.Tooltip("step:Q"),
                alt.Tooltip("loss:Q", title="0.5*||sBA - T||^2", format=".4g")]
     last = int(frame["step"].max()) if len(frame) else 1
     ticks = [t for t in (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000)
@@ -218,7 +218,7 @@ def stability_loss_chart(records: Sequence[Any], *, color_by: str = "rank",
     x = alt.X("step:Q", title="optimiser step (symlog)", scale=alt.Scale(type="symlog"),
               axis=alt.Axis(values=ticks, format="d"))
     y = alt.Y("loss:Q", title="loss (log)", scale=log_scale(),
-              axis=alt.Axis(tickCount=6, labelExpr=_LOG_LABELS))
+              axis=log_axis())
     lines = alt.Chart(frame).mark_line(strokeWidth=2).encode(
         x=x, y=y, color=color, detail="series:N", tooltip=tooltip)
     layers = [lines]
@@ -262,7 +262,7 @@ def update_norm_chart(records: Iterable[Any], *, rule: str | None = None,
     frame["status"] = ["diverged" if d else "trained" for d in frame["diverged"]]
     tooltip = [alt.Tooltip("rule:N"), alt.Tooltip("rank:Q", title="r"),
                alt.Tooltip("scale:Q", title="s", format=".4g"),
-               alt.Tooltip("lr:Q", title="learning rate", format="g"),
+               alt.Tooltip("lr:Q", title="learning rate", format="~g"),
                alt.Tooltip("max_update_norm:Q", title="max ||s B A||_F", format=".4g"),
                alt.Tooltip("status:N")]
     color = alt.Color("rank_label:N", title="rank", scale=rank_color_scale(frame["rank"].unique()))
@@ -271,7 +271,7 @@ def update_norm_chart(records: Iterable[Any], *, rule: str | None = None,
               axis=alt.Axis(values=sorted(set(frame["lr"])), format="~g", labelAngle=0,
                             grid=False))
     y = alt.Y("max_update_norm:Q", title="max ||s B A||_F over steps (log)", scale=log_scale(),
-              axis=alt.Axis(tickCount=6, labelExpr=_LOG_LABELS))
+              axis=log_axis())
     base = alt.Chart(frame)
     layers = [base.mark_line(strokeWidth=1.5, opacity=0.7).encode(x=x, y=y, color=color,
                                                                   detail="rank_label:N",
@@ -286,7 +286,7 @@ def update_norm_chart(records: Iterable[Any], *, rule: str | None = None,
         rule_frame = pd.DataFrame({"norm": [float(target_norm)], "what": ["||T||_F"]})
         layers.append(alt.Chart(rule_frame).mark_rule(strokeDash=[6, 4], color="#555555",
                                                       strokeWidth=1.5).encode(
-            y=alt.Y("norm:Q", scale=log_scale()),
+            y=alt.Y("norm:Q", scale=log_scale(), axis=log_axis()),
             tooltip=[alt.Tooltip("what:N", title="reference"),
                      alt.Tooltip("norm:Q", title="value", format=".4g")]))
     title = "Largest update norm per cell (cross: diverged)"

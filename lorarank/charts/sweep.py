@@ -12,7 +12,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from ._common import FLOOR_COLOR, TARGET_COLOR, downsample_index, log_scale, rank_color_scale, rank_label
+from ._common import (FLOOR_COLOR, TARGET_COLOR, downsample_index, log_axis, log_scale,
+                      rank_color_scale, rank_label)
 
 __all__ = ["LOG_INDEX_ABOVE", "spectrum_frame", "spectrum_chart", "loss_frame", "loss_chart"]
 
@@ -88,8 +89,7 @@ def spectrum_chart(target_values: object, fitted: Mapping[int, object], *,
     x = (alt.X("index:Q", title="index i (log)", scale=log_scale(), axis=alt.Axis(format="d"))
          if log_index else
          alt.X("index:Q", title="index i", axis=alt.Axis(tickMinStep=1, format="d")))
-    y = alt.Y("sigma:Q", title="singular value sigma_i (log)", scale=log_scale(),
-              axis=alt.Axis(tickCount=6, format="~g"))
+    y = alt.Y("sigma:Q", title="singular value sigma_i (log)", scale=log_scale(), axis=log_axis())
     series_color = alt.Color("series:N", title="spectrum",
                              scale=alt.Scale(domain=["target", "trained"],
                                              range=[TARGET_COLOR, "#0072B2"]))
@@ -104,7 +104,7 @@ def spectrum_chart(target_values: object, fitted: Mapping[int, object], *,
         floor = base.transform_aggregate(
             noise_floor="mean(noise_floor)", groupby=["panel"]).mark_rule(
             color=FLOOR_COLOR, strokeDash=[6, 4], strokeWidth=1.5).encode(
-            y=alt.Y("noise_floor:Q", scale=log_scale()),
+            y=alt.Y("noise_floor:Q", scale=log_scale(), axis=log_axis()),
             tooltip=[alt.Tooltip("noise_floor:Q", title="noise floor", format=".4g")])
         layers.append(floor)
     order = [rank_label(r) for r in sorted(fitted)]
@@ -169,10 +169,10 @@ def loss_chart(losses: Mapping[int, object], *, diverged_at: Mapping[int, int | 
                          300_000, 1_000_000) if t <= last]
     x = alt.X("step:Q", title="optimiser step (symlog)", scale=alt.Scale(type="symlog"),
               axis=alt.Axis(values=ticks, format="d"))
+    # one y for every layer: a layer without the axis format would bring its own labels
+    y = alt.Y("loss:Q", title="loss (log)", scale=log_scale(), axis=log_axis())
     lines = alt.Chart(frame).mark_line(strokeWidth=2).encode(
-        x=x, y=alt.Y("loss:Q", title="loss (log)", scale=log_scale(),
-                     axis=alt.Axis(tickCount=6, format="~g")),
-        color=color, tooltip=tooltip)
+        x=x, y=y, color=color, tooltip=tooltip)
     layers = [lines]
     ends = [(rank_label(r), int(step)) for r, step in (diverged_at or {}).items() if step is not None]
     if ends:
@@ -180,6 +180,6 @@ def loss_chart(losses: Mapping[int, object], *, diverged_at: Mapping[int, int | 
         marks = last[last["rank"].isin([lab for lab, _ in ends])].copy()
         marks["status"] = [f"diverged at step {dict(ends)[lab]}" for lab in marks["rank"]]
         layers.append(alt.Chart(marks).mark_point(shape="cross", size=140, filled=True).encode(
-            x=x, y=alt.Y("loss:Q", scale=log_scale()), color=color,
+            x=x, y=y, color=color,
             tooltip=[alt.Tooltip("rank:N"), alt.Tooltip("status:N")]))
     return alt.layer(*layers).properties(height=height, title="Training loss per rank")
