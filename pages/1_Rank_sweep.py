@@ -21,7 +21,9 @@ common.show_errors(common.check_url(sweep.SETTINGS + datamode.SWEEP_SETTINGS,
                                     state_key=sweep.URL_ERRORS_KEY))
 
 target_values = layout.settings_group("Target update T", sweep.TARGET_SETTINGS)
-training_values = layout.settings_group("LoRA training", sweep.TRAINING_SETTINGS)
+training_values = layout.settings_group(
+    "LoRA training", sweep.TRAINING_SETTINGS,
+    disabled={"alpha": lambda values: sweep.alpha_unused([values.get("rule", "")])})
 data_values = datamode.sweep_inputs()
 
 with common.stop_on_error():

@@ -26,7 +26,9 @@ target_values = layout.settings_group("Target update T", stab.TARGET_SETTINGS)
 grid_box = st.sidebar.expander("Grid", expanded=True)
 grid_values = layout.settings_group("Grid", stab.GRID_SETTINGS[:2], container=grid_box)
 rules = stab.rules_widget(grid_box)
-grid_values.update(layout.settings_group("Grid", stab.GRID_SETTINGS[2:], container=grid_box))
+grid_values.update(layout.settings_group(
+    "Grid", stab.GRID_SETTINGS[2:], container=grid_box,
+    disabled={"alpha": lambda values: stab.alpha_unused(rules)}))
 data = datamode.grid_inputs((target_values["d_out"], target_values["d_in"]))
 
 try:

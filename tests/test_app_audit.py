@@ -216,6 +216,10 @@ class TestBuiltFiles:
         at.number_input(key="alpha").set_value(8.0).run()
         assert_clean(at)
         assert at.dataframe[0].value["scale s"].tolist() == [pytest.approx(2.0)]
+        # the page no longer says s = 1 once alpha is set: it names the alpha in use
+        assert not any("assumed" in w.value for w in at.warning)
+        assert any("alpha = 8" in i.value for i in at.info)
+        assert any("s = 2" in md_plain(m.value) for m in at.markdown)  # the detected scaling
         s = np.linalg.svd(2.0 * (b.astype(np.float64) @ a), compute_uv=False)
         assert at.dataframe[0].value["top singular values"][0].split(",")[0] == f"{s[0]:.3g}"
 
@@ -333,6 +337,17 @@ class TestUrlSettings:
         assert any("global budget of 42 directions" in c.value for c in at.caption)
         assert len(frame_with(at, "phi(k, k)")) == 14
 
+    @pytest.mark.parametrize("raw", ["stable_rank", "stable rank"])
+    def test_map_metric_shows_labels(self, raw):
+        """The rank-map select box shows human labels, not column names; a link may carry the
+        option (``stable_rank``, as older links do) or the label the widget writes."""
+        at = open_page({"map": raw, "demo": "true"})
+        assert_clean(at)
+        box = at.selectbox(key="map")
+        assert box.value == "stable_rank"
+        assert "recommended rank" in box.options and "energy rank k(0.99)" in box.options
+        assert not [o for o in box.options if "_" in o]
+
     @pytest.mark.parametrize("query, sentence", [
         ({"energy": "2"}, "The link sets `energy=2`, but energy share t should be at most 1; the "
                           "default 0.99 is used instead."),
@@ -391,6 +406,31 @@ class TestCompare:
         assert_clean(at)
         assert any("synthetic demo B" in i.value for i in at.info)
         assert len(frame_with(at, "phi(k, k)")) == 14
+
+
+@pytest.mark.skipif(not (SAMPLES / "peft_llama_r8").is_dir(), reason="samples not present")
+class TestResizeThatChangesNothing:
+    """At energy 0.99 every module of the r = 8 sample keeps its rank."""
+
+    def test_says_so_and_offers_no_download(self):
+        """No "0.0 %" metric and no download of the same adapter; the sentence names what
+        would shrink it (a lower energy share with what it keeps, a global budget)."""
+        at = upload(open_page(), sample_files("peft_llama_r8"))
+        assert_clean(at)
+        (note,) = [i.value for i in at.info if "Nothing to resize" in i.value]
+        assert "energy share 0.9 keeps" in note and "global budget" in note
+        assert "energy share 0.95 keeps" in note
+        assert not [b for b in at.get("download_button") if "resized" in b.label.lower()
+                    or b.label in ("adapter_model.safetensors", "adapter_config.json")]
+        assert not [m for m in at.metric if m.label == "parameters after"]
+
+    def test_a_resize_that_shrinks_is_offered(self):
+        """At energy 0.9 ranks drop: metrics and the download are back, no 'nothing' note."""
+        at = upload(open_page({"energy": "0.9"}), sample_files("peft_llama_r8"))
+        assert_clean(at)
+        assert not [i for i in at.info if "Nothing to resize" in i.value]
+        assert "Download resized adapter (.zip)" in [b.label for b in at.get("download_button")]
+        assert [m for m in at.metric if m.label == "parameters after"]
 
 
 class TestUiHelpers:

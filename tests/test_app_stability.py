@@ -74,6 +74,26 @@ class TestDefaults:
         bound = frame[frame["rule"] == "alpha-eq-r"]["SGD bound 1/(s*sigma_1)"].iloc[0]
         assert float(bound) == pytest.approx(1 / make_target().singular_values[0], rel=1e-3)
 
+    def test_adam_grid_has_no_sgd_bound(self):
+        """The SGD bound 1/(s*sigma_1) is a column for an SGD grid only: Adam's step does not
+        scale with the gradient, so the bound would contradict the grid beside it."""
+        at = open_page(optimizer="adam", ranks="4,16", lrs="0.001,0.01", steps="50")
+        assert not at.exception and not at.error
+        frame = windows(at)
+        assert "largest stable lr" in frame.columns
+        assert not any("SGD bound" in c for c in frame.columns)
+
+    def test_alpha_disabled_when_no_rule_reads_it(self):
+        """alpha is greyed out (help says why) when every chosen rule ignores it, and editable
+        as soon as one chosen rule reads it."""
+        at = open_page(rules=["alpha-eq-r", "alpha-eq-2r"], ranks="4,16", lrs="0.001,0.01",
+                       steps="50")
+        assert not at.exception
+        alpha = at.number_input(key="alpha")
+        assert alpha.disabled and alpha.help.startswith("Not used now")
+        at = open_page(rules=["alpha-eq-r", "rslora"], ranks="4,16", lrs="0.001,0.01", steps="50")
+        assert not at.number_input(key="alpha").disabled
+
     def test_charts_and_downloads(self):
         """Heatmap, loss and norm charts render; the downloads hold every cell."""
         at = open_page()

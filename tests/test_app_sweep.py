@@ -126,6 +126,28 @@ class TestEdgeSettings:
         assert not frame.isna().any().any()
         assert "nan" not in frame.to_string().lower()
         assert "**r = 2** diverged at step" in reading(at)
+        # alpha-eq-r gives s = 1 at every rank: the advice is the learning rate, not the rule
+        assert "alpha rule is not the cause" in reading(at)
+        assert "pick an alpha rule" not in reading(at)
+        assert "does not grow with r" not in reading(at)
+
+    def test_divergence_from_a_large_s_names_the_rule(self):
+        """fixed-alpha gives r = 1 s = 16 and r = 16 s = 1: only r = 1 diverges, and the
+        advice points at its larger s."""
+        at = open_sweep(rule="fixed-alpha", alpha="16", ranks="1,16", steps="200")
+        assert not at.exception and not at.error
+        text = reading(at)
+        assert "**r = 1** diverged at step" in text and "**r = 16** diverged" not in text
+        assert "r = 16 trained with s = 1" in text and "pick an alpha rule" in text
+
+    @pytest.mark.parametrize("rule, disabled", [("alpha-eq-r", True), ("alpha-eq-2r", True),
+                                                ("fixed-alpha", False), ("rslora", False)])
+    def test_alpha_disabled_where_the_rule_ignores_it(self, rule, disabled):
+        """alpha is greyed out under alpha-eq-r / alpha-eq-2r, with help saying why."""
+        at = open_sweep(rule=rule, ranks="2,4", steps="50")
+        widget = at.number_input(key="alpha")
+        assert widget.disabled is disabled
+        assert widget.help.startswith("Not used now") is disabled
 
 
 class TestWidgets:

@@ -40,7 +40,7 @@ from lorarank.errors import ConfigError
 from lorarank.spectrum import RANK_RULES
 
 from . import guard
-from .common import Setting, md_code, md_escape, progress_bar
+from .common import Setting, md_code, md_escape, progress_bar, setting_widget
 
 __all__ = [
     "UPLOAD_KEY", "UPLOAD_B_KEY", "DOWNLOAD_KEY", "RESIZE_DOWNLOAD_KEY", "COMPARE_DOWNLOAD_KEY",
@@ -51,9 +51,9 @@ __all__ = [
     "detect", "GATE_KEY", "audit_gate", "run_audit", "run_budget", "run_resize", "resized_files", "zip_files",
     "run_compare", "demo_files", "demo_upload",
     "COLUMN_HELP", "module_table", "module_records", "table_height", "budget_marks", "cli_json_bytes", "detected_lines", "reading",
-    "RESIZE_HELP", "resize_table", "COMPARE_HELP", "compare_table", "compare_reading", "json_safe",
+    "RESIZE_HELP", "resize_table", "resize_is_identity", "nothing_to_resize", "COMPARE_HELP", "compare_table", "compare_reading", "json_safe",
     "BASE_UPLOAD_KEY", "base_uploader", "family_notes", "metadata_rows", "show_family_details",
-    "spectrum_label", "plain",
+    "spectrum_label", "plain", "scale_override",
 ]
 
 # ------------------------------------------------------------------------------ session keys
@@ -115,7 +115,8 @@ MAP_METRICS: dict[str, str] = {
 }
 MAP_METRIC = Setting("map", "rank map shows", "recommended_rank",
                      "The per-module number the rank map colours (definitions under the table).",
-                     kind="choice", options=tuple(MAP_METRICS), select=True)
+                     kind="choice", options=tuple(MAP_METRICS), select=True,
+                     labels=tuple(MAP_METRICS.items()))
 BUDGET = Setting("budget", "global budget: mean rank per module", 4,
                  "A budget of (this x number of modules) directions for the whole adapter, "
                  "spent on the directions with the largest sigma^2 first, wherever they are. "
@@ -584,6 +585,36 @@ def metadata_rows(report: AuditReport) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["key", "value"])
 
 
+def scale_override(detected: Detected) -> tuple[float | None, float | None]:
+    """The alpha (or mlx-lm scale) input when the file has none, under a message that says
+    what is in use: "s = 1 assumed" until the user sets a value, then the value set.
+
+    Returns ``(alpha, scale)``; both None when the file states its scale.
+    """
+    if detected.assumed not in ("alpha", "scale"):
+        return None, None
+    message = st.empty()  # above the input, written once its value is known
+    setting = ALPHA if detected.assumed == "alpha" else SCALE
+    value = setting_widget(setting, st.columns(4)[0])
+    if detected.assumed == "alpha":
+        if value is None:
+            message.warning("No alpha found for some modules: **scale s = 1 assumed**. Set the "
+                            "alpha you trained with to get the real update s·B·A.",
+                            icon=":material/warning:")
+        else:
+            message.info(f"No alpha in the file for some modules: using **alpha = {value:g}** "
+                         f"as set below there (s = alpha / r, see the scaling line). Clear the "
+                         f"input to go back to s = 1.", icon=":material/tune:")
+        return value, None
+    if value is None:
+        message.warning("No `lora_parameters.scale` found: **scale s = 1 assumed**. Set the "
+                        "scale you trained with.", icon=":material/warning:")
+    else:
+        message.info(f"No `lora_parameters.scale` in the file: using **scale s = {value:g}** as "
+                     f"set below. Clear the input to go back to s = 1.", icon=":material/tune:")
+    return None, value
+
+
 def base_uploader(container: Any = None) -> Upload | None:
     """The optional base-weights upload (``.safetensors``: a file or its shards)."""
     where = container if container is not None else st
@@ -616,6 +647,37 @@ RESIZE_HELP: dict[str, str] = {
     "truncation error": "||dW_k - dW||_F / ||dW||_F of this module after the resize "
                         "(0 when unchanged).",
 }
+
+
+def resize_is_identity(preview: ResizePreview, report: AuditReport) -> bool:
+    """Whether the resize would give back the adapter as it is: every module keeps at least
+    its stored rank, and every module is plain LoRA (other families are rewritten as LoRA, a
+    change even at full rank)."""
+    ranks = preview.summary["ranks"]
+    return (all(ranks[n] >= r for n, r in zip(preview.names, preview.old_ranks))
+            and all(m.family == "lora" for m in report.modules))
+
+
+def nothing_to_resize(report: AuditReport, target: ResizeTarget) -> str:
+    """Markdown: the resize changes nothing, and which settings would change something
+    (energy shares below the current one, with what they keep; a global budget)."""
+    stored = sum(m.rank * sum(m.shape) for m in report.modules)
+    options = []
+    current = target.value if target.by == "rule" and target.rule == "energy" else 1.0
+    for share in ("0.95", "0.9"):
+        if float(share) >= current:
+            continue
+        keep = [min(int(m.energy_rank[share]), m.rank) for m in report.modules]
+        params = sum(k * sum(m.shape) for k, m in zip(keep, report.modules))
+        if params < stored:
+            options.append(f"energy share {share} keeps {min(keep)}..{max(keep)} directions per "
+                           f"module ({100 * params / stored:.1f} % of the parameters)")
+    top = max(m.rank for m in report.modules)
+    options.append(f"resize by the global budget with a mean rank below {top} (set it in the "
+                   f"Budget tab)")
+    return (f"**Nothing to resize:** under {target.describe()} every module keeps its stored "
+            f"rank, so the resized adapter would be the one you have; there is no file to "
+            f"download. What would shrink it: " + "; ".join(options) + ".")
 
 
 def resize_table(preview: ResizePreview, report: AuditReport) -> pd.DataFrame:

@@ -158,6 +158,10 @@ class Setting:
         ``int``/``float``: number input with ``min_value``/``max_value``; ``choice``: one of
         ``options`` (radio, or a select box when ``select=True``); ``text``: free text that the
         page parses itself (e.g. a list of ranks).
+    labels : tuple of (option, label) pairs
+        What a ``choice`` widget shows for an option (``"recommended_rank"`` ->
+        ``"recommended rank"``); the option stays the widget's value. Streamlit writes the
+        label to the URL; :func:`check_url` takes the option there too.
     """
 
     key: str
@@ -172,6 +176,7 @@ class Setting:
     options: tuple[str, ...] = ()
     select: bool = False
     placeholder: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in ("int", "float", "choice", "text"):
@@ -194,6 +199,9 @@ def parse_url_value(setting: Setting, raw: str) -> Any:
     if setting.kind == "text":
         return raw
     if setting.kind == "choice":
+        by_label = {label: option for option, label in setting.labels}
+        if raw in by_label:  # a labelled option is written to the URL as its label
+            return by_label[raw]
         if raw not in setting.options:
             raise ValueError(f"{setting.label} should be one of {', '.join(setting.options)}")
         return raw
@@ -234,6 +242,20 @@ def _bad_params(settings: Sequence[Setting]) -> dict[str, str]:
     return errors
 
 
+def _labels_in_url(settings: Sequence[Setting]) -> None:
+    """A labelled choice's widget reads and writes its label in the URL (Streamlit serialises
+    ``format_func``'s text): a link carrying the option itself (``?map=stable_rank``) sets the
+    widget's value before it is drawn."""
+    for setting in settings:
+        if not setting.labels or setting.key not in st.query_params:
+            continue
+        raw = st.query_params[setting.key]
+        if raw in dict(setting.labels) and setting.key not in st.session_state:
+            # the widget cannot read the option from the URL (it looks for the label): give it
+            # the value directly; its first run then writes the label to the URL
+            st.session_state[setting.key] = raw
+
+
 def check_url(settings: Sequence[Setting], *, state_key: str) -> list[str]:
     """Check hand-edited query parameters; call once at the top of a page, before its widgets.
 
@@ -242,6 +264,7 @@ def check_url(settings: Sequence[Setting], *, state_key: str) -> list[str]:
     the default. The sentences saying so survive the rerun in ``st.session_state[state_key]``
     (e.g. ``"sweep_url_errors"``) and are returned; show them with :func:`show_errors`.
     """
+    _labels_in_url(settings)
     bad = _bad_params(settings)
     if bad:
         for key in bad:
@@ -254,10 +277,23 @@ def check_url(settings: Sequence[Setting], *, state_key: str) -> list[str]:
     return st.session_state.pop(state_key, [])
 
 
-def setting_widget(setting: Setting, container: Any = None) -> Any:
-    """Draw one URL-bound widget for ``setting`` in ``container`` (default: the main area)."""
+def option_labeller(setting: Setting) -> Callable[[Any], str]:
+    """The ``format_func`` of a choice widget: an option's label (the option when it has none)."""
+    labels = dict(setting.labels)
+    return lambda option: labels.get(option, str(option))
+
+
+def setting_widget(setting: Setting, container: Any = None, *,
+                   disabled: str | None = None) -> Any:
+    """Draw one URL-bound widget for ``setting`` in ``container`` (default: the main area).
+
+    ``disabled``: a sentence saying why the input does nothing under the other settings; the
+    widget is then greyed out (keeping its value) and its help starts with the sentence.
+    """
     where = st if container is None else container
     common = dict(key=setting.key, help=setting.help, bind="query-params")
+    if disabled:
+        common.update(disabled=True, help=f"{disabled} {setting.help}")
     if setting.kind == "int":
         return where.number_input(
             setting.label, min_value=None if setting.min_value is None else int(setting.min_value),
@@ -270,6 +306,8 @@ def setting_widget(setting: Setting, container: Any = None) -> Any:
             placeholder=setting.placeholder, **common)
     if setting.kind == "choice":
         index = setting.options.index(setting.default)
+        if setting.labels:
+            common["format_func"] = option_labeller(setting)
         if setting.select:
             return where.selectbox(setting.label, setting.options, index=index, **common)
         return where.radio(setting.label, setting.options, index=index, horizontal=True, **common)

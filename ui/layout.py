@@ -11,7 +11,7 @@ Adding a section to a page: put its name in the page's ``sections([...])`` list 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import streamlit as st
 
@@ -53,13 +53,23 @@ def _is_compact(setting: Setting) -> bool:
 
 
 def settings_group(title: str, settings: Sequence[Setting], *, container: Any = None,
-                   expanded: bool = True) -> dict[str, Any]:
+                   expanded: bool = True,
+                   disabled: Mapping[str, Callable[[dict[str, Any]], str | None]] | None = None,
+                   ) -> dict[str, Any]:
     """Draw the URL-bound widgets of ``settings`` in a sidebar expander titled ``title``.
 
     Numbers go two to a row, choices and text fields one to a row, in the order given. Returns
     the values by key, as :func:`ui.common.url_settings` does. ``container`` (e.g. an expander
     already holding other widgets) is used instead of a new expander when given.
+    ``disabled`` maps a setting's key to a function of the values drawn before it, returning
+    the sentence why that input does nothing now (it is then greyed out) or None.
     """
+    disabled = dict(disabled or {})
+
+    def why(setting: Setting) -> str | None:
+        rule = disabled.get(setting.key)
+        return rule(values) if rule is not None else None
+
     box = st.sidebar.expander(title, expanded=expanded) if container is None else container
     values: dict[str, Any] = {}
     pending: list[Setting] = []
@@ -69,7 +79,7 @@ def settings_group(title: str, settings: Sequence[Setting], *, container: Any = 
             return
         cols = box.columns(2)
         for i, setting in enumerate(pending):
-            values[setting.key] = setting_widget(setting, cols[i])
+            values[setting.key] = setting_widget(setting, cols[i], disabled=why(setting))
         pending.clear()
 
     for setting in settings:
@@ -79,7 +89,7 @@ def settings_group(title: str, settings: Sequence[Setting], *, container: Any = 
                 flush()
         else:
             flush()
-            values[setting.key] = setting_widget(setting, box)
+            values[setting.key] = setting_widget(setting, box, disabled=why(setting))
     flush()
     return values
 

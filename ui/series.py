@@ -59,7 +59,8 @@ HUB_KEYS = (HUB_REPO_KEY, HUB_REVISIONS_KEY, HUB_SUBFOLDER_KEY, HUB_COMMITS_KEY)
 METRIC = Setting("series_metric", "rank over steps shows", "recommended_rank",
                  "The per-module number drawn over steps (mean over the layers of each module "
                  "type) and in the map at the chosen step.",
-                 kind="choice", options=tuple(SERIES_METRICS), select=True)
+                 kind="choice", options=tuple(SERIES_METRICS), select=True,
+                 labels=tuple(SERIES_METRICS.items()))
 TOP = Setting("series_top", "phi: top directions k", 4,
               "phi(k, k) between two checkpoints uses the top k = min(this, r) right singular "
               "vectors of each A factor (as the compare mode does).",

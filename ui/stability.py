@@ -30,7 +30,7 @@ from . import guard
 from .common import Setting, chart_spec, md_code, progress_bar, split_list, to_json_bytes
 from .common import parse_ranks as common_parse_ranks
 from .sweep import TARGET_SETTINGS as _SWEEP_TARGET_SETTINGS
-from .sweep import TargetConfig
+from .sweep import TargetConfig, alpha_unused
 
 __all__ = [
     "MAX_DIM_APP", "MAX_STEPS_APP", "MAX_RANKS_APP", "MAX_LRS_APP", "MAX_CELLS_APP",
@@ -39,7 +39,7 @@ __all__ = [
     "rules_widget", "url_rule_errors", "curve_widgets", "parse_ranks", "parse_lrs",
     "StabilityConfig", "StabilityRun", "run_grid", "GATE_KEY", "grid_estimate", "by_rank",
     "finished_ranks", "guarded_grid", "findings", "windows_table", "WINDOW_HELP",
-    "cells_table", "CELL_HELP", "cells_csv_frame", "row_records", "calculator",
+    "cells_table", "CELL_HELP", "cells_csv_frame", "row_records", "calculator", "alpha_unused",
 ]
 
 #: Limits of the hosted app (the engine and CLI accept more; a grid must answer in seconds).
@@ -364,8 +364,16 @@ WINDOW_HELP: dict[str, str] = {
 }
 
 
+#: The windows table's column that holds for plain gradient descent only.
+SGD_BOUND = "SGD bound 1/(s*sigma_1)"
+
+
 def windows_table(run: StabilityRun, found: StabilityFindings) -> pd.DataFrame:
-    """One row per (rule, rank): where its learning-rate window sits."""
+    """One row per (rule, rank): where its learning-rate window sits.
+
+    The SGD bound column is left out when the grid ran Adam: Adam's step does not scale with
+    the gradient, so the bound says nothing about where it diverges.
+    """
     rows = []
     for rule in found.rules:
         for w in rule.windows:
@@ -380,12 +388,13 @@ def windows_table(run: StabilityRun, found: StabilityFindings) -> pd.DataFrame:
                 "rule": w.rule, "r": w.rank, "s": _g(w.scale),
                 "largest stable lr": stable,
                 "smallest diverged lr": _g(w.min_diverged_lr),
-                "SGD bound 1/(s*sigma_1)": _g(1.0 / (w.scale * run.sigma_1), 3),
+                SGD_BOUND: _g(1.0 / (w.scale * run.sigma_1), 3),
                 "smallest lr reaching": _g(w.min_lr_reaching),
                 "best final error": best,
                 "Eckart-Young optimum": _g(w.optimal_rel_err, 3),
             })
-    return pd.DataFrame(rows, columns=list(WINDOW_HELP))
+    columns = [c for c in WINDOW_HELP if c != SGD_BOUND or run.config.optimizer == "sgd"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 #: Definition of every column of the cells table.

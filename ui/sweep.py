@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -93,6 +93,19 @@ TRAINING_SETTINGS: tuple[Setting, ...] = (
 
 #: Every URL-bound setting of the page.
 SETTINGS: tuple[Setting, ...] = TARGET_SETTINGS + TRAINING_SETTINGS
+
+#: Rules whose s does not depend on alpha, with that s.
+ALPHA_FREE_RULES: dict[str, float] = {"alpha-eq-r": 1.0, "alpha-eq-2r": 2.0}
+
+
+def alpha_unused(rules: Sequence[str]) -> str | None:
+    """Why the alpha input does nothing when every rule in ``rules`` ignores it, else None."""
+    rules = list(dict.fromkeys(rules))
+    if not rules or any(rule not in ALPHA_FREE_RULES for rule in rules):
+        return None
+    said = " and ".join(f"{rule} (s = {ALPHA_FREE_RULES[rule]:g})" for rule in rules)
+    return (f"Not used now: under {said} lora_alpha follows r, so s is the same whatever "
+            f"alpha is. Only fixed-alpha and rslora read it.")
 
 
 def parse_ranks(text: str) -> tuple[int, ...]:
@@ -339,6 +352,24 @@ def results_json(run: SweepRun) -> dict:
             "seconds": round(run.seconds, 4)}
 
 
+def _divergence_advice(res: FitResult, results: Sequence[FitResult]) -> str:
+    """What to change after ``res`` diverged, given the scales s of every rank of the run."""
+    scales = [other.scale for other in results]
+    same = max(scales) - min(scales) <= 1e-12 * max(abs(max(scales)), 1.0)
+    if same:
+        # the rule gives every rank the same s: the alpha rule is not what to change
+        return (f"the step was too large at this rank, with s = {_sig(res.scale, 3)} at every "
+                f"rank here (so the alpha rule is not the cause); lower the learning rate.")
+    smaller = [other for other in results if other.scale < res.scale and not other.diverged]
+    if smaller:
+        low = min(smaller, key=lambda other: other.scale)
+        return (f"the step was too large for s = {_sig(res.scale, 3)} (r = {low.rank} trained "
+                f"with s = {_sig(low.scale, 3)}); lower the learning rate, or pick an alpha "
+                f"rule that gives this rank a smaller s.")
+    return (f"the step was too large at this rank, although its s = {_sig(res.scale, 3)} is "
+            f"no larger than the other ranks'; lower the learning rate.")
+
+
 def reading(run: SweepRun) -> list[str]:
     """Plain-words sentences read off the numbers of ``run`` (markdown)."""
     k = run.signal_rank
@@ -355,9 +386,8 @@ def reading(run: SweepRun) -> list[str]:
     for res in run.results:
         r = res.rank
         if res.diverged:
-            out.append(f"**r = {r}** diverged at step {res.diverged_at}: the step was too large "
-                       f"for s = {_sig(res.scale, 3)}; lower the learning rate or pick an alpha "
-                       f"rule whose s does not grow with r.")
+            out.append(f"**r = {r}** diverged at step {res.diverged_at}: "
+                       + _divergence_advice(res, run.results))
             continue
         gap = res.rel_err - res.optimal_rel_err
         short = gap > 0.05 * res.optimal_rel_err + 1e-3

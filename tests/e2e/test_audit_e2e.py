@@ -62,7 +62,7 @@ class TestColdDeepLink:
         assert page.get_by_role("heading", name="Adapter audit").count() == 1
         assert "sv_ratio" in select_text(page, "rule")
         assert input_value(page, "sv_ratio") == "4.000"
-        assert "stable_rank" in select_text(page, "map")
+        assert "stable rank" in select_text(page, "map")  # its label, from the raw option
         assert input_value(page, "budget") == "3"
         assert page.locator(".st-key-resize_by input[type=radio]").nth(1).is_checked()
         assert page.locator(".st-key-compare input").is_checked()
