@@ -4,7 +4,7 @@ import streamlit as st
 
 from lorarank.charts import (budget_chart, module_spectrum_chart, overlap_chart, phi_chart,
                              rank_map_chart)
-from ui import audit, common, hub, layout, series
+from ui import audit, common, hub, layout, loaded, series
 from ui import report as report_ui
 
 common.setup_page("Adapter audit", icon=":material/fact_check:")
@@ -23,12 +23,14 @@ bad_url = common.check_url(audit.ALL_SETTINGS, state_key=audit.URL_ERRORS_KEY)
 
 # ---------------------------------------------------------------------------- upload
 uploaded = st.file_uploader(
-    "Adapter files", type=["safetensors", "npz", "gguf", "json"], accept_multiple_files=True,
-    key=audit.UPLOAD_KEY,
+    "Adapter files" if loaded.loaded() is None else "Other adapter files (replace the loaded one)",
+    type=["safetensors", "npz", "gguf", "json"], accept_multiple_files=True,
+    key=loaded.uploader_key(),
     help="One weights file (.safetensors, .npz or a llama.cpp LoRA .gguf) plus, for PEFT and mlx-lm, its "
-         "adapter_config.json. Read in memory only; never stored, logged or put in the URL.")
+         "adapter_config.json. New weights replace the loaded adapter; a config alone joins it. "
+         "Read in memory only; never stored, logged or put in the URL.")
 hub.privacy_note()
-upload = audit.Upload.from_uploaded(uploaded)
+upload = loaded.take(uploaded)  # files dropped now replace (or complete) the loaded adapter
 hub_upload = hub.hub_input()
 upload = upload or hub_upload
 if upload is None:
@@ -88,8 +90,11 @@ if upload is None:
     st.stop()
 
 # ------------------------------------------------------------------------ detection
+with summary:
+    name_slot = loaded.header_row(upload, demo=demo)
 with common.stop_on_error():
     detected = audit.detect(upload)
+name_slot.markdown(loaded.adapter_name(upload, detected), width="stretch")
 if not audit.audit_gate(upload, detected):  # the server's work budget
     st.stop()
 with summary:

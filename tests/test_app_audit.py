@@ -62,6 +62,12 @@ def errors(at: AppTest) -> list[str]:
     return [md_plain(e.value) for e in at.error]  # engine messages are escaped
 
 
+def loaded_line(at: AppTest) -> str:
+    """The header line naming the loaded adapter, as a reader sees it."""
+    text = " ".join(md_plain(m.value) for m in at.markdown if "Loaded:" in m.value)
+    return text.replace("`", "").replace("**", "")
+
+
 def assert_clean(at: AppTest) -> None:
     assert not at.exception, at.exception
     assert errors(at) == []
@@ -234,7 +240,8 @@ class TestBuiltFiles:
             "lora_te_layers_1_mlp_fc1.lora_up.weight": rng.standard_normal((64, 4)).astype(np.float16),
             "lora_te_layers_1_mlp_fc1.alpha": np.array(8.0, dtype=np.float16),
         }
-        at = upload(open_page(), {"my_lora.safetensors": st_save(tensors)})
+        # energy 0.5: a resize that drops directions, so its download is offered
+        at = upload(open_page({"energy": "0.5"}), {"my_lora.safetensors": st_save(tensors)})
         assert_clean(at)
         table = at.dataframe[0].value.set_index("module")
         assert table.loc["lora_unet_down_0_conv", "shape"] == "16 x 72"
@@ -406,6 +413,50 @@ class TestCompare:
         assert_clean(at)
         assert any("synthetic demo B" in i.value for i in at.info)
         assert len(frame_with(at, "phi(k, k)")) == 14
+
+
+@pytest.mark.skipif(not (SAMPLES / "peft_llama_r8").is_dir(), reason="samples not present")
+class TestSwitchingAdapters:
+    """Dropped files become the loaded adapter; the uploader empties for the next drop."""
+
+    def test_new_file_replaces_and_clear_forgets(self):
+        """PEFT pair loaded and named; a single npz dropped next replaces it (no "several
+        weights files" error); Clear goes back to the empty page."""
+        from ui import loaded
+
+        at = upload(open_page(), sample_files("peft_llama_r8"))
+        assert_clean(at)
+        header = loaded_line(at)
+        assert "adapter_model.safetensors + adapter_config.json" in header
+        assert "peft lora, r = 8, 14 modules" in header
+        assert at.session_state[loaded.GENERATION_KEY] == 1
+        assert at.file_uploader(key=f"{audit.UPLOAD_KEY}_1").value in (None, [])
+        assert len(at.dataframe[0].value) == 14
+
+        a, b = factors(0, 24, 16, 4)
+        at = upload(at, {"other.npz": npz_bytes({"layers.0.q.A": a, "layers.0.q.B": b})},
+                    key=f"{audit.UPLOAD_KEY}_1")
+        assert_clean(at)
+        assert at.dataframe[0].value["module"].tolist() == ["layers.0.q"]
+        header = loaded_line(at)
+        assert "other.npz" in header and "adapter_model" not in header
+
+        at.button(key=loaded.CLEAR_KEY).click().run()
+        assert_clean(at)
+        assert at.get("dataframe") == [] or len(at.dataframe) == 0
+        assert any("What to upload" in m.value for m in at.markdown)
+
+    def test_config_dropped_after_weights_joins_them(self):
+        """Weights first (s = 1 assumed), then adapter_config.json alone: both are read
+        together and the scale is the config's alpha / r = 2."""
+        files = sample_files("peft_llama_r8")
+        at = upload(open_page(), {"adapter_model.safetensors": files["adapter_model.safetensors"]})
+        assert any("scale s = 1 assumed" in w.value for w in at.warning)
+        at = upload(at, {"adapter_config.json": files["adapter_config.json"]},
+                    key=f"{audit.UPLOAD_KEY}_1")
+        assert_clean(at)
+        assert not any("assumed" in w.value for w in at.warning)
+        assert at.dataframe[0].value["scale s"].tolist() == [pytest.approx(2.0)] * 14
 
 
 @pytest.mark.skipif(not (SAMPLES / "peft_llama_r8").is_dir(), reason="samples not present")

@@ -31,6 +31,10 @@ Modules
 ``ui.hub`` (Adapter audit)
     ``hub_input(HubInput(""|"_b"))``: the Hub field and the ``?hf=`` link of one adapter slot;
     returns an ``Upload`` and pins the link's ``revision`` to the resolved commit.
+``ui.loaded`` (Adapter audit)
+    The loaded adapter: ``take(uploaded)`` moves dropped files into it (new weights replace
+    it, a config alone joins it) and resets the uploader; ``header_row`` / ``adapter_name``
+    name it with a Clear button.
 ``ui.report``
     ``audit_button`` / ``sweep_button`` / ``stability_button``: "Download report (HTML)",
     built by ``lorarank.report`` when clicked.

@@ -1,0 +1,127 @@
+"""The adapter the Adapter audit page has loaded: replacing it, clearing it, naming it.
+
+A file uploader with ``accept_multiple_files`` only ever adds: dropping another adapter onto it
+gave "several weights files given" until each old file was removed by hand, and its chips cut
+names to ``ada…el.safetensors``. Here the uploader is only a way in. Files dropped on it are
+taken into the page's *loaded* adapter (session state, the same bytes objects, no copy) and the
+uploader is reset by bumping its key, so it is empty again and ready for the next drop:
+
+* files with a weights file **replace** the loaded adapter (a new adapter is what a user who
+  drops one means);
+* config files alone (``adapter_config.json``) **join** a loaded weights file that has no
+  config (PEFT and mlx-lm users may pick the two files one after the other);
+* **Clear** forgets the loaded adapter.
+
+The header line names what is loaded: the weights file, the base model the config names, the
+format and family, the ranks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import streamlit as st
+
+from .audit import UPLOAD_KEY, Detected, Upload
+from .common import md_code, md_escape
+
+__all__ = ["LOADED_KEY", "GENERATION_KEY", "CLEAR_KEY", "uploader_key", "combine", "take",
+           "loaded", "clear", "adapter_name", "header_row"]
+
+#: Session-state key of the loaded :class:`ui.audit.Upload`.
+LOADED_KEY = "audit_loaded"
+#: Session-state key of the uploader's generation (its key's suffix).
+GENERATION_KEY = "audit_upload_generation"
+#: Widget key of the Clear button.
+CLEAR_KEY = "audit_clear"
+
+
+def uploader_key() -> str:
+    """The uploader's widget key now: :data:`ui.audit.UPLOAD_KEY`, then ``..._1``, ``..._2``."""
+    generation = int(st.session_state.get(GENERATION_KEY, 0))
+    return UPLOAD_KEY if generation == 0 else f"{UPLOAD_KEY}_{generation}"
+
+
+def _is_config(name: str) -> bool:
+    return name.lower().endswith(".json")
+
+
+def combine(current: Upload | None, new: Upload) -> Upload:
+    """What dropping ``new`` onto the page means while ``current`` is loaded.
+
+    Config files alone join a loaded set that has no config; anything with a weights file
+    replaces the loaded set. Identities are concatenated, so caches stay keyed by file ids.
+    """
+    names = [name for name, _ in new.files]
+    if (current is not None and names and all(_is_config(n) for n in names)
+            and not any(_is_config(n) for n, _ in current.files)):
+        return Upload(current.files + new.files, f"{current.ident}+{new.ident}",
+                      f"{current.label} + {new.label}")
+    return new
+
+
+def loaded() -> Upload | None:
+    """The loaded adapter, or None."""
+    return st.session_state.get(LOADED_KEY)
+
+
+def take(uploaded: Sequence[Any] | None) -> Upload | None:
+    """Move the uploader's files (if any) into the loaded adapter, reset the uploader and
+    rerun; return the loaded adapter. Call right after drawing the uploader."""
+    new = Upload.from_uploaded(uploaded)
+    if new is None:
+        return loaded()
+    st.session_state[LOADED_KEY] = combine(loaded(), new)
+    st.session_state[GENERATION_KEY] = int(st.session_state.get(GENERATION_KEY, 0)) + 1
+    st.rerun()
+    return None  # pragma: no cover - st.rerun does not return
+
+
+def clear() -> None:
+    """Forget the loaded adapter and reset the uploader (the Clear button's callback)."""
+    st.session_state.pop(LOADED_KEY, None)
+    st.session_state[GENERATION_KEY] = int(st.session_state.get(GENERATION_KEY, 0)) + 1
+
+
+def adapter_name(upload: Upload, detected: Detected) -> str:
+    """One markdown line naming the loaded adapter: its files (or Hub reference), the base
+    model its config names, format, family, ranks and module count. File and config text is
+    escaped."""
+    d = detected.describe
+    if upload.ident.startswith("hub:"):
+        where = md_code(upload.label)
+    else:
+        names = [name for name, _ in upload.files]
+        weights = [n for n in names if not _is_config(n)]
+        configs = [n for n in names if _is_config(n)]
+        where = " + ".join(md_code(n) for n in weights + configs) or "(no files)"
+    what = [f"{md_escape(d.get('format', '?'))} {md_escape(', '.join(d.get('families') or ['lora']))}"]
+    ranks = d.get("ranks") or []
+    if ranks:
+        what.append(f"r = {ranks[0]}" if len(ranks) == 1 else f"r = {ranks[0]}..{ranks[-1]}")
+    what.append(f"{d.get('modules', 0):,} modules")
+    meta = d.get("metadata") or {}
+    parts = [f"**Loaded:** {where}", ", ".join(what)]
+    if d.get("name"):
+        parts.append(f"adapter {md_code(d['name'])}")
+    base = meta.get("base_model_name_or_path") or meta.get("ss_sd_model_name") or meta.get("model")
+    if isinstance(base, str) and base.strip():
+        parts.append(f"base model {md_code(base)}")
+    return " · ".join(parts)
+
+
+def header_row(upload: Upload, *, demo: bool = False) -> Any:
+    """The line naming the loaded adapter, with Clear beside it (not for the demo or a Hub
+    link, which their own inputs switch off). Drawn before the files are read, so Clear is
+    there even when they cannot be read; returns the placeholder that :func:`adapter_name`
+    fills once they are (it shows the file names until then)."""
+    row = st.container(horizontal=True, vertical_alignment="center")
+    slot = row.empty()
+    slot.markdown(f"**Loaded:** {md_escape(upload.label)}", width="stretch")
+    current = loaded()
+    if not demo and current is not None and upload.ident == current.ident:
+        row.button("Clear", key=CLEAR_KEY, on_click=clear, icon=":material/close:",
+                   help="Forget these files (they are only in this session's memory). To "
+                        "audit another adapter you can also just drop its files above: they "
+                        "replace these.")
+    return slot
