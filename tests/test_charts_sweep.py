@@ -96,6 +96,19 @@ class TestSpectrumChart:
             fields = [t["field"] for t in layer["encoding"]["tooltip"]]
             assert fields == ["panel", "series", "index", "sigma"]
 
+    @pytest.mark.parametrize("n, log", [(20, False), (40, False), (41, True), (260, True)])
+    def test_index_axis_goes_log_past_40(self, n, log):
+        """At d = 1024 with r up to 256 the page draws 260 indices: a log index axis gives the
+        first 8 directions (the ones that matter) log(8)/log(260) = 37 % of the width instead
+        of 3 %; up to 40 indices the axis stays linear."""
+        rng = np.random.default_rng(0)
+        target = np.sort(rng.uniform(0.1, 40.0, n))[::-1]
+        spec = spectrum_chart(target, {n: target}, max_index=n).to_dict()
+        for layer in layers_of(spec)[:2]:
+            x = layer["encoding"]["x"]
+            assert (x.get("scale", {}).get("type") == "log") is log
+            assert x["title"] == ("index i (log)" if log else "index i")
+
     @pytest.mark.parametrize("floor, has_rule", [(0.18, True), (0.0, False), (None, False)])
     def test_noise_floor_rule(self, sweep, floor, has_rule):
         """The dashed floor is drawn at the given value, and only when it is positive."""
