@@ -151,3 +151,24 @@ class TestUpload:
         assert errors == ["adapter.npz is not an .npz archive (it does not start with a zip "
                           "signature)"]
         assert "this is not an archive" not in page.url
+
+    def test_next_adapter_replaces_and_clear_empties(self, page, app_url, shot):
+        """After one adapter the uploader is empty again; dropping another replaces it (no
+        "several weights files" error), the line under the title names it, Clear forgets it."""
+        page.goto(f"{app_url}/Adapter_audit")
+        wait_for_app(page)
+        upload_sample(page, "peft_llama_r8")
+        main = page.get_by_test_id("stMain")
+        assert "Loaded: adapter_model.safetensors + adapter_config.json" in main.inner_text()
+        assert page.get_by_test_id("stFileUploaderFile").count() == 0  # no cut chips left
+        upload_sample(page, "peft_gpt2_r4")
+        shot(page, "replaced")
+        assert_no_exception(page)
+        assert page.get_by_test_id("stAlertContentError").count() == 0
+        rows = table_rows(page)
+        assert rows and all(row[2] == "4" for row in rows)  # the GPT-2 adapter's r
+        assert "peft lora, r = 4" in main.inner_text()
+        page.get_by_role("button", name="Clear").click()
+        wait_for_app(page)
+        assert page.get_by_text("What to upload").count() == 1
+        assert page.get_by_test_id("stDataFrame").count() == 0
