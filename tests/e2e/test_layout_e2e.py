@@ -53,7 +53,7 @@ def test_nothing_wider_than_the_window(browser, app_url, shot, label, size, sche
     page = context.new_page()
     try:
         page.goto(f"{app_url}/{PAGES[label]}")
-        wait_for_app(page)
+        wait_for_app(page, timeout=120_000)  # the session's first page may be a cold start
         assert_no_exception(page)
         tabs = page.get_by_role("tab")
         names = tabs.all_inner_texts() or [""]
