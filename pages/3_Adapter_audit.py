@@ -18,6 +18,7 @@ layout.header(
           "setting on this page is kept in the link; the files are not.",
     hint=None,
 )
+loaded_line = st.container()  # names the loaded adapter, under the title
 alerts = st.container()
 bad_url = common.check_url(audit.ALL_SETTINGS, state_key=audit.URL_ERRORS_KEY)
 
@@ -90,7 +91,7 @@ if upload is None:
     st.stop()
 
 # ------------------------------------------------------------------------ detection
-with summary:
+with loaded_line:
     name_slot = loaded.header_row(upload, demo=demo)
 with common.stop_on_error():
     detected = audit.detect(upload)

@@ -223,7 +223,9 @@ def budget_chart(curve: Mapping[str, Sequence[float]], *,
     """
     frame = budget_frame(curve)
     x = alt.X("mean_rank:Q", title="global budget: mean rank per module")
-    y = alt.Y("retained_energy:Q", title="retained energy (share of sum sigma^2)",
+    # a short title: Streamlit fits the whole chart, axis titles included, into its height,
+    # so a y title longer than the plot squeezes the plot (the caption defines the share)
+    y = alt.Y("retained_energy:Q", title="retained energy",
               scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"))
     tooltip = [alt.Tooltip("directions:Q", title="directions kept", format=","),
                alt.Tooltip("mean_rank:Q", title="mean rank", format=".3~f"),
