@@ -145,7 +145,8 @@ class TestBudget:
         enc = charts.budget_chart(CURVE, marks=marks).to_dict()["layer"][1]["encoding"]
         assert enc["shape"]["field"] == enc["color"]["field"] == "label"
         assert enc["shape"]["title"] is None and enc["color"]["title"] is None
-        assert enc["shape"]["legend"] == enc["color"]["legend"] == {"orient": "bottom"}
+        assert enc["shape"]["legend"] == enc["color"]["legend"] == {"orient": "bottom",
+                                                                   "direction": "vertical"}
         assert len(set(enc["shape"]["scale"]["range"])) == 3
         assert enc["shape"]["scale"]["domain"] == enc["color"]["scale"]["domain"]
 

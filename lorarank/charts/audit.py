@@ -239,7 +239,10 @@ def budget_chart(curve: Mapping[str, Sequence[float]], *,
                                 "retained_energy": float(m["retained_energy"]),
                                 "params": int(m["params"])} for m in marks])
         labels = list(mframe["label"])
-        color = alt.Color("label:N", title=None, legend=alt.Legend(orient="bottom"),
+        # one entry per line: three entries side by side run past a phone's width, where
+        # Vega clips them inside the chart
+        legend = alt.Legend(orient="bottom", direction="vertical")
+        color = alt.Color("label:N", title=None, legend=legend,
                           scale=alt.Scale(domain=labels, range=[PALETTE[(i + 1) % len(PALETTE)]
                                                                 for i in range(len(labels))]))
         mtip = [alt.Tooltip("label:N", title="point"),
@@ -247,14 +250,14 @@ def budget_chart(curve: Mapping[str, Sequence[float]], *,
                 alt.Tooltip("params:Q", title="parameters", format=","),
                 alt.Tooltip("retained_energy:Q", title="retained energy", format=".4f")]
         # colour and shape share field and title, so Vega-Lite draws one legend with both
-        shape = alt.Shape("label:N", title=None, legend=alt.Legend(orient="bottom"),
+        shape = alt.Shape("label:N", title=None, legend=legend,
                           scale=alt.Scale(domain=labels, range=[_SHAPES[i % len(_SHAPES)]
                                                                 for i in range(len(labels))]))
         layers.append(alt.Chart(mframe).mark_point(size=140, filled=True, opacity=1).encode(
             x=x, y=y, color=color, shape=shape, tooltip=mtip))
     return alt.layer(*layers).properties(
         height=height, padding=_PAD,
-        title="Whole adapter: retained energy against a global rank budget")
+        title="Retained energy against a global budget")
 
 
 def overlap_frame(rows: Sequence[Mapping[str, object]]) -> pd.DataFrame:
