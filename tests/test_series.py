@@ -24,6 +24,7 @@ from lorarank.series import (
     settled_index,
     step_from_name,
     step_from_trainer_state,
+    top_right_vectors,
 )
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
@@ -99,6 +100,55 @@ def zip_of(folder: Path, *, prefix: str = "run", extra: dict[str, bytes] | None 
         for name, data in (extra or {}).items():
             z.writestr(name, data)
     return buf.getvalue()
+
+
+# ------------------------------------------------------------------------- phi's subspaces
+class TestTopRightVectors:
+    """The series' fast top-k right singular vectors of A against full dense SVDs."""
+
+    @staticmethod
+    def projector_gap(got: np.ndarray, A: np.ndarray, j: int) -> float:
+        """||P_got - P_svd||_2 on the first j columns, the sine of the largest principal angle:
+        0 when the two spans are the same."""
+        v = np.linalg.svd(A.astype(np.float64), full_matrices=False)[2][:j].T
+        g = got[:, :j]
+        return float(np.linalg.norm(g - v @ (v.T @ g), 2))  # accurate for small angles
+
+    @pytest.mark.parametrize("r, d_in, decay", [
+        (16, 4096, 1.3), (12, 40, 10.0), (8, 128, 90.0), (4, 300, 1.5), (20, 12, 5.0), (1, 64, 1.0),
+    ])
+    def test_spans_equal_the_svds(self, r, d_in, decay):
+        """For every j <= k the first j columns span what the dense SVD's do, orthonormally
+        (distinct singular values: with equal ones the span is not determined by A)."""
+        rng = np.random.default_rng(r * d_in)
+        q = min(r, d_in)
+        u = np.linalg.qr(rng.standard_normal((r, q)))[0]
+        v = np.linalg.qr(rng.standard_normal((d_in, q)))[0]
+        A = ((u * np.geomspace(1.0, 1.0 / decay, q)) @ v.T).astype(np.float32)
+        got = top_right_vectors(A, 4)
+        k = min(4, q)
+        assert got.shape == (d_in, k)
+        np.testing.assert_allclose(got.T @ got, np.eye(k), atol=1e-12)
+        for j in range(1, k + 1):
+            assert self.projector_gap(got, A, j) < 1e-10
+
+    @pytest.mark.parametrize("values", [[1.0, 1e-3, 1e-5, 1e-7], [1.0, 1.0, 0.0, 0.0], [1e-160, 5e-161, 1e-161, 1e-162]])
+    def test_ill_conditioned_or_rank_deficient_take_the_svd_route(self, values):
+        """Below sigma_k / sigma_1 = 1e-2 the exact QR + SVD route is used: same columns."""
+        rng = np.random.default_rng(1)
+        u = np.linalg.qr(rng.standard_normal((4, 4)))[0]
+        v = np.linalg.qr(rng.standard_normal((50, 4)))[0]
+        A = (u * np.array(values)) @ v.T
+        got = top_right_vectors(A, 4)
+        from lorarank.compare import right_singular_vectors
+
+        if values[3] >= values[0] * 1e-2:
+            assert self.projector_gap(got, A, 4) < 1e-10
+        else:
+            np.testing.assert_array_equal(got, right_singular_vectors(A)[:, :4])
+
+    def test_zero_factor(self):
+        assert top_right_vectors(np.zeros((4, 10)), 4).shape == (10, 4)
 
 
 # ------------------------------------------------------------------------------------- steps
