@@ -93,7 +93,7 @@ class TestDefaults:
         """Every widget has help text and the table columns carry definitions."""
         at = open_sweep()
         widgets = list(at.number_input) + list(at.text_input) + list(at.radio) + list(at.selectbox)
-        assert len(widgets) == 18  # 13 of the exact sweep + 5 of the data mode
+        assert len(widgets) == 19  # 13 of the exact sweep + 6 of the data mode (epochs)
         assert all(w.help for w in widgets)
 
 

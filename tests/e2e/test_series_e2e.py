@@ -78,7 +78,7 @@ def test_cold_link_then_real_run(page, fresh_server, tmp_path, shot):
     body = page.get_by_test_id("stMain").inner_text()
     # Settings from the link survived the cold start and the upload.
     assert page.locator(".st-key-series_top input").input_value() == "2"
-    assert "stable_rank" in widget_text(page, "series_metric")
+    assert "stable rank" in widget_text(page, "series_metric")  # the option's label
     assert "45" in widget_text(page, "series_step")
     assert "model.layers.0.self_attn.q_proj" in widget_text(page, "series_module")
     assert page.get_by_test_id("stVegaLiteChart").count() >= 3
