@@ -667,10 +667,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = f"expected a file, got a folder: {exc.filename}"
     except PermissionError as exc:
         message = f"permission denied: {exc.filename}"
+    except FileExistsError as exc:
+        message = f"{exc.filename} already exists; choose another output (or --force)"
     except MemoryError:
         message = "out of memory"
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        message = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
     print(f"lorarank: error: {message}", file=sys.stderr)
     return 2
 

@@ -18,10 +18,13 @@ from typing import Sequence
 
 from ._validate import check_choice, check_int
 from .errors import ConfigError
-from .fit import OPTIMIZERS, _batches, _macs_per_step
+from .data import _MAX_STEP_VALUES, DataConfig, _steps_macs, data_macs
+from .data import _batches as _data_batches
+from .fit import _STEP_OVERHEAD, OPTIMIZERS, _batches, _macs_per_step
 
 __all__ = ["SECONDS_PER_MAC", "SECONDS_PER_CALL", "WorkEstimate", "target_cost", "fit_cost",
-           "sweep_cost", "stability_cost", "factored_svd_cost", "audit_cost"]
+           "sweep_cost", "stability_cost", "data_fit_cost", "data_sweep_cost",
+           "factored_svd_cost", "audit_cost"]
 
 #: Seconds per multiply-add of the fits' and SVDs' BLAS kernels (float64, one thread), and per
 #: numpy call of their per-step overhead; see ``benchmarks/bench_cost.py`` for the calibration.
@@ -134,13 +137,102 @@ def sweep_cost(d_out: int, d_in: int, ranks: Sequence[int], *, optimizer: str = 
 
 
 def stability_cost(d_out: int, d_in: int, ranks: Sequence[int], *, n_lrs: int, n_rules: int,
-                   optimizer: str = "sgd", steps: int = 200) -> WorkEstimate:
-    """A stability grid: the target, then ``n_rules x len(ranks) x n_lrs`` fits."""
+                   optimizer: str = "sgd", steps: int = 200,
+                   data: DataConfig | None = None) -> WorkEstimate:
+    """A stability grid: the target, then ``n_rules x len(ranks) x n_lrs`` fits.
+
+    With ``data`` (the data mode) every cell learns from the same pairs
+    (:func:`data_fit_cost`), else from the exact target (:func:`fit_cost`).
+    """
     n_lrs = check_int("n_lrs", n_lrs, minimum=1)
     n_rules = check_int("n_rules", n_rules, minimum=1)
     cells = [r for r in ranks for _ in range(n_lrs * n_rules)]
+    if data is not None:
+        return target_cost(d_out, d_in) + data_fit_cost(d_out, d_in, cells, data=data,
+                                                        optimizer=optimizer, steps=steps)
     return target_cost(d_out, d_in) + fit_cost(d_out, d_in, cells, optimizer=optimizer,
                                                steps=steps)
+
+
+def data_fit_cost(d_out: int, d_in: int, ranks: Sequence[int], *, data: DataConfig,
+                  optimizer: str = "sgd", steps: int = 2000) -> WorkEstimate:
+    """Fitting one data-mode run per entry of ``ranks`` on one set of pairs (:mod:`lorarank.data`).
+
+    The multiply-adds are :func:`lorarank.data.data_macs` (drawing the pairs and their
+    moments, the reduced-rank bound, every step of every run, the results), plus the
+    elementwise work of each step: the optimiser's update of the factors, and for minibatches
+    gathering the batch's pairs and the residual. Runs are grouped into zero-padded batches
+    exactly as :func:`lorarank.data.fit_data_runs` groups them; each step of a batch costs
+    the numpy calls of :data:`_CALLS_PER_STEP` (its padding is counted in the MACs). Every run
+    is assumed to take all ``steps``.
+
+    Parameters
+    ----------
+    d_out, d_in : int
+        Shape of the target.
+    ranks : sequence of int
+        One rank per run, each >= 1.
+    data : DataConfig
+        Training pairs n, held-out pairs M, batch size.
+    optimizer : {"sgd", "adam"}
+    steps : int
+        Optimiser steps per run.
+
+    Returns
+    -------
+    WorkEstimate
+        ``bytes`` counts the pairs (float64, training and held-out) and the largest batch of
+        factors, gradients and per-step arrays.
+    """
+    d_out, d_in = _dims(d_out, d_in)
+    optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
+    steps = check_int("steps", steps, minimum=1)
+    ranks = [check_int("rank", r, minimum=1) for r in ranks]
+    if not ranks:
+        raise ConfigError("`ranks` should list at least one rank")
+    if not isinstance(data, DataConfig):
+        raise ConfigError(f"`data` should be a DataConfig, got {type(data).__name__}")
+    full, batch = data.full_batch, data.batch
+
+    def cost(count: int, rmax: int) -> float:
+        return _STEP_OVERHEAD + count * _steps_macs(d_out, d_in, rmax, batch, full, optimizer)
+
+    def fits(count: int, rmax: int) -> bool:
+        per_run = (d_out + d_in) * rmax if full else batch * (d_out + rmax)
+        return count * per_run <= _MAX_STEP_VALUES
+
+    macs = data_macs(d_out, d_in, ranks, config=data, steps=steps, optimizer=optimizer)
+    calls = 0.0
+    peak = 0
+    for group in _data_batches(ranks, cost, fits):
+        n, rmax = len(group), max(ranks[i] for i in group)
+        factors = n * rmax * (d_out + d_in)
+        # The padding of the batch (data_macs counts each run at its own rank).
+        padded = sum(_steps_macs(d_out, d_in, rmax, batch, full, optimizer)
+                     - _steps_macs(d_out, d_in, ranks[i], batch, full, optimizer) for i in group)
+        gather = 0.0 if full else batch * (d_in + d_out) + 2.0 * n * batch * d_out
+        macs += steps * (padded + _ELEMENTWISE_PER_STEP[optimizer] * factors + gather)
+        calls += steps * _CALLS_PER_STEP[optimizer]
+        per_step = n * rmax * (d_in + d_out) if full else n * batch * (d_out + rmax)
+        peak = max(peak, 8 * (factors * (6 if optimizer == "adam" else 3) + 2 * per_step))
+    calls += _CALLS_PER_RESULT * len(ranks) + 40.0
+    pairs = 8 * (data.samples + data.heldout) * (d_in + d_out) + 8 * 2 * (d_in * d_in + d_out * d_in)
+    return WorkEstimate(macs=macs, calls=calls, bytes=pairs + peak + 8 * len(ranks) * (steps + 1))
+
+
+def data_sweep_cost(d_out: int, d_in: int, ranks: Sequence[int], *, samples: Sequence[int],
+                    label_noise: float = 1.0, batch_size: int | None = None, heldout: int = 1000,
+                    optimizer: str = "sgd", steps: int = 2000) -> WorkEstimate:
+    """A data-mode Rank sweep: the target, then every rank on each n's pairs, one n at a time."""
+    total = target_cost(d_out, d_in)
+    if not samples:
+        raise ConfigError("`samples` should list at least one number of training pairs")
+    for n in samples:
+        data = DataConfig(samples=n, label_noise=label_noise, batch_size=batch_size,
+                          heldout=heldout)
+        total = total + data_fit_cost(d_out, d_in, ranks, data=data, optimizer=optimizer,
+                                      steps=steps)
+    return total
 
 
 def factored_svd_cost(d_out: int, d_in: int, rank: int) -> WorkEstimate:

@@ -96,7 +96,9 @@ with loaded_line:
 with common.stop_on_error():
     detected = audit.detect(upload)
 name_slot.markdown(loaded.adapter_name(upload, detected), width="stretch")
-if not audit.audit_gate(upload, detected):  # the server's work budget
+with summary:
+    finish = audit.audit_gate(upload, detected)  # the server's work budget; Stop while it works
+if finish is None:
     st.stop()
 with summary:
     alpha, scale = audit.scale_override(detected)  # only when the file states no scale
@@ -151,7 +153,7 @@ with tabs["Spectrum"]:
     common.show_chart(
         module_spectrum_chart(module.singular_values, cut=module.recommended_rank, name=chosen,
                               rule=audit.rule_text(rule, value)),
-        caption=f"Singular values of the {audit.plain(module.spectrum_of)} for {common.md_code(chosen)} (r = {module.rank}, s = "
+        caption=f"Singular values of the {common.md_escape(module.spectrum_of)} for {common.md_code(chosen)} (r = {module.rank}, s = "
                 f"{module.scale:.4g}), log scale. Dashed: the recommended rank "
                 f"{module.recommended_rank} under {audit.rule_text(rule, value)}; truncating "
                 f"there loses {module.truncation_error:.3g} of ||dW||_F. Zero values are not "
@@ -256,7 +258,8 @@ with tabs["Compare"]:
             st.markdown("Upload the second adapter to see the subspace similarity phi per module.")
         else:
             with common.stop_on_error():
-                comparison = audit.run_compare(upload, upload_b, top=top)
+                comparison = audit.guarded_compare(upload, upload_b, top=top)
+        if comparison is not None:
             st.markdown(audit.compare_reading(comparison))
             st.dataframe(audit.compare_table(comparison), hide_index=True, key="audit_compare_table",
                          height=audit.table_height(len(comparison.modules)),
@@ -284,6 +287,7 @@ with tabs["Compare"]:
                                   caption="phi(i, j) for the module chosen above: the top-i "
                                           "directions of A against the top-j of B.")
 
+finish()  # the work on the upload is done: no Stop button any more
 # ---------------------------------------------------------------------------- report
 report_ui.audit_button(upload=upload, report=report, detected=lines, alpha=alpha, scale=scale,
                        rule=rule, value=value, metric=metric, module=chosen, budget=budget,

@@ -23,7 +23,7 @@ import json
 import math
 import zipfile
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -48,18 +48,19 @@ __all__ = [
     "MODULE_KEY", "COMPARE_KEY", "DEMO_KEY", "ALL_SETTINGS", "MAP_METRICS", "RULE_LABELS",
     "Upload", "Detected", "ResizeTarget", "ResizePreview",
     "short_name", "rule_text", "assumed_scale", "module_url_error",
-    "detect", "GATE_KEY", "audit_gate", "run_audit", "run_budget", "run_resize", "resized_files", "zip_files",
+    "detect", "GATE_KEY", "COMPARE_GATE_KEY", "audit_gate", "guarded_compare", "run_audit", "run_budget", "run_resize", "resized_files", "zip_files",
     "run_compare", "demo_files", "demo_upload",
     "COLUMN_HELP", "module_table", "module_records", "table_height", "budget_marks", "cli_json_bytes", "detected_lines", "reading",
     "RESIZE_HELP", "resize_table", "resize_is_identity", "nothing_to_resize", "COMPARE_HELP", "compare_table", "compare_reading", "json_safe",
     "BASE_UPLOAD_KEY", "base_uploader", "family_notes", "metadata_rows", "show_family_details",
-    "spectrum_label", "plain", "scale_override",
+    "spectrum_label", "scale_override",
 ]
 
 # ------------------------------------------------------------------------------ session keys
 URL_ERRORS_KEY = "audit_url_errors"  # sentences about bad query parameters, across one rerun
 UPLOAD_KEY = "audit_upload"
-GATE_KEY = "audit_gate"  # prefix of the work-budget gate's keys (Run, approval)
+GATE_KEY = "audit_gate"  # prefix of the work-budget gate's keys (Run, Stop, approval)
+COMPARE_GATE_KEY = "audit_compare_gate"  # the same for the comparison
 UPLOAD_B_KEY = "audit_upload_b"
 BASE_UPLOAD_KEY = "audit_upload_base"
 DOWNLOAD_KEY = "audit_download"
@@ -240,17 +241,43 @@ def detect(upload: Upload) -> Detected:
                     shapes=tuple((*m.shape, m.rank) for m in adapter.modules))
 
 
-def audit_gate(upload: Upload, detected: Detected) -> bool:
-    """Whether the audit of ``upload`` may run within the server's work budget.
+def audit_gate(upload: Upload, detected: Detected) -> Callable[[], None] | None:
+    """Whether the page's work on ``upload`` may run within the server's work budget.
 
-    Estimated from the detected module shapes (:func:`lorarank.cost.audit_cost`): short
-    audits run, long ones wait for Run, past the server's cap one sentence (:func:`ui.guard.gate`).
+    Estimated from the detected module shapes (:func:`lorarank.cost.audit_cost`, once for the
+    audit and once for the resize preview): short work runs, long work waits for Run, past the
+    server's cap one sentence (:func:`ui.guard.gate`).
+
+    Returns
+    -------
+    callable or None
+        None: do not run (the gate drew why). Otherwise ``finish``, for the page to call when
+        its work on the upload is done: long work draws a Stop button here (pressing it
+        interrupts the audit, the budget or the resize preview at the next module and shows
+        Run again), and ``finish`` removes it.
     """
-    seconds = audit_cost(detected.shapes).seconds if detected.shapes else 0.0
-    return guard.gate(seconds, key=GATE_KEY, what=f"audit of {len(detected.shapes):,} modules",
-                      ident=("audit", upload.ident),
+    seconds = 2 * audit_cost(detected.shapes).seconds if detected.shapes else 0.0
+    ident = ("audit", upload.ident)
+    if not guard.gate(seconds, key=GATE_KEY, what=f"audit of {len(detected.shapes):,} modules",
+                      ident=ident, kept=False,
                       hint="Audit a smaller adapter, or run `python -m lorarank audit` on your "
-                           "own machine.")
+                           "own machine."):
+        return None
+    if seconds <= guard.ASK_SECONDS:
+        return lambda: None
+    return guard.stop_button(GATE_KEY, ident)
+
+
+def guarded_compare(upload_a: Upload, upload_b: Upload, *, top: int) -> Comparison | None:
+    """:func:`run_compare` within the server's work budget, with Stop when long; None when it
+    does not run (the gate drew why)."""
+    shapes = detect(upload_a).shapes + detect(upload_b).shapes
+    return guard.guarded_run(
+        audit_cost(shapes).seconds, key=COMPARE_GATE_KEY,
+        what=f"comparison of {len(shapes):,} modules", ident=("compare", upload_a.ident,
+                                                              upload_b.ident, top),
+        hint="Compare smaller adapters, or run `python -m lorarank compare` on your own machine.",
+        run=lambda: run_compare(upload_a, upload_b, top=top), kept=False)
 
 
 @st.cache_data(show_spinner=False, max_entries=32, hash_funcs=_HASH)
@@ -359,7 +386,9 @@ def run_compare(upload_a: Upload, upload_b: Upload, *, top: int) -> Comparison:
     with guard.heavy_work("the comparison"):
         a, b = _load(upload_a), _load(upload_b)
         with progress_bar("Comparing shared modules") as progress:
-            return compare_adapters(a, b, top=top, progress=progress)
+            comparison = compare_adapters(a, b, top=top, progress=progress)
+    guard.mark_done(("compare", upload_a.ident, upload_b.ident, top))
+    return comparison
 
 
 def module_url_error(options: Sequence[str]) -> str | None:
@@ -516,8 +545,8 @@ def detected_lines(detected: Detected, report: AuditReport) -> list[tuple[str, s
     families = report.summary.get("families") or d.get("families") or ["lora"]
     lines = [
         ("format", f"{d['format']} ({md_escape(d['source'])})"),  # source: file names
-        ("family", plain(", ".join(families))),
-        ("spectrum of", plain(spectrum_label(report))),
+        ("family", md_escape(", ".join(families))),
+        ("spectrum of", md_escape(spectrum_label(report))),
         ("orientation", d["orientation"]),
         ("scaling", f"{report.scaling}; s = {scale_txt}"),
         ("dtype", ", ".join(d["dtypes"])),
@@ -526,7 +555,7 @@ def detected_lines(detected: Detected, report: AuditReport) -> list[tuple[str, s
         ("other tensors", f"{d['ignored_tensors']:,} kept as they are (not LoRA factors, not audited)"),
     ]
     if d.get("name"):
-        lines.insert(1, ("named adapter", plain(d["name"])))
+        lines.insert(1, ("named adapter", md_escape(d["name"])))
     kept = [m for m in report.modules if m.kept_rank is not None]
     if kept:
         lines.append(("AdaLoRA kept rank", ", ".join(str(m.kept_rank) for m in kept[:12])
@@ -536,7 +565,7 @@ def detected_lines(detected: Detected, report: AuditReport) -> list[tuple[str, s
         lines.append(("DoRA magnitude m", f"{min(x['min'] for x in mags):.4g} .. {max(x['max'] for x in mags):.4g} "
                                           f"over {len(mags)} modules"))
     if report.summary.get("base"):
-        lines.append(("base weights", plain(report.summary["base"])))
+        lines.append(("base weights", md_escape(report.summary["base"])))
     return lines
 
 
@@ -555,14 +584,6 @@ def reading(report: AuditReport) -> str:
             f"**{100 * s['retained_energy']:.2f} %** of the update's energy "
             f"(sum sigma^2) with **{100 * share:.1f} %** of the parameters "
             f"({s['params']:,} -> {s['params_after']:,}).")
-
-
-_MD_SPECIAL = set("\\`*_{}[]()<>#+-.!|~$")
-
-
-def plain(text: object) -> str:
-    """``text`` with every markdown character backslash-escaped: names from a file render as typed."""
-    return "".join("\\" + c if c in _MD_SPECIAL else c for c in str(text)).replace("\n", " ")
 
 
 def spectrum_label(report: AuditReport) -> str:
@@ -630,7 +651,7 @@ def base_uploader(container: Any = None) -> Upload | None:
 def show_family_details(report: AuditReport) -> None:
     """Family warnings, what the spectra are of, and the file's own training metadata."""
     for note in family_notes(report):
-        st.warning(plain(note), icon=":material/warning:")
+        st.warning(md_escape(note), icon=":material/warning:")
     meta = metadata_rows(report)
     if len(meta):
         # st.json, not a data frame or markdown: the values come from the file and render as text,

@@ -18,19 +18,20 @@ import pandas as pd
 import streamlit as st
 
 from lorarank.charts import data_loss_chart, spectrum_chart
+from lorarank.cost import WorkEstimate, data_sweep_cost
 from lorarank.data import (DATA_DEFAULT_LR, DEFAULT_HELDOUT, DEFAULT_LABEL_NOISE, DataConfig,
                            data_findings, data_noise_floor, data_values, fit_data, make_dataset)
 from lorarank.errors import ConfigError
 from lorarank.fit import FitResult
 
-from . import common, layout
+from . import common, guard, layout
 from .common import Setting, chart_spec, progress_bar, split_list
 from .sweep import SweepConfig
 
 __all__ = [
     "MODES", "MAX_SAMPLES_APP", "MAX_NS_APP", "MAX_HELDOUT_APP", "MAX_DATA_VALUES_APP", "DOWNLOAD_KEY",
     "SWEEP_SETTINGS", "GRID_SETTINGS", "parse_samples", "check_app_size", "data_config",
-    "DataSweepConfig", "DataSweepRun", "run_data_sweep", "DATA_COLUMN_HELP", "data_table",
+    "DataSweepConfig", "DataSweepRun", "GATE_KEY", "data_estimate", "run_data_sweep", "guarded_data_sweep", "DATA_COLUMN_HELP", "data_table",
     "data_records", "data_json", "data_reading", "data_charts", "grid_inputs",
     "grid_caption", "grid_losses_table", "sweep_inputs", "sweep_results", "is_data_mode",
     "MAX_EPOCHS_APP", "epoch_steps", "grid_steps",
@@ -47,6 +48,7 @@ MAX_DATA_VALUES_APP = 2**22
 #: Largest epochs input; the steps they make are also held to the page's step limit.
 MAX_EPOCHS_APP = 20_000
 DOWNLOAD_KEY = "data_download"
+GATE_KEY = "data_gate"  # prefix of the data sweep's work-budget gate keys (Run, Stop, approval)
 
 _MODE_HELP = ("exact: fit s·B·A to the target T itself (infinitely many noiseless examples, the "
               "article's setting). data: learn y = (W0 + s·B·A) x from n pairs x ~ N(0, I), "
@@ -207,9 +209,38 @@ class DataSweepRun:
     seconds: float
 
 
+def data_estimate(config: DataSweepConfig) -> WorkEstimate:
+    """What the data-mode sweep will cost (:func:`lorarank.cost.data_sweep_cost`), before it runs."""
+    sweep = config.sweep
+    return data_sweep_cost(sweep.d_out, sweep.d_in, sweep.ranks, samples=config.samples,
+                           label_noise=config.label_noise, batch_size=config.batch_size or None,
+                           heldout=config.heldout, optimizer=sweep.optimizer, steps=sweep.steps)
+
+
 @st.cache_data(show_spinner=False, max_entries=32)
 def run_data_sweep(config: DataSweepConfig) -> DataSweepRun:
-    """Fit every rank on each n's pairs (cached per config; a progress bar on a miss)."""
+    """Fit every rank on each n's pairs (cached per config; a progress bar on a miss), in a
+    slot of the server's queue (:func:`ui.guard.heavy_work`)."""
+    with guard.heavy_work("the finite-data sweep"):
+        run = _fit_data_sweep(config)
+    guard.mark_done(("data-sweep", config))
+    return run
+
+
+def guarded_data_sweep(config: DataSweepConfig) -> DataSweepRun | None:
+    """The data-mode sweep within the server's work budget (:func:`ui.guard.guarded_run`).
+
+    Short: runs. Long: asks for Run (showing the estimate), then runs with a Stop button.
+    Past the server's cap: one sentence. None when it does not run.
+    """
+    return guard.guarded_run(
+        data_estimate(config).seconds, key=GATE_KEY, what="finite-data sweep",
+        ident=("data-sweep", config), run=lambda: run_data_sweep(config),
+        hint="Fewer or smaller n, fewer or smaller ranks, fewer steps, a smaller batch count "
+             "or a smaller d_out x d_in make it cheaper.", kept=False)
+
+
+def _fit_data_sweep(config: DataSweepConfig) -> DataSweepRun:
     start = time.perf_counter()
     sweep = config.sweep
     target = sweep.make_target()
@@ -352,7 +383,9 @@ def sweep_results(sweep: SweepConfig, values: Mapping[str, Any]) -> None:
         return
     with common.stop_on_error():
         config = DataSweepConfig.from_values(sweep, values)
-        run = run_data_sweep(config)
+        run = guarded_data_sweep(config)  # within the server's work budget
+        if run is None:
+            return
         charts = data_charts(config)
     st.markdown("\n".join(f"- {s}" for s in data_reading(run)))
     common.show_chart(

@@ -29,13 +29,17 @@ import threading
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
-from typing import Callable, Hashable, Iterator
+from typing import Callable, Hashable, Iterator, Sequence, TypeVar
 
 import streamlit as st
 
+from .uploads import trim_memory
+
 __all__ = ["ASK_SECONDS", "MAX_SECONDS", "HEAVY_SLOTS", "WorkQueue", "QUEUE", "session_alive",
            "check_alive", "heavy_work", "mark_done", "is_done", "gate", "stop_button",
-           "format_seconds"]
+           "was_stopped", "format_seconds", "by_rank", "finished_ranks", "guarded_run"]
+
+T = TypeVar("T")
 
 
 def _env_float(name: str, default: float, minimum: float) -> float:
@@ -171,7 +175,13 @@ def heavy_work(what: str) -> Iterator[None]:
     try:
         with QUEUE.slot(on_wait=on_wait):
             notice.empty()
-            yield
+            trim_memory()  # what earlier work freed, before this work allocates
+            try:
+                yield
+            finally:
+                # The work's arrays are gone: give their memory back to the system, not to
+                # this thread's malloc arena (see ui.uploads.trim_memory).
+                trim_memory()
     finally:
         notice.empty()
 
@@ -223,7 +233,8 @@ def _stop(key: str, ident: Hashable) -> None:
     st.session_state[f"{key}_stopped"] = ident
 
 
-def gate(seconds: float, *, key: str, what: str, ident: Hashable, hint: str = "") -> bool:
+def gate(seconds: float, *, key: str, what: str, ident: Hashable, hint: str = "",
+         kept: bool = True) -> bool:
     """Whether work estimated at ``seconds`` may run now; otherwise say why and offer Run.
 
     Parameters
@@ -236,9 +247,12 @@ def gate(seconds: float, *, key: str, what: str, ident: Hashable, hint: str = ""
         The work in words, completing "This ... is estimated at ..." (``"sweep"``).
     ident : hashable
         The work's identity (its config): approval holds for this work only, and work that
-        already finished on the server (:func:`mark_done`) runs without asking (a cache hit).
+        already finished on the server (:func:`mark_done`) runs without asking (a cache hit)
+        unless this session stopped it: then it waits for Run again.
     hint : str
         What makes it cheaper, appended to a refusal (markdown written by the app).
+    kept : bool
+        Whether a stopped run keeps what finished (rank by rank), as the Run box says.
 
     Returns
     -------
@@ -246,7 +260,8 @@ def gate(seconds: float, *, key: str, what: str, ident: Hashable, hint: str = ""
         True to run. False after drawing a refusal (above :data:`MAX_SECONDS`) or the estimate
         with a Run button (above :data:`ASK_SECONDS`).
     """
-    if seconds <= ASK_SECONDS or is_done(ident):
+    stopped = st.session_state.get(f"{key}_stopped") == ident
+    if seconds <= ASK_SECONDS or (is_done(ident) and not stopped):
         return True
     if seconds > MAX_SECONDS:
         st.error(f"This {what} is estimated at {format_seconds(seconds)} of computing; this "
@@ -255,13 +270,12 @@ def gate(seconds: float, *, key: str, what: str, ident: Hashable, hint: str = ""
         return False
     if st.session_state.get(f"{key}_approved") == ident:
         return True
-    stopped = st.session_state.get(f"{key}_stopped") == ident
     with st.container(border=True, key=f"{key}_ask"):
         st.markdown(
             ("**Stopped.** " if stopped else "")
             + f"This {what} is estimated at **{format_seconds(seconds)}** on this server, so it "
-            f"waits for you: press Run to start it. A run under way can be stopped; ranks "
-            f"that finished are kept.")
+            f"waits for you: press Run to start it. A run under way can be stopped"
+            + ("; ranks that finished are kept." if kept else "."))
         st.button("Run", key=f"{key}_run", type="primary", icon=":material/play_arrow:",
                   on_click=_approve, args=(key, ident))
     return False
@@ -282,3 +296,67 @@ def stop_button(key: str, ident: Hashable) -> Callable[[], None]:
 def was_stopped(key: str, ident: Hashable) -> bool:
     """Whether the run ``ident`` was stopped by its Stop button (until Run is pressed again)."""
     return st.session_state.get(f"{key}_stopped") == ident
+
+
+# --------------------------------------------------------------------------------------------
+# Guarded runs, rank by rank (Rank sweep, alpha/r stability)
+# --------------------------------------------------------------------------------------------
+
+def by_rank(seconds: float, ranks: Sequence[int], rank_ident: Callable[[int], Hashable]) -> bool:
+    """Whether work estimated at ``seconds`` over ``ranks`` runs one rank at a time.
+
+    Long work (above :data:`ASK_SECONDS`) does, so a stop keeps the ranks that finished; so
+    does work whose every rank already finished that way (``rank_ident(r)`` marked done: the
+    ranks are then cache hits). Short work runs every rank in one batched call.
+    """
+    return seconds > ASK_SECONDS or all(is_done(rank_ident(r)) for r in ranks)
+
+
+def finished_ranks(ranks: Sequence[int], rank_ident: Callable[[int], Hashable]) -> tuple[int, ...]:
+    """The entries of ``ranks`` whose one-rank work (``rank_ident(r)``) finished on this server."""
+    return tuple(r for r in ranks if is_done(rank_ident(r)))
+
+
+def guarded_run(seconds: float, *, key: str, what: str, ident: Hashable, hint: str,
+                run: Callable[[], T], ranks: Sequence[int] = (),
+                rank_ident: Callable[[int], Hashable] | None = None,
+                partial: Callable[[tuple[int, ...]], T] | None = None,
+                kept: bool = True) -> T | None:
+    """Run work within the server's budget (:func:`gate`), with Stop, or show what finished.
+
+    Short work runs. Long work asks for Run (showing the estimate), then runs with a Stop
+    button. Past the server's cap: one sentence. When the work does not run and it is done
+    rank by rank (``ranks``, ``rank_ident``), the ranks that finished before a stop are
+    returned as ``partial(finished)`` (a caption says which), else None.
+
+    Parameters
+    ----------
+    seconds : float
+        The work's estimate (:attr:`lorarank.cost.WorkEstimate.seconds`).
+    key, what, ident, hint
+        As in :func:`gate`.
+    run : callable
+        Does the work (a cached function), returns its result.
+    ranks : sequence of int, optional
+        The ranks the work covers.
+    rank_ident : callable, optional
+        The identity :func:`mark_done` gets for one rank of the work.
+    partial : callable, optional
+        The result for a subset of ``ranks`` (all finished: cache hits).
+    kept : bool
+        As in :func:`gate`: False for work that is not done rank by rank.
+    """
+    if gate(seconds, key=key, what=what, ident=ident, hint=hint, kept=kept):
+        asked = seconds > ASK_SECONDS and not is_done(ident)
+        remove = stop_button(key, ident) if asked else (lambda: None)
+        result = run()
+        remove()
+        return result
+    if rank_ident is None or partial is None:
+        return None
+    done = finished_ranks(ranks, rank_ident)
+    if not done:
+        return None
+    st.caption(f"Showing the ranks already fitted: r = {', '.join(map(str, done))} of "
+               f"{', '.join(map(str, ranks))}.")
+    return partial(done)

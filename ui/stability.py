@@ -232,7 +232,7 @@ def grid_estimate(config: StabilityConfig) -> WorkEstimate:
     """What the grid will cost (:func:`lorarank.cost.stability_cost`), before running it."""
     return stability_cost(config.d_out, config.d_in, config.ranks, n_lrs=len(config.lrs),
                           n_rules=len(config.rules), optimizer=config.optimizer,
-                          steps=config.steps)
+                          steps=config.steps, data=config.data)
 
 
 def _rank_ident(config: StabilityConfig, rank: int) -> tuple:
@@ -240,18 +240,15 @@ def _rank_ident(config: StabilityConfig, rank: int) -> tuple:
 
 
 def by_rank(config: StabilityConfig) -> bool:
-    """Whether the grid runs one rank (every rule and lr) at a time, so a stop keeps ranks.
-
-    A grid estimated above :data:`ui.guard.ASK_SECONDS` does; so does one whose every rank
-    already finished that way. Short grids fit every cell in one batched call.
-    """
-    return (grid_estimate(config).seconds > guard.ASK_SECONDS
-            or all(guard.is_done(_rank_ident(config, r)) for r in config.ranks))
+    """Whether the grid runs one rank (every rule and lr) at a time, so a stop keeps ranks
+    (:func:`ui.guard.by_rank`)."""
+    return guard.by_rank(grid_estimate(config).seconds, config.ranks,
+                         lambda r: _rank_ident(config, r))
 
 
 def finished_ranks(config: StabilityConfig) -> tuple[int, ...]:
     """The ranks of ``config`` whose cells were already fitted one rank at a time."""
-    return tuple(r for r in config.ranks if guard.is_done(_rank_ident(config, r)))
+    return guard.finished_ranks(config.ranks, lambda r: _rank_ident(config, r))
 
 
 def _fit_grid(config: StabilityConfig, what: str) -> StabilityRun:
@@ -312,27 +309,18 @@ def run_grid(config: StabilityConfig) -> StabilityRun:
 
 
 def guarded_grid(config: StabilityConfig) -> StabilityRun | None:
-    """The grid within the server's work budget (:func:`ui.guard.gate`), or what finished.
+    """The grid within the server's work budget (:func:`ui.guard.guarded_run`), or what finished.
 
     Short: runs. Long: asks for Run (showing the estimate), then runs with a Stop button.
     Past the server's cap: one sentence. When it does not run, the ranks that finished
     before a stop come back as a grid of those ranks (``config.ranks`` says which), else None.
     """
-    ident = ("grid", config)
-    seconds = grid_estimate(config).seconds
-    hint = "Fewer ranks, learning rates or rules, fewer steps or a smaller d make it cheaper."
-    if guard.gate(seconds, key=GATE_KEY, what="grid", ident=ident, hint=hint):
-        asked = seconds > guard.ASK_SECONDS and not guard.is_done(ident)
-        remove = guard.stop_button(GATE_KEY, ident) if asked else (lambda: None)
-        run = run_grid(config)
-        remove()
-        return run
-    done = finished_ranks(config)
-    if not done:
-        return None
-    st.caption(f"Showing the ranks already fitted: r = {', '.join(map(str, done))} of "
-               f"{', '.join(map(str, config.ranks))}.")
-    return run_grid(dataclasses.replace(config, ranks=done))
+    return guard.guarded_run(
+        grid_estimate(config).seconds, key=GATE_KEY, what="grid", ident=("grid", config),
+        hint="Fewer ranks, learning rates or rules, fewer steps or a smaller d make it cheaper.",
+        run=lambda: run_grid(config), ranks=config.ranks,
+        rank_ident=lambda r: _rank_ident(config, r),
+        partial=lambda done: run_grid(dataclasses.replace(config, ranks=done)))
 
 
 def findings(run: StabilityRun, *, target_err: float) -> StabilityFindings:

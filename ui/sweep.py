@@ -189,19 +189,14 @@ def _rank_ident(config: SweepConfig, rank: int) -> tuple:
 
 
 def by_rank(config: SweepConfig) -> bool:
-    """Whether the sweep runs rank by rank (so a stop keeps finished ranks).
-
-    A sweep estimated above :data:`ui.guard.ASK_SECONDS` does; so does one whose every rank
-    already finished that way (its results are then cache hits). Short sweeps fit all ranks
-    in one batched call.
-    """
-    return (sweep_estimate(config).seconds > guard.ASK_SECONDS
-            or all(guard.is_done(_rank_ident(config, r)) for r in config.ranks))
+    """Whether the sweep runs rank by rank, so a stop keeps finished ranks (:func:`ui.guard.by_rank`)."""
+    return guard.by_rank(sweep_estimate(config).seconds, config.ranks,
+                         lambda r: _rank_ident(config, r))
 
 
 def finished_ranks(config: SweepConfig) -> tuple[int, ...]:
     """The ranks of ``config`` already fitted one by one on this server (kept after a stop)."""
-    return tuple(r for r in config.ranks if guard.is_done(_rank_ident(config, r)))
+    return guard.finished_ranks(config.ranks, lambda r: _rank_ident(config, r))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -247,27 +242,18 @@ def run_sweep(config: SweepConfig) -> SweepRun:
 
 
 def guarded_run(config: SweepConfig) -> SweepRun | None:
-    """The sweep within the server's work budget (:func:`ui.guard.gate`), or what finished.
+    """The sweep within the server's work budget (:func:`ui.guard.guarded_run`), or what finished.
 
     Short: runs. Long: asks for Run (showing the estimate), then runs with a Stop button.
     Past the server's cap: one sentence. When it does not run, the ranks that finished before
     a stop are returned as a sweep of those ranks (its ``config.ranks`` says which), else None.
     """
-    ident = ("sweep", config)
-    seconds = sweep_estimate(config).seconds
-    hint = "Fewer or smaller ranks, fewer steps or a smaller d_out x d_in make it cheaper."
-    if guard.gate(seconds, key=GATE_KEY, what="sweep", ident=ident, hint=hint):
-        asked = seconds > guard.ASK_SECONDS and not guard.is_done(ident)
-        remove = guard.stop_button(GATE_KEY, ident) if asked else (lambda: None)
-        run = run_sweep(config)
-        remove()
-        return run
-    done = finished_ranks(config)
-    if not done:
-        return None
-    st.caption(f"Showing the ranks already fitted: r = {', '.join(map(str, done))} of "
-               f"{', '.join(map(str, config.ranks))}.")
-    return run_sweep(replace(config, ranks=done))
+    return guard.guarded_run(
+        sweep_estimate(config).seconds, key=GATE_KEY, what="sweep", ident=("sweep", config),
+        hint="Fewer or smaller ranks, fewer steps or a smaller d_out x d_in make it cheaper.",
+        run=lambda: run_sweep(config), ranks=config.ranks,
+        rank_ident=lambda r: _rank_ident(config, r),
+        partial=lambda done: run_sweep(replace(config, ranks=done)))
 
 
 @dataclass(frozen=True)

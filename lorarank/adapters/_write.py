@@ -267,11 +267,19 @@ def save_adapter(adapter: Adapter, path: str | os.PathLike, *, format: str | Non
     else:
         (name, data), = files.items()
         targets = {path / name if path.is_dir() else path: data}
-    existing = [str(t) for t in targets if t.exists()]
+    # lexists: a dangling symlink is a name that exists, and writing "to" it would create the
+    # file it points at, wherever that is.
+    existing = [str(t) for t in targets if os.path.lexists(t)]
     if existing and not overwrite:
         raise ConfigError(f"{existing[0]} already exists; choose another output (or overwrite "
                           f"it on purpose with --force)")
+    for target in targets:
+        folder = target.parent
+        if os.path.lexists(folder) and not folder.is_dir():
+            raise ConfigError(f"{folder} exists and is not a folder; choose another output")
     for target, data in targets.items():
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+        # "xb" (O_EXCL) never follows a symlink created since the check above.
+        with open(target, "wb" if overwrite else "xb") as fh:
+            fh.write(data)
     return list(targets)

@@ -32,9 +32,14 @@ def _free_port() -> int:
 
 
 class AppServer:
-    """A ``streamlit run app.py`` subprocess on a free port; ``stop()`` ends it by its PID."""
+    """A ``streamlit run app.py`` subprocess on a free port; ``stop()`` ends it by its PID.
 
-    def __init__(self, log_path: Path, *, script: str = "app.py") -> None:
+    ``env``: variables added to this process's environment for the server (``TMPDIR``,
+    ``LORARANK_*`` limits).
+    """
+
+    def __init__(self, log_path: Path, *, script: str = "app.py",
+                 env: dict[str, str] | None = None) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -43,7 +48,8 @@ class AppServer:
                "--server.address", "127.0.0.1", "--server.port", str(self.port),
                "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT,
+                                     env=None if env is None else {**os.environ, **env})
         self.started = time.perf_counter()
         self.healthy_after = self._wait_healthy()
 

@@ -266,3 +266,161 @@ def test_rank_by_rank_grid_equals_batched():
             assert a.rel_err == pytest.approx(b.rel_err, rel=1e-6)
     assert merged.grid.config == whole.config
     assert merged.grid.optimal_rel_err == pytest.approx(whole.optimal_rel_err)
+
+
+# ------------------------------------------------------------------------- the data mode
+class TestDataCost:
+    def test_counts_data_macs_plus_elementwise(self):
+        """One run: the engine's own MAC count (data_macs) plus the optimiser's elementwise
+        updates and, for minibatches, gathering each batch; numpy calls per step."""
+        from lorarank.data import DataConfig, data_macs
+
+        d_out, d_in, r, steps = 48, 40, 6, 300
+        for batch in (None, 16):
+            data = DataConfig(samples=200, batch_size=batch, heldout=100)
+            est = cost.data_fit_cost(d_out, d_in, [r], data=data, optimizer="adam", steps=steps)
+            engine = data_macs(d_out, d_in, [r], config=data, steps=steps, optimizer="adam")
+            gather = 0.0 if batch is None else 16 * (d_in + d_out) + 2.0 * 16 * d_out
+            assert est.macs == pytest.approx(engine + steps * (16.0 * r * (d_out + d_in) + gather))
+            assert est.calls == pytest.approx(steps * 70.0 + 60.0 + 40.0)
+            assert est.bytes >= 8 * (200 + 100) * (d_in + d_out)  # the pairs are held
+
+    def test_progress_counts_the_steps_estimated(self):
+        """The estimate assumes every run takes all steps: exactly what the engine ticks."""
+        from lorarank.data import DataConfig, fit_data
+        from lorarank.synthetic import make_target
+
+        ticks = []
+        fit_data(make_target(16, 12, true_rank=2, seed=0), [1, 2, 4],
+                 data=DataConfig(samples=50, batch_size=10), steps=40,
+                 progress=lambda done, total: ticks.append((done, total)))
+        assert ticks[-1] == (3 * 40, 3 * 40)
+
+    @pytest.mark.parametrize("estimate, cpu", [
+        (cost.data_sweep_cost(64, 64, [2, 4, 16], samples=[128, 512, 2048], steps=2000), 1.397),
+        (cost.data_sweep_cost(64, 64, [2, 4, 16], samples=[512], batch_size=32, optimizer="adam",
+                              steps=1000), 0.253),
+        (cost.data_sweep_cost(256, 256, [8, 64], samples=[2048], batch_size=256, steps=300), 1.129),
+        (cost.data_sweep_cost(256, 256, [4, 32], samples=[4096], batch_size=64, steps=500), 0.598),
+        (cost.data_sweep_cost(512, 512, [16, 128], samples=[8192], optimizer="adam", steps=200), 3.956),
+    ], ids=["sweep-64-full", "sweep-64-adam-b32", "sweep-256-b256", "sweep-256-b64", "sweep-512-adam-full"])
+    def test_estimates_against_measured_cpu(self, estimate, cpu):
+        """Against the engine's CPU seconds (one BLAS thread) from ``bench_cost.py``'s data
+        cases, as the exact-mode estimates are: within 0.75x..4x (figures of a loaded machine,
+        whose CPU seconds run long, so the lower bound has some slack)."""
+        assert 0.75 * cpu <= estimate.seconds <= 4 * cpu
+
+    def test_grid_estimate_follows_the_data_mode(self):
+        """A stability grid in the data mode is estimated on its pairs, not on T."""
+        from lorarank.data import DataConfig
+
+        exact = stab.StabilityConfig(d_out=256, d_in=256)
+        data = replace(exact, data=DataConfig(samples=4096, batch_size=8))
+        assert stab.grid_estimate(data) == cost.stability_cost(
+            256, 256, exact.ranks, n_lrs=len(exact.lrs), n_rules=len(exact.rules),
+            steps=exact.steps, data=data.data)
+        assert stab.grid_estimate(data).seconds > 2 * stab.grid_estimate(exact).seconds
+
+
+class TestDataPages:
+    def test_data_sweep_asks_then_runs(self, monkeypatch):
+        """Between the exact sweep's estimate and the data sweep's: the exact results show, the
+        data mode waits for Run (in its tab), then runs."""
+        from ui import datamode
+
+        config = sweep.SweepConfig()
+        data_config = datamode.DataSweepConfig(sweep=config)
+        exact_s = sweep.sweep_estimate(config).seconds
+        data_s = datamode.data_estimate(data_config).seconds
+        assert data_s > 1.5 * exact_s
+        monkeypatch.setattr(guard, "ASK_SECONDS", (exact_s + data_s) / 2)
+        at = open_page("pages/1_Rank_sweep.py", mode="data")
+        assert not at.exception and not at.error
+        assert any("finite-data sweep is estimated at" in m.value and "press Run" in m.value
+                   for m in at.markdown)
+        assert not any("held-out loss" in d.value.columns for d in at.dataframe)
+        at.button(key=f"{datamode.GATE_KEY}_run").click().run()
+        assert not at.exception and not at.error
+        assert any("held-out loss" in d.value.columns for d in at.dataframe)
+
+    def test_data_sweep_past_the_cap_is_refused(self, monkeypatch):
+        """Past the server's cap: one sentence naming the estimate and the cap; the exact
+        sweep (cheaper) still shows."""
+        from ui import datamode
+
+        config = sweep.SweepConfig()
+        exact_s = sweep.sweep_estimate(config).seconds
+        data_s = datamode.data_estimate(datamode.DataSweepConfig(sweep=config)).seconds
+        monkeypatch.setattr(guard, "ASK_SECONDS", exact_s * 1.1)
+        monkeypatch.setattr(guard, "MAX_SECONDS", (exact_s * 1.1 + data_s) / 2)
+        at = open_page("pages/1_Rank_sweep.py", mode="data")
+        assert not at.exception
+        shown = [md_plain(e.value) for e in at.error]
+        assert len(shown) == 1 and "finite-data sweep is estimated at about" in shown[0], shown
+        assert "per request" in shown[0]
+        assert any("r" in d.value.columns and "Eckart-Young optimum" in d.value.columns
+                   for d in at.dataframe)  # the exact sweep ran
+        assert not any("held-out loss" in d.value.columns for d in at.dataframe)
+
+    def test_data_grid_is_gated_on_its_own_estimate(self, monkeypatch):
+        """A data-mode grid whose exact twin would run unasked waits for Run."""
+        from lorarank.data import DataConfig
+
+        query = {"d_out": "256", "d_in": "256", "mode": "data", "samples": "4096", "batch_size": "8"}
+        exact = stab.StabilityConfig(d_out=256, d_in=256)
+        data = replace(exact, data=DataConfig(samples=4096, batch_size=8))
+        monkeypatch.setattr(guard, "ASK_SECONDS", (stab.grid_estimate(exact).seconds
+                                                   + stab.grid_estimate(data).seconds) / 2)
+        at = open_page("pages/2_Alpha_r_stability.py", **query)
+        assert not at.exception and not at.error
+        assert any("grid is estimated at" in m.value and "press Run" in m.value for m in at.markdown)
+
+
+class TestAuditGate:
+    def test_audit_asks_then_runs(self, monkeypatch):
+        """A long audit waits for Run (no "ranks are kept" promise: it is not rank by rank);
+        Run audits; a rerun does not ask again."""
+        from ui import audit as audit_ui
+
+        monkeypatch.setattr(guard, "ASK_SECONDS", 1e-6)
+        at = open_page("pages/3_Adapter_audit.py", demo="true")
+        assert not at.exception and not at.error
+        asks = [m.value for m in at.markdown if "press Run to start it" in m.value]
+        assert len(asks) == 1 and "audit of 14 modules" in asks[0]
+        assert "ranks that finished are kept" not in asks[0]
+        assert not [d for d in at.dataframe if "module" in d.value.columns]
+        at.button(key=f"{audit_ui.GATE_KEY}_run").click().run()
+        assert not at.exception and not at.error
+        assert [d for d in at.dataframe if "module" in d.value.columns]
+        at.run()
+        assert [d for d in at.dataframe if "module" in d.value.columns]
+        assert not any("press Run" in m.value for m in at.markdown)
+
+    def test_stopped_audit_asks_again(self, monkeypatch):
+        """Stop (its callback) withdraws the approval: the next run shows "Stopped." and Run,
+        even though the audit had finished (a stop must not be undone by the cache)."""
+        from ui import audit as audit_ui
+
+        monkeypatch.setattr(guard, "ASK_SECONDS", 1e-6)
+        at = open_page("pages/3_Adapter_audit.py", demo="true")
+        at.button(key=f"{audit_ui.GATE_KEY}_run").click().run()
+        ident = at.session_state[f"{audit_ui.GATE_KEY}_approved"]
+        at.session_state[f"{audit_ui.GATE_KEY}_stopped"] = ident  # what Stop's on_click does
+        del at.session_state[f"{audit_ui.GATE_KEY}_approved"]
+        at.run()
+        assert not at.exception
+        assert any(m.value.startswith("**Stopped.**") for m in at.markdown)
+        assert not [d for d in at.dataframe if "module" in d.value.columns]
+
+    def test_compare_is_gated(self, monkeypatch):
+        """The comparison has its own estimate and Run."""
+        from ui import audit as audit_ui
+
+        monkeypatch.setattr(guard, "ASK_SECONDS", 1e-6)
+        at = open_page("pages/3_Adapter_audit.py", demo="true", compare="true")
+        at.button(key=f"{audit_ui.GATE_KEY}_run").click().run()
+        assert not at.exception and not at.error
+        assert any("comparison of 28 modules is estimated" in m.value for m in at.markdown)
+        at.button(key=f"{audit_ui.COMPARE_GATE_KEY}_run").click().run()
+        assert not at.exception and not at.error
+        assert [d for d in at.dataframe if "phi(k, k)" in d.value.columns]
