@@ -315,7 +315,7 @@ class TestDataCost:
         from lorarank.data import DataConfig
 
         exact = stab.StabilityConfig(d_out=256, d_in=256)
-        data = replace(exact, data=DataConfig(samples=4096, batch_size=8))
+        data = replace(exact, data=DataConfig(samples=4096, batch_size=1024))
         assert stab.grid_estimate(data) == cost.stability_cost(
             256, 256, exact.ranks, n_lrs=len(exact.lrs), n_rules=len(exact.rules),
             steps=exact.steps, data=data.data)
@@ -366,9 +366,9 @@ class TestDataPages:
         """A data-mode grid whose exact twin would run unasked waits for Run."""
         from lorarank.data import DataConfig
 
-        query = {"d_out": "256", "d_in": "256", "mode": "data", "samples": "4096", "batch_size": "8"}
+        query = {"d_out": "256", "d_in": "256", "mode": "data", "samples": "4096", "batch_size": "1024"}
         exact = stab.StabilityConfig(d_out=256, d_in=256)
-        data = replace(exact, data=DataConfig(samples=4096, batch_size=8))
+        data = replace(exact, data=DataConfig(samples=4096, batch_size=1024))
         monkeypatch.setattr(guard, "ASK_SECONDS", (stab.grid_estimate(exact).seconds
                                                    + stab.grid_estimate(data).seconds) / 2)
         at = open_page("pages/2_Alpha_r_stability.py", **query)
