@@ -18,7 +18,7 @@ import pandas as pd
 import streamlit as st
 
 from lorarank.charts import data_loss_chart, spectrum_chart
-from lorarank.cost import WorkEstimate, data_sweep_cost
+from lorarank.cost import WorkEstimate, data_fit_cost, target_cost
 from lorarank.data import (DATA_DEFAULT_LR, DEFAULT_HELDOUT, DEFAULT_LABEL_NOISE, DataConfig,
                            data_findings, data_noise_floor, data_values, fit_data, make_dataset)
 from lorarank.errors import ConfigError
@@ -210,11 +210,14 @@ class DataSweepRun:
 
 
 def data_estimate(config: DataSweepConfig) -> WorkEstimate:
-    """What the data-mode sweep will cost (:func:`lorarank.cost.data_sweep_cost`), before it runs."""
+    """What the data-mode sweep will cost before it runs: the target, then every rank on each
+    n's pairs for that n's steps (:func:`lorarank.cost.data_fit_cost`)."""
     sweep = config.sweep
-    return data_sweep_cost(sweep.d_out, sweep.d_in, sweep.ranks, samples=config.samples,
-                           label_noise=config.label_noise, batch_size=config.batch_size or None,
-                           heldout=config.heldout, optimizer=sweep.optimizer, steps=sweep.steps)
+    total = target_cost(sweep.d_out, sweep.d_in)
+    for n in config.samples:
+        total = total + data_fit_cost(sweep.d_out, sweep.d_in, sweep.ranks, data=config.data(n),
+                                      optimizer=sweep.optimizer, steps=config.steps_for(n))
+    return total
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
