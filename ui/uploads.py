@@ -25,7 +25,9 @@ Freed memory
     glibc's malloc keeps freed blocks in per-thread arenas (every script run has its own
     thread) instead of returning them to the system, so a server that audited an 84 MB upload
     kept its ~400 MB high-water mark per session long after the arrays were gone.
-    :func:`trim_memory` (``malloc_trim(0)``) hands them back: every heavy computation
+    A closed session's page globals (its upload among them) are also held in a reference cycle
+    until Python's cyclic collector runs, so the janitor runs it when it closes sessions.
+    :func:`trim_memory` (``malloc_trim(0)``) hands the freed memory back: every heavy computation
     calls it when it gets its slot and when it ends, and the janitor on every pass.
 """
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import math
 import os
@@ -142,6 +145,11 @@ def sweep_sessions(*, grace: float | None = None, now: float | None = None) -> l
             if session_id not in known:
                 runtime.uploaded_file_mgr.remove_session_files(session_id)
                 closed.append(session_id)
+    if closed:
+        # A page script's globals (its upload, its report) sit in a reference cycle with the
+        # functions it defines, so they wait for the cyclic collector, which used to run only
+        # when another session's script allocated enough: collect now.
+        gc.collect()
     trim_memory()  # what finished work and closed sessions freed goes back to the system
     if closed:
         _LOGGER.info("lorarank janitor: closed %d disconnected session(s)", len(closed))
