@@ -217,10 +217,10 @@ def test_closed_tab_releases_upload_and_stops_work(browser, server):
     start = cpu_seconds(pid)
     time.sleep(2)
     busy = (cpu_seconds(pid) - start) / 2
-    assert busy > 0.5, busy  # the sweep is running
+    assert busy > 0.1, busy  # the sweep is running (a share of a loaded machine's core)
     context.close()
     time.sleep(2)  # the next progress tick sees the closed session
     start = cpu_seconds(pid)
     time.sleep(3)
     idle = (cpu_seconds(pid) - start) / 3
-    assert idle < 0.2, (busy, idle)
+    assert idle < min(0.1, busy / 3), (busy, idle)
