@@ -64,23 +64,29 @@ def write_run(root: Path, n: int, every: int = 100) -> tuple[list[Path], float]:
     return folders, (folders[0] / "adapter_model.safetensors").stat().st_size / 1e6
 
 
+# Runs the lorarank child and reports its rusage. The wrapper is small when it forks, so the
+# child's ru_maxrss is its own peak: ``ru_maxrss`` counts the pages a child inherits at fork,
+# and this benchmark's parent holds the checkpoints it just wrote (about 400 MB more).
+_WRAPPER = ("import json, os, subprocess, sys, time; t = time.perf_counter(); "
+            "out = open(sys.argv[1], 'wb'); "
+            "p = subprocess.Popen(sys.argv[2:], stdout=out, stderr=subprocess.PIPE); "
+            "err = p.stderr.read(); _, status, u = os.wait4(p.pid, 0); "
+            "sys.stderr.write(err.decode(errors='replace')); "
+            "print(json.dumps({'rc': os.waitstatus_to_exitcode(status), 'wall': time.perf_counter() - t, "
+            "'cpu': u.ru_utime + u.ru_stime, 'rss': u.ru_maxrss}))")
+
+
 def run_child(args: list[str]) -> tuple[float, float, float, bytes]:
     """(wall s, CPU s, peak RSS MB, stdout) of one `python -m lorarank ...` child."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out_path = Path(tempfile.mkstemp(prefix="lorarank-bench-out-")[1])
     try:
-        with open(out_path, "wb") as out:
-            started = time.perf_counter()
-            proc = subprocess.Popen([sys.executable, "-m", "lorarank", *args], stdout=out,
-                                    stderr=subprocess.PIPE, env=env, cwd=str(ROOT))
-            _, status, usage = os.wait4(proc.pid, 0)
-            wall = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        err = proc.stderr.read().decode().strip()
-        proc.stderr.close()
-        if proc.returncode != 0:
-            raise SystemExit(f"`lorarank {' '.join(args)}` failed: {err}")
-        return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, out_path.read_bytes()
+        proc = subprocess.run([sys.executable, "-c", _WRAPPER, str(out_path), sys.executable, "-m", "lorarank",
+                               *args], capture_output=True, env=env, cwd=str(ROOT))
+        doc = json.loads(proc.stdout)
+        if doc["rc"] != 0:
+            raise SystemExit(f"`lorarank {' '.join(args)}` failed: {proc.stderr.decode().strip()[-500:]}")
+        return doc["wall"], doc["cpu"], doc["rss"] / 1024, out_path.read_bytes()
     finally:
         out_path.unlink()
 
