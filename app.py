@@ -21,8 +21,9 @@ st.markdown(
 left, right = st.columns([3, 2], gap="large")
 with left:
     st.subheader("The mechanism")
-    st.latex(r"h = W x + s \cdot B A x, \qquad B \in \mathbb{R}^{d_\text{out} \times r},\;"
-             r" A \in \mathbb{R}^{r \times d_\text{in}}")
+    # two lines: as one, the formula runs past a phone's width
+    st.latex(r"h = W x + s \cdot B A x")
+    st.latex(r"B \in \mathbb{R}^{d_\text{out} \times r},\quad A \in \mathbb{R}^{r \times d_\text{in}}")
     st.markdown(
         "W is frozen; B starts at zero and A small and random, so the update "
         "`dW = s·B·A` has rank at most r. A task's update has a low intrinsic rank k: "
