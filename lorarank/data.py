@@ -47,15 +47,15 @@ import numpy as np
 from ._validate import check_choice, check_int, check_real
 from .errors import ConfigError
 from .fit import (
-    _BETA1,
-    _BETA2,
-    _EPS,
-    _STEP_OVERHEAD,
     DEFAULT_STEPS,
     OPTIMIZERS,
     FitResult,
-    _check_rank,
+    _check_knobs,
     _check_ranks,
+    _check_runs,
+    _finished,
+    _optimizer_step,
+    _textbook_step,
     _Ticker,
     init_lora,
     lora_scale,
@@ -367,23 +367,6 @@ def data_macs(d_out: int, d_in: int, ranks: Sequence[int], *, config: DataConfig
     return float(total)
 
 
-def _batches(ranks: Sequence[int], cost: Callable[[int, int], float],
-             fits: Callable[[int, int], bool] = lambda count, rmax: True) -> list[list[int]]:
-    """Group run indices (ascending rank) where one zero-padded batch costs less than two and
-    ``fits(count, rmax)`` (its arrays stay within memory)."""
-    groups: list[list[int]] = []
-    rmax = 0
-    for i in sorted(range(len(ranks)), key=lambda i: ranks[i]):
-        r = ranks[i]
-        if (groups and fits(len(groups[-1]) + 1, r)
-                and cost(len(groups[-1]) + 1, r) <= cost(len(groups[-1]), rmax) + cost(1, r)):
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-        rmax = r
-    return groups
-
-
 def _batch_order(n: int, batch: int, steps: int, seed: int):
     """Index arrays of the pairs each step uses: a fresh permutation per epoch (last batch of an
     epoch may be smaller); ``None`` for full batch."""
@@ -463,24 +446,8 @@ def fit_data_runs(target: Target, runs: Sequence[tuple[int, float, float]], *, d
         raise ConfigError(f"`target` should be a Target from make_target, got {type(target).__name__}")
     if not isinstance(data, DataConfig):
         raise ConfigError(f"`data` should be a DataConfig, got {type(data).__name__}")
-    optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
-    steps = check_int("steps", steps, minimum=1, maximum=1_000_000)
-    seed = check_int("seed", seed, minimum=0)
-    if tol is not None:
-        tol = check_real("tol", tol, minimum=0.0, strict_minimum=True)
-    divergence_factor = check_real("divergence_factor", divergence_factor, minimum=1.0, strict_minimum=True)
-    try:
-        specs = [tuple(run) for run in runs]
-    except TypeError:
-        raise ConfigError(f"`runs` should be a list of (rank, scale, lr), got {runs!r}") from None
-    if not specs:
-        raise ConfigError("`runs` should name at least one run")
-    checked = []
-    for spec in specs:
-        if len(spec) != 3:
-            raise ConfigError(f"each run should be (rank, scale, lr), got {spec!r}")
-        checked.append((_check_rank(spec[0], target), check_real("scale", spec[1]),
-                        check_real("lr", spec[2], minimum=0.0, strict_minimum=True)))
+    optimizer, steps, seed, tol, divergence_factor = _check_knobs(optimizer, steps, seed, tol, divergence_factor)
+    checked = _check_runs(runs, target)
     if dataset is None:
         dataset = make_dataset(target, data, seed=seed)
     elif not isinstance(dataset, Dataset) or dataset.config != data or dataset.X.shape[1] != target.shape[1]:
@@ -496,26 +463,17 @@ def fit_data_runs(target: Target, runs: Sequence[tuple[int, float, float]], *, d
 def _fit_all(target: Target, dataset: Dataset, checked: list[tuple[int, float, float]], *, optimizer: str,
              steps: int, seed: int, tol: float | None, divergence_factor: float,
              progress: Callable[[int, int], None] | None) -> list[FitResult]:
-    """Fit validated runs on ``dataset`` in memory-bounded, cost-grouped batches."""
+    """Fit validated runs on ``dataset``, all in one concatenated batch unless memory splits it."""
     data = dataset.config
     d_out, d_in = target.shape
-    full, batch = data.full_batch, data.batch
-
-    def cost(count: int, rmax: int) -> float:
-        return _STEP_OVERHEAD + count * _steps_macs(d_out, d_in, rmax, batch, full, optimizer)
-
     ticker = _Ticker(progress, steps * len(checked))
     results: list[FitResult | None] = [None] * len(checked)
-    rrr = reduced_rank_losses(dataset, sorted({r for r, _, _ in checked}))
-    optimal_train = dict(zip(sorted({r for r, _, _ in checked}), (float(v) for v in rrr)))
+    distinct = sorted({r for r, _, _ in checked})
+    optimal_train = dict(zip(distinct, (float(v) for v in reduced_rank_losses(dataset, distinct))))
     floor = data_noise_floor(target, data)
     inits: dict[int, np.ndarray] = {}
-
-    def fits(count: int, rmax: int) -> bool:
-        per_run = (d_out + d_in) * rmax if full else batch * (d_out + rmax)
-        return count * per_run <= _MAX_STEP_VALUES
-
-    for group in _batches([c[0] for c in checked], cost, fits):
+    per_rank = _step_values(d_out, d_in, data.batch, data.full_batch)
+    for group in _groups([c[0] for c in checked], lambda total: total * per_rank <= _MAX_STEP_VALUES):
         batch_runs = []
         for i in group:
             r, scale, lr = checked[i]
@@ -531,98 +489,186 @@ def _fit_all(target: Target, dataset: Dataset, checked: list[tuple[int, float, f
     return results  # type: ignore[return-value]
 
 
+def _step_values(d_out: int, d_in: int, batch: int, full: bool) -> int:
+    """Numbers one step holds per unit of concatenated rank (factors, moments, products)."""
+    return 6 * (d_out + d_in) + (0 if full else 3 * batch)
+
+
+def _groups(ranks: Sequence[int], fits: Callable[[int], bool]) -> list[list[int]]:
+    """Run indices (ascending rank) in as few groups as memory allows: ``fits(sum of ranks)``."""
+    groups: list[list[int]] = []
+    total = 0
+    for i in sorted(range(len(ranks)), key=lambda i: ranks[i]):
+        if groups and fits(total + ranks[i]):
+            groups[-1].append(i)
+            total += ranks[i]
+        else:
+            groups.append([i])
+            total = ranks[i]
+    return groups
+
+
+class _Layout:
+    """Runs concatenated along the rank axis: run j owns columns ``cols[j]`` of ``B`` (d_out, R)
+    and the same rows of ``A`` (R, d_in), R the sum of the ranks. Runs of equal rank sit side
+    by side, so the small per-run products are one batched product per distinct rank."""
+
+    def __init__(self, ranks: Sequence[int], scales: Sequence[float], lrs: Sequence[float], ids: Sequence[int]):
+        order = sorted(range(len(ranks)), key=lambda j: ranks[j])
+        self.ids = np.array([ids[j] for j in order], dtype=np.int64)
+        self.ranks = [int(ranks[j]) for j in order]
+        self.starts = np.concatenate([[0], np.cumsum(self.ranks)]).astype(np.int64)
+        self.perm = order  # position -> index in the arguments
+        scale = np.array([scales[j] for j in order], dtype=np.float64)
+        lr = np.array([lrs[j] for j in order], dtype=np.float64)
+        self.scale = scale
+        self.lr_cols = np.repeat(lr, self.ranks)
+        # (rank, first position, count) of each run of equal ranks
+        self.blocks: list[tuple[int, int, int]] = []
+        for pos, r in enumerate(self.ranks):
+            if self.blocks and self.blocks[-1][0] == r:
+                self.blocks[-1] = (r, self.blocks[-1][1], self.blocks[-1][2] + 1)
+            else:
+                self.blocks.append((r, pos, 1))
+
+    def cols(self, pos: int) -> slice:
+        return slice(int(self.starts[pos]), int(self.starts[pos + 1]))
+
+    def block_cols(self, r: int, first: int, count: int) -> slice:
+        return slice(int(self.starts[first]), int(self.starts[first]) + r * count)
+
+
+def _cols(M: np.ndarray, cols: slice, count: int, r: int) -> np.ndarray:
+    """The columns ``cols`` of ``M`` (rows, count * r) as ``count`` matrices (count, rows, r)."""
+    return M[:, cols].reshape(M.shape[0], count, r).transpose(1, 0, 2)
+
+
+def _grams(Bk: np.ndarray, Ak: np.ndarray, side: np.ndarray, cols: slice, count: int, r: int, *,
+           full: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(G, B^T B)`` of ``count`` runs of rank r, each (count, r, r): ``G = A S A^T`` from
+    ``side = A S`` (full batch) or ``G = P^T P / b`` from ``side = P = X_b A^T`` (minibatch)."""
+    if full:
+        G = side[cols].reshape(count, r, -1) @ Ak.transpose(0, 2, 1)
+    else:
+        Pk = _cols(side, cols, count, r)
+        G = (Pk.transpose(0, 2, 1) @ Pk) / side.shape[0]
+    return G, Bk.transpose(0, 2, 1) @ Bk
+
+
 def _fit_batch(ds: Dataset, runs: list[tuple[int, float, float, np.ndarray]], *, optimizer: str,
                steps: int, tol: float | None, divergence_factor: float, seed: int,
                ticker: _Ticker) -> list[tuple]:
-    """Train ``runs`` stacked and zero-padded; per run (loss curve, max norm, steps, diverged,
-    factors or None)."""
+    """Train ``runs`` concatenated along the rank axis; per run (loss curve, max norm, steps,
+    diverged, factors or None), in the order of ``runs``.
+
+    Every step forms the data-side products of all runs at once (``A S``, ``C A^T``,
+    ``B^T C`` for full batch; ``X_b A^T``, ``Y_b^T P``, ``Y_b B`` and ``H^T X_b`` for a
+    minibatch), then per distinct rank the r x r Gram matrices and the gradients:
+
+    - full batch: ``G = A S A^T``, ``gB = s (s B G - C A^T)``, ``gA = s (s (B^T B)(A S) - B^T C)``;
+    - minibatch: ``P = X_b A^T``, ``G = P^T P / b``, ``gB = s (s B G - Y_b^T P / b)``,
+      ``gA = (s / b) (s P (B^T B) - Y_b B)^T X_b``;
+
+    and the loss ``0.5 (s^2 <B^T B, G> - 2 s <B, C_b A^T> + ||Y_b||^2 / b)`` from the same pieces.
+    No run's residual ``s P B^T - Y_b`` (b x d_out) is formed.
+    """
     cfg = ds.config
-    n_runs, rmax = len(runs), max(run[0] for run in runs)
     d_in, d_out = ds.X.shape[1], ds.Y.shape[1]
-    B = np.zeros((n_runs, d_out, rmax))
-    A = np.zeros((n_runs, rmax, d_in))
-    for i, (r, _, _, A0) in enumerate(runs):
-        A[i, :r] = A0
-    s = np.array([run[1] for run in runs])[:, None, None]
-    lr = np.array([run[2] for run in runs])[:, None, None]
+    lay = _Layout([r[0] for r in runs], [r[1] for r in runs], [r[2] for r in runs], range(len(runs)))
+    A = np.concatenate([runs[j][3] for j in lay.perm], axis=0)  # (R, d_in), ascending rank
+    B = np.zeros((d_out, A.shape[0]))
     limit = divergence_factor * 0.5 * ds.q
-    moments = [np.zeros_like(B), np.zeros_like(B), np.zeros_like(A), np.zeros_like(A)] if optimizer == "adam" else []
+    moments = ([(np.zeros_like(B), np.zeros_like(B)), (np.zeros_like(A), np.zeros_like(A))]
+               if optimizer == "adam" else [(), ()])
+    n_runs = len(runs)
     losses = np.empty((n_runs, steps + 1))
     norms = np.zeros(n_runs)
-    alive = np.arange(n_runs)
     stopped: dict[int, tuple] = {}
     order = _batch_order(cfg.samples, cfg.batch, steps, seed)
     S, C, q = ds.S, ds.C, ds.q
     with np.errstate(over="ignore", invalid="ignore"):
         for t in range(steps + 1):
-            k, rm = alive.size, A.shape[1]
-            ss = s[:, 0, 0]
             idx = next(order) if t < steps else None
-            # 1. The loss at this iterate (on this step's batch) and the pieces of its gradient.
+            # 1. The data-side products of every run at once.
             if idx is None:
-                AS = (A.reshape(k * rm, d_in) @ S).reshape(k, rm, d_in)
-                G = AS @ A.transpose(0, 2, 1)
-                CAt = (A.reshape(k * rm, d_in) @ C.T).reshape(k, rm, d_out).transpose(0, 2, 1)
-                BtB = B.transpose(0, 2, 1) @ B
-                update_sq = ss * ss * np.einsum("nij,nij->n", BtB, G)
-                loss = np.maximum(0.5 * (update_sq - 2.0 * ss * np.einsum("nij,nij->n", B, CAt) + q), 0.0)
-                work = [AS, G, CAt, BtB]
+                AS = A @ S  # (R, d_in)
+                cross = C @ A.T  # (d_out, R): C A^T
+                yy = q
             else:
                 Xb, Yb = ds.X[idx], ds.Y[idx]
                 b = Xb.shape[0]
-                P = (Xb @ A.reshape(k * rm, d_in).T).reshape(b, k, rm).transpose(1, 0, 2)
-                R = s * (P @ B.transpose(0, 2, 1))
-                # ||s B A||_F^2 from the Gram matrices (not the batch): the update's own size.
-                update_sq = ss * ss * np.einsum("nij,nij->n", B.transpose(0, 2, 1) @ B, A @ A.transpose(0, 2, 1))
-                R -= Yb[None]
-                loss = 0.5 / b * np.einsum("nij,nij->n", R, R)
-                work = [P, R]
-            losses[alive, t] = loss
-            norms[alive] = np.fmax(norms[alive], np.sqrt(np.maximum(update_sq, 0.0)))
-            # 2. Retire runs that diverged, converged or finished.
-            bad = ~np.isfinite(loss) | (loss > limit)
-            done = bad.copy()
-            if t == steps:
-                done[:] = True
-            elif tol is not None and t >= 50:
-                old = losses[alive, t - 50]
-                done |= (old - loss) <= tol * old
+                P = Xb @ A.T  # (b, R)
+                cross = (Yb.T @ P) / b  # (d_out, R): C_b A^T
+                yy = float(np.sum(Yb * Yb)) / b
+            # 2. Per distinct rank: Gram matrices, the loss at this iterate, ||s B A||_F.
+            loss = np.empty(len(lay.ranks))
+            update_sq = np.empty(len(lay.ranks))
+            grams = []
+            for r, first, count in lay.blocks:
+                cols = lay.block_cols(r, first, count)
+                ss = lay.scale[first:first + count]
+                Bk, Ak, Xk = _cols(B, cols, count, r), A[cols].reshape(count, r, d_in), _cols(cross, cols, count, r)
+                G, BtB = _grams(Bk, Ak, AS if idx is None else P, cols, count, r, full=idx is None)
+                at = slice(first, first + count)
+                loss[at] = np.maximum(0.5 * (ss * ss * np.einsum("nij,nij->n", BtB, G)
+                                             - 2.0 * ss * np.einsum("nij,nij->n", Bk, Xk) + yy), 0.0)
+                update_sq[at] = ss * ss * np.einsum("nij,nij->n", BtB, Ak @ Ak.transpose(0, 2, 1))
+                grams.append((G, BtB))
+            losses[lay.ids, t] = loss
+            norms[lay.ids] = np.fmax(norms[lay.ids], np.sqrt(np.maximum(update_sq, 0.0)))
+            # 3. Retire runs that diverged, converged or finished.
+            done, bad = _finished(t, steps, loss, losses[lay.ids, t - 50] if t >= 50 else None,
+                                  tol=tol, limit=limit)
             if done.any():
-                for j in np.flatnonzero(done):
-                    i = int(alive[j])
-                    stopped[i] = (t, bool(bad[j]), None if bad[j] else (B[j].copy(), A[j].copy()))
+                for pos in np.flatnonzero(done):
+                    cols = lay.cols(int(pos))
+                    stopped[int(lay.ids[pos])] = (t, bool(bad[pos]),
+                                                  None if bad[pos] else (B[:, cols].copy(), A[cols].copy()))
                     ticker.add(steps - t)
-                keep = ~done
-                alive = alive[keep]
-                if alive.size == 0:
+                if done.all():
                     break
-                B, A, s, lr = B[keep], A[keep], s[keep], lr[keep]
-                work = [x[keep] for x in work]
-                moments = [x[keep] for x in moments]
-                k = alive.size
-            # 3. Gradients of the mean loss and the step.
+                keep = np.flatnonzero(~done)
+                keep_cols = np.concatenate([np.arange(lay.starts[j], lay.starts[j + 1]) for j in keep])
+                lay = _Layout([lay.ranks[j] for j in keep], lay.scale[keep], lay.lr_cols[lay.starts[keep]],
+                              lay.ids[keep])
+                B, A = B[:, keep_cols], A[keep_cols]
+                moments = [tuple(m[:, keep_cols] for m in moments[0]), tuple(m[keep_cols] for m in moments[1])]
+                if idx is None:
+                    AS, cross = AS[keep_cols], cross[:, keep_cols]
+                else:
+                    P, cross = P[:, keep_cols], cross[:, keep_cols]
+                grams = None  # the blocks changed: recomputed below
+            # 4. Gradients of the mean loss and the step.
+            gB = np.empty_like(B)
             if idx is None:
-                AS, G, CAt, BtB = work
-                gB = s * (s * (B @ G) - CAt)
-                gA = s * (s * (BtB @ AS) - B.transpose(0, 2, 1) @ C)
+                gA = B.T @ C  # (R, d_in): B^T C, replaced block by block below
             else:
-                P, R = work
-                gB = (s / b) * (R.transpose(0, 2, 1) @ P)
-                H = R @ B  # (k, b, rm)
-                gA = (s / b) * (H.transpose(1, 0, 2).reshape(b, k * rm).T @ Xb).reshape(k, rm, d_in)
-            if optimizer == "sgd":
-                B -= lr * gB
-                A -= lr * gA
-            else:
-                c1, c2 = 1 - _BETA1 ** (t + 1), 1 - _BETA2 ** (t + 1)
-                mB, vB, mA, vA = moments
-                for p, g, mo, ve in ((B, gB, mB, vB), (A, gA, mA, vA)):
-                    mo *= _BETA1
-                    mo += (1 - _BETA1) * g
-                    ve *= _BETA2
-                    ve += (1 - _BETA2) * g * g
-                    p -= lr * (mo / c1) / (np.sqrt(ve / c2) + _EPS)
-            ticker.add(alive.size)
+                YB = Yb @ B  # (b, R)
+                H = np.empty_like(YB)
+            for bi, (r, first, count) in enumerate(lay.blocks):
+                cols = lay.block_cols(r, first, count)
+                ss = lay.scale[first:first + count][:, None, None]
+                Bk, Xk = _cols(B, cols, count, r), _cols(cross, cols, count, r)
+                if grams is not None:
+                    G, BtB = grams[bi]
+                else:
+                    G, BtB = _grams(Bk, A[cols].reshape(count, r, d_in), AS if idx is None else P, cols,
+                                    count, r, full=idx is None)
+                gBk = ss * (ss * (Bk @ G) - Xk)  # (count, d_out, r)
+                gB[:, cols] = gBk.transpose(1, 0, 2).reshape(d_out, count * r)
+                if idx is None:
+                    ASk = AS[cols].reshape(count, r, d_in)
+                    BtCk = gA[cols].reshape(count, r, d_in)
+                    gA[cols] = (ss * (ss * (BtB @ ASk) - BtCk)).reshape(count * r, d_in)
+                else:
+                    Pk, YBk = _cols(P, cols, count, r), _cols(YB, cols, count, r)
+                    Hk = (ss / b) * (ss * (Pk @ BtB) - YBk)  # (count, b, r)
+                    H[:, cols] = Hk.transpose(1, 0, 2).reshape(b, count * r)
+            if idx is not None:
+                gA = H.T @ Xb  # (R, d_in)
+            _optimizer_step(optimizer, (B, A), (gB, gA), (lay.lr_cols[None, :], lay.lr_cols[:, None]),
+                            moments, t)
+            ticker.add(len(lay.ranks))
     return [(losses[i], norms[i], *stopped[i]) for i in range(n_runs)]
 
 
@@ -701,17 +747,7 @@ def fit_data_reference(X: np.ndarray, Y: np.ndarray, rank: int, *, scale: float,
             break
         gB = scale / b * (R.T @ P)
         gA = scale / b * ((R @ B).T @ Xb)
-        if optimizer == "sgd":
-            B -= lr * gB
-            A -= lr * gA
-        else:
-            c1, c2 = 1 - _BETA1 ** (t + 1), 1 - _BETA2 ** (t + 1)
-            for p, g, mo, ve in ((B, gB, mB, vB), (A, gA, mA, vA)):
-                mo *= _BETA1
-                mo += (1 - _BETA1) * g
-                ve *= _BETA2
-                ve += (1 - _BETA2) * g * g
-                p -= lr * (mo / c1) / (np.sqrt(ve / c2) + _EPS)
+        _textbook_step(optimizer, ((B, gB, mB, vB), (A, gA, mA, vA)), lr=lr, t=t)
     return B, A, loss
 
 

@@ -334,24 +334,8 @@ def fit_lora_runs(target: Target, runs: Sequence[tuple[int, float, float]], *, o
     """
     if not isinstance(target, Target):
         raise ConfigError(f"`target` should be a Target from make_target, got {type(target).__name__}")
-    optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
-    steps = check_int("steps", steps, minimum=1, maximum=1_000_000)
-    seed = check_int("seed", seed, minimum=0)
-    if tol is not None:
-        tol = check_real("tol", tol, minimum=0.0, strict_minimum=True)
-    divergence_factor = check_real("divergence_factor", divergence_factor, minimum=1.0, strict_minimum=True)
-    try:
-        specs = [tuple(run) for run in runs]
-    except TypeError:
-        raise ConfigError(f"`runs` should be a list of (rank, scale, lr), got {runs!r}") from None
-    if not specs:
-        raise ConfigError("`runs` should name at least one run")
-    checked = []
-    for spec in specs:
-        if len(spec) != 3:
-            raise ConfigError(f"each run should be (rank, scale, lr), got {spec!r}")
-        checked.append((_check_rank(spec[0], target), check_real("scale", spec[1]),
-                        check_real("lr", spec[2], minimum=0.0, strict_minimum=True)))
+    optimizer, steps, seed, tol, divergence_factor = _check_knobs(optimizer, steps, seed, tol, divergence_factor)
+    checked = _check_runs(runs, target)
 
     d_out, d_in = target.shape
     ticker = _Ticker(progress, steps * len(checked))
@@ -375,6 +359,72 @@ def fit_lora_runs(target: Target, runs: Sequence[tuple[int, float, float]], *, o
                 results[i] = res
     ticker.finish()
     return results  # type: ignore[return-value]
+
+
+def _check_knobs(optimizer: object, steps: object, seed: object, tol: object,
+                 divergence_factor: object) -> tuple[str, int, int, float | None, float]:
+    """The optimiser settings shared by every fitter, validated (see :func:`fit_lora`)."""
+    optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
+    steps = check_int("steps", steps, minimum=1, maximum=1_000_000)
+    seed = check_int("seed", seed, minimum=0)
+    if tol is not None:
+        tol = check_real("tol", tol, minimum=0.0, strict_minimum=True)
+    divergence_factor = check_real("divergence_factor", divergence_factor, minimum=1.0, strict_minimum=True)
+    return optimizer, steps, seed, tol, divergence_factor  # type: ignore[return-value]
+
+
+def _check_runs(runs: object, target: Target) -> list[tuple[int, float, float]]:
+    """``runs`` as a list of validated (rank, scale, lr)."""
+    try:
+        specs = [tuple(run) for run in runs]  # type: ignore[attr-defined]
+    except TypeError:
+        raise ConfigError(f"`runs` should be a list of (rank, scale, lr), got {runs!r}") from None
+    if not specs:
+        raise ConfigError("`runs` should name at least one run")
+    checked = []
+    for spec in specs:
+        if len(spec) != 3:
+            raise ConfigError(f"each run should be (rank, scale, lr), got {spec!r}")
+        checked.append((_check_rank(spec[0], target), check_real("scale", spec[1]),
+                        check_real("lr", spec[2], minimum=0.0, strict_minimum=True)))
+    return checked
+
+
+def _finished(t: int, steps: int, loss: np.ndarray, history: np.ndarray | None, *, tol: float | None,
+              limit: float) -> tuple[np.ndarray, np.ndarray]:
+    """Which runs stop after measuring ``loss`` at step ``t``: (done, diverged) masks.
+
+    A run has diverged when its loss is non-finite or above ``limit``; it is done when it
+    diverged, when ``t == steps``, or (with ``tol``) when its loss fell by less than ``tol``
+    (relative) since ``history``, its loss 50 steps earlier.
+    """
+    bad = ~np.isfinite(loss) | (loss > limit)
+    done = bad.copy()
+    if t == steps:
+        done[:] = True
+    elif tol is not None and t >= 50 and history is not None:
+        done |= (history - loss) <= tol * history
+    return done, bad
+
+
+def _optimizer_step(optimizer: str, params: Sequence[np.ndarray], grads: Sequence[np.ndarray],
+                    lrs: Sequence[np.ndarray], moments: Sequence[tuple[np.ndarray, np.ndarray]], t: int) -> None:
+    """Step ``t`` (0-based) of SGD or Adam (torch's defaults, bias-corrected) on every parameter, in place.
+
+    ``lrs[i]`` broadcasts against ``params[i]`` (one learning rate per run); ``moments[i]`` is
+    Adam's (first, second) moment pair of ``params[i]`` (unused by SGD).
+    """
+    if optimizer == "sgd":
+        for p, g, lr in zip(params, grads, lrs):
+            p -= lr * g
+        return
+    c1, c2 = 1 - _BETA1 ** (t + 1), 1 - _BETA2 ** (t + 1)
+    for p, g, lr, (mo, ve) in zip(params, grads, lrs, moments):
+        mo *= _BETA1
+        mo += (1 - _BETA1) * g
+        ve *= _BETA2
+        ve += (1 - _BETA2) * g * g
+        p -= lr * (mo / c1) / (np.sqrt(ve / c2) + _EPS)
 
 
 class _Ticker:
@@ -425,7 +475,7 @@ def _fit_batch(target: Target, runs: list[_Run], *, optimizer: str, steps: int,
         A[i, : run.rank] = run.A
     s = np.array([run.scale for run in runs])[:, None, None]
     lr = np.array([run.lr for run in runs])[:, None, None]
-    T = target.matrix
+    T = None if rotated else target.matrix  # the rotated basis needs only the spectrum
     half_t2 = 0.5 * float(np.sum(sigma**2))
     limit = divergence_factor * half_t2
     moments = [np.zeros_like(B), np.zeros_like(B), np.zeros_like(A), np.zeros_like(A)] if optimizer == "adam" else []
@@ -466,13 +516,8 @@ def _fit_batch(target: Target, runs: list[_Run], *, optimizer: str, steps: int,
             losses[alive, t] = loss
             norms[alive] = np.fmax(norms[alive], np.sqrt(np.maximum(update_sq, 0.0)))
             # 3. Retire runs that diverged, converged or finished.
-            bad = ~np.isfinite(loss) | (loss > limit)
-            done = bad.copy()
-            if t == steps:
-                done[:] = True
-            elif tol is not None and t >= 50:
-                old = losses[alive, t - 50]
-                done |= (old - loss) <= tol * old
+            done, bad = _finished(t, steps, loss, losses[alive, t - 50] if t >= 50 else None,
+                                  tol=tol, limit=limit)
             if done.any():
                 for j in np.flatnonzero(done):
                     i = int(alive[j])
@@ -494,19 +539,7 @@ def _fit_batch(target: Target, runs: list[_Run], *, optimizer: str, steps: int,
                 (R,) = work
                 gB = s * (R @ A.transpose(0, 2, 1))
                 gA = s * (B.transpose(0, 2, 1) @ R)
-            if optimizer == "sgd":
-                B -= lr * gB
-                A -= lr * gA
-            else:
-                k = t + 1
-                c1, c2 = 1 - _BETA1**k, 1 - _BETA2**k
-                mB, vB, mA, vA = moments
-                for p, g, mo, ve in ((B, gB, mB, vB), (A, gA, mA, vA)):
-                    mo *= _BETA1
-                    mo += (1 - _BETA1) * g
-                    ve *= _BETA2
-                    ve += (1 - _BETA2) * g * g
-                    p -= lr * (mo / c1) / (np.sqrt(ve / c2) + _EPS)
+            _optimizer_step(optimizer, (B, A), (gB, gA), (lr, lr), (moments[:2], moments[2:]), t)
             ticker.add(alive.size)
     return [_result(target, run, losses[i], norms[i], *stopped[i], rotated=rotated)
             for i, run in enumerate(runs)]
@@ -578,15 +611,22 @@ def fit_lora_reference(matrix: np.ndarray, rank: int, *, scale: float, optimizer
             break
         gB = scale * R @ A.T
         gA = scale * B.T @ R
-        if optimizer == "sgd":
-            B -= lr * gB
-            A -= lr * gA
-        else:
-            c1, c2 = 1 - _BETA1 ** (t + 1), 1 - _BETA2 ** (t + 1)
-            for p, g, mo, ve in ((B, gB, mB, vB), (A, gA, mA, vA)):
-                mo *= _BETA1
-                mo += (1 - _BETA1) * g
-                ve *= _BETA2
-                ve += (1 - _BETA2) * g * g
-                p -= lr * (mo / c1) / (np.sqrt(ve / c2) + _EPS)
+        _textbook_step(optimizer, ((B, gB, mB, vB), (A, gA, mA, vA)), lr=lr, t=t)
     return B, A, loss
+
+
+def _textbook_step(optimizer: str, slots, *, lr: float, t: int) -> None:
+    """One SGD or Adam step of the reference loops, written out as the textbooks (and torch's
+    ``Adam``) do, in place: ``slots`` are (parameter, gradient, first moment, second moment).
+    Shared by :func:`fit_lora_reference` and :func:`lorarank.data.fit_data_reference` only; the
+    fast paths step through their own :func:`_optimizer_step`, so each checks the other."""
+    for p, g, mo, ve in slots:
+        if optimizer == "sgd":
+            p -= lr * g
+            continue
+        c1, c2 = 1 - _BETA1 ** (t + 1), 1 - _BETA2 ** (t + 1)
+        mo *= _BETA1
+        mo += (1 - _BETA1) * g
+        ve *= _BETA2
+        ve += (1 - _BETA2) * g * g
+        p -= lr * (mo / c1) / (np.sqrt(ve / c2) + _EPS)

@@ -275,11 +275,13 @@ class TestMemoryBoundedBatches:
         import lorarank.data as data_module
 
         cfg = DataConfig(samples=60, label_noise=0.3, batch_size=20)
-        together = fit_data(small, [1, 3, 6], data=cfg, steps=60)
-        monkeypatch.setattr(data_module, "_MAX_STEP_VALUES", 20 * (16 + 6))
-        groups = data_module._batches([1, 3, 6], lambda c, r: 0.0,
-                                      lambda c, r: c * 20 * (16 + r) <= data_module._MAX_STEP_VALUES)
-        assert groups == [[0], [1], [2]]
-        apart = fit_data(small, [1, 3, 6], data=cfg, steps=60)
+        ranks = [6, 3, 4]
+        together = fit_data(small, ranks, data=cfg, steps=60)
+        per_rank = data_module._step_values(16, 12, 20, False)
+        assert data_module._groups(ranks, lambda total: total * per_rank <= data_module._MAX_STEP_VALUES) == [[1, 2, 0]]
+        monkeypatch.setattr(data_module, "_MAX_STEP_VALUES", 6 * per_rank)
+        groups = data_module._groups(ranks, lambda total: total * per_rank <= data_module._MAX_STEP_VALUES)
+        assert groups == [[1], [2], [0]]
+        apart = fit_data(small, ranks, data=cfg, steps=60)
         for a, b in zip(together, apart):
             np.testing.assert_allclose(a.loss, b.loss, rtol=1e-10)

@@ -16,7 +16,7 @@ from lorarank.fit import (
     init_lora,
     lora_scale,
 )
-from lorarank.synthetic import make_target, planted_spectrum
+from lorarank.synthetic import make_target, noise_spectrum, planted_spectrum, random_orthogonal
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +31,56 @@ def article_fit(article):
 
 
 class TestTarget:
-    @pytest.mark.parametrize("shape", [(64, 64), (30, 80), (80, 30)])
+    @pytest.mark.parametrize("shape", [(64, 64), (30, 80), (80, 30), (600, 300), (257, 700)])
     def test_exact_singular_values(self, shape):
-        """The stored spectrum is the SVD of the stored matrix, and the bases rebuild it."""
+        """The spectrum built in is the dense SVD's of the matrix (Haar and layered bases alike),
+        and the orthogonal bases rebuild the matrix."""
         t = make_target(*shape, true_rank=3)
-        np.testing.assert_allclose(t.singular_values, np.linalg.svd(t.matrix, compute_uv=False), rtol=1e-12)
+        dense = np.linalg.svd(t.matrix, compute_uv=False)
+        np.testing.assert_allclose(t.singular_values, dense, rtol=1e-12, atol=1e-14 * dense[0])
         m = min(shape)
+        np.testing.assert_allclose(t.U.T @ t.U, np.eye(shape[0]), atol=1e-13)
+        np.testing.assert_allclose(t.Vt @ t.Vt.T, np.eye(shape[1]), atol=1e-13)
         np.testing.assert_allclose((t.U[:, :m] * t.singular_values) @ t.Vt[:m], t.matrix, atol=1e-12)
+        np.testing.assert_allclose(t.singular_values[:3], t.signal_values, rtol=1e-15)
+
+    def test_noise_floor_is_a_gaussian_matrix_spectrum(self):
+        """The noise floor's values sit where a sampled Gaussian matrix's singular values do."""
+        rng = np.random.default_rng(7)
+        for rows, cols in [(300, 300), (150, 600), (500, 100)]:
+            want = noise_spectrum(rows, cols, noise=0.5)
+            sample = np.linalg.svd(0.5 * rng.standard_normal((rows, cols)), compute_uv=False)
+            assert want.shape == sample.shape and np.all(np.diff(want) <= 0)
+            np.testing.assert_allclose(want, sample, atol=0.03 * sample[0])
+            assert want.mean() == pytest.approx(sample.mean(), rel=0.01)
+            assert want[0] < 0.5 * (math.sqrt(rows) + math.sqrt(cols))
+
+    def test_noise_sits_off_the_planted_directions(self):
+        """T = U_k diag(planted) V_k^T plus noise that the planted directions do not see."""
+        t = make_target(300, 280, true_rank=4, noise=0.05, seed=3)
+        u, v = t.U[:, :4], t.Vt[:4].T
+        residual = t.matrix - (u * t.signal_values) @ v.T
+        assert np.abs(u.T @ residual).max() < 1e-12 and np.abs(residual @ v).max() < 1e-12
+        noise = np.linalg.svd(residual, compute_uv=False)
+        np.testing.assert_allclose(noise[:276], noise_spectrum(296, 276, noise=0.05), rtol=1e-10, atol=1e-13)
+
+    @pytest.mark.parametrize("d", [40, 256, 257, 1000])
+    def test_random_orthogonal(self, d):
+        """Orthogonal to round-off, reproducible, and no column is aligned with a coordinate axis."""
+        Q = random_orthogonal(d, seed=5)
+        np.testing.assert_allclose(Q @ Q.T, np.eye(d), atol=1e-13)
+        np.testing.assert_array_equal(Q, random_orthogonal(d, seed=5))
+        assert not np.allclose(Q, random_orthogonal(d, seed=6))
+        assert np.abs(Q).max() < 0.7  # an aligned column would hold an entry of 1
+        assert np.count_nonzero(np.abs(Q) > 1e-12) > 0.99 * d * d  # every coordinate mixed in
+
+    def test_plain_descent_never_forms_the_dense_target(self):
+        """SGD runs on the spectrum and Vt alone: neither T nor U is formed; Adam forms T."""
+        t = make_target(512, 512, true_rank=4)
+        fit_lora(t, [2, 8], steps=20)
+        assert "matrix" not in t.__dict__ and "U" not in t.__dict__
+        fit_lora(t, [2], optimizer="adam", steps=5)
+        assert "matrix" in t.__dict__
 
     def test_noise_free_target_has_exact_rank(self):
         """With no noise the target's spectrum is exactly the planted one."""
