@@ -7,9 +7,10 @@ pairs themselves (``P = X_b A^T; R = s P B^T - Y_b; gB = s/b R^T P; gA = s/b (R 
 the same initialisation and minibatch order, in the same process; the results must agree.
 Both run with one BLAS thread (lorarank's fit always does: on a busy shared machine OpenBLAS's
 spinning threads cost ~10x). lorarank's time includes everything its fit reports beyond the loop:
-the reduced-rank bound (an eigendecomposition of ``X^T X / n``), spectra and final losses.
-Both the full-batch case (lorarank steps on the data's moments) and a minibatch case (lorarank
-stacks the ranks' ``X_b``-side products into one matrix product) are timed.
+the reduced-rank bound (a Cholesky factor of ``X^T X / n``, a triangular solve and the
+eigenvalues of a d x d Gram matrix), spectra and final losses. Both the full-batch case
+(lorarank steps on the data's moments) and a minibatch case (lorarank concatenates the ranks
+and steps in Gram form, four large products per step for all ranks) are timed.
 """
 
 from __future__ import annotations

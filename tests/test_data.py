@@ -132,14 +132,15 @@ class TestAgainstReferenceLoop:
 
 
 class TestReducedRankBound:
-    def test_closed_form_matches_brute_force(self, small):
+    @pytest.mark.parametrize("n", [60, 23, 13])  # Cholesky path (n >= 2 d_in), eigh path
+    def test_closed_form_matches_brute_force(self, small, n):
         """The reduced-rank optimum equals truncating the least-squares fitted values (SVD)."""
-        ds = make_dataset(small, DataConfig(samples=60, label_noise=0.5), seed=0)
+        ds = make_dataset(small, DataConfig(samples=n, label_noise=0.5), seed=0)
         coef, *_ = np.linalg.lstsq(ds.X, ds.Y, rcond=None)
         fitted = ds.X @ coef
         sv = np.linalg.svd(fitted, compute_uv=False)
         for r in (0, 1, 3, 12):
-            want = 0.5 * (np.sum(ds.Y**2) - np.sum(sv[:r] ** 2)) / 60
+            want = 0.5 * (np.sum(ds.Y**2) - np.sum(sv[:r] ** 2)) / n
             assert reduced_rank_losses(ds, [r])[0] == pytest.approx(want, rel=1e-9)
 
     def test_underdetermined(self, small):
