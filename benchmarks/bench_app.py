@@ -15,7 +15,7 @@ For every existing page (home, Rank sweep, ...), with its default settings:
 Targets (PRODUCT.md, issue 10): first render <= 2 s on a cold server and <= 1 s for a new
 session on a warm server, rerun <= 0.3 s. Usage::
 
-    python benchmarks/bench_app.py [--cold 3] [--warm 3] [--reruns 5] [--json]
+    python benchmarks/bench_app.py [--cold 3] [--warm 3] [--reruns 5] [--page /Rank_sweep] [--json]
 """
 
 from __future__ import annotations
@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold", type=int, default=3, help="fresh servers per page")
     parser.add_argument("--warm", type=int, default=3, help="new sessions per page on the warm server")
     parser.add_argument("--reruns", type=int, default=5, help="reruns per page")
+    parser.add_argument("--page", action="append", default=None,
+                        help="only this page's URL path (e.g. / or /Rank_sweep); repeatable")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args(argv)
 
@@ -165,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             for label, path in page_urls():
+                if args.page and path not in args.page:
+                    continue
                 results[label] = {"url": path, **measure(browser, path, cold=args.cold, warm=args.warm,
                                                          reruns=args.reruns, tmp=Path(tmp))}
         finally:
