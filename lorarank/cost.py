@@ -18,8 +18,7 @@ from typing import Sequence
 
 from ._validate import check_choice, check_int
 from .errors import ConfigError
-from .data import _MAX_STEP_VALUES, DataConfig, _steps_macs, data_macs
-from .data import _batches as _data_batches
+from .data import _MAX_STEP_VALUES, DataConfig, _groups, _step_values, data_macs
 from .fit import _STEP_OVERHEAD, OPTIMIZERS, _batches, _macs_per_step
 
 __all__ = ["SECONDS_PER_MAC", "SECONDS_PER_CALL", "WorkEstimate", "target_cost", "fit_cost",
@@ -161,9 +160,9 @@ def data_fit_cost(d_out: int, d_in: int, ranks: Sequence[int], *, data: DataConf
     The multiply-adds are :func:`lorarank.data.data_macs` (drawing the pairs and their
     moments, the reduced-rank bound, every step of every run, the results), plus the
     elementwise work of each step: the optimiser's update of the factors, and for minibatches
-    gathering the batch's pairs and the residual. Runs are grouped into zero-padded batches
+    gathering the batch's pairs. Runs are concatenated in memory-bounded groups
     exactly as :func:`lorarank.data.fit_data_runs` groups them; each step of a batch costs
-    the numpy calls of :data:`_CALLS_PER_STEP` (its padding is counted in the MACs). Every run
+    the numpy calls of :data:`_CALLS_PER_STEP` and 30 per distinct rank. Every run
     is assumed to take all ``steps``.
 
     Parameters
@@ -194,27 +193,20 @@ def data_fit_cost(d_out: int, d_in: int, ranks: Sequence[int], *, data: DataConf
         raise ConfigError(f"`data` should be a DataConfig, got {type(data).__name__}")
     full, batch = data.full_batch, data.batch
 
-    def cost(count: int, rmax: int) -> float:
-        return _STEP_OVERHEAD + count * _steps_macs(d_out, d_in, rmax, batch, full, optimizer)
-
-    def fits(count: int, rmax: int) -> bool:
-        per_run = (d_out + d_in) * rmax if full else batch * (d_out + rmax)
-        return count * per_run <= _MAX_STEP_VALUES
-
+    per_rank = _step_values(d_out, d_in, batch, full)
     macs = data_macs(d_out, d_in, ranks, config=data, steps=steps, optimizer=optimizer)
     calls = 0.0
     peak = 0
-    for group in _data_batches(ranks, cost, fits):
-        n, rmax = len(group), max(ranks[i] for i in group)
-        factors = n * rmax * (d_out + d_in)
-        # The padding of the batch (data_macs counts each run at its own rank).
-        padded = sum(_steps_macs(d_out, d_in, rmax, batch, full, optimizer)
-                     - _steps_macs(d_out, d_in, ranks[i], batch, full, optimizer) for i in group)
+    # Runs are concatenated along the rank axis (no padding) in groups that fit in memory,
+    # exactly as lorarank.data.fit_data_runs groups them; per step a group also makes the
+    # small products of each distinct rank.
+    for group in _groups(ranks, lambda total: total * per_rank <= _MAX_STEP_VALUES):
+        n, total = len(group), sum(ranks[i] for i in group)
+        factors = total * (d_out + d_in)
         gather = 0.0 if full else batch * (d_in + d_out) + 2.0 * n * batch * d_out
-        macs += steps * (padded + _ELEMENTWISE_PER_STEP[optimizer] * factors + gather)
-        calls += steps * _CALLS_PER_STEP[optimizer]
-        per_step = n * rmax * (d_in + d_out) if full else n * batch * (d_out + rmax)
-        peak = max(peak, 8 * (factors * (6 if optimizer == "adam" else 3) + 2 * per_step))
+        macs += steps * (_ELEMENTWISE_PER_STEP[optimizer] * factors + gather)
+        calls += steps * (_CALLS_PER_STEP[optimizer] + 30.0 * len({ranks[i] for i in group}))
+        peak = max(peak, 8 * (factors * (6 if optimizer == "adam" else 3) + total * per_rank))
     calls += _CALLS_PER_RESULT * len(ranks) + 40.0
     pairs = 8 * (data.samples + data.heldout) * (d_in + d_out) + 8 * 2 * (d_in * d_in + d_out * d_in)
     return WorkEstimate(macs=macs, calls=calls, bytes=pairs + peak + 8 * len(ranks) * (steps + 1))
