@@ -152,16 +152,48 @@ def safetensors_from_path(path: Path) -> Tensors:
     return Tensors(source, entries, get, metadata, raw)
 
 
+#: Bytes per element of every safetensors dtype name (the format's own table).
+_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+             "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def _layout(header: dict, data_len: int) -> dict[str, tuple[str, tuple[int, ...], int, int]] | None:
+    """``{name: (dtype, shape, begin, end)}`` when the header describes the data exactly as the
+    safetensors format requires (known dtypes, byte counts matching the shapes, offsets covering
+    the data from 0 to its end with no gap and no overlap), else None."""
+    out = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(info, dict):
+            return None
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if (dtype not in _ITEMSIZE or not isinstance(shape, list) or not isinstance(offsets, list)
+                or len(offsets) != 2
+                or not all(type(d) is int and d >= 0 for d in (*shape, *offsets))):
+            return None
+        begin, end = offsets
+        if end - begin != math.prod(shape) * _ITEMSIZE[dtype]:
+            return None
+        out[key] = (dtype, tuple(shape), begin, end)
+    position = 0
+    for _, _, begin, end in sorted(out.values(), key=lambda v: (v[2], v[3])):
+        if begin != position:
+            return None
+        position = end
+    return out if position == data_len else None
+
+
 def safetensors_from_bytes(source: str, data: bytes) -> Tensors:
-    """Tensors of an in-memory safetensors file, as views of ``data`` (no copy is kept).
+    """Tensors of an in-memory safetensors file, as views of ``data`` (nothing is copied).
 
-    The ``safetensors`` library checks the whole file (offsets, dtypes, no overlap, no gap);
-    its copies of the tensors are dropped at once, and every tensor is then served as a
-    zero-copy view of ``data`` at the offsets of the header that was just validated, so an
-    upload costs its own bytes once (bfloat16 is decoded per tensor on use, :class:`Bf16Array`).
+    The header (read with bounds by :func:`check_safetensors_header`) must describe the data
+    exactly as the format requires: known dtypes, byte counts matching the shapes, offsets
+    covering the data with no gap and no overlap. Then every tensor is a zero-copy view of
+    ``data`` (bfloat16 decoded per use, :class:`Bf16Array`), so an upload costs its own bytes
+    once. A file that fails the check is handed to the ``safetensors`` library, whose error
+    names the problem.
     """
-    import safetensors
-
     if len(data) < 8:
         raise AdapterError(f"{source} is not a valid safetensors file (only {len(data)} bytes)")
     view = memoryview(data)
@@ -173,23 +205,15 @@ def safetensors_from_bytes(source: str, data: bytes) -> Tensors:
         return chunk
 
     metadata, header = check_safetensors_header(source, bytes(view[:8]), read, len(data))
-    try:
-        # Validation only: the library's per-tensor copies are freed tensor by tensor below.
-        flat = safetensors.deserialize(bytes(data) if not isinstance(data, bytes) else data)
-    except Exception as exc:
-        raise _safetensors_error(source, exc) from exc
-    entries: dict[str, tuple[str, tuple[int, ...]]] = {}
-    while flat:
-        key, info = flat.pop()
-        entries[key] = (info["dtype"], tuple(int(d) for d in info["shape"]))
-    entries = dict(sorted(entries.items()))  # the library's order (by name)
     start = 8 + struct.unpack("<Q", view[:8])[0]
-    spans = {k: (start + int(v["data_offsets"][0]), start + int(v["data_offsets"][1]))
-             for k, v in header.items() if k != "__metadata__"}
+    layout = _layout(header, len(data) - start) if header else None
+    if layout is None:
+        _library_verdict(source, data)
+    entries = {k: (dtype, shape) for k, (dtype, shape, _, _) in sorted(layout.items())}
 
     def raw_view(key: str) -> memoryview:
-        lo, hi = spans[key]
-        return view[lo:hi]
+        _, _, begin, end = layout[key]
+        return view[start + begin:start + end]
 
     def get(key: str) -> np.ndarray:
         dtype_name, shape = entries[key]
@@ -199,6 +223,18 @@ def safetensors_from_bytes(source: str, data: bytes) -> Tensors:
         return np.frombuffer(raw_view(key), dtype=dtype).reshape(shape)
 
     return Tensors(source, entries, get, metadata, lambda key: bytes(raw_view(key)))
+
+
+def _library_verdict(source: str, data: bytes) -> None:
+    """Raise the ``safetensors`` library's own error for a file that failed the layout check."""
+    import safetensors
+
+    try:
+        safetensors.deserialize(bytes(data) if not isinstance(data, bytes) else data)
+    except Exception as exc:
+        raise _safetensors_error(source, exc) from exc
+    raise AdapterError(f"{source} is not a valid safetensors file (its header does not describe "
+                       "its data exactly)")
 
 
 def check_safetensors_header(source: str, head: bytes, read: Callable[[int], bytes],
