@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from ._validate import check_choice, check_int, check_real
 from .adapters import Adapter, LoraModule, parse_module_name
+from .adapters._tensors import LazyArray
 from .errors import AdapterError, ConfigError
 from .spectrum import (
     RANK_RULES,
@@ -798,15 +800,27 @@ def _store(arr: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
     return out
 
 
-def _truncate(module: LoraModule, k: int) -> LoraModule:
+def _truncate(module: LoraModule, k: int, spectrum: np.ndarray) -> LoraModule:
     # 1. dW = U S V^T from the factors (Kronecker-aware for LoKr); 2. split sqrt(S) between the
     #    new factors so both are balanced; 3. the old scale lives in S, so the new scale is 1
     #    (alpha = k). Families other than LoRA / DoRA become plain LoRA of the same update.
-    u, sv, vt = module_svd(module, k)
-    root = np.sqrt(sv[:k])
+    # The new factors are formed when used (written), not held: a resize preview of a large
+    # adapter costs its spectra only. Every entry of U_k sqrt(S_k) and sqrt(S_k) V_k^T is at
+    # most sqrt(sigma_1) in size, so whether they fit the stored dtype is known now.
     dtype = module.B.dtype if module.B.dtype.kind not in "iub" else np.dtype(np.float32)
-    new_b = _store(u[:, :k] * root, dtype, module.name)
-    new_a = _store(root[:, None] * vt[:k], dtype, module.name)
+    root_max = math.sqrt(float(spectrum[0])) if spectrum.size else 0.0
+    if not root_max <= float(np.finfo(dtype).max):
+        raise ConfigError(f"module {module.name!r}: the resized factors overflow {dtype} (entries up to "
+                          f"{root_max:.3g}); resize to a float64 .npz instead")
+    d_out, d_in = module.shape
+
+    def factor(which: str) -> np.ndarray:
+        u, sv, vt = module_svd(module, k)
+        root = np.sqrt(sv[:k])
+        return _store(u[:, :k] * root if which == "B" else root[:, None] * vt[:k], dtype, module.name)
+
+    new_b = LazyArray(partial(factor, "B"), (d_out, k), dtype)
+    new_a = LazyArray(partial(factor, "A"), (k, d_in), dtype)
     return _as_lora(module, new_b, new_a, float(k))
 
 
@@ -884,7 +898,7 @@ def _resize(adapter, *, rank, rule, value, rank_budget, param_budget, progress) 
             ranks[m.name] = min(k, m.rank)
         else:
             kk = min(k, full)
-            new_modules.append(_truncate(m, kk))
+            new_modules.append(_truncate(m, kk, sp))
             errors[m.name] = truncation_error(sp, kk)
             ranks[m.name] = kk
             changed += int(kk < full or _family(m) in CONVERTED_FAMILIES)

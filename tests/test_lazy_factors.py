@@ -130,3 +130,19 @@ def test_loading_a_bf16_upload_costs_about_its_size_once():
     assert size > 45 * 2**20
     assert peak < 1.5 * size, f"peak {peak / size:.2f}x the upload"
     assert after < 0.25 * size, f"holds {after / size:.2f}x the upload after reading"
+
+
+def test_resize_forms_its_factors_when_written():
+    """A resize holds its new factors as recipes (a preview costs the spectra only); written
+    out they are the best rank-k approximation of the dense update (Eckart-Young)."""
+    a, b, data = _bf16_file(np.random.default_rng(5), r=6)
+    adapter = load_adapter_bytes({"w.safetensors": data})
+    from lorarank.audit import resize_adapter
+
+    (m,) = resize_adapter(adapter, rank=3).adapter.modules
+    assert isinstance(m.A, LazyArray) and isinstance(m.B, LazyArray) and m.rank == 3
+    dense = b.astype(np.float64) @ a.astype(np.float64)
+    u, s, vt = np.linalg.svd(dense)
+    best = (u[:, :3] * s[:3]) @ vt[:3]
+    np.testing.assert_allclose(np.asarray(m.B, np.float64) @ np.asarray(m.A, np.float64), best,
+                               atol=1e-6 * s[0])  # the factors are stored in float32
