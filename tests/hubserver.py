@@ -82,6 +82,18 @@ class HubRepo:
         return sorted({*self.files, *self.declared})
 
 
+def point_client_at(url: str, monkeypatch) -> None:
+    """Point the real huggingface_hub client at ``url`` for one test: ``HF_ENDPOINT`` for
+    subprocesses, the client's constants in-process (it reads ``HF_ENDPOINT`` once, at import),
+    and no ``HF_TOKEN`` from the machine."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+
+
 def _is_lfs(path: str) -> bool:
     return path.endswith((".safetensors", ".npz", ".bin", ".gguf"))
 

@@ -179,15 +179,11 @@ def hub(monkeypatch, tmp_path):
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from hubserver import FakeHub
-    from huggingface_hub import constants
+    from hubserver import FakeHub, point_client_at
 
     with FakeHub() as server:
-        monkeypatch.setattr(constants, "ENDPOINT", server.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                            server.url + "/{repo_id}/resolve/{revision}/{filename}")
+        point_client_at(server.url, monkeypatch)
         monkeypatch.setenv("LORARANK_HF_CACHE", str(tmp_path / "cache"))
-        monkeypatch.delenv("HF_TOKEN", raising=False)
         yield server
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hubserver import SAMPLES, FakeHub, HubRepo  # noqa: E402
+from hubserver import SAMPLES, FakeHub, HubRepo, point_client_at  # noqa: E402
 
 from lorarank.adapters import load_adapter  # noqa: E402
 from lorarank.audit import audit_adapter  # noqa: E402
@@ -45,15 +45,8 @@ def settings(tmp_path):
 
 @pytest.fixture(autouse=True)
 def endpoint(hub, monkeypatch):
-    """Point the client at the fake Hub: HF_ENDPOINT for subprocesses, the constant in-process
-    (huggingface_hub reads HF_ENDPOINT once, at import)."""
-    from huggingface_hub import constants
-
-    monkeypatch.setenv("HF_ENDPOINT", hub.url)
-    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                        hub.url + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
+    """Point the client at the fake Hub (tests/hubserver.point_client_at)."""
+    point_client_at(hub.url, monkeypatch)
     hub.requests.clear()
     yield
 
@@ -204,11 +197,7 @@ def test_stalled_download_times_out(hub, settings):
 
 
 def test_unreachable_hub(settings, monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: refused
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                        "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}")
+    point_client_at("http://127.0.0.1:9", monkeypatch)  # discard port: refused
     text = _error("hf://lorarank-test/peft-llama-r8", settings)
     assert "cannot be reached" in text
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hubserver import SAMPLES, FakeHub  # noqa: E402
+from hubserver import SAMPLES, FakeHub, point_client_at  # noqa: E402
 
 from lorarank.errors import ConfigError, HubError  # noqa: E402
 from lorarank.hub import HubSeriesRef, HubSettings, parse_hub_series, plan_hub_series  # noqa: E402
@@ -47,14 +47,8 @@ def settings(tmp_path):
 
 @pytest.fixture(autouse=True)
 def endpoint(hub, monkeypatch):
-    """HF_ENDPOINT for subprocesses; the client's constants in-process (read at import)."""
-    from huggingface_hub import constants
-
-    monkeypatch.setenv("HF_ENDPOINT", hub.url)
-    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                        hub.url + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
+    """Point the client at the fake Hub (tests/hubserver.point_client_at)."""
+    point_client_at(hub.url, monkeypatch)
     hub.requests.clear()
     yield
 
