@@ -53,6 +53,7 @@ from .fit import (
     _check_knobs,
     _check_ranks,
     _check_runs,
+    _check_target,
     _finished,
     _optimizer_step,
     _textbook_step,
@@ -257,8 +258,7 @@ def make_dataset(target: Target, config: DataConfig, *, seed: int = 0) -> Datase
     ConfigError
         More pairs than :data:`MAX_DATA_VALUES` allows, or a bad argument.
     """
-    if not isinstance(target, Target):
-        raise ConfigError(f"`target` should be a Target from make_target, got {type(target).__name__}")
+    _check_target(target)
     if not isinstance(config, DataConfig):
         raise ConfigError(f"`config` should be a DataConfig, got {type(config).__name__}")
     seed = check_int("seed", seed, minimum=0)
@@ -435,8 +435,7 @@ def fit_data(target: Target, ranks: object, *, data: DataConfig, optimizer: str 
         In the order of ``ranks``, with ``train_loss``, ``heldout_loss`` and
         ``optimal_train_loss`` (the reduced-rank optimum) set.
     """
-    if not isinstance(target, Target):
-        raise ConfigError(f"`target` should be a Target from make_target, got {type(target).__name__}")
+    _check_target(target)
     rank_list = _check_ranks(ranks, target)
     optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
     lr = DATA_DEFAULT_LR[optimizer] if lr is None else lr
@@ -468,8 +467,7 @@ def fit_data_runs(target: Target, runs: Sequence[tuple[int, float, float]], *, d
     list of FitResult
         In the order of ``runs``.
     """
-    if not isinstance(target, Target):
-        raise ConfigError(f"`target` should be a Target from make_target, got {type(target).__name__}")
+    _check_target(target)
     if not isinstance(data, DataConfig):
         raise ConfigError(f"`data` should be a DataConfig, got {type(data).__name__}")
     optimizer, steps, seed, tol, divergence_factor = _check_knobs(optimizer, steps, seed, tol, divergence_factor)

@@ -298,8 +298,7 @@ def fit_lora(target: Target, ranks: object, *, optimizer: str = "sgd", lr: float
     ConfigError
         On a bad setting, naming it.
     """
-    if not isinstance(target, Target):
-        raise ConfigError(f"`target` should be a Target from make_target, got {type(target).__name__}")
+    _check_target(target)
     rank_list = _check_ranks(ranks, target)
     optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
     lr = DEFAULT_LR[optimizer] if lr is None else lr
@@ -332,8 +331,7 @@ def fit_lora_runs(target: Target, runs: Sequence[tuple[int, float, float]], *, o
     list of FitResult
         In the order of ``runs``.
     """
-    if not isinstance(target, Target):
-        raise ConfigError(f"`target` should be a Target from make_target, got {type(target).__name__}")
+    _check_target(target)
     optimizer, steps, seed, tol, divergence_factor = _check_knobs(optimizer, steps, seed, tol, divergence_factor)
     checked = _check_runs(runs, target)
 
@@ -359,6 +357,12 @@ def fit_lora_runs(target: Target, runs: Sequence[tuple[int, float, float]], *, o
                 results[i] = res
     ticker.finish()
     return results  # type: ignore[return-value]
+
+
+def _check_target(target: object) -> None:
+    """ConfigError unless ``target`` is a :class:`Target` (the public fitters' first check)."""
+    if not isinstance(target, Target):
+        raise ConfigError(f"`target` should be a Target from make_target, got {type(target).__name__}")
 
 
 def _check_knobs(optimizer: object, steps: object, seed: object, tol: object,
