@@ -445,7 +445,12 @@ class Bf16Array(LazyArray):
 
     def __init__(self, data: object, shape: tuple[int, ...]):
         self.bits = np.frombuffer(data, dtype="<u2")
-        super().__init__(lambda: decode_bf16(self.bits, self.shape), shape, np.float32)
+        super().__init__(None, shape, np.float32)  # type: ignore[arg-type]
+
+    def materialize(self) -> np.ndarray:
+        """The exact float32 array (a new one on each call). No closure over ``self``, so no
+        reference cycle keeps an upload's bytes alive until the cycle collector runs."""
+        return decode_bf16(self.bits, self.shape)
 
     def __reduce__(self) -> tuple:
         return Bf16Array, (self.bits.tobytes(), self.shape)
