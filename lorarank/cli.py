@@ -508,7 +508,7 @@ def _cmd_audit_series(args: argparse.Namespace) -> int:
         plan = plan_hub_series(args.series)
         run, pinned = plan.run(alpha=args.alpha, scale=args.scale), plan.pinned.uri
     else:
-        run = find_checkpoints(args.series)
+        run = find_checkpoints(args.series, alpha=args.alpha, scale=args.scale)
     result = audit_series(run)
     if args.json:
         _print_json(result.to_dict())

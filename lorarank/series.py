@@ -48,6 +48,7 @@ import numpy as np
 
 from ._validate import check_int
 from .adapters import Adapter, load_adapter, load_adapter_bytes
+from .adapters._config import check_override
 from .audit import AuditReport, _check_rule, audit_adapter
 from .compare import _phi_from_overlap, right_singular_vectors
 from .errors import AdapterError, ConfigError
@@ -203,7 +204,8 @@ def _check_steps(checkpoints: Sequence[Checkpoint]) -> None:
         seen[c.step] = c.path
 
 
-def find_checkpoints(path: str | os.PathLike) -> Run:
+def find_checkpoints(path: str | os.PathLike, *, alpha: float | None = None,
+                     scale: float | None = None) -> Run:
     """The checkpoints of a training run's output folder.
 
     Parameters
@@ -212,6 +214,9 @@ def find_checkpoints(path: str | os.PathLike) -> Run:
         A folder holding ``checkpoint-<step>`` subfolders (each a PEFT adapter, as Transformers'
         ``Trainer`` and TRL save them, optionally with ``trainer_state.json``), or kohya
         ``<name>-000005.safetensors`` / ``<name>-step00001000.safetensors`` files.
+    alpha, scale : float, optional
+        Passed to every checkpoint's :func:`lorarank.adapters.load_adapter` (at most one):
+        alpha for every module (scale = alpha / r), or the scale itself.
 
     Returns
     -------
@@ -226,6 +231,8 @@ def find_checkpoints(path: str | os.PathLike) -> Run:
     AdapterError
         If it is not a folder or holds no checkpoint.
     """
+    alpha, scale = check_override(alpha, scale)
+    load = partial(load_adapter, alpha=alpha, scale=scale)
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(2, "No such file or directory", str(root))
@@ -241,9 +248,9 @@ def find_checkpoints(path: str | os.PathLike) -> Run:
                 raise AdapterError(f"{state} is {state.stat().st_size:,} bytes; at most "
                                    f"{MAX_TRAINER_STATE:,} are read")
             step = _resolve_step(step, state.read_bytes() if state.is_file() else None, entry.name, notes)
-            checkpoints.append(Checkpoint(step, str(entry), partial(load_adapter, entry)))
+            checkpoints.append(Checkpoint(step, str(entry), partial(load, entry)))
         elif entry.is_file() and step is not None:
-            checkpoints.append(Checkpoint(step, str(entry), partial(load_adapter, entry)))
+            checkpoints.append(Checkpoint(step, str(entry), partial(load, entry)))
         elif entry.is_file() and entry.suffix in _WEIGHTS:
             top_weights.append(entry.name)
     if top_weights and checkpoints:
@@ -283,7 +290,8 @@ def _zip_members(name: str, data: bytes) -> list[tuple[str, Callable[[], bytes]]
     return members
 
 
-def checkpoints_from_files(files: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> Run:
+def checkpoints_from_files(files: Mapping[str, bytes] | Iterable[tuple[str, bytes]], *,
+                           alpha: float | None = None, scale: float | None = None) -> Run:
     """The checkpoints of uploaded files, read from memory (nothing is written to disk).
 
     Parameters
@@ -293,12 +301,16 @@ def checkpoints_from_files(files: Mapping[str, bytes] | Iterable[tuple[str, byte
         ``adapter_config.json`` and optionally ``trainer_state.json`` per checkpoint, at any
         depth), or weights files whose names carry the step (kohya ``<name>-000005.safetensors``),
         optionally with one ``.json`` config shared by all of them.
+    alpha, scale : float, optional
+        Passed to every checkpoint's :func:`lorarank.adapters.load_adapter_bytes` (at most
+        one): alpha for every module (scale = alpha / r), or the scale itself.
 
     Returns
     -------
     Run
         Each checkpoint's files are unpacked only when it is read.
     """
+    override = check_override(alpha, scale)
     items = list(files.items()) if isinstance(files, Mapping) else list(files)
     if not items:
         raise AdapterError("no files given")
@@ -308,12 +320,13 @@ def checkpoints_from_files(files: Mapping[str, bytes] | Iterable[tuple[str, byte
             raise AdapterError("give one .zip of the run folder, or the checkpoint files themselves, "
                                "not both")
         name, data = zips[0]
-        return _from_members(_zip_members(name, bytes(data)), name)
+        return _from_members(_zip_members(name, bytes(data)), name, override)
     members = [(str(n), partial(lambda b: bytes(b), b)) for n, b in items]
-    return _from_members(members, "the uploaded files")
+    return _from_members(members, "the uploaded files", override)
 
 
-def _from_members(members: list[tuple[str, Callable[[], bytes]]], source: str) -> Run:
+def _from_members(members: list[tuple[str, Callable[[], bytes]]], source: str,
+                  override: tuple[float | None, float | None] = (None, None)) -> Run:
     by_dir: dict[str, dict[str, Callable[[], bytes]]] = {}
     for path, read in members:
         parent, _, base = path.rpartition("/")
@@ -326,7 +339,7 @@ def _from_members(members: list[tuple[str, Callable[[], bytes]]], source: str) -
             state = entries["trainer_state.json"]() if "trainer_state.json" in entries else None
             step = _resolve_step(step_from_name(dir_name), state, folder, notes)
             chosen = [weights] + (["adapter_config.json"] if "adapter_config.json" in entries else [])
-            checkpoints.append(Checkpoint(step, folder, partial(_load_members, entries, chosen)))
+            checkpoints.append(Checkpoint(step, folder, partial(_load_members, entries, chosen, override)))
             continue
         numbered = [n for n in entries if step_from_name(n) is not None]
         configs = [n for n in entries if n.lower().endswith(".json")]
@@ -336,7 +349,7 @@ def _from_members(members: list[tuple[str, Callable[[], bytes]]], source: str) -
         for n in numbered:
             where = f"{folder}/{n}" if folder else n
             checkpoints.append(Checkpoint(step_from_name(n), where,
-                                          partial(_load_members, entries, [n] + configs)))
+                                          partial(_load_members, entries, [n] + configs, override)))
         left_out.extend(f"{folder}/{n}" if folder else n for n in entries
                         if n.lower().endswith(_WEIGHTS) and n not in numbered)
     if left_out and checkpoints:
@@ -345,8 +358,10 @@ def _from_members(members: list[tuple[str, Callable[[], bytes]]], source: str) -
     return _checked_run(checkpoints, notes, source)
 
 
-def _load_members(entries: Mapping[str, Callable[[], bytes]], names: Sequence[str]) -> Adapter:
-    return load_adapter_bytes([(n, entries[n]()) for n in names])
+def _load_members(entries: Mapping[str, Callable[[], bytes]], names: Sequence[str],
+                  override: tuple[float | None, float | None] = (None, None)) -> Adapter:
+    alpha, scale = override
+    return load_adapter_bytes([(n, entries[n]()) for n in names], alpha=alpha, scale=scale)
 
 
 # ------------------------------------------------------------------------------------ report

@@ -286,6 +286,24 @@ class TestRealRun:
         assert "6 checkpoints (steps 15, 30, 45, 60, 75, 90)" in out
         assert "model.layers.1.self_attn.v_proj" in out and "settled at step" in out
 
+    @pytest.mark.parametrize("flag, value, scale", [("--alpha", 8.0, 8.0 / 12), ("--scale", 0.5, 0.5)])
+    def test_cli_alpha_and_scale(self, oracle, capsys, flag, value, scale):
+        """`--alpha` / `--scale` reach every local checkpoint: sigma of the dense (new s) * B @ A."""
+        assert main(["audit", "--series", str(RUN), flag, str(value), "--json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        for step, checkpoint in zip(RUN_STEPS, doc["checkpoints"], strict=True):
+            for m in checkpoint["modules"]:
+                assert m["scale"] == pytest.approx(scale, rel=1e-12)
+                dense = oracle[step][m["name"]][0] * (scale / 2.0)  # the config's s = 24 / 12
+                np.testing.assert_allclose(m["singular_values"], np.linalg.svd(dense, compute_uv=False)[:12],
+                                           rtol=1e-10, atol=1e-12)
+
+    def test_cli_alpha_and_scale_together(self, capsys):
+        """Both overrides at once are one error line, exit 2, before anything is read."""
+        assert main(["audit", "--series", str(RUN), "--alpha", "8", "--scale", "0.5"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == ["lorarank: error: give `alpha` or `scale`, not both"]
+
     def test_zip_upload_equals_folder(self, result):
         """A .zip of the run folder (as a browser uploads it) gives the same numbers as the folder."""
         data = zip_of(RUN, extra={"__MACOSX/run/checkpoint-15/._adapter_model.safetensors": b"junk"})
@@ -405,6 +423,23 @@ class TestUploads:
         assert "lora.safetensors left out" in run.notes[0]
         result = audit_series(run)
         assert result.reports[0].modules[0].scale == pytest.approx(0.5)  # alpha 2 / r 4
+
+    def test_overrides_reach_uploads(self):
+        """alpha / scale given with uploaded files apply to every checkpoint (zip or numbered files)."""
+        files = [("lora-000002.safetensors", kohya_bytes(2)), ("lora-000001.safetensors", kohya_bytes(1))]
+        plain = audit_series(checkpoints_from_files(files))
+        scaled = audit_series(checkpoints_from_files(files, scale=3.0))
+        by_alpha = audit_series(checkpoints_from_files(files, alpha=8.0))
+        for a, b, c in zip(plain.reports, scaled.reports, by_alpha.reports, strict=True):
+            assert b.modules[0].scale == 3.0 and c.modules[0].scale == pytest.approx(2.0)  # 8 / r 4
+            np.testing.assert_allclose(b.modules[0].singular_values, 6 * a.modules[0].singular_values, rtol=1e-12)
+        zipped = checkpoints_from_files([("run.zip", zip_of(RUN))], alpha=6.0) if RUN.is_dir() else None
+        if zipped is not None:
+            assert audit_series(zipped).reports[0].modules[0].scale == pytest.approx(0.5)  # 6 / r 12
+        with pytest.raises(ConfigError, match="not both"):
+            checkpoints_from_files(files, alpha=1.0, scale=1.0)
+        with pytest.raises(ConfigError, match="alpha"):
+            find_checkpoints(RUN, alpha=-1.0)
 
     def test_zip_of_peft_checkpoints(self):
         """PEFT checkpoints written by the engine, zipped: steps from trainer_state.json."""
