@@ -486,27 +486,42 @@ def _fit_batch(target: Target, runs: list[_Run], *, optimizer: str, steps: int,
 
     losses = np.empty((n, steps + 1))
     norms = np.zeros(n)
+    peak_sq = np.zeros(n)  # largest ||s B A||_F^2 so far of each alive run (rows follow alive)
     alive = np.arange(n)  # runs still training; rows of B, A, s, ... follow it
     # run index -> (steps run, diverged, factors at retirement unless diverged)
     stopped: dict[int, tuple] = {}
+    # In the rotated basis T = diag(sigma): T A^T keeps the first m rows of A^T scaled by sigma,
+    # B^T T the first m columns of B^T; zero padding is needed only on a non-square side.
+    square_out, square_in = m == d_out, m == d_in
+    sig_col, sig_row = sigma[None, :, None], sigma[None, None, :]
+    unit = bool(np.all(s == 1.0))  # s = 1 (alpha = r, the default rule): skip the products by s
+    ss, s2, lr_s = s[:, 0, 0], (s * s)[:, 0, 0], lr * s
     with np.errstate(over="ignore", invalid="ignore"):
         for t in range(steps + 1):
-            ss = s[:, 0, 0]
             # 2. The loss of the current iterate and the pieces its gradient needs.
             if gram:
                 AAt = A @ A.transpose(0, 2, 1)
                 BtB = B.transpose(0, 2, 1) @ B
                 if rotated:
-                    TAt = np.zeros_like(B)
-                    TAt[:, :m] = sigma[None, :, None] * A[:, :, :m].transpose(0, 2, 1)
-                    BtT = np.zeros_like(A)
-                    BtT[:, :, :m] = B[:, :m].transpose(0, 2, 1) * sigma[None, None, :]
+                    if square_out:
+                        TAt = A[:, :, :m].transpose(0, 2, 1) * sig_col
+                    else:
+                        TAt = np.zeros_like(B)
+                        TAt[:, :m] = A[:, :, :m].transpose(0, 2, 1) * sig_col
+                    if square_in:
+                        BtT = B[:, :m].transpose(0, 2, 1) * sig_row
+                    else:
+                        BtT = np.zeros_like(A)
+                        BtT[:, :, :m] = B[:, :m].transpose(0, 2, 1) * sig_row
                 else:
                     TAt = T @ A.transpose(0, 2, 1)
                     BtT = B.transpose(0, 2, 1) @ T
-                update_sq = ss * ss * np.einsum("nij,nij->n", BtB, AAt)
+                update_sq = np.einsum("nij,nij->n", BtB, AAt)
                 cross = np.einsum("nij,nij->n", B, TAt)
-                loss = np.maximum(0.5 * update_sq - ss * cross + half_t2, 0.0)
+                if not unit:
+                    update_sq *= s2
+                    cross *= ss
+                loss = np.maximum(0.5 * update_sq - cross + half_t2, 0.0)
                 work = [AAt, BtB, TAt, BtT]
             else:
                 R = s * (B @ A)
@@ -517,24 +532,48 @@ def _fit_batch(target: Target, runs: list[_Run], *, optimizer: str, steps: int,
                     R -= T
                 loss = 0.5 * np.einsum("nij,nij->n", R, R)
                 work = [R]
-            losses[alive, t] = loss
-            norms[alive] = np.fmax(norms[alive], np.sqrt(np.maximum(update_sq, 0.0)))
-            # 3. Retire runs that diverged, converged or finished.
-            done, bad = _finished(t, steps, loss, losses[alive, t - 50] if t >= 50 else None,
-                                  tol=tol, limit=limit)
-            if done.any():
-                for j in np.flatnonzero(done):
-                    i = int(alive[j])
-                    stopped[i] = (t, bool(bad[j]), None if bad[j] else (B[j].copy(), A[j].copy()))
-                    ticker.add(steps - t)
-                keep = ~done
-                alive = alive[keep]
-                if alive.size == 0:
-                    break
-                B, A, s, lr = B[keep], A[keep], s[keep], lr[keep]
-                work = [x[keep] for x in work]
-                moments = [x[keep] for x in moments]
+            if alive.size == n:
+                losses[:, t] = loss
+            else:
+                losses[alive, t] = loss
+            np.fmax(peak_sq, update_sq, out=peak_sq)
+            # 3. Retire runs that diverged, converged or finished. Between the tolerance checks
+            # a finite loss below the limit (NaN fails the comparison) retires nobody.
+            if t == steps or (tol is not None and t >= 50) or not loss.max() <= limit:
+                done, bad = _finished(t, steps, loss, losses[alive, t - 50] if t >= 50 else None,
+                                      tol=tol, limit=limit)
+                if done.any():
+                    for j in np.flatnonzero(done):
+                        i = int(alive[j])
+                        norms[i] = np.sqrt(max(float(peak_sq[j]), 0.0))
+                        stopped[i] = (t, bool(bad[j]), None if bad[j] else (B[j].copy(), A[j].copy()))
+                        ticker.add(steps - t)
+                    keep = ~done
+                    alive = alive[keep]
+                    if alive.size == 0:
+                        break
+                    B, A, s, lr, lr_s = B[keep], A[keep], s[keep], lr[keep], lr_s[keep]
+                    ss, s2, peak_sq = ss[keep], s2[keep], peak_sq[keep]
+                    work = [x[keep] for x in work]
+                    moments = [x[keep] for x in moments]
             # 4. The gradients gB = s (s B A - T) A^T, gA = s B^T (s B A - T) and the step.
+            if gram and optimizer == "sgd":
+                # B -= lr s (s B AAt - TAt), A -= lr s (s BtB A - BtT), in place, B first
+                # (both gradients read the iterate's AAt and BtB, computed above).
+                AAt, BtB, TAt, BtT = work
+                gB = B @ AAt
+                gA = BtB @ A
+                if not unit:
+                    gB *= s
+                    gA *= s
+                gB -= TAt
+                gA -= BtT
+                gB *= lr_s
+                gA *= lr_s
+                B -= gB
+                A -= gA
+                ticker.add(alive.size)
+                continue
             if gram:
                 AAt, BtB, TAt, BtT = work
                 gB = s * (s * (B @ AAt) - TAt)
