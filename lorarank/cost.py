@@ -20,8 +20,9 @@ from ._validate import check_choice, check_int
 from .errors import ConfigError
 from .data import _MAX_STEP_VALUES, DataConfig, _groups, _step_values, data_macs
 from .fit import _STEP_OVERHEAD, OPTIMIZERS, _batches, _macs_per_step
+from .synthetic import BLOCK, HAAR_MAX, LAYERS
 
-__all__ = ["SECONDS_PER_MAC", "SECONDS_PER_CALL", "WorkEstimate", "target_cost", "fit_cost",
+__all__ = ["SECONDS_PER_MAC", "SECONDS_PER_CALL", "WorkEstimate", "basis_cost", "target_cost", "fit_cost",
            "sweep_cost", "stability_cost", "data_fit_cost", "data_sweep_cost",
            "factored_svd_cost", "audit_cost"]
 
@@ -70,16 +71,44 @@ def _dims(d_out: object, d_in: object) -> tuple[int, int]:
     return check_int("d_out", d_out, minimum=1), check_int("d_in", d_in, minimum=1)
 
 
-def target_cost(d_out: int, d_in: int) -> WorkEstimate:
-    """Building a synthetic target: a dense d_out x d_in matrix and its full SVD.
+def basis_cost(d: int) -> WorkEstimate:
+    """One random ``d x d`` orthogonal basis as :func:`lorarank.synthetic.random_orthogonal`
+    builds it.
 
-    LAPACK's SVD with full square bases costs about ``4 m n^2 + 8 n^3`` flops for m >= n
-    (Golub and Van Loan): taken as ``6 m n min(m, n) + 4 min(m, n)^3`` MACs.
+    Up to :data:`~lorarank.synthetic.HAAR_MAX` rows: a Householder QR of a Gaussian ``d x d``
+    matrix and the forming of its Q, about ``(4/3) d^3`` MACs each half (``8/3 d^3`` flops in
+    all, Golub and Van Loan). Above: :data:`~lorarank.synthetic.LAYERS` layers of independent
+    Haar blocks of at most :data:`~lorarank.synthetic.BLOCK` rows (the same QR per block), each
+    layer after the first applied to the d x d product so far (``d^2 * block`` MACs).
+    """
+    d = check_int("d", d, minimum=1)
+    if d <= HAAR_MAX:
+        return WorkEstimate(macs=4.0 / 3.0 * d**3 + 2.0 * d * d, calls=10.0, bytes=8 * 3 * d * d)
+    nblocks = -(-d // BLOCK)
+    block = -(-d // nblocks)
+    macs = LAYERS * (nblocks * 4.0 / 3.0 * block**3 + 2.0 * d * d) + (LAYERS - 1) * d * d * block
+    return WorkEstimate(macs=macs, calls=LAYERS * (10.0 + 4.0 * nblocks), bytes=8 * 3 * d * d)
+
+
+def target_cost(d_out: int, d_in: int, *, matrix: bool = True) -> WorkEstimate:
+    """Building what a fit uses of a synthetic target (:func:`lorarank.synthetic.make_target`).
+
+    The target is made from its SVD, never decomposed: its spectrum costs nothing next to the
+    rest, and its bases are drawn on first use. SGD on the exact target (``matrix=False``)
+    steps in the basis where T is diagonal and uses only the right basis ``Vt``
+    (:func:`basis_cost` of d_in); Adam and the data mode (``matrix=True``) use ``T`` itself:
+    both bases and the product ``U[:, :m] diag(sigma) Vt[:m]``, ``d_out * d_in * m`` MACs with
+    ``m = min(d_out, d_in)``.
     """
     d_out, d_in = _dims(d_out, d_in)
-    small = min(d_out, d_in)
-    macs = 6.0 * d_out * d_in * small + 4.0 * small**3
-    return WorkEstimate(macs=macs, calls=20.0, bytes=8 * (3 * d_out * d_in + d_out**2 + d_in**2))
+    right = basis_cost(d_in)
+    if not matrix:
+        return right
+    m = min(d_out, d_in)
+    left = basis_cost(d_out)
+    product = WorkEstimate(macs=float(d_out) * d_in * m, calls=5.0,
+                           bytes=8 * (d_out * d_out + d_in * d_in + 2 * d_out * d_in))
+    return right + left + product
 
 
 def fit_cost(d_out: int, d_in: int, ranks: Sequence[int], *, optimizer: str = "sgd",
@@ -89,7 +118,8 @@ def fit_cost(d_out: int, d_in: int, ranks: Sequence[int], *, optimizer: str = "s
     Runs are grouped into zero-padded batches exactly as :func:`lorarank.fit.fit_lora_runs`
     groups them; each step of a batch of n runs padded to rank R costs n times the cheaper
     form of the step (:func:`lorarank.fit._macs_per_step`), and every run ends with one dense
-    residual ``s B A - T`` (d_out * d_in * r MACs) and a factored SVD. Every run is assumed
+    residual ``s B A - T`` (d_out * d_in * r MACs) and a factored SVD; SGD first moves each
+    distinct rank's initial ``A`` to the target's basis (``r * d_in^2``). Every run is assumed
     to take all ``steps`` (a diverged run stops early: the estimate is an upper bound).
 
     Parameters
@@ -124,15 +154,18 @@ def fit_cost(d_out: int, d_in: int, ranks: Sequence[int], *, optimizer: str = "s
     for r in ranks:
         macs += d_out * d_in * r + 2.0 * r * r * (d_out + d_in) + 10.0 * r**3
         calls += _CALLS_PER_RESULT
+    if optimizer == "sgd":
+        # Each distinct rank's initial A, moved once to the basis where T is diagonal (A0 Vt^T).
+        macs += sum(float(r) * d_in * d_in for r in set(ranks))
     losses = 8 * len(ranks) * (steps + 1)
     return WorkEstimate(macs=macs, calls=calls, bytes=peak + losses)
 
 
 def sweep_cost(d_out: int, d_in: int, ranks: Sequence[int], *, optimizer: str = "sgd",
                steps: int = 2000) -> WorkEstimate:
-    """A Rank sweep: the target, then one fit per rank (see :func:`fit_cost`)."""
-    return target_cost(d_out, d_in) + fit_cost(d_out, d_in, ranks, optimizer=optimizer,
-                                               steps=steps)
+    """A Rank sweep: what the fits use of the target, then one fit per rank (see :func:`fit_cost`)."""
+    return target_cost(d_out, d_in, matrix=optimizer != "sgd") + fit_cost(
+        d_out, d_in, ranks, optimizer=optimizer, steps=steps)
 
 
 def stability_cost(d_out: int, d_in: int, ranks: Sequence[int], *, n_lrs: int, n_rules: int,
@@ -147,10 +180,10 @@ def stability_cost(d_out: int, d_in: int, ranks: Sequence[int], *, n_lrs: int, n
     n_rules = check_int("n_rules", n_rules, minimum=1)
     cells = [r for r in ranks for _ in range(n_lrs * n_rules)]
     if data is not None:
-        return target_cost(d_out, d_in) + data_fit_cost(d_out, d_in, cells, data=data,
+        return target_cost(d_out, d_in, matrix=True) + data_fit_cost(d_out, d_in, cells, data=data,
                                                         optimizer=optimizer, steps=steps)
-    return target_cost(d_out, d_in) + fit_cost(d_out, d_in, cells, optimizer=optimizer,
-                                               steps=steps)
+    return target_cost(d_out, d_in, matrix=optimizer != "sgd") + fit_cost(
+        d_out, d_in, cells, optimizer=optimizer, steps=steps)
 
 
 def data_fit_cost(d_out: int, d_in: int, ranks: Sequence[int], *, data: DataConfig,
@@ -216,7 +249,7 @@ def data_sweep_cost(d_out: int, d_in: int, ranks: Sequence[int], *, samples: Seq
                     label_noise: float = 1.0, batch_size: int | None = None, heldout: int = 1000,
                     optimizer: str = "sgd", steps: int = 2000) -> WorkEstimate:
     """A data-mode Rank sweep: the target, then every rank on each n's pairs, one n at a time."""
-    total = target_cost(d_out, d_in)
+    total = target_cost(d_out, d_in, matrix=True)
     if not samples:
         raise ConfigError("`samples` should list at least one number of training pairs")
     for n in samples:

@@ -47,12 +47,13 @@ def open_page(page: str, **query: str) -> AppTest:
 # ------------------------------------------------------------------------------ estimates
 class TestCost:
     def test_single_run_counts_the_engine_kernels(self):
-        """One run: steps x the cheaper step form + elementwise updates, plus its measurement."""
+        """One run: its initial A moved to T's basis (SGD), steps x the cheaper step form +
+        elementwise updates, plus its measurement."""
         d_out, d_in, r, steps = 96, 80, 8, 300
         est = cost.fit_cost(d_out, d_in, [r], optimizer="sgd", steps=steps)
         step = min(_macs_per_step(d_out, d_in, r, "sgd")) + 4.0 * r * (d_out + d_in)
         final = d_out * d_in * r + 2.0 * r * r * (d_out + d_in) + 10.0 * r**3
-        assert est.macs == pytest.approx(steps * step + final)
+        assert est.macs == pytest.approx(r * d_in * d_in + steps * step + final)
 
     def test_monotone(self):
         """More steps, ranks, width, cells or modules never cost less."""

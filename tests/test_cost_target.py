@@ -1,0 +1,66 @@
+"""cost.target_cost charges the target work a fit actually does (no dense SVD any more)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lorarank import cost
+from lorarank.fit import fit_lora
+from lorarank.synthetic import BLOCK, HAAR_MAX, LAYERS, make_target, random_orthogonal
+
+
+def built(target) -> set[str]:
+    """Which of the target's lazily built pieces exist (``cached_property`` stores them)."""
+    return {name for name in ("U", "Vt", "matrix") if name in vars(target)}
+
+
+@pytest.mark.parametrize("optimizer, pieces", [("sgd", {"Vt"}), ("adam", {"U", "Vt", "matrix"})])
+def test_fit_builds_what_the_estimate_charges(optimizer, pieces):
+    """SGD uses only the right basis (the estimate charges basis_cost(d_in)); Adam uses T, so
+    both bases and their product are built and charged."""
+    target = make_target(48, 40, true_rank=3)
+    assert built(target) == set()  # make_target itself decomposes and builds nothing
+    fit_lora(target, [2], optimizer=optimizer, steps=2)
+    assert built(target) == pieces
+    est = cost.target_cost(48, 40, matrix=optimizer != "sgd")
+    if optimizer == "sgd":
+        assert est == cost.basis_cost(40)
+    else:
+        product = 48 * 40 * 40
+        assert est.macs == pytest.approx(cost.basis_cost(48).macs + cost.basis_cost(40).macs + product)
+
+
+def test_no_dense_svd_charged():
+    """d = 1024: the old estimate charged a dense SVD (6 d^3 + 4 d^3 MACs, about 10^10); what is
+    built now (one layered basis) is two orders of magnitude less."""
+    assert cost.target_cost(1024, 1024, matrix=False).macs < 0.03 * 10.0 * 1024**3
+
+
+@pytest.mark.parametrize("d", [16, HAAR_MAX, HAAR_MAX + 1, 1024])
+def test_basis_qr_work_counted(d, monkeypatch):
+    """The QR work basis_cost charges equals the QRs random_orthogonal runs, counted by
+    wrapping numpy's qr (4/3 n^3 MACs per n x n factorisation, Q formed); above HAAR_MAX the
+    layer products ((LAYERS - 1) d^2 block) and the per-layer O(d^2) passes make the rest."""
+    real_qr = np.linalg.qr
+    qr_macs = []
+
+    def counting_qr(a, *args, **kwargs):
+        a = np.asarray(a)
+        n = a.shape[-1]
+        qr_macs.append(4.0 / 3.0 * n**3 * int(np.prod(a.shape[:-2], dtype=np.int64)))
+        return real_qr(a, *args, **kwargs)
+
+    monkeypatch.setattr(np.linalg, "qr", counting_qr)
+    Q = random_orthogonal(d, seed=3)
+    assert np.allclose(Q @ Q.T, np.eye(d), atol=1e-12)
+    est = cost.basis_cost(d)
+    if d <= HAAR_MAX:
+        assert len(qr_macs) == 1
+        assert est.macs == pytest.approx(sum(qr_macs) + 2.0 * d * d)
+    else:
+        nblocks = -(-d // BLOCK)
+        block = -(-d // nblocks)
+        rest = LAYERS * 2.0 * d * d + (LAYERS - 1) * d * d * block
+        # the estimate rounds every block up to the largest block size
+        assert sum(qr_macs) <= est.macs - rest <= sum(qr_macs) * (1 + 3.0 / block)
