@@ -6,14 +6,16 @@ o, gate, up, down with Llama-3-8B shapes, r = 16, bfloat16, about 84 MB, with a
 equal) to a temporary folder. Then, in the same run:
 
 1. the single-adapter audit process, ``audit CHECKPOINT --json``, several times (the baseline);
-2. ``audit --series`` processes over the first 5, 10, 25 and N checkpoints (folders of
+2. ``audit --series`` processes over the first 5 and N checkpoints (``--sizes``; folders of
    symbolic links), each timed alone, with its own peak resident memory (``wait4``'s
    ``ru_maxrss`` of that child).
+
+About 2 minutes on a quiet 2-core machine with the defaults.
 
 Targets (issue 11): the series of 50 in <= 50 x the time of one audit (no repeated work beyond
 reading each checkpoint), and peak memory independent of the number of checkpoints.
 
-Usage: ``python benchmarks/bench_series.py [--checkpoints 50] [--runs 3]``
+Usage: ``python benchmarks/bench_series.py [--checkpoints 50] [--runs 3] [--sizes 5,50]``
 """
 
 from __future__ import annotations
@@ -39,7 +41,13 @@ from benchmarks.llama8b import CONFIG, LAYERS, RANK, SHAPES, module_name  # noqa
 
 
 def write_run(root: Path, n: int, every: int = 100) -> tuple[list[Path], float]:
-    """n checkpoint folders: A = A0 + t dA, B = (t / n) B0 at t = 1..n; returns (folders, MB each)."""
+    """n checkpoint folders whose factors drift; returns (folders, MB of one weights file).
+
+    Per module, checkpoint t (1..n) holds A0 and B0 with one direction moved: row j = t mod r
+    of A is A0[j] + t dA[j] and column j of B is (t / n) B0[:, j]. No two files are equal and
+    the spectra change over steps, while writing a checkpoint costs a copy and a save (a full
+    recomputation of every factor made writing 50 checkpoints take minutes on its own).
+    """
     rng = np.random.default_rng(0)
     decay = np.geomspace(1.0, 0.02, RANK).astype(np.float32)
     base = {}
@@ -48,16 +56,21 @@ def write_run(root: Path, n: int, every: int = 100) -> tuple[list[Path], float]:
             a0 = rng.standard_normal((RANK, d_in), dtype=np.float32) / np.sqrt(d_in)
             da = rng.standard_normal((RANK, d_in), dtype=np.float32) * (0.05 / np.sqrt(d_in)) * decay[:, None]
             b0 = rng.standard_normal((d_out, RANK), dtype=np.float32) * 0.01 * decay
-            base[module_name(layer, module)] = (a0, da, b0)
+            base[module_name(layer, module)] = (a0, da, b0, a0.astype(ml_dtypes.bfloat16),
+                                                b0.astype(ml_dtypes.bfloat16))
     folders = []
     for t in range(1, n + 1):
         folder = root / f"checkpoint-{t * every}"
         folder.mkdir()
+        j = t % RANK
         tensors = {}
-        for name, (a0, da, b0) in base.items():
-            tensors[name + ".lora_A.weight"] = (a0 + t * da).astype(ml_dtypes.bfloat16)
-            tensors[name + ".lora_B.weight"] = (b0 * (t / n)).astype(ml_dtypes.bfloat16)
+        for name, (a0, da, b0, a16, b16) in base.items():
+            a, b = a16.copy(), b16.copy()
+            a[j] = (a0[j] + t * da[j]).astype(ml_dtypes.bfloat16)
+            b[:, j] = (b0[:, j] * (t / n)).astype(ml_dtypes.bfloat16)
+            tensors[name + ".lora_A.weight"], tensors[name + ".lora_B.weight"] = a, b
         save_file(tensors, folder / "adapter_model.safetensors", metadata={"format": "pt"})
+        del tensors
         (folder / "adapter_config.json").write_text(json.dumps(CONFIG))
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": t * every}))
         folders.append(folder)
@@ -108,8 +121,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoints", type=int, default=50)
     parser.add_argument("--runs", type=int, default=3, help="runs of the single audit (median kept)")
+    parser.add_argument("--sizes", default="5",
+                        help="series lengths timed besides --checkpoints itself, comma-separated "
+                             "(default %(default)s; e.g. 5,10,25)")
     args = parser.parse_args()
     n = args.checkpoints
+    start = time.perf_counter()
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, numpy {np.__version__}; "
           f"load average (1, 5, 15 min) at start: {load()}")
     with tempfile.TemporaryDirectory(prefix="lorarank-bench-series-") as tmp:
@@ -128,7 +145,8 @@ def main() -> None:
         print()
         print(f"{'checkpoints':>11} | {'wall s':>7} | {'CPU s':>7} | {'wall / one':>10} | {'CPU / one':>9} | "
               f"{'CPU per ckpt':>12} | {'peak RSS MB':>11} | load (1, 5, 15 min)")
-        sizes = sorted({k for k in (5, 10, 25, n) if k <= n})
+        sizes = sorted({k for k in (*map(int, args.sizes.split(",")), n) if 0 < k <= n})
+        figures = {}
         for k in sizes:
             run = subset(root, folders, k)
             wall, cpu, rss, out = run_child(["audit", "--series", str(run), "--json"])
@@ -136,7 +154,12 @@ def main() -> None:
             assert len(doc["checkpoints"]) == k and len(doc["series"]["modules"]) == LAYERS * len(SHAPES)
             print(f"{k:>11} | {wall:>7.2f} | {cpu:>7.2f} | {wall / one_wall:>9.1f}x | {cpu / one_cpu:>8.1f}x | "
                   f"{cpu / k:>10.3f} s | {rss:>11.0f} | {load()}")
+            figures[k] = (wall, cpu, rss)
         print()
+        small = sizes[0]
+        print(f"{n} checkpoints: {figures[n][0] / one_wall:.1f}x one audit's wall time, "
+              f"{figures[n][1] / one_cpu:.1f}x its CPU time; peak RSS {figures[n][2] - figures[small][2]:+.0f} MB "
+              f"from {small} to {n} checkpoints; whole benchmark {time.perf_counter() - start:.0f} s")
         print(f"targets: {n} checkpoints in <= {n}x one audit's time; peak RSS flat in the number of "
               f"checkpoints (per-checkpoint summaries only).")
 

@@ -22,27 +22,31 @@ loaded_line = st.container()  # names the loaded adapter, under the title
 alerts = st.container()
 bad_url = common.check_url(audit.ALL_SETTINGS, state_key=audit.URL_ERRORS_KEY)
 
-# ---------------------------------------------------------------------------- upload
-uploaded = st.file_uploader(
-    "Adapter files" if loaded.loaded() is None else "Other adapter files (replace the loaded one)",
-    type=["safetensors", "npz", "gguf", "json"], accept_multiple_files=True,
-    key=loaded.uploader_key(),
-    help="One weights file (.safetensors, .npz or a llama.cpp LoRA .gguf) plus, for PEFT and mlx-lm, its "
-         "adapter_config.json. New weights replace the loaded adapter; a config alone joins it. "
-         "Read in memory only; never stored, logged or put in the URL.")
-hub.privacy_note()
+# ------------------------------------------- upload (folded away once an adapter is shown)
+inputs = loaded.inputs_box()
+with inputs:
+    uploaded = st.file_uploader(
+        "Adapter files" if loaded.loaded() is None else "Other adapter files (replace the loaded one)",
+        type=["safetensors", "npz", "gguf", "json"], accept_multiple_files=True,
+        key=loaded.uploader_key(),
+        help="One weights file (.safetensors, .npz or a llama.cpp LoRA .gguf) plus, for PEFT and mlx-lm, its "
+             "adapter_config.json. New weights replace the loaded adapter; a config alone joins it. "
+             "Read in memory only; never stored, logged or put in the URL.")
+    hub.privacy_note()
 upload = loaded.take(uploaded)  # files dropped now replace (or complete) the loaded adapter
-hub_upload = hub.hub_input()
+with inputs:
+    hub_upload = hub.hub_input(notices=alerts)
 upload = upload or hub_upload
 if upload is None:
-    st.markdown(
-        "**What to upload:** the `adapter_model.safetensors` and `adapter_config.json` that "
-        "PEFT's `save_pretrained` wrote (select both; LoRA, DoRA, AdaLoRA, LoHa, LoKr), a kohya / "
-        "sd-scripts, LyCORIS or diffusers `.safetensors`, an mlx-lm `adapters.safetensors` with its "
-        "config, a llama.cpp LoRA `.gguf`, or an `.npz` of "
-        "`<module>.A` / `<module>.B` factors. Without a config the scale is assumed to be 1 "
-        "and you can set alpha."
-    )
+    with inputs:
+        st.markdown(
+            "**What to upload:** the `adapter_model.safetensors` and `adapter_config.json` that "
+            "PEFT's `save_pretrained` wrote (select both; LoRA, DoRA, AdaLoRA, LoHa, LoKr), a kohya / "
+            "sd-scripts, LyCORIS or diffusers `.safetensors`, an mlx-lm `adapters.safetensors` with its "
+            "config, a llama.cpp LoRA `.gguf`, or an `.npz` of "
+            "`<module>.A` / `<module>.B` factors. Without a config the scale is assumed to be 1 "
+            "and you can set alpha."
+        )
     if st.toggle("Use the synthetic demo adapter", key=audit.DEMO_KEY, bind="query-params",
                  help="A small PEFT-format adapter generated here (Llama-shaped, 2 layers x 7 "
                       "modules, r = 16) whose modules have 2 to 8 planted directions plus a "
@@ -102,14 +106,14 @@ if finish is None:
     st.stop()
 with summary:
     alpha, scale = audit.scale_override(detected)  # only when the file states no scale
-    base = audit.base_uploader()
+    base = audit.base_uploader(container=inputs)
     with common.stop_on_error():
         report = audit.run_audit(upload, alpha=alpha, scale=scale, rule=rule, value=value or 0.0,
                                  base=base)
+    st.markdown(audit.reading(report))  # the headline first, what was detected under it
     lines = audit.detected_lines(detected, report)
     st.markdown(" · ".join(f"**{label}:** {text}" for label, text in lines))
     audit.show_family_details(report)
-    st.markdown(audit.reading(report))
 
 # --------------------------------------------------------------------------- table
 with tabs["Per module"]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import streamlit as st
 
@@ -139,13 +140,14 @@ def _set_url(slot: HubInput, repo: str, revision: str, subfolder: str) -> None:
 
 
 def hub_input(slot: HubInput = HubInput(), *, label: str = "…or an adapter on the Hugging "
-              "Face Hub") -> Upload | None:
+              "Face Hub", notices: Any = None) -> Upload | None:
     """Draw the Hub field of one adapter slot; fetch the adapter the link names.
 
     Returns the adapter's files as an :class:`~ui.audit.Upload` (identity
     ``hub:hf://owner/name@commit[/subfolder]``), or None when the link names none or it
-    cannot be fetched (then one ``st.error`` sentence says why). Pins the link's revision to
-    the resolved commit.
+    cannot be fetched (then one ``st.error`` sentence says why). Pins the link's revision to the
+    resolved commit. ``notices``: where that error or the "loaded at commit" line goes (the
+    field itself may sit in a collapsed expander); None: under the field.
     """
     prefix = slot.state_prefix
     with st.form(f"{prefix}form", border=False, enter_to_submit=True):
@@ -174,11 +176,11 @@ def hub_input(slot: HubInput = HubInput(), *, label: str = "…or an adapter on 
             return None
         upload, commit = load_hub_upload(ref)
     except LoraRankError as exc:
-        st.error(str(exc), icon=":material/error:")
+        (notices if notices is not None else st).error(str(exc), icon=":material/error:")
         return None
     if st.query_params.get(slot.revision_key) != commit:
         st.query_params[slot.revision_key] = commit
-    st.caption(f"Loaded **{ref.repo_id}**{' / ' + ref.subfolder if ref.subfolder else ''} at "
+    (notices if notices is not None else st).caption(f"Loaded **{ref.repo_id}**{' / ' + ref.subfolder if ref.subfolder else ''} at "
                f"commit `{commit[:12]}` from the Hub ({_size(upload.size)}); the link pins this "
                "commit.")
     return upload

@@ -14,6 +14,10 @@ uploader is reset by bumping its key, so it is empty again and ready for the nex
 
 The header line names what is loaded: the weights file, the base model the config names, the
 format and family, the ranks.
+
+Results first: once an adapter is shown (files loaded, a Hub link, or the demo), the inputs
+that bring another one (uploader, Hub field, base weights) fold into one collapsed expander
+under that line (:func:`inputs_box`), so the reading and the tabs follow the title directly.
 """
 
 from __future__ import annotations
@@ -22,11 +26,11 @@ from typing import Any, Sequence
 
 import streamlit as st
 
-from .audit import UPLOAD_KEY, Detected, Upload
+from .audit import DEMO_KEY, UPLOAD_KEY, Detected, Upload
 from .common import md_code, md_escape
 
 __all__ = ["LOADED_KEY", "GENERATION_KEY", "CLEAR_KEY", "uploader_key", "combine", "take",
-           "loaded", "clear", "adapter_name", "header_row"]
+           "loaded", "clear", "adapter_name", "header_row", "showing", "inputs_box"]
 
 #: Session-state key of the loaded :class:`ui.audit.Upload`.
 LOADED_KEY = "audit_loaded"
@@ -125,3 +129,27 @@ def header_row(upload: Upload, *, demo: bool = False) -> Any:
                         "audit another adapter you can also just drop its files above: they "
                         "replace these.")
     return slot
+
+
+def showing() -> str | None:
+    """What the page will show before it reads anything: ``"files"`` (an adapter is loaded),
+    ``"hub"`` (the link names a Hub adapter), ``"demo"`` (the demo switch is on) or None."""
+    if loaded() is not None:
+        return "files"
+    if st.query_params.get("hf", "").strip():
+        return "hub"
+    demo = st.session_state.get(DEMO_KEY)
+    if demo is None:
+        demo = st.query_params.get(DEMO_KEY, "").lower() == "true"
+    return "demo" if demo else None
+
+
+def inputs_box() -> Any:
+    """Where the adapter inputs go: the page itself while nothing is shown, else a collapsed
+    expander (results first: on a phone the inputs no longer stack before the first result)."""
+    shown = showing()
+    if shown is None:
+        return st.container()
+    label = ("Upload your own adapter (files or the Hub)" if shown == "demo"
+             else "Load another adapter (files or the Hub), base model weights")
+    return st.expander(label, expanded=False, icon=":material/upload_file:")

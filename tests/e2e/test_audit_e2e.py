@@ -41,6 +41,24 @@ def upload_sample(page, name: str) -> None:
     wait_for_result(page)
 
 
+def first_screen_tops(page) -> dict:
+    """Tops (px from the window's top, page scrolled to its start) of the first results and of
+    the visible adapter inputs; None for what is not shown."""
+    return page.evaluate("""() => {
+      for (const el of document.querySelectorAll('[data-testid="stMain"], [data-testid="stAppScrollToBottomContainer"]'))
+        el.scrollTop = 0;
+      const shown = (el) => el && el.checkVisibility({visibilityProperty: true}) &&
+        el.getBoundingClientRect().height > 0;
+      const top = (el) => shown(el) ? Math.round(el.getBoundingClientRect().top) : null;
+      const reading = [...document.querySelectorAll('[data-testid="stMarkdownContainer"]')]
+        .find(e => e.innerText.includes('the modules need rank'));
+      const inputs = [...document.querySelectorAll('[data-testid="stFileUploaderDropzone"], [data-testid="stTextInput"]')]
+        .filter(shown);
+      return {reading: top(reading), table: top(document.querySelector('[data-testid="stDataFrame"]')),
+              inputs: inputs.length ? Math.min(...inputs.map(top)) : null};
+    }""")
+
+
 def wait_for_result(page) -> None:
     """After an upload: wait until the run it triggers shows a table or an error."""
     page.wait_for_selector('[data-testid="stDataFrame"], [data-testid="stAlertContentError"]',
@@ -103,6 +121,15 @@ class TestUpload:
         body = page.get_by_test_id("stMain").inner_text()
         assert "peft (adapter_model.safetensors + adapter_config.json)" in body
         assert "scale = lora_alpha / r; s = 2" in body  # 16 / 8
+        # Results first: once loaded, the uploader, Hub field and base weights fold away, and the
+        # reading and the table are on the first screen (they were ~850 px further down).
+        tops = first_screen_tops(page)
+        assert tops["inputs"] is None and tops["reading"] < tops["table"] < 900, tops
+        page.set_viewport_size({"width": 390, "height": 844})  # a phone: no input stack first
+        page.wait_for_timeout(300)
+        tops = first_screen_tops(page)
+        assert tops["inputs"] is None and tops["reading"] < 700, tops
+        page.set_viewport_size({"width": 1400, "height": 1000})
         page.get_by_role("tab", name="Resize").click()
         with page.expect_download() as info:
             page.get_by_role("button", name="Download resized adapter (.zip)").click()
