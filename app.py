@@ -2,47 +2,20 @@
 
 Run with ``streamlit run app.py``. The pages in ``pages/`` are auto-discovered, so a shared
 deep link such as ``/Rank_sweep?true_rank=8`` works as the first request to a fresh server.
+
+This file is also the server: ``streamlit run`` finds ``app = st.App(...)`` below and imports
+the module (``__name__ == "app"``) to serve it, with a lifespan that imports the pages' heavy
+modules in the background as the server starts (:mod:`ui.preload`). Each visit runs the file as
+a script (``__name__ == "__main__"``), which draws the home page.
 """
 
 import streamlit as st
 
-from ui import common
+if __name__ != "__main__":  # imported by `streamlit run app.py` (or an ASGI server): the server
+    from ui.preload import lifespan
 
-common.setup_page("Home", icon=":material/home:")
+    app = st.App("app.py", lifespan=lifespan)
+else:
+    from ui.home import render
 
-st.title("lorarank")
-st.markdown(
-    "**What LoRA rank do you need, and what did your adapter actually learn?** "
-    "Is r = 64 buying anything over r = 8? Did raising r make training worse because of "
-    "capacity or because of alpha/r scaling? How many directions does a trained adapter really "
-    "use, and can it shrink without retraining? Every view here is a link you can send."
-)
-
-left, right = st.columns([3, 2], gap="large")
-with left:
-    st.subheader("The mechanism")
-    # two lines: as one, the formula runs past a phone's width
-    st.latex(r"h = W x + s \cdot B A x")
-    st.latex(r"B \in \mathbb{R}^{d_\text{out} \times r},\quad A \in \mathbb{R}^{r \times d_\text{in}}")
-    st.markdown(
-        "W is frozen; B starts at zero and A small and random, so the update "
-        "`dW = s·B·A` has rank at most r. A task's update has a low intrinsic rank k: "
-        "with r < k the adapter cannot hold it, with r > k the extra directions fit noise."
-    )
-    st.markdown(
-        "| convention | scale s |\n"
-        "| --- | --- |\n"
-        "| PEFT `LoraConfig` | `lora_alpha / r` |\n"
-        "| rsLoRA (PEFT `use_rslora=True`) | `lora_alpha / sqrt(r)` |\n"
-        "| kohya / sd-scripts | `alpha / r` from the `.alpha` key; 1 when it is absent |\n"
-        "| mlx-lm | `scale` from `lora_parameters` in `adapter_config.json` |"
-    )
-    st.caption("With alpha fixed, PEFT's s shrinks as r grows, so the learning rate that worked "
-               "at r = 8 is not the one that works at r = 64.")
-
-with right:
-    st.subheader("Pages")
-    for page in common.available_pages()[1:]:
-        with st.container(border=True):
-            st.page_link(page.path, label=page.label, icon=page.icon)
-            st.caption(page.question)
+    render()

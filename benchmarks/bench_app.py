@@ -12,10 +12,13 @@ For every existing page (home, Rank sweep, ...), with its default settings:
   cached engine results are reused); seconds from the key press until the last websocket
   message of the rerun arrived in the browser. Median of ``--reruns``.
 
+Floor: the same measurement, in the same run, of a minimal Streamlit app (one ``st.write``,
+same Streamlit, config and browser), printed first; "ours minus floor" is what the app adds.
+
 Targets (PRODUCT.md, issue 10): first render <= 2 s on a cold server and <= 1 s for a new
 session on a warm server, rerun <= 0.3 s. Usage::
 
-    python benchmarks/bench_app.py [--cold 3] [--warm 3] [--reruns 5] [--page /Rank_sweep] [--json]
+    python benchmarks/bench_app.py [--cold 2] [--warm 4] [--reruns 2] [--no-floor] [--page /Rank_sweep] [--json]
 """
 
 from __future__ import annotations
@@ -113,81 +116,142 @@ def _last_message_after(page, since_ms: float, *, quiet_ms: float = 600.0,
     raise TimeoutError("no rerun messages arrived")
 
 
-def measure(browser, url_path: str, *, cold: int, warm: int, reruns: int, tmp: Path) -> dict:
-    """First-render (cold server, then new sessions on the warm server) and rerun seconds for one page."""
-    firsts, warms, again = [], [], []
-    for i in range(cold):
-        server = AppServer(tmp / f"server-{url_path.strip('/') or 'home'}-{i}.log")
-        try:
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
-            context.add_init_script(OBSERVER)
-            page = context.new_page()
-            page.goto(server.url + url_path)
-            done = _finished_after(page, 0.0)
-            firsts.append(done / 1000.0)
-            if page.get_by_test_id("stException").count():
-                context.close()
-                return {"error": "exception on the page at its defaults"}
-            if i == 0:
-                # A teammate opening the same link on the now warm server: a new session.
-                for _ in range(warm):
-                    other = browser.new_context(viewport={"width": 1400, "height": 1000})
-                    other.add_init_script(OBSERVER)
-                    fresh = other.new_page()
-                    fresh.goto(server.url + url_path)
-                    warms.append(_finished_after(fresh, 0.0) / 1000.0)
-                    other.close()
-                for _ in range(reruns):
-                    page.wait_for_timeout(300)
-                    page.evaluate("document.activeElement && document.activeElement.blur()")
-                    start = page.evaluate("performance.now()")
-                    page.keyboard.press("r")
-                    end = _last_message_after(page, start)
-                    again.append((end - start) / 1000.0)
+FLOOR_LABEL = "floor: minimal app"
+FLOOR_APP = 'import streamlit as st\n\nst.write("hello")\n'
+
+
+def _first_render(browser, url: str) -> tuple[float, object, object]:
+    """Open ``url`` in a new browser context (a new session): (seconds, context, page)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.add_init_script(OBSERVER)
+    page = context.new_page()
+    page.goto(url)
+    return _finished_after(page, 0.0) / 1000.0, context, page
+
+
+def one_server(browser, url_path: str, *, script: str, warm: int, reruns: int, log: Path) -> dict:
+    """One fresh server: its start, the first render (cold), then ``warm`` new sessions and
+    ``reruns`` reruns on it (warm)."""
+    server = AppServer(log, script=script)
+    out: dict = {"start_s": server.healthy_after, "warm": [], "rerun": []}
+    try:
+        out["first"], context, page = _first_render(browser, server.url + url_path)
+        if page.get_by_test_id("stException").count():
             context.close()
-        finally:
-            server.stop()
-    return {"first_render_s": statistics.median(firsts), "first_render_all_s": firsts,
+            return {"error": "exception on the page at its defaults"}
+        # A teammate opening the same link on the now warm server: a new session.
+        for _ in range(warm):
+            seconds, other, _ = _first_render(browser, server.url + url_path)
+            out["warm"].append(seconds)
+            other.close()
+        for _ in range(reruns):
+            page.wait_for_timeout(300)
+            page.evaluate("document.activeElement && document.activeElement.blur()")
+            start = page.evaluate("performance.now()")
+            page.keyboard.press("r")
+            end = _last_message_after(page, start)
+            out["rerun"].append((end - start) / 1000.0)
+        context.close()
+    finally:
+        server.stop()
+    return out
+
+
+def measure_all(browser, targets: list[tuple[str, str, str]], *, cold: int, warm: int,
+                reruns: int, tmp: Path) -> dict:
+    """``targets``: (label, script, url path). Round-robin: each round starts one fresh server
+    per target in turn, so the floor and the pages see the same machine load; warm sessions
+    and reruns are measured on every round's server (``warm`` and ``reruns`` per round split
+    over the rounds, at least one each)."""
+    runs: dict[str, list[dict]] = {label: [] for label, _, _ in targets}
+    per_round_warm = max(1, -(-warm // cold)) if warm else 0
+    per_round_rerun = max(1, -(-reruns // cold)) if reruns else 0
+    for i in range(cold):
+        for label, script, url_path in targets:
+            if runs[label] and "error" in runs[label][-1]:
+                continue
+            name = (Path(script).stem + url_path.replace("/", "_")).strip("_")
+            runs[label].append(one_server(browser, url_path, script=script, warm=per_round_warm,
+                                          reruns=per_round_rerun, log=tmp / f"server-{name}-{i}.log"))
+    results = {}
+    for label, script, url_path in targets:
+        done = runs[label]
+        if done and "error" in done[-1]:
+            results[label] = {"url": url_path, "error": done[-1]["error"]}
+            continue
+        firsts = [r["first"] for r in done]
+        warms = [w for r in done for w in r["warm"]]
+        again = [w for r in done for w in r["rerun"]]
+        starts = [r["start_s"] for r in done]
+        results[label] = {
+            "url": url_path, "server_start_s": statistics.median(starts),
+            "first_render_s": statistics.median(firsts), "first_render_all_s": firsts,
             "warm_session_s": statistics.median(warms) if warms else None, "warm_session_all_s": warms,
             "rerun_s": statistics.median(again) if again else None, "rerun_all_s": again}
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cold", type=int, default=3, help="fresh servers per page")
-    parser.add_argument("--warm", type=int, default=3, help="new sessions per page on the warm server")
-    parser.add_argument("--reruns", type=int, default=5, help="reruns per page")
+    parser.add_argument("--cold", type=int, default=2, help="fresh servers per page (rounds)")
+    parser.add_argument("--warm", type=int, default=4, help="new sessions per page on warm servers")
+    parser.add_argument("--reruns", type=int, default=2, help="reruns per page")
     parser.add_argument("--page", action="append", default=None,
                         help="only this page's URL path (e.g. / or /Rank_sweep); repeatable")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the minimal-app baseline (the floor)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args(argv)
 
-    results = {}
+    load_before = load()
+    began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
+        targets = [(label, "app.py", path) for label, path in page_urls()
+                   if not args.page or path in args.page]
+        if not args.no_floor:
+            # Run from the repository like the app (same .streamlit/config.toml, same server).
+            floor_script = Path(tmp) / "floor_app.py"
+            floor_script.write_text(FLOOR_APP)
+            targets.insert(0, (FLOOR_LABEL, str(floor_script), "/"))
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            for label, path in page_urls():
-                if args.page and path not in args.page:
-                    continue
-                results[label] = {"url": path, **measure(browser, path, cold=args.cold, warm=args.warm,
-                                                         reruns=args.reruns, tmp=Path(tmp))}
+            results = measure_all(browser, targets, cold=args.cold, warm=args.warm,
+                                  reruns=args.reruns, tmp=Path(tmp))
         finally:
             browser.close()
+    floor = results.pop(FLOOR_LABEL, None)
 
     machine = f"{platform.processor() or platform.machine()}, Python {platform.python_version()}"
     if args.json:
-        print(json.dumps({"machine": machine, "pages": results}, indent=2))
+        print(json.dumps({"machine": machine, "load_before": load_before, "load_after": load(),
+                          "seconds": time.perf_counter() - began, "floor": floor,
+                          "pages": results}, indent=2))
         return 0
-    print(f"App speed in headless Chromium ({machine}); medians, defaults of each page; {load()}")
-    print(f"{'page':<20} {'first render (cold server)':>28} {'new session (warm server)':>27} "
-          f"{'rerun, same inputs':>20}")
-    for label, r in results.items():
+    print(f"App speed in headless Chromium ({machine}); medians over {args.cold} fresh servers "
+          f"per page (round-robin), defaults of each page")
+    print(f"{load_before} before, {load()} after; {time.perf_counter() - began:.0f} s in all")
+    print(f"{'page':<20} {'server start':>13} {'first render (cold server)':>27} "
+          f"{'new session (warm server)':>26} {'rerun, same inputs':>19}")
+
+    def gap(value: float | None, base: float | None) -> str:
+        return "" if value is None or base is None else f" ({value - base:+.2f})"
+
+    rows = ([(FLOOR_LABEL, floor)] if floor else []) + list(results.items())
+    for label, r in rows:
         if "error" in r:
             print(f"{label:<20} {r['error']}")
             continue
-        rerun = f"{r['rerun_s']:.3f} s" if r["rerun_s"] is not None else "-"
-        warm = f"{r['warm_session_s']:.2f} s" if r["warm_session_s"] is not None else "-"
-        print(f"{label:<20} {r['first_render_s']:>26.2f} s {warm:>27} {rerun:>20}")
+        base = floor if floor and r is not floor and "error" not in floor else {}
+        cold = f"{r['first_render_s']:.2f} s" + gap(r["first_render_s"], base.get("first_render_s"))
+        warm = ("-" if r["warm_session_s"] is None else f"{r['warm_session_s']:.2f} s"
+                + gap(r["warm_session_s"], base.get("warm_session_s")))
+        rerun = "-" if r["rerun_s"] is None else f"{r['rerun_s']:.3f} s"
+        print(f"{label:<20} {r['server_start_s']:>11.2f} s {cold:>27} {warm:>26} {rerun:>19}")
+    if floor:
+        print("(+x): ours minus the floor, a one-st.write app measured the same way in the same "
+              "rounds (same Streamlit, config, browser)")
+    print("server start: `streamlit run` to a healthy /_stcore/health (the app's preload of its "
+          "imports runs in the background after that)")
     print("targets: first render <= 2 s on a cold server, <= 1 s for a new session on a warm one; "
           "rerun <= 0.3 s")
     return 0

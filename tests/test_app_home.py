@@ -59,3 +59,25 @@ class TestNavigation:
         at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
         at.switch_page(path).run()
         assert not at.exception
+
+
+class TestServerStart:
+    """``streamlit run app.py`` serves ``app`` (an ``st.App``) whose lifespan preloads imports."""
+
+    def test_streamlit_run_finds_the_st_app(self):
+        """Streamlit's own discovery sees ``app = st.App(...)``, so ``streamlit run`` uses it
+        (and its lifespan) rather than running app.py as a plain script."""
+        from streamlit.web.server.app_discovery import discover_asgi_app
+
+        found = discover_asgi_app(ROOT / "app.py")
+        assert found.is_asgi_app and found.import_string == "app:app"
+
+    def test_preload_names_only_importable_modules(self):
+        """Every module the server preloads exists (preload() only logs a failed import, so a
+        renamed module would silently stop being preloaded)."""
+        import importlib.util
+
+        from ui.preload import MODULES
+
+        missing = [name for name in MODULES if importlib.util.find_spec(name) is None]
+        assert missing == []

@@ -25,6 +25,12 @@ Modules
       the dict ``chart_spec(chart)`` made of it: return that dict from an ``st.cache_data``
       function to skip rebuilding and validating the chart on every rerun.
     - ``download_buttons(frame, stem=..., key=..., json_data=...)``: CSV and JSON downloads.
+``ui.home``
+    ``render()``: the home page, drawn by ``app.py`` on each visit.
+``ui.preload``
+    ``lifespan``: the ``st.App`` lifespan of ``app.py``; when the server starts it imports the
+    pages' heavy modules (pandas, Altair, the engine, ``ui.*``) in a daemon thread, so a
+    fresh server's first visitor does not wait for them.
 ``ui.auth``
     ``require_login()`` (called by ``setup_page``): a sign-in screen when the secrets configure
     ``st.login`` (``[auth]``), else nothing.

@@ -1,0 +1,51 @@
+"""Server-start warm-up: import what the pages need before the first visitor asks.
+
+``streamlit run app.py`` finds ``app = st.App(...)`` in ``app.py`` and serves it with
+:func:`lifespan`, which starts :func:`preload` in a daemon thread when the server starts. A
+page's first script run on a fresh server otherwise spends seconds importing pandas, Altair
+(with jsonschema) and the engine before it computes anything (benchmarks/bench_app.py). The
+thread only imports modules: it computes nothing, holds no session's data, and a page that
+arrives while it is still running waits on Python's import locks for the module being
+imported instead of importing it a second time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+__all__ = ["MODULES", "lifespan", "preload"]
+
+_LOGGER = logging.getLogger(__name__)
+
+#: Imported at server start, heaviest first (what a page's first run would import).
+MODULES = (
+    "numpy", "pandas", "altair", "pyarrow",
+    "lorarank.charts", "lorarank.fit", "lorarank.data", "lorarank.cost", "lorarank.stability",
+    "ui.common", "ui.sweep", "ui.datamode", "ui.stability", "ui.report", "ui.audit",
+    "ui.hub", "ui.loaded", "ui.series", "ui.layout", "ui.guard", "ui.uploads",
+)
+
+
+def preload(modules: tuple[str, ...] = MODULES) -> float:
+    """Import ``modules`` (a failure is logged, never raised); returns the seconds spent."""
+    start = time.perf_counter()
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - a warm-up must never stop the server
+            _LOGGER.warning("preload: importing %s failed", name, exc_info=True)
+    seconds = time.perf_counter() - start
+    _LOGGER.info("preload: %d modules imported in %.2f s", len(modules), seconds)
+    return seconds
+
+
+@asynccontextmanager
+async def lifespan(_app: Any) -> AsyncIterator[None]:
+    """``st.App`` lifespan: start :func:`preload` in a daemon thread; the server starts at once."""
+    threading.Thread(target=preload, name="lorarank-preload", daemon=True).start()
+    yield
