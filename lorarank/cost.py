@@ -22,7 +22,7 @@ from .data import _MAX_STEP_VALUES, DataConfig, _groups, _step_values, data_macs
 from .fit import _STEP_OVERHEAD, OPTIMIZERS, _batches, _macs_per_step
 from .synthetic import BLOCK, HAAR_MAX, LAYERS
 
-__all__ = ["SECONDS_PER_MAC", "SECONDS_PER_CALL", "WorkEstimate", "basis_cost", "target_cost", "fit_cost",
+__all__ = ["SECONDS_PER_MAC", "SECONDS_PER_CALL", "WorkEstimate", "basis_cost", "basis_draws_cost", "target_cost", "fit_cost",
            "sweep_cost", "stability_cost", "data_fit_cost", "data_sweep_cost",
            "factored_svd_cost", "audit_cost"]
 
@@ -71,23 +71,38 @@ def _dims(d_out: object, d_in: object) -> tuple[int, int]:
     return check_int("d_out", d_out, minimum=1), check_int("d_in", d_in, minimum=1)
 
 
+def _blocks(d: int) -> tuple[int, int]:
+    """(number, largest size) of the Haar blocks of one layer of a basis of d > HAAR_MAX rows."""
+    nblocks = -(-d // BLOCK)
+    return nblocks, -(-d // nblocks)
+
+
 def basis_cost(d: int) -> WorkEstimate:
-    """One random ``d x d`` orthogonal basis as :func:`lorarank.synthetic.random_orthogonal`
+    """One random ``d x d`` orthogonal basis formed as :func:`lorarank.synthetic.random_orthogonal`
     builds it.
 
     Up to :data:`~lorarank.synthetic.HAAR_MAX` rows: a Householder QR of a Gaussian ``d x d``
-    matrix and the forming of its Q, about ``(4/3) d^3`` MACs each half (``8/3 d^3`` flops in
-    all, Golub and Van Loan). Above: :data:`~lorarank.synthetic.LAYERS` layers of independent
-    Haar blocks of at most :data:`~lorarank.synthetic.BLOCK` rows (the same QR per block), each
-    layer after the first applied to the d x d product so far (``d^2 * block`` MACs).
+    matrix and the forming of its Q, ``(4/3) d^3`` MACs in all (``8/3 d^3`` flops, Golub and
+    Van Loan). Above: :data:`~lorarank.synthetic.LAYERS` layers of independent Haar blocks of at
+    most :data:`~lorarank.synthetic.BLOCK` rows (the same QR per block,
+    :func:`basis_draws_cost`), each layer after the first applied to the d x d product so far
+    (``d^2 * block`` MACs), plus a d x d pass per layer.
     """
     d = check_int("d", d, minimum=1)
     if d <= HAAR_MAX:
         return WorkEstimate(macs=4.0 / 3.0 * d**3 + 2.0 * d * d, calls=10.0, bytes=8 * 3 * d * d)
-    nblocks = -(-d // BLOCK)
-    block = -(-d // nblocks)
-    macs = LAYERS * (nblocks * 4.0 / 3.0 * block**3 + 2.0 * d * d) + (LAYERS - 1) * d * d * block
-    return WorkEstimate(macs=macs, calls=LAYERS * (10.0 + 4.0 * nblocks), bytes=8 * 3 * d * d)
+    block = _blocks(d)[1]
+    draws = basis_draws_cost(d)
+    macs = draws.macs + LAYERS * 2.0 * d * d + (LAYERS - 1) * d * d * block
+    return WorkEstimate(macs=macs, calls=draws.calls, bytes=8 * 3 * d * d)
+
+
+def basis_draws_cost(d: int) -> WorkEstimate:
+    """The random draws of a basis of d > HAAR_MAX rows: its layers' Haar blocks (a QR each)."""
+    d = check_int("d", d, minimum=1)
+    nblocks, block = _blocks(d)
+    return WorkEstimate(macs=LAYERS * nblocks * 4.0 / 3.0 * block**3,
+                        calls=LAYERS * (10.0 + 4.0 * nblocks), bytes=8 * LAYERS * d * block)
 
 
 def target_cost(d_out: int, d_in: int, *, matrix: bool = True) -> WorkEstimate:
@@ -95,20 +110,20 @@ def target_cost(d_out: int, d_in: int, *, matrix: bool = True) -> WorkEstimate:
 
     The target is made from its SVD, never decomposed: its spectrum costs nothing next to the
     rest, and its bases are drawn on first use. SGD on the exact target (``matrix=False``)
-    steps in the basis where T is diagonal and uses only the right basis ``Vt``
-    (:func:`basis_cost` of d_in); Adam and the data mode (``matrix=True``) use ``T`` itself:
-    both bases and the product ``U[:, :m] diag(sigma) Vt[:m]``, ``d_out * d_in * m`` MACs with
-    ``m = min(d_out, d_in)``.
+    steps in the basis where T is diagonal and only moves the initial factors into it
+    (charged in :func:`fit_cost`): up to HAAR_MAX columns with the right basis ``Vt``
+    (:func:`basis_cost` of d_in), above with its layers applied and never formed (their
+    draws, :func:`basis_draws_cost`). Adam and the data mode (``matrix=True``) use ``T``
+    itself: both bases and the product ``U[:, :m] diag(sigma) Vt[:m]``, ``d_out * d_in * m``
+    MACs with ``m = min(d_out, d_in)``.
     """
     d_out, d_in = _dims(d_out, d_in)
-    right = basis_cost(d_in)
     if not matrix:
-        return right
+        return basis_cost(d_in) if d_in <= HAAR_MAX else basis_draws_cost(d_in)
     m = min(d_out, d_in)
-    left = basis_cost(d_out)
     product = WorkEstimate(macs=float(d_out) * d_in * m, calls=5.0,
                            bytes=8 * (d_out * d_out + d_in * d_in + 2 * d_out * d_in))
-    return right + left + product
+    return basis_cost(d_in) + basis_cost(d_out) + product
 
 
 def fit_cost(d_out: int, d_in: int, ranks: Sequence[int], *, optimizer: str = "sgd",
@@ -119,7 +134,8 @@ def fit_cost(d_out: int, d_in: int, ranks: Sequence[int], *, optimizer: str = "s
     groups them; each step of a batch of n runs padded to rank R costs n times the cheaper
     form of the step (:func:`lorarank.fit._macs_per_step`), and every run ends with one dense
     residual ``s B A - T`` (d_out * d_in * r MACs) and a factored SVD; SGD first moves each
-    distinct rank's initial ``A`` to the target's basis (``r * d_in^2``). Every run is assumed
+    distinct rank's initial ``A`` to the target's basis (``r * d_in^2``, or above HAAR_MAX
+    ``r * d_in * LAYERS * block``). Every run is assumed
     to take all ``steps`` (a diverged run stops early: the estimate is an upper bound).
 
     Parameters
@@ -155,8 +171,10 @@ def fit_cost(d_out: int, d_in: int, ranks: Sequence[int], *, optimizer: str = "s
         macs += d_out * d_in * r + 2.0 * r * r * (d_out + d_in) + 10.0 * r**3
         calls += _CALLS_PER_RESULT
     if optimizer == "sgd":
-        # Each distinct rank's initial A, moved once to the basis where T is diagonal (A0 Vt^T).
-        macs += sum(float(r) * d_in * d_in for r in set(ranks))
+        # Each distinct rank's initial A, moved once to the basis where T is diagonal (A0 Vt^T):
+        # a product with Vt, or above HAAR_MAX its layers applied to the rows.
+        rows = float(sum(set(ranks)))
+        macs += rows * d_in * (d_in if d_in <= HAAR_MAX else LAYERS * _blocks(d_in)[1])
     losses = 8 * len(ranks) * (steps + 1)
     return WorkEstimate(macs=macs, calls=calls, bytes=peak + losses)
 

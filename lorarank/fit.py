@@ -338,9 +338,15 @@ def fit_lora_runs(target: Target, runs: Sequence[tuple[int, float, float]], *, o
     d_out, d_in = target.shape
     ticker = _Ticker(progress, steps * len(checked))
     results: list[FitResult | None] = [None] * len(checked)
-    # Each rank's initial A, once: for SGD moved to the basis where T is diagonal (A' = A V).
+    # Each rank's initial A, once: for SGD moved to the basis where T is diagonal (A' = A V),
+    # all ranks in one pass (above HAAR_MAX rows the basis is applied, never formed).
     rotated = optimizer == "sgd"
-    inits: dict[int, np.ndarray] = {}
+    distinct = sorted({r for r, _, _ in checked})
+    inits = {r: init_lora(d_out, d_in, r, seed=seed)[1] for r in distinct}
+    if rotated:
+        moved = target.to_right_basis(np.concatenate([inits[r] for r in distinct]))
+        offsets = np.cumsum([0] + distinct)
+        inits = {r: moved[o:o + r] for r, o in zip(distinct, offsets)}
     # Rotated SGD steps are small r x r and d x r products: BLAS threads only cost there.
     threads = single_threaded_blas() if optimizer == "sgd" else contextlib.nullcontext()
     with threads:
@@ -348,9 +354,6 @@ def fit_lora_runs(target: Target, runs: Sequence[tuple[int, float, float]], *, o
             batch = []
             for i in group:
                 r, scale, lr = checked[i]
-                if r not in inits:
-                    A0 = init_lora(d_out, d_in, r, seed=seed)[1]
-                    inits[r] = A0 @ target.Vt.T if rotated else A0
                 batch.append(_Run(r, scale, lr, inits[r]))
             for i, res in zip(group, _fit_batch(target, batch, optimizer=optimizer, steps=steps, tol=tol,
                                                 divergence_factor=divergence_factor, ticker=ticker)):
@@ -473,10 +476,17 @@ def _fit_batch(target: Target, runs: list[_Run], *, optimizer: str, steps: int,
     gram_macs, residual_macs = _macs_per_step(d_out, d_in, rmax, optimizer)
     gram = gram_macs <= residual_macs  # large r / d makes the residual form cheaper
     # 1. Stack the factors, zero-padded to rmax (B = 0 as PEFT initialises it).
+    # Rotated SGD in Gram form keeps A transposed (A^T, d_in x rmax, like B): every product
+    # and update then reads both operands in memory order (a transposed view costs a strided
+    # pass in each elementwise step and einsum).
+    tall = gram and rotated
     B = np.zeros((n, d_out, rmax))
-    A = np.zeros((n, rmax, d_in))
+    A = np.zeros((n, d_in, rmax)) if tall else np.zeros((n, rmax, d_in))
     for i, run in enumerate(runs):
-        A[i, : run.rank] = run.A
+        if tall:
+            A[i, :, : run.rank] = run.A.T
+        else:
+            A[i, : run.rank] = run.A
     s = np.array([run.scale for run in runs])[:, None, None]
     lr = np.array([run.lr for run in runs])[:, None, None]
     T = None if rotated else target.matrix  # the rotated basis needs only the spectrum
@@ -493,27 +503,28 @@ def _fit_batch(target: Target, runs: list[_Run], *, optimizer: str, steps: int,
     # In the rotated basis T = diag(sigma): T A^T keeps the first m rows of A^T scaled by sigma,
     # B^T T the first m columns of B^T; zero padding is needed only on a non-square side.
     square_out, square_in = m == d_out, m == d_in
-    sig_col, sig_row = sigma[None, :, None], sigma[None, None, :]
+    sig_col = sigma[None, :, None]
     unit = bool(np.all(s == 1.0))  # s = 1 (alpha = r, the default rule): skip the products by s
     ss, s2, lr_s = s[:, 0, 0], (s * s)[:, 0, 0], lr * s
     with np.errstate(over="ignore", invalid="ignore"):
         for t in range(steps + 1):
             # 2. The loss of the current iterate and the pieces its gradient needs.
             if gram:
-                AAt = A @ A.transpose(0, 2, 1)
                 BtB = B.transpose(0, 2, 1) @ B
-                if rotated:
+                if tall:  # A holds A^T; BtT holds its transpose T^T B (d_in x rmax)
+                    AAt = A.transpose(0, 2, 1) @ A
                     if square_out:
-                        TAt = A[:, :, :m].transpose(0, 2, 1) * sig_col
+                        TAt = A[:, :m] * sig_col
                     else:
                         TAt = np.zeros_like(B)
-                        TAt[:, :m] = A[:, :, :m].transpose(0, 2, 1) * sig_col
+                        TAt[:, :m] = A[:, :m] * sig_col
                     if square_in:
-                        BtT = B[:, :m].transpose(0, 2, 1) * sig_row
+                        BtT = B[:, :m] * sig_col
                     else:
                         BtT = np.zeros_like(A)
-                        BtT[:, :, :m] = B[:, :m].transpose(0, 2, 1) * sig_row
+                        BtT[:, :m] = B[:, :m] * sig_col
                 else:
+                    AAt = A @ A.transpose(0, 2, 1)
                     TAt = T @ A.transpose(0, 2, 1)
                     BtT = B.transpose(0, 2, 1) @ T
                 update_sq = np.einsum("nij,nij->n", BtB, AAt)
@@ -546,7 +557,8 @@ def _fit_batch(target: Target, runs: list[_Run], *, optimizer: str, steps: int,
                     for j in np.flatnonzero(done):
                         i = int(alive[j])
                         norms[i] = np.sqrt(max(float(peak_sq[j]), 0.0))
-                        stopped[i] = (t, bool(bad[j]), None if bad[j] else (B[j].copy(), A[j].copy()))
+                        A_j = A[j].T if tall else A[j]
+                        stopped[i] = (t, bool(bad[j]), None if bad[j] else (B[j].copy(), A_j.copy()))
                         ticker.add(steps - t)
                     keep = ~done
                     alive = alive[keep]
@@ -557,12 +569,12 @@ def _fit_batch(target: Target, runs: list[_Run], *, optimizer: str, steps: int,
                     work = [x[keep] for x in work]
                     moments = [x[keep] for x in moments]
             # 4. The gradients gB = s (s B A - T) A^T, gA = s B^T (s B A - T) and the step.
-            if gram and optimizer == "sgd":
-                # B -= lr s (s B AAt - TAt), A -= lr s (s BtB A - BtT), in place, B first
-                # (both gradients read the iterate's AAt and BtB, computed above).
+            if tall:
+                # B -= lr s (s B AAt - TAt), A^T -= lr s (s A^T BtB - T^T B), in place (both
+                # gradients read the iterate's AAt and BtB, computed above).
                 AAt, BtB, TAt, BtT = work
                 gB = B @ AAt
-                gA = BtB @ A
+                gA = A @ BtB
                 if not unit:
                     gB *= s
                     gA *= s

@@ -41,7 +41,7 @@ from ._validate import check_choice, check_int, check_real
 from .errors import ConfigError
 
 __all__ = ["SPECTRA", "Target", "make_target", "planted_spectrum", "noise_spectrum",
-           "random_orthogonal", "MAX_DIM"]
+           "random_orthogonal", "rotate_by_orthogonal", "MAX_DIM"]
 
 #: Shapes of the planted spectrum, see :func:`planted_spectrum`.
 SPECTRA: tuple[str, ...] = ("flat", "linear", "geometric")
@@ -114,6 +114,27 @@ class Target:
         The fitter runs plain gradient descent in the basis ``(U, Vt)``, where ``T`` is diagonal.
         """
         return self._basis(self.d_in, _V_STREAM).T
+
+    def to_right_basis(self, X: np.ndarray) -> np.ndarray:
+        """``X @ Vt.T``: rows of X (length d_in) in the basis of the right singular vectors.
+
+        Uses ``Vt`` when it is built (or small); else applies the random basis layer by layer
+        (:func:`rotate_by_orthogonal`) and never forms the d_in x d_in matrix.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n, d_in)
+
+        Returns
+        -------
+        ndarray of shape (n, d_in)
+        """
+        if "Vt" in self.__dict__ or self.d_in <= HAAR_MAX:
+            return X @ self.Vt.T
+        Y = rotate_by_orthogonal(X, self.d_in, seed=[self.seed, _V_STREAM])
+        m = self.order.size
+        Y[:, :m] = Y[:, self.order]
+        return Y
 
     @cached_property
     def matrix(self) -> np.ndarray:
@@ -229,19 +250,13 @@ def random_orthogonal(d: int, *, seed: object = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if d <= HAAR_MAX:
         return _haar(rng, d)[0]
-    # Near-equal blocks covering the d rows: `count` blocks of each size, in runs of rows.
-    nblocks = -(-d // BLOCK)
-    small, extra = divmod(d, nblocks)
-    groups = [(size, count) for size, count in ((small + 1, extra), (small, nblocks - extra)) if count]
     Q = np.zeros((d, d))
-    for layer in range(LAYERS):
-        perm = rng.permutation(d)
-        H = [_haar(rng, size, count=count) for size, count in groups]
+    for layer, (perm, blocks) in enumerate(_layers(rng, d)):
         if layer == 0:
             # D P for the identity: the Haar blocks on the diagonal, columns placed by the permutation.
             D = np.zeros((d, d))
             start = 0
-            for (size, count), h in zip(groups, H):
+            for size, count, h in blocks:
                 for block in h:
                     D[start:start + size, start:start + size] = block
                     start += size
@@ -249,11 +264,62 @@ def random_orthogonal(d: int, *, seed: object = 0) -> np.ndarray:
             continue
         Q = Q[perm]
         start = 0
-        for (size, count), h in zip(groups, H):
+        for size, count, h in blocks:
             rows = Q[start:start + size * count].reshape(count, size, d)
             Q[start:start + size * count] = (h @ rows).reshape(size * count, d)
             start += size * count
     return Q
+
+
+def rotate_by_orthogonal(X: np.ndarray, d: int, *, seed: object = 0) -> np.ndarray:
+    """``X @ random_orthogonal(d, seed=seed)`` without forming the d x d matrix above HAAR_MAX.
+
+    The layers of :func:`random_orthogonal` are applied to the rows of ``X`` (last one first):
+    ``LAYERS * n * d * BLOCK`` multiply-adds instead of ``LAYERS * d^2 * BLOCK`` to form the
+    matrix and ``n * d^2`` to multiply by it. Equal to the product to round-off (tested).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+    d : int
+    seed : int or sequence of int, default=0
+        As in :func:`random_orthogonal`.
+
+    Returns
+    -------
+    ndarray of shape (n, d)
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if d <= HAAR_MAX:
+        return X @ random_orthogonal(d, seed=seed)
+    n = X.shape[0]
+    Y = X.copy()
+    # Q = H_{L-1} P_{L-1} ... H_1 P_1 H_0 P_0: multiply by each block-diagonal H_l (blocks of
+    # columns times h), then by the permutation P_l, which moves column k to perm[k].
+    for perm, blocks in reversed(_layers(np.random.default_rng(seed), d)):
+        Z = np.empty_like(Y)
+        start = 0
+        for size, count, h in blocks:
+            cols = Y[:, start:start + size * count].reshape(n, count, size).transpose(1, 0, 2)
+            Z[:, start:start + size * count] = (cols @ h).transpose(1, 0, 2).reshape(n, size * count)
+            start += size * count
+        Y = np.empty_like(Z)
+        Y[:, perm] = Z
+    return Y
+
+
+def _layers(rng: np.random.Generator, d: int) -> list[tuple[np.ndarray, list[tuple[int, int, np.ndarray]]]]:
+    """The random draws of :func:`random_orthogonal` above HAAR_MAX, in draw order: per layer the
+    row permutation and the Haar blocks as (size, count, blocks of shape (count, size, size))."""
+    # Near-equal blocks covering the d rows: `count` blocks of each size, in runs of rows.
+    nblocks = -(-d // BLOCK)
+    small, extra = divmod(d, nblocks)
+    groups = [(size, count) for size, count in ((small + 1, extra), (small, nblocks - extra)) if count]
+    layers = []
+    for _ in range(LAYERS):
+        perm = rng.permutation(d)
+        layers.append((perm, [(size, count, _haar(rng, size, count=count)) for size, count in groups]))
+    return layers
 
 
 def _haar(rng: np.random.Generator, n: int, *, count: int = 1) -> np.ndarray:

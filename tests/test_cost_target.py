@@ -7,7 +7,8 @@ import pytest
 
 from lorarank import cost
 from lorarank.fit import fit_lora
-from lorarank.synthetic import BLOCK, HAAR_MAX, LAYERS, make_target, random_orthogonal
+from lorarank.synthetic import (BLOCK, HAAR_MAX, LAYERS, make_target, random_orthogonal,
+                                rotate_by_orthogonal)
 
 
 def built(target) -> set[str]:
@@ -15,20 +16,26 @@ def built(target) -> set[str]:
     return {name for name in ("U", "Vt", "matrix") if name in vars(target)}
 
 
-@pytest.mark.parametrize("optimizer, pieces", [("sgd", {"Vt"}), ("adam", {"U", "Vt", "matrix"})])
-def test_fit_builds_what_the_estimate_charges(optimizer, pieces):
-    """SGD uses only the right basis (the estimate charges basis_cost(d_in)); Adam uses T, so
-    both bases and their product are built and charged."""
-    target = make_target(48, 40, true_rank=3)
+@pytest.mark.parametrize("d_out, d_in, optimizer, pieces", [
+    (48, 40, "sgd", {"Vt"}), (48, 40, "adam", {"U", "Vt", "matrix"}),
+    (24, HAAR_MAX + 44, "sgd", set())])
+def test_fit_builds_what_the_estimate_charges(d_out, d_in, optimizer, pieces):
+    """SGD uses only the right basis (the estimate charges basis_cost(d_in)), and above
+    HAAR_MAX columns not even that (its layers are applied to the initial factors: the draws
+    are charged); Adam uses T, so both bases and their product are built and charged."""
+    target = make_target(d_out, d_in, true_rank=3)
     assert built(target) == set()  # make_target itself decomposes and builds nothing
     fit_lora(target, [2], optimizer=optimizer, steps=2)
     assert built(target) == pieces
-    est = cost.target_cost(48, 40, matrix=optimizer != "sgd")
-    if optimizer == "sgd":
-        assert est == cost.basis_cost(40)
+    est = cost.target_cost(d_out, d_in, matrix=optimizer != "sgd")
+    if optimizer == "adam":
+        product = d_out * d_in * min(d_out, d_in)
+        assert est.macs == pytest.approx(cost.basis_cost(d_out).macs + cost.basis_cost(d_in).macs
+                                         + product)
+    elif d_in <= HAAR_MAX:
+        assert est == cost.basis_cost(d_in)
     else:
-        product = 48 * 40 * 40
-        assert est.macs == pytest.approx(cost.basis_cost(48).macs + cost.basis_cost(40).macs + product)
+        assert est == cost.basis_draws_cost(d_in)
 
 
 def test_no_dense_svd_charged():
@@ -63,4 +70,19 @@ def test_basis_qr_work_counted(d, monkeypatch):
         block = -(-d // nblocks)
         rest = LAYERS * 2.0 * d * d + (LAYERS - 1) * d * d * block
         # the estimate rounds every block up to the largest block size
-        assert sum(qr_macs) <= est.macs - rest <= sum(qr_macs) * (1 + 3.0 / block)
+        draws = cost.basis_draws_cost(d).macs
+        assert est.macs == pytest.approx(draws + rest)
+        assert sum(qr_macs) <= draws <= sum(qr_macs) * (1 + 3.0 / block)
+
+
+@pytest.mark.parametrize("d", [HAAR_MAX + 1, 1024])
+def test_rotation_without_the_matrix(d):
+    """rotate_by_orthogonal (the layers applied to rows) equals X @ random_orthogonal, and a
+    target's to_right_basis equals X @ Vt.T, to round-off."""
+    X = np.random.default_rng(1).standard_normal((5, d))
+    assert np.allclose(rotate_by_orthogonal(X, d, seed=[2, 7]), X @ random_orthogonal(d, seed=[2, 7]),
+                       atol=1e-13, rtol=0)
+    target = make_target(40, d, true_rank=3, seed=4)
+    moved = target.to_right_basis(X)
+    assert "Vt" not in vars(target)
+    assert np.allclose(moved, X @ target.Vt.T, atol=1e-13, rtol=0)

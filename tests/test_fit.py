@@ -164,6 +164,18 @@ class TestFitAgainstReference:
             norms = [res.scale * np.linalg.norm(B2 @ A2) for B2, A2 in [(B, A)]]
             assert res.max_update_norm >= norms[0] * (1 - 1e-9)
 
+    def test_wide_target_basis_applied_not_formed(self):
+        """Above HAAR_MAX input features SGD moves the initial A with the basis's layers (Vt is
+        never formed) and still gives the textbook loop's iterates on the dense T."""
+        t = make_target(40, 300, true_rank=3, seed=6)
+        results = fit_lora(t, [2, 5], lr=0.002, steps=60)
+        assert "Vt" not in vars(t)
+        for res in results:
+            B, A, loss = fit_lora_reference(t.matrix, res.rank, scale=res.scale, lr=0.002, steps=60)
+            np.testing.assert_allclose(res.loss, loss, rtol=1e-9)
+            rel = np.linalg.norm(res.scale * B @ A - t.matrix) / np.linalg.norm(t.matrix)
+            assert res.rel_err == pytest.approx(rel, rel=1e-10)
+
     @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
     def test_grid_of_runs_matches_textbook_loop(self, optimizer):
         """fit_lora_runs with its own scale and lr per run (both step forms) matches the loop."""
