@@ -1,10 +1,14 @@
 """Rank sweep speed: the article's sweep, and a d = 1024 sweep against the plain numpy loop.
 
-Run: ``python benchmarks/bench_sweep.py [--steps 200] [--d 1024] [--repeat 3] [--no-check]``.
+Run: ``python benchmarks/bench_sweep.py [--steps 200] [--d 1024] [--repeat 3] [--no-check]
+[--against REV]``.
 Prints the figures quoted in the README, each with the load average (the machine may be
 shared: compare the ratio, which is measured in one run).
 
 - the article's sweep (64 x 64, k = 4, r = 2, 4, 16, 2000 SGD steps, target included), in process;
+  with ``--against REV`` also the same sweep of another commit (checked out in a temporary git
+  worktree) and of this tree, each in a fresh process, alternating, best and median of 7 each
+  (e.g. ``--against f595072~1``, the tree before the SVD-built targets);
 - d = 1024, k = 16, ranks 1..64 (seven), SGD, 200 steps: the **whole process**
   ``python -m lorarank sweep ... --json`` (interpreter start, imports, target, fit, output;
   median of ``--repeat``) against the plain per-rank numpy loop in **float32** with numpy's
@@ -77,6 +81,43 @@ def plain_float32_loop(T: np.ndarray, ranks: list[int], *, lr: float, steps: int
             A -= lr * gA
 
 
+ARTICLE = """
+import statistics, sys, time
+sys.path.insert(0, sys.argv[1])
+from lorarank.fit import fit_lora
+from lorarank.synthetic import make_target
+times = []
+for _ in range(7):
+    t0 = time.perf_counter()
+    fit_lora(make_target(), [2, 4, 16])
+    times.append(time.perf_counter() - t0)
+print(min(times), statistics.median(times))
+"""
+
+
+def article_against(rev: str) -> None:
+    """The article's sweep of ``rev`` and of this tree, in fresh processes, alternating."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        other = Path(tmp) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", str(other), rev], cwd=ROOT, check=True,
+                       capture_output=True)
+        try:
+            best = {"this tree": [], rev: []}
+            for _ in range(2):
+                for label, tree in (("this tree", ROOT), (rev, other)):
+                    out = subprocess.run([sys.executable, "-c", ARTICLE, str(tree)], cwd=tmp,
+                                         capture_output=True, text=True, check=True).stdout.split()
+                    best[label].append((float(out[0]), float(out[1])))
+            for label, runs in best.items():
+                print(f"  {label:>12}: best {min(b for b, _ in runs):.3f} s, median "
+                      f"{statistics.median(m for _, m in runs):.3f} s (2 processes x 7 runs)")
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=ROOT,
+                           capture_output=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--d", type=int, default=1024)
@@ -84,6 +125,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.005)
     ap.add_argument("--repeat", type=int, default=3, help="runs of the lorarank process (median)")
     ap.add_argument("--no-check", action="store_true", help="skip the float64 oracle comparison")
+    ap.add_argument("--against", metavar="REV", help="also time the article's sweep of this commit")
     args = ap.parse_args()
     print(f"machine: {machine()}")
     print(f"start: {load()}")
@@ -94,6 +136,9 @@ def main() -> None:
     best, med = best_of(article, 7)
     print(f"article sweep (64x64, k=4, r=2,4,16, sgd lr {DEFAULT_LR['sgd']}, 2000 steps, "
           f"target included): best {best:.3f} s, median {med:.3f} s  [target <= 0.2 s]")
+    if args.against:
+        print(f"  against {args.against}, same run ({load()}):")
+        article_against(args.against)
 
     # 2. d x d, seven ranks, SGD, fixed steps: the whole lorarank process against the plain loop.
     ranks = [1, 2, 4, 8, 16, 32, 64]
