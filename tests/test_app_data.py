@@ -52,7 +52,8 @@ class TestSweepDataMode:
         assert "With **n = 128** pairs the held-out loss is lowest at **r = 4**" in words
         assert "more rank hurts" in words
         specs = [c.proto.spec for c in at.get("vega_lite_chart")]
-        assert any("Held-out loss against rank" in s for s in specs)
+        assert any('"held-out loss"' in s and '"training pairs"' in s for s in specs)
+        assert "**Held-out loss against rank for each n" in words  # the chart's title, above it
 
     def test_bad_samples_one_sentence(self):
         """A bad list of n is one error sentence, no traceback."""

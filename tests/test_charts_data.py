@@ -36,7 +36,7 @@ class TestDataLossFrame:
         """A diverged fit's missing losses are dropped; its bound stays."""
         frame = data_loss_frame([{"samples": 10, "rank": 2, "heldout_loss": None, "train_loss": None,
                                   "optimal_train_loss": 3.0}])
-        assert frame["series"].tolist() == ["rank-r optimum on the training pairs"]
+        assert frame["series"].tolist() == ["rank-r optimum (training)"]
 
 
 class TestDataLossChart:

@@ -391,8 +391,12 @@ def sweep_results(sweep: SweepConfig, values: Mapping[str, Any]) -> None:
             return
         charts = data_charts(config)
     st.markdown("\n".join(f"- {s}" for s in data_reading(run)))
+    losses = dict(charts.losses)
+    title = losses.pop("title", None)  # above the chart as text: in the chart it was half hidden
+    if title:
+        st.markdown(f"**{title}**")  # the builder's own words, no user text
     common.show_chart(
-        charts.losses,
+        losses,
         caption="Loss of a pair: 0.5·||s·B·A·x − y||², averaged over the held-out pairs (solid, "
                 "dots) or the training pairs (dashed); dotted: the smallest training loss any "
                 "rank-r matrix reaches on those pairs (reduced-rank regression). Orange rule: what "
@@ -413,9 +417,9 @@ def sweep_results(sweep: SweepConfig, values: Mapping[str, Any]) -> None:
     floor_text = (f"Dashed: the noise floor {floor:.3g} for n = {charts.spectrum_n}; trained "
                   f"directions below it fit noise." if floor is not None else
                   f"No noise floor: n = {charts.spectrum_n} ≤ d_in + 1 pairs do not determine T.")
-    common.show_chart(charts.spectrum,
-                      caption=f"Singular values of the trained s·B·A at n = {charts.spectrum_n} "
-                              f"(blue) against T's (grey). {floor_text}")
+    layout.show_panels(charts.spectrum, columns=4, legend=False,  # one panel per rank, wrapped
+                       caption=f"Singular values of the trained s·B·A at n = {charts.spectrum_n} "
+                               f"(blue) against T's (grey). {floor_text}")
 
 
 # --------------------------------------------------------------------------------------------

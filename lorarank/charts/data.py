@@ -16,7 +16,7 @@ from ._common import FLOOR_COLOR, PALETTE, log_axis, log_scale
 __all__ = ["data_loss_frame", "data_loss_chart", "n_label"]
 
 #: Series of :func:`data_loss_frame`, in legend order.
-SERIES: tuple[str, ...] = ("held-out loss", "training loss", "rank-r optimum on the training pairs")
+SERIES: tuple[str, ...] = ("held-out loss", "training loss", "rank-r optimum (training)")
 
 
 def n_label(n: int) -> str:
@@ -40,7 +40,7 @@ def data_loss_frame(rows: Iterable[Mapping[str, object]]) -> pd.DataFrame:
         ``loss``; missing and non-positive losses dropped (a log axis cannot place them).
     """
     keys = {"held-out loss": "heldout_loss", "training loss": "train_loss",
-            "rank-r optimum on the training pairs": "optimal_train_loss"}
+            "rank-r optimum (training)": "optimal_train_loss"}
     out = []
     for row in rows:
         for series, key in keys.items():
@@ -53,7 +53,7 @@ def data_loss_frame(rows: Iterable[Mapping[str, object]]) -> pd.DataFrame:
 
 
 def data_loss_chart(rows: Iterable[Mapping[str, object]], *, noise_loss: float | None = None,
-                    true_rank: int | None = None, height: int = 320) -> alt.LayerChart:
+                    true_rank: int | None = None, height: int = 420) -> alt.LayerChart:
     """Held-out loss against rank r, one colour per n; training loss and its bound dashed.
 
     Parameters
@@ -72,10 +72,14 @@ def data_loss_chart(rows: Iterable[Mapping[str, object]], *, noise_loss: float |
     """
     frame = data_loss_frame(rows)
     labels = [n_label(n) for n in sorted(frame["samples"].unique())] if len(frame) else []
+    # Legends under the plot: beside it they took half a phone's width from the rank axis. The
+    # page fits the whole chart, legends included, into ``height``.
     color = alt.Color("n:N", title="training pairs", sort=labels,
-                      scale=alt.Scale(domain=labels, range=[PALETTE[i % len(PALETTE)] for i in range(len(labels))]))
+                      scale=alt.Scale(domain=labels, range=[PALETTE[i % len(PALETTE)] for i in range(len(labels))]),
+                      legend=alt.Legend(orient="bottom", direction="vertical"))
     dash = alt.StrokeDash("series:N", title="loss", sort=list(SERIES),
-                          scale=alt.Scale(domain=list(SERIES), range=[[1, 0], [6, 3], [2, 2]]))
+                          scale=alt.Scale(domain=list(SERIES), range=[[1, 0], [6, 3], [2, 2]]),
+                          legend=alt.Legend(orient="bottom", direction="vertical", labelLimit=360))
     ranks = sorted(frame["rank"].unique()) if len(frame) else [1]
     x = alt.X("rank:Q", title="LoRA rank r (log)", scale=alt.Scale(type="log", base=2),
               axis=alt.Axis(values=[int(r) for r in ranks], format="d"))
