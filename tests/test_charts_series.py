@@ -73,10 +73,10 @@ class TestPhiOverSteps:
     def test_frame(self):
         """The last step has no 'next'; means per type; the module's own values."""
         frame = charts.phi_over_steps_frame(rows(), module="l.0.v")
-        nxt = frame[(frame["measure"] == "with the next checkpoint") & (frame["line"] == "q_proj")]
+        nxt = frame[(frame["measure"] == "next checkpoint") & (frame["line"] == "q_proj")]
         assert list(nxt["step"]) == [10, 20]
         assert list(nxt["phi"]) == pytest.approx([0.6, 0.85])
-        last = frame[(frame["measure"] == "with the last checkpoint") & (frame["kind"] == "module")]
+        last = frame[(frame["measure"] == "last checkpoint") & (frame["kind"] == "module")]
         assert list(last["phi"]) == [0.3, 0.9, 1.0]
 
     def test_chart_spec(self):

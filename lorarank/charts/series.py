@@ -33,7 +33,7 @@ SERIES_METRICS: dict[str, str] = {
 }
 _PAD = {"top": 16, "left": 5, "right": 5, "bottom": 5}
 _MODULE_COLOR = "#000000"
-_NEXT, _LAST = "with the next checkpoint", "with the last checkpoint"
+_NEXT, _LAST = "next checkpoint", "last checkpoint"  # legend "phi with": short enough for a phone
 
 
 def _type_colors(types: Sequence[str], module: str | None) -> alt.Scale:
@@ -89,7 +89,7 @@ def rank_over_steps_frame(rows: Sequence[Mapping[str, object]], *, metric: str =
 
 def rank_over_steps_chart(rows: Sequence[Mapping[str, object]], *, metric: str = "recommended_rank",
                           module: str | None = None, label: str = "name",
-                          settled_step: int | None = None, height: int = 320) -> alt.LayerChart:
+                          settled_step: int | None = None, height: int = 420) -> alt.LayerChart:
     """A module-type line per type (mean over layers) of ``metric`` against the step.
 
     Parameters
@@ -172,7 +172,7 @@ def phi_over_steps_frame(rows: Sequence[Mapping[str, object]], *, module: str | 
 
 def phi_over_steps_chart(rows: Sequence[Mapping[str, object]], *, module: str | None = None,
                          label: str = "name", top: int = 4, chance: float | None = None,
-                         height: int = 320) -> alt.LayerChart:
+                         height: int = 400) -> alt.LayerChart:
     """Subspace similarity phi(k, k) of each step's A factors with the next and the last checkpoint.
 
     Parameters
@@ -195,10 +195,11 @@ def phi_over_steps_chart(rows: Sequence[Mapping[str, object]], *, module: str | 
     x = alt.X("step:Q", title="training step", axis=alt.Axis(format="d"))
     y = alt.Y("phi:Q", title=f"phi(k, k), k = min({top}, r)", scale=alt.Scale(domain=[0, 1]))
     color = alt.Color("line:N", title="module type / module", scale=_type_colors(types, module),
-                      legend=alt.Legend(orient="bottom", labelLimit=360))
-    dash = alt.StrokeDash("measure:N", title=None, scale=alt.Scale(domain=[_NEXT, _LAST],
+                      legend=alt.Legend(orient="bottom", direction="vertical", labelLimit=360))
+    # Both legends in columns under the plot: side by side in rows the second ran off a phone.
+    dash = alt.StrokeDash("measure:N", title="phi with", scale=alt.Scale(domain=[_NEXT, _LAST],
                                                                    range=[[1, 0], [6, 3]]),
-                          legend=alt.Legend(orient="bottom"))
+                          legend=alt.Legend(orient="bottom", direction="vertical"))
     tooltip = [alt.Tooltip("step:Q"), alt.Tooltip("line:N", title="module type / module"),
                alt.Tooltip("measure:N", title="phi"), alt.Tooltip("phi:Q", title="phi (mean)", format=".4f"),
                alt.Tooltip("min:Q", format=".4f"), alt.Tooltip("max:Q", format=".4f"),
