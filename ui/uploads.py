@@ -10,9 +10,24 @@ Disk
     Starlette version parses uploads differently; a browser test (written, not landed yet) checks
     that no upload bytes reach the temp folder.
 Memory
-    ``UploadedFile.getvalue()`` returns the very ``bytes`` object the upload store holds (a
-    ``BytesIO`` shares its initial buffer until written), so :class:`ui.audit.Upload` holds no
-    copy; ``getbuffer()`` would copy it (CPython unshares the buffer for a writable view).
+    Starlette's parser writes a file part into a ``BytesIO`` (over-allocated as it grows) and
+    Streamlit's upload route then takes its bytes with ``UploadFile.read()``, which copies
+    them: for a moment the server held every upload about twice (2.1x its size, measured with
+    tracemalloc), which set the peak of concurrent uploads. :func:`keep_uploads_in_memory` also
+    makes a whole-file ``read()`` of an in-memory part hand over the parser's own buffer
+    (``BytesIO.getvalue()`` trims it in place and shares it, no copy), so the upload store's
+    bytes are the only copy from the start.
+    ``st.file_uploader`` returns a ``copy.deepcopy`` of its ``UploadedFile`` list (Streamlit
+    copies every widget value it returns), and deep-copying a ``BytesIO`` writes its bytes into
+    a new buffer: every script run that saw the upload made a second copy of it, and the one
+    the page kept (its loaded adapter) was that copy, so each session held every upload twice
+    (two 80 MiB mappings per 84 MB upload, traced with tracemalloc to this path).
+    :func:`keep_uploads_in_memory` gives ``UploadedFile`` a ``__deepcopy__`` that builds the copy
+    on the same bytes: still an independent file (its own position; a ``BytesIO`` copies its
+    buffer before the first write), without copying what nobody writes to.
+    ``UploadedFile.getvalue()`` then returns the very ``bytes`` object the upload store holds
+    (a ``BytesIO`` shares its initial buffer until written), so :class:`ui.audit.Upload` holds
+    no copy; ``getbuffer()`` would copy it (CPython unshares the buffer for a writable view).
     The engine reads factors as ``np.frombuffer`` views of those bytes.
 Release
     Streamlit keeps a closed tab's session (and its uploads) for reconnection, and drops
@@ -33,14 +48,19 @@ Freed memory
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import ctypes.util
+import functools
 import gc
+import io
 import logging
 import math
 import os
+import tempfile
 import threading
 import time
+from typing import Any, Awaitable, Callable
 
 __all__ = ["DISCONNECTED_GRACE_SECONDS", "JANITOR_INTERVAL_SECONDS", "keep_uploads_in_memory",
            "start_janitor", "sweep_sessions", "trim_memory"]
@@ -66,11 +86,14 @@ _MULTIPART_MARGIN = 1 << 20
 
 
 def keep_uploads_in_memory() -> None:
-    """Make Starlette's multipart parser keep file parts up to the upload limit in memory.
+    """Make Starlette's multipart parser keep file parts up to the upload limit in memory, a
+    whole-file ``UploadFile.read()`` of such a part return its buffer without a copy, and a
+    deep copy of Streamlit's ``UploadedFile`` share its bytes until written.
 
     Idempotent; a no-op when Starlette is not importable (another server implementation).
     """
     try:
+        from starlette.datastructures import UploadFile
         from starlette.formparsers import MultiPartParser
         from streamlit import config
     except ImportError:  # pragma: no cover
@@ -78,6 +101,59 @@ def keep_uploads_in_memory() -> None:
     limit = int(config.get_option("server.maxUploadSize")) * (1 << 20) + _MULTIPART_MARGIN
     if getattr(MultiPartParser, "spool_max_size", 0) < limit:
         MultiPartParser.spool_max_size = limit
+    if not getattr(UploadFile.read, "_lorarank_shares", False):
+        UploadFile.read = _sharing_read(UploadFile.read)
+    try:
+        from streamlit.runtime.uploaded_file_manager import UploadedFile, UploadedFileRec
+    except ImportError:  # pragma: no cover - another Streamlit layout
+        return
+    if "__deepcopy__" not in UploadedFile.__dict__:
+        UploadedFile.__deepcopy__ = _sharing_deepcopy(UploadedFileRec)
+
+
+def _sharing_deepcopy(record: type) -> Callable[[Any, dict], Any]:
+    """``UploadedFile.__deepcopy__``: a new file on the same bytes (copy-on-write)."""
+
+    def __deepcopy__(self: Any, memo: dict) -> Any:
+        data = self.getvalue()  # the shared bytes (a copy only if the file was written to)
+        attrs = copy.deepcopy({k: v for k, v in vars(self).items()}, memo)
+        new = type(self)(record(file_id=attrs.get("file_id", ""), name=attrs.get("name", ""),
+                                type=attrs.get("type", ""), data=data),
+                         attrs.get("_file_urls"))
+        vars(new).update(attrs)
+        new.seek(self.tell())
+        memo[id(self)] = new
+        return new
+
+    __deepcopy__._lorarank_shares = True  # type: ignore[attr-defined]
+    return __deepcopy__
+
+
+def _in_memory_buffer(file: Any) -> io.BytesIO | None:
+    """The ``BytesIO`` behind an in-memory ``SpooledTemporaryFile`` (or a ``BytesIO``), else None."""
+    if isinstance(file, io.BytesIO):
+        return file
+    if isinstance(file, tempfile.SpooledTemporaryFile) and not getattr(file, "_rolled", True):
+        inner = getattr(file, "_file", None)
+        return inner if isinstance(inner, io.BytesIO) else None
+    return None
+
+
+def _sharing_read(read: Callable[..., Awaitable[bytes]]) -> Callable[..., Awaitable[bytes]]:
+    """``UploadFile.read`` that returns an in-memory file's whole buffer, shared, when asked for
+    everything from the start (what Streamlit's upload route does); otherwise ``read``."""
+
+    @functools.wraps(read)
+    async def sharing_read(self: Any, size: int = -1) -> bytes:
+        buffer = _in_memory_buffer(self.file)
+        if buffer is not None and (size is None or size < 0) and buffer.tell() == 0:
+            data = buffer.getvalue()  # trims the buffer to its length and shares it
+            buffer.seek(0, io.SEEK_END)
+            return data
+        return await read(self, size)
+
+    sharing_read._lorarank_shares = True  # type: ignore[attr-defined]
+    return sharing_read
 
 
 def _libc_trim():
