@@ -261,6 +261,33 @@ class TestFitPhysics:
         assert seen[-1] == (200, 200)
         assert all(a <= b for (a, _), (b, _) in zip(seen, seen[1:]))
 
+    def test_progress_comes_at_least_every_quarter_second(self, article, monkeypatch):
+        """When a hundredth of the fit takes long (a loaded server), progress still comes at
+        least every PROGRESS_INTERVAL: the app stops a closed tab's fit from it. Raising from
+        progress stops the fit there."""
+        import lorarank.fit as fit_module
+
+        clock = [0.0]
+        monkeypatch.setattr(fit_module.time, "monotonic", lambda: clock[0])
+        seen = []
+
+        def progress(done, total):
+            seen.append(done)
+            clock[0] += 0.1  # every step is 0.1 s apart from here on: 10 000 steps per tick
+            if len(seen) == 6:
+                raise KeyboardInterrupt("closed tab")
+
+        original = fit_module._Ticker.add
+
+        def slow_add(self, n):
+            clock[0] += 0.1
+            original(self, n)
+
+        monkeypatch.setattr(fit_module._Ticker, "add", slow_add)
+        with pytest.raises(KeyboardInterrupt):
+            fit_lora(article, [2], steps=1_000_000, progress=progress)
+        assert len(seen) == 6 and seen[-1] < 20, seen  # about every 3 steps, not every 10 000
+
     @pytest.mark.parametrize("kwargs,message", [
         ({"ranks": [0]}, "`rank` should be at least 1, got 0"),
         ({"ranks": [65]}, "rank 65 is larger than min(d_out, d_in) = 64"),

@@ -205,14 +205,17 @@ def test_closed_tab_releases_its_upload(browser, server):
     assert after <= held - 0.6 * size, (before, held, after, size)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "Known defect, not fixed: after the tab closes the server's CPU stays at the sweep's level "
-    "(apart from a dip while the janitor closes the session), measured at load 15 on 2 cores; "
-    "why ui.guard.check_alive's st.stop() does not end the fit inside st.cache_data is not "
-    "established"))
 def test_closed_tab_stops_its_sweep(browser, server):
-    """A long sweep (asks for Run), started, then the tab closed mid-run: the server's CPU goes
-    back to idle and stays there."""
+    """A long sweep (asks for Run), started, then the tab closed mid-run: the server's CPU
+    goes back to idle and stays there.
+
+    The fit calls its progress callback at least every 0.25 s (``lorarank.fit``'s
+    ``PROGRESS_INTERVAL``; it used to be every hundredth of the fit, which took seconds of CPU
+    on a loaded machine, so a closed tab's fit ran on for that long), and the callback stops
+    the run of a disconnected session. Measured as the server process's CPU time, against
+    its own rate while the sweep ran, so a loaded machine slows both alike; the idle window
+    starts after the janitor has closed the session (its collection is not the sweep).
+    """
     pid = server.proc.pid
     context = browser.new_context()
     page = context.new_page()
@@ -225,10 +228,10 @@ def test_closed_tab_stops_its_sweep(browser, server):
     start = cpu_seconds(pid)
     time.sleep(2)
     busy = (cpu_seconds(pid) - start) / 2
-    assert busy > 0.1, busy  # the sweep is running (a share of a loaded machine's core)
+    assert busy > 0.03, busy  # the sweep is running (a share of a loaded machine's core)
     context.close()
-    time.sleep(2)  # the next progress tick sees the closed session
+    time.sleep(GRACE + 2 * INTERVAL)  # the run stopped at once; the janitor closed the session
     start = cpu_seconds(pid)
-    time.sleep(10)  # past the janitor's window: closing the session must not restart anything
-    idle = (cpu_seconds(pid) - start) / 10
+    time.sleep(6)
+    idle = (cpu_seconds(pid) - start) / 6
     assert idle < min(0.1, busy / 3), (busy, idle)
