@@ -265,7 +265,7 @@ def audit_gate(upload: Upload, detected: Detected) -> Callable[[], None] | None:
         return None
     if seconds <= guard.ASK_SECONDS:
         return lambda: None
-    return guard.stop_button(GATE_KEY, ident)
+    return guard.stop_button(GATE_KEY, ident, kept="nothing of it is kept")
 
 
 def guarded_compare(upload_a: Upload, upload_b: Upload, *, top: int) -> Comparison | None:

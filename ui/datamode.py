@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -31,7 +31,7 @@ from .sweep import SweepConfig
 __all__ = [
     "MODES", "MAX_SAMPLES_APP", "MAX_NS_APP", "MAX_HELDOUT_APP", "MAX_DATA_VALUES_APP", "DOWNLOAD_KEY",
     "SWEEP_SETTINGS", "GRID_SETTINGS", "parse_samples", "check_app_size", "data_config",
-    "DataSweepConfig", "DataSweepRun", "GATE_KEY", "data_estimate", "run_data_sweep", "guarded_data_sweep", "DATA_COLUMN_HELP", "data_table",
+    "DataSweepConfig", "DataSweepRun", "GATE_KEY", "data_estimate", "by_n", "run_data_sweep", "guarded_data_sweep", "DATA_COLUMN_HELP", "data_table",
     "data_records", "data_json", "data_reading", "data_charts", "grid_inputs",
     "grid_caption", "grid_losses_table", "sweep_inputs", "sweep_results", "is_data_mode",
     "MAX_EPOCHS_APP", "epoch_steps", "grid_steps",
@@ -220,27 +220,67 @@ def data_estimate(config: DataSweepConfig) -> WorkEstimate:
     return total
 
 
+def _n_ident(config: DataSweepConfig, n: int) -> tuple:
+    return ("data-sweep-n", replace(config, samples=(n,)))
+
+
+def by_n(config: DataSweepConfig) -> bool:
+    """Whether the data-mode sweep runs one sample size at a time, so a stop keeps the sizes
+    that finished (:func:`ui.guard.by_rank`): long sweeps, and sweeps whose every n finished
+    that way (cache hits)."""
+    return guard.by_rank(data_estimate(config).seconds, config.samples,
+                         lambda n: _n_ident(config, n))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _fit_one_n(config: DataSweepConfig) -> DataSweepRun:
+    """One sample size of a sweep run n by n (``config.samples`` has one entry; cached)."""
+    (n,) = config.samples
+    with guard.heavy_work(f"the finite-data sweep at n = {n}"):
+        run = _fit_data_sweep(config)
+    guard.mark_done(_n_ident(config, n))
+    return run
+
+
 @st.cache_data(show_spinner=False, max_entries=32)
 def run_data_sweep(config: DataSweepConfig) -> DataSweepRun:
     """Fit every rank on each n's pairs (cached per config; a progress bar on a miss), in a
-    slot of the server's queue (:func:`ui.guard.heavy_work`)."""
-    with guard.heavy_work("the finite-data sweep"):
-        run = _fit_data_sweep(config)
+    slot of the server's queue (:func:`ui.guard.heavy_work`).
+
+    Long sweeps (:func:`by_n`) train one n at a time, each cached on its own (every n has its
+    own pairs and seeds, so the numbers are those of the one-call sweep); short ones in one
+    call.
+    """
+    if by_n(config):
+        parts = [_fit_one_n(replace(config, samples=(n,))) for n in config.samples]
+        run = DataSweepRun(config=config, target_values=parts[0].target_values,
+                           results=tuple(p.results[0] for p in parts),
+                           floors=tuple(p.floors[0] for p in parts),
+                           seconds=sum(p.seconds for p in parts))
+    else:
+        with guard.heavy_work("the finite-data sweep"):
+            run = _fit_data_sweep(config)
     guard.mark_done(("data-sweep", config))
     return run
 
 
 def guarded_data_sweep(config: DataSweepConfig) -> DataSweepRun | None:
-    """The data-mode sweep within the server's work budget (:func:`ui.guard.guarded_run`).
+    """The data-mode sweep within the server's work budget (:func:`ui.guard.guarded_run`), or
+    the sample sizes that finished.
 
-    Short: runs. Long: asks for Run (showing the estimate), then runs with a Stop button.
-    Past the server's cap: one sentence. None when it does not run.
+    Short: runs. Long: asks for Run (showing the estimate), then runs n by n with a Stop
+    button. Past the server's cap: one sentence. When it does not run, the sample sizes that
+    finished before a stop are returned as a sweep of those sizes (its ``config.samples`` says
+    which), else None.
     """
     return guard.guarded_run(
         data_estimate(config).seconds, key=GATE_KEY, what="finite-data sweep",
         ident=("data-sweep", config), run=lambda: run_data_sweep(config),
         hint="Fewer or smaller n, fewer or smaller ranks, fewer steps, a smaller batch count "
-             "or a smaller d_out x d_in make it cheaper.", kept=False)
+             "or a smaller d_out x d_in make it cheaper.",
+        ranks=config.samples, rank_ident=lambda n: _n_ident(config, n),
+        partial=lambda done: run_data_sweep(replace(config, samples=done)),
+        item="sample sizes", symbol="n", done_word="trained on")
 
 
 def _fit_data_sweep(config: DataSweepConfig) -> DataSweepRun:
@@ -389,6 +429,7 @@ def sweep_results(sweep: SweepConfig, values: Mapping[str, Any]) -> None:
         run = guarded_data_sweep(config)  # within the server's work budget
         if run is None:
             return
+        config = run.config  # after a stop: the sample sizes that finished
         charts = data_charts(config)
     st.markdown("\n".join(f"- {s}" for s in data_reading(run)))
     losses = dict(charts.losses)

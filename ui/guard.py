@@ -234,7 +234,7 @@ def _stop(key: str, ident: Hashable) -> None:
 
 
 def gate(seconds: float, *, key: str, what: str, ident: Hashable, hint: str = "",
-         kept: bool = True) -> bool:
+         kept: bool = True, item: str = "ranks") -> bool:
     """Whether work estimated at ``seconds`` may run now; otherwise say why and offer Run.
 
     Parameters
@@ -253,6 +253,8 @@ def gate(seconds: float, *, key: str, what: str, ident: Hashable, hint: str = ""
         What makes it cheaper, appended to a refusal (markdown written by the app).
     kept : bool
         Whether a stopped run keeps what finished (rank by rank), as the Run box says.
+    item : str
+        What the work is done one by one over, plural (``"ranks"``, ``"sample sizes"``).
 
     Returns
     -------
@@ -275,21 +277,23 @@ def gate(seconds: float, *, key: str, what: str, ident: Hashable, hint: str = ""
             ("**Stopped.** " if stopped else "")
             + f"This {what} is estimated at **{format_seconds(seconds)}** on this server, so it "
             f"waits for you: press Run to start it. A run under way can be stopped"
-            + ("; ranks that finished are kept." if kept else "."))
+            + (f"; {item} that finished are kept." if kept else "."))
         st.button("Run", key=f"{key}_run", type="primary", icon=":material/play_arrow:",
                   on_click=_approve, args=(key, ident))
     return False
 
 
-def stop_button(key: str, ident: Hashable) -> Callable[[], None]:
+def stop_button(key: str, ident: Hashable, *, kept: str = "finished ranks are kept"
+                ) -> Callable[[], None]:
     """Draw a Stop button for the approved run ``ident``; returns a function that removes it.
 
     Pressing it interrupts the run at its next progress tick (Streamlit reruns the page) and
     withdraws the approval, so the rerun shows what finished and the Run button again.
+    ``kept`` completes the button's tooltip "Stop this run; ...".
     """
     slot = st.empty()
     slot.button("Stop", key=f"{key}_stop", icon=":material/stop:", on_click=_stop,
-                args=(key, ident), help="Stop this run; finished ranks are kept.")
+                args=(key, ident), help=f"Stop this run; {kept}.")
     return slot.empty
 
 
@@ -321,7 +325,8 @@ def guarded_run(seconds: float, *, key: str, what: str, ident: Hashable, hint: s
                 run: Callable[[], T], ranks: Sequence[int] = (),
                 rank_ident: Callable[[int], Hashable] | None = None,
                 partial: Callable[[tuple[int, ...]], T] | None = None,
-                kept: bool = True) -> T | None:
+                kept: bool = True, item: str = "ranks", symbol: str = "r",
+                done_word: str = "fitted") -> T | None:
     """Run work within the server's budget (:func:`gate`), with Stop, or show what finished.
 
     Short work runs. Long work asks for Run (showing the estimate), then runs with a Stop
@@ -345,10 +350,14 @@ def guarded_run(seconds: float, *, key: str, what: str, ident: Hashable, hint: s
         The result for a subset of ``ranks`` (all finished: cache hits).
     kept : bool
         As in :func:`gate`: False for work that is not done rank by rank.
+    item, symbol, done_word : str
+        How the caption names what finished: "Showing the {item} already {done_word}:
+        {symbol} = ..." (``"sample sizes"``, ``"n"``, ``"trained on"`` for the data mode).
     """
-    if gate(seconds, key=key, what=what, ident=ident, hint=hint, kept=kept):
+    if gate(seconds, key=key, what=what, ident=ident, hint=hint, kept=kept, item=item):
         asked = seconds > ASK_SECONDS and not is_done(ident)
-        remove = stop_button(key, ident) if asked else (lambda: None)
+        said = f"finished {item} are kept" if kept else "nothing of it is kept"
+        remove = stop_button(key, ident, kept=said) if asked else (lambda: None)
         result = run()
         remove()
         return result
@@ -357,6 +366,6 @@ def guarded_run(seconds: float, *, key: str, what: str, ident: Hashable, hint: s
     done = finished_ranks(ranks, rank_ident)
     if not done:
         return None
-    st.caption(f"Showing the ranks already fitted: r = {', '.join(map(str, done))} of "
-               f"{', '.join(map(str, ranks))}.")
+    st.caption(f"Showing the {item} already {done_word}: {symbol} = "
+               f"{', '.join(map(str, done))} of {', '.join(map(str, ranks))}.")
     return partial(done)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from lorarank import cost
@@ -343,6 +344,52 @@ class TestDataPages:
         at.button(key=f"{datamode.GATE_KEY}_run").click().run()
         assert not at.exception and not at.error
         assert any("held-out loss" in d.value.columns for d in at.dataframe)
+
+    def test_stop_keeps_finished_sample_sizes(self, monkeypatch):
+        """A long data sweep runs n by n; Stop pressed while n = 128 trains (its callback, then
+        the rerun that interrupts the run) keeps n = 64: the table shows its rows, equal to
+        the engine's, with a caption naming what finished. Run again trains only n = 128."""
+        from lorarank.data import DataConfig, fit_data
+        from lorarank.synthetic import make_target
+        from ui import datamode
+
+        query = {"mode": "data", "samples": "64,128", "ranks": "2,4", "steps": "210"}
+        config = datamode.DataSweepConfig(sweep=sweep.SweepConfig(ranks=(2, 4), steps=210),
+                                          samples=(64, 128))
+        exact_s = sweep.sweep_estimate(config.sweep).seconds
+        monkeypatch.setattr(guard, "ASK_SECONDS",
+                            (exact_s + datamode.data_estimate(config).seconds) / 2)
+        calls = []
+
+        def fit_then_stop(*args, data, **kwargs):
+            calls.append(data.samples)
+            if data.samples == 128 and calls.count(128) == 1:
+                guard._stop(datamode.GATE_KEY, ("data-sweep", config))  # Stop's on_click
+                st.rerun()  # what Streamlit raises at the run's next progress tick
+            return fit_data(*args, data=data, **kwargs)
+
+        monkeypatch.setattr(datamode, "fit_data", fit_then_stop)
+        at = open_page("pages/1_Rank_sweep.py", **query)
+        assert any("finite-data sweep is estimated at" in m.value for m in at.markdown)
+        at.button(key=f"{datamode.GATE_KEY}_run").click().run()
+        assert not at.exception and not at.error
+        assert calls == [64, 128]
+        assert any("**Stopped.**" in m.value and "sample sizes that finished are kept" in m.value
+                   for m in at.markdown)
+        assert any("Showing the sample sizes already trained on: n = 64 of 64, 128." in c.value
+                   for c in at.caption)
+        (frame,) = [d.value for d in at.dataframe if "held-out loss" in d.value.columns]
+        assert frame["n"].tolist() == [64, 64] and frame["r"].tolist() == [2, 4]
+        engine = fit_data(make_target(), [2, 4], data=DataConfig(samples=64), steps=210,
+                          lr=config.lr_used)
+        assert frame["held-out loss"].tolist() == [f"{r.heldout_loss:.4g}" for r in engine]
+
+        at.button(key=f"{datamode.GATE_KEY}_run").click().run()
+        assert not at.exception and not at.error
+        assert calls == [64, 128, 128]  # n = 64 was kept, not trained again
+        (frame,) = [d.value for d in at.dataframe if "held-out loss" in d.value.columns]
+        assert frame["n"].tolist() == [64, 64, 128, 128]
+        assert frame["held-out loss"].tolist()[:2] == [f"{r.heldout_loss:.4g}" for r in engine]
 
     def test_data_sweep_past_the_cap_is_refused(self, monkeypatch):
         """Past the server's cap: one sentence naming the estimate and the cap; the exact
