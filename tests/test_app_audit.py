@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import zipfile
 from pathlib import Path
 
@@ -445,6 +446,27 @@ class TestSwitchingAdapters:
         assert_clean(at)
         assert at.get("dataframe") == [] or len(at.dataframe) == 0
         assert any("What to upload" in m.value for m in at.markdown)
+
+    def test_markdown_in_file_and_model_names_is_text(self):
+        """A file name and a config's base model written as markdown (a link, an image, HTML)
+        show in the "Loaded:" line as the literal text, inside code spans that they cannot
+        close: no link, image or tag is left once the code spans are taken out."""
+        files = sample_files("peft_llama_r8")
+        name = "x`[a](http://e)`![i](http://e/i.png)<b>.safetensors"
+        model = "m``[Session expired - sign in](http://e)``"
+        config = json.loads(files["adapter_config.json"])
+        config["base_model_name_or_path"] = model
+        at = upload(open_page(), {name: files["adapter_model.safetensors"],
+                                  "adapter_config.json": json.dumps(config).encode()})
+        assert_clean(at)
+        (line,) = [m.value for m in at.markdown if "Loaded:" in m.value]
+        spans = [m.group(2) for m in re.finditer(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", line)]
+        assert name in [s.strip() for s in spans] and model in [s.strip() for s in spans]
+        outside = re.sub(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", " ", line)
+        for markup in ("](", "![", "<", "http", "`"):
+            assert markup not in outside, (markup, outside)
+        header = loaded_line(at)
+        assert name.replace("`", "") in header and model.replace("`", "") in header
 
     def test_config_dropped_after_weights_joins_them(self):
         """Weights first (s = 1 assumed), then adapter_config.json alone: both are read
