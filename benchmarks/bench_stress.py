@@ -1,19 +1,24 @@
 """Stress: N concurrent browser sessions against one ``streamlit run app.py``.
 
-Run: ``python benchmarks/bench_stress.py [--sessions 1,4,8] [--layers 32] [--timeout 240]``.
+Run: ``python benchmarks/bench_stress.py [--sessions 1,4,8] [--layers 32] [--timeout 240]
+[--grace 5]``.
 
 For each N, a fresh server on 127.0.0.1 (loopback only) and one headless Chromium with N
 contexts (separate sessions). Every session, at the same time: opens the Rank sweep (defaults)
 and waits for its table, then alpha/r stability (defaults), then the Adapter audit with a
-Llama-3-8B-shaped PEFT adapter in bfloat16 (``--mb`` 84 MB, written by the real safetensors
-writer, as in ``bench_upload_memory.py``) and waits for the per-module table. Prints per N:
-median and max latency of each step (the audit's from the file drop to its table), the
-server's peak RSS (sampled every 0.2 s, children included) and its idle RSS (after one warm-up
-visit of every page). After the largest N it closes every tab and reports when the server got
-back within 300 MB of idle and its RSS once the janitor's window has passed (disconnected
-sessions closed, their uploads dropped). Bounded: at most 8 sessions, every wait has a timeout,
-and the server and browser are stopped by their handles.
-Report ``uptime`` with the figures: on a shared 2-core machine latencies mostly measure load.
+Llama-3-8B-shaped PEFT adapter in bfloat16 (84 MB with ``--layers 32``, written by the real
+safetensors writer, as in ``bench_upload_memory.py``) and waits for the per-module table.
+Prints per N: median and max latency of each step (the audit's from the file drop to its
+table), the server's idle RSS (after one warm-up visit of every page) and its peak RSS: the
+kernel's high-water mark (``VmHWM``, reset after the idle reading), so no transient is missed
+between samples. Then it closes every tab and reports when the server got back within 300 MB
+of idle and its RSS once the janitor's window has passed (disconnected sessions closed, their
+uploads dropped). The benchmark's servers close disconnected sessions after ``--grace``
+seconds (``LORARANK_DISCONNECTED_GRACE_SECONDS``; deployed: 60), looked at every second: the
+same mechanism as deployed, without waiting a minute per N.
+Bounded: at most 8 sessions, every wait has a timeout, and the server and browser are stopped
+by their handles. Report ``uptime`` with the figures: on a shared 2-core machine latencies
+mostly measure load; memory does not depend on it.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ import asyncio
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,39 +42,47 @@ from apphelpers import CHROMIUM, CHROMIUM_ARGS, AppServer  # noqa: E402
 from benchmarks.bench_upload_memory import adapter_bytes  # noqa: E402
 
 MAX_SESSIONS = 8
+JANITOR_INTERVAL = 1.0
+
+
+def _status_mb(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} for process {pid}")
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` and its children, MB."""
-    total = 0
-    pids = [pid]
+    """Resident memory of ``pid`` now, MiB (the server starts no child processes)."""
+    return _status_mb(pid, "VmRSS")
+
+
+def reset_peak(pid: int) -> bool:
+    """Reset the kernel's peak-RSS mark of ``pid`` to its current RSS (``clear_refs`` 5)."""
     try:
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
-                             text=True, check=False).stdout
-        pids += [int(p) for p in out.split()]
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
     except OSError:
-        pass
-    for p in pids:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024
+        return False
+    return True
 
 
 class Sampler(threading.Thread):
-    """Peak RSS of a process tree, sampled every ``every`` seconds."""
+    """Peak RSS of a process: its kernel high-water mark when that could be reset, and the
+    largest of samples taken every ``every`` seconds (a fallback)."""
 
-    def __init__(self, pid: int, every: float = 0.2) -> None:
+    def __init__(self, pid: int, every: float = 0.1) -> None:
         super().__init__(daemon=True)
-        self.pid, self.every, self.peak, self.stop = pid, every, 0.0, threading.Event()
+        self.pid, self.every, self.sampled, self.stop = pid, every, 0.0, threading.Event()
+        self.hwm = reset_peak(pid)
 
     def run(self) -> None:
         while not self.stop.is_set():
-            self.peak = max(self.peak, rss_mb(self.pid))
+            self.sampled = max(self.sampled, rss_mb(self.pid))
             time.sleep(self.every)
+
+    @property
+    def peak(self) -> float:
+        return max(self.sampled, _status_mb(self.pid, "VmHWM") if self.hwm else 0.0)
 
 
 async def wait_idle(page, timeout_ms: float) -> None:
@@ -110,11 +122,13 @@ async def session(browser, url: str, files: list[str], timeout_ms: float) -> dic
     return out
 
 
-async def run_n(n: int, files: list[str], timeout: float, release_timeout: float,
-                log_dir: Path) -> None:
+async def run_n(n: int, files: list[str], timeout: float, grace: float, log_dir: Path) -> None:
     from playwright.async_api import async_playwright
 
-    server = AppServer(log_dir / f"stress-{n}.log")
+    server = AppServer(log_dir / f"stress-{n}.log",
+                       env={"LORARANK_DISCONNECTED_GRACE_SECONDS": str(grace),
+                            "LORARANK_JANITOR_INTERVAL_SECONDS": str(JANITOR_INTERVAL)})
+    release_timeout = grace + JANITOR_INTERVAL + 10
     try:
         pid = server.proc.pid
         async with async_playwright() as pw:
@@ -129,7 +143,7 @@ async def run_n(n: int, files: list[str], timeout: float, release_timeout: float
                     await page.goto(f"{server.url}/{path}", timeout=timeout * 1000)
                     await wait_idle(page, timeout * 1000)
                 await warm.close()
-                await asyncio.sleep(1)
+                await asyncio.sleep(grace + 2 * JANITOR_INTERVAL)  # the warm-up session closed
                 idle = rss_mb(pid)
                 sampler = Sampler(pid)
                 sampler.start()
@@ -152,8 +166,10 @@ async def run_n(n: int, files: list[str], timeout: float, release_timeout: float
                     if times:
                         print(f"  {step:9} median {statistics.median(times):6.1f} s  max "
                               f"{max(times):6.1f} s")
-                print(f"  server RSS: idle {idle:.0f} MB, peak {sampler.peak:.0f} MB "
-                      f"(+{sampler.peak - idle:.0f} MB)", flush=True)
+                peak = sampler.peak
+                print(f"  server RSS: idle {idle:.0f} MiB, peak {peak:.0f} MiB "
+                      f"(+{peak - idle:.0f} MiB, {(peak - idle) / max(n, 1):.0f} MiB per session"
+                      f"{'' if sampler.hwm else '; sampled every 0.1 s'})", flush=True)
                 for context in contexts:
                     await context.close()
                 contexts = []
@@ -164,18 +180,17 @@ async def run_n(n: int, files: list[str], timeout: float, release_timeout: float
                         back = time.perf_counter() - closed
                         break
                     await asyncio.sleep(1)
-                if release_timeout <= 0:
-                    pass
-                elif back is None:
+                if back is None:
                     now = rss_mb(pid)
-                    print(f"  after closing every tab: {now:.0f} MB after {release_timeout:.0f} s "
-                          f"(+{now - idle:.0f} MB over idle): NOT back within 300 MB")
+                    print(f"  after closing every tab: {now:.0f} MiB after {release_timeout:.0f} "
+                          f"s (+{now - idle:.0f} MiB over idle): NOT back within 300 MB")
                 else:
                     # Stay until the janitor has closed the disconnected sessions too.
                     await asyncio.sleep(max(0.0, release_timeout - (time.perf_counter() - closed)))
                     now = rss_mb(pid)
                     print(f"  after closing every tab: within 300 MB of idle after {back:.0f} s; "
-                          f"{now:.0f} MB (+{now - idle:.0f} MB) after {release_timeout:.0f} s")
+                          f"{now:.0f} MiB (+{now - idle:.0f} MiB) after {release_timeout:.0f} s "
+                          f"(janitor window {grace:.0f} + {JANITOR_INTERVAL:.0f} s)", flush=True)
             finally:
                 for context in contexts:
                     await context.close()
@@ -189,17 +204,15 @@ def main() -> None:
     parser.add_argument("--sessions", default="1,4,8", help="comma-separated N (each <= 8)")
     parser.add_argument("--layers", type=int, default=32, help="32 layers: 84 MB bf16 adapter")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds per wait")
-    parser.add_argument("--release-timeout", type=float, default=None,
-                        help="seconds to watch memory after the tabs of the largest N close "
-                             "(default: the janitor's window + 15 s); smaller N are not watched")
+    parser.add_argument("--grace", type=float, default=5.0,
+                        help="seconds before the server closes a disconnected session "
+                             "(deployed: 60)")
     args = parser.parse_args()
     counts = [int(x) for x in args.sessions.split(",")]
     if any(not 1 <= n <= MAX_SESSIONS for n in counts):
         raise SystemExit(f"bench_stress: error: sessions must be 1..{MAX_SESSIONS}")
-    from ui.uploads import DISCONNECTED_GRACE_SECONDS, JANITOR_INTERVAL_SECONDS
-
-    window = DISCONNECTED_GRACE_SECONDS + JANITOR_INTERVAL_SECONDS
-    release = window + 15 if args.release_timeout is None else args.release_timeout
+    if not 0 <= args.grace <= 120:
+        raise SystemExit("bench_stress: error: --grace must be 0..120 s")
     weights, config = adapter_bytes(layers=args.layers)
     # Playwright passes buffers over 50 MB only as files: the browser reads them from here
     # (the client's side; the server gets them over HTTP as from any browser).
@@ -209,14 +222,17 @@ def main() -> None:
     files = [str(folder / "adapter_model.safetensors"), str(folder / "adapter_config.json")]
     print(f"adapter {len(weights) / 2**20:.1f} MB; {os.cpu_count()} cores; load "
           f"{os.getloadavg()[0]:.1f}; LORARANK_HEAVY_SLOTS="
-          f"{os.environ.get('LORARANK_HEAVY_SLOTS', 'default')}; janitor window {window:.0f} s",
+          f"{os.environ.get('LORARANK_HEAVY_SLOTS', 'default')}; disconnected sessions closed "
+          f"after {args.grace:g} s",
           flush=True)
     log_dir = Path(os.environ.get("TMPDIR", "/tmp"))
     start = time.perf_counter()
     try:
         for n in counts:
-            asyncio.run(run_n(n, files, args.timeout, release if n == max(counts) else 0.0,
-                              log_dir))
+            begun = time.perf_counter()
+            asyncio.run(run_n(n, files, args.timeout, args.grace, log_dir))
+            print(f"  (N = {n} took {time.perf_counter() - begun:.0f} s with server start, "
+                  f"warm-up and release watch)", flush=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     print(f"total {time.perf_counter() - start:.0f} s; load {os.getloadavg()[0]:.1f}")
