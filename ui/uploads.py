@@ -34,8 +34,9 @@ Release
     expired sessions from that store without shutting them down, so their uploads stayed in
     memory until an unrelated event. :func:`start_janitor` runs one daemon thread per server
     that closes sessions disconnected for more than :data:`DISCONNECTED_GRACE_SECONDS` (their
-    uploads, session state and running script go with them) and drops upload files of
-    sessions the runtime no longer knows.
+    uploads, session state and running script go with them: the state is emptied, since
+    Streamlit's runtime loop keeps the last session it served referenced) and drops upload
+    files of sessions the runtime no longer knows.
 Freed memory
     glibc's malloc keeps freed blocks in per-thread arenas (every script run has its own
     thread) instead of returning them to the system, so a server that audited an 84 MB upload
@@ -201,15 +202,17 @@ def sweep_sessions(*, grace: float | None = None, now: float | None = None) -> l
     grace = DISCONNECTED_GRACE_SECONDS if grace is None else grace
     now = time.monotonic() if now is None else now
     manager = runtime._session_mgr  # noqa: SLF001 - no public accessor in Streamlit 1.67
-    known = {info.session.id for info in manager.list_sessions()}
+    sessions = {info.session.id: info.session for info in manager.list_sessions()}
+    known = set(sessions)
     closed = []
-    for session_id in known:
+    for session_id, session in sessions.items():
         if runtime.is_active_session(session_id):
             _DISCONNECTED_SINCE.pop(session_id, None)
             continue
         since = _DISCONNECTED_SINCE.setdefault(session_id, now)
         if now - since >= grace:
             runtime.close_session(session_id)
+            _forget_state(session)
             _DISCONNECTED_SINCE.pop(session_id, None)
             closed.append(session_id)
     for session_id in list(_DISCONNECTED_SINCE):
@@ -230,6 +233,25 @@ def sweep_sessions(*, grace: float | None = None, now: float | None = None) -> l
     if closed:
         _LOGGER.info("lorarank janitor: closed %d disconnected session(s)", len(closed))
     return closed
+
+
+def _forget_state(session: Any) -> None:
+    """Empty a closed session's state (its loaded upload, page callbacks and their globals).
+
+    Streamlit's runtime loop keeps the last session it sent messages to in a local variable
+    (``Runtime._loop_coroutine``'s ``active_session_info``) until it sends to another one, so
+    the last closed session object, and with it its state, outlived its closing: one upload
+    stayed in memory until somebody else used the server. The closed session never runs
+    again, so nothing reads its state.
+    """
+    state = getattr(session, "session_state", None)
+    clear = getattr(state, "clear", None)
+    if callable(clear):
+        try:
+            clear()
+        except Exception:  # a script still stopping may hold it; the next pass is too late
+            _LOGGER.debug("lorarank janitor: could not clear a closed session's state",
+                          exc_info=True)
 
 
 def _janitor_loop() -> None:
