@@ -18,7 +18,8 @@ same Streamlit, config and browser), printed first; "ours minus floor" is what t
 Targets (PRODUCT.md, issue 10): first render <= 2 s on a cold server and <= 1 s for a new
 session on a warm server, rerun <= 0.3 s. Usage::
 
-    python benchmarks/bench_app.py [--cold 2] [--warm 4] [--reruns 2] [--no-floor] [--page /Rank_sweep] [--json]
+    python benchmarks/bench_app.py [--cold 2] [--warm 4] [--reruns 2] [--no-floor] [--compare-preload]
+                                   [--page /Rank_sweep] [--json]
 """
 
 from __future__ import annotations
@@ -129,10 +130,11 @@ def _first_render(browser, url: str) -> tuple[float, object, object]:
     return _finished_after(page, 0.0) / 1000.0, context, page
 
 
-def one_server(browser, url_path: str, *, script: str, warm: int, reruns: int, log: Path) -> dict:
+def one_server(browser, url_path: str, *, script: str, warm: int, reruns: int, log: Path,
+               env: dict[str, str] | None = None) -> dict:
     """One fresh server: its start, the first render (cold), then ``warm`` new sessions and
     ``reruns`` reruns on it (warm)."""
-    server = AppServer(log, script=script)
+    server = AppServer(log, script=script, env=env)
     out: dict = {"start_s": server.healthy_after, "warm": [], "rerun": []}
     try:
         out["first"], context, page = _first_render(browser, server.url + url_path)
@@ -157,24 +159,24 @@ def one_server(browser, url_path: str, *, script: str, warm: int, reruns: int, l
     return out
 
 
-def measure_all(browser, targets: list[tuple[str, str, str]], *, cold: int, warm: int,
+def measure_all(browser, targets: list[tuple], *, cold: int, warm: int,
                 reruns: int, tmp: Path) -> dict:
-    """``targets``: (label, script, url path). Round-robin: each round starts one fresh server
+    """``targets``: (label, script, url path[, server environment]). Round-robin: each round starts one fresh server
     per target in turn, so the floor and the pages see the same machine load; warm sessions
     and reruns are measured on every round's server (``warm`` and ``reruns`` per round split
     over the rounds, at least one each)."""
-    runs: dict[str, list[dict]] = {label: [] for label, _, _ in targets}
+    runs: dict[str, list[dict]] = {target[0]: [] for target in targets}
     per_round_warm = max(1, -(-warm // cold)) if warm else 0
     per_round_rerun = max(1, -(-reruns // cold)) if reruns else 0
     for i in range(cold):
-        for label, script, url_path in targets:
+        for k, (label, script, url_path, *env) in enumerate(targets):
             if runs[label] and "error" in runs[label][-1]:
                 continue
-            name = (Path(script).stem + url_path.replace("/", "_")).strip("_")
             runs[label].append(one_server(browser, url_path, script=script, warm=per_round_warm,
-                                          reruns=per_round_rerun, log=tmp / f"server-{name}-{i}.log"))
+                                          reruns=per_round_rerun, log=tmp / f"server-{k}-{i}.log",
+                                          env=env[0] if env else None))
     results = {}
-    for label, script, url_path in targets:
+    for label, script, url_path, *_ in targets:
         done = runs[label]
         if done and "error" in done[-1]:
             results[label] = {"url": url_path, "error": done[-1]["error"]}
@@ -200,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="only this page's URL path (e.g. / or /Rank_sweep); repeatable")
     parser.add_argument("--no-floor", action="store_true",
                         help="skip the minimal-app baseline (the floor)")
+    parser.add_argument("--compare-preload", action="store_true",
+                        help="also measure every page with the server-start preload off "
+                             "(LORARANK_PRELOAD=0), in the same rounds")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args(argv)
 
@@ -208,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
         targets = [(label, "app.py", path) for label, path in page_urls()
                    if not args.page or path in args.page]
+        if args.compare_preload:
+            targets += [(f"{label}, no preload", script, path, {"LORARANK_PRELOAD": "0"})
+                        for label, script, path in list(targets)]
         if not args.no_floor:
             # Run from the repository like the app (same .streamlit/config.toml, same server).
             floor_script = Path(tmp) / "floor_app.py"
@@ -230,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"App speed in headless Chromium ({machine}); medians over {args.cold} fresh servers "
           f"per page (round-robin), defaults of each page")
     print(f"{load_before} before, {load()} after; {time.perf_counter() - began:.0f} s in all")
-    print(f"{'page':<20} {'server start':>13} {'first render (cold server)':>27} "
+    print(f"{'page':<32} {'server start':>13} {'first render (cold server)':>27} "
           f"{'new session (warm server)':>26} {'rerun, same inputs':>19}")
 
     def gap(value: float | None, base: float | None) -> str:
@@ -239,14 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = ([(FLOOR_LABEL, floor)] if floor else []) + list(results.items())
     for label, r in rows:
         if "error" in r:
-            print(f"{label:<20} {r['error']}")
+            print(f"{label:<32} {r['error']}")
             continue
         base = floor if floor and r is not floor and "error" not in floor else {}
         cold = f"{r['first_render_s']:.2f} s" + gap(r["first_render_s"], base.get("first_render_s"))
         warm = ("-" if r["warm_session_s"] is None else f"{r['warm_session_s']:.2f} s"
                 + gap(r["warm_session_s"], base.get("warm_session_s")))
         rerun = "-" if r["rerun_s"] is None else f"{r['rerun_s']:.3f} s"
-        print(f"{label:<20} {r['server_start_s']:>11.2f} s {cold:>27} {warm:>26} {rerun:>19}")
+        print(f"{label:<32} {r['server_start_s']:>11.2f} s {cold:>27} {warm:>26} {rerun:>19}")
     if floor:
         print("(+x): ours minus the floor, a one-st.write app measured the same way in the same "
               "rounds (same Streamlit, config, browser)")

@@ -81,3 +81,31 @@ class TestServerStart:
 
         missing = [name for name in MODULES if importlib.util.find_spec(name) is None]
         assert missing == []
+
+    @pytest.mark.parametrize("setting, starts", [(None, True), ("0", False)])
+    def test_lifespan_starts_the_preload_unless_turned_off(self, setting, starts, monkeypatch, caplog):
+        """The lifespan runs the preload in its thread at server start (it logs what it
+        imported); LORARANK_PRELOAD=0 (the benchmark's comparison) turns it off."""
+        import asyncio
+        import threading
+
+        from ui import preload
+
+        if setting is None:
+            monkeypatch.delenv("LORARANK_PRELOAD", raising=False)
+        else:
+            monkeypatch.setenv("LORARANK_PRELOAD", setting)
+        caplog.set_level("INFO", logger="ui.preload")
+        monkeypatch.setattr(preload, "MODULES", ("json", "lorarank.errors"))  # the real list: above
+
+        async def serve() -> None:
+            async with preload.lifespan(None):
+                pass
+
+        asyncio.run(serve())
+        for thread in threading.enumerate():
+            if thread.name == "lorarank-preload":
+                thread.join(60)
+        done = [r for r in caplog.records if r.name == "ui.preload" and "modules imported" in r.message]
+        assert len(done) == (1 if starts else 0)
+        assert not [r for r in caplog.records if r.name == "ui.preload" and r.levelname == "WARNING"]

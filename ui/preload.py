@@ -6,13 +6,15 @@ page's first script run on a fresh server otherwise spends seconds importing pan
 (with jsonschema) and the engine before it computes anything (benchmarks/bench_app.py). The
 thread only imports modules: it computes nothing, holds no session's data, and a page that
 arrives while it is still running waits on Python's import locks for the module being
-imported instead of importing it a second time.
+imported instead of importing it a second time. ``LORARANK_PRELOAD=0`` in the server's
+environment turns it off (``benchmarks/bench_app.py --compare-preload`` measures both).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -31,8 +33,10 @@ MODULES = (
 )
 
 
-def preload(modules: tuple[str, ...] = MODULES) -> float:
-    """Import ``modules`` (a failure is logged, never raised); returns the seconds spent."""
+def preload(modules: tuple[str, ...] | None = None) -> float:
+    """Import ``modules`` (default :data:`MODULES`; a failure is logged, never raised);
+    returns the seconds spent."""
+    modules = MODULES if modules is None else modules
     start = time.perf_counter()
     for name in modules:
         try:
@@ -46,6 +50,8 @@ def preload(modules: tuple[str, ...] = MODULES) -> float:
 
 @asynccontextmanager
 async def lifespan(_app: Any) -> AsyncIterator[None]:
-    """``st.App`` lifespan: start :func:`preload` in a daemon thread; the server starts at once."""
-    threading.Thread(target=preload, name="lorarank-preload", daemon=True).start()
+    """``st.App`` lifespan: start :func:`preload` in a daemon thread (unless the environment
+    sets ``LORARANK_PRELOAD=0``); the server starts at once."""
+    if os.environ.get("LORARANK_PRELOAD", "1").strip() != "0":
+        threading.Thread(target=preload, name="lorarank-preload", daemon=True).start()
     yield
