@@ -32,7 +32,7 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
-from safetensors.numpy import save_file
+from safetensors.numpy import save
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -43,38 +43,49 @@ from benchmarks.llama8b import CONFIG, LAYERS, RANK, SHAPES, module_name  # noqa
 def write_run(root: Path, n: int, every: int = 100) -> tuple[list[Path], float]:
     """n checkpoint folders whose factors drift; returns (folders, MB of one weights file).
 
-    Per module, checkpoint t (1..n) holds A0 and B0 with one direction moved: row j = t mod r
-    of A is A0[j] + t dA[j] and column j of B is (t / n) B0[:, j]. No two files are equal and
-    the spectra change over steps, while writing a checkpoint costs a copy and a save (a full
-    recomputation of every factor made writing 50 checkpoints take minutes on its own).
+    The first file is A0, B0 serialised once by safetensors. Checkpoint t (1..n) is the one
+    before it with, in every module, row j = t mod r of A set to A0[j] + t dA[j] and column j
+    of B set to (t / n) B0[:, j]: the bytes are patched in place and written, so no two files
+    are equal and the spectra move over steps, while a checkpoint costs one file write
+    (recomputing and serialising every factor made writing 50 checkpoints take minutes).
     """
     rng = np.random.default_rng(0)
     decay = np.geomspace(1.0, 0.02, RANK).astype(np.float32)
-    base = {}
+    base, tensors = {}, {}
     for layer in range(LAYERS):
         for module, (d_out, d_in) in SHAPES.items():
+            name = module_name(layer, module)
             a0 = rng.standard_normal((RANK, d_in), dtype=np.float32) / np.sqrt(d_in)
             da = rng.standard_normal((RANK, d_in), dtype=np.float32) * (0.05 / np.sqrt(d_in)) * decay[:, None]
             b0 = rng.standard_normal((d_out, RANK), dtype=np.float32) * 0.01 * decay
-            base[module_name(layer, module)] = (a0, da, b0, a0.astype(ml_dtypes.bfloat16),
-                                                b0.astype(ml_dtypes.bfloat16))
+            base[name] = (a0, da, b0)
+            tensors[name + ".lora_A.weight"] = a0.astype(ml_dtypes.bfloat16)
+            tensors[name + ".lora_B.weight"] = b0.astype(ml_dtypes.bfloat16)
+    data = bytearray(save(tensors, metadata={"format": "pt"}))
+    del tensors
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + header_len])
+
+    def view(key: str) -> np.ndarray:  # the tensor's bf16 bits inside ``data``, writable
+        start, end = header[key]["data_offsets"]
+        return np.frombuffer(data, dtype=np.uint16, count=(end - start) // 2,
+                             offset=8 + header_len + start).reshape(header[key]["shape"])
+
+    views = {name: (view(name + ".lora_A.weight"), view(name + ".lora_B.weight")) for name in base}
     folders = []
     for t in range(1, n + 1):
         folder = root / f"checkpoint-{t * every}"
         folder.mkdir()
         j = t % RANK
-        tensors = {}
-        for name, (a0, da, b0, a16, b16) in base.items():
-            a, b = a16.copy(), b16.copy()
-            a[j] = (a0[j] + t * da[j]).astype(ml_dtypes.bfloat16)
-            b[:, j] = (b0[:, j] * (t / n)).astype(ml_dtypes.bfloat16)
-            tensors[name + ".lora_A.weight"], tensors[name + ".lora_B.weight"] = a, b
-        save_file(tensors, folder / "adapter_model.safetensors", metadata={"format": "pt"})
-        del tensors
+        for name, (a0, da, b0) in base.items():
+            a_bits, b_bits = views[name]
+            a_bits[j] = (a0[j] + t * da[j]).astype(ml_dtypes.bfloat16).view(np.uint16)
+            b_bits[:, j] = (b0[:, j] * (t / n)).astype(ml_dtypes.bfloat16).view(np.uint16)
+        (folder / "adapter_model.safetensors").write_bytes(data)
         (folder / "adapter_config.json").write_text(json.dumps(CONFIG))
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": t * every}))
         folders.append(folder)
-    return folders, (folders[0] / "adapter_model.safetensors").stat().st_size / 1e6
+    return folders, len(data) / 1e6
 
 
 # Runs the lorarank child and reports its rusage. The wrapper is small when it forks, so the
