@@ -23,6 +23,8 @@ _OVERFLOW_JS = """() => {
     for (let p = el.parentElement; p; p = p.parentElement) {
       const s = getComputedStyle(p);
       if (p === document.body || p === document.documentElement) return false;
+      // The page's own scrollers: what they clip is exactly the overflow this test is about.
+      if (['stMain', 'stAppViewContainer', 'stApp'].includes(p.getAttribute('data-testid'))) return false;
       if (['auto', 'scroll', 'hidden', 'clip'].includes(s.overflowX) &&
           p.getBoundingClientRect().right <= window.innerWidth + 1) return true;
     }
@@ -38,7 +40,9 @@ _OVERFLOW_JS = """() => {
   }
   const main = document.querySelector('[data-testid="stMain"]');
   return {worst: Math.round(worst), who, inner: window.innerWidth,
-          scroll: Math.max(document.documentElement.scrollWidth, main ? main.scrollWidth : 0)};
+          // stMain starts after the sidebar: its overflow is scrollWidth - clientWidth.
+          scroll: Math.max(document.documentElement.scrollWidth,
+                           main ? main.scrollWidth - main.clientWidth + window.innerWidth : 0)};
 }"""
 
 
