@@ -243,7 +243,8 @@ ADAPTER_HELP: dict[str, str] = {
     "mean stable rank": "Mean over modules of sum sigma^2 / sigma_1^2.",
     "||dW||² total": "Sum over modules of ||s·B·A||_F^2 = sum sigma^2.",
     "phi with next": "Mean over modules of phi(k, k) between this checkpoint's A and the next "
-                     "one's (right singular vectors; Hu et al. 2022, section 7.2).",
+                     "one's (right singular vectors; Hu et al. 2022, section 7.2). None at the "
+                     "last checkpoint: it has no next one.",
     "phi with last": "Mean over modules of phi(k, k) between this checkpoint's A and the last one's.",
 }
 
