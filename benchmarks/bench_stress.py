@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -113,7 +114,9 @@ async def session(browser, url: str, files: list[str], timeout_ms: float) -> dic
     await page.goto(f"{url}/Adapter_audit", timeout=timeout_ms)
     await wait_idle(page, timeout_ms)
     start = time.perf_counter()
-    await page.get_by_test_id("stFileUploaderDropzoneInput").first.set_input_files(files=files)
+    # The adapter uploader by its key (the page also has a series-run uploader).
+    await page.locator(".st-key-audit_upload").get_by_test_id(
+        "stFileUploaderDropzoneInput").set_input_files(files=files)
     await wait_for(page, '[data-testid="stDataFrame"], [data-testid="stAlertContentError"]', timeout_ms)
     if await page.get_by_test_id("stAlertContentError").count():
         raise RuntimeError("audit error: " + " | ".join(
@@ -208,6 +211,8 @@ def main() -> None:
                         help="seconds before the server closes a disconnected session "
                              "(deployed: 60)")
     args = parser.parse_args()
+    # A SIGTERM (``timeout``) unwinds like Ctrl-C, so the server and browser are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     counts = [int(x) for x in args.sessions.split(",")]
     if any(not 1 <= n <= MAX_SESSIONS for n in counts):
         raise SystemExit(f"bench_stress: error: sessions must be 1..{MAX_SESSIONS}")
