@@ -7,8 +7,8 @@ Disk
     raises that threshold to the app's upload limit, so the parser keeps each part in memory
     (the bytes end in Streamlit's in-memory upload store either way). Deployments should still
     point ``TMPDIR`` at memory-backed storage (``/dev/shm``), in case another Streamlit or
-    Starlette version parses uploads differently; a browser test (written, not landed yet) checks
-    that no upload bytes reach the temp folder.
+    Starlette version parses uploads differently; a browser test
+    (``tests/e2e/test_safety_e2e.py``) checks that an upload opens no file on the server.
 Memory
     Starlette's parser writes a file part into a ``BytesIO`` (over-allocated as it grows) and
     Streamlit's upload route then takes its bytes with ``UploadFile.read()``, which copies
