@@ -37,3 +37,20 @@ def scan_components_once():
         if not hasattr(scan, "cache_info"):
             manifest_scanner.scan_component_manifests = functools.cache(scan)
     yield
+
+
+@pytest.fixture
+def run_async():
+    """``run_async(coro)``: ``asyncio.run(coro)`` in a thread of its own.
+
+    A worker that ran browser tests before keeps Playwright's event loop running in the main
+    thread (its fixtures live for the whole session), where ``asyncio.run`` refuses to start.
+    """
+    import asyncio
+    import concurrent.futures
+
+    def run(coro):
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, coro).result()
+
+    return run

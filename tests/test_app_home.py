@@ -83,10 +83,10 @@ class TestServerStart:
         assert missing == []
 
     @pytest.mark.parametrize("setting, starts", [(None, True), ("0", False)])
-    def test_lifespan_starts_the_preload_unless_turned_off(self, setting, starts, monkeypatch, caplog):
+    def test_lifespan_starts_the_preload_unless_turned_off(self, setting, starts, monkeypatch, caplog,
+                                                          run_async):
         """The lifespan runs the preload in its thread at server start (it logs what it
         imported); LORARANK_PRELOAD=0 (the benchmark's comparison) turns it off."""
-        import asyncio
         import threading
 
         from ui import preload
@@ -102,7 +102,7 @@ class TestServerStart:
             async with preload.lifespan(None):
                 pass
 
-        asyncio.run(serve())
+        run_async(serve())
         for thread in threading.enumerate():
             if thread.name == "lorarank-preload":
                 thread.join(60)

@@ -7,7 +7,6 @@ route does (``await upload.read()``), measuring Python allocations with tracemal
 
 from __future__ import annotations
 
-import asyncio
 import io
 import os
 import tempfile
@@ -60,18 +59,18 @@ async def receive_like_streamlit(chunks: list[bytes]) -> tuple[bytes, int]:
     return data, peak
 
 
-def test_an_upload_is_received_with_one_copy():
+def test_an_upload_is_received_with_one_copy(run_async):
     """Peak while receiving is the upload's bytes plus the parser buffer's growth margin
     (1.13x measured); Starlette's own ``read()`` copied the buffer (2.13x)."""
     keep_uploads_in_memory()
     assert MultiPartParser.spool_max_size > SIZE  # the app's upload limit is larger
     payload = os.urandom(SIZE)
-    data, peak = asyncio.run(receive_like_streamlit(multipart(payload)))
+    data, peak = run_async(receive_like_streamlit(multipart(payload)))
     assert data == payload
     assert peak < 1.4 * SIZE, peak / SIZE
 
 
-def test_other_reads_are_starlettes():
+def test_other_reads_are_starlettes(run_async):
     """Partial reads, reads after a seek and files on disk read as before."""
     keep_uploads_in_memory()
 
@@ -85,15 +84,15 @@ def test_other_reads_are_starlettes():
         return out
 
     expected = [b"abc", b"defgh", b"abcdefgh", b""]
-    assert asyncio.run(reads(io.BytesIO(b"abcdefgh"))) == expected
+    assert run_async(reads(io.BytesIO(b"abcdefgh"))) == expected
     spooled = tempfile.SpooledTemporaryFile(max_size=1 << 20)
     spooled.write(b"abcdefgh")
     spooled.seek(0)
-    assert asyncio.run(reads(spooled)) == expected
+    assert run_async(reads(spooled)) == expected
     with tempfile.SpooledTemporaryFile(max_size=2) as rolled:
         rolled.write(b"abcdefgh")  # past max_size: on disk
         rolled.seek(0)
-        assert asyncio.run(reads(rolled)) == expected
+        assert run_async(reads(rolled)) == expected
 
 
 def test_idempotent():
