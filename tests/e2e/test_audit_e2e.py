@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from apphelpers import assert_no_exception, input_value, wait_for_app
+from playwright.sync_api import expect
 from safetensors.numpy import load as st_load
 
 pytestmark = pytest.mark.e2e
@@ -196,6 +197,7 @@ class TestUpload:
         assert rows and all(row[2] == "4" for row in rows)  # the GPT-2 adapter's r
         assert "peft lora, r = 4" in main.inner_text()
         page.get_by_role("button", name="Clear").click()
+        # The rerun may start after wait_for_app's first look (a busy machine): wait for its result.
+        expect(page.get_by_test_id("stDataFrame")).to_have_count(0, timeout=60_000)
         wait_for_app(page)
         assert page.get_by_text("What to upload").count() == 1
-        assert page.get_by_test_id("stDataFrame").count() == 0
