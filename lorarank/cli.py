@@ -500,19 +500,34 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit_series(args: argparse.Namespace) -> int:
-    from .hub import is_hub_uri, plan_hub_series
-    from .series import audit_series, find_checkpoints
+    import shutil
+    import tempfile
 
+    from .adapters._config import check_override
+    from .hub import is_hub_uri, plan_hub_series
+    from .series import audit_series, find_checkpoints, write_series_json
+
+    # Every option is checked before anything is read or any Hub request is made.
+    for flag, given in (("--base", args.base is not None), ("--html", args.html is not None)):
+        if given:
+            _fail(f"audit: {flag} applies to one adapter, not to --series")
+    alpha, scale = check_override(args.alpha, args.scale)
     pinned = None
     if is_hub_uri(args.series):
         plan = plan_hub_series(args.series)
-        run, pinned = plan.run(alpha=args.alpha, scale=args.scale), plan.pinned.uri
+        run, pinned = plan.run(alpha=alpha, scale=scale), plan.pinned.uri
     else:
-        run = find_checkpoints(args.series, alpha=args.alpha, scale=args.scale)
-    result = audit_series(run)
+        run = find_checkpoints(args.series, alpha=alpha, scale=scale)
     if args.json:
-        _print_json(result.to_dict())
+        # Each checkpoint's audit is written to a temporary file as soon as it is computed
+        # (memory flat in the number of checkpoints), then copied out once the whole series
+        # has succeeded, so a failure half way prints nothing but the error line.
+        with tempfile.TemporaryFile("w+", encoding="utf-8", prefix="lorarank-series-") as spool:
+            write_series_json(run, spool)
+            spool.seek(0)
+            shutil.copyfileobj(spool, sys.stdout)
         return 0
+    result = audit_series(run, keep_reports=False)
     if pinned:
         print(f"from {pinned}")
     _series_print(result, args.series)

@@ -5,15 +5,20 @@ its adapter). They come from a folder of ``checkpoint-<step>`` subfolders as Tra
 TRL's trainers write them (:func:`find_checkpoints`), from uploaded files, e.g. a ``.zip`` of
 that folder (:func:`checkpoints_from_files`), or from anything else that can build a
 :class:`Checkpoint` (a Hub revision per step, say). :func:`audit_series` then reads each
-checkpoint once, in step order, and keeps per checkpoint only
+checkpoint once, in step order, and keeps
 
-- its audit (:func:`lorarank.audit.audit_adapter`: the spectrum ``sigma_1..sigma_r`` of
-  ``scale * B @ A`` per module and the rank metrics), which is small, and
+- per checkpoint, the series fields of its modules only (stored rank, ``sigma_1..sigma_r`` of
+  ``scale * B @ A``, energy / stable / recommended rank, phi: numpy columns, the output
+  itself) and, for :meth:`SeriesReport.report_at` and :meth:`SeriesReport.to_dict`, its whole
+  audit (:func:`lorarank.audit.audit_adapter`) pickled and zlib-compressed, about 0.2 kB a
+  module (``keep_reports=False`` keeps none: :func:`write_series_json` writes each audit as it
+  comes instead);
 - for the subspace similarity, the top ``top`` right singular vectors of every module's ``A``
   (``d_in x top`` each), of the previous checkpoint and of the last one only,
 
-so its memory does not grow with the number of checkpoints beyond those small summaries.
-The last checkpoint is read first (every checkpoint is compared with it) and not read again.
+so its memory does not grow with the number of checkpoints beyond those small summaries
+(``tests/test_series_memory.py``). The last checkpoint is read first (every checkpoint is
+compared with it) and not read again.
 
 Per module shared by all checkpoints, over steps:
 
@@ -36,20 +41,21 @@ import io
 import json
 import math
 import os
+import pickle
 import re
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence, TextIO
 
 import numpy as np
 
 from ._validate import check_int
 from .adapters import Adapter, load_adapter, load_adapter_bytes
 from .adapters._config import check_override
-from .audit import AuditReport, _check_rule, audit_adapter
+from .audit import ENERGY_THRESHOLDS, AuditReport, _check_rule, audit_adapter
 from .compare import _phi_from_overlap, right_singular_vectors
 from .errors import AdapterError, ConfigError
 from .spectrum import single_threaded_blas
@@ -65,6 +71,7 @@ __all__ = [
     "find_checkpoints",
     "checkpoints_from_files",
     "audit_series",
+    "write_series_json",
     "settled_index",
     "top_right_vectors",
 ]
@@ -86,6 +93,7 @@ _ZIP_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError, 
                NotImplementedError, KeyError)
 
 Progress = Callable[[int, int], None]
+CheckpointHook = Callable[[int, "Checkpoint", AuditReport], None]
 
 
 # ------------------------------------------------------------------------------------ inputs
@@ -433,8 +441,6 @@ class SeriesReport:
         Ascending.
     paths : list of str
         Where each checkpoint came from.
-    reports : list of AuditReport
-        One per checkpoint (all its modules, shared or not).
     modules : list of ModuleSeries
         The modules present in every checkpoint with the same (d_out, d_in), in the last
         checkpoint's order.
@@ -452,11 +458,14 @@ class SeriesReport:
         phi is ``phi(k, k)`` with ``k = min(top, r_1, r_2)``.
     labels : list of (str or None)
         Each checkpoint's label (a Hub revision as given), None where it has only its step.
+    packed : tuple of bytes
+        Each checkpoint's whole audit (all its modules, shared or not), pickled and
+        zlib-compressed by :func:`audit_series` (``keep_reports=True``); empty when it kept
+        none. Read through :meth:`report_at` and :attr:`reports`.
     """
 
     steps: list[int]
     paths: list[str]
-    reports: list[AuditReport]
     modules: list[ModuleSeries]
     settled_step: int
     adapter: list[dict]
@@ -465,35 +474,59 @@ class SeriesReport:
     value: float
     top: int
     labels: list[str | None] = field(default_factory=list)
+    packed: tuple[bytes, ...] = field(default=(), repr=False)
 
     def label(self, i: int) -> str:
         """Checkpoint ``i``'s name for display: its label (a Hub revision), else its step."""
         given = self.labels[i] if i < len(self.labels) else None
         return given if given is not None else str(self.steps[i])
 
+    @property
+    def labelled(self) -> bool:
+        """True when some checkpoint has a label (then every checkpoint document carries one)."""
+        return any(x is not None for x in self.labels)
+
+    @property
+    def reports(self) -> list[AuditReport]:
+        """Every checkpoint's audit, unpacked (all of them in memory at once: prefer
+        :meth:`report_at` for one)."""
+        return [self._report(i) for i in range(len(self.steps))]
+
+    def _report(self, i: int) -> AuditReport:
+        if len(self.packed) != len(self.steps):
+            raise ConfigError("this series kept no per-checkpoint audits (audit_series was called "
+                              "with keep_reports=False)")
+        return _unpack(self.packed[i])
+
+    def checkpoint_document(self, i: int, report: AuditReport | None = None) -> dict:
+        """``{"step", "path", ["label"], **audit document}`` of checkpoint ``i`` (``report``:
+        its audit, when the caller has it; else the kept one)."""
+        report = self._report(i) if report is None else report
+        extra = {"label": self.label(i)} if self.labelled else {}
+        return {"step": self.steps[i], "path": self.paths[i], **extra, **report.to_dict()}
+
+    def series_document(self) -> dict:
+        """The ``"series"`` part of :meth:`to_dict`."""
+        return {"modules": [m.to_dict() for m in self.modules], **self._series_rest()}
+
+    def _series_rest(self) -> dict:
+        series_extra = {"labels": [self.label(i) for i in range(len(self.steps))]} if self.labelled else {}
+        return {
+            "settled_step": self.settled_step,
+            "steps": list(self.steps),
+            "adapter": [dict(a) for a in self.adapter],
+            "rule": self.rule, "value": self.value, "top": self.top,
+            "notes": list(self.notes), **series_extra,
+        }
+
     def to_dict(self) -> dict:
         """``{"checkpoints": [{"step", "path", "modules", ...}], "series": {"modules", "settled_step", ...}}``.
 
         A checkpoint with a label (a Hub revision) also carries ``"label"``, and the series
-        ``"labels"`` (aligned with ``steps``)."""
-        checkpoints = []
-        labelled = any(x is not None for x in self.labels)
-        for i, (step, path, report) in enumerate(zip(self.steps, self.paths, self.reports)):
-            doc = report.to_dict()
-            extra = {"label": self.label(i)} if labelled else {}
-            checkpoints.append({"step": step, "path": path, **extra, **doc})
-        series_extra = {"labels": [self.label(i) for i in range(len(self.steps))]} if labelled else {}
-        return {
-            "checkpoints": checkpoints,
-            "series": {
-                "modules": [m.to_dict() for m in self.modules],
-                "settled_step": self.settled_step,
-                "steps": list(self.steps),
-                "adapter": [dict(a) for a in self.adapter],
-                "rule": self.rule, "value": self.value, "top": self.top,
-                "notes": list(self.notes), **series_extra,
-            },
-        }
+        ``"labels"`` (aligned with ``steps``). Needs the kept audits (``keep_reports=True``);
+        :func:`write_series_json` writes the same document as the audits come."""
+        return {"checkpoints": [self.checkpoint_document(i) for i in range(len(self.steps))],
+                "series": self.series_document()}
 
     def table(self) -> list[dict]:
         """One flat row per (step, shared module), for CSV / JSON downloads and charts.
@@ -503,7 +536,7 @@ class SeriesReport:
         phi_last, then sigma_1..sigma_q.
         """
         width = max((len(s) for m in self.modules for s in m.singular_values), default=0)
-        labelled = any(x is not None for x in self.labels)
+        labelled = self.labelled
         rows = []
         for i, step in enumerate(self.steps):
             for m in self.modules:
@@ -522,7 +555,7 @@ class SeriesReport:
         """The audit of the checkpoint at ``step``."""
         if step not in self.steps:
             raise ConfigError(f"no checkpoint at step {step!r}; steps are {', '.join(map(str, self.steps))}")
-        return self.reports[self.steps.index(step)]
+        return self._report(self.steps.index(step))
 
 
 def settled_index(values: Sequence[object]) -> int:
@@ -586,7 +619,8 @@ def _load(checkpoint: Checkpoint) -> Adapter:
 
 
 def audit_series(run: Run | Sequence[Checkpoint], *, rule: str = "energy", value: float = 0.99,
-                 top: int = 4, progress: Progress | None = None) -> SeriesReport:
+                 top: int = 4, progress: Progress | None = None, keep_reports: bool = True,
+                 on_checkpoint: CheckpointHook | None = None) -> SeriesReport:
     """Audit every checkpoint of a run and follow each shared module over steps.
 
     Parameters
@@ -602,6 +636,15 @@ def audit_series(run: Run | Sequence[Checkpoint], *, rule: str = "energy", value
         phi is ``phi(k, k)`` with ``k = min(top, r_1, r_2)``, as in :func:`compare_adapters`.
     progress : callable(done, total), optional
         Called after each checkpoint is read and audited (and with ``(0, n)`` first).
+    keep_reports : bool, default=True
+        Keep each checkpoint's whole audit, packed (pickled and zlib-compressed: about 40 kB
+        for 224 modules of r = 16), for :meth:`SeriesReport.report_at` and
+        :meth:`SeriesReport.to_dict`. False: only the series fields are kept (a caller that
+        writes each audit as it comes, through ``on_checkpoint``, needs nothing more).
+    on_checkpoint : callable(index, checkpoint, report), optional
+        Called with each checkpoint's :class:`~lorarank.audit.AuditReport` in step order, as
+        soon as it is known (the last checkpoint's, read first, comes last), so a caller can
+        write it out and drop it.
 
     Returns
     -------
@@ -610,10 +653,12 @@ def audit_series(run: Run | Sequence[Checkpoint], *, rule: str = "energy", value
     Notes
     -----
     Each checkpoint is read once: the last one first (every checkpoint is compared with it),
-    then the others in step order. Kept in memory at any time: one adapter being read, the
-    top-``top`` right singular vectors of A (``d_in x top`` per module) of the previous and of
-    the last checkpoint, and the small per-checkpoint audits. Nothing ``d_out x d_in`` is
-    formed.
+    then the others in step order. Kept in memory at any time: one adapter being read and its
+    audit, the top-``top`` right singular vectors of A (``d_in x top`` per module) of the
+    previous and of the last checkpoint, the last checkpoint's audit, and per checkpoint only
+    the series fields of its modules (ranks, sigma, energy / stable / recommended rank, phi:
+    numpy columns, ``(q + 8) x 8`` bytes a module) plus, with ``keep_reports``, its packed
+    audit. Nothing ``d_out x d_in`` is formed.
     """
     rule, value = _check_rule(rule, value)
     top = check_int("top", top, minimum=1)
@@ -625,9 +670,9 @@ def audit_series(run: Run | Sequence[Checkpoint], *, rule: str = "energy", value
     n = len(order)
     if progress is not None:
         progress(0, n)
-    reports: list[AuditReport] = []
-    phi_next: list[dict[str, float | None]] = []
-    phi_last: list[dict[str, float | None]] = []
+    slims: list[_Slim] = []
+    packed: list[bytes] = []
+    interned: dict[tuple[str, ...], tuple[str, ...]] = {}
     with single_threaded_blas():
         # 1. The last checkpoint first: everything is compared with it.
         adapter = _load(order[-1])
@@ -645,20 +690,131 @@ def audit_series(run: Run | Sequence[Checkpoint], *, rule: str = "energy", value
                 bases = _bases(adapter, top)
                 del adapter
             if previous is not None:
-                phi_next.append({name: _phi(u, bases.get(name)) for name, u in previous.items()})
-            phi_last.append({name: _phi(u, last_bases.get(name)) for name, u in bases.items()})
-            reports.append(report)
+                slims[-1].set_phi_next([_phi(previous[name], bases.get(name)) for name in slims[-1].names])
+            slim = _Slim.of(report, interned)
+            slim.phi_last[:] = _nan_for_none([_phi(bases[name], last_bases.get(name)) for name in slim.names])
+            slims.append(slim)
+            if keep_reports:
+                packed.append(_pack(report))
+            if on_checkpoint is not None:
+                on_checkpoint(i, checkpoint, report)
+            del report
             previous = bases
             if progress is not None:
                 progress(i + 1, n)
-    phi_next.append({})
-    modules, more_notes = _module_series(order, reports, phi_next, phi_last, top)
+    del previous, bases, last_bases
+    modules, more_notes = _module_series(order, slims, last_report, top)
     notes.extend(more_notes)
     steps = [c.step for c in order]
     settled = max((m.settled_step for m in modules), default=steps[-1])
-    return SeriesReport(steps=steps, paths=[c.path for c in order], reports=reports, modules=modules,
+    return SeriesReport(steps=steps, paths=[c.path for c in order], modules=modules,
                         settled_step=settled, adapter=_adapter_rows(steps, modules), notes=notes,
-                        rule=rule, value=value, top=top, labels=[c.label for c in order])
+                        rule=rule, value=value, top=top, labels=[c.label for c in order],
+                        packed=tuple(packed))
+
+
+def write_series_json(run: Run | Sequence[Checkpoint], out: TextIO, *, rule: str = "energy",
+                      value: float = 0.99, top: int = 4, progress: Progress | None = None) -> SeriesReport:
+    """Audit a run and write its :meth:`SeriesReport.to_dict` document as it goes.
+
+    The text written is exactly ``json.dumps(audit_series(run, ...).to_dict(), allow_nan=False)``
+    followed by a newline (what ``audit --series DIR --json`` prints), but each checkpoint's
+    audit document is written as soon as that checkpoint is audited and then dropped, and each
+    series module as it is encoded: memory holds one adapter, its audit, and the series fields,
+    whatever the number of checkpoints.
+
+    Parameters
+    ----------
+    run, rule, value, top, progress
+        As in :func:`audit_series`.
+    out : text file
+        Where to write (the CLI gives a temporary file and copies it to stdout when the whole
+        series has succeeded, so a failure prints nothing).
+
+    Returns
+    -------
+    SeriesReport
+        Without the per-checkpoint audits (``keep_reports=False``).
+    """
+    order = sorted(run.checkpoints if isinstance(run, Run) else list(run), key=lambda c: c.step)
+    labelled = any(c.label is not None for c in order)
+    out.write('{"checkpoints": [')
+
+    def write_checkpoint(i: int, checkpoint: Checkpoint, report: AuditReport) -> None:
+        label = checkpoint.label if checkpoint.label is not None else str(checkpoint.step)
+        extra = {"label": label} if labelled else {}
+        doc = {"step": checkpoint.step, "path": checkpoint.path, **extra, **report.to_dict()}
+        out.write((", " if i else "") + json.dumps(doc, allow_nan=False))
+
+    result = audit_series(run, rule=rule, value=value, top=top, progress=progress, keep_reports=False,
+                          on_checkpoint=write_checkpoint)
+    out.write('], "series": {"modules": [')
+    for j, module in enumerate(result.modules):
+        out.write((", " if j else "") + json.dumps(module.to_dict(), allow_nan=False))
+    out.write("], " + json.dumps(result._series_rest(), allow_nan=False)[1:] + "}\n")
+    return result
+
+
+def _pack(report: AuditReport) -> bytes:
+    return zlib.compress(pickle.dumps(report, protocol=pickle.HIGHEST_PROTOCOL), 1)
+
+
+def _unpack(data: bytes) -> AuditReport:
+    # Only ever bytes this module packed from its own AuditReport objects (never user input).
+    return pickle.loads(zlib.decompress(data))
+
+
+def _nan_for_none(values: Sequence[float | None]) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def _none_for_nan(x: float) -> float | None:
+    return None if math.isnan(x) else float(x)
+
+
+@dataclass
+class _Slim:
+    """One checkpoint's series fields, one numpy column per field, aligned with ``names``."""
+
+    names: tuple[str, ...]
+    shapes: np.ndarray  # (M, 2) int64
+    rank: np.ndarray  # (M,) int64
+    recommended: np.ndarray  # (M,) int64
+    energy: np.ndarray  # (M, len(ENERGY_THRESHOLDS)) int64
+    stable: np.ndarray  # (M,) float64
+    sv: np.ndarray  # every module's sigma, concatenated
+    offsets: np.ndarray  # (M + 1,) int64: module j's sigma is sv[offsets[j]:offsets[j + 1]]
+    phi_last: np.ndarray  # (M,) float64, NaN for None
+    phi_next: np.ndarray | None = None  # (M,) float64, NaN for None; None at the last checkpoint
+
+    @classmethod
+    def of(cls, report: AuditReport, interned: dict) -> "_Slim":
+        mods = report.modules
+        names = tuple(m.name for m in mods)
+        names = interned.setdefault(names, names)  # one tuple of names for all equal checkpoints
+        lengths = [m.singular_values.size for m in mods]
+        return cls(
+            names=names,
+            shapes=np.array([m.shape for m in mods], dtype=np.int64).reshape(len(mods), 2),
+            rank=np.array([m.rank for m in mods], dtype=np.int64),
+            recommended=np.array([m.recommended_rank for m in mods], dtype=np.int64),
+            energy=np.array([[m.energy_rank[_key(t)] for t in ENERGY_THRESHOLDS] for m in mods],
+                            dtype=np.int64).reshape(len(mods), len(ENERGY_THRESHOLDS)),
+            stable=np.array([m.stable_rank for m in mods], dtype=np.float64),
+            sv=(np.concatenate([np.asarray(m.singular_values, dtype=np.float64) for m in mods])
+                if mods else np.zeros(0)),
+            offsets=np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64),
+            phi_last=np.full(len(mods), np.nan))
+
+    def set_phi_next(self, values: Sequence[float | None]) -> None:
+        self.phi_next = _nan_for_none(values)
+
+    def index(self) -> dict[str, int]:
+        return {name: j for j, name in enumerate(self.names)}
+
+
+def _key(t: float) -> str:
+    return f"{t:g}"
 
 
 def _names(names: Sequence[str], limit: int = 5) -> str:
@@ -666,14 +822,17 @@ def _names(names: Sequence[str], limit: int = 5) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def _module_series(order, reports, phi_next, phi_last, top) -> tuple[list[ModuleSeries], list[str]]:
+def _module_series(order, slims: Sequence[_Slim], last_report: AuditReport,
+                   top: int) -> tuple[list[ModuleSeries], list[str]]:
     steps = [c.step for c in order]
-    by_step = [{m.name: m for m in r.modules} for r in reports]
-    last = reports[-1].modules
+    indexes: dict[int, dict[str, int]] = {}  # one name -> position map per distinct names tuple
+    by_step = [indexes.setdefault(id(s.names), s.index()) for s in slims]
+    last = last_report.modules
     everywhere = [m.name for m in last if all(m.name in b for b in by_step)]
-    same_shape = [name for name in everywhere if len({b[name].shape for b in by_step}) == 1]
+    same_shape = [name for name in everywhere
+                  if len({tuple(s.shapes[b[name]]) for s, b in zip(slims, by_step)}) == 1]
     notes = []
-    all_names = list(dict.fromkeys(m.name for r in reports for m in r.modules))
+    all_names = list(dict.fromkeys(name for s in slims for name in s.names))
     partial_names = [name for name in all_names if name not in everywhere]
     if partial_names:
         notes.append(f"{len(partial_names)} module(s) are not in every checkpoint and are left out of "
@@ -682,21 +841,25 @@ def _module_series(order, reports, phi_next, phi_last, top) -> tuple[list[Module
     if reshaped:
         notes.append(f"{len(reshaped)} module(s) change shape between checkpoints and are left out of "
                      f"the series: {_names(reshaped)}.")
+    keys = [_key(t) for t in ENERGY_THRESHOLDS]
+    last_by_name = {m.name: m for m in last}
     modules, rank_changes = [], []
     for name in same_shape:
-        reps = [b[name] for b in by_step]
-        ranks = [m.rank for m in reps]
+        at = [(s, b[name]) for s, b in zip(slims, by_step)]
+        ranks = [int(s.rank[j]) for s, j in at]
         if len(set(ranks)) > 1:
             rank_changes.append(name)
-        recommended = [m.recommended_rank for m in reps]
-        k = min(top, ranks[-1], reps[-1].shape[1])
+        recommended = [int(s.recommended[j]) for s, j in at]
+        final = last_by_name[name]
+        k = min(top, ranks[-1], final.shape[1])
         modules.append(ModuleSeries(
-            name=name, layer=reps[-1].layer, module_type=reps[-1].module_type, steps=steps, rank=ranks,
-            singular_values=[m.singular_values for m in reps],
-            energy_rank=[dict(m.energy_rank) for m in reps],
-            stable_rank=[m.stable_rank for m in reps], recommended_rank=recommended,
-            phi_next=[p.get(name) for p in phi_next], phi_last=[p.get(name) for p in phi_last],
-            chance=k / reps[-1].shape[1], settled_step=steps[settled_index(recommended)]))
+            name=name, layer=final.layer, module_type=final.module_type, steps=steps, rank=ranks,
+            singular_values=[s.sv[s.offsets[j]:s.offsets[j + 1]] for s, j in at],
+            energy_rank=[dict(zip(keys, map(int, s.energy[j]))) for s, j in at],
+            stable_rank=[float(s.stable[j]) for s, j in at], recommended_rank=recommended,
+            phi_next=[None if s.phi_next is None else _none_for_nan(s.phi_next[j]) for s, j in at],
+            phi_last=[_none_for_nan(s.phi_last[j]) for s, j in at],
+            chance=k / final.shape[1], settled_step=steps[settled_index(recommended)]))
     if rank_changes:
         notes.append(f"{len(rank_changes)} module(s) change their stored rank r between checkpoints "
                      f"(phi compares the top min({top}, r_1, r_2) directions): {_names(rank_changes)}.")

@@ -13,7 +13,7 @@ import pytest
 from safetensors.numpy import load_file, save
 
 from lorarank.adapters import Adapter, LoraModule, adapter_files
-from lorarank.cli import main
+from lorarank.cli import json_text, main
 from lorarank.errors import AdapterError, ConfigError
 from lorarank.series import (
     Checkpoint,
@@ -274,10 +274,10 @@ class TestRealRun:
         assert row["sigma_1"] == m.singular_values[2][0] and row["sigma_12"] == m.singular_values[2][11]
 
     def test_cli_json(self, result, capsys):
-        """`audit --series DIR --json` prints the engine's document."""
+        """`audit --series DIR --json` prints the engine's document, byte for byte as one
+        `json.dumps` of it (though it is written checkpoint by checkpoint)."""
         assert main(["audit", "--series", str(RUN), "--json"]) == 0
-        doc = json.loads(capsys.readouterr().out)
-        assert doc == json.loads(json.dumps(result.to_dict()))
+        assert capsys.readouterr().out == json_text(result.to_dict())
 
     def test_cli_text(self, capsys):
         """The text report names every step, every module and the settled step."""
@@ -510,3 +510,29 @@ class TestNothingShared:
         assert main(["audit", "--series", str(run)]) == 0
         out = capsys.readouterr().out
         assert "0 modules in every checkpoint" in out and "note: 2 module(s)" in out
+
+
+class TestSeriesOptions:
+    """`audit --series` checks its options before reading anything or calling the Hub."""
+
+    def test_alpha_and_scale_on_the_hub(self, monkeypatch, capsys):
+        """Both overrides with an hf:// series: the one error line, with no Hub request (the
+        endpoint is a closed port: a request would have failed with a connection error)."""
+        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+        assert main(["audit", "--series", "hf://owner/run@a,b", "--alpha", "8", "--scale", "0.5"]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == ["lorarank: error: give `alpha` or `scale`, not both"]
+
+    @pytest.mark.parametrize("flag, value", [("--base", "base.safetensors"), ("--html", "out.html")])
+    def test_single_adapter_options_refused(self, tmp_path, capsys, flag, value):
+        """--base and --html apply to one adapter; with --series they are refused, not ignored."""
+        for series in (str(tmp_path / "missing"), "hf://owner/run"):
+            assert main(["audit", "--series", series, flag, str(tmp_path / value)]) == 2
+            assert capsys.readouterr().err.strip().splitlines() == [
+                f"lorarank: error: audit: {flag} applies to one adapter, not to --series"]
+        assert not (tmp_path / value).exists()
+
+    def test_bad_alpha_before_reading(self, tmp_path, capsys):
+        """A bad --alpha is named before the folder is looked at."""
+        assert main(["audit", "--series", str(tmp_path / "missing"), "--alpha", "-1"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "alpha" in err[0] and "missing" not in err[0]
