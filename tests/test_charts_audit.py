@@ -43,7 +43,7 @@ class TestRankMap:
         spec = charts.rank_map_chart(RECORDS, metric="recommended rank").to_dict()
         assert spec["layer"][0]["encoding"]["y"]["sort"] == ["-", "0", "2", "10"]
         assert all(tip for _, tip in marks_with_tooltips(spec))
-        assert spec["title"] == "Rank map: recommended rank per module"
+        assert spec["title"] == "Rank map: recommended rank"
 
     def test_duplicate_cells_are_counted(self):
         """Two modules in one cell are averaged and counted in the tooltip data."""
@@ -77,6 +77,21 @@ class TestRankMap:
         recs = [{"layer": i, "module_type": f"t{j}", "name": f"{i}.{j}", "value": j}
                 for i in range(80) for j in range(8)]
         assert [k for k, _ in marks_with_tooltips(charts.rank_map_chart(recs).to_dict())] == ["rect"]
+
+    def test_many_module_types_drop_the_text(self):
+        """Past 12 module types (cells too narrow on a phone) the numbers are not written."""
+        def marks(n_types):
+            recs = [{"layer": i, "module_type": f"t{j}", "name": f"{i}.{j}", "value": j}
+                    for i in range(2) for j in range(n_types)]
+            return [k for k, _ in marks_with_tooltips(charts.rank_map_chart(recs).to_dict())]
+        assert marks(12) == ["rect", "text"]
+        assert marks(13) == ["rect"]
+
+    def test_legend_under_the_map(self):
+        """The colour legend sits under the map, so the module-type axis keeps the width."""
+        spec = charts.rank_map_chart(RECORDS).to_dict()
+        assert spec["layer"][0]["encoding"]["color"]["legend"]["orient"] == "bottom"
+        assert spec["layer"][0]["encoding"]["x"]["axis"]["labelAngle"] == -45
 
 
 class TestModuleSpectrum:

@@ -385,7 +385,7 @@ def section(*, rule: str, value: float | None) -> None:
     if bad:
         show_errors([bad])
     module = st.selectbox("also draw one module", names, key=MODULE_KEY, bind="query-params",
-                          help="Its own line (dashed, black) beside the module-type means; "
+                          help="Its own line (dashed, grey) beside the module-type means; "
                                "kept in the link.")
     chosen = None if module == NO_MODULE else module
     show_chart(rank_over_steps_chart(table, metric=metric, module=chosen,

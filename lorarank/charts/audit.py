@@ -86,7 +86,9 @@ def rank_map_chart(records: Sequence[Mapping[str, object]], *, metric: str = "re
     step = max(8, min(cell, max_height // max(len(order), 1)))
     agg = (frame.groupby(["layer", "module_type"], as_index=False, sort=False)
            .agg(value=("value", "mean"), modules=("name", "count"), name=("name", "first")))
-    x = alt.X("module_type:N", title="module type", sort=types, axis=alt.Axis(labelAngle=-30))
+    # -45°: a label's horizontal extent is ~0.7 of its length, so seven module types fit
+    # their columns on a phone (at -30° Vega dropped every other one as overlapping).
+    x = alt.X("module_type:N", title="module type", sort=types, axis=alt.Axis(labelAngle=-45))
     y = alt.Y("layer:N", title="layer", sort=order)
     tooltip = [alt.Tooltip("name:N", title="module"), alt.Tooltip("layer:N"),
                alt.Tooltip("module_type:N", title="type"),
@@ -94,10 +96,15 @@ def rank_map_chart(records: Sequence[Mapping[str, object]], *, metric: str = "re
                alt.Tooltip("modules:Q", title="modules in cell")]
     base = alt.Chart(agg).encode(x=x, y=y)
     heat = base.mark_rect(stroke="white", strokeWidth=0.5).encode(
-        color=alt.Color("value:Q", title=metric, scale=alt.Scale(scheme="viridis", zero=True)),
+        # The legend under the map: beside it, it took half a phone's width and the module
+        # type labels no longer fit (Vega dropped the overlapping ones, e.g. q_proj).
+        color=alt.Color("value:Q", title=metric, scale=alt.Scale(scheme="viridis", zero=True),
+                        legend=alt.Legend(orient="bottom", titleLimit=360)),
         tooltip=tooltip)
     layers_ = [heat]
-    if len(order) * len(types) <= 600:
+    # Numbers only where a cell can hold one: past 12 module types a phone's cells are a few
+    # pixels wide and the numbers ran into each other (a kohya LoKr has ~50 types).
+    if len(types) <= 12 and len(order) * len(types) <= 600:
         # Text colour follows the cell's place on the colour scale (domain [min(0, lo), hi],
         # zero=True): black on viridis's light upper part, white on its dark lower part. With
         # every cell equal (one shared rank) the cells are all at the yellow top: black.
@@ -111,7 +118,9 @@ def rank_map_chart(records: Sequence[Mapping[str, object]], *, metric: str = "re
             color=alt.condition(alt.datum.ink == "black", alt.value("black"), alt.value("white")),
             tooltip=tooltip)
         layers_.append(text)
-    return alt.layer(*layers_).properties(height=alt.Step(step), title=f"Rank map: {metric} per module")
+    # The title names the metric only ("per module" is what a map is): a long title is cut
+    # with an ellipsis on a phone.
+    return alt.layer(*layers_).properties(height=alt.Step(step), title=f"Rank map: {metric}")
 
 
 def module_spectrum_frame(singular_values: object, *, cut: int) -> pd.DataFrame:
@@ -163,7 +172,7 @@ def module_spectrum_chart(singular_values: object, *, cut: int, name: str = "",
     q = int(np.asarray(singular_values).size)
     x = alt.X("index:Q", title="index i", scale=alt.Scale(domain=[0.5, max(q, 1) + 0.5], nice=False),
               axis=alt.Axis(tickMinStep=1, format="d"))
-    y = alt.Y("sigma:Q", title="singular value sigma_i of s*B@A (log)", scale=log_scale(),
+    y = alt.Y("sigma:Q", title="singular value sigma_i (log)", scale=log_scale(),
               axis=alt.Axis(tickCount=6, format="~g"))
     color = alt.Color("status:N", title=f"at rank {cut}",
                       scale=alt.Scale(domain=[_KEPT, _DROPPED], range=[PALETTE[0], TARGET_COLOR]))
@@ -289,7 +298,7 @@ def overlap_chart(rows: Sequence[Mapping[str, object]], *, bar: int = 14,
     Returns
     -------
     alt.LayerChart
-        Grouped horizontal bars phi(k, k) and phi(1, 1) in [0, 1] per module; a black tick
+        Grouped horizontal bars phi(k, k) and phi(1, 1) in [0, 1] per module; a grey tick
         at the chance level ``k / d_in``. Tooltips give all three numbers.
     """
     frame = overlap_frame(rows)
@@ -306,12 +315,12 @@ def overlap_chart(rows: Sequence[Mapping[str, object]], *, bar: int = 14,
     bars = alt.Chart(frame).mark_bar().encode(x=x, y=y, yOffset=alt.YOffset("measure:N"),
                                               color=color, tooltip=tooltip)
     chance = (alt.Chart(frame[frame["measure"] == "phi(k, k)"])
-              .mark_tick(color="black", thickness=2, size=step * 1.6)
+              .mark_tick(color=PALETTE[-1], thickness=2, size=step * 1.6)  # grey: black vanished on dark
               .encode(x=alt.X("chance:Q"), y=y,
                       tooltip=[alt.Tooltip("name:N", title="module"),
                                alt.Tooltip("chance:Q", title="chance k / d_in", format=".4f")]))
     return alt.layer(bars, chance).properties(
-        height=alt.Step(2 * step), title="Overlap of the top directions of A's row spaces (tick: chance level)")
+        height=alt.Step(2 * step), title="Top-direction overlap per module")  # short: a phone cuts a long one (the caption says the rest)
 
 
 def phi_frame(phi: object) -> pd.DataFrame:

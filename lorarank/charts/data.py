@@ -83,7 +83,9 @@ def data_loss_chart(rows: Iterable[Mapping[str, object]], *, noise_loss: float |
     ranks = sorted(frame["rank"].unique()) if len(frame) else [1]
     x = alt.X("rank:Q", title="LoRA rank r (log)", scale=alt.Scale(type="log", base=2),
               axis=alt.Axis(values=[int(r) for r in ranks], format="d"))
-    y = alt.Y("loss:Q", title="mean loss 0.5·||s·B·A·x − y||² per pair (log)", scale=log_scale(),
+    # A short axis title (the page's caption defines the loss): the long formula was cut at
+    # the plot's height on a phone, where the legends under the plot leave it ~250 px.
+    y = alt.Y("loss:Q", title="mean loss per pair (log)", scale=log_scale(),
               axis=log_axis())
     tooltip = [alt.Tooltip("n:N", title="training pairs"), alt.Tooltip("rank:Q", title="r"),
                alt.Tooltip("series:N", title="loss"), alt.Tooltip("loss:Q", format=".5g")]

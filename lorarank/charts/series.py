@@ -32,7 +32,7 @@ SERIES_METRICS: dict[str, str] = {
     "sigma_1": "sigma_1",
 }
 _PAD = {"top": 16, "left": 5, "right": 5, "bottom": 5}
-_MODULE_COLOR = "#000000"
+_MODULE_COLOR = PALETTE[-1]  # mid grey, as PALETTE replaces black: black vanished on the dark theme
 _NEXT, _LAST = "next checkpoint", "last checkpoint"  # legend "phi with": short enough for a phone
 
 
@@ -95,7 +95,7 @@ def rank_over_steps_chart(rows: Sequence[Mapping[str, object]], *, metric: str =
     Parameters
     ----------
     rows, metric, module, label
-        As in :func:`rank_over_steps_frame`; ``module`` is drawn dashed in black.
+        As in :func:`rank_over_steps_frame`; ``module`` is drawn dashed in grey.
     settled_step : int, optional
         Marked with a vertical rule: from there on no module's recommended rank changed.
 
@@ -188,7 +188,7 @@ def phi_over_steps_chart(rows: Sequence[Mapping[str, object]], *, module: str | 
     -------
     alt.LayerChart
         Solid lines: with the next checkpoint (drawn at the earlier step); dashed: with the
-        last. Colour per module type (black: the chosen module). y in [0, 1].
+        last. Colour per module type (grey: the chosen module). y in [0, 1].
     """
     frame = phi_over_steps_frame(rows, module=module, label=label)
     types = list(dict.fromkeys(frame.loc[frame["kind"] == "type", "line"]))

@@ -130,7 +130,9 @@ def stability_heatmap(records: Iterable[Any], *, rules: Sequence[str] | None = N
         color=alt.Color("rel_err:Q", title="final rel. error (log)",
                         scale=alt.Scale(type="log", scheme="viridis", reverse=True,
                                         domain=[lo, hi]),
-                        legend=alt.Legend(format=".2g")))
+                        # under the panel: beside it, it left a phone's panel ~125 px and
+                        # the cells' numbers ran into each other
+                        legend=alt.Legend(format=".2g", orient="bottom", titleLimit=360)))
     diverged = base.transform_filter(alt.datum.diverged == True).mark_rect(  # noqa: E712
         stroke="white", strokeWidth=1, color=DIVERGED_COLOR).encode(x=x, y=y, tooltip=tooltip)
     text = base.mark_text(fontSize=11).encode(
@@ -141,7 +143,7 @@ def stability_heatmap(records: Iterable[Any], *, rules: Sequence[str] | None = N
     return (alt.layer(trained, diverged, text, data=frame)
             .properties(width=panel_width, height=panel_height)
             .facet(facet=alt.Facet("rule:N", title=None, sort=list(rules)), columns=columns)
-            .properties(title="Final relative error ||sBA - T|| / ||T|| per rule "
+            .properties(title="Final relative error ||s·B·A − T|| / ||T|| per rule "
                               "(orange 'div': diverged)"))
 
 
@@ -211,7 +213,7 @@ def stability_loss_chart(records: Sequence[Any], *, color_by: str = "rank",
         color = alt.Color("series:N", title="cell")
     tooltip = [alt.Tooltip("rule:N"), alt.Tooltip("rank:Q", title="r"),
                alt.Tooltip("lr:Q", title="learning rate", format="~g"), alt.Tooltip("step:Q"),
-               alt.Tooltip("loss:Q", title="0.5*||sBA - T||^2", format=".4g")]
+               alt.Tooltip("loss:Q", title="0.5·||s·B·A − T||²", format=".4g")]
     last = int(frame["step"].max()) if len(frame) else 1
     ticks = [t for t in (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000)
              if t <= last]
@@ -284,12 +286,14 @@ def update_norm_chart(records: Iterable[Any], *, rule: str | None = None,
                                   legend=None))]  # the title says it; a 2nd legend is clipped
     if target_norm is not None and target_norm > 0:
         rule_frame = pd.DataFrame({"norm": [float(target_norm)], "what": ["||T||_F"]})
-        layers.append(alt.Chart(rule_frame).mark_rule(strokeDash=[6, 4], color="#555555",
+        # mid grey: readable on the light and the dark theme (#555 vanished on dark)
+        layers.append(alt.Chart(rule_frame).mark_rule(strokeDash=[6, 4], color="#8a8a8a",
                                                       strokeWidth=1.5).encode(
             y=alt.Y("norm:Q", scale=log_scale(), axis=log_axis()),
             tooltip=[alt.Tooltip("what:N", title="reference"),
                      alt.Tooltip("norm:Q", title="value", format=".4g")]))
-    title = "Largest update norm per cell (cross: diverged)"
+    # Two lines: as one, a phone cut the title before the rule's name.
+    title: str | list[str] = "Largest update norm per cell (cross: diverged)"
     if rule:
-        title = f"Largest update norm per cell of {rule} (cross: diverged)"
+        title = ["Largest update norm per cell", f"of {rule} (cross: diverged)"]
     return alt.layer(*layers).properties(height=height, title=title)

@@ -112,7 +112,7 @@ def spectrum_chart(target_values: object, fitted: Mapping[int, object], *,
             .properties(width=panel_width, height=panel_height)
             .facet(facet=alt.Facet("panel:N", title=None, sort=order), columns=columns)
             .resolve_scale(y="shared")
-            .properties(title="Singular values of the trained s*B@A against the target "
+            .properties(title="Singular values of the trained s·B·A against the target "
                               "(dashed: noise floor)"))
 
 
@@ -162,7 +162,7 @@ def loss_chart(losses: Mapping[int, object], *, diverged_at: Mapping[int, int | 
     frame = loss_frame(losses, max_points=max_points)
     color = alt.Color("rank:N", title="rank", scale=rank_color_scale(losses))
     tooltip = [alt.Tooltip("rank:N"), alt.Tooltip("step:Q"),
-               alt.Tooltip("loss:Q", title="0.5*||sBA - T||^2", format=".4g")]
+               alt.Tooltip("loss:Q", title="0.5·||s·B·A − T||²", format=".4g")]
     # symlog keeps step 0 and shows the first few dozen steps, where most of the drop happens.
     last = int(frame["step"].max()) if len(frame) else 1
     ticks = [t for t in (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000,

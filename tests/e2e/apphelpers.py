@@ -22,7 +22,7 @@ CHROMIUM_ARGS = [
 STARTUP_TIMEOUT = 30.0
 
 __all__ = ["REPO", "CHROMIUM", "CHROMIUM_ARGS", "AppServer", "wait_for_app", "set_number",
-           "assert_no_exception", "input_value", "error_sentences"]
+           "assert_no_exception", "input_value", "error_sentences", "uploader", "adapter_uploader"]
 
 
 def _free_port() -> int:
@@ -108,6 +108,28 @@ def set_number(page, key: str, value: object) -> None:
 def assert_no_exception(page) -> None:
     """The page shows no Streamlit exception box (no traceback)."""
     assert page.get_by_test_id("stException").count() == 0
+
+
+def uploader(page, key: str):
+    """The file input of the uploader with widget key ``key`` (exactly one, else Playwright's
+    strict mode fails the test): ``uploader(page, "audit_upload_b").set_input_files(files=...)``.
+
+    The Adapter audit page has several uploaders (the adapter, the compare adapter B, the base
+    weights, the series run), so a test names the one it means rather than taking the first.
+    """
+    return page.locator(f".st-key-{key}").get_by_test_id("stFileUploaderDropzoneInput")
+
+
+def adapter_uploader(page):
+    """The Adapter audit page's adapter uploader, whatever its generation.
+
+    Its key is ``audit_upload`` and gains a suffix (``audit_upload_1``, ``_2``, ...) each time
+    files are taken in (:func:`ui.loaded.uploader_key`), so it cannot be named by one key; the
+    other uploaders' keys (``audit_upload_b``, ``audit_upload_base``, ``audit_series_upload``)
+    are not matched.
+    """
+    keys = ", ".join([".st-key-audit_upload"] + [f".st-key-audit_upload_{g}" for g in range(1, 100)])
+    return page.locator(f":is({keys})").get_by_test_id("stFileUploaderDropzoneInput")
 
 
 def input_value(page, key: str) -> str:

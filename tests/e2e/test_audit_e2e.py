@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from apphelpers import assert_no_exception, input_value, wait_for_app
+from apphelpers import adapter_uploader, assert_no_exception, input_value, wait_for_app
 from playwright.sync_api import expect
 from safetensors.numpy import load as st_load
 
@@ -38,7 +38,7 @@ def upload_sample(page, name: str) -> None:
     folder = SAMPLES / name
     files = [{"name": p.name, "mimeType": "application/octet-stream", "buffer": p.read_bytes()}
              for p in sorted(folder.iterdir())]
-    page.get_by_test_id("stFileUploaderDropzoneInput").first.set_input_files(files=files)
+    adapter_uploader(page).set_input_files(files=files)
     wait_for_result(page)
 
 
@@ -168,7 +168,7 @@ class TestUpload:
         assert re.search(r",1\.41421356\d*,", text)  # rsLoRA scale 8 / sqrt(32)
         page.goto(f"{app_url}/Adapter_audit")  # a new session: the uploader is empty
         wait_for_app(page)
-        page.get_by_test_id("stFileUploaderDropzoneInput").first.set_input_files(files=[
+        adapter_uploader(page).set_input_files(files=[
             {"name": "adapter.npz", "mimeType": "application/octet-stream",
              "buffer": b"this is not an archive\n"}])
         wait_for_result(page)

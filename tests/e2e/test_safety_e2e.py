@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save
 
-from apphelpers import AppServer, assert_no_exception, wait_for_app
+from apphelpers import AppServer, adapter_uploader, assert_no_exception, wait_for_app
 
 pytestmark = pytest.mark.e2e
 
@@ -135,7 +135,7 @@ def server(tmp_path_factory):
 
 
 def upload(page, weights: bytes, config: bytes) -> None:
-    page.get_by_test_id("stFileUploaderDropzoneInput").first.set_input_files(
+    adapter_uploader(page).set_input_files(
         files=files(weights, config), timeout=180_000)
     page.wait_for_selector('[data-testid="stDataFrame"], [data-testid="stAlertContentError"]',
                            state="attached", timeout=120_000)

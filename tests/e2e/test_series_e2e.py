@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from apphelpers import assert_no_exception, wait_for_app
+from apphelpers import assert_no_exception, uploader, wait_for_app
 from safetensors.numpy import load_file
 
 pytestmark = pytest.mark.e2e
@@ -71,8 +71,7 @@ def test_cold_link_then_real_run(page, fresh_server, tmp_path, shot):
     wait_for_app(page)
     assert_no_exception(page)
     open_tab(page)
-    section = page.locator(".st-key-audit_series_upload")
-    section.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(files=[
+    uploader(page, "audit_series_upload").set_input_files(files=[
         {"name": "run.zip", "mimeType": "application/zip", "buffer": run_zip()}])
     page.get_by_text("Over 6 checkpoints (steps 15 to 90)").wait_for(timeout=90_000)
     wait_for_app(page)

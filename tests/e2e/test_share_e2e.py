@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from apphelpers import REPO, assert_no_exception, wait_for_app
+from apphelpers import REPO, adapter_uploader, assert_no_exception, wait_for_app
 from test_report_e2e import check_every_chart, hover_tooltip, open_offline
 
 pytestmark = pytest.mark.e2e
@@ -42,7 +42,7 @@ def test_audit_downloads(page, context, app_url, tmp_path, shot):
     wait_for_app(page)
     files = [{"name": p.name, "mimeType": "application/octet-stream", "buffer": p.read_bytes()}
              for p in sorted(folder.iterdir())]
-    page.get_by_test_id("stFileUploaderDropzoneInput").first.set_input_files(files=files)
+    adapter_uploader(page).set_input_files(files=files)
     wait_for_table(page)
     assert_no_exception(page)
 
