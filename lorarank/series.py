@@ -502,8 +502,7 @@ class SeriesReport:
         """``{"step", "path", ["label"], **audit document}`` of checkpoint ``i`` (``report``:
         its audit, when the caller has it; else the kept one)."""
         report = self._report(i) if report is None else report
-        extra = {"label": self.label(i)} if self.labelled else {}
-        return {"step": self.steps[i], "path": self.paths[i], **extra, **report.to_dict()}
+        return _checkpoint_doc(self.steps[i], self.paths[i], self.label(i) if self.labelled else None, report)
 
     def series_document(self) -> dict:
         """The ``"series"`` part of :meth:`to_dict`."""
@@ -741,9 +740,8 @@ def write_series_json(run: Run | Sequence[Checkpoint], out: TextIO, *, rule: str
     out.write('{"checkpoints": [')
 
     def write_checkpoint(i: int, checkpoint: Checkpoint, report: AuditReport) -> None:
-        label = checkpoint.label if checkpoint.label is not None else str(checkpoint.step)
-        extra = {"label": label} if labelled else {}
-        doc = {"step": checkpoint.step, "path": checkpoint.path, **extra, **report.to_dict()}
+        label = (checkpoint.label if checkpoint.label is not None else str(checkpoint.step)) if labelled else None
+        doc = _checkpoint_doc(checkpoint.step, checkpoint.path, label, report)
         out.write((", " if i else "") + json.dumps(doc, allow_nan=False))
 
     result = audit_series(run, rule=rule, value=value, top=top, progress=progress, keep_reports=False,
@@ -753,6 +751,11 @@ def write_series_json(run: Run | Sequence[Checkpoint], out: TextIO, *, rule: str
         out.write((", " if j else "") + json.dumps(module.to_dict(), allow_nan=False))
     out.write("], " + json.dumps(result._series_rest(), allow_nan=False)[1:] + "}\n")
     return result
+
+
+def _checkpoint_doc(step: int, path: str, label: str | None, report: AuditReport) -> dict:
+    """One entry of ``"checkpoints"``: step, path, the label when the series has labels, the audit."""
+    return {"step": step, "path": path, **({"label": label} if label is not None else {}), **report.to_dict()}
 
 
 def _pack(report: AuditReport) -> bytes:

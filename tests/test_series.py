@@ -25,6 +25,7 @@ from lorarank.series import (
     step_from_name,
     step_from_trainer_state,
     top_right_vectors,
+    write_series_json,
 )
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
@@ -376,6 +377,25 @@ class TestStreaming:
         assert "change shape between checkpoints and are left out of the series: m.0.k" in text
         assert "change their stored rank r between checkpoints" in text and "m.0.q" in text
         assert len(result.reports[2].modules) == 4
+
+    def test_streamed_json_is_the_document(self):
+        """write_series_json writes, checkpoint by checkpoint, the bytes of one json.dumps of
+        to_dict(): labels (some checkpoints unlabelled), mixed modules, None phi included;
+        each audit reaches on_checkpoint in step order and none is kept."""
+        a = synthetic([("m.0.q", 12, 10, 4), ("m.0.v", 8, 10, 4)], seed=1)
+        b = synthetic([("m.0.q", 12, 10, 6), ("m.0.v", 8, 10, 4), ("m.1.o", 5, 5, 2)], seed=2)
+        run = [Checkpoint(20, "mem-20", lambda: b), Checkpoint(10, "mem-10", lambda: a, label="main~1")]
+        whole = audit_series(run)
+        out = io.StringIO()
+        streamed = write_series_json(run, out)
+        assert out.getvalue() == json_text(whole.to_dict())
+        assert json.loads(out.getvalue())["series"]["labels"] == ["main~1", "20"]
+        assert streamed.packed == () and [m.to_dict() for m in streamed.modules] == [m.to_dict() for m in whole.modules]
+        with pytest.raises(ConfigError, match="kept no per-checkpoint audits"):
+            streamed.report_at(10)
+        seen = []
+        audit_series(run, keep_reports=False, on_checkpoint=lambda i, c, r: seen.append((i, c.step, len(r.modules))))
+        assert seen == [(0, 10, 2), (1, 20, 3)]
 
     def test_progress(self):
         """progress(done, n) after every checkpoint."""
