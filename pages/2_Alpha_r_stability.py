@@ -107,7 +107,7 @@ if run is not None:
                 norm_spec,
                 caption=f"Largest ||s·B·A||_F over the steps of each cell of {picked['rule']}. "
                         f"A trained run ends near ||T||_F = {run.target_norm:.4g} (dashed); a "
-                        f"diverging one overshoots it.",
+                        f"diverging one overshoots it (a cross: it diverged).",
             )
     with tabs["Grid"]:
         report_ui.stability_button(config, views, [

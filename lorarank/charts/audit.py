@@ -86,9 +86,12 @@ def rank_map_chart(records: Sequence[Mapping[str, object]], *, metric: str = "re
     step = max(8, min(cell, max_height // max(len(order), 1)))
     agg = (frame.groupby(["layer", "module_type"], as_index=False, sort=False)
            .agg(value=("value", "mean"), modules=("name", "count"), name=("name", "first")))
-    # -45°: a label's horizontal extent is ~0.7 of its length, so seven module types fit
-    # their columns on a phone (at -30° Vega dropped every other one as overlapping).
-    x = alt.X("module_type:N", title="module type", sort=types, axis=alt.Axis(labelAngle=-45))
+    # Every module type keeps its label on a phone: Vega's overlap check compares the rotated
+    # labels' upright bounding boxes and dropped every other one of seven (q_proj among them),
+    # though at -45° the slanted texts themselves stay ~29 px apart. Past 12 types the columns
+    # are too narrow for that, and Vega thins the labels (the tooltip names every cell).
+    x = alt.X("module_type:N", title="module type", sort=types,
+              axis=alt.Axis(labelAngle=-45, labelOverlap=len(types) > 12))
     y = alt.Y("layer:N", title="layer", sort=order)
     tooltip = [alt.Tooltip("name:N", title="module"), alt.Tooltip("layer:N"),
                alt.Tooltip("module_type:N", title="type"),

@@ -292,8 +292,10 @@ def update_norm_chart(records: Iterable[Any], *, rule: str | None = None,
             y=alt.Y("norm:Q", scale=log_scale(), axis=log_axis()),
             tooltip=[alt.Tooltip("what:N", title="reference"),
                      alt.Tooltip("norm:Q", title="value", format=".4g")]))
-    # Two lines: as one, a phone cut the title before the rule's name.
-    title: str | list[str] = "Largest update norm per cell (cross: diverged)"
+    # Short, one line: a phone cut "Largest update norm per cell of <rule> (cross: diverged)"
+    # before the rule's name, and a two-line title lost its first line's top. The page's
+    # caption says what the crosses are.
+    title = "Update norm per cell (cross: diverged)"
     if rule:
-        title = ["Largest update norm per cell", f"of {rule} (cross: diverged)"]
+        title = f"Update norm per cell: {rule}"
     return alt.layer(*layers).properties(height=height, title=title)

@@ -46,6 +46,24 @@ _OVERFLOW_JS = """() => {
 }"""
 
 
+#: Chart texts Vega cut short ("…") or hid as overlapping, per visible chart: titles and axis
+#: titles cut at the chart's width or the plot's height, and the rank map's module-type labels
+#: (a phone hid q_proj and two more of seven). Other axes may thin their tick labels.
+_CHART_TEXT_JS = """() => {
+  const out = [];
+  for (const chart of document.querySelectorAll('[data-testid="stVegaLiteChart"]')) {
+    if (!chart.checkVisibility()) continue;
+    const title = [...chart.querySelectorAll('.role-title-text text')].map(t => t.textContent).join(' ');
+    for (const t of chart.querySelectorAll('svg text'))
+      if (t.textContent.endsWith('\u2026')) out.push(`cut: ${t.textContent}`);
+    if (title.startsWith('Rank map'))
+      for (const t of chart.querySelectorAll('.role-axis-label text'))
+        if (t.getAttribute('opacity') === '0') out.push(`hidden label: ${t.textContent}`);
+  }
+  return out;
+}"""
+
+
 #: Each width once, each colour scheme once: the widths are what the check is about; the scheme
 #: only changes colours (both schemes' looks are checked on screenshots, not here).
 LOOKS = [("desktop", "light"), ("phone", "dark")]
@@ -54,7 +72,8 @@ LOOKS = [("desktop", "light"), ("phone", "dark")]
 @pytest.mark.parametrize(("size", "scheme"), LOOKS, ids=[f"{a}-{b}" for a, b in LOOKS])
 @pytest.mark.parametrize("label", list(PAGES))
 def test_nothing_wider_than_the_window(browser, app_url, shot, label, size, scheme):
-    """Every element, charts and legends included, ends inside the window; every tab's too."""
+    """Every element, charts and legends included, ends inside the window; every tab's too;
+    no chart text is cut short or hidden where it should show."""
     width, height = SIZES[size]
     context = browser.new_context(viewport={"width": width, "height": height},
                                   color_scheme=scheme)
@@ -80,5 +99,6 @@ def test_nothing_wider_than_the_window(browser, app_url, shot, label, size, sche
                 shot(page, f"overflow_{size}_{scheme}_{i}")
             assert found["scroll"] <= width, (label, name, found)
             assert found["worst"] == 0, (label, name, found)
+            assert page.evaluate(_CHART_TEXT_JS) == [], (label, name)
     finally:
         context.close()
