@@ -559,3 +559,30 @@ class TestUiHelpers:
     def test_short_name(self, name, short):
         """PEFT's wrapper prefix is dropped for display; other names stay."""
         assert audit.short_name(name) == short
+
+
+@pytest.mark.skipif(not (SAMPLES / "families" / "lycoris_lokr.safetensors").is_file(),
+                    reason="samples not present")
+class TestReadingWords:
+    """The headline sentence says what the numbers mean, without contradicting itself."""
+
+    @staticmethod
+    def _reading(paths: list[Path]) -> str:
+        upload = audit.Upload.from_files([(p.name, p.read_bytes()) for p in paths])
+        return audit.reading(audit.run_audit(upload, alpha=None, scale=None, rule="energy",
+                                             value=0.99))
+
+    def test_one_shared_rank(self):
+        """Every module of peft_llama_r8 keeps its 8 directions at 0.99: "8 each", not "8 to 8"."""
+        folder = SAMPLES / "peft_llama_r8"
+        text = self._reading(sorted(folder.iterdir()))
+        assert "the modules need rank **8** each, against the stored r = 8:" in text
+        assert " to **8**" not in text and "larger" not in text
+
+    def test_resize_that_would_grow(self):
+        """A LoKr's recommended LoRA ranks cost more numbers than its own factors: said so."""
+        text = self._reading([SAMPLES / "families" / "lycoris_lokr.safetensors"])
+        share = float(re.search(r"with \*\*([\d.]+) %\*\* of the parameters", text).group(1))
+        assert share > 100
+        assert text.endswith("takes more numbers than this file's own factors, so a resize to "
+                             "them would not shrink it.")

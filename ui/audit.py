@@ -578,12 +578,17 @@ def reading(report: AuditReport) -> str:
     ranks = s["ranks"]
     stored = f"r = {ranks[0]}" if len(ranks) == 1 else f"r = {ranks[0]}..{ranks[-1]}"
     share = s["params_after"] / s["params"] if s["params"] else 1.0
-    return (f"Under **{rule_text(report.rule, report.value)}** the modules need rank "
-            f"**{recs['min']}** to **{recs['max']}** (median {recs['median']:g}) of the stored "
-            f"{stored}: resizing every module to its recommended rank keeps "
+    need = (f"**{recs['min']}** each, against the stored {stored}" if recs["min"] == recs["max"]
+            else f"**{recs['min']}** to **{recs['max']}** (median {recs['median']:g}) of the "
+                 f"stored {stored}")  # not "8 to 8 (median 8)"
+    larger = ("" if share <= 1 else
+              " A LoRA B·A of these ranks takes more numbers than this file's own factors, so "
+              "a resize to them would not shrink it.")
+    return (f"Under **{rule_text(report.rule, report.value)}** the modules need rank {need}: "
+            f"resizing every module to its recommended rank keeps "
             f"**{100 * s['retained_energy']:.2f} %** of the update's energy "
             f"(sum sigma^2) with **{100 * share:.1f} %** of the parameters "
-            f"({s['params']:,} -> {s['params_after']:,}).")
+            f"({s['params']:,} -> {s['params_after']:,}).{larger}")
 
 
 def spectrum_label(report: AuditReport) -> str:
