@@ -586,3 +586,17 @@ class TestReadingWords:
         assert share > 100
         assert text.endswith("takes more numbers than this file's own factors, so a resize to "
                              "them would not shrink it.")
+
+    def test_lokr_full_halves_assume_nothing(self):
+        """Every module of the LyCORIS LoKr sample has an alpha entry; its both-full modules
+        use scale 1 by LyCORIS's rule: no "No alpha found ... scale 1 assumed" warning."""
+        from safetensors.numpy import load_file
+        path = SAMPLES / "families" / "lycoris_lokr.safetensors"
+        tensors = load_file(path)
+        modules = {k.split(".")[0] for k in tensors}
+        assert all(f"{m}.alpha" in tensors for m in modules)  # the file states every alpha
+        detected = audit.detect(audit.Upload.from_files([(path.name, path.read_bytes())]))
+        assert detected.assumed is None
+        at = upload(open_page(), {path.name: path.read_bytes()})
+        assert_clean(at)
+        assert not [w.value for w in at.warning if "assumed" in w.value]
