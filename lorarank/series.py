@@ -385,10 +385,12 @@ class ModuleSeries:
     steps : list of int
     rank : list of int
         Stored rank r per checkpoint.
-    singular_values : list of ndarray
-        sigma_1..sigma_r of ``scale * B @ A`` per checkpoint, descending.
+    singular_values : ndarray of shape (n, q), or list of ndarray
+        sigma_1..sigma_r of ``scale * B @ A`` per checkpoint, descending: row i is checkpoint
+        i (a list of arrays only when q changes between checkpoints).
     energy_rank : list of dict
-        ``{"0.9": k, "0.95": k, "0.99": k}`` per checkpoint.
+        ``{"0.9": k, "0.95": k, "0.99": k}`` per checkpoint (read-only: equal entries are one
+        shared dict, so a long series costs a pointer per step).
     stable_rank : list of float
     recommended_rank : list of int
         Under the series' rule.
@@ -408,7 +410,7 @@ class ModuleSeries:
     module_type: str
     steps: list[int]
     rank: list[int]
-    singular_values: list[np.ndarray]
+    singular_values: np.ndarray | list[np.ndarray]
     energy_rank: list[dict]
     stable_rank: list[float]
     recommended_rank: list[int]
@@ -845,6 +847,7 @@ def _module_series(order, slims: Sequence[_Slim], last_report: AuditReport,
         notes.append(f"{len(reshaped)} module(s) change shape between checkpoints and are left out of "
                      f"the series: {_names(reshaped)}.")
     keys = [_key(t) for t in ENERGY_THRESHOLDS]
+    energy_dicts: dict[tuple[int, ...], dict] = {}  # one dict per distinct (k(0.9), k(0.95), k(0.99))
     last_by_name = {m.name: m for m in last}
     modules, rank_changes = [], []
     for name in same_shape:
@@ -857,8 +860,8 @@ def _module_series(order, slims: Sequence[_Slim], last_report: AuditReport,
         k = min(top, ranks[-1], final.shape[1])
         modules.append(ModuleSeries(
             name=name, layer=final.layer, module_type=final.module_type, steps=steps, rank=ranks,
-            singular_values=[s.sv[s.offsets[j]:s.offsets[j + 1]] for s, j in at],
-            energy_rank=[dict(zip(keys, map(int, s.energy[j]))) for s, j in at],
+            singular_values=_rows([s.sv[s.offsets[j]:s.offsets[j + 1]] for s, j in at]),
+            energy_rank=[_shared(energy_dicts, keys, tuple(map(int, s.energy[j]))) for s, j in at],
             stable_rank=[float(s.stable[j]) for s, j in at], recommended_rank=recommended,
             phi_next=[None if s.phi_next is None else _none_for_nan(s.phi_next[j]) for s, j in at],
             phi_last=[_none_for_nan(s.phi_last[j]) for s, j in at],
@@ -867,6 +870,18 @@ def _module_series(order, slims: Sequence[_Slim], last_report: AuditReport,
         notes.append(f"{len(rank_changes)} module(s) change their stored rank r between checkpoints "
                      f"(phi compares the top min({top}, r_1, r_2) directions): {_names(rank_changes)}.")
     return modules, notes
+
+
+def _rows(values: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """One (n, q) array when every checkpoint has q values (no per-step array objects kept)."""
+    return np.stack(values) if len({v.size for v in values}) == 1 else [v.copy() for v in values]
+
+
+def _shared(cache: dict, keys: Sequence[str], ranks: tuple[int, ...]) -> dict:
+    found = cache.get(ranks)
+    if found is None:
+        found = cache[ranks] = dict(zip(keys, ranks))
+    return found
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
