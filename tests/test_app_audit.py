@@ -326,6 +326,9 @@ class TestBadFiles:
         assert len(shown) == 1 and shown[0].startswith(message), shown
         assert "\n" not in shown[0]
         assert len(at.dataframe) == 0
+        # the files are named, but not as "Loaded": they could not be read
+        assert not [m.value for m in at.markdown if "Loaded:" in m.value]
+        assert [m.value for m in at.markdown if m.value.startswith("**Adapter:**")]
 
 
 class TestUrlSettings:

@@ -118,10 +118,12 @@ def header_row(upload: Upload, *, demo: bool = False) -> Any:
     """The line naming the loaded adapter, with Clear beside it (not for the demo or a Hub
     link, which their own inputs switch off). Drawn before the files are read, so Clear is
     there even when they cannot be read; returns the placeholder that :func:`adapter_name`
-    fills once they are (it shows the file names until then)."""
+    fills once they are (it shows "Adapter:" and the file names until then)."""
     row = st.container(horizontal=True, vertical_alignment="center")
     slot = row.empty()
-    slot.markdown(f"**Loaded:** {md_escape(upload.label)}", width="stretch")
+    # "Adapter", not "Loaded": the files (or Hub link) may turn out unreadable (then an error follows and
+    # this line stays); :func:`adapter_name` writes "Loaded: ..." once they are read.
+    slot.markdown(f"**Adapter:** {md_escape(upload.label)}", width="stretch")
     current = loaded()
     if not demo and current is not None and upload.ident == current.ident:
         row.button("Clear", key=CLEAR_KEY, on_click=clear, icon=":material/close:",
