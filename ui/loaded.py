@@ -121,8 +121,8 @@ def header_row(upload: Upload, *, demo: bool = False) -> Any:
     fills once they are (it shows "Adapter:" and the file names until then)."""
     row = st.container(horizontal=True, vertical_alignment="center")
     slot = row.empty()
-    # "Adapter", not "Loaded": the files (or Hub link) may turn out unreadable (then an error follows and
-    # this line stays); :func:`adapter_name` writes "Loaded: ..." once they are read.
+    # "Adapter", not "Loaded": the files (or Hub link) may turn out unreadable (then an
+    # error follows and this line stays); :func:`adapter_name` writes "Loaded: ..." once read.
     slot.markdown(f"**Adapter:** {md_escape(upload.label)}", width="stretch")
     current = loaded()
     if not demo and current is not None and upload.ident == current.ident:
