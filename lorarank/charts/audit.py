@@ -216,7 +216,7 @@ def budget_frame(curve: Mapping[str, Sequence[float]], *, max_points: int = 800)
 
 
 def budget_chart(curve: Mapping[str, Sequence[float]], *,
-                 marks: Sequence[Mapping[str, object]] = (), height: int = 300) -> alt.LayerChart:
+                 marks: Sequence[Mapping[str, object]] = (), height: int = 380) -> alt.LayerChart:
     """Retained energy of the whole adapter against a global budget (mean rank per module).
 
     Parameters
@@ -226,6 +226,10 @@ def budget_chart(curve: Mapping[str, Sequence[float]], *,
     marks : sequence of mapping
         Points to mark, each ``{"label", "mean_rank", "retained_energy", "params"}`` (the chosen
         budget, the rule's recommendation, the adapter as stored).
+
+    height : int
+        Of the whole chart, title, axis titles and the three-line legend included (at 300 the
+        plot itself was ~100 px high).
 
     Returns
     -------
