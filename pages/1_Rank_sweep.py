@@ -51,20 +51,24 @@ charts = sweep.sweep_charts(config)
 # The data mode's results come first when the link asks for them.
 names = ["Spectra", "Loss curves", "Finite data"]
 tabs = layout.sections(names[2:] + names[:2] if datamode.is_data_mode(data_values) else names)
-with tabs["Finite data"]:
-    datamode.sweep_results(config, data_values)
-with tabs["Spectra"]:
-    layout.show_panels(
-        charts.spectrum, columns=4, legend=False,
-        caption=f"Grey: the target's first {charts.max_index} singular values. Blue: the trained "
-                f"s·B·A's. Dashed: the noise floor {run.noise_floor:.3g} (Gavish-Donoho threshold "
-                f"for the noise level); directions below it fit noise, not the task.",
-    )
-with tabs["Loss curves"]:
-    common.show_chart(
-        charts.loss,
-        caption="Loss 0.5·||s·B·A − T||_F² after each optimiser step, log scale. A curve that "
-                "ends early with a cross diverged.",
-    )
+if layout.is_open(tabs["Finite data"]):
+    with tabs["Finite data"]:
+        datamode.sweep_results(config, data_values)
+if layout.is_open(tabs["Spectra"]):
+    with tabs["Spectra"]:
+        layout.show_panels(
+            charts.spectrum, columns=4, legend=False,
+            caption=f"Grey: the target's first {charts.max_index} singular values. Blue: the "
+                    f"trained s·B·A's. Dashed: the noise floor {run.noise_floor:.3g} "
+                    f"(Gavish-Donoho threshold for the noise level); directions below it fit "
+                    f"noise, not the task.",
+        )
+if layout.is_open(tabs["Loss curves"]):
+    with tabs["Loss curves"]:
+        common.show_chart(
+            charts.loss,
+            caption="Loss 0.5·||s·B·A − T||_F² after each optimiser step, log scale. A curve "
+                    "that ends early with a cross diverged.",
+        )
 
 report_ui.sweep_button(run, charts)

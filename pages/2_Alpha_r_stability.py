@@ -45,70 +45,75 @@ except LoraRankError as exc:  # one sentence; the calculator still works
 tabs = layout.sections(["Grid", "Learning-rate window", "Loss curves", "Scaling calculator"])
 
 if run is not None:
-    with tabs["Grid"]:
-        layout.show_panels(
-            views.heatmap, columns=2,
-            caption="Colour: final relative error ||s·B·A − T||_F / ||T||_F (log scale, lighter "
-                    "is lower). Orange cells marked 'div' diverged; hover a cell for s, the step "
-                    "it diverged at and its largest update norm.",
-        )
-        st.markdown("\n".join(  # each rule's sentences start with its name: set it in bold
-            f"- **{rule.rule}**{' '.join(rule.sentences)[len(rule.rule):]}"
-            for rule in views.findings.rules))
-        st.caption(
-            f"Read off this grid: {len(run.grid.records)} cells, {config.optimizer}, "
-            f"{config.steps} steps, alpha {config.alpha:g}, σ₁(T) = {run.sigma_1:.4g}. A run "
-            f"counts as diverged when its loss becomes non-finite or exceeds 10⁴ times its "
-            f"start. Computed in {run.seconds:.2f} s. "
-            f"{datamode.grid_caption(config.data, config.steps)}"
-        )
-        common.download_buttons(stem="lorarank-stability", key=stab.DOWNLOAD_KEY,
-                                csv_bytes=views.csv, json_bytes=views.json)
-        st.caption("The JSON download is the document `python -m lorarank stability --json` "
-                   "prints (records with loss curves); the CSV has one row per cell without the "
-                   "curves.")
-        with st.expander("Every cell", expanded=False):
-            st.dataframe(
-                views.cells, hide_index=True, key="stability_cells",
-                column_config={name: st.column_config.Column(name, help=text)
-                               for name, text in stab.CELL_HELP.items()},
+    if layout.is_open(tabs["Grid"]):
+        with tabs["Grid"]:
+            layout.show_panels(
+                views.heatmap, columns=2,
+                caption="Colour: final relative error ||s·B·A − T||_F / ||T||_F (log scale, "
+                        "lighter is lower). Orange cells marked 'div' diverged; hover a cell for s, "
+                        "the step it diverged at and its largest update norm.",
             )
-        if config.data is not None:
-            with st.expander("Training and held-out loss per cell", expanded=False):
-                st.dataframe(datamode.grid_losses_table(run.grid.records), hide_index=True,
-                             key="data_grid_losses")
+            st.markdown("\n".join(  # each rule's sentences start with its name: set it in bold
+                f"- **{rule.rule}**{' '.join(rule.sentences)[len(rule.rule):]}"
+                for rule in views.findings.rules))
+            st.caption(
+                f"Read off this grid: {len(run.grid.records)} cells, {config.optimizer}, "
+                f"{config.steps} steps, alpha {config.alpha:g}, σ₁(T) = {run.sigma_1:.4g}. A run "
+                f"counts as diverged when its loss becomes non-finite or exceeds 10⁴ times its "
+                f"start. Computed in {run.seconds:.2f} s. "
+                f"{datamode.grid_caption(config.data, config.steps)}"
+            )
+            common.download_buttons(stem="lorarank-stability", key=stab.DOWNLOAD_KEY,
+                                    csv_bytes=views.csv, json_bytes=views.json)
+            st.caption("The JSON download is the document `python -m lorarank stability --json` "
+                       "prints (records with loss curves); the CSV has one row per cell without "
+                       "the curves.")
+            with st.expander("Every cell", expanded=False):
+                st.dataframe(
+                    views.cells, hide_index=True, key="stability_cells",
+                    column_config={name: st.column_config.Column(name, help=text)
+                                   for name, text in stab.CELL_HELP.items()},
+                )
+            if config.data is not None:
+                with st.expander("Training and held-out loss per cell", expanded=False):
+                    st.dataframe(datamode.grid_losses_table(run.grid.records), hide_index=True,
+                                 key="data_grid_losses")
 
-    with tabs["Learning-rate window"]:
-        st.dataframe(
-            views.windows, hide_index=True, key="stability_windows",
-            column_config={name: st.column_config.Column(name, help=text)
-                           for name, text in stab.WINDOW_HELP.items()},
-        )
+    if layout.is_open(tabs["Learning-rate window"]):
+        with tabs["Learning-rate window"]:
+            st.dataframe(
+                views.windows, hide_index=True, key="stability_windows",
+                column_config={name: st.column_config.Column(name, help=text)
+                               for name, text in stab.WINDOW_HELP.items()},
+            )
 
     with tabs["Loss curves"]:
-        picked = stab.curve_widgets(config)
-        if picked["mode"] == stab.CURVE_MODES[0]:
-            loss_spec, norm_spec = stab.curve_specs(
-                config, picked["rule"], lr=picked["lr"], rank=None, color_by="rank",
-                title=f"{picked['rule']}, lr {picked['lr']:g}: every rank")
-        else:
-            loss_spec, norm_spec = stab.curve_specs(
-                config, picked["rule"], lr=None, rank=picked["rank"], color_by="lr",
-                title=f"{picked['rule']}, r = {picked['rank']}: every learning rate")
-        left, right = st.columns(2)
-        with left:
-            common.show_chart(
-                loss_spec,
-                caption="Loss 0.5·||s·B·A − T||_F² after each step (log scale). A curve that "
-                        "ends early with a cross diverged at that step.",
-            )
-        with right:
-            common.show_chart(
-                norm_spec,
-                caption=f"Largest ||s·B·A||_F over the steps of each cell of {picked['rule']}. "
-                        f"A trained run ends near ||T||_F = {run.target_norm:.4g} (dashed); a "
-                        f"diverging one overshoots it (a cross: it diverged).",
-            )
+        picked = stab.curve_widgets(config)  # drawn in every run: they keep their URL values
+    if picked["mode"] == stab.CURVE_MODES[0]:
+        loss_spec, norm_spec = stab.curve_specs(
+            config, picked["rule"], lr=picked["lr"], rank=None, color_by="rank",
+            title=f"{picked['rule']}, lr {picked['lr']:g}: every rank")
+    else:
+        loss_spec, norm_spec = stab.curve_specs(
+            config, picked["rule"], lr=None, rank=picked["rank"], color_by="lr",
+            title=f"{picked['rule']}, r = {picked['rank']}: every learning rate")
+    if layout.is_open(tabs["Loss curves"]):
+        with tabs["Loss curves"]:
+            left, right = st.columns(2)
+            with left:
+                common.show_chart(
+                    loss_spec,
+                    caption="Loss 0.5·||s·B·A − T||_F² after each step (log scale). A curve that "
+                            "ends early with a cross diverged at that step.",
+                )
+            with right:
+                common.show_chart(
+                    norm_spec,
+                    caption=f"Largest ||s·B·A||_F over the steps of each cell of "
+                            f"{picked['rule']}. A trained run ends near ||T||_F = "
+                            f"{run.target_norm:.4g} (dashed); a diverging one overshoots it "
+                            f"(a cross: it diverged).",
+                )
     with tabs["Grid"]:
         report_ui.stability_button(config, views, [
             ("Loss curves", loss_spec, "Loss 0.5·||s·B·A − T||_F² after each step (log scale)."),
@@ -145,4 +150,5 @@ with tabs["Scaling calculator"]:
     m2.metric(f"s at r = {calc_values['calc_r_new']} with the same {answer['knob']}",
               f"{answer['same_alpha']:.6g}",
               help="What happens if you change r and leave the config alone.")
-    st.dataframe(answer["table"], hide_index=True, key="stability_calc_table")
+    if layout.is_open(tabs["Scaling calculator"]):
+        st.dataframe(answer["table"], hide_index=True, key="stability_calc_table")

@@ -138,11 +138,12 @@ with tabs["Per module"]:
                             key=audit.DOWNLOAD_KEY, json_bytes=audit.cli_json_bytes(report))
 
 # ------------------------------------------------------------------------- rank map
-with tabs["Rank map"]:
-    common.show_chart(
-        rank_map_chart(report.rank_map(metric), metric=audit.MAP_METRICS[metric]),
-        caption="One cell per layer and module type (the first number in a module's name is its "
-                "layer). Hover a cell for the module and its value.")
+if layout.is_open(tabs["Rank map"]):
+    with tabs["Rank map"]:
+        common.show_chart(
+            rank_map_chart(report.rank_map(metric), metric=audit.MAP_METRICS[metric]),
+            caption="One cell per layer and module type (the first number in a module's name is "
+                    "its layer). Hover a cell for the module and its value.")
 
 # ------------------------------------------------------------------- module spectrum
 with tabs["Spectrum"]:
@@ -154,14 +155,15 @@ with tabs["Spectrum"]:
                           help="The module whose singular values are drawn below (kept in the "
                                "link).")
     module = report.modules[names.index(chosen)]
-    common.show_chart(
-        module_spectrum_chart(module.singular_values, cut=module.recommended_rank, name=chosen,
-                              rule=audit.rule_text(rule, value)),
-        caption=f"Singular values of the {common.md_escape(module.spectrum_of)} for {common.md_code(chosen)} (r = {module.rank}, s = "
-                f"{module.scale:.4g}), log scale. Dashed: the recommended rank "
-                f"{module.recommended_rank} under {audit.rule_text(rule, value)}; truncating "
-                f"there loses {module.truncation_error:.3g} of ||dW||_F. Zero values are not "
-                f"drawn.")
+    if layout.is_open(tabs["Spectrum"]):
+        common.show_chart(
+            module_spectrum_chart(module.singular_values, cut=module.recommended_rank, name=chosen,
+                                  rule=audit.rule_text(rule, value)),
+            caption=f"Singular values of the {common.md_escape(module.spectrum_of)} for {common.md_code(chosen)} (r = {module.rank}, s = "
+                    f"{module.scale:.4g}), log scale. Dashed: the recommended rank "
+                    f"{module.recommended_rank} under {audit.rule_text(rule, value)}; truncating "
+                    f"there loses {module.truncation_error:.3g} of ||dW||_F. Zero values are not "
+                    f"drawn.")
 
 # ----------------------------------------------------------------------- budget curve
 with tabs["Budget"]:
@@ -170,13 +172,14 @@ with tabs["Budget"]:
                                              value=value or 0.0, mean_rank=budget)
     n_modules = len(report.modules)
     marks = audit.budget_marks(report, allocation, budget=budget)
-    common.show_chart(
-        budget_chart(curve, marks=marks),
-        caption=f"Keeping the adapter's top directions by sigma² wherever they are: a budget of "
-                f"{budget} x {n_modules} modules = {allocation['directions']:,} directions keeps "
-                f"{100 * allocation['retained_energy']:.2f} % of sum sigma² with "
-                f"{allocation['params']:,} parameters (each direction costs d_out + d_in). By "
-                f"Eckart-Young no other allocation of as many directions keeps more.")
+    if layout.is_open(tabs["Budget"]):
+        common.show_chart(
+            budget_chart(curve, marks=marks),
+            caption=f"Keeping the adapter's top directions by sigma² wherever they are: a budget of "
+                    f"{budget} x {n_modules} modules = {allocation['directions']:,} directions keeps "
+                    f"{100 * allocation['retained_energy']:.2f} % of sum sigma² with "
+                    f"{allocation['params']:,} parameters (each direction costs d_out + d_in). By "
+                    f"Eckart-Young no other allocation of as many directions keeps more.")
 
 # ---------------------------------------------------------------------------- resize
 def _resized(name: str):
@@ -209,12 +212,13 @@ with tabs["Resize"]:
                    "the input's family.")
         for note in ps.get("notes", []):
             st.info(note, icon=":material/info:")
-    with st.expander("Per-module ranks and truncation errors"):
-        st.dataframe(audit.resize_table(preview, report), hide_index=True, key="audit_resize_table",
-                     column_config={
-                         **{n: st.column_config.Column(n, help=t) for n, t in audit.RESIZE_HELP.items()},
-                         "truncation error": st.column_config.NumberColumn(
-                             "truncation error", help=audit.RESIZE_HELP["truncation error"], format="%.4g")})
+    if layout.is_open(tabs["Resize"]):
+        with st.expander("Per-module ranks and truncation errors"):
+            st.dataframe(audit.resize_table(preview, report), hide_index=True, key="audit_resize_table",
+                         column_config={
+                             **{n: st.column_config.Column(n, help=t) for n, t in audit.RESIZE_HELP.items()},
+                             "truncation error": st.column_config.NumberColumn(
+                                 "truncation error", help=audit.RESIZE_HELP["truncation error"], format="%.4g")})
     if not unchanged:
         weights_stem = next((n for n, _ in upload.files if not n.lower().endswith(".json")), "adapter")
         weights_stem = weights_stem.rsplit(".", 1)[0] or "adapter"
@@ -263,7 +267,7 @@ with tabs["Compare"]:
         else:
             with common.stop_on_error():
                 comparison = audit.guarded_compare(upload, upload_b, top=top)
-        if comparison is not None:
+        if comparison is not None and layout.is_open(tabs["Compare"]):
             st.markdown(audit.compare_reading(comparison))
             st.dataframe(audit.compare_table(comparison), hide_index=True, key="audit_compare_table",
                          height=audit.table_height(len(comparison.modules)),

@@ -23,6 +23,7 @@ from streamlit.testing.v1 import AppTest
 from lorarank.adapters import load_adapter_bytes
 from ui import audit
 from ui.common import md_plain
+from ui.layout import TAB_PARAM
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
@@ -192,7 +193,7 @@ class TestPeftSamples:
     def test_module_selector_draws_that_spectrum(self):
         """Choosing a module redraws the spectrum chart with its values."""
         files = sample_files("peft_llama_rank_pattern")
-        at = upload(open_page(), files)
+        at = upload(open_page({"tab": "Spectrum"}), files)  # only the open tab draws charts
         name = "model.layers.1.mlp.down_proj"
         at.selectbox(key=audit.MODULE_KEY).set_value(name).run()
         assert_clean(at)
@@ -346,7 +347,8 @@ class TestUrlSettings:
         assert at.radio(key="resize_by").value == "budget"
         assert at.toggle(key=audit.COMPARE_KEY).value is True
         assert any("global budget of 42 directions" in c.value for c in at.caption)
-        assert len(frame_with(at, "phi(k, k)")) == 14
+        at.session_state[TAB_PARAM] = "Compare"  # as a click on the tab: a rerun that draws it
+        assert len(frame_with(at.run(), "phi(k, k)")) == 14
 
     @pytest.mark.parametrize("raw", ["stable_rank", "stable rank"])
     def test_map_metric_shows_labels(self, raw):
@@ -389,7 +391,7 @@ class TestCompare:
     def test_same_adapter_overlaps_fully(self):
         """An adapter compared with itself has phi(k, k) = 1 on every module."""
         files = sample_files("peft_llama_r8")
-        at = upload(open_page({"compare": "true"}), files)
+        at = upload(open_page({"compare": "true", "tab": "Compare"}), files)
         at = upload(at, files, key=audit.UPLOAD_B_KEY)
         assert_clean(at)
         table = frame_with(at, "phi(k, k)")
@@ -399,7 +401,7 @@ class TestCompare:
     def test_phi_against_oracle(self):
         """phi(k, k) between two samples equals ||V1_k^T V2_k||^2 / k from numpy SVDs of A."""
         fa, fb = sample_files("peft_llama_r8"), sample_files("peft_llama_rank_pattern")
-        at = upload(open_page({"compare": "true", "top": "3"}), fa)
+        at = upload(open_page({"compare": "true", "top": "3", "tab": "Compare"}), fa)
         at = upload(at, fb, key=audit.UPLOAD_B_KEY)
         assert_clean(at)
         table = frame_with(at, "phi(k, k)").set_index("module")
@@ -413,7 +415,7 @@ class TestCompare:
 
     def test_demo_compares_with_demo_b(self):
         """With the demo and no second upload, demo B is compared and labelled synthetic."""
-        at = open_page({"compare": "true", "demo": "true"})
+        at = open_page({"compare": "true", "demo": "true", "tab": "Compare"})
         assert_clean(at)
         assert any("synthetic demo B" in i.value for i in at.info)
         assert len(frame_with(at, "phi(k, k)")) == 14

@@ -32,7 +32,7 @@ def text(at: AppTest) -> str:
 class TestSweepDataMode:
     def test_exact_mode_default_shows_switch(self):
         """By default the section only offers the switch; no data-mode table is drawn."""
-        at = open_page("pages/1_Rank_sweep.py", **SMALL)
+        at = open_page("pages/1_Rank_sweep.py", tab="Finite data", **SMALL)
         assert not at.exception
         assert at.radio(key="mode").value == "exact"
         assert len(at.dataframe) == 1

@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 from lorarank.stability import DEFAULT_LRS, DEFAULT_RANKS, run_stability, stability_findings
 from lorarank.synthetic import make_target
 from ui.common import md_plain
+from ui.layout import TAB_PARAM
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -32,9 +33,15 @@ def reading(at: AppTest) -> str:
     return " ".join(m.value for m in at.markdown)
 
 
+def open_tab(at: AppTest, name: str) -> AppTest:
+    """Open the tab ``name`` (as a click does: a rerun that draws its charts and tables)."""
+    at.session_state[TAB_PARAM] = name
+    return at.run()
+
+
 def windows(at: AppTest):
-    """The per-rule, per-rank window table (second: the Grid tab's cell table comes first)."""
-    return at.dataframe[1].value
+    """The per-rule, per-rank window table (its tab opened: only the open tab draws tables)."""
+    return open_tab(at, "Learning-rate window").dataframe[0].value
 
 
 def charts(at: AppTest) -> list[dict]:
@@ -95,10 +102,11 @@ class TestDefaults:
         assert not at.number_input(key="alpha").disabled
 
     def test_charts_and_downloads(self):
-        """Heatmap, loss and norm charts render; the downloads hold every cell."""
+        """Heatmap, loss and norm charts render, each in its tab; the downloads hold every
+        cell."""
         at = open_page()
         specs = charts(at)
-        assert len(specs) == 4 + 2  # a heatmap panel per rule, the loss and norm charts
+        assert len(specs) == 4  # a heatmap panel per rule: only the open tab (Grid) draws charts
         assert [s["title"] for s in specs[:4]] == ["fixed-alpha", "alpha-eq-r", "alpha-eq-2r",
                                                    "rslora"]
         elements = at.get("vega_lite_chart")
@@ -113,6 +121,9 @@ class TestDefaults:
         assert len(cells) == 4 * len(DEFAULT_RANKS) * len(DEFAULT_LRS)
         assert not cells.isna().any().any()
         assert "nan" not in cells.to_string().lower()
+        curves = [s["title"] for s in charts(open_tab(at, "Loss curves"))]
+        assert len(curves) == 2 and curves[0].startswith("fixed-alpha")  # loss, then norms
+        assert not at.dataframe  # the Grid's cell table is not drawn behind the open tab
 
     def test_every_input_is_defined(self):
         """Every widget carries help text; every table column a definition."""
@@ -150,10 +161,10 @@ class TestUrl:
                        steps="60")
         assert not at.exception and not at.error
         assert at.multiselect(key="rules").value == ["rslora", "alpha-eq-2r"]
+        assert "60 steps" in " ".join(c.value for c in at.caption)  # the Grid tab's
         frame = windows(at)
         assert frame["rule"].tolist() == ["rslora", "rslora", "alpha-eq-2r", "alpha-eq-2r"]
         assert frame["r"].tolist() == [2, 16, 2, 16]
-        assert "60 steps" in " ".join(c.value for c in at.caption)
 
 
 class TestInteraction:
@@ -180,7 +191,8 @@ class TestInteraction:
         at.selectbox(key="curves_rank").set_value(16).run()
         at.selectbox(key="curves_rule").set_value("rslora").run()
         assert not at.exception
-        rows = chart_rows(at, -2)  # the loss chart: after the heatmap panels, before the norms
+        open_tab(at, "Loss curves")
+        rows = chart_rows(at, -2)  # the loss chart, before the norms
         assert set(zip(rows["rule"], rows["rank"])) == {("rslora", 16)}
         assert set(rows["lr"]) <= set(DEFAULT_LRS) and len(set(rows["lr"])) >= 2
         assert charts(at)[-2]["title"] == "rslora, r = 16: every learning rate"
@@ -210,7 +222,7 @@ class TestCalculator:
     def test_keep_table(self):
         """PEFT r 16 -> 64 at alpha 32: keep s needs alpha 128; keep rsLoRA needs alpha 64."""
         at = open_page(steps="20", ranks="4", lrs="0.01", calc_convention="peft", calc_r="16",
-                       calc_alpha="32", calc_r_new="64")
+                       calc_alpha="32", calc_r_new="64", **{TAB_PARAM: "Scaling calculator"})
         table = at.dataframe[-1].value
         assert table["keep"].tolist() == ["scale", "rslora"]
         assert table["new alpha at r = 64"].tolist() == [128.0, 64.0]

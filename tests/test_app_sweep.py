@@ -13,6 +13,7 @@ from lorarank.fit import DEFAULT_STEPS, fit_lora
 from lorarank.spectrum import eckart_young_errors
 from lorarank.synthetic import make_target
 from ui.common import md_plain
+from ui.layout import TAB_PARAM
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -73,9 +74,8 @@ class TestDefaults:
         render, each panel as wide as its column."""
         at = open_sweep()
         elements = at.get("vega_lite_chart")
-        charts = [json.loads(el.proto.spec) for el in elements]
-        assert len(charts) == 4
-        *panels, loss = charts
+        panels = [json.loads(el.proto.spec) for el in elements]
+        assert len(panels) == 3  # only the open tab (Spectra) draws its charts
         assert [p["title"] for p in panels] == ["r = 2", "r = 4", "r = 16"]
         for panel, el in zip(panels, elements):
             assert panel["width"] == "container"
@@ -86,8 +86,22 @@ class TestDefaults:
             assert y["type"] == "log"
             assert y["domain"] == panels[0]["layer"][0]["encoding"]["y"]["scale"]["domain"]
             assert any(layer["mark"]["type"] == "rule" for layer in panel["layer"])
+        at.session_state[TAB_PARAM] = "Loss curves"  # as a click on the tab: a rerun
+        [loss] = [json.loads(el.proto.spec) for el in at.run().get("vega_lite_chart")]
         assert loss["layer"][0]["encoding"]["y"]["scale"]["type"] == "log"
         assert loss["layer"][0]["encoding"]["tooltip"]
+
+    def test_link_opens_a_tab_and_a_bad_one_the_first(self):
+        """?tab=Loss+curves opens that tab, drawing only its chart; a tab the page does not have
+        opens the first (Streamlit drops the parameter) without an error."""
+        at = open_sweep(tab="Loss curves")
+        assert not at.exception and not at.error
+        [loss] = [json.loads(el.proto.spec) for el in at.get("vega_lite_chart")]
+        assert "Spectra" not in json.dumps(loss) and loss["layer"][0]["encoding"]["tooltip"]
+        at = open_sweep(tab="<script>nope</script>")
+        assert not at.exception and not at.error
+        assert [json.loads(el.proto.spec)["title"] for el in at.get("vega_lite_chart")] == [
+            "r = 2", "r = 4", "r = 16"]
 
     def test_every_number_is_defined(self):
         """Every widget has help text and the table columns carry definitions."""

@@ -6,7 +6,8 @@ thing under the title is always a result. Inputs that change one view only (the 
 the calculator, the compare uploader) sit at the top of that view's tab (:func:`sections`).
 
 Adding a section to a page: put its name in the page's ``sections([...])`` list and write into
-``tabs["name"]`` with a ``with`` block; a section's widgets belong inside it, before any result.
+``tabs["name"]`` with a ``with`` block; a section's widgets belong inside it, before any result,
+and its charts and tables under ``if is_open(tabs["name"])`` (only the open tab draws them).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import streamlit as st
 from lorarank.charts import split_facets
 from ui.common import Setting, setting_widget
 
-__all__ = ["header", "settings_group", "sections", "show_panels", "SETTINGS_HINT"]
+__all__ = ["header", "settings_group", "sections", "is_open", "show_panels", "SETTINGS_HINT",
+           "TAB_PARAM"]
 
 #: Said under the title of a page whose inputs are in the sidebar.
 SETTINGS_HINT = ("Settings are in the sidebar (on a phone, open it with the » button at the top "
@@ -94,14 +96,28 @@ def settings_group(title: str, settings: Sequence[Setting], *, container: Any = 
     return values
 
 
+#: The query parameter naming the open tab (``?tab=Loss+curves``); absent for the default tab.
+TAB_PARAM = "tab"
+
+
 def sections(names: Sequence[str], *, default: str | None = None) -> dict[str, Any]:
     """Tabs a user can jump between, by name: ``tabs = sections(["Grid", "Loss curves"])``.
 
-    All tabs are drawn on every run (a widget in a tab the user is not looking at keeps its
-    value and its place in the URL); write into one with ``with tabs["Grid"]:``. ``default``
-    names the tab shown first (e.g. the one a link's settings belong to); None: the first.
+    The tabs know which one is open: switching tabs reruns the page, and the URL names the open
+    tab (``?tab=Loss+curves``), so a link opens the view it was copied from. Every tab's widgets
+    are drawn on every run (a widget in a tab the user is not looking at keeps its value and its
+    place in the URL); its charts and tables only when it is open (:func:`is_open`), so a page's
+    first render draws one section, not all of them. Write into one with ``with tabs["Grid"]:``.
+    ``default`` names the tab shown first (e.g. the one a link's settings belong to); None: the
+    first. A link naming no tab of the page opens the default (Streamlit drops the parameter).
     """
-    return dict(zip(names, st.tabs(list(names), default=default)))
+    return dict(zip(names, st.tabs(list(names), default=default, key=TAB_PARAM,
+                                   bind="query-params")))
+
+
+def is_open(tab: Any) -> bool:
+    """Whether ``tab`` (from :func:`sections`) is the open one: draw its charts and tables."""
+    return tab.open is not False  # None: tabs that do not track state show everything
 
 
 def show_panels(spec: dict, *, columns: int = 3, caption: str | None = None,

@@ -21,7 +21,7 @@ CHROMIUM_ARGS = [
 ]
 STARTUP_TIMEOUT = 30.0
 
-__all__ = ["REPO", "CHROMIUM", "CHROMIUM_ARGS", "AppServer", "wait_for_app", "set_number",
+__all__ = ["REPO", "CHROMIUM", "CHROMIUM_ARGS", "AppServer", "wait_for_app", "open_tab", "set_number",
            "assert_no_exception", "input_value", "error_sentences", "uploader", "adapter_uploader"]
 
 
@@ -95,6 +95,23 @@ def wait_for_app(page, *, timeout: float = 60_000) -> None:
                            timeout=timeout)
     page.wait_for_function('document.querySelectorAll(\'[data-testid="stSkeleton"]\').length === 0',
                            timeout=timeout)
+
+
+def open_tab(page, name: str) -> None:
+    """Open the page's tab ``name`` and wait for the rerun that draws it.
+
+    A tab draws its charts and tables only when open (``ui.layout.sections``), so a click
+    reruns the page. The URL's ``tab`` parameter changes while that run is under way (it names
+    the tab, or goes away for the default one): wait for it, then for the run to end. A tab
+    already open is only waited for.
+    """
+    tab = page.get_by_role("tab", name=name, exact=True)
+    if tab.get_attribute("aria-selected") != "true":
+        before = page.evaluate("new URLSearchParams(location.search).get('tab')")
+        tab.click()
+        page.wait_for_function("b => new URLSearchParams(location.search).get('tab') !== b",
+                               arg=before)
+    wait_for_app(page)
 
 
 def set_number(page, key: str, value: object) -> None:

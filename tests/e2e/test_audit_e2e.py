@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from apphelpers import adapter_uploader, assert_no_exception, input_value, wait_for_app
+from apphelpers import adapter_uploader, assert_no_exception, input_value, open_tab, wait_for_app
 from playwright.sync_api import expect
 from safetensors.numpy import load as st_load
 
@@ -101,7 +101,14 @@ class TestColdDeepLink:
         assert [t.strip() for t in tabs] == ["Per module", "Rank map", "Spectrum", "Budget",
                                              "Resize", "Compare", "Rank over training"]
         assert "layers.1.self_attn.v_proj" in select_text(page, "module")
-        assert page.get_by_test_id("stVegaLiteChart").count() >= 5
+        # Each tab draws its charts when it is opened (and only then).
+        assert page.get_by_test_id("stVegaLiteChart").count() == 0
+        for name, count in (("Rank map", 1), ("Spectrum", 1), ("Budget", 1), ("Compare", 2)):
+            open_tab(page, name)
+            charts = page.get_by_test_id("stVegaLiteChart")
+            assert charts.count() == count, name
+            charts.last.locator("svg, canvas").first.wait_for(state="visible", timeout=10_000)
+        assert "tab=Compare" in page.url
 
 
 class TestUpload:
@@ -131,7 +138,7 @@ class TestUpload:
         tops = first_screen_tops(page)
         assert tops["inputs"] is None and tops["reading"] < 700, tops
         page.set_viewport_size({"width": 1400, "height": 1000})
-        page.get_by_role("tab", name="Resize").click()
+        open_tab(page, "Resize")
         with page.expect_download() as info:
             page.get_by_role("button", name="Download resized adapter (.zip)").click()
         download = info.value

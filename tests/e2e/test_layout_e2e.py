@@ -4,7 +4,7 @@ in light and dark colour schemes (headless Chromium against a real server)."""
 from __future__ import annotations
 
 import pytest
-from apphelpers import assert_no_exception, wait_for_app
+from apphelpers import assert_no_exception, open_tab, wait_for_app
 
 pytestmark = pytest.mark.e2e
 
@@ -82,12 +82,10 @@ def test_nothing_wider_than_the_window(browser, app_url, shot, label, size, sche
         page.goto(f"{app_url}/{PAGES[label]}")
         wait_for_app(page, timeout=120_000)  # the session's first page may be a cold start
         assert_no_exception(page)
-        tabs = page.get_by_role("tab")
-        names = tabs.all_inner_texts() or [""]
-        for i, name in enumerate(names):
+        names = [t.strip() for t in page.get_by_role("tab").all_inner_texts()] or [""]
+        for name in names:
             if name:
-                tabs.nth(i).click()
-                page.wait_for_timeout(300)
+                open_tab(page, name)  # a tab draws its charts when open: a rerun
             charts = page.get_by_test_id("stVegaLiteChart")
             for j in range(charts.count()):
                 if charts.nth(j).is_visible():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from apphelpers import assert_no_exception, uploader, wait_for_app
+from apphelpers import assert_no_exception, open_tab, uploader, wait_for_app
 from safetensors.numpy import load_file
 
 pytestmark = pytest.mark.e2e
@@ -55,11 +55,9 @@ def widget_text(page, key: str) -> str:
     return (box.text_content() or "") + " ".join(inputs.nth(i).input_value() for i in range(inputs.count()))
 
 
-def open_tab(page) -> None:
-    tab = page.get_by_role("tab", name=TAB)
-    if tab.count():
-        tab.click()
-        wait_for_app(page)
+def open_series_tab(page) -> None:
+    """Open the "Rank over training" tab (already open when the link carries its settings)."""
+    open_tab(page, TAB)
 
 
 @pytest.mark.skipif(not RUN.is_dir(), reason=f"checkpoint run not found at {RUN}")
@@ -70,7 +68,7 @@ def test_cold_link_then_real_run(page, fresh_server, tmp_path, shot):
               "&series_module=model.layers.0.self_attn.q_proj")
     wait_for_app(page)
     assert_no_exception(page)
-    open_tab(page)
+    open_series_tab(page)
     uploader(page, "audit_series_upload").set_input_files(files=[
         {"name": "run.zip", "mimeType": "application/zip", "buffer": run_zip()}])
     page.get_by_text("Over 6 checkpoints (steps 15 to 90)").wait_for(timeout=90_000)

@@ -153,7 +153,7 @@ class TestHome:
         wait_for_app(page)
         shot(page, "home")
         assert_no_exception(page)
-        assert page.get_by_text("h = W x + s").count() + page.locator(".katex").count() > 0
+        assert page.get_by_text("h = W x + s · B A x").count() == 1
         main = page.get_by_test_id("stMain")
         main.get_by_role("link", name="Rank sweep").click()
         wait_for_app(page)
