@@ -42,6 +42,7 @@ st.dataframe(
 st.caption(
     f"Learning rate {config.lr_used:g} ({config.optimizer}), {config.steps} steps, alpha rule "
     f"{config.rule}. Relative error is ||s·B·A − T||_F / ||T||_F. Computed in {run.seconds:.2f} s."
+    + datamode.exact_note(data_values)
 )
 common.download_buttons(sweep.results_records(run), stem="lorarank-sweep",
                         key=sweep.DOWNLOAD_KEY, json_data=sweep.results_json(run))

@@ -37,6 +37,7 @@ class TestSweepDataMode:
         assert at.radio(key="mode").value == "exact"
         assert len(at.dataframe) == 1
         assert any("Switch the training signal" in c.value for c in at.caption)
+        assert not any("n → ∞ limit); the finite-data" in c.value for c in at.caption)
 
     def test_data_mode_from_url(self):
         """?mode=data&samples=128,2048: a row per (n, r) equal to the engine's numbers, the
@@ -54,6 +55,8 @@ class TestSweepDataMode:
         specs = [c.proto.spec for c in at.get("vega_lite_chart")]
         assert any('"held-out loss"' in s and '"training pairs"' in s for s in specs)
         assert "**Held-out loss against rank for each n" in words  # the chart's title, above it
+        # the exact table above says it is the exact target's, not the data's
+        assert any("for the exact target T (the n → ∞ limit)" in c.value for c in at.caption)
 
     def test_bad_samples_one_sentence(self):
         """A bad list of n is one error sentence, no traceback."""

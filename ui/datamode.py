@@ -33,7 +33,7 @@ __all__ = [
     "SWEEP_SETTINGS", "GRID_SETTINGS", "parse_samples", "check_app_size", "data_config",
     "DataSweepConfig", "DataSweepRun", "GATE_KEY", "data_estimate", "by_n", "run_data_sweep", "guarded_data_sweep", "DATA_COLUMN_HELP", "data_table",
     "data_records", "data_json", "data_reading", "data_charts", "grid_inputs",
-    "grid_caption", "grid_losses_table", "sweep_inputs", "sweep_results", "is_data_mode",
+    "grid_caption", "grid_losses_table", "sweep_inputs", "sweep_results", "is_data_mode", "exact_note",
     "MAX_EPOCHS_APP", "epoch_steps", "grid_steps",
 ]
 
@@ -410,6 +410,16 @@ def sweep_inputs() -> dict[str, Any]:
     """Draw the data-mode widgets in a sidebar group "Finite data" (open when the link asks for
     the data mode); return their values."""
     return layout.settings_group("Finite data", SWEEP_SETTINGS, expanded=_url_asks_data())
+
+
+def exact_note(values: Mapping[str, Any]) -> str:
+    """In the data mode, a sentence for the exact sweep's caption saying its table is the exact
+    target's (n → ∞) and where the finite-data results are; "" in the exact mode. (The exact
+    table and reading stay first; a link with ``mode=data`` could read them as the data's.)"""
+    if not is_data_mode(values):
+        return ""
+    return (" This table and the reading under it are for the exact target T (the n → ∞ "
+            "limit); the finite-data results are in the **Finite data** tab below.")
 
 
 def is_data_mode(values: Mapping[str, Any]) -> bool:
