@@ -465,7 +465,7 @@ class TestAuditGate:
         from ui import audit as audit_ui
 
         monkeypatch.setattr(guard, "ASK_SECONDS", 1e-6)
-        at = open_page("pages/3_Adapter_audit.py", demo="true", compare="true")
+        at = open_page("pages/3_Adapter_audit.py", demo="true", compare="true", tab="Compare")
         at.button(key=f"{audit_ui.GATE_KEY}_run").click().run()
         assert not at.exception and not at.error
         assert any("comparison of 28 modules is estimated" in m.value for m in at.markdown)
