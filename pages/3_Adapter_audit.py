@@ -266,6 +266,8 @@ with tabs["Compare"]:
             st.markdown("Upload the second adapter to see the subspace similarity phi per module.")
         else:
             with common.stop_on_error():
+                # which file is B: the uploader's chips cut names short ("ada…el.safetensors")
+                st.markdown(loaded.adapter_name(upload_b, audit.detect(upload_b), label="Adapter B"))
                 comparison = audit.guarded_compare(upload, upload_b, top=top)
         if comparison is not None and layout.is_open(tabs["Compare"]):
             st.markdown(audit.compare_reading(comparison))

@@ -404,6 +404,9 @@ class TestCompare:
         at = upload(open_page({"compare": "true", "top": "3", "tab": "Compare"}), fa)
         at = upload(at, fb, key=audit.UPLOAD_B_KEY)
         assert_clean(at)
+        # B is named by what was read (the uploader's chips cut file names short)
+        assert ("**Adapter B:** `adapter_model.safetensors` + `adapter_config.json` · peft lora, "
+                "r = 4..8, 6 modules") in [m.value for m in at.markdown]
         table = frame_with(at, "phi(k, k)").set_index("module")
         wa, wb = st_load(fa["adapter_model.safetensors"]), st_load(fb["adapter_model.safetensors"])
         assert len(table) == 6  # q, v, down of 2 layers are shared

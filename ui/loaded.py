@@ -87,10 +87,10 @@ def clear() -> None:
     st.session_state[GENERATION_KEY] = int(st.session_state.get(GENERATION_KEY, 0)) + 1
 
 
-def adapter_name(upload: Upload, detected: Detected) -> str:
+def adapter_name(upload: Upload, detected: Detected, *, label: str = "Loaded") -> str:
     """One markdown line naming the loaded adapter: its files (or Hub reference), the base
     model its config names, format, family, ranks and module count. File and config text is
-    escaped."""
+    escaped. ``label`` starts the line (the compare tab's second adapter is "Adapter B")."""
     d = detected.describe
     if upload.ident.startswith("hub:"):
         where = md_code(upload.label)
@@ -105,7 +105,7 @@ def adapter_name(upload: Upload, detected: Detected) -> str:
         what.append(f"r = {ranks[0]}" if len(ranks) == 1 else f"r = {ranks[0]}..{ranks[-1]}")
     what.append(f"{d.get('modules', 0):,} modules")
     meta = d.get("metadata") or {}
-    parts = [f"**Loaded:** {where}", ", ".join(what)]
+    parts = [f"**{label}:** {where}", ", ".join(what)]
     if d.get("name"):
         parts.append(f"adapter {md_code(d['name'])}")
     base = meta.get("base_model_name_or_path") or meta.get("ss_sd_model_name") or meta.get("model")
