@@ -217,9 +217,9 @@ def assumed_scale(adapter: Adapter) -> str | None:
         return None if isinstance(params, dict) and "scale" in params else "scale"
     if adapter.format == "peft":
         return "alpha" if adapter.config is None else None
-    # A LyCORIS LoKr module whose two halves are both full matrices has no alpha by design
-    # (LyCORIS trains it with alpha = dim: scale 1, as the scaling line says): nothing assumed.
-    return "alpha" if any(m.alpha is None and not (m.family == "lokr" and m.stored_rank is None)
+    # A module whose scale 1 is the library's rule (a LyCORIS LoKr with both halves full) has
+    # nothing assumed, as the scaling line says.
+    return "alpha" if any(m.alpha is None and not m.unit_scale_by_design
                           for m in adapter.modules) else None
 
 

@@ -118,6 +118,13 @@ class LoraModule:
         return int(self.A.shape[0])
 
     @property
+    def unit_scale_by_design(self) -> bool:
+        """True for a LyCORIS LoKr whose two halves are both full matrices: LyCORIS trains it
+        with alpha forced to dim, so its scale is 1 by the library's rule, not an assumption
+        (the file has no alpha to read and none is asked for)."""
+        return self.family == "lokr" and self.stored_rank is None
+
+    @property
     def shape(self) -> tuple[int, int]:
         """``(d_out, d_in)`` of the update (of ``kron(kron_left, B @ A)`` for LoKr)."""
         d_out, d_in = int(self.B.shape[0]), int(self.A.shape[1])

@@ -103,8 +103,7 @@ def apply_scales(fmt: str, modules: list[LoraModule], tensors: Tensors, alpha_ke
     out, with_alpha, both_full = [], 0, 0
     for m in modules:
         key = alpha_keys.get(m.name) or (alpha_keys.get("") if fmt == "npz" else None)
-        if m.family == "lokr" and m.stored_rank is None:
-            # LyCORIS trains a LoKr whose halves are both full with alpha forced to dim: scale 1.
+        if m.unit_scale_by_design:  # a LoKr with both halves full: LyCORIS's alpha = dim
             out.append(replace(m, scale=1.0, alpha=None))
             both_full += 1
         elif key is not None:

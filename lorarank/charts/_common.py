@@ -27,7 +27,7 @@ __all__ = [
 PALETTE: tuple[str, ...] = (
     "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#999999",
 )
-#: The reference series (a target spectrum) and the noise floor.
+#: The reference series (a target spectrum), the noise floor and reference rules (||T||, k).
 TARGET_COLOR = "#8a8a8a"
 FLOOR_COLOR = "#D55E00"
 

@@ -11,7 +11,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from ._common import FLOOR_COLOR, PALETTE, log_axis, log_scale
+from ._common import FLOOR_COLOR, PALETTE, TARGET_COLOR, log_axis, log_scale
 
 __all__ = ["data_loss_frame", "data_loss_chart", "n_label"]
 
@@ -102,7 +102,7 @@ def data_loss_chart(rows: Iterable[Mapping[str, object]], *, noise_loss: float |
             tooltip=[alt.Tooltip("what:N", title="floor"), alt.Tooltip("loss:Q", format=".5g")]))
     if true_rank is not None:
         k = pd.DataFrame({"rank": [int(true_rank)], "what": ["intrinsic rank k"]})
-        layers.append(alt.Chart(k).mark_rule(color="#8a8a8a", strokeDash=[2, 3]).encode(
+        layers.append(alt.Chart(k).mark_rule(color=TARGET_COLOR, strokeDash=[2, 3]).encode(
             x=alt.X("rank:Q", scale=alt.Scale(type="log", base=2)),
             tooltip=[alt.Tooltip("what:N", title=" "), alt.Tooltip("rank:Q", title="k")]))
     return alt.layer(*layers).properties(

@@ -14,7 +14,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from ._common import downsample_index, log_axis, log_scale, rank_color_scale, rank_label
+from ._common import (TARGET_COLOR, downsample_index, log_axis, log_scale, rank_color_scale,
+                      rank_label)
 
 __all__ = [
     "records_frame",
@@ -287,7 +288,7 @@ def update_norm_chart(records: Iterable[Any], *, rule: str | None = None,
     if target_norm is not None and target_norm > 0:
         rule_frame = pd.DataFrame({"norm": [float(target_norm)], "what": ["||T||_F"]})
         # mid grey: readable on the light and the dark theme (#555 vanished on dark)
-        layers.append(alt.Chart(rule_frame).mark_rule(strokeDash=[6, 4], color="#8a8a8a",
+        layers.append(alt.Chart(rule_frame).mark_rule(strokeDash=[6, 4], color=TARGET_COLOR,
                                                       strokeWidth=1.5).encode(
             y=alt.Y("norm:Q", scale=log_scale(), axis=log_axis()),
             tooltip=[alt.Tooltip("what:N", title="reference"),
