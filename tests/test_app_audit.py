@@ -243,7 +243,7 @@ class TestBuiltFiles:
             "lora_te_layers_1_mlp_fc1.alpha": np.array(8.0, dtype=np.float16),
         }
         # energy 0.5: a resize that drops directions, so its download is offered
-        at = upload(open_page({"energy": "0.5"}), {"my_lora.safetensors": st_save(tensors)})
+        at = upload(open_page({"energy": "0.5", "tab": "Resize"}), {"my_lora.safetensors": st_save(tensors)})
         assert_clean(at)
         table = at.dataframe[0].value.set_index("module")
         assert table.loc["lora_unet_down_0_conv", "shape"] == "16 x 72"
@@ -346,7 +346,8 @@ class TestUrlSettings:
         assert at.number_input(key="budget").value == 3
         assert at.radio(key="resize_by").value == "budget"
         assert at.toggle(key=audit.COMPARE_KEY).value is True
-        assert any("global budget of 42 directions" in c.value for c in at.caption)
+        at.session_state[TAB_PARAM] = "Resize"  # as a click on the tab: a rerun that draws it
+        assert any("global budget of 42 directions" in c.value for c in at.run().caption)
         at.session_state[TAB_PARAM] = "Compare"  # as a click on the tab: a rerun that draws it
         assert len(frame_with(at.run(), "phi(k, k)")) == 14
 
@@ -496,7 +497,7 @@ class TestResizeThatChangesNothing:
     def test_says_so_and_offers_no_download(self):
         """No "0.0 %" metric and no download of the same adapter; the sentence names what
         would shrink it (a lower energy share with what it keeps, a global budget)."""
-        at = upload(open_page(), sample_files("peft_llama_r8"))
+        at = upload(open_page({"tab": "Resize"}), sample_files("peft_llama_r8"))
         assert_clean(at)
         (note,) = [i.value for i in at.info if "Nothing to resize" in i.value]
         assert "energy share 0.9 keeps" in note and "global budget" in note
@@ -505,9 +506,20 @@ class TestResizeThatChangesNothing:
                     or b.label in ("adapter_model.safetensors", "adapter_config.json")]
         assert not [m for m in at.metric if m.label == "parameters after"]
 
+    def test_closed_tab_resizes_nothing(self):
+        """The preview resizes every module: with the Resize tab closed it is not computed (no
+        metrics, no note, no download), and opening the tab shows it."""
+        at = upload(open_page({"energy": "0.9"}), sample_files("peft_llama_r8"))
+        assert_clean(at)
+        assert not [m for m in at.metric if m.label == "parameters after"]
+        assert not [b for b in at.get("download_button") if "resized" in b.label.lower()]
+        at.session_state[TAB_PARAM] = "Resize"
+        at.run()
+        assert [m for m in at.metric if m.label == "parameters after"]
+
     def test_a_resize_that_shrinks_is_offered(self):
         """At energy 0.9 ranks drop: metrics and the download are back, no 'nothing' note."""
-        at = upload(open_page({"energy": "0.9"}), sample_files("peft_llama_r8"))
+        at = upload(open_page({"energy": "0.9", "tab": "Resize"}), sample_files("peft_llama_r8"))
         assert_clean(at)
         assert not [i for i in at.info if "Nothing to resize" in i.value]
         assert "Download resized adapter (.zip)" in [b.label for b in at.get("download_button")]
