@@ -8,6 +8,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -69,6 +70,9 @@ def test_image_command_serves_and_health_check_passes(tmp_path):
     for key, value in env_of(instrs).items():
         env[key] = value.replace("/home/app", str(home))
     env["TMPDIR"] = str(tmp_path) if not Path("/dev/shm").is_dir() else "/dev/shm"
+    # The image's PATH has pip's scripts (streamlit) on it; so does an activated venv. A venv used
+    # without activating it (`.venv/bin/python -m pytest`) has them next to its python only.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     cmd = [a.replace("0.0.0.0", "127.0.0.1").replace("8501", port)
            for a in json.loads(dict(instrs)["CMD"])]
     health_args = dict(instrs)["HEALTHCHECK"].split(" CMD ", 1)[1]
