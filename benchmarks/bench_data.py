@@ -1,7 +1,7 @@
 """Data-mode speed: d = 1024, n = 4096, seven ranks, against the textbook per-rank loop.
 
 Run: ``python benchmarks/bench_data.py [--d 1024] [--n 4096] [--steps 50] [--batch 256]``.
-Prints figures quoted in the README, with the load average (the machine is shared). The
+Prints figures quoted in docs/benchmarks.md, with the load average (the machine is shared). The
 baseline is :func:`lorarank.data.fit_data_reference`, the plain per-rank minibatch loop on the
 pairs themselves (``P = X_b A^T; R = s P B^T - Y_b; gB = s/b R^T P; gA = s/b (R B)^T X_b``), from
 the same initialisation and minibatch order, in the same process; the results must agree.

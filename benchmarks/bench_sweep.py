@@ -2,7 +2,7 @@
 
 Run: ``python benchmarks/bench_sweep.py [--steps 200] [--d 1024] [--repeat 3] [--no-check]
 [--against REV]``.
-Prints the figures quoted in the README, each with the load average (the machine may be
+Prints the figures quoted in docs/benchmarks.md, each with the load average (the machine may be
 shared: compare the ratio, which is measured in one run).
 
 - the article's sweep (64 x 64, k = 4, r = 2, 4, 16, 2000 SGD steps, target included), in process;

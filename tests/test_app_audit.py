@@ -90,7 +90,7 @@ def dense_spectra(weights: bytes, scales: dict[str, float]) -> dict[str, np.ndar
 
 
 def peft_scale(config: dict, short: str, r: int) -> float:
-    """The scale PEFT applies, by hand from the README's table (patterns are simple suffixes)."""
+    """The scale PEFT applies, by hand from the formats table, docs/formats.md (patterns are simple suffixes)."""
     alpha = config["lora_alpha"]
     for key, val in (config.get("alpha_pattern") or {}).items():
         if short.endswith(key):

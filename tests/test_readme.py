@@ -74,3 +74,31 @@ class TestLocks:
                   if ln.split("#")[0].strip()}
         for name in ("streamlit", "starlette"):
             assert any(s.operator == "<" for s in bounds[name]), name
+
+
+DOCS = ROOT / "docs"
+
+
+class TestDocs:
+    def test_readme_is_a_five_minute_read(self):
+        """The README stays short (issue 21): reference material goes to docs/."""
+        assert len((ROOT / "README.md").read_text().splitlines()) <= 250
+
+    @pytest.mark.parametrize("path", [ROOT / "README.md", *sorted(DOCS.glob("*.md"))],
+                             ids=lambda p: p.name)
+    def test_relative_links_resolve(self, path):
+        """Every relative link (and image) in the README and docs/ points to a file that exists."""
+        text = path.read_text()
+        targets = re.findall(r"\]\(([^)\s]+)\)", text)
+        local = [t.split("#")[0] for t in targets if not re.match(r"[a-z]+:", t) and t.split("#")[0]]
+        missing = [t for t in local if not (path.parent / t).exists()]
+        assert not missing, missing
+
+    def test_benchmark_sections_name_machine_and_date(self):
+        """Each benchmark section heading names the machine and the date its figures come from."""
+        heads = [ln for ln in (DOCS / "benchmarks.md").read_text().splitlines()
+                 if ln.startswith("### ")]
+        assert heads
+        for head in heads:
+            assert re.search(r"\d{4}-\d{2}-\d{2}", head), head
+            assert re.search(r"AMD EPYC|Intel Xeon", head), head

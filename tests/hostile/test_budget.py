@@ -99,7 +99,7 @@ class TestCost:
     ], ids=["article-sweep", "sweep-1024-sgd-200", "grid-default", "grid-default-adam",
             "grid-cli", "grid-cli-adam"])
     def test_estimates_against_quiet_machine_figures(self, estimate, measured):
-        """Against the README's quiet-machine benchmark figures: conservative, within 4x."""
+        """Against the quiet-machine benchmark figures (docs/benchmarks.md): conservative, within 4x."""
         assert measured <= estimate.seconds <= 4 * measured
 
     def test_bad_inputs_are_config_errors(self):
