@@ -49,8 +49,11 @@ def upload(at: AppTest, files: dict[str, bytes], key: str = audit.UPLOAD_KEY) ->
 
 
 def sample_files(name: str) -> dict[str, bytes]:
-    """The files of a PEFT sample folder, name -> bytes."""
-    return {p.name: p.read_bytes() for p in sorted((SAMPLES / name).iterdir())}
+    """The files of a PEFT sample folder, name -> bytes (the test skips when it is absent)."""
+    folder = SAMPLES / name
+    if not folder.is_dir():
+        pytest.skip(f"sample adapters not found at {folder}")
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
 def frame_with(at: AppTest, column: str):

@@ -87,6 +87,8 @@ def test_loha_holds_only_its_small_factors():
     """LoHa's q = r1*r2 wide factors are formed per use and equal the Khatri-Rao products."""
     folder = ROOT.parent / "shared" / "samples" / "families"
     path = folder / "lycoris_loha.safetensors"
+    if not path.is_file():
+        pytest.skip(f"family samples not found at {folder}")
     from safetensors.numpy import load_file
 
     raw = {k: v.astype(np.float64) for k, v in load_file(path).items()}
