@@ -33,6 +33,7 @@ from typing import Callable, Hashable, Iterator, Sequence, TypeVar
 
 import streamlit as st
 
+from . import compat
 from .uploads import trim_memory
 
 __all__ = ["ASK_SECONDS", "MAX_SECONDS", "HEAVY_SLOTS", "WorkQueue", "QUEUE", "session_alive",
@@ -68,15 +69,8 @@ def session_alive() -> bool:
     Streamlit's runtime keeps a disconnected session for a while (to resume it), but nobody
     sees its output. Outside a server (AppTest, bare mode) this is always True.
     """
-    try:
-        from streamlit.runtime import Runtime
-        from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
-    except ImportError:  # pragma: no cover - a Streamlit without these internals
-        return True
-    ctx = get_script_run_ctx(suppress_warning=True)
-    if ctx is None or not Runtime.exists():
-        return True
-    return Runtime.instance().is_active_session(ctx.session_id)
+    session_id = compat.running_session_id()
+    return True if session_id is None else compat.session_is_active(session_id)
 
 
 def check_alive() -> None:

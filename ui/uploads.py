@@ -1,5 +1,9 @@
 """Where uploaded bytes live on the server, and when they leave.
 
+The library internals this relies on (Starlette's parser, Streamlit's ``UploadedFile`` and
+runtime) are reached only through :mod:`ui.compat`, which names the versions each was tested on
+and falls back to the library's own behaviour outside them.
+
 Disk
     Streamlit (1.5x+) serves uploads with Starlette, whose multipart parser spools every file
     part over ``MultiPartParser.spool_max_size`` (1 MiB) to a ``SpooledTemporaryFile`` in
@@ -49,19 +53,17 @@ Freed memory
 
 from __future__ import annotations
 
-import copy
 import ctypes
 import ctypes.util
-import functools
 import gc
-import io
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any
+
+from . import compat
 
 __all__ = ["DISCONNECTED_GRACE_SECONDS", "JANITOR_INTERVAL_SECONDS", "keep_uploads_in_memory",
            "start_janitor", "sweep_sessions", "trim_memory"]
@@ -89,72 +91,18 @@ _MULTIPART_MARGIN = 1 << 20
 def keep_uploads_in_memory() -> None:
     """Make Starlette's multipart parser keep file parts up to the upload limit in memory, a
     whole-file ``UploadFile.read()`` of such a part return its buffer without a copy, and a
-    deep copy of Streamlit's ``UploadedFile`` share its bytes until written.
+    deep copy of Streamlit's ``UploadedFile`` share its bytes until written
+    (:func:`ui.compat.spool_in_memory`, :func:`~ui.compat.share_whole_reads`,
+    :func:`~ui.compat.share_deep_copies`; each only within its tested versions).
 
-    Idempotent; a no-op when Starlette is not importable (another server implementation).
+    Idempotent; every page calls it.
     """
-    try:
-        from starlette.datastructures import UploadFile
-        from starlette.formparsers import MultiPartParser
-        from streamlit import config
-    except ImportError:  # pragma: no cover
-        return
+    from streamlit import config
+
     limit = int(config.get_option("server.maxUploadSize")) * (1 << 20) + _MULTIPART_MARGIN
-    if getattr(MultiPartParser, "spool_max_size", 0) < limit:
-        MultiPartParser.spool_max_size = limit
-    if not getattr(UploadFile.read, "_lorarank_shares", False):
-        UploadFile.read = _sharing_read(UploadFile.read)
-    try:
-        from streamlit.runtime.uploaded_file_manager import UploadedFile, UploadedFileRec
-    except ImportError:  # pragma: no cover - another Streamlit layout
-        return
-    if "__deepcopy__" not in UploadedFile.__dict__:
-        UploadedFile.__deepcopy__ = _sharing_deepcopy(UploadedFileRec)
-
-
-def _sharing_deepcopy(record: type) -> Callable[[Any, dict], Any]:
-    """``UploadedFile.__deepcopy__``: a new file on the same bytes (copy-on-write)."""
-
-    def __deepcopy__(self: Any, memo: dict) -> Any:
-        data = self.getvalue()  # the shared bytes (a copy only if the file was written to)
-        attrs = copy.deepcopy({k: v for k, v in vars(self).items()}, memo)
-        new = type(self)(record(file_id=attrs.get("file_id", ""), name=attrs.get("name", ""),
-                                type=attrs.get("type", ""), data=data),
-                         attrs.get("_file_urls"))
-        vars(new).update(attrs)
-        new.seek(self.tell())
-        memo[id(self)] = new
-        return new
-
-    __deepcopy__._lorarank_shares = True  # type: ignore[attr-defined]
-    return __deepcopy__
-
-
-def _in_memory_buffer(file: Any) -> io.BytesIO | None:
-    """The ``BytesIO`` behind an in-memory ``SpooledTemporaryFile`` (or a ``BytesIO``), else None."""
-    if isinstance(file, io.BytesIO):
-        return file
-    if isinstance(file, tempfile.SpooledTemporaryFile) and not getattr(file, "_rolled", True):
-        inner = getattr(file, "_file", None)
-        return inner if isinstance(inner, io.BytesIO) else None
-    return None
-
-
-def _sharing_read(read: Callable[..., Awaitable[bytes]]) -> Callable[..., Awaitable[bytes]]:
-    """``UploadFile.read`` that returns an in-memory file's whole buffer, shared, when asked for
-    everything from the start (what Streamlit's upload route does); otherwise ``read``."""
-
-    @functools.wraps(read)
-    async def sharing_read(self: Any, size: int = -1) -> bytes:
-        buffer = _in_memory_buffer(self.file)
-        if buffer is not None and (size is None or size < 0) and buffer.tell() == 0:
-            data = buffer.getvalue()  # trims the buffer to its length and shares it
-            buffer.seek(0, io.SEEK_END)
-            return data
-        return await read(self, size)
-
-    sharing_read._lorarank_shares = True  # type: ignore[attr-defined]
-    return sharing_read
+    compat.spool_in_memory(limit)
+    compat.share_whole_reads()
+    compat.share_deep_copies()
 
 
 def _libc_trim():
@@ -194,15 +142,12 @@ def sweep_sessions(*, grace: float | None = None, now: float | None = None) -> l
     the script stops, uploads and state are dropped); upload files of sessions the runtime no
     longer lists are removed.
     """
-    from streamlit.runtime import Runtime
-
-    if not Runtime.exists():
+    runtime = compat.runtime()
+    sessions = None if runtime is None else compat.runtime_sessions(runtime)
+    if sessions is None:
         return []
-    runtime = Runtime.instance()
     grace = DISCONNECTED_GRACE_SECONDS if grace is None else grace
     now = time.monotonic() if now is None else now
-    manager = runtime._session_mgr  # noqa: SLF001 - no public accessor in Streamlit 1.67
-    sessions = {info.session.id: info.session for info in manager.list_sessions()}
     known = set(sessions)
     closed = []
     for session_id, session in sessions.items():
@@ -218,12 +163,10 @@ def sweep_sessions(*, grace: float | None = None, now: float | None = None) -> l
     for session_id in list(_DISCONNECTED_SINCE):
         if session_id not in known:
             del _DISCONNECTED_SINCE[session_id]
-    store = getattr(runtime.uploaded_file_mgr, "file_storage", None)
-    if isinstance(store, dict):
-        for session_id in list(store):
-            if session_id not in known:
-                runtime.uploaded_file_mgr.remove_session_files(session_id)
-                closed.append(session_id)
+    for session_id in compat.upload_store_session_ids(runtime):
+        if session_id not in known:
+            runtime.uploaded_file_mgr.remove_session_files(session_id)
+            closed.append(session_id)
     if closed:
         # A page script's globals (its upload, its report) sit in a reference cycle with the
         # functions it defines, so they wait for the cyclic collector, which used to run only
@@ -255,15 +198,14 @@ def _forget_state(session: Any) -> None:
 
 
 def _janitor_loop() -> None:
-    from streamlit.runtime import Runtime
-
     while True:
         time.sleep(JANITOR_INTERVAL_SECONDS)
         try:
-            if not Runtime.exists():
+            runtime = compat.runtime()
+            if runtime is None:
                 continue
-            loop = Runtime.instance()._get_async_objs().eventloop  # noqa: SLF001
-            if loop.is_closed():
+            loop = compat.runtime_event_loop(runtime)
+            if loop is None or loop.is_closed():
                 return
             loop.call_soon_threadsafe(_safe_sweep)
         except Exception:  # never let the janitor die silently of a Streamlit change
@@ -280,9 +222,7 @@ def _safe_sweep() -> None:
 def start_janitor() -> None:
     """Start the server's janitor thread once (idempotent; no-op outside a server)."""
     global _JANITOR
-    from streamlit.runtime import Runtime
-
-    if not Runtime.exists():
+    if compat.runtime() is None or not compat.usable("session_registry"):
         return
     with _JANITOR_LOCK:
         if _JANITOR is None or not _JANITOR.is_alive():
