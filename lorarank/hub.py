@@ -768,7 +768,7 @@ def _plan(spec: HubSeriesRef, names: Sequence[str], settings: HubSettings, token
           activity: _Activity, state: dict) -> HubSeries:
     from huggingface_hub import HfApi, hf_hub_download
 
-    from .series import MAX_TRAINER_STATE, step_from_trainer_state
+    from .series import MAX_TRAINER_STATE, step_from_name, step_from_trainer_state
 
     endpoint = _endpoint()
     api = HfApi(endpoint=endpoint, token=token)
@@ -792,7 +792,7 @@ def _plan(spec: HubSeriesRef, names: Sequence[str], settings: HubSettings, token
         folders = sorted({p[len(prefix):].split("/", 1)[0] for p in listing
                           if p.startswith(prefix) and "/" in p[len(prefix):]
                           and _CHECKPOINT_DIR.fullmatch(p[len(prefix):].split("/", 1)[0])},
-                         key=lambda f: int(f.split("-")[1]))
+                         key=step_from_name)
         if not folders:
             raise HubError(f"{ref.uri} holds no checkpoint-<step> folders; for a series of "
                            f"revisions name them: hf://{spec.repo_id}@rev1,rev2,...")
@@ -801,7 +801,7 @@ def _plan(spec: HubSeriesRef, names: Sequence[str], settings: HubSettings, token
             paths = choose_adapter_files(HubRef(spec.repo_id, rev, sub), listing)
             state_path = _join(sub, _TRAINER_STATE)
             found.append((folder, HubRef(spec.repo_id, commit, sub), paths,
-                          state_path if state_path in listing else None, int(folder.split("-")[1])))
+                          state_path if state_path in listing else None, step_from_name(folder)))
     # 2. The byte limit holds for the whole series, before any weights are downloaded.
     total = 0
     for _, ref, paths, state_path, _ in found:

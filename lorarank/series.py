@@ -37,13 +37,11 @@ E. J. Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
 import pickle
 import re
-import zipfile
 import zlib
 from dataclasses import dataclass, field
 from functools import partial
@@ -55,6 +53,7 @@ import numpy as np
 from ._validate import check_int
 from .adapters import Adapter, load_adapter, load_adapter_bytes
 from .adapters._config import check_override
+from .bounded import ZipArchive, clip, load_json, read_file
 from .audit import ENERGY_THRESHOLDS, AuditReport, _check_rule, audit_adapter
 from .compare import _phi_from_overlap, right_singular_vectors
 from .errors import AdapterError, ConfigError
@@ -68,6 +67,8 @@ __all__ = [
     "SeriesReport",
     "step_from_name",
     "step_from_trainer_state",
+    "check_step",
+    "MAX_STEP",
     "find_checkpoints",
     "checkpoints_from_files",
     "audit_series",
@@ -80,17 +81,17 @@ __all__ = [
 MAX_CHECKPOINTS = 1000
 #: Largest ``trainer_state.json`` read for its ``global_step`` (long runs log a lot).
 MAX_TRAINER_STATE = 64 * 2**20
-#: A zip's declared unpacked sizes may total at most this many times the archive, plus 64 MiB.
-MAX_ZIP_EXPANSION = 16
-_ZIP_SLACK = 64 * 2**20
+#: Most JSON values in one ``trainer_state.json`` (a log entry per logging step: 100,000 steps
+#: logged one by one are about 1.2 million values; more would cost over 150 MB to parse).
+MAX_TRAINER_STATE_VALUES = 4_000_000
+#: Largest step read: 2^53 - 1, the largest whole number JSON readers (and browsers) keep exact.
+MAX_STEP = 2**53 - 1
 
 _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 # kohya / sd-scripts save `<name>-000005.safetensors` per epoch, `<name>-step00001000` per step.
 _KOHYA_FILE = re.compile(r"^.+-(?:step)?(\d{6,})\.(?:safetensors|npz)$")
 _WEIGHTS = (".safetensors", ".npz")
 _PREFERRED = ("adapter_model.safetensors", "adapters.safetensors")
-_ZIP_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError, zlib.error,
-               NotImplementedError, KeyError)
 
 Progress = Callable[[int, int], None]
 CheckpointHook = Callable[[int, "Checkpoint", AuditReport], None]
@@ -142,29 +143,48 @@ def step_from_name(name: str) -> int | None:
 
     ``checkpoint-500`` (Transformers, TRL) gives 500; kohya's ``mylora-000005.safetensors``
     (epoch 5) gives 5 and ``mylora-step00001000.safetensors`` gives 1000. Other names give None.
-    """
-    base = PurePosixPath(str(name).replace("\\", "/")).name
-    match = _CHECKPOINT_DIR.match(base) or _KOHYA_FILE.match(base)
-    return int(match.group(1)) if match else None
-
-
-def step_from_trainer_state(data: bytes, *, source: str = "trainer_state.json") -> int:
-    """``global_step`` of a Transformers ``trainer_state.json``.
 
     Raises
     ------
     AdapterError
-        If the file is too large, not JSON, or has no whole-number ``global_step >= 0``.
+        A step larger than :data:`MAX_STEP`.
     """
-    if len(data) > MAX_TRAINER_STATE:
-        raise AdapterError(f"{source} is {len(data):,} bytes; at most {MAX_TRAINER_STATE:,} are read")
-    try:
-        state = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise AdapterError(f"{source} is not valid JSON ({exc})") from exc
+    base = PurePosixPath(str(name).replace("\\", "/")).name
+    match = _CHECKPOINT_DIR.match(base) or _KOHYA_FILE.match(base)
+    if not match:
+        return None
+    digits = match.group(1).lstrip("0") or "0"
+    if len(digits) > len(str(MAX_STEP)):  # int() of a 10,000-digit name would fail or crawl
+        raise AdapterError(f"{clip(base, 120)}: step {clip(digits, 40)} is larger than lorarank reads "
+                           f"({MAX_STEP:,}, the largest whole number a JSON reader keeps exact)")
+    return check_step(int(digits), clip(base, 120))
+
+
+def step_from_trainer_state(data: bytes | memoryview, *, source: str = "trainer_state.json") -> int:
+    """``global_step`` of a Transformers ``trainer_state.json``.
+
+    Parsed by :func:`lorarank.bounded.load_json` (at most :data:`MAX_TRAINER_STATE` bytes, 64
+    levels of nesting and :data:`MAX_TRAINER_STATE_VALUES` values).
+
+    Raises
+    ------
+    AdapterError
+        If the file is too large, too deep, not JSON, or has no whole-number ``global_step``
+        from 0 to :data:`MAX_STEP`.
+    """
+    state = load_json(source, data, what="trainer state", max_bytes=MAX_TRAINER_STATE,
+                      max_values=MAX_TRAINER_STATE_VALUES)
     step = state.get("global_step") if isinstance(state, dict) else None
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise AdapterError(f"{source} has no whole-number global_step >= 0 (got {step!r})")
+        raise AdapterError(f"{source} has no whole-number global_step >= 0 (got {clip(repr(step), 80)})")
+    return check_step(step, source)
+
+
+def check_step(step: int, where: str) -> int:
+    """``step`` when it is at most :data:`MAX_STEP`; AdapterError naming ``where`` otherwise."""
+    if step > MAX_STEP:
+        raise AdapterError(f"{where}: step {clip(step, 40)} is larger than lorarank reads "
+                           f"({MAX_STEP:,}, the largest whole number a JSON reader keeps exact)")
     return step
 
 
@@ -206,7 +226,8 @@ def _check_steps(checkpoints: Sequence[Checkpoint]) -> None:
         raise ConfigError(f"a series holds at most {MAX_CHECKPOINTS} checkpoints, got {len(checkpoints)}")
     seen: dict[int, str] = {}
     for c in checkpoints:
-        check_int(f"step of {c.path}", c.step, minimum=0)
+        check_int(f"step of {clip(c.path, 200)}", c.step, minimum=0)
+        check_step(c.step, clip(c.path, 200))
         if c.step in seen:
             raise ConfigError(f"two checkpoints have step {c.step}: {seen[c.step]} and {c.path}")
         seen[c.step] = c.path
@@ -252,10 +273,9 @@ def find_checkpoints(path: str | os.PathLike, *, alpha: float | None = None,
         step = step_from_name(entry.name)
         if entry.is_dir() and step is not None and _CHECKPOINT_DIR.match(entry.name):
             state = entry / "trainer_state.json"
-            if state.is_file() and state.stat().st_size > MAX_TRAINER_STATE:
-                raise AdapterError(f"{state} is {state.stat().st_size:,} bytes; at most "
-                                   f"{MAX_TRAINER_STATE:,} are read")
-            step = _resolve_step(step, state.read_bytes() if state.is_file() else None, entry.name, notes)
+            data = (read_file(state, max_bytes=MAX_TRAINER_STATE, what="trainer states")
+                    if state.exists() else None)
+            step = _resolve_step(step, data, entry.name, notes)
             checkpoints.append(Checkpoint(step, str(entry), partial(load, entry)))
         elif entry.is_file() and step is not None:
             checkpoints.append(Checkpoint(step, str(entry), partial(load, entry)))
@@ -268,33 +288,21 @@ def find_checkpoints(path: str | os.PathLike, *, alpha: float | None = None,
 
 
 # --------------------------------------------------------------------------------- uploads
-def _zip_members(name: str, data: bytes) -> list[tuple[str, Callable[[], bytes]]]:
-    """The files of a zip as (path, reader), after bounding what they may inflate to."""
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        infos = [i for i in archive.infolist() if not i.is_dir()]
-    except _ZIP_ERRORS as exc:
-        raise AdapterError(f"{name} is not a valid .zip archive ({exc})") from exc
-    declared = sum(i.file_size for i in infos)
-    limit = MAX_ZIP_EXPANSION * len(data) + _ZIP_SLACK
-    if declared > limit:
-        raise AdapterError(f"{name} would unpack to {declared:,} bytes, more than {MAX_ZIP_EXPANSION} "
-                           f"times its size plus 64 MiB; refused")
+def _zip_members(name: str, data: bytes | memoryview) -> list[tuple[str, Callable[[], bytes]]]:
+    """The files of a zip as (path, reader), after bounding what they may inflate to.
 
-    def read(info: zipfile.ZipInfo) -> bytes:
-        try:
-            with zipfile.ZipFile(io.BytesIO(data)) as again:
-                return again.read(info)
-        except _ZIP_ERRORS as exc:
-            raise AdapterError(f"{name}: member {info.filename} cannot be read ({exc})") from exc
-
+    The archive's directory is read once (:class:`lorarank.bounded.ZipArchive`: member count,
+    unique names, declared sizes at most 16 times the archive plus 64 MiB); each reader inflates
+    its member by streaming, never past its declared size.
+    """
+    archive = ZipArchive(name, data, kind=".zip archive")
     members = []
-    for info in infos:
-        parts = PurePosixPath(info.filename.replace("\\", "/")).parts
+    for member in archive.files():
+        parts = PurePosixPath(member.name.replace("\\", "/")).parts
         # macOS adds __MACOSX/._name resource forks; hidden files are never checkpoints.
         if any(p.startswith(".") or p == "__MACOSX" for p in parts):
             continue
-        members.append(("/".join(parts), partial(read, info)))
+        members.append(("/".join(parts), partial(archive.read, member)))
     return members
 
 
@@ -328,8 +336,9 @@ def checkpoints_from_files(files: Mapping[str, bytes] | Iterable[tuple[str, byte
             raise AdapterError("give one .zip of the run folder, or the checkpoint files themselves, "
                                "not both")
         name, data = zips[0]
-        return _from_members(_zip_members(name, bytes(data)), name, override)
-    members = [(str(n), partial(lambda b: bytes(b), b)) for n, b in items]
+        return _from_members(_zip_members(name, data), name, override)
+    members = [(str(n), partial(lambda b: b if isinstance(b, (bytes, memoryview)) else bytes(b), b))
+               for n, b in items]
     return _from_members(members, "the uploaded files", override)
 
 

@@ -2,59 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Iterable
 
 from .._validate import check_real
+from ..bounded import MAX_JSON_BYTES, load_json
 from ..errors import AdapterError, ConfigError
 
-__all__ = ["parse_config", "loads_bounded", "peft_pattern_key", "number", "check_override",
-           "MAX_JSON_BYTES", "MAX_JSON_DEPTH"]
-
-#: Bounds on any JSON lorarank parses from a file (configs, metadata, headers).
-MAX_JSON_BYTES = 16 * 2**20
-MAX_JSON_DEPTH = 64
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-
-
-def json_depth(data: bytes) -> int:
-    """Deepest nesting of ``[`` / ``{`` in JSON text, in linear time (strings skipped)."""
-    import numpy as np
-
-    bare = _JSON_STRING.sub(b'""', data)
-    arr = np.frombuffer(bare, dtype=np.uint8)
-    step = (np.isin(arr, (ord("["), ord("{"))).astype(np.int32)
-            - np.isin(arr, (ord("]"), ord("}"))).astype(np.int32))
-    return int(np.cumsum(step).max(initial=0))
-
-
-def loads_bounded(name: str, data: bytes | str, *, what: str = "JSON",
-                  max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH) -> object:
-    """``json.loads`` with a size and a nesting bound, each refused with one sentence.
-
-    A 100k-deep document would make ``json.loads`` raise RecursionError; it is refused here
-    before parsing.
-    """
-    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    if len(raw) > max_bytes:
-        raise AdapterError(f"{name}: the {what} is {len(raw) / 2**20:,.1f} MiB; lorarank reads at most "
-                           f"{max_bytes / 2**20:g} MiB")
-    depth = json_depth(raw)
-    if depth > max_depth:
-        raise AdapterError(f"{name}: the {what} nests {depth:,} levels deep; lorarank reads at most "
-                           f"{max_depth}")
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise AdapterError(f"{name} is not valid JSON ({exc})") from exc
+__all__ = ["parse_config", "peft_pattern_key", "number", "check_override"]
 
 
 def parse_config(name: str, data: bytes) -> dict:
-    if len(data) > 16 * 2**20:
+    """An ``adapter_config.json`` as a dict, parsed within bounds (:func:`lorarank.bounded.load_json`)."""
+    if len(data) > MAX_JSON_BYTES:
         raise AdapterError(f"{name} is {len(data) / 2**20:.0f} MiB; an adapter config is a small JSON file")
-    config = loads_bounded(name, data, what="config")
+    config = load_json(name, data, what="config")
     if not isinstance(config, dict):
         raise AdapterError(f"{name} should hold a JSON object, got {type(config).__name__}")
     return config

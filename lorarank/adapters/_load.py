@@ -7,19 +7,19 @@ by its family, then its scale is set as the format defines it.
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from ..bounded import MAX_JSON_BYTES, load_json, read_file, regular_file
 from ..errors import AdapterError, UnsupportedAdapterError
 from . import _registry
-from ._config import check_override, loads_bounded, parse_config
+from ._config import check_override, parse_config
 from ._metadata import training_metadata
 from ._model import Adapter, Extra, LoraModule
 from ._scales import apply_scales, config_bool
-from ._tensors import Tensors, npz_tensors, safetensors_from_bytes, safetensors_from_path
+from ._tensors import MAX_NPZ_BYTES, Tensors, npz_tensors, safetensors_from_bytes, safetensors_from_path
 from .gguf_lora import GGUF_MAGIC, load_gguf_bytes, load_gguf_path
 from .names import PEFT_PREFIX, natural_key
 
@@ -126,22 +126,25 @@ def load_adapter(path: str | os.PathLike, *, config: str | os.PathLike | None = 
             config_path = path / "adapter_config.json"
         source = path.name
     else:
-        weights_path = path
+        weights_path = regular_file(path, what="adapter weights")
         if (path.parent / "adapter_config.json").is_file():
             config_path = path.parent / "adapter_config.json"
         source = path.name
     if config is not None:
         config_path = Path(config)
         source = f"{source} + {config_path.name}"
-    config = parse_config(config_path.name, config_path.read_bytes()) if config_path else None
+    config = (parse_config(config_path.name, read_file(config_path, max_bytes=MAX_JSON_BYTES,
+                                                       what="adapter configs"))
+              if config_path else None)
     with open(weights_path, "rb") as fh:
         head = fh.read(4)
     if head == GGUF_MAGIC:
         return load_gguf_path(weights_path, alpha=alpha, scale=scale)
     if head[:2] == b"PK" or weights_path.suffix == ".npz":
-        with open(weights_path, "rb") as fh:
-            tensors = npz_tensors(weights_path.name, fh, weights_path.stat().st_size)
-            return _build(tensors, config, source, alpha=alpha, scale=scale)
+        # Read whole (an .npz unpacks to at most MAX_NPZ_BYTES): its arrays are views of it.
+        data = read_file(weights_path, max_bytes=MAX_NPZ_BYTES + 64 * 2**20, what=".npz files")
+        tensors = npz_tensors(weights_path.name, data)
+        return _build(tensors, config, source, alpha=alpha, scale=scale)
     tensors = safetensors_from_path(weights_path)
     return _build(tensors, config, source, alpha=alpha, scale=scale)
 
@@ -173,12 +176,13 @@ def load_adapter_bytes(files: Mapping[str, bytes] | Iterable[tuple[str, bytes]],
         raise AdapterError(f"several config files given ({', '.join(n for n, _ in configs)}); give one")
     config = parse_config(*configs[0]) if configs else None
     name, data = weights[0]
-    data = bytes(data) if not isinstance(data, bytes) else data
+    # bytes, or a read-only view (a stored zip member): read in place, never copied
+    data = data if isinstance(data, (bytes, memoryview)) else bytes(data)
     if data[:4] == GGUF_MAGIC:
         alpha, scale = check_override(alpha, scale)
         return load_gguf_bytes(name, data, alpha=alpha, scale=scale)
     if data[:2] == b"PK" or str(name).lower().endswith(".npz"):
-        tensors = npz_tensors(name, io.BytesIO(data), len(data))
+        tensors = npz_tensors(name, data)
     else:
         tensors = safetensors_from_bytes(name, data)
     source = name if not configs else f"{name} + {configs[0][0]}"
@@ -246,7 +250,7 @@ def _diffusers_components(tensors: Tensors, source: str) -> dict[str, dict] | No
     text = tensors.metadata.get("lora_adapter_metadata")
     if text is None:
         return None
-    meta = loads_bounded(source, text, what="lora_adapter_metadata")
+    meta = load_json(source, text, what="lora_adapter_metadata")
     if not isinstance(meta, dict):
         raise AdapterError(f"{source}: lora_adapter_metadata should be a JSON object")
     components: dict[str, dict] = {}

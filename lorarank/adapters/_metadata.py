@@ -35,11 +35,11 @@ def _short(value: object) -> object:
 
 def _tags(text: str) -> dict[str, int] | str:
     """The ten most frequent dataset tags of kohya's ``ss_tag_frequency`` ({dir: {tag: n}})."""
-    from ._config import loads_bounded
+    from ..bounded import load_json
     from ..errors import AdapterError
 
     try:
-        data = loads_bounded("ss_tag_frequency", text, what="tag list", max_bytes=4 * 2**20)
+        data = load_json("ss_tag_frequency", text, what="tag list", max_bytes=4 * 2**20)
     except AdapterError as exc:
         return f"(unreadable: {exc})"
     counts: dict[str, int] = {}

@@ -15,19 +15,19 @@ numpy has no bfloat16. Instead of importing ``ml_dtypes`` (0.65 s, half the time
 module remembers the stored dtype (:attr:`LoraModule.stored_dtype`), and writers round back to
 bfloat16 bits (round to nearest even), which is exact for factors that were read as bfloat16.
 
-``.npz`` files are read with ``np.load(..., allow_pickle=False)`` after the zip directory was
-checked: members must be ``.npy`` arrays of a float dtype whose header size matches the
-member's declared size, and the declared sizes together may not exceed
-:data:`MAX_NPZ_EXPANSION` times the archive size (plus 64 MiB), which stops zip bombs before
-any byte is inflated.
+``.npz`` files are read with :class:`lorarank.bounded.ZipArchive` (never ``np.load``, whose
+``zipfile`` inflates a member before comparing it with its declared size): members must be
+``.npy`` arrays of a float dtype whose header size matches the member's declared size, the
+declared sizes together may not exceed :data:`MAX_NPZ_EXPANSION` times the archive size (plus
+64 MiB), which stops zip bombs before any byte is inflated, and each member is inflated by
+streaming, never past its declared size. Pickles are never loaded.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import struct
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -249,7 +249,7 @@ def check_safetensors_header(source: str, head: bytes, read: Callable[[int], byt
     refused in bounded time and memory before the library builds anything from it. Everything
     else (offsets, dtypes, no overlap, no gap) is left to the ``safetensors`` library.
     """
-    from ._config import loads_bounded
+    from ..bounded import load_json
 
     (length,) = struct.unpack("<Q", head[:8])
     if length > MAX_HEADER_BYTES and length <= size - 8:
@@ -263,9 +263,9 @@ def check_safetensors_header(source: str, head: bytes, read: Callable[[int], byt
         raise AdapterError(f"{source} declares {count:,} tensors; lorarank reads at most "
                            f"{MAX_TENSORS:,} (a LoRA adapter has a few thousand at most)")
     try:
-        header = loads_bounded(source, text, what="safetensors header")
+        header = load_json(source, text, what="safetensors header")
     except AdapterError as exc:
-        if "levels deep" in str(exc) or "MiB" in str(exc):
+        if "levels deep" in str(exc) or "MiB" in str(exc) or "values;" in str(exc):
             raise
         return {}, {}  # not JSON: the library names it
     if not isinstance(header, dict):
@@ -275,61 +275,37 @@ def check_safetensors_header(source: str, head: bytes, read: Callable[[int], byt
     return meta, header
 
 
-# What a damaged zip archive or .npy member can raise while being read: bad headers and CRCs,
-# truncated or corrupt deflate streams, unknown compression methods, missing members.
-_ZIP_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError, zlib.error,
-               NotImplementedError, KeyError, struct.error)
+def npz_tensors(source: str, data: bytes | memoryview) -> Tensors:
+    """The arrays of an ``.npz`` held in memory, read within bounds (:class:`~lorarank.bounded.ZipArchive`).
 
+    1. The zip directory: member count, unique names, declared unpacked sizes (at most
+       :data:`MAX_NPZ_EXPANSION` times the archive plus 64 MiB, and :data:`MAX_NPZ_BYTES`).
+    2. Each member's ``.npy`` header (its first bytes only): a float or integer dtype, never
+       pickled objects, and a data size matching the member's declared size.
+    3. An array is inflated when asked, and never past its declared size: a stored member (what
+       ``np.savez`` writes) is a view of ``data``, no copy.
+    """
+    from ..bounded import ZipArchive, clip
 
-def npz_tensors(source: str, fileobj, size: int) -> Tensors:
-    """Check the zip directory and every member's .npy header, then read with np.load."""
-    # 1. It must be a zip archive at all (a text file renamed .npz is not).
-    head = fileobj.read(4)
-    fileobj.seek(0)
-    if head[:2] != b"PK":
-        raise AdapterError(f"{source} is not an .npz archive (it does not start with a zip signature)")
-    try:
-        archive = zipfile.ZipFile(fileobj)
-        infos = archive.infolist()
-    except _ZIP_ERRORS as exc:
-        raise AdapterError(f"{source} is not a valid .npz archive ({exc})") from exc
-    # 2. Member count, unique names, and declared unpacked sizes bound the work and the memory
-    #    before anything is inflated.
-    if len(infos) > MAX_TENSORS:
-        raise AdapterError(f"{source} has {len(infos):,} members; lorarank reads at most {MAX_TENSORS:,}")
-    seen: set[str] = set()
-    for info in infos:
-        if info.filename in seen:
-            raise AdapterError(f"{source}: member {info.filename!r} appears twice in the archive; numpy would "
-                               "silently use the last copy, so lorarank refuses it")
-        seen.add(info.filename)
-    declared = sum(info.file_size for info in infos)
-    limit = MAX_NPZ_EXPANSION * size + _NPZ_SLACK
-    if declared > limit:
-        raise AdapterError(
-            f"{source} would unpack to {declared / 2**20:,.0f} MiB from {size / 2**20:,.1f} MiB "
-            f"(more than {MAX_NPZ_EXPANSION}x its size plus 64 MiB); refusing a possible zip bomb"
-        )
-    if declared > MAX_NPZ_BYTES:
-        raise AdapterError(f"{source} would unpack to {declared / 2**20:,.0f} MiB; lorarank unpacks .npz files up "
-                           f"to {MAX_NPZ_BYTES // 2**20} MiB (use .safetensors for larger adapters: it is read "
-                           "lazily)")
-    # 3. Each member: a .npy header with a float dtype whose byte count matches the member.
+    archive = ZipArchive(source, data, kind=".npz archive", max_ratio=MAX_NPZ_EXPANSION,
+                         slack=_NPZ_SLACK, max_bytes=MAX_NPZ_BYTES)
     entries: dict[str, tuple[str, tuple[int, ...]]] = {}
-    for info in infos:
-        if not info.filename.endswith(".npy"):
-            raise AdapterError(f"{source}: member {info.filename!r} is not a .npy array")
-        key = info.filename[:-4]
+    layouts: dict[str, tuple[object, np.dtype, tuple[int, ...], bool, int]] = {}
+    for member in archive.files():
+        if not member.name.endswith(".npy"):
+            raise AdapterError(f"{source}: member {member.name!r} is not a .npy array")
+        key = member.name[:-4]
+        head = io.BytesIO(archive.read(member, limit=_NPY_HEADER_BYTES))
         try:
-            with archive.open(info) as member:
-                version = np.lib.format.read_magic(member)
-                if version == (1, 0):
-                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
-                else:
-                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
-                header_len = member.tell() if member.seekable() else None
-        except _ZIP_ERRORS as exc:
-            raise AdapterError(f"{source}: member {info.filename!r} is not a valid .npy array ({exc})") from exc
+            version = np.lib.format.read_magic(head)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(head)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(head)
+        except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, TokenError, ...
+            raise AdapterError(f"{source}: member {member.name!r} is not a valid .npy array "
+                               f"({clip(exc, 200)})") from exc
+        header_len = head.tell()
         if dtype.hasobject:
             raise AdapterError(
                 f"{source}: array {key!r} holds pickled Python objects, which lorarank does not load"
@@ -339,27 +315,26 @@ def npz_tensors(source: str, fileobj, size: int) -> Tensors:
             raise AdapterError(f"{source}: array {key!r} has dtype {dtype}; LoRA factors must be "
                                "float64, float32, float16 or bfloat16")
         nbytes = math.prod(shape) * dtype.itemsize
-        if header_len is not None and info.file_size != header_len + nbytes:
+        if member.size != header_len + nbytes:
             raise AdapterError(
                 f"{source}: array {key!r} declares shape {tuple(shape)} ({nbytes} bytes) but its "
-                f"member holds {info.file_size - header_len} bytes of data"
+                f"member holds {member.size - header_len} bytes of data"
             )
         entries[key] = (name, tuple(int(d) for d in shape))
-    fileobj.seek(0)  # zipfile left the position at the end; np.load reads the magic from here
-    try:
-        npz = np.load(fileobj, allow_pickle=False)
-    except _ZIP_ERRORS as exc:
-        raise AdapterError(f"{source} is not a valid .npz archive ({exc})") from exc
+        layouts[key] = (member, dtype, tuple(int(d) for d in shape), bool(fortran), header_len)
 
     def get(key: str) -> np.ndarray:
-        try:
-            arr = npz[key]
-        except _ZIP_ERRORS as exc:
-            raise AdapterError(f"{source}: array {key!r} cannot be read ({exc})") from exc
+        member, dtype, shape, fortran, header_len = layouts[key]
+        payload = archive.read(member)  # type: ignore[arg-type]
+        arr = np.frombuffer(payload, dtype=dtype, count=math.prod(shape), offset=header_len)
+        arr = arr.reshape(shape, order="F" if fortran else "C")
         return arr.astype(arr.dtype.newbyteorder("="), copy=False)
 
     return Tensors(source, entries, get)
 
+
+#: How much of a member is read to parse its .npy header (numpy's own header cap is 10,000).
+_NPY_HEADER_BYTES = 16 * 2**10
 
 
 _EXPONENT_MASKS = {np.dtype(np.float16): 0x7C00}

@@ -1,0 +1,492 @@
+"""Reading untrusted input within documented bounds: JSON, zip archives, paths and text.
+
+Everything lorarank reads from a file, an upload or a link is treated as hostile: a small file
+must not make the process loop, allocate or wait without bound. The readers here check what a
+file *declares* against the bytes actually present and against the limits below **before**
+allocating or looping, and verify declared sizes while streaming instead of trusting them.
+
+JSON (:func:`load_json`)
+    The one function that parses JSON from a file (configs, safetensors headers and metadata,
+    ``trainer_state.json``, shard indexes). A chunked scan (:func:`json_shape`, linear time,
+    a fixed 256 KiB of working memory whatever the size) measures the nesting depth and the
+    number of values first; a document over :data:`MAX_JSON_BYTES`, :data:`MAX_JSON_DEPTH` or
+    :data:`MAX_JSON_VALUES` is refused in one sentence before ``json.loads`` builds anything
+    (a deep document would raise RecursionError there; a few bytes per value become ~70 bytes
+    of Python objects each).
+Zip archives (:class:`ZipArchive`)
+    One parse of the central directory per archive; duplicate member names, encrypted members,
+    compression methods other than stored / deflate / bzip2, and declared sizes past the
+    archive's bounds are refused up front. Members are inflated by streaming, at most 64 KiB
+    of output per step: a member that inflates past its declared size is stopped at that
+    size (``zipfile`` inflates a bzip2 member whole, and a deflate member up to 2 GiB per read,
+    before comparing), and the CRC is checked.
+Paths (:func:`regular_file`)
+    A path read as a file must be a regular file: a FIFO would block ``open`` forever, a
+    device would stream without end.
+Text (:func:`clip`)
+    One line of at most ``limit`` characters (control characters become spaces, the middle of
+    a long text is cut): error messages and terminal output quote names from files and links.
+
+Limits (constants, documented in ``docs/``):
+
+=========================  ============  ==================================================
+name                       value         what
+=========================  ============  ==================================================
+``MAX_JSON_BYTES``         16 MiB        one JSON document (configs, headers, metadata)
+``MAX_JSON_DEPTH``         64            nesting of ``[`` / ``{``
+``MAX_JSON_VALUES``        2,000,000     values and keys of one document
+``MAX_ZIP_MEMBERS``        50,000        members of one archive
+``MAX_ZIP_EXPANSION``      16            declared unpacked bytes per archive byte (+ 64 MiB)
+=========================  ============  ==================================================
+"""
+
+from __future__ import annotations
+
+import bz2
+import io
+import json
+import os
+import re
+import stat
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import numpy as np
+
+from .errors import AdapterError
+
+__all__ = [
+    "MAX_JSON_BYTES", "MAX_JSON_DEPTH", "MAX_JSON_VALUES", "MAX_ZIP_MEMBERS", "MAX_ZIP_EXPANSION",
+    "ZIP_SLACK", "MAX_MESSAGE_CHARS", "json_shape", "load_json", "ZipArchive", "ZipMember",
+    "regular_file", "read_file", "clip",
+]
+
+#: Largest JSON document parsed (bytes).
+MAX_JSON_BYTES = 16 * 2**20
+#: Deepest nesting of ``[`` / ``{`` parsed.
+MAX_JSON_DEPTH = 64
+#: Most values (and keys) in one JSON document: about 150 MB of Python objects at worst.
+MAX_JSON_VALUES = 2_000_000
+#: Most members of one zip archive (an ``.npz`` or a zipped training run).
+MAX_ZIP_MEMBERS = 50_000
+#: A zip's declared unpacked sizes may total at most this many times its size, plus ZIP_SLACK.
+MAX_ZIP_EXPANSION = 16
+ZIP_SLACK = 64 * 2**20
+#: Longest error message or terminal line quoting user text (characters).
+MAX_MESSAGE_CHARS = 1000
+
+_CHUNK = 256 * 2**10
+_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+_OPEN = np.zeros(256, dtype=np.int8)
+_OPEN[[ord("["), ord("{")]] = 1
+_CLOSE = np.zeros(256, dtype=np.int8)
+_CLOSE[[ord("]"), ord("}")]] = 1
+_SEPARATOR = np.zeros(256, dtype=bool)
+_SEPARATOR[[ord(","), ord(":"), ord("["), ord("{")]] = True
+
+
+# --------------------------------------------------------------------------------------- JSON
+def json_shape(data: bytes | bytearray | memoryview) -> tuple[int, int]:
+    """``(depth, values)`` of JSON text, in linear time and a fixed working memory.
+
+    ``depth`` is the deepest nesting of ``[`` / ``{`` outside strings; ``values`` an upper
+    bound on the values and keys ``json.loads`` would create (separators ``,`` and ``:`` and
+    openings outside strings, plus one). The text is scanned in 256 KiB chunks with numpy,
+    carrying three numbers across chunks (inside a string or not, the length of a trailing
+    run of backslashes, the depth), so a 16 MiB document costs about 16 MiB of reads and a few
+    MiB of scratch, however it is built. For text that is not JSON the numbers are
+    meaningless but still bounded; ``json.loads`` then says what is wrong.
+    """
+    view = memoryview(data).cast("B")
+    depth, peak, values = 0, 0, 1
+    inside = 0  # 1 when the previous chunk ended inside a string
+    run = 0  # backslashes ending the previous chunk
+    for start in range(0, len(view), _CHUNK):
+        b = np.frombuffer(view[start:start + _CHUNK], dtype=np.uint8)
+        n = b.size
+        # 1. Escaped characters: preceded by an odd run of backslashes.
+        bs = b == _BACKSLASH
+        idx = np.arange(n, dtype=np.int64)
+        last_other = np.maximum.accumulate(np.where(bs, -1, idx))  # last non-backslash <= i
+        # backslashes right before i: i - 1 - last_other[i - 1], or from the chunk start
+        before = np.empty(n, dtype=np.int64)
+        before[0] = run
+        if n > 1:
+            prev = last_other[:-1]
+            before[1:] = np.where(prev >= 0, idx[1:] - 1 - prev, idx[1:] + run)
+        escaped = (before & 1).astype(bool)
+        # 2. Inside or outside strings: unescaped quotes toggle.
+        quotes = (b == _QUOTE) & ~escaped
+        parity = (np.cumsum(quotes, dtype=np.int64) + inside) & 1
+        outside = (parity == 0) & ~quotes
+        # 3. Depth and separators outside strings.
+        step = (_OPEN[b] - _CLOSE[b]) * outside
+        levels = np.cumsum(step, dtype=np.int64) + depth
+        if n:
+            peak = max(peak, int(levels.max()))
+            depth = int(levels[-1])
+        values += int(np.count_nonzero(_SEPARATOR[b] & outside))
+        inside = int(parity[-1]) if n else inside
+        tail = n - 1 - int(last_other[-1]) if n else 0
+        run = tail + run if n and last_other[-1] < 0 else tail
+    return peak, values
+
+
+def load_json(name: str, data: bytes | bytearray | memoryview | str, *, what: str = "JSON",
+              max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH,
+              max_values: int = MAX_JSON_VALUES) -> object:
+    """Parse JSON from a file or a link within bounds; one sentence naming ``name`` otherwise.
+
+    Parameters
+    ----------
+    name : str
+        The file (or field) the text came from, for the message.
+    data : bytes-like or str
+        UTF-8 JSON text.
+    what : str
+        What the text is (``"config"``, ``"safetensors header"``), for the message.
+    max_bytes, max_depth, max_values : int
+        Refused above these (:data:`MAX_JSON_BYTES`, :data:`MAX_JSON_DEPTH`,
+        :data:`MAX_JSON_VALUES` by default), before ``json.loads`` runs.
+
+    Returns
+    -------
+    object
+        What ``json.loads`` returns.
+
+    Raises
+    ------
+    AdapterError
+        Too large, too deep, too many values, not UTF-8 or not JSON.
+    """
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    size = memoryview(raw).nbytes
+    if size > max_bytes:
+        raise AdapterError(f"{name}: the {what} is {size / 2**20:,.1f} MiB; lorarank reads at most "
+                           f"{max_bytes / 2**20:g} MiB")
+    depth, values = json_shape(raw)
+    if depth > max_depth:
+        raise AdapterError(f"{name}: the {what} nests {depth:,} levels deep; lorarank reads at most "
+                           f"{max_depth}")
+    if values > max_values:
+        raise AdapterError(f"{name}: the {what} holds about {values:,} values; lorarank reads at most "
+                           f"{max_values:,}")
+    try:
+        text = raw if isinstance(raw, str) else bytes(raw).decode("utf-8")
+        return json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise AdapterError(f"{name} is not valid JSON ({clip(exc, 200)})") from exc
+
+
+# ---------------------------------------------------------------------------------------- zip
+#: Compression methods read: stored, deflate, bzip2 (what zip tools and numpy write).
+_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2"}
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+_OUT_STEP = 64 * 2**10
+_IN_STEP = 64 * 2**10
+# What a damaged archive can raise while its directory is parsed.
+_ZIP_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError, zlib.error,
+               NotImplementedError, KeyError, struct.error, OverflowError)
+
+
+@dataclass(frozen=True)
+class ZipMember:
+    """One member of a :class:`ZipArchive` as its central directory declares it."""
+
+    name: str
+    size: int  # declared unpacked bytes
+    compressed: int  # declared packed bytes
+    method: int
+    crc: int
+    offset: int  # of its local header
+    is_dir: bool
+
+
+class ZipArchive:
+    """A zip archive read within bounds: one directory parse, members streamed and verified.
+
+    Parameters
+    ----------
+    name : str
+        The archive's name, for messages.
+    source : bytes-like or binary file
+        The archive in memory (members that are stored come back as views of it, no copy), or
+        an open seekable file.
+    max_members : int
+        Refused above this many members (:data:`MAX_ZIP_MEMBERS`).
+    max_ratio, slack : int
+        The declared unpacked sizes may total at most ``max_ratio * archive size + slack``.
+    max_bytes : int, optional
+        And at most this many bytes in all (e.g. what one ``.npz`` may unpack to).
+    kind : str
+        ``".zip archive"``, ``".npz archive"``: what the archive is, for messages.
+
+    Raises
+    ------
+    AdapterError
+        Not a zip archive, a damaged directory, too many members, a name twice, an encrypted
+        member, an unsupported compression method, or declared sizes past the bounds.
+    """
+
+    def __init__(self, name: str, source: bytes | bytearray | memoryview | BinaryIO, *,
+                 max_members: int = MAX_ZIP_MEMBERS, max_ratio: int = MAX_ZIP_EXPANSION,
+                 slack: int = ZIP_SLACK, max_bytes: int | None = None, kind: str = ".zip archive") -> None:
+        self.name = name
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data = source if isinstance(source, bytes) else bytes(source)
+            self._view: memoryview | None = memoryview(data)
+            self._file: BinaryIO = io.BytesIO(data)  # shares a bytes object until written: no copy
+            self.archive_size = len(data)
+        else:
+            self._view = None
+            self._file = source
+            self._file.seek(0, io.SEEK_END)
+            self.archive_size = self._file.tell()
+        self._file.seek(0)
+        if self._file.read(2) != b"PK":
+            article = "an" if kind[:1] in ".aeiou" else "a"
+            raise AdapterError(f"{name} is not {article} {kind} (it does not start with a zip signature)")
+        self._file.seek(0)
+        try:
+            infos = zipfile.ZipFile(self._file).infolist()
+        except _ZIP_ERRORS as exc:
+            raise AdapterError(f"{name} is not a valid {kind} ({clip(exc, 200)})") from exc
+        if len(infos) > max_members:
+            raise AdapterError(f"{name} has {len(infos):,} members; lorarank reads at most {max_members:,}")
+        members: dict[str, ZipMember] = {}
+        for info in infos:
+            if info.filename in members:
+                raise AdapterError(f"{name}: member {clip(info.filename, 200)!r} appears twice in the "
+                                   "archive; readers would silently use one of the copies, so lorarank "
+                                   "refuses it")
+            if info.flag_bits & 0x1:
+                raise AdapterError(f"{name}: member {clip(info.filename, 200)!r} is encrypted; lorarank "
+                                   "reads unencrypted archives only")
+            if info.compress_type not in _METHODS and not info.is_dir():
+                raise AdapterError(f"{name}: member {clip(info.filename, 200)!r} uses zip compression "
+                                   f"method {info.compress_type}; lorarank reads stored, deflate and "
+                                   "bzip2 members")
+            members[info.filename] = ZipMember(info.filename, int(info.file_size), int(info.compress_size),
+                                               int(info.compress_type), int(info.CRC),
+                                               int(info.header_offset), info.is_dir())
+        self.members = members
+        declared = sum(m.size for m in members.values())
+        limit = max_ratio * self.archive_size + slack
+        if declared > limit:
+            raise AdapterError(
+                f"{name} would unpack to {declared / 2**20:,.0f} MiB from {self.archive_size / 2**20:,.1f} MiB "
+                f"(more than {max_ratio}x its size plus {slack // 2**20} MiB); refusing a possible zip bomb")
+        if max_bytes is not None and declared > max_bytes:
+            raise AdapterError(f"{name} would unpack to {declared / 2**20:,.0f} MiB; lorarank unpacks "
+                               f"{kind.split()[0]} files up to {max_bytes // 2**20} MiB")
+        self.declared_bytes = declared
+
+    def files(self) -> list[ZipMember]:
+        """The members that are not folders, in archive order."""
+        return [m for m in self.members.values() if not m.is_dir]
+
+    # -------------------------------------------------------------------------------- reading
+    def _data_start(self, member: ZipMember) -> int:
+        if not 0 <= member.offset <= self.archive_size - _LOCAL_HEADER.size or member.compressed < 0:
+            raise self._damaged(member, "its directory entry points outside the archive")
+        self._file.seek(member.offset)
+        head = self._file.read(_LOCAL_HEADER.size)
+        if len(head) != _LOCAL_HEADER.size:
+            raise self._damaged(member, "its local header is cut off")
+        sig, *_, name_len, extra_len = _LOCAL_HEADER.unpack(head)
+        if sig != b"PK\x03\x04":
+            raise self._damaged(member, "its local header is missing")
+        start = member.offset + _LOCAL_HEADER.size + name_len + extra_len
+        if start + member.compressed > self.archive_size:
+            raise self._damaged(member, "its data runs past the end of the archive")
+        return start
+
+    def _damaged(self, member: ZipMember, why: str) -> AdapterError:
+        return AdapterError(f"{self.name}: member {clip(member.name, 200)!r} is damaged ({why})")
+
+    def chunks(self, member: ZipMember, *, limit: int | None = None) -> Iterator[bytes | memoryview]:
+        """The member's bytes, inflated 64 KiB at a time; at most ``limit`` bytes (default all).
+
+        Reading all of it checks that it inflates to exactly its declared size (stopping at
+        that size, never past it) and that its CRC matches.
+
+        Raises
+        ------
+        AdapterError
+            Inflates past or short of its declared size, a damaged stream, a CRC mismatch.
+        """
+        want = member.size if limit is None else min(limit, member.size)
+        start = self._data_start(member)
+        if member.method == zipfile.ZIP_STORED:
+            if member.compressed != member.size:
+                raise self._damaged(member, "a stored member whose packed and unpacked sizes differ")
+            crc = 0
+            for at in range(0, want, _IN_STEP):
+                n = min(_IN_STEP, want - at)
+                if self._view is not None:
+                    piece: bytes | memoryview = self._view[start + at:start + at + n]
+                else:
+                    self._file.seek(start + at)
+                    piece = self._file.read(n)
+                crc = zlib.crc32(piece, crc)
+                yield piece
+            if limit is None and crc != member.crc:
+                raise self._damaged(member, "CRC mismatch")
+            return
+        produced, crc = 0, 0
+        for out in self._inflate(member, start):
+            produced += len(out)
+            if produced > member.size:
+                raise AdapterError(
+                    f"{self.name}: member {clip(member.name, 200)!r} inflates past its declared size of "
+                    f"{member.size:,} bytes; refusing a possible zip bomb")
+            crc = zlib.crc32(out, crc)
+            given = produced - len(out)
+            if given < want:
+                yield out[: want - given]
+            if limit is not None and produced >= want:
+                return
+        if produced != member.size:
+            raise self._damaged(member, f"it inflates to {produced:,} bytes, not the declared {member.size:,}")
+        if crc != member.crc:
+            raise self._damaged(member, "CRC mismatch")
+
+    def _inflate(self, member: ZipMember, start: int) -> Iterator[bytes]:
+        """The member's output in pieces of at most 64 KiB (one byte past its declared size at
+        most, which the caller refuses); stops at the end of its compressed stream."""
+        read_in = 0
+
+        def more() -> bytes:
+            nonlocal read_in
+            if read_in >= member.compressed:
+                return b""
+            self._file.seek(start + read_in)
+            data = self._file.read(min(_IN_STEP, member.compressed - read_in))
+            read_in += len(data)
+            return data
+
+        def room(done: list[int]) -> int:
+            return min(_OUT_STEP, member.size - done[0] + 1)
+
+        done = [0]
+        try:
+            if member.method == zipfile.ZIP_DEFLATED:
+                inflater = zlib.decompressobj(-15)
+                tail = b""
+                while not inflater.eof:
+                    if not tail:
+                        tail = more()
+                        if not tail:
+                            raise self._damaged(member, "its deflate stream is cut off")
+                    out = inflater.decompress(tail, room(done))
+                    tail = inflater.unconsumed_tail
+                    done[0] += len(out)
+                    yield out
+            else:
+                unpacker = bz2.BZ2Decompressor()
+                idle = 0
+                while not unpacker.eof:
+                    data = more() if unpacker.needs_input else b""
+                    if unpacker.needs_input and not data:
+                        raise self._damaged(member, "its bzip2 stream is cut off")
+                    out = unpacker.decompress(data, room(done))
+                    idle = 0 if out or data else idle + 1
+                    if idle > 2:
+                        raise self._damaged(member, "its bzip2 stream makes no progress")
+                    done[0] += len(out)
+                    yield out
+        except (zlib.error, OSError, EOFError, ValueError) as exc:
+            raise self._damaged(member, clip(exc, 120)) from exc
+
+    def read(self, member: ZipMember | str, *, limit: int | None = None) -> bytes | memoryview:
+        """The member's bytes (all of them, or the first ``limit``), verified as :meth:`chunks`.
+
+        A stored member of an archive held in memory is returned as a view of it (no copy).
+        """
+        if isinstance(member, str):
+            member = self.members[member]
+        if (self._view is not None and member.method == zipfile.ZIP_STORED
+                and member.compressed == member.size):
+            start = self._data_start(member)
+            want = member.size if limit is None else min(limit, member.size)
+            view = self._view[start:start + want]
+            if limit is None and zlib.crc32(view) != member.crc:
+                raise self._damaged(member, "CRC mismatch")
+            return view
+        buffer = bytearray()
+        for piece in self.chunks(member, limit=limit):
+            buffer += piece
+        return bytes(buffer)
+
+
+# -------------------------------------------------------------------------------------- paths
+def regular_file(path: str | os.PathLike, *, what: str = "input") -> Path:
+    """``path`` as a :class:`~pathlib.Path` when it is a regular file (symlinks followed).
+
+    Raises
+    ------
+    FileNotFoundError
+        If nothing is there.
+    AdapterError
+        A folder, FIFO, socket or device: one sentence saying what it is (opening a FIFO to
+        read it would wait for a writer forever).
+    """
+    p = Path(path)
+    mode = os.stat(p).st_mode  # FileNotFoundError when absent
+    if stat.S_ISREG(mode):
+        return p
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a regular file")
+    raise AdapterError(f"{clip(str(p), 300)} is {kind}; lorarank reads regular files as {what}")
+
+
+def read_file(path: str | os.PathLike, *, max_bytes: int, what: str = "input") -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` (checked before reading).
+
+    Raises
+    ------
+    FileNotFoundError
+        If nothing is there.
+    AdapterError
+        Not a regular file (:func:`regular_file`), or larger than ``max_bytes``.
+    """
+    p = regular_file(path, what=what)
+    size = p.stat().st_size
+    if size > max_bytes:
+        raise AdapterError(f"{clip(p.name, 300)} is {size / 2**20:,.1f} MiB; lorarank reads {what} "
+                           f"up to {max_bytes / 2**20:g} MiB")
+    with open(p, "rb") as fh:
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:  # grew while read
+        raise AdapterError(f"{clip(p.name, 300)} is over {max_bytes / 2**20:g} MiB; lorarank reads "
+                           f"{what} up to {max_bytes / 2**20:g} MiB")
+    return data
+
+
+# --------------------------------------------------------------------------------------- text
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def clip(text: object, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` as one printable line of at most ``limit`` characters.
+
+    Control characters and line breaks become spaces; surrogates left by undecodable file
+    names (``os.fsdecode``) become ``\\udcXX`` escapes, so the line can be encoded as UTF-8;
+    a longer text keeps its start and its end around an ellipsis (the end of an error
+    sentence says what to do).
+    """
+    out = _CONTROL.sub(" ", str(text))
+    if _SURROGATE.search(out):
+        out = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", out)
+    if len(out) <= limit:
+        return out
+    if limit < 8:
+        return out[:max(limit - 1, 0)] + "\u2026"
+    tail = limit // 3
+    return out[: limit - tail - 1] + "\u2026" + out[-tail:]
