@@ -28,33 +28,25 @@ data_values = datamode.sweep_inputs()
 
 with common.stop_on_error():
     config = sweep.SweepConfig.from_values({**target_values, **training_values})
-    run = sweep.guarded_run(config)  # within the server's work budget, or what finished
-if run is None:
+
+if datamode.is_data_mode(data_values):
+    # Results first: the finite-data reading and table; the exact target's (n → ∞) in a tab.
+    tabs = datamode.sweep_results(config, data_values)
+    if tabs is not None and layout.is_open(tabs["Exact target"]):
+        with tabs["Exact target"]:
+            shown = sweep.show_results(config, note=datamode.EXACT_NOTE)
+            if shown is not None:
+                report_ui.sweep_button(*shown)
     st.stop()
-config = run.config
 
-st.dataframe(
-    sweep.results_table(run), hide_index=True,
-    column_config={name: st.column_config.Column(name, help=text)
-                   for name, text in sweep.COLUMN_HELP.items()},
-    key="sweep_table",
-)
-st.caption(
-    f"Learning rate {config.lr_used:g} ({config.optimizer}), {config.steps} steps, alpha rule "
-    f"{config.rule}. Relative error is ||s·B·A − T||_F / ||T||_F. Computed in {run.seconds:.2f} s."
-    + datamode.exact_note(data_values)
-)
-common.download_buttons(sweep.results_records(run), stem="lorarank-sweep",
-                        key=sweep.DOWNLOAD_KEY, json_data=sweep.results_json(run))
-st.markdown("\n".join(f"- {sentence}" for sentence in sweep.reading(run)))
-
-charts = sweep.sweep_charts(config)
-# The data mode's results come first when the link asks for them.
-names = ["Spectra", "Loss curves", "Finite data"]
-tabs = layout.sections(names[2:] + names[:2] if datamode.is_data_mode(data_values) else names)
-if layout.is_open(tabs["Finite data"]):
-    with tabs["Finite data"]:
-        datamode.sweep_results(config, data_values)
+shown = sweep.show_results(config)
+if shown is None:
+    st.stop()
+run, charts = shown
+tabs = layout.sections(["Spectra", "Loss curves", datamode.SWITCH_TAB])
+if layout.is_open(tabs[datamode.SWITCH_TAB]):
+    with tabs[datamode.SWITCH_TAB]:
+        datamode.switch_hint()
 if layout.is_open(tabs["Spectra"]):
     with tabs["Spectra"]:
         layout.show_panels(

@@ -22,8 +22,11 @@ loaded_line = st.container()  # names the loaded adapter, under the title
 alerts = st.container()
 bad_url = common.check_url(audit.ALL_SETTINGS, state_key=audit.URL_ERRORS_KEY)
 
+TABS = ["Per module", "Rank map", "Spectrum", "Budget", "Resize", "Compare", series.TAB]
+DEFAULT_TAB = series.TAB if series.linked() else None
 # ------------------------------------------- upload (folded away once an adapter is shown)
-inputs = loaded.inputs_box()
+ON_SERIES = layout.opening(TABS, default=DEFAULT_TAB) == series.TAB
+inputs = loaded.inputs_box(elsewhere=ON_SERIES)
 with inputs:
     uploaded = st.file_uploader(
         "Adapter files" if loaded.loaded() is None else "Other adapter files (replace the loaded one)",
@@ -47,7 +50,8 @@ if upload is None:
             "`<module>.A` / `<module>.B` factors. Without a config the scale is assumed to be 1 "
             "and you can set alpha."
         )
-    if st.toggle("Use the synthetic demo adapter", key=audit.DEMO_KEY, bind="query-params",
+    # on the Rank over training tab the demo switch folds away with the other adapter inputs
+    if (inputs if ON_SERIES else st.container()).toggle("Use the synthetic demo adapter", key=audit.DEMO_KEY, bind="query-params",
                  help="A small PEFT-format adapter generated here (Llama-shaped, 2 layers x 7 "
                       "modules, r = 16) whose modules have 2 to 8 planted directions plus a "
                       "noise tail: synthetic, not a trained model."):
@@ -59,8 +63,7 @@ demo = upload is not None and upload.ident == audit.demo_upload("a").ident
 summary = st.container()  # what was detected and the reading, filled once there is an upload
 
 # ------------------------------------------------- sections, each with its own inputs first
-tabs = layout.sections(["Per module", "Rank map", "Spectrum", "Budget", "Resize", "Compare",
-                        series.TAB], default=series.TAB if series.linked() else None)
+tabs = layout.sections(TABS, default=DEFAULT_TAB)
 with tabs["Per module"]:
     cols = st.columns([1.3, 1, 3])
     rule = common.setting_widget(audit.RULE, cols[0])

@@ -44,7 +44,10 @@ class TestSweepDataMode:
         reading saying held-out loss rises past r = 4 at n = 128, and the loss chart."""
         at = open_page("pages/1_Rank_sweep.py", mode="data", samples="128,2048", **SMALL)
         assert not at.exception and not at.error
-        frame = at.dataframe[1].value
+        # results first: the data's table is the page's first (and only) table; the exact
+        # target's is in its own tab, not drawn until opened
+        assert len(at.dataframe) == 1
+        frame = at.dataframe[0].value
         assert frame["n"].tolist() == [128] * 3 + [2048] * 3
         engine = fit_data(make_target(), [2, 4, 16], data=DataConfig(samples=128), steps=600)
         assert frame["held-out loss"].tolist()[:3] == [f"{r.heldout_loss:.4g}" for r in engine]
@@ -55,8 +58,24 @@ class TestSweepDataMode:
         specs = [c.proto.spec for c in at.get("vega_lite_chart")]
         assert any('"held-out loss"' in s and '"training pairs"' in s for s in specs)
         assert "**Held-out loss against rank for each n" in words  # the chart's title, above it
-        # the exact table above says it is the exact target's, not the data's
-        assert any("for the exact target T (the n → ∞ limit)" in c.value for c in at.caption)
+        assert [t.label for t in at.tabs] == ["Held-out loss", "Spectra", "Loss curves", "Exact target"]
+
+    def test_data_mode_tabs_show_the_data(self):
+        """The Spectra and Loss curves tabs of the data mode draw the data's fits (one loss
+        chart per n, titled with it); the Exact target tab draws the exact table, saying so."""
+        at = open_page("pages/1_Rank_sweep.py", mode="data", samples="128,2048", tab="Loss curves",
+                       **SMALL)
+        assert not at.exception and not at.error
+        titles = [json.loads(c.proto.spec).get("title") for c in at.get("vega_lite_chart")]
+        assert titles == ["n = 128: training loss per rank", "n = 2048: training loss per rank"]
+        assert any("one chart per n" in c.value for c in at.caption)
+        at = open_page("pages/1_Rank_sweep.py", mode="data", samples="128,2048", tab="Spectra", **SMALL)
+        assert any("Trained on n = 128 pairs (the smallest n)" in c.value for c in at.caption)
+        at = open_page("pages/1_Rank_sweep.py", mode="data", samples="128,2048", tab="Exact target",
+                       **SMALL)
+        assert not at.exception and not at.error
+        assert len(at.dataframe) == 2 and "Eckart-Young optimum" in at.dataframe[1].value.columns
+        assert any("This is the **exact target** T (the n → ∞ limit" in c.value for c in at.caption)
 
     def test_bad_samples_one_sentence(self):
         """A bad list of n is one error sentence, no traceback."""

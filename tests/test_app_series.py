@@ -146,7 +146,7 @@ class TestSeriesSection:
         at = open_page()
         at.toggle(key=series.DEMO_KEY).set_value(True).run()
         assert not at.exception and not at.error
-        assert any("synthetic demo run" in i.value for i in at.info)
+        assert any("Synthetic demo run" in c.value for c in at.caption)
         frame = series_frame(at)
         assert list(frame["step"]) == [50, 100, 150, 200, 250, 300]
         assert list(frame["directions"])[-1] == 2 * (2 + 4 + 6)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from lorarank.charts import data_loss_chart, spectrum_chart
+from lorarank.charts import data_loss_chart, loss_chart, spectrum_chart
 from lorarank.cost import WorkEstimate, data_fit_cost, target_cost
 from lorarank.data import (DATA_DEFAULT_LR, DEFAULT_HELDOUT, DEFAULT_LABEL_NOISE, DataConfig,
                            data_findings, data_noise_floor, data_values, fit_data, make_dataset)
@@ -33,7 +33,8 @@ __all__ = [
     "SWEEP_SETTINGS", "GRID_SETTINGS", "parse_samples", "check_app_size", "data_config",
     "DataSweepConfig", "DataSweepRun", "GATE_KEY", "data_estimate", "by_n", "run_data_sweep", "guarded_data_sweep", "DATA_COLUMN_HELP", "data_table",
     "data_records", "data_json", "data_reading", "data_charts", "grid_inputs",
-    "grid_caption", "grid_losses_table", "sweep_inputs", "sweep_results", "is_data_mode", "exact_note",
+    "grid_caption", "grid_losses_table", "sweep_inputs", "sweep_results", "is_data_mode",
+    "SWITCH_TAB", "DATA_TABS", "EXACT_NOTE", "switch_hint",
     "MAX_EPOCHS_APP", "epoch_steps", "grid_steps",
 ]
 
@@ -386,11 +387,14 @@ class DataCharts:
     losses: dict
     spectrum: dict
     spectrum_n: int
+    #: ``(n, spec)``: the training loss over optimiser steps of every rank, per n.
+    curves: tuple[tuple[int, dict], ...] = ()
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def data_charts(config: DataSweepConfig) -> DataCharts:
-    """Held-out loss against r for every n, and the spectra at the smallest n (cached)."""
+    """Held-out loss against r for every n, the spectra at the smallest n and the training
+    loss curves per n (cached)."""
     run = run_data_sweep(config)
     sweep = config.sweep
     losses = data_loss_chart(_result_rows(run), noise_loss=0.5 * sweep.d_out * config.label_noise**2 or None,
@@ -399,7 +403,14 @@ def data_charts(config: DataSweepConfig) -> DataCharts:
     max_index = min(run.target_values.size, max(max(sweep.ranks), sweep.true_rank) + 4)
     spectrum = spectrum_chart(run.target_values, {res.rank: res.singular_values for res in results},
                               noise_floor=run.floors[0], max_index=max_index)
-    return DataCharts(losses=chart_spec(losses), spectrum=chart_spec(spectrum), spectrum_n=n)
+    curves = tuple(
+        (n_, chart_spec(loss_chart({res.rank: res.loss for res in res_n},
+                                   diverged_at={res.rank: res.diverged_at for res in res_n},
+                                   title=f"n = {n_}: training loss per rank",
+                                   loss_title="0.5·||s·B·A·x − y||², batch mean")))
+        for n_, res_n in run.results)
+    return DataCharts(losses=chart_spec(losses), spectrum=chart_spec(spectrum), spectrum_n=n,
+                      curves=curves)
 
 
 def _url_asks_data() -> bool:
@@ -412,65 +423,96 @@ def sweep_inputs() -> dict[str, Any]:
     return layout.settings_group("Finite data", SWEEP_SETTINGS, expanded=_url_asks_data())
 
 
-def exact_note(values: Mapping[str, Any]) -> str:
-    """In the data mode, a sentence for the exact sweep's caption saying its table is the exact
-    target's (n → ∞) and where the finite-data results are; "" in the exact mode. (The exact
-    table and reading stay first; a link with ``mode=data`` could read them as the data's.)"""
-    if not is_data_mode(values):
-        return ""
-    return (" This table and the reading under it are for the exact target T (the n → ∞ "
-            "limit); the finite-data results are in the **Finite data** tab below.")
-
-
 def is_data_mode(values: Mapping[str, Any]) -> bool:
     """Whether the data-mode widgets ask for finite data."""
     return values.get("mode") == "data"
 
 
-def sweep_results(sweep: SweepConfig, values: Mapping[str, Any]) -> None:
-    """The data-mode results for the sweep's settings (or, in exact mode, how to get them)."""
-    if not is_data_mode(values):
-        st.caption("Switch the training signal to **data** to train each rank on n noisy pairs "
-                   "y = T x + noise instead of T itself, and see where more rank stops helping "
-                   "and starts fitting noise. The exact-target results are the n → ∞ limit.")
-        return
+#: The Rank sweep's tab (exact mode) saying how to switch to the data mode.
+SWITCH_TAB = "Finite data"
+#: The data mode's tabs, under its reading and table; the last holds the exact target's results.
+DATA_TABS: tuple[str, ...] = ("Held-out loss", "Spectra", "Loss curves", "Exact target")
+#: Caption of the exact table when it is shown in the data mode's "Exact target" tab.
+EXACT_NOTE = (" This is the **exact target** T (the n → ∞ limit, no data): the finite-data "
+              "results are above.")
+
+
+def switch_hint() -> None:
+    """The exact mode's "Finite data" tab: what the data mode does and how to switch."""
+    st.caption("Switch the training signal (sidebar, **Finite data**) to **data** to train each "
+               "rank on n noisy pairs y = T x + noise instead of T itself, and see where more "
+               "rank stops helping and starts fitting noise. The exact-target results are the "
+               "n → ∞ limit.")
+
+
+def sweep_results(sweep: SweepConfig, values: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The data mode's page, results first: the reading and the (n, r) table with its
+    downloads, then the tabs :data:`DATA_TABS` (held-out loss chart, the data's spectra and
+    loss curves). Returns the tabs, so the page can fill "Exact target" (the n → ∞ limit);
+    None when nothing ran (a long sweep waiting for Run, or over the server's cap)."""
     with common.stop_on_error():
         config = DataSweepConfig.from_values(sweep, values)
         run = guarded_data_sweep(config)  # within the server's work budget
         if run is None:
-            return
+            return None
         config = run.config  # after a stop: the sample sizes that finished
         charts = data_charts(config)
-    st.markdown("\n".join(f"- {s}" for s in data_reading(run)))
-    losses = dict(charts.losses)
-    title = losses.pop("title", None)  # above the chart as text: in the chart it was half hidden
-    if title:
-        st.markdown(f"**{title}**")  # the builder's own words, no user text
-    common.show_chart(
-        losses,
-        caption="Loss of a pair: 0.5·||s·B·A·x − y||², averaged over the held-out pairs (solid, "
-                "dots) or the training pairs (dashed); dotted: the smallest training loss any "
-                "rank-r matrix reaches on those pairs (reduced-rank regression). Orange rule: what "
-                "T itself scores on held-out pairs, 0.5·d_out·noise². Grey rule: the intrinsic rank k. "
-                "With n → ∞ and full batch the losses become 0.5·||s·B·A − T||² (+ the noise term), "
-                "the exact mode's.")
+    # The answer per n first, then the table, then what the numbers say across n (a phone
+    # shows the answer and the table's top on its first screen).
+    lines = data_reading(run)
+    per_n = [line for line in lines if line.startswith("With **n =")]
+    st.markdown("\n".join(f"- {line}" for line in per_n))
     st.dataframe(data_table(run), hide_index=True, key="data_table",
                  column_config={name: st.column_config.Column(name, help=text)
                                 for name, text in DATA_COLUMN_HELP.items()})
     batch = "full batch" if not config.batch_size else f"batches of {config.batch_size}"
-    st.caption(f"Learning rate {config.lr_used:g} ({sweep.optimizer}; the data mode's default "
+    st.caption(f"Trained on n pairs y = T x + noise, judged on held-out pairs. Learning rate "
+               f"{config.lr_used:g} ({sweep.optimizer}; the data mode's default "
                f"when the learning rate is empty), {config.steps_text()}, {batch}, label noise "
                f"{config.label_noise:g}, {config.heldout} held-out pairs, alpha rule {sweep.rule}. "
                f"Computed in {run.seconds:.2f} s.")
     common.download_buttons(data_records(run), stem="lorarank-sweep-data", key=DOWNLOAD_KEY,
                             json_data=data_json(run))
-    floor = run.floors[0]
-    floor_text = (f"Dashed: the noise floor {floor:.3g} for n = {charts.spectrum_n}; trained "
-                  f"directions below it fit noise." if floor is not None else
-                  f"No noise floor: n = {charts.spectrum_n} ≤ d_in + 1 pairs do not determine T.")
-    layout.show_panels(charts.spectrum, columns=4, legend=False,  # one panel per rank, wrapped
-                       caption=f"Singular values of the trained s·B·A at n = {charts.spectrum_n} "
-                               f"(blue) against T's (grey). {floor_text}")
+    rest = [line for line in lines if line not in per_n]
+    if rest:
+        st.markdown("\n".join(f"- {line}" for line in rest))
+    tabs = layout.sections(DATA_TABS)
+    if layout.is_open(tabs["Held-out loss"]):
+        with tabs["Held-out loss"]:
+            losses = dict(charts.losses)
+            title = losses.pop("title", None)  # above the chart as text: in the chart it was half hidden
+            if title:
+                st.markdown(f"**{title}**")  # the builder's own words, no user text
+            common.show_chart(
+                losses,
+                caption="Loss of a pair: 0.5·||s·B·A·x − y||², averaged over the held-out pairs "
+                        "(solid, dots) or the training pairs (dashed); dotted: the smallest "
+                        "training loss any rank-r matrix reaches on those pairs (reduced-rank "
+                        "regression). Orange rule: what T itself scores on held-out pairs, "
+                        "0.5·d_out·noise². Grey rule: the intrinsic rank k. With n → ∞ and full "
+                        "batch the losses become 0.5·||s·B·A − T||² (+ the noise term), the exact "
+                        "mode's.")
+    if layout.is_open(tabs["Spectra"]):
+        with tabs["Spectra"]:
+            floor = run.floors[0]
+            floor_text = (f"Dashed: the noise floor {floor:.3g} for n = {charts.spectrum_n}; trained "
+                          f"directions below it fit noise." if floor is not None else
+                          f"No noise floor: n = {charts.spectrum_n} ≤ d_in + 1 pairs do not determine T.")
+            layout.show_panels(charts.spectrum, columns=4, legend=False,  # one panel per rank, wrapped
+                               caption=f"Trained on n = {charts.spectrum_n} pairs (the smallest n): "
+                                       f"singular values of the trained s·B·A (blue) against T's "
+                                       f"(grey). {floor_text}")
+    if layout.is_open(tabs["Loss curves"]):
+        with tabs["Loss curves"]:
+            per_row = min(3, len(charts.curves))
+            for start in range(0, len(charts.curves), per_row):
+                for col, (_, spec) in zip(st.columns(per_row), charts.curves[start:start + per_row]):
+                    with col:
+                        common.show_chart(spec)
+            st.caption("Training loss after each optimiser step, one chart per n: the mean of "
+                       "0.5·||s·B·A·x − y||² over the step's batch (all n pairs with full batch), "
+                       "log scale. A curve that ends early with a cross diverged.")
+    return tabs
 
 
 # --------------------------------------------------------------------------------------------

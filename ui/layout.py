@@ -19,7 +19,7 @@ import streamlit as st
 from lorarank.charts import split_facets
 from ui.common import Setting, setting_widget
 
-__all__ = ["header", "settings_group", "sections", "is_open", "show_panels", "SETTINGS_HINT",
+__all__ = ["header", "settings_group", "sections", "opening", "is_open", "show_panels", "SETTINGS_HINT",
            "TAB_PARAM"]
 
 #: Said under the title of a page whose inputs are in the sidebar.
@@ -113,6 +113,16 @@ def sections(names: Sequence[str], *, default: str | None = None) -> dict[str, A
     """
     return dict(zip(names, st.tabs(list(names), default=default, key=TAB_PARAM,
                                    bind="query-params")))
+
+
+def opening(names: Sequence[str], *, default: str | None = None) -> str:
+    """The tab :func:`sections` will open on this run, known before it is drawn (a page may
+    lay out what comes above the tabs for it): the one last clicked, else the one the link
+    names, else ``default`` (else the first)."""
+    for value in (st.session_state.get(TAB_PARAM), st.query_params.get(TAB_PARAM)):
+        if value in names:
+            return str(value)
+    return default if default is not None else names[0]
 
 
 def is_open(tab: Any) -> bool:

@@ -146,10 +146,15 @@ def showing() -> str | None:
     return "demo" if demo else None
 
 
-def inputs_box() -> Any:
+def inputs_box(*, elsewhere: bool = False) -> Any:
     """Where the adapter inputs go: the page itself while nothing is shown, else a collapsed
-    expander (results first: on a phone the inputs no longer stack before the first result)."""
+    expander (results first: on a phone the inputs no longer stack before the first result).
+    ``elsewhere``: the page opens on a tab that does not show the adapter (Rank over training,
+    with its own upload): the inputs fold away too, so that tab's results come first."""
     shown = showing()
+    if shown is None and elsewhere:
+        return st.expander("Audit one adapter",
+                           expanded=False, icon=":material/upload_file:")
     if shown is None:
         return st.container()
     label = ("Upload your own adapter (files or the Hub)" if shown == "demo"

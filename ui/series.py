@@ -34,7 +34,7 @@ from .hub import hub_token
 __all__ = [
     "TAB", "UPLOAD_KEY", "DOWNLOAD_KEY", "URL_ERRORS_KEY", "DEMO_KEY", "STEP_KEY", "MODULE_KEY", "NO_MODULE",
     "METRIC", "TOP", "SETTINGS", "run_series", "demo_files", "demo_upload", "rows", "adapter_table",
-    "reading", "url_choice_error", "linked", "section",
+    "reading", "url_choice_error", "showing", "linked", "section",
 ]
 
 # ------------------------------------------------------------------------------ session keys
@@ -114,12 +114,14 @@ def _set_hub_url(repo: str, revisions: str, subfolder: str) -> None:
         del st.query_params[HUB_COMMITS_KEY]
 
 
-def hub_series_input() -> tuple[HubSeries, tuple[str, ...]] | None:
+def hub_series_input(*, notices: Any = None) -> tuple[HubSeries, tuple[str, ...]] | None:
     """Draw the Hub fields of the section; list the run the link names and pin its commits.
 
     Returns ``(plan, labels)`` (the plan pinned to commits; labels: the revisions as typed),
     or None when the link names no run or it cannot be listed (then one ``st.error``).
+    ``notices``: where that error and the line naming the loaded run go (default: here).
     """
+    notices = st if notices is None else notices
     with st.form("audit_series_hub_form", border=False, enter_to_submit=True):
         cols = st.columns([2.2, 2.5, 1.3, 0.8], vertical_alignment="bottom")
         repo = cols[0].text_input(
@@ -158,14 +160,14 @@ def hub_series_input() -> tuple[HubSeries, tuple[str, ...]] | None:
             pinned = spec
         plan = plan_hub(pinned.repo_id, pinned.revisions, pinned.subfolder, labels)
     except LoraRankError as exc:
-        st.error(str(exc), icon=":material/error:")
+        notices.error(str(exc), icon=":material/error:")
         return None
     pins = ",".join(plan.commits)
     if st.query_params.get(HUB_COMMITS_KEY) != pins:
         st.query_params[HUB_COMMITS_KEY] = pins
     what = (f"{len(plan.checkpoints)} revisions" if spec.by_revision else
             f"{len(plan.checkpoints)} checkpoint folders at commit `{plan.commits[0][:12]}`")
-    st.caption(f"Loaded **{spec.repo_id}**{' / ' + spec.subfolder if spec.subfolder else ''}: "
+    notices.caption(f"Loaded **{spec.repo_id}**{' / ' + spec.subfolder if spec.subfolder else ''}: "
                f"{what} ({plan.total_bytes / 1e6:.1f} MB); the link pins "
                f"{'each revision to its commit' if spec.by_revision else 'this commit'}.")
     return plan, labels
@@ -301,6 +303,17 @@ def url_choice_error(key: str, options: Sequence[str], what: str, fallback: str)
 
 
 # ---------------------------------------------------------------------------------- section
+def showing() -> bool:
+    """Whether the section will show a run before it reads anything: files in its uploader,
+    a Hub run in the link, or the demo switch on (its inputs then fold away, results first)."""
+    if st.session_state.get(UPLOAD_KEY) or st.query_params.get(HUB_REPO_KEY, "").strip():
+        return True
+    demo = st.session_state.get(DEMO_KEY)
+    if demo is None:
+        demo = st.query_params.get(DEMO_KEY, "").lower() == "true"
+    return bool(demo)
+
+
 def linked() -> bool:
     """True when the link carries a setting of this section (show its tab first)."""
     return any(key in st.query_params for key in (*(s.key for s in SETTINGS), DEMO_KEY, STEP_KEY, MODULE_KEY,
@@ -318,36 +331,46 @@ def section(*, rule: str, value: float | None) -> None:
     Errors in the upload are shown as one sentence and end the section only, not the page.
     """
     show_errors(check_url(SETTINGS, state_key=URL_ERRORS_KEY))
-    uploaded = st.file_uploader(
-        "Checkpoints of one training run", type=["zip", "safetensors", "npz", "json"],
-        accept_multiple_files=True, key=UPLOAD_KEY,
-        help="A .zip of the run's output folder (its checkpoint-<step> subfolders, each with "
-             "adapter_model.safetensors, adapter_config.json and trainer_state.json), or kohya "
-             "numbered saves (name-000005.safetensors). Read in memory, one checkpoint at a time; "
-             "never stored, logged or put in the URL.")
-    upload = Upload.from_uploaded(uploaded)
-    hub = hub_series_input()
+    # Results first: the reading and the table go here, above the inputs, which fold into a
+    # collapsed expander once a run is shown.
+    results = st.container()
+    head = results.container()  # reading, table, downloads (filled after the settings below)
+    inputs = (st.expander("Follow another run (a .zip, the Hub, or the synthetic demo)", expanded=False,
+                          icon=":material/upload_file:") if showing() else st.container())
+    with inputs:
+        uploaded = st.file_uploader(
+            "Checkpoints of one training run", type=["zip", "safetensors", "npz", "json"],
+            accept_multiple_files=True, key=UPLOAD_KEY,
+            help="A .zip of the run's output folder (its checkpoint-<step> subfolders, each with "
+                 "adapter_model.safetensors, adapter_config.json and trainer_state.json), or kohya "
+                 "numbered saves (name-000005.safetensors). Read in memory, one checkpoint at a time; "
+                 "never stored, logged or put in the URL.")
+        upload = Upload.from_uploaded(uploaded)
+        hub = hub_series_input(notices=head)
+        demo = False
+        if upload is None and hub is None:
+            st.markdown(
+                "**Follow a training run:** zip the folder your trainer wrote (`output_dir` with its "
+                "`checkpoint-<step>` subfolders, as Transformers' `Trainer` and TRL save them; "
+                "`optimizer.pt` and the like may stay in, they are not read) and drop the `.zip` "
+                "here. Each checkpoint's step comes from its `trainer_state.json`, else the folder "
+                "name. Browsers give an upload only file names, so several `adapter_model.safetensors` "
+                "cannot be told apart without the zip.")
+            demo = st.toggle("Use the synthetic demo run", key=DEMO_KEY, bind="query-params",
+                             help="Six PEFT checkpoints (r = 8) generated here whose modules grow "
+                                  "2, 4 and 6 planted directions by steps 50, 100 and 150: synthetic, "
+                                  "not a trained model.")
     if upload is None and hub is None:
-        st.markdown(
-            "**Follow a training run:** zip the folder your trainer wrote (`output_dir` with its "
-            "`checkpoint-<step>` subfolders, as Transformers' `Trainer` and TRL save them; "
-            "`optimizer.pt` and the like may stay in, they are not read) and drop the `.zip` "
-            "here. Each checkpoint's step comes from its `trainer_state.json`, else the folder "
-            "name. Browsers give an upload only file names, so several `adapter_model.safetensors` "
-            "cannot be told apart without the zip.")
-        if not st.toggle("Use the synthetic demo run", key=DEMO_KEY, bind="query-params",
-                         help="Six PEFT checkpoints (r = 8) generated here whose modules grow "
-                              "2, 4 and 6 planted directions by steps 50, 100 and 150: synthetic, not a "
-                              "trained model."):
+        if not demo:
             return
         upload = demo_upload()
-        st.info("Showing the **synthetic demo run** (steps 50 to 300; q_proj grows 2 planted "
-                "directions by step 50, v_proj 4 by step 100, down_proj 6 by step 150). Upload a "
-                ".zip to follow your own run.",
-                icon=":material/science:")
-    cols = st.columns([1.3, 1, 2])
-    metric = setting_widget(METRIC, cols[0])
-    top = setting_widget(TOP, cols[1])
+        head.caption(":material/science: **Synthetic demo run**, steps 50 to 300: q_proj grows 2 "
+                     "planted directions by step 50, v_proj 4 by 100, down_proj 6 by 150 (your own "
+                     "run: **Follow another run** below).")
+    with results:
+        cols = st.columns([1.3, 1, 2])
+        metric = setting_widget(METRIC, cols[0])
+        top = setting_widget(TOP, cols[1])
     try:
         if upload is None and hub is not None:
             plan, labels = hub
@@ -356,29 +379,35 @@ def section(*, rule: str, value: float | None) -> None:
         else:
             report = run_series(upload, rule=rule, value=float(value or 0.0), top=int(top))
     except LoraRankError as exc:
-        st.error(str(exc), icon=":material/error:")
+        head.error(str(exc), icon=":material/error:")
         return
-    for note in report.notes:
-        st.info(note, icon=":material/info:")
-    st.markdown(reading(report))
-    st.dataframe(adapter_table(report), hide_index=True, key="audit_series_table",
-                 column_config={
-                     **{n: st.column_config.NumberColumn(n, help=t, format="%.4g")
-                        for n, t in ADAPTER_HELP.items()},
-                     "step": st.column_config.NumberColumn("step", help=ADAPTER_HELP["step"], format="%d"),
-                     "checkpoint": st.column_config.TextColumn(
-                         "checkpoint", help="The Hub revision as given, or the checkpoint-<step> folder "
-                                            "(the link pins each to its commit)."),
-                     "directions": st.column_config.NumberColumn(
-                         "directions", help=ADAPTER_HELP["directions"], format="%d")})
-    st.caption(f"One row per checkpoint, over the {len(report.modules)} modules present in every "
-               f"checkpoint; recommended rank under {rule_text(report.rule, report.value)}. The "
-               f"downloads hold every module at every step (CSV: one row per step and module with "
-               f"sigma_1..sigma_r; JSON: what `lorarank audit --series DIR --json` prints).")
-    table = rows(report)
-    download_buttons(pd.DataFrame(table).drop(columns=["name"]), stem="lorarank-series",
-                     key=DOWNLOAD_KEY, json_data=json_safe(report.to_dict()))
+    with head:
+        for note in report.notes:
+            st.info(note, icon=":material/info:")
+        st.markdown(reading(report))
+        st.dataframe(adapter_table(report), hide_index=True, key="audit_series_table",
+                     column_config={
+                         **{n: st.column_config.NumberColumn(n, help=t, format="%.4g")
+                            for n, t in ADAPTER_HELP.items()},
+                         "step": st.column_config.NumberColumn("step", help=ADAPTER_HELP["step"], format="%d"),
+                         "checkpoint": st.column_config.TextColumn(
+                             "checkpoint", help="The Hub revision as given, or the checkpoint-<step> folder "
+                                                "(the link pins each to its commit)."),
+                         "directions": st.column_config.NumberColumn(
+                             "directions", help=ADAPTER_HELP["directions"], format="%d")})
+        st.caption(f"One row per checkpoint, over the {len(report.modules)} modules present in every "
+                   f"checkpoint; recommended rank under {rule_text(report.rule, report.value)}. The "
+                   f"downloads hold every module at every step (CSV: one row per step and module with "
+                   f"sigma_1..sigma_r; JSON: what `lorarank audit --series DIR --json` prints).")
+        table = rows(report)
+        download_buttons(pd.DataFrame(table).drop(columns=["name"]), stem="lorarank-series",
+                         key=DOWNLOAD_KEY, json_data=json_safe(report.to_dict()))
+    with results:  # under the reading and the table, above the inputs
+        _charts(report, table, metric)
 
+
+def _charts(report: SeriesReport, table: list[dict], metric: str) -> None:
+    """The section's three charts with their choosers."""
     # Rank over steps, with one module on demand.
     names = [NO_MODULE] + [short_name(m.name) for m in report.modules]
     bad = url_choice_error(MODULE_KEY, names, "module", "no single module")

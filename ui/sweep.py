@@ -22,7 +22,7 @@ from lorarank.synthetic import SPECTRA, Target, make_target
 from lorarank.charts import loss_chart, spectrum_chart
 
 from . import guard
-from .common import Setting, chart_spec, progress_bar
+from .common import Setting, chart_spec, download_buttons, progress_bar, stop_on_error
 from .common import parse_ranks as common_parse_ranks
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "parse_ranks", "TargetConfig", "SweepConfig", "SweepRun", "run_sweep", "GATE_KEY",
     "sweep_estimate", "by_rank", "finished_ranks", "guarded_run",
     "SweepCharts", "sweep_charts", "COLUMN_HELP", "results_table", "results_records", "results_json", "reading",
+    "show_results",
 ]
 
 #: Limits of the hosted app (the engine and CLI accept more; the app must answer in seconds
@@ -410,3 +411,29 @@ def reading(run: SweepRun) -> list[str]:
     elif ok:
         out.append(f"No rank here captures all {k} directions above the noise: try r >= {k}.")
     return out
+
+
+def show_results(config: SweepConfig, *, note: str = "") -> tuple[SweepRun, SweepCharts] | None:
+    """Run the sweep within the server's work budget and draw its results: the table, its
+    caption (``note`` appended), the downloads and the reading. Returns the run (after a stop:
+    the ranks that finished) and its charts, or None when nothing ran."""
+    with stop_on_error():  # an impossible setting is one sentence
+        run = guarded_run(config)  # within the server's work budget, or what finished
+    if run is None:
+        return None
+    config = run.config
+    st.dataframe(
+        results_table(run), hide_index=True,
+        column_config={name: st.column_config.Column(name, help=text)
+                       for name, text in COLUMN_HELP.items()},
+        key="sweep_table",
+    )
+    st.caption(
+        f"Learning rate {config.lr_used:g} ({config.optimizer}), {config.steps} steps, alpha rule "
+        f"{config.rule}. Relative error is ||s·B·A − T||_F / ||T||_F. Computed in {run.seconds:.2f} s."
+        + note
+    )
+    download_buttons(results_records(run), stem="lorarank-sweep", key=DOWNLOAD_KEY,
+                     json_data=results_json(run))
+    st.markdown("\n".join(f"- {sentence}" for sentence in reading(run)))
+    return run, sweep_charts(config)

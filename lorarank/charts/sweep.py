@@ -145,7 +145,8 @@ def loss_frame(losses: Mapping[int, object], *, max_points: int = 400) -> pd.Dat
 
 
 def loss_chart(losses: Mapping[int, object], *, diverged_at: Mapping[int, int | None] | None = None,
-               max_points: int = 400, height: int = 300) -> alt.LayerChart:
+               max_points: int = 400, height: int = 300, title: str = "Training loss per rank",
+               loss_title: str = "0.5·||s·B·A − T||²") -> alt.LayerChart:
     """Loss against optimiser step, one line per rank; log-scale loss, symlog steps.
 
     Parameters
@@ -154,6 +155,9 @@ def loss_chart(losses: Mapping[int, object], *, diverged_at: Mapping[int, int | 
         As in :func:`loss_frame`.
     diverged_at : mapping of int to int or None, optional
         Step at which each rank diverged; such a curve ends with a cross marked "diverged".
+    title, loss_title : str
+        The chart's title and the loss's name in the tooltips (the exact mode's loss by
+        default; the data mode's is a batch mean over pairs).
 
     Returns
     -------
@@ -162,7 +166,7 @@ def loss_chart(losses: Mapping[int, object], *, diverged_at: Mapping[int, int | 
     frame = loss_frame(losses, max_points=max_points)
     color = alt.Color("rank:N", title="rank", scale=rank_color_scale(losses))
     tooltip = [alt.Tooltip("rank:N"), alt.Tooltip("step:Q"),
-               alt.Tooltip("loss:Q", title="0.5·||s·B·A − T||²", format=".4g")]
+               alt.Tooltip("loss:Q", title=loss_title, format=".4g")]
     # symlog keeps step 0 and shows the first few dozen steps, where most of the drop happens.
     last = int(frame["step"].max()) if len(frame) else 1
     ticks = [t for t in (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000,
@@ -182,4 +186,4 @@ def loss_chart(losses: Mapping[int, object], *, diverged_at: Mapping[int, int | 
         layers.append(alt.Chart(marks).mark_point(shape="cross", size=140, filled=True).encode(
             x=x, y=y, color=color,
             tooltip=[alt.Tooltip("rank:N"), alt.Tooltip("status:N")]))
-    return alt.layer(*layers).properties(height=height, title="Training loss per rank")
+    return alt.layer(*layers).properties(height=height, title=title)

@@ -8,7 +8,7 @@ import re
 
 import pytest
 from playwright.sync_api import expect
-from apphelpers import assert_no_exception, error_sentences, input_value, wait_for_app
+from apphelpers import assert_no_exception, error_sentences, input_value, open_tab, wait_for_app
 
 pytestmark = pytest.mark.e2e
 
@@ -17,8 +17,8 @@ LINK = "/Rank_sweep?mode=data"
 
 
 def data_rows(page) -> list[list[str]]:
-    """Cell texts of the data-mode table (the page's second table), row by row."""
-    grid = page.get_by_test_id("stDataFrame").nth(1)
+    """Cell texts of the data-mode table (the page's first table: results first), row by row."""
+    grid = page.get_by_test_id("stDataFrame").nth(0)
     rows = grid.locator("table tbody tr")
     rows.first.locator("td").first.wait_for(state="attached", timeout=30_000)
     return [row.locator("td").all_text_contents() for row in rows.all()]
@@ -49,7 +49,7 @@ class TestDataModeInBrowser:
         body = page.get_by_test_id("stMain").inner_text()
         assert "With n = 128 pairs the held-out loss is lowest at r = 4" in body
         assert "past r = 4 more rank hurts" in body
-        assert page.get_by_test_id("stVegaLiteChart").count() >= 4
+        assert page.get_by_test_id("stVegaLiteChart").count() == 1  # the open tab's: held-out loss
         with page.expect_download() as info:
             page.locator(".st-key-data_download_csv").get_by_role("button").click()
         download = info.value
@@ -58,15 +58,23 @@ class TestDataModeInBrowser:
         download.save_as(path)
         records = list(csv.DictReader(io.StringIO(path.read_text())))
         assert [f"{float(r['heldout_loss']):.4g}" for r in records[:3]] == [r[4] for r in rows[:3]]
+        open_tab(page, "Spectra")  # the data's spectra, one panel per rank
+        assert page.get_by_test_id("stVegaLiteChart").count() == 3
+        assert "Trained on n = 128 pairs (the smallest n)" in page.get_by_test_id("stMain").inner_text()
 
     def test_switch_back_to_exact(self, page, app_url):
-        """Clicking "exact" hides the data-mode results and drops them from the URL's mode."""
+        """Clicking "exact" replaces the data-mode results with the exact ones and drops the
+        mode from the URL."""
         page.goto(app_url + "/Rank_sweep?mode=data&samples=100&ranks=2,4&steps=200")
         wait_for_app(page, timeout=120_000)
-        assert page.get_by_test_id("stDataFrame").count() == 2
+        grids = page.get_by_test_id("stDataFrame")
+        expect(grids.first).to_contain_text("held-out loss", timeout=30_000)
+        assert grids.count() == 1
         page.locator(".st-key-mode").get_by_text("exact", exact=True).click()
         # The rerun may start after wait_for_app's first look (a busy machine): wait for its result.
-        expect(page.get_by_test_id("stDataFrame")).to_have_count(1, timeout=60_000)
+        expect(grids.first).not_to_contain_text("held-out loss", timeout=60_000)
         expect(page).not_to_have_url(re.compile("mode=data"), timeout=60_000)
         wait_for_app(page, timeout=60_000)
+        expect(grids.first).to_contain_text("Eckart-Young optimum", timeout=30_000)
+        assert grids.count() == 1
         assert_no_exception(page)

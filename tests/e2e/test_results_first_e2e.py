@@ -1,0 +1,94 @@
+"""Results first on the newer views, in headless Chromium at a desktop's and a phone's size:
+the Rank sweep's data mode and Rank over training show their reading and their table on the
+first screen, above the inputs (issue 22: they were at 843 / 1,695 px and 1,027 px)."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+from apphelpers import assert_no_exception, uploader, wait_for_app
+
+pytestmark = pytest.mark.e2e
+
+RUN = Path(__file__).resolve().parents[3] / "shared" / "samples" / "checkpoints" / "run"
+SIZES = {"desktop": (1400, 900), "phone": (390, 844)}
+
+#: Tops (px from the top of the page scrolled to its start) of the first element matching
+#: each (selector, text it contains), None when there is none.
+_TOPS_JS = """(wanted) => {
+  for (const el of document.querySelectorAll('[data-testid="stMain"], [data-testid="stAppScrollToBottomContainer"]'))
+    el.scrollTop = 0;
+  const out = {};
+  for (const [name, selector, text] of wanted) {
+    const hits = [...document.querySelectorAll(selector)].filter(el =>
+      el.checkVisibility() && el.getBoundingClientRect().height > 0 &&
+      (!text || (el.innerText + ' ' + el.textContent).includes(text)));
+    out[name] = hits.length ? Math.round(Math.min(...hits.map(el => el.getBoundingClientRect().top))) : null;
+  }
+  return out;
+}"""
+
+
+def tops(page, wanted: dict[str, tuple[str, str | None]]) -> dict[str, int | None]:
+    # a data frame fills its accessible table (the text looked for) a moment after it is drawn
+    page.locator("[data-testid=stDataFrame] table tbody tr td").first.wait_for(state="attached",
+                                                                             timeout=30_000)
+    return page.evaluate(_TOPS_JS, [[name, sel, text] for name, (sel, text) in wanted.items()])
+
+
+def run_zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for path in sorted(RUN.rglob("*")):
+            if path.is_file():
+                z.write(path, f"run/{path.relative_to(RUN).as_posix()}")
+    return buf.getvalue()
+
+
+@pytest.mark.skipif(not RUN.is_dir(), reason=f"checkpoint run not found at {RUN}")
+@pytest.mark.parametrize("size", list(SIZES))
+def test_reading_and_table_on_the_first_screen(browser, app_url, shot, size):
+    """Data mode: the held-out reading and the (n, r) table start within the window; Rank over
+    training (the demo link, then a real run uploaded): its reading and table start within the
+    window and above the run's uploader."""
+    width, height = SIZES[size]
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    try:
+        page.goto(f"{app_url}/Rank_sweep?mode=data")
+        wait_for_app(page, timeout=180_000)
+        assert_no_exception(page)
+        found = tops(page, {"reading": ("[data-testid=stMarkdownContainer] li", "held-out loss is lowest"),
+                            "table": ("[data-testid=stDataFrame]", "held-out loss")})
+        shot(page, f"sweep_data_{size}")
+        assert None not in found.values() and max(found.values()) < height - 40, found
+
+        page.goto(f"{app_url}/Adapter_audit?series_demo=true")
+        wait_for_app(page, timeout=120_000)
+        assert_no_exception(page)
+        wanted = {"reading": ("[data-testid=stMarkdownContainer] p", "checkpoints (steps"),
+                  "table": ("[data-testid=stDataFrame]", "median rank"),
+                  "run uploader": (".st-key-audit_series_upload [data-testid=stFileUploaderDropzone]", None)}
+        found = tops(page, wanted)
+        shot(page, f"series_demo_{size}")
+        assert found["reading"] is not None and found["table"] is not None, found
+        assert max(found["reading"], found["table"]) < height - 40, found
+        assert found["run uploader"] is None  # folded under the results
+
+        # A real run, uploaded: the inputs fold away once it is shown.
+        page.goto(f"{app_url}/Adapter_audit?tab=Rank+over+training")
+        wait_for_app(page, timeout=120_000)
+        uploader(page, "audit_series_upload").set_input_files(files=[
+            {"name": "run.zip", "mimeType": "application/zip", "buffer": run_zip()}])
+        page.get_by_text("Over 6 checkpoints (steps 15 to 90)").wait_for(timeout=90_000)
+        wait_for_app(page)
+        found = tops(page, wanted)
+        shot(page, f"series_run_{size}")
+        assert max(found["reading"], found["table"]) < height - 40, found
+        assert found["run uploader"] is None
+        assert_no_exception(page)
+    finally:
+        context.close()
