@@ -11,10 +11,18 @@ For llama-family architectures the tensor names are mapped back to the model's m
 
 The ``gguf`` package (maintained with llama.cpp) is imported only when a GGUF file is read.
 Uploads are given to its reader through an anonymous in-memory file (``memfd``), never a disk file.
+
+Before the reader sees a file, :func:`_scan` walks its header within bounds (issue 23): every
+declared count, length, shape and offset against the bytes present; at most
+:data:`MAX_GGUF_KV` keys, :data:`MAX_GGUF_ARRAY_ITEMS` metadata array items in an adapter,
+tensor names shorter than 64 bytes and at most 4 dimensions (llama.cpp's own limits), and
+quantised tensors that dequantise to at most :data:`MAX_GGUF_DEQUANT_BYTES` of float32 in all
+(TQ1_0 expands about 19x), dequantised block by block.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import struct
@@ -25,13 +33,13 @@ import numpy as np
 from ..errors import AdapterError, UnsupportedAdapterError
 from ._model import Adapter, LoraModule
 from ._scales import check_scale
+from ..bounded import clip
 from ._tensors import MAX_TENSORS, all_finite
 from .names import natural_key
 
 __all__ = ["GGUF_MAGIC", "load_gguf_path", "load_gguf_bytes", "LLAMA_NAMES"]
 
 GGUF_MAGIC = b"GGUF"
-_MAX_KV = 10_000
 
 #: GGUF block tensor name -> module path inside a llama-family model (transformers naming).
 LLAMA_NAMES = {
@@ -53,14 +61,181 @@ def _module_name(arch: str, gguf_name: str) -> str:
     return _LLAMA_TOP.get(gguf_name, gguf_name)
 
 
-def _check_counts(source: str, head: bytes) -> None:
-    if len(head) < 24:
-        raise AdapterError(f"{source} is not a valid GGUF file (only {len(head)} bytes)")
-    n_tensors, n_kv = struct.unpack("<QQ", head[8:24])
+# --------------------------------------------------------------------------------------------
+# A bounded walk of the header, before gguf's reader sees the file
+# --------------------------------------------------------------------------------------------
+# gguf.GGUFReader loops in Python over every metadata array item (one numpy view per item) and
+# never compares a declared count or length with the bytes present: a 53-byte file declaring a
+# 2^40-item array kept it looping for minutes. The walk below checks every declared count,
+# length, shape and offset against the bytes actually present and against the limits here
+# (llama.cpp's own where it has them), in time proportional to the header, before the reader
+# runs.
+
+#: Most metadata keys (key-value pairs) read.
+MAX_GGUF_KV = 10_000
+#: Most items in all the metadata arrays of an adapter (a LoRA adapter has a handful).
+MAX_GGUF_ARRAY_ITEMS = 100_000
+#: Most array items walked to find ``general.type`` in another GGUF (a model's vocabulary).
+_MAX_WALKED_ITEMS = 1_000_000
+#: Longest metadata key, in bytes.
+MAX_GGUF_KEY_BYTES = 4096
+#: llama.cpp's GGML_MAX_NAME (64, with the terminating zero) and GGML_MAX_DIMS.
+GGML_MAX_NAME = 64
+GGML_MAX_DIMS = 4
+#: Largest float32 size quantised tensors may dequantise to, in all (TQ1_0 expands ~19x).
+MAX_GGUF_DEQUANT_BYTES = 512 * 2**20
+
+_SCALARS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY, _UINT32 = 8, 9, 4
+
+
+class _Walk:
+    """A cursor over the file's bytes that refuses to read past their end."""
+
+    def __init__(self, source: str, data: memoryview, order: str) -> None:
+        self.source, self.data, self.order, self.at = source, data, order, 0
+        self.length = 0  # of the last string
+
+    def need(self, n: int, what: str) -> None:
+        if n < 0 or self.at + n > len(self.data):
+            raise AdapterError(f"{self.source} is not a valid GGUF file ({what} declares {n:,} bytes "
+                               f"at offset {self.at:,}; the file has {len(self.data):,})")
+
+    def unpack(self, fmt: str, what: str) -> int:
+        size = struct.calcsize(fmt)
+        self.need(size, what)
+        (value,) = struct.unpack_from(self.order + fmt, self.data, self.at)
+        self.at += size
+        return int(value)
+
+    def string(self, what: str, limit: int | None = None, *, keep: int = 0) -> bytes:
+        """Skip a string; return its first ``keep`` bytes (copied: no view of the file escapes)."""
+        n = self.unpack("Q", what)
+        if limit is not None and n > limit:
+            raise AdapterError(f"{self.source}: a GGUF {what} is {n:,} bytes long; lorarank reads "
+                               f"{what}s up to {limit:,} bytes")
+        self.need(n, what)
+        out = bytes(self.data[self.at:self.at + min(n, keep)]) if keep else b""
+        self.at += n
+        self.length = n
+        return out
+
+
+def _scan(source: str, data: memoryview) -> None:
+    """Check a GGUF file's header within bounds; AdapterError (one sentence) if it is not sane.
+
+    Checks every key, value, array, tensor name, shape, type and offset against the bytes
+    present and the limits above; a file that is not a LoRA adapter (``general.type`` other
+    than ``adapter``) is named as such as soon as that key is read.
+    """
+    import gguf
+
+    if len(data) < 24:
+        raise AdapterError(f"{source} is not a valid GGUF file (only {len(data)} bytes)")
+    version = struct.unpack_from("<I", data, 4)[0]
+    order = ">" if version & 0xFFFF == 0 else "<"
+    walk = _Walk(source, data, order)
+    walk.at = 8
+    n_tensors, n_kv = walk.unpack("Q", "the tensor count"), walk.unpack("Q", "the key count")
     if n_tensors > MAX_TENSORS:
         raise AdapterError(f"{source} declares {n_tensors:,} tensors; lorarank reads at most {MAX_TENSORS:,}")
-    if n_kv > _MAX_KV:
-        raise AdapterError(f"{source} declares {n_kv:,} metadata keys; lorarank reads at most {_MAX_KV:,}")
+    if n_kv > MAX_GGUF_KV:
+        raise AdapterError(f"{source} declares {n_kv:,} metadata keys; lorarank reads at most {MAX_GGUF_KV:,}")
+    items, kind, alignment = 0, None, 32
+    for _ in range(n_kv):
+        key = walk.string("metadata key", MAX_GGUF_KEY_BYTES, keep=MAX_GGUF_KEY_BYTES)
+        vtype = walk.unpack("I", "a value type")
+        if vtype == _ARRAY:
+            itype, count = walk.unpack("I", "an array type"), walk.unpack("Q", "an array length")
+            items += count
+            if itype == _ARRAY:
+                raise AdapterError(f"{source}: GGUF metadata {_key(key)} is an array of arrays, which "
+                                   "llama.cpp does not read")
+            if items > _MAX_WALKED_ITEMS or (kind == "adapter" and items > MAX_GGUF_ARRAY_ITEMS):
+                raise AdapterError(f"{source}: GGUF metadata arrays declare {items:,} items; lorarank reads "
+                                   f"at most {MAX_GGUF_ARRAY_ITEMS:,} in an adapter")
+            if itype == _STRING:
+                walk.need(8 * count, f"array {_key(key)}")  # each string has at least its length
+                for _ in range(count):
+                    walk.string("string")
+            elif itype in _SCALARS:
+                walk.need(_SCALARS[itype] * count, f"array {_key(key)}")
+                walk.at += _SCALARS[itype] * count
+            else:
+                raise AdapterError(f"{source}: GGUF metadata {_key(key)} has unknown item type {itype}")
+        elif vtype == _STRING:
+            value = walk.string(f"value of {_key(key)}", keep=64)
+            if key == b"general.type":
+                kind = value.decode("utf-8", "replace")
+                if kind != "adapter":
+                    raise AdapterError(f"{source} is a GGUF model, not a LoRA adapter (general.type is "
+                                       f"{clip(kind, 40)!r}, not 'adapter')")
+        elif vtype in _SCALARS:
+            if key == b"general.alignment" and vtype == _UINT32:
+                alignment = walk.unpack("I", "general.alignment")
+            else:
+                walk.need(_SCALARS[vtype], f"value of {_key(key)}")
+                walk.at += _SCALARS[vtype]
+        else:
+            raise AdapterError(f"{source}: GGUF metadata {_key(key)} has unknown value type {vtype}")
+    if kind != "adapter":
+        raise AdapterError(f"{source} is a GGUF model, not a LoRA adapter (general.type is "
+                           f"{kind!r}, not 'adapter')")
+    if items > MAX_GGUF_ARRAY_ITEMS:
+        raise AdapterError(f"{source}: GGUF metadata arrays declare {items:,} items; lorarank reads "
+                           f"at most {MAX_GGUF_ARRAY_ITEMS:,} in an adapter")
+    if alignment <= 0 or alignment & (alignment - 1) or alignment > 2**20:
+        raise AdapterError(f"{source}: general.alignment {alignment} is not a power of two up to 1 MiB")
+    infos = []
+    for _ in range(n_tensors):
+        name = walk.string("tensor name", keep=GGML_MAX_NAME)
+        if walk.length >= GGML_MAX_NAME:
+            raise AdapterError(f"{source}: a tensor name is {walk.length:,} bytes long; llama.cpp reads "
+                               f"names shorter than {GGML_MAX_NAME}")
+        n_dims = walk.unpack("I", "a dimension count")
+        if n_dims > GGML_MAX_DIMS:
+            raise AdapterError(f"{source}: tensor {_key(name)} has {n_dims:,} dimensions; llama.cpp "
+                               f"reads at most {GGML_MAX_DIMS}")
+        dims = [walk.unpack("Q", "a dimension") for _ in range(n_dims)]
+        qtype, offset = walk.unpack("I", "a tensor type"), walk.unpack("Q", "a tensor offset")
+        infos.append((name, dims, qtype, offset))
+    start = -(-walk.at // alignment) * alignment
+    dequantised = 0
+    for name, dims, qtype, offset in infos:
+        try:
+            block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(qtype)]
+        except (ValueError, KeyError):
+            raise AdapterError(f"{source}: tensor {_key(name)} has unknown GGML type {qtype}") from None
+        elements = math.prod(dims)
+        if dims and dims[0] % block:
+            raise AdapterError(f"{source}: tensor {_key(name)} has rows of {dims[0]:,} values, not a "
+                               f"multiple of its type's block of {block}")
+        nbytes = elements // block * type_size
+        if offset % alignment or start + offset + nbytes > len(data):
+            raise AdapterError(f"{source} is not a valid GGUF file (tensor {_key(name)} declares "
+                               f"{nbytes:,} bytes at offset {offset:,}; the file has {len(data):,})")
+        if qtype not in (0, 1):  # F32, F16 are read as they are; the others are dequantised
+            dequantised += 4 * elements
+    if dequantised > MAX_GGUF_DEQUANT_BYTES:
+        raise AdapterError(f"{source}: its quantised tensors would dequantise to {dequantised / 2**20:,.0f} "
+                           f"MiB of float32; lorarank dequantises GGUF adapters up to "
+                           f"{MAX_GGUF_DEQUANT_BYTES // 2**20} MiB")
+
+
+def _key(raw: bytes) -> str:
+    return repr(clip(raw.decode("utf-8", "replace"), 80))
+
+
+def _dequantize(gguf, data: np.ndarray, qtype, shape: tuple[int, ...]) -> np.ndarray:
+    """``gguf.quants.dequantize`` row block by row block into one float32 array of ``shape``:
+    its own pass holds every block's output twice over (a list, then the concatenation), and
+    TQ1_0's intermediates are several times the output."""
+    rows = data.reshape(-1, data.shape[-1])
+    out = np.empty((rows.shape[0], shape[-1]), dtype=np.float32)
+    step = max(1, (4 * 2**20) // max(1, 4 * shape[-1]))  # ~4 MiB of float32 per block
+    for at in range(0, rows.shape[0], step):
+        out[at:at + step] = gguf.quants.dequantize(rows[at:at + step], qtype).reshape(-1, shape[-1])
+    return out.reshape(shape)
 
 
 def _reader(source: str, path: str):
@@ -129,7 +304,7 @@ def _read(source: str, path: str, *, alpha: float | None, scale: float | None) -
             else:
                 quantised.add(qtype.name)
                 try:
-                    arr = gguf.quants.dequantize(np.asarray(t.data), qtype).astype(np.float32, copy=False)
+                    arr = _dequantize(gguf, np.asarray(t.data), qtype, tuple(int(d) for d in reversed(t.shape)))
                 except Exception as exc:
                     raise UnsupportedAdapterError(f"{source}: tensor {t.name!r} has GGML type {qtype.name}, "
                                                   f"which gguf cannot dequantise ({exc})") from exc
@@ -170,15 +345,25 @@ def _read(source: str, path: str, *, alpha: float | None, scale: float | None) -
 
 def load_gguf_path(path: Path, *, alpha: float | None = None, scale: float | None = None) -> Adapter:
     """Read a GGUF LoRA adapter from disk (memory-mapped by the gguf reader)."""
+    import mmap
+
     with open(path, "rb") as fh:
-        _check_counts(path.name, fh.read(24))
+        size = os.fstat(fh.fileno()).st_size
+        if size < 24:
+            raise AdapterError(f"{path.name} is not a valid GGUF file (only {size} bytes)")
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                _scan(path.name, view)
+            finally:
+                view.release()
     return _read(path.name, str(path), alpha=alpha, scale=scale)
 
 
 def load_gguf_bytes(source: str, data: bytes, *, alpha: float | None = None,
                     scale: float | None = None) -> Adapter:
     """Read a GGUF LoRA adapter from memory (through an anonymous memfd, no disk file)."""
-    _check_counts(source, data[:24])
+    _scan(source, memoryview(data).cast("B"))
     fd = os.memfd_create("lorarank-gguf", 0)
     try:
         _write_all(fd, data)
