@@ -474,6 +474,9 @@ def _report(module: LoraModule, s: np.ndarray, rule: str, value: float, *, base=
     d_out, d_in = _update_shape(module)
     if (s.size and not math.isfinite(float(s[0]))) or not math.isfinite(norm):
         raise AdapterError(f"module {module.name!r}: its update overflows float64 (scale {module.scale!r})")
+    if relative is not None and not math.isfinite(relative):
+        raise AdapterError(f"module {module.name!r}: ||dW|| / ||W0|| overflows float64 (||dW|| {norm:.3g}, "
+                           f"||W0|| {w_norm:.3g})")
     return ModuleReport(
         name=module.name, layer=layer, module_type=kind, shape=(d_out, d_in), rank=module.rank,
         alpha=module.alpha, scale=float(module.scale), singular_values=s,

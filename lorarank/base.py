@@ -22,19 +22,25 @@ flattened, ``fan_in_fan_out`` transposed).
 
 from __future__ import annotations
 
-import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 
+from .bounded import clip, load_json, read_file, regular_file
 from .errors import AdapterError, ConfigError
 
-__all__ = ["BaseWeights", "open_base", "open_base_bytes", "canonical_name", "MAX_INDEX_BYTES"]
+__all__ = ["BaseWeights", "open_base", "open_base_bytes", "canonical_name", "MAX_INDEX_BYTES",
+           "MAX_BASE_SHARDS", "MAX_BASE_TENSORS", "MAX_BASE_HEADER_BYTES"]
 
 #: Largest ``model.safetensors.index.json`` read (real ones are well under 1 MiB).
 MAX_INDEX_BYTES = 16 * 2**20
+#: Bounds on a folder of shards (the largest public checkpoints: ~200 shards, ~100,000 tensors; each tensor kept costs ~0.5 kB).
+MAX_BASE_SHARDS = 4096
+MAX_BASE_TENSORS = 300_000
+MAX_BASE_HEADER_BYTES = 128 * 2**20
 
 _ADAPTER_PREFIXES = (
     "base_model.model.", "unet.", "transformer.", "text_encoder_2.", "text_encoder.",
@@ -132,7 +138,8 @@ class BaseWeights:
         Raises
         ------
         AdapterError
-            No or several matching keys, a shape that does not fit, non-finite values.
+            No or several matching keys, a shape that does not fit, non-finite values, or a
+            squared Frobenius norm that overflows float64.
         """
         key = self.key_for(name)
         dtype_name, stored = self._entries[key]
@@ -148,6 +155,14 @@ class BaseWeights:
         arr = np.asarray(self._reader(key)).reshape(want).astype(np.float64)
         if not np.all(np.isfinite(arr)):
             raise AdapterError(f"base weight {key!r} in {self.source} contains NaN or infinite values")
+        flat = arr.ravel()
+        with np.errstate(over="ignore"):
+            overflows = not np.isfinite(np.dot(flat, flat))
+        if overflows:
+            peak = float(np.max(np.abs(flat)))
+            raise AdapterError(f"base weight {key!r} in {self.source}: its squared Frobenius norm overflows "
+                               f"float64 (entries up to {peak:.3g}), so ||dW|| / ||W0|| and DoRA's row norms "
+                               "cannot be computed; a result that overflows float64 is an error")
         return arr.T if transposed else arr
 
 
@@ -166,6 +181,85 @@ def _reader_for(owners: dict):
     return read
 
 
+class _Shards:
+    """The shards of a folder base, opened when one of their weights is read (a few at a time).
+
+    Holding every shard open kept a file handle, a memory map and the whole parsed header of
+    each (every key of every shard) for the life of the base; weights are read in layer order,
+    so a small cache of open shards serves a whole audit.
+    """
+
+    _OPEN = 2
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        self._open: "OrderedDict[int, object]" = OrderedDict()
+
+    def read(self, index: int, key: str) -> np.ndarray:
+        from .adapters._tensors import safetensors_from_path
+
+        tensors = self._open.pop(index, None)
+        if tensors is None:
+            tensors = safetensors_from_path(self.paths[index])
+            while len(self._open) >= self._OPEN:
+                self._open.popitem(last=False)
+        self._open[index] = tensors
+        return tensors.get(key)  # type: ignore[attr-defined]
+
+
+def _shard_entries(paths: list[Path], folder: str) -> tuple[dict, dict]:
+    """``(entries, owner)`` of the ``*.weight`` keys of every shard, from their headers only.
+
+    Each header is read within the adapter readers' bounds (16 MiB, 50,000 tensors); in all,
+    at most :data:`MAX_BASE_SHARDS` shards, :data:`MAX_BASE_TENSORS` tensors and
+    :data:`MAX_BASE_HEADER_BYTES` of headers. Only ``*.weight`` keys are kept (their dtype and
+    shape): biases, norms and buffers are never looked up.
+    """
+    import struct
+
+    from .adapters._tensors import check_safetensors_header
+
+    if len(paths) > MAX_BASE_SHARDS:
+        raise AdapterError(f"base weights in {folder} are split into {len(paths):,} files; lorarank reads "
+                           f"at most {MAX_BASE_SHARDS:,} shards")
+    entries: dict[str, tuple[str, tuple[int, ...]]] = {}
+    owner: dict[str, int] = {}
+    tensors = header_bytes = 0
+    for index, path in enumerate(paths):
+        regular_file(path, what="base weights")
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise AdapterError(f"{path.name} is not a valid safetensors file (only {len(head)} bytes)")
+            header_bytes += min(struct.unpack("<Q", head)[0], size)
+            if header_bytes > MAX_BASE_HEADER_BYTES:
+                raise AdapterError(f"base weights in {folder} have over {MAX_BASE_HEADER_BYTES // 2**20} MiB "
+                                   "of safetensors headers; lorarank reads at most that")
+            _, header = check_safetensors_header(path.name, head, fh.read, size)
+        if not header:
+            from .adapters._tensors import safetensors_from_path
+
+            safetensors_from_path(path)  # the library names what is wrong with it
+        tensors += len(header) - ("__metadata__" in header)
+        if tensors > MAX_BASE_TENSORS:
+            raise AdapterError(f"base weights in {folder} hold over {MAX_BASE_TENSORS:,} tensors; lorarank "
+                               f"reads at most {MAX_BASE_TENSORS:,}")
+        for key, info in header.items():
+            if key == "__metadata__" or not key.endswith(".weight"):
+                continue
+            if key in entries:
+                raise AdapterError(f"base weight {key!r} appears in two files ({path.name} and "
+                                   f"{paths[owner[key]].name})")
+            try:
+                dtype, shape = str(info["dtype"]), tuple(int(d) for d in info["shape"])
+            except (TypeError, KeyError, ValueError) as exc:
+                raise AdapterError(f"{path.name} is not a valid safetensors file (tensor {key!r}: {exc})") from exc
+            entries[key] = (dtype, shape)
+            owner[key] = index
+    return entries, owner
+
+
 def open_base(path: str | os.PathLike) -> BaseWeights:
     """Open base weights lazily: a ``.safetensors`` file or a folder of shards.
 
@@ -177,43 +271,47 @@ def open_base(path: str | os.PathLike) -> BaseWeights:
     Returns
     -------
     BaseWeights
-        Only the file headers are read here; tensors are read by :meth:`BaseWeights.weight`.
+        Only the file headers are read here; tensors are read by :meth:`BaseWeights.weight`,
+        a folder's shards opened when one of their weights is read.
 
     Raises
     ------
     AdapterError
-        Missing path, no safetensors file, an invalid file or index.
+        Missing path, no safetensors file, an invalid file or index, more shards, tensors or
+        header bytes than the bounds above.
     """
     from .adapters._tensors import safetensors_from_path
 
     p = Path(path)
     entries: dict[str, tuple[str, tuple[int, ...]]] = {}
-    handles: dict[str, object] = {}
-    if p.is_file():
-        _add_file(safetensors_from_path(p), entries, handles)
-    elif p.is_dir():
+    if not p.exists():
+        raise AdapterError(f"base weights {clip(str(path), 300)!r} do not exist")
+    if p.is_dir():
         index = p / "model.safetensors.index.json"
-        if index.is_file():
-            if index.stat().st_size > MAX_INDEX_BYTES:
-                raise AdapterError(f"{index.name} is larger than {MAX_INDEX_BYTES // 2**20} MiB")
+        if index.exists():
             try:
-                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+                weight_map = load_json(index.name, read_file(index, max_bytes=MAX_INDEX_BYTES,
+                                                             what="shard indexes"),
+                                       what="shard index")["weight_map"]  # type: ignore[index]
                 shards = sorted(set(weight_map.values()))
-            except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            except (KeyError, TypeError, AttributeError) as exc:
                 raise AdapterError(f"{index.name} in {p.name} is not a valid shard index ({exc})") from exc
+            paths = []
             for shard in shards:
                 shard_path = (p / str(shard))
                 if not isinstance(shard, str) or shard_path.parent.resolve() != p.resolve() or not shard_path.is_file():
-                    raise AdapterError(f"{index.name} names shard {shard!r}, which is not a file in {p.name}")
-                _add_file(safetensors_from_path(shard_path), entries, handles)
+                    raise AdapterError(f"{index.name} names shard {clip(repr(shard), 200)}, which is not a file "
+                                       f"in {p.name}")
+                paths.append(shard_path)
         else:
-            files = sorted(f for f in p.glob("*.safetensors") if f.is_file())
-            if not files:
+            paths = sorted(f for f in p.glob("*.safetensors") if f.is_file())
+            if not paths:
                 raise AdapterError(f"{p.name} holds no .safetensors base weights")
-            for f in files:
-                _add_file(safetensors_from_path(f), entries, handles)
-    else:
-        raise AdapterError(f"base weights {str(path)!r} do not exist")
+        entries, owner = _shard_entries(paths, p.name)
+        shards = _Shards(paths)
+        return BaseWeights(p.name, entries, lambda key: shards.read(owner[key], key))
+    handles: dict[str, object] = {}
+    _add_file(safetensors_from_path(regular_file(p, what="base weights")), entries, handles)
     return BaseWeights(p.name, entries, _reader_for(handles))
 
 
