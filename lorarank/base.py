@@ -83,9 +83,12 @@ class BaseWeights:
         Every ``*.weight`` key the base holds.
     """
 
-    def __init__(self, source: str, entries: Mapping[str, tuple[str, tuple[int, ...]]], reader) -> None:
-        # entries: key -> (safetensors dtype name, shape); reader(key) -> ndarray of the stored values
+    def __init__(self, source: str, entries: Mapping[str, tuple[str, tuple[int, ...]]], reader, *,
+                 nbytes=None) -> None:
+        # entries: key -> (safetensors dtype name, shape); reader(key) -> ndarray of the stored values;
+        # nbytes(key) -> stored bytes of the tensor (default: from dtype and shape)
         self.source = source
+        self._nbytes = nbytes
         self._entries = dict(entries)
         self._reader = reader
         self.keys = [k for k in self._entries if k.endswith(".weight")]
@@ -117,6 +120,16 @@ class BaseWeights:
                                f"{found[0]!r} and {found[1]!r}")
         raise AdapterError(f"base weights in {self.source} have no weight for module {name!r} "
                            f"(looked for {canon.replace('_', '.')}.weight among {len(self.keys)} keys)")
+
+    def nbytes(self, name: str) -> int:
+        """Stored bytes of module ``name``'s base weight (what reading it fetches)."""
+        key = self.key_for(name)
+        if self._nbytes is not None:
+            return int(self._nbytes(key))
+        from .adapters._tensors import ITEMSIZE
+
+        dtype_name, stored = self._entries[key]
+        return int(np.prod(stored)) * ITEMSIZE.get(dtype_name, 0) if stored else ITEMSIZE.get(dtype_name, 0)
 
     def weight(self, name: str, shape: tuple[int, int], *, transposed: bool = False) -> np.ndarray:
         """``W0`` of module ``name`` as float64 of shape ``shape`` = (d_out, d_in) of the update.
@@ -261,12 +274,14 @@ def _shard_entries(paths: list[Path], folder: str) -> tuple[dict, dict]:
 
 
 def open_base(path: str | os.PathLike) -> BaseWeights:
-    """Open base weights lazily: a ``.safetensors`` file or a folder of shards.
+    """Open base weights lazily: a ``.safetensors`` file, a folder of shards, or ``hf://``.
 
     Parameters
     ----------
     path : str or path-like
-        A file, or a folder with ``model.safetensors.index.json`` or ``*.safetensors`` files.
+        A file, or a folder with ``model.safetensors.index.json`` or ``*.safetensors`` files, or
+        a model on the Hub, ``hf://owner/name[@revision]``: its safetensors headers are read,
+        then only the tensors asked for, by byte ranges (:mod:`lorarank.hub_ranges`).
 
     Returns
     -------
@@ -281,7 +296,12 @@ def open_base(path: str | os.PathLike) -> BaseWeights:
         header bytes than the bounds above.
     """
     from .adapters._tensors import safetensors_from_path
+    from .hub import is_hub_uri
 
+    if is_hub_uri(str(path)):  # read by byte ranges: the headers, then only the tensors asked for
+        from .weights import open_model
+
+        return open_model(str(path)).base_weights()
     p = Path(path)
     entries: dict[str, tuple[str, tuple[int, ...]]] = {}
     if not p.exists():

@@ -37,7 +37,8 @@ from ..errors import AdapterError
 
 __all__ = ["MAX_NPZ_EXPANSION", "Tensors", "safetensors_from_path", "safetensors_from_bytes",
            "npz_tensors", "all_finite", "FLOAT_DTYPES", "INT_DTYPES", "DTYPE_NAMES", "decode_bf16",
-           "encode_bf16", "Bf16Array", "LazyArray"]
+           "encode_bf16", "Bf16Array", "LazyArray", "check_safetensors_header", "tensor_layout",
+           "ITEMSIZE"]
 
 #: Largest accepted ratio of the declared unpacked size of an ``.npz`` to its packed size.
 MAX_NPZ_EXPANSION = 16
@@ -155,6 +156,19 @@ def safetensors_from_path(path: Path) -> Tensors:
 #: Bytes per element of every safetensors dtype name (the format's own table).
 _ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
              "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def tensor_layout(header: dict, data_len: int) -> dict[str, tuple[str, tuple[int, ...], int, int]] | None:
+    """``{name: (dtype, shape, begin, end)}`` of a parsed safetensors header whose offsets cover
+    ``data_len`` bytes of data exactly as the format requires, else None (see :func:`_layout`).
+
+    The public seam for readers that fetch tensors by byte range (model weights on disk or on
+    the Hub), so that they accept exactly the headers the upload reader accepts."""
+    return _layout(header, data_len)
+
+
+#: Bytes per element of every safetensors dtype name (public name of the format's table).
+ITEMSIZE = _ITEMSIZE
 
 
 def _layout(header: dict, data_len: int) -> dict[str, tuple[str, tuple[int, ...], int, int]] | None:
