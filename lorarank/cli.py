@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Sequence
 
+from . import finetune_cli
 from .errors import LoraRankError
 
 __all__ = ["main", "build_parser", "json_text", "audit_document"]
@@ -158,12 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="alpha for files that carry none (scale = alpha / r per module)")
     p.add_argument("--scale", type=float, default=None, help="the scale s itself, for files that carry none")
     p.add_argument("--base", default=None, metavar="BASE",
-                   help="base model weights (.safetensors file or folder of shards): DoRA's exact "
-                        "merged - W0 and every module's ||dW|| / ||W0||")
+                   help="base model weights (.safetensors file, folder of shards, or "
+                        "hf://owner/name[@rev], read by byte ranges): DoRA's exact merged - W0 and "
+                        "every module's ||dW|| / ||W0||")
     p.add_argument("--html", metavar="OUT", default=None,
                    help="also write a self-contained HTML report (tables and interactive charts; "
                         "opens offline) to OUT; one adapter only")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    finetune_cli.add_audit_options(p)
     p.set_defaults(handler=_cmd_audit)
 
     p = sub.add_parser("resize", help="write the best lower-rank approximation of an adapter")
@@ -180,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path_b", metavar="PATH_B")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(handler=_cmd_compare)
+
+    finetune_cli.add_extract_parser(sub, _cmd_extract)
     return parser
 
 
@@ -467,6 +472,15 @@ def _metadata_lines(metadata: dict) -> list[tuple[str, str]]:
 def _cmd_audit(args: argparse.Namespace) -> int:
     from .audit import audit_adapter
 
+    if args.finetuned is not None:
+        return finetune_cli.run_audit_finetuned(args, print_json=_print_json, check_output=_check_output)
+    ignored = [flag for flag, given in (("--csv", args.csv), ("--top", args.top is not None),
+                                        ("--max-rank", args.max_rank is not None),
+                                        ("--tol", args.tol is not None),
+                                        ("--method", args.method is not None),
+                                        ("--no-embeddings", args.no_embeddings)) if given]
+    if ignored:
+        _fail(f"audit: {ignored[0]} applies to --finetuned MODEL")
     if args.series is not None:
         if args.paths:
             _fail("audit: give either PATH ... or --series DIR, not both")
@@ -629,6 +643,11 @@ def _cmd_resize(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+# --------------------------------------------------------------------------------- extract
+def _cmd_extract(args: argparse.Namespace) -> int:
+    return finetune_cli.run_extract(args, print_json=_print_json)
 
 
 # --------------------------------------------------------------------------------- compare

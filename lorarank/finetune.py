@@ -46,7 +46,8 @@ __all__ = [
     "ENERGY_THRESHOLDS", "ERROR_RANKS", "DEFAULT_TOP", "DEFAULT_MAX_RANK", "FinetuneSettings",
     "ModulePair", "LeftOut", "Pairing", "pair_models", "FinetuneModule", "FinetuneReport",
     "audit_module", "audit_finetune", "finetune_report", "finetune_reading", "Stopped",
-    "ExtractedModule", "Extraction", "extract_lora", "module_update", "Progress",
+    "ExtractedModule", "Extraction", "extract_lora", "module_update", "Progress", "format_left",
+    "check_others",
 ]
 
 #: Energy shares t of the ranks k(t) every module reports.
@@ -688,6 +689,17 @@ def finetune_report(pairing: Pairing, modules: Sequence[FinetuneModule], *,
                           _summary(modules, others, len(pairing.pairs), stopped, settings))
 
 
+def format_left(seconds: float | None) -> str:
+    """``", about 40 s left"`` (``""`` when unknown), for progress lines."""
+    if seconds is None:
+        return ""
+    if seconds < 90:
+        return f", about {max(seconds, 1):.0f} s left"
+    if seconds < 5400:
+        return f", about {seconds / 60:.0f} min left"
+    return f", about {seconds / 3600:.1f} h left"
+
+
 def _stop_check(stop: Callable[[], bool] | None) -> Callable[[], None] | None:
     if stop is None:
         return None
@@ -798,7 +810,7 @@ def finetune_reading(report: FinetuneReport) -> list[str]:
             parts.append(f"{share}: **{known[0]} to {known[-1]}** (median {_median(known):g})")
     done = "" if not report.stopped else (f" (stopped after {len(report.modules)} of "
                                          f"{report.total} modules)")
-    out.append("To hold a share of each module's update W_ft − W0, a LoRA would need rank "
+    out.append("To hold a share of each module's update W_ft - W0, a LoRA would need rank "
                + "; ".join(parts) + f"{done}.")
     kinds = report.summary.get("rank_needed", {})
     lines = []
