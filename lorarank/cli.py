@@ -166,6 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write a self-contained HTML report (tables and interactive charts; "
                         "opens offline) to OUT; one adapter only")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    g = p.add_argument_group("against the base (with --base)")
+    g.add_argument("--intruders", action="store_true",
+                   help="count intruder dimensions: top-k left singular vectors of W0 + dW whose "
+                        "largest |cos| with every left singular vector of W0 is below epsilon "
+                        "(PEFT's definition)")
+    g.add_argument("--top-k", type=int, default=10, metavar="K",
+                   help="top directions tested for --intruders (default %(default)s)")
+    g.add_argument("--epsilon", type=float, default=0.5,
+                   help="the |cos| threshold of --intruders (default %(default)s)")
     finetune_cli.add_audit_options(p)
     p.set_defaults(handler=_cmd_audit)
 
@@ -481,6 +490,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
                                         ("--no-embeddings", args.no_embeddings)) if given]
     if ignored:
         _fail(f"audit: {ignored[0]} applies to --finetuned MODEL")
+    if args.intruders:
+        _fail("audit: --intruders is computed for --finetuned MODEL so far, not for adapters")
     if args.series is not None:
         if args.paths:
             _fail("audit: give either PATH ... or --series DIR, not both")

@@ -39,7 +39,7 @@ import numpy as np
 from ._validate import check_choice, check_int, check_real
 from .adapters.names import PEFT_PREFIX, natural_key, parse_module_name
 from .errors import AdapterError, ConfigError, LoraRankError
-from .randsvd import DEFAULT_TOL, TopSVD, frobenius_squared, top_svd, uses_dense
+from .randsvd import DEFAULT_TOL, TopSVD, blocked_rmatmul, frobenius_squared, top_svd, uses_dense
 from .weights import ModelWeights
 
 __all__ = [
@@ -96,6 +96,11 @@ class FinetuneSettings:
         Audit the embedding matrices too (default True); they are never extracted.
     seed : int
         Seed of the randomized start.
+    intruders : bool
+        Also count intruder dimensions (default False: it costs a dense SVD of every base
+        weight, kept in the shared base-SVD cache of :mod:`lorarank.base_svd`).
+    top_k, epsilon : int, float
+        The intruder definition's knobs (:mod:`lorarank.intruders`; PEFT's 10 and 0.5).
     """
 
     top: int = DEFAULT_TOP
@@ -104,6 +109,9 @@ class FinetuneSettings:
     method: str = "auto"
     embeddings: bool = True
     seed: int = 0
+    intruders: bool = False
+    top_k: int = 10
+    epsilon: float = 0.5
 
     def __post_init__(self) -> None:
         check_int("top", self.top, minimum=1, maximum=4096)
@@ -111,12 +119,18 @@ class FinetuneSettings:
         check_real("tol", self.tol, minimum=0.0, maximum=0.1, strict_minimum=True)
         check_choice("method", self.method, ("auto", "randomized", "dense"))
         check_int("seed", self.seed, minimum=0)
-        if not isinstance(self.embeddings, bool):
-            raise ConfigError(f"`embeddings` should be True or False, got {self.embeddings!r}")
+        check_int("top_k", self.top_k, minimum=1, maximum=4096)
+        check_real("epsilon", self.epsilon, minimum=0.0, maximum=1.0)
+        for name in ("embeddings", "intruders"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"`{name}` should be True or False, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict:
-        return {"top": self.top, "max_rank": self.max_rank, "tol": self.tol, "method": self.method,
-                "embeddings": self.embeddings, "seed": self.seed}
+        out = {"top": self.top, "max_rank": self.max_rank, "tol": self.tol, "method": self.method,
+               "embeddings": self.embeddings, "seed": self.seed, "intruders": self.intruders}
+        if self.intruders:
+            out.update(top_k=self.top_k, epsilon=self.epsilon)
+        return out
 
 
 # -------------------------------------------------------------------------------- pairing
@@ -362,9 +376,11 @@ def check_others(pairing: Pairing, ft: ModelWeights, base: ModelWeights) -> tupl
 
 # ---------------------------------------------------------------------------- the update
 def module_update(pair: ModulePair, ft: ModelWeights, base: ModelWeights,
-                  check: Callable[[], None] | None = None) -> tuple[np.ndarray, float]:
+                  check: Callable[[], None] | None = None, *,
+                  keep_base: bool = False) -> tuple[np.ndarray, float] | tuple[np.ndarray, float, np.ndarray]:
     """``(dW, ||W0||_F)`` of one pair, ``dW`` as stored (rows of the stored weight, conv
-    kernels flattened), read a block of rows at a time.
+    kernels flattened), read a block of rows at a time; with ``keep_base`` also ``W0`` (same
+    layout and dtype as ``dW``).
 
     ``dW`` is float32 when both weights are stored in 16 bits (the difference of two such
     numbers is exact in float32 unless they differ by more than 2^16 in magnitude), else float64.
@@ -378,6 +394,7 @@ def module_update(pair: ModulePair, ft: ModelWeights, base: ModelWeights,
     cols = math.prod(pair.stored_shape[1:])
     sixteen = all(d in ("F16", "BF16") for d in pair.dtypes)
     dW = np.empty((rows, cols), dtype=np.float32 if sixteen else np.float64)
+    W0 = np.empty_like(dW) if keep_base else None
     w0_sq = 0.0
     row_bytes = max(ft.info(pair.ft_key).nbytes, base.info(pair.base_key).nbytes) // max(1, rows)
     step = max(1, (16 * 2**20) // max(1, row_bytes))
@@ -396,6 +413,10 @@ def module_update(pair: ModulePair, ft: ModelWeights, base: ModelWeights,
                         out=dW[start:start + step])
         b64 = b.astype(np.float64, copy=False)
         w0_sq += float(np.einsum("ij,ij->", b64, b64))
+        if W0 is not None:
+            W0[start:start + step] = b
+    if W0 is not None:
+        return dW, math.sqrt(w0_sq), W0
     return dW, math.sqrt(w0_sq)
 
 
@@ -448,6 +469,7 @@ class FinetuneModule:
     seconds: float
     dtype: str = "F32"
     flags: tuple[str, ...] = ()
+    intruders: dict | None = None
 
     @property
     def frobenius(self) -> float:
@@ -473,6 +495,7 @@ class FinetuneModule:
             "frobenius": self.frobenius, "relative_size": self.relative_size,
             "stable_rank": self.stable_rank, "method": self.method, "iterations": self.iterations,
             "seconds": self.seconds, "flags": list(self.flags),
+            **({"intruders": self.intruders} if self.intruders is not None else {}),
         }
 
     def needs(self, threshold: float) -> str:
@@ -563,16 +586,23 @@ def audit_module(pair: ModulePair, ft: ModelWeights, base: ModelWeights, *,
     :class:`Stopped`) abandons the module.
     """
     started = time.perf_counter()
-    dW, w0 = module_update(pair, ft, base, check)
+    W0 = None
+    if settings.intruders:
+        dW, w0, W0 = module_update(pair, ft, base, check, keep_base=True)
+    else:
+        dW, w0 = module_update(pair, ft, base, check)
     energy = frobenius_squared(dW)
     small = min(dW.shape)
+    intruders = (_intruders(dW, W0, settings, check)
+                 if W0 is not None and pair.kind != "embedding" else None)
+    del W0
     if energy == 0.0:
         del dW
         zeros = np.zeros(min(settings.top, small))
         return FinetuneModule(pair.name, pair.kind, pair.shape, pair.layer, pair.module_type, zeros,
                               0.0, small, 0.0, w0, {f"{t:g}": 0 for t in ENERGY_THRESHOLDS},
                               {str(k): 0.0 for k in ERROR_RANKS}, "none", 0,
-                              time.perf_counter() - started, pair.dtypes[0], ("unchanged",))
+                              time.perf_counter() - started, pair.dtypes[0], ("unchanged",), intruders)
     svd, ranks, _ = _spectrum(dW, settings, want=settings.top, vectors=False, check=check,
                               energy=energy)
     del dW
@@ -585,7 +615,36 @@ def audit_module(pair: ModulePair, ft: ModelWeights, base: ModelWeights, *,
         bound=svd.max_bound / s1 if s1 > 0 else 0.0, computed=int(S.size), energy=energy,
         base_norm=w0, energy_rank=ranks, lora_error=_lora_errors(S, energy, small),
         method=svd.method, iterations=svd.iterations, seconds=time.perf_counter() - started,
-        dtype=pair.dtypes[0], flags=flags)
+        dtype=pair.dtypes[0], flags=flags, intruders=intruders)
+
+
+def _intruders(dW: np.ndarray, W0: np.ndarray, settings: FinetuneSettings,
+               check: Callable[[], None] | None) -> dict:
+    """PEFT's intruder dimensions of ``W0 + dW`` against ``W0`` (:mod:`lorarank.intruders`),
+    with ``W0``'s SVD from the shared base-SVD cache and the top left singular vectors of the
+    fine-tuned weight from :func:`top_svd`."""
+    from .base_svd import shared_cache
+    from .intruders import intruders_dense
+
+    base = shared_cache().get(W0)
+    W = W0.astype(np.float64) + dW
+    k = min(settings.top_k, min(W.shape))
+    top = top_svd(W, k, tol=settings.tol, method=settings.method, vectors=True, seed=settings.seed,
+                  check=check)
+    total = frobenius_squared(W)
+    # intruders_dense takes the SVD as (U, every singular value): the values beyond the top k
+    # only enter through their sum of squares, ||W||_F^2, given here as one value.
+    tail = math.sqrt(max(0.0, total - float(np.sum(top.S ** 2))))
+    found = intruders_dense(base, svd=(top.U, np.r_[top.S, tail]), top_k=settings.top_k,
+                            epsilon=settings.epsilon)
+    out = found.to_dict()
+    if found.indices:
+        U_I = top.U[:, list(found.indices)]
+        out["share_of_update"] = float(np.sum(blocked_rmatmul(dW, U_I) ** 2)
+                                       / max(frobenius_squared(dW), 1e-300))
+    else:
+        out["share_of_update"] = 0.0
+    return out
 
 
 # ------------------------------------------------------------------------------ the report
@@ -656,7 +715,15 @@ def _summary(modules: Sequence[FinetuneModule], others: Sequence[LeftOut], total
                                "computed": min(m.computed for m in ms)}
         needed[kind] = entry
     changed = [o.name for o in others if o.changed]
+    intr = [m for m in modules if m.intruders is not None]
+    extra = {}
+    if intr:
+        extra["intruders"] = {"modules_with": sum(1 for m in intr if m.intruders["count"]),
+                              "total": sum(m.intruders["count"] for m in intr),
+                              "checked": len(intr), "top_k": settings.top_k,
+                              "epsilon": settings.epsilon}
     return {
+        **extra,
         "modules": total, "done": len(modules), "stopped": stopped,
         "energy_thresholds": [float(t) for t in ENERGY_THRESHOLDS],
         "error_ranks": list(ERROR_RANKS),
@@ -830,6 +897,11 @@ def finetune_reading(report: FinetuneReport) -> list[str]:
     if lines:
         out.append("By module type (rank for " + " / ".join(f"{100 * t:g} %" for t in ENERGY_THRESHOLDS)
                    + " of the energy): " + "; ".join(lines) + ".")
+    intr = report.summary.get("intruders")
+    if intr:
+        out.append(f"Intruder dimensions (PEFT's definition, top {intr['top_k']}, epsilon "
+                   f"{intr['epsilon']:g}): {intr['total']} in {intr['modules_with']} of "
+                   f"{intr['checked']} modules.")
     errs = []
     for k in ERROR_RANKS:
         values = [m.lora_error[str(k)] for m in ms if k < min(m.shape)]

@@ -73,6 +73,8 @@ def _settings(args: argparse.Namespace):
                                ("tol", args.tol), ("method", args.method)) if v is not None}
     if getattr(args, "no_embeddings", False):
         given["embeddings"] = False
+    if getattr(args, "intruders", False):
+        given.update(intruders=True, top_k=args.top_k, epsilon=args.epsilon)
     return FinetuneSettings(**given)
 
 
@@ -173,6 +175,14 @@ def run_audit_finetuned(args: argparse.Namespace, *, print_json, check_output) -
               + " | ".join(f"{m.needs(t):>7}" for t in ENERGY_THRESHOLDS) + " | "
               + " | ".join(f"{m.lora_error[str(k)]:>6.3f}" for k in ERROR_RANKS)
               + f" | {s1:>9.4g} | {rel:>9} | {m.stable_rank:>7.2f} | {','.join(m.flags) or '-'}")
+    if report.settings.intruders:
+        print()
+        print(f"intruder dimensions (top {report.settings.top_k} left singular vectors of W_ft whose "
+              f"largest |cos| with W0's is below {report.settings.epsilon:g}):")
+        for m in report.modules:
+            if m.intruders and m.intruders["count"]:
+                print(f"  {m.name}: {m.intruders['count']} at {m.intruders['indices']} "
+                      f"(share of ||W_ft||_F^2 {m.intruders['share']:.4f})")
     print()
     for sentence in finetune_reading(report):
         print(sentence.replace("**", ""))

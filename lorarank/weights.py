@@ -250,11 +250,25 @@ def _open_file(path: Path, name: str) -> tuple[dict[str, TensorInfo], int]:
 
 
 def _read_json(path: Path, limit: int, what: str) -> object:
-    from .adapters._config import loads_bounded
+    from .bounded import load_json, read_file
 
-    if path.stat().st_size > limit:
-        raise AdapterError(f"{path.name} is larger than {limit / 2**20:g} MiB; a {what} is small")
-    return loads_bounded(path.name, path.read_bytes(), what=what)
+    return load_json(path.name, read_file(path, max_bytes=limit, what=f"a {what}"), what=what)
+
+
+def check_counts(shards: int, source: str, *, tensors: int = 0) -> None:
+    """A model's bounds, those of base weights (:data:`lorarank.base.MAX_BASE_SHARDS` shards,
+    :data:`~lorarank.base.MAX_BASE_TENSORS` tensors): one sentence past them."""
+    from .base import MAX_BASE_SHARDS, MAX_BASE_TENSORS
+
+    if shards > MAX_BASE_SHARDS:
+        raise AdapterError(f"{source} is split into {shards:,} files; lorarank reads at most "
+                           f"{MAX_BASE_SHARDS:,} shards")
+    if tensors > MAX_BASE_TENSORS:
+        raise AdapterError(f"{source} holds over {MAX_BASE_TENSORS:,} tensors; lorarank reads at most "
+                           f"{MAX_BASE_TENSORS:,}")
+
+
+_check_counts = check_counts
 
 
 def _merge(entries: dict[str, TensorInfo], more: Mapping[str, TensorInfo], source: str) -> None:
@@ -307,16 +321,19 @@ def open_model(source: str | os.PathLike, *, token: str | None = None, settings=
     from .hub import is_hub_uri
 
     if is_hub_uri(str(source)):
-        from .hub_ranges import open_hub_model
+        from .errors import HubError
 
-        return open_hub_model(str(source), token=token, settings=settings)
+        raise HubError(f"{source}: reading a model from the Hub by byte ranges is not available yet; "
+                       "download it and give its folder")
     p = Path(source)
     entries: dict[str, TensorInfo] = {}
     paths: dict[str, Path] = {}
     sizes: dict[str, int] = {}
     config = None
-    if p.is_file():
-        files = [p]
+    if p.exists() and not p.is_dir():
+        from .bounded import regular_file
+
+        files = [regular_file(p, what="model weights")]
     elif p.is_dir():
         index = p / "model.safetensors.index.json"
         if index.is_file():
@@ -341,9 +358,11 @@ def open_model(source: str | os.PathLike, *, token: str | None = None, settings=
             config = doc if isinstance(doc, dict) else None
     else:
         raise AdapterError(f"model weights {str(source)!r} do not exist")
+    _check_counts(len(files), p.name)
     for f in files:
         found, size = _open_file(f, f.name)
         _merge(entries, found, p.name)
+        _check_counts(len(files), p.name, tensors=len(entries))
         paths[f.name] = f
         sizes[f.name] = size
     return ModelWeights(p.name, entries, _file_fetch(paths), files=sizes, config=config)
@@ -368,11 +387,11 @@ def open_model_bytes(files: Mapping[str, bytes] | Iterable[tuple[str, bytes]], *
             _merge(entries, found, label or name)
             views[name] = view
         elif name.endswith("config.json") and name != "adapter_config.json":
-            from .adapters._config import loads_bounded
+            from .bounded import load_json
 
             if len(data) > MAX_CONFIG_BYTES:
                 raise AdapterError(f"{name} is larger than {MAX_CONFIG_BYTES / 2**20:g} MiB")
-            doc = loads_bounded(name, data, what="model config")
+            doc = load_json(name, data, what="model config")
             config = doc if isinstance(doc, dict) else None
     if not views:
         raise AdapterError("the upload holds no .safetensors weights")

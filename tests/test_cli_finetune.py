@@ -119,3 +119,18 @@ def test_ctrl_c_sets_the_stop_flag():
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.is_set()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@needs_samples
+def test_intruders_in_the_document(capsys):
+    code, out, _ = run(["audit", "--finetuned", SAMPLES / "finetuned", "--base", SAMPLES / "base",
+                        "--intruders", "--top-k", "10", "--json"], capsys)
+    doc = json.loads(out)
+    assert code == 0 and doc["summary"]["intruders"]["total"] == 10
+    down = next(m for m in doc["modules"] if m["name"] == "model.layers.2.mlp.down_proj")
+    assert down["intruders"]["indices"] == [4, 6, 7] and len(down["intruders"]["max_cos"]) == 10
+
+
+def test_intruders_for_adapters_say_where_they_are(capsys):
+    code, _, err = run(["audit", "adapter", "--base", "b", "--intruders"], capsys)
+    assert code == 2 and "--intruders is computed for --finetuned MODEL so far" in err

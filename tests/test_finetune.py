@@ -289,3 +289,24 @@ class TestSources:
 
 def test_energy_thresholds_are_the_products():
     assert ENERGY_THRESHOLDS == (0.5, 0.9, 0.99)
+
+
+@needs_samples
+def test_intruder_counts_equal_the_float64_definition():
+    """With intruders on: the count and indices of every projection equal the truth (PEFT's definition)."""
+    report = audit_finetune(open_model(SAMPLES / "finetuned"), open_model(SAMPLES / "base"),
+                            settings=FinetuneSettings(intruders=True))
+    t = truth()
+    checked = 0
+    for m in report.modules:
+        want = t[m.name].get("intruders")
+        if want is None:
+            continue
+        checked += 1
+        assert (m.intruders["count"], m.intruders["indices"]) == (want["count"], want["indices"]), m.name
+        assert np.allclose(m.intruders["max_cos"], want["top10_max_abs_cos"], atol=1e-4)
+    assert checked == 21
+    assert report.summary["intruders"] == {"modules_with": 6, "total": 10, "checked": 22, "top_k": 10,
+                                           "epsilon": 0.5}
+    assert "10 in 6 of 22 modules" in " ".join(finetune_reading(report))
+    assert report.modules[1].intruders is None  # the embedding: not a layer PEFT's definition covers
