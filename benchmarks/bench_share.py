@@ -32,7 +32,7 @@ def main() -> None:
     from lorarank.adapters import load_adapter
     from lorarank.audit import audit_adapter
     from lorarank.charts.report import audit_charts
-    from lorarank.cli import audit_document
+    from lorarank.documents import audit_document
     from lorarank.report import audit_report, vega_bundle
 
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")

@@ -27,6 +27,7 @@ import numpy as np
 from ._validate import check_choice, check_int, check_real
 from .adapters import Adapter, LoraModule, parse_module_name
 from .adapters._tensors import LazyArray
+from .documents import json_clean
 from .errors import AdapterError, ConfigError
 from .spectrum import (
     RANK_RULES,
@@ -536,25 +537,12 @@ def audit_adapter(adapter: Adapter, *, rule: str = "energy", value: float = 0.99
     detected = {**adapter.describe(), "metadata": dict(getattr(adapter, "metadata", {}) or {})}
     summary = _summary(adapter, reports, rule, value)
     summary["name"] = getattr(adapter, "name", "")
-    summary["metadata"] = _json_friendly(detected["metadata"])
+    summary["metadata"] = json_clean(detected["metadata"])
     if base is not None:
         detected["base"] = summary["base"] = base.source
     _check_finite(summary)
     return AuditReport(format=adapter.format, source=adapter.source, scaling=adapter.scaling,
                        rule=rule, value=value, modules=reports, summary=summary, detected=detected)
-
-
-def _json_friendly(doc):
-    """Metadata as JSON can hold it (non-finite numbers become None, other objects strings)."""
-    if isinstance(doc, dict):
-        return {str(k): _json_friendly(v) for k, v in doc.items()}
-    if isinstance(doc, (list, tuple)):
-        return [_json_friendly(v) for v in doc]
-    if isinstance(doc, float) and not math.isfinite(doc):
-        return None
-    if isinstance(doc, (str, int, float, bool)) or doc is None:
-        return doc
-    return str(doc)
 
 
 def _check_finite(doc, path: str = "summary") -> None:

@@ -7,7 +7,6 @@ no traceback. ``--json`` prints one JSON document to stdout (no NaN or inf).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -15,9 +14,11 @@ import time
 from typing import Sequence
 
 from . import finetune_cli
-from .errors import LoraRankError
+from .documents import (audit_document, json_text, metadata_items, module_row, parse_numbers,
+                        short_name, split_list)
+from .errors import ConfigError, LoraRankError
 
-__all__ = ["main", "build_parser", "json_text", "audit_document"]
+__all__ = ["main", "build_parser"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,25 +37,22 @@ def _fail(message: str):
     raise _Failure(message)
 
 
-def _number_list(cast: type, what: str):
-    """An argparse type for comma-separated numbers (``cast`` int or float)."""
+def _number_list(whole: bool, what: str):
+    """An argparse type for comma-separated numbers (whole numbers, or any)."""
     def parse(text: str) -> list:
-        try:
-            values = [cast(part) for part in text.split(",") if part.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
-        if not values:
+        if not split_list(text):
             raise argparse.ArgumentTypeError(f"expected at least one {what[:-1]}, got {text!r}")
-        return values
+        try:
+            return list(parse_numbers(text, name=what, whole=whole, finite=False, item=what,
+                                      example=""))
+        except ConfigError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
     return parse
 
 
-_int_list = _number_list(int, "whole numbers")
-_float_list = _number_list(float, "numbers")
-
-
-def _str_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+_int_list = _number_list(True, "whole numbers")
+_float_list = _number_list(False, "numbers")
+_str_list = split_list
 
 
 def _add_target_options(p: argparse.ArgumentParser, *, d: int = 64) -> None:
@@ -197,20 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def json_text(doc: dict) -> str:
-    """The exact text ``--json`` prints: one line of strict JSON and a newline (the pages'
-    JSON downloads use it too, so a download and the CLI's output are the same bytes)."""
-    return json.dumps(doc, allow_nan=False) + "\n"
-
-
 def _print_json(doc: dict) -> None:
     sys.stdout.write(json_text(doc))
-
-
-def audit_document(reports: Sequence) -> dict:
-    """The ``audit --json`` document of one or several :class:`~lorarank.audit.AuditReport`."""
-    docs = [r.to_dict() for r in reports]
-    return docs[0] if len(docs) == 1 else {"adapters": docs}
 
 
 def _fmt_values(values: Sequence[float], n: int = 8) -> str:
@@ -414,10 +400,6 @@ def _audit_load(paths: Sequence[str], *, alpha: float | None = None, scale: floa
     return out
 
 
-def _audit_short(name: str) -> str:
-    return name[len("base_model.model."):] if name.startswith("base_model.model.") else name
-
-
 def _audit_print(report) -> None:
     detected = report.detected
     name = f" [{detected['name']}]" if detected.get("name") else ""
@@ -429,30 +411,31 @@ def _audit_print(report) -> None:
     print(f"orientation: {detected['orientation']}")
     if detected.get("base"):
         print(f"base weights: {detected['base']}")
-    for key, value in _metadata_lines(detected.get("metadata") or {}):
-        print(f"{key}: {value}")
+    for key, value in metadata_items(detected.get("metadata") or {}, limit=120, one_line=True):
+        print(f"metadata {key}: {value}")
     if detected["ignored_tensors"]:
         print(f"kept {detected['ignored_tensors']} tensors that are not LoRA factors (not audited)")
     kinds = list(dict.fromkeys(m.spectrum_of for m in report.modules))
     print("spectrum of: " + "; ".join(kinds))
     for warning in report.summary.get("warnings", []):
         print(f"warning: {warning}")
-    width = max(12, *(len(_audit_short(m.name)) for m in report.modules))
-    with_base = any(m.relative_size is not None for m in report.modules)
+    rows = [module_row(m) for m in report.modules]
+    width = max(12, *(len(row["module"]) for row in rows))
+    with_base = any(row["|dW|/|W0|"] is not None for row in rows)
     print()
     print(f"{'module':<{width}} | {'d_out x d_in':>13} | {'r':>4} | {'scale':>7} | {'sigma_1':>9} | "
           f"{'k(.90)':>6} | {'k(.95)':>6} | {'k(.99)':>6} | {'stable':>6} | {'entropy':>7} | "
           f"{'rec.':>4} | {'trunc err':>9}" + (f" | {'|dW|/|W0|':>9}" if with_base else "") + " | flags")
     print("-" * (width + 122 + (12 if with_base else 0)))
-    for m in report.modules:
-        s1 = m.singular_values[0] if m.singular_values.size else 0.0
-        k = m.energy_rank
-        rank = f"{m.rank}" if m.kept_rank is None else f"{m.kept_rank}/{m.rank}"
-        rel = (f" | {m.relative_size:>9.4g}" if m.relative_size is not None else f" | {'-':>9}") if with_base else ""
-        print(f"{_audit_short(m.name):<{width}} | {f'{m.shape[0]} x {m.shape[1]}':>13} | {rank:>4} | "
-              f"{m.scale:>7.4g} | {s1:>9.4g} | {k['0.9']:>6} | {k['0.95']:>6} | {k['0.99']:>6} | "
-              f"{m.stable_rank:>6.2f} | {m.entropy_rank:>7.2f} | {m.recommended_rank:>4} | "
-              f"{m.truncation_error:>9.4f}{rel} | {','.join(m.flags) or '-'}")
+    for row in rows:
+        rank = f"{row['r']}" if row["kept rank"] is None else f"{row['kept rank']}/{row['r']}"
+        size = row["|dW|/|W0|"]
+        rel = (f" | {size:>9.4g}" if size is not None else f" | {'-':>9}") if with_base else ""
+        print(f"{row['module']:<{width}} | {row['shape']:>13} | {rank:>4} | "
+              f"{row['scale s']:>7.4g} | {row['sigma_1']:>9.4g} | {row['k(0.9)']:>6} | "
+              f"{row['k(0.95)']:>6} | {row['k(0.99)']:>6} | {row['stable rank']:>6.2f} | "
+              f"{row['entropy rank']:>7.2f} | {row['recommended rank']:>4} | "
+              f"{row['truncation error']:>9.4f}{rel} | {row['flags'].replace(', ', ',')}")
     s = report.summary
     print()
     if s["recommended_rank"]:
@@ -466,16 +449,6 @@ def _audit_print(report) -> None:
           "of keeping rec. directions; r a/b = AdaLoRA kept a of b;")
     print("flags: zero = the update is exactly 0, collapsed = sigma_2 <= 1e-6 sigma_1"
           + ("; |dW|/|W0| = ||dW||_F / ||W0||_F with the base weights." if with_base else "."))
-
-
-def _metadata_lines(metadata: dict) -> list[tuple[str, str]]:
-    """What the file says about its training, one short line per key (long values cut)."""
-    out = []
-    for key, value in metadata.items():
-        text = value if isinstance(value, str) else json.dumps(value, default=str)
-        text = " ".join(str(text).split())
-        out.append((f"metadata {key}", text if len(text) <= 120 else text[:117] + "..."))
-    return out
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -579,14 +552,14 @@ def _series_print(result, folder: str) -> None:
               f"{cell(row, 'energy_rank_0.9_mean', '.2f'):>11} | {cell(row, 'energy_rank_0.99_mean', '.2f'):>11} | "
               f"{cell(row, 'stable_rank_mean', '.2f'):>11} | {cell(row, 'phi_next_mean', '.4f'):>8} | "
               f"{cell(row, 'phi_last_mean', '.4f'):>8}")
-    width = max(12, *(len(_audit_short(m.name)) for m in result.modules)) if result.modules else 12
+    width = max(12, *(len(short_name(m.name)) for m in result.modules)) if result.modules else 12
     print()
     print(f"{'module':<{width}} | recommended rank per step{'':<{max(0, 4 * len(steps) - 25)}} | "
           f"{'phi first->last':>15} | {'settled at':>10}")
     print("-" * (width + 4 * len(steps) + 40))
     for m in result.modules:
         ranks = " ".join(f"{k:>3}" for k in m.recommended_rank)
-        print(f"{_audit_short(m.name):<{width}} | {ranks:<{max(25, 4 * len(steps))}} | "
+        print(f"{short_name(m.name):<{width}} | {ranks:<{max(25, 4 * len(steps))}} | "
               f"{m.phi_last[0]:>15.4f} | {m.settled_step:>10}")
     print()
     print(f"settled at step {result.settled_step}: from there on no module's recommended rank "
@@ -649,7 +622,7 @@ def _cmd_resize(args: argparse.Namespace) -> int:
     worst = max(result.errors.items(), key=lambda kv: kv[1])
     print(f"resized {changed} of {len(adapter.modules)} modules; {result.params_before:,} -> "
           f"{result.params_after:,} parameters; retained energy {result.retained_energy:.4f}; "
-          f"largest truncation error {worst[1]:.4f} ({_audit_short(worst[0])})")
+          f"largest truncation error {worst[1]:.4f} ({short_name(worst[0])})")
     for note in result.notes:
         print(f"note: {note}")
     print("wrote " + ", ".join(str(p) for p in written))
@@ -676,15 +649,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
           f"{len(result.only_a)} only in A, {len(result.only_b)} only in B")
     if result.undefined:
         print(f"not compared: {len(result.undefined)} shared modules are exactly zero in A or B (a zero "
-              f"update has no directions; phi is undefined), e.g. {_audit_short(result.undefined[0])}")
-    width = max(12, *(len(_audit_short(m.name)) for m in result.modules))
+              f"update has no directions; phi is undefined), e.g. {short_name(result.undefined[0])}")
+    width = max(12, *(len(short_name(m.name)) for m in result.modules))
     print()
     print(f"{'module':<{width}} | {'r_a':>4} | {'r_b':>4} | {'phi(1,1)':>8} | {'phi(k,k)':>8} | {'k':>2} | "
           f"{'chance':>7} | {'min angle':>9}")
     print("-" * (width + 66))
     for m in result.modules:
         angle = math.degrees(m.angles[0]) if m.angles.size else 90.0
-        print(f"{_audit_short(m.name):<{width}} | {m.rank_a:>4} | {m.rank_b:>4} | {m.phi[0, 0]:>8.4f} | "
+        print(f"{short_name(m.name):<{width}} | {m.rank_a:>4} | {m.rank_b:>4} | {m.phi[0, 0]:>8.4f} | "
               f"{m.top_overlap:>8.4f} | {m.top:>2} | {m.chance:>7.4f} | {angle:>8.2f}d")
     s = result.summary
     print()

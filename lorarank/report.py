@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Mapping, Sequence, Union
 
+from .documents import MODULE_COLUMNS, module_row
 from .errors import ConfigError
 
 __all__ = ["ReportTable", "ReportChart", "ReportText", "render_report", "audit_report",
@@ -220,39 +221,16 @@ def render_report(*, title: str, subtitle: str = "", facts: Sequence[tuple[str, 
 
 
 # ------------------------------------------------------------------------------------ audit
-#: Columns of the audit report's module table, with their definitions.
-AUDIT_COLUMNS: dict[str, str] = {
-    "module": "Module path (PEFT's base_model.model. prefix dropped).",
-    "d_out x d_in": "Shape of the update dW = s·B·A.",
-    "r": "Stored rank: A is r x d_in, B is d_out x r.",
-    "alpha": "alpha as stored (– when the file has none).",
-    "scale s": "The multiplier s of s·B·A.",
-    "sigma_1": "Largest singular value of s·B·A.",
-    "k(0.9)": "Energy rank: smallest k with sum_{i<=k} sigma_i² >= 0.9 sum sigma².",
-    "k(0.95)": "Energy rank at 0.95.",
-    "k(0.99)": "Energy rank at 0.99.",
-    "stable rank": "sum sigma² / sigma_1².",
-    "entropy rank": "exp(-sum p log p), p_i = sigma_i / sum sigma.",
-    "recommended rank": "The rank the chosen rule keeps.",
-}
-
-
-def _short(name: str) -> str:
-    prefix = "base_model.model."
-    return name[len(prefix):] if name.startswith(prefix) else name
+#: Columns of the audit report's module table, with their definitions (a subset of the page's).
+AUDIT_COLUMNS: dict[str, str] = {name: MODULE_COLUMNS[name] for name in (
+    "module", "shape", "r", "alpha", "scale s", "sigma_1", "k(0.9)", "k(0.95)", "k(0.99)",
+    "stable rank", "entropy rank", "recommended rank")}
 
 
 def audit_module_rows(doc: Mapping[str, Any]) -> list[list[Any]]:
     """One row per module of an ``audit --json`` document, in :data:`AUDIT_COLUMNS` order."""
-    rows = []
-    for m in doc.get("modules", []):
-        sv = m.get("singular_values") or []
-        k = m.get("energy_rank", {})
-        rows.append([_short(str(m.get("name", ""))), f"{m['shape'][0]} x {m['shape'][1]}",
-                     m.get("rank"), m.get("alpha"), m.get("scale"), sv[0] if sv else 0.0,
-                     k.get("0.9"), k.get("0.95"), k.get("0.99"), m.get("stable_rank"),
-                     m.get("entropy_rank"), m.get("recommended_rank")])
-    return rows
+    rows = [module_row(m) for m in doc.get("modules", [])]
+    return [[row[name] for name in AUDIT_COLUMNS] for row in rows]
 
 
 def audit_report(doc: Mapping[str, Any], *, charts: Sequence[ReportChart] = (),

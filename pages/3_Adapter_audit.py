@@ -4,6 +4,7 @@ import streamlit as st
 
 from lorarank.charts import (budget_chart, module_spectrum_chart, overlap_chart, phi_chart,
                              rank_map_chart)
+from lorarank.documents import json_clean, short_name
 from ui import audit, common, hub, layout, loaded, series
 from ui import report as report_ui
 
@@ -150,7 +151,7 @@ if layout.is_open(tabs["Rank map"]):
 
 # ------------------------------------------------------------------- module spectrum
 with tabs["Spectrum"]:
-    names = [audit.short_name(m.name) for m in report.modules]
+    names = [short_name(m.name) for m in report.modules]
     bad_module = audit.module_url_error(names)
     if bad_module:
         common.show_errors([bad_module])
@@ -286,8 +287,8 @@ with tabs["Compare"]:
                                  format="%.2f")})
             common.download_buttons(audit.compare_table(comparison), stem="lorarank-compare",
                                     key=audit.COMPARE_DOWNLOAD_KEY,
-                                    json_data=audit.json_safe(comparison.to_dict()))
-            rows = [{**r, "name": audit.short_name(r["name"])} for r in comparison.table()]
+                                    json_data=json_clean(comparison.to_dict()))
+            rows = [{**r, "name": short_name(r["name"])} for r in comparison.table()]
             left, right = st.columns([3, 2])
             with left:
                 common.show_chart(overlap_chart(rows),
@@ -295,9 +296,9 @@ with tabs["Compare"]:
                                           "singular vectors of the two A factors (Hu et al. 2022, "
                                           "section 7.2). Tick: chance level k / d_in.")
             with right:
-                by_name = {audit.short_name(m.name): m for m in comparison.modules}
+                by_name = {short_name(m.name): m for m in comparison.modules}
                 shown = by_name.get(chosen) or comparison.modules[0]
-                common.show_chart(phi_chart(shown.phi, name=audit.short_name(shown.name)),
+                common.show_chart(phi_chart(shown.phi, name=short_name(shown.name)),
                                   caption="phi(i, j) for the module chosen above: the top-i "
                                           "directions of A against the top-j of B.")
 

@@ -574,15 +574,6 @@ class TestUiHelpers:
         up = audit.Upload.from_files({"w.npz": secret})
         assert "SECRET" not in up.ident and len(up.ident) < 64
 
-    @pytest.mark.parametrize("name, short", [
-        ("base_model.model.model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.q_proj"),
-        ("lora_unet_down_0_conv", "lora_unet_down_0_conv"),
-        ("", "(unnamed)"),
-    ])
-    def test_short_name(self, name, short):
-        """PEFT's wrapper prefix is dropped for display; other names stay."""
-        assert audit.short_name(name) == short
-
 
 @pytest.mark.skipif(not (SAMPLES / "families" / "lycoris_lokr.safetensors").is_file(),
                     reason="samples not present")

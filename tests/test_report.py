@@ -59,7 +59,7 @@ def test_audit_report_tabulates_the_json_document():
     from lorarank.adapters import load_adapter
     from lorarank.audit import audit_adapter
     from lorarank.charts.report import audit_charts
-    from lorarank.cli import audit_document
+    from lorarank.documents import audit_document
 
     report = audit_adapter(load_adapter(SAMPLES / "peft_llama_r8"))
     doc = audit_document([report])

@@ -13,7 +13,8 @@ import pytest
 from safetensors.numpy import load_file, save
 
 from lorarank.adapters import Adapter, LoraModule, adapter_files
-from lorarank.cli import json_text, main
+from lorarank.cli import main
+from lorarank.documents import json_text
 from lorarank.errors import AdapterError, ConfigError
 from lorarank.series import (
     Checkpoint,

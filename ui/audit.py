@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import math
 import zipfile
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -33,7 +31,8 @@ from lorarank.adapters import Adapter, LoraModule, adapter_files, load_adapter_b
 from lorarank.charts.report import budget_marks as _budget_marks
 from lorarank.audit import AuditReport, allocate_budget, audit_adapter, budget_curve, resize_adapter
 from lorarank.base import open_base_bytes
-from lorarank.cli import audit_document, json_text
+from lorarank.documents import (MODULE_COLUMNS, audit_document, json_text, metadata_items,
+                                module_row, short_name)
 from lorarank.compare import Comparison, compare_adapters
 from lorarank.cost import audit_cost
 from lorarank.errors import ConfigError
@@ -47,11 +46,11 @@ __all__ = [
     "RULE", "RULE_VALUES", "MAP_METRIC", "BUDGET", "RESIZE_BY", "ALPHA", "SCALE", "TOP",
     "MODULE_KEY", "COMPARE_KEY", "DEMO_KEY", "ALL_SETTINGS", "MAP_METRICS", "RULE_LABELS",
     "Upload", "Detected", "ResizeTarget", "ResizePreview",
-    "short_name", "rule_text", "assumed_scale", "module_url_error",
+    "rule_text", "assumed_scale", "module_url_error",
     "detect", "GATE_KEY", "COMPARE_GATE_KEY", "audit_gate", "guarded_compare", "run_audit", "run_budget", "run_resize", "resized_files", "zip_files",
     "run_compare", "demo_files", "demo_upload",
     "COLUMN_HELP", "module_table", "module_records", "table_height", "budget_marks", "cli_json_bytes", "detected_lines", "reading",
-    "RESIZE_HELP", "resize_table", "resize_is_identity", "nothing_to_resize", "COMPARE_HELP", "compare_table", "compare_reading", "json_safe",
+    "RESIZE_HELP", "resize_table", "resize_is_identity", "nothing_to_resize", "COMPARE_HELP", "compare_table", "compare_reading",
     "BASE_UPLOAD_KEY", "base_uploader", "family_notes", "metadata_rows", "show_family_details",
     "spectrum_label", "scale_override",
 ]
@@ -144,14 +143,6 @@ TOP = Setting("top", "top directions k", 4,
 #: Every URL-bound setting built from :class:`Setting` (checked against the URL first).
 ALL_SETTINGS: tuple[Setting, ...] = (RULE, *RULE_VALUES.values(), MAP_METRIC, BUDGET, RESIZE_BY,
                                      ALPHA, SCALE, TOP)
-
-_PEFT_PREFIX = "base_model.model."
-
-
-def short_name(name: str) -> str:
-    """A module name for display and URLs: PEFT's ``base_model.model.`` prefix dropped."""
-    return name[len(_PEFT_PREFIX):] if name.startswith(_PEFT_PREFIX) else (name or "(unnamed)")
-
 
 def rule_text(rule: str, value: float | None) -> str:
     """``"energy share 0.99"``, ``"kohya sv_ratio 10"``, ``"entropy rank"``."""
@@ -460,54 +451,14 @@ def demo_upload(variant: str = "a") -> Upload:
 
 
 # ------------------------------------------------------------------------------------- tables
-COLUMN_HELP: dict[str, str] = {
-    "module": "Module path without the factor suffix (and without PEFT's base_model.model.).",
-    "shape": "d_out x d_in of the update dW = s·B·A.",
-    "r": "Stored rank: A is r x d_in, B is d_out x r.",
-    "recommended rank": "The rank the chosen rule keeps.",
-    "truncation error": "Relative Frobenius error of keeping only the recommended k directions: "
-                        "sqrt(sum_{i>k} sigma^2 / sum sigma^2) (Eckart-Young: no rank-k "
-                        "matrix does better).",
-    "k(0.9)": "Energy rank: smallest k with sum_{i<=k} sigma_i^2 >= 0.9 sum sigma^2.",
-    "k(0.95)": "Energy rank: smallest k with sum_{i<=k} sigma_i^2 >= 0.95 sum sigma^2.",
-    "k(0.99)": "Energy rank: smallest k with sum_{i<=k} sigma_i^2 >= 0.99 sum sigma^2.",
-    "stable rank": "sum sigma^2 / sigma_1^2: how many directions of full strength the energy "
-                   "would fill.",
-    "entropy rank": "Entropy effective rank (Roy and Vetterli 2007): exp(-sum p log p), "
-                    "p_i = sigma_i / sum sigma.",
-    "top singular values": "Largest singular values sigma_i of the update (DoRA without base weights: "
-                           "of its directional part s·B·A; see 'spectrum of' above), descending, "
-                           "from the factors (QR of B and A^T, SVD of the r x r core), never the dense dW.",
-    "family": "lora, dora, adalora, loha, lokr or locon-tucker: how the file builds the update.",
-    "flags": "zero: the update is exactly zero (never trained, or scale 0); collapsed: "
-             "sigma_2 <= 1e-6 sigma_1, a single direction.",
-    "|dW|/|W0|": "||dW||_F / ||W0||_F: the update's size relative to the base weight "
-                 "(only with base weights uploaded).",
-    "alpha": "lora_alpha / alpha as stored or configured; empty when the file has none.",
-    "scale s": "The multiplier of B·A the format applies (PEFT alpha/r, rsLoRA alpha/sqrt(r), "
-               "kohya alpha/r, mlx-lm scale; 1 when assumed).",
-}
-
-
-def _sig(x: float, digits: int = 4) -> str:
-    return f"{x:.{digits}g}"
+#: The module table's columns and their definitions (every per-module column but sigma_1, which
+#: the table lists among the top singular values).
+COLUMN_HELP: dict[str, str] = {k: v for k, v in MODULE_COLUMNS.items() if k != "sigma_1"}
 
 
 def module_table(report: AuditReport, *, top: int = 4) -> pd.DataFrame:
     """The table shown on the page: one row per module, numbers as numbers."""
-    rows = []
-    for m in report.modules:
-        s = m.singular_values
-        sv = ", ".join(_sig(x, 3) for x in s[:top]) + (", ..." if s.size > top else "")
-        rows.append({
-            "module": short_name(m.name), "shape": f"{m.shape[0]} x {m.shape[1]}", "r": m.rank,
-            "alpha": m.alpha, "scale s": m.scale, "top singular values": sv or "-",
-            "k(0.9)": m.energy_rank["0.9"], "k(0.95)": m.energy_rank["0.95"],
-            "k(0.99)": m.energy_rank["0.99"], "stable rank": m.stable_rank,
-            "entropy rank": m.entropy_rank, "recommended rank": m.recommended_rank,
-            "truncation error": m.truncation_error, "family": m.family,
-            "flags": ", ".join(m.flags) or "-", "|dW|/|W0|": m.relative_size,
-        })
+    rows = [module_row(m, top=top) for m in report.modules]
     frame = pd.DataFrame(rows, columns=list(COLUMN_HELP))
     if frame["|dW|/|W0|"].isna().all():
         frame = frame.drop(columns="|dW|/|W0|")
@@ -606,12 +557,8 @@ def family_notes(report: AuditReport) -> list[str]:
 
 def metadata_rows(report: AuditReport) -> pd.DataFrame:
     """What the file says about its training, one row per key (values as text)."""
-    meta = report.detected.get("metadata") or {}
-    rows = []
-    for key, value in meta.items():
-        text = value if isinstance(value, str) else json.dumps(json_safe(value), default=str)
-        rows.append({"key": str(key), "value": text if len(text) <= 400 else text[:397] + "..."})
-    return pd.DataFrame(rows, columns=["key", "value"])
+    items = metadata_items(report.detected.get("metadata") or {}, limit=400)
+    return pd.DataFrame([{"key": k, "value": v} for k, v in items], columns=["key", "value"])
 
 
 def scale_override(detected: Detected) -> tuple[float | None, float | None]:
@@ -760,16 +707,4 @@ def compare_reading(comparison: Comparison) -> str:
     return (f"Over {s['shared_modules']} shared modules the top-direction overlap phi(k, k) is "
             f"**{t['mean']:.3f}** on average (min {t['min']:.3f}, max {t['max']:.3f}) against a "
             f"chance level of {chance:.3f}: {verdict}.{extra}")
-
-
-
-def json_safe(value: Any) -> Any:
-    """Replace non-finite floats by None, recursively (strict JSON downloads)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 

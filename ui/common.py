@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
+from lorarank import documents
+from lorarank.documents import parse_numbers
 from lorarank.errors import ConfigError, LoraRankError
 
 if TYPE_CHECKING:  # pandas is imported by the pages that draw tables, not by the home page
@@ -34,7 +36,6 @@ __all__ = [
     "Setting",
     "parse_url_value",
     "check_url",
-    "split_list",
     "parse_ranks",
     "setting_widget",
     "url_settings",
@@ -48,7 +49,7 @@ __all__ = [
     "chart_spec",
     "show_chart",
     "download_buttons",
-    "to_json_bytes",
+    "frame_csv",
 ]
 
 #: The repository root: ``app.py`` and ``pages/`` live here.
@@ -514,34 +515,16 @@ def show_chart(chart: Any, *, caption: str | None = None) -> None:
         st.caption(caption)
 
 
-def split_list(text: str) -> list[str]:
-    """The entries of a comma- (or semicolon-) separated text field, stripped, empties dropped."""
-    return [p.strip() for p in str(text).replace(";", ",").split(",") if p.strip()]
-
-
 def parse_ranks(text: str, *, max_count: int, example: str = "2,4,16") -> tuple[int, ...]:
     """``"2, 4,16"`` -> ``(2, 4, 16)``; ConfigError naming the bad entry otherwise."""
-    parts = split_list(text)
-    if not parts:
-        raise ConfigError(f"`ranks` should list at least one rank, e.g. {example}")
-    ranks = []
-    for part in parts:
-        try:
-            value = float(part)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and value.is_integer() and value >= 1):
-            raise ConfigError(f"`ranks` should be whole numbers of at least 1 separated by "
-                              f"commas, got {part!r} in {text!r}")
-        ranks.append(int(value))
-    if len(ranks) > max_count:
-        raise ConfigError(f"`ranks` lists {len(ranks)} ranks; the app fits at most {max_count}")
-    return tuple(ranks)
+    return parse_numbers(text, name="ranks", whole=True, low=1, item="rank", example=example,
+                         max_count=max_count, too_many=f"ranks; the app fits at most {max_count}")
 
 
-def to_json_bytes(data: Any) -> bytes:
-    """Strict JSON (no NaN/inf), indented, UTF-8."""
-    return json.dumps(data, indent=2, allow_nan=False).encode("utf-8")
+def frame_csv(frame: "pd.DataFrame") -> bytes:
+    """A table's CSV download (UTF-8), written by :func:`lorarank.documents.csv_text`."""
+    rows = frame.astype(object).where(frame.notna(), None).itertuples(index=False, name=None)
+    return documents.csv_text(rows, columns=[str(c) for c in frame.columns]).encode("utf-8")
 
 
 def download_buttons(frame: "pd.DataFrame | None" = None, *, stem: str, key: str,
@@ -564,11 +547,11 @@ def download_buttons(frame: "pd.DataFrame | None" = None, *, stem: str, key: str
         nothing.
     """
     if csv_bytes is None:
-        csv_bytes = frame.to_csv(index=False).encode("utf-8")
+        csv_bytes = frame_csv(frame)
     if json_bytes is None:
         if json_data is None:
             json_data = json.loads(frame.to_json(orient="records"))
-        json_bytes = to_json_bytes(json_data)
+        json_bytes = documents.json_bytes(json_data)
     left, right, _ = st.columns([1, 1, 4])
     left.download_button("Download CSV", csv_bytes, file_name=f"{stem}.csv", mime="text/csv",
                          key=f"{key}_csv", on_click="ignore", icon=":material/download:")

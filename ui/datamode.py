@@ -21,11 +21,12 @@ from lorarank.charts import data_loss_chart, loss_chart, spectrum_chart
 from lorarank.cost import WorkEstimate, data_fit_cost, target_cost
 from lorarank.data import (DATA_DEFAULT_LR, DEFAULT_HELDOUT, DEFAULT_LABEL_NOISE, DataConfig,
                            data_findings, data_noise_floor, data_values, fit_data, make_dataset)
+from lorarank.documents import parse_numbers
 from lorarank.errors import ConfigError
 from lorarank.fit import FitResult
 
 from . import common, guard, layout
-from .common import Setting, chart_spec, progress_bar, split_list
+from .common import Setting, chart_spec, progress_bar
 from .sweep import SweepConfig
 
 __all__ = [
@@ -87,21 +88,9 @@ GRID_SETTINGS: tuple[Setting, ...] = (
 
 def parse_samples(text: str) -> tuple[int, ...]:
     """``"128, 512"`` -> ``(128, 512)`` sorted; ConfigError naming the bad entry otherwise."""
-    parts = split_list(text)
-    if not parts:
-        raise ConfigError("`samples` should list at least one number of training pairs, e.g. 128,512")
-    out = []
-    for part in parts:
-        try:
-            value = float(part)
-        except ValueError:
-            value = float("nan")
-        if not (value == value and value.is_integer() and 1 <= value <= MAX_SAMPLES_APP):
-            raise ConfigError(f"`samples` should be whole numbers from 1 to {MAX_SAMPLES_APP:,} separated "
-                              f"by commas, got {part!r} in {text!r}")
-        out.append(int(value))
-    if len(out) > MAX_NS_APP:
-        raise ConfigError(f"`samples` lists {len(out)} values; the app compares at most {MAX_NS_APP}")
+    out = parse_numbers(text, name="samples", whole=True, low=1, high=MAX_SAMPLES_APP,
+                        item="number of training pairs", example="128,512", max_count=MAX_NS_APP,
+                        too_many=f"values; the app compares at most {MAX_NS_APP}")
     if len(set(out)) != len(out):
         raise ConfigError(f"`samples` lists a value twice: {text!r}")
     return tuple(sorted(out))

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 import streamlit as st
 
+from lorarank.documents import short_name
 from lorarank.report import ReportChart, ReportTable, ReportText, audit_report, render_report
 
 __all__ = ["report_button", "frame_table", "audit_report_html", "audit_button",
@@ -128,9 +129,9 @@ def audit_button(*, upload: Any, report: Any, detected: Sequence[tuple[str, str]
                                                 value=value or 0.0, mean_rank=budget)
         extra: list[Any] = []
         if comparison is not None:
-            rows = [{**r, "name": ui_audit.short_name(r["name"])} for r in comparison.table()]
+            rows = [{**r, "name": short_name(r["name"])} for r in comparison.table()]
             shown = next((m for m in comparison.modules
-                          if ui_audit.short_name(m.name) == module), comparison.modules[0])
+                          if short_name(m.name) == module), comparison.modules[0])
             extra = [
                 ReportText("Compared with a second adapter",
                            [_plain(ui_audit.compare_reading(comparison))]),
@@ -139,8 +140,8 @@ def audit_button(*, upload: Any, report: Any, detected: Sequence[tuple[str, str]
                 ReportChart("phi per module", overlap_chart(rows).to_dict(validate=False),
                             caption="phi(i, j) = ||U_iᵀV_j||_F² / min(i, j) on the right singular "
                                     "vectors of the two A factors; tick: chance level k / d_in."),
-                ReportChart(f"phi(i, j) for {ui_audit.short_name(shown.name)}",
-                            phi_chart(shown.phi, name=ui_audit.short_name(shown.name))
+                ReportChart(f"phi(i, j) for {short_name(shown.name)}",
+                            phi_chart(shown.phi, name=short_name(shown.name))
                             .to_dict(validate=False)),
             ]
         doc = json.loads(ui_audit.cli_json_bytes(report))

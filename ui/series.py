@@ -21,13 +21,14 @@ import streamlit as st
 
 from lorarank.adapters import Adapter, LoraModule, adapter_files
 from lorarank.charts import SERIES_METRICS, phi_over_steps_chart, rank_map_chart, rank_over_steps_chart
+from lorarank.documents import json_clean, short_name, split_list
 from lorarank.errors import LoraRankError
 from lorarank.hub import HubSeries, HubSeriesRef, plan_hub_series
 from lorarank.series import SeriesReport, audit_series, checkpoints_from_files
 
-from .audit import MAP_METRICS, Upload, json_safe, rule_text, short_name
+from .audit import MAP_METRICS, Upload, rule_text
 from .common import (Setting, check_url, download_buttons, progress_bar, setting_widget, show_chart,
-                     show_errors, split_list)
+                     show_errors)
 from .hub import _settings as hub_settings  # the page's Hub limits (byte cap = the upload limit)
 from .hub import hub_token
 
@@ -401,7 +402,7 @@ def section(*, rule: str, value: float | None) -> None:
                    f"sigma_1..sigma_r; JSON: what `lorarank audit --series DIR --json` prints).")
         table = rows(report)
         download_buttons(pd.DataFrame(table).drop(columns=["name"]), stem="lorarank-series",
-                         key=DOWNLOAD_KEY, json_data=json_safe(report.to_dict()))
+                         key=DOWNLOAD_KEY, json_data=json_clean(report.to_dict()))
     with results:  # under the reading and the table, above the inputs
         _charts(report, table, metric)
 

@@ -8,7 +8,6 @@ session-state keys of this page start with ``stability_``.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -20,6 +19,7 @@ from lorarank.charts.stability import (records_frame, stability_heatmap, stabili
                                        update_norm_chart)
 from lorarank.data import DataConfig
 from lorarank.cost import WorkEstimate, stability_cost
+from lorarank.documents import json_bytes, parse_numbers
 from lorarank.errors import ConfigError
 from lorarank.fit import OPTIMIZERS, SCALING_RULES
 from lorarank.stability import (CONVENTIONS, DEFAULT_LRS, DEFAULT_RANKS, DEFAULT_STEPS,
@@ -27,7 +27,7 @@ from lorarank.stability import (CONVENTIONS, DEFAULT_LRS, DEFAULT_RANKS, DEFAULT
                                 run_stability, scale_for, stability_findings)
 
 from . import guard
-from .common import Setting, chart_spec, md_code, progress_bar, split_list, to_json_bytes
+from .common import Setting, chart_spec, frame_csv, md_code, progress_bar
 from .common import parse_ranks as common_parse_ranks
 from .sweep import TARGET_SETTINGS as _SWEEP_TARGET_SETTINGS
 from .sweep import TargetConfig, alpha_unused
@@ -168,23 +168,9 @@ def parse_ranks(text: str) -> tuple[int, ...]:
 
 def parse_lrs(text: str) -> tuple[float, ...]:
     """``"0.001, 0.01"`` -> ``(0.001, 0.01)``; ConfigError naming the bad entry otherwise."""
-    parts = split_list(text)
-    if not parts:
-        raise ConfigError("`lrs` should list at least one learning rate, e.g. 0.001,0.01,0.1")
-    out = []
-    for part in parts:
-        try:
-            value = float(part)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"`lrs` should be positive numbers separated by commas, got "
-                              f"{part!r} in {text!r}")
-        out.append(value)
-    if len(out) > MAX_LRS_APP:
-        raise ConfigError(f"`lrs` lists {len(out)} learning rates; the app runs at most "
-                          f"{MAX_LRS_APP}")
-    return tuple(out)
+    return parse_numbers(text, name="lrs", whole=False, positive=True, item="learning rate",
+                         example="0.001,0.01,0.1", max_count=MAX_LRS_APP,
+                         too_many=f"learning rates; the app runs at most {MAX_LRS_APP}")
 
 
 @dataclass(frozen=True)
@@ -449,8 +435,8 @@ def grid_views(config: StabilityConfig, target_err: float) -> GridViews:
         heatmap=chart_spec(stability_heatmap(run.grid.records, rules=list(config.rules))),
         windows=windows_table(run, found),
         cells=cells_table(run),
-        csv=cells_csv_frame(run).to_csv(index=False).encode("utf-8"),
-        json=to_json_bytes(run.grid.to_dict()),
+        csv=frame_csv(cells_csv_frame(run)),
+        json=json_bytes(run.grid.to_dict()),
     )
 
 

@@ -5,16 +5,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from ..documents import short_name
 from .audit import budget_chart, module_spectrum_chart, rank_map_chart
 
 __all__ = ["budget_marks", "audit_charts"]
-
-_PEFT_PREFIX = "base_model.model."
-
-
-def _short(name: str) -> str:
-    return name[len(_PEFT_PREFIX):] if name.startswith(_PEFT_PREFIX) else (name or "(unnamed)")
-
 
 def budget_marks(report: Any, allocation: Mapping[str, Any], *, budget: int,
                  rule_text: str) -> list[dict]:
@@ -45,9 +39,9 @@ def audit_charts(report: Any, *, rule_text: str, metric: str = "recommended_rank
     from ..audit import allocate_budget, budget_curve
     from ..report import ReportChart
 
-    names = [_short(m.name) for m in report.modules]
+    names = [short_name(m.name) for m in report.modules]
     chosen = report.modules[names.index(module)] if module in names else report.modules[0]
-    short = _short(chosen.name)
+    short = short_name(chosen.name)
     if curve is None:
         curve = budget_curve(report)
     if allocation is None:
