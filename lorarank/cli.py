@@ -158,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=None, help="the scale s itself, for files that carry none")
     p.add_argument("--base", default=None, metavar="BASE",
                    help="base model weights (.safetensors file, folder of shards, or "
-                        "hf://owner/name[@rev], read by byte ranges): DoRA's exact merged - W0 and "
-                        "every module's ||dW|| / ||W0||")
+                        "hf://owner/name[@rev], read by byte ranges; hf:// alone: the Hub repo "
+                        "the adapter's config names): DoRA's exact merged - W0 and every module's "
+                        "||dW|| / ||W0||")
     p.add_argument("--html", metavar="OUT", default=None,
                    help="also write a self-contained HTML report (tables and interactive charts; "
                         "opens offline) to OUT; one adapter only")
@@ -474,7 +475,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     if args.html is not None:
         _check_output(args.html, force=args.force)
     base = None
-    if args.base is not None:
+    if args.base is not None and args.base != "hf://":
         from .base import open_base
 
         base = open_base(args.base)
@@ -482,6 +483,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     adapters = _audit_load(args.paths, alpha=args.alpha, scale=args.scale, many=True, pinned=pinned)
     if args.html is not None and len(adapters) != 1:
         raise LoraRankError(f"--html writes the report of one adapter, got {len(adapters)}")
+    if args.base is not None:
+        base = finetune_cli.hub_base(args.base, base, adapters)
     reports = [audit_adapter(a, base=base) for a in adapters]
     if args.html is not None:
         _write_audit_html(reports[0], args.html, source=pinned[0] if pinned else reports[0].source)

@@ -264,6 +264,25 @@ def run_extract(args: argparse.Namespace, *, print_json) -> int:
     return code
 
 
+def hub_base(given: str, base, adapters):
+    """The adapter audit's base: ``base`` as opened, or for ``--base hf://`` the Hub repo the
+    adapters' config names (all must name the same); a base on the Hub is checked against its
+    byte limit for the adapted modules before any tensor is read."""
+    if given == "hf://":
+        from .base import open_base
+        from .hub_ranges import base_from_config
+
+        named = {base_from_config(a.config, source=a.source) for a in adapters}
+        if len(named) > 1:
+            raise LoraRankError(f"audit: --base hf:// takes the base the adapters name, and they name "
+                                f"{len(named)}: {', '.join(sorted(named)[:3])}")
+        base = open_base(named.pop())
+    model = getattr(base, "model", None)
+    if getattr(model, "remote", False):
+        model.check_plan(sorted({base.key_for(m.name) for a in adapters for m in a.modules}))
+    return base
+
+
 def _base_name(base: str) -> str:
     """``base_model_name_or_path`` for the adapter: the repo id of ``hf://``, else the path."""
     from .hub import is_hub_uri, parse_hub_uri

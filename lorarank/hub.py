@@ -49,6 +49,7 @@ __all__ = [
     "load_hub_adapter", "choose_adapter_files", "prune_cache", "DEFAULT_MAX_BYTES",
     "DEFAULT_CACHE_BYTES", "DEFAULT_TIMEOUT", "PREFIX", "MAX_SERIES_REVISIONS", "HubSeriesRef",
     "parse_hub_series", "HubCheckpoint", "HubSeries", "plan_hub_series",
+    "describe_hub_error", "list_repo", "request_token", "endpoint", "format_bytes",
 ]
 
 PREFIX = "hf://"
@@ -930,3 +931,35 @@ def prune_cache(cache_dir: str | os.PathLike, *, max_bytes: int, keep: tuple[str
         freed += strategy.expected_freed_size
         strategy.execute()
     return freed
+
+
+# ------------------------------------------------------- seams for readers by byte range
+def describe_hub_error(exc: BaseException, ref: HubRef, filename: str | None = None) -> HubError:
+    """One sentence for an exception raised by ``huggingface_hub`` while reading ``ref``."""
+    return _hub_error(exc, ref, filename)
+
+
+def list_repo(ref: HubRef, *, token: str | None = None,
+              settings: HubSettings | None = None) -> tuple[str, dict[str, int | None]]:
+    """``(commit, {path: size})`` of the repo at ``ref.revision``: one API call, which also
+    resolves the revision to a commit (HubError as one sentence)."""
+    from huggingface_hub import HfApi
+
+    settings = HubSettings.from_env() if settings is None else settings
+    api = HfApi(endpoint=_endpoint(), token=_token(token))
+    return _list_files(api, ref, settings, _Activity())
+
+
+def request_token(token: str | None) -> str | bool:
+    """The token a request uses: the caller's, else ``HF_TOKEN``, else anonymous."""
+    return _token(token)
+
+
+def endpoint() -> str:
+    """The Hub this process talks to (``HF_ENDPOINT``)."""
+    return _endpoint()
+
+
+def format_bytes(n: float) -> str:
+    """``"1.2 GB"``, ``"340 kB"``, ``"12 bytes"``."""
+    return _fmt_bytes(n)

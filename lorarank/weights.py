@@ -123,7 +123,7 @@ class _Counter:
 
 
 class ModelWeights:
-    """The tensors of a model, read on demand.
+    """The tensors of a model, read on demand (``remote`` False: reading is cheap).
 
     Build it with :func:`open_model` (a path or ``hf://``) or :func:`open_model_bytes`.
 
@@ -139,15 +139,15 @@ class ModelWeights:
         File name -> size in bytes.
     """
 
+    remote = False
+
     def __init__(self, source: str, entries: Mapping[str, TensorInfo], fetch: Fetch, *,
-                 files: Mapping[str, int], config: dict | None = None,
-                 budget: Callable[[int], None] | None = None) -> None:
+                 files: Mapping[str, int], config: dict | None = None) -> None:
         self.source = source
         self.entries = dict(entries)
         self.files = dict(files)
         self.config = config
         self._fetch = fetch
-        self._budget = budget
         self._counter = _Counter()
 
     # ---------------------------------------------------------------------------- facts
@@ -198,8 +198,6 @@ class ModelWeights:
         begin, end = info.begin + start * row_bytes, info.begin + stop * row_bytes
         if info.dtype not in FLOAT_NAMES:
             self._decode(key, info, b"", 0)  # raises the sentence
-        if self._budget is not None:
-            self._budget(end - begin)
         data = self._fetch(info.file, begin, end)
         if len(data) != end - begin:
             raise AdapterError(f"{self.source}: tensor {key!r} was cut short ({len(data):,} of "
@@ -222,8 +220,10 @@ class ModelWeights:
         """The same tensors as :class:`lorarank.base.BaseWeights` (the adapter audit's ``--base``)."""
         from .base import BaseWeights
 
-        return BaseWeights(self.source, {k: (v.dtype, v.shape) for k, v in self.entries.items()},
-                           lambda key: self.read(key), nbytes=lambda key: self.entries[key].nbytes)
+        weights = BaseWeights(self.source, {k: (v.dtype, v.shape) for k, v in self.entries.items()},
+                              lambda key: self.read(key), nbytes=lambda key: self.entries[key].nbytes)
+        weights.model = self  # what it reads from (a model on the Hub checks its byte plan)
+        return weights
 
 
 # ------------------------------------------------------------------------------- local files
@@ -321,10 +321,9 @@ def open_model(source: str | os.PathLike, *, token: str | None = None, settings=
     from .hub import is_hub_uri
 
     if is_hub_uri(str(source)):
-        from .errors import HubError
+        from .hub_ranges import open_hub_model
 
-        raise HubError(f"{source}: reading a model from the Hub by byte ranges is not available yet; "
-                       "download it and give its folder")
+        return open_hub_model(str(source), token=token, settings=settings)
     p = Path(source)
     entries: dict[str, TensorInfo] = {}
     paths: dict[str, Path] = {}

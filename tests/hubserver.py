@@ -8,7 +8,9 @@ It answers what ``huggingface_hub`` asks when it reads a model repo, the way the
   ``X-Repo-Commit`` and ``Content-Length``; ``.safetensors`` files (LFS) with a 302 to a "CDN"
   on another host name (``localhost`` instead of ``127.0.0.1``) carrying ``X-Linked-Etag``,
   ``X-Linked-Size`` and ``X-Repo-Commit``, as the Hub does;
-- ``GET /cdn/{sha256}``: the bytes (with ``Range`` support);
+- ``GET /cdn/{sha256}``: the bytes, with ``Range: bytes=a-b`` (and ``bytes=a-``) answered by
+  206 and exactly those bytes, as the Hub's CDN does; every response's body is counted in
+  ``hub.served`` (path, first byte, bytes sent), so a test can say how much was fetched;
 - errors with the Hub's ``X-Error-Code`` header: ``RepoNotFound`` (401, also for a private
   repo without the right token), ``RevisionNotFound`` and ``EntryNotFound`` (404),
   ``GatedRepo`` (401 on a gated repo's files without a token).
@@ -27,11 +29,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 if not SAMPLES.is_dir():
@@ -51,6 +54,7 @@ class HubRepo:
     gated: bool = False
     stall: bool = False  # downloads of LFS files send headers, then nothing
     refs: tuple[str, ...] = ("main",)
+    ranges: bool = True  # False: a CDN that ignores Range and sends whole files (HTTP 200)
 
     @classmethod
     def from_folder(cls, folder: Path, *, prefix: str = "", **kwargs) -> "HubRepo":
@@ -180,6 +184,8 @@ class FakeHub:
     def __init__(self, repos: dict[str, HubRepo | list[HubRepo]] | None = None, *, port: int = 0) -> None:
         self.repos = sample_repos() if repos is None else repos
         self.requests: list[tuple[str, str]] = []
+        self.served: list[tuple[str, int, int]] = []  # (file path, first byte, bytes sent)
+        self._served_lock = threading.Lock()
         self.closing = threading.Event()
         hub = self
 
@@ -207,6 +213,16 @@ class FakeHub:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @property
+    def bytes_served(self) -> int:
+        """Bytes of file content sent so far (API documents not counted)."""
+        with self._served_lock:
+            return sum(n for _, _, n in self.served)
+
+    def _count(self, path: str, start: int, n: int) -> None:
+        with self._served_lock:
+            self.served.append((path, start, n))
 
     def close(self) -> None:
         self.closing.set()
@@ -244,7 +260,7 @@ class FakeHub:
         if segs[:2] == ["api", "models"] and len(segs) >= 4:
             return self._info(h, "/".join(segs[2:4]), segs[4:], head=head)
         if segs[0] == "cdn" and len(segs) == 2:
-            return self._cdn(h, segs[1], head=head)
+            return self._cdn(h, segs[1], head=head, prefer=parse_qs(parts.query).get("repo", [""])[0])
         if len(segs) >= 5 and segs[2] == "resolve":
             return self._resolve(h, "/".join(segs[:2]), segs[3], "/".join(segs[4:]), head=head)
         self._error(h, 404, "NotFound", "no such endpoint", head=head)
@@ -303,11 +319,15 @@ class FakeHub:
                 "X-Linked-Size": str(repo.size(path)), "ETag": f'"{sha[:40]}"'})
         data = repo.files[path]
         etag = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        if not head:
+            self._count(path, 0, len(data))
         self._send(h, 200, data, head=head,
                    headers={**common, "ETag": f'"{etag}"', "Content-Type": "text/plain"})
 
-    def _cdn(self, h, sha: str, *, head: bool) -> None:
-        for repo_id, entry in self.repos.items():
+    def _cdn(self, h, sha: str, *, head: bool, prefer: str = "") -> None:
+        # the repo the redirect named first (two repos may hold the same bytes, served differently)
+        order = sorted(self.repos.items(), key=lambda item: item[0] != prefer)
+        for repo_id, entry in order:
             for repo in _snapshots(entry):
                 for p in repo.paths():
                     if repo.sha256(p) == sha:
@@ -326,16 +346,24 @@ class FakeHub:
                 self.closing.wait(120)
             return
         data = repo.files[path]
-        start = 0
+        start, stop = 0, len(data)
         rng = h.headers.get("Range", "")
-        if rng.startswith("bytes=") and rng[6:].split("-")[0].isdigit():
-            start = min(int(rng[6:].split("-")[0]), len(data))
-        body = data[start:]
-        status = 206 if start else 200
-        headers = {"Content-Type": "application/octet-stream", "ETag": f'"{repo.sha256(path)}"'}
-        if start:
-            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-        self._send(h, status, body, head=head, headers=headers)
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
+        ranged = bool(match) and repo.ranges
+        if ranged:
+            start = min(int(match.group(1)), len(data))
+            stop = min(int(match.group(2)) + 1, len(data)) if match.group(2) else len(data)
+            if start >= len(data) or stop <= start:
+                return self._send(h, 416, b"", head=head,
+                                  headers={"Content-Range": f"bytes */{len(data)}"})
+        body = data[start:stop]
+        headers = {"Content-Type": "application/octet-stream", "ETag": f'"{repo.sha256(path)}"',
+                   "Accept-Ranges": "bytes"}
+        if ranged:
+            headers["Content-Range"] = f"bytes {start}-{stop - 1}/{len(data)}"
+        if not head:
+            self._count(path, start, len(body))
+        self._send(h, 206 if ranged else 200, body, head=head, headers=headers)
 
 
 def main() -> None:
