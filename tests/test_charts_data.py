@@ -46,7 +46,7 @@ class TestDataLossChart:
         chart = data_loss_chart(rows, noise_loss=32.0, true_rank=4)
         spec = chart.to_dict()  # validates against the schema
         layers = spec["layer"]
-        assert len(layers) == 4
+        assert len(layers) == 5  # the last: r = 2's losses, off the (zoomed) scale
         lines = layers[0]
         assert lines["encoding"]["x"]["scale"]["type"] == "log"
         assert lines["encoding"]["y"]["scale"]["type"] == "log"
@@ -57,8 +57,37 @@ class TestDataLossChart:
         assert "Held-out loss against rank" in spec["title"]
 
     def test_without_rules(self, rows):
-        """No label noise and no k: just the lines and points."""
+        """No label noise and no k: just the lines and points (and the off-scale marks)."""
         spec = data_loss_chart(rows).to_dict()
-        assert len(spec["layer"]) == 2
-        values = [r["loss"] for data in spec["datasets"].values() for r in data]
+        assert len(spec["layer"]) == 3
+        values = [r["loss"] for data in spec["datasets"].values() for r in data if "loss" in r]
         assert len(values) == 3 * len(rows) and all(math.isfinite(v) and v > 0 for v in values)
+
+
+class TestLossFocus:
+    def test_axis_shows_where_heldout_rises(self, rows):
+        """The article's default (k = 4, r in 2, 4, 16): r = 2's losses (~700) are 20x the rest.
+        The loss axis spans the region from the best rank on (where held-out loss rises with r),
+        so that region fills most of the plot's height instead of ~20 px; r = 2 sits on the top
+        edge as a triangle naming its losses."""
+        spec = data_loss_chart(rows, noise_loss=32.0, true_rank=4).to_dict()
+        domain = spec["layer"][0]["encoding"]["y"]["scale"]["domain"]
+        frame = data_loss_frame(rows)
+        held = frame[frame["series"] == "held-out loss"]
+        past_k = frame[frame["rank"] >= 4]["loss"]
+        assert domain[1] <= 1.3 * past_k.max() and domain[0] <= frame["loss"].min()
+        share = math.log(past_k.max() / past_k.min()) / math.log(domain[1] / domain[0])
+        assert share > 0.6  # of the axis's height for r >= k (0.13 when r = 2 set the axis)
+        marks = spec["datasets"][spec["layer"][-1]["data"]["name"]]
+        assert [m["rank"] for m in marks] == [2]
+        r2 = held[held["rank"] == 2]
+        assert marks[0]["held-out"] == ", ".join(f"{n}: {v:.5g}" for n, v in zip(r2["n"], r2["loss"]))
+        assert spec["layer"][0]["mark"]["clip"] is True
+
+    def test_no_zoom_when_loss_keeps_falling(self, rows):
+        """Without a rank past the best one (held-out loss falls to the largest r) the axis
+        shows every loss."""
+        low = [r for r in rows if r["rank"] <= 4]
+        spec = data_loss_chart(low).to_dict()
+        assert "domain" not in spec["layer"][0]["encoding"]["y"]["scale"]
+        assert len(spec["layer"]) == 2

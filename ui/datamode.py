@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from lorarank.charts import data_loss_chart, loss_chart, spectrum_chart
+from lorarank.charts import data_loss_chart, data_loss_frame, loss_chart, loss_focus, spectrum_chart
 from lorarank.cost import WorkEstimate, data_fit_cost, target_cost
 from lorarank.data import (DATA_DEFAULT_LR, DEFAULT_HELDOUT, DEFAULT_LABEL_NOISE, DataConfig,
                            data_findings, data_noise_floor, data_values, fit_data, make_dataset)
@@ -378,6 +378,9 @@ class DataCharts:
     spectrum_n: int
     #: ``(n, spec)``: the training loss over optimiser steps of every rank, per n.
     curves: tuple[tuple[int, dict], ...] = ()
+    #: The loss axis of ``losses`` starts at the best rank (:func:`lorarank.charts.loss_focus`):
+    #: ranks whose losses are above it are triangles on the top edge.
+    zoomed: bool = False
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -386,8 +389,9 @@ def data_charts(config: DataSweepConfig) -> DataCharts:
     loss curves per n (cached)."""
     run = run_data_sweep(config)
     sweep = config.sweep
-    losses = data_loss_chart(_result_rows(run), noise_loss=0.5 * sweep.d_out * config.label_noise**2 or None,
-                             true_rank=sweep.true_rank)
+    noise_loss = 0.5 * sweep.d_out * config.label_noise**2 or None
+    losses = data_loss_chart(_result_rows(run), noise_loss=noise_loss, true_rank=sweep.true_rank)
+    zoomed = loss_focus(data_loss_frame(_result_rows(run)), noise_loss=noise_loss) is not None
     n, results = run.results[0]
     max_index = min(run.target_values.size, max(max(sweep.ranks), sweep.true_rank) + 4)
     spectrum = spectrum_chart(run.target_values, {res.rank: res.singular_values for res in results},
@@ -399,7 +403,7 @@ def data_charts(config: DataSweepConfig) -> DataCharts:
                                    loss_title="0.5·||s·B·A·x − y||², batch mean")))
         for n_, res_n in run.results)
     return DataCharts(losses=chart_spec(losses), spectrum=chart_spec(spectrum), spectrum_n=n,
-                      curves=curves)
+                      curves=curves, zoomed=zoomed)
 
 
 def _url_asks_data() -> bool:
@@ -480,7 +484,10 @@ def sweep_results(sweep: SweepConfig, values: Mapping[str, Any]) -> dict[str, An
                         "regression). Orange rule: what T itself scores on held-out pairs, "
                         "0.5·d_out·noise². Grey rule: the intrinsic rank k. With n → ∞ and full "
                         "batch the losses become 0.5·||s·B·A − T||² (+ the noise term), the exact "
-                        "mode's.")
+                        "mode's." + (" The loss axis starts where the held-out loss is lowest, "
+                                     "so its rise with rank shows: grey triangles on the top edge "
+                                     "are ranks whose losses are far above (hover for them)."
+                                     if charts.zoomed else ""))
     if layout.is_open(tabs["Spectra"]):
         with tabs["Spectra"]:
             floor = run.floors[0]

@@ -7,7 +7,7 @@ can be tested without a browser; shared theme pieces live in :mod:`._common`.
 
 from ._common import PALETTE, downsample_index, rank_color_scale, rank_label, split_facets
 from .sweep import loss_chart, loss_frame, spectrum_chart, spectrum_frame
-from .data import data_loss_chart, data_loss_frame, n_label
+from .data import data_loss_chart, data_loss_frame, loss_focus, n_label
 from .audit import *  # noqa: F401,F403  (Adapter audit; names in audit.__all__)
 from .stability import *  # noqa: F401,F403  (alpha/r stability; names in stability.__all__)
 from .series import *  # noqa: F401,F403  (rank over training; names in series.__all__)
@@ -15,5 +15,5 @@ from .series import *  # noqa: F401,F403  (rank over training; names in series._
 __all__ = [
     "PALETTE", "rank_label", "rank_color_scale", "downsample_index", "split_facets",
     "spectrum_frame", "spectrum_chart", "loss_frame", "loss_chart",
-    "data_loss_frame", "data_loss_chart", "n_label",
+    "data_loss_frame", "data_loss_chart", "loss_focus", "n_label",
 ]
