@@ -255,6 +255,7 @@ with tabs["Resize"]:
 
 # --------------------------------------------------------------------------- compare
 comparison = None
+pick = None  # the compare heatmap's module
 with tabs["Compare"]:
     if compare:
         uploaded_b = st.file_uploader(
@@ -274,12 +275,15 @@ with tabs["Compare"]:
                 # which file is B: the uploader's chips cut names short ("ada…el.safetensors")
                 st.markdown(loaded.adapter_name(upload_b, audit.detect(upload_b), label="Adapter B"))
                 comparison = audit.guarded_compare(upload, upload_b, top=top)
-        if comparison is not None and layout.is_open(tabs["Compare"]):
+        shown_open = comparison is not None and layout.is_open(tabs["Compare"])
+        if shown_open:
             st.markdown(audit.compare_reading(comparison))
             st.dataframe(audit.compare_table(comparison), hide_index=True, key="audit_compare_table",
                          height=audit.table_height(len(comparison.modules)),
                          column_config={
                              **{n: st.column_config.Column(n, help=t) for n, t in audit.COMPARE_HELP.items()},
+                             "module": st.column_config.Column("module", help=audit.COMPARE_HELP["module"],
+                                                               pinned=True),
                              **{n: st.column_config.NumberColumn(n, help=audit.COMPARE_HELP[n], format="%.4f")
                                 for n in ("phi(1, 1)", "phi(k, k)", "chance")},
                              "smallest angle (deg)": st.column_config.NumberColumn(
@@ -288,22 +292,34 @@ with tabs["Compare"]:
             common.download_buttons(audit.compare_table(comparison), stem="lorarank-compare",
                                     key=audit.COMPARE_DOWNLOAD_KEY,
                                     json_data=json_clean(comparison.to_dict()))
-            rows = [{**r, "name": short_name(r["name"])} for r in comparison.table()]
+        if comparison is not None:
             left, right = st.columns([3, 2])
-            with left:
-                common.show_chart(overlap_chart(rows),
-                                  caption="phi(i, j) = ||U_iᵀV_j||_F² / min(i, j) on the right "
-                                          "singular vectors of the two A factors (Hu et al. 2022, "
-                                          "section 7.2). Tick: chance level k / d_in.")
-            with right:
+            if shown_open:
+                rows = [{**r, "name": short_name(r["name"])} for r in comparison.table()]
+                with left:
+                    common.show_chart(overlap_chart(rows),
+                                      caption="phi(i, j) = ||U_iᵀV_j||_F² / min(i, j) on the right "
+                                              "singular vectors of the two A factors (Hu et al. 2022, "
+                                              "section 7.2). Tick: chance level k / d_in.")
+            with right:  # the heatmap's module chooser sits on it (drawn on every run: it is in the link)
                 by_name = {short_name(m.name): m for m in comparison.modules}
-                shown = by_name.get(chosen) or comparison.modules[0]
-                common.show_chart(phi_chart(shown.phi, name=short_name(shown.name)),
-                                  caption="phi(i, j) for the module chosen above: the top-i "
-                                          "directions of A against the top-j of B.")
+                bad_pick = series.url_choice_error(audit.COMPARE_MODULE_KEY, list(by_name),
+                                                   "shared module", "the first one",
+                                                   where="the comparison")
+                if bad_pick:
+                    common.show_errors([bad_pick])
+                pick = st.selectbox("module of the heatmap", list(by_name),
+                                    index=list(by_name).index(chosen) if chosen in by_name else 0,
+                                    key=audit.COMPARE_MODULE_KEY, bind="query-params",
+                                    help="The module whose phi(i, j) is drawn below (kept in the link).")
+                shown = by_name[pick]
+                if shown_open:
+                    common.show_chart(phi_chart(shown.phi, name=short_name(shown.name)),
+                                      caption="phi(i, j) for the module chosen above the chart: the "
+                                              "top-i directions of A against the top-j of B.")
 
 finish()  # the work on the upload is done: no Stop button any more
 # ---------------------------------------------------------------------------- report
 report_ui.audit_button(upload=upload, report=report, detected=lines, alpha=alpha, scale=scale,
                        rule=rule, value=value, metric=metric, module=chosen, budget=budget,
-                       comparison=comparison)
+                       comparison=comparison, compare_module=pick)

@@ -427,6 +427,26 @@ class TestCompare:
         assert any("synthetic demo B" in i.value for i in at.info)
         assert len(frame_with(at, "phi(k, k)")) == 14
 
+    def test_heatmap_module_chosen_on_the_compare_tab(self):
+        """The phi(i, j) heatmap's module is chosen right above it on the Compare tab (the
+        caption said "the module chosen above" while the chooser was on the Spectrum tab),
+        from the link too; a module the comparison lacks is one sentence."""
+        at = open_page({"compare": "true", "demo": "true", "tab": "Compare",
+                        "compare_module": "model.layers.1.mlp.up_proj"})
+        assert_clean(at)
+        box = at.selectbox(key=audit.COMPARE_MODULE_KEY)
+        assert box.value == "model.layers.1.mlp.up_proj" and len(box.options) == 14
+        titles = [json.loads(c.proto.spec).get("title") for c in at.get("vega_lite_chart")]
+        assert any("model.layers.1.mlp.up_proj" in json.dumps(t) for t in titles)
+        box.set_value("model.layers.0.self_attn.k_proj").run()
+        titles = [json.dumps(json.loads(c.proto.spec).get("title")) for c in at.get("vega_lite_chart")]
+        assert any("model.layers.0.self_attn.k_proj" in t for t in titles)
+        assert any("chosen above the chart" in c.value for c in at.caption)
+        at = open_page({"compare": "true", "demo": "true", "tab": "Compare", "compare_module": "nope"})
+        assert not at.exception
+        assert [e.value for e in at.error] == [
+            "The link sets `compare_module=nope`, but the comparison has no such shared module; the first one is shown instead."]
+
 
 @pytest.mark.skipif(not (SAMPLES / "peft_llama_r8").is_dir(), reason="samples not present")
 class TestSwitchingAdapters:

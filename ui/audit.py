@@ -46,7 +46,7 @@ __all__ = [
     "RULE", "RULE_VALUES", "MAP_METRIC", "BUDGET", "RESIZE_BY", "ALPHA", "SCALE", "TOP",
     "MODULE_KEY", "COMPARE_KEY", "DEMO_KEY", "ALL_SETTINGS", "MAP_METRICS", "RULE_LABELS",
     "Upload", "Detected", "ResizeTarget", "ResizePreview",
-    "rule_text", "assumed_scale", "module_url_error",
+    "rule_text", "assumed_scale", "module_url_error", "COMPARE_MODULE_KEY",
     "detect", "GATE_KEY", "COMPARE_GATE_KEY", "audit_gate", "guarded_compare", "run_audit", "run_budget", "run_resize", "resized_files", "zip_files",
     "run_compare", "demo_files", "demo_upload",
     "COLUMN_HELP", "module_table", "module_records", "table_height", "budget_marks", "cli_json_bytes", "detected_lines", "reading",
@@ -67,6 +67,7 @@ RESIZE_DOWNLOAD_KEY = "audit_resize_download"
 COMPARE_DOWNLOAD_KEY = "audit_compare_download"
 #: URL-bound keys drawn by the page itself (their options depend on the upload, or booleans).
 MODULE_KEY = "module"
+COMPARE_MODULE_KEY = "compare_module"  # the compare heatmap's module
 COMPARE_KEY = "compare"
 DEMO_KEY = "demo"
 
@@ -453,7 +454,11 @@ def demo_upload(variant: str = "a") -> Upload:
 # ------------------------------------------------------------------------------------- tables
 #: The module table's columns and their definitions (every per-module column but sigma_1, which
 #: the table lists among the top singular values).
-COLUMN_HELP: dict[str, str] = {k: v for k, v in MODULE_COLUMNS.items() if k != "sigma_1"}
+#: The answer sits next to the module: a phone shows both without scrolling sideways.
+_FIRST_COLUMNS = ("module", "recommended rank")
+COLUMN_HELP: dict[str, str] = {
+    **{k: MODULE_COLUMNS[k] for k in _FIRST_COLUMNS},
+    **{k: v for k, v in MODULE_COLUMNS.items() if k not in _FIRST_COLUMNS and k != "sigma_1"}}
 
 
 def module_table(report: AuditReport, *, top: int = 4) -> pd.DataFrame:
@@ -668,14 +673,15 @@ def resize_table(preview: ResizePreview, report: AuditReport) -> pd.DataFrame:
 
 COMPARE_HELP: dict[str, str] = {
     "module": COLUMN_HELP["module"],
-    "r_A": "Rank of the module in adapter A.",
-    "r_B": "Rank of the module in adapter B.",
-    "phi(1, 1)": "Overlap of the single top direction of A's row space with B's: "
-                 "|u_1^T v_1|^2.",
-    "k": "k = min(top directions, r_A, r_B).",
+    # the answer next to the module: a phone shows these two without scrolling sideways
     "phi(k, k)": "phi(i, j) = ||U_i^T V_j||_F^2 / min(i, j) on the right singular vectors of "
                  "the two A factors (Hu et al. 2022, section 7.2), at i = j = k: 1 = the "
                  "same k directions, 0 = orthogonal.",
+    "k": "k = min(top directions, r_A, r_B).",
+    "phi(1, 1)": "Overlap of the single top direction of A's row space with B's: "
+                 "|u_1^T v_1|^2.",
+    "r_A": "Rank of the module in adapter A.",
+    "r_B": "Rank of the module in adapter B.",
     "chance": "What two random k-dimensional subspaces of R^d_in give on average: k / d_in.",
     "smallest angle (deg)": "The smallest principal angle between the two row spaces.",
 }

@@ -118,8 +118,10 @@ def stability_report_html(config: Any, *, findings: Sequence[str], heatmap: Mapp
 
 def audit_button(*, upload: Any, report: Any, detected: Sequence[tuple[str, str]],
                  alpha: float | None, scale: float | None, rule: str, value: float | None,
-                 metric: str, module: str, budget: int, comparison: Any = None) -> None:
-    """The audit page's report button, for its current settings (built when clicked)."""
+                 metric: str, module: str, budget: int, comparison: Any = None,
+                 compare_module: str | None = None) -> None:
+    """The audit page's report button, for its current settings (built when clicked);
+    ``compare_module``: the module of the compare heatmap (default: ``module``)."""
     from lorarank.charts import overlap_chart, phi_chart
 
     from . import audit as ui_audit
@@ -131,7 +133,8 @@ def audit_button(*, upload: Any, report: Any, detected: Sequence[tuple[str, str]
         if comparison is not None:
             rows = [{**r, "name": short_name(r["name"])} for r in comparison.table()]
             shown = next((m for m in comparison.modules
-                          if short_name(m.name) == module), comparison.modules[0])
+                          if short_name(m.name) == (compare_module or module)),
+                         comparison.modules[0])
             extra = [
                 ReportText("Compared with a second adapter",
                            [_plain(ui_audit.compare_reading(comparison))]),

@@ -27,7 +27,7 @@ from lorarank.hub import HubSeries, HubSeriesRef, plan_hub_series
 from lorarank.series import SeriesReport, audit_series, checkpoints_from_files
 
 from .audit import MAP_METRICS, Upload, rule_text
-from .common import (Setting, check_url, download_buttons, progress_bar, setting_widget, show_chart,
+from .common import (Setting, check_url, download_buttons, md_code, progress_bar, setting_widget, show_chart,
                      show_errors)
 from .hub import _settings as hub_settings  # the page's Hub limits (byte cap = the upload limit)
 from .hub import hub_token
@@ -293,14 +293,16 @@ def reading(report: SeriesReport) -> str:
             f"**{a[-2]['phi_next_mean']:.3f}** (1 = the same directions).")
 
 
-def url_choice_error(key: str, options: Sequence[str], what: str, fallback: str) -> str | None:
-    """One sentence when the URL's ``key`` is not one of ``options`` (checked before the widget)."""
+def url_choice_error(key: str, options: Sequence[str], what: str, fallback: str, *,
+                     where: str = "this run") -> str | None:
+    """One sentence when the URL's ``key`` is not one of ``options`` (checked before the widget);
+    ``where`` names what lacks it."""
     if key not in st.query_params:
         return None
     raw = st.query_params[key]
     if raw in options:
         return None
-    return f"The link sets `{key}={raw}`, but this run has no such {what}; {fallback} is shown instead."
+    return f"The link sets {md_code(f'{key}={raw}')}, but {where} has no such {what}; {fallback} is shown instead."
 
 
 # ---------------------------------------------------------------------------------- section

@@ -92,3 +92,33 @@ def test_reading_and_table_on_the_first_screen(browser, app_url, shot, size):
         assert_no_exception(page)
     finally:
         context.close()
+
+
+#: Header texts of the columns a data frame draws (wholly or partly in view): Glide's
+#: accessible table holds only those.
+_HEADERS_JS = """(index) => {
+  const grid = [...document.querySelectorAll('[data-testid="stDataFrame"]')].filter(g => g.checkVisibility())[index];
+  grid.scrollIntoView();
+  return [...grid.querySelectorAll('thead th')].map(th => th.innerText.trim());
+}"""
+
+
+def test_phone_tables_show_the_answer(browser, app_url, shot):
+    """On a phone the per-module table shows the recommended rank, and the compare table
+    phi(k, k), without scrolling sideways: the column after each is (partly) in view too, so
+    they are wholly in view (they were the fourth and sixth columns, off-screen)."""
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    try:
+        for link, answer in (("Adapter_audit?demo=true", "recommended rank"),
+                             ("Adapter_audit?demo=true&compare=true&tab=Compare", "phi(k, k)")):
+            page.goto(f"{app_url}/{link}")
+            wait_for_app(page, timeout=120_000)
+            assert_no_exception(page)
+            page.locator("[data-testid=stDataFrame] table thead th").filter(
+                has_text=answer).first.wait_for(state="attached", timeout=30_000)
+            headers = page.evaluate(_HEADERS_JS, 0)
+            shot(page, answer.replace(" ", "_"))
+            assert answer in headers[:-1], headers
+    finally:
+        context.close()
