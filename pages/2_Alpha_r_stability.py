@@ -83,6 +83,7 @@ if run is not None:
         with tabs["Learning-rate window"]:
             st.dataframe(
                 views.windows, hide_index=True, key="stability_windows",
+                height=common.table_height(len(views.windows)),  # every rule x rank, no inner scroll
                 column_config={name: st.column_config.Column(name, help=text)
                                for name, text in stab.WINDOW_HELP.items()},
             )

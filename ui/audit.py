@@ -40,6 +40,7 @@ from lorarank.spectrum import RANK_RULES
 
 from . import guard
 from .common import Setting, md_code, md_escape, progress_bar, setting_widget
+from .common import table_height as common_table_height
 
 __all__ = [
     "UPLOAD_KEY", "UPLOAD_B_KEY", "DOWNLOAD_KEY", "RESIZE_DOWNLOAD_KEY", "COMPARE_DOWNLOAD_KEY",
@@ -472,7 +473,7 @@ def module_table(report: AuditReport, *, top: int = 4) -> pd.DataFrame:
 
 def table_height(rows: int, *, max_rows: int = 16) -> int:
     """Pixel height of a data frame showing ``min(rows, max_rows)`` rows without scrolling."""
-    return 38 + 35 * max(1, min(rows, max_rows))
+    return common_table_height(rows, max_rows=max_rows)
 
 
 def budget_marks(report: AuditReport, allocation: Mapping[str, Any], *, budget: int) -> list[dict]:

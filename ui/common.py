@@ -50,6 +50,7 @@ __all__ = [
     "show_chart",
     "download_buttons",
     "frame_csv",
+    "table_height",
 ]
 
 #: The repository root: ``app.py`` and ``pages/`` live here.
@@ -513,6 +514,13 @@ def show_chart(chart: Any, *, caption: str | None = None) -> None:
         st.altair_chart(chart, width="stretch")
     if caption:
         st.caption(caption)
+
+
+def table_height(rows: int, *, max_rows: int | None = None) -> int:
+    """Pixel height of an ``st.dataframe`` showing ``rows`` rows (at most ``max_rows``; None:
+    all of them) without a scroll bar: Streamlit's default box shows about ten."""
+    shown = rows if max_rows is None else min(rows, max_rows)
+    return 38 + 35 * max(1, shown)
 
 
 def parse_ranks(text: str, *, max_count: int, example: str = "2,4,16") -> tuple[int, ...]:

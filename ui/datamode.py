@@ -455,7 +455,8 @@ def sweep_results(sweep: SweepConfig, values: Mapping[str, Any]) -> dict[str, An
     lines = data_reading(run)
     per_n = [line for line in lines if line.startswith("With **n =")]
     st.markdown("\n".join(f"- {line}" for line in per_n))
-    st.dataframe(data_table(run), hide_index=True, key="data_table",
+    table = data_table(run)
+    st.dataframe(table, hide_index=True, key="data_table", height=common.table_height(len(table), max_rows=24),
                  column_config={name: st.column_config.Column(name, help=text)
                                 for name, text in DATA_COLUMN_HELP.items()})
     batch = "full batch" if not config.batch_size else f"batches of {config.batch_size}"

@@ -28,7 +28,7 @@ from lorarank.series import SeriesReport, audit_series, checkpoints_from_files
 
 from .audit import MAP_METRICS, Upload, rule_text
 from .common import (Setting, check_url, download_buttons, md_code, progress_bar, setting_widget, show_chart,
-                     show_errors)
+                     show_errors, table_height)
 from .hub import _settings as hub_settings  # the page's Hub limits (byte cap = the upload limit)
 from .hub import hub_token
 
@@ -389,6 +389,7 @@ def section(*, rule: str, value: float | None) -> None:
             st.info(note, icon=":material/info:")
         st.markdown(reading(report))
         st.dataframe(adapter_table(report), hide_index=True, key="audit_series_table",
+                     height=table_height(len(report.steps), max_rows=24),
                      column_config={
                          **{n: st.column_config.NumberColumn(n, help=t, format="%.4g")
                             for n, t in ADAPTER_HELP.items()},

@@ -22,7 +22,7 @@ from lorarank.synthetic import SPECTRA, Target, make_target
 from lorarank.charts import loss_chart, spectrum_chart
 
 from . import guard
-from .common import Setting, chart_spec, download_buttons, progress_bar, stop_on_error
+from .common import Setting, chart_spec, download_buttons, progress_bar, stop_on_error, table_height
 from .common import parse_ranks as common_parse_ranks
 
 __all__ = [
@@ -423,7 +423,7 @@ def show_results(config: SweepConfig, *, note: str = "") -> tuple[SweepRun, Swee
         return None
     config = run.config
     st.dataframe(
-        results_table(run), hide_index=True,
+        results_table(run), hide_index=True, height=table_height(len(run.results)),
         column_config={name: st.column_config.Column(name, help=text)
                        for name, text in COLUMN_HELP.items()},
         key="sweep_table",

@@ -122,3 +122,18 @@ def test_phone_tables_show_the_answer(browser, app_url, shot):
             assert answer in headers[:-1], headers
     finally:
         context.close()
+
+
+def test_window_table_shows_every_row(page, app_url):
+    """The learning-rate window table draws all its rows (4 rules x 5 ranks at the defaults),
+    not ten in a box that scrolls on its own."""
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.goto(f"{app_url}/Alpha_r_stability?tab=Learning-rate+window")
+    wait_for_app(page, timeout=120_000)
+    assert_no_exception(page)
+    grid = page.get_by_test_id("stDataFrame").filter(visible=True).first
+    grid.locator("tbody tr").first.wait_for(state="attached", timeout=30_000)
+    rows = int(grid.locator("table").get_attribute("aria-rowcount")) - 1  # without the header
+    assert rows >= 20
+    # Glide draws (and lists for screen readers) only the rows in view
+    assert grid.locator("tbody tr").count() == rows
