@@ -456,7 +456,7 @@ def demo_upload(variant: str = "a") -> Upload:
 #: The module table's columns and their definitions (every per-module column but sigma_1, which
 #: the table lists among the top singular values).
 #: The answer sits next to the module: a phone shows both without scrolling sideways.
-_FIRST_COLUMNS = ("module", "recommended rank")
+_FIRST_COLUMNS = ("module", "recommended rank", "r")
 COLUMN_HELP: dict[str, str] = {
     **{k: MODULE_COLUMNS[k] for k in _FIRST_COLUMNS},
     **{k: v for k, v in MODULE_COLUMNS.items() if k not in _FIRST_COLUMNS and k != "sigma_1"}}

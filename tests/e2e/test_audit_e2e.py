@@ -127,7 +127,7 @@ class TestUpload:
         rows = table_rows(page)
         assert len(rows) == 14
         assert all(row[2] == "8" for row in rows)      # r
-        recommended = {row[0]: int(row[3]) for row in rows}
+        recommended = {row[0]: int(row[1]) for row in rows}  # recommended rank: next to the module
         body = page.get_by_test_id("stMain").inner_text()
         assert "peft (adapter_model.safetensors + adapter_config.json)" in body
         assert "scale = lora_alpha / r; s = 2" in body  # 16 / 8
