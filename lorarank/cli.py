@@ -193,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_compare)
 
     finetune_cli.add_extract_parser(sub, _cmd_extract)
+
+    from .fleet.command import add_parser as add_fleet_parser
+
+    add_fleet_parser(sub, _Parser)
     return parser
 
 

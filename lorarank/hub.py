@@ -50,6 +50,8 @@ __all__ = [
     "DEFAULT_CACHE_BYTES", "DEFAULT_TIMEOUT", "PREFIX", "MAX_SERIES_REVISIONS", "HubSeriesRef",
     "parse_hub_series", "HubCheckpoint", "HubSeries", "plan_hub_series",
     "describe_hub_error", "list_repo", "request_token", "endpoint", "format_bytes",
+    "HubListing", "list_adapter", "HubHeader", "read_adapter_header", "list_adapter_repos",
+    "HEADER_FIRST_BYTES", "ADAPTER_TAGS",
 ]
 
 PREFIX = "hf://"
@@ -392,9 +394,14 @@ def _tqdm_class(activity: _Activity, cap: int):
     return _Progress
 
 
-def _list_files(api: Any, ref: HubRef, settings: HubSettings,
-                activity: _Activity) -> tuple[str, dict[str, int | None]]:
-    """``(commit, {path: size})`` of the repo at ``ref.revision``: one API call."""
+def _list_siblings(api: Any, ref: HubRef, settings: HubSettings,
+                   activity: _Activity) -> tuple[str, dict[str, tuple[int | None, str | None]]]:
+    """``(commit, {path: (size, content id)})`` of the repo at ``ref.revision``: one API call.
+
+    The content id is ``sha256:<hex>`` for an LFS file (the hash of its bytes) and
+    ``git:<blob id>`` for a small one, so a cache can tell whether a file changed without
+    downloading it.
+    """
     try:
         info = api.model_info(ref.repo_id, revision=ref.revision, files_metadata=True,
                               timeout=settings.timeout)
@@ -404,9 +411,21 @@ def _list_files(api: Any, ref: HubRef, settings: HubSettings,
     commit = str(info.sha or "")
     if not _SHA_RE.fullmatch(commit):
         raise HubError(f"{ref.uri}: the Hub did not say which commit the revision is; try again")
-    listing = {s.rfilename: (s.size if s.size is not None else (s.lfs.size if s.lfs else None))
-               for s in (info.siblings or [])}
+    listing = {}
+    for s in info.siblings or []:
+        lfs = s.lfs
+        size = s.size if s.size is not None else (lfs.size if lfs else None)
+        ident = (f"sha256:{lfs.sha256}" if lfs and getattr(lfs, "sha256", None) else
+                 f"git:{s.blob_id}" if getattr(s, "blob_id", None) else None)
+        listing[s.rfilename] = (size, ident)
     return commit, listing
+
+
+def _list_files(api: Any, ref: HubRef, settings: HubSettings,
+                activity: _Activity) -> tuple[str, dict[str, int | None]]:
+    """``(commit, {path: size})`` of the repo at ``ref.revision``: one API call."""
+    commit, listing = _list_siblings(api, ref, settings, activity)
+    return commit, {path: size for path, (size, _) in listing.items()}
 
 
 def _fetch(ref: HubRef, settings: HubSettings, token: str | bool, activity: _Activity,
@@ -563,6 +582,262 @@ def load_hub_adapter(ref: HubRef | str, *, token: str | None = None,
     fetched = fetch_adapter_files(ref, token=token, settings=settings)
     adapter = load_adapter(fetched.weights, config=fetched.config, alpha=alpha, scale=scale)
     return _replace(adapter, source=fetched.pinned.uri), fetched
+
+
+# ----------------------------------------------------------------------------------- fleets
+#: Bytes fetched first for a safetensors header (one range request covers most adapters'
+#: headers; a larger header costs a second request, bounded by ``MAX_HEADER_BYTES``).
+HEADER_FIRST_BYTES = 65_536
+
+
+@dataclass(frozen=True)
+class HubListing:
+    """What one listing call says about an adapter: its commit, files, sizes and content ids."""
+
+    ref: HubRef
+    commit: str
+    paths: tuple[str, ...]
+    sizes: tuple[int, ...]
+    ids: tuple[str | None, ...]
+
+    @property
+    def pinned(self) -> HubRef:
+        return self.ref.with_revision(self.commit)
+
+    @property
+    def total_bytes(self) -> int:
+        return int(sum(self.sizes))
+
+    @property
+    def content_key(self) -> str | None:
+        """The adapter's files by content (None when the Hub gave no id for one of them)."""
+        if any(i is None for i in self.ids):
+            return None
+        return "|".join(f"{p.rsplit('/', 1)[-1]}={i}" for p, i in zip(self.paths, self.ids))
+
+
+def list_adapter(ref: HubRef | str, *, token: str | None = None,
+                 settings: HubSettings | None = None) -> HubListing:
+    """List an adapter's files (one API call, nothing downloaded): which files an audit reads,
+    their sizes and content ids, and the commit the revision resolves to.
+
+    Raises
+    ------
+    HubError
+        As :func:`fetch_adapter_files` before it downloads.
+    """
+    from huggingface_hub import HfApi
+
+    ref = parse_hub_uri(ref) if isinstance(ref, str) else ref
+    settings = HubSettings.from_env() if settings is None else settings
+
+    def work(activity: _Activity, state: dict) -> HubListing:
+        api = HfApi(endpoint=_endpoint(), token=_token(token))
+        commit, listing = _list_siblings(api, ref, settings, activity)
+        paths = choose_adapter_files(ref, {p: size for p, (size, _) in listing.items()})
+        sizes = [listing[p][0] for p in paths]
+        if any(size is None for size in sizes):
+            raise HubError(f"{ref.uri}: the Hub did not report the size of "
+                           f"{', '.join(p for p, n in zip(paths, sizes) if n is None)}; not read")
+        return HubListing(ref, commit, tuple(paths), tuple(int(n) for n in sizes),
+                          tuple(listing[p][1] for p in paths))
+
+    return _watched(ref, settings, work, None)
+
+
+@dataclass(frozen=True)
+class HubHeader:
+    """A Hub adapter's safetensors header and config, read without its weights.
+
+    Attributes
+    ----------
+    listing : HubListing
+    name : str
+        The weights file's name.
+    entries : dict of str to (str, tuple of int)
+        Tensor name -> (safetensors dtype, shape).
+    metadata : dict of str to str
+    config : bytes or None
+        ``adapter_config.json`` as downloaded.
+    fetched : int
+        Bytes of the weights file actually transferred (the header's range).
+    """
+
+    listing: HubListing
+    name: str
+    entries: dict
+    metadata: dict
+    config: bytes | None
+    fetched: int
+
+    @property
+    def commit(self) -> str:
+        return self.listing.commit
+
+    @property
+    def total_bytes(self) -> int:
+        return self.listing.total_bytes
+
+
+def _read_range(url: str, headers: dict, start: int, end: int, timeout: float,
+                activity: _Activity) -> bytes:
+    """Bytes ``start..end`` (inclusive) of ``url``; at most ``end - start + 1`` bytes are kept
+    even when a server ignores the range and sends the whole file."""
+    from huggingface_hub.utils import get_session
+
+    want = end - start + 1
+    out = bytearray()
+    with get_session().stream("GET", url, headers={**headers, "Range": f"bytes={start}-{end}"},
+                              timeout=timeout, follow_redirects=True) as response:
+        if response.status_code >= 400:
+            response.read()
+            from huggingface_hub.utils import hf_raise_for_status
+
+            hf_raise_for_status(response)
+        skip = start if response.status_code == 200 else 0   # the server ignored the range
+        for chunk in response.iter_bytes():
+            activity.touch(len(chunk))
+            if skip:
+                cut = min(skip, len(chunk))
+                chunk, skip = chunk[cut:], skip - cut
+            out += chunk[: want - len(out)]
+            if len(out) >= want:
+                break
+    return bytes(out)
+
+
+def read_adapter_header(ref: HubRef | str, *, token: str | None = None,
+                        settings: HubSettings | None = None) -> HubHeader:
+    """The safetensors header of a Hub adapter by HTTP range requests, plus its small config.
+
+    One listing call, then the first :data:`HEADER_FIRST_BYTES` bytes of the weights file
+    (and, for a larger header, the rest of it, bounded by
+    :data:`lorarank.adapters._tensors.MAX_HEADER_BYTES`); no weights are downloaded. The header
+    is checked as a local one is (:func:`lorarank.adapters.headers.parse_header`).
+
+    Raises
+    ------
+    HubError
+        As :func:`list_adapter`; a weights file that is not safetensors (npz, gguf), which
+        needs a full download.
+    AdapterError
+        A header over the bounds or not describing the file's data.
+    """
+    from huggingface_hub import hf_hub_download, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
+
+    from .adapters.headers import parse_header
+
+    ref = parse_hub_uri(ref) if isinstance(ref, str) else ref
+    settings = HubSettings.from_env() if settings is None else settings
+    listing = list_adapter(ref, token=token, settings=settings)
+    weights = listing.paths[0]
+    name = weights.rsplit("/", 1)[-1]
+    if not name.lower().endswith(".safetensors"):
+        raise HubError(f"{ref.uri}: {name} is not a safetensors file, so its ranks cannot be read "
+                       "from a header; audit it without --screen")
+    size = listing.sizes[0]
+
+    def work(activity: _Activity, state: dict) -> HubHeader:
+        endpoint = _endpoint()
+        tok = _token(token)
+        url = hf_hub_url(ref.repo_id, weights, revision=listing.commit, endpoint=endpoint)
+        headers = build_hf_headers(token=tok)
+        got = [0]
+        try:
+            first = _read_range(url, headers, 0, min(HEADER_FIRST_BYTES, size) - 1, settings.timeout,
+                                activity)
+            got[0] += len(first)
+            pos = [8]
+
+            def read(n: int) -> bytes:
+                have = first[pos[0]:pos[0] + n]
+                if len(have) < n:
+                    more = _read_range(url, headers, pos[0] + len(have), pos[0] + n - 1,
+                                       settings.timeout, activity)
+                    got[0] += len(more)
+                    have += more
+                pos[0] += n
+                return have
+
+            entries, metadata = parse_header(name, first[:8], read, size)
+        except (HubError, ConfigError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - AdapterError passes, the rest is one sentence
+            from .errors import AdapterError
+
+            if isinstance(exc, AdapterError):
+                raise
+            raise _hub_error(exc, ref, weights) from exc
+        config = None
+        if len(listing.paths) > 1:
+            try:
+                local = hf_hub_download(ref.repo_id, listing.paths[1], revision=listing.commit,
+                                        cache_dir=settings.resolved_cache_dir(), token=tok,
+                                        endpoint=endpoint, etag_timeout=settings.timeout)
+            except Exception as exc:  # noqa: BLE001 - mapped to one sentence
+                raise _hub_error(exc, ref, listing.paths[1]) from exc
+            config = Path(local).read_bytes()
+        return HubHeader(listing, name, entries, metadata, config, got[0])
+
+    return _watched(ref, settings, work, None)
+
+
+#: Tags that mark a Hub repo as an adapter (PEFT's library tag, LoRA tags, an adapter's
+#: base_model relation).
+ADAPTER_TAGS = ("peft", "lora")
+
+
+def list_adapter_repos(*, author: str | None = None, base_model: str | None = None,
+                       search: str | None = None, limit: int = 1000, token: str | None = None,
+                       settings: HubSettings | None = None) -> tuple[list[str], int]:
+    """Adapter repos of a user or organisation, or of a base model, from the Hub's model list.
+
+    Uses ``HfApi.list_models`` (``author``, ``search``, and for a base model the tag
+    ``base_model:adapter:<base_model>`` the Hub gives adapters that declare it). A repo counts
+    as an adapter when its tags say so (``peft``, ``lora``, a ``base_model:adapter:...`` tag,
+    or library ``peft``); the others (full models, datasets' scripts) are skipped and counted.
+
+    Returns
+    -------
+    repos : list of str
+        ``owner/name``, in the Hub's order, at most ``limit``.
+    skipped : int
+        Repos listed that are not tagged as adapters.
+    """
+    from huggingface_hub import HfApi
+
+    settings = HubSettings.from_env() if settings is None else settings
+    where = HubRef(base_model or f"{author or 'hub'}/listing")   # names the query in a stall message
+
+    def work(activity: _Activity, state: dict) -> tuple[list[str], int]:
+        api = HfApi(endpoint=_endpoint(), token=_token(token))
+        filters = [f"base_model:adapter:{base_model}"] if base_model else None
+        repos, skipped = [], 0
+        try:
+            for info in api.list_models(author=author, search=search, filter=filters, limit=limit):
+                activity.touch(1)
+                tags = [str(t) for t in (getattr(info, "tags", None) or [])]
+                library = str(getattr(info, "library_name", None) or "")
+                if (base_model or library == "peft" or any(t in ADAPTER_TAGS for t in tags)
+                        or any(t.startswith("base_model:adapter:") for t in tags)):
+                    repos.append(str(info.id))
+                else:
+                    skipped += 1
+        except HubError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped to one sentence
+            what = ", ".join(f"{k} {v}" for k, v in (("author", author), ("base model", base_model),
+                                                     ("search", search)) if v)
+            name = type(exc).__name__
+            if isinstance(exc, (ConnectionError, TimeoutError)) or "Connect" in name or "Timeout" in name:
+                raise HubError(f"the Hub at {_endpoint()} cannot be reached from here to list "
+                               f"models ({what}); try again, or give local files") from exc
+            raise HubError(f"the Hub at {_endpoint()} could not list models ({what}): {name}; "
+                           "try again later") from exc
+        return repos, skipped
+
+    return _watched(where, settings, work, None)
 
 
 # ---------------------------------------------------------------------------------- series

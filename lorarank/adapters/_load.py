@@ -23,7 +23,7 @@ from ._tensors import MAX_NPZ_BYTES, Tensors, npz_tensors, safetensors_from_byte
 from .gguf_lora import GGUF_MAGIC, load_gguf_bytes, load_gguf_path
 from .names import PEFT_PREFIX, natural_key
 
-__all__ = ["load_adapter", "load_adapter_bytes", "load_adapters", "named_adapters"]
+__all__ = ["load_adapter", "load_adapter_bytes", "load_adapters", "named_adapters", "module_layouts"]
 
 _WEIGHT_SUFFIXES = (".safetensors", ".npz", ".gguf")
 _NON_WEIGHTS = ("base_weights.safetensors",)   # DoRA samples keep the base model's weights beside
@@ -261,10 +261,26 @@ def _diffusers_components(tensors: Tensors, source: str) -> dict[str, dict] | No
     return components or None
 
 
-def _build(tensors: Tensors, config: dict | None, source: str, *, alpha: float | None,
-           scale: float | None, name: str = "") -> Adapter:
-    alpha, scale = check_override(alpha, scale)
-    keys = tensors.keys()
+def module_layouts(keys: list[str], config: dict | None, source: str
+                   ) -> tuple[str, dict[str, tuple[dict[str, str], "_registry.Layout"]], dict[str, str], list[str]]:
+    """How a file's tensors group into modules, from their names alone (nothing is read).
+
+    Steps 1 and 2 of reading an adapter, shared by :func:`load_adapter` and the header-only
+    screening of :mod:`lorarank.adapters.headers`: kinds lorarank refuses are refused, the
+    config's ``peft_type`` is checked, and every key is classified by the registered layouts.
+
+    Returns
+    -------
+    format : str
+        The key convention (``"peft"``, ``"kohya"``, ``"diffusers"`` is found later from the
+        metadata, ``"mlx"``, ``"npz"``).
+    modules : dict of str to (dict of str to str, Layout)
+        Module name -> ``({role: key}, layout)``.
+    alpha_keys : dict of str to str
+        Module name -> its ``alpha`` / ``network_alpha`` key.
+    rest : list of str
+        Keys that are not LoRA factors.
+    """
     # 1. Refuse what we recognise but cannot audit, before reading any data.
     for key in keys:
         kind = _registry.refusal(key)
@@ -300,6 +316,14 @@ def _build(tensors: Tensors, config: dict | None, source: str, *, alpha: float |
     if len(found) > 1:
         raise AdapterError(f"{source} mixes the key conventions of {' and '.join(sorted(found))}")
     fmt, named = next(iter(found.items()))
+    return fmt, named, alpha_keys, rest
+
+
+def _build(tensors: Tensors, config: dict | None, source: str, *, alpha: float | None,
+           scale: float | None, name: str = "") -> Adapter:
+    alpha, scale = check_override(alpha, scale)
+    keys = tensors.keys()
+    fmt, named, alpha_keys, rest = module_layouts(keys, config, source)
     # 3. Read each module with its family, then compute each module's scale.
     components = _diffusers_components(tensors, source) if fmt == "peft" and config is None else None
     rslora = config_bool(config, "use_rslora") if (config and fmt == "peft") else False

@@ -46,10 +46,24 @@ _LORA_KEEP = ("base_model_name_or_path", "revision", "task_type", "target_module
 
 
 def _alpha_for(scale: float, r: int, rslora: bool) -> float:
-    """The alpha that gives ``scale`` at rank ``r``; an int when it is one to round-off."""
-    value = scale * math.sqrt(r) if rslora else scale * r
+    """The alpha that gives ``scale`` at rank ``r`` exactly as PEFT computes it
+    (``lora_alpha / r``, or ``lora_alpha / math.sqrt(r)`` with rsLoRA); an int when one does.
+
+    ``scale * r`` rounds, so its quotient by r can miss ``scale`` by an ulp; the nearest floats
+    around it are tried until the quotient is ``scale`` bit for bit (a padded or resized
+    adapter then applies exactly the scale it was read with).
+    """
+    div = math.sqrt(r) if rslora else float(r)
+    value = scale * div
     nearest = round(value)
-    return int(nearest) if nearest and abs(value - nearest) <= 1e-9 * abs(value) else value
+    if nearest and abs(value - nearest) <= 1e-9 * abs(value) and nearest / div == scale:
+        return int(nearest)
+    candidate = value
+    for _ in range(8):
+        if candidate / div == scale:
+            return candidate
+        candidate = math.nextafter(candidate, math.inf if candidate / div < scale else -math.inf)
+    return value
 
 
 class _Specs:

@@ -1,0 +1,374 @@
+"""One fleet row per adapter: the pure per-adapter function every executor runs.
+
+:func:`audit_member` takes a :class:`~lorarank.fleet.sources.Member` and the
+:class:`FleetOptions` and returns a plain dict (JSON-friendly, picklable, small): the same
+numbers as the single-adapter audit of the same files (:func:`lorarank.audit.audit_adapter`,
+``lorarank audit --json``'s ``summary``), plus the energy the adapter keeps under serving caps.
+It never raises: an adapter that cannot be read or audited is a row with ``ok: false`` and
+its one-line ``error``, so a fleet never stops for one bad member. It holds one adapter at a
+time, so a worker's memory is that of one audit.
+
+Row fields (``fleet --json``'s ``adapters``):
+
+====================  =====================================================================
+``source``            the member as named (path, ``hf://owner/name[/sub]``, upload name)
+``revision``          the Hub commit read (None for local files)
+``ok``, ``error``     whether it was audited; the one-line error when not
+``format``            ``peft``, ``kohya``, ``diffusers``, ``mlx``, ``npz``, ``gguf``
+``family``            the module families, joined by ``+`` (``lora``, ``dora+lora``, ...)
+``base_model``        ``base_model_name_or_path`` of the config (or the file's metadata)
+``stored_ranks``      distinct ranks q of the modules (the audit's ``summary.ranks``)
+``max_rank``          the rank a plain LoRA needs to hold its largest module exactly: what a
+                      server's ``max_lora_rank`` must allow (the stored rank, except LoKr:
+                      the Kronecker product's rank, up to ``min(o1, i1) * q``)
+``recommended_rank``  ``{"min", "median", "max"}`` under the rule (the audit's summary)
+``energy_at_cap``     ``{"8": e, ...}``: share of the whole update's energy sum sigma^2
+                      kept when every module is cut to ``min(cap, q)`` directions (1.0 when
+                      it fits); null when screened
+``energy_curve``      the same for every cap 1..max_rank (``energy_curve[c-1]``)
+``modules``           module count
+``params``            parameters stored in the factors
+``bytes``             bytes of the adapter's files (weights and config)
+``dtypes``            stored dtypes
+``warnings``          the audit's warnings (sentences)
+``screened``          True when the row comes from headers alone (no spectra)
+====================  =====================================================================
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._validate import check_int
+from ..errors import ConfigError
+from .sources import WEIGHT_SUFFIXES, Member
+
+__all__ = ["DEFAULT_CAPS", "MAX_CAP", "FleetOptions", "audit_member", "row_from_report",
+           "error_row", "energy_curve", "ROW_VERSION", "one_line"]
+
+#: Serving caps the rows report by default (vLLM ``max_lora_rank`` choices).
+DEFAULT_CAPS: tuple[int, ...] = (8, 16, 32, 64, 128)
+#: Largest cap accepted.
+MAX_CAP = 65_536
+#: Bumped when the row's fields or their meaning change (cached rows of another version are
+#: recomputed).
+ROW_VERSION = 1
+#: Longest ``energy_curve`` a row carries (caps beyond it keep everything a row this long keeps).
+MAX_CURVE = 4096
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    """What every row is computed with.
+
+    Attributes
+    ----------
+    rule, value : str, float
+        The rank rule of the audit (:data:`lorarank.spectrum.RANK_RULES`), default energy 0.99.
+    caps : tuple of int
+        Serving caps for ``energy_at_cap``.
+    screen : bool
+        Headers only: ranks, shapes and dtypes, no spectra.
+    """
+
+    rule: str = "energy"
+    value: float = 0.99
+    caps: tuple[int, ...] = DEFAULT_CAPS
+    screen: bool = False
+
+    def __post_init__(self) -> None:
+        from ..spectrum import recommend_rank
+
+        recommend_rank(np.ones(1), rule=self.rule, value=self.value)   # names a bad rule or value
+        caps = tuple(check_int("cap", c, minimum=1, maximum=MAX_CAP) for c in self.caps)
+        if not caps:
+            raise ConfigError("`caps` should list at least one serving cap, e.g. 8,16,32,64,128")
+        object.__setattr__(self, "caps", tuple(sorted(set(caps))))
+        object.__setattr__(self, "value", float(self.value))
+
+    def key(self) -> str:
+        """What a cached row depends on besides the files."""
+        return (f"v{ROW_VERSION}|{self.rule}|{self.value!r}|{','.join(map(str, self.caps))}|"
+                f"{'screen' if self.screen else 'audit'}")
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line (the first of its message), named when it is not ours."""
+    from ..errors import LoraRankError
+
+    text = " ".join(str(exc).split()) if str(exc).strip() else ""
+    if isinstance(exc, FileNotFoundError):
+        return f"no such file or folder: {exc.filename}"
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc.filename}"
+    if isinstance(exc, MemoryError):
+        return "out of memory while reading or auditing this adapter"
+    if isinstance(exc, LoraRankError) and text:
+        return text[:500]
+    return f"{type(exc).__name__}: {text}"[:500] if text else type(exc).__name__
+
+
+def error_row(member: Member, message: str, *, revision: str | None = None) -> dict[str, Any]:
+    """The row of a member that could not be audited."""
+    return {"source": member.source, "revision": revision, "ok": False, "error": message,
+            "format": None, "family": None, "base_model": None, "stored_ranks": [], "max_rank": None,
+            "recommended_rank": {}, "energy_at_cap": {}, "energy_curve": [], "modules": 0, "params": 0,
+            "bytes": None, "dtypes": [], "warnings": [], "screened": False}
+
+
+def energy_curve(spectra, *, length: int | None = None) -> list[float]:
+    """Share of ``sum sigma^2`` over all modules kept when every module keeps its top ``c``.
+
+    Parameters
+    ----------
+    spectra : sequence of ndarray of shape (q_i,)
+        Each module's singular values, descending.
+    length : int, optional
+        Caps 1..length (default: the longest spectrum, at most :data:`MAX_CURVE`).
+
+    Returns
+    -------
+    list of float
+        ``out[c - 1]``; 1.0 for an all-zero adapter (nothing to lose).
+
+    Notes
+    -----
+    Energies are taken relative to the largest sigma_1 so that spectra near 1e160 do not
+    overflow when squared (as the audit's summary does).
+    """
+    spectra = [np.asarray(s, dtype=np.float64) for s in spectra]
+    longest = max((s.size for s in spectra), default=0)
+    n = min(longest if length is None else int(length), MAX_CURVE)
+    if n <= 0:
+        return []
+    peak = max((float(s[0]) for s in spectra if s.size), default=0.0)
+    unit = peak if peak > 0 else 1.0
+    kept = np.zeros(n)
+    total = 0.0
+    for s in spectra:
+        e = (s / unit) ** 2
+        total += float(e.sum())
+        c = np.cumsum(e)
+        if c.size >= n:
+            kept += c[:n]
+        else:
+            kept += np.concatenate([c, np.full(n - c.size, c[-1] if c.size else 0.0)])
+    if total <= 0:
+        return [1.0] * n
+    return [float(min(k / total, 1.0)) for k in kept]
+
+
+def lora_rank(family: str, rank: int, spectrum_size: int) -> int:
+    """The rank a plain LoRA needs to hold a module exactly: its stored rank q, except for
+    LoKr, whose Kronecker product has rank up to ``min(o1, i1) * q`` (its spectrum's length)."""
+    return int(spectrum_size) if family == "lokr" else int(rank)
+
+
+def _at_caps(curve: list[float], caps, max_rank: int | None) -> dict[str, float]:
+    out = {}
+    for cap in caps:
+        if not curve or (max_rank is not None and cap >= max_rank):
+            out[str(cap)] = 1.0
+        else:
+            out[str(cap)] = curve[min(cap, len(curve)) - 1]
+    return out
+
+
+def _base_model(config: dict | None, metadata: dict | None) -> str | None:
+    for source in (config or {}, metadata or {}):
+        for key in ("base_model_name_or_path", "model", "ss_sd_model_name", "general.basename"):
+            value = source.get(key)
+            if isinstance(value, str) and value.strip():
+                return value.strip()[:300]
+    return None
+
+
+def row_from_report(report, *, source: str, revision: str | None, size: int | None,
+                    config: dict | None, options: FleetOptions) -> dict[str, Any]:
+    """The row of an audited adapter: :class:`~lorarank.audit.AuditReport` -> dict."""
+    s = report.summary
+    ranks = [int(r) for r in s["ranks"]]
+    max_rank = max((lora_rank(m.family, m.rank, m.singular_values.size) for m in report.modules),
+                   default=None)
+    curve = energy_curve([m.singular_values for m in report.modules], length=max_rank)
+    return {
+        "source": source, "revision": revision, "ok": True, "error": None,
+        "format": report.format, "family": "+".join(s.get("families", [])),
+        "base_model": _base_model(config, report.detected.get("metadata")),
+        "stored_ranks": ranks, "max_rank": max_rank,
+        "recommended_rank": dict(s["recommended_rank"]),
+        "energy_at_cap": _at_caps(curve, options.caps, max_rank), "energy_curve": curve,
+        "modules": int(s["modules"]), "params": int(s["params"]), "bytes": size,
+        "dtypes": list(s["dtypes"]), "warnings": list(s["warnings"]), "screened": False,
+    }
+
+
+def _screen_row(header, *, source: str, revision: str | None, size: int | None,
+                config: dict | None) -> dict[str, Any]:
+    ranks = header.ranks
+    return {
+        "source": source, "revision": revision, "ok": True, "error": None,
+        "format": header.format, "family": "+".join(header.families),
+        "base_model": _base_model(config, header.metadata),
+        "stored_ranks": ranks, "max_rank": max((m.lora_rank for m in header.modules), default=None),
+        "recommended_rank": {}, "energy_at_cap": {}, "energy_curve": [],
+        "modules": len(header.modules), "params": header.num_params, "bytes": size,
+        "dtypes": header.dtypes, "warnings": [], "screened": True,
+    }
+
+
+# --------------------------------------------------------------------------------- reading
+def _local_files(path: Path) -> tuple[Path, Path | None]:
+    """``(weights, config)`` of a local member, as :func:`lorarank.adapters.load_adapter` picks them."""
+    if path.is_file():
+        cfg = path.parent / "adapter_config.json"
+        return path, cfg if cfg.is_file() else None
+    weights = sorted(p for p in path.iterdir() if p.suffix.lower() in WEIGHT_SUFFIXES and p.is_file()
+                     and p.name != "base_weights.safetensors")
+    preferred = [p for p in weights if p.name in ("adapter_model.safetensors", "adapters.safetensors")]
+    weights = preferred or weights
+    if len(weights) != 1:
+        from ..adapters import load_adapter
+
+        load_adapter(path)   # raises the reader's own sentence (none, or several)
+    cfg = path / "adapter_config.json"
+    return weights[0], cfg if cfg.is_file() else None
+
+
+def _parse_config(name: str, data: bytes) -> dict:
+    from ..adapters._config import parse_config
+
+    return parse_config(name, data)
+
+
+def _audit(member: Member, options: FleetOptions) -> dict[str, Any]:
+    from ..audit import audit_adapter
+
+    if member.hub:
+        from ..hub import load_hub_adapter
+
+        adapter, fetched = load_hub_adapter(member.hub)
+        config = _parse_config("adapter_config.json", fetched.config.read_bytes()) if fetched.config else None
+        report = audit_adapter(adapter, rule=options.rule, value=options.value)
+        return row_from_report(report, source=member.source, revision=fetched.commit,
+                               size=fetched.total_bytes, config=config, options=options)
+    if member.files is not None:
+        from ..adapters import load_adapter_bytes
+
+        adapter = load_adapter_bytes(member.files)
+        configs = [b for n, b in member.files if n.lower().endswith(".json")]
+        config = _parse_config("adapter_config.json", configs[0]) if configs else None
+        size = sum(len(b) for _, b in member.files)
+    else:
+        from ..adapters import load_adapter
+
+        path = Path(member.path)
+        weights, cfg = _local_files(path)
+        adapter = load_adapter(path)
+        config = _parse_config(cfg.name, cfg.read_bytes()) if cfg else None
+        size = weights.stat().st_size + (cfg.stat().st_size if cfg else 0)
+    report = audit_adapter(adapter, rule=options.rule, value=options.value)
+    return row_from_report(report, source=member.source, revision=None, size=size, config=config,
+                           options=options)
+
+
+def _screen(member: Member, options: FleetOptions) -> dict[str, Any]:
+    from ..adapters.headers import header_entries_from_path, parse_header, screen_entries
+
+    if member.hub:
+        from ..hub import read_adapter_header
+
+        got = read_adapter_header(member.hub)
+        config = _parse_config("adapter_config.json", got.config) if got.config is not None else None
+        header = screen_entries(got.entries, config=config, source=got.name, metadata=got.metadata)
+        return _screen_row(header, source=member.source, revision=got.commit, size=got.total_bytes,
+                           config=config)
+    if member.files is not None:
+        weights = [(n, b) for n, b in member.files if not n.lower().endswith(".json")]
+        configs = [b for n, b in member.files if n.lower().endswith(".json")]
+        config = _parse_config("adapter_config.json", configs[0]) if configs else None
+        name, data = weights[0]
+        size = sum(len(b) for _, b in member.files)
+        if not name.lower().endswith(".safetensors") or data[:4] == b"GGUF" or data[:2] == b"PK":
+            return _screen_by_reading(member, options, size=size, config=config)
+        pos = [8]
+
+        def read(n: int) -> bytes:
+            chunk = data[pos[0]:pos[0] + n]
+            pos[0] += n
+            return chunk
+
+        entries, meta = parse_header(name, data[:8], read, len(data))
+    else:
+        path = Path(member.path)
+        weights, cfg = _local_files(path)
+        config = _parse_config(cfg.name, cfg.read_bytes()) if cfg else None
+        size = weights.stat().st_size + (cfg.stat().st_size if cfg else 0)
+        with open(weights, "rb") as fh:
+            magic = fh.read(4)
+        if weights.suffix.lower() != ".safetensors" or magic == b"GGUF" or magic[:2] == b"PK":
+            return _screen_by_reading(member, options, size=size, config=config)
+        entries, meta = header_entries_from_path(weights)
+        name = weights.name
+    header = screen_entries(entries, config=config, source=name, metadata=meta)
+    return _screen_row(header, source=member.source, revision=None, size=size, config=config)
+
+
+def _screen_by_reading(member: Member, options: FleetOptions, *, size: int, config: dict | None) -> dict:
+    """npz and GGUF have no safetensors header: read the factors (no spectra)."""
+    from ..adapters import load_adapter, load_adapter_bytes
+
+    adapter = load_adapter_bytes(member.files) if member.files is not None else load_adapter(member.path)
+    from ..audit import module_spectrum
+
+    ranks = adapter.ranks
+    sizes = [lora_rank(m.family, m.rank, module_spectrum(m).size if m.family == "lokr" else m.rank)
+             for m in adapter.modules]
+    return {
+        "source": member.source, "revision": None, "ok": True, "error": None,
+        "format": adapter.format, "family": "+".join(adapter.families),
+        "base_model": _base_model(config, adapter.metadata), "stored_ranks": ranks,
+        "max_rank": max(sizes, default=None), "recommended_rank": {}, "energy_at_cap": {},
+        "energy_curve": [], "modules": len(adapter.modules), "params": adapter.num_params,
+        "bytes": size, "dtypes": adapter.dtypes, "warnings": [], "screened": True,
+    }
+
+
+def audit_member(member: Member, options: FleetOptions) -> dict[str, Any]:
+    """The fleet row of one adapter (see the module docstring); never raises.
+
+    Pure in the sense that matters for scale-out: it depends only on its arguments and the
+    files (or Hub commit) they name, keeps no state, and returns a small plain dict, so any
+    executor (local processes, Ray, Dask) gives the same rows.
+    """
+    from ..spectrum import single_threaded_blas
+
+    try:
+        with single_threaded_blas():
+            return (_screen if options.screen else _audit)(member, options)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every failure is a row, never a stopped fleet
+        return error_row(member, one_line(exc))
+    finally:
+        _trim()
+
+
+def _trim() -> None:
+    """Give freed memory back to the system between adapters (glibc keeps it otherwise)."""
+    if os.name != "posix":
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+

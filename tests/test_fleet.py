@@ -1,0 +1,392 @@
+"""The fleet engine: every row equals the single-adapter audit, errors are rows, the cache,
+screening, the planner, padding and shrinking, the executors and the CLI contract."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from lorarank.cli import main
+from lorarank.fleet import (FleetOptions, ResultCache, audit_member, cap_files, energy_at, expand_sources,
+                            fleet_csv, fleet_document, members_from_uploads, pad_adapter, plan_caps,
+                            run_fleet)
+from lorarank.fleet.rows import energy_curve
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"sample adapters not found at {SAMPLES}")
+FAMILIES = ["peft_dora", "peft_adalora", "peft_loha", "peft_lokr", "peft_modules_to_save",
+            "peft_multi_adapter/summarize", "peft_multi_adapter/translate",
+            "diffusers_unet_lora/pytorch_lora_weights.safetensors", "lycoris_loha.safetensors",
+            "lycoris_lokr.safetensors", "lycoris_locon_tucker.safetensors", "mlx_dora", "gguf_lora.gguf"]
+RANKS = ["peft_llama_r8", "peft_llama_r32_rslora", "peft_llama_rank_pattern", "peft_gpt2_r4"]
+
+
+def write_peft(folder: Path, *, r: int, seed: int, alpha: float = 16.0, dtype=np.float32, rslora=False,
+               layers: int = 2, d: int = 32) -> Path:
+    """A small generated PEFT LoRA folder (real safetensors file, PEFT's config keys)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for layer in range(layers):
+        for mod, (d_out, d_in) in {"q_proj": (d, d), "v_proj": (d // 2, d)}.items():
+            name = f"base_model.model.model.layers.{layer}.self_attn.{mod}"
+            decay = np.geomspace(1, 0.01, r)
+            tensors[name + ".lora_A.weight"] = (rng.standard_normal((r, d_in)) * decay[:, None]).astype(dtype)
+            tensors[name + ".lora_B.weight"] = rng.standard_normal((d_out, r)).astype(dtype)
+    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "use_rslora": rslora,
+              "target_modules": ["q_proj", "v_proj"], "base_model_name_or_path": "tiny/llama",
+              "rank_pattern": {}, "alpha_pattern": {}, "fan_in_fan_out": False}
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def audit_doc(path: Path, capsys) -> dict:
+    assert main(["audit", str(path), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def expected_curve(doc: dict, length: int) -> list[float]:
+    """Energy kept at caps 1..length straight from the audit document's singular values."""
+    spectra = [np.array(m["singular_values"], dtype=np.float64) for m in doc["modules"]]
+    total = sum(float(np.sum(s**2)) for s in spectra)
+    return [sum(float(np.sum(s[:c] ** 2)) for s in spectra) / total for c in range(1, length + 1)]
+
+
+# ------------------------------------------------------------------------------ equality
+@needs_samples
+class TestRowsEqualTheAudit:
+    """A fleet row says what `lorarank audit --json` says of the same files."""
+
+    @pytest.mark.parametrize("case", [f"families/{f}" for f in FAMILIES] + RANKS)
+    def test_every_family_and_rank(self, case, capsys):
+        path = SAMPLES / case
+        doc = audit_doc(path, capsys)
+        (member,) = expand_sources([str(path)]).members
+        row = audit_member(member, FleetOptions())
+        s = doc["summary"]
+        assert row["ok"], row["error"]
+        assert row["format"] == doc["format"]
+        assert row["family"] == "+".join(s["families"])
+        assert row["stored_ranks"] == s["ranks"]
+        assert row["recommended_rank"] == s["recommended_rank"]
+        assert row["params"] == s["params"] and row["modules"] == s["modules"]
+        assert row["warnings"] == s["warnings"] and row["dtypes"] == s["dtypes"]
+        sizes = [len(m["singular_values"]) for m in doc["modules"]]
+        lora = [n if m["family"] == "lokr" else m["rank"] for m, n in zip(doc["modules"], sizes)]
+        assert row["max_rank"] == max(lora)
+        want = expected_curve(doc, row["max_rank"])
+        assert row["energy_curve"] == pytest.approx(want, rel=1e-12, abs=1e-15)
+        for cap, e in row["energy_at_cap"].items():
+            assert e == pytest.approx(1.0 if int(cap) >= row["max_rank"] else want[int(cap) - 1], rel=1e-12)
+
+    def test_generated_bfloat16_and_rslora(self, tmp_path, capsys):
+        folder = write_peft(tmp_path / "bf16", r=12, seed=3, dtype=ml_dtypes.bfloat16, rslora=True)
+        doc = audit_doc(folder, capsys)
+        (member,) = expand_sources([str(folder)]).members
+        row = audit_member(member, FleetOptions(rule="sv_ratio", value=10))
+        ref = audit_doc(folder, capsys)
+        assert row["dtypes"] == ["bfloat16"] and row["stored_ranks"] == [12]
+        assert row["energy_curve"] == pytest.approx(expected_curve(ref, 12), rel=1e-12)
+        assert row["base_model"] == "tiny/llama"
+        assert row["bytes"] == sum(p.stat().st_size for p in folder.iterdir())
+        assert doc["summary"]["ranks"] == [12]
+
+
+def test_energy_curve_matches_dense_svd():
+    """energy_curve of factored spectra equals the dense float64 SVD of each s*B@A."""
+    rng = np.random.default_rng(0)
+    spectra, dense = [], []
+    for r in (3, 7, 5):
+        b, a = rng.standard_normal((20, r)), rng.standard_normal((r, 15))
+        s = np.linalg.svd(1.5 * b @ a, compute_uv=False)
+        dense.append(s)
+        spectra.append(s[:r])
+    total = sum(float(np.sum(s**2)) for s in dense)
+    want = [sum(float(np.sum(s[:c] ** 2)) for s in dense) / total for c in range(1, 8)]
+    assert energy_curve(spectra) == pytest.approx(want, rel=1e-12)
+    assert energy_curve([np.zeros(3)]) == [1.0, 1.0, 1.0]
+
+
+# ------------------------------------------------------------------------ bad members, CLI
+def bad_fleet(tmp_path: Path) -> Path:
+    fleet = tmp_path / "fleet"
+    write_peft(fleet / "good", r=4, seed=1)
+    (fleet / "text.safetensors").write_text("not a safetensors file")
+    bad = fleet / "unpaired"
+    bad.mkdir()
+    save_file({"x.lora_A.weight": np.ones((2, 4), np.float32)}, str(bad / "adapter_model.safetensors"))
+    (bad / "adapter_config.json").write_text("{}")
+    huge = fleet / "huge_header.safetensors"
+    huge.write_bytes(struct.pack("<Q", 2**40) + b"{}")
+    lying = fleet / "lying.safetensors"
+    header = json.dumps({"m.lora_A.weight": {"dtype": "F32", "shape": [10**6, 10**6], "data_offsets": [0, 8]},
+                         "m.lora_B.weight": {"dtype": "F32", "shape": [2, 1], "data_offsets": [8, 16]}}).encode()
+    lying.write_bytes(struct.pack("<Q", len(header)) + header + bytes(16))
+    deep = fleet / "deep.safetensors"
+    header = b"[" * 10_000 + b"]" * 10_000
+    deep.write_bytes(struct.pack("<Q", len(header)) + header)
+    return fleet
+
+
+class TestBadMembers:
+    """A member that cannot be read is a row with its one-line error; the fleet goes on."""
+
+    @pytest.mark.parametrize("screen", [False, True])
+    def test_rows_with_errors(self, tmp_path, screen):
+        fleet = bad_fleet(tmp_path)
+        members = expand_sources([str(fleet)]).members
+        result = run_fleet(members, FleetOptions(screen=screen), workers=1)
+        by = {Path(r["source"]).name: r for r in result.rows}
+        assert set(by) == {"good", "text.safetensors", "unpaired", "huge_header.safetensors",
+                           "lying.safetensors", "deep.safetensors"}
+        assert by["good"]["ok"] and by["good"]["stored_ranks"] == [4]
+        for name, row in by.items():
+            if name != "good":
+                assert not row["ok"] and row["error"] and "\n" not in row["error"], name
+                assert "Traceback" not in row["error"]
+        assert "no partner" in by["unpaired"]["error"]
+        assert "safetensors" in by["text.safetensors"]["error"]
+
+    def test_cli_exit_codes(self, tmp_path, capsys):
+        fleet = bad_fleet(tmp_path)
+        assert main(["fleet", str(fleet / "good"), "--json", "--workers", "1"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert set(doc) == {"adapters", "plan", "summary"}
+        row = doc["adapters"][0]
+        for key in ("source", "revision", "ok", "error", "format", "family", "base_model", "stored_ranks",
+                    "recommended_rank", "energy_at_cap", "params", "bytes", "warnings"):
+            assert key in row
+        assert set(doc["plan"]) >= {"cap", "fit", "shrink", "energy_kept_min", "smallest_cap"}
+        assert main(["fleet", str(fleet), "--json", "--workers", "1"]) == 1
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["summary"]["failed"] == 5
+        for argv, words in [(["fleet", str(fleet), "--caps", "x"], "--caps"),
+                            (["fleet", str(fleet), "--rule", "nope"], "rule"),
+                            (["fleet", str(fleet), "--pad-to", "8"], "--apply"),
+                            (["fleet", str(fleet), "--apply", str(tmp_path / "o")], "--cap"),
+                            (["fleet", str(tmp_path / "missing")], "no such file"),
+                            (["fleet", str(tmp_path / "*.nothing")], "matches no"),
+                            (["fleet", "hf://?colour=red"], "unknown query key"),
+                            (["fleet", str(fleet), "--cap", "16", "--pad-to", "8", "--apply", "o"], "above")]:
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert err.startswith("lorarank: error:") and words in err and err.count("\n") == 1, (argv, err)
+
+    def test_csv_and_text(self, tmp_path, capsys):
+        fleet = bad_fleet(tmp_path)
+        assert main(["fleet", str(fleet), "--csv", "--workers", "1"]) == 1
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert lines[0].startswith("source,revision,ok,error,format") and len(lines) == 7
+        assert main(["fleet", str(fleet / "good"), "--cap", "2", "--workers", "1"]) == 0
+        out = capsys.readouterr().out
+        assert "At cap 2, 0 of 1 adapters fit as they are and 1 must be shrunk" in out
+
+    def test_csv_formula_cells(self):
+        rows = [{"source": "=HYPERLINK(1)", "ok": False, "error": "@x", "stored_ranks": []}]
+        text = fleet_csv(rows)
+        assert "'=HYPERLINK(1)" in text and "'@x" in text
+
+
+# ------------------------------------------------------------------------------- the cache
+class TestCache:
+    """Rows are kept by content: a rerun after adding one adapter audits one."""
+
+    def test_rerun_audits_what_changed(self, tmp_path):
+        fleet = tmp_path / "fleet"
+        for i in range(3):
+            write_peft(fleet / f"a{i}", r=4 + i, seed=i)
+        cache = ResultCache(tmp_path / "cache")
+        first = run_fleet(expand_sources([str(fleet)]).members, FleetOptions(), workers=1, cache=cache)
+        assert (first.audited, first.cached) == (3, 0)
+        write_peft(fleet / "a3", r=9, seed=9)
+        again = run_fleet(expand_sources([str(fleet)]).members, FleetOptions(), workers=1,
+                          cache=ResultCache(tmp_path / "cache"))
+        assert (again.audited, again.cached) == (1, 3)
+        assert again.rows[:3] == first.rows
+        # new bytes at the same path are audited again; other options are other rows
+        write_peft(fleet / "a0", r=6, seed=42)
+        third = run_fleet(expand_sources([str(fleet)]).members, FleetOptions(), workers=1, cache=cache)
+        assert (third.audited, third.cached) == (1, 3) and third.rows[0]["stored_ranks"] == [6]
+        screened = run_fleet(expand_sources([str(fleet)]).members, FleetOptions(screen=True), workers=1,
+                             cache=cache)
+        assert screened.audited == 4
+
+    def test_moved_files_hit_and_failures_are_retried(self, tmp_path):
+        write_peft(tmp_path / "x" / "a", r=4, seed=1)
+        (tmp_path / "x" / "bad.safetensors").write_text("nope")
+        cache = ResultCache(tmp_path / "cache")
+        run_fleet(expand_sources([str(tmp_path / "x")]).members, FleetOptions(), workers=1, cache=cache)
+        shutil.move(str(tmp_path / "x"), str(tmp_path / "y"))
+        again = run_fleet(expand_sources([str(tmp_path / "y")]).members, FleetOptions(), workers=1, cache=cache)
+        assert (again.audited, again.cached) == (1, 1)
+        assert again.rows[0]["source"].endswith("y/a") and again.rows[0]["ok"] and not again.rows[1]["ok"]
+
+
+# ------------------------------------------------------------------------------- screening
+@needs_samples
+@pytest.mark.parametrize("case", [f"families/{f}" for f in FAMILIES] + RANKS)
+def test_screen_rows_agree_with_audit_rows(case):
+    """Header screening gives the audit's ranks, module count, parameters and serving rank."""
+    (member,) = expand_sources([str(SAMPLES / case)]).members
+    full = audit_member(member, FleetOptions())
+    screen = audit_member(member, FleetOptions(screen=True))
+    assert screen["ok"] and screen["screened"], screen["error"]
+    for key in ("format", "family", "stored_ranks", "max_rank", "modules", "params", "bytes", "base_model"):
+        assert screen[key] == full[key], key
+    assert screen["energy_at_cap"] == {} and screen["recommended_rank"] == {}
+
+
+def test_screen_reads_headers_only(tmp_path, monkeypatch):
+    """Screening a local file reads its header and never the tensors."""
+    folder = write_peft(tmp_path / "a", r=8, seed=0, d=256)
+    weights = folder / "adapter_model.safetensors"
+    reads = []
+    real_open = open
+
+    def spy(path, mode="r", *args, **kwargs):
+        fh = real_open(path, mode, *args, **kwargs)
+        if str(path) == str(weights):
+            orig = fh.read
+            fh.read = lambda n=-1: reads.append(n) or orig(n)
+        return fh
+
+    monkeypatch.setattr("builtins.open", spy)
+    (member,) = expand_sources([str(folder)]).members
+    row = audit_member(member, FleetOptions(screen=True))
+    assert row["ok"] and row["stored_ranks"] == [8]
+    header_len = struct.unpack("<Q", weights.read_bytes()[:8])[0]
+    assert sum(n for n in reads if n and n > 0) <= 8 + header_len + 4
+    assert weights.stat().st_size > 20 * (8 + header_len)
+
+
+# ------------------------------------------------------------------------------- uploads
+@needs_samples
+def test_members_from_a_zip_and_loose_files(tmp_path):
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for case in ("peft_llama_r8", "peft_gpt2_r4"):
+            for f in (SAMPLES / case).iterdir():
+                z.write(f, f"runs/{case}/{f.name}")
+    kohya = (SAMPLES / "families" / "lycoris_loha.safetensors").read_bytes()
+    exp = members_from_uploads([("fleet.zip", buf.getvalue()), ("loha.safetensors", kohya)])
+    assert sorted(m.source for m in exp.members) == ["loha.safetensors", "runs/peft_gpt2_r4", "runs/peft_llama_r8"]
+    rows = run_fleet(exp.members, FleetOptions(), workers=1).rows
+    (local,) = expand_sources([str(SAMPLES / "peft_llama_r8")]).members
+    ref = audit_member(local, FleetOptions())
+    zipped = next(r for r in rows if r["source"] == "runs/peft_llama_r8")
+    assert {k: v for k, v in zipped.items() if k != "source"} == {k: v for k, v in ref.items() if k != "source"}
+    evil = io.BytesIO()
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("../../etc/adapter.safetensors", b"x")
+    with pytest.raises(ValueError, match="unsafe path"):
+        members_from_uploads([("evil.zip", evil.getvalue())])
+
+
+# ------------------------------------------------------------------------------- executors
+def test_processes_give_the_serial_rows(tmp_path):
+    fleet = bad_fleet(tmp_path)
+    for i in range(4):
+        write_peft(fleet / f"g{i}", r=3 + 2 * i, seed=10 + i)
+    members = expand_sources([str(fleet)]).members
+    serial = run_fleet(members, FleetOptions(), workers=1)
+    seen = []
+    pooled = run_fleet(members, FleetOptions(), workers=2, progress=seen.append)
+    assert pooled.executor == "processes" and serial.executor == "serial"
+    assert pooled.rows == serial.rows
+    assert seen[0].done == 0 and seen[-1].done == len(members) and seen[-1].failed == 5
+    assert "adapters" in seen[-1].text()
+
+
+# ------------------------------------------------------------------------------- planner
+def test_plan_against_brute_force():
+    """fit / shrink / the smallest cap, checked by counting directly."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for i in range(20):
+        r = int(rng.integers(2, 40))
+        spectra = [np.sort(rng.random(r))[::-1] * rng.random() for _ in range(3)]
+        curve = energy_curve(spectra)
+        rows.append({"source": f"a{i}", "ok": True, "max_rank": r, "energy_curve": curve, "screened": False})
+    rows.append({"source": "bad", "ok": False, "max_rank": None, "energy_curve": []})
+    plan = plan_caps(rows, cap=16, keep=0.95, share=0.8)
+    ok = rows[:-1]
+    assert plan.fit == [r["source"] for r in ok if r["max_rank"] <= 16]
+    assert [s["source"] for s in plan.shrink] == [r["source"] for r in ok if r["max_rank"] > 16]
+    assert plan.energy_kept_min == min(r["energy_curve"][15] for r in ok if r["max_rank"] > 16)
+    good = lambda c: sum((1.0 if c >= r["max_rank"] else r["energy_curve"][c - 1]) >= 0.95 for r in ok)  # noqa: E731
+    want = next(c for c in range(1, 41) if good(c) >= 16)
+    assert plan.smallest_cap == want and good(want - 1) < 16
+    assert plan.smallest_listed_cap == next(c for c in (8, 16, 32, 64, 128) if good(c) >= 16)
+    assert plan.counted == 20 and "At cap 16" in plan.sentence()
+    assert energy_at(ok[0], 1000) == 1.0
+
+
+# ------------------------------------------------------------------------- pad and shrink
+def test_pad_keeps_the_update_bit_for_bit(tmp_path):
+    """Padded factors: the original entries bit-identical, zeros after, the scale identical."""
+    from lorarank.adapters import load_adapter, load_adapter_bytes
+
+    folder = write_peft(tmp_path / "a", r=5, seed=2, alpha=7.0, rslora=True)
+    adapter = load_adapter(folder)
+    files, summary = cap_files(adapter, cap=None, pad_to=64)
+    padded = load_adapter_bytes(files)
+    assert padded.ranks == [64] and summary["changed"]
+    config = json.loads(files["adapter_config.json"])
+    assert config["r"] == 64 and config["use_rslora"] is True
+    for m, p in zip(adapter.modules, padded.modules):
+        assert p.scale == m.scale                       # the same float, bit for bit
+        a, b = np.asarray(m.A), np.asarray(m.B)
+        pa, pb = np.asarray(p.A), np.asarray(p.B)
+        assert pa.dtype == a.dtype and np.array_equal(pa[:5], a) and not pa[5:].any()
+        assert np.array_equal(pb[:, :5], b) and not pb[:, 5:].any()
+        exact = m.scale * (b.astype(np.float64) @ a.astype(np.float64))
+        assert np.array_equal(p.scale * (pb[:, :5].astype(np.float64) @ pa[:5].astype(np.float64)), exact)
+    with pytest.raises(ValueError, match="above --pad-to"):
+        pad_adapter(adapter, 4)
+
+
+@needs_samples
+def test_apply_writes_the_best_truncation(tmp_path, capsys):
+    """--apply --cap: each copy is the best rank-cap approximation (Eckart-Young)."""
+    from lorarank.adapters import load_adapter
+
+    src = SAMPLES / "peft_llama_r32_rslora"
+    out = tmp_path / "out"
+    assert main(["fleet", str(src), str(SAMPLES / "peft_gpt2_r4"), "--cap", "8", "--apply", str(out),
+                 "--workers", "1", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [r["ok"] for r in doc["applied"]] == [True, True]
+    original = load_adapter(src)
+    folder = Path(doc["applied"][0]["folder"])
+    resized = load_adapter(folder)
+    assert resized.ranks == [8]
+    for m, k in zip(original.modules, resized.modules):
+        dense = m.scale * (np.asarray(m.B, np.float64) @ np.asarray(m.A, np.float64))
+        u, s, vt = np.linalg.svd(dense)
+        best = (u[:, :8] * s[:8]) @ vt[:8]
+        got = k.scale * (np.asarray(k.B, np.float64) @ np.asarray(k.A, np.float64))
+        assert np.allclose(got, best, atol=1e-5 * s[0])
+    kept = doc["plan"]["shrink"][0]["energy_kept"]
+    assert doc["applied"][0]["retained_energy"] == pytest.approx(kept, rel=1e-9)
+    gpt2 = load_file(str(Path(doc["applied"][1]["folder"]) / "adapter_model.safetensors"))
+    orig = load_file(str(SAMPLES / "peft_gpt2_r4" / "adapter_model.safetensors"))
+    assert gpt2.keys() == orig.keys() and all(np.array_equal(gpt2[k], orig[k]) for k in orig)
+
+
+def test_document_is_strict_json(tmp_path):
+    write_peft(tmp_path / "a", r=4, seed=1)
+    result = run_fleet(expand_sources([str(tmp_path)]).members, FleetOptions(), workers=1)
+    doc = fleet_document(result, plan_caps(result.rows, cap=2), options=FleetOptions())
+    text = json.dumps(doc, allow_nan=False)
+    assert json.loads(text)["plan"]["cap"] == 2
