@@ -11,6 +11,8 @@ It answers what ``huggingface_hub`` asks when it reads a model repo, the way the
 - ``GET /cdn/{sha256}``: the bytes, with ``Range: bytes=a-b`` (and ``bytes=a-``) answered by
   206 and exactly those bytes, as the Hub's CDN does; every response's body is counted in
   ``hub.served`` (path, first byte, bytes sent), so a test can say how much was fetched;
+- ``GET /api/models?author=&search=&filter=&limit=``: the model list (``id``, ``sha``,
+  ``tags``, ``library_name``), paged with a ``Link: <...>; rel="next"`` header as the Hub does;
 - errors with the Hub's ``X-Error-Code`` header: ``RepoNotFound`` (401, also for a private
   repo without the right token), ``RevisionNotFound`` and ``EntryNotFound`` (404),
   ``GatedRepo`` (401 on a gated repo's files without a token).
@@ -55,6 +57,7 @@ class HubRepo:
     stall: bool = False  # downloads of LFS files send headers, then nothing
     refs: tuple[str, ...] = ("main",)
     ranges: bool = True  # False: a CDN that ignores Range and sends whole files (HTTP 200)
+    tags: tuple[str, ...] = ("peft", "safetensors")
 
     @classmethod
     def from_folder(cls, folder: Path, *, prefix: str = "", **kwargs) -> "HubRepo":
@@ -114,6 +117,7 @@ def sample_repos() -> dict[str, HubRepo]:
         "lorarank-test/private-adapter": HubRepo.from_folder(llama, private_token="hf_test_reader"),
         "lorarank-test/gated-adapter": HubRepo.from_folder(llama, gated=True),
         "lorarank-test/a-whole-model": HubRepo(
+            tags=("transformers", "safetensors"),
             files={"config.json": b'{"model_type": "llama"}', "README.md": b"# a model\n"},
             declared={"model-00001-of-00002.safetensors": 4_900_000_000,
                       "model-00002-of-00002.safetensors": 1_100_000_000}),
@@ -186,6 +190,7 @@ class FakeHub:
         self.requests: list[tuple[str, str]] = []
         self.served: list[tuple[str, int, int]] = []  # (file path, first byte, bytes sent)
         self._served_lock = threading.Lock()
+        self.ranges: list[tuple[str, str | None]] = []  # (path, Range header) of every request
         self.closing = threading.Event()
         hub = self
 
@@ -256,7 +261,10 @@ class FakeHub:
         parts = urlsplit(h.path)
         path = unquote(parts.path)
         self.requests.append((h.command, path))
+        self.ranges.append((path, h.headers.get("Range")))
         segs = path.strip("/").split("/")
+        if segs == ["api", "models"]:
+            return self._list(h, parts.query, head=head)
         if segs[:2] == ["api", "models"] and len(segs) >= 4:
             return self._info(h, "/".join(segs[2:4]), segs[4:], head=head)
         if segs[0] == "cdn" and len(segs) == 2:
@@ -288,19 +296,59 @@ class FakeHub:
             return
         siblings = []
         for p in repo.paths():
-            entry = {"rfilename": p, "size": repo.size(p),
-                     "blobId": hashlib.sha1(repo.sha256(p).encode()).hexdigest()}
+            blob = (hashlib.sha1(b"blob %d\0" % len(repo.files[p]) + repo.files[p]).hexdigest()
+                    if p in repo.files and not _is_lfs(p) else hashlib.sha1(repo.sha256(p).encode()).hexdigest())
+            entry = {"rfilename": p, "size": repo.size(p), "blobId": blob}
             if _is_lfs(p):
                 entry["lfs"] = {"sha256": repo.sha256(p), "size": repo.size(p), "pointerSize": 134}
             siblings.append(entry)
         doc = {"_id": repo.sha[:24], "id": repo_id, "modelId": repo_id, "author": repo_id.split("/")[0],
                "sha": repo.sha, "private": repo.private_token is not None,
                "gated": "manual" if repo.gated else False, "disabled": False, "downloads": 0,
-               "likes": 0, "tags": ["peft", "safetensors"], "library_name": "peft",
+               "likes": 0, "tags": list(repo.tags), "library_name": "peft" if "peft" in repo.tags else None,
                "lastModified": "2026-12-01T00:00:00.000Z",
                "createdAt": "2026-12-01T00:00:00.000Z", "siblings": siblings}
         self._send(h, 200, json.dumps(doc).encode(), head=head,
                    headers={"Content-Type": "application/json"})
+
+    #: Models per page of the listing (small, so that tests see the paging).
+    PAGE = 3
+
+    def _list(self, h, query: str, *, head: bool) -> None:
+        """``/api/models``: public repos filtered as the Hub does (author, search in the name,
+        every ``filter`` a tag), in name order, paged by ``PAGE`` with a ``Link`` header."""
+        from urllib.parse import parse_qs, urlencode
+
+        q = parse_qs(query)
+        author = (q.get("author") or [None])[0]
+        search = (q.get("search") or [None])[0]
+        filters = q.get("filter") or []
+        limit = int((q.get("limit") or ["1000"])[0])
+        offset = int((q.get("offset") or ["0"])[0])
+        found = []
+        for repo_id, entry in sorted(self.repos.items()):
+            snap = _snapshots(entry)[-1]
+            for candidate in _snapshots(entry):
+                if "main" in candidate.refs:
+                    snap = candidate
+            if snap.private_token is not None:
+                continue
+            if author and repo_id.split("/")[0] != author:
+                continue
+            if search and search.lower() not in repo_id.lower():
+                continue
+            if any(f not in snap.tags for f in filters):
+                continue
+            found.append({"_id": snap.sha[:24], "id": repo_id, "modelId": repo_id, "sha": snap.sha,
+                          "tags": list(snap.tags), "private": False, "downloads": 0, "likes": 0,
+                          "library_name": "peft" if "peft" in snap.tags else None,
+                          "createdAt": "2026-12-01T00:00:00.000Z"})
+        page = found[offset:offset + min(self.PAGE, limit)]
+        headers = {"Content-Type": "application/json"}
+        if offset + len(page) < len(found) and len(page) < limit:
+            nxt = dict(q, offset=[str(offset + len(page))])
+            headers["Link"] = f'<{self.url}/api/models?{urlencode(nxt, doseq=True)}>; rel="next"'
+        self._send(h, 200, json.dumps(page).encode(), head=head, headers=headers)
 
     def _resolve(self, h, repo_id: str, rev: str, path: str, *, head: bool) -> None:
         repo = self._repo(h, repo_id, rev, head=head)

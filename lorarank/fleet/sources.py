@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import fnmatch
 import glob as _glob
-import io
 import os
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -359,34 +357,21 @@ def members_from_uploads(files: Iterable[tuple[str, bytes]]) -> Expansion:
 
 
 def _zip_folders(name: str, data: bytes) -> dict[str, list[tuple[str, bytes]]]:
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise ConfigError(f"{name} is not a valid zip archive ({exc})") from None
-    files = [i for i in infos if not i.is_dir()]
-    if len(files) > MAX_ZIP_MEMBERS:
-        raise ConfigError(f"{name} holds {len(files):,} files; at most {MAX_ZIP_MEMBERS:,} are read")
-    total = sum(i.file_size for i in files)
-    if total > MAX_ZIP_BYTES:
-        raise ConfigError(f"{name} unpacks to {total / 2**30:.1f} GiB; at most "
-                          f"{MAX_ZIP_BYTES // 2**30} GiB are read")
+    """The adapter files of a zip, by folder, read with the bounded reader
+    (:class:`lorarank.bounded.ZipArchive`: directory checked first, members streamed)."""
+    from ..bounded import ZipArchive
+
+    archive = ZipArchive(name, data, max_members=MAX_ZIP_MEMBERS, max_bytes=MAX_ZIP_BYTES)
     out: dict[str, list[tuple[str, bytes]]] = {}
-    for info in files:
-        path = info.filename.replace("\\", "/")
+    for member in archive.files():
+        path = member.name.replace("\\", "/")
         parts = [p for p in path.split("/") if p]
         if not parts or ".." in parts or path.startswith("/"):
-            raise ConfigError(f"{name}: member {info.filename!r} has an unsafe path")
+            raise ConfigError(f"{name}: member {member.name!r} has an unsafe path")
         if parts[0] == "__MACOSX" or parts[-1].startswith("."):
             continue
         leaf = parts[-1]
         if not (leaf.lower().endswith(WEIGHT_SUFFIXES) or leaf == _CONFIG):
             continue
-        try:
-            content = archive.read(info)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as exc:
-            raise ConfigError(f"{name}: member {info.filename!r} cannot be read ({exc})") from None
-        if len(content) != info.file_size:
-            raise ConfigError(f"{name}: member {info.filename!r} is not the size its directory says")
-        out.setdefault("/".join(parts[:-1]), []).append(("/".join(parts), content))
+        out.setdefault("/".join(parts[:-1]), []).append(("/".join(parts), bytes(archive.read(member))))
     return out
