@@ -84,6 +84,9 @@ PAGES: tuple[PageInfo, ...] = (
     PageInfo("pages/3_Adapter_audit.py", "Adapter audit", ":material/fact_check:",
              "How many directions does my trained adapter really use, can I shrink it without "
              "retraining, and do two adapters learn the same thing?"),
+    PageInfo("pages/4_Fleet.py", "Fleet", ":material/dataset:",
+             "Which of our many adapters fit the server's max_lora_rank, what does shrinking the "
+             "rest cost, and what cap should we set?"),
 )
 
 
@@ -95,7 +98,7 @@ def available_pages() -> list[PageInfo]:
 #: Session-state key holding the title of the page that ran last.
 CURRENT_PAGE_KEY = "lorarank_page"
 #: Prefixes of session-state keys that are not URL-bound settings (kept across pages).
-_PAGE_STATE_PREFIXES = ("lorarank_", "sweep_", "stability_", "audit_")
+_PAGE_STATE_PREFIXES = ("lorarank_", "sweep_", "stability_", "audit_", "fleet_")
 
 
 def setup_page(title: str, *, icon: str = ":material/insights:") -> None:

@@ -24,7 +24,7 @@ import io
 from typing import Any, Sequence
 
 from .cache import ResultCache
-from .plan import (DEFAULT_KEEP, DEFAULT_SHARE, Plan, apply_caps, cap_files, energy_at, pad_adapter,
+from .plan import (DEFAULT_KEEP, DEFAULT_SHARE, Plan, apply_caps, cap_files, energy_at, load_member, pad_adapter,
                    plan_caps, shrink_to_cap, slug)
 from .rows import DEFAULT_CAPS, FleetOptions, audit_member, energy_curve, error_row, row_from_report
 from .runner import EXECUTORS, FleetProgress, FleetResult, default_workers, run_fleet
@@ -36,7 +36,7 @@ __all__ = [
     "parse_hub_query", "FleetOptions", "DEFAULT_CAPS", "audit_member", "row_from_report", "error_row",
     "energy_curve", "ResultCache", "run_fleet", "FleetResult", "FleetProgress", "EXECUTORS",
     "default_workers", "Plan", "plan_caps", "energy_at", "DEFAULT_KEEP", "DEFAULT_SHARE",
-    "shrink_to_cap", "pad_adapter", "cap_files", "apply_caps", "slug", "fleet_document",
+    "shrink_to_cap", "pad_adapter", "cap_files", "apply_caps", "load_member", "slug", "fleet_document",
     "fleet_csv", "csv_columns", "flat_row", "fleet_report", "COLUMN_HELP",
 ]
 

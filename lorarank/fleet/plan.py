@@ -31,7 +31,7 @@ from .._validate import check_int, check_real
 from ..errors import ConfigError
 
 __all__ = ["Plan", "plan_caps", "energy_at", "pad_adapter", "shrink_to_cap", "cap_files",
-           "DEFAULT_KEEP", "DEFAULT_SHARE", "slug"]
+           "DEFAULT_KEEP", "DEFAULT_SHARE", "slug", "apply_caps", "load_member"]
 
 #: Default energy share t an adapter must keep, and share p of the fleet that must keep it.
 DEFAULT_KEEP = 0.99
@@ -281,7 +281,7 @@ def apply_caps(members, rows: Sequence[dict], out: str | Path, *, cap: int | Non
             record["error"] = f"not written: {row.get('error')}"
         else:
             try:
-                adapter = _load(member)
+                adapter = load_member(member)
                 files, summary = cap_files(adapter, cap=cap, pad_to=pad_to)
                 folder.mkdir(exist_ok=True)
                 for fname, data in files.items():
@@ -301,7 +301,8 @@ def apply_caps(members, rows: Sequence[dict], out: str | Path, *, cap: int | Non
     return records
 
 
-def _load(member):
+def load_member(member):
+    """The Adapter of a member (a Hub adapter is downloaded into the bounded cache)."""
     from ..adapters import load_adapter, load_adapter_bytes
 
     if member.hub:

@@ -1,0 +1,107 @@
+"""The Fleet page under AppTest: uploads (a zip of adapter folders and loose files), Hub queries
+through the local Hub stand-in, the cap in the link, the planner's sentence, downloads that are
+the CLI's document, the shared-server limits."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from hubserver import SAMPLES, FakeHub, HubRepo, point_client_at
+from lorarank.fleet import FleetOptions, expand_sources, plan_caps, run_fleet
+from ui import fleet as fl
+
+REPO = Path(__file__).resolve().parents[1]
+PAGE = "pages/4_Fleet.py"
+needs_samples = pytest.mark.skipif(not (SAMPLES / "peft_llama_r8").is_dir(), reason="../shared/samples not present")
+CASES = ("peft_llama_r8", "peft_llama_r32_rslora", "peft_gpt2_r4")
+
+
+def open_page(query: dict | None = None) -> AppTest:
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
+    at.switch_page(PAGE)
+    for key, value in (query or {}).items():
+        at.query_params[key] = value
+    return at.run()
+
+
+def fleet_zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for case in CASES:
+            for f in sorted((SAMPLES / case).iterdir()):
+                z.write(f, f"runs/{case}/{f.name}")
+    return buf.getvalue()
+
+
+def texts(at: AppTest) -> str:
+    return " ".join(str(e.value) for kind in ("success", "info", "error", "caption", "markdown")
+                    for e in at.get(kind))
+
+
+def test_empty_page_says_what_to_do():
+    at = open_page()
+    assert not at.exception
+    assert "Drop adapter files" in texts(at)
+
+
+@needs_samples
+def test_uploaded_zip_gives_the_cli_rows_and_plan():
+    at = open_page({"cap": "16"})
+    at.file_uploader(key=fl.UPLOAD_KEY).set_value([
+        ("fleet.zip", fleet_zip(), "application/zip"),
+        ("loha.safetensors", (SAMPLES / "families" / "lycoris_loha.safetensors").read_bytes(),
+         "application/octet-stream"),
+        ("broken.safetensors", b"not a file", "application/octet-stream")])
+    at.run()
+    assert not at.exception, at.exception
+    # the CLI on the same adapters
+    members = expand_sources([str(SAMPLES / c) for c in CASES]).members
+    local = run_fleet(members, FleetOptions(), workers=1).rows
+    plan = plan_caps(local, cap=16)
+    assert plan.fit and plan.shrink
+    sentence = at.success[0].value
+    assert sentence.startswith("At cap 16, 3 of 4 adapters fit as they are and 1 must be shrunk")
+    frame = at.dataframe[0].value
+    assert list(frame["source"]) == ["loha.safetensors", "broken.safetensors", "runs/peft_gpt2_r4",
+                                     "runs/peft_llama_r32_rslora", "runs/peft_llama_r8"]
+    by = frame.set_index("source")
+    assert by.loc["runs/peft_llama_r32_rslora", "energy at 16"] == pytest.approx(plan.shrink[0]["energy_kept"])
+    assert not by.loc["broken.safetensors", "ok"] and "safetensors" in by.loc["broken.safetensors", "error"]
+    assert bool(by.loc["runs/peft_llama_r8", "fits cap"]) is True
+
+
+@needs_samples
+def test_hub_query_in_the_link(monkeypatch, tmp_path):
+    repos = {f"team/{c.replace('_', '-')}": HubRepo.from_folder(SAMPLES / c) for c in CASES}
+    repos["team/model"] = HubRepo(files={"config.json": b"{}"}, tags=("transformers",))
+    with FakeHub(repos) as hub:
+        point_client_at(hub.url, monkeypatch)
+        monkeypatch.setenv("LORARANK_HF_CACHE", str(tmp_path / "cache"))
+        at = open_page({"q": "hf://team/*", "cap": "8", "tab": "Cap"})
+        assert not at.exception, at.exception
+        sentence = at.success[0].value
+        assert sentence.startswith("At cap 8, 2 of 3 adapters fit as they are and 1 must be shrunk")
+        assert "skipped" in texts(at)
+        assert at.get("vega_lite_chart") or at.get("arrow_vega_lite_chart")
+        at.query_params["screen"] = "headers"
+        at.run()
+        assert not at.exception
+        assert "fit as they are" in at.success[0].value
+
+
+def test_bad_hub_text_is_one_sentence():
+    at = open_page({"q": "hf://?colour=red"})
+    assert not at.exception
+    assert any("unknown query key" in e.value for e in at.error)
+
+
+def test_too_many_adapters_is_refused(monkeypatch):
+    monkeypatch.setattr(fl, "MAX_ADAPTERS", 1)
+    with pytest.raises(ValueError, match="at most 1 per run"):
+        fl.members(None, "hf://a/b, hf://c/d")
