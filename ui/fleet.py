@@ -32,7 +32,9 @@ from lorarank.fleet import (COLUMN_HELP, FleetOptions, Member, cap_files, expand
 from lorarank.fleet.rows import audit_member
 
 from . import guard
-from .common import Setting, split_list
+from lorarank.documents import split_list
+
+from .common import Setting
 
 __all__ = ["SETTINGS", "Q", "KEEP", "SHARE", "SCREEN", "CAP_KEY", "UPLOAD_KEY", "MAX_ADAPTERS",
            "MAX_FLEET_BYTES", "Fleet", "members", "screen_rows", "estimate", "run_rows", "done_rows",

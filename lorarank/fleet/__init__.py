@@ -19,8 +19,6 @@ Modules::
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Any, Sequence
 
 from .cache import ResultCache
@@ -93,28 +91,21 @@ def flat_row(row: dict, caps: Sequence[int] = DEFAULT_CAPS) -> dict[str, Any]:
     return out
 
 
-def _cell(value: Any) -> str:
-    """A CSV cell; text that a spreadsheet would run as a formula gets a leading quote."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    text = str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+def _formula_safe(value: Any) -> Any:
+    """Text that a spreadsheet would run as a formula gets a leading quote; other cells stay."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def fleet_csv(rows: Sequence[dict], caps: Sequence[int] = DEFAULT_CAPS) -> str:
-    """The fleet table as CSV text (one line per adapter, :func:`csv_columns`)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    """The fleet table as CSV text (one line per adapter, :func:`csv_columns`), written by
+    :func:`lorarank.documents.csv_text`."""
+    from ..documents import csv_text
+
     columns = csv_columns(caps)
-    writer.writerow(columns)
-    for row in rows:
-        flat = flat_row(row, caps)
-        writer.writerow([_cell(flat[c]) for c in columns])
-    return buf.getvalue()
+    flat = [{k: _formula_safe(v) for k, v in flat_row(row, caps).items()} for row in rows]
+    return csv_text(flat, columns=columns)
 
 
 def fleet_document(result: FleetResult | Sequence[dict], plan: Plan, *,
