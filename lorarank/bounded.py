@@ -57,12 +57,12 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from .errors import AdapterError
+from .errors import MAX_MESSAGE_CHARS, AdapterError
 
 __all__ = [
     "MAX_JSON_BYTES", "MAX_JSON_DEPTH", "MAX_JSON_VALUES", "MAX_ZIP_MEMBERS", "MAX_ZIP_EXPANSION",
     "ZIP_SLACK", "MAX_MESSAGE_CHARS", "json_shape", "load_json", "ZipArchive", "ZipMember",
-    "regular_file", "read_file", "clip",
+    "regular_file", "read_file", "write_atomic", "clip",
 ]
 
 #: Largest JSON document parsed (bytes).
@@ -76,8 +76,6 @@ MAX_ZIP_MEMBERS = 50_000
 #: A zip's declared unpacked sizes may total at most this many times its size, plus ZIP_SLACK.
 MAX_ZIP_EXPANSION = 16
 ZIP_SLACK = 64 * 2**20
-#: Longest error message or terminal line quoting user text (characters).
-MAX_MESSAGE_CHARS = 1000
 
 _CHUNK = 256 * 2**10
 _QUOTE, _BACKSLASH = ord('"'), ord("\\")
@@ -466,6 +464,44 @@ def read_file(path: str | os.PathLike, *, max_bytes: int, what: str = "input") -
         raise AdapterError(f"{clip(p.name, 300)} is over {max_bytes / 2**20:g} MiB; lorarank reads "
                            f"{what} up to {max_bytes / 2**20:g} MiB")
     return data
+
+
+def write_atomic(path: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> Path:
+    """Write ``data`` to ``path`` whole or not at all: a temporary file beside it, renamed.
+
+    A failure half way (a full disk, an encoding error, an interrupt) leaves no partial or
+    empty file behind, and a FIFO at ``path`` is replaced, never opened (opening it would wait
+    for a reader). Without ``overwrite`` an existing name (a dangling symlink included) is an
+    error, checked atomically; with it, a symlink is written through, as ``open`` would.
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` exists and ``overwrite`` is False.
+    """
+    target = Path(path)
+    if overwrite and target.is_symlink():
+        target = Path(os.path.realpath(target))
+    temp = target.parent / f".{target.name[:60]}.{os.urandom(6).hex()}.part"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        if overwrite:
+            os.replace(temp, target)
+        else:
+            try:
+                os.link(temp, target)  # fails if the name exists, atomically
+            except FileExistsError:
+                raise
+            except OSError:  # a file system without hard links
+                if os.path.lexists(target):
+                    raise FileExistsError(17, "File exists", str(target)) from None
+                os.rename(temp, target)
+    finally:
+        if os.path.lexists(temp):
+            os.unlink(temp)
+    return target
 
 
 # --------------------------------------------------------------------------------------- text

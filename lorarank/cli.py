@@ -16,6 +16,7 @@ from typing import Sequence
 from . import finetune_cli
 from .documents import (audit_document, json_text, metadata_items, module_row, parse_numbers,
                         short_name, split_list)
+from .bounded import clip, write_atomic
 from .errors import ConfigError, LoraRankError
 
 __all__ = ["main", "build_parser"]
@@ -405,26 +406,36 @@ def _audit_load(paths: Sequence[str], *, alpha: float | None = None, scale: floa
     return out
 
 
+#: Widest module name in the text tables: a longer name is cut in its middle (a 1 MiB name
+#: padded every row to 1 MiB: an 8.4 GB table). ``--json`` keeps every name whole.
+NAME_COLUMN = 60
+
+
+def _name(name: str) -> str:
+    """A module name for the text tables: :func:`short_name`, at most :data:`NAME_COLUMN` wide."""
+    return clip(short_name(name), NAME_COLUMN)
+
+
 def _audit_print(report) -> None:
     detected = report.detected
     name = f" [{detected['name']}]" if detected.get("name") else ""
     families = ", ".join(report.summary.get("families", []))
-    print(f"{report.source}{name}: {detected['format']}, {detected['modules']} modules ({families}), "
-          f"{detected['params']:,} parameters, dtype {', '.join(detected['dtypes'])}, "
-          f"rank {', '.join(map(str, detected['ranks']))}")
-    print(f"scaling: {report.scaling}")
+    print(clip(f"{report.source}{name}: {detected['format']}, {detected['modules']} modules ({families}), "
+               f"{detected['params']:,} parameters, dtype {', '.join(detected['dtypes'])}, "
+               f"rank {', '.join(map(str, detected['ranks']))}"))
+    print(clip(f"scaling: {report.scaling}"))
     print(f"orientation: {detected['orientation']}")
     if detected.get("base"):
-        print(f"base weights: {detected['base']}")
+        print(clip(f"base weights: {detected['base']}"))
     for key, value in metadata_items(detected.get("metadata") or {}, limit=120, one_line=True):
-        print(f"metadata {key}: {value}")
+        print(clip(f"metadata {key}: {value}", 200))
     if detected["ignored_tensors"]:
         print(f"kept {detected['ignored_tensors']} tensors that are not LoRA factors (not audited)")
     kinds = list(dict.fromkeys(m.spectrum_of for m in report.modules))
-    print("spectrum of: " + "; ".join(kinds))
+    print(clip("spectrum of: " + "; ".join(kinds)))
     for warning in report.summary.get("warnings", []):
-        print(f"warning: {warning}")
-    rows = [module_row(m) for m in report.modules]
+        print(clip(f"warning: {warning}"))
+    rows = [{**module_row(m), "module": _name(m.name)} for m in report.modules]
     width = max(12, *(len(row["module"]) for row in rows))
     with_base = any(row["|dW|/|W0|"] is not None for row in rows)
     print()
@@ -499,7 +510,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         if i:
             print()
         if pinned:
-            print(f"from {pinned[i]}")
+            print(clip(f"from {pinned[i]}"))
         _audit_print(report)
     return 0
 
@@ -534,7 +545,7 @@ def _cmd_audit_series(args: argparse.Namespace) -> int:
         return 0
     result = audit_series(run, keep_reports=False)
     if pinned:
-        print(f"from {pinned}")
+        print(clip(f"from {pinned}"))
     _series_print(result, args.series)
     return 0
 
@@ -542,10 +553,10 @@ def _cmd_audit_series(args: argparse.Namespace) -> int:
 def _series_print(result, folder: str) -> None:
     """``audit --series``: the whole adapter per step, then each module's ranks over steps."""
     steps = result.steps
-    print(f"{folder}: {len(steps)} checkpoints (steps {', '.join(map(str, steps))}), "
-          f"{len(result.modules)} modules in every checkpoint")
+    print(clip(f"{folder}: {len(steps)} checkpoints (steps {', '.join(map(str, steps))}), "
+               f"{len(result.modules)} modules in every checkpoint"))
     if any(x is not None for x in result.labels):
-        print("labels: " + ", ".join(f"step {s} = {result.label(i)}" for i, s in enumerate(steps)))
+        print(clip("labels: " + ", ".join(f"step {s} = {result.label(i)}" for i, s in enumerate(steps))))
     print()
     print(f"{'step':>8} | {'directions':>10} | {'rec. median':>11} | {'k(.90) mean':>11} | "
           f"{'k(.99) mean':>11} | {'stable mean':>11} | {'phi next':>8} | {'phi last':>8}")
@@ -559,14 +570,14 @@ def _series_print(result, folder: str) -> None:
               f"{cell(row, 'energy_rank_0.9_mean', '.2f'):>11} | {cell(row, 'energy_rank_0.99_mean', '.2f'):>11} | "
               f"{cell(row, 'stable_rank_mean', '.2f'):>11} | {cell(row, 'phi_next_mean', '.4f'):>8} | "
               f"{cell(row, 'phi_last_mean', '.4f'):>8}")
-    width = max(12, *(len(short_name(m.name)) for m in result.modules)) if result.modules else 12
+    width = max(12, *(len(_name(m.name)) for m in result.modules)) if result.modules else 12
     print()
     print(f"{'module':<{width}} | recommended rank per step{'':<{max(0, 4 * len(steps) - 25)}} | "
           f"{'phi first->last':>15} | {'settled at':>10}")
     print("-" * (width + 4 * len(steps) + 40))
     for m in result.modules:
         ranks = " ".join(f"{k:>3}" for k in m.recommended_rank)
-        print(f"{short_name(m.name):<{width}} | {ranks:<{max(25, 4 * len(steps))}} | "
+        print(f"{_name(m.name):<{width}} | {ranks:<{max(25, 4 * len(steps))}} | "
               f"{m.phi_last[0]:>15.4f} | {m.settled_step:>10}")
     print()
     print(f"settled at step {result.settled_step}: from there on no module's recommended rank "
@@ -609,8 +620,10 @@ def _write_audit_html(report, path: str, *, source: str) -> None:
              ("parameters", f"{detected['params']:,} in the factors")]
     html = audit_report(audit_document([report]), source=source, facts=facts,
                         charts=audit_charts(report, rule_text=rule_text))
-    Path(path).write_text(html, encoding="utf-8")
-    print(f"wrote {path} ({len(html.encode()) / 1e6:.1f} MB)", file=sys.stderr)
+    # Undecodable file names (surrogates) are written as \udcXX; the whole file or nothing.
+    data = html.encode("utf-8", "backslashreplace")
+    write_atomic(Path(path), data, overwrite=True)
+    print(clip(f"wrote {path} ({len(data) / 1e6:.1f} MB)"), file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------- resize
@@ -629,10 +642,10 @@ def _cmd_resize(args: argparse.Namespace) -> int:
     worst = max(result.errors.items(), key=lambda kv: kv[1])
     print(f"resized {changed} of {len(adapter.modules)} modules; {result.params_before:,} -> "
           f"{result.params_after:,} parameters; retained energy {result.retained_energy:.4f}; "
-          f"largest truncation error {worst[1]:.4f} ({short_name(worst[0])})")
+          f"largest truncation error {worst[1]:.4f} ({_name(worst[0])})")
     for note in result.notes:
-        print(f"note: {note}")
-    print("wrote " + ", ".join(str(p) for p in written))
+        print(clip(f"note: {note}"))
+    print(clip("wrote " + ", ".join(str(p) for p in written)))
     return 0
 
 
@@ -651,20 +664,20 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result.to_dict())
         return 0
-    print(f"A: {a.source} (rank {', '.join(map(str, a.ranks))}), B: {b.source} "
-          f"(rank {', '.join(map(str, b.ranks))}); {len(result.modules)} shared modules, "
-          f"{len(result.only_a)} only in A, {len(result.only_b)} only in B")
+    print(clip(f"A: {a.source} (rank {', '.join(map(str, a.ranks))}), B: {b.source} "
+               f"(rank {', '.join(map(str, b.ranks))}); {len(result.modules)} shared modules, "
+               f"{len(result.only_a)} only in A, {len(result.only_b)} only in B"))
     if result.undefined:
         print(f"not compared: {len(result.undefined)} shared modules are exactly zero in A or B (a zero "
-              f"update has no directions; phi is undefined), e.g. {short_name(result.undefined[0])}")
-    width = max(12, *(len(short_name(m.name)) for m in result.modules))
+              f"update has no directions; phi is undefined), e.g. {_name(result.undefined[0])}")
+    width = max(12, *(len(_name(m.name)) for m in result.modules))
     print()
     print(f"{'module':<{width}} | {'r_a':>4} | {'r_b':>4} | {'phi(1,1)':>8} | {'phi(k,k)':>8} | {'k':>2} | "
           f"{'chance':>7} | {'min angle':>9}")
     print("-" * (width + 66))
     for m in result.modules:
         angle = math.degrees(m.angles[0]) if m.angles.size else 90.0
-        print(f"{short_name(m.name):<{width}} | {m.rank_a:>4} | {m.rank_b:>4} | {m.phi[0, 0]:>8.4f} | "
+        print(f"{_name(m.name):<{width}} | {m.rank_a:>4} | {m.rank_b:>4} | {m.phi[0, 0]:>8.4f} | "
               f"{m.top_overlap:>8.4f} | {m.top:>2} | {m.chance:>7.4f} | {angle:>8.2f}d")
     s = result.summary
     print()
@@ -679,6 +692,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------ main
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code."""
+    for stream in (sys.stdout, sys.stderr):
+        # A file name that is not UTF-8 (kept by Python as surrogates) prints as \udcXX
+        # instead of raising UnicodeEncodeError half way through a table.
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # pragma: no cover - a stream that cannot change
+                pass
     try:
         args = build_parser().parse_args(argv)
         return args.handler(args)
@@ -700,7 +722,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except OSError as exc:
         message = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
-    print(f"lorarank: error: {message}", file=sys.stderr)
+    except RecursionError:  # never expected: every parser bounds its nesting
+        message = "the input nests too deeply to read"
+    print(f"lorarank: error: {clip(message)}", file=sys.stderr)
     return 2
 
 

@@ -10,16 +10,30 @@ built-in exception a caller would catch without knowing lorarank::
     HubError(LoraRankError, OSError)                  a Hugging Face Hub adapter that cannot be fetched
 
 Messages are one sentence that names the bad value, so the CLI and the pages can show
-``str(exc)`` as is.
+``str(exc)`` as is. A message is one line of at most :data:`MAX_MESSAGE_CHARS` characters
+whatever it quotes (a 100 kB Hub id, 20,000 file names): longer ones keep their start and end
+around an ellipsis, line breaks become spaces.
 """
 
 from __future__ import annotations
 
-__all__ = ["LoraRankError", "ConfigError", "AdapterError", "UnsupportedAdapterError", "HubError"]
+__all__ = ["LoraRankError", "ConfigError", "AdapterError", "UnsupportedAdapterError", "HubError",
+           "MAX_MESSAGE_CHARS"]
+
+
+#: Longest message (characters); see :func:`lorarank.bounded.clip`.
+MAX_MESSAGE_CHARS = 1000
 
 
 class LoraRankError(Exception):
-    """Base class of every error lorarank raises on purpose."""
+    """Base class of every error lorarank raises on purpose (one bounded line, see above)."""
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str):
+            from .bounded import clip  # bounded imports this module
+
+            args = (clip(args[0], MAX_MESSAGE_CHARS),)
+        super().__init__(*args)
 
 
 class ConfigError(LoraRankError, ValueError):

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .._validate import check_choice
+from ..bounded import write_atomic
 from ..errors import ConfigError
 from ._model import Adapter
 from ._tensors import encode_bf16
@@ -293,7 +294,7 @@ def save_adapter(adapter: Adapter, path: str | os.PathLike, *, format: str | Non
             raise ConfigError(f"{folder} exists and is not a folder; choose another output")
     for target, data in targets.items():
         target.parent.mkdir(parents=True, exist_ok=True)
-        # "xb" (O_EXCL) never follows a symlink created since the check above.
-        with open(target, "wb" if overwrite else "xb") as fh:
-            fh.write(data)
+        # Whole or not at all (a temporary file, renamed); without overwrite the final name is
+        # taken atomically, so a symlink created since the check above is never followed.
+        write_atomic(target, data, overwrite=overwrite)
     return list(targets)
