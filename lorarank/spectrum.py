@@ -111,9 +111,15 @@ def _svdvals_unchecked(B: np.ndarray, A: np.ndarray, scale: float) -> np.ndarray
     """:func:`factored_svdvals` without validation, for factors already checked.
 
     Singular values need only the triangular factors of the QRs (``mode="r"``, about 3x
-    faster than forming Q as well): ``scale * B @ A = Q_B (scale * R_B R_A^T) Q_A^T``.
+    faster than forming Q as well): ``scale * B @ A = Q_B (scale * R_B R_A^T) Q_A^T``. When
+    ``r >= min(d_out, d_in)`` the core is no smaller than the update, and the update's own
+    values are taken (one product, no QR).
     """
     B, A, unit = _normalised(B, A, scale)
+    if B.shape[1] >= min(B.shape[0], A.shape[1]):
+        # A rank at least one side (a full-rank 4096 x 4096 adapter): the core would be as
+        # large as the update itself, so the two QRs only add work (a third of the time).
+        return _rescaled(np.linalg.svd(B @ A, compute_uv=False), unit)
     rb = np.linalg.qr(B, mode="r")
     ra = np.linalg.qr(A.T, mode="r")
     return _rescaled(np.linalg.svd(rb @ ra.T, compute_uv=False), unit)
