@@ -47,7 +47,7 @@ __all__ = [
     "ModulePair", "LeftOut", "Pairing", "pair_models", "FinetuneModule", "FinetuneReport",
     "audit_module", "audit_finetune", "finetune_report", "finetune_reading", "Stopped",
     "ExtractedModule", "Extraction", "extract_lora", "module_update", "Progress", "format_left",
-    "check_others",
+    "check_others", "estimate", "demo_models",
 ]
 
 #: Energy shares t of the ranks k(t) every module reports.
@@ -700,8 +700,11 @@ def _median(values: Sequence[float]) -> float:
 def _summary(modules: Sequence[FinetuneModule], others: Sequence[LeftOut], total: int,
              stopped: bool, settings: FinetuneSettings) -> dict:
     by_type: dict[str, list[FinetuneModule]] = {}
-    for m in modules:
-        by_type.setdefault(m.module_type, []).append(m)
+    # layered module types first (in layer order), then the rest (embeddings, lm_head)
+    ordered = sorted(modules, key=lambda m: (m.layer is None, m.layer or 0))
+    for m in ordered:
+        if "unchanged" not in m.flags:
+            by_type.setdefault(m.module_type, []).append(m)
     needed = {}
     for kind, ms in by_type.items():
         entry = {}
@@ -902,6 +905,10 @@ def finetune_reading(report: FinetuneReport) -> list[str]:
         out.append(f"Intruder dimensions (PEFT's definition, top {intr['top_k']}, epsilon "
                    f"{intr['epsilon']:g}): {intr['total']} in {intr['modules_with']} of "
                    f"{intr['checked']} modules.")
+    unchanged = report.summary.get("unchanged") or []
+    if unchanged:
+        out.append(f"Unchanged by the fine-tune (no LoRA needed): {', '.join(unchanged[:6])}"
+                   + (f" and {len(unchanged) - 6} more" if len(unchanged) > 6 else "") + ".")
     errs = []
     for k in ERROR_RANKS:
         values = [m.lora_error[str(k)] for m in ms if k < min(m.shape)]
@@ -1128,3 +1135,93 @@ def _maybe_changed(key: str, ft: ModelWeights, base: ModelWeights) -> bool | Non
     if ft.info(key).shape != base.info(base_key).shape:
         return True
     return _compare(ft, base, key, base_key)
+
+
+# --------------------------------------------------------------------------------- estimate
+#: Passes of the subspace iteration assumed by :func:`estimate` (measured: 8 to 30).
+_ESTIMATED_PASSES = 20
+
+
+def estimate(pairs: Sequence[ModulePair], settings: FinetuneSettings = FinetuneSettings()):
+    """The work of auditing ``pairs`` (a :class:`lorarank.cost.WorkEstimate`), before it runs.
+
+    Dense SVDs cost about ``2 m n min(m, n)`` multiply-adds; the subspace iteration about
+    ``4 m n l`` per pass (two products with an ``l = k + oversample`` wide block) over
+    :data:`_ESTIMATED_PASSES` passes; reading and subtracting about ``m n``. With intruders,
+    a dense SVD of each base weight on top.
+    """
+    from .cost import WorkEstimate
+
+    total = WorkEstimate(0.0, 0.0, 0)
+    for pair in pairs:
+        m, n = pair.shape
+        small = min(m, n)
+        k = min(max(settings.top, max(ERROR_RANKS)), small)
+        if uses_dense((m, n), k, method=settings.method):
+            macs = 2.0 * m * n * small
+        else:
+            l = min(small, 2 * k + 16)
+            macs = _ESTIMATED_PASSES * 4.0 * m * n * l
+        macs += 4.0 * m * n
+        if settings.intruders and pair.kind != "embedding":
+            macs += 2.0 * m * n * small
+        total = total + WorkEstimate(macs, 200.0, 8 * m * n)
+    return total
+
+
+# ------------------------------------------------------------------------------------- demo
+#: The synthetic demo's module types, shapes (hidden 64, MLP 128) and spectral decay exponents.
+_DEMO_TYPES = {"self_attn.q_proj": ((64, 64), 1.2), "self_attn.k_proj": ((32, 64), 1.4),
+               "self_attn.v_proj": ((32, 64), 0.9), "self_attn.o_proj": ((64, 64), 0.8),
+               "mlp.gate_proj": ((128, 64), 0.6), "mlp.up_proj": ((128, 64), 0.6),
+               "mlp.down_proj": ((64, 128), 0.5)}
+
+
+def demo_models(*, layers: int = 2, seed: int = 0) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """A small synthetic base model and a "full fine-tune" of it, as uploaded files.
+
+    Llama-shaped (hidden 64, MLP 128, vocabulary 128, ``layers`` layers), float32. The base
+    weights are Gaussian (std 0.05); every projection's update is full rank with singular
+    values ``0.4 * i^-a`` (``a`` from 0.5 for down_proj to 1.4 for k_proj, so each module type
+    needs its own LoRA rank), the embeddings and norms change a little. Synthetic: not a
+    trained model.
+
+    Returns
+    -------
+    (base files, fine-tuned files)
+        ``{"model.safetensors": bytes, "config.json": bytes}`` each.
+    """
+    import json as _json
+
+    from safetensors.numpy import save
+
+    rng = np.random.default_rng(seed)
+    base: dict[str, np.ndarray] = {"model.embed_tokens.weight": rng.normal(0, 0.05, (128, 64)),
+                                   "model.norm.weight": np.ones(64), "lm_head.weight": rng.normal(0, 0.05, (128, 64))}
+    ft: dict[str, np.ndarray] = {}
+    for layer in range(layers):
+        for kind, ((m, n), a) in _DEMO_TYPES.items():
+            key = f"model.layers.{layer}.{kind}.weight"
+            base[key] = rng.normal(0, 0.05, (m, n))
+            q = min(m, n)
+            U = np.linalg.qr(rng.standard_normal((m, q)))[0]
+            V = np.linalg.qr(rng.standard_normal((n, q)))[0]
+            ft[key] = base[key] + (U * (0.4 * np.arange(1, q + 1) ** -a)) @ V.T
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            base[f"model.layers.{layer}.{norm}.weight"] = np.ones(64)
+    for key, value in base.items():
+        if key not in ft:
+            ft[key] = value + (rng.normal(0, 0.005, value.shape) if "embed" in key or "norm" in key
+                               else 0.0)
+    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+              "intermediate_size": 128, "num_hidden_layers": layers, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "vocab_size": 128, "tie_word_embeddings": False,
+              "lorarank_demo": "synthetic, not a trained model"}
+    cfg = (_json.dumps(config, indent=2) + "\n").encode()
+
+    def files(tensors: dict[str, np.ndarray]) -> dict[str, bytes]:
+        return {"model.safetensors": save({k: np.ascontiguousarray(v, dtype=np.float32)
+                                           for k, v in sorted(tensors.items())}, metadata={"format": "pt"}),
+                "config.json": cfg}
+
+    return files(base), files(ft)

@@ -134,3 +134,14 @@ def test_intruders_in_the_document(capsys):
 def test_intruders_for_adapters_say_where_they_are(capsys):
     code, _, err = run(["audit", "adapter", "--base", "b", "--intruders"], capsys)
     assert code == 2 and "--intruders is computed for --finetuned MODEL so far" in err
+
+
+def test_html_report(tmp_path, capsys):
+    ft, base = toy_pair(tmp_path, rank=3)
+    out = tmp_path / "report.html"
+    code, _, err = run(["audit", "--finetuned", ft, "--base", base, "--html", out], capsys)
+    assert code == 0 and f"wrote {out}" in err
+    html = out.read_text()
+    assert "lorarank: full fine-tune" in html and 'id="lorarank-document"' in html
+    code, _, err = run(["audit", "--finetuned", ft, "--base", base, "--html", out], capsys)
+    assert code == 2 and "exists; pass --force" in err
