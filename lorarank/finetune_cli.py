@@ -7,8 +7,6 @@ Ctrl-C during the work stops it at the next module and prints what was done (exi
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import signal
 import sys
 import threading
@@ -156,7 +154,10 @@ def run_audit_finetuned(args: argparse.Namespace, *, print_json, check_output) -
         print_json(report.to_dict())
         return code
     if args.csv:
-        sys.stdout.write(csv_text(report.table()))
+        from .documents import csv_text
+
+        rows = report.table()
+        sys.stdout.write(csv_text(rows, columns=list(rows[0]) if rows else []))
         return code
     print(f"fine-tuned: {report.finetuned}; base: {report.base}; {report.total} weight matrices "
           f"in common" + (f" (stopped after {len(report.modules)})" if report.stopped else ""))
@@ -200,17 +201,6 @@ def run_audit_finetuned(args: argparse.Namespace, *, print_json, check_output) -
     if report.stopped:
         print("stopped (Ctrl-C): the modules above are those finished.")
     return code
-
-
-def csv_text(rows: list[dict]) -> str:
-    """CSV of flat rows (header from the first row); empty for no rows."""
-    if not rows:
-        return ""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
 
 
 def run_extract(args: argparse.Namespace, *, print_json) -> int:
