@@ -32,7 +32,9 @@ with common.stop_on_error():
 if datamode.is_data_mode(data_values):
     # Results first: the finite-data reading and table; the exact target's (n → ∞) in a tab.
     tabs = datamode.sweep_results(config, data_values)
-    if tabs is not None and layout.is_open(tabs["Exact target"]):
+    if tabs is None:  # the finite-data sweep waits for Run or is past the cap: the exact one shows
+        sweep.show_results(config, note=datamode.EXACT_WAITING_NOTE)
+    elif layout.is_open(tabs["Exact target"]):
         with tabs["Exact target"]:
             shown = sweep.show_results(config, note=datamode.EXACT_NOTE)
             if shown is not None:

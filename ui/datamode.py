@@ -35,7 +35,7 @@ __all__ = [
     "DataSweepConfig", "DataSweepRun", "GATE_KEY", "data_estimate", "by_n", "run_data_sweep", "guarded_data_sweep", "DATA_COLUMN_HELP", "data_table",
     "data_records", "data_json", "data_reading", "data_charts", "grid_inputs",
     "grid_caption", "grid_losses_table", "sweep_inputs", "sweep_results", "is_data_mode",
-    "SWITCH_TAB", "DATA_TABS", "EXACT_NOTE", "switch_hint",
+    "SWITCH_TAB", "DATA_TABS", "EXACT_NOTE", "EXACT_WAITING_NOTE", "switch_hint",
     "MAX_EPOCHS_APP", "epoch_steps", "grid_steps",
 ]
 
@@ -428,6 +428,9 @@ DATA_TABS: tuple[str, ...] = ("Held-out loss", "Spectra", "Loss curves", "Exact 
 #: Caption of the exact table when it is shown in the data mode's "Exact target" tab.
 EXACT_NOTE = (" This is the **exact target** T (the n → ∞ limit, no data): the finite-data "
               "results are above.")
+#: The same, when the finite-data sweep has not run (it waits for Run, or is past the cap).
+EXACT_WAITING_NOTE = (" This is the **exact target** T (the n → ∞ limit, no data); the "
+                      "finite-data sweep above has not run.")
 
 
 def switch_hint() -> None:
