@@ -519,9 +519,10 @@ def _cmd_audit_series(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
-    from .adapters._config import check_override
-    from .hub import is_hub_uri, plan_hub_series
-    from .series import audit_series, find_checkpoints, write_series_json
+    from .adapters import check_override
+    from .checkpoints import find_checkpoints, plan_hub_series
+    from .hub import is_hub_uri
+    from .series import audit_series, write_series_json
 
     # Every option is checked before anything is read or any Hub request is made.
     for flag, given in (("--base", args.base is not None), ("--html", args.html is not None)):

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from .errors import ConfigError
 
 __all__ = ["json_clean", "json_text", "json_bytes", "audit_document", "csv_text", "short_name",
-           "MODULE_COLUMNS", "module_row", "metadata_items", "split_list", "parse_numbers",
+           "MODULE_COLUMNS", "module_row", "metadata_items", "split_list", "parse_numbers", "name_list",
            "PEFT_PREFIX"]
 
 
@@ -203,6 +203,12 @@ def metadata_items(metadata: Mapping[str, Any], *, limit: int,
 
 
 # ------------------------------------------------------------------------------------ lists
+def name_list(names: Sequence[str], limit: int = 5) -> str:
+    """``"a, b, c and 4 more"``: the first ``limit`` names, then how many were left out."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def split_list(text: str, *, separators: str = ",;") -> list[str]:
     """The entries of a list typed as text (``"2, 4;16"``): split at any of ``separators``,
     stripped, empties dropped."""

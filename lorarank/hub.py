@@ -47,8 +47,7 @@ from .errors import ConfigError, HubError
 __all__ = [
     "HubRef", "HubFiles", "HubSettings", "parse_hub_uri", "is_hub_uri", "fetch_adapter_files",
     "load_hub_adapter", "choose_adapter_files", "prune_cache", "DEFAULT_MAX_BYTES",
-    "DEFAULT_CACHE_BYTES", "DEFAULT_TIMEOUT", "PREFIX", "MAX_SERIES_REVISIONS", "HubSeriesRef",
-    "parse_hub_series", "HubCheckpoint", "HubSeries", "plan_hub_series",
+    "DEFAULT_CACHE_BYTES", "DEFAULT_TIMEOUT", "PREFIX", "download_file",
     "describe_hub_error", "list_repo", "request_token", "endpoint", "format_bytes",
     "HubListing", "list_adapter", "HubHeader", "read_adapter_header", "list_adapter_repos",
     "HEADER_FIRST_BYTES", "ADAPTER_TAGS",
@@ -62,9 +61,6 @@ DEFAULT_TIMEOUT = 30.0
 _REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}")
 _PART_RE = re.compile(r"[A-Za-z0-9_.\-]+")
 _SHA_RE = re.compile(r"[0-9a-f]{40}")
-#: Weights files an adapter folder holds, by preference.
-_PREFERRED = ("adapter_model.safetensors", "adapters.safetensors")
-_WEIGHTS_SUFFIXES = (".safetensors", ".npz", ".gguf")
 _CONFIG = "adapter_config.json"
 
 
@@ -287,20 +283,16 @@ def choose_adapter_files(ref: HubRef, listing: Mapping[str, int | None]) -> list
     if not here and ref.subfolder:
         raise HubError(f"{where} has no such folder at this revision; check the subfolder "
                        "(it is a path inside the repo, e.g. hf://owner/name/checkpoint-500)")
-    weights = sorted(n for n in here if n.lower().endswith(_WEIGHTS_SUFFIXES))
+    from .adapters import choose_weights
+
     has_config = _CONFIG in here
-    preferred = [n for n in _PREFERRED if n in here]
-    if not has_config:
-        weights = [n for n in weights if re.search(r"lora|adapter", n, re.IGNORECASE)]
-    if preferred:
-        chosen = preferred[0]
-    elif len(weights) == 1:
-        chosen = weights[0]
-    elif len(weights) > 1:
+    # Without a config only files named like an adapter: a model's weights are never fetched.
+    chosen, weights = choose_weights(here, adapter_names_only=not has_config)
+    if chosen is None and len(weights) > 1:
         raise HubError(f"{where} holds several adapter weights files ({', '.join(weights[:5])}); "
                        "lorarank audits one: put it in its own subfolder, or name the one to use "
                        "adapter_model.safetensors")
-    else:
+    elif chosen is None:
         if has_config:
             raise HubError(f"{where} has an {_CONFIG} but no .safetensors weights beside it; "
                            "lorarank reads adapter_model.safetensors")
@@ -840,312 +832,6 @@ def list_adapter_repos(*, author: str | None = None, base_model: str | None = No
     return _watched(where, settings, work, None)
 
 
-# ---------------------------------------------------------------------------------- series
-#: Most revisions one Hub series may name (each costs one API call before anything is read).
-MAX_SERIES_REVISIONS = 100
-_CHECKPOINT_DIR = re.compile(r"checkpoint-(\d+)")
-_TRAINER_STATE = "trainer_state.json"
-
-
-@dataclass(frozen=True)
-class HubSeriesRef:
-    """The checkpoints of one training run on the Hub.
-
-    ``hf://owner/name@rev1,rev2,...[/subfolder]``: one checkpoint per revision (branch, tag or
-    commit, as ``Trainer(push_to_hub=True)`` pushes a commit per save), the adapter at
-    ``subfolder`` in each. ``hf://owner/name[@revision][/subfolder]`` (one revision): the
-    ``checkpoint-<step>`` folders inside ``subfolder`` at that revision (as
-    ``hub_strategy="all_checkpoints"`` pushes them).
-
-    Attributes
-    ----------
-    repo_id : str
-    revisions : tuple of (str or None)
-        In the order given; ``(None,)`` is the default branch.
-    subfolder : str
-    """
-
-    repo_id: str
-    revisions: tuple[str | None, ...] = (None,)
-    subfolder: str = ""
-
-    def __post_init__(self) -> None:
-        revisions = tuple(self.revisions)
-        if not revisions:
-            raise ConfigError("a Hub series names at least one revision")
-        if len(revisions) > MAX_SERIES_REVISIONS:
-            raise ConfigError(f"a Hub series names at most {MAX_SERIES_REVISIONS} revisions, "
-                              f"got {len(revisions)}")
-        refs = [HubRef(self.repo_id, rev, self.subfolder) for rev in revisions]
-        if len(revisions) > 1 and any(r.revision is None for r in refs):
-            raise ConfigError(f"an empty revision in {self.revisions!r}; separate revisions "
-                              "with single commas (hf://owner/name@rev1,rev2)")
-        seen = [r.revision for r in refs]
-        twice = sorted({r for r in seen if seen.count(r) > 1})
-        if twice:
-            raise ConfigError(f"revision {twice[0]!r} is named twice in the series")
-        object.__setattr__(self, "repo_id", refs[0].repo_id)
-        object.__setattr__(self, "revisions", tuple(r.revision for r in refs))
-        object.__setattr__(self, "subfolder", refs[0].subfolder)
-
-    @property
-    def by_revision(self) -> bool:
-        """True when each revision is one checkpoint (several revisions named)."""
-        return len(self.revisions) > 1
-
-    @property
-    def uri(self) -> str:
-        """``hf://owner/name[@rev1,rev2,...][/subfolder]``."""
-        revs = ",".join(r for r in self.revisions if r)
-        return (PREFIX + self.repo_id + (f"@{revs}" if revs else "")
-                + (f"/{self.subfolder}" if self.subfolder else ""))
-
-
-def parse_hub_series(text: str) -> HubSeriesRef:
-    """``hf://owner/name[@rev1,rev2,...][/subfolder]`` -> :class:`HubSeriesRef`.
-
-    Each revision is checked as :func:`parse_hub_uri` checks one (a revision cannot hold a
-    comma, so the list is unambiguous).
-    """
-    raw = str(text).strip()
-    body = raw[len(PREFIX):] if raw.startswith(PREFIX) else raw
-    owner, _, rest = body.partition("/")
-    name, _, after = rest.partition("/")
-    if "@" not in name:
-        ref = parse_hub_uri(raw)
-        return HubSeriesRef(ref.repo_id, (ref.revision,), ref.subfolder)
-    name, _, revs = name.partition("@")
-    refs = [parse_hub_uri(f"{PREFIX}{owner}/{name}@{rev}" + (f"/{after}" if after else ""))
-            for rev in revs.split(",")] if revs else [parse_hub_uri(raw)]
-    if len(refs) > 1 and any(r.revision is None for r in refs):
-        raise ConfigError(f"{raw!r}: an empty revision; separate revisions with single commas "
-                          "(hf://owner/name@rev1,rev2)")
-    return HubSeriesRef(refs[0].repo_id, tuple(r.revision for r in refs), refs[0].subfolder)
-
-
-@dataclass(frozen=True)
-class HubCheckpoint:
-    """One checkpoint of a Hub series, pinned to its commit.
-
-    Attributes
-    ----------
-    step : int
-        ``trainer_state.json``'s ``global_step``; else the number in the folder name; else (a
-        series by revision without trainer states) the position in the order given, from 1.
-    label : str
-        The revision as given (series by revision) or the folder name.
-    ref : HubRef
-        The adapter: repo, commit, folder.
-    size : int
-        Bytes of its adapter files (as the Hub announced them).
-    """
-
-    step: int
-    label: str
-    ref: HubRef
-    size: int
-
-
-@dataclass(frozen=True)
-class HubSeries:
-    """What :func:`plan_hub_series` found: the checkpoints, pinned, before any weights are read.
-
-    Attributes
-    ----------
-    spec : HubSeriesRef
-        As asked.
-    commits : tuple of str
-        The commit of each of ``spec.revisions`` (same order).
-    checkpoints : tuple of HubCheckpoint
-        In step order.
-    notes : tuple of str
-    total_bytes : int
-        Every adapter file of the series, as announced (checked against ``max_bytes``).
-    """
-
-    spec: HubSeriesRef
-    commits: tuple[str, ...]
-    checkpoints: tuple[HubCheckpoint, ...]
-    notes: tuple[str, ...]
-    total_bytes: int
-
-    @property
-    def pinned(self) -> HubSeriesRef:
-        """The same series with every revision replaced by its commit."""
-        return replace(self.spec, revisions=self.commits)
-
-    def run(self, *, token: str | None = None, settings: HubSettings | None = None,
-            alpha: float | None = None, scale: float | None = None):
-        """A :class:`lorarank.series.Run` whose checkpoints download (into the bounded cache)
-        and read their adapter when :func:`lorarank.series.audit_series` asks, one at a time."""
-        from functools import partial
-
-        from .series import Checkpoint, Run
-
-        return Run([Checkpoint(c.step, c.ref.uri, partial(_load_checkpoint, c.ref, token, settings,
-                                                          alpha, scale), label=c.label)
-                    for c in self.checkpoints], list(self.notes))
-
-
-def _load_checkpoint(ref: HubRef, token: str | None, settings: HubSettings | None,
-                     alpha: float | None, scale: float | None):
-    adapter, _ = load_hub_adapter(ref, token=token, settings=settings, alpha=alpha, scale=scale)
-    return adapter
-
-
-def plan_hub_series(spec: HubSeriesRef | str, *, token: str | None = None,
-                    settings: HubSettings | None = None,
-                    progress: Callable[[int, int], None] | None = None,
-                    labels: Sequence[str] | None = None) -> HubSeries:
-    """List a Hub series' checkpoints, pin each to its commit and read their steps.
-
-    One API call per revision lists the files (and resolves the revision to a commit); the
-    only files downloaded are the small ``trainer_state.json`` of each checkpoint (its
-    ``global_step`` orders the series). Adapter weights are not downloaded here, but their
-    announced sizes, summed over the whole series, must stay within ``settings.max_bytes``.
-
-    Parameters
-    ----------
-    spec : HubSeriesRef or str
-        A string is parsed by :func:`parse_hub_series`.
-    token, settings, progress
-        As in :func:`fetch_adapter_files` (``progress`` reports revisions listed).
-    labels : sequence of str, optional
-        Names of the revisions of a series by revision, aligned with ``spec.revisions``
-        (default: the revisions as given). A link pinned to commits keeps the names given.
-
-    Returns
-    -------
-    HubSeries
-
-    Raises
-    ------
-    HubError
-        One sentence: as :func:`fetch_adapter_files`, or a folder without ``checkpoint-<step>``
-        subfolders (for one revision), a revision without an adapter, a series over the byte
-        limit.
-    ConfigError
-        A malformed reference, or two checkpoints with the same step.
-    """
-    spec = parse_hub_series(spec) if isinstance(spec, str) else spec
-    settings = HubSettings.from_env() if settings is None else settings
-    names = [str(r) for r in spec.revisions] if labels is None else [str(x) for x in labels]
-    if len(names) != len(spec.revisions):
-        raise ConfigError(f"{len(names)} labels for {len(spec.revisions)} revisions")
-    first = HubRef(spec.repo_id, spec.revisions[0], spec.subfolder)
-    where = HubRef(spec.repo_id, None, spec.subfolder)
-    return _watched(where if spec.by_revision else first, settings,
-                    lambda activity, state: _plan(spec, names, settings, _token(token), activity,
-                                                  state),
-                    progress)
-
-
-def _plan(spec: HubSeriesRef, names: Sequence[str], settings: HubSettings, token: str | bool,
-          activity: _Activity, state: dict) -> HubSeries:
-    from huggingface_hub import HfApi, hf_hub_download
-
-    from .series import MAX_TRAINER_STATE, step_from_name, step_from_trainer_state
-
-    endpoint = _endpoint()
-    api = HfApi(endpoint=endpoint, token=token)
-    state["total"] = len(spec.revisions)
-    # 1. List every revision (resolving it to a commit) and choose each checkpoint's files.
-    found = []  # (label, ref pinned, adapter paths, trainer_state path or None, name step)
-    commits, sizes = [], {}
-    for i, rev in enumerate(spec.revisions):
-        ref = HubRef(spec.repo_id, rev, spec.subfolder)
-        commit, listing = _list_files(api, ref, settings, activity)
-        activity.done = i + 1
-        commits.append(commit)
-        sizes.update({(commit, p): n for p, n in listing.items()})
-        if spec.by_revision:
-            paths = choose_adapter_files(ref, listing)
-            state_path = _join(spec.subfolder, _TRAINER_STATE)
-            found.append((names[i], ref.with_revision(commit), paths,
-                          state_path if state_path in listing else None, None))
-            continue
-        prefix = spec.subfolder + "/" if spec.subfolder else ""
-        folders = sorted({p[len(prefix):].split("/", 1)[0] for p in listing
-                          if p.startswith(prefix) and "/" in p[len(prefix):]
-                          and _CHECKPOINT_DIR.fullmatch(p[len(prefix):].split("/", 1)[0])},
-                         key=step_from_name)
-        if not folders:
-            raise HubError(f"{ref.uri} holds no checkpoint-<step> folders; for a series of "
-                           f"revisions name them: hf://{spec.repo_id}@rev1,rev2,...")
-        for folder in folders:
-            sub = _join(spec.subfolder, folder)
-            paths = choose_adapter_files(HubRef(spec.repo_id, rev, sub), listing)
-            state_path = _join(sub, _TRAINER_STATE)
-            found.append((folder, HubRef(spec.repo_id, commit, sub), paths,
-                          state_path if state_path in listing else None, step_from_name(folder)))
-    # 2. The byte limit holds for the whole series, before any weights are downloaded.
-    total = 0
-    for _, ref, paths, state_path, _ in found:
-        for p in paths + ([state_path] if state_path else []):
-            size = sizes[(ref.revision, p)]
-            if size is None:
-                raise HubError(f"{ref.uri}: the Hub did not report the size of {p}, so the "
-                               "download limit cannot be checked; not downloaded")
-            if p == state_path and size > MAX_TRAINER_STATE:
-                raise HubError(f"{ref.uri}: {p} is {_fmt_bytes(size)}; at most "
-                               f"{_fmt_bytes(MAX_TRAINER_STATE)} are read")
-            total += int(size)
-    if total > settings.max_bytes:
-        raise HubError(f"{spec.uri}: its {len(found)} checkpoints are {_fmt_bytes(total)} in all, "
-                       f"over this server's limit of {_fmt_bytes(settings.max_bytes)} per request "
-                       "(LORARANK_HF_MAX_BYTES); name fewer revisions, or run lorarank locally")
-    # 3. Steps: trainer_state.json's global_step (small files, downloaded now).
-    state["total"] = len(found)
-    activity.done = 0
-    cache_dir = settings.resolved_cache_dir()
-    steps: list[int | None] = []
-    for label, ref, _, state_path, _ in found:
-        if state_path is None:
-            steps.append(None)
-            continue
-        try:
-            local = hf_hub_download(spec.repo_id, state_path, revision=ref.revision,
-                                    cache_dir=cache_dir, token=token, endpoint=endpoint,
-                                    etag_timeout=settings.timeout)
-        except Exception as exc:  # noqa: BLE001 - mapped to one sentence
-            raise _hub_error(exc, ref, state_path) from exc
-        activity.touch(1)
-        steps.append(step_from_trainer_state(Path(local).read_bytes(),
-                                             source=f"{ref.uri} {_TRAINER_STATE}"))
-    notes = []
-    if spec.by_revision and any(s is None for s in steps):
-        missing = [label for (label, *_), s in zip(found, steps) if s is None]
-        notes.append(f"No {_TRAINER_STATE} in revision(s) {', '.join(missing[:5])}"
-                     f"{' and more' if len(missing) > 5 else ''}: the revisions are taken in the "
-                     f"order given, as steps 1 to {len(found)}.")
-        steps = list(range(1, len(found) + 1))
-    elif not spec.by_revision:
-        for i, ((label, *_, name_step), step) in enumerate(zip(found, steps)):
-            if step is None:
-                steps[i] = name_step
-            elif step != name_step:
-                notes.append(f"{label}: {_TRAINER_STATE} says global_step {step}, the folder name "
-                             f"{name_step}; step {step} is used.")
-    checkpoints = sorted((HubCheckpoint(int(step), label, ref,
-                                        int(sum(sizes[(ref.revision, p)] for p in paths)))
-                          for (label, ref, paths, _, _), step in zip(found, steps)),
-                         key=lambda c: c.step)
-    for a, b in zip(checkpoints, checkpoints[1:]):
-        if a.step == b.step:
-            raise ConfigError(f"{a.label} and {b.label} both have step {a.step} "
-                              f"({_TRAINER_STATE} global_step); a series needs one checkpoint per step")
-    try:
-        prune_cache(cache_dir, max_bytes=settings.cache_bytes, keep=tuple(commits))
-    except OSError:
-        pass
-    return HubSeries(spec=spec, commits=tuple(commits), checkpoints=tuple(checkpoints),
-                     notes=tuple(notes), total_bytes=total)
-
-
-def _join(folder: str, name: str) -> str:
-    return f"{folder}/{name}" if folder else name
-
-
 # ----------------------------------------------------------------------------------- cache
 def prune_cache(cache_dir: str | os.PathLike, *, max_bytes: int, keep: tuple[str, ...] = (),
                 stale_incomplete: float = 3600.0) -> int:
@@ -1223,6 +909,31 @@ def list_repo(ref: HubRef, *, token: str | None = None,
     settings = HubSettings.from_env() if settings is None else settings
     api = HfApi(endpoint=_endpoint(), token=_token(token))
     return _list_files(api, ref, settings, _Activity())
+
+
+def download_file(ref: HubRef, path: str, *, token: str | None = None,
+                  settings: HubSettings | None = None) -> bytes:
+    """The bytes of one (small) file of the repo at ``ref.revision``, through the bounded cache,
+    abandoned after ``settings.timeout`` seconds without progress.
+
+    For files whose size was checked from :func:`list_repo` first (a ``trainer_state.json``);
+    adapter weights go through :func:`fetch_adapter_files`.
+    """
+    settings = HubSettings.from_env() if settings is None else settings
+
+    def work(activity: _Activity, state: dict) -> bytes:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            local = hf_hub_download(ref.repo_id, path, revision=ref.revision,
+                                    cache_dir=settings.resolved_cache_dir(), token=_token(token),
+                                    endpoint=_endpoint(), etag_timeout=settings.timeout)
+        except Exception as exc:  # noqa: BLE001 - mapped to one sentence
+            raise _hub_error(exc, ref, path) from exc
+        activity.touch(1)
+        return Path(local).read_bytes()
+
+    return _watched(ref, settings, work, None)
 
 
 def request_token(token: str | None) -> str | bool:

@@ -1,11 +1,9 @@
 """Rank over training: audit every checkpoint of one run and follow each module over steps.
 
-A run is a list of :class:`Checkpoint` (a step, where it came from, and a function that reads
-its adapter). They come from a folder of ``checkpoint-<step>`` subfolders as Transformers' and
-TRL's trainers write them (:func:`find_checkpoints`), from uploaded files, e.g. a ``.zip`` of
-that folder (:func:`checkpoints_from_files`), or from anything else that can build a
-:class:`Checkpoint` (a Hub revision per step, say). :func:`audit_series` then reads each
-checkpoint once, in step order, and keeps
+A run is a list of :class:`lorarank.checkpoints.Checkpoint` (a step, where it came from, and a
+function that reads its adapter), found in a folder, a zip, uploads or on the Hub by
+:mod:`lorarank.checkpoints`. :func:`audit_series` reads each checkpoint once, in step order,
+and keeps
 
 - per checkpoint, the series fields of its modules only (stored rank, ``sigma_1..sigma_r`` of
   ``scale * B @ A``, energy / stable / recommended rank, phi: numpy columns, the output
@@ -39,346 +37,33 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
-import re
 import zlib
 from dataclasses import dataclass, field
-from functools import partial
-from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, Mapping, Sequence, TextIO
+from typing import Callable, Iterable, Sequence, TextIO
 
 import numpy as np
 
 from ._validate import check_int
-from .adapters import Adapter, load_adapter, load_adapter_bytes
-from .adapters._config import check_override
-from .bounded import ZipArchive, clip, load_json, read_file
+from .adapters import Adapter
 from .audit import ENERGY_THRESHOLDS, AuditReport, _check_rule, audit_adapter
+from .checkpoints import Checkpoint, Run, check_steps
 from .compare import _phi_from_overlap, right_singular_vectors
+from .documents import name_list
 from .errors import AdapterError, ConfigError
 from .spectrum import single_threaded_blas
 
 __all__ = [
-    "MAX_CHECKPOINTS",
-    "Checkpoint",
-    "Run",
     "ModuleSeries",
     "SeriesReport",
-    "step_from_name",
-    "step_from_trainer_state",
-    "check_step",
-    "MAX_STEP",
-    "find_checkpoints",
-    "checkpoints_from_files",
     "audit_series",
     "write_series_json",
     "settled_index",
     "top_right_vectors",
 ]
 
-#: Most checkpoints one series may hold (each costs one read and a small summary).
-MAX_CHECKPOINTS = 1000
-#: Largest ``trainer_state.json`` read for its ``global_step`` (long runs log a lot).
-MAX_TRAINER_STATE = 64 * 2**20
-#: Most JSON values in one ``trainer_state.json`` (a log entry per logging step: 100,000 steps
-#: logged one by one are about 1.2 million values; more would cost over 150 MB to parse).
-MAX_TRAINER_STATE_VALUES = 4_000_000
-#: Largest step read: 2^53 - 1, the largest whole number JSON readers (and browsers) keep exact.
-MAX_STEP = 2**53 - 1
-
-_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
-# kohya / sd-scripts save `<name>-000005.safetensors` per epoch, `<name>-step00001000` per step.
-_KOHYA_FILE = re.compile(r"^.+-(?:step)?(\d{6,})\.(?:safetensors|npz)$")
-_WEIGHTS = (".safetensors", ".npz")
-_PREFERRED = ("adapter_model.safetensors", "adapters.safetensors")
-
 Progress = Callable[[int, int], None]
 CheckpointHook = Callable[[int, "Checkpoint", AuditReport], None]
-
-
-# ------------------------------------------------------------------------------------ inputs
-@dataclass(frozen=True)
-class Checkpoint:
-    """One checkpoint of a run.
-
-    Attributes
-    ----------
-    step : int
-        Training step (``global_step``); checkpoints are ordered by it.
-    path : str
-        Where it came from, for display and JSON: a folder, a zip member folder, a file, or a
-        Hub address with its revision.
-    load : callable() -> Adapter
-        Reads the adapter; called once by :func:`audit_series` (never kept).
-    label : str or None
-        What to call it besides its step (a Hub revision as given); None: the step.
-    """
-
-    step: int
-    path: str
-    load: Callable[[], Adapter] = field(repr=False, compare=False)
-    label: str | None = None
-
-
-@dataclass(frozen=True)
-class Run:
-    """The checkpoints found in a folder or an upload, and what was found but not used.
-
-    Attributes
-    ----------
-    checkpoints : list of Checkpoint
-        In step order.
-    notes : list of str
-        One sentence per thing left out or assumed (an adapter at the top level whose step is
-        unknown, a ``trainer_state.json`` step that differs from the folder name, ...).
-    """
-
-    checkpoints: list[Checkpoint]
-    notes: list[str] = field(default_factory=list)
-
-
-def step_from_name(name: str) -> int | None:
-    """The step in a checkpoint's folder or file name, or None.
-
-    ``checkpoint-500`` (Transformers, TRL) gives 500; kohya's ``mylora-000005.safetensors``
-    (epoch 5) gives 5 and ``mylora-step00001000.safetensors`` gives 1000. Other names give None.
-
-    Raises
-    ------
-    AdapterError
-        A step larger than :data:`MAX_STEP`.
-    """
-    base = PurePosixPath(str(name).replace("\\", "/")).name
-    match = _CHECKPOINT_DIR.match(base) or _KOHYA_FILE.match(base)
-    if not match:
-        return None
-    digits = match.group(1).lstrip("0") or "0"
-    if len(digits) > len(str(MAX_STEP)):  # int() of a 10,000-digit name would fail or crawl
-        raise AdapterError(f"{clip(base, 120)}: step {clip(digits, 40)} is larger than lorarank reads "
-                           f"({MAX_STEP:,}, the largest whole number a JSON reader keeps exact)")
-    return check_step(int(digits), clip(base, 120))
-
-
-def step_from_trainer_state(data: bytes | memoryview, *, source: str = "trainer_state.json") -> int:
-    """``global_step`` of a Transformers ``trainer_state.json``.
-
-    Parsed by :func:`lorarank.bounded.load_json` (at most :data:`MAX_TRAINER_STATE` bytes, 64
-    levels of nesting and :data:`MAX_TRAINER_STATE_VALUES` values).
-
-    Raises
-    ------
-    AdapterError
-        If the file is too large, too deep, not JSON, or has no whole-number ``global_step``
-        from 0 to :data:`MAX_STEP`.
-    """
-    state = load_json(source, data, what="trainer state", max_bytes=MAX_TRAINER_STATE,
-                      max_values=MAX_TRAINER_STATE_VALUES)
-    step = state.get("global_step") if isinstance(state, dict) else None
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise AdapterError(f"{source} has no whole-number global_step >= 0 (got {clip(repr(step), 80)})")
-    return check_step(step, source)
-
-
-def check_step(step: int, where: str) -> int:
-    """``step`` when it is at most :data:`MAX_STEP`; AdapterError naming ``where`` otherwise."""
-    if step > MAX_STEP:
-        raise AdapterError(f"{where}: step {clip(step, 40)} is larger than lorarank reads "
-                           f"({MAX_STEP:,}, the largest whole number a JSON reader keeps exact)")
-    return step
-
-
-def _pick_weights(names: Sequence[str], where: str) -> str:
-    weights = [n for n in names if n.lower().endswith(_WEIGHTS)]
-    preferred = [n for n in weights if PurePosixPath(n).name in _PREFERRED]
-    if len(preferred) == 1:
-        return preferred[0]
-    if len(weights) == 1:
-        return weights[0]
-    if not weights:
-        raise AdapterError(f"{where} holds no .safetensors or .npz weights file")
-    listed = ", ".join(PurePosixPath(n).name for n in weights)
-    raise AdapterError(f"{where} holds several weights files ({listed}); keep one per checkpoint")
-
-
-def _resolve_step(name_step: int, state: bytes | None, where: str, notes: list[str]) -> int:
-    if state is None:
-        return name_step
-    step = step_from_trainer_state(state, source=f"{where}/trainer_state.json")
-    if step != name_step:
-        notes.append(f"{where}: trainer_state.json says global_step {step}, the folder name "
-                     f"{name_step}; step {step} is used.")
-    return step
-
-
-def _checked_run(checkpoints: list[Checkpoint], notes: list[str], source: str) -> Run:
-    if not checkpoints:
-        raise AdapterError(
-            f"{source} holds no checkpoint: expected checkpoint-<step> folders (as Transformers "
-            f"and TRL save them), each with an adapter, or kohya <name>-000005.safetensors files")
-    checkpoints.sort(key=lambda c: c.step)
-    _check_steps(checkpoints)
-    return Run(checkpoints, notes)
-
-
-def _check_steps(checkpoints: Sequence[Checkpoint]) -> None:
-    if len(checkpoints) > MAX_CHECKPOINTS:
-        raise ConfigError(f"a series holds at most {MAX_CHECKPOINTS} checkpoints, got {len(checkpoints)}")
-    seen: dict[int, str] = {}
-    for c in checkpoints:
-        check_int(f"step of {clip(c.path, 200)}", c.step, minimum=0)
-        check_step(c.step, clip(c.path, 200))
-        if c.step in seen:
-            raise ConfigError(f"two checkpoints have step {c.step}: {seen[c.step]} and {c.path}")
-        seen[c.step] = c.path
-
-
-def find_checkpoints(path: str | os.PathLike, *, alpha: float | None = None,
-                     scale: float | None = None) -> Run:
-    """The checkpoints of a training run's output folder.
-
-    Parameters
-    ----------
-    path : str or PathLike
-        A folder holding ``checkpoint-<step>`` subfolders (each a PEFT adapter, as Transformers'
-        ``Trainer`` and TRL save them, optionally with ``trainer_state.json``), or kohya
-        ``<name>-000005.safetensors`` / ``<name>-step00001000.safetensors`` files.
-    alpha, scale : float, optional
-        Passed to every checkpoint's :func:`lorarank.adapters.load_adapter` (at most one):
-        alpha for every module (scale = alpha / r), or the scale itself.
-
-    Returns
-    -------
-    Run
-        The step is ``trainer_state.json``'s ``global_step`` when the folder has one, else the
-        number in the name. Nothing is read but those small JSON files.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``path`` does not exist.
-    AdapterError
-        If it is not a folder or holds no checkpoint.
-    """
-    alpha, scale = check_override(alpha, scale)
-    load = partial(load_adapter, alpha=alpha, scale=scale)
-    root = Path(path)
-    if not root.exists():
-        raise FileNotFoundError(2, "No such file or directory", str(root))
-    if not root.is_dir():
-        raise AdapterError(f"{root} is not a folder; --series takes a run folder with checkpoint-<step> subfolders")
-    checkpoints, notes = [], []
-    top_weights = []
-    for entry in sorted(root.iterdir(), key=lambda p: p.name):
-        step = step_from_name(entry.name)
-        if entry.is_dir() and step is not None and _CHECKPOINT_DIR.match(entry.name):
-            state = entry / "trainer_state.json"
-            data = (read_file(state, max_bytes=MAX_TRAINER_STATE, what="trainer states")
-                    if state.exists() else None)
-            step = _resolve_step(step, data, entry.name, notes)
-            checkpoints.append(Checkpoint(step, str(entry), partial(load, entry)))
-        elif entry.is_file() and step is not None:
-            checkpoints.append(Checkpoint(step, str(entry), partial(load, entry)))
-        elif entry.is_file() and entry.suffix in _WEIGHTS:
-            top_weights.append(entry.name)
-    if top_weights and checkpoints:
-        notes.append(f"{', '.join(top_weights)} at the top of {root.name} left out: no step in its name "
-                     f"(the trainer's final save is usually the last checkpoint again).")
-    return _checked_run(checkpoints, notes, str(root))
-
-
-# --------------------------------------------------------------------------------- uploads
-def _zip_members(name: str, data: bytes | memoryview) -> list[tuple[str, Callable[[], bytes]]]:
-    """The files of a zip as (path, reader), after bounding what they may inflate to.
-
-    The archive's directory is read once (:class:`lorarank.bounded.ZipArchive`: member count,
-    unique names, declared sizes at most 16 times the archive plus 64 MiB); each reader inflates
-    its member by streaming, never past its declared size.
-    """
-    archive = ZipArchive(name, data, kind=".zip archive")
-    members = []
-    for member in archive.files():
-        parts = PurePosixPath(member.name.replace("\\", "/")).parts
-        # macOS adds __MACOSX/._name resource forks; hidden files are never checkpoints.
-        if any(p.startswith(".") or p == "__MACOSX" for p in parts):
-            continue
-        members.append(("/".join(parts), partial(archive.read, member)))
-    return members
-
-
-def checkpoints_from_files(files: Mapping[str, bytes] | Iterable[tuple[str, bytes]], *,
-                           alpha: float | None = None, scale: float | None = None) -> Run:
-    """The checkpoints of uploaded files, read from memory (nothing is written to disk).
-
-    Parameters
-    ----------
-    files : mapping or iterable of (name, bytes)
-        Either one ``.zip`` of a run folder (``checkpoint-<step>/adapter_model.safetensors``,
-        ``adapter_config.json`` and optionally ``trainer_state.json`` per checkpoint, at any
-        depth), or weights files whose names carry the step (kohya ``<name>-000005.safetensors``),
-        optionally with one ``.json`` config shared by all of them.
-    alpha, scale : float, optional
-        Passed to every checkpoint's :func:`lorarank.adapters.load_adapter_bytes` (at most
-        one): alpha for every module (scale = alpha / r), or the scale itself.
-
-    Returns
-    -------
-    Run
-        Each checkpoint's files are unpacked only when it is read.
-    """
-    override = check_override(alpha, scale)
-    items = list(files.items()) if isinstance(files, Mapping) else list(files)
-    if not items:
-        raise AdapterError("no files given")
-    zips = [(n, b) for n, b in items if str(n).lower().endswith(".zip")]
-    if zips:
-        if len(items) != 1:
-            raise AdapterError("give one .zip of the run folder, or the checkpoint files themselves, "
-                               "not both")
-        name, data = zips[0]
-        return _from_members(_zip_members(name, data), name, override)
-    members = [(str(n), partial(lambda b: b if isinstance(b, (bytes, memoryview)) else bytes(b), b))
-               for n, b in items]
-    return _from_members(members, "the uploaded files", override)
-
-
-def _from_members(members: list[tuple[str, Callable[[], bytes]]], source: str,
-                  override: tuple[float | None, float | None] = (None, None)) -> Run:
-    by_dir: dict[str, dict[str, Callable[[], bytes]]] = {}
-    for path, read in members:
-        parent, _, base = path.rpartition("/")
-        by_dir.setdefault(parent, {})[base] = read
-    checkpoints, notes, left_out = [], [], []
-    for folder, entries in sorted(by_dir.items()):
-        dir_name = folder.rpartition("/")[2]
-        if _CHECKPOINT_DIR.match(dir_name):
-            weights = _pick_weights(list(entries), folder)
-            state = entries["trainer_state.json"]() if "trainer_state.json" in entries else None
-            step = _resolve_step(step_from_name(dir_name), state, folder, notes)
-            chosen = [weights] + (["adapter_config.json"] if "adapter_config.json" in entries else [])
-            checkpoints.append(Checkpoint(step, folder, partial(_load_members, entries, chosen, override)))
-            continue
-        numbered = [n for n in entries if step_from_name(n) is not None]
-        configs = [n for n in entries if n.lower().endswith(".json")]
-        if len(configs) > 1 and numbered:
-            raise AdapterError(f"{folder or source} holds several .json configs ({', '.join(configs)}); "
-                               f"give at most one for the numbered weights files")
-        for n in numbered:
-            where = f"{folder}/{n}" if folder else n
-            checkpoints.append(Checkpoint(step_from_name(n), where,
-                                          partial(_load_members, entries, [n] + configs, override)))
-        left_out.extend(f"{folder}/{n}" if folder else n for n in entries
-                        if n.lower().endswith(_WEIGHTS) and n not in numbered)
-    if left_out and checkpoints:
-        notes.append(f"{_names(left_out)} left out: no step in the file or folder name (the "
-                     f"trainer's final save is usually the last checkpoint again).")
-    return _checked_run(checkpoints, notes, source)
-
-
-def _load_members(entries: Mapping[str, Callable[[], bytes]], names: Sequence[str],
-                  override: tuple[float | None, float | None] = (None, None)) -> Adapter:
-    alpha, scale = override
-    return load_adapter_bytes([(n, entries[n]()) for n in names], alpha=alpha, scale=scale)
 
 
 # ------------------------------------------------------------------------------------ report
@@ -676,7 +361,7 @@ def audit_series(run: Run | Sequence[Checkpoint], *, rule: str = "energy", value
     order = sorted(run.checkpoints if isinstance(run, Run) else list(run), key=lambda c: c.step)
     if not order:
         raise ConfigError("a series needs at least one checkpoint")
-    _check_steps(order)
+    check_steps(order)
     n = len(order)
     if progress is not None:
         progress(0, n)
@@ -831,11 +516,6 @@ def _key(t: float) -> str:
     return f"{t:g}"
 
 
-def _names(names: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
 def _module_series(order, slims: Sequence[_Slim], last_report: AuditReport,
                    top: int) -> tuple[list[ModuleSeries], list[str]]:
     steps = [c.step for c in order]
@@ -850,11 +530,11 @@ def _module_series(order, slims: Sequence[_Slim], last_report: AuditReport,
     partial_names = [name for name in all_names if name not in everywhere]
     if partial_names:
         notes.append(f"{len(partial_names)} module(s) are not in every checkpoint and are left out of "
-                     f"the series (each checkpoint's own audit still lists them): {_names(partial_names)}.")
+                     f"the series (each checkpoint's own audit still lists them): {name_list(partial_names)}.")
     reshaped = [name for name in everywhere if name not in same_shape]
     if reshaped:
         notes.append(f"{len(reshaped)} module(s) change shape between checkpoints and are left out of "
-                     f"the series: {_names(reshaped)}.")
+                     f"the series: {name_list(reshaped)}.")
     keys = [_key(t) for t in ENERGY_THRESHOLDS]
     energy_dicts: dict[tuple[int, ...], dict] = {}  # one dict per distinct (k(0.9), k(0.95), k(0.99))
     last_by_name = {m.name: m for m in last}
@@ -877,7 +557,7 @@ def _module_series(order, slims: Sequence[_Slim], last_report: AuditReport,
             chance=k / final.shape[1], settled_step=steps[settled_index(recommended)]))
     if rank_changes:
         notes.append(f"{len(rank_changes)} module(s) change their stored rank r between checkpoints "
-                     f"(phi compares the top min({top}, r_1, r_2) directions): {_names(rank_changes)}.")
+                     f"(phi compares the top min({top}, r_1, r_2) directions): {name_list(rank_changes)}.")
     return modules, notes
 
 

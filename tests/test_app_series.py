@@ -159,7 +159,8 @@ class TestHelpers:
 
     def test_reading_single_checkpoint(self):
         """One checkpoint is said to be one, with a hint to add more."""
-        from lorarank.series import audit_series, checkpoints_from_files
+        from lorarank.checkpoints import checkpoints_from_files
+        from lorarank.series import audit_series
 
         data = series.demo_files()
         with zipfile.ZipFile(io.BytesIO(data)) as z:

@@ -19,8 +19,10 @@ import pytest
 from hubserver import SAMPLES, FakeHub, point_client_at  # noqa: E402
 
 from lorarank.errors import ConfigError, HubError  # noqa: E402
-from lorarank.hub import HubSeriesRef, HubSettings, parse_hub_series, plan_hub_series  # noqa: E402
-from lorarank.series import audit_series, find_checkpoints  # noqa: E402
+from lorarank.checkpoints import (HubSeriesRef, find_checkpoints, parse_hub_series,  # noqa: E402
+                                  plan_hub_series)
+from lorarank.hub import HubSettings  # noqa: E402
+from lorarank.series import audit_series  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = SAMPLES / "checkpoints" / "run"

@@ -16,18 +16,15 @@ from lorarank.adapters import Adapter, LoraModule, adapter_files
 from lorarank.cli import main
 from lorarank.documents import json_text
 from lorarank.errors import AdapterError, ConfigError
-from lorarank.series import (
+from lorarank.checkpoints import (
     Checkpoint,
     Run,
-    audit_series,
     checkpoints_from_files,
     find_checkpoints,
-    settled_index,
     step_from_name,
     step_from_trainer_state,
-    top_right_vectors,
-    write_series_json,
 )
+from lorarank.series import audit_series, settled_index, top_right_vectors, write_series_json
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 RUN = SAMPLES / "checkpoints" / "run"

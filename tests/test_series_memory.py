@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from lorarank.series import audit_series, find_checkpoints
+from lorarank.checkpoints import find_checkpoints
+from lorarank.series import audit_series
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS, KINDS, D, R = 16, ("q_proj", "v_proj"), 96, 64

@@ -21,7 +21,7 @@ from streamlit.errors import StreamlitAPIException
 
 from lorarank import documents
 from lorarank.documents import parse_numbers
-from lorarank.errors import ConfigError, LoraRankError
+from lorarank.errors import LoraRankError
 
 if TYPE_CHECKING:  # pandas is imported by the pages that draw tables, not by the home page
     import pandas as pd

@@ -26,7 +26,6 @@ import itertools
 import math
 import os
 import threading
-import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Callable, Hashable, Iterator, Sequence, TypeVar

@@ -23,8 +23,8 @@ from lorarank.adapters import Adapter, LoraModule, adapter_files
 from lorarank.charts import SERIES_METRICS, phi_over_steps_chart, rank_map_chart, rank_over_steps_chart
 from lorarank.documents import json_clean, short_name, split_list
 from lorarank.errors import LoraRankError
-from lorarank.hub import HubSeries, HubSeriesRef, plan_hub_series
-from lorarank.series import SeriesReport, audit_series, checkpoints_from_files
+from lorarank.checkpoints import HubSeries, HubSeriesRef, checkpoints_from_files, plan_hub_series
+from lorarank.series import SeriesReport, audit_series
 
 from .audit import MAP_METRICS, Upload, rule_text
 from .common import (Setting, check_url, download_buttons, md_code, progress_bar, setting_widget, show_chart,

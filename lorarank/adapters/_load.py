@@ -8,6 +8,7 @@ by its family, then its scale is set as the format defines it.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -23,10 +24,51 @@ from ._tensors import MAX_NPZ_BYTES, Tensors, npz_tensors, safetensors_from_byte
 from .gguf_lora import GGUF_MAGIC, load_gguf_bytes, load_gguf_path
 from .names import PEFT_PREFIX, natural_key
 
-__all__ = ["load_adapter", "load_adapter_bytes", "load_adapters", "named_adapters", "module_layouts"]
+__all__ = ["load_adapter", "load_adapter_bytes", "load_adapters", "named_adapters", "module_layouts",
+           "choose_weights", "WEIGHT_SUFFIXES", "PREFERRED_WEIGHTS"]
 
-_WEIGHT_SUFFIXES = (".safetensors", ".npz", ".gguf")
+#: File endings of adapter weights lorarank reads.
+WEIGHT_SUFFIXES = (".safetensors", ".npz", ".gguf")
+#: The weights file an adapter folder is read from when it holds several: PEFT's, then mlx-lm's.
+PREFERRED_WEIGHTS = ("adapter_model.safetensors", "adapters.safetensors")
 _NON_WEIGHTS = ("base_weights.safetensors",)   # DoRA samples keep the base model's weights beside
+_ADAPTER_NAME = re.compile(r"lora|adapter", re.IGNORECASE)
+
+
+def choose_weights(names: Iterable[str], *,
+                   adapter_names_only: bool = False) -> tuple[str | None, list[str]]:
+    """The weights file of one adapter folder, from the names of the files in it.
+
+    The one rule every reader uses (a local folder, a checkpoint of a run or of a zip, a folder
+    on the Hub): the candidates are the files ending in :data:`WEIGHT_SUFFIXES` (not a DoRA
+    sample's ``base_weights.safetensors``); the first of :data:`PREFERRED_WEIGHTS` among them
+    wins; else the only candidate.
+
+    Parameters
+    ----------
+    names : iterable of str
+        File names or paths (the base name decides).
+    adapter_names_only : bool, default False
+        Only files whose name says ``lora`` or ``adapter`` are candidates (a Hub folder without
+        ``adapter_config.json``: a model repo's ``model.safetensors`` is never downloaded).
+
+    Returns
+    -------
+    (str or None, list of str)
+        The chosen name (None when there is no candidate, or several and none preferred) and
+        every candidate, sorted, for the caller's one-sentence error.
+    """
+    def base(name: str) -> str:
+        return str(name).replace("\\", "/").rsplit("/", 1)[-1]
+
+    candidates = sorted(n for n in names
+                        if base(n).lower().endswith(WEIGHT_SUFFIXES) and base(n) not in _NON_WEIGHTS
+                        and (not adapter_names_only or _ADAPTER_NAME.search(base(n))))
+    for preferred in PREFERRED_WEIGHTS:
+        chosen = [n for n in candidates if base(n) == preferred]
+        if chosen:
+            return chosen[0], candidates
+    return (candidates[0] if len(candidates) == 1 else None), candidates
 
 
 def named_adapters(folder: Path) -> list[Path]:
@@ -34,7 +76,7 @@ def named_adapters(folder: Path) -> list[Path]:
     subs = []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         if (sub / "adapter_config.json").is_file() and any(
-                p.suffix in _WEIGHT_SUFFIXES and p.is_file() for p in sub.iterdir()):
+                p.suffix in WEIGHT_SUFFIXES and p.is_file() for p in sub.iterdir()):
             subs.append(sub)
     return subs
 
@@ -67,8 +109,8 @@ def load_adapters(path: str | os.PathLike, *, config: str | os.PathLike | None =
 
 
 def _weights_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.suffix in _WEIGHT_SUFFIXES and p.is_file() and p.name not in _NON_WEIGHTS)
+    files = {p.name: p for p in folder.iterdir() if p.is_file()}
+    return [files[n] for n in choose_weights(files)[1]]
 
 
 def load_adapter(path: str | os.PathLike, *, config: str | os.PathLike | None = None,
@@ -115,13 +157,11 @@ def load_adapter(path: str | os.PathLike, *, config: str | os.PathLike | None = 
                 raise AdapterError(f"folder {path} holds several named adapters ({names}); pass one of them, "
                                    f"e.g. {subs[0]}")
             raise AdapterError(f"folder {path} holds no .safetensors, .npz or .gguf weights file")
-        preferred = [p for p in weights if p.name in ("adapter_model.safetensors", "adapters.safetensors")]
-        if len(preferred) == 1:
-            weights = preferred
-        if len(weights) > 1:
+        chosen, _ = choose_weights(p.name for p in weights)
+        if chosen is None:
             names = ", ".join(p.name for p in weights)
             raise AdapterError(f"folder {path} holds several weights files ({names}); pass one of them")
-        weights_path = weights[0]
+        weights_path = path / chosen
         if (path / "adapter_config.json").is_file():
             config_path = path / "adapter_config.json"
         source = path.name
