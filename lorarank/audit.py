@@ -306,6 +306,11 @@ class ModuleReport:
     flags : list of str
         ``zero`` (the update is exactly zero: never trained, or a zero scale), ``collapsed``
         (``sigma_2 <= 1e-6 sigma_1``: one direction).
+    intruders : dict or None
+        With base weights and ``intruders=True``: :meth:`lorarank.intruders.Intruders.to_dict`
+        (PEFT's definition), or ``{"error": sentence}`` when it is not defined for the module.
+    amplification : float or None
+        ``||dW||_F / ||U_r^T W0 V_r||_F`` (Hu et al. 2021), with ``intruders``.
     """
 
     name: str
@@ -332,6 +337,8 @@ class ModuleReport:
     norm: float = 0.0
     relative_size: float | None = None
     flags: tuple[str, ...] = ()
+    intruders: dict | None = None
+    amplification: float | None = None
 
     @property
     def energy(self) -> float:
@@ -362,6 +369,9 @@ class ModuleReport:
         }
         if self.directional_singular_values is not None:
             out["directional_singular_values"] = [float(v) for v in self.directional_singular_values]
+        if self.intruders is not None:
+            out["intruders"] = dict(self.intruders)
+            out["amplification"] = self.amplification
         return out
 
 

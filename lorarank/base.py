@@ -154,6 +154,30 @@ class BaseWeights:
             No or several matching keys, a shape that does not fit, non-finite values, or a
             squared Frobenius norm that overflows float64.
         """
+        arr = self.stored(name, shape, transposed=transposed).astype(np.float64)
+        flat = arr.ravel()
+        with np.errstate(over="ignore"):
+            overflows = not np.isfinite(np.dot(flat, flat))
+        if overflows:
+            key = self.key_for(name)
+            peak = float(np.max(np.abs(flat)))
+            raise AdapterError(f"base weight {key!r} in {self.source}: its squared Frobenius norm overflows "
+                               f"float64 (entries up to {peak:.3g}), so ||dW|| / ||W0|| and DoRA's row norms "
+                               "cannot be computed; a result that overflows float64 is an error")
+        return arr.T if transposed else arr
+
+    def stored(self, name: str, shape: tuple[int, int], *, transposed: bool = False) -> np.ndarray:
+        """``W0`` of module ``name`` as the layer stores it, in its stored dtype.
+
+        The orientation is the layer's own: (d_in, d_out) when ``transposed``, else
+        (d_out, d_in), conv kernels flattened; float64, float32 and float16 as stored (a view
+        of the file where it allows), bfloat16 decoded exactly to float32. Checked as
+        :meth:`weight` checks it.
+
+        Returns
+        -------
+        ndarray of shape (d_in, d_out) if ``transposed`` else ``shape``
+        """
         key = self.key_for(name)
         dtype_name, stored = self._entries[key]
         if dtype_name not in ("F64", "F32", "F16", "BF16"):
@@ -165,18 +189,14 @@ class BaseWeights:
         if len(stored) < 2 or stored[0] != want[0] or size != want[0] * want[1]:
             raise AdapterError(f"base weight {key!r} in {self.source} has shape {list(stored)}, but module "
                                f"{name!r} updates a {d_out} x {d_in} matrix")
-        arr = np.asarray(self._reader(key)).reshape(want).astype(np.float64)
+        arr = np.asarray(self._reader(key)).reshape(want)
         if not np.all(np.isfinite(arr)):
             raise AdapterError(f"base weight {key!r} in {self.source} contains NaN or infinite values")
-        flat = arr.ravel()
-        with np.errstate(over="ignore"):
-            overflows = not np.isfinite(np.dot(flat, flat))
-        if overflows:
-            peak = float(np.max(np.abs(flat)))
-            raise AdapterError(f"base weight {key!r} in {self.source}: its squared Frobenius norm overflows "
-                               f"float64 (entries up to {peak:.3g}), so ||dW|| / ||W0|| and DoRA's row norms "
-                               "cannot be computed; a result that overflows float64 is an error")
-        return arr.T if transposed else arr
+        return arr
+
+    def dtype_of(self, name: str) -> str:
+        """The safetensors dtype name (``F32``, ``BF16``, ...) of module ``name``'s base weight."""
+        return self._entries[self.key_for(name)][0]
 
 
 def _add_file(tensors, entries: dict, owners: dict) -> None:

@@ -69,6 +69,8 @@ __all__ = [
     "intruders_dense",
     "intruders_lowrank",
     "mitigation_factors",
+    "update_factors",
+    "module_against_base",
 ]
 
 #: PEFT's defaults: ``top_k``, ``threshold_epsilon`` and ``mitigation_lambda`` of
@@ -466,3 +468,69 @@ def mitigation_factors(L: np.ndarray, R: np.ndarray, vectors: tuple[np.ndarray, 
     lam = check_real("mitigation_lambda", mitigation_lambda)
     u, s, v = vectors
     return np.hstack([L, (lam - 1.0) * (u * s)]), np.vstack([R, v.T])
+
+
+# ------------------------------------------------------------------------------ adapter modules
+def update_factors(module) -> tuple[np.ndarray, np.ndarray]:
+    """``(L, R)`` with ``L @ R`` the module's update **as its base layer stores it**.
+
+    PEFT computes intruders on ``get_base_layer().weight`` and ``get_delta_weight()``, both in
+    the layer's own orientation: ``(d_out, d_in)`` for ``nn.Linear``, ``(d_in, d_out)`` for a
+    ``fan_in_fan_out`` (GPT-2 ``Conv1D``) layer and for an embedding (``module.transposed``).
+
+    Returns
+    -------
+    L : ndarray of shape (m, q)
+    R : ndarray of shape (q, n)
+        float64; ``(m, n)`` is the stored weight's shape.
+
+    Raises
+    ------
+    UnsupportedAdapterError
+        Conv kernels, DoRA (its merged weight rescales the rows of ``W0``: not a low-rank update
+        of it) and LoKr modules whose Kronecker factors are wider than the weight.
+    """
+    from .errors import UnsupportedAdapterError
+
+    if module.kernel is not None:
+        raise UnsupportedAdapterError("conv layers: PEFT's function decomposes a 4-D conv weight per kernel "
+                                      "position, which is not this definition")
+    if getattr(module, "magnitude", None) is not None:
+        raise UnsupportedAdapterError("DoRA: the merged weight rescales the rows of W0, so W0 + dW is not a "
+                                      "low-rank update of W0 (PEFT's function reads only s*B@A there)")
+    B, A = module.factors(np.float64)
+    L, R = float(module.scale) * B, A
+    left = getattr(module, "kron_left", None)
+    if left is not None:
+        left = np.asarray(left, dtype=np.float64)
+        o1, i1 = left.shape
+        if i1 * A.shape[0] > min(module.shape):
+            raise UnsupportedAdapterError("LoKr modules whose Kronecker factors are wider than the weight")
+        L, R = np.kron(left, L), np.kron(np.eye(i1), A)
+    if module.transposed:
+        L, R = R.T, L.T
+    return L, R
+
+
+def module_against_base(module, base, *, cache, top_k: int = DEFAULT_TOP_K, epsilon: float = DEFAULT_EPSILON,
+                        vectors: bool = False, method: str = "auto") -> LowRankAnalysis:
+    """:func:`intruders_lowrank` of an adapter module on its base weight, the base's SVD from
+    ``cache`` (:class:`~lorarank.base_svd.BaseSVDCache`).
+
+    Parameters
+    ----------
+    module : LoraModule
+    base : lorarank.base.BaseWeights
+    cache : BaseSVDCache
+
+    Raises
+    ------
+    UnsupportedAdapterError
+        See :func:`update_factors`.
+    AdapterError
+        The base has no (or a misshapen) weight for the module.
+    """
+    L, R = update_factors(module)
+    W0 = base.stored(module.name, tuple(int(d) for d in module.shape), transposed=bool(module.transposed))
+    svd = cache.get(W0)
+    return intruders_lowrank(svd, W0, L, R, top_k=top_k, epsilon=epsilon, vectors=vectors, method=method)
