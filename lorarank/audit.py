@@ -503,7 +503,9 @@ def _report(module: LoraModule, s: np.ndarray, rule: str, value: float, *, base=
 
 
 def audit_adapter(adapter: Adapter, *, rule: str = "energy", value: float = 0.99,
-                  progress: Progress | None = None, base=None, base_k: int = BASE_TOP_K) -> AuditReport:
+                  progress: Progress | None = None, base=None, base_k: int = BASE_TOP_K,
+                  intruders: bool = False, top_k: int = 10, epsilon: float = 0.5, svd_cache=None,
+                  replay: str = "float64") -> AuditReport:
     """Spectrum, rank metrics and a recommended rank for every module of ``adapter``.
 
     Parameters
@@ -521,10 +523,27 @@ def audit_adapter(adapter: Adapter, *, rule: str = "energy", value: float = 0.99
         gets ``relative_size = ||dW||_F / ||W0||_F``, and a DoRA module's spectrum becomes
         that of ``merged - W0`` (top ``base_k`` values, by products only).
     base_k : int, default=BASE_TOP_K
+    intruders : bool, default=False
+        With ``base``: every module's intruder dimensions (PEFT's definition, ``top_k`` and
+        ``epsilon``) and amplification factor (:mod:`lorarank.intruders`), the base's SVD
+        from ``svd_cache`` (a :class:`~lorarank.base_svd.BaseSVDCache`; default: the
+        process-wide one).
+    top_k : int, default=10
+    epsilon : float, default=0.5
+    svd_cache : BaseSVDCache, optional
+    replay : {"float64", "torch"}, default="float64"
+        How a PiSSA / OLoRA init is recomputed from ``base`` (:func:`lorarank.inits.replay_init`).
 
     Returns
     -------
     AuditReport
+
+    Notes
+    -----
+    A PEFT adapter whose ``init_lora_weights`` moved the base (PiSSA, OLoRA, ...): without
+    ``base`` its modules' ``spectrum_of`` says the values are of ``B@A`` as stored, not the
+    update, and ``summary["warnings"]`` says why; with the original base and a deterministic
+    init the spectra are of the exact update (:mod:`lorarank.against_base`).
 
     Raises
     ------
@@ -535,21 +554,41 @@ def audit_adapter(adapter: Adapter, *, rule: str = "energy", value: float = 0.99
     -----
     Costs O((d_out + d_in) r^2) per module; the dense ``d_out x d_in`` update is never formed.
     """
+    from . import against_base
+
     rule, value = _check_rule(rule, value)
     base_k = check_int("base_k", base_k, minimum=1)
-    total = len(adapter.modules)
+    if intruders:
+        if base is None:
+            raise ConfigError("intruder dimensions compare the update with the base weights: give `base`")
+        top_k = check_int("top_k", top_k, minimum=1)
+        epsilon = check_real("epsilon", epsilon, minimum=0.0, maximum=1.0)
+        if svd_cache is None:
+            from .base_svd import shared_cache
+
+            svd_cache = shared_cache()
+    work, init, replayed = against_base.prepare(adapter, base, replay=replay)
+    total = len(work.modules)
     _tick(progress, 0, total)
     reports = []
     with single_threaded_blas():
-        for i, module in enumerate(adapter.modules):
-            reports.append(_report(module, module_spectrum(module), rule, value, base=base, base_k=base_k))
+        for i, module in enumerate(work.modules):
+            rep = _report(module, module_spectrum(module), rule, value, base=base, base_k=base_k)
+            if intruders:
+                rep = replace(rep, **against_base.intruder_fields(module, base, cache=svd_cache,
+                                                                  top_k=top_k, epsilon=epsilon))
+            reports.append(rep)
             _tick(progress, i + 1, total)
+    reports = against_base.label(reports, adapter, init, replayed=replayed, replay=replay)
     detected = {**adapter.describe(), "metadata": dict(getattr(adapter, "metadata", {}) or {})}
     summary = _summary(adapter, reports, rule, value)
     summary["name"] = getattr(adapter, "name", "")
     summary["metadata"] = json_clean(detected["metadata"])
     if base is not None:
         detected["base"] = summary["base"] = base.source
+    fields, notes = against_base.summary_fields(reports, init, replayed=replayed, base=base, adapter=adapter)
+    summary.update(fields)
+    summary["warnings"] = notes + summary["warnings"]
     _check_finite(summary)
     return AuditReport(format=adapter.format, source=adapter.source, scaling=adapter.scaling,
                        rule=rule, value=value, modules=reports, summary=summary, detected=detected)
@@ -848,6 +887,13 @@ def resize_adapter(adapter: Adapter, *, rank: int | Mapping[str, int] | None = N
     -------
     ResizeResult
 
+    Raises
+    ------
+    ConfigError
+        A PEFT adapter whose init moved the base (PiSSA, OLoRA, ... saved without conversion):
+        its ``B @ A`` is not the update, so a resize of it would be a resize of the wrong
+        matrix (:mod:`lorarank.inits`; convert it first).
+
     Notes
     -----
     A module whose target is >= its rank is returned unchanged (same factors, scale, alpha).
@@ -858,6 +904,11 @@ def resize_adapter(adapter: Adapter, *, rank: int | Mapping[str, int] | None = N
     given = [x is not None for x in (rank, rule, rank_budget, param_budget)]
     if sum(given) != 1:
         raise ConfigError("give exactly one of `rank`, `rule`, `rank_budget` and `param_budget`")
+    from .inits import init_of
+
+    init = init_of(adapter)
+    if init.moves_base:
+        raise ConfigError(init.refusal("resize"))
     with single_threaded_blas():
         return _resize(adapter, rank=rank, rule=rule, value=value, rank_budget=rank_budget,
                        param_budget=param_budget, progress=progress)

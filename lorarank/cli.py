@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Sequence
 
-from . import finetune_cli
+from . import cli_base, finetune_cli
 from .documents import (audit_document, json_text, metadata_items, module_row, parse_numbers,
                         short_name, split_list)
 from .bounded import clip, write_atomic
@@ -176,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epsilon", type=float, default=0.5,
                    help="the |cos| threshold of --intruders (default %(default)s)")
     finetune_cli.add_audit_options(p)
+    cli_base.add_audit_options(p)
     p.set_defaults(handler=_cmd_audit)
 
     p = sub.add_parser("resize", help="write the best lower-rank approximation of an adapter")
@@ -198,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .fleet.command import add_parser as add_fleet_parser
 
     add_fleet_parser(sub, _Parser)
+    cli_base.add_commands(sub, mitigate=_cmd_mitigate, convert=_cmd_convert)
     return parser
 
 
@@ -479,8 +481,6 @@ def _cmd_audit(args: argparse.Namespace) -> int:
                                         ("--no-embeddings", args.no_embeddings)) if given]
     if ignored:
         _fail(f"audit: {ignored[0]} applies to --finetuned MODEL")
-    if args.intruders:
-        _fail("audit: --intruders is computed for --finetuned MODEL so far, not for adapters")
     if args.series is not None:
         if args.paths:
             _fail("audit: give either PATH ... or --series DIR, not both")
@@ -489,6 +489,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         _fail("audit: give at least one PATH, or --series DIR")
     if args.html is not None:
         _check_output(args.html, force=args.force)
+    against = cli_base.audit_options(args)
     base = None
     if args.base is not None and args.base != "hf://":
         from .base import open_base
@@ -500,7 +501,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         raise LoraRankError(f"--html writes the report of one adapter, got {len(adapters)}")
     if args.base is not None:
         base = finetune_cli.hub_base(args.base, base, adapters)
-    reports = [audit_adapter(a, base=base) for a in adapters]
+    reports = [audit_adapter(a, base=base, **against) for a in adapters]
     if args.html is not None:
         _write_audit_html(reports[0], args.html, source=pinned[0] if pinned else reports[0].source)
     if args.json:
@@ -512,6 +513,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         if pinned:
             print(clip(f"from {pinned[i]}"))
         _audit_print(report)
+        cli_base.print_against_base(report)
     return 0
 
 
@@ -653,6 +655,39 @@ def _cmd_resize(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------- extract
 def _cmd_extract(args: argparse.Namespace) -> int:
     return finetune_cli.run_extract(args, print_json=_print_json)
+
+
+# ------------------------------------------------------------------------ mitigate, convert
+def _cmd_mitigate(args: argparse.Namespace) -> int:
+    from .adapters import save_adapter
+    from .base import open_base
+    from .mitigate import mitigate_adapter
+
+    cache = cli_base.svd_cache(args)
+    base = open_base(args.base)
+    (adapter,) = _audit_load([args.path])
+    result = mitigate_adapter(adapter, base, mitigation_lambda=args.mitigation_lambda, cache=cache,
+                              **{k: v for k, v in (("top_k", args.top_k), ("epsilon", args.epsilon)) if v is not None})
+    fmt = "npz" if args.output.lower().endswith(".npz") else None
+    written = save_adapter(result.adapter, args.output, format=fmt, overwrite=args.force)
+    if args.json:
+        _print_json({**result.to_dict(), "written": [str(p) for p in written]})
+        return 0
+    cli_base.print_mitigation(result, written)
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .adapters import save_adapter
+    from .base import open_base
+    from .inits import convert_adapter
+
+    base = open_base(args.base)
+    (adapter,) = _audit_load([args.path])
+    converted = convert_adapter(adapter, base, replay=args.replay)
+    written = save_adapter(converted, args.output, format="peft", overwrite=args.force)
+    cli_base.print_conversion(adapter, converted, written)
+    return 0
 
 
 # --------------------------------------------------------------------------------- compare

@@ -88,6 +88,15 @@ class InitInfo:
     label: str
     sentence: str
 
+    def refusal(self, action: str = "resize") -> str:
+        """Why ``action`` ("resize", "mitigate") of the file as saved is refused, one sentence."""
+        done = {"resize": "resized", "mitigate": "mitigated"}.get(action, action + "d")
+        how = (f"convert it first (`lorarank convert PATH --base BASE -o OUT`, with the original base "
+               f"weights) and {action} the converted adapter" if self.replay else
+               f"only a save converted at training time can be {done}")
+        return (f"not {done}: this adapter's init ({self.name}) was subtracted from the base, so s*B@A is not "
+                f"its update and would be the wrong matrix to {action}; {how}")
+
     def to_dict(self) -> dict:
         """JSON-friendly."""
         return {"init_lora_weights": self.value if isinstance(self.value, (bool, str)) or self.value is None
