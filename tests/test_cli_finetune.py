@@ -131,9 +131,10 @@ def test_intruders_in_the_document(capsys):
     assert down["intruders"]["indices"] == [4, 6, 7] and len(down["intruders"]["max_cos"]) == 10
 
 
-def test_intruders_for_adapters_say_where_they_are(capsys):
-    code, _, err = run(["audit", "adapter", "--base", "b", "--intruders"], capsys)
-    assert code == 2 and "--intruders is computed for --finetuned MODEL so far" in err
+def test_intruders_for_adapters_need_a_base(capsys):
+    """--intruders also works for adapters (issue 18); without --base it is one line, exit 2."""
+    code, _, err = run(["audit", "adapter", "--intruders"], capsys)
+    assert code == 2 and "--intruders compares the update with the base weights: give --base BASE" in err
 
 
 def test_html_report(tmp_path, capsys):
