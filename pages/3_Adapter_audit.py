@@ -5,6 +5,7 @@ import streamlit as st
 from lorarank.charts import (budget_chart, module_spectrum_chart, overlap_chart, phi_chart,
                              rank_map_chart)
 from lorarank.documents import json_clean, short_name
+from lorarank.errors import LoraRankError
 from ui import audit, common, hub, layout, loaded, series
 from ui import report as report_ui
 
@@ -21,6 +22,7 @@ layout.header(
 )
 loaded_line = st.container()  # names the loaded adapter, under the title
 alerts = st.container()
+loaded.show_unreadable(alerts)  # files dropped on the last run that could not be read
 bad_url = common.check_url(audit.ALL_SETTINGS, state_key=audit.URL_ERRORS_KEY)
 
 TABS = ["Per module", "Rank map", "Spectrum", "Budget", "Resize", "Compare", series.TAB]
@@ -99,11 +101,13 @@ if upload is None:
     st.stop()
 
 # ------------------------------------------------------------------------ detection
-with loaded_line:
-    name_slot = loaded.header_row(upload, demo=demo)
-with common.stop_on_error():
+try:
     detected = audit.detect(upload)
-name_slot.markdown(loaded.adapter_name(upload, detected), width="stretch")
+except LoraRankError as exc:  # one line; dropped files that cannot be read are not kept as loaded
+    loaded.unreadable(upload, common.error_line(exc), alerts)
+with loaded_line:
+    loaded.header_row(upload, demo=demo).markdown(loaded.adapter_name(upload, detected),
+                                                  width="stretch")
 with summary:
     finish = audit.audit_gate(upload, detected)  # the server's work budget; Stop while it works
 if finish is None:
@@ -111,9 +115,11 @@ if finish is None:
 with summary:
     alpha, scale = audit.scale_override(detected)  # only when the file states no scale
     base = audit.base_uploader(container=inputs)
-    with common.stop_on_error():
+    try:
         report = audit.run_audit(upload, alpha=alpha, scale=scale, rule=rule, value=value or 0.0,
                                  base=base)
+    except LoraRankError as exc:  # as above: not kept as the loaded adapter
+        loaded.unreadable(upload, common.error_line(exc), alerts)
     st.markdown(audit.reading(report))  # the headline first, what was detected under it
     lines = audit.detected_lines(detected, report)
     st.markdown(" · ".join(f"**{label}:** {text}" for label, text in lines))

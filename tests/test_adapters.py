@@ -412,8 +412,12 @@ def _good_safetensors() -> bytes:
 
 SAFETENSORS_CASES = {
     "empty": (b"", r"w.safetensors is not a valid safetensors file \(only 0 bytes\)"),
-    "truncated": (_good_safetensors()[:60], r"not a valid safetensors file \(Error while deserializing"),
-    "random bytes": (bytes(range(256)) * 4, r"not a valid safetensors file \(.*header too large"),
+    "truncated": (_good_safetensors()[:60], r"not a valid safetensors file \(.*\): .*so it was cut "
+                                            r"short \(an interrupted download or copy\?\)"),
+    "cut in its data": (_good_safetensors()[:-10], r"not a valid safetensors file \(.*\): its tensors do "
+                                                   r"not fit the bytes the file holds, so it was cut short"),
+    "random bytes": (bytes(range(256)) * 4, r"not a valid safetensors file \(header too large\): its "
+                                            r"header length points past the end of the file"),
     "header length lies": (struct.pack("<Q", 10**6) + _good_safetensors()[8:], r"invalid header length"),
     "huge header length": (struct.pack("<Q", 2**63) + _good_safetensors()[8:], r"header too large"),
     "offset beyond data": (_header_file({"m.lora_A.weight": {"dtype": "F32", "shape": [2], "data_offsets": [0, 800]}},

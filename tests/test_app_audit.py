@@ -298,6 +298,10 @@ BAD_FILES = [
      "adapter.npz is not an .npz archive (it does not start with a zip signature)"),
     ("truncated", {"adapter.safetensors": _truncated_safetensors()},
      "adapter.safetensors is not a valid safetensors file"),
+    ("random bytes", {"adapter.safetensors": bytes(range(256)) * 8},  # not "header too large" bare
+     "adapter.safetensors is not a valid safetensors file (header too large): its header length "
+     "points past the end of the file, so it was cut short (an interrupted download or copy?) or "
+     "is another kind of file; download or save it again"),
     ("pickled npz", {"adapter.npz": _pickled_npz()},
      "adapter.npz: array 'A' holds pickled Python objects, which lorarank does not load"),
     ("nan", {"a.npz": npz_bytes({"A": np.full((2, 3), np.nan), "B": np.ones((3, 2))})},
@@ -330,9 +334,28 @@ class TestBadFiles:
         assert len(shown) == 1 and shown[0].startswith(message), shown
         assert "\n" not in shown[0]
         assert len(at.dataframe) == 0
-        # the files are named, but not as "Loaded": they could not be read
-        assert not [m.value for m in at.markdown if "Loaded:" in m.value]
-        assert [m.value for m in at.markdown if m.value.startswith("**Adapter:**")]
+        # files that could not be read are not kept as the adapter: no line names them as
+        # loaded (the error does), the uploader is open again for other files
+        from ui import loaded
+
+        assert not [m.value for m in at.markdown if "Loaded:" in m.value or "Adapter:" in m.value]
+        assert loaded.LOADED_KEY not in at.session_state
+        assert at.get("file_uploader")[0].label == "Adapter files"
+        at.run()  # the next rerun (any click) no longer shows it
+        assert errors(at) == [] and not at.exception
+
+    @pytest.mark.skipif(not (SAMPLES / "peft_llama_r8").is_dir(), reason="samples not present")
+    def test_bad_file_keeps_the_adapter_loaded_before(self):
+        """A bad file dropped onto a loaded adapter: one error line, and the adapter loaded
+        before it is still the one named and shown (not the bad file)."""
+        from ui import loaded
+
+        at = upload(open_page(), sample_files("peft_llama_r8"))
+        at = upload(at, {"adapter.safetensors": bytes(range(256)) * 8}, key=f"{audit.UPLOAD_KEY}_1")
+        assert not at.exception
+        assert len(errors(at)) == 1 and "header too large" in errors(at)[0]
+        assert "adapter_model.safetensors" in loaded_line(at) and "Loaded:" in loaded_line(at)
+        assert len(frame_with(at, "recommended rank")) == 14
 
 
 class TestUrlSettings:

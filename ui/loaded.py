@@ -30,7 +30,7 @@ from .audit import DEMO_KEY, UPLOAD_KEY, Detected, Upload
 from .common import md_code, md_escape
 
 __all__ = ["LOADED_KEY", "GENERATION_KEY", "CLEAR_KEY", "uploader_key", "combine", "take",
-           "loaded", "clear", "adapter_name", "header_row", "showing", "inputs_box"]
+           "loaded", "clear", "unreadable", "show_unreadable", "UNREADABLE_KEY", "adapter_name", "header_row", "showing", "inputs_box"]
 
 #: Session-state key of the loaded :class:`ui.audit.Upload`.
 LOADED_KEY = "audit_loaded"
@@ -75,6 +75,7 @@ def take(uploaded: Sequence[Any] | None) -> Upload | None:
     new = Upload.from_uploaded(uploaded)
     if new is None:
         return loaded()
+    st.session_state[PREVIOUS_KEY] = loaded()  # kept if the new files cannot be read
     st.session_state[LOADED_KEY] = combine(loaded(), new)
     st.session_state[GENERATION_KEY] = int(st.session_state.get(GENERATION_KEY, 0)) + 1
     st.rerun()
@@ -84,7 +85,41 @@ def take(uploaded: Sequence[Any] | None) -> Upload | None:
 def clear() -> None:
     """Forget the loaded adapter and reset the uploader (the Clear button's callback)."""
     st.session_state.pop(LOADED_KEY, None)
+    st.session_state.pop(PREVIOUS_KEY, None)
     st.session_state[GENERATION_KEY] = int(st.session_state.get(GENERATION_KEY, 0)) + 1
+
+
+#: Session-state key of the error line about files that could not be read (across one rerun).
+UNREADABLE_KEY = "audit_unreadable"
+#: Session-state key of the adapter loaded before the last drop.
+PREVIOUS_KEY = "audit_loaded_previous"
+
+
+def unreadable(upload: Upload, message: str, where: Any) -> None:
+    """``upload`` could not be read: show ``message`` (one safe markdown line) and stop.
+
+    Dropped files are then no longer the loaded adapter: the page reruns with the adapter
+    loaded before them (if any; else none, its uploader open again) and the message above it
+    (:func:`show_unreadable`). A demo or Hub upload (not loaded files) just shows the message.
+    """
+    current = loaded()
+    if current is not None and current.ident == upload.ident:
+        previous = st.session_state.pop(PREVIOUS_KEY, None)
+        if previous is not None and previous.ident != upload.ident:
+            st.session_state[LOADED_KEY] = previous
+        else:
+            st.session_state.pop(LOADED_KEY, None)
+        st.session_state[UNREADABLE_KEY] = message
+        st.rerun()
+    where.error(message, icon=":material/error:")
+    st.stop()
+
+
+def show_unreadable(where: Any) -> None:
+    """Show (once) the message :func:`unreadable` left for this run."""
+    message = st.session_state.pop(UNREADABLE_KEY, None)
+    if message:
+        where.error(message, icon=":material/error:")
 
 
 def adapter_name(upload: Upload, detected: Detected, *, label: str = "Loaded") -> str:
@@ -116,9 +151,9 @@ def adapter_name(upload: Upload, detected: Detected, *, label: str = "Loaded") -
 
 def header_row(upload: Upload, *, demo: bool = False) -> Any:
     """The line naming the loaded adapter, with Clear beside it (not for the demo or a Hub
-    link, which their own inputs switch off). Drawn before the files are read, so Clear is
-    there even when they cannot be read; returns the placeholder that :func:`adapter_name`
-    fills once they are (it shows "Adapter:" and the file names until then)."""
+    link, which their own inputs switch off). Files that cannot be read are dropped instead
+    (:func:`unreadable`); returns the placeholder that :func:`adapter_name` fills (it shows
+    "Adapter:" and the file names until then)."""
     row = st.container(horizontal=True, vertical_alignment="center")
     slot = row.empty()
     # "Adapter", not "Loaded": the files (or Hub link) may turn out unreadable (then an

@@ -107,9 +107,25 @@ def _readable_dtype(name: str) -> str:
     return name
 
 
+#: What a user can do about the ``safetensors`` library's verdicts, by the words it uses.
+_SAFETENSORS_HINTS = (
+    (("header too large", "invalid header length"),
+     "its header length points past the end of the file, so it was cut short (an interrupted "
+     "download or copy?) or is another kind of file; download or save it again"),
+    (("incomplete metadata", "not fully covered", "invalid offset", "invalid shape"),
+     "its tensors do not fit the bytes the file holds, so it was cut short (an interrupted "
+     "download or copy?) or written wrongly; download or save it again"),
+)
+
+
 def _safetensors_error(source: str, exc: Exception) -> AdapterError:
+    """The library's verdict in one line, with what to do about it."""
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return AdapterError(f"{source} is not a valid safetensors file ({detail})")
+    detail = detail.removeprefix("Error while deserializing header:").removeprefix(
+        "Error while deserializing:").strip() or detail
+    hint = next((text for words, text in _SAFETENSORS_HINTS if any(w in detail for w in words)),
+                "download or save it again (safetensors' save_file or PEFT's save_pretrained)")
+    return AdapterError(f"{source} is not a valid safetensors file ({detail}): {hint}")
 
 
 def safetensors_from_path(path: Path) -> Tensors:

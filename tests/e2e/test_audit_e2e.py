@@ -188,6 +188,10 @@ class TestUpload:
         assert errors == ["adapter.npz is not an .npz archive (it does not start with a zip "
                           "signature)"]
         assert "this is not an archive" not in page.url
+        # the file is not kept as the adapter: no line names it, the uploader is open for others
+        body = page.get_by_test_id("stMain").inner_text()
+        assert "Adapter:" not in body and "Loaded:" not in body
+        assert adapter_uploader(page).count() == 1 and page.get_by_text("Adapter files").is_visible()
 
     def test_next_adapter_replaces_and_clear_empties(self, page, app_url, shot):
         """After one adapter the uploader is empty again; dropping another replaces it (no
