@@ -222,7 +222,10 @@ class TestBuiltFiles:
         a, b = factors(0, 24, 16, 4)
         at = upload(open_page(), {"delta.npz": npz_bytes({"layers.0.q.A": a, "layers.0.q.B": b})})
         assert_clean(at)
-        assert any("scale s = 1 assumed" in w.value for w in at.warning)
+        # the file has one module and it has no alpha: not "some modules"
+        assert [w.value for w in at.warning] == [
+            "No module of the file has an alpha: **scale s = 1 assumed** for every module. Set "
+            "the alpha you trained with to get the real update s·B·A."]
         assert at.dataframe[0].value["scale s"].tolist() == [1.0]
         at.number_input(key="alpha").set_value(8.0).run()
         assert_clean(at)
@@ -233,6 +236,22 @@ class TestBuiltFiles:
         assert any("s = 2" in md_plain(m.value) for m in at.markdown)  # the detected scaling
         s = np.linalg.svd(2.0 * (b.astype(np.float64) @ a), compute_uv=False)
         assert at.dataframe[0].value["top singular values"][0].split(",")[0] == f"{s[0]:.3g}"
+
+    def test_kohya_some_without_alpha(self):
+        """A kohya file where one of two modules has no .alpha: the warning counts them."""
+        rng = np.random.default_rng(4)
+        tensors = {
+            "lora_te_a.lora_down.weight": rng.standard_normal((4, 32)).astype(np.float32),
+            "lora_te_a.lora_up.weight": rng.standard_normal((64, 4)).astype(np.float32),
+            "lora_te_a.alpha": np.array(8.0, dtype=np.float32),
+            "lora_te_b.lora_down.weight": rng.standard_normal((4, 32)).astype(np.float32),
+            "lora_te_b.lora_up.weight": rng.standard_normal((64, 4)).astype(np.float32),
+        }
+        at = upload(open_page(), {"k.safetensors": st_save(tensors)})
+        assert_clean(at)
+        assert [w.value for w in at.warning] == [
+            "No alpha for 1 of the 2 modules: **scale s = 1 assumed** for that one. Set the alpha "
+            "you trained with to get the real update s·B·A."]
 
     def test_kohya_with_conv_and_alpha(self):
         """kohya alpha/r per module, a conv module flattened to (out, in*k*k)."""

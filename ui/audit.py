@@ -47,7 +47,7 @@ __all__ = [
     "RULE", "RULE_VALUES", "MAP_METRIC", "BUDGET", "RESIZE_BY", "ALPHA", "SCALE", "TOP",
     "MODULE_KEY", "COMPARE_KEY", "DEMO_KEY", "ALL_SETTINGS", "MAP_METRICS", "RULE_LABELS",
     "Upload", "Detected", "ResizeTarget", "ResizePreview",
-    "rule_text", "assumed_scale", "module_url_error", "COMPARE_MODULE_KEY",
+    "rule_text", "assumed_scale", "without_alpha", "module_url_error", "COMPARE_MODULE_KEY",
     "detect", "GATE_KEY", "COMPARE_GATE_KEY", "audit_gate", "guarded_compare", "run_audit", "run_budget", "run_resize", "resized_files", "zip_files",
     "run_compare", "demo_files", "demo_upload",
     "COLUMN_HELP", "module_table", "module_records", "table_height", "budget_marks", "cli_json_bytes", "detected_lines", "reading",
@@ -216,6 +216,16 @@ def assumed_scale(adapter: Adapter) -> str | None:
                           for m in adapter.modules) else None
 
 
+def without_alpha(adapter: Adapter) -> int:
+    """How many modules run with an assumed scale of 1 for want of an alpha (all of them for a
+    PEFT adapter without its config; mlx-lm's scale is one number: 0)."""
+    if adapter.format == "mlx":
+        return 0
+    if adapter.format == "peft":
+        return len(adapter.modules) if adapter.config is None else 0
+    return sum(1 for m in adapter.modules if m.alpha is None and not m.unit_scale_by_design)
+
+
 @dataclass(frozen=True)
 class Detected:
     """What was detected in an upload as stored (no alpha override)."""
@@ -225,6 +235,7 @@ class Detected:
     names: tuple[str, ...]
     size: int
     shapes: tuple[tuple[int, int, int], ...] = ()  # (d_out, d_in, r) per module
+    without_alpha: int = 0  # modules with s = 1 assumed for want of an alpha
 
 
 @st.cache_data(show_spinner=False, max_entries=16, hash_funcs=_HASH)
@@ -234,7 +245,8 @@ def detect(upload: Upload) -> Detected:
         adapter = _load(upload)
     return Detected(describe=adapter.describe(), assumed=assumed_scale(adapter),
                     names=tuple(m.name for m in adapter.modules), size=upload.size,
-                    shapes=tuple((*m.shape, m.rank) for m in adapter.modules))
+                    shapes=tuple((*m.shape, m.rank) for m in adapter.modules),
+                    without_alpha=without_alpha(adapter))
 
 
 def audit_gate(upload: Upload, detected: Detected) -> Callable[[], None] | None:
@@ -579,14 +591,22 @@ def scale_override(detected: Detected) -> tuple[float | None, float | None]:
     setting = ALPHA if detected.assumed == "alpha" else SCALE
     value = setting_widget(setting, st.columns(4)[0])
     if detected.assumed == "alpha":
+        modules, missing = len(detected.names), detected.without_alpha
+        if detected.describe.get("format") == "peft":
+            which, there = "No adapter_config.json, so no alpha for any module", "for every module"
+        elif missing >= modules:
+            which, there = "No module of the file has an alpha", "for every module"
+        else:
+            which, there = (f"No alpha for {missing:,} of the {modules:,} modules",
+                            "for that one" if missing == 1 else f"for those {missing:,}")
         if value is None:
-            message.warning("No alpha found for some modules: **scale s = 1 assumed**. Set the "
-                            "alpha you trained with to get the real update s·B·A.",
+            message.warning(f"{which}: **scale s = 1 assumed** {there}. Set the alpha you "
+                            f"trained with to get the real update s·B·A.",
                             icon=":material/warning:")
         else:
-            message.info(f"No alpha in the file for some modules: using **alpha = {value:g}** "
-                         f"as set below there (s = alpha / r, see the scaling line). Clear the "
-                         f"input to go back to s = 1.", icon=":material/tune:")
+            message.info(f"{which}: using **alpha = {value:g}** as set below {there} (s = alpha / "
+                         f"r, see the scaling line). Clear the input to go back to s = 1.",
+                         icon=":material/tune:")
         return value, None
     if value is None:
         message.warning("No `lora_parameters.scale` found: **scale s = 1 assumed**. Set the "
