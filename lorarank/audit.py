@@ -26,14 +26,14 @@ import numpy as np
 
 from ._validate import check_choice, check_int, check_real
 from .adapters import Adapter, LoraModule, parse_module_name
-from .adapters._tensors import LazyArray
+from .adapters import LazyArray
 from .documents import json_clean
 from .errors import AdapterError, ConfigError
 from .spectrum import (
     RANK_RULES,
     FactoredSVD,
-    _kron_values,
-    _svdvals_unchecked,
+    kron_values,
+    svdvals_unchecked,
     single_threaded_blas,
     energy_rank,
     entropy_rank,
@@ -61,6 +61,7 @@ __all__ = [
     "allocate_budget",
     "budget_curve",
     "resize_adapter",
+    "check_rule",
 ]
 
 #: Thresholds t of the energy ranks k(t) every module report carries.
@@ -81,7 +82,7 @@ def _tick(progress: Progress | None, done: int, total: int) -> None:
         progress(done, total)
 
 
-def _check_rule(rule: str, value: float) -> tuple[str, float]:
+def check_rule(rule: str, value: float) -> tuple[str, float]:
     rule = check_choice("rule", rule, tuple(RANK_RULES))
     if rule == "sv_ratio":
         value = check_real("value", value, minimum=1.0)
@@ -128,9 +129,9 @@ def module_spectrum(module: LoraModule) -> np.ndarray:
     B, A = module.factors(np.float64)
     left = _kron_left(module)
     if left is not None:
-        s_left = _svdvals_unchecked(left, np.eye(left.shape[1]), 1.0)
-        return _kron_values(s_left, _svdvals_unchecked(B, A, module.scale))
-    return _svdvals_unchecked(B, A, module.scale)
+        s_left = svdvals_unchecked(left, np.eye(left.shape[1]), 1.0)
+        return kron_values(s_left, svdvals_unchecked(B, A, module.scale))
+    return svdvals_unchecked(B, A, module.scale)
 
 
 def module_svd(module: LoraModule, k: int | None = None) -> FactoredSVD:
@@ -556,7 +557,7 @@ def audit_adapter(adapter: Adapter, *, rule: str = "energy", value: float = 0.99
     """
     from . import against_base
 
-    rule, value = _check_rule(rule, value)
+    rule, value = check_rule(rule, value)
     base_k = check_int("base_k", base_k, minimum=1)
     if intruders:
         if base is None:
@@ -930,7 +931,7 @@ def _resize(adapter, *, rank, rule, value, rank_budget, param_budget, progress) 
         targets = [check_int(f"rank[{m.name!r}]", rank[m.name], minimum=1) if m.name in rank else sp.size
                    for m, sp in zip(modules, spectra)]
     elif rule is not None:
-        rule, value = _check_rule(rule, value)
+        rule, value = check_rule(rule, value)
         targets = [recommend_rank(s, rule=rule, value=value) for s in spectra]
     else:
         costs = [sum(m.shape) for m in modules]

@@ -126,7 +126,7 @@ class BaseWeights:
         key = self.key_for(name)
         if self._nbytes is not None:
             return int(self._nbytes(key))
-        from .adapters._tensors import ITEMSIZE
+        from .adapters import ITEMSIZE
 
         dtype_name, stored = self._entries[key]
         return int(np.prod(stored)) * ITEMSIZE.get(dtype_name, 0) if stored else ITEMSIZE.get(dtype_name, 0)
@@ -229,7 +229,7 @@ class _Shards:
         self._open: "OrderedDict[int, object]" = OrderedDict()
 
     def read(self, index: int, key: str) -> np.ndarray:
-        from .adapters._tensors import safetensors_from_path
+        from .adapters import safetensors_from_path
 
         tensors = self._open.pop(index, None)
         if tensors is None:
@@ -250,7 +250,7 @@ def _shard_entries(paths: list[Path], folder: str) -> tuple[dict, dict]:
     """
     import struct
 
-    from .adapters._tensors import check_safetensors_header
+    from .adapters import check_safetensors_header
 
     if len(paths) > MAX_BASE_SHARDS:
         raise AdapterError(f"base weights in {folder} are split into {len(paths):,} files; lorarank reads "
@@ -271,7 +271,7 @@ def _shard_entries(paths: list[Path], folder: str) -> tuple[dict, dict]:
                                    "of safetensors headers; lorarank reads at most that")
             _, header = check_safetensors_header(path.name, head, fh.read, size)
         if not header:
-            from .adapters._tensors import safetensors_from_path
+            from .adapters import safetensors_from_path
 
             safetensors_from_path(path)  # the library names what is wrong with it
         tensors += len(header) - ("__metadata__" in header)
@@ -315,7 +315,7 @@ def open_base(path: str | os.PathLike) -> BaseWeights:
         Missing path, no safetensors file, an invalid file or index, more shards, tensors or
         header bytes than the bounds above.
     """
-    from .adapters._tensors import safetensors_from_path
+    from .adapters import safetensors_from_path
     from .hub import is_hub_uri
 
     if is_hub_uri(str(path)):  # read by byte ranges: the headers, then only the tensors asked for
@@ -361,7 +361,7 @@ def open_base_bytes(files: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) ->
     Each file is validated as the adapter readers validate theirs (bounded header, then
     ``safetensors.deserialize``); tensors are views on the bytes.
     """
-    from .adapters._tensors import safetensors_from_bytes
+    from .adapters import safetensors_from_bytes
 
     items = list(files.items()) if isinstance(files, Mapping) else list(files)
     if not items:

@@ -36,6 +36,7 @@ __all__ = [
     "subspace_similarity",
     "principal_angles",
     "compare_adapters",
+    "phi_from_overlap",
 ]
 
 
@@ -58,7 +59,7 @@ def right_singular_vectors(A: object) -> np.ndarray:
     return q @ vt.T
 
 
-def _phi_from_overlap(m: np.ndarray) -> np.ndarray:
+def phi_from_overlap(m: np.ndarray) -> np.ndarray:
     # ||U1[:, :i]^T U2[:, :j]||_F^2 is the sum of m^2 over the top-left i x j block.
     blocks = np.cumsum(np.cumsum(m * m, axis=0), axis=1)
     i = np.arange(1, m.shape[0] + 1)[:, None]
@@ -82,7 +83,7 @@ def subspace_similarity(A1: object, A2: object) -> np.ndarray:
     u1, u2 = right_singular_vectors(A1), right_singular_vectors(A2)
     if u1.shape[0] != u2.shape[0]:
         raise ConfigError(f"A factors have different input sizes: {u1.shape[0]} and {u2.shape[0]}")
-    return _phi_from_overlap(u1.T @ u2)
+    return phi_from_overlap(u1.T @ u2)
 
 
 def principal_angles(A1: object, A2: object) -> np.ndarray:
@@ -218,7 +219,7 @@ def _compare_module(ma, mb, top, progress, i, total) -> ModuleComparison | None:
     if u1.shape[1] == 0 or u2.shape[1] == 0:
         return None
     overlap = u1.T @ u2
-    phi = _phi_from_overlap(overlap)
+    phi = phi_from_overlap(overlap)
     angles = np.arccos(np.clip(np.linalg.svd(overlap, compute_uv=False), -1.0, 1.0))
     k = min(top, phi.shape[0], phi.shape[1])
     d_in = int(u1.shape[0])

@@ -18,8 +18,8 @@ from typing import Sequence
 
 from ._validate import check_choice, check_int
 from .errors import ConfigError
-from .data import _MAX_STEP_VALUES, DataConfig, _groups, _step_values, data_macs
-from .fit import _STEP_OVERHEAD, OPTIMIZERS, _batches, _macs_per_step
+from .data import MAX_STEP_VALUES, DataConfig, rank_groups, step_values, data_macs
+from .fit import OPTIMIZERS, macs_per_step, run_batches
 from .synthetic import BLOCK, HAAR_MAX, LAYERS
 
 __all__ = ["SECONDS_PER_MAC", "SECONDS_PER_CALL", "WorkEstimate", "basis_cost", "basis_draws_cost", "target_cost", "fit_cost",
@@ -132,7 +132,7 @@ def fit_cost(d_out: int, d_in: int, ranks: Sequence[int], *, optimizer: str = "s
 
     Runs are grouped into zero-padded batches exactly as :func:`lorarank.fit.fit_lora_runs`
     groups them; each step of a batch of n runs padded to rank R costs n times the cheaper
-    form of the step (:func:`lorarank.fit._macs_per_step`), and every run ends with one dense
+    form of the step (:func:`lorarank.fit.macs_per_step`), and every run ends with one dense
     residual ``s B A - T`` (d_out * d_in * r MACs) and a factored SVD; SGD first moves each
     distinct rank's initial ``A`` to the target's basis (``r * d_in^2``, or above HAAR_MAX
     ``r * d_in * LAYERS * block``). Every run is assumed
@@ -157,12 +157,12 @@ def fit_cost(d_out: int, d_in: int, ranks: Sequence[int], *, optimizer: str = "s
     runs = [(r, 1.0, 1.0) for r in ranks]
     macs = calls = 0.0
     peak = 0
-    for group in _batches(runs, d_out, d_in, optimizer):
+    for group in run_batches(runs, d_out, d_in, optimizer):
         n, rmax = len(group), max(ranks[i] for i in group)
         factors = n * rmax * (d_out + d_in)
         # Products, plus the elementwise updates of the factors (memory-bound, counted as
         # MACs: Adam's moments touch every factor entry about a dozen times per step).
-        macs += steps * (n * min(_macs_per_step(d_out, d_in, rmax, optimizer))
+        macs += steps * (n * min(macs_per_step(d_out, d_in, rmax, optimizer))
                          + _ELEMENTWISE_PER_STEP[optimizer] * factors)
         calls += steps * _CALLS_PER_STEP[optimizer]
         # B, A, their gradients (and Adam's two moments each), plus the residual form's R.
@@ -244,14 +244,14 @@ def data_fit_cost(d_out: int, d_in: int, ranks: Sequence[int], *, data: DataConf
         raise ConfigError(f"`data` should be a DataConfig, got {type(data).__name__}")
     full, batch = data.full_batch, data.batch
 
-    per_rank = _step_values(d_out, d_in, batch, full)
+    per_rank = step_values(d_out, d_in, batch, full)
     macs = data_macs(d_out, d_in, ranks, config=data, steps=steps, optimizer=optimizer)
     calls = 0.0
     peak = 0
     # Runs are concatenated along the rank axis (no padding) in groups that fit in memory,
     # exactly as lorarank.data.fit_data_runs groups them; per step a group also makes the
     # small products of each distinct rank.
-    for group in _groups(ranks, lambda total: total * per_rank <= _MAX_STEP_VALUES):
+    for group in rank_groups(ranks, lambda total: total * per_rank <= MAX_STEP_VALUES):
         n, total = len(group), sum(ranks[i] for i in group)
         factors = total * (d_out + d_in)
         gather = 0.0 if full else batch * (d_in + d_out) + 2.0 * n * batch * d_out

@@ -50,14 +50,14 @@ from .fit import (
     DEFAULT_STEPS,
     OPTIMIZERS,
     FitResult,
-    _check_knobs,
-    _check_ranks,
-    _check_runs,
-    _check_target,
-    _finished,
-    _optimizer_step,
-    _textbook_step,
-    _Ticker,
+    check_knobs,
+    check_ranks,
+    check_runs,
+    check_target,
+    finished_runs,
+    optimizer_step,
+    textbook_step,
+    ProgressTicker,
     init_lora,
     lora_scale,
 )
@@ -81,6 +81,9 @@ __all__ = [
     "data_macs",
     "data_values",
     "data_findings",
+    "MAX_STEP_VALUES",
+    "rank_groups",
+    "step_values",
 ]
 
 #: Training pairs of the data mode when only "data mode" is asked for.
@@ -99,7 +102,7 @@ MAX_DATA_VALUES = 2**25
 
 #: Largest ``runs * batch * (d_out + r)`` of one stacked minibatch step (2**24 values = 128 MB
 #: per array): more runs are split into further batches.
-_MAX_STEP_VALUES = 2**24
+MAX_STEP_VALUES = 2**24
 
 _TRAIN_STREAM, _HELDOUT_STREAM, _ORDER_STREAM = 0xDA7A, 0x4E1D, 0x0D0E
 
@@ -258,7 +261,7 @@ def make_dataset(target: Target, config: DataConfig, *, seed: int = 0) -> Datase
     ConfigError
         More pairs than :data:`MAX_DATA_VALUES` allows, or a bad argument.
     """
-    _check_target(target)
+    check_target(target)
     if not isinstance(config, DataConfig):
         raise ConfigError(f"`config` should be a DataConfig, got {type(config).__name__}")
     seed = check_int("seed", seed, minimum=0)
@@ -435,8 +438,8 @@ def fit_data(target: Target, ranks: object, *, data: DataConfig, optimizer: str 
         In the order of ``ranks``, with ``train_loss``, ``heldout_loss`` and
         ``optimal_train_loss`` (the reduced-rank optimum) set.
     """
-    _check_target(target)
-    rank_list = _check_ranks(ranks, target)
+    check_target(target)
+    rank_list = check_ranks(ranks, target)
     optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
     lr = DATA_DEFAULT_LR[optimizer] if lr is None else lr
     runs = [(r, lora_scale(rule, r, alpha=alpha), lr) for r in rank_list]
@@ -467,11 +470,11 @@ def fit_data_runs(target: Target, runs: Sequence[tuple[int, float, float]], *, d
     list of FitResult
         In the order of ``runs``.
     """
-    _check_target(target)
+    check_target(target)
     if not isinstance(data, DataConfig):
         raise ConfigError(f"`data` should be a DataConfig, got {type(data).__name__}")
-    optimizer, steps, seed, tol, divergence_factor = _check_knobs(optimizer, steps, seed, tol, divergence_factor)
-    checked = _check_runs(runs, target)
+    optimizer, steps, seed, tol, divergence_factor = check_knobs(optimizer, steps, seed, tol, divergence_factor)
+    checked = check_runs(runs, target)
     if dataset is None:
         dataset = make_dataset(target, data, seed=seed)
     elif not isinstance(dataset, Dataset) or dataset.config != data or dataset.X.shape[1] != target.shape[1]:
@@ -490,14 +493,14 @@ def _fit_all(target: Target, dataset: Dataset, checked: list[tuple[int, float, f
     """Fit validated runs on ``dataset``, all in one concatenated batch unless memory splits it."""
     data = dataset.config
     d_out, d_in = target.shape
-    ticker = _Ticker(progress, steps * len(checked))
+    ticker = ProgressTicker(progress, steps * len(checked))
     results: list[FitResult | None] = [None] * len(checked)
     distinct = sorted({r for r, _, _ in checked})
     optimal_train = dict(zip(distinct, (float(v) for v in reduced_rank_losses(dataset, distinct))))
     floor = data_noise_floor(target, data)
     inits: dict[int, np.ndarray] = {}
-    per_rank = _step_values(d_out, d_in, data.batch, data.full_batch)
-    for group in _groups([c[0] for c in checked], lambda total: total * per_rank <= _MAX_STEP_VALUES):
+    per_rank = step_values(d_out, d_in, data.batch, data.full_batch)
+    for group in rank_groups([c[0] for c in checked], lambda total: total * per_rank <= MAX_STEP_VALUES):
         batch_runs = []
         for i in group:
             r, scale, lr = checked[i]
@@ -513,12 +516,12 @@ def _fit_all(target: Target, dataset: Dataset, checked: list[tuple[int, float, f
     return results  # type: ignore[return-value]
 
 
-def _step_values(d_out: int, d_in: int, batch: int, full: bool) -> int:
+def step_values(d_out: int, d_in: int, batch: int, full: bool) -> int:
     """Numbers one step holds per unit of concatenated rank (factors, moments, products)."""
     return 6 * (d_out + d_in) + (0 if full else 3 * batch)
 
 
-def _groups(ranks: Sequence[int], fits: Callable[[int], bool]) -> list[list[int]]:
+def rank_groups(ranks: Sequence[int], fits: Callable[[int], bool]) -> list[list[int]]:
     """Run indices (ascending rank) in as few groups as memory allows: ``fits(sum of ranks)``."""
     groups: list[list[int]] = []
     total = 0
@@ -581,7 +584,7 @@ def _grams(Bk: np.ndarray, Ak: np.ndarray, side: np.ndarray, cols: slice, count:
 
 def _fit_batch(ds: Dataset, runs: list[tuple[int, float, float, np.ndarray]], *, optimizer: str,
                steps: int, tol: float | None, divergence_factor: float, seed: int,
-               ticker: _Ticker) -> list[tuple]:
+               ticker: ProgressTicker) -> list[tuple]:
     """Train ``runs`` concatenated along the rank axis; per run (loss curve, max norm, steps,
     diverged, factors or None), in the order of ``runs``.
 
@@ -641,7 +644,7 @@ def _fit_batch(ds: Dataset, runs: list[tuple[int, float, float, np.ndarray]], *,
             losses[lay.ids, t] = loss
             norms[lay.ids] = np.fmax(norms[lay.ids], np.sqrt(np.maximum(update_sq, 0.0)))
             # 3. Retire runs that diverged, converged or finished.
-            done, bad = _finished(t, steps, loss, losses[lay.ids, t - 50] if t >= 50 else None,
+            done, bad = finished_runs(t, steps, loss, losses[lay.ids, t - 50] if t >= 50 else None,
                                   tol=tol, limit=limit)
             if done.any():
                 for pos in np.flatnonzero(done):
@@ -690,7 +693,7 @@ def _fit_batch(ds: Dataset, runs: list[tuple[int, float, float, np.ndarray]], *,
                     H[:, cols] = Hk.transpose(1, 0, 2).reshape(b, count * r)
             if idx is not None:
                 gA = H.T @ Xb  # (R, d_in)
-            _optimizer_step(optimizer, (B, A), (gB, gA), (lay.lr_cols[None, :], lay.lr_cols[:, None]),
+            optimizer_step(optimizer, (B, A), (gB, gA), (lay.lr_cols[None, :], lay.lr_cols[:, None]),
                             moments, t)
             ticker.add(len(lay.ranks))
     return [(losses[i], norms[i], *stopped[i]) for i in range(n_runs)]
@@ -771,7 +774,7 @@ def fit_data_reference(X: np.ndarray, Y: np.ndarray, rank: int, *, scale: float,
             break
         gB = scale / b * (R.T @ P)
         gA = scale / b * ((R @ B).T @ Xb)
-        _textbook_step(optimizer, ((B, gB, mB, vB), (A, gA, mA, vA)), lr=lr, t=t)
+        textbook_step(optimizer, ((B, gB, mB, vB), (A, gA, mA, vA)), lr=lr, t=t)
     return B, A, loss
 
 

@@ -37,16 +37,10 @@ from .spectrum import eckart_young_errors, factored_svdvals, gavish_donoho_rank,
 from .synthetic import Target
 
 __all__ = [
-    "SCALING_RULES",
-    "OPTIMIZERS",
-    "DEFAULT_LR",
-    "DEFAULT_STEPS",
-    "FitResult",
-    "lora_scale",
-    "init_lora",
-    "fit_lora",
-    "fit_lora_runs",
-    "fit_lora_reference",
+    "SCALING_RULES", "OPTIMIZERS", "DEFAULT_LR", "DEFAULT_STEPS", "FitResult", "lora_scale",
+    "init_lora", "fit_lora", "fit_lora_runs", "fit_lora_reference", "run_batches",
+    "macs_per_step", "ProgressTicker", "check_knobs", "check_ranks", "check_runs",
+    "check_target", "finished_runs", "optimizer_step", "textbook_step"
 ]
 
 #: Scaling rules: how the multiplier ``s`` depends on the rank ``r`` (and ``alpha``).
@@ -219,7 +213,7 @@ def _check_rank(rank: object, target: Target) -> int:
     return rank
 
 
-def _check_ranks(ranks: object, target: Target) -> list[int]:
+def check_ranks(ranks: object, target: Target) -> list[int]:
     if isinstance(ranks, (int, np.integer)):
         ranks = [ranks]
     try:
@@ -234,15 +228,15 @@ def _check_ranks(ranks: object, target: Target) -> list[int]:
     return out
 
 
-def _batches(runs: list[tuple[int, float, float]], d_out: int, d_in: int, optimizer: str) -> list[list[int]]:
+def run_batches(runs: list[tuple[int, float, float]], d_out: int, d_in: int, optimizer: str) -> list[list[int]]:
     """Group run indices (by rank) so that each zero-padded batch costs less than running apart.
 
     Cost of one step of a batch of n runs padded to rank R, in flop-equivalents: a fixed
     overhead for the numpy calls, plus n times the cheaper form of the step at rank R
-    (:func:`_macs_per_step`).
+    (:func:`macs_per_step`).
     """
     def cost(n: int, rmax: int) -> float:
-        return _STEP_OVERHEAD + 2.0 * n * min(_macs_per_step(d_out, d_in, rmax, optimizer))
+        return _STEP_OVERHEAD + 2.0 * n * min(macs_per_step(d_out, d_in, rmax, optimizer))
 
     groups: list[list[int]] = []
     rmax = 0
@@ -299,8 +293,8 @@ def fit_lora(target: Target, ranks: object, *, optimizer: str = "sgd", lr: float
     ConfigError
         On a bad setting, naming it.
     """
-    _check_target(target)
-    rank_list = _check_ranks(ranks, target)
+    check_target(target)
+    rank_list = check_ranks(ranks, target)
     optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
     lr = DEFAULT_LR[optimizer] if lr is None else lr
     runs = [(r, lora_scale(rule, r, alpha=alpha), lr) for r in rank_list]
@@ -332,12 +326,12 @@ def fit_lora_runs(target: Target, runs: Sequence[tuple[int, float, float]], *, o
     list of FitResult
         In the order of ``runs``.
     """
-    _check_target(target)
-    optimizer, steps, seed, tol, divergence_factor = _check_knobs(optimizer, steps, seed, tol, divergence_factor)
-    checked = _check_runs(runs, target)
+    check_target(target)
+    optimizer, steps, seed, tol, divergence_factor = check_knobs(optimizer, steps, seed, tol, divergence_factor)
+    checked = check_runs(runs, target)
 
     d_out, d_in = target.shape
-    ticker = _Ticker(progress, steps * len(checked))
+    ticker = ProgressTicker(progress, steps * len(checked))
     results: list[FitResult | None] = [None] * len(checked)
     # Each rank's initial A, once: for SGD moved to the basis where T is diagonal (A' = A V),
     # all ranks in one pass (above HAAR_MAX rows the basis is applied, never formed).
@@ -351,7 +345,7 @@ def fit_lora_runs(target: Target, runs: Sequence[tuple[int, float, float]], *, o
     # Rotated SGD steps are small r x r and d x r products: BLAS threads only cost there.
     threads = single_threaded_blas() if optimizer == "sgd" else contextlib.nullcontext()
     with threads:
-        for group in _batches(checked, d_out, d_in, optimizer):
+        for group in run_batches(checked, d_out, d_in, optimizer):
             batch = []
             for i in group:
                 r, scale, lr = checked[i]
@@ -363,13 +357,13 @@ def fit_lora_runs(target: Target, runs: Sequence[tuple[int, float, float]], *, o
     return results  # type: ignore[return-value]
 
 
-def _check_target(target: object) -> None:
+def check_target(target: object) -> None:
     """ConfigError unless ``target`` is a :class:`Target` (the public fitters' first check)."""
     if not isinstance(target, Target):
         raise ConfigError(f"`target` should be a Target from make_target, got {type(target).__name__}")
 
 
-def _check_knobs(optimizer: object, steps: object, seed: object, tol: object,
+def check_knobs(optimizer: object, steps: object, seed: object, tol: object,
                  divergence_factor: object) -> tuple[str, int, int, float | None, float]:
     """The optimiser settings shared by every fitter, validated (see :func:`fit_lora`)."""
     optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
@@ -381,7 +375,7 @@ def _check_knobs(optimizer: object, steps: object, seed: object, tol: object,
     return optimizer, steps, seed, tol, divergence_factor  # type: ignore[return-value]
 
 
-def _check_runs(runs: object, target: Target) -> list[tuple[int, float, float]]:
+def check_runs(runs: object, target: Target) -> list[tuple[int, float, float]]:
     """``runs`` as a list of validated (rank, scale, lr)."""
     try:
         specs = [tuple(run) for run in runs]  # type: ignore[attr-defined]
@@ -398,7 +392,7 @@ def _check_runs(runs: object, target: Target) -> list[tuple[int, float, float]]:
     return checked
 
 
-def _finished(t: int, steps: int, loss: np.ndarray, history: np.ndarray | None, *, tol: float | None,
+def finished_runs(t: int, steps: int, loss: np.ndarray, history: np.ndarray | None, *, tol: float | None,
               limit: float) -> tuple[np.ndarray, np.ndarray]:
     """Which runs stop after measuring ``loss`` at step ``t``: (done, diverged) masks.
 
@@ -415,7 +409,7 @@ def _finished(t: int, steps: int, loss: np.ndarray, history: np.ndarray | None, 
     return done, bad
 
 
-def _optimizer_step(optimizer: str, params: Sequence[np.ndarray], grads: Sequence[np.ndarray],
+def optimizer_step(optimizer: str, params: Sequence[np.ndarray], grads: Sequence[np.ndarray],
                     lrs: Sequence[np.ndarray], moments: Sequence[tuple[np.ndarray, np.ndarray]], t: int) -> None:
     """Step ``t`` (0-based) of SGD or Adam (torch's defaults, bias-corrected) on every parameter, in place.
 
@@ -439,7 +433,7 @@ def _optimizer_step(optimizer: str, params: Sequence[np.ndarray], grads: Sequenc
 PROGRESS_INTERVAL = 0.25
 
 
-class _Ticker:
+class ProgressTicker:
     """Calls ``progress(done, total)`` about a hundred times over a fit, and at least every
     :data:`PROGRESS_INTERVAL` seconds (at the first step boundary past it).
 
@@ -469,7 +463,7 @@ class _Ticker:
             self.progress(self.total, self.total)
 
 
-def _macs_per_step(d_out: int, d_in: int, r: int, optimizer: str) -> tuple[float, float]:
+def macs_per_step(d_out: int, d_in: int, r: int, optimizer: str) -> tuple[float, float]:
     """Multiply-adds of one step of one run at rank r: (Gram form, residual form).
 
     Gram form: ``A A^T``, ``B^T B``, ``B (A A^T)``, ``(B^T B) A``, plus for Adam (original basis)
@@ -481,7 +475,7 @@ def _macs_per_step(d_out: int, d_in: int, r: int, optimizer: str) -> tuple[float
 
 
 def _fit_batch(target: Target, runs: list[_Run], *, optimizer: str, steps: int,
-               tol: float | None, divergence_factor: float, ticker: _Ticker) -> list[FitResult]:
+               tol: float | None, divergence_factor: float, ticker: ProgressTicker) -> list[FitResult]:
     """Fit ``runs`` stacked in one zero-padded batch; return their results."""
     d_out, d_in = target.shape
     n, rmax = len(runs), max(run.rank for run in runs)
@@ -489,7 +483,7 @@ def _fit_batch(target: Target, runs: list[_Run], *, optimizer: str, steps: int,
     m = sigma.size
     diag = (np.arange(m), np.arange(m))
     rotated = optimizer == "sgd"
-    gram_macs, residual_macs = _macs_per_step(d_out, d_in, rmax, optimizer)
+    gram_macs, residual_macs = macs_per_step(d_out, d_in, rmax, optimizer)
     gram = gram_macs <= residual_macs  # large r / d makes the residual form cheaper
     # 1. Stack the factors, zero-padded to rmax (B = 0 as PEFT initialises it).
     # Rotated SGD in Gram form keeps A transposed (A^T, d_in x rmax, like B): every product
@@ -567,7 +561,7 @@ def _fit_batch(target: Target, runs: list[_Run], *, optimizer: str, steps: int,
             # 3. Retire runs that diverged, converged or finished. Between the tolerance checks
             # a finite loss below the limit (NaN fails the comparison) retires nobody.
             if t == steps or (tol is not None and t >= 50) or not loss.max() <= limit:
-                done, bad = _finished(t, steps, loss, losses[alive, t - 50] if t >= 50 else None,
+                done, bad = finished_runs(t, steps, loss, losses[alive, t - 50] if t >= 50 else None,
                                       tol=tol, limit=limit)
                 if done.any():
                     for j in np.flatnonzero(done):
@@ -610,7 +604,7 @@ def _fit_batch(target: Target, runs: list[_Run], *, optimizer: str, steps: int,
                 (R,) = work
                 gB = s * (R @ A.transpose(0, 2, 1))
                 gA = s * (B.transpose(0, 2, 1) @ R)
-            _optimizer_step(optimizer, (B, A), (gB, gA), (lr, lr), (moments[:2], moments[2:]), t)
+            optimizer_step(optimizer, (B, A), (gB, gA), (lr, lr), (moments[:2], moments[2:]), t)
             ticker.add(alive.size)
     return [_result(target, run, losses[i], norms[i], *stopped[i], rotated=rotated)
             for i, run in enumerate(runs)]
@@ -682,15 +676,15 @@ def fit_lora_reference(matrix: np.ndarray, rank: int, *, scale: float, optimizer
             break
         gB = scale * R @ A.T
         gA = scale * B.T @ R
-        _textbook_step(optimizer, ((B, gB, mB, vB), (A, gA, mA, vA)), lr=lr, t=t)
+        textbook_step(optimizer, ((B, gB, mB, vB), (A, gA, mA, vA)), lr=lr, t=t)
     return B, A, loss
 
 
-def _textbook_step(optimizer: str, slots, *, lr: float, t: int) -> None:
+def textbook_step(optimizer: str, slots, *, lr: float, t: int) -> None:
     """One SGD or Adam step of the reference loops, written out as the textbooks (and torch's
     ``Adam``) do, in place: ``slots`` are (parameter, gradient, first moment, second moment).
     Shared by :func:`fit_lora_reference` and :func:`lorarank.data.fit_data_reference` only; the
-    fast paths step through their own :func:`_optimizer_step`, so each checks the other."""
+    fast paths step through their own :func:`optimizer_step`, so each checks the other."""
     for p, g, mo, ve in slots:
         if optimizer == "sgd":
             p -= lr * g

@@ -46,9 +46,9 @@ import numpy as np
 
 from ._validate import check_int
 from .adapters import Adapter
-from .audit import ENERGY_THRESHOLDS, AuditReport, _check_rule, audit_adapter
+from .audit import ENERGY_THRESHOLDS, AuditReport, check_rule, audit_adapter
 from .checkpoints import Checkpoint, Run, check_steps
-from .compare import _phi_from_overlap, right_singular_vectors
+from .compare import phi_from_overlap, right_singular_vectors
 from .documents import name_list
 from .errors import AdapterError, ConfigError
 from .spectrum import single_threaded_blas
@@ -301,7 +301,7 @@ def _phi(u1: np.ndarray | None, u2: np.ndarray | None) -> float | None:
     """``phi(k, k)``, ``k = min(top, r_1, r_2)``, as :func:`lorarank.compare.compare_adapters`."""
     if u1 is None or u2 is None or u1.shape[0] != u2.shape[0]:
         return None
-    phi = _phi_from_overlap(u1.T @ u2)
+    phi = phi_from_overlap(u1.T @ u2)
     k = min(phi.shape)
     return float(phi[k - 1, k - 1])
 
@@ -355,7 +355,7 @@ def audit_series(run: Run | Sequence[Checkpoint], *, rule: str = "energy", value
     numpy columns, ``(q + 8) x 8`` bytes a module) plus, with ``keep_reports``, its packed
     audit. Nothing ``d_out x d_in`` is formed.
     """
-    rule, value = _check_rule(rule, value)
+    rule, value = check_rule(rule, value)
     top = check_int("top", top, minimum=1)
     notes = list(run.notes) if isinstance(run, Run) else []
     order = sorted(run.checkpoints if isinstance(run, Run) else list(run), key=lambda c: c.step)

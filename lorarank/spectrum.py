@@ -51,6 +51,8 @@ __all__ = [
     "kron_svd",
     "operator_svd",
     "operator_svdvals",
+    "kron_values",
+    "svdvals_unchecked",
 ]
 
 #: Rules :func:`recommend_rank` understands, with the meaning of their ``value``.
@@ -95,7 +97,7 @@ def _check_factors(B: object, A: object, scale: object) -> tuple[np.ndarray, np.
 
 def _core(B: np.ndarray, A: np.ndarray, scale: float, vectors: bool):
     if not vectors:
-        return _svdvals_unchecked(B, A, scale)
+        return svdvals_unchecked(B, A, scale)
     # 0. Factors divided by their largest entries (unit carries them): no overflow near 1e160.
     B, A, unit = _normalised(B, A, scale)
     # 1. B = Q_B R_B and A^T = Q_A R_A (reduced QR: Q has min(d, r) orthonormal columns).
@@ -107,7 +109,7 @@ def _core(B: np.ndarray, A: np.ndarray, scale: float, vectors: bool):
     return qb @ uc, _rescaled(s, unit), vct @ qa.T
 
 
-def _svdvals_unchecked(B: np.ndarray, A: np.ndarray, scale: float) -> np.ndarray:
+def svdvals_unchecked(B: np.ndarray, A: np.ndarray, scale: float) -> np.ndarray:
     """:func:`factored_svdvals` without validation, for factors already checked.
 
     Singular values need only the triangular factors of the QRs (``mode="r"``, about 3x
@@ -544,12 +546,12 @@ def kron_svdvals(left: object, B: object, A: object, *, scale: float = 1.0) -> n
         float64, descending.
     """
     left, B, A, scale = _kron_parts(left, B, A, scale)
-    s_left = _svdvals_unchecked(left, np.eye(left.shape[1]), 1.0)
-    s_right = _svdvals_unchecked(B, A, scale)
-    return _kron_values(s_left, s_right)
+    s_left = svdvals_unchecked(left, np.eye(left.shape[1]), 1.0)
+    s_right = svdvals_unchecked(B, A, scale)
+    return kron_values(s_left, s_right)
 
 
-def _kron_values(s_left: np.ndarray, s_right: np.ndarray) -> np.ndarray:
+def kron_values(s_left: np.ndarray, s_right: np.ndarray) -> np.ndarray:
     out = np.outer(s_left, s_right).ravel()
     if not np.all(np.isfinite(out)):
         raise ConfigError("a singular value of the Kronecker product overflows float64")
@@ -587,7 +589,7 @@ def kron_svd(left: object, B: object, A: object, *, scale: float = 1.0,
     i, j = np.divmod(order, s2.size)
     U = (u1[:, i][:, None, :] * u2[:, j][None, :, :]).reshape(-1, order.size)
     Vt = (vt1[i][:, :, None] * vt2[j][:, None, :]).reshape(order.size, -1)
-    return FactoredSVD(U, _kron_values(values[order], np.ones(1)) if order.size else values[:0], Vt)
+    return FactoredSVD(U, kron_values(values[order], np.ones(1)) if order.size else values[:0], Vt)
 
 
 def operator_svd(matmat, rmatmat, shape: tuple[int, int], *, k: int, method: str = "auto",

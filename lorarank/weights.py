@@ -25,8 +25,8 @@ from typing import Callable, Iterable, Mapping, NamedTuple
 
 import numpy as np
 
-from .adapters._tensors import (check_safetensors_header, decode_bf16, safetensors_from_bytes,
-                                safetensors_from_path, tensor_layout)
+from .adapters import (check_safetensors_header, decode_bf16, safetensors_from_bytes,
+                       safetensors_from_path, tensor_layout)
 from .errors import AdapterError, ConfigError
 
 __all__ = ["TensorInfo", "ModelWeights", "open_model", "open_model_bytes", "parse_safetensors_header",

@@ -278,10 +278,10 @@ class TestMemoryBoundedBatches:
         cfg = DataConfig(samples=60, label_noise=0.3, batch_size=20)
         ranks = [6, 3, 4]
         together = fit_data(small, ranks, data=cfg, steps=60)
-        per_rank = data_module._step_values(16, 12, 20, False)
-        assert data_module._groups(ranks, lambda total: total * per_rank <= data_module._MAX_STEP_VALUES) == [[1, 2, 0]]
-        monkeypatch.setattr(data_module, "_MAX_STEP_VALUES", 6 * per_rank)
-        groups = data_module._groups(ranks, lambda total: total * per_rank <= data_module._MAX_STEP_VALUES)
+        per_rank = data_module.step_values(16, 12, 20, False)
+        assert data_module.rank_groups(ranks, lambda total: total * per_rank <= data_module.MAX_STEP_VALUES) == [[1, 2, 0]]
+        monkeypatch.setattr(data_module, "MAX_STEP_VALUES", 6 * per_rank)
+        groups = data_module.rank_groups(ranks, lambda total: total * per_rank <= data_module.MAX_STEP_VALUES)
         assert groups == [[1], [2], [0]]
         apart = fit_data(small, ranks, data=cfg, steps=60)
         for a, b in zip(together, apart):

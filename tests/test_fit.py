@@ -10,7 +10,7 @@ from lorarank import ConfigError
 from lorarank.fit import (
     DEFAULT_LR,
     fit_lora,
-    _macs_per_step,
+    macs_per_step,
     fit_lora_reference,
     fit_lora_runs,
     init_lora,
@@ -190,11 +190,11 @@ class TestFitAgainstReference:
 
     def test_step_form_follows_flop_count(self):
         """The residual form is used exactly when it needs fewer multiply-adds."""
-        gram, residual = _macs_per_step(64, 64, 8, "sgd")
+        gram, residual = macs_per_step(64, 64, 8, "sgd")
         assert gram < residual
-        gram, residual = _macs_per_step(64, 64, 60, "sgd")
+        gram, residual = macs_per_step(64, 64, 60, "sgd")
         assert gram > residual
-        gram, residual = _macs_per_step(256, 256, 128, "adam")
+        gram, residual = macs_per_step(256, 256, 128, "adam")
         assert gram > residual
 
     def test_rank_result_does_not_depend_on_company(self, article):
@@ -277,13 +277,13 @@ class TestFitPhysics:
             if len(seen) == 6:
                 raise KeyboardInterrupt("closed tab")
 
-        original = fit_module._Ticker.add
+        original = fit_module.ProgressTicker.add
 
         def slow_add(self, n):
             clock[0] += 0.1
             original(self, n)
 
-        monkeypatch.setattr(fit_module._Ticker, "add", slow_add)
+        monkeypatch.setattr(fit_module.ProgressTicker, "add", slow_add)
         with pytest.raises(KeyboardInterrupt):
             fit_lora(article, [2], steps=1_000_000, progress=progress)
         assert len(seen) == 6 and seen[-1] < 20, seen  # about every 3 steps, not every 10 000

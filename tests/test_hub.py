@@ -272,15 +272,15 @@ def test_page_cap_is_the_upload_limit(monkeypatch):
     unless LORARANK_HF_MAX_BYTES is set explicitly (then that, even above the upload limit)."""
     from streamlit import config
 
-    from ui.hub import _settings
+    from ui.hub import hub_settings
 
     monkeypatch.delenv("LORARANK_HF_MAX_BYTES", raising=False)
     before = config.get_option("server.maxUploadSize")
     try:
         config.set_option("server.maxUploadSize", 3)
-        assert _settings().max_bytes == 3 * 2**20
+        assert hub_settings().max_bytes == 3 * 2**20
         monkeypatch.setenv("LORARANK_HF_MAX_BYTES", "5000000000")
-        assert _settings().max_bytes == 5_000_000_000
+        assert hub_settings().max_bytes == 5_000_000_000
     finally:
         config.set_option("server.maxUploadSize", before)
 

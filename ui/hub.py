@@ -25,7 +25,7 @@ from lorarank.hub import HubRef, HubSettings, fetch_adapter_files
 from .audit import Upload
 from .common import progress_bar
 
-__all__ = ["HubInput", "URL_KEYS", "hub_input", "load_hub_upload", "hub_token", "privacy_note",
+__all__ = ["HubInput", "URL_KEYS", "hub_input", "load_hub_upload", "hub_token", "hub_settings", "privacy_note",
            "PRIVACY_NOTE"]
 
 
@@ -82,13 +82,13 @@ def hub_token() -> str | None:
 def _fetch_pinned(repo_id: str, commit: str, subfolder: str, max_bytes: int) -> Upload:
     """The files of one adapter at one commit, in memory (shared across sessions)."""
     fetched = fetch_adapter_files(HubRef(repo_id, commit, subfolder), token=hub_token(),
-                                  settings=_settings())
+                                  settings=hub_settings())
     files = [(name, path.read_bytes()) for name, path in fetched.files]
     ref = fetched.pinned
     return Upload(tuple(files), f"hub:{ref.uri}", ref.uri)
 
 
-def _settings() -> HubSettings:
+def hub_settings() -> HubSettings:
     """The engine's Hub limits, with the per-request byte cap at most the upload limit.
 
     The page holds a Hub adapter's files in memory like an upload (shared by sessions, at most
@@ -110,7 +110,7 @@ def _resolve(repo_id: str, revision: str | None, subfolder: str) -> str:
     a branch that moves is seen again soon)."""
     with progress_bar(f"Downloading {HubRef(repo_id, revision, subfolder).uri} from the Hub") as bar:
         fetched = fetch_adapter_files(HubRef(repo_id, revision, subfolder), token=hub_token(),
-                                      settings=_settings(),
+                                      settings=hub_settings(),
                                       progress=lambda done, total: bar(done, max(total, 1)))
     return fetched.commit
 
@@ -118,7 +118,7 @@ def _resolve(repo_id: str, revision: str | None, subfolder: str) -> str:
 def load_hub_upload(ref: HubRef) -> tuple[Upload, str]:
     """``(upload, commit)`` of a Hub adapter; HubError / ConfigError as one sentence."""
     commit = _resolve(ref.repo_id, ref.revision, ref.subfolder)
-    upload = _fetch_pinned(ref.repo_id, commit, ref.subfolder, _settings().max_bytes)
+    upload = _fetch_pinned(ref.repo_id, commit, ref.subfolder, hub_settings().max_bytes)
     return upload, commit
 
 

@@ -29,7 +29,7 @@ from lorarank.series import SeriesReport, audit_series
 from .audit import MAP_METRICS, Upload, rule_text
 from .common import (Setting, check_url, download_buttons, md_code, progress_bar, setting_widget, show_chart,
                      show_errors, table_height)
-from .hub import _settings as hub_settings  # the page's Hub limits (byte cap = the upload limit)
+from .hub import hub_settings  # the page's Hub limits (byte cap = the upload limit)
 from .hub import hub_token
 
 __all__ = [

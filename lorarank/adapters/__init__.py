@@ -28,34 +28,21 @@ from __future__ import annotations
 from . import lora as _lora  # noqa: F401  (registers)
 from . import adalora as _adalora, dora as _dora, locon as _locon  # noqa: F401  (register)
 from . import loha as _loha, lokr as _lokr  # noqa: F401  (register)
-from ._config import check_override, peft_pattern_key
+from ._config import check_override, parse_config, peft_pattern_key
 from ._load import (PREFERRED_WEIGHTS, WEIGHT_SUFFIXES, choose_weights, load_adapter,
                     load_adapter_bytes, load_adapters, module_layouts, named_adapters)
 from ._model import FAMILIES, Adapter, Extra, LoraModule
-from ._tensors import MAX_NPZ_EXPANSION
+from ._tensors import (ITEMSIZE, MAX_NPZ_EXPANSION, LazyArray, check_safetensors_header, decode_bf16,
+                       safetensors_from_bytes, safetensors_from_path, tensor_layout)
 from ._write import WRITE_FORMATS, adapter_files, save_adapter
 from .lora import FORMATS
 from .names import parse_module_name
 
 __all__ = [
-    "FORMATS",
-    "FAMILIES",
-    "WRITE_FORMATS",
-    "LoraModule",
-    "Adapter",
-    "Extra",
-    "load_adapter",
-    "load_adapter_bytes",
-    "load_adapters",
-    "module_layouts",
-    "named_adapters",
-    "choose_weights",
-    "WEIGHT_SUFFIXES",
-    "PREFERRED_WEIGHTS",
-    "adapter_files",
-    "save_adapter",
-    "parse_module_name",
-    "peft_pattern_key",
-    "check_override",
-    "MAX_NPZ_EXPANSION",
+    "FORMATS", "FAMILIES", "WRITE_FORMATS", "LoraModule", "Adapter", "Extra", "load_adapter",
+    "load_adapter_bytes", "load_adapters", "module_layouts", "named_adapters", "choose_weights",
+    "WEIGHT_SUFFIXES", "PREFERRED_WEIGHTS", "adapter_files", "save_adapter", "parse_module_name",
+    "peft_pattern_key", "check_override", "MAX_NPZ_EXPANSION", "parse_config", "ITEMSIZE",
+    "LazyArray", "check_safetensors_header", "decode_bf16", "safetensors_from_bytes",
+    "safetensors_from_path", "tensor_layout"
 ]

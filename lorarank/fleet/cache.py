@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .rows import FleetOptions, _local_files
+from .rows import FleetOptions, local_files
 from .sources import Member
 
 __all__ = ["ResultCache", "member_content"]
@@ -153,7 +153,7 @@ def member_content(member: Member, *, file_hash=None, hub_key: str | None = None
             parts.append(f"{kind}={hashlib.sha256(data).hexdigest()}")
         return "bytes|" + "|".join(sorted(parts))
     hasher = file_hash or (lambda p: _sha256_file(p))
-    weights, cfg = _local_files(Path(member.path))
+    weights, cfg = local_files(Path(member.path))
     text = f"local|weights={hasher(weights)}|{weights.suffix.lower()}"
     if cfg is not None:
         text += f"|config={_git_blob(cfg.read_bytes())}"

@@ -224,7 +224,7 @@ def _screen_row(header, *, source: str, revision: str | None, size: int | None,
 
 
 # --------------------------------------------------------------------------------- reading
-def _local_files(path: Path) -> tuple[Path, Path | None]:
+def local_files(path: Path) -> tuple[Path, Path | None]:
     """``(weights, config)`` of a local member, as :func:`lorarank.adapters.load_adapter` picks them."""
     if path.is_file():
         cfg = path.parent / "adapter_config.json"
@@ -242,7 +242,7 @@ def _local_files(path: Path) -> tuple[Path, Path | None]:
 
 
 def _parse_config(name: str, data: bytes) -> dict:
-    from ..adapters._config import parse_config
+    from ..adapters import parse_config
 
     return parse_config(name, data)
 
@@ -269,7 +269,7 @@ def _audit(member: Member, options: FleetOptions) -> dict[str, Any]:
         from ..adapters import load_adapter
 
         path = Path(member.path)
-        weights, cfg = _local_files(path)
+        weights, cfg = local_files(path)
         adapter = load_adapter(path)
         config = _parse_config(cfg.name, cfg.read_bytes()) if cfg else None
         size = weights.stat().st_size + (cfg.stat().st_size if cfg else 0)
@@ -307,7 +307,7 @@ def _screen(member: Member, options: FleetOptions) -> dict[str, Any]:
         entries, meta = parse_header(name, data[:8], read, len(data))
     else:
         path = Path(member.path)
-        weights, cfg = _local_files(path)
+        weights, cfg = local_files(path)
         config = _parse_config(cfg.name, cfg.read_bytes()) if cfg else None
         size = weights.stat().st_size + (cfg.stat().st_size if cfg else 0)
         with open(weights, "rb") as fh:

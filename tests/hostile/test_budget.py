@@ -18,7 +18,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from lorarank import cost
-from lorarank.fit import _macs_per_step
+from lorarank.fit import macs_per_step
 from lorarank.stability import run_stability
 from ui import guard
 from ui import stability as stab
@@ -52,7 +52,7 @@ class TestCost:
         elementwise updates, plus its measurement."""
         d_out, d_in, r, steps = 96, 80, 8, 300
         est = cost.fit_cost(d_out, d_in, [r], optimizer="sgd", steps=steps)
-        step = min(_macs_per_step(d_out, d_in, r, "sgd")) + 4.0 * r * (d_out + d_in)
+        step = min(macs_per_step(d_out, d_in, r, "sgd")) + 4.0 * r * (d_out + d_in)
         final = d_out * d_in * r + 2.0 * r * r * (d_out + d_in) + 10.0 * r**3
         assert est.macs == pytest.approx(r * d_in * d_in + steps * step + final)
 
