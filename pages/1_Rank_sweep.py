@@ -5,10 +5,10 @@ import streamlit as st
 from ui import common, datamode, layout, sweep
 from ui import report as report_ui
 
-common.setup_page("Rank sweep", icon=":material/stacked_line_chart:")
+page = common.setup_page(__file__)
 
 layout.header(
-    "Rank sweep",
+    page.label,
     "LoRA fitted at each rank r to a synthetic update T of intrinsic rank k plus noise: which r "
     "are too small, which match k.",
     about="T has k planted directions plus a noise floor; each rank r is fitted by gradient "

@@ -7,10 +7,10 @@ from ui import common, datamode, layout
 from ui import report as report_ui
 from ui import stability as stab
 
-common.setup_page("alpha/r stability", icon=":material/tune:")
+page = common.setup_page(__file__)
 
 layout.header(
-    "alpha/r stability",
+    page.label,
     "Where training diverges over rank × learning rate for each scaling rule, and whether the "
     "stable window moves with r.",
     about="LoRA's update is s·B·A, and s multiplies the learning rate: on the loss "

@@ -9,10 +9,10 @@ from lorarank.errors import LoraRankError
 from ui import audit, common, hub, layout, loaded, series
 from ui import report as report_ui
 
-common.setup_page("Adapter audit", icon=":material/fact_check:")
+page = common.setup_page(__file__)
 
 layout.header(
-    "Adapter audit",
+    page.label,
     "Upload a trained LoRA adapter: how many directions each module really uses, which rank a "
     "resize can keep, and whether two adapters learned the same directions.",
     about="The singular values of every module's update s·B·A are computed from the factors "

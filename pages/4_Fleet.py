@@ -7,9 +7,9 @@ from lorarank.fleet import plan_caps
 from ui import common, layout
 from ui import fleet as fl
 
-common.setup_page("Fleet", icon=":material/dataset:")
+page = common.setup_page(__file__)
 layout.header(
-    "Fleet",
+    page.label,
     "Many adapters at once: which fit a server's rank cap (vLLM max_lora_rank, LoRAX, TGI), what "
     "shrinking the others keeps, and the cap to set.",
     about="Each row is the single-adapter audit of that adapter: its largest module rank (what the "

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from ui.common import available_pages
+from ui.navigation import available_pages
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 60

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from ui.common import PAGES, available_pages
+from ui.navigation import PAGES, available_pages
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")

@@ -7,7 +7,8 @@ import pytest
 import altair as alt
 import pandas as pd
 
-from ui.common import PAGES, Setting, available_pages, chart_spec, parse_url_value
+from ui.common import Setting, chart_spec, parse_url_value
+from ui.navigation import PAGES, available_pages
 
 INT = Setting("true_rank", "intrinsic rank k", 4, "help", min_value=1, max_value=1024)
 FLOAT = Setting("noise", "noise", 0.01, "help", kind="float", min_value=0.0, max_value=100.0)
@@ -68,7 +69,8 @@ class TestPages:
         """Home leads; only pages whose script exists are listed."""
         pages = available_pages()
         assert pages[0].label == "Home"
-        assert [p.label for p in PAGES] == ["Home", "Rank sweep", "alpha/r stability", "Adapter audit"]
+        assert [p.label for p in PAGES] == ["Home", "Rank sweep", "alpha/r stability", "Adapter audit",
+                                           "Fleet"]
         assert set(p.path for p in pages) <= set(p.path for p in PAGES)
 
 

@@ -13,7 +13,6 @@ import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import streamlit as st
@@ -23,14 +22,13 @@ from lorarank import documents
 from lorarank.documents import parse_numbers
 from lorarank.errors import LoraRankError
 
+from .navigation import ROOT, STATE_PREFIXES, PageInfo, available_pages, page_for
+
 if TYPE_CHECKING:  # pandas is imported by the pages that draw tables, not by the home page
     import pandas as pd
 
 __all__ = [
     "ROOT",
-    "PageInfo",
-    "PAGES",
-    "available_pages",
     "setup_page",
     "sidebar",
     "Setting",
@@ -53,58 +51,33 @@ __all__ = [
     "table_height",
 ]
 
-#: The repository root: ``app.py`` and ``pages/`` live here.
-ROOT = Path(__file__).resolve().parent.parent
-
-
 # --------------------------------------------------------------------------------------------
-# Pages and navigation
+# Pages and navigation (the registry: ui.navigation)
 # --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class PageInfo:
-    """One entry of the navigation: a script, its readable label and the question it answers."""
-
-    path: str
-    label: str
-    icon: str
-    question: str
-
-
-#: Every page of the app, in navigation order. A page whose file does not exist yet is skipped
-#: by :func:`available_pages`, so the home page and the sidebar never link to a missing file.
-PAGES: tuple[PageInfo, ...] = (
-    PageInfo("app.py", "Home", ":material/home:", "What lorarank answers, and the LoRA formula."),
-    PageInfo("pages/1_Rank_sweep.py", "Rank sweep", ":material/stacked_line_chart:",
-             "What rank does a task of intrinsic rank k need? Fit LoRA at several r on a synthetic "
-             "update and see which directions each r learns."),
-    PageInfo("pages/2_Alpha_r_stability.py", "alpha/r stability", ":material/tune:",
-             "Raising r made training worse: is it capacity or the alpha/r scaling? Final error "
-             "over rank and learning rate for each scaling rule."),
-    PageInfo("pages/3_Adapter_audit.py", "Adapter audit", ":material/fact_check:",
-             "How many directions does my trained adapter really use, can I shrink it without "
-             "retraining, and do two adapters learn the same thing?"),
-    PageInfo("pages/4_Fleet.py", "Fleet", ":material/dataset:",
-             "Which of our many adapters fit the server's max_lora_rank, what does shrinking the "
-             "rest cost, and what cap should we set?"),
-)
-
-
-def available_pages() -> list[PageInfo]:
-    """The entries of :data:`PAGES` whose script exists, in order."""
-    return [page for page in PAGES if (ROOT / page.path).is_file()]
-
 
 #: Session-state key holding the title of the page that ran last.
 CURRENT_PAGE_KEY = "lorarank_page"
-#: Prefixes of session-state keys that are not URL-bound settings (kept across pages).
-_PAGE_STATE_PREFIXES = ("lorarank_", "sweep_", "stability_", "audit_", "fleet_")
-
-
-def setup_page(title: str, *, icon: str = ":material/insights:") -> None:
+def setup_page(script: str, *, icon: str | None = None) -> PageInfo:
     """Set the browser tab title and layout, ask for sign-in when the deployment configures it
-    (:mod:`ui.auth`), and draw the shared sidebar. Call first on a page."""
-    st.set_page_config(page_title=f"{title} · lorarank", page_icon=icon, layout="wide")
+    (:mod:`ui.auth`), and draw the shared sidebar. Call first on a page.
+
+    Parameters
+    ----------
+    script : str
+        The page script's ``__file__`` (or its label): its title and icon come from its entry
+        in :data:`ui.navigation.PAGES`. An unregistered script is titled by ``script`` itself.
+    icon : str, optional
+        Overrides the registered icon.
+
+    Returns
+    -------
+    PageInfo
+        The page's registry entry.
+    """
+    page = page_for(script) or PageInfo(script, script, ":material/insights:", "")
+    title = page.label
+    st.set_page_config(page_title=f"{title} · lorarank", page_icon=icon or page.icon,
+                       layout="wide")
     from . import uploads  # server upkeep: uploads stay in memory, closed sessions leave
 
     uploads.keep_uploads_in_memory()
@@ -114,6 +87,7 @@ def setup_page(title: str, *, icon: str = ":material/insights:") -> None:
     require_login()  # stops here with a sign-in screen when [auth] is configured
     forget_other_pages(title)
     sidebar()
+    return page
 
 
 def forget_other_pages(title: str) -> None:
@@ -126,7 +100,7 @@ def forget_other_pages(title: str) -> None:
     previous = st.session_state.get(CURRENT_PAGE_KEY)
     if previous is not None and previous != title:
         for key in list(st.session_state.keys()):
-            if (isinstance(key, str) and not key.startswith(_PAGE_STATE_PREFIXES)
+            if (isinstance(key, str) and not key.startswith(STATE_PREFIXES)
                     and key not in st.query_params):
                 del st.session_state[key]
     st.session_state[CURRENT_PAGE_KEY] = title

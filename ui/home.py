@@ -11,7 +11,7 @@ __all__ = ["render"]
 
 def render() -> None:
     """Draw the home page (``app.py`` calls this on every visit)."""
-    common.setup_page("Home", icon=":material/home:")
+    common.setup_page("Home")
 
     st.title("lorarank")
     st.markdown(

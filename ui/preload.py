@@ -20,16 +20,19 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
+from .navigation import preload_modules
+
 __all__ = ["MODULES", "lifespan", "preload"]
 
 _LOGGER = logging.getLogger(__name__)
 
-#: Imported at server start, heaviest first (what a page's first run would import).
+#: Imported at server start, heaviest first (what a page's first run would import): the
+#: libraries and helpers every page uses, then each registered page's modules
+#: (:func:`ui.navigation.preload_modules`).
 MODULES = (
     "numpy", "pandas", "altair", "pyarrow",
     "lorarank.charts", "lorarank.fit", "lorarank.data", "lorarank.cost", "lorarank.stability",
-    "ui.common", "ui.sweep", "ui.datamode", "ui.stability", "ui.report", "ui.audit",
-    "ui.hub", "ui.loaded", "ui.series", "ui.layout", "ui.guard", "ui.uploads",
+    "ui.common", *preload_modules(), "ui.report", "ui.layout", "ui.guard", "ui.uploads",
 )
 
 
