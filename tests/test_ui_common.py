@@ -121,3 +121,40 @@ class TestChartSpec:
         """Other configuration survives."""
         chart = alt.Chart(pd.DataFrame({"x": [1]})).mark_point().encode(x="x:Q").configure_axis(grid=False)
         assert chart_spec(chart)["config"]["axis"] == {"grid": False}
+
+
+class TestProgressText:
+    """What a progress bar says: the count, the part of a long run, the time left."""
+
+    def test_count_then_time_left(self):
+        from ui.common import progress_text
+
+        assert progress_text("Fitting", 90, 2000, share=0.045) == "Fitting (90 of 2,000)"
+        # after a second and 1 % done, the time left at the rate so far: 2 s for 40 % -> 3 s more
+        assert progress_text("Fitting", 800, 2000, share=0.4, spent=2.0, gained=0.4) == \
+            "Fitting (800 of 2,000; about 3 s left)"
+
+    def test_part_of_a_whole_run(self):
+        """A rank of a run fitted rank by rank says which rank of how many and how much of the
+        whole run is done (it said 'r = 4: 90 of 2,000 steps' and nothing more)."""
+        from ui.common import progress_text
+
+        text = progress_text("Fitting LoRA at r = 32: optimiser steps", 900, 3000, share=0.52,
+                             part=("r = 32", "rank", 1, 3), spent=30.0, gained=0.5)
+        assert text == ("Fitting LoRA at r = 32: optimiser steps (900 of 3,000; rank 2 of 3, 52 % "
+                        "of the run; about 29 s left)")
+        # a bar whose text does not name the part gets its label
+        assert "(1 of 2; n = 512, sample size 2 of 2, 75 % of the run)" in progress_text(
+            "Training", 1, 2, share=0.75, part=("n = 512", "sample size", 1, 2))
+
+    def test_whole_run_share(self):
+        """Parts weigh by their estimated work: the share of the whole counts the parts before."""
+        from ui import common
+
+        with common.whole_run([1.0, 3.0], ["r = 2", "r = 8"]) as part:
+            whole = common._WHOLE.current
+            part(0)
+            assert whole.share(0.5) == pytest.approx(0.125)
+            part(1)
+            assert whole.share(0.5) == pytest.approx(0.625)
+        assert getattr(common._WHOLE, "current", None) is None

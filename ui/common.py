@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ __all__ = [
     "error_line",
     "stop_on_error",
     "progress_bar",
+    "whole_run",
+    "progress_text",
     "chart_spec",
     "show_chart",
     "download_buttons",
@@ -426,6 +429,72 @@ def stop_on_error() -> Iterator[None]:
 # Progress, charts and downloads
 # --------------------------------------------------------------------------------------------
 
+class _Whole:
+    """A long run done in parts (a rank at a time, each cached on its own), for the bars of
+    its parts: which part runs, how much of the whole came before it, the rate so far."""
+
+    def __init__(self, weights: Sequence[float], labels: Sequence[str], item: str) -> None:
+        self.weights = [max(float(w), 0.0) for w in weights]
+        self.total = sum(self.weights) or 1.0
+        self.labels, self.item = list(labels), item
+        self.index = 0
+        self.first: tuple[float, float] | None = None  # (time, share done) at the first tick
+
+    def share(self, frac: float) -> float:
+        return (sum(self.weights[:self.index]) + frac * self.weights[self.index]) / self.total
+
+
+_WHOLE = threading.local()
+
+
+def progress_text(text: str, done: int, total: int, *, share: float,
+                  part: tuple[str, str, int, int] | None = None, spent: float = 0.0,
+                  gained: float = 0.0) -> str:
+    """A progress bar's words: ``text``, the count, the part of a whole run (``(label, item,
+    index, count)``) with the share of that run done, and the time left once ``spent``
+    seconds have done ``gained`` of it (after a second and 1 %)::
+
+        Fitting LoRA at r = 32: optimiser steps (900 of 3,000; rank 2 of 3, 52 % of the run;
+        about 40 s left)
+    """
+    from .guard import format_seconds
+
+    words = [f"{done:,} of {total:,}"]
+    if part is not None:
+        label, item, index, count = part
+        named = "" if label in text else f"{label}, "  # "at r = 32" already says which
+        words.append(f"{named}{item} {index + 1} of {count}, {100 * share:.0f} % of the run")
+    if share < 1.0 and spent > 1.0 and gained > 0.01:
+        words.append(f"{format_seconds(spent / gained * (1.0 - share))} left")
+    return f"{text} ({'; '.join(words)})"
+
+
+@contextmanager
+def whole_run(weights: Sequence[float], labels: Sequence[str], *,
+              item: str = "rank") -> Iterator[Callable[[int], None]]:
+    """Mark a long run made of parts (each with its own :func:`progress_bar`, e.g. one cached
+    fit per rank): inside, every bar also says which part runs, how much of the whole run is
+    done and the time left. ``weights``: each part's estimated work; ``labels``: its name
+    (``"r = 4"``). Call the yielded ``part(i)`` before running part ``i``::
+
+        with whole_run(costs, [f"r = {r}" for r in ranks]) as part:
+            for i, r in enumerate(ranks):
+                part(i)
+                fit_one_rank(r)  # cached: a hit shows no bar and takes no time
+    """
+    whole = _Whole(weights, labels, item)
+
+    def part(index: int) -> None:
+        whole.index = index
+
+    previous = getattr(_WHOLE, "current", None)
+    _WHOLE.current = whole
+    try:
+        yield part
+    finally:
+        _WHOLE.current = previous
+
+
 @contextmanager
 def progress_bar(text: str, *, min_interval: float = 0.1) -> Iterator[Callable[[int, int], None]]:
     """A progress bar for the engine's ``progress(done, total)`` callback, removed when done.
@@ -438,14 +507,18 @@ def progress_bar(text: str, *, min_interval: float = 0.1) -> Iterator[Callable[[
             with progress_bar("Fitting") as progress:
                 return fit_lora(..., progress=progress)
 
-    Updates closer than ``min_interval`` seconds apart are skipped (the final one is not).
-    Every tick also checks that the browser session is still there: work for a closed tab
-    stops (:func:`ui.guard.check_alive`).
+    The bar shows the count, and once the rate is known the time left; inside
+    :func:`whole_run` it fills with the whole run's progress and also names the part that runs
+    ("r = 4, rank 2 of 3"). Updates closer than ``min_interval`` seconds apart are skipped (the
+    final one is not). Every tick also checks that the browser session is still there: work
+    for a closed tab stops (:func:`ui.guard.check_alive`).
     """
     from .guard import check_alive
 
     bar = st.progress(0.0, text=text)
     last = [-math.inf]
+    whole = getattr(_WHOLE, "current", None)
+    began: list[tuple[float, float] | None] = [None]  # (time, share) at this bar's first tick
 
     def update(done: int, total: int) -> None:
         check_alive()
@@ -454,7 +527,17 @@ def progress_bar(text: str, *, min_interval: float = 0.1) -> Iterator[Callable[[
         if frac < 1.0 and now - last[0] < min_interval:
             return
         last[0] = now
-        bar.progress(frac, text=f"{text} ({done:,} of {total:,})")
+        share = whole.share(frac) if whole is not None else frac
+        if whole is not None and whole.first is None:
+            whole.first = (now, share)
+        first = whole.first if whole is not None else began[0]
+        if first is None:
+            began[0] = first = (now, share)
+        part = None
+        if whole is not None and len(whole.weights) > 1:
+            part = (whole.labels[whole.index], whole.item, whole.index, len(whole.weights))
+        bar.progress(share, text=progress_text(text, done, total, share=share, part=part,
+                                               spent=now - first[0], gained=share - first[1]))
 
     try:
         yield update

@@ -242,7 +242,12 @@ def run_data_sweep(config: DataSweepConfig) -> DataSweepRun:
     call.
     """
     if by_n(config):
-        parts = [_fit_one_n(replace(config, samples=(n,))) for n in config.samples]
+        parts = []
+        costs = [data_estimate(replace(config, samples=(n,))).seconds for n in config.samples]
+        with common.whole_run(costs, [f"n = {n}" for n in config.samples], item="sample size") as part:
+            for i, n in enumerate(config.samples):
+                part(i)
+                parts.append(_fit_one_n(replace(config, samples=(n,))))
         run = DataSweepRun(config=config, target_values=parts[0].target_values,
                            results=tuple(p.results[0] for p in parts),
                            floors=tuple(p.floors[0] for p in parts),

@@ -27,7 +27,7 @@ from lorarank.stability import (CONVENTIONS, DEFAULT_LRS, DEFAULT_RANKS, DEFAULT
                                 run_stability, scale_for, stability_findings)
 
 from . import guard
-from .common import Setting, chart_spec, frame_csv, md_code, progress_bar
+from .common import Setting, chart_spec, frame_csv, md_code, progress_bar, whole_run
 from .common import parse_ranks as common_parse_ranks
 from .sweep import TARGET_SETTINGS as _SWEEP_TARGET_SETTINGS
 from .sweep import TargetConfig, alpha_unused
@@ -286,8 +286,13 @@ def run_grid(config: StabilityConfig) -> StabilityRun:
     the server's queue; short ones fit every cell in one batched call.
     """
     if by_rank(config):
-        run = _merge(config, [_grid_one_rank(dataclasses.replace(config, ranks=(r,)))
-                              for r in config.ranks])
+        parts = []
+        costs = [grid_estimate(dataclasses.replace(config, ranks=(r,))).seconds for r in config.ranks]
+        with whole_run(costs, [f"r = {r}" for r in config.ranks]) as part:
+            for i, r in enumerate(config.ranks):
+                part(i)
+                parts.append(_grid_one_rank(dataclasses.replace(config, ranks=(r,))))
+        run = _merge(config, parts)
     else:
         run = _fit_grid(config, "the grid")
     guard.mark_done(("grid", config))

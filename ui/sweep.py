@@ -22,7 +22,8 @@ from lorarank.synthetic import SPECTRA, Target, make_target
 from lorarank.charts import loss_chart, spectrum_chart
 
 from . import guard
-from .common import Setting, chart_spec, download_buttons, progress_bar, stop_on_error, table_height
+from .common import (Setting, chart_spec, download_buttons, progress_bar, stop_on_error, table_height,
+                     whole_run)
 from .common import parse_ranks as common_parse_ranks
 
 __all__ = [
@@ -223,7 +224,12 @@ def run_sweep(config: SweepConfig) -> SweepRun:
     """
     start = time.perf_counter()
     if by_rank(config):
-        results = [_fit_one_rank(replace(config, ranks=(r,))) for r in config.ranks]
+        results = []
+        costs = [sweep_estimate(replace(config, ranks=(r,))).seconds for r in config.ranks]
+        with whole_run(costs, [f"r = {r}" for r in config.ranks]) as part:  # the bars say it all
+            for i, r in enumerate(config.ranks):
+                part(i)
+                results.append(_fit_one_rank(replace(config, ranks=(r,))))
         target = _target(_target_config(config))
     else:
         with guard.heavy_work("the sweep"):
