@@ -3,7 +3,7 @@
 Writes a PEFT folder (32 layers x q,k,v,o,gate,up,down with Llama-3-8B shapes: hidden 4096,
 kv 1024, intermediate 14336; r = 16; bfloat16; about 84 MB) to a temporary folder, then runs
 the whole audit *process* several times and prints its wall time and peak resident memory
-(``ru_maxrss`` of the finished children). Beside it, the dense approach (form ``scale * B @ A``,
+(``ru_maxrss`` of the finished children), alternating with Gradience when it is installed. Beside it, the dense approach (form ``scale * B @ A``,
 then ``np.linalg.svd``) on a few modules, against the factored SVD on the same modules, in the
 same process. Targets (PRODUCT.md): <= 1.0 s wall, <= 300 MB peak for the whole process.
 
@@ -18,6 +18,7 @@ dimension r^2 = 16, the LoRA's r) and LoKr (``LoKrConfig``, r = 16, PEFT's facto
 dimension into the two closest factors, full ``lokr_w1``), audited by the same process.
 
 Usage: ``python benchmarks/bench_audit.py [--runs 5] [--dense q_proj,k_proj] [--no-gradience]
+[--gradience /path/to/venv/bin/gradience]
 [--no-families]``
 """
 
@@ -97,28 +98,39 @@ def write_family(folder: Path, family: str, *, seed: int = 1) -> int:
     return (folder / "adapter_model.safetensors").stat().st_size
 
 
-def time_cli(folder: Path, runs: int, command: list[str] | None = None) -> tuple[list[float], float, float, int]:
-    """Wall seconds of each audit process run, peak RSS (MB), CPU s per run, modules.
-
-    ``command`` defaults to ``python -m lorarank audit DIR --json``. Each command runs in a fresh
-    ``python -c`` wrapper that reports its own children's peak RSS, so one command's peak is
-    not mixed with another's (``ru_maxrss`` of RUSAGE_CHILDREN is a maximum over all of them).
-    """
-    command = command or [sys.executable, "-m", "lorarank", "audit", str(folder), "--json"]
+def _run_once(folder: Path, command: list[str]) -> dict:
+    """One whole process in a fresh ``python -c`` wrapper that reports its child's wall time,
+    CPU time and peak RSS (``ru_maxrss`` of RUSAGE_CHILDREN is a maximum over all children,
+    so one wrapper per run keeps one command's peak apart from another's)."""
     wrapper = ("import json, resource, subprocess, sys, time; t = time.perf_counter(); "
                "p = subprocess.run(sys.argv[1:], capture_output=True); w = time.perf_counter() - t; "
                "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
                "sys.stderr.write(p.stderr.decode(errors='replace')); "
                "sys.stdout.write(json.dumps({'rc': p.returncode, 'wall': w, 'rss': u.ru_maxrss, "
-               "'cpu': u.ru_utime + u.ru_stime, 'out': p.stdout.decode(errors='replace')}))")
-    walls, peaks, cpus, modules = [], [], [], 0
+               "'cpu': u.ru_utime + u.ru_stime, 'sys': u.ru_stime, 'out': p.stdout.decode(errors='replace')}))")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", wrapper, *command], capture_output=True, env=env,
+                          cwd=str(ROOT))
+    doc = json.loads(proc.stdout)
+    if doc["rc"] != 0:
+        raise SystemExit(f"{' '.join(command[:4])} failed: {proc.stderr.decode().strip()[-500:]}")
+    return doc
+
+
+def audit_command(folder: Path) -> list[str]:
+    """``python -m lorarank audit DIR --json``."""
+    return [sys.executable, "-m", "lorarank", "audit", str(folder), "--json"]
+
+
+def time_cli(folder: Path, runs: int, command: list[str] | None = None) -> tuple[list[float], float, float, int]:
+    """Wall seconds of each audit process run, peak RSS (MB), CPU s per run, modules.
+
+    ``command`` defaults to ``python -m lorarank audit DIR --json``.
+    """
+    command = command or audit_command(folder)
+    walls, peaks, cpus, modules = [], [], [], 0
     for _ in range(runs):
-        proc = subprocess.run([sys.executable, "-c", wrapper, *command], capture_output=True, env=env,
-                              cwd=str(ROOT))
-        doc = json.loads(proc.stdout)
-        if doc["rc"] != 0:
-            raise SystemExit(f"{' '.join(command[:4])} failed: {proc.stderr.decode().strip()[-500:]}")
+        doc = _run_once(folder, command)
         walls.append(doc["wall"])
         peaks.append(doc["rss"] / 1024)  # Linux: KiB
         cpus.append(doc["cpu"])
@@ -129,9 +141,28 @@ def time_cli(folder: Path, runs: int, command: list[str] | None = None) -> tuple
     return walls, max(peaks), statistics.mean(cpus), modules
 
 
-def gradience_command(folder: Path) -> list[str] | None:
+def alternate(folder: Path, runs: int, a: list[str], b: list[str]) -> tuple[list[dict], list[dict]]:
+    """``a`` and ``b`` in turn (a b a b ...), one warm-up of each first (not counted), so that a
+    drift of the machine's speed hits both alike."""
+    _run_once(folder, a), _run_once(folder, b)
+    out_a, out_b = [], []
+    for _ in range(runs):
+        out_a.append(_run_once(folder, a))
+        out_b.append(_run_once(folder, b))
+    return out_a, out_b
+
+
+def _figures(runs: list[dict]) -> str:
+    walls = [r["wall"] for r in runs]
+    return (f"wall median {statistics.median(walls):.3f} s (min {min(walls):.3f}, max {max(walls):.3f}); "
+            f"CPU median {statistics.median(r['cpu'] for r in runs):.3f} s "
+            f"(system {statistics.median(r['sys'] for r in runs):.3f} s); "
+            f"peak RSS {max(r['rss'] for r in runs) / 1024:.0f} MB")
+
+
+def gradience_command(folder: Path, exe: str | None = None) -> list[str] | None:
     """``gradience audit --peft-dir DIR --json`` when Gradience is installed, else None."""
-    exe = shutil.which("gradience")
+    exe = exe or shutil.which("gradience")
     if exe is None:
         return None
     return [exe, "audit", "--peft-dir", str(folder), "--json"]
@@ -178,6 +209,9 @@ def main() -> None:
     parser.add_argument("--dense", default="k_proj,q_proj",
                         help="comma-separated module types of layer 0 for the dense SVD comparison")
     parser.add_argument("--no-gradience", action="store_true", help="skip the Gradience 0.11 baseline")
+    parser.add_argument("--gradience", metavar="EXE", default=None,
+                        help="the gradience executable (default: the one on PATH), e.g. one installed "
+                             "with torch in another venv")
     parser.add_argument("--no-families", action="store_true", help="skip the LoHa and LoKr adapters")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, numpy {np.__version__}")
@@ -188,23 +222,33 @@ def main() -> None:
         size, layer0 = write_adapter(folder)
         print(f"wrote {folder.name}: {LAYERS} layers x {len(SHAPES)} modules, r = {RANK}, bfloat16, "
               f"{size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s")
-        walls, peak, cpu, modules = time_cli(folder, args.runs)
-        print(f"load average (1, 5, 15 min) after the runs: {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
-              "(other processes share the cores; CPU time per run is what an idle machine's wall would be)")
-        print(f"`python -m lorarank audit DIR --json` ({modules} modules), {args.runs} runs: "
-              f"wall median {statistics.median(walls):.3f} s (min {min(walls):.3f}, max {max(walls):.3f}); "
-              f"CPU {cpu:.3f} s per run; peak RSS {peak:.0f} MB   [targets: <= 1.0 s, <= 300 MB]")
-        gcmd = None if args.no_gradience else gradience_command(folder)
+        load_before = os.getloadavg()
+        gcmd = None if args.no_gradience else gradience_command(folder, args.gradience)
         if gcmd is None and not args.no_gradience:
             print("Gradience baseline skipped: `gradience` is not installed (pip install gradience==0.11.0)")
-        if gcmd is not None:
-            g_walls, g_peak, g_cpu, _ = time_cli(folder, args.runs, gcmd)
-            print(f"`gradience audit --peft-dir DIR --json` (Gradience 0.11), {args.runs} runs: wall median "
-                  f"{statistics.median(g_walls):.3f} s (min {min(g_walls):.3f}); CPU {g_cpu:.3f} s per run; "
-                  f"peak RSS {g_peak:.0f} MB")
-            print(f"lorarank vs Gradience on the same file: {statistics.median(g_walls) / statistics.median(walls):.1f}x "
-                  f"wall (median), {min(g_walls) / min(walls):.1f}x (min), {g_cpu / cpu:.1f}x CPU   [target >= 4x]; "
-                  f"load now {os.getloadavg()[0]:.2f}")
+        if gcmd is None:
+            walls, peak, cpu, modules = time_cli(folder, args.runs)
+            print(f"`python -m lorarank audit DIR --json` ({modules} modules), {args.runs} runs: "
+                  f"wall median {statistics.median(walls):.3f} s (min {min(walls):.3f}, max {max(walls):.3f}); "
+                  f"CPU {cpu:.3f} s per run; peak RSS {peak:.0f} MB   [targets: <= 1.0 s, <= 300 MB]")
+        else:
+            ours, theirs = alternate(folder, args.runs, audit_command(folder), gcmd)
+            print(f"alternating runs (lorarank, Gradience, lorarank, ...), {args.runs} of each after one "
+                  f"warm-up each; PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r}")
+            print(f"`python -m lorarank audit DIR --json`: {_figures(ours)}   [targets: <= 1.0 s, <= 300 MB]")
+            print(f"`gradience audit --peft-dir DIR --json` (Gradience 0.11): {_figures(theirs)}")
+            pairs = [t["wall"] / o["wall"] for o, t in zip(ours, theirs)]
+            print(f"lorarank vs Gradience on the same file: "
+                  f"{statistics.median(t['wall'] for t in theirs) / statistics.median(o['wall'] for o in ours):.2f}x "
+                  f"wall (ratio of medians), pairwise median {statistics.median(pairs):.2f}x "
+                  f"(min {min(pairs):.2f}, max {max(pairs):.2f}); "
+                  f"{statistics.median(t['cpu'] for t in theirs) / statistics.median(o['cpu'] for o in ours):.2f}x CPU   "
+                  "[target >= 4x wall on a quiet machine]")
+        load_after = os.getloadavg()
+        print(f"load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in load_before)}; after: "
+              f"{', '.join(f'{x:.2f}' for x in load_after)} on {os.cpu_count()} cores (above ~0.5, other "
+              "processes share the cores: Gradience's torch threads suffer more from that than lorarank's "
+              "single BLAS thread, so the wall ratio is only meaningful on a quiet machine)")
         if not args.no_families:
             for family in ("loha", "lokr"):
                 fam = Path(tmp) / f"llama3_8b_{family}_bf16"

@@ -6,17 +6,6 @@ metrics, and reading, auditing, resizing and comparing real adapters.
 """
 
 from .errors import AdapterError, ConfigError, HubError, LoraRankError, UnsupportedAdapterError
-from .fit import (
-    DEFAULT_LR,
-    DEFAULT_STEPS,
-    OPTIMIZERS,
-    SCALING_RULES,
-    FitResult,
-    fit_lora,
-    fit_lora_reference,
-    init_lora,
-    lora_scale,
-)
 from .spectrum import (
     RANK_RULES,
     FactoredSVD,
@@ -35,13 +24,16 @@ from .spectrum import (
     truncation_error,
 )
 
-from .synthetic import SPECTRA, Target, make_target, planted_spectrum
 
 __version__ = "0.1.0"
 
 # Adapter reading pulls in safetensors (and gguf, regex when needed): load it on first use (PEP 562)
 # so that `python -m lorarank sweep` and the Rank sweep page do not pay for them.
 _LAZY = {
+    # The fitting and synthetic-target modules are not needed to read or audit an adapter.
+    "fit": ("DEFAULT_LR", "DEFAULT_STEPS", "OPTIMIZERS", "SCALING_RULES", "FitResult", "fit_lora",
+            "fit_lora_reference", "init_lora", "lora_scale"),
+    "synthetic": ("SPECTRA", "Target", "make_target", "planted_spectrum"),
     "adapters": ("FORMATS", "Adapter", "LoraModule", "load_adapter", "load_adapter_bytes",
                  "adapter_files", "save_adapter"),
     "audit": ("audit_adapter", "AuditReport", "ModuleReport", "resize_adapter", "ResizeResult",
@@ -71,8 +63,5 @@ __all__ = [
     "RANK_RULES", "FactoredSVD", "factored_svd", "factored_svdvals", "energy_rank",
     "stable_rank", "entropy_rank", "kohya_rank", "truncation_error", "eckart_young_errors",
     "gavish_donoho_threshold", "gavish_donoho_rank", "noise_threshold", "numerical_rank", "recommend_rank",
-    "SPECTRA", "Target", "make_target", "planted_spectrum",
-    "SCALING_RULES", "OPTIMIZERS", "DEFAULT_LR", "DEFAULT_STEPS", "FitResult", "lora_scale",
-    "init_lora", "fit_lora", "fit_lora_reference",
     *_LAZY_NAMES,
 ]

@@ -25,7 +25,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ._validate import check_choice, check_int, check_real
-from .adapters import Adapter, LoraModule, parse_module_name
+from .adapters import Adapter, Buffers, LoraModule, parse_module_name
 from .adapters import LazyArray
 from .documents import json_clean
 from .errors import AdapterError, ConfigError
@@ -107,7 +107,7 @@ def _magnitude(module: LoraModule) -> np.ndarray | None:
     return None if m is None else np.asarray(m, dtype=np.float64).ravel()
 
 
-def module_spectrum(module: LoraModule) -> np.ndarray:
+def module_spectrum(module: LoraModule, *, buffers: Buffers | None = None) -> np.ndarray:
     """Singular values of what ``(B, A, scale)`` describe, from the factors, descending, float64.
 
     For every family but DoRA that is the update the library applies: ``scale * B @ A``
@@ -115,6 +115,13 @@ def module_spectrum(module: LoraModule) -> np.ndarray:
     Khatri-Rao factors), or ``scale * kron(kron_left, B @ A)`` for LoKr (all products of the
     halves' singular values). For DoRA it is the directional part ``scale * B @ A``; the true
     update needs the base weight (:func:`dora_update`).
+
+    Parameters
+    ----------
+    module : LoraModule
+    buffers : lorarank.adapters.Buffers, optional
+        Scratch arrays reused from module to module (one per audit): each factor is decoded
+        to float64 once, into them, and nothing of a factor's size is allocated.
 
     Returns
     -------
@@ -126,12 +133,13 @@ def module_spectrum(module: LoraModule) -> np.ndarray:
     :func:`lorarank.spectrum.factored_svdvals` without its validation: the factors were
     checked finite when the adapter was read.
     """
-    B, A = module.factors(np.float64)
+    narrow = module.B.dtype.itemsize <= 4 and module.A.dtype.itemsize <= 4  # float32 or narrower
+    B, A = module.factors(np.float64, buffers=buffers)
+    right = svdvals_unchecked(B, A, module.scale, buffers=buffers, narrow=narrow)
     left = _kron_left(module)
     if left is not None:
-        s_left = svdvals_unchecked(left, np.eye(left.shape[1]), 1.0)
-        return kron_values(s_left, svdvals_unchecked(B, A, module.scale))
-    return svdvals_unchecked(B, A, module.scale)
+        return kron_values(svdvals_unchecked(left, np.eye(left.shape[1]), 1.0), right)
+    return right
 
 
 def module_svd(module: LoraModule, k: int | None = None) -> FactoredSVD:
@@ -572,9 +580,11 @@ def audit_adapter(adapter: Adapter, *, rule: str = "energy", value: float = 0.99
     total = len(work.modules)
     _tick(progress, 0, total)
     reports = []
+    buffers = Buffers()  # each factor decoded once, into arrays reused from module to module
     with single_threaded_blas():
         for i, module in enumerate(work.modules):
-            rep = _report(module, module_spectrum(module), rule, value, base=base, base_k=base_k)
+            spectrum = module_spectrum(module, buffers=buffers)
+            rep = _report(module, spectrum, rule, value, base=base, base_k=base_k)
             if intruders:
                 rep = replace(rep, **against_base.intruder_fields(module, base, cache=svd_cache,
                                                                   top_k=top_k, epsilon=epsilon))
@@ -919,7 +929,8 @@ def _resize(adapter, *, rank, rule, value, rank_budget, param_budget, progress) 
     modules = adapter.modules
     total = len(modules)
     _tick(progress, 0, total)
-    spectra = [module_spectrum(m) for m in modules]
+    buffers = Buffers()
+    spectra = [module_spectrum(m, buffers=buffers) for m in modules]
     if rank is not None and not isinstance(rank, Mapping):
         k = check_int("rank", rank, minimum=1)
         targets = [k] * total

@@ -109,22 +109,123 @@ def _core(B: np.ndarray, A: np.ndarray, scale: float, vectors: bool):
     return qb @ uc, _rescaled(s, unit), vct @ qa.T
 
 
-def svdvals_unchecked(B: np.ndarray, A: np.ndarray, scale: float) -> np.ndarray:
+def svdvals_unchecked(B: np.ndarray, A: np.ndarray, scale: float, *, buffers=None,
+                       narrow: bool = False) -> np.ndarray:
     """:func:`factored_svdvals` without validation, for factors already checked.
 
-    Singular values need only the triangular factors of the QRs (``mode="r"``, about 3x
-    faster than forming Q as well): ``scale * B @ A = Q_B (scale * R_B R_A^T) Q_A^T``. When
-    ``r >= min(d_out, d_in)`` the core is no smaller than the update, and the update's own
-    values are taken (one product, no QR).
+    Singular values need only the triangular factors R of ``B = Q_B R_B`` and
+    ``A^T = Q_A R_A``: ``scale * B @ A = Q_B (scale * R_B R_A^T) Q_A^T``. R comes from
+    :func:`_r_factor` (CholeskyQR2: three BLAS-3 passes over the factor, no copy of it;
+    Householder QR for ill-conditioned or wide factors). When ``r >= min(d_out, d_in)`` the
+    core is no smaller than the update, and the update's own values are taken (one product,
+    no QR).
+
+    Parameters
+    ----------
+    B : ndarray of shape (d_out, r), float64
+    A : ndarray of shape (r, d_in), float64
+    scale : float
+    buffers : lorarank.adapters.Buffers, optional
+        Scratch arrays for CholeskyQR2's intermediate ``Q`` (reused from module to module).
+    narrow : bool, default=False
+        The entries are values of a float32 (or narrower) array, so the Gram matrices can
+        neither overflow nor underflow and the range check is skipped.
+
+    Returns
+    -------
+    ndarray of shape (min(r, d_out, d_in),)
     """
-    B, A, unit = _normalised(B, A, scale)
+    q = min(B.shape[0], B.shape[1], A.shape[1])
+    if scale == 0.0:
+        return np.zeros(q)
+    b, a = (1.0, 1.0) if narrow else (_max_abs(B), _max_abs(A))
+    if b == 0.0 or a == 0.0:
+        return np.zeros(q)
     if B.shape[1] >= min(B.shape[0], A.shape[1]):
         # A rank at least one side (a full-rank 4096 x 4096 adapter): the core would be as
         # large as the update itself, so the two QRs only add work (a third of the time).
+        B, A, unit = _normalised(B, A, scale)
         return _rescaled(np.linalg.svd(B @ A, compute_uv=False), unit)
-    rb = np.linalg.qr(B, mode="r")
-    ra = np.linalg.qr(A.T, mode="r")
-    return _rescaled(np.linalg.svd(rb @ ra.T, compute_uv=False), unit)
+    if not (_SAFE[0] <= b <= _SAFE[1] and _SAFE[0] <= a <= _SAFE[1]):
+        # Entries near 1e160 (or 1e-160) would overflow (underflow) the Gram matrices.
+        B, A, unit = _normalised(B, A, scale)
+        rb = np.linalg.qr(B, mode="r")
+        ra = np.linalg.qr(A.T, mode="r")
+        return _rescaled(np.linalg.svd(rb @ ra.T, compute_uv=False), unit)
+    rb = _r_factor(B, buffers)
+    ra = _r_factor(A.T, buffers)
+    return _rescaled(np.linalg.svd(rb @ ra.T, compute_uv=False)[:q], abs(scale))
+
+
+#: Largest-entry range in which a factor's Gram matrix ``X^T X`` neither overflows nor loses
+#: precision to underflow in float64 (every float32, float16 and bfloat16 factor is inside).
+_SAFE = (1e-100, 1e100)
+
+
+def _max_abs(X: np.ndarray) -> float:
+    """``max |X|`` by two reductions (no array of X's size is made)."""
+    if X.size == 0:
+        return 0.0
+    return max(float(np.max(X)), -float(np.min(X)))
+
+
+#: Condition number of a factor up to which one Cholesky pass is as exact as Householder QR here.
+_ONE_PASS_COND = 32.0
+
+
+def _r_factor(X: np.ndarray, buffers=None) -> np.ndarray:
+    """An upper-triangular R with ``X = Q R``, Q with orthonormal columns (X float64, (m, n)).
+
+    CholeskyQR (``R1 = chol(X^T X)``), repeated once (CholeskyQR2, Fukaya, Nakatsukasa,
+    Yanagisawa and Yamamoto 2014: ``Q1 = X R1^{-1}``, ``R = chol(Q1^T Q1) R1``) unless X is
+    well conditioned:
+
+    - With ``Q1 = X R1^{-1}``, ``Q1^T Q1 = I + E`` with ``||E|| = O(u c^2)``, c the condition
+      number of X with its columns scaled to unit norm (Cholesky's errors do not depend on
+      the columns' scales), so ``sigma_i(X M) = sigma_i(R1 M) (1 + O(u c^2))`` for every i: a
+      relative error per singular value (Householder QR's is absolute, ``O(u sigma_1)``). Up
+      to :data:`_ONE_PASS_COND` (``32^2 u < 3e-13``) one pass is kept.
+    - Above it, the second pass makes Q orthonormal to O(u), which holds while cond(X) is
+      below about ``u^{-1/2} / sqrt(m n)``; a tenth of that bound is the limit.
+    - Anything else (a rank-deficient or zero factor, m < n, a failed Cholesky) goes to
+      Householder QR (``np.linalg.qr``, which copies X).
+
+    Every step is a matrix product on X as it is: no copy of the factor, and ``Q1`` lives in
+    ``buffers`` when given.
+    """
+    m, n = X.shape
+    if m < n:
+        return np.linalg.qr(X, mode="r")
+    G = X.T @ X
+    norms = np.sqrt(np.diagonal(G))
+    R1 = _cholesky_r(G) if np.all(norms > 0) else None
+    if R1 is None:
+        return np.linalg.qr(X, mode="r")
+    # Cholesky's errors do not depend on the columns' scales (van der Sluis): the condition
+    # number that counts is that of X with unit columns, R1 / norms.
+    sv = np.linalg.svd(R1 / norms, compute_uv=False)
+    if sv[-1] > 0 and sv[0] <= _ONE_PASS_COND * sv[-1]:
+        return R1
+    limit = 0.1 / math.sqrt(8 * np.finfo(np.float64).eps * (m * n + n * (n + 1)))
+    if not sv[-1] > 0 or sv[0] / sv[-1] > limit:
+        return np.linalg.qr(X, mode="r")
+    Q1 = np.empty((m, n)) if buffers is None else buffers.take("cholqr", (m, n))
+    np.matmul(X, np.linalg.inv(R1), out=Q1)
+    R2 = _cholesky_r(Q1.T @ Q1)
+    if R2 is None:  # pragma: no cover - Q1 is within O(u cond^2) of orthonormal here
+        return np.linalg.qr(X, mode="r")
+    return R2 @ R1
+
+
+def _cholesky_r(G: np.ndarray) -> np.ndarray | None:
+    """Upper-triangular R with ``G = R^T R``, or None when G is not numerically positive definite."""
+    try:
+        L = np.linalg.cholesky(G)
+    except np.linalg.LinAlgError:
+        return None
+    if not np.all(np.isfinite(L)):
+        return None
+    return L.T
 
 
 def _normalised(B: np.ndarray, A: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray, float]:
@@ -143,7 +244,8 @@ def _normalised(B: np.ndarray, A: np.ndarray, scale: float) -> tuple[np.ndarray,
 
 
 def _rescaled(s: np.ndarray, unit: float) -> np.ndarray:
-    out = s * unit if unit else np.zeros_like(s)
+    with np.errstate(over="ignore"):  # an overflow is reported below, in one sentence
+        out = s * unit if unit else np.zeros_like(s)
     if not np.all(np.isfinite(out)):
         raise ConfigError(f"a singular value overflows float64 (sigma_1 = {float(s[0])!r} x {unit!r}): "
                           "the scale or the factors are too large to give a finite update")

@@ -32,14 +32,14 @@ from ._config import check_override, parse_config, peft_pattern_key
 from ._load import (PREFERRED_WEIGHTS, WEIGHT_SUFFIXES, choose_weights, load_adapter,
                     load_adapter_bytes, load_adapters, module_layouts, named_adapters)
 from ._model import FAMILIES, Adapter, Extra, LoraModule
-from ._tensors import (ITEMSIZE, MAX_NPZ_EXPANSION, LazyArray, check_safetensors_header, decode_bf16,
+from ._tensors import (ITEMSIZE, MAX_NPZ_EXPANSION, Buffers, LazyArray, check_safetensors_header, decode_bf16,
                        safetensors_from_bytes, safetensors_from_path, tensor_layout)
 from ._write import WRITE_FORMATS, adapter_files, save_adapter
 from .lora import FORMATS
 from .names import parse_module_name
 
 __all__ = [
-    "FORMATS", "FAMILIES", "WRITE_FORMATS", "LoraModule", "Adapter", "Extra", "load_adapter",
+    "FORMATS", "FAMILIES", "WRITE_FORMATS", "LoraModule", "Adapter", "Extra", "Buffers", "load_adapter",
     "load_adapter_bytes", "load_adapters", "module_layouts", "named_adapters", "choose_weights",
     "WEIGHT_SUFFIXES", "PREFERRED_WEIGHTS", "adapter_files", "save_adapter", "parse_module_name",
     "peft_pattern_key", "check_override", "MAX_NPZ_EXPANSION", "parse_config", "ITEMSIZE",

@@ -43,9 +43,11 @@ def peft_pattern_key(patterns: Iterable[str], module: str, *, field_name: str = 
     ``regex`` engine under a :data:`PATTERN_TIMEOUT` per match, so a key such as ``(.+)+z``
     (exponential backtracking) is refused with one sentence instead of freezing the server.
     """
+    keys = list(patterns)
+    if not keys:  # most configs: no import of the regex engine (0.1 s without a bytecode cache)
+        return None
     import regex
 
-    keys = list(patterns)
     if len(keys) > MAX_PATTERNS:
         raise AdapterError(f"adapter_config.json: `{field_name}` has {len(keys):,} keys; lorarank reads at most "
                            f"{MAX_PATTERNS:,}")

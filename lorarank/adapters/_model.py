@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError
+from ._tensors import Buffers
 
 __all__ = ["FAMILIES", "LoraModule", "Adapter", "Extra"]
 
@@ -145,8 +146,15 @@ class LoraModule:
         """numpy name of the stored dtype (``"bfloat16"``, ``"float32"``, ...)."""
         return self.stored_dtype or str(self.A.dtype.name)
 
-    def factors(self, dtype: object = np.float64) -> tuple[np.ndarray, np.ndarray]:
-        """``(B, A)`` converted to ``dtype`` (float64 by default) for the linear algebra."""
+    def factors(self, dtype: object = np.float64, *, buffers: Buffers | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """``(B, A)`` converted to ``dtype`` (float64 by default) for the linear algebra.
+
+        With ``buffers`` (float64 only) each factor is decoded once into a reused scratch
+        array instead of a new one (valid until the next module's factors are taken).
+        """
+        if buffers is not None and np.dtype(dtype) == np.float64:
+            return buffers.float64(self.B, "B"), buffers.float64(self.A, "A")
         return self.B.astype(dtype, copy=False), self.A.astype(dtype, copy=False)
 
 
