@@ -149,6 +149,12 @@ class RemoteModel(ModelWeights):
         super().__init__(ref.with_revision(link.commit).uri, entries,
                          lambda f, b, e: link.get(f, b, e), files=files, config=config)
 
+    def fresh(self, settings: HubSettings | None = None) -> "RemoteModel":
+        """The same model (headers already read) with a byte count of its own starting at 0: one
+        request's reads against ``settings.max_bytes`` (default: this model's settings)."""
+        link = _Link(self.ref, self.commit, self.link.token, settings or self.link.settings)
+        return RemoteModel(self.ref, link, self.entries, self.files, self.config)
+
     @property
     def bytes_fetched(self) -> int:
         """Every byte fetched from the Hub so far: headers, configs and tensors."""

@@ -6,7 +6,7 @@ from lorarank.charts import (budget_chart, module_spectrum_chart, overlap_chart,
                              rank_map_chart)
 from lorarank.documents import json_clean, short_name
 from lorarank.errors import LoraRankError
-from ui import audit, common, hub, layout, loaded, series
+from ui import audit, common, finetune_view, hub, layout, loaded, series
 from ui import report as report_ui
 
 page = common.setup_page(__file__)
@@ -25,10 +25,13 @@ alerts = st.container()
 loaded.show_unreadable(alerts)  # files dropped on the last run that could not be read
 bad_url = common.check_url(audit.ALL_SETTINGS, state_key=audit.URL_ERRORS_KEY)
 
-TABS = ["Per module", "Rank map", "Spectrum", "Budget", "Resize", "Compare", series.TAB]
-DEFAULT_TAB = series.TAB if series.linked() else None
+TABS = ["Per module", "Rank map", "Spectrum", "Budget", "Resize", "Compare", series.TAB,
+        finetune_view.TAB]
+DEFAULT_TAB = (series.TAB if series.linked() else finetune_view.TAB if finetune_view.linked()
+               else None)
 # ------------------------------------------- upload (folded away once an adapter is shown)
-ON_SERIES = layout.opening(TABS, default=DEFAULT_TAB) == series.TAB
+# the tabs with inputs of their own fold the adapter inputs away
+ON_SERIES = layout.opening(TABS, default=DEFAULT_TAB) in (series.TAB, finetune_view.TAB)
 inputs = loaded.inputs_box(elsewhere=ON_SERIES)
 with inputs:
     uploaded = st.file_uploader(
@@ -93,10 +96,12 @@ with alerts:
 # ------------------------------------------------- rank over training (its own upload)
 with tabs[series.TAB]:
     series.section(rule=rule, value=value)
+with tabs[finetune_view.TAB]:  # a full fine-tune and its base (its own inputs)
+    finetune_view.section(shown=layout.is_open(tabs[finetune_view.TAB]))
 
 if upload is None:
     for name, tab in tabs.items():
-        if name != series.TAB:
+        if name not in (series.TAB, finetune_view.TAB):
             tab.caption("Upload an adapter above (or switch on the synthetic demo) to see this.")
     st.stop()
 
