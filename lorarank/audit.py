@@ -25,8 +25,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ._validate import check_choice, check_int, check_real
-from .adapters import Adapter, Buffers, LoraModule, parse_module_name
-from .adapters import LazyArray
+from .adapters import Adapter, Buffers, LazyArray, LoraModule, families, parse_module_name
+from .adapters import family as family_info
 from .documents import json_clean
 from .errors import AdapterError, ConfigError
 from .spectrum import (
@@ -161,19 +161,8 @@ def module_svd(module: LoraModule, k: int | None = None) -> FactoredSVD:
 
 def spectrum_of(module: LoraModule, *, with_base: bool = False) -> str:
     """One phrase naming what the module's reported singular values are of."""
-    family = _family(module)
-    if family == "dora" or _magnitude(module) is not None:
-        if with_base:
-            return "update merged - W0 (DoRA, exact with the base weights)"
-        return ("directional part s*B@A (DoRA, no base weights): not the update, which rescales the rows "
-                "of W0 + s*B@A by the magnitude vector")
-    return {
-        "lora": "update s*B@A",
-        "adalora": "update s*B@(A*E) (AdaLoRA, as PEFT's get_delta_weight)",
-        "loha": "update s*(W1a@W1b)*(W2a@W2b) (LoHa, exact rank-r1*r2 Khatri-Rao factors)",
-        "lokr": "update s*kron(W1, W2) (LoKr, products of the halves' singular values)",
-        "locon-tucker": "update s*up@(mid x down) (LoCon, Tucker core folded into the factors)",
-    }.get(family, f"update ({family})")
+    info = family_info("dora" if _magnitude(module) is not None else _family(module))
+    return info.spectrum_with_base if with_base and info.spectrum_with_base else info.spectrum
 
 
 # ------------------------------------------------------------------------------- base weights
@@ -830,14 +819,16 @@ class ResizeResult:
                 "changed": self.changed, "notes": list(self.notes)}
 
 
-#: Families whose resize writes plain LoRA factors of the best rank-k approximation of the update.
-CONVERTED_FAMILIES = ("adalora", "loha", "lokr", "locon-tucker")
+def converted_families() -> tuple[str, ...]:
+    """Families whose resize writes plain LoRA factors of the best rank-k approximation of the
+    update (each family's registration says so)."""
+    return tuple(name for name, f in families().items() if f.resize == "lora")
 
 
 def _as_lora(module: LoraModule, B: np.ndarray, A: np.ndarray, alpha: float) -> LoraModule:
     changes = dict(A=A, B=B, scale=1.0, alpha=alpha)
     if hasattr(module, "family"):
-        changes.update(family="lora" if _family(module) in CONVERTED_FAMILIES else _family(module),
+        changes.update(family="lora" if _family(module) in converted_families() else _family(module),
                        stored_rank=None, kept_rank=None, kron_left=None, stored_params=None)
     return replace(module, **changes)
 
@@ -947,7 +938,7 @@ def _resize(adapter, *, rank, rule, value, rank_budget, param_budget, progress) 
     else:
         costs = [sum(m.shape) for m in modules]
         targets = _allocate(spectra, costs, rank_budget=rank_budget, param_budget=param_budget).ranks
-    convert = any(_family(m) in CONVERTED_FAMILIES for m in modules)
+    convert = any(_family(m) in converted_families() for m in modules)
     peak = max((float(sp[0]) for sp in spectra if sp.size), default=0.0)
     unit = peak if peak > 0 else 1.0
     new_modules, ranks, errors = [], {}, {}
@@ -956,7 +947,7 @@ def _resize(adapter, *, rank, rule, value, rank_budget, param_budget, progress) 
     for i, (m, sp, k) in enumerate(zip(modules, spectra, targets)):
         k = max(int(k), 1)
         full = sp.size
-        if k >= full and not (convert and _family(m) in CONVERTED_FAMILIES):
+        if k >= full and not (convert and _family(m) in converted_families()):
             new_modules.append(m)
             errors[m.name] = 0.0
             ranks[m.name] = min(k, m.rank)
@@ -965,13 +956,13 @@ def _resize(adapter, *, rank, rule, value, rank_budget, param_budget, progress) 
             new_modules.append(_truncate(m, kk, sp))
             errors[m.name] = truncation_error(sp, kk)
             ranks[m.name] = kk
-            changed += int(kk < full or _family(m) in CONVERTED_FAMILIES)
+            changed += int(kk < full or _family(m) in converted_families())
         kept += float(np.sum((sp[: ranks[m.name]] / unit) ** 2))
         energy += float(np.sum((sp / unit) ** 2))
         _tick(progress, i + 1, total)
     notes = []
     families = list(dict.fromkeys(_family(m) for m in modules))
-    conv = [f for f in families if f in CONVERTED_FAMILIES]
+    conv = [f for f in families if f in converted_families()]
     if conv:
         notes.append(f"{', '.join(conv)} modules are written as plain LoRA factors of the best rank-k "
                      "approximation of the same update (the family cannot hold it otherwise); "

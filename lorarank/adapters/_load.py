@@ -229,8 +229,8 @@ def load_adapter_bytes(files: Mapping[str, bytes] | Iterable[tuple[str, bytes]],
     return _build(tensors, config, source, alpha=alpha, scale=scale)
 
 
-_KINDS = {"lora": "LoRA", "dora": "DoRA", "adalora": "AdaLoRA", "loha": "LoHa", "lokr": "LoKr",
-          "locon-tucker": "LyCORIS LoCon (Tucker)"}
+def _kind(family: str) -> str:
+    return _registry.family(family).label
 
 
 def _classify(keys: list[str]) -> tuple[dict[str, dict[str, dict[str, str]]], dict[str, str], list[str]]:
@@ -280,7 +280,7 @@ def _select_layouts(fmt: str, named: dict[str, dict[str, str]], source: str, res
             raise AdapterError(f"{source}: tensor {have!r} has no partner {what} "
                                f"for module {name or '(unnamed)'!r}")
         extra = sorted(set(roles) - {r for r, _ in best.roles})
-        raise AdapterError(f"{source}: module {name or '(unnamed)'!r} mixes {_KINDS[best.family]} tensors "
+        raise AdapterError(f"{source}: module {name or '(unnamed)'!r} mixes {_kind(best.family)} tensors "
                            f"with {', '.join(repr(roles[r]) for r in extra)}")
     return chosen
 
@@ -403,9 +403,9 @@ def _check_family_config(fmt: str, modules: list[LoraModule], config: dict | Non
         return
     if fmt == "peft":
         peft_type = str(config.get("peft_type") or "LORA").upper()
-        expected = {"LORA": {"lora", "dora"}, "ADALORA": {"adalora"}, "LOHA": {"loha"}, "LOKR": {"lokr"}}[peft_type]
+        expected = {name for name, f in _registry.families().items() if f.peft_type == peft_type}
         if not families <= expected:
-            found = ", ".join(_KINDS[f] for f in sorted(families - expected))
+            found = ", ".join(_kind(f) for f in sorted(families - expected))
             raise AdapterError(f"{source}: the config says peft_type {peft_type} but the weights hold {found} tensors")
         if peft_type == "LORA":
             use_dora = config_bool(config, "use_dora")

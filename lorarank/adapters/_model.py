@@ -15,18 +15,7 @@ import numpy as np
 from ..errors import ConfigError
 from ._tensors import Buffers
 
-__all__ = ["FAMILIES", "LoraModule", "Adapter", "Extra"]
-
-#: Module families, with what ``(B, A, scale)`` holds for each.
-FAMILIES: dict[str, str] = {
-    "lora": "dW = scale * B @ A",
-    "dora": "directional part scale * B @ A; magnitude m rescales the rows of W0 + scale * B @ A",
-    "adalora": "dW = scale * B @ (E * A), E folded into A; scale = lora_alpha / (ranknum + 1e-5)",
-    "loha": "dW = scale * (B1 A1) * (B2 A2), as the exact rank-r1*r2 row-wise Khatri-Rao product",
-    "lokr": "dW = scale * kron(kron_left, B @ A)",
-    "locon-tucker": "dW = scale * up @ (mid x down), the Tucker core folded into A",
-}
-
+__all__ = ["LoraModule", "Adapter", "Extra"]
 
 @dataclass(frozen=True)
 class Extra:
@@ -76,7 +65,7 @@ class LoraModule:
     kernel : tuple of int or None
         Trailing shape of a conv ``A`` before flattening, e.g. ``(in, 3, 3)``, for writing back.
     family : str
-        One of :data:`FAMILIES`: ``"lora"``, ``"dora"``, ``"adalora"``, ``"loha"``, ``"lokr"``,
+        One of :data:`lorarank.adapters.FAMILIES`: ``"lora"``, ``"dora"``, ``"adalora"``, ``"loha"``, ``"lokr"``,
         ``"locon-tucker"``. ``(B, A, scale)`` is always an exact factorisation of what the
         library applies (see ``magnitude`` and ``kron_left`` for the two exceptions).
     stored_rank : int or None

@@ -1,10 +1,16 @@
-"""The registry of key layouts: how each family's tensors are named and read.
+"""The registry of families and key layouts: what each family is and how its tensors are read.
 
-A family module (``lora.py``, ...) registers one :class:`Layout` per naming convention it
-reads: the key suffix of each role (``"A"``, ``"B"``, ...) and a function that turns the
-tensors of one module into a :class:`LoraModule` (scale 1; scales are set afterwards from the
-file's alpha keys or config). A new family is one new module that calls :func:`register`
-and is imported in ``adapters/__init__.py``.
+A family module (``lora.py``, ...) registers
+
+- one :class:`Family`: its name and label, what ``(B, A, scale)`` hold, the phrase saying what
+  its reported singular values are of, and what a resize writes (the family itself, or plain
+  LoRA factors of the same update);
+- one :class:`Layout` per naming convention it reads: the key suffix of each role (``"A"``,
+  ``"B"``, ...) and a function that turns the tensors of one module into a :class:`LoraModule`
+  (scale 1; scales are set afterwards from the file's alpha keys or config).
+
+``adapters/__init__.py`` imports every public module of the package, so a new family is one new
+file (plus its tests): nothing else names it.
 """
 
 from __future__ import annotations
@@ -16,7 +22,70 @@ from typing import Callable
 from ._model import LoraModule
 from ._tensors import Tensors
 
-__all__ = ["Layout", "register", "refuse", "classify", "select", "refusal", "layouts"]
+__all__ = ["Family", "register_family", "families", "family", "Layout", "register", "refuse",
+           "classify", "select", "refusal", "layouts"]
+
+#: What a resize writes for a family's modules: the family itself, or plain LoRA factors of the
+#: best rank-k approximation of the same update.
+RESIZE_KINDS = ("own", "lora")
+
+
+@dataclass(frozen=True)
+class Family:
+    """One module family, as its file registers it.
+
+    Attributes
+    ----------
+    name : str
+        The ``family`` of its modules (``"loha"``).
+    label : str
+        How people write it (``"LoHa"``).
+    description : str
+        What ``(B, A, scale)`` hold for it (:data:`lorarank.adapters.FAMILIES`).
+    spectrum : str
+        What the audit's singular values of its modules are of (``spectrum_of``).
+    resize : {"own", "lora"}
+        ``"lora"``: a resize writes plain LoRA factors of the same update (the family's own
+        factors cannot hold a rank-k cut); ``"own"``: it is written in its own family.
+    spectrum_with_base : str, optional
+        The phrase when base weights are given, if it differs (DoRA: the exact update).
+    peft_type : str, optional
+        The ``peft_type`` of a PEFT config whose weights hold this family (``"LOHA"``); None when
+        PEFT has no such type.
+    """
+
+    name: str
+    label: str
+    description: str
+    spectrum: str
+    resize: str = "own"
+    spectrum_with_base: str | None = None
+    peft_type: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_KINDS:
+            raise ValueError(f"resize should be one of {RESIZE_KINDS}, got {self.resize!r}")
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    """Add a family (its name must be new)."""
+    if family.name in _FAMILIES:
+        raise ValueError(f"family {family.name!r} is registered twice")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def families() -> dict[str, Family]:
+    """Every registered family by name, in registration order."""
+    return dict(_FAMILIES)
+
+
+def family(name: str) -> Family:
+    """The registered family ``name``; an unknown name gets a neutral entry naming it."""
+    return _FAMILIES.get(name) or Family(name, name, f"({name})", f"update ({name})")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import AdapterError
 from ._model import LoraModule
-from ._registry import Layout, register
+from ._registry import Family, Layout, register, register_family
 from ._tensors import Tensors
 from .lora import read_factor, stored_size
 
@@ -35,6 +35,13 @@ def _read_adalora(tensors: Tensors, name: str, keys: dict[str, str], source: str
     return LoraModule(name, a_folded, np.asarray(b, dtype=np.float64), 1.0, family="adalora",
                       kept_rank=int(np.count_nonzero(e64)), stored_params=stored_size(tensors, keys))
 
+
+register_family(Family(
+    "adalora", "AdaLoRA",
+    "dW = scale * B @ (E * A), E folded into A; scale = lora_alpha / (ranknum + 1e-5)",
+    "update s*B@(A*E) (AdaLoRA, as PEFT's get_delta_weight)",
+    resize="lora",
+    peft_type="ADALORA"))
 
 register(Layout(format="peft", family="adalora",
                 roles=(("A", ".lora_A"), ("B", ".lora_B"), ("E", ".lora_E")),

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import AdapterError, UnsupportedAdapterError
 from ._model import LoraModule
-from ._registry import Layout, register
+from ._registry import Family, Layout, register, register_family
 from ._tensors import Tensors
 from .lora import read_factor, read_pair
 
@@ -41,6 +41,15 @@ def _read_dora(layout: str, tensors: Tensors, name: str, keys: dict[str, str], s
                            f"has {d_out} output rows")
     return replace(base, family="dora", magnitude=magnitude, stored_params=base.num_params + int(m.size))
 
+
+register_family(Family(
+    "dora", "DoRA",
+    "directional part scale * B @ A; magnitude m rescales the rows of W0 + scale * B @ A",
+    "directional part s*B@A (DoRA, no base weights): not the update, which rescales the rows "
+    "of W0 + s*B@A by the magnitude vector",
+    resize="own",
+    spectrum_with_base="update merged - W0 (DoRA, exact with the base weights)",
+    peft_type="LORA"))
 
 for _fmt, _a, _b, _m, _layout in (
     ("peft", ".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector", "ab"),

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import AdapterError
 from ._model import LoraModule
-from ._registry import Layout, register
+from ._registry import Family, Layout, register, register_family
 from ._tensors import Tensors
 from .lora import read_factor, stored_size
 
@@ -41,6 +41,11 @@ def _read_locon_tucker(tensors: Tensors, name: str, keys: dict[str, str], source
     return LoraModule(name, a, b, 1.0, kernel=(n_in, *k), family="locon-tucker", stored_rank=int(r_down),
                       stored_params=stored_size(tensors, keys))
 
+
+register_family(Family(
+    "locon-tucker", "LyCORIS LoCon (Tucker)",
+    "dW = scale * up @ (mid x down), the Tucker core folded into A",
+    "update s*up@(mid x down) (LoCon, Tucker core folded into the factors)", resize="lora"))
 
 register(Layout(format="kohya", family="locon-tucker",
                 roles=(("A", ".lora_down.weight"), ("B", ".lora_up.weight"), ("mid", ".lora_mid.weight")),

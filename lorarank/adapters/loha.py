@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import AdapterError
 from ..spectrum import khatri_rao_rows
 from ._model import LoraModule
-from ._registry import Layout, register
+from ._registry import Family, Layout, register, register_family
 from ._tensors import LazyArray, Tensors
 from .lora import read_factor, stored_size
 
@@ -83,6 +83,13 @@ def _read_loha(tensors: Tensors, name: str, keys: dict[str, str], source: str) -
 
 
 # LyCORIS / kohya and PEFT use the same suffixes; the loader tells them apart (config, prefix).
+register_family(Family(
+    "loha", "LoHa",
+    "dW = scale * (B1 A1) * (B2 A2), as the exact rank-r1*r2 row-wise Khatri-Rao product",
+    "update s*(W1a@W1b)*(W2a@W2b) (LoHa, exact rank-r1*r2 Khatri-Rao factors)",
+    resize="lora",
+    peft_type="LOHA"))
+
 register(Layout(format="kohya", family="loha",
                 roles=(("w1a", ".hada_w1_a"), ("w1b", ".hada_w1_b"), ("w2a", ".hada_w2_a"),
                        ("w2b", ".hada_w2_b"), ("t1", ".hada_t1"), ("t2", ".hada_t2")),

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import AdapterError
 from ._model import LoraModule
-from ._registry import Layout, register
+from ._registry import Family, Layout, register, register_family
 from ._tensors import Tensors
 from .loha import tucker_half
 from .lora import read_factor, stored_size
@@ -83,6 +83,12 @@ def _read_lokr(tensors: Tensors, name: str, keys: dict[str, str], source: str) -
     return LoraModule(name, a, b, 1.0, kernel=kernel, family="lokr", stored_rank=r, kron_left=w1,
                       stored_params=stored_size(tensors, keys))
 
+
+register_family(Family(
+    "lokr", "LoKr", "dW = scale * kron(kron_left, B @ A)",
+    "update s*kron(W1, W2) (LoKr, products of the halves' singular values)",
+    resize="lora",
+    peft_type="LOKR"))
 
 register(Layout(format="kohya", family="lokr",
                 roles=(("w1", ".lokr_w1"), ("w1a", ".lokr_w1_a"), ("w1b", ".lokr_w1_b"),

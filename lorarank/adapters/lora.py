@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import AdapterError
 from ._model import LoraModule
-from ._registry import Layout, register
+from ._registry import Family, Layout, register, register_family
 from ._tensors import Tensors, all_finite
 
 __all__ = ["FORMATS", "read_pair", "read_factor", "stored_size"]
@@ -110,6 +110,11 @@ def read_pair(layout: str, tensors: Tensors, name: str, keys: dict[str, str], so
                            f"{a.shape} (r = {a.shape[0]}) but {key_b} has shape {b.shape} (r = {b.shape[1]})")
     return LoraModule(name, a, b, 1.0, transposed=transposed, kernel=kernel)
 
+
+register_family(Family(
+    "lora", "LoRA", "dW = scale * B @ A", "update s*B@A",
+    resize="own",
+    peft_type="LORA"))
 
 for _fmt, _a, _b, _layout in _PAIRS:
     register(Layout(format=_fmt, family="lora", roles=(("A", _a), ("B", _b)), required=("A", "B"),
