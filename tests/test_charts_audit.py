@@ -217,3 +217,42 @@ def test_reexported_from_package():
     for name in charts.__all__:
         assert getattr(pkg, name) is getattr(charts, name)
     assert isinstance(charts.rank_map_frame([]), pd.DataFrame)
+
+
+def _formats(spec):
+    """Every d3 number format in a Vega-Lite spec (tooltips, text, legends, axes)."""
+    if isinstance(spec, dict):
+        for key, value in spec.items():
+            if key == "format" and isinstance(value, str):
+                yield value
+            else:
+                yield from _formats(value)
+    elif isinstance(spec, list):
+        for value in spec:
+            yield from _formats(value)
+
+
+class TestWholeNumbersReadWhole:
+    def test_no_padded_significant_digits(self):
+        """d3's ".4g" writes a rank of 6 as "6.000" (Python's trims it); every chart's number
+        formats use the trimming "~" so a whole rank reads "6"."""
+        import re
+
+        from lorarank.charts import (loss_chart, module_spectrum_chart, phi_over_steps_chart,
+                                     rank_map_chart, rank_over_steps_chart, spectrum_chart)
+
+        rows = [{"step": s, "module": f"l.{i}.q", "name": f"l.{i}.q", "module_type": "q_proj",
+                 "recommended_rank": 6, "stable_rank": 2.5, "phi_next": 0.9, "phi_last": 0.8}
+                for s in (10, 20) for i in range(2)]
+        specs = [
+            rank_map_chart(RECORDS, metric="recommended rank"),
+            module_spectrum_chart(np.array([3.0, 2.0, 1.0]), cut=2, name="m", rule="energy 0.9"),
+            loss_chart({2: np.array([3.0, 2.0, 1.0])}),
+            spectrum_chart(np.array([3.0, 2.0]), {2: np.array([2.9, 1.9])}, noise_floor=0.1, max_index=2),
+            rank_over_steps_chart(rows, metric="recommended_rank"),
+            phi_over_steps_chart(rows, top=4),
+        ]
+        found = [f for chart in specs for f in _formats(chart.to_dict())]
+        assert found  # the walk sees the formats
+        padded = [f for f in found if re.fullmatch(r"[^~]*\.\d+[gr]", f)]
+        assert padded == []

@@ -95,7 +95,7 @@ def rank_map_chart(records: Sequence[Mapping[str, object]], *, metric: str = "re
     y = alt.Y("layer:N", title="layer", sort=order)
     tooltip = [alt.Tooltip("name:N", title="module"), alt.Tooltip("layer:N"),
                alt.Tooltip("module_type:N", title="type"),
-               alt.Tooltip("value:Q", title=metric, format=".4g"),
+               alt.Tooltip("value:Q", title=metric, format=".4~g"),
                alt.Tooltip("modules:Q", title="modules in cell")]
     base = alt.Chart(agg).encode(x=x, y=y)
     heat = base.mark_rect(stroke="white", strokeWidth=0.5).encode(
@@ -179,7 +179,7 @@ def module_spectrum_chart(singular_values: object, *, cut: int, name: str = "",
               axis=alt.Axis(tickCount=6, format="~g"))
     color = alt.Color("status:N", title=f"at rank {cut}",
                       scale=alt.Scale(domain=[_KEPT, _DROPPED], range=[PALETTE[0], TARGET_COLOR]))
-    tooltip = [alt.Tooltip("index:Q", title="i"), alt.Tooltip("sigma:Q", title="sigma_i", format=".4g"),
+    tooltip = [alt.Tooltip("index:Q", title="i"), alt.Tooltip("sigma:Q", title="sigma_i", format=".4~g"),
                alt.Tooltip("energy:Q", title="energy share up to i", format=".4f"),
                alt.Tooltip("status:N")]
     line = alt.Chart(frame).mark_line(color=TARGET_COLOR, strokeWidth=1).encode(x=x, y=y)

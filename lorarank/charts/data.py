@@ -120,7 +120,7 @@ def data_loss_chart(rows: Iterable[Mapping[str, object]], *, noise_loss: float |
     # the plot's height on a phone, where the legends under the plot leave it ~250 px.
     y = alt.Y("loss:Q", title="mean loss per pair (log)", scale=y_scale, axis=log_axis())
     tooltip = [alt.Tooltip("n:N", title="training pairs"), alt.Tooltip("rank:Q", title="r"),
-               alt.Tooltip("series:N", title="loss"), alt.Tooltip("loss:Q", format=".5g")]
+               alt.Tooltip("series:N", title="loss"), alt.Tooltip("loss:Q", format=".5~g")]
     base = alt.Chart(frame)
     clip = focus is not None  # lines leave through the top edge instead of drawing over the title
     lines = base.mark_line(strokeWidth=2, clip=clip).encode(x=x, y=y, color=color, strokeDash=dash,
@@ -132,7 +132,7 @@ def data_loss_chart(rows: Iterable[Mapping[str, object]], *, noise_loss: float |
         rule = pd.DataFrame({"loss": [float(noise_loss)], "what": ["T itself on held-out pairs"]})
         layers.append(alt.Chart(rule).mark_rule(color=FLOOR_COLOR, strokeDash=[4, 4]).encode(
             y=alt.Y("loss:Q", scale=y_scale, axis=log_axis()),
-            tooltip=[alt.Tooltip("what:N", title="floor"), alt.Tooltip("loss:Q", format=".5g")]))
+            tooltip=[alt.Tooltip("what:N", title="floor"), alt.Tooltip("loss:Q", format=".5~g")]))
     if true_rank is not None:
         k = pd.DataFrame({"rank": [int(true_rank)], "what": ["intrinsic rank k"]})
         layers.append(alt.Chart(k).mark_rule(color=TARGET_COLOR, strokeDash=[2, 3]).encode(

@@ -112,8 +112,8 @@ def rank_over_steps_chart(rows: Sequence[Mapping[str, object]], *, metric: str =
     color = alt.Color("line:N", title="module type / module", scale=_type_colors(types, module),
                       legend=alt.Legend(orient="bottom", labelLimit=360))
     tooltip = [alt.Tooltip("step:Q"), alt.Tooltip("line:N", title="module type / module"),
-               alt.Tooltip("value:Q", title=f"{name} (mean)", format=".4g"),
-               alt.Tooltip("min:Q", format=".4g"), alt.Tooltip("max:Q", format=".4g"),
+               alt.Tooltip("value:Q", title=f"{name} (mean)", format=".4~g"),
+               alt.Tooltip("min:Q", format=".4~g"), alt.Tooltip("max:Q", format=".4~g"),
                alt.Tooltip("modules:Q", title="modules averaged")]
     dash = alt.StrokeDash("kind:N", legend=None,
                           scale=alt.Scale(domain=["type", "module"], range=[[1, 0], [6, 3]]))

@@ -114,11 +114,11 @@ def stability_heatmap(records: Iterable[Any], *, rules: Sequence[str] | None = N
     lr_order = [cell_label(v) for v in sorted(set(frame["lr"]))]
     rank_order = sorted(set(int(r) for r in frame["rank"]))
     tooltip = [alt.Tooltip("rule:N"), alt.Tooltip("rank:O", title="r"),
-               alt.Tooltip("scale:Q", title="s", format=".4g"),
+               alt.Tooltip("scale:Q", title="s", format=".4~g"),
                alt.Tooltip("lr:Q", title="learning rate", format="~g"),
                alt.Tooltip("error_tip:N", title="final relative error"),
                alt.Tooltip("status:N"),
-               alt.Tooltip("max_update_norm:Q", title="max ||s B A||_F", format=".4g")]
+               alt.Tooltip("max_update_norm:Q", title="max ||s B A||_F", format=".4~g")]
     x = alt.X("rank:O", title="rank r", sort=rank_order, axis=alt.Axis(labelAngle=0))
     y = alt.Y("lr_label:O", title="learning rate", sort=list(reversed(lr_order)))
     errors = frame["rel_err"].dropna()
@@ -133,7 +133,7 @@ def stability_heatmap(records: Iterable[Any], *, rules: Sequence[str] | None = N
                                         domain=[lo, hi]),
                         # under the panel: beside it, it left a phone's panel ~125 px and
                         # the cells' numbers ran into each other
-                        legend=alt.Legend(format=".2g", orient="bottom", titleLimit=360)))
+                        legend=alt.Legend(format=".2~g", orient="bottom", titleLimit=360)))
     diverged = base.transform_filter(alt.datum.diverged == True).mark_rect(  # noqa: E712
         stroke="white", strokeWidth=1, color=DIVERGED_COLOR).encode(x=x, y=y, tooltip=tooltip)
     text = base.mark_text(fontSize=11).encode(
@@ -214,7 +214,7 @@ def stability_loss_chart(records: Sequence[Any], *, color_by: str = "rank",
         color = alt.Color("series:N", title="cell")
     tooltip = [alt.Tooltip("rule:N"), alt.Tooltip("rank:Q", title="r"),
                alt.Tooltip("lr:Q", title="learning rate", format="~g"), alt.Tooltip("step:Q"),
-               alt.Tooltip("loss:Q", title="0.5·||s·B·A − T||²", format=".4g")]
+               alt.Tooltip("loss:Q", title="0.5·||s·B·A − T||²", format=".4~g")]
     last = int(frame["step"].max()) if len(frame) else 1
     ticks = [t for t in (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000)
              if t <= last]
@@ -264,9 +264,9 @@ def update_norm_chart(records: Iterable[Any], *, rule: str | None = None,
     frame["rank_label"] = [rank_label(r) for r in frame["rank"]]
     frame["status"] = ["diverged" if d else "trained" for d in frame["diverged"]]
     tooltip = [alt.Tooltip("rule:N"), alt.Tooltip("rank:Q", title="r"),
-               alt.Tooltip("scale:Q", title="s", format=".4g"),
+               alt.Tooltip("scale:Q", title="s", format=".4~g"),
                alt.Tooltip("lr:Q", title="learning rate", format="~g"),
-               alt.Tooltip("max_update_norm:Q", title="max ||s B A||_F", format=".4g"),
+               alt.Tooltip("max_update_norm:Q", title="max ||s B A||_F", format=".4~g"),
                alt.Tooltip("status:N")]
     color = alt.Color("rank_label:N", title="rank", scale=rank_color_scale(frame["rank"].unique()))
     x = alt.X("lr:Q", title="learning rate (log; ticks at the tested values)",
@@ -292,7 +292,7 @@ def update_norm_chart(records: Iterable[Any], *, rule: str | None = None,
                                                       strokeWidth=1.5).encode(
             y=alt.Y("norm:Q", scale=log_scale(), axis=log_axis()),
             tooltip=[alt.Tooltip("what:N", title="reference"),
-                     alt.Tooltip("norm:Q", title="value", format=".4g")]))
+                     alt.Tooltip("norm:Q", title="value", format=".4~g")]))
     # Short, one line: a phone cut "Largest update norm per cell of <rule> (cross: diverged)"
     # before the rule's name, and a two-line title lost its first line's top. The page's
     # caption says what the crosses are.

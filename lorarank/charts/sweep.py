@@ -83,7 +83,7 @@ def spectrum_chart(target_values: object, fitted: Mapping[int, object], *,
     frame = spectrum_frame(target_values, fitted, max_index=max_index)
     frame["noise_floor"] = float(noise_floor) if noise_floor and noise_floor > 0 else np.nan
     tooltip = [alt.Tooltip("panel:N", title="rank"), alt.Tooltip("series:N"),
-               alt.Tooltip("index:Q", title="i"), alt.Tooltip("sigma:Q", title="sigma_i", format=".4g")]
+               alt.Tooltip("index:Q", title="i"), alt.Tooltip("sigma:Q", title="sigma_i", format=".4~g")]
     if log_index is None:
         log_index = bool(len(frame)) and int(frame["index"].max()) > LOG_INDEX_ABOVE
     x = (alt.X("index:Q", title="index i (log)", scale=log_scale(), axis=alt.Axis(format="d"))
@@ -105,7 +105,7 @@ def spectrum_chart(target_values: object, fitted: Mapping[int, object], *,
             noise_floor="mean(noise_floor)", groupby=["panel"]).mark_rule(
             color=FLOOR_COLOR, strokeDash=[6, 4], strokeWidth=1.5).encode(
             y=alt.Y("noise_floor:Q", scale=log_scale(), axis=log_axis()),
-            tooltip=[alt.Tooltip("noise_floor:Q", title="noise floor", format=".4g")])
+            tooltip=[alt.Tooltip("noise_floor:Q", title="noise floor", format=".4~g")])
         layers.append(floor)
     order = [rank_label(r) for r in sorted(fitted)]
     return (alt.layer(*layers, data=frame)
@@ -166,7 +166,7 @@ def loss_chart(losses: Mapping[int, object], *, diverged_at: Mapping[int, int | 
     frame = loss_frame(losses, max_points=max_points)
     color = alt.Color("rank:N", title="rank", scale=rank_color_scale(losses))
     tooltip = [alt.Tooltip("rank:N"), alt.Tooltip("step:Q"),
-               alt.Tooltip("loss:Q", title=loss_title, format=".4g")]
+               alt.Tooltip("loss:Q", title=loss_title, format=".4~g")]
     # symlog keeps step 0 and shows the first few dozen steps, where most of the drop happens.
     last = int(frame["step"].max()) if len(frame) else 1
     ticks = [t for t in (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000,
