@@ -132,14 +132,16 @@ with summary:
 
 # --------------------------------------------------------------------------- table
 with tabs["Per module"]:
+    numbers = ("alpha", "scale s", "stable rank", "entropy rank", "truncation error", "|dW|/|W0|")
+    table = common.dash_missing(audit.module_table(report), numbers)  # "-", never "None"
     st.dataframe(
-        audit.module_table(report), hide_index=True, key="audit_table",
+        table, hide_index=True, key="audit_table",
         height=audit.table_height(len(report.modules)),
         column_config={
             **{name: st.column_config.Column(name, help=text) for name, text in audit.COLUMN_HELP.items()},
             "module": st.column_config.Column("module", help=audit.COLUMN_HELP["module"], pinned=True),
-            **{name: st.column_config.NumberColumn(name, help=audit.COLUMN_HELP[name], format="%.4g")
-               for name in ("alpha", "scale s", "stable rank", "entropy rank", "truncation error")},
+            **{name: common.number_column(table, name, help=audit.COLUMN_HELP[name])
+               for name in numbers if name in table},
         },
     )
     st.caption(

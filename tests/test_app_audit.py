@@ -227,6 +227,8 @@ class TestBuiltFiles:
             "No module of the file has an alpha: **scale s = 1 assumed** for every module. Set "
             "the alpha you trained with to get the real update s·B·A."]
         assert at.dataframe[0].value["scale s"].tolist() == [1.0]
+        assert at.dataframe[0].value["alpha"].tolist() == ["-"]  # no alpha: "-", not "None"
+        assert not at.dataframe[0].value.isna().any().any()
         at.number_input(key="alpha").set_value(8.0).run()
         assert_clean(at)
         assert at.dataframe[0].value["scale s"].tolist() == [pytest.approx(2.0)]

@@ -152,6 +152,10 @@ class TestSeriesSection:
         assert list(frame["directions"])[-1] == 2 * (2 + 4 + 6)
         text = " ".join(m.value for m in at.markdown)
         assert "settled at step 150" in text
+        # no literal "None": the last checkpoint has no next one, and its cell says "-"
+        assert not frame.isna().any().any()
+        assert frame["phi with next"].tolist()[-1] == "-"
+        assert float(frame["phi with next"].tolist()[0]) > 0
 
 
 class TestHelpers:

@@ -52,6 +52,8 @@ __all__ = [
     "download_buttons",
     "frame_csv",
     "table_height",
+    "dash_missing",
+    "number_column",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -574,6 +576,28 @@ def show_chart(chart: Any, *, caption: str | None = None) -> None:
         st.altair_chart(chart, width="stretch")
     if caption:
         st.caption(caption)
+
+
+def dash_missing(frame: "pd.DataFrame", columns: Sequence[str], *,
+                 digits: int = 4) -> "pd.DataFrame":
+    """``frame`` with each of ``columns`` that holds a missing value (None, NaN) as text: its
+    numbers to ``digits`` significant digits, "-" where missing. A data frame writes a missing
+    number as a literal "None"; draw the columns with :func:`number_column`."""
+    out = frame.copy()
+    for name in columns:
+        if name in out and out[name].isna().any():
+            out[name] = ["-" if v is None or v != v else f"{v:.{digits}g}" for v in out[name]]
+    return out
+
+
+def number_column(frame: "pd.DataFrame", name: str, *, help: str, format: str = "%.4g") -> Any:
+    """The column config of a number column: formatted while it holds numbers, as text once
+    :func:`dash_missing` wrote it out."""
+    from pandas.api.types import is_numeric_dtype
+
+    if name in frame and not is_numeric_dtype(frame[name]):
+        return st.column_config.TextColumn(name, help=help)
+    return st.column_config.NumberColumn(name, help=help, format=format)
 
 
 def table_height(rows: int, *, max_rows: int | None = None) -> int:

@@ -27,8 +27,8 @@ from lorarank.checkpoints import HubSeries, HubSeriesRef, checkpoints_from_files
 from lorarank.series import SeriesReport, audit_series
 
 from .audit import MAP_METRICS, Upload, rule_text
-from .common import (Setting, check_url, download_buttons, md_code, progress_bar, setting_widget, show_chart,
-                     show_errors, table_height)
+from .common import (Setting, check_url, dash_missing, download_buttons, md_code, number_column, progress_bar,
+                     setting_widget, show_chart, show_errors, table_height)
 from .hub import hub_settings  # the page's Hub limits (byte cap = the upload limit)
 from .hub import hub_token
 
@@ -246,7 +246,7 @@ ADAPTER_HELP: dict[str, str] = {
     "mean stable rank": "Mean over modules of sum sigma^2 / sigma_1^2.",
     "||dW||² total": "Sum over modules of ||s·B·A||_F^2 = sum sigma^2.",
     "phi with next": "Mean over modules of phi(k, k) between this checkpoint's A and the next "
-                     "one's (right singular vectors; Hu et al. 2022, section 7.2). None at the "
+                     "one's (right singular vectors; Hu et al. 2022, section 7.2). '-' at the "
                      "last checkpoint: it has no next one.",
     "phi with last": "Mean over modules of phi(k, k) between this checkpoint's A and the last one's.",
 }
@@ -388,11 +388,11 @@ def section(*, rule: str, value: float | None) -> None:
         for note in report.notes:
             st.info(note, icon=":material/info:")
         st.markdown(reading(report))
-        st.dataframe(adapter_table(report), hide_index=True, key="audit_series_table",
+        table = dash_missing(adapter_table(report), list(ADAPTER_HELP))  # "-", never "None"
+        st.dataframe(table, hide_index=True, key="audit_series_table",
                      height=table_height(len(report.steps), max_rows=24),
                      column_config={
-                         **{n: st.column_config.NumberColumn(n, help=t, format="%.4g")
-                            for n, t in ADAPTER_HELP.items()},
+                         **{n: number_column(table, n, help=t) for n, t in ADAPTER_HELP.items()},
                          "step": st.column_config.NumberColumn("step", help=ADAPTER_HELP["step"], format="%d"),
                          "checkpoint": st.column_config.TextColumn(
                              "checkpoint", help="The Hub revision as given, or the checkpoint-<step> folder "
