@@ -116,27 +116,27 @@ MODULE_COLUMNS: dict[str, str] = {
     "r": "Stored rank: A is r x d_in, B is d_out x r.",
     "recommended rank": "The rank the chosen rule keeps.",
     "truncation error": "Relative Frobenius error of keeping only the recommended k directions: "
-                        "sqrt(sum_{i>k} sigma^2 / sum sigma^2) (Eckart-Young: no rank-k "
+                        "√(Σ_{i>k} σᵢ² / Σσ²) (Eckart-Young: no rank-k "
                         "matrix does better).",
-    "k(0.9)": "Energy rank: smallest k with sum_{i<=k} sigma_i^2 >= 0.9 sum sigma^2.",
-    "k(0.95)": "Energy rank: smallest k with sum_{i<=k} sigma_i^2 >= 0.95 sum sigma^2.",
-    "k(0.99)": "Energy rank: smallest k with sum_{i<=k} sigma_i^2 >= 0.99 sum sigma^2.",
-    "stable rank": "sum sigma^2 / sigma_1^2: how many directions of full strength the energy "
+    "k(0.9)": "Energy rank: smallest k with Σ_{i≤k} σᵢ² ≥ 0.9·Σσ².",
+    "k(0.95)": "Energy rank: smallest k with Σ_{i≤k} σᵢ² ≥ 0.95·Σσ².",
+    "k(0.99)": "Energy rank: smallest k with Σ_{i≤k} σᵢ² ≥ 0.99·Σσ².",
+    "stable rank": "Σσ² / σ₁²: how many directions of full strength the energy "
                    "would fill.",
-    "entropy rank": "Entropy effective rank (Roy and Vetterli 2007): exp(-sum p log p), "
-                    "p_i = sigma_i / sum sigma.",
-    "top singular values": "Largest singular values sigma_i of the update (DoRA without base weights: "
+    "entropy rank": "Entropy effective rank (Roy and Vetterli 2007): exp(−Σ p log p), "
+                    "pᵢ = σᵢ / Σσ.",
+    "top singular values": "Largest singular values σᵢ of the update (DoRA without base weights: "
                            "of its directional part s·B·A; see 'spectrum of' above), descending, "
                            "from the factors (QR of B and A^T, SVD of the r x r core), never the dense dW.",
     "family": "lora, dora, adalora, loha, lokr or locon-tucker: how the file builds the update.",
     "flags": "zero: the update is exactly zero (never trained, or scale 0); collapsed: "
-             "sigma_2 <= 1e-6 sigma_1, a single direction.",
+             "σ₂ ≤ 10⁻⁶·σ₁, a single direction.",
     "|dW|/|W0|": "||dW||_F / ||W0||_F: the update's size relative to the base weight "
                  "(only with base weights uploaded).",
     "alpha": "lora_alpha / alpha as stored or configured; empty when the file has none.",
     "scale s": "The multiplier of B·A the format applies (PEFT alpha/r, rsLoRA alpha/sqrt(r), "
                "kohya alpha/r, mlx-lm scale; 1 when assumed).",
-    "sigma_1": "Largest singular value sigma_1 of the update (see 'top singular values').",
+    "sigma_1": "Largest singular value σ₁ of the update (see 'top singular values').",
 }
 
 

@@ -276,7 +276,7 @@ def audit_report(doc: Mapping[str, Any], *, charts: Sequence[ReportChart] = (),
     blocks: list[Block] = [ReportText("Summary", [*reading, *summary_lines])]
     blocks.append(ReportTable(
         "Per module", list(AUDIT_COLUMNS), audit_module_rows(doc), help=AUDIT_COLUMNS,
-        caption="sigma_i are the singular values of s·B·A, computed from the factors. "
+        caption="σᵢ are the singular values of s·B·A, computed from the factors. "
                 "Hover a column header for its definition. The full document (every singular "
                 "value) is embedded in this file as JSON (element id lorarank-document)."))
     blocks.extend(charts)

@@ -145,11 +145,11 @@ with tabs["Per module"]:
         },
     )
     st.caption(
-        "sigma_i are the singular values of s·B·A. Energy rank k(t): smallest k with "
-        "sum_{i<=k} sigma_i² >= t·sum sigma². Stable rank: sum sigma² / sigma_1². Entropy rank: "
-        "exp(−sum p log p), p_i = sigma_i / sum sigma. Recommended rank: what "
+        "σᵢ are the singular values of s·B·A. Energy rank k(t): smallest k with "
+        "Σ_{i≤k} σᵢ² ≥ t·Σσ². Stable rank: Σσ² / σ₁². Entropy rank: "
+        "exp(−Σ p log p), pᵢ = σᵢ / Σσ. Recommended rank: what "
         f"**{audit.rule_text(rule, value)}** keeps. Truncation error at k: "
-        "sqrt(sum_{i>k} sigma² / sum sigma²). Hover a column header for its definition."
+        "√(Σ_{i>k} σᵢ² / Σσ²). Hover a column header for its definition."
     )
     common.download_buttons(audit.module_records(report), stem="lorarank-audit",
                             key=audit.DOWNLOAD_KEY, json_bytes=audit.cli_json_bytes(report))
@@ -192,9 +192,9 @@ with tabs["Budget"]:
     if layout.is_open(tabs["Budget"]):
         common.show_chart(
             budget_chart(curve, marks=marks),
-            caption=f"Keeping the adapter's top directions by sigma² wherever they are: a budget of "
+            caption=f"Keeping the adapter's top directions by σ² wherever they are: a budget of "
                     f"{budget} x {n_modules} modules = {allocation['directions']:,} directions keeps "
-                    f"{100 * allocation['retained_energy']:.2f} % of sum sigma² with "
+                    f"{100 * allocation['retained_energy']:.2f} % of Σσ² with "
                     f"{allocation['params']:,} parameters (each direction costs d_out + d_in). By "
                     f"Eckart-Young no other allocation of as many directions keeps more.")
 
@@ -221,7 +221,7 @@ with tabs["Resize"]:
                       delta=f"{100 * (ps['params_after'] / ps['params_before'] - 1):.1f} %" if ps["params_before"] else None,
                       delta_color="off")
             m3.metric("retained energy", f"{100 * ps['retained_energy']:.2f} %",
-                      help="sum of the kept sigma² over sum sigma², over the whole adapter.")
+                      help="Σ of the kept σ² over Σσ², over the whole adapter.")
             m4.metric("largest truncation error", f"{ps['max_error']:.3g}",
                       help="max over modules of ||dW_k − dW||_F / ||dW||_F.")
             st.caption(f"Resize by {target.describe()}: each module becomes the best rank-k approximation "
@@ -229,7 +229,7 @@ with tabs["Resize"]:
                        f"a module already at or below k is left as it is. Written as {preview.write_format}, "
                        "the input's family.")
             for note in ps.get("notes", []):
-                st.info(note, icon=":material/info:")
+                st.info(common.notation(note), icon=":material/info:")
         with st.expander("Per-module ranks and truncation errors"):
             st.dataframe(audit.resize_table(preview, report), hide_index=True, key="audit_resize_table",
                          column_config={

@@ -14,7 +14,7 @@ layout.header(
     "shrinking the others keeps, and the cap to set.",
     about="Each row is the single-adapter audit of that adapter: its largest module rank (what the "
           "server's cap must allow), the rank the energy rule recommends, and the share of the whole "
-          "update's energy sum sigma² kept when every module is cut to its best rank-c approximation "
+          "update's energy Σσ² kept when every module is cut to its best rank-c approximation "
           "(Eckart-Young: no rank-c adapter keeps more). The Hub sources, the cap and the planner's "
           "settings are kept in the link; uploaded files are not.",
 )
@@ -91,11 +91,11 @@ with tabs["Table"]:
         frame = fl.table(rows, opts.caps, cap)
         st.dataframe(frame, hide_index=True, key="fleet_table",
                      column_config={c: st.column_config.Column(c, help=fl.COLUMN_CONFIG_HELP.get(
-                         c, "Share of the adapter's energy sum sigma² kept with every module cut to this "
+                         c, "Share of the adapter's energy Σσ² kept with every module cut to this "
                             "rank (1 when it fits)." if c.startswith("energy") else
                          "Whether the adapter's largest module rank is at most the cap."))
                          for c in frame.columns})
-        st.caption("Click a column header to sort. Energy at a cap: the share of sum sigma² over all "
+        st.caption("Click a column header to sort. Energy at a cap: the share of Σσ² over all "
                    "modules kept by the best rank-cap approximation of each module.")
 with tabs["Ranks"]:
     if layout.is_open(tabs["Ranks"]):
@@ -104,7 +104,7 @@ with tabs["Ranks"]:
         else:
             common.show_chart(fleet_rank_chart(rows),
                               caption="One point per adapter: its largest module rank against the largest "
-                                      "rank the energy rule (0.99 of sum sigma²) recommends for a module. "
+                                      "rank the energy rule (0.99 of Σσ²) recommends for a module. "
                                       "Hover a point for the adapter.")
 with tabs["Cap"]:
     if layout.is_open(tabs["Cap"]):

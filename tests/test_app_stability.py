@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from lorarank.stability import DEFAULT_LRS, DEFAULT_RANKS, run_stability, stability_findings
 from lorarank.synthetic import make_target
+from ui import stability as stab
 from ui.common import md_plain
 from ui.layout import TAB_PARAM
 
@@ -78,7 +79,7 @@ class TestDefaults:
         eq_r = frame[frame["rule"] == "alpha-eq-r"]["largest stable lr"].tolist()
         assert fixed[0] == "0.003" and fixed[-1].startswith("> ")
         assert len(set(eq_r)) == 1
-        bound = frame[frame["rule"] == "alpha-eq-r"]["SGD bound 1/(s*sigma_1)"].iloc[0]
+        bound = frame[frame["rule"] == "alpha-eq-r"][stab.SGD_BOUND].iloc[0]
         assert float(bound) == pytest.approx(1 / make_target().singular_values[0], rel=1e-3)
 
     def test_adam_grid_has_no_sgd_bound(self):

@@ -158,3 +158,38 @@ class TestProgressText:
             part(1)
             assert whole.share(0.5) == pytest.approx(0.625)
         assert getattr(common._WHOLE, "current", None) is None
+
+
+class TestNotation:
+    def test_engine_text_in_the_pages_notation(self):
+        """The engine's ASCII (JSON, CLI) reads as the pages write it: s·B·A, σᵢ, Σσ²."""
+        from ui.common import notation
+
+        assert notation("update s*B@A") == "update s·B·A"
+        assert notation("DoRA: the directional part s*B@A keeps sum sigma^2 of sigma_i") == \
+            "DoRA: the directional part s·B·A keeps Σσ² of σᵢ"
+        assert notation("collapsed (sigma_2 <= 1e-6 sigma_1)") == "collapsed (σ₂ ≤ 10⁻⁶·σ₁)"
+        assert notation("sigma_max") == "sigma_max"  # a setting's name stays
+
+    def test_pages_use_one_notation(self):
+        """No page, ui module or chart builder writes s*B@A, 'sum sigma' or sigma_i in text a
+        reader sees: the source's string literals (keys and setting names aside)."""
+        import ast
+        import re
+
+        from ui.common import ROOT
+
+        bad = re.compile(r"s\*B@A|s B A\b|\bsum sigma|\bsigma_i\b|\bsigma\^2|sigma_1\^2|sigma_1\.\.")
+        found = []
+        paths = [*(ROOT / "pages").glob("*.py"), *(ROOT / "ui").glob("*.py"),
+                 *(ROOT / "lorarank" / "charts").glob("*.py"), ROOT / "lorarank" / "documents.py"]
+        for path in paths:
+            tree = ast.parse(path.read_text())
+            docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                          if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef))
+                          and node.body and isinstance(node.body[0], ast.Expr)}
+            for node in ast.walk(tree):
+                if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                        and id(node) not in docstrings and bad.search(node.value)):
+                    found.append(f"{path.name}:{node.lineno}: {node.value[:60]}")
+        assert found == []

@@ -39,7 +39,7 @@ from lorarank.errors import ConfigError
 from lorarank.spectrum import RANK_RULES
 
 from . import guard
-from .common import Setting, md_code, md_escape, progress_bar, setting_widget
+from .common import Setting, md_code, md_escape, notation, progress_bar, setting_widget
 from .common import table_height as common_table_height
 
 __all__ = [
@@ -90,10 +90,10 @@ RULE = Setting(
 #: The value widget of each rule (entropy has none); its key is the rule's name.
 RULE_VALUES: dict[str, Setting] = {
     "energy": Setting("energy", "energy share t", 0.99,
-                      "Keep the smallest k with sum_{i<=k} sigma_i^2 >= t * sum sigma^2.",
+                      "Keep the smallest k with Σ_{i≤k} σᵢ² ≥ t·Σσ².",
                       kind="float", min_value=0.001, max_value=1.0, step=0.01, format="%.4f"),
     "sv_ratio": Setting("sv_ratio", "ratio R", 10.0,
-                        "kohya sv_ratio: keep every sigma_i > sigma_1 / R.",
+                        "kohya sv_ratio: keep every σᵢ > σ₁ / R.",
                         kind="float", min_value=1.0, max_value=1e6, step=1.0, format="%.3f"),
     "sv_fro": Setting("sv_fro", "Frobenius share t", 0.9,
                       "kohya sv_fro: keep the smallest k whose Frobenius norm share reaches t "
@@ -101,7 +101,7 @@ RULE_VALUES: dict[str, Setting] = {
                       kind="float", min_value=0.001, max_value=1.0, step=0.01, format="%.4f"),
     "sv_cumulative": Setting("sv_cumulative", "L1 share t", 0.9,
                              "kohya sv_cumulative: keep the smallest k with "
-                             "sum_{i<=k} sigma_i >= t * sum sigma.",
+                             "Σ_{i≤k} σᵢ ≥ t·Σσ.",
                              kind="float", min_value=0.001, max_value=1.0, step=0.01, format="%.4f"),
 }
 
@@ -121,12 +121,12 @@ MAP_METRIC = Setting("map", "rank map shows", "recommended_rank",
                      labels=tuple(MAP_METRICS.items()))
 BUDGET = Setting("budget", "global budget: mean rank per module", 4,
                  "A budget of (this x number of modules) directions for the whole adapter, "
-                 "spent on the directions with the largest sigma^2 first, wherever they are. "
+                 "spent on the directions with the largest σ² first, wherever they are. "
                  "By Eckart-Young no allocation of that many directions keeps more energy.",
                  min_value=0, max_value=4096)
 RESIZE_BY = Setting("resize_by", "resize by", "rule",
                     "rule: every module to its recommended rank. budget: the global budget's "
-                    "allocation (largest sigma^2 first across modules).",
+                    "allocation (largest σ² first across modules).",
                     kind="choice", options=("rule", "budget"))
 ALPHA = Setting("alpha", "alpha", None,
                 "The file has no alpha for some modules, so scale 1 was assumed there. Set the "
@@ -559,18 +559,20 @@ def reading(report: AuditReport) -> str:
     return (f"Under **{rule_text(report.rule, report.value)}** the modules need rank {need}: "
             f"resizing every module to its recommended rank keeps "
             f"**{100 * s['retained_energy']:.2f} %** of the update's energy "
-            f"(sum sigma^2) with **{100 * share:.1f} %** of the parameters "
+            f"(Σσ²) with **{100 * share:.1f} %** of the parameters "
             f"({s['params']:,} -> {s['params_after']:,}).{larger}")
 
 
 def spectrum_label(report: AuditReport) -> str:
-    """What the reported singular values are of, over all modules (plain text)."""
-    return "; ".join(dict.fromkeys(m.spectrum_of for m in report.modules)) or "-"
+    """What the reported singular values are of, over all modules (plain text, the pages'
+    notation: the JSON field says ``update s*B@A``, the page ``update s·B·A``)."""
+    return notation("; ".join(dict.fromkeys(m.spectrum_of for m in report.modules))) or "-"
 
 
 def family_notes(report: AuditReport) -> list[str]:
-    """Sentences a reader must not miss (zero, collapsed, DoRA without base), plain text."""
-    return list(report.summary.get("warnings", []))
+    """Sentences a reader must not miss (zero, collapsed, DoRA without base), plain text in
+    the pages' notation."""
+    return [notation(w) for w in report.summary.get("warnings", [])]
 
 
 def metadata_rows(report: AuditReport) -> pd.DataFrame:

@@ -41,6 +41,7 @@ __all__ = [
     "md_escape",
     "md_code",
     "md_plain",
+    "notation",
     "show_errors",
     "error_line",
     "stop_on_error",
@@ -378,6 +379,27 @@ def md_plain(markdown: str) -> str:
     For tests and logs that compare messages with the engine's own words.
     """
     return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown).replace(_JOINER, "")
+
+
+#: The engine's plain-text notation (kept ASCII for terminals, JSON and CSV) as the pages write
+#: it: s·B·A, σᵢ, Σσ² (one notation on every page).
+_NOTATION = (
+    (re.compile(r"\bs\*\(B@A - B0@A0\)"), "s·(B·A − B0·A0)"),
+    (re.compile(r"\bs\*B@A\b"), "s·B·A"),
+    (re.compile(r"\bsum sigma\^2\b"), "Σσ²"),
+    (re.compile(r"\bsigma\^2\b"), "σ²"),
+    (re.compile(r"\bsigma_i\b"), "σᵢ"),
+    (re.compile(r"\bsigma_(\d)\b"), lambda m: "σ" + m.group(1).translate(str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉"))),
+    (re.compile(r" <= 1e-6 "), " ≤ 10⁻⁶·"),
+)
+
+
+def notation(text: str) -> str:
+    """``text`` from the engine in the pages' notation (``s*B@A`` -> ``s·B·A``, ``sigma_1`` ->
+    ``σ₁``, ``sum sigma^2`` -> ``Σσ²``)."""
+    for pattern, replacement in _NOTATION:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 def show_errors(messages: Sequence[str]) -> None:

@@ -216,14 +216,14 @@ COLUMN_HELP: dict[str, str] = {
     "module": "The weight's name in the fine-tuned model, without .weight.",
     "kind": "linear, conv (kernel flattened to d_out x in*kh*kw) or embedding.",
     "shape": "d_out x d_in of the update dW = W_ft - W0.",
-    **{f"k({t:g})": (f"LoRA rank for {100 * t:g} % of the energy: smallest k with sum_(i<=k) sigma_i^2 >= "
-                     f"{t:g} ||dW||_F^2. '> K': more than the K singular values computed (never guessed).")
+    **{f"k({t:g})": (f"LoRA rank for {100 * t:g} % of the energy: smallest k with Σ_(i≤k) σᵢ² ≥ "
+                     f"{t:g}·||dW||_F². '> K': more than the K singular values computed (never guessed).")
        for t in ENERGY_THRESHOLDS},
     **{f"error @ {k}": f"||dW - best rank-{k}||_F / ||dW||_F: what a LoRA of rank {k} cannot hold."
        for k in ERROR_RANKS},
     "sigma_1": "Largest singular value of dW.",
     "|dW|/|W0|": "||dW||_F / ||W0||_F: the update's size relative to the base weight.",
-    "stable rank": "||dW||_F^2 / sigma_1^2.",
+    "stable rank": "||dW||_F² / σ₁².",
     "intruders": "Intruder dimensions (PEFT's definition): top-k left singular vectors of W_ft whose "
                  "largest |cos| with every left singular vector of W0 is below epsilon.",
     "flags": "unchanged: dW is exactly 0 (no LoRA needed); not converged: the error bound did not "
@@ -399,8 +399,8 @@ def _show(report: FinetuneReport, head: Any, ft: ModelSource, base: ModelSource,
                             for n in (*(f"error @ {k}" for k in ERROR_RANKS), "sigma_1", "|dW|/|W0|",
                                       "stable rank")}})
         s = report.summary
-        st.caption(f"sigma_i are the singular values of dW = W_ft − W0, each within "
-                   f"{s['max_sv_bound']:.1g}·sigma_1 of the true value (randomized block subspace iteration "
+        st.caption(f"σᵢ are the singular values of dW = W_ft − W0, each within "
+                   f"{s['max_sv_bound']:.1g}·σ₁ of the true value (randomized block subspace iteration "
                    "with a residual bound, or LAPACK). k(t): the smallest rank holding share t of "
                    "||dW||_F²; '> K' when more than the K values computed would be needed. Hover a column "
                    "header for its definition.")

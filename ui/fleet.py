@@ -67,7 +67,7 @@ Q = Setting("q", "Hub adapters or a query", "",
             placeholder="hf://my-org/*  or  hf://?base_model=meta-llama/Meta-Llama-3-8B")
 KEEP = Setting("keep", "energy to keep", 0.99,
                "The planner's smallest cap keeps at least this share of each adapter's energy "
-               "sum sigma^2 ...", kind="float", min_value=0.5, max_value=1.0, step=0.005, format="%.3f")
+               "Σσ² ...", kind="float", min_value=0.5, max_value=1.0, step=0.005, format="%.3f")
 SHARE = Setting("share", "share of the fleet", 0.9,
                 "... for at least this share of the adapters.", kind="float", min_value=0.05,
                 max_value=1.0, step=0.05, format="%.2f")

@@ -241,10 +241,10 @@ ADAPTER_HELP: dict[str, str] = {
                   "rule would keep.",
     "median rank": "Median recommended rank over the modules.",
     "mean k(0.9)": "Mean over modules of the energy rank k(0.9): smallest k with "
-                   "sum_{i<=k} sigma_i^2 >= 0.9 sum sigma^2 (sigma of s·B·A).",
+                   "Σ_{i≤k} σᵢ² ≥ 0.9·Σσ² (σ of s·B·A).",
     "mean k(0.99)": "As k(0.9), at 0.99.",
-    "mean stable rank": "Mean over modules of sum sigma^2 / sigma_1^2.",
-    "||dW||² total": "Sum over modules of ||s·B·A||_F^2 = sum sigma^2.",
+    "mean stable rank": "Mean over modules of Σσ² / σ₁².",
+    "||dW||² total": "Sum over modules of ||s·B·A||_F² = Σσ².",
     "phi with next": "Mean over modules of phi(k, k) between this checkpoint's A and the next "
                      "one's (right singular vectors; Hu et al. 2022, section 7.2). '-' at the "
                      "last checkpoint: it has no next one.",
@@ -402,7 +402,7 @@ def section(*, rule: str, value: float | None) -> None:
         st.caption(f"One row per checkpoint, over the {len(report.modules)} modules present in every "
                    f"checkpoint; recommended rank under {rule_text(report.rule, report.value)}. The "
                    f"downloads hold every module at every step (CSV: one row per step and module with "
-                   f"sigma_1..sigma_r; JSON: what `lorarank audit --series DIR --json` prints).")
+                   f"σ₁…σ_r; JSON: what `lorarank audit --series DIR --json` prints).")
         table = rows(report)
         download_buttons(pd.DataFrame(table).drop(columns=["name"]), stem="lorarank-series",
                          key=DOWNLOAD_KEY, json_data=json_clean(report.to_dict()))
@@ -442,7 +442,7 @@ def _charts(report: SeriesReport, table: list[dict], metric: str) -> None:
     map_metric = metric if metric in MAP_METRICS else "recommended_rank"
     show_chart(rank_map_chart(at.rank_map(map_metric), metric=f"{MAP_METRICS[map_metric]} at step {step}"),
                caption=f"Every module of the checkpoint at step {step} (layer x module type"
-                       f"{'' if map_metric == metric else '; sigma_1 has no map, the recommended rank is shown'}).")
+                       f"{'' if map_metric == metric else '; σ₁ has no map, the recommended rank is shown'}).")
 
     # phi over steps.
     chance = float(np.mean([m.chance for m in report.modules])) if report.modules else None

@@ -66,7 +66,7 @@ GRID_SETTINGS: tuple[Setting, ...] = (
             "min(d_out, d_in).", kind="text", placeholder="e.g. 4,8,16,32,64"),
     Setting("lrs", "learning rates", ",".join(f"{v:g}" for v in DEFAULT_LRS),
             f"Learning rates, separated by commas (up to {MAX_LRS_APP}): steps on the loss "
-            "0.5*||s B A - T||_F^2. SGD is stable for roughly lr < 1 / (s * sigma_max).",
+            "0.5·||s·B·A − T||_F². SGD is stable for roughly lr < 1 / (s·sigma_max).",
             kind="text", placeholder="e.g. 0.001,0.01,0.1"),
     Setting("optimizer", "optimizer", "sgd",
             "sgd: plain full-batch gradient descent. adam: Adam with torch's defaults (its step "
@@ -327,12 +327,12 @@ def _g(x: float | None, digits: int = 4) -> str:
 WINDOW_HELP: dict[str, str] = {
     "rule": "Scaling rule: how s follows r.",
     "r": "LoRA rank.",
-    "s": "The multiplier s of s*B@A under the rule at this rank.",
+    "s": "The multiplier s of s·B·A under the rule at this rank.",
     "largest stable lr": "Largest tested learning rate that did not diverge ('> x' when none "
                          "diverged: the edge is beyond the grid).",
     "smallest diverged lr": "Smallest tested learning rate whose loss blew up.",
-    "SGD bound 1/(s*sigma_1)": "Where plain gradient descent on 0.5*||sBA - T||^2 turns "
-                               "unstable near the solution: 1 / (s * sigma_1(T)). A guide, "
+    "SGD bound 1/(s·σ₁)": "Where plain gradient descent on 0.5·||s·B·A − T||² turns "
+                               "unstable near the solution: 1 / (s·σ₁(T)). A guide, "
                                "not a measurement; for Adam it does not apply.",
     "smallest lr reaching": "Smallest tested learning rate whose final relative error is "
                             "at most the 'error to reach' setting.",
@@ -344,7 +344,7 @@ WINDOW_HELP: dict[str, str] = {
 
 
 #: The windows table's column that holds for plain gradient descent only.
-SGD_BOUND = "SGD bound 1/(s*sigma_1)"
+SGD_BOUND = "SGD bound 1/(s·σ₁)"
 
 
 def windows_table(run: StabilityRun, found: StabilityFindings) -> pd.DataFrame:
@@ -381,10 +381,10 @@ CELL_HELP: dict[str, str] = {
     "rule": "Scaling rule.",
     "r": "LoRA rank.",
     "lr": "Learning rate.",
-    "s": "The multiplier s of s*B@A.",
-    "final relative error": "||s B A - T||_F / ||T||_F after the last step, or the step at "
+    "s": "The multiplier s of s·B·A.",
+    "final relative error": "||s·B·A − T||_F / ||T||_F after the last step, or the step at "
                             "which the loss blew up (non-finite or 1e4 x its start).",
-    "max update norm": "Largest ||s B A||_F over the steps run; a trained run ends near "
+    "max update norm": "Largest ||s·B·A||_F over the steps run; a trained run ends near "
                        "||T||_F, a diverging one overshoots it.",
     "steps run": "Optimiser steps taken (fewer when the run diverged).",
 }

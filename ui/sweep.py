@@ -76,7 +76,7 @@ TRAINING_SETTINGS: tuple[Setting, ...] = (
             "sgd: plain full-batch gradient descent. adam: Adam with torch's defaults.",
             kind="choice", options=OPTIMIZERS),
     Setting("lr", "learning rate", None,
-            "A step on the loss 0.5*||s B A - T||_F^2. Empty: the engine's default, "
+            "A step on the loss 0.5·||s·B·A − T||_F². Empty: the engine's default, "
             + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items())
             + " (finite-data mode: 0.005 for sgd).",
             kind="float", min_value=1e-9, max_value=100.0, step=0.001, format="%.6g",
@@ -86,7 +86,7 @@ TRAINING_SETTINGS: tuple[Setting, ...] = (
     Setting("seed", "seed", 0, "Seed of the target and of A's initialisation.",
             min_value=0, max_value=2**31 - 1),
     Setting("rule", "alpha rule", "alpha-eq-r",
-            "How the multiplier s of s*B@A follows r: "
+            "How the multiplier s of s·B·A follows r: "
             + "; ".join(f"{k}: {v}" for k, v in SCALING_RULES.items()) + ".",
             kind="choice", options=tuple(SCALING_RULES), select=True),
     Setting("alpha", "alpha", 16.0, "lora_alpha, used by the fixed-alpha and rslora rules.",
@@ -288,15 +288,15 @@ def sweep_charts(config: SweepConfig) -> SweepCharts:
 #: Definition of every column of the results table (shown as column help).
 COLUMN_HELP: dict[str, str] = {
     "r": "LoRA rank: B is d_out x r, A is r x d_in.",
-    "scale s": "The multiplier s of s*B@A under the chosen alpha rule.",
-    "final relative error": "||s B A - T||_F / ||T||_F after the last step, or the step at "
+    "scale s": "The multiplier s of s·B·A under the chosen alpha rule.",
+    "final relative error": "||s·B·A − T||_F / ||T||_F after the last step, or the step at "
                             "which the loss blew up.",
     "Eckart-Young optimum": "The smallest relative error any rank-r matrix can reach: "
-                            "sqrt(sum_{i>r} sigma_i(T)^2 / sum sigma_i(T)^2).",
+                            "√(Σ_{i>r} σᵢ(T)² / Σσᵢ(T)²).",
     "effective rank": "Trained directions above the noise floor (the Gavish-Donoho threshold "
                       "for the target's noise level).",
     "steps run": "Optimiser steps actually taken.",
-    "top singular values": "Largest singular values of the trained s*B@A, descending.",
+    "top singular values": "Largest singular values of the trained s·B·A, descending.",
 }
 
 

@@ -175,11 +175,11 @@ def module_spectrum_chart(singular_values: object, *, cut: int, name: str = "",
     q = int(np.asarray(singular_values).size)
     x = alt.X("index:Q", title="index i", scale=alt.Scale(domain=[0.5, max(q, 1) + 0.5], nice=False),
               axis=alt.Axis(tickMinStep=1, format="d"))
-    y = alt.Y("sigma:Q", title="singular value sigma_i (log)", scale=log_scale(),
+    y = alt.Y("sigma:Q", title="singular value σᵢ (log)", scale=log_scale(),
               axis=alt.Axis(tickCount=6, format="~g"))
     color = alt.Color("status:N", title=f"at rank {cut}",
                       scale=alt.Scale(domain=[_KEPT, _DROPPED], range=[PALETTE[0], TARGET_COLOR]))
-    tooltip = [alt.Tooltip("index:Q", title="i"), alt.Tooltip("sigma:Q", title="sigma_i", format=".4~g"),
+    tooltip = [alt.Tooltip("index:Q", title="i"), alt.Tooltip("sigma:Q", title="σᵢ", format=".4~g"),
                alt.Tooltip("energy:Q", title="energy share up to i", format=".4f"),
                alt.Tooltip("status:N")]
     line = alt.Chart(frame).mark_line(color=TARGET_COLOR, strokeWidth=1).encode(x=x, y=y)

@@ -177,9 +177,9 @@ def finetune_spectrum_chart(singular_values: object, *, energy: float, name: str
     q = int(np.asarray(singular_values).size)
     x = alt.X("index:Q", title="index i", scale=alt.Scale(domain=[0.5, max(q, 1) + 0.5], nice=False),
               axis=alt.Axis(tickMinStep=1, format="d"))
-    y = alt.Y("sigma:Q", title="singular value sigma_i of W_ft - W0 (log)", scale=log_scale(),
+    y = alt.Y("sigma:Q", title="singular value σᵢ of W_ft - W0 (log)", scale=log_scale(),
               axis=alt.Axis(tickCount=6, format="~g"))
-    tooltip = [alt.Tooltip("index:Q", title="i"), alt.Tooltip("sigma:Q", title="sigma_i", format=".4~g"),
+    tooltip = [alt.Tooltip("index:Q", title="i"), alt.Tooltip("sigma:Q", title="σᵢ", format=".4~g"),
                alt.Tooltip("share:Q", title="share of ||dW||_F^2 up to i", format=".4f")]
     line = alt.Chart(frame).mark_line(color=TARGET_COLOR, strokeWidth=1).encode(x=x, y=y)
     points = alt.Chart(frame).mark_point(size=50, filled=True, color=PALETTE[0]).encode(

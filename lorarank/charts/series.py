@@ -29,7 +29,7 @@ SERIES_METRICS: dict[str, str] = {
     "energy_rank_0.9": "energy rank k(0.9)",
     "energy_rank_0.99": "energy rank k(0.99)",
     "stable_rank": "stable rank",
-    "sigma_1": "sigma_1",
+    "sigma_1": "σ₁",
 }
 _PAD = {"top": 16, "left": 5, "right": 5, "bottom": 5}
 _MODULE_COLOR = PALETTE[-1]  # mid grey, as PALETTE replaces black: black vanished on the dark theme

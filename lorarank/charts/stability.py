@@ -118,7 +118,7 @@ def stability_heatmap(records: Iterable[Any], *, rules: Sequence[str] | None = N
                alt.Tooltip("lr:Q", title="learning rate", format="~g"),
                alt.Tooltip("error_tip:N", title="final relative error"),
                alt.Tooltip("status:N"),
-               alt.Tooltip("max_update_norm:Q", title="max ||s B A||_F", format=".4~g")]
+               alt.Tooltip("max_update_norm:Q", title="max ||s·B·A||_F", format=".4~g")]
     x = alt.X("rank:O", title="rank r", sort=rank_order, axis=alt.Axis(labelAngle=0))
     y = alt.Y("lr_label:O", title="learning rate", sort=list(reversed(lr_order)))
     errors = frame["rel_err"].dropna()
@@ -266,14 +266,14 @@ def update_norm_chart(records: Iterable[Any], *, rule: str | None = None,
     tooltip = [alt.Tooltip("rule:N"), alt.Tooltip("rank:Q", title="r"),
                alt.Tooltip("scale:Q", title="s", format=".4~g"),
                alt.Tooltip("lr:Q", title="learning rate", format="~g"),
-               alt.Tooltip("max_update_norm:Q", title="max ||s B A||_F", format=".4~g"),
+               alt.Tooltip("max_update_norm:Q", title="max ||s·B·A||_F", format=".4~g"),
                alt.Tooltip("status:N")]
     color = alt.Color("rank_label:N", title="rank", scale=rank_color_scale(frame["rank"].unique()))
     x = alt.X("lr:Q", title="learning rate (log; ticks at the tested values)",
               scale=log_scale(),
               axis=alt.Axis(values=sorted(set(frame["lr"])), format="~g", labelAngle=0,
                             grid=False))
-    y = alt.Y("max_update_norm:Q", title="max ||s B A||_F over steps (log)", scale=log_scale(),
+    y = alt.Y("max_update_norm:Q", title="max ||s·B·A||_F over steps (log)", scale=log_scale(),
               axis=log_axis())
     base = alt.Chart(frame)
     layers = [base.mark_line(strokeWidth=1.5, opacity=0.7).encode(x=x, y=y, color=color,

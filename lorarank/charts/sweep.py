@@ -83,13 +83,13 @@ def spectrum_chart(target_values: object, fitted: Mapping[int, object], *,
     frame = spectrum_frame(target_values, fitted, max_index=max_index)
     frame["noise_floor"] = float(noise_floor) if noise_floor and noise_floor > 0 else np.nan
     tooltip = [alt.Tooltip("panel:N", title="rank"), alt.Tooltip("series:N"),
-               alt.Tooltip("index:Q", title="i"), alt.Tooltip("sigma:Q", title="sigma_i", format=".4~g")]
+               alt.Tooltip("index:Q", title="i"), alt.Tooltip("sigma:Q", title="σᵢ", format=".4~g")]
     if log_index is None:
         log_index = bool(len(frame)) and int(frame["index"].max()) > LOG_INDEX_ABOVE
     x = (alt.X("index:Q", title="index i (log)", scale=log_scale(), axis=alt.Axis(format="d"))
          if log_index else
          alt.X("index:Q", title="index i", axis=alt.Axis(tickMinStep=1, format="d")))
-    y = alt.Y("sigma:Q", title="singular value sigma_i (log)", scale=log_scale(), axis=log_axis())
+    y = alt.Y("sigma:Q", title="singular value σᵢ (log)", scale=log_scale(), axis=log_axis())
     series_color = alt.Color("series:N", title="spectrum",
                              scale=alt.Scale(domain=["target", "trained"],
                                              range=[TARGET_COLOR, "#0072B2"]))
