@@ -6,7 +6,8 @@ One home for the pieces every output shares:
   strings), :func:`json_text` (the exact bytes ``--json`` prints, which the pages' JSON downloads
   reuse) and :func:`json_bytes` (an indented download); :func:`audit_document`, the
   ``audit --json`` document of one or several audits.
-- CSV: :func:`csv_text`, the only CSV writer (every CSV download goes through it).
+- CSV: :func:`csv_text`, the only CSV writer (every CSV download goes through it); text that
+  a spreadsheet would run as a formula is neutralised there (:func:`csv_safe_cell`).
 - Rows: :func:`module_row`, one row per audited module (the page's table, the HTML report's
   table and the CLI's text table read it), with :data:`MODULE_COLUMNS` defining each column, and
   :func:`short_name`, a module's name for display.
@@ -23,7 +24,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import ConfigError
 
-__all__ = ["json_clean", "json_text", "json_bytes", "audit_document", "csv_text", "short_name",
+__all__ = ["json_clean", "json_text", "json_bytes", "audit_document", "csv_text", "csv_safe_cell",
+           "FORMULA_STARTS", "short_name",
            "MODULE_COLUMNS", "module_row", "metadata_items", "split_list", "parse_numbers", "name_list",
            "PEFT_PREFIX"]
 
@@ -83,15 +85,31 @@ def csv_text(rows: Iterable[Mapping[str, Any] | Sequence[Any]], *,
     str
         Comma-separated, ``\\n`` line ends, fields quoted only when they need it; None and NaN
         are empty cells, numbers are written as Python writes them (``repr`` of a float). The
-        same bytes pandas' ``DataFrame.to_csv(index=False)`` writes for such a table.
+        same bytes pandas' ``DataFrame.to_csv(index=False)`` writes for such a table, except
+        that a text cell a spreadsheet would run as a formula is neutralised
+        (:func:`csv_safe_cell`).
     """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
+    writer.writerow([csv_safe_cell(c) for c in columns])
     for row in rows:
         cells = [row.get(c) for c in columns] if isinstance(row, Mapping) else list(row)
-        writer.writerow(["" if _is_missing(v) else v for v in cells])
+        writer.writerow(["" if _is_missing(v) else csv_safe_cell(v) for v in cells])
     return out.getvalue()
+
+
+#: What starts a formula in Excel, LibreOffice and Google Sheets (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
+def csv_safe_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: a string starting with ``=``, ``+``, ``-``,
+    ``@``, a tab or a line break (a module name such as ``=HYPERLINK(...)`` in an uploaded
+    file) gets a leading ``'``, as OWASP advises, so it is never run as a formula; numbers
+    (``-0.5``) and other strings are unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def _is_missing(value: Any) -> bool:

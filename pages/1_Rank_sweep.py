@@ -8,7 +8,7 @@ from ui import report as report_ui
 page = common.setup_page(__file__)
 
 layout.header(
-    page.label,
+    common.md_escape(page.label),
     "LoRA fitted at each rank r to a synthetic update T of intrinsic rank k plus noise: which r "
     "are too small, which match k.",
     about="T has k planted directions plus a noise floor; each rank r is fitted by gradient "
@@ -53,10 +53,11 @@ if layout.is_open(tabs["Spectra"]):
     with tabs["Spectra"]:
         layout.show_panels(
             charts.spectrum, columns=4, legend=False,
-            caption=f"Grey: the target's first {charts.max_index} singular values. Blue: the "
-                    f"trained s·B·A's. Dashed: the noise floor {run.noise_floor:.3g} "
-                    f"(Gavish-Donoho threshold for the noise level); directions below it fit "
-                    f"noise, not the task.",
+            caption=common.md(
+                "Grey: the target's first {n} singular values. Blue: the trained s·B·A's. Dashed: "
+                "the noise floor {floor:.3g} (Gavish-Donoho threshold for the noise level); "
+                "directions below it fit noise, not the task.", n=charts.max_index,
+                floor=run.noise_floor),
         )
 if layout.is_open(tabs["Loss curves"]):
     with tabs["Loss curves"]:

@@ -10,7 +10,7 @@ from ui import stability as stab
 page = common.setup_page(__file__)
 
 layout.header(
-    page.label,
+    common.md_escape(page.label),
     "Where training diverges over rank × learning rate for each scaling rule, and whether the "
     "stable window moves with r.",
     about="LoRA's update is s·B·A, and s multiplies the learning rate: on the loss "
@@ -54,15 +54,15 @@ if run is not None:
                         "the step it diverged at and its largest update norm.",
             )
             st.markdown("\n".join(  # each rule's sentences start with its name: set it in bold
-                f"- **{rule.rule}**{' '.join(rule.sentences)[len(rule.rule):]}"
+                common.md("- **{}**{}", rule.rule, common.md_text(" ".join(rule.sentences)[len(rule.rule):]))
                 for rule in views.findings.rules))
-            st.caption(
-                f"Read off this grid: {len(run.grid.records)} cells, {config.optimizer}, "
-                f"{config.steps} steps, alpha {config.alpha:g}, σ₁(T) = {run.sigma_1:.4g}. A run "
-                f"counts as diverged when its loss becomes non-finite or exceeds 10⁴ times its "
-                f"start. Computed in {run.seconds:.2f} s. "
-                f"{datamode.grid_caption(config.data, config.steps)}"
-            )
+            st.caption(common.md(
+                "Read off this grid: {cells} cells, {optimizer}, {steps} steps, alpha {alpha:g}, "
+                "σ₁(T) = {sigma:.4g}. A run counts as diverged when its loss becomes non-finite or "
+                "exceeds 10⁴ times its start. Computed in {seconds:.2f} s. {data}",
+                cells=len(run.grid.records), optimizer=config.optimizer, steps=config.steps,
+                alpha=config.alpha, sigma=run.sigma_1, seconds=run.seconds,
+                data=datamode.grid_caption(config.data, config.steps)))
             common.download_buttons(stem="lorarank-stability", key=stab.DOWNLOAD_KEY,
                                     csv_bytes=views.csv, json_bytes=views.json)
             st.caption("The JSON download is the document `python -m lorarank stability --json` "
@@ -110,10 +110,10 @@ if run is not None:
             with right:
                 common.show_chart(
                     norm_spec,
-                    caption=f"Largest ||s·B·A||_F over the steps of each cell of "
-                            f"{picked['rule']}. A trained run ends near ||T||_F = "
-                            f"{run.target_norm:.4g} (dashed); a diverging one overshoots it "
-                            f"(a cross: it diverged).",
+                    caption=common.md(
+                        "Largest ||s·B·A||_F over the steps of each cell of {rule}. A trained run ends "
+                        "near ||T||_F = {norm:.4g} (dashed); a diverging one overshoots it (a cross: it "
+                        "diverged).", rule=picked["rule"], norm=run.target_norm),
                 )
     with tabs["Grid"]:
         report_ui.stability_button(config, views, [

@@ -12,7 +12,7 @@ from ui import report as report_ui
 page = common.setup_page(__file__)
 
 layout.header(
-    page.label,
+    common.md_escape(page.label),
     "Upload a trained LoRA adapter: how many directions each module really uses, which rank a "
     "resize can keep, and whether two adapters learned the same directions.",
     about="The singular values of every module's update s·B·A are computed from the factors "
@@ -127,7 +127,7 @@ with summary:
         loaded.unreadable(upload, common.error_line(exc), alerts)
     st.markdown(audit.reading(report))  # the headline first, what was detected under it
     lines = audit.detected_lines(detected, report)
-    st.markdown(" · ".join(f"**{label}:** {text}" for label, text in lines))
+    st.markdown(" · ".join(common.md("**{}:** {}", label, text) for label, text in lines))
     audit.show_family_details(report)
 
 # --------------------------------------------------------------------------- table
@@ -148,7 +148,7 @@ with tabs["Per module"]:
         "σᵢ are the singular values of s·B·A. Energy rank k(t): smallest k with "
         "Σ_{i≤k} σᵢ² ≥ t·Σσ². Stable rank: Σσ² / σ₁². Entropy rank: "
         "exp(−Σ p log p), pᵢ = σᵢ / Σσ. Recommended rank: what "
-        f"**{audit.rule_text(rule, value)}** keeps. Truncation error at k: "
+        + common.md("**{}**", audit.rule_text(rule, value)) + " keeps. Truncation error at k: "
         "√(Σ_{i>k} σᵢ² / Σσ²). Hover a column header for its definition."
     )
     common.download_buttons(audit.module_records(report), stem="lorarank-audit",
@@ -176,11 +176,12 @@ with tabs["Spectrum"]:
         common.show_chart(
             module_spectrum_chart(module.singular_values, cut=module.recommended_rank, name=chosen,
                                   rule=audit.rule_text(rule, value)),
-            caption=f"Singular values of the {common.md_escape(module.spectrum_of)} for {common.md_code(chosen)} (r = {module.rank}, s = "
-                    f"{module.scale:.4g}), log scale. Dashed: the recommended rank "
-                    f"{module.recommended_rank} under {audit.rule_text(rule, value)}; truncating "
-                    f"there loses {module.truncation_error:.3g} of ||dW||_F. Zero values are not "
-                    f"drawn.")
+            caption=common.md(
+                "Singular values of the {what} for {name!c} (r = {r}, s = {s:.4g}), log scale. Dashed: "
+                "the recommended rank {k} under {rule}; truncating there loses {err:.3g} of ||dW||_F. "
+                "Zero values are not drawn.", what=module.spectrum_of, name=chosen, r=module.rank,
+                s=module.scale, k=module.recommended_rank, rule=audit.rule_text(rule, value),
+                err=module.truncation_error))
 
 # ----------------------------------------------------------------------- budget curve
 with tabs["Budget"]:
@@ -192,11 +193,13 @@ with tabs["Budget"]:
     if layout.is_open(tabs["Budget"]):
         common.show_chart(
             budget_chart(curve, marks=marks),
-            caption=f"Keeping the adapter's top directions by σ² wherever they are: a budget of "
-                    f"{budget} x {n_modules} modules = {allocation['directions']:,} directions keeps "
-                    f"{100 * allocation['retained_energy']:.2f} % of Σσ² with "
-                    f"{allocation['params']:,} parameters (each direction costs d_out + d_in). By "
-                    f"Eckart-Young no other allocation of as many directions keeps more.")
+            caption=common.md(
+                "Keeping the adapter's top directions by σ² wherever they are: a budget of {budget} x "
+                "{n} modules = {directions:,} directions keeps {kept:.2f} % of Σσ² with {params:,} "
+                "parameters (each direction costs d_out + d_in). By Eckart-Young no other allocation "
+                "of as many directions keeps more.", budget=budget, n=n_modules,
+                directions=allocation["directions"], kept=100 * allocation["retained_energy"],
+                params=allocation["params"]))
 
 # ---------------------------------------------------------------------------- resize
 def _resized(name: str):
@@ -224,12 +227,13 @@ with tabs["Resize"]:
                       help="Σ of the kept σ² over Σσ², over the whole adapter.")
             m4.metric("largest truncation error", f"{ps['max_error']:.3g}",
                       help="max over modules of ||dW_k − dW||_F / ||dW||_F.")
-            st.caption(f"Resize by {target.describe()}: each module becomes the best rank-k approximation "
-                       f"of its s·B·A (B_k = U_k·sqrt(S_k), A_k = sqrt(S_k)·V_kᵀ, scale folded in, alpha = k); "
-                       f"a module already at or below k is left as it is. Written as {preview.write_format}, "
-                       "the input's family.")
+            st.caption(common.md(
+                "Resize by {target}: each module becomes the best rank-k approximation of its s·B·A "
+                "(B_k = U_k·sqrt(S_k), A_k = sqrt(S_k)·V_kᵀ, scale folded in, alpha = k); a module "
+                "already at or below k is left as it is. Written as {fmt}, the input's family.",
+                target=target.describe(), fmt=preview.write_format))
             for note in ps.get("notes", []):
-                st.info(common.notation(note), icon=":material/info:")
+                st.info(common.md_text(common.notation(note)), icon=":material/info:")
         with st.expander("Per-module ranks and truncation errors"):
             st.dataframe(audit.resize_table(preview, report), hide_index=True, key="audit_resize_table",
                          column_config={

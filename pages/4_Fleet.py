@@ -9,7 +9,7 @@ from ui import fleet as fl
 
 page = common.setup_page(__file__)
 layout.header(
-    page.label,
+    common.md_escape(page.label),
     "Many adapters at once: which fit a server's rank cap (vLLM max_lora_rank, LoRAX, TGI), what "
     "shrinking the others keeps, and the cap to set.",
     about="Each row is the single-adapter audit of that adapter: its largest module rank (what the "
@@ -47,9 +47,10 @@ with common.stop_on_error():
     screened = fl.screen_rows(fleet)
 seconds, size = fl.estimate(fleet, screened, opts)
 if size > fl.MAX_FLEET_BYTES:
-    common.show_errors([f"These {len(fleet.members)} adapters hold {fl.fmt_bytes(size)} of files; this "
-                        f"shared server audits at most {fl.fmt_bytes(fl.MAX_FLEET_BYTES)} per run "
-                        "(LORARANK_FLEET_MAX_BYTES). Read the headers only, or run lorarank fleet locally."])
+    common.show_errors([common.md(
+        "These {n} adapters hold {size} of files; this shared server audits at most {cap} per run "
+        "(LORARANK_FLEET_MAX_BYTES). Read the headers only, or run lorarank fleet locally.",
+        n=len(fleet.members), size=fl.fmt_bytes(size), cap=fl.fmt_bytes(fl.MAX_FLEET_BYTES))])
     st.stop()
 ident = ("fleet", fleet.ident, opts.key())
 if opts.screen:
@@ -74,7 +75,7 @@ cap = st.slider("serving cap (max_lora_rank)", 1, top, 16, key=fl.CAP_KEY, bind=
                      "module rank is above it must be shrunk to load.")
 plan = plan_caps(rows, cap=cap, keep=settings["keep"], share=settings["share"], caps=opts.caps)
 with answer:
-    st.success(plan.sentence(), icon=":material/target:")
+    st.success(common.md_text(plan.sentence()), icon=":material/target:")
     ok = sum(1 for r in rows if r["ok"])
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("adapters", f"{len(rows)}", help="Adapters read (failed ones included).")
@@ -112,9 +113,10 @@ with tabs["Cap"]:
             st.info("Headers only: no spectra, so no energy. Choose audit in the sidebar.")
         else:
             common.show_chart(fleet_cap_chart(rows, cap=cap, keep=settings["keep"]),
-                              caption=f"Energy kept by each adapter when every module is cut to rank c; "
-                                      f"dashed: the cap {cap} (move the slider above), solid: the "
-                                      f"{settings['keep']:g} to keep.")
+                              caption=common.md("Energy kept by each adapter when every module is cut "
+                                                "to rank c; dashed: the cap {cap} (move the slider "
+                                                "above), solid: the {keep:g} to keep.",
+                                                cap=cap, keep=settings["keep"]))
 with tabs["Downloads"]:
     notes = list(fleet.notes)
     common.download_buttons(stem="lorarank-fleet", key=fl.DOWNLOAD_KEY,

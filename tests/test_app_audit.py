@@ -69,7 +69,7 @@ def errors(at: AppTest) -> list[str]:
 
 def loaded_line(at: AppTest) -> str:
     """The header line naming the loaded adapter, as a reader sees it."""
-    text = " ".join(md_plain(m.value) for m in at.markdown if "Loaded:" in m.value)
+    text = " ".join(md_plain(m.value) for m in at.markdown if "Loaded:" in md_plain(m.value))
     return text.replace("`", "").replace("**", "")
 
 
@@ -126,7 +126,7 @@ class TestEmptyState:
         """Without an upload the page says what to upload and offers the synthetic demo."""
         at = open_page()
         assert_clean(at)
-        text = " ".join(m.value for m in at.markdown)
+        text = " ".join(md_plain(m.value) for m in at.markdown)
         assert "What to upload" in text and "adapter_config.json" in text
         assert at.toggle(key=audit.DEMO_KEY).value is False
         assert len(at.dataframe) == 0
@@ -136,7 +136,7 @@ class TestEmptyState:
         at = open_page()
         at.toggle(key=audit.DEMO_KEY).set_value(True).run()
         assert_clean(at)
-        assert any("synthetic demo" in i.value for i in at.info)
+        assert any("synthetic demo" in md_plain(i.value) for i in at.info)
         table = at.dataframe[0].value
         assert len(table) == 14
         planted = {"q_proj": 2, "k_proj": 2, "v_proj": 6, "o_proj": 5, "gate_proj": 3,
@@ -172,7 +172,7 @@ class TestPeftSamples:
     def test_detected_box(self):
         """The detection names format, scaling formula, dtype, module count and parameters."""
         at = upload(open_page(), sample_files("peft_llama_r32_rslora"))
-        text = " ".join(m.value for m in at.markdown)
+        text = " ".join(md_plain(m.value) for m in at.markdown)
         assert "**format:** peft" in text
         assert "lora_alpha / sqrt(r) (use_rslora)" in text
         assert "**dtype:** float32" in text
@@ -191,7 +191,7 @@ class TestPeftSamples:
         for _, row in at.dataframe[0].value.iterrows():
             s = spectra[row["module"]]
             assert row["recommended rank"] == int(np.sum(s > s[0] / 3.0))
-        assert "kohya sv_ratio 3" in " ".join(m.value for m in at.markdown)
+        assert "kohya sv_ratio 3" in " ".join(md_plain(m.value) for m in at.markdown)
 
     def test_module_selector_draws_that_spectrum(self):
         """Choosing a module redraws the spectrum chart with its values."""
@@ -223,7 +223,7 @@ class TestBuiltFiles:
         at = upload(open_page(), {"delta.npz": npz_bytes({"layers.0.q.A": a, "layers.0.q.B": b})})
         assert_clean(at)
         # the file has one module and it has no alpha: not "some modules"
-        assert [w.value for w in at.warning] == [
+        assert [md_plain(w.value) for w in at.warning] == [
             "No module of the file has an alpha: **scale s = 1 assumed** for every module. Set "
             "the alpha you trained with to get the real update s·B·A."]
         assert at.dataframe[0].value["scale s"].tolist() == [1.0]
@@ -233,8 +233,8 @@ class TestBuiltFiles:
         assert_clean(at)
         assert at.dataframe[0].value["scale s"].tolist() == [pytest.approx(2.0)]
         # the page no longer says s = 1 once alpha is set: it names the alpha in use
-        assert not any("assumed" in w.value for w in at.warning)
-        assert any("alpha = 8" in i.value for i in at.info)
+        assert not any("assumed" in md_plain(w.value) for w in at.warning)
+        assert any("alpha = 8" in md_plain(i.value) for i in at.info)
         assert any("s = 2" in md_plain(m.value) for m in at.markdown)  # the detected scaling
         s = np.linalg.svd(2.0 * (b.astype(np.float64) @ a), compute_uv=False)
         assert at.dataframe[0].value["top singular values"][0].split(",")[0] == f"{s[0]:.3g}"
@@ -251,7 +251,7 @@ class TestBuiltFiles:
         }
         at = upload(open_page(), {"k.safetensors": st_save(tensors)})
         assert_clean(at)
-        assert [w.value for w in at.warning] == [
+        assert [md_plain(w.value) for w in at.warning] == [
             "No alpha for 1 of the 2 modules: **scale s = 1 assumed** for that one. Set the alpha "
             "you trained with to get the real update s·B·A."]
 
@@ -273,7 +273,7 @@ class TestBuiltFiles:
         assert table.loc["lora_unet_down_0_conv", "shape"] == "16 x 72"
         assert table.loc["lora_unet_down_0_conv", "scale s"] == pytest.approx(0.5)
         assert table.loc["lora_te_layers_1_mlp_fc1", "scale s"] == pytest.approx(2.0)
-        assert "**format:** kohya" in " ".join(m.value for m in at.markdown)
+        assert "**format:** kohya" in " ".join(md_plain(m.value) for m in at.markdown)
         labels = [b.label for b in at.get("download_button")]
         assert "Download resized adapter (.safetensors)" in labels
 
@@ -284,9 +284,9 @@ class TestBuiltFiles:
                    "base_model.model.layers.0.q_proj.lora_B.weight": b.astype(ml_dtypes.bfloat16)}
         at = upload(open_page(), {"adapter_model.safetensors": st_save(tensors)})
         assert_clean(at)
-        text = " ".join(m.value for m in at.markdown)
+        text = " ".join(md_plain(m.value) for m in at.markdown)
         assert "**dtype:** bfloat16" in text
-        assert any("scale s = 1 assumed" in w.value for w in at.warning)
+        assert any("scale s = 1 assumed" in md_plain(w.value) for w in at.warning)
 
 
     @pytest.mark.skipif(not (SAMPLES / "families" / "gguf_lora.gguf").is_file(), reason="family samples not found")
@@ -295,7 +295,7 @@ class TestBuiltFiles:
         data = (SAMPLES / "families" / "gguf_lora.gguf").read_bytes()
         at = upload(open_page(), {"gguf_lora.gguf": data})
         assert_clean(at)
-        assert "**format:** gguf" in " ".join(m.value for m in at.markdown)
+        assert "**format:** gguf" in " ".join(md_plain(m.value) for m in at.markdown)
         table = at.dataframe[0].value.set_index("module")
         assert table["scale s"].tolist() == pytest.approx([1.6] * 21)
 
@@ -359,7 +359,7 @@ class TestBadFiles:
         # loaded (the error does), the uploader is open again for other files
         from ui import loaded
 
-        assert not [m.value for m in at.markdown if "Loaded:" in m.value or "Adapter:" in m.value]
+        assert not [md_plain(m.value) for m in at.markdown if "Loaded:" in md_plain(m.value) or "Adapter:" in md_plain(m.value)]
         assert loaded.LOADED_KEY not in at.session_state
         assert at.get("file_uploader")[0].label == "Adapter files"
         at.run()  # the next rerun (any click) no longer shows it
@@ -394,7 +394,7 @@ class TestUrlSettings:
         assert at.radio(key="resize_by").value == "budget"
         assert at.toggle(key=audit.COMPARE_KEY).value is True
         at.session_state[TAB_PARAM] = "Resize"  # as a click on the tab: a rerun that draws it
-        assert any("global budget of 42 directions" in c.value for c in at.run().caption)
+        assert any("global budget of 42 directions" in md_plain(c.value) for c in at.run().caption)
         at.session_state[TAB_PARAM] = "Compare"  # as a click on the tab: a rerun that draws it
         assert len(frame_with(at.run(), "phi(k, k)")) == 14
 
@@ -454,7 +454,7 @@ class TestCompare:
         assert_clean(at)
         # B is named by what was read (the uploader's chips cut file names short)
         assert ("**Adapter B:** `adapter_model.safetensors` + `adapter_config.json` · peft lora, "
-                "r = 4..8, 6 modules") in [m.value for m in at.markdown]
+                "r = 4..8, 6 modules") in [md_plain(m.value) for m in at.markdown]
         table = frame_with(at, "phi(k, k)").set_index("module")
         wa, wb = st_load(fa["adapter_model.safetensors"]), st_load(fb["adapter_model.safetensors"])
         assert len(table) == 6  # q, v, down of 2 layers are shared
@@ -468,7 +468,7 @@ class TestCompare:
         """With the demo and no second upload, demo B is compared and labelled synthetic."""
         at = open_page({"compare": "true", "demo": "true", "tab": "Compare"})
         assert_clean(at)
-        assert any("synthetic demo B" in i.value for i in at.info)
+        assert any("synthetic demo B" in md_plain(i.value) for i in at.info)
         assert len(frame_with(at, "phi(k, k)")) == 14
 
     def test_heatmap_module_chosen_on_the_compare_tab(self):
@@ -485,10 +485,10 @@ class TestCompare:
         box.set_value("model.layers.0.self_attn.k_proj").run()
         titles = [json.dumps(json.loads(c.proto.spec).get("title")) for c in at.get("vega_lite_chart")]
         assert any("model.layers.0.self_attn.k_proj" in t for t in titles)
-        assert any("chosen above the chart" in c.value for c in at.caption)
+        assert any("chosen above the chart" in md_plain(c.value) for c in at.caption)
         at = open_page({"compare": "true", "demo": "true", "tab": "Compare", "compare_module": "nope"})
         assert not at.exception
-        assert [e.value for e in at.error] == [
+        assert [md_plain(e.value) for e in at.error] == [
             "The link sets `compare_module=nope`, but the comparison has no such shared module; the first one is shown instead."]
 
 
@@ -521,7 +521,7 @@ class TestSwitchingAdapters:
         at.button(key=loaded.CLEAR_KEY).click().run()
         assert_clean(at)
         assert at.get("dataframe") == [] or len(at.dataframe) == 0
-        assert any("What to upload" in m.value for m in at.markdown)
+        assert any("What to upload" in md_plain(m.value) for m in at.markdown)
 
     def test_markdown_in_file_and_model_names_is_text(self):
         """A file name and a config's base model written as markdown (a link, an image, HTML)
@@ -535,7 +535,7 @@ class TestSwitchingAdapters:
         at = upload(open_page(), {name: files["adapter_model.safetensors"],
                                   "adapter_config.json": json.dumps(config).encode()})
         assert_clean(at)
-        (line,) = [m.value for m in at.markdown if "Loaded:" in m.value]
+        (line,) = [md_plain(m.value) for m in at.markdown if "Loaded:" in md_plain(m.value)]
         spans = [m.group(2) for m in re.finditer(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", line)]
         assert name in [s.strip() for s in spans] and model in [s.strip() for s in spans]
         outside = re.sub(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", " ", line)
@@ -549,11 +549,11 @@ class TestSwitchingAdapters:
         together and the scale is the config's alpha / r = 2."""
         files = sample_files("peft_llama_r8")
         at = upload(open_page(), {"adapter_model.safetensors": files["adapter_model.safetensors"]})
-        assert any("scale s = 1 assumed" in w.value for w in at.warning)
+        assert any("scale s = 1 assumed" in md_plain(w.value) for w in at.warning)
         at = upload(at, {"adapter_config.json": files["adapter_config.json"]},
                     key=f"{audit.UPLOAD_KEY}_1")
         assert_clean(at)
-        assert not any("assumed" in w.value for w in at.warning)
+        assert not any("assumed" in md_plain(w.value) for w in at.warning)
         assert at.dataframe[0].value["scale s"].tolist() == [pytest.approx(2.0)] * 14
 
 
@@ -566,7 +566,7 @@ class TestResizeThatChangesNothing:
         would shrink it (a lower energy share with what it keeps, a global budget)."""
         at = upload(open_page({"tab": "Resize"}), sample_files("peft_llama_r8"))
         assert_clean(at)
-        (note,) = [i.value for i in at.info if "Nothing to resize" in i.value]
+        (note,) = [md_plain(i.value) for i in at.info if "Nothing to resize" in md_plain(i.value)]
         assert "energy share 0.9 keeps" in note and "global budget" in note
         assert "energy share 0.95 keeps" in note
         assert not [b for b in at.get("download_button") if "resized" in b.label.lower()
@@ -588,7 +588,7 @@ class TestResizeThatChangesNothing:
         """At energy 0.9 ranks drop: metrics and the download are back, no 'nothing' note."""
         at = upload(open_page({"energy": "0.9", "tab": "Resize"}), sample_files("peft_llama_r8"))
         assert_clean(at)
-        assert not [i for i in at.info if "Nothing to resize" in i.value]
+        assert not [i for i in at.info if "Nothing to resize" in md_plain(i.value)]
         assert "Download resized adapter (.zip)" in [b.label for b in at.get("download_button")]
         assert [m for m in at.metric if m.label == "parameters after"]
 
@@ -677,4 +677,4 @@ class TestReadingWords:
         assert detected.assumed is None
         at = upload(open_page(), {path.name: path.read_bytes()})
         assert_clean(at)
-        assert not [w.value for w in at.warning if "assumed" in w.value]
+        assert not [md_plain(w.value) for w in at.warning if "assumed" in md_plain(w.value)]

@@ -26,7 +26,7 @@ def open_page(page: str, **query: str) -> AppTest:
 
 
 def text(at: AppTest) -> str:
-    return " ".join(m.value for m in at.markdown)
+    return " ".join(md_plain(m.value) for m in at.markdown)
 
 
 class TestSweepDataMode:
@@ -36,8 +36,8 @@ class TestSweepDataMode:
         assert not at.exception
         assert at.radio(key="mode").value == "exact"
         assert len(at.dataframe) == 1
-        assert any("Switch the training signal" in c.value for c in at.caption)
-        assert not any("n → ∞ limit); the finite-data" in c.value for c in at.caption)
+        assert any("Switch the training signal" in md_plain(c.value) for c in at.caption)
+        assert not any("n → ∞ limit); the finite-data" in md_plain(c.value) for c in at.caption)
 
     def test_data_mode_from_url(self):
         """?mode=data&samples=128,2048: a row per (n, r) equal to the engine's numbers, the
@@ -68,14 +68,14 @@ class TestSweepDataMode:
         assert not at.exception and not at.error
         titles = [json.loads(c.proto.spec).get("title") for c in at.get("vega_lite_chart")]
         assert titles == ["n = 128: training loss per rank", "n = 2048: training loss per rank"]
-        assert any("one chart per n" in c.value for c in at.caption)
+        assert any("one chart per n" in md_plain(c.value) for c in at.caption)
         at = open_page("pages/1_Rank_sweep.py", mode="data", samples="128,2048", tab="Spectra", **SMALL)
-        assert any("Trained on n = 128 pairs (the smallest n)" in c.value for c in at.caption)
+        assert any("Trained on n = 128 pairs (the smallest n)" in md_plain(c.value) for c in at.caption)
         at = open_page("pages/1_Rank_sweep.py", mode="data", samples="128,2048", tab="Exact target",
                        **SMALL)
         assert not at.exception and not at.error
         assert len(at.dataframe) == 2 and "Eckart-Young optimum" in at.dataframe[1].value.columns
-        assert any("This is the **exact target** T (the n → ∞ limit" in c.value for c in at.caption)
+        assert any("This is the **exact target** T (the n → ∞ limit" in md_plain(c.value) for c in at.caption)
 
     def test_bad_samples_one_sentence(self):
         """A bad list of n is one error sentence, no traceback."""
@@ -103,11 +103,11 @@ class TestEpochs:
         n = 512), shown in the table, the caption and the JSON, and equal to the engine's fit."""
         at = open_page("pages/1_Rank_sweep.py", mode="data", samples="128,512", batch_size="32",
                        epochs="3", ranks="2,4")
-        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert not at.exception and not at.error, [md_plain(e.value) for e in at.error]
         assert at.number_input(key="epochs").value == 3
         frame = next(df.value for df in at.dataframe if "held-out loss" in df.value.columns)
         assert frame["steps run"].tolist() == ["12", "12", "48", "48"]
-        assert any("3 epochs = ceil(n / batch) × 3 steps (12 at n = 128, 48 at n = 512)" in c.value
+        assert any("3 epochs = ceil(n / batch) × 3 steps (12 at n = 128, 48 at n = 512)" in md_plain(c.value)
                    for c in at.caption)
         engine = fit_data(make_target(), [2, 4], data=DataConfig(samples=512, batch_size=32), steps=48)
         assert frame["held-out loss"].tolist()[2:] == [f"{r.heldout_loss:.4g}" for r in engine]
@@ -134,8 +134,8 @@ class TestEpochs:
         """On the stability page every cell trains ceil(128 / 16) * 5 = 40 steps."""
         at = open_page("pages/2_Alpha_r_stability.py", mode="data", samples="128", batch_size="16",
                        epochs="5", ranks="4", lrs="0.003", steps="999", rules="alpha-eq-r")
-        assert not at.exception and not at.error, [e.value for e in at.error]
-        assert any("40 steps" in c.value and "(batches of 16, 5 epochs)" in c.value for c in at.caption)
+        assert not at.exception and not at.error, [md_plain(e.value) for e in at.error]
+        assert any("40 steps" in md_plain(c.value) and "(batches of 16, 5 epochs)" in md_plain(c.value) for c in at.caption)
 
 
 class TestStabilityDataMode:
@@ -145,7 +145,7 @@ class TestStabilityDataMode:
         at = open_page("pages/2_Alpha_r_stability.py", mode="data", samples="128", batch_size="16",
                        ranks="4,16", lrs="0.003,0.03", steps="100", rules="alpha-eq-r")
         assert not at.exception and not at.error
-        assert any("Every cell learns from the same 128 pairs" in c.value for c in at.caption)
+        assert any("Every cell learns from the same 128 pairs" in md_plain(c.value) for c in at.caption)
         losses = next(df.value for df in at.dataframe if "held-out loss" in df.value.columns)
         assert list(losses.columns) == ["rule", "r", "lr", "training loss", "held-out loss",
                                         "relative error vs T"]

@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 from hubserver import SAMPLES, FakeHub, HubRepo, point_client_at
 from lorarank.fleet import FleetOptions, expand_sources, plan_caps, run_fleet
 from ui import fleet as fl
+from ui.common import md_plain
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = "pages/4_Fleet.py"
@@ -65,7 +66,7 @@ def test_uploaded_zip_gives_the_cli_rows_and_plan():
     local = run_fleet(members, FleetOptions(), workers=1).rows
     plan = plan_caps(local, cap=16)
     assert plan.fit and plan.shrink
-    sentence = at.success[0].value
+    sentence = md_plain(at.success[0].value)
     assert sentence.startswith("At cap 16, 3 of 4 adapters fit as they are and 1 must be shrunk")
     frame = at.dataframe[0].value
     assert list(frame["source"]) == ["loha.safetensors", "broken.safetensors", "runs/peft_gpt2_r4",
@@ -85,7 +86,7 @@ def test_hub_query_in_the_link(monkeypatch, tmp_path):
         monkeypatch.setenv("LORARANK_HF_CACHE", str(tmp_path / "cache"))
         at = open_page({"q": "hf://team/*", "cap": "8", "tab": "Cap"})
         assert not at.exception, at.exception
-        sentence = at.success[0].value
+        sentence = md_plain(at.success[0].value)
         assert sentence.startswith("At cap 8, 2 of 3 adapters fit as they are and 1 must be shrunk")
         assert "skipped" in texts(at)
         assert at.get("vega_lite_chart") or at.get("arrow_vega_lite_chart")
@@ -98,7 +99,7 @@ def test_hub_query_in_the_link(monkeypatch, tmp_path):
 def test_bad_hub_text_is_one_sentence():
     at = open_page({"q": "hf://?colour=red"})
     assert not at.exception
-    assert any("unknown query key" in e.value for e in at.error)
+    assert any("unknown query key" in md_plain(e.value) for e in at.error)
 
 
 def test_too_many_adapters_is_refused(monkeypatch):

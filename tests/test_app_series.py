@@ -17,6 +17,7 @@ from safetensors.numpy import load_file
 from streamlit.testing.v1 import AppTest
 
 from ui import series
+from ui.common import md_plain
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = Path(__file__).resolve().parents[2] / "shared" / "samples" / "checkpoints" / "run"
@@ -91,7 +92,7 @@ class TestSeriesSection:
         """Before an upload the section says what to upload and offers the demo; no error."""
         at = open_page()
         assert not at.exception and not at.error
-        text = " ".join(m.value for m in at.markdown)
+        text = " ".join(md_plain(m.value) for m in at.markdown)
         assert "checkpoint-<step>" in text and ".zip" in text
         assert at.toggle(key=series.DEMO_KEY).value is False
 
@@ -99,7 +100,7 @@ class TestSeriesSection:
     def test_real_run_numbers_equal_dense_oracle(self):
         """The uploaded real run: one row per checkpoint whose directions equal dense SVDs."""
         at = upload(open_page(), {"run.zip": run_zip()})
-        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert not at.exception and not at.error, [md_plain(e.value) for e in at.error]
         frame = series_frame(at)
         assert list(frame["step"]) == STEPS
         assert list(frame["directions"]) == [dense_directions(s) for s in STEPS]
@@ -108,7 +109,7 @@ class TestSeriesSection:
         assert "Recommended rank over training steps" in names
         assert "Subspace similarity of A over training" in names
         assert any("at step 90" in t for t in names)
-        text = " ".join(m.value for m in at.markdown)
+        text = " ".join(md_plain(m.value) for m in at.markdown)
         assert "Over 6 checkpoints (steps 15 to 90)" in text
 
     @needs_run
@@ -117,7 +118,7 @@ class TestSeriesSection:
         at = open_page({"series_metric": "stable_rank", "series_step": "45", "series_top": "2",
                         "series_module": "model.layers.0.self_attn.q_proj"})
         at = upload(at, {"run.zip": run_zip()})
-        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert not at.exception and not at.error, [md_plain(e.value) for e in at.error]
         assert at.select_slider(key=series.STEP_KEY).value == "45"
         assert at.selectbox(key=series.MODULE_KEY).value == "model.layers.0.self_attn.q_proj"
         names = titles(at)
@@ -131,7 +132,7 @@ class TestSeriesSection:
         """A step or module the run lacks is one sentence each, and the defaults are shown."""
         at = upload(open_page({"series_step": "7", "series_module": "nope"}), {"run.zip": run_zip()})
         assert not at.exception
-        text = " ".join(e.value for e in at.error)
+        text = " ".join(md_plain(e.value) for e in at.error)
         assert "`series_step=7`, but this run has no such step" in text
         assert "`series_module=nope`, but this run has no such module" in text
 
@@ -139,18 +140,18 @@ class TestSeriesSection:
         """A broken upload is one error line; the rest of the page still renders."""
         at = upload(open_page(), {"run.zip": b"PK\x03\x04 broken"})
         assert not at.exception
-        assert [e.value for e in at.error] == ["run.zip is not a valid .zip archive (File is not a zip file)"]
+        assert [md_plain(e.value) for e in at.error] == ["run.zip is not a valid .zip archive (File is not a zip file)"]
 
     def test_demo_run(self):
         """The synthetic demo run settles at step 150 (down_proj's 6 directions are all in by then)."""
         at = open_page()
         at.toggle(key=series.DEMO_KEY).set_value(True).run()
         assert not at.exception and not at.error
-        assert any("Synthetic demo run" in c.value for c in at.caption)
+        assert any("Synthetic demo run" in md_plain(c.value) for c in at.caption)
         frame = series_frame(at)
         assert list(frame["step"]) == [50, 100, 150, 200, 250, 300]
         assert list(frame["directions"])[-1] == 2 * (2 + 4 + 6)
-        text = " ".join(m.value for m in at.markdown)
+        text = " ".join(md_plain(m.value) for m in at.markdown)
         assert "settled at step 150" in text
         # no literal "None": the last checkpoint has no next one, and its cell says "-"
         assert not frame.isna().any().any()
@@ -201,7 +202,7 @@ class TestHubRun:
         tags = "step-45,step-15,step-90,step-30,step-60,step-75"
         at = open_page({series.HUB_REPO_KEY: "lorarank-test/run-revisions",
                         series.HUB_REVISIONS_KEY: tags})
-        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert not at.exception and not at.error, [md_plain(e.value) for e in at.error]
         frame = series_frame(at)
         assert list(frame["step"]) == STEPS
         assert list(frame["checkpoint"]) == [f"step-{s}" for s in STEPS]
@@ -216,7 +217,7 @@ class TestHubRun:
     def test_checkpoint_folders_of_one_repo(self, hub):
         at = open_page({series.HUB_REPO_KEY: "lorarank-test/run-checkpoints",
                         series.HUB_SUBFOLDER_KEY: "outputs"})
-        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert not at.exception and not at.error, [md_plain(e.value) for e in at.error]
         frame = series_frame(at)
         assert list(frame["checkpoint"]) == [f"checkpoint-{s}" for s in STEPS]
         assert list(frame["directions"]) == [dense_directions(s) for s in STEPS]
@@ -229,6 +230,6 @@ class TestHubRun:
         at.button(key="FormSubmitter:audit_series_hub_form-Load").click()
         at = at.run()
         assert not at.exception
-        errors = [e.value for e in at.error]
+        errors = [md_plain(e.value) for e in at.error]
         assert len(errors) == 1 and "has no revision 'nope'" in errors[0], errors
         assert at.query_params[series.HUB_REVISIONS_KEY] == "step-15,nope"

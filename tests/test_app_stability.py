@@ -31,7 +31,7 @@ def open_page(**query) -> AppTest:
 
 
 def reading(at: AppTest) -> str:
-    return " ".join(m.value for m in at.markdown)
+    return " ".join(md_plain(m.value) for m in at.markdown)
 
 
 def open_tab(at: AppTest, name: str) -> AppTest:
@@ -162,7 +162,7 @@ class TestUrl:
                        steps="60")
         assert not at.exception and not at.error
         assert at.multiselect(key="rules").value == ["rslora", "alpha-eq-2r"]
-        assert "60 steps" in " ".join(c.value for c in at.caption)  # the Grid tab's
+        assert "60 steps" in " ".join(md_plain(c.value) for c in at.caption)  # the Grid tab's
         frame = windows(at)
         assert frame["rule"].tolist() == ["rslora", "rslora", "alpha-eq-2r", "alpha-eq-2r"]
         assert frame["r"].tolist() == [2, 16, 2, 16]

@@ -35,7 +35,7 @@ def table(at: AppTest):
 
 
 def reading(at: AppTest) -> str:
-    return " ".join(m.value for m in at.markdown)
+    return " ".join(md_plain(m.value) for m in at.markdown)
 
 
 class TestDefaults:
@@ -190,7 +190,7 @@ class TestWidgets:
 
         at = open_sweep(optimizer="adam")
         assert at.number_input(key="lr").value is None
-        assert f"Learning rate {DEFAULT_LR['adam']:g} (adam)" in " ".join(c.value for c in at.caption)
+        assert f"Learning rate {DEFAULT_LR['adam']:g} (adam)" in " ".join(md_plain(c.value) for c in at.caption)
 
 
 class TestUrl:

@@ -39,7 +39,7 @@ from lorarank.errors import ConfigError
 from lorarank.spectrum import RANK_RULES
 
 from . import guard
-from .common import Setting, md_code, md_escape, notation, progress_bar, setting_widget
+from .common import Markdown, Setting, md, md_code, md_escape, notation, progress_bar, setting_widget
 from .common import table_height as common_table_height
 
 __all__ = [
@@ -399,15 +399,15 @@ def run_compare(upload_a: Upload, upload_b: Upload, *, top: int) -> Comparison:
     return comparison
 
 
-def module_url_error(options: Sequence[str]) -> str | None:
+def module_url_error(options: Sequence[str]) -> Markdown | None:
     """One sentence when the URL's ``module`` is not a module of the upload (checked first)."""
     if MODULE_KEY not in st.query_params:
         return None
     raw = st.query_params[MODULE_KEY]
     if raw in options:
         return None
-    return (f"The link sets {md_code(f'module={raw}')}, but this adapter has no such module; "
-            f"the first module, {md_code(options[0])}, is shown instead.")
+    return md("The link sets {param!c}, but this adapter has no such module; the first module, "
+              "{first!c}, is shown instead.", param=f"module={raw}", first=options[0])
 
 
 # --------------------------------------------------------------------------------------- demo
@@ -509,58 +509,61 @@ def cli_json_bytes(report: AuditReport) -> bytes:
     return json_text(audit_document([report])).encode("utf-8")
 
 
-def detected_lines(detected: Detected, report: AuditReport) -> list[tuple[str, str]]:
-    """``(label, text)`` pairs of what was detected, for the page's summary box."""
+def detected_lines(detected: Detected, report: AuditReport) -> list[tuple[str, Markdown]]:
+    """``(label, text)`` pairs of what was detected, for the page's summary box (the texts are
+    markdown: file names and the file's own strings escaped)."""
     d = detected.describe
     scales = sorted({round(m.scale, 6) for m in report.modules})
     scale_txt = ", ".join(f"{s:g}" for s in scales[:6]) + (", ..." if len(scales) > 6 else "")
     families = report.summary.get("families") or d.get("families") or ["lora"]
     lines = [
-        ("format", f"{d['format']} ({md_escape(d['source'])})"),  # source: file names
+        ("format", md("{} ({})", d["format"], d["source"])),  # source: file names
         ("family", md_escape(", ".join(families))),
         ("spectrum of", md_escape(spectrum_label(report))),
-        ("orientation", d["orientation"]),
-        ("scaling", f"{report.scaling}; s = {scale_txt}"),
-        ("dtype", ", ".join(d["dtypes"])),
-        ("modules", f"{d['modules']:,} (ranks {', '.join(map(str, d['ranks']))})"),
-        ("parameters", f"{d['params']:,} in the factors"),
-        ("other tensors", f"{d['ignored_tensors']:,} kept as they are (not LoRA factors, not audited)"),
+        ("orientation", md_escape(d["orientation"])),
+        ("scaling", md("{}; s = {}", report.scaling, scale_txt)),
+        ("dtype", md_escape(", ".join(d["dtypes"]))),
+        ("modules", md("{n:,} (ranks {ranks})", n=d["modules"], ranks=", ".join(map(str, d["ranks"])))),
+        ("parameters", md("{n:,} in the factors", n=d["params"])),
+        ("other tensors", md("{n:,} kept as they are (not LoRA factors, not audited)", n=d["ignored_tensors"])),
     ]
     if d.get("name"):
         lines.insert(1, ("named adapter", md_escape(d["name"])))
     kept = [m for m in report.modules if m.kept_rank is not None]
     if kept:
-        lines.append(("AdaLoRA kept rank", ", ".join(str(m.kept_rank) for m in kept[:12])
-                      + (", ..." if len(kept) > 12 else "") + " (nonzero E entries per module)"))
+        lines.append(("AdaLoRA kept rank", md("{}{} (nonzero E entries per module)",
+                                              ", ".join(str(m.kept_rank) for m in kept[:12]),
+                                              ", ..." if len(kept) > 12 else "")))
     mags = [m.magnitude for m in report.modules if m.magnitude]
     if mags:
-        lines.append(("DoRA magnitude m", f"{min(x['min'] for x in mags):.4g} .. {max(x['max'] for x in mags):.4g} "
-                                          f"over {len(mags)} modules"))
+        lines.append(("DoRA magnitude m", md("{low:.4g} .. {high:.4g} over {n} modules",
+                                             low=min(x["min"] for x in mags),
+                                             high=max(x["max"] for x in mags), n=len(mags))))
     if report.summary.get("base"):
         lines.append(("base weights", md_escape(report.summary["base"])))
     return lines
 
 
-def reading(report: AuditReport) -> str:
+def reading(report: AuditReport) -> Markdown:
     """One plain-words sentence read off the summary (markdown)."""
     s = report.summary
     recs = s.get("recommended_rank") or {}
     if not recs:
-        return "The adapter has no modules."
+        return Markdown("The adapter has no modules.")
     ranks = s["ranks"]
-    stored = f"r = {ranks[0]}" if len(ranks) == 1 else f"r = {ranks[0]}..{ranks[-1]}"
+    stored = md("r = {}", ranks[0]) if len(ranks) == 1 else md("r = {}..{}", ranks[0], ranks[-1])
     share = s["params_after"] / s["params"] if s["params"] else 1.0
-    need = (f"**{recs['min']}** each, against the stored {stored}" if recs["min"] == recs["max"]
-            else f"**{recs['min']}** to **{recs['max']}** (median {recs['median']:g}) of the "
-                 f"stored {stored}")  # not "8 to 8 (median 8)"
-    larger = ("" if share <= 1 else
-              " A LoRA B·A of these ranks takes more numbers than this file's own factors, so "
-              "a resize to them would not shrink it.")
-    return (f"Under **{rule_text(report.rule, report.value)}** the modules need rank {need}: "
-            f"resizing every module to its recommended rank keeps "
-            f"**{100 * s['retained_energy']:.2f} %** of the update's energy "
-            f"(Σσ²) with **{100 * share:.1f} %** of the parameters "
-            f"({s['params']:,} -> {s['params_after']:,}).{larger}")
+    need = (md("**{}** each, against the stored {}", recs["min"], stored) if recs["min"] == recs["max"]
+            else md("**{}** to **{}** (median {:g}) of the stored {}", recs["min"], recs["max"],
+                    recs["median"], stored))  # not "8 to 8 (median 8)"
+    larger = (Markdown("") if share <= 1 else
+              Markdown(" A LoRA B·A of these ranks takes more numbers than this file's own factors, "
+                       "so a resize to them would not shrink it."))
+    return md("Under **{rule}** the modules need rank {need}: resizing every module to its "
+              "recommended rank keeps **{kept:.2f} %** of the update's energy (Σσ²) with "
+              "**{share:.1f} %** of the parameters ({before:,} -> {after:,}).{larger}",
+              rule=rule_text(report.rule, report.value), need=need, kept=100 * s["retained_energy"],
+              share=100 * share, before=s["params"], after=s["params_after"], larger=larger)
 
 
 def spectrum_label(report: AuditReport) -> str:
@@ -602,12 +605,12 @@ def scale_override(detected: Detected) -> tuple[float | None, float | None]:
             which, there = (f"No alpha for {missing:,} of the {modules:,} modules",
                             "for that one" if missing == 1 else f"for those {missing:,}")
         if value is None:
-            message.warning(f"{which}: **scale s = 1 assumed** {there}. Set the alpha you "
-                            f"trained with to get the real update s·B·A.",
+            message.warning(md("{}: **scale s = 1 assumed** {}. Set the alpha you trained with to "
+                               "get the real update s·B·A.", which, there),
                             icon=":material/warning:")
         else:
-            message.info(f"{which}: using **alpha = {value:g}** as set below {there} (s = alpha / "
-                         f"r, see the scaling line). Clear the input to go back to s = 1.",
+            message.info(md("{}: using **alpha = {:g}** as set below {} (s = alpha / r, see the "
+                            "scaling line). Clear the input to go back to s = 1.", which, value, there),
                          icon=":material/tune:")
         return value, None
     if value is None:
@@ -662,7 +665,7 @@ def resize_is_identity(preview: ResizePreview, report: AuditReport) -> bool:
             and all(m.family == "lora" for m in report.modules))
 
 
-def nothing_to_resize(report: AuditReport, target: ResizeTarget) -> str:
+def nothing_to_resize(report: AuditReport, target: ResizeTarget) -> Markdown:
     """Markdown: the resize changes nothing, and which settings would change something
     (energy shares below the current one, with what they keep; a global budget)."""
     stored = sum(m.rank * sum(m.shape) for m in report.modules)
@@ -674,14 +677,14 @@ def nothing_to_resize(report: AuditReport, target: ResizeTarget) -> str:
         keep = [min(int(m.energy_rank[share]), m.rank) for m in report.modules]
         params = sum(k * sum(m.shape) for k, m in zip(keep, report.modules))
         if params < stored:
-            options.append(f"energy share {share} keeps {min(keep)}..{max(keep)} directions per "
-                           f"module ({100 * params / stored:.1f} % of the parameters)")
+            options.append(md("energy share {} keeps {}..{} directions per module ({:.1f} % of the "
+                              "parameters)", share, min(keep), max(keep), 100 * params / stored))
     top = max(m.rank for m in report.modules)
-    options.append(f"resize by the global budget with a mean rank below {top} (set it in the "
-                   f"Budget tab)")
-    return (f"**Nothing to resize:** under {target.describe()} every module keeps its stored "
-            f"rank, so the resized adapter would be the one you have; there is no file to "
-            f"download. What would shrink it: " + "; ".join(options) + ".")
+    options.append(md("resize by the global budget with a mean rank below {} (set it in the Budget "
+                      "tab)", top))
+    return md("**Nothing to resize:** under {} every module keeps its stored rank, so the resized "
+              "adapter would be the one you have; there is no file to download. What would shrink "
+              "it: {}.", target.describe(), Markdown("; ").join(options))
 
 
 def resize_table(preview: ResizePreview, report: AuditReport) -> pd.DataFrame:
@@ -719,7 +722,7 @@ def compare_table(comparison: Comparison) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COMPARE_HELP))
 
 
-def compare_reading(comparison: Comparison) -> str:
+def compare_reading(comparison: Comparison) -> Markdown:
     """One plain-words sentence on how much the top directions overlap."""
     s = comparison.summary
     t, chance = s["top_overlap"], s["chance_mean"]
@@ -733,7 +736,8 @@ def compare_reading(comparison: Comparison) -> str:
     if comparison.undefined:
         extra += (f" {len(comparison.undefined)} shared modules are exactly zero in A or B: a zero update has "
                   "no directions, so phi is undefined there (not compared).")
-    return (f"Over {s['shared_modules']} shared modules the top-direction overlap phi(k, k) is "
-            f"**{t['mean']:.3f}** on average (min {t['min']:.3f}, max {t['max']:.3f}) against a "
-            f"chance level of {chance:.3f}: {verdict}.{extra}")
+    return md("Over {n} shared modules the top-direction overlap phi(k, k) is **{mean:.3f}** on average "
+              "(min {low:.3f}, max {high:.3f}) against a chance level of {chance:.3f}: {verdict}.{extra}",
+              n=s["shared_modules"], mean=t["mean"], low=t["min"], high=t["max"], chance=chance,
+              verdict=verdict, extra=extra)
 

@@ -13,6 +13,8 @@ from typing import Mapping
 
 import streamlit as st
 
+from .common import md
+
 __all__ = ["auth_providers", "require_login"]
 
 _PROVIDER_KEYS = ("client_id", "server_metadata_url")
@@ -40,7 +42,7 @@ def require_login() -> None:
     if st.user.is_logged_in:
         with st.sidebar:
             who = st.user.get("name") or st.user.get("email") or "signed in"
-            st.caption(f"Signed in as {who}")
+            st.caption(md("Signed in as {}", who))
             st.button("Sign out", on_click=st.logout, key="lorarank_logout",
                       icon=":material/logout:")
         return

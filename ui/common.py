@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import re
+import string
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
@@ -38,8 +40,12 @@ __all__ = [
     "parse_ranks",
     "setting_widget",
     "url_settings",
+    "Markdown",
+    "md",
     "md_escape",
     "md_code",
+    "md_text",
+    "md_param",
     "md_plain",
     "notation",
     "show_errors",
@@ -222,8 +228,9 @@ def _bad_params(settings: Sequence[Setting]) -> dict[str, str]:
         except ValueError as exc:
             default = "empty (the engine's default)" if setting.default is None else _fmt(setting.default)
             # The reason and the default are the app's own words; only raw came from the user.
-            errors[setting.key] = (f"The link sets {md_code(f'{setting.key}={raw}')}, but {exc}; "
-                                   f"the default {default} is used instead.")
+            errors[setting.key] = md("The link sets {param!c}, but {why}; the default {default} is "
+                                     "used instead.", param=f"{setting.key}={raw}", why=str(exc),
+                                     default=default)
     return errors
 
 
@@ -241,7 +248,7 @@ def _labels_in_url(settings: Sequence[Setting]) -> None:
             st.session_state[setting.key] = raw
 
 
-def check_url(settings: Sequence[Setting], *, state_key: str) -> list[str]:
+def check_url(settings: Sequence[Setting], *, state_key: str) -> list[Markdown]:
     """Check hand-edited query parameters; call once at the top of a page, before its widgets.
 
     A bound widget would silently drop an invalid value (or, for ``?d_out=2.5``, truncate it),
@@ -259,7 +266,7 @@ def check_url(settings: Sequence[Setting], *, state_key: str) -> list[str]:
                 pass
         st.session_state[state_key] = list(bad.values())
         st.rerun()
-    return st.session_state.pop(state_key, [])
+    return [m for m in st.session_state.pop(state_key, []) if isinstance(m, Markdown)]
 
 
 def option_labeller(setting: Setting) -> Callable[[Any], str]:
@@ -318,10 +325,30 @@ def url_settings(settings: Sequence[Setting], *, columns: int = 0,
 # --------------------------------------------------------------------------------------------
 # Text that came from a user, on its way to markdown
 # --------------------------------------------------------------------------------------------
-# Every string a user controls (URL values, file names, tensor names, config strings, and the
-# engine's error messages, which quote them) reaches Streamlit's markdown only through
-# md_escape or md_code: a shared link must not render a link, an image, a colour, an icon or
-# maths inside the app's own boxes.
+# Every string a user controls (URL values, file names, tensor names, config strings, notes,
+# and the engine's error messages, which quote them) reaches Streamlit's markdown only through
+# md(), the one helper, or the escapes it builds on (md_escape, md_code, error_line, md_text):
+# a shared link must not render a link, an image, a colour, an icon or maths inside the app's
+# own boxes. tests/hostile/test_markdown_sinks.py walks every st.error / warning / info /
+# markdown / caption (...) call in pages/ and ui/ and fails on raw text.
+
+
+class Markdown(str):
+    """Text that is safe to render as markdown: the app's own words, with every value from a
+    user, a file or a link escaped. Built by :func:`md`, :func:`md_escape`, :func:`md_code`,
+    :func:`error_line`, :func:`md_text`, or ``Markdown("literal")`` for the app's own text."""
+
+    __slots__ = ()
+
+    def __add__(self, other: object) -> "Markdown | str":
+        out = str.__add__(self, other)  # type: ignore[operator]
+        return Markdown(out) if isinstance(other, Markdown) else out
+
+    def join(self, items: Iterable[str]) -> "Markdown | str":  # type: ignore[override]
+        """Markdown when every item is (else a plain str: an unescaped item taints it)."""
+        items = list(items)
+        out = str.join(self, items)
+        return Markdown(out) if all(isinstance(i, Markdown) for i in items) else out
 
 #: Longest user text shown in a message; the rest is cut with an ellipsis.
 MAX_SHOWN_CHARS = 160
@@ -345,7 +372,7 @@ _AUTOLINK = re.compile(r"(?i)(?<=https)(?=:)|(?<=http)(?=:)|(?<=ftp)(?=:)|(?<=ma
 _JOINER = "\u2060"
 
 
-def md_escape(text: object, *, limit: int = 2000) -> str:
+def md_escape(text: object, *, limit: int = 2000) -> Markdown:
     """``text`` as literal markdown: every ASCII punctuation backslash-escaped, one line.
 
     Control characters and line breaks become spaces; longer than ``limit`` characters, the
@@ -354,10 +381,10 @@ def md_escape(text: object, *, limit: int = 2000) -> str:
     message); use :func:`md_code` for one value.
     """
     text = _AUTOLINK.sub(_JOINER, _clip(text, limit))
-    return "".join("\\" + ch if ch in _MD_PUNCT else ch for ch in text)
+    return Markdown("".join("\\" + ch if ch in _MD_PUNCT else ch for ch in text))
 
 
-def md_code(text: object, *, limit: int = MAX_SHOWN_CHARS) -> str:
+def md_code(text: object, *, limit: int = MAX_SHOWN_CHARS) -> Markdown:
     """``text`` as one markdown code span that no content can close early.
 
     The fence is one backtick longer than the longest run of backticks inside (CommonMark),
@@ -366,11 +393,11 @@ def md_code(text: object, *, limit: int = MAX_SHOWN_CHARS) -> str:
     """
     body = _clip(text, limit)
     if not body.strip():
-        return "(empty)"
+        return Markdown("(empty)")
     longest = max((len(run) for run in re.findall(r"`+", body)), default=0)
     fence = "`" * (longest + 1)
     pad = " " if body[0] in "` " or body[-1] in "` " else ""
-    return f"{fence}{pad}{body}{pad}{fence}"
+    return Markdown(f"{fence}{pad}{body}{pad}{fence}")
 
 
 def md_plain(markdown: str) -> str:
@@ -402,11 +429,11 @@ def notation(text: str) -> str:
     return text
 
 
-def show_errors(messages: Sequence[str]) -> None:
+def show_errors(messages: Sequence[Markdown]) -> None:
     """Show each message as one ``st.error`` sentence.
 
-    The messages are markdown written by the app: user values inside them must already have
-    gone through :func:`md_code` or :func:`md_escape`.
+    The messages are markdown written by the app (:func:`md`): user values inside them must
+    already be escaped.
     """
     for message in messages:
         st.error(message, icon=":material/error:")
@@ -417,7 +444,7 @@ def show_errors(messages: Sequence[str]) -> None:
 _SAFE_SPAN = re.compile(r"`([\w.=\- ]{1,80})`")
 
 
-def error_line(exc: BaseException | str) -> str:
+def error_line(exc: BaseException | str) -> Markdown:
     """An engine error as one safe markdown line (it may quote file, tensor and URL values).
 
     Everything is escaped (:func:`md_escape`) except code spans whose content is plain
@@ -430,7 +457,60 @@ def error_line(exc: BaseException | str) -> str:
         out.append(match.group(0))
         at = match.end()
     out.append(md_escape(text[at:]))
-    return "".join(out)
+    return Markdown("".join(out))
+
+
+def md_text(text: object, *, limit: int = 2000) -> Markdown:
+    """Prose written by the engine (readings, findings) as markdown: its ``**bold**`` markers
+    kept, everything else escaped (a sentence may quote a module or file name)."""
+    parts = str(text).split("**")
+    if len(parts) % 2 == 0:  # an unpaired marker: keep none
+        return md_escape(text, limit=limit)
+    return Markdown("**".join(md_escape(part, limit=limit) for part in parts))
+
+
+def md_param(text: "Markdown | str") -> Markdown:
+    """A parameter declared ``Markdown`` (``def header(summary: Markdown)``), as Markdown.
+
+    Its callers pass the app's own literal text or text built by :func:`md` (a plain ``str``
+    literal arrives as ``str``): ``tests/hostile/test_markdown_sinks.py`` checks every call site
+    of a function with such a parameter, so the value can be trusted here, and only here.
+    """
+    return text if isinstance(text, Markdown) else Markdown(text)
+
+
+class _Formatter(string.Formatter):
+    """:func:`md`'s formatting: numbers as they format, Markdown as it is, the rest escaped."""
+
+    def convert_field(self, value: Any, conversion: str | None) -> Any:
+        if conversion == "c":
+            return md_code(value)
+        return super().convert_field(value, conversion)
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if isinstance(value, Markdown):
+            if format_spec:
+                raise ValueError("md(): a Markdown value takes no format spec")
+            return value
+        if isinstance(value, numbers.Number) and not isinstance(value, bool):
+            return format(value, format_spec)  # digits, '.', ',', '-', 'e', '%': inert
+        return md_escape(format(value, format_spec))
+
+
+_FORMATTER = _Formatter()
+
+
+def md(template: str, /, *args: Any, **kwargs: Any) -> Markdown:
+    """The one way to put values into markdown the app shows: ``str.format`` with escaping.
+
+    ``template`` is the app's own markdown (a literal: bold, code spans, lists); every value
+    put into it is escaped (:func:`md_escape`) unless it is a number (formatted with its spec:
+    ``{n:,}``, ``{x:.3g}``) or already :class:`Markdown`; ``{value!c}`` shows a value as a
+    code span (:func:`md_code`).
+
+    >>> md("The link sets {v!c}, but {n:,} modules match", v="x`](https://e.x)", n=1200)  # doctest: +SKIP
+    """
+    return Markdown(_FORMATTER.vformat(template, args, kwargs))
 
 
 @contextmanager
@@ -589,7 +669,7 @@ def chart_spec(chart: Any) -> dict:
     return spec
 
 
-def show_chart(chart: Any, *, caption: str | None = None) -> None:
+def show_chart(chart: Any, *, caption: Markdown | None = None) -> None:
     """Render a chart full width: an Altair chart from ``lorarank.charts`` or its
     :func:`chart_spec` dict (e.g. from a cached function)."""
     if isinstance(chart, dict):
@@ -597,7 +677,7 @@ def show_chart(chart: Any, *, caption: str | None = None) -> None:
     else:
         st.altair_chart(chart, width="stretch")
     if caption:
-        st.caption(caption)
+        st.caption(md_param(caption))
 
 
 def dash_missing(frame: "pd.DataFrame", columns: Sequence[str], *,

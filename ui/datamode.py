@@ -462,29 +462,31 @@ def sweep_results(sweep: SweepConfig, values: Mapping[str, Any]) -> dict[str, An
     # shows the answer and the table's top on its first screen).
     lines = data_reading(run)
     per_n = [line for line in lines if line.startswith("With **n =")]
-    st.markdown("\n".join(f"- {line}" for line in per_n))
+    st.markdown("\n".join(common.md("- {}", common.md_text(line)) for line in per_n))
     table = data_table(run)
     st.dataframe(table, hide_index=True, key="data_table", height=common.table_height(len(table), max_rows=24),
                  column_config={name: st.column_config.Column(name, help=text)
                                 for name, text in DATA_COLUMN_HELP.items()})
     batch = "full batch" if not config.batch_size else f"batches of {config.batch_size}"
-    st.caption(f"Trained on n pairs y = T x + noise, judged on held-out pairs. Learning rate "
-               f"{config.lr_used:g} ({sweep.optimizer}; the data mode's default "
-               f"when the learning rate is empty), {config.steps_text()}, {batch}, label noise "
-               f"{config.label_noise:g}, {config.heldout} held-out pairs, alpha rule {sweep.rule}. "
-               f"Computed in {run.seconds:.2f} s.")
+    st.caption(common.md(
+        "Trained on n pairs y = T x + noise, judged on held-out pairs. Learning rate {lr:g} "
+        "({optimizer}; the data mode's default when the learning rate is empty), {steps}, {batch}, "
+        "label noise {noise:g}, {heldout} held-out pairs, alpha rule {rule}. Computed in "
+        "{seconds:.2f} s.", lr=config.lr_used, optimizer=sweep.optimizer, steps=config.steps_text(),
+        batch=batch, noise=config.label_noise, heldout=config.heldout, rule=sweep.rule,
+        seconds=run.seconds))
     common.download_buttons(data_records(run), stem="lorarank-sweep-data", key=DOWNLOAD_KEY,
                             json_data=data_json(run))
     rest = [line for line in lines if line not in per_n]
     if rest:
-        st.markdown("\n".join(f"- {line}" for line in rest))
+        st.markdown("\n".join(common.md("- {}", common.md_text(line)) for line in rest))
     tabs = layout.sections(DATA_TABS)
     if layout.is_open(tabs["Held-out loss"]):
         with tabs["Held-out loss"]:
             losses = dict(charts.losses)
             title = losses.pop("title", None)  # above the chart as text: in the chart it was half hidden
             if title:
-                st.markdown(f"**{title}**")  # the builder's own words, no user text
+                st.markdown(common.md("**{}**", title))  # the builder's own words
             common.show_chart(
                 losses,
                 caption="Loss of a pair: 0.5·||s·B·A·x − y||², averaged over the held-out pairs "
@@ -500,13 +502,15 @@ def sweep_results(sweep: SweepConfig, values: Mapping[str, Any]) -> dict[str, An
     if layout.is_open(tabs["Spectra"]):
         with tabs["Spectra"]:
             floor = run.floors[0]
-            floor_text = (f"Dashed: the noise floor {floor:.3g} for n = {charts.spectrum_n}; trained "
-                          f"directions below it fit noise." if floor is not None else
-                          f"No noise floor: n = {charts.spectrum_n} ≤ d_in + 1 pairs do not determine T.")
+            floor_text = (common.md("Dashed: the noise floor {floor:.3g} for n = {n}; trained directions "
+                                    "below it fit noise.", floor=floor, n=charts.spectrum_n)
+                          if floor is not None else
+                          common.md("No noise floor: n = {n} ≤ d_in + 1 pairs do not determine T.",
+                                    n=charts.spectrum_n))
             layout.show_panels(charts.spectrum, columns=4, legend=False,  # one panel per rank, wrapped
-                               caption=f"Trained on n = {charts.spectrum_n} pairs (the smallest n): "
-                                       f"singular values of the trained s·B·A (blue) against T's "
-                                       f"(grey). {floor_text}")
+                               caption=common.md("Trained on n = {n} pairs (the smallest n): singular "
+                                                 "values of the trained s·B·A (blue) against T's (grey). "
+                                                 "{floor}", n=charts.spectrum_n, floor=floor_text))
     if layout.is_open(tabs["Loss curves"]):
         with tabs["Loss curves"]:
             per_row = min(3, len(charts.curves))

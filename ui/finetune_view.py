@@ -33,7 +33,8 @@ from lorarank.weights import ModelWeights, open_model_bytes
 
 from . import guard
 from .audit import Upload, zip_files
-from .common import Setting, check_url, error_line, md_code, md_escape, setting_widget, show_chart, show_errors
+from .common import (Markdown, Setting, check_url, error_line, md, md_code, md_text, setting_widget,
+                     show_chart, show_errors)
 from .hub import hub_settings, hub_token
 
 __all__ = ["TAB", "SETTINGS", "URL_KEYS", "ModelSource", "linked", "section", "run_module", "plan",
@@ -308,12 +309,6 @@ def _hub_sources() -> tuple[ModelSource | None, ModelSource | None, list[str]]:
     return out[0], out[1], errors
 
 
-def _md(sentence: str) -> str:
-    """An engine sentence as markdown: its ``**`` emphasis kept, everything else escaped (module
-    names come from the files)."""
-    return "**".join(md_escape(part) for part in sentence.split("**"))
-
-
 def section(*, shown: bool = True) -> None:
     """Draw the whole "Full fine-tune" section: inputs, reading, table, charts, extraction.
 
@@ -353,7 +348,7 @@ def section(*, shown: bool = True) -> None:
     if not shown:
         return
     hub_ft, hub_base, hub_errors = _hub_sources()
-    for message in hub_errors:
+    for message in (m for m in hub_errors if isinstance(m, Markdown)):
         head.error(message, icon=":material/error:")
     ft_up, base_up = Upload.from_uploaded(ft_files), Upload.from_uploaded(base_files)
     ft = ModelSource.from_upload(ft_up) if ft_up else hub_ft
@@ -388,7 +383,7 @@ def _show(report: FinetuneReport, head: Any, ft: ModelSource, base: ModelSource,
         st.markdown(f"**Fine-tuned:** {md_code(report.finetuned)} · **base:** {md_code(report.base)} · "
                     f"{report.total:,} weight matrices in common")
         for sentence in finetune_reading(report):
-            st.markdown(_md(sentence))
+            st.markdown(md_text(sentence))
         if not report.modules:
             return
         st.dataframe(module_table(report), hide_index=True, key="audit_ft_table",
@@ -433,9 +428,10 @@ def _show(report: FinetuneReport, head: Any, ft: ModelSource, base: ModelSource,
                                "first one the fine-tune changed unless chosen.")
     m = report.modules[names.index(chosen)]
     show_chart(finetune_spectrum_chart(m.singular_values, energy=m.energy, name=m.name, energy_rank=m.energy_rank),
-               caption=f"Top {m.singular_values.size} singular values of W_ft − W0 for {md_code(m.name)} "
-                       f"({m.shape[0]} x {m.shape[1]}), log scale; dashed: k(0.5), k(0.9), k(0.99) where "
-                       "known. Hover a point for the share of ||dW||_F² up to it.")
+               caption=md("Top {n} singular values of W_ft − W0 for {name!c} ({d_out} x {d_in}), log "
+                          "scale; dashed: k(0.5), k(0.9), k(0.99) where known. Hover a point for the "
+                          "share of ||dW||_F² up to it.", n=m.singular_values.size, name=m.name,
+                          d_out=m.shape[0], d_in=m.shape[1]))
     if report.others:
         changed = sum(1 for o in report.others if o.changed)
         with st.expander(f"Not audited: {len(report.others):,} tensors ({changed:,} changed by the fine-tune)"):
@@ -474,10 +470,12 @@ def _extraction(report: FinetuneReport, ft: ModelSource, base: ModelSource, sett
                 + (f", leaving {100 * min(errors):.1f} to {100 * max(errors):.1f} % of ||dW||_F" if errors else ""))
     left = [o for o in report.others if o.changed] + [m for m in report.modules if m.kind == "embedding"
                                                       and "unchanged" not in m.flags]
-    st.markdown(f"It holds {len(ms):,} modules, {what}. Left out (a LoRA cannot hold them): "
-                + (", ".join(md_code(getattr(o, "name", "")) for o in left[:6])
-                   + (f" and {len(left) - 6} more" if len(left) > 6 else "") if left else "nothing that changed")
-                + ". The downloaded config says what each module keeps in the CLI (`lorarank extract`).")
+    left_out = (md("{names}{more}", names=Markdown(", ").join(md_code(getattr(o, "name", "")) for o in left[:6]),
+                more=f" and {len(left) - 6} more" if len(left) > 6 else "")
+             if left else Markdown("nothing that changed"))
+    st.markdown(md("It holds {n:,} modules, {what}. Left out (a LoRA cannot hold them): {shown}. The "
+                   "downloaded config says what each module keeps in the CLI (`lorarank extract`).",
+                   n=len(ms), what=md_text(what), shown=left_out))
     base_name = base.uri.removeprefix("hf://").split("@")[0] if base.kind == "hub" else base.label
     st.download_button("Download the extracted LoRA (.zip)", key=f"{DOWNLOAD_KEY}_lora",
                        data=lambda: zip_files(extracted_files(ft, base, by=by, value=float(value), settings=settings,

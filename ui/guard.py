@@ -33,6 +33,7 @@ from typing import Callable, Hashable, Iterator, Sequence, TypeVar
 import streamlit as st
 
 from . import compat
+from .common import Markdown, md, md_param
 from .uploads import trim_memory
 
 __all__ = ["ASK_SECONDS", "MAX_SECONDS", "HEAVY_SLOTS", "WorkQueue", "QUEUE", "session_alive",
@@ -161,9 +162,10 @@ def heavy_work(what: str) -> Iterator[None]:
 
     def on_wait(position: int) -> None:
         check_alive()
-        notice.info(f"Waiting for a free slot to start {what}: number {position} in line "
-                    f"({QUEUE.running} of {QUEUE.slots} computations running on this shared "
-                    f"server).", icon=":material/hourglass_top:")
+        notice.info(md("Waiting for a free slot to start {what}: number {position} in line "
+                       "({running} of {slots} computations running on this shared server).",
+                       what=what, position=position, running=QUEUE.running, slots=QUEUE.slots),
+                    icon=":material/hourglass_top:")
 
     try:
         with QUEUE.slot(on_wait=on_wait):
@@ -226,7 +228,7 @@ def _stop(key: str, ident: Hashable) -> None:
     st.session_state[f"{key}_stopped"] = ident
 
 
-def gate(seconds: float, *, key: str, what: str, ident: Hashable, hint: str = "",
+def gate(seconds: float, *, key: str, what: str, ident: Hashable, hint: Markdown = Markdown(""),
          kept: bool = True, item: str = "ranks") -> bool:
     """Whether work estimated at ``seconds`` may run now; otherwise say why and offer Run.
 
@@ -259,18 +261,19 @@ def gate(seconds: float, *, key: str, what: str, ident: Hashable, hint: str = ""
     if seconds <= ASK_SECONDS or (is_done(ident) and not stopped):
         return True
     if seconds > MAX_SECONDS:
-        st.error(f"This {what} is estimated at {format_seconds(seconds)} of computing; this "
-                 f"shared server runs at most {MAX_SECONDS:.0f} s per request. {hint}".strip(),
+        st.error(md("This {what} is estimated at {estimate} of computing; this shared server runs "
+                    "at most {cap:.0f} s per request.{hint}", what=what, estimate=format_seconds(seconds),
+                    cap=MAX_SECONDS, hint=Markdown(" ") + md_param(hint) if hint else Markdown("")),
                  icon=":material/block:")
         return False
     if st.session_state.get(f"{key}_approved") == ident:
         return True
     with st.container(border=True, key=f"{key}_ask"):
-        st.markdown(
-            ("**Stopped.** " if stopped else "")
-            + f"This {what} is estimated at **{format_seconds(seconds)}** on this server, so it "
-            f"waits for you: press Run to start it. A run under way can be stopped"
-            + (f"; {item} that finished are kept." if kept else "."))
+        st.markdown(md(
+            "{stopped}This {what} is estimated at **{estimate}** on this server, so it waits for you: "
+            "press Run to start it. A run under way can be stopped{kept}",
+            stopped=Markdown("**Stopped.** ") if stopped else Markdown(""), what=what,
+            estimate=format_seconds(seconds), kept=md("; {} that finished are kept.", item) if kept else "."))
         st.button("Run", key=f"{key}_run", type="primary", icon=":material/play_arrow:",
                   on_click=_approve, args=(key, ident))
     return False
@@ -314,7 +317,7 @@ def finished_ranks(ranks: Sequence[int], rank_ident: Callable[[int], Hashable]) 
     return tuple(r for r in ranks if is_done(rank_ident(r)))
 
 
-def guarded_run(seconds: float, *, key: str, what: str, ident: Hashable, hint: str,
+def guarded_run(seconds: float, *, key: str, what: str, ident: Hashable, hint: Markdown,
                 run: Callable[[], T], ranks: Sequence[int] = (),
                 rank_ident: Callable[[int], Hashable] | None = None,
                 partial: Callable[[tuple[int, ...]], T] | None = None,
@@ -359,6 +362,7 @@ def guarded_run(seconds: float, *, key: str, what: str, ident: Hashable, hint: s
     done = finished_ranks(ranks, rank_ident)
     if not done:
         return None
-    st.caption(f"Showing the {item} already {done_word}: {symbol} = "
-               f"{', '.join(map(str, done))} of {', '.join(map(str, ranks))}.")
+    st.caption(md("Showing the {item} already {done_word}: {symbol} = {done} of {ranks}.", item=item,
+                  done_word=done_word, symbol=symbol, done=", ".join(map(str, done)),
+                  ranks=", ".join(map(str, ranks))))
     return partial(done)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from . import common
+from .common import md_escape
 
 __all__ = ["render"]
 
@@ -48,4 +49,4 @@ def render() -> None:
         for page in common.available_pages()[1:]:
             with st.container(border=True):
                 st.page_link(page.path, label=page.label, icon=page.icon)
-                st.caption(page.question)
+                st.caption(md_escape(page.question))

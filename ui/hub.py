@@ -23,7 +23,7 @@ from lorarank.errors import LoraRankError
 from lorarank.hub import HubRef, HubSettings, fetch_adapter_files
 
 from .audit import Upload
-from .common import progress_bar
+from .common import Markdown, error_line, md, progress_bar
 
 __all__ = ["HubInput", "URL_KEYS", "hub_input", "load_hub_upload", "hub_token", "hub_settings", "privacy_note",
            "PRIVACY_NOTE"]
@@ -65,7 +65,7 @@ PRIVACY_NOTE = (
 
 def privacy_note() -> None:
     """Say plainly where uploaded bytes go (under the uploader)."""
-    st.caption(PRIVACY_NOTE)
+    st.caption(Markdown(PRIVACY_NOTE))
 
 
 def hub_token() -> str | None:
@@ -176,13 +176,14 @@ def hub_input(slot: HubInput = HubInput(), *, label: str = "…or an adapter on 
             return None
         upload, commit = load_hub_upload(ref)
     except LoraRankError as exc:
-        (notices if notices is not None else st).error(str(exc), icon=":material/error:")
+        (notices if notices is not None else st).error(error_line(exc), icon=":material/error:")
         return None
     if st.query_params.get(slot.revision_key) != commit:
         st.query_params[slot.revision_key] = commit
-    (notices if notices is not None else st).caption(f"Loaded **{ref.repo_id}**{' / ' + ref.subfolder if ref.subfolder else ''} at "
-               f"commit `{commit[:12]}` from the Hub ({_size(upload.size)}); the link pins this "
-               "commit.")
+    (notices if notices is not None else st).caption(md(
+        "Loaded **{repo}**{sub} at commit {commit!c} from the Hub ({size}); the link pins this commit.",
+        repo=ref.repo_id, sub=md(" / {}", ref.subfolder) if ref.subfolder else Markdown(""),
+        commit=commit[:12], size=_size(upload.size)))
     return upload
 
 

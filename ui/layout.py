@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import streamlit as st
 
 from lorarank.charts import split_facets
-from ui.common import Setting, setting_widget
+from ui.common import Markdown, Setting, md, md_param, setting_widget
 
 __all__ = ["header", "settings_group", "sections", "opening", "is_open", "show_panels", "SETTINGS_HINT",
            "TAB_PARAM"]
@@ -27,8 +27,8 @@ SETTINGS_HINT = ("Settings are in the sidebar (on a phone, open it with the » b
                  "left); every setting is kept in the link.")
 
 
-def header(title: str, summary: str, *, about: str | None = None,
-           hint: str | None = SETTINGS_HINT) -> None:
+def header(title: Markdown, summary: Markdown, *, about: Markdown | None = None,
+           hint: Markdown | None = SETTINGS_HINT) -> None:
     """The page title, a one-sentence summary, and the longer explanation folded away.
 
     Parameters
@@ -42,11 +42,11 @@ def header(title: str, summary: str, *, about: str | None = None,
     hint : str, optional
         A caption after the summary (default: where the settings are).
     """
-    st.title(title)
-    st.caption(summary + (f" {hint}" if hint else ""))
+    st.title(md_param(title))
+    st.caption(md_param(summary) + (Markdown(" ") + md_param(hint) if hint else Markdown("")))
     if about:
         with st.expander("About this page", icon=":material/info:"):
-            st.markdown(about)
+            st.markdown(md_param(about))
 
 
 def _is_compact(setting: Setting) -> bool:
@@ -54,7 +54,7 @@ def _is_compact(setting: Setting) -> bool:
     return setting.kind in ("int", "float")
 
 
-def settings_group(title: str, settings: Sequence[Setting], *, container: Any = None,
+def settings_group(title: Markdown, settings: Sequence[Setting], *, container: Any = None,
                    expanded: bool = True,
                    disabled: Mapping[str, Callable[[dict[str, Any]], str | None]] | None = None,
                    ) -> dict[str, Any]:
@@ -72,7 +72,7 @@ def settings_group(title: str, settings: Sequence[Setting], *, container: Any = 
         rule = disabled.get(setting.key)
         return rule(values) if rule is not None else None
 
-    box = st.sidebar.expander(title, expanded=expanded) if container is None else container
+    box = st.sidebar.expander(md_param(title), expanded=expanded) if container is None else container
     values: dict[str, Any] = {}
     pending: list[Setting] = []
 
@@ -130,7 +130,7 @@ def is_open(tab: Any) -> bool:
     return tab.open is not False  # None: tabs that do not track state show everything
 
 
-def show_panels(spec: dict, *, columns: int = 3, caption: str | None = None,
+def show_panels(spec: dict, *, columns: int = 3, caption: Markdown | None = None,
                 legend: bool = True) -> None:
     """Draw a faceted chart as a grid of panels that follows the page's width.
 
@@ -142,11 +142,11 @@ def show_panels(spec: dict, *, columns: int = 3, caption: str | None = None,
     """
     title, panels = split_facets(spec, legend=legend)
     if title:
-        st.markdown(f"**{title}**")
+        st.markdown(md("**{}**", title))
     per_row = max(1, min(columns, len(panels)))
     for start in range(0, len(panels), per_row):
         cols = st.columns(per_row)
         for col, panel in zip(cols, panels[start:start + per_row]):
             col.vega_lite_chart(spec=panel, width="stretch")
     if caption:
-        st.caption(caption)
+        st.caption(md_param(caption))

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import streamlit as st
 
 from .audit import DEMO_KEY, UPLOAD_KEY, Detected, Upload
-from .common import md_code, md_escape
+from .common import Markdown, md, md_code
 
 __all__ = ["LOADED_KEY", "GENERATION_KEY", "CLEAR_KEY", "uploader_key", "combine", "take",
            "loaded", "clear", "unreadable", "show_unreadable", "UNREADABLE_KEY", "adapter_name", "header_row", "showing", "inputs_box"]
@@ -95,7 +95,7 @@ UNREADABLE_KEY = "audit_unreadable"
 PREVIOUS_KEY = "audit_loaded_previous"
 
 
-def unreadable(upload: Upload, message: str, where: Any) -> None:
+def unreadable(upload: Upload, message: Markdown, where: Any) -> None:
     """``upload`` could not be read: show ``message`` (one safe markdown line) and stop.
 
     Dropped files are then no longer the loaded adapter: the page reruns with the adapter
@@ -111,18 +111,18 @@ def unreadable(upload: Upload, message: str, where: Any) -> None:
             st.session_state.pop(LOADED_KEY, None)
         st.session_state[UNREADABLE_KEY] = message
         st.rerun()
-    where.error(message, icon=":material/error:")
+    where.error(md_param(message), icon=":material/error:")
     st.stop()
 
 
 def show_unreadable(where: Any) -> None:
     """Show (once) the message :func:`unreadable` left for this run."""
     message = st.session_state.pop(UNREADABLE_KEY, None)
-    if message:
+    if isinstance(message, Markdown):
         where.error(message, icon=":material/error:")
 
 
-def adapter_name(upload: Upload, detected: Detected, *, label: str = "Loaded") -> str:
+def adapter_name(upload: Upload, detected: Detected, *, label: str = "Loaded") -> Markdown:
     """One markdown line naming the loaded adapter: its files (or Hub reference), the base
     model its config names, format, family, ranks and module count. File and config text is
     escaped. ``label`` starts the line (the compare tab's second adapter is "Adapter B")."""
@@ -133,20 +133,20 @@ def adapter_name(upload: Upload, detected: Detected, *, label: str = "Loaded") -
         names = [name for name, _ in upload.files]
         weights = [n for n in names if not _is_config(n)]
         configs = [n for n in names if _is_config(n)]
-        where = " + ".join(md_code(n) for n in weights + configs) or "(no files)"
-    what = [f"{md_escape(d.get('format', '?'))} {md_escape(', '.join(d.get('families') or ['lora']))}"]
+        where = Markdown(" + ").join(md_code(n) for n in weights + configs) or Markdown("(no files)")
+    what = [md("{} {}", d.get("format", "?"), ", ".join(d.get("families") or ["lora"]))]
     ranks = d.get("ranks") or []
     if ranks:
-        what.append(f"r = {ranks[0]}" if len(ranks) == 1 else f"r = {ranks[0]}..{ranks[-1]}")
-    what.append(f"{d.get('modules', 0):,} modules")
+        what.append(md("r = {}", ranks[0]) if len(ranks) == 1 else md("r = {}..{}", ranks[0], ranks[-1]))
+    what.append(md("{:,} modules", d.get("modules", 0)))
     meta = d.get("metadata") or {}
-    parts = [f"**{label}:** {where}", ", ".join(what)]
+    parts = [md("**{}:** {}", label, where), Markdown(", ").join(what)]
     if d.get("name"):
-        parts.append(f"adapter {md_code(d['name'])}")
+        parts.append(md("adapter {!c}", d["name"]))
     base = meta.get("base_model_name_or_path") or meta.get("ss_sd_model_name") or meta.get("model")
     if isinstance(base, str) and base.strip():
-        parts.append(f"base model {md_code(base)}")
-    return " · ".join(parts)
+        parts.append(md("base model {!c}", base))
+    return Markdown(" · ").join(parts)
 
 
 def header_row(upload: Upload, *, demo: bool = False) -> Any:
@@ -158,7 +158,7 @@ def header_row(upload: Upload, *, demo: bool = False) -> Any:
     slot = row.empty()
     # "Adapter", not "Loaded": the files (or Hub link) may turn out unreadable (then an
     # error follows and this line stays); :func:`adapter_name` writes "Loaded: ..." once read.
-    slot.markdown(f"**Adapter:** {md_escape(upload.label)}", width="stretch")
+    slot.markdown(md("**Adapter:** {}", upload.label), width="stretch")
     current = loaded()
     if not demo and current is not None and upload.ident == current.ident:
         row.button("Clear", key=CLEAR_KEY, on_click=clear, icon=":material/close:",

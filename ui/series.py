@@ -27,8 +27,9 @@ from lorarank.checkpoints import HubSeries, HubSeriesRef, checkpoints_from_files
 from lorarank.series import SeriesReport, audit_series
 
 from .audit import MAP_METRICS, Upload, rule_text
-from .common import (Setting, check_url, dash_missing, download_buttons, md_code, number_column, progress_bar,
-                     setting_widget, show_chart, show_errors, table_height)
+from .common import (Markdown, Setting, check_url, dash_missing, download_buttons, error_line, md, md_code,
+                     md_text, number_column, progress_bar, setting_widget, show_chart, show_errors,
+                     table_height)
 from .hub import hub_settings  # the page's Hub limits (byte cap = the upload limit)
 from .hub import hub_token
 
@@ -161,16 +162,18 @@ def hub_series_input(*, notices: Any = None) -> tuple[HubSeries, tuple[str, ...]
             pinned = spec
         plan = plan_hub(pinned.repo_id, pinned.revisions, pinned.subfolder, labels)
     except LoraRankError as exc:
-        notices.error(str(exc), icon=":material/error:")
+        notices.error(error_line(exc), icon=":material/error:")
         return None
     pins = ",".join(plan.commits)
     if st.query_params.get(HUB_COMMITS_KEY) != pins:
         st.query_params[HUB_COMMITS_KEY] = pins
-    what = (f"{len(plan.checkpoints)} revisions" if spec.by_revision else
-            f"{len(plan.checkpoints)} checkpoint folders at commit `{plan.commits[0][:12]}`")
-    notices.caption(f"Loaded **{spec.repo_id}**{' / ' + spec.subfolder if spec.subfolder else ''}: "
-               f"{what} ({plan.total_bytes / 1e6:.1f} MB); the link pins "
-               f"{'each revision to its commit' if spec.by_revision else 'this commit'}.")
+    what = (md("{n} revisions", n=len(plan.checkpoints)) if spec.by_revision else
+            md("{n} checkpoint folders at commit {commit!c}", n=len(plan.checkpoints),
+               commit=plan.commits[0][:12]))
+    notices.caption(md("Loaded **{repo}**{sub}: {what} ({mb:.1f} MB); the link pins {pins}.",
+                       repo=spec.repo_id, sub=md(" / {}", spec.subfolder) if spec.subfolder else Markdown(""),
+                       what=what, mb=plan.total_bytes / 1e6,
+                       pins="each revision to its commit" if spec.by_revision else "this commit"))
     return plan, labels
 
 
@@ -265,36 +268,46 @@ def adapter_table(report: SeriesReport) -> pd.DataFrame:
     return pd.DataFrame(out, columns=columns)
 
 
-def reading(report: SeriesReport) -> str:
+def reading(report: SeriesReport) -> Markdown:
     """Plain words read off the series (markdown)."""
     steps, a = report.steps, report.adapter
     rule = rule_text(report.rule, report.value)
     if not report.modules:
-        return "The checkpoints share no module, so nothing can be followed over steps."
+        return Markdown("The checkpoints share no module, so nothing can be followed over steps: "
+                        "each checkpoint's own audit still lists its modules.")
     if len(steps) == 1:
-        return (f"One checkpoint (step {steps[0]}): its {len(report.modules)} modules need "
-                f"**{a[0]['directions']}** directions under **{rule}**. Add more checkpoints to "
-                f"see rank over training.")
+        return md("One checkpoint (step {step}): its {n} modules need **{d}** directions under "
+                  "**{rule}**. Add more checkpoints to see rank over training.",
+                  step=steps[0], n=len(report.modules), d=a[0]["directions"], rule=rule)
     first, last = a[0], a[-1]
     settled = report.settled_step
     if settled == steps[-1]:
-        when = (f"some module's recommended rank still changed at the last checkpoint (step "
-                f"{steps[-1]}): the rank had **not settled** when training stopped")
+        when = md("some module's recommended rank still changed at the last checkpoint (step "
+                  "{step}): the rank had **not settled** when training stopped", step=steps[-1])
     elif settled == steps[0]:
-        when = f"no module's recommended rank changed after the first checkpoint (step {settled})"
+        when = md("no module's recommended rank changed after the first checkpoint (step {step})",
+                  step=settled)
     else:
-        when = f"the recommended rank **settled at step {settled}**: no module's changed after it"
-    return (f"Over {len(steps)} checkpoints (steps {steps[0]} to {steps[-1]}) the "
-            f"{len(report.modules)} modules needed **{first['directions']}** directions under "
-            f"**{rule}** at first and **{last['directions']}** at the end (median rank "
-            f"{first['recommended_rank_median']:g} -> {last['recommended_rank_median']:g}); {when}. "
-            f"The top-{report.top} input directions of A at step {steps[0]} overlap the final ones "
-            f"by phi = **{first['phi_last_mean']:.3f}** on average, and the last two checkpoints by "
-            f"**{a[-2]['phi_next_mean']:.3f}** (1 = the same directions).")
+        when = md("the recommended rank **settled at step {step}**: no module's changed after it",
+                  step=settled)
+    return md("Over {n} checkpoints (steps {s0} to {s1}) the {m} modules needed **{d0}** directions "
+              "under **{rule}** at first and **{d1}** at the end (median rank {r0:g} -> {r1:g}); "
+              "{when}. The top-{top} input directions of A at step {s0} overlap the final ones by "
+              "phi = **{phi_last}** on average, and the last two checkpoints by **{phi_next}** "
+              "(1 = the same directions).",
+              n=len(steps), s0=steps[0], s1=steps[-1], m=len(report.modules),
+              d0=first["directions"], d1=last["directions"], rule=rule,
+              r0=first["recommended_rank_median"], r1=last["recommended_rank_median"], when=when,
+              top=report.top, phi_last=_fmt3(first["phi_last_mean"]), phi_next=_fmt3(a[-2]["phi_next_mean"]))
+
+
+def _fmt3(value: float | None) -> str:
+    """phi to three decimals, or "n/a" when no module had it."""
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def url_choice_error(key: str, options: Sequence[str], what: str, fallback: str, *,
-                     where: str = "this run") -> str | None:
+                     where: str = "this run") -> Markdown | None:
     """One sentence when the URL's ``key`` is not one of ``options`` (checked before the widget);
     ``where`` names what lacks it."""
     if key not in st.query_params:
@@ -302,7 +315,8 @@ def url_choice_error(key: str, options: Sequence[str], what: str, fallback: str,
     raw = st.query_params[key]
     if raw in options:
         return None
-    return f"The link sets {md_code(f'{key}={raw}')}, but {where} has no such {what}; {fallback} is shown instead."
+    return md("The link sets {param!c}, but {where} has no such {what}; {fallback} is shown instead.",
+              param=f"{key}={raw}", where=where, what=what, fallback=fallback)
 
 
 # ---------------------------------------------------------------------------------- section
@@ -382,11 +396,11 @@ def section(*, rule: str, value: float | None) -> None:
         else:
             report = run_series(upload, rule=rule, value=float(value or 0.0), top=int(top))
     except LoraRankError as exc:
-        head.error(str(exc), icon=":material/error:")
+        head.error(error_line(exc), icon=":material/error:")
         return
     with head:
         for note in report.notes:
-            st.info(note, icon=":material/info:")
+            st.info(md_text(note), icon=":material/info:")
         st.markdown(reading(report))
         table = dash_missing(adapter_table(report), list(ADAPTER_HELP))  # "-", never "None"
         st.dataframe(table, hide_index=True, key="audit_series_table",
@@ -399,10 +413,11 @@ def section(*, rule: str, value: float | None) -> None:
                                                 "(the link pins each to its commit)."),
                          "directions": st.column_config.NumberColumn(
                              "directions", help=ADAPTER_HELP["directions"], format="%d")})
-        st.caption(f"One row per checkpoint, over the {len(report.modules)} modules present in every "
-                   f"checkpoint; recommended rank under {rule_text(report.rule, report.value)}. The "
-                   f"downloads hold every module at every step (CSV: one row per step and module with "
-                   f"σ₁…σ_r; JSON: what `lorarank audit --series DIR --json` prints).")
+        st.caption(md("One row per checkpoint, over the {n} modules present in every checkpoint; "
+                      "recommended rank under {rule}. The downloads hold every module at every step "
+                      "(CSV: one row per step and module with σ₁…σ_r; JSON: what "
+                      "`lorarank audit --series DIR --json` prints).",
+                      n=len(report.modules), rule=rule_text(report.rule, report.value)))
         table = rows(report)
         download_buttons(pd.DataFrame(table).drop(columns=["name"]), stem="lorarank-series",
                          key=DOWNLOAD_KEY, json_data=json_clean(report.to_dict()))
@@ -423,10 +438,10 @@ def _charts(report: SeriesReport, table: list[dict], metric: str) -> None:
     chosen = None if module == NO_MODULE else module
     show_chart(rank_over_steps_chart(table, metric=metric, module=chosen,
                                      settled_step=report.settled_step),
-               caption=f"{SERIES_METRICS[metric]} of every module at every checkpoint, averaged "
-                       f"over the layers of each module type (hover for min and max). Dashed grey "
-                       f"rule: step {report.settled_step}, after which no module's recommended rank "
-                       f"changed.")
+               caption=md("{metric} of every module at every checkpoint, averaged over the layers of "
+                          "each module type (hover for min and max). Dashed grey rule: step {step}, "
+                          "after which no module's recommended rank changed.",
+                          metric=SERIES_METRICS[metric], step=report.settled_step))
 
     # The layer x module map at one step.
     steps = [str(s) for s in report.steps]
@@ -441,14 +456,15 @@ def _charts(report: SeriesReport, table: list[dict], metric: str) -> None:
     at = report.report_at(int(step))
     map_metric = metric if metric in MAP_METRICS else "recommended_rank"
     show_chart(rank_map_chart(at.rank_map(map_metric), metric=f"{MAP_METRICS[map_metric]} at step {step}"),
-               caption=f"Every module of the checkpoint at step {step} (layer x module type"
-                       f"{'' if map_metric == metric else '; σ₁ has no map, the recommended rank is shown'}).")
+               caption=md("Every module of the checkpoint at step {step} (layer x module type{why}).",
+                          step=step, why="" if map_metric == metric else
+                          "; σ₁ has no map, the recommended rank is shown"))
 
     # phi over steps.
     chance = float(np.mean([m.chance for m in report.modules])) if report.modules else None
     show_chart(phi_over_steps_chart(table, module=chosen, top=report.top, chance=chance),
-               caption=f"phi(k, k) = ||U_kᵀV_k||_F² / k on the top k = min({report.top}, r) right "
-                       f"singular vectors of two checkpoints' A factors (Hu et al. 2022, section "
-                       f"7.2), as the compare mode computes it. Solid: with the next checkpoint "
-                       f"(drawn at the earlier step); dashed: with the last. Dotted: the chance "
-                       f"level k / d_in of two random subspaces.")
+               caption=md("phi(k, k) = ||U_kᵀV_k||_F² / k on the top k = min({top}, r) right singular "
+                          "vectors of two checkpoints' A factors (Hu et al. 2022, section 7.2), as "
+                          "the compare mode computes it. Solid: with the next checkpoint (drawn at the "
+                          "earlier step); dashed: with the last. Dotted: the chance level k / d_in of "
+                          "two random subspaces.", top=report.top))

@@ -27,7 +27,7 @@ from lorarank.stability import (CONVENTIONS, DEFAULT_LRS, DEFAULT_RANKS, DEFAULT
                                 run_stability, scale_for, stability_findings)
 
 from . import guard
-from .common import Setting, chart_spec, frame_csv, md_code, progress_bar, whole_run
+from .common import Markdown, Setting, chart_spec, frame_csv, md, progress_bar, whole_run
 from .common import parse_ranks as common_parse_ranks
 from .sweep import TARGET_SETTINGS as _SWEEP_TARGET_SETTINGS
 from .sweep import TargetConfig, alpha_unused
@@ -122,7 +122,7 @@ def rules_widget(container: Any = None) -> list[str]:
         help="; ".join(f"{k}: {v}" for k, v in SCALING_RULES.items()) + ".")
 
 
-def url_rule_errors() -> list[str]:
+def url_rule_errors() -> list[Markdown]:
     """One sentence per ``?rules=`` value that is not a scaling rule (call before the widgets).
 
     The bound multiselect drops such values silently when it registers; this says so.
@@ -130,8 +130,8 @@ def url_rule_errors() -> list[str]:
     out = []
     for raw in st.query_params.get_all(RULES_KEY):
         if raw not in SCALING_RULES:
-            out.append(f"The link sets {md_code(f'rules={raw}')}, but scaling rules are "
-                       f"{', '.join(SCALING_RULES)}; it is ignored.")
+            out.append(md("The link sets {param!c}, but scaling rules are {rules}; it is ignored.",
+                          param=f"rules={raw}", rules=", ".join(SCALING_RULES)))
     return out
 
 

@@ -22,8 +22,8 @@ from lorarank.synthetic import SPECTRA, Target, make_target
 from lorarank.charts import loss_chart, spectrum_chart
 
 from . import guard
-from .common import (Setting, chart_spec, download_buttons, progress_bar, stop_on_error, table_height,
-                     whole_run)
+from .common import (Markdown, Setting, chart_spec, download_buttons, md, md_param, md_text, progress_bar,
+                     stop_on_error, table_height, whole_run)
 from .common import parse_ranks as common_parse_ranks
 
 __all__ = [
@@ -419,7 +419,7 @@ def reading(run: SweepRun) -> list[str]:
     return out
 
 
-def show_results(config: SweepConfig, *, note: str = "") -> tuple[SweepRun, SweepCharts] | None:
+def show_results(config: SweepConfig, *, note: Markdown = Markdown("")) -> tuple[SweepRun, SweepCharts] | None:
     """Run the sweep within the server's work budget and draw its results: the table, its
     caption (``note`` appended), the downloads and the reading. Returns the run (after a stop:
     the ranks that finished) and its charts, or None when nothing ran."""
@@ -434,12 +434,12 @@ def show_results(config: SweepConfig, *, note: str = "") -> tuple[SweepRun, Swee
                        for name, text in COLUMN_HELP.items()},
         key="sweep_table",
     )
-    st.caption(
-        f"Learning rate {config.lr_used:g} ({config.optimizer}), {config.steps} steps, alpha rule "
-        f"{config.rule}. Relative error is ||s·B·A − T||_F / ||T||_F. Computed in {run.seconds:.2f} s."
-        + note
-    )
+    st.caption(md(
+        "Learning rate {lr:g} ({optimizer}), {steps} steps, alpha rule {rule}. Relative error is "
+        "||s·B·A − T||_F / ||T||_F. Computed in {seconds:.2f} s.{note}", lr=config.lr_used,
+        optimizer=config.optimizer, steps=config.steps, rule=config.rule, seconds=run.seconds,
+        note=md_param(note)))
     download_buttons(results_records(run), stem="lorarank-sweep", key=DOWNLOAD_KEY,
                      json_data=results_json(run))
-    st.markdown("\n".join(f"- {sentence}" for sentence in reading(run)))
+    st.markdown("\n".join(md("- {}", md_text(sentence)) for sentence in reading(run)))
     return run, sweep_charts(config)

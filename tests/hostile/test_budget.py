@@ -210,7 +210,7 @@ class TestPages:
                        ranks="4,8,16,32,64,128,256")
         assert time.perf_counter() - start < 60
         assert not at.exception and not at.error
-        assert any("press Run to start it" in m.value for m in at.markdown)
+        assert any("press Run to start it" in md_plain(m.value) for m in at.markdown)
         assert len(at.dataframe) == 0
         assert at.button(key=f"{sweep.GATE_KEY}_run").label == "Run"
 
@@ -230,7 +230,7 @@ class TestPages:
         at = open_page("pages/1_Rank_sweep.py", ranks="2,4", steps="300")
         assert not at.exception and not at.error
         assert len(at.dataframe) == 0
-        assert any("press Run to start it" in m.value for m in at.markdown)
+        assert any("press Run to start it" in md_plain(m.value) for m in at.markdown)
         at.button(key=f"{sweep.GATE_KEY}_run").click().run()
         assert not at.exception and not at.error
         assert list(at.dataframe[0].value["r"]) == [2, 4]
@@ -245,8 +245,8 @@ class TestPages:
         at.button(key=f"{sweep.GATE_KEY}_run").click().run()
         # Same settings with one more rank: asks again, and shows the two finished ranks.
         at2 = open_page("pages/1_Rank_sweep.py", ranks="2,4,16", steps="300")
-        assert any("press Run" in m.value for m in at2.markdown)
-        assert any("Showing the ranks already fitted: r = 2, 4 of 2, 4, 16" in c.value
+        assert any("press Run" in md_plain(m.value) for m in at2.markdown)
+        assert any("Showing the ranks already fitted: r = 2, 4 of 2, 4, 16" in md_plain(c.value)
                    for c in at2.caption)
         assert list(at2.dataframe[0].value["r"]) == [2, 4]
 
@@ -338,7 +338,7 @@ class TestDataPages:
         monkeypatch.setattr(guard, "ASK_SECONDS", (exact_s + data_s) / 2)
         at = open_page("pages/1_Rank_sweep.py", mode="data")
         assert not at.exception and not at.error
-        assert any("finite-data sweep is estimated at" in m.value and "press Run" in m.value
+        assert any("finite-data sweep is estimated at" in md_plain(m.value) and "press Run" in md_plain(m.value)
                    for m in at.markdown)
         assert not any("held-out loss" in d.value.columns for d in at.dataframe)
         at.button(key=f"{datamode.GATE_KEY}_run").click().run()
@@ -370,13 +370,13 @@ class TestDataPages:
 
         monkeypatch.setattr(datamode, "fit_data", fit_then_stop)
         at = open_page("pages/1_Rank_sweep.py", **query)
-        assert any("finite-data sweep is estimated at" in m.value for m in at.markdown)
+        assert any("finite-data sweep is estimated at" in md_plain(m.value) for m in at.markdown)
         at.button(key=f"{datamode.GATE_KEY}_run").click().run()
         assert not at.exception and not at.error
         assert calls == [64, 128]
-        assert any("**Stopped.**" in m.value and "sample sizes that finished are kept" in m.value
+        assert any("**Stopped.**" in md_plain(m.value) and "sample sizes that finished are kept" in m.value
                    for m in at.markdown)
-        assert any("Showing the sample sizes already trained on: n = 64 of 64, 128." in c.value
+        assert any("Showing the sample sizes already trained on: n = 64 of 64, 128." in md_plain(c.value)
                    for c in at.caption)
         (frame,) = [d.value for d in at.dataframe if "held-out loss" in d.value.columns]
         assert frame["n"].tolist() == [64, 64] and frame["r"].tolist() == [2, 4]
@@ -421,7 +421,7 @@ class TestDataPages:
                                                    + stab.grid_estimate(data).seconds) / 2)
         at = open_page("pages/2_Alpha_r_stability.py", **query)
         assert not at.exception and not at.error
-        assert any("grid is estimated at" in m.value and "press Run" in m.value for m in at.markdown)
+        assert any("grid is estimated at" in md_plain(m.value) and "press Run" in md_plain(m.value) for m in at.markdown)
 
 
 class TestAuditGate:
@@ -433,7 +433,7 @@ class TestAuditGate:
         monkeypatch.setattr(guard, "ASK_SECONDS", 1e-6)
         at = open_page("pages/3_Adapter_audit.py", demo="true")
         assert not at.exception and not at.error
-        asks = [m.value for m in at.markdown if "press Run to start it" in m.value]
+        asks = [md_plain(m.value) for m in at.markdown if "press Run to start it" in md_plain(m.value)]
         assert len(asks) == 1 and "audit of 14 modules" in asks[0]
         assert "ranks that finished are kept" not in asks[0]
         assert not [d for d in at.dataframe if "module" in d.value.columns]
@@ -442,7 +442,7 @@ class TestAuditGate:
         assert [d for d in at.dataframe if "module" in d.value.columns]
         at.run()
         assert [d for d in at.dataframe if "module" in d.value.columns]
-        assert not any("press Run" in m.value for m in at.markdown)
+        assert not any("press Run" in md_plain(m.value) for m in at.markdown)
 
     def test_stopped_audit_asks_again(self, monkeypatch):
         """Stop (its callback) withdraws the approval: the next run shows "Stopped." and Run,
@@ -457,7 +457,7 @@ class TestAuditGate:
         del at.session_state[f"{audit_ui.GATE_KEY}_approved"]
         at.run()
         assert not at.exception
-        assert any(m.value.startswith("**Stopped.**") for m in at.markdown)
+        assert any(md_plain(m.value).startswith("**Stopped.**") for m in at.markdown)
         assert not [d for d in at.dataframe if "module" in d.value.columns]
 
     def test_compare_is_gated(self, monkeypatch):
@@ -468,7 +468,7 @@ class TestAuditGate:
         at = open_page("pages/3_Adapter_audit.py", demo="true", compare="true", tab="Compare")
         at.button(key=f"{audit_ui.GATE_KEY}_run").click().run()
         assert not at.exception and not at.error
-        assert any("comparison of 28 modules is estimated" in m.value for m in at.markdown)
+        assert any("comparison of 28 modules is estimated" in md_plain(m.value) for m in at.markdown)
         at.button(key=f"{audit_ui.COMPARE_GATE_KEY}_run").click().run()
         assert not at.exception and not at.error
         assert [d for d in at.dataframe if "phi(k, k)" in d.value.columns]
