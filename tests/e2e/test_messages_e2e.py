@@ -50,3 +50,37 @@ def test_long_run_progress_covers_the_whole_run(page, asking_server, shot):
     shares = [p for _, _, p in seen]
     assert shares == sorted(shares)  # the whole run's share only grows
     assert any(t.endswith("left)") for t in texts), texts
+
+
+#: WCAG contrast of every selected multiselect option ("chip"): its text on its background.
+_CHIP_CONTRAST_JS = """() => {
+  const lum = (css) => {
+    const [r, g, b] = css.match(/[\\d.]+/g).slice(0, 3).map(Number).map(v => {
+      v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  return [...document.querySelectorAll('[data-testid="stMultiSelectTagsContainer"] span[data-tag]')].map(tag => {
+    const s = getComputedStyle(tag);
+    const [a, b] = [lum(s.color), lum(s.backgroundColor)].sort((x, y) => y - x);
+    return [tag.innerText.trim(), Math.round(100 * (a + 0.05) / (b + 0.05)) / 100];
+  });
+}"""
+
+
+@pytest.mark.parametrize("scheme", ["dark", "light"])
+def test_selected_chips_are_readable(browser, app_url, scheme):
+    """The scaling rules' chips: at least 4.5:1 in both colour schemes (dark mode drew white on
+    light indigo, 2.8:1); the style that sets them takes no room on the page."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, color_scheme=scheme)
+    page = context.new_page()
+    try:
+        page.goto(f"{app_url}/Alpha_r_stability")
+        wait_for_app(page, timeout=120_000)
+        chips = page.evaluate(_CHIP_CONTRAST_JS)
+        assert [name for name, _ in chips] == ["fixed-alpha", "alpha-eq-r", "alpha-eq-2r", "rslora"]
+        assert all(ratio >= 4.5 for _, ratio in chips), chips
+        heights = page.evaluate("() => [...document.querySelectorAll('[data-testid=stHtml]')]"
+                                ".map(e => e.getBoundingClientRect().height)")
+        assert all(h == 0 for h in heights), heights
+    finally:
+        context.close()
