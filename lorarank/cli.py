@@ -269,6 +269,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     print("rel err = ||s B A - T||_F / ||T||_F after training; optimum = best any rank-r matrix can do "
           "(Eckart-Young);")
     print("eff. rank = trained directions above the noise floor (Gavish-Donoho threshold).")
+    print()
+    from .fit import sweep_findings
+
+    for sentence in sweep_findings(results, target_values=target.singular_values, shape=target.shape,
+                                   noise=target.noise, true_rank=target.true_rank):
+        print(sentence.replace("**", ""))
     print(f"({seconds:.2f} s)")
     return 0
 

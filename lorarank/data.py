@@ -65,7 +65,6 @@ from .spectrum import eckart_young_errors, factored_svdvals, gavish_donoho_thres
 from .synthetic import Target
 
 __all__ = [
-    "DEFAULT_SAMPLES",
     "DEFAULT_LABEL_NOISE",
     "DEFAULT_HELDOUT",
     "DATA_DEFAULT_LR",
@@ -86,8 +85,6 @@ __all__ = [
     "step_values",
 ]
 
-#: Training pairs of the data mode when only "data mode" is asked for.
-DEFAULT_SAMPLES = 128
 #: Standard deviation of the label noise e in y = T x + noise_y e.
 DEFAULT_LABEL_NOISE = 1.0
 #: Held-out pairs the trained update is judged on.

@@ -6,7 +6,7 @@ built-in exception a caller would catch without knowing lorarank::
     LoraRankError(Exception)
     ├── ConfigError(LoraRankError, ValueError)        a bad argument: value, shape or dtype
     └── AdapterError(LoraRankError, ValueError)       an adapter file that cannot be read
-        └── UnsupportedAdapterError(AdapterError)     recognised (LoHa, LoKr, DoRA) but not supported
+        └── UnsupportedAdapterError(AdapterError)     recognised but not read (PEFT IA3, ...)
     HubError(LoraRankError, OSError)                  a Hugging Face Hub adapter that cannot be fetched
 
 Messages are one sentence that names the bad value, so the CLI and the pages can show
@@ -45,7 +45,8 @@ class AdapterError(LoraRankError, ValueError):
 
 
 class UnsupportedAdapterError(AdapterError):
-    """The adapter is recognised (LoHa, LoKr, DoRA, ...) but lorarank cannot audit it yet."""
+    """The adapter is recognised but lorarank does not read it (a PEFT method no family reads,
+    such as IA3; a LyCORIS DoRA scale per input column; a GGUF adapter that is not a LoRA)."""
 
 
 class HubError(LoraRankError, OSError):

@@ -33,14 +33,16 @@ import numpy as np
 
 from ._validate import check_choice, check_int, check_real
 from .errors import ConfigError
-from .spectrum import eckart_young_errors, factored_svdvals, gavish_donoho_rank, single_threaded_blas
+from .spectrum import (eckart_young_errors, factored_svdvals, gavish_donoho_rank, noise_threshold,
+                       single_threaded_blas, truncation_error)
 from .synthetic import Target
 
 __all__ = [
     "SCALING_RULES", "OPTIMIZERS", "DEFAULT_LR", "DEFAULT_STEPS", "FitResult", "lora_scale",
     "init_lora", "fit_lora", "fit_lora_runs", "fit_lora_reference", "run_batches",
     "macs_per_step", "ProgressTicker", "check_knobs", "check_ranks", "check_runs",
-    "check_target", "finished_runs", "optimizer_step", "textbook_step"
+    "check_target", "finished_runs", "optimizer_step", "textbook_step",
+    "sweep_findings"
 ]
 
 #: Scaling rules: how the multiplier ``s`` depends on the rank ``r`` (and ``alpha``).
@@ -695,3 +697,107 @@ def textbook_step(optimizer: str, slots, *, lr: float, t: int) -> None:
         ve *= _BETA2
         ve += (1 - _BETA2) * g * g
         p -= lr * (mo / c1) / (np.sqrt(ve / c2) + _EPS)
+
+
+# ---------------------------------------------------------------------------------- reading
+def _g(x: float, digits: int = 4) -> str:
+    return f"{x:.{digits}g}"
+
+
+def _divergence_advice(res: FitResult, results: Sequence[FitResult]) -> str:
+    """What to change after ``res`` diverged, given the scales s of every rank of the run."""
+    scales = [other.scale for other in results]
+    same = max(scales) - min(scales) <= 1e-12 * max(abs(max(scales)), 1.0)
+    if same:
+        # the rule gives every rank the same s: the alpha rule is not what to change
+        return (f"the step was too large at this rank, with s = {_g(res.scale, 3)} at every "
+                f"rank here (so the alpha rule is not the cause); lower the learning rate.")
+    smaller = [other for other in results if other.scale < res.scale and not other.diverged]
+    if smaller:
+        low = min(smaller, key=lambda other: other.scale)
+        return (f"the step was too large for s = {_g(res.scale, 3)} (r = {low.rank} trained "
+                f"with s = {_g(low.scale, 3)}); lower the learning rate, or pick an alpha "
+                f"rule that gives this rank a smaller s.")
+    return (f"the step was too large at this rank, although its s = {_g(res.scale, 3)} is "
+            f"no larger than the other ranks'; lower the learning rate.")
+
+
+def sweep_findings(results: Sequence[FitResult], *, target_values: np.ndarray,
+                   shape: tuple[int, int], noise: float, true_rank: int) -> list[str]:
+    """What a rank sweep shows, in sentences read off its numbers.
+
+    Parameters
+    ----------
+    results : sequence of FitResult
+        :func:`fit_lora` of one target at several ranks.
+    target_values : ndarray of shape (min(d_out, d_in),)
+        The target's singular values, descending.
+    shape : (int, int)
+        The target's ``(d_out, d_in)``.
+    noise : float
+        Its noise level per entry (the noise floor is the Gavish-Donoho threshold for it).
+    true_rank : int
+        The planted rank k.
+
+    Returns
+    -------
+    list of str
+        Markdown sentences (``**`` marks the numbers that matter): how many directions stand
+        above the noise floor, for each rank whether it is under-parameterised (held by the
+        Eckart-Young optimum), matches the intrinsic rank, or is over-parameterised (its extra
+        directions driven to the floor), what a diverged run should change, and the smallest
+        rank that captures every direction.
+    """
+    values = np.asarray(target_values, dtype=np.float64)
+    k = gavish_donoho_rank(values, shape=shape, noise=noise)
+    floor = noise_threshold(values, shape=shape, noise=noise)
+    planted = true_rank
+    out = []
+    head = (f"The target has **{k}** direction{'s' if k != 1 else ''} above the noise floor "
+            f"(sigma > {_g(floor, 3)})")
+    if k != planted:
+        head += f"; {planted} were planted, so {planted - k} sank below the noise" if k < planted \
+            else f"; {planted} were planted and the noise adds {k - planted}"
+    out.append(head + ".")
+    ok = [r for r in results if not r.diverged]
+    for res in results:
+        r = res.rank
+        if res.diverged:
+            out.append(f"**r = {r}** diverged at step {res.diverged_at}: "
+                       + _divergence_advice(res, results))
+            continue
+        gap = res.rel_err - res.optimal_rel_err
+        short = gap > 0.05 * res.optimal_rel_err + 1e-3
+        err, opt = _g(res.rel_err, 3), _g(res.optimal_rel_err, 3)
+        tail = (" It has not converged yet: more steps or a larger learning rate would close "
+                "the gap." if short else "")
+        eff = res.effective_rank
+        if r < k:
+            out.append(f"**r = {r}** is under-parameterised: it has room for {r} of the {k} "
+                       f"directions, so no training takes it below the Eckart-Young optimum "
+                       f"{opt} (it reached {err}); only a larger r lowers the error.{tail}")
+        elif r == k:
+            found = (f"all {k} directions" if eff == k else f"only {eff} of the {k} directions")
+            out.append(f"**r = {r}** matches the intrinsic rank: it learned {found}, error "
+                       f"{err} against the optimum {opt}.{tail}")
+        else:
+            at_floor = int(res.singular_values.size - eff)
+            opt_k = truncation_error(values, k)
+            if res.rel_err < opt_k:
+                gain = (f"Its error {err} is below the rank-{k} optimum {_g(opt_k, 3)} only "
+                        f"by fitting noise.")
+            else:
+                gain = (f"Its error {err} is no better than the rank-{k} optimum "
+                        f"{_g(opt_k, 3)}: the extra directions buy nothing.")
+            out.append(f"**r = {r}** is over-parameterised: {eff} of its {r} directions are "
+                       f"above the noise floor and the optimiser drove the other {at_floor} to "
+                       f"it (at or below {_g(floor, 3)}). {gain}{tail}")
+    enough = [res for res in ok if res.rank >= k and res.effective_rank is not None
+              and res.effective_rank >= k]
+    if enough:
+        best = min(enough, key=lambda res: res.rank)
+        out.append(f"The smallest rank here that captures every direction above the noise is "
+                   f"**r = {best.rank}**.")
+    elif ok:
+        out.append(f"No rank here captures all {k} directions above the noise: try r >= {k}.")
+    return out

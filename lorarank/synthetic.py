@@ -41,7 +41,8 @@ from ._validate import check_choice, check_int, check_real
 from .errors import ConfigError
 
 __all__ = ["SPECTRA", "Target", "make_target", "planted_spectrum", "noise_spectrum",
-           "random_orthogonal", "rotate_by_orthogonal", "MAX_DIM"]
+           "random_orthogonal", "rotate_by_orthogonal", "MAX_DIM", "DEMO_SHAPES", "DEMO_PLANTED",
+           "make_demo_adapter", "DEMO_RUN_STEPS", "make_demo_run"]
 
 #: Shapes of the planted spectrum, see :func:`planted_spectrum`.
 SPECTRA: tuple[str, ...] = ("flat", "linear", "geometric")
@@ -382,3 +383,110 @@ def make_target(d_out: int = 64, d_in: int = 64, *, true_rank: int = 4, spectrum
         arr.setflags(write=False)
     return Target(d_out=d_out, d_in=d_in, singular_values=s, signal_values=signal, true_rank=k,
                   spectrum=spectrum, sigma_max=float(sigma_max), noise=noise, seed=seed, order=order)
+
+
+# ------------------------------------------------------------------------------ demo adapters
+#: Module shapes (d_out, d_in) of the demo adapter, a 2-layer Llama-shaped PEFT adapter.
+DEMO_SHAPES = {"q_proj": (128, 128), "k_proj": (64, 128), "v_proj": (64, 128),
+               "o_proj": (128, 128), "gate_proj": (256, 128), "up_proj": (256, 128),
+               "down_proj": (128, 256)}
+#: Planted directions per module type of the demo adapter.
+DEMO_PLANTED = {"q_proj": 2, "k_proj": 2, "v_proj": 6, "o_proj": 5, "gate_proj": 3,
+                "up_proj": 4, "down_proj": 8}
+_DEMO_LAYERS = 2
+
+
+def make_demo_adapter(variant: str = "a"):
+    """A small synthetic PEFT adapter of known planted ranks (Llama-shaped, 2 layers x 7 modules).
+
+    Parameters
+    ----------
+    variant : {"a", "b"}
+        ``"a"`` has r = 16, ``"b"`` r = 8. In every module of either, ``dW = s * B @ A`` has k
+        planted directions (:data:`DEMO_PLANTED`: 2 for q_proj ... 8 for down_proj) with
+        singular values from 10 down to 5 and a tail of noise directions at about 0.1; the two
+        variants share their planted input directions (the row space of A), so a comparison
+        finds them.
+
+    Returns
+    -------
+    lorarank.adapters.Adapter
+        float32 factors, ``lora_alpha = r`` (scale 1), a PEFT config.
+    """
+    from .adapters import Adapter, LoraModule
+
+    variant = check_choice("variant", variant, ("a", "b"))
+    r = 16 if variant == "a" else 8
+    shared = np.random.default_rng(2024)
+    own = np.random.default_rng(7 if variant == "a" else 8)
+    modules = []
+    for layer in range(_DEMO_LAYERS):
+        for kind, (d_out, d_in) in DEMO_SHAPES.items():
+            k = DEMO_PLANTED[kind]
+            # 1. Shared planted input directions, own output directions and noise directions.
+            v_planted = np.linalg.qr(shared.standard_normal((d_in, k)))[0]
+            v_noise = own.standard_normal((d_in, r - k))
+            v = np.linalg.qr(np.hstack([v_planted, v_noise]))[0]
+            u = np.linalg.qr(own.standard_normal((d_out, r)))[0]
+            # 2. Singular values: planted 10 -> 5, then a noise tail near 0.1.
+            s = np.concatenate([np.linspace(10.0, 5.0, k), 0.1 * own.uniform(0.5, 1.5, r - k)])
+            s = np.sort(s)[::-1]
+            root = np.sqrt(s)
+            name = f"base_model.model.model.layers.{layer}." + (
+                "self_attn." if kind.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else "mlp.") + kind
+            modules.append(LoraModule(name, (root[:, None] * v.T).astype(np.float32),
+                                      (u * root).astype(np.float32), 1.0, alpha=float(r)))
+    config = {"r": r, "lora_alpha": r, "peft_type": "LORA", "target_modules": list(DEMO_SHAPES),
+              "base_model_name_or_path": "synthetic-demo (lorarank)"}
+    return Adapter(format="peft", modules=modules, scaling="", source="demo", config=config)
+
+
+#: Steps of the demo training run's checkpoints.
+DEMO_RUN_STEPS = (50, 100, 150, 200, 250, 300)
+_DEMO_RUN_SHAPES = {"self_attn.q_proj": (64, 64), "self_attn.v_proj": (32, 64),
+                    "mlp.down_proj": (64, 128)}
+_DEMO_RUN_FINAL = {"self_attn.q_proj": 2, "self_attn.v_proj": 4, "mlp.down_proj": 6}
+
+
+def make_demo_run() -> list:
+    """A synthetic training run: six PEFT checkpoints (r = 8) of 2 layers x 3 modules.
+
+    Module type t has ``k_t`` planted directions (q_proj 2, v_proj 4, down_proj 6); at
+    checkpoint i = 0..5 the update holds ``min(k_t, 2 (i + 1))`` of them, all growing in
+    strength, and A's row space turns from a random start towards the planted one.
+
+    Returns
+    -------
+    list of (int, lorarank.adapters.Adapter)
+        ``(step, adapter)`` for the steps :data:`DEMO_RUN_STEPS`.
+    """
+    from .adapters import Adapter, LoraModule
+
+    rng = np.random.default_rng(11)
+    r = 8
+    final = {}
+    for layer in range(2):
+        for kind, (d_out, d_in) in _DEMO_RUN_SHAPES.items():
+            final[(layer, kind)] = (np.linalg.qr(rng.standard_normal((d_out, r)))[0],
+                                    np.linalg.qr(rng.standard_normal((d_in, r)))[0],
+                                    np.linalg.qr(rng.standard_normal((d_in, r)))[0])
+    run = []
+    for i, step in enumerate(DEMO_RUN_STEPS):
+        t = (i + 1) / len(DEMO_RUN_STEPS)
+        modules = []
+        for (layer, kind), (u, v, v0) in final.items():
+            k = _DEMO_RUN_FINAL[kind]
+            s = np.full(r, 0.02)
+            grown = min(k, 2 * (i + 1))  # q_proj has all its directions at step 50, down_proj at 150
+            s[:grown] = np.linspace(4.0, 2.0, k)[:grown] * t
+            v_t = np.linalg.qr((1 - t) * v0 + t * v)[0]
+            root = np.sqrt(s)
+            modules.append(LoraModule(f"base_model.model.model.layers.{layer}.{kind}",
+                                      (root[:, None] * v_t.T).astype(np.float32),
+                                      (u * root).astype(np.float32), 1.0, alpha=float(r)))
+        config = {"r": r, "lora_alpha": r, "peft_type": "LORA", "target_modules":
+                  sorted(k.split(".")[-1] for k in _DEMO_RUN_SHAPES),
+                  "base_model_name_or_path": "synthetic-demo-run (lorarank)"}
+        run.append((step, Adapter(format="peft", modules=modules, scaling="", source="demo",
+                                  config=config)))
+    return run

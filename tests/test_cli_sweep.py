@@ -65,3 +65,20 @@ class TestSweepCLI:
         assert out.returncode == 2
         assert out.stderr.strip() == message
         assert out.stdout == ""
+
+
+def test_sweep_prints_the_pages_reading(capsys):
+    """The text output ends with the reading the Rank sweep page shows (lorarank.fit.sweep_findings)."""
+    from lorarank.cli import main
+    from lorarank.fit import fit_lora, sweep_findings
+    from lorarank.synthetic import make_target
+
+    assert main(["sweep", "--ranks", "2,4,16", "--steps", "300"]) == 0
+    out = capsys.readouterr().out
+    target = make_target(64, 64, true_rank=4, noise=0.01)
+    results = fit_lora(target, [2, 4, 16], steps=300)
+    sentences = sweep_findings(results, target_values=target.singular_values, shape=target.shape,
+                               noise=target.noise, true_rank=4)
+    assert len(sentences) == 5
+    for sentence in sentences:
+        assert sentence.replace("**", "") in out

@@ -23,11 +23,10 @@ import zipfile
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
-from lorarank.adapters import Adapter, LoraModule, adapter_files, load_adapter_bytes
+from lorarank.adapters import Adapter, adapter_files, load_adapter_bytes
 from lorarank.charts.report import budget_marks as _budget_marks
 from lorarank.audit import AuditReport, allocate_budget, audit_adapter, budget_curve, resize_adapter
 from lorarank.base import open_base_bytes
@@ -35,8 +34,8 @@ from lorarank.documents import (MODULE_COLUMNS, audit_document, json_text, metad
                                 module_row, short_name)
 from lorarank.compare import Comparison, compare_adapters
 from lorarank.cost import audit_cost
-from lorarank.errors import ConfigError
 from lorarank.spectrum import RANK_RULES
+from lorarank.synthetic import make_demo_adapter
 
 from . import guard
 from .common import Markdown, Setting, md, md_code, md_escape, notation, progress_bar, setting_widget
@@ -411,50 +410,11 @@ def module_url_error(options: Sequence[str]) -> Markdown | None:
 
 
 # --------------------------------------------------------------------------------------- demo
-_DEMO_LAYERS = 2
-_DEMO_SHAPES = {"q_proj": (128, 128), "k_proj": (64, 128), "v_proj": (64, 128),
-                "o_proj": (128, 128), "gate_proj": (256, 128), "up_proj": (256, 128),
-                "down_proj": (128, 256)}
-_DEMO_PLANTED = {"q_proj": 2, "k_proj": 2, "v_proj": 6, "o_proj": 5, "gate_proj": 3,
-                 "up_proj": 4, "down_proj": 8}
-
-
 @st.cache_data(show_spinner=False, max_entries=4)
 def demo_files(variant: str = "a") -> dict[str, bytes]:
-    """A small synthetic PEFT adapter (Llama-shaped, 2 layers x 7 modules), as files.
-
-    Variant ``"a"`` has r = 16, ``"b"`` r = 8. In every module of either, ``dW = s * B @ A``
-    has k planted directions (k = 2 for q_proj ... 8 for down_proj) with singular values from
-    10 down to 5 and a tail of noise directions at about 0.1; the two variants share their
-    planted input directions (the row space of A), so the compare mode finds them. Written
-    by the engine's own PEFT writer, and read back like any upload.
-    """
-    if variant not in ("a", "b"):
-        raise ConfigError(f"demo variant should be 'a' or 'b', got {variant!r}")
-    r = 16 if variant == "a" else 8
-    shared = np.random.default_rng(2024)
-    own = np.random.default_rng(7 if variant == "a" else 8)
-    modules = []
-    for layer in range(_DEMO_LAYERS):
-        for kind, (d_out, d_in) in _DEMO_SHAPES.items():
-            k = _DEMO_PLANTED[kind]
-            # 1. Shared planted input directions, own output directions and noise directions.
-            v_planted = np.linalg.qr(shared.standard_normal((d_in, k)))[0]
-            v_noise = own.standard_normal((d_in, r - k))
-            v = np.linalg.qr(np.hstack([v_planted, v_noise]))[0]
-            u = np.linalg.qr(own.standard_normal((d_out, r)))[0]
-            # 2. Singular values: planted 10 -> 5, then a noise tail near 0.1.
-            s = np.concatenate([np.linspace(10.0, 5.0, k), 0.1 * own.uniform(0.5, 1.5, r - k)])
-            s = np.sort(s)[::-1]
-            root = np.sqrt(s)
-            name = f"base_model.model.model.layers.{layer}." + (
-                "self_attn." if kind.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else "mlp.") + kind
-            modules.append(LoraModule(name, (root[:, None] * v.T).astype(np.float32),
-                                      (u * root).astype(np.float32), 1.0, alpha=float(r)))
-    config = {"r": r, "lora_alpha": r, "peft_type": "LORA", "target_modules": list(_DEMO_SHAPES),
-              "base_model_name_or_path": "synthetic-demo (lorarank)"}
-    adapter = Adapter(format="peft", modules=modules, scaling="", source="demo", config=config)
-    return adapter_files(adapter, format="peft")
+    """The synthetic demo adapter (:func:`lorarank.synthetic.make_demo_adapter`) as PEFT files,
+    written by the engine's own PEFT writer and read back like any upload."""
+    return adapter_files(make_demo_adapter(variant), format="peft")
 
 
 def demo_upload(variant: str = "a") -> Upload:

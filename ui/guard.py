@@ -38,7 +38,7 @@ from .uploads import trim_memory
 
 __all__ = ["ASK_SECONDS", "MAX_SECONDS", "HEAVY_SLOTS", "WorkQueue", "QUEUE", "session_alive",
            "check_alive", "heavy_work", "mark_done", "is_done", "gate", "stop_button",
-           "was_stopped", "format_seconds", "by_rank", "finished_ranks", "guarded_run"]
+           "format_seconds", "by_rank", "finished_ranks", "guarded_run"]
 
 T = TypeVar("T")
 
@@ -291,11 +291,6 @@ def stop_button(key: str, ident: Hashable, *, kept: str = "finished ranks are ke
     slot.button("Stop", key=f"{key}_stop", icon=":material/stop:", on_click=_stop,
                 args=(key, ident), help=f"Stop this run; {kept}.")
     return slot.empty
-
-
-def was_stopped(key: str, ident: Hashable) -> bool:
-    """Whether the run ``ident`` was stopped by its Stop button (until Run is pressed again)."""
-    return st.session_state.get(f"{key}_stopped") == ident
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from lorarank.hub import HubRef, HubSettings, fetch_adapter_files
 from .audit import Upload
 from .common import Markdown, error_line, md, progress_bar
 
-__all__ = ["HubInput", "URL_KEYS", "hub_input", "load_hub_upload", "hub_token", "hub_settings", "privacy_note",
+__all__ = ["HubInput", "hub_input", "load_hub_upload", "hub_token", "hub_settings", "privacy_note",
            "PRIVACY_NOTE"]
 
 
@@ -51,10 +51,6 @@ class HubInput:
     def state_prefix(self) -> str:
         return f"audit_hub{self.suffix}_"
 
-
-#: Every query parameter this module reads or writes.
-URL_KEYS = tuple(k for s in (HubInput(""), HubInput("_b"))
-                 for k in (s.repo_key, s.revision_key, s.subfolder_key))
 
 PRIVACY_NOTE = (
     "**Where your files go:** uploaded bytes stay in this server's memory for your session "

@@ -19,12 +19,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from lorarank.adapters import Adapter, LoraModule, adapter_files
+from lorarank.adapters import adapter_files
 from lorarank.charts import SERIES_METRICS, phi_over_steps_chart, rank_map_chart, rank_over_steps_chart
 from lorarank.documents import json_clean, short_name, split_list
 from lorarank.errors import LoraRankError
 from lorarank.checkpoints import HubSeries, HubSeriesRef, checkpoints_from_files, plan_hub_series
 from lorarank.series import SeriesReport, audit_series
+from lorarank.synthetic import make_demo_run
 
 from .audit import MAP_METRICS, Upload, rule_text
 from .common import (Markdown, Setting, check_url, dash_missing, download_buttons, error_line, md, md_code,
@@ -178,47 +179,14 @@ def hub_series_input(*, notices: Any = None) -> tuple[HubSeries, tuple[str, ...]
 
 
 # ------------------------------------------------------------------------------------ demo
-_DEMO_STEPS = (50, 100, 150, 200, 250, 300)
-_DEMO_SHAPES = {"self_attn.q_proj": (64, 64), "self_attn.v_proj": (32, 64), "mlp.down_proj": (64, 128)}
-_DEMO_FINAL = {"self_attn.q_proj": 2, "self_attn.v_proj": 4, "mlp.down_proj": 6}
-
-
 @st.cache_data(show_spinner=False, max_entries=1)
 def demo_files() -> bytes:
-    """A synthetic run as a ``.zip``: six PEFT checkpoints (r = 8) of 2 layers x 3 modules.
-
-    Module type t has ``k_t`` planted directions (q_proj 2, v_proj 4, down_proj 6); at step
-    i = 0..5 the update holds ``min(k_t, 2 (i + 1))`` of them, all growing in strength, and
-    A's row space turns from a random start towards the planted one. Written by the engine's
-    own PEFT writer with a ``trainer_state.json`` per checkpoint, and read back like an upload.
-    """
-    rng = np.random.default_rng(11)
-    r = 8
-    final = {}
-    for layer in range(2):
-        for kind, (d_out, d_in) in _DEMO_SHAPES.items():
-            final[(layer, kind)] = (np.linalg.qr(rng.standard_normal((d_out, r)))[0],
-                                    np.linalg.qr(rng.standard_normal((d_in, r)))[0],
-                                    np.linalg.qr(rng.standard_normal((d_in, r)))[0])
+    """The synthetic run (:func:`lorarank.synthetic.make_demo_run`) as a ``.zip`` of
+    ``checkpoint-<step>`` folders, each written by the engine's own PEFT writer with a
+    ``trainer_state.json``, and read back like an upload."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for i, step in enumerate(_DEMO_STEPS):
-            t = (i + 1) / len(_DEMO_STEPS)
-            modules = []
-            for (layer, kind), (u, v, v0) in final.items():
-                k = _DEMO_FINAL[kind]
-                s = np.full(r, 0.02)
-                grown = min(k, 2 * (i + 1))  # q_proj has all its directions at step 50, down_proj at 150
-                s[:grown] = np.linspace(4.0, 2.0, k)[:grown] * t
-                v_t = np.linalg.qr((1 - t) * v0 + t * v)[0]
-                root = np.sqrt(s)
-                modules.append(LoraModule(f"base_model.model.model.layers.{layer}.{kind}",
-                                          (root[:, None] * v_t.T).astype(np.float32),
-                                          (u * root).astype(np.float32), 1.0, alpha=float(r)))
-            config = {"r": r, "lora_alpha": r, "peft_type": "LORA", "target_modules":
-                      sorted(k.split(".")[-1] for k in _DEMO_SHAPES),
-                      "base_model_name_or_path": "synthetic-demo-run (lorarank)"}
-            adapter = Adapter(format="peft", modules=modules, scaling="", source="demo", config=config)
+        for step, adapter in make_demo_run():
             for name, data in adapter_files(adapter, format="peft").items():
                 archive.writestr(f"demo-run/checkpoint-{step}/{name}", data)
             archive.writestr(f"demo-run/checkpoint-{step}/trainer_state.json",

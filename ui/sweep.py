@@ -15,8 +15,9 @@ import pandas as pd
 import streamlit as st
 
 from lorarank.cost import WorkEstimate, sweep_cost
-from lorarank.fit import DEFAULT_LR, DEFAULT_STEPS, OPTIMIZERS, SCALING_RULES, FitResult, fit_lora
-from lorarank.spectrum import gavish_donoho_rank, noise_threshold, truncation_error
+from lorarank.fit import (DEFAULT_LR, DEFAULT_STEPS, OPTIMIZERS, SCALING_RULES, FitResult, fit_lora,
+                          sweep_findings)
+from lorarank.spectrum import gavish_donoho_rank, noise_threshold
 from lorarank.synthetic import SPECTRA, Target, make_target
 
 from lorarank.charts import loss_chart, spectrum_chart
@@ -345,78 +346,12 @@ def results_json(run: SweepRun) -> dict:
             "seconds": round(run.seconds, 4)}
 
 
-def _divergence_advice(res: FitResult, results: Sequence[FitResult]) -> str:
-    """What to change after ``res`` diverged, given the scales s of every rank of the run."""
-    scales = [other.scale for other in results]
-    same = max(scales) - min(scales) <= 1e-12 * max(abs(max(scales)), 1.0)
-    if same:
-        # the rule gives every rank the same s: the alpha rule is not what to change
-        return (f"the step was too large at this rank, with s = {_sig(res.scale, 3)} at every "
-                f"rank here (so the alpha rule is not the cause); lower the learning rate.")
-    smaller = [other for other in results if other.scale < res.scale and not other.diverged]
-    if smaller:
-        low = min(smaller, key=lambda other: other.scale)
-        return (f"the step was too large for s = {_sig(res.scale, 3)} (r = {low.rank} trained "
-                f"with s = {_sig(low.scale, 3)}); lower the learning rate, or pick an alpha "
-                f"rule that gives this rank a smaller s.")
-    return (f"the step was too large at this rank, although its s = {_sig(res.scale, 3)} is "
-            f"no larger than the other ranks'; lower the learning rate.")
-
-
 def reading(run: SweepRun) -> list[str]:
-    """Plain-words sentences read off the numbers of ``run`` (markdown)."""
-    k = run.signal_rank
-    floor = run.noise_floor
-    planted = run.config.true_rank
-    out = []
-    head = (f"The target has **{k}** direction{'s' if k != 1 else ''} above the noise floor "
-            f"(sigma > {_sig(floor, 3)})")
-    if k != planted:
-        head += f"; {planted} were planted, so {planted - k} sank below the noise" if k < planted \
-            else f"; {planted} were planted and the noise adds {k - planted}"
-    out.append(head + ".")
-    ok = [r for r in run.results if not r.diverged]
-    for res in run.results:
-        r = res.rank
-        if res.diverged:
-            out.append(f"**r = {r}** diverged at step {res.diverged_at}: "
-                       + _divergence_advice(res, run.results))
-            continue
-        gap = res.rel_err - res.optimal_rel_err
-        short = gap > 0.05 * res.optimal_rel_err + 1e-3
-        err, opt = _sig(res.rel_err, 3), _sig(res.optimal_rel_err, 3)
-        tail = (" It has not converged yet: more steps or a larger learning rate would close "
-                "the gap." if short else "")
-        eff = res.effective_rank
-        if r < k:
-            out.append(f"**r = {r}** is under-parameterised: it has room for {r} of the {k} "
-                       f"directions, so no training takes it below the Eckart-Young optimum "
-                       f"{opt} (it reached {err}); only a larger r lowers the error.{tail}")
-        elif r == k:
-            found = (f"all {k} directions" if eff == k else f"only {eff} of the {k} directions")
-            out.append(f"**r = {r}** matches the intrinsic rank: it learned {found}, error "
-                       f"{err} against the optimum {opt}.{tail}")
-        else:
-            at_floor = int(res.singular_values.size - eff)
-            opt_k = truncation_error(run.target_values, k)
-            if res.rel_err < opt_k:
-                gain = (f"Its error {err} is below the rank-{k} optimum {_sig(opt_k, 3)} only "
-                        f"by fitting noise.")
-            else:
-                gain = (f"Its error {err} is no better than the rank-{k} optimum "
-                        f"{_sig(opt_k, 3)}: the extra directions buy nothing.")
-            out.append(f"**r = {r}** is over-parameterised: {eff} of its {r} directions are "
-                       f"above the noise floor and the optimiser drove the other {at_floor} to "
-                       f"it (at or below {_sig(floor, 3)}). {gain}{tail}")
-    enough = [res for res in ok if res.rank >= k and res.effective_rank is not None
-              and res.effective_rank >= k]
-    if enough:
-        best = min(enough, key=lambda res: res.rank)
-        out.append(f"The smallest rank here that captures every direction above the noise is "
-                   f"**r = {best.rank}**.")
-    elif ok:
-        out.append(f"No rank here captures all {k} directions above the noise: try r >= {k}.")
-    return out
+    """Plain-words sentences read off the numbers of ``run`` (markdown;
+    :func:`lorarank.fit.sweep_findings`, which the CLI prints too)."""
+    cfg = run.config
+    return sweep_findings(run.results, target_values=run.target_values,
+                          shape=(cfg.d_out, cfg.d_in), noise=cfg.noise, true_rank=cfg.true_rank)
 
 
 def show_results(config: SweepConfig, *, note: Markdown = Markdown("")) -> tuple[SweepRun, SweepCharts] | None:

@@ -140,7 +140,8 @@ def load_adapter(path: str | os.PathLike, *, config: str | os.PathLike | None = 
     AdapterError
         Unreadable, corrupt, unsafe or inconsistent files, with one sentence naming the problem.
     UnsupportedAdapterError
-        LoHa, LoKr or DoRA adapters.
+        Recognised but not read: a PEFT method no family reads (IA3, ...), a LyCORIS DoRA
+        scale per input column, a GGUF adapter that is not a LoRA.
     FileNotFoundError
         If ``path`` does not exist.
     """
@@ -330,9 +331,9 @@ def module_layouts(keys: list[str], config: dict | None, source: str
     peft_type = None
     if config is not None:
         peft_type = str(config.get("peft_type") or "LORA").upper()
-        if peft_type not in _PEFT_TYPES:
+        if peft_type not in _peft_types():
             raise UnsupportedAdapterError(f"{source} is a PEFT {peft_type} adapter (peft_type in the config), "
-                                          f"which lorarank does not read; it reads {', '.join(_PEFT_TYPES)}")
+                                          f"which lorarank does not read; it reads {', '.join(_peft_types())}")
     # 2. Classify keys by the registered layouts.
     found, alpha_keys, rest = _classify(keys)
     for fmt in list(found):
@@ -388,7 +389,9 @@ def _build(tensors: Tensors, config: dict | None, source: str, *, alpha: float |
                    metadata=training_metadata(config, tensors.metadata, fmt), extras=extras, name=name)
 
 
-_PEFT_TYPES = ("LORA", "ADALORA", "LOHA", "LOKR")
+def _peft_types() -> tuple[str, ...]:
+    """The PEFT ``peft_type`` values whose weights some registered family reads."""
+    return tuple(dict.fromkeys(f.peft_type for f in _registry.families().values() if f.peft_type))
 
 
 def _extra(tensors: Tensors, key: str) -> Extra:
