@@ -83,6 +83,8 @@ def _tick(progress: Progress | None, done: int, total: int) -> None:
 
 
 def check_rule(rule: str, value: float) -> tuple[str, float]:
+    """``(rule, value)`` checked: a rule of :data:`RANK_RULES` and its value in range (sv_ratio
+    >= 1; energy shares in (0, 1]; none for entropy); ConfigError naming the bad one."""
     rule = check_choice("rule", rule, tuple(RANK_RULES))
     if rule == "sv_ratio":
         value = check_real("value", value, minimum=1.0)

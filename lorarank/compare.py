@@ -60,6 +60,8 @@ def right_singular_vectors(A: object) -> np.ndarray:
 
 
 def phi_from_overlap(m: np.ndarray) -> np.ndarray:
+    """``phi(i, j)`` for every i, j from the overlap ``m = U_1^T U_2`` of two orthonormal bases
+    (Hu et al. 2022): ``||U_1[:, :i]^T U_2[:, :j]||_F^2 / min(i, j)``, clipped to [0, 1]."""
     # ||U1[:, :i]^T U2[:, :j]||_F^2 is the sum of m^2 over the top-left i x j block.
     blocks = np.cumsum(np.cumsum(m * m, axis=0), axis=1)
     i = np.arange(1, m.shape[0] + 1)[:, None]

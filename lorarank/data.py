@@ -51,6 +51,7 @@ from .fit import (
     OPTIMIZERS,
     FitResult,
     check_knobs,
+    diverged_result,
     check_ranks,
     check_runs,
     check_target,
@@ -703,14 +704,8 @@ def _result(target: Target, ds: Dataset, run: tuple, loss: np.ndarray, norm: flo
     r, s = run[0], run[1]
     optimal = float(eckart_young_errors(target.singular_values, [r])[0])
     if diverged:
-        finite = loss[:t + 1]
-        finite = finite[np.isfinite(finite)]
-        return FitResult(rank=r, scale=s, rel_err=None, optimal_rel_err=optimal,
-                         singular_values=np.zeros(0), effective_rank=None, diverged=True,
-                         diverged_at=t, steps=t, loss=finite.copy(),
-                         max_update_norm=float(norm) if np.isfinite(norm) else float(np.finfo(float).max),
-                         train_loss=None, heldout_loss=None, optimal_train_loss=optimal_train,
-                         noise_floor=floor)
+        return diverged_result(r, s, optimal, loss, t, norm, train_loss=None, heldout_loss=None,
+                               optimal_train_loss=optimal_train, noise_floor=floor)
     B, A = factors[0][:, :r], factors[1][:r]
     residual = s * (B @ A) - target.matrix  # once, at the end
     rel_err = float(np.linalg.norm(residual) / target.norm)

@@ -41,7 +41,7 @@ __all__ = [
     "SCALING_RULES", "OPTIMIZERS", "DEFAULT_LR", "DEFAULT_STEPS", "FitResult", "lora_scale",
     "init_lora", "fit_lora", "fit_lora_runs", "fit_lora_reference", "run_batches",
     "macs_per_step", "ProgressTicker", "check_knobs", "check_ranks", "check_runs",
-    "check_target", "finished_runs", "optimizer_step", "textbook_step",
+    "check_target", "finished_runs", "optimizer_step", "textbook_step", "diverged_result",
     "sweep_findings"
 ]
 
@@ -216,6 +216,8 @@ def _check_rank(rank: object, target: Target) -> int:
 
 
 def check_ranks(ranks: object, target: Target) -> list[int]:
+    """The ranks as a list of whole numbers from 1 to min(d_out, d_in) of ``target``;
+    none twice; ConfigError naming the bad one."""
     if isinstance(ranks, (int, np.integer)):
         ranks = [ranks]
     try:
@@ -618,12 +620,7 @@ def _result(target: Target, run: _Run, loss: np.ndarray, norm: float, t: int, di
     r, s = run.rank, run.scale
     optimal = float(eckart_young_errors(target.singular_values, [r])[0])
     if diverged:
-        finite = loss[:t + 1]
-        finite = finite[np.isfinite(finite)]
-        return FitResult(rank=r, scale=s, rel_err=None, optimal_rel_err=optimal,
-                         singular_values=np.zeros(0), effective_rank=None, diverged=True,
-                         diverged_at=t, steps=t, loss=finite.copy(),
-                         max_update_norm=float(norm) if np.isfinite(norm) else float(np.finfo(float).max))
+        return diverged_result(r, s, optimal, loss, t, norm)
     B, A = factors[0][:, :r], factors[1][:r]
     # The exact residual once, at the end (the loss history uses the cheaper Gram form).
     residual = s * (B @ A)
@@ -638,6 +635,20 @@ def _result(target: Target, run: _Run, loss: np.ndarray, norm: float, t: int, di
     return FitResult(rank=r, scale=s, rel_err=rel_err, optimal_rel_err=optimal, singular_values=sv,
                      effective_rank=eff, diverged=False, diverged_at=None, steps=t,
                      loss=loss[:t + 1].copy(), max_update_norm=float(norm))
+
+
+def diverged_result(rank: int, scale: float, optimal: float, loss: np.ndarray, t: int, norm: float,
+                    **fields: object) -> FitResult:
+    """The result of a run that diverged at step ``t``: no error or spectrum, its finite losses,
+    its largest update norm (the largest float when that overflowed); ``fields`` adds the data
+    mode's (null losses, its bound and noise floor)."""
+    finite = loss[:t + 1]
+    finite = finite[np.isfinite(finite)]
+    return FitResult(rank=rank, scale=scale, rel_err=None, optimal_rel_err=optimal,
+                     singular_values=np.zeros(0), effective_rank=None, diverged=True,
+                     diverged_at=t, steps=t, loss=finite.copy(),
+                     max_update_norm=float(norm) if np.isfinite(norm) else float(np.finfo(float).max),
+                     **fields)
 
 
 def fit_lora_reference(matrix: np.ndarray, rank: int, *, scale: float, optimizer: str = "sgd",

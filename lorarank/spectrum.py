@@ -654,6 +654,8 @@ def kron_svdvals(left: object, B: object, A: object, *, scale: float = 1.0) -> n
 
 
 def kron_values(s_left: np.ndarray, s_right: np.ndarray) -> np.ndarray:
+    """All products ``s_left[i] * s_right[j]``, descending: the singular values of a Kronecker
+    product from its halves'. ConfigError when one overflows float64."""
     out = np.outer(s_left, s_right).ravel()
     if not np.all(np.isfinite(out)):
         raise ConfigError("a singular value of the Kronecker product overflows float64")
