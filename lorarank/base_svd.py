@@ -14,8 +14,8 @@ against one base, so the SVD is computed once per weight and kept:
 Entries are keyed by the weight's **content**: a BLAKE2b digest of its dtype, shape and values
 (plus the precision of the SVD), never by a file name, so the same base under another name or
 path is a hit and a changed file is a miss. Files are written atomically (a temporary name,
-then ``os.replace``) and read back with ``allow_pickle=False``; an entry that fails its checks
-is recomputed.
+then renamed: :func:`lorarank.bounded.write_atomic`) and read back with ``allow_pickle=False``;
+an entry that fails its checks is recomputed.
 
 Only ``U`` and ``S`` are kept: the adapter side needs ``W0`` itself anyway (products with the
 update's factors), and ``V`` would double the size.
@@ -25,15 +25,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from ._validate import check_int
+from .bounded import write_atomic
 from .errors import ConfigError
 
 __all__ = [
@@ -302,17 +303,7 @@ class BaseSVDCache:
             self.directory.mkdir(parents=True, exist_ok=True)
             path_u, path_s = self._paths(key)
             for path, arr in ((path_s, svd.S), (path_u, svd.U)):
-                fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".npy")
-                try:
-                    with os.fdopen(fd, "wb") as fh:
-                        np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
-                    os.replace(tmp, path)
-                except BaseException:
-                    try:
-                        os.unlink(tmp)
-                    except OSError:
-                        pass
-                    raise
+                write_atomic(path, partial(_save_npy, np.ascontiguousarray(arr)), overwrite=True)
             self._evict()
         except OSError:
             return  # a full or read-only disk costs the cache, never the audit
@@ -389,3 +380,7 @@ def _env_bytes(name: str, default: int) -> int:
     if not (mb >= 0 and mb < 2**40):
         raise ConfigError(f"{name} should be a number of megabytes >= 0, got {raw!r}")
     return int(mb * 2**20)
+
+
+def _save_npy(arr: np.ndarray, fh) -> None:
+    np.save(fh, arr, allow_pickle=False)

@@ -53,7 +53,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
@@ -466,8 +466,12 @@ def read_file(path: str | os.PathLike, *, max_bytes: int, what: str = "input") -
     return data
 
 
-def write_atomic(path: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> Path:
+def write_atomic(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], object], *,
+                 overwrite: bool = False) -> Path:
     """Write ``data`` to ``path`` whole or not at all: a temporary file beside it, renamed.
+
+    ``data`` is the bytes, or a function writing them to the open binary file (``np.save``
+    of a large array, without a copy in memory).
 
     A failure half way (a full disk, an encoding error, an interrupt) leaves no partial or
     empty file behind, and a FIFO at ``path`` is replaced, never opened (opening it would wait
@@ -486,7 +490,10 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, overwrite: bool = Fals
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            if callable(data):
+                data(fh)
+            else:
+                fh.write(data)
         if overwrite:
             os.replace(temp, target)
         else:

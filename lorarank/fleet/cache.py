@@ -17,11 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
+from ..bounded import write_atomic
 from ..errors import ConfigError
 from .rows import FleetOptions, local_files
 from .sources import Member
@@ -113,17 +113,7 @@ class ResultCache:
         path = self._row_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = json.dumps({k: v for k, v in row.items() if k != "source"}, allow_nan=False)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".row-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_atomic(path, data.encode("utf-8"), overwrite=True)
 
     def flush(self) -> None:
         """Write the file-hash index (atomically)."""
@@ -132,10 +122,7 @@ class ResultCache:
                 return
             data = json.dumps(self._stats)
             self._dirty = False
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".stat-", suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(data)
-        os.replace(tmp, self._stat_path)
+        write_atomic(self._stat_path, data.encode("utf-8"), overwrite=True)
 
 
 def member_content(member: Member, *, file_hash=None, hub_key: str | None = None) -> str | None:
