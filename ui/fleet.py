@@ -27,7 +27,7 @@ import streamlit as st
 from lorarank.cost import audit_cost
 from lorarank.errors import ConfigError
 from lorarank.fleet import (COLUMN_HELP, FleetOptions, Member, cap_files, expand_sources, fleet_csv,
-                            fleet_document, fleet_report, flat_row, load_member, members_from_uploads, plan_caps,
+                            fleet_document, fleet_report, flat_row, load_member, members_from_uploads,
                             slug)
 from lorarank.fleet.rows import audit_member
 
@@ -241,9 +241,10 @@ def csv_bytes(rows: Sequence[dict], opts: FleetOptions) -> bytes:
     return fleet_csv(rows, opts.caps).encode()
 
 
-def report_bytes(rows: Sequence[dict], plan, opts: FleetOptions, notes: Sequence[str], charts=()) -> bytes:
+def report_bytes(rows: Sequence[dict], plan, opts: FleetOptions, notes: Sequence[str]) -> bytes:
+    """The HTML report of what the page shows (the plan at the page's cap, its charts)."""
     doc = fleet_document(list(rows), plan, options=opts, notes=notes)
-    return fleet_report(doc, charts=charts).encode()
+    return fleet_report(doc).encode()
 
 
 def zip_bytes(fleet: Fleet, rows: Sequence[dict], *, cap: int, pad_to: int | None) -> bytes:

@@ -35,7 +35,7 @@ __all__ = [
     "energy_curve", "ResultCache", "run_fleet", "FleetResult", "FleetProgress", "EXECUTORS",
     "default_workers", "Plan", "plan_caps", "energy_at", "DEFAULT_KEEP", "DEFAULT_SHARE",
     "shrink_to_cap", "pad_adapter", "cap_files", "apply_caps", "load_member", "slug", "fleet_document",
-    "fleet_csv", "csv_columns", "flat_row", "fleet_report", "COLUMN_HELP",
+    "fleet_csv", "csv_columns", "flat_row", "fleet_report", "fleet_charts", "COLUMN_HELP",
 ]
 
 #: What each table column means (CSV, the page's table, the report).
@@ -124,10 +124,34 @@ def fleet_document(result: FleetResult | Sequence[dict], plan: Plan, *,
     return {"adapters": [dict(r) for r in rows], "plan": plan.to_dict(), "summary": summary}
 
 
-def fleet_report(doc: dict, *, charts: Sequence = (), bundle: str | None = None,
+def fleet_charts(rows: Sequence[dict], *, cap: int, keep: float) -> list:
+    """The report's charts (:mod:`lorarank.charts.fleet`): stored against recommended rank and
+    energy kept against the cap, as :class:`lorarank.report.ReportChart` blocks (none for
+    screened fleets, which have no spectra)."""
+    from ..charts.fleet import fleet_cap_chart, fleet_rank_chart
+    from ..report import ReportChart
+
+    audited = [r for r in rows if r.get("ok") and not r.get("screened")]
+    if not audited:
+        return []
+    return [ReportChart("Stored against recommended rank", fleet_rank_chart(audited).to_dict(),
+                        caption="One point per adapter; under the dashed line an adapter holds more rank "
+                                "than the rule needs."),
+            ReportChart("Energy kept against the serving cap",
+                        fleet_cap_chart(audited, cap=cap, keep=keep).to_dict(),
+                        caption=f"Energy kept when every module is cut to rank c; dashed: the cap {cap}, "
+                                f"solid: the {keep:g} to keep.")]
+
+
+def fleet_report(doc: dict, *, charts: Sequence | None = None, bundle: str | None = None,
                  generated: str | None = None) -> str:
-    """The fleet as a self-contained HTML report (tables, the planner's sentence, charts)."""
+    """The fleet as a self-contained HTML report (tables, the planner's sentence, charts;
+    default charts: :func:`fleet_charts` at the plan's cap, 16 when it has none)."""
     from ..report import ReportTable, ReportText, render_report
+
+    if charts is None:
+        plan_doc = doc["plan"]
+        charts = fleet_charts(doc["adapters"], cap=plan_doc.get("cap") or 16, keep=plan_doc.get("keep", 0.99))
 
     caps = doc.get("summary", {}).get("caps") or list(DEFAULT_CAPS)
     columns = csv_columns(caps)

@@ -171,8 +171,22 @@ def run(args: argparse.Namespace) -> int:
     expansion = expand_sources(args.sources)
     for note in expansion.notes:
         print(f"note: {note}", file=sys.stderr)
-    result = run_fleet(expansion.members, options, workers=args.workers, ray=args.ray, dask=args.dask,
-                       cache=cache, progress=_progress_printer(), notes=expansion.notes)
+    shown = _progress_printer()
+    last = []
+
+    def progress(p) -> None:
+        last[:] = [p]
+        shown(p)
+
+    try:
+        result = run_fleet(expansion.members, options, workers=args.workers, ray=args.ray, dask=args.dask,
+                           cache=cache, progress=progress, notes=expansion.notes)
+    except KeyboardInterrupt:
+        done = last[0].done if last else 0
+        kept = (f"; their rows are kept in {args.cache} (a rerun continues from there)" if cache is not None
+                else "; with --cache DIR a rerun would continue from there")
+        print(f"\nlorarank: stopped after {done} of {len(expansion.members)} adapters{kept}", file=sys.stderr)
+        return 130
     plan = plan_caps(result.rows, cap=args.cap, keep=keep, share=share, caps=options.caps)
     doc = fleet_document(result, plan, options=options)
     print(f"fleet: {len(result.rows)} adapters, {result.audited} {'screened' if options.screen else 'audited'}"

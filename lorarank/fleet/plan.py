@@ -261,7 +261,6 @@ def apply_caps(members, rows: Sequence[dict], out: str | Path, *, cap: int | Non
     "retained_energy"}``; a member that fails is a record with its error, the others go on.
     """
     from .rows import one_line
-    from .sources import Member  # noqa: F401 - the type of members
 
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -37,7 +37,6 @@ Row fields (``fleet --json``'s ``adapters``):
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +49,7 @@ from ..errors import ConfigError
 from .sources import WEIGHT_SUFFIXES, Member
 
 __all__ = ["DEFAULT_CAPS", "MAX_CAP", "FleetOptions", "audit_member", "row_from_report",
-           "error_row", "energy_curve", "ROW_VERSION", "one_line"]
+           "error_row", "energy_curve", "ROW_VERSION", "one_line", "local_files", "lora_rank"]
 
 #: Serving caps the rows report by default (vLLM ``max_lora_rank`` choices).
 DEFAULT_CAPS: tuple[int, ...] = (8, 16, 32, 64, 128)
@@ -347,17 +346,21 @@ def audit_member(member: Member, options: FleetOptions) -> dict[str, Any]:
     files (or Hub commit) they name, keeps no state, and returns a small plain dict, so any
     executor (local processes, Ray, Dask) gives the same rows.
     """
-    from ..spectrum import single_threaded_blas
-
+    row = None
     try:
-        with single_threaded_blas():
-            return (_screen if options.screen else _audit)(member, options)
+        row = (_screen if options.screen else _audit)(member, options)   # the audit: one BLAS thread
+        return row
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure is a row, never a stopped fleet
         return error_row(member, one_line(exc))
     finally:
-        _trim()
+        if not options.screen and (row is None or (row.get("bytes") or 0) > _TRIM_BYTES):
+            _trim()
+
+
+#: Adapters above this size give their freed memory back to the system after the audit.
+_TRIM_BYTES = 8 * 2**20
 
 
 def _trim() -> None:

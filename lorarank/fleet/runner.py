@@ -6,8 +6,9 @@ Executors (one per call, all giving the same rows in the same order):
     In this process, one adapter after another (``workers=1``; the app's choice: one server
     slot is one core).
 ``processes`` (default)
-    Local worker processes, one per core: :class:`concurrent.futures.ProcessPoolExecutor`
-    with the ``forkserver`` start method (safe in a threaded parent such as a web server).
+    Local worker processes, one per core: :class:`concurrent.futures.ProcessPoolExecutor`,
+    started by ``fork`` from a single-threaded parent (the CLI: no start-up cost) and by
+    ``forkserver`` from a threaded one (a web server, a process holding a Ray or Dask client).
 ``ray``
     A Ray cluster: ``ray.init(address=ADDRESS)`` unless Ray is already initialised in this
     process; each adapter is one ``@ray.remote(num_cpus=1)`` task.
@@ -247,21 +248,20 @@ def _keys(members: list[Member], options: FleetOptions, cache):
 
 
 # ------------------------------------------------------------------------------ executors
-def _preload() -> None:
-    """Worker initializer: one BLAS thread per worker process (workers = cores)."""
-    from ..spectrum import single_threaded_blas
-
-    single_threaded_blas()
-
-
 def _run_processes(members, todo, options, n: int, finish) -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
-                                      else "spawn")
-    if hasattr(ctx, "set_forkserver_preload"):
+    import threading
+
+    methods = multiprocessing.get_all_start_methods()
+    # fork starts workers at once with everything imported, but is only safe in a process with
+    # one thread (the CLI); a threaded parent (a web server, Ray or Dask clients) uses forkserver.
+    method = ("fork" if "fork" in methods and threading.active_count() == 1 else
+              "forkserver" if "forkserver" in methods else "spawn")
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":
         ctx.set_forkserver_preload(["lorarank.fleet.rows", "lorarank.audit"])
     queue = list(todo)
     window = 2 * n
