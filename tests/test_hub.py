@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from hubfixtures import client, endpoint, hub  # noqa: E402,F401  (fixtures)
 from hubserver import SAMPLES, FakeHub, HubRepo, point_client_at  # noqa: E402
 
 from lorarank.adapters import load_adapter  # noqa: E402
@@ -25,30 +26,9 @@ needs_samples = pytest.mark.skipif(not LLAMA.is_dir(), reason="../shared/samples
 pytestmark = needs_samples
 
 
-@pytest.fixture(scope="module", autouse=True)
-def client():
-    """The real huggingface_hub, imported when these tests run (not at collection: it weighs
-    ~25 MB, and tests/hostile measures children's peak memory, which includes the parent's)."""
-    return pytest.importorskip("huggingface_hub")
-
-
-@pytest.fixture(scope="module")
-def hub():
-    with FakeHub() as server:
-        yield server
-
-
 @pytest.fixture
 def settings(tmp_path):
     return HubSettings(cache_dir=tmp_path / "cache", timeout=3.0)
-
-
-@pytest.fixture(autouse=True)
-def endpoint(hub, monkeypatch):
-    """Point the client at the fake Hub (tests/hubserver.point_client_at)."""
-    point_client_at(hub.url, monkeypatch)
-    hub.requests.clear()
-    yield
 
 
 # ----------------------------------------------------------------------------- references

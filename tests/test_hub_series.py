@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hubfixtures import client, endpoint, hub  # noqa: E402,F401  (fixtures)
 from hubserver import SAMPLES, FakeHub, point_client_at  # noqa: E402
 
 from lorarank.errors import ConfigError, HubError  # noqa: E402
@@ -31,28 +32,9 @@ pytestmark = pytest.mark.skipif(not RUN.is_dir(), reason=f"checkpoint run not fo
 SHUFFLED = "step-45,step-15,step-90,step-30,step-60,step-75"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def client():
-    return pytest.importorskip("huggingface_hub")
-
-
-@pytest.fixture(scope="module")
-def hub():
-    with FakeHub() as server:
-        yield server
-
-
 @pytest.fixture
 def settings(tmp_path):
     return HubSettings(cache_dir=tmp_path / "cache", timeout=5.0)
-
-
-@pytest.fixture(autouse=True)
-def endpoint(hub, monkeypatch):
-    """Point the client at the fake Hub (tests/hubserver.point_client_at)."""
-    point_client_at(hub.url, monkeypatch)
-    hub.requests.clear()
-    yield
 
 
 @pytest.fixture(scope="module")
