@@ -16,6 +16,8 @@ layout.header(
           "puts each r's final error beside the best any rank-r matrix can do (Eckart-Young), "
           "and the spectra show what the extra directions of a large r are spent on. The "
           "defaults are the article's setup.",
+    terms=("intrinsic rank k", "Eckart-Young theorem", "effective rank", "noise floor",
+           "Gavish-Donoho threshold", "held-out loss", "rank-r optimum (training)", "diverged"),
 )
 common.show_errors(common.check_url(sweep.SETTINGS + datamode.SWEEP_SETTINGS,
                                     state_key=sweep.URL_ERRORS_KEY))

@@ -18,6 +18,8 @@ layout.header(
           "With a fixed alpha (s = alpha/r) raising r shrinks s, so learning slows and the "
           "stable window moves; with alpha = r it stays put. Each heatmap cell is one fit of "
           "the synthetic update T at one rank and one learning rate under one scaling rule.",
+    terms=("scale s and alpha", "rsLoRA", "learning-rate window", "SGD bound 1/(s·σ₁)",
+           "diverged", "Eckart-Young theorem", "held-out loss"),
 )
 common.show_errors(common.check_url(stab.SETTINGS + datamode.GRID_SETTINGS, state_key=stab.URL_ERRORS_KEY)
                    + stab.url_rule_errors())

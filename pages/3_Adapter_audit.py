@@ -19,6 +19,10 @@ layout.header(
           "(QR of B and of Aᵀ, SVD of the r × r core), never from the dense matrix. Every "
           "setting on this page is kept in the link; the files are not.",
     hint=None,
+    terms=("singular values σᵢ", "energy rank k(t)", "stable rank", "entropy rank",
+           "recommended rank", "truncation error", "sv_ratio", "rank budget", "resize",
+           "subspace similarity φ", "chance level", "settled step", "intruder dimensions", "DoRA",
+           "LoKr"),
 )
 loaded_line = st.container()  # names the loaded adapter, under the title
 alerts = st.container()

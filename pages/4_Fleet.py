@@ -17,6 +17,7 @@ layout.header(
           "update's energy Σσ² kept when every module is cut to its best rank-c approximation "
           "(Eckart-Young: no rank-c adapter keeps more). The Hub sources, the cap and the planner's "
           "settings are kept in the link; uploaded files are not.",
+    terms=("recommended rank", "energy Σσ²", "Eckart-Young theorem", "resize"),
 )
 answer = st.container()   # the planner's answer, first
 bad_url = common.check_url(fl.SETTINGS, state_key=fl.URL_ERRORS_KEY)

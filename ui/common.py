@@ -48,6 +48,7 @@ __all__ = [
     "md_param",
     "md_plain",
     "notation",
+    "copy_link",
     "show_errors",
     "error_line",
     "stop_on_error",
@@ -101,6 +102,36 @@ def setup_page(script: str, *, icon: str | None = None) -> PageInfo:
     st.html(CHIP_STYLE)
     sidebar()
     return page
+
+
+#: The "Copy link" button: copies the address the browser shows, which holds every setting of
+#: the view (its widgets are bound to the URL) and the open tab. Our own static markup and
+#: script, no user text; a browser without the clipboard API (an http:// host that is not
+#: localhost) gets the link in a prompt to copy by hand.
+COPY_LINK_HTML = """<button id="lorarank-copy-link" type="button" title="Copy the link to this view: every setting and the open tab are in it (uploaded files are not)" style="font:inherit;font-size:0.875rem;color:inherit;background:transparent;cursor:pointer;border:1px solid color-mix(in srgb, currentColor 25%, transparent);border-radius:0.5rem;padding:0.5rem 0.75rem;white-space:nowrap;line-height:1.6">Copy link</button>
+<script>
+(() => {
+  const button = document.getElementById("lorarank-copy-link");
+  if (!button || button.dataset.ready) return;
+  button.dataset.ready = "1";
+  button.addEventListener("click", async () => {
+    const link = window.location.href;
+    try {
+      await navigator.clipboard.writeText(link);
+      button.textContent = "Link copied";
+    } catch (err) {
+      window.prompt("Copy this link:", link);
+    }
+    setTimeout(() => { button.textContent = "Copy link"; }, 2000);
+  });
+})();
+</script>"""
+
+
+def copy_link(container: Any = None) -> None:
+    """Draw the "Copy link" button (:data:`COPY_LINK_HTML`) in ``container`` (default: here)."""
+    where = st if container is None else container
+    where.html(COPY_LINK_HTML, width="content", unsafe_allow_javascript=True)
 
 
 #: Selected options of a multiselect ("chips") are white text on the theme's primary colour,

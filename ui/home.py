@@ -14,7 +14,9 @@ def render() -> None:
     """Draw the home page (``app.py`` calls this on every visit)."""
     common.setup_page("Home")
 
-    st.title("lorarank")
+    row = st.container(horizontal=True, vertical_alignment="center", gap="medium")
+    row.title("lorarank", width="content")
+    common.copy_link(row)
     st.markdown(
         "**What LoRA rank do you need, and what did your adapter actually learn?** "
         "Is r = 64 buying anything over r = 8? Did raising r make training worse because of "

@@ -18,6 +18,8 @@ import streamlit as st
 
 from lorarank.charts import split_facets
 from ui.common import Markdown, Setting, md, md_param, setting_widget
+from ui.common import copy_link as common_copy_link
+from ui.glossary import term_links
 
 __all__ = ["header", "settings_group", "sections", "opening", "is_open", "show_panels", "SETTINGS_HINT",
            "TAB_PARAM"]
@@ -28,7 +30,7 @@ SETTINGS_HINT = ("Settings are in the sidebar (on a phone, open it with the » b
 
 
 def header(title: Markdown, summary: Markdown, *, about: Markdown | None = None,
-           hint: Markdown | None = SETTINGS_HINT) -> None:
+           hint: Markdown | None = SETTINGS_HINT, terms: tuple[str, ...] = ()) -> None:
     """The page title, a one-sentence summary, and the longer explanation folded away.
 
     Parameters
@@ -41,12 +43,22 @@ def header(title: Markdown, summary: Markdown, *, about: Markdown | None = None,
         Markdown with the background; shown in a collapsed expander "About this page".
     hint : str, optional
         A caption after the summary (default: where the settings are).
+    terms : tuple of str
+        Glossary terms the page uses (:data:`ui.glossary.TERMS` names): linked under the
+        explanation, each opening the Glossary at that term.
     """
     st.title(md_param(title))
     st.caption(md_param(summary) + (Markdown(" ") + md_param(hint) if hint else Markdown("")))
-    if about:
-        with st.expander("About this page", icon=":material/info:"):
-            st.markdown(md_param(about))
+    # "About this page" and "Copy link" share a row (on a phone too: no extra line before the
+    # first result)
+    row = st.container(horizontal=True, vertical_alignment="top", gap="small")
+    if about or terms:
+        with row.expander("About this page", icon=":material/info:"):
+            if about:
+                st.markdown(md_param(about))
+            if terms:
+                st.markdown(Markdown("**Terms** (in the Glossary): ") + term_links(terms))
+    common_copy_link(row)
 
 
 def _is_compact(setting: Setting) -> bool:

@@ -78,6 +78,10 @@ PAGES: tuple[PageInfo, ...] = (
              "Which of our many adapters fit the server's max_lora_rank, what does shrinking the "
              "rest cost, and what cap should we set?",
              state_prefix="fleet_", modules=("ui.fleet",)),
+    PageInfo("pages/5_Glossary.py", "Glossary", ":material/menu_book:",
+             "What do stable rank, Eckart-Young, Gavish-Donoho, phi or intruder dimensions mean? "
+             "Every term of the pages in plain words, with its formula and source.",
+             state_prefix="glossary_", modules=("ui.glossary",)),
 )
 
 #: Prefixes of session-state keys that are not URL-bound settings (kept across pages): the app's
