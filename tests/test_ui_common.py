@@ -70,7 +70,7 @@ class TestPages:
         pages = available_pages()
         assert pages[0].label == "Home"
         assert [p.label for p in PAGES] == ["Home", "Rank sweep", "alpha/r stability", "Adapter audit",
-                                           "Fleet"]
+                                           "Fleet", "Glossary"]
         assert set(p.path for p in pages) <= set(p.path for p in PAGES)
 
 
