@@ -124,9 +124,10 @@ if finish is None:
 with summary:
     alpha, scale = audit.scale_override(detected)  # only when the file states no scale
     base = audit.base_uploader(container=inputs)
+    base_hub = None if base else audit.base_hub_input(detected, container=inputs, notices=alerts)
     try:
         report = audit.run_audit(upload, alpha=alpha, scale=scale, rule=rule, value=value or 0.0,
-                                 base=base)
+                                 base=base, base_hub=base_hub)
     except LoraRankError as exc:  # as above: not kept as the loaded adapter
         loaded.unreadable(upload, common.error_line(exc), alerts)
     st.markdown(audit.reading(report))  # the headline first, what was detected under it

@@ -214,3 +214,45 @@ def test_base_from_config():
     for bad in ({}, {"base_model_name_or_path": "/home/me/llama"}, {"base_model_name_or_path": "../x/y"}):
         with pytest.raises(ConfigError):
             base_from_config(bad)
+
+
+# ------------------------------------------------------------------------------- the page
+def _audit_page(query: dict):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120).run()
+    at.switch_page("pages/3_Adapter_audit.py")
+    for key, value in query.items():
+        at.query_params[key] = value
+    return at
+
+
+def test_page_base_on_the_hub_named_by_the_adapter(hub):
+    """The audit page: the adapter names its base on the Hub; one click reads only its adapted
+    weights, and every module gets the truth's ||dW|| / ||W0||."""
+    from ui.audit import BASE_HF_KEY
+    from ui.common import md_plain
+
+    at = _audit_page({"hf": "lorarank-test/lora-naming-its-base"}).run()
+    assert not at.exception
+    at.button(key="audit_base_hf_named").click().run()
+    assert not at.exception and not at.error, [md_plain(e.value) for e in at.error]
+    assert at.text_input(key=BASE_HF_KEY).value == "lorarank-test/llama-base"
+    frame = next(d.value for d in at.dataframe if "|dW|/|W0|" in d.value.columns)
+    truth = json.loads((BASE_RELATIVE / "lora_r8.truth.json").read_text())["modules"]
+    for _, row in frame.iterrows():
+        assert row["|dW|/|W0|"] == pytest.approx(truth["base_model.model." + row["module"]]["relative_size"],
+                                                 rel=1e-9)
+    assert hub.bytes_served <= 1.1 * adapted_base_bytes() + 200_000  # + the adapter's own files
+
+
+def test_page_base_over_the_limit_is_one_sentence(monkeypatch):
+    from ui.common import md_plain
+
+    monkeypatch.setenv("LORARANK_HF_MAX_BYTES", "400000")  # the 171 kB adapter fits, its base's weights do not
+    at = _audit_page({"hf": "lorarank-test/lora-naming-its-base", "base_hf": "lorarank-test/llama-base-sharded"}).run()
+    assert not at.exception
+    shown = [md_plain(e.value) for e in at.error]
+    assert shown and "over this request's limit" in " ".join(shown)

@@ -38,7 +38,7 @@ from lorarank.spectrum import RANK_RULES
 from lorarank.synthetic import make_demo_adapter
 
 from . import guard
-from .common import Markdown, Setting, md, md_code, md_escape, notation, progress_bar, setting_widget
+from .common import Markdown, Setting, error_line, md, md_code, md_escape, notation, progress_bar, setting_widget
 from .common import table_height as common_table_height
 
 __all__ = [
@@ -51,7 +51,7 @@ __all__ = [
     "run_compare", "demo_files", "demo_upload",
     "COLUMN_HELP", "module_table", "module_records", "table_height", "budget_marks", "cli_json_bytes", "detected_lines", "reading",
     "RESIZE_HELP", "resize_table", "resize_is_identity", "nothing_to_resize", "COMPARE_HELP", "compare_table", "compare_reading",
-    "BASE_UPLOAD_KEY", "base_uploader", "family_notes", "metadata_rows", "show_family_details",
+    "BASE_UPLOAD_KEY", "base_uploader", "BASE_HF_KEY", "base_hub_input", "family_notes", "metadata_rows", "show_family_details",
     "spectrum_label", "scale_override",
 ]
 
@@ -289,15 +289,20 @@ def guarded_compare(upload_a: Upload, upload_b: Upload, *, top: int) -> Comparis
 
 @st.cache_data(show_spinner=False, max_entries=32, hash_funcs=_HASH)
 def run_audit(upload: Upload, *, alpha: float | None, scale: float | None, rule: str,
-              value: float, base: Upload | None = None) -> AuditReport:
+              value: float, base: Upload | None = None, base_hub: str | None = None) -> AuditReport:
     """Every module's spectrum and metrics (progress bar per module on a cache miss).
 
-    With ``base`` (the base model's weights, uploaded), every module also gets
-    ``||dW||_F / ||W0||_F`` and DoRA modules the exact spectrum of ``merged - W0``.
+    With ``base`` (the base model's weights, uploaded) or ``base_hub`` (a pinned
+    ``hf://owner/name@commit``, read by byte ranges: only the adapted modules' weights), every
+    module also gets ``||dW||_F / ||W0||_F`` and DoRA modules the exact spectrum of ``merged - W0``.
     """
     with guard.heavy_work("the audit"):
         adapter = _load(upload, alpha, scale)
         weights = open_base_bytes(list(base.files)) if base is not None else None
+        if weights is None and base_hub:
+            from .hub_models import base_weights
+
+            weights = base_weights(base_hub, [m.name for m in adapter.modules])
         with progress_bar(f"Auditing {len(adapter.modules):,} modules (factored SVDs)") as progress:
             report = audit_adapter(adapter, rule=rule, value=value, progress=progress,
                                    base=weights)
@@ -592,6 +597,52 @@ def base_uploader(container: Any = None) -> Upload | None:
              "are used: DoRA's exact update merged - W0 and every module's ||dW||_F / ||W0||_F. "
              "Read in memory only.")
     return Upload.from_uploaded(files)
+
+
+#: The base model on the Hub, in the link (``?base_hf=owner/name[@revision]``, pinned once read).
+BASE_HF_KEY = "base_hf"
+
+
+def _use_named_base(named: str) -> None:
+    st.session_state[BASE_HF_KEY] = named.removeprefix("hf://")
+
+
+def base_hub_input(detected: Detected, container: Any = None, notices: Any = None) -> str | None:
+    """The base model on the Hub (read by byte ranges), with a button for the repo the adapter's
+    config names (``base_model_name_or_path``); returns ``hf://owner/name@commit`` or None.
+
+    The link's ``base_hf`` is pinned to the commit once read. An error is one sentence in
+    ``notices``.
+    """
+    from lorarank.errors import LoraRankError
+    from lorarank.hub_ranges import base_from_config
+
+    where = container if container is not None else st
+    try:
+        named = base_from_config(detected.describe.get("metadata") or {})
+    except LoraRankError:
+        named = None
+    with where:
+        cols = st.columns([3, 2], vertical_alignment="bottom")
+        text = cols[0].text_input(
+            "…or the base model on the Hub", key=BASE_HF_KEY, bind="query-params", max_chars=300,
+            placeholder=(named or "hf://owner/name").removeprefix("hf://") + "[@revision]",
+            help="Read by byte ranges: the safetensors headers, then only the adapted modules' "
+                 "weights, never the whole model, within this server's download limit.")
+        if named and (text or "").strip() != named.removeprefix("hf://"):
+            cols[1].button(f"Use the base the adapter names: {named.removeprefix('hf://')}",
+                           key="audit_base_hf_named", on_click=_use_named_base, args=(named,))
+    text = (text or "").strip()
+    if not text:
+        return None
+    from .hub_models import pin
+
+    try:
+        uri = pin(text)
+    except LoraRankError as exc:
+        (notices if notices is not None else st).error(error_line(exc), icon=":material/error:")
+        return None
+    return uri
 
 
 def show_family_details(report: AuditReport) -> None:

@@ -31,11 +31,10 @@ from lorarank.finetune import (ENERGY_THRESHOLDS, ERROR_RANKS, FinetuneReport, F
                                extract_lora, finetune_reading, finetune_report, format_left, pair_models)
 from lorarank.weights import ModelWeights, open_model_bytes
 
-from . import guard
+from . import guard, hub_models
 from .audit import Upload, zip_files
 from .common import (Markdown, Setting, check_url, error_line, md, md_code, md_text, setting_widget,
                      show_chart, show_errors)
-from .hub import hub_settings, hub_token
 
 __all__ = ["TAB", "SETTINGS", "URL_KEYS", "ModelSource", "linked", "section", "run_module", "plan",
            "demo_sources", "extracted_files", "module_table", "COLUMN_HELP"]
@@ -95,30 +94,11 @@ class ModelSource:
 _HASH = {ModelSource: lambda s: s.ident}
 
 
-@st.cache_resource(show_spinner=False, max_entries=4, ttl=3600)
-def _hub_model(uri: str):
-    """A Hub model's headers (one listing and a range per file), shared by sessions."""
-    from lorarank.hub_ranges import open_hub_model
-
-    return open_hub_model(uri, token=hub_token(), settings=hub_settings())
-
-
 def open_source(source: ModelSource) -> ModelWeights:
     """The model's weights: views of the bytes, or the Hub model with a byte count of its own."""
     if source.kind == "hub":
-        return _hub_model(source.uri).fresh(hub_settings())
+        return hub_models.open_hub(source.uri)
     return open_model_bytes(source.files, label=source.label)
-
-
-@st.cache_data(show_spinner=False, max_entries=64, ttl=300)
-def _pin(text: str) -> str:
-    """``hf://owner/name@commit`` of what the field names (cached 5 minutes: a branch moves)."""
-    from lorarank.hub import parse_hub_uri
-
-    ref = parse_hub_uri(text if text.startswith("hf://") else "hf://" + text)
-    with st.spinner(f"Reading {ref.uri} on the Hub (headers only)"):
-        model = _hub_model(ref.uri)
-    return model.ref.with_revision(model.commit).uri
 
 
 @st.cache_data(show_spinner=False, max_entries=1)
@@ -297,7 +277,7 @@ def _hub_sources() -> tuple[ModelSource | None, ModelSource | None, list[str]]:
             out.append(None)
             continue
         try:
-            uri = _pin(text)
+            uri = hub_models.pin(text)
         except LoraRankError as exc:
             errors.append(error_line(exc))
             out.append(None)
