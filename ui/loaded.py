@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import streamlit as st
 
 from .audit import DEMO_KEY, UPLOAD_KEY, Detected, Upload
-from .common import Markdown, md, md_code
+from .common import Markdown, md, md_code, md_param
 
 __all__ = ["LOADED_KEY", "GENERATION_KEY", "CLEAR_KEY", "uploader_key", "combine", "take",
            "loaded", "clear", "unreadable", "show_unreadable", "UNREADABLE_KEY", "adapter_name", "header_row", "showing", "inputs_box"]
