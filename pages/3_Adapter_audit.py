@@ -6,7 +6,7 @@ from lorarank.charts import (budget_chart, module_spectrum_chart, overlap_chart,
                              rank_map_chart)
 from lorarank.documents import json_clean, short_name
 from lorarank.errors import LoraRankError
-from ui import audit, common, finetune_view, hub, layout, loaded, series
+from ui import audit, common, examples, finetune_view, hub, layout, loaded, series
 from ui import report as report_ui
 
 page = common.setup_page(__file__)
@@ -60,6 +60,21 @@ if upload is None:
             "`<module>.A` / `<module>.B` factors. Without a config the scale is assumed to be 1 "
             "and you can set alpha."
         )
+    examples.from_link()
+    with inputs:  # real adapters of every family, shipped in examples/: one click each
+        picked = st.pills(
+            "…or open a real example (one click)", [e.key for e in examples.EXAMPLES],
+            format_func=lambda key: examples.by_key(key).label, key=examples.EXAMPLE_KEY,
+            bind="query-params",
+            help="Small adapters written by the real libraries (peft, LyCORIS, diffusers, mlx-lm, "
+                 "gguf) on tiny models trained a few steps; the files are in the repository's "
+                 "examples/ folder, with their provenance. Kept in the link.")
+    if picked is not None:
+        upload = examples.example_upload(picked)
+        st.caption(common.md(":material/folder_open: Showing the real example **{label}**: {about}. "
+                             "Its files are in the repository's `examples/` folder.",
+                             label=examples.by_key(picked).label, about=examples.by_key(picked).about))
+if upload is None:
     # on the Rank over training tab the demo switch folds away with the other adapter inputs
     if (inputs if ON_SERIES else st.container()).toggle("Use the synthetic demo adapter", key=audit.DEMO_KEY, bind="query-params",
                  help="A small PEFT-format adapter generated here (Llama-shaped, 2 layers x 7 "

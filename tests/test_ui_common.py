@@ -169,6 +169,7 @@ class TestNotation:
         assert notation("DoRA: the directional part s*B@A keeps sum sigma^2 of sigma_i") == \
             "DoRA: the directional part s·B·A keeps Σσ² of σᵢ"
         assert notation("collapsed (sigma_2 <= 1e-6 sigma_1)") == "collapsed (σ₂ ≤ 10⁻⁶·σ₁)"
+        assert notation("update s*kron(W1, W2)") == "update s·kron(W1, W2)"
         assert notation("sigma_max") == "sigma_max"  # a setting's name stays
 
     def test_pages_use_one_notation(self):

@@ -452,6 +452,8 @@ def md_plain(markdown: str) -> str:
 _NOTATION = (
     (re.compile(r"\bs\*\(B@A - B0@A0\)"), "s·(B·A − B0·A0)"),
     (re.compile(r"\bs\*B@A\b"), "s·B·A"),
+    (re.compile(r"\bs\*(?=kron|\()"), "s·"),
+    (re.compile(r"\bB@A\b"), "B·A"),
     (re.compile(r"\bsum sigma\^2\b"), "Σσ²"),
     (re.compile(r"\bsigma\^2\b"), "σ²"),
     (re.compile(r"\bsigma_i\b"), "σᵢ"),

@@ -175,6 +175,10 @@ def showing() -> str | None:
         return "files"
     if st.query_params.get("hf", "").strip():
         return "hub"
+    from .examples import chosen
+
+    if chosen() is not None:
+        return "demo"  # an example, shipped with the app: as the demo
     demo = st.session_state.get(DEMO_KEY)
     if demo is None:
         demo = st.query_params.get(DEMO_KEY, "").lower() == "true"

@@ -73,7 +73,8 @@ PAGES: tuple[PageInfo, ...] = (
     PageInfo("pages/3_Adapter_audit.py", "Adapter audit", ":material/fact_check:",
              "How many directions does my trained adapter really use, can I shrink it without "
              "retraining, and do two adapters learn the same thing?",
-             state_prefix="audit_", modules=("ui.audit", "ui.hub", "ui.loaded", "ui.series")),
+             state_prefix="audit_", modules=("ui.audit", "ui.hub", "ui.loaded", "ui.series",
+                                                 "ui.examples")),
     PageInfo("pages/4_Fleet.py", "Fleet", ":material/dataset:",
              "Which of our many adapters fit the server's max_lora_rank, what does shrinking the "
              "rest cost, and what cap should we set?",

@@ -31,6 +31,7 @@ from .audit import MAP_METRICS, Upload, rule_text
 from .common import (Markdown, Setting, check_url, dash_missing, download_buttons, error_line, md, md_code,
                      md_text, number_column, progress_bar, setting_widget, show_chart, show_errors,
                      table_height)
+from .examples import run_upload
 from .hub import hub_settings  # the page's Hub limits (byte cap = the upload limit)
 from .hub import hub_token
 
@@ -46,6 +47,7 @@ DOWNLOAD_KEY = "audit_series_download"
 URL_ERRORS_KEY = "audit_series_url_errors"
 #: URL-bound keys drawn by the section itself (their options depend on the run).
 DEMO_KEY = "series_demo"
+EXAMPLE_KEY = "series_example"  # the real example run (examples/checkpoints_run)
 #: The page's tab holding the section (shown first when the link carries a series setting).
 TAB = "Rank over training"
 STEP_KEY = "series_step"
@@ -293,16 +295,19 @@ def showing() -> bool:
     a Hub run in the link, or the demo switch on (its inputs then fold away, results first)."""
     if st.session_state.get(UPLOAD_KEY) or st.query_params.get(HUB_REPO_KEY, "").strip():
         return True
-    demo = st.session_state.get(DEMO_KEY)
-    if demo is None:
-        demo = st.query_params.get(DEMO_KEY, "").lower() == "true"
-    return bool(demo)
+    for key in (DEMO_KEY, EXAMPLE_KEY):
+        on = st.session_state.get(key)
+        if on is None:
+            on = st.query_params.get(key, "").lower() == "true"
+        if on:
+            return True
+    return False
 
 
 def linked() -> bool:
     """True when the link carries a setting of this section (show its tab first)."""
-    return any(key in st.query_params for key in (*(s.key for s in SETTINGS), DEMO_KEY, STEP_KEY, MODULE_KEY,
-                                                  *HUB_KEYS))
+    return any(key in st.query_params for key in (*(s.key for s in SETTINGS), DEMO_KEY, EXAMPLE_KEY,
+                                                  STEP_KEY, MODULE_KEY, *HUB_KEYS))
 
 
 def section(*, rule: str, value: float | None) -> None:
@@ -320,7 +325,7 @@ def section(*, rule: str, value: float | None) -> None:
     # collapsed expander once a run is shown.
     results = st.container()
     head = results.container()  # reading, table, downloads (filled after the settings below)
-    inputs = (st.expander("Follow another run (a .zip, the Hub, or the synthetic demo)", expanded=False,
+    inputs = (st.expander("Follow another run (a .zip, the Hub, an example or the demo)", expanded=False,
                           icon=":material/upload_file:") if showing() else st.container())
     with inputs:
         uploaded = st.file_uploader(
@@ -332,7 +337,7 @@ def section(*, rule: str, value: float | None) -> None:
                  "never stored, logged or put in the URL.")
         upload = Upload.from_uploaded(uploaded)
         hub = hub_series_input(notices=head)
-        demo = False
+        demo = real = False
         if upload is None and hub is None:
             st.markdown(
                 "**Follow a training run:** zip the folder your trainer wrote (`output_dir` with its "
@@ -341,17 +346,27 @@ def section(*, rule: str, value: float | None) -> None:
                 "here. Each checkpoint's step comes from its `trainer_state.json`, else the folder "
                 "name. Browsers give an upload only file names, so several `adapter_model.safetensors` "
                 "cannot be told apart without the zip.")
-            demo = st.toggle("Use the synthetic demo run", key=DEMO_KEY, bind="query-params",
-                             help="Six PEFT checkpoints (r = 8) generated here whose modules grow "
-                                  "2, 4 and 6 planted directions by steps 50, 100 and 150: synthetic, "
-                                  "not a trained model.")
+            real = st.toggle("Use a real example run", key=EXAMPLE_KEY, bind="query-params",
+                             help="Six checkpoints (steps 15 to 90) of one real PEFT training run "
+                                  "(LoRA r = 12 on a small Llama, written by peft 0.21.2 and "
+                                  "transformers), shipped in the repository's examples/ folder.")
+            demo = not real and st.toggle(
+                "Use the synthetic demo run", key=DEMO_KEY, bind="query-params",
+                help="Six PEFT checkpoints (r = 8) generated here whose modules grow 2, 4 and 6 "
+                     "planted directions by steps 50, 100 and 150: synthetic, not a trained model.")
     if upload is None and hub is None:
-        if not demo:
+        if real:
+            upload = run_upload()
+            head.caption(":material/folder_open: **Real example run**: six checkpoints (steps 15 "
+                         "to 90) of one PEFT training run, from the repository's `examples/` "
+                         "folder (your own run: **Follow another run** below).")
+        elif demo:
+            upload = demo_upload()
+            head.caption(":material/science: **Synthetic demo run**, steps 50 to 300: q_proj grows 2 "
+                         "planted directions by step 50, v_proj 4 by 100, down_proj 6 by 150 (your own "
+                         "run: **Follow another run** below).")
+        else:
             return
-        upload = demo_upload()
-        head.caption(":material/science: **Synthetic demo run**, steps 50 to 300: q_proj grows 2 "
-                     "planted directions by step 50, v_proj 4 by 100, down_proj 6 by 150 (your own "
-                     "run: **Follow another run** below).")
     with results:
         cols = st.columns([1.3, 1, 2])
         metric = setting_widget(METRIC, cols[0])

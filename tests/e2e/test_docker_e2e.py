@@ -98,3 +98,12 @@ def test_image_command_serves_and_health_check_passes(tmp_path):
             proc.kill()
             proc.wait(5)
         log.close()
+
+
+def test_image_keeps_the_examples():
+    """.dockerignore keeps the example adapters the audit page opens (explicitly: a later
+    pattern for adapter files must not drop them)."""
+    lines = [l.strip() for l in (REPO / ".dockerignore").read_text().splitlines()
+             if l.strip() and not l.startswith("#")]
+    assert "*.safetensors" in lines and "!examples/" in lines
+    assert lines.index("!examples/") > lines.index("*.safetensors")  # the exception comes last

@@ -71,3 +71,44 @@ def test_glossary_reachable_from_a_page(page, app_url):
     for term in ("Gavish-Donoho threshold", "subspace similarity φ", "stable rank",
                  "entropy rank", "intruder dimensions", "energy rank k(t)"):
         assert f"{term}:" in body, term
+
+
+def test_real_example_in_one_click(browser, app_url, shot):
+    """On the empty audit page one click on a pill opens a real example: the table shows, the
+    link names it; the selected pill reads at 4.5:1 or more in dark mode."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, color_scheme="dark")
+    page = context.new_page()
+    try:
+        page.goto(f"{app_url}/Adapter_audit")
+        wait_for_app(page, timeout=120_000)
+        page.get_by_role("radio", name="LyCORIS LoKr").click()  # the pills are a radio group
+        page.wait_for_selector('[data-testid="stDataFrame"]', timeout=60_000)
+        wait_for_app(page)
+        assert_no_exception(page)
+        assert "example=LyCORIS+LoKr" in page.url or "example=LyCORIS%20LoKr" in page.url
+        body = page.get_by_test_id("stMain").inner_text()
+        assert "Showing the real example LyCORIS LoKr" in body
+        assert "Loaded: lycoris_lokr.safetensors" in body
+        shot(page, "example_dark")
+        page.get_by_text("Upload your own adapter").click()  # the inputs fold; the pills are in them
+        ratio = page.evaluate("""() => {
+          const rgba = (css) => { const v = css.match(/[\\d.]+/g).map(Number); return [v[0], v[1], v[2], v.length > 3 ? v[3] : 1]; };
+          const lum = ([r, g, b]) => { const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+            return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
+          const pill = [...document.querySelectorAll('[role=radio]')].find(b => b.innerText.trim() === 'LyCORIS LoKr');
+          // the pill's background as painted: its translucent layers over the first opaque one
+          const layers = [];
+          for (let e = pill; e; e = e.parentElement) {
+            const c = rgba(getComputedStyle(e).backgroundColor);
+            if (c[3] > 0) layers.push(c);
+            if (c[3] === 1) break;
+          }
+          let bg = layers.length && layers[layers.length - 1][3] === 1 ? layers.pop() : [255, 255, 255, 1];
+          for (const c of layers.reverse()) bg = bg.map((v, i) => i < 3 ? c[i] * c[3] + v * (1 - c[3]) : 1);
+          const text = rgba(getComputedStyle(pill.querySelector('p') || pill).color);
+          const [a, b] = [lum(text), lum(bg)].sort((x, y) => y - x);
+          return (a + 0.05) / (b + 0.05);
+        }""")
+        assert ratio >= 4.5, ratio
+    finally:
+        context.close()
