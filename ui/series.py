@@ -402,8 +402,11 @@ def section(*, rule: str, value: float | None) -> None:
                       "`lorarank audit --series DIR --json` prints).",
                       n=len(report.modules), rule=rule_text(report.rule, report.value)))
         table = rows(report)
-        download_buttons(pd.DataFrame(table).drop(columns=["name"]), stem="lorarank-series",
+        frame = pd.DataFrame(table)  # no shared module: no rows, no columns (the JSON has each audit)
+        download_buttons(frame.drop(columns=["name"], errors="ignore"), stem="lorarank-series",
                          key=DOWNLOAD_KEY, json_data=json_clean(report.to_dict()))
+    if not report.modules:  # nothing to follow over steps: the reading said so
+        return
     with results:  # under the reading and the table, above the inputs
         _charts(report, table, metric)
 

@@ -9,6 +9,9 @@ __all__ = ["parse_module_name", "natural_key", "PEFT_PREFIX"]
 PEFT_PREFIX = "base_model.model."
 
 _LAYER = re.compile(r"(?:^|[._])(\d+)(?=[._]|$)")
+#: Longest number read as a layer index or compared as a number (a 5,000-digit "layer" in a
+#: hostile name is not parsed: int() refuses over 4,300 digits, Arrow over 2^63).
+_MAX_DIGITS = 9
 
 
 def parse_module_name(name: str) -> tuple[int | None, str]:
@@ -19,7 +22,7 @@ def parse_module_name(name: str) -> tuple[int | None, str]:
     component (``up_proj``) or, for underscore-only names, what follows the layer (``mlp_fc1``).
     """
     match = _LAYER.search(name)
-    layer = int(match.group(1)) if match else None
+    layer = int(match.group(1)) if match and len(match.group(1)) <= _MAX_DIGITS else None
     if "." in name:
         kind = name.rsplit(".", 1)[-1]
     elif match:
@@ -32,5 +35,6 @@ def parse_module_name(name: str) -> tuple[int | None, str]:
 
 def natural_key(name: str) -> list:
     """Sort key putting ``layers.2`` before ``layers.10``."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+    return [((0, int(part), "") if len(part) <= 18 else (0, 10**18 + len(part), part)) if part.isdecimal()
+            else (1, 0, part) for part in re.split(r"(\d+)", name)]
 
