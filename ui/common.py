@@ -456,6 +456,7 @@ _NOTATION = (
     (re.compile(r"\bB@A\b"), "B·A"),
     (re.compile(r"\bsum sigma\^2\b"), "Σσ²"),
     (re.compile(r"\bsigma\^2\b"), "σ²"),
+    (re.compile(r"\bsigma(?= [<>=≤≥])"), "σ"),
     (re.compile(r"\bsigma_i\b"), "σᵢ"),
     (re.compile(r"\bsigma_(\d)\b"), lambda m: "σ" + m.group(1).translate(str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉"))),
     (re.compile(r" <= 1e-6 "), " ≤ 10⁻⁶·"),

@@ -24,7 +24,7 @@ from lorarank.charts import loss_chart, spectrum_chart
 
 from . import guard
 from .common import (Markdown, Setting, chart_spec, download_buttons, md, md_param, md_text, progress_bar,
-                     stop_on_error, table_height, whole_run)
+                     notation, stop_on_error, table_height, whole_run)
 from .common import parse_ranks as common_parse_ranks
 
 __all__ = [
@@ -348,10 +348,11 @@ def results_json(run: SweepRun) -> dict:
 
 def reading(run: SweepRun) -> list[str]:
     """Plain-words sentences read off the numbers of ``run`` (markdown;
-    :func:`lorarank.fit.sweep_findings`, which the CLI prints too)."""
+    :func:`lorarank.fit.sweep_findings`, which the CLI prints too, in the pages' notation)."""
     cfg = run.config
-    return sweep_findings(run.results, target_values=run.target_values,
-                          shape=(cfg.d_out, cfg.d_in), noise=cfg.noise, true_rank=cfg.true_rank)
+    return [notation(s) for s in sweep_findings(run.results, target_values=run.target_values,
+                                                shape=(cfg.d_out, cfg.d_in), noise=cfg.noise,
+                                                true_rank=cfg.true_rank)]
 
 
 def show_results(config: SweepConfig, *, note: Markdown = Markdown("")) -> tuple[SweepRun, SweepCharts] | None:

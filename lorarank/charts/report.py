@@ -60,6 +60,6 @@ def audit_charts(report: Any, *, rule_text: str, metric: str = "recommended_rank
                             f"{chosen.recommended_rank} under {rule_text}."),
         ReportChart("Global budget", budget_chart(curve, marks=marks).to_dict(validate=False),
                     caption=f"Retained share of Σσ² when the adapter's top directions by "
-                            f"sigma² are kept wherever they are; a budget of mean rank "
+                            f"σ² are kept wherever they are; a budget of mean rank "
                             f"{mean_rank} keeps {100 * allocation['retained_energy']:.2f} %."),
     ]
