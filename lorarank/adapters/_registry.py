@@ -120,7 +120,12 @@ _REFUSED: list[tuple[re.Pattern[str], str]] = []
 def register(layout: Layout) -> Layout:
     """Add a layout; earlier registrations win when two suffixes match the same key."""
     _LAYOUTS.append(layout)
+    _SUFFIXES.clear()
     return layout
+
+
+# suffix -> (format, role) of its first registration, built on first use (classify's fast path)
+_SUFFIXES: dict[str, tuple[str, str]] = {}
 
 
 def refuse(pattern: str, kind: str) -> None:
@@ -146,6 +151,22 @@ def classify(key: str) -> tuple[str, str, str] | None:
 
     The longest matching suffix wins (``.lora_mid.weight`` before a shorter one).
     """
+    # Fast path: every registered suffix starts with "." so the candidates are the key's tails
+    # from each ".", the longest (leftmost) first; a dict lookup each instead of an endswith
+    # per suffix (a header of thousands of keys is classified in a millisecond or two).
+    if not _SUFFIXES:
+        for layout in _LAYOUTS:
+            for role, suffix in layout.roles:
+                _SUFFIXES.setdefault(suffix, (layout.format, role))
+        _SUFFIXES[""] = ("", "dotted" if all(s.startswith(".") for s in _SUFFIXES) else "")
+    if _SUFFIXES[""][1] == "dotted":
+        at = key.find(".")
+        while at >= 0:
+            hit = _SUFFIXES.get(key[at:])
+            if hit is not None:
+                return hit[0], key[:at], hit[1]
+            at = key.find(".", at + 1)
+        return None
     best: tuple[int, str, str, str] | None = None
     for layout in _LAYOUTS:
         for role, suffix in layout.roles:
