@@ -27,6 +27,7 @@ import numpy as np
 
 from .adapters import (check_safetensors_header, decode_bf16, safetensors_from_bytes,
                        safetensors_from_path, tensor_layout)
+from .bounded import regular_file
 from .errors import AdapterError, ConfigError
 
 __all__ = ["TensorInfo", "ModelWeights", "open_model", "open_model_bytes", "parse_safetensors_header",
@@ -255,10 +256,11 @@ def _read_json(path: Path, limit: int, what: str) -> object:
     return load_json(path.name, read_file(path, max_bytes=limit, what=f"a {what}"), what=what)
 
 
-def check_counts(shards: int, source: str, *, tensors: int = 0) -> None:
+def check_counts(shards: int, source: str, *, tensors: int = 0, header_bytes: int = 0) -> None:
     """A model's bounds, those of base weights (:data:`lorarank.base.MAX_BASE_SHARDS` shards,
-    :data:`~lorarank.base.MAX_BASE_TENSORS` tensors): one sentence past them."""
-    from .base import MAX_BASE_SHARDS, MAX_BASE_TENSORS
+    :data:`~lorarank.base.MAX_BASE_TENSORS` tensors, :data:`~lorarank.base.MAX_BASE_HEADER_BYTES`
+    of headers in all): one sentence past them."""
+    from .base import MAX_BASE_HEADER_BYTES, MAX_BASE_SHARDS, MAX_BASE_TENSORS
 
     if shards > MAX_BASE_SHARDS:
         raise AdapterError(f"{source} is split into {shards:,} files; lorarank reads at most "
@@ -266,6 +268,9 @@ def check_counts(shards: int, source: str, *, tensors: int = 0) -> None:
     if tensors > MAX_BASE_TENSORS:
         raise AdapterError(f"{source} holds over {MAX_BASE_TENSORS:,} tensors; lorarank reads at most "
                            f"{MAX_BASE_TENSORS:,}")
+    if header_bytes > MAX_BASE_HEADER_BYTES:
+        raise AdapterError(f"{source} has over {MAX_BASE_HEADER_BYTES // 2**20} MiB of safetensors "
+                           "headers; lorarank reads at most that")
 
 
 _check_counts = check_counts
@@ -330,8 +335,6 @@ def open_model(source: str | os.PathLike, *, token: str | None = None, settings=
     sizes: dict[str, int] = {}
     config = None
     if p.exists() and not p.is_dir():
-        from .bounded import regular_file
-
         files = [regular_file(p, what="model weights")]
     elif p.is_dir():
         index = p / "model.safetensors.index.json"
@@ -358,7 +361,12 @@ def open_model(source: str | os.PathLike, *, token: str | None = None, settings=
     else:
         raise AdapterError(f"model weights {str(source)!r} do not exist")
     _check_counts(len(files), p.name)
+    headers = 0
     for f in files:
+        with open(regular_file(f, what="model weights"), "rb") as fh:  # a FIFO would block here
+            head = fh.read(8)
+        headers += min(int.from_bytes(head, "little"), f.stat().st_size) if len(head) == 8 else 0
+        _check_counts(len(files), p.name, header_bytes=headers)
         found, size = _open_file(f, f.name)
         _merge(entries, found, p.name)
         _check_counts(len(files), p.name, tensors=len(entries))

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
+from ..bounded import regular_file
 from ..errors import AdapterError
 from ._load import module_layouts
 from ._tensors import check_safetensors_header, tensor_layout
@@ -135,7 +136,7 @@ def parse_header(source: str, head: bytes, read: Callable[[int], bytes], size: i
 
 def header_entries_from_path(path: str | Path):
     """:func:`parse_header` of a local file: two small reads, no tensor data."""
-    path = Path(path)
+    path = regular_file(path, what="adapter weights")  # a FIFO would block open()
     size = path.stat().st_size
     with open(path, "rb") as fh:
         return parse_header(path.name, fh.read(8), fh.read, size)

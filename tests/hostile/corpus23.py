@@ -462,6 +462,12 @@ def cli_base_many_shards(folder: Path) -> list[str]:
             str(folder / "base")]
 
 
+def cli_finetuned_many_shards(folder: Path) -> list[str]:
+    """``audit --finetuned`` of a folder of 320 shards (the model side of the same bound)."""
+    base_many_shards(folder)
+    return ["audit", "--finetuned", str(folder / "base"), "--base", str(folder / "base"), "--json"]
+
+
 def cli_base_overflow(folder: Path) -> list[str]:
     (folder / "base.safetensors").parent.mkdir(parents=True, exist_ok=True)
     (folder / "base.safetensors").write_bytes(save({"model.layers.0.self_attn.q_proj.weight": np.full((6, 8), 1e200)}))
@@ -626,6 +632,7 @@ CASES: list[Case] = [
          page=Page("audit", metadata_long_string)),
     # base weights
     Case("base-320-shards-320k-keys", "base", cli_base_many_shards, "hold over 300,000 tensors"),
+    Case("finetuned-320-shards", "base", cli_finetuned_many_shards, "holds over 300,000 tensors"),
     Case("base-norm-overflows", "base", cli_base_overflow, "squared Frobenius norm overflows float64"),
     Case("base-fifo", "paths", cli_base_fifo, "is a FIFO (named pipe)"),
     # paths, names, output
