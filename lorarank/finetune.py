@@ -16,9 +16,10 @@ embeddings), :func:`audit_finetune` computes the spectrum of the update ``dW = W
 
 Streaming: one module pair is in memory at a time, read a block of rows at a time (bfloat16 and
 float16 decoded per block, exactly), so memory follows the largest module, not the number of
-layers. ``dW`` is held in float32 when both weights are stored in 16 bits (their difference is
-then exact in float32 except when the two differ by more than 2^16 in magnitude, where it is
-rounded by at most 2^-24 of the larger), else in float64; every product is float64.
+layers. ``dW`` is held in float64, or, when that would pass 512 MiB (an 8B model's embeddings),
+in float32 if both weights are stored in 16 bits (their difference is then exact in float32
+except when the two differ by more than 2^16 in magnitude, where it is rounded by at most 2^-24
+of the larger); every product is float64.
 
 :func:`extract_lora` writes the best rank-k approximation of every module's update as a PEFT
 LoRA adapter (``B = U_k``, ``A = U_k^T dW``, ``lora_alpha = r``), at one rank or at the rank
@@ -58,6 +59,9 @@ ERROR_RANKS: tuple[int, ...] = (8, 16, 64)
 DEFAULT_TOP = 64
 #: Singular values computed at most per module to find the energy ranks.
 DEFAULT_MAX_RANK = 256
+#: An update larger than this in float64 is held in float32 when both weights are 16-bit
+#: floats (an 8B model's embeddings and lm_head: 4.2 GB in float64); smaller ones in float64.
+FLOAT64_UPDATE_BYTES = 512 * 2**20
 
 #: ``progress(done, total, seconds_left)``: modules finished, modules in all, an estimate of
 #: the seconds left (None until one module has finished).
@@ -382,8 +386,9 @@ def module_update(pair: ModulePair, ft: ModelWeights, base: ModelWeights,
     kernels flattened), read a block of rows at a time; with ``keep_base`` also ``W0`` (same
     layout and dtype as ``dW``).
 
-    ``dW`` is float32 when both weights are stored in 16 bits (the difference of two such
-    numbers is exact in float32 unless they differ by more than 2^16 in magnitude), else float64.
+    ``dW`` is float64, or float32 when it would be over :data:`FLOAT64_UPDATE_BYTES` in float64
+    and both weights are stored in 16 bits (the difference of two such numbers is exact in
+    float32 unless they differ by more than 2^16 in magnitude).
 
     Raises
     ------
@@ -392,8 +397,12 @@ def module_update(pair: ModulePair, ft: ModelWeights, base: ModelWeights,
     """
     rows = pair.stored_shape[0]
     cols = math.prod(pair.stored_shape[1:])
+    # float64 (every product runs on it directly), unless it would be large and both weights
+    # are 16-bit floats, whose difference float32 holds exactly: then float32, converted a block
+    # at a time in each product (half the memory, a few times slower).
     sixteen = all(d in ("F16", "BF16") for d in pair.dtypes)
-    dW = np.empty((rows, cols), dtype=np.float32 if sixteen else np.float64)
+    narrow = sixteen and rows * cols * 8 > FLOAT64_UPDATE_BYTES
+    dW = np.empty((rows, cols), dtype=np.float32 if narrow else np.float64)
     W0 = np.empty_like(dW) if keep_base else None
     w0_sq = 0.0
     row_bytes = max(ft.info(pair.ft_key).nbytes, base.info(pair.base_key).nbytes) // max(1, rows)
@@ -406,7 +415,7 @@ def module_update(pair: ModulePair, ft: ModelWeights, base: ModelWeights,
         if not (np.isfinite(a).all() and np.isfinite(b).all()):
             where = ft.source if not np.isfinite(a).all() else base.source
             raise AdapterError(f"{pair.ft_key!r} in {where} holds NaN or infinite values")
-        if sixteen:
+        if narrow:
             np.subtract(a, b, out=dW[start:start + step])
         else:
             np.subtract(a.astype(np.float64, copy=False), b.astype(np.float64, copy=False),

@@ -166,16 +166,22 @@ class TestToyUpdates:
         assert emb.flags == ("unchanged",) and emb.energy == 0.0 and emb.energy_rank["0.9"] == 0
         assert report.summary["unchanged"] == ["model.embed_tokens"]
 
-    def test_bfloat16_models_are_decoded_exactly(self, tmp_path):
-        """bf16 weights: dW in float32 equals the float64 difference of the decoded values."""
+    def test_bfloat16_models_are_decoded_exactly(self, tmp_path, monkeypatch):
+        """bf16 weights: dW (float64, or float32 when large) equals the float64 difference of
+        the decoded values."""
+        import lorarank.finetune as finetune
+
         ft, base = toy_pair(tmp_path, dtype=ml_dtypes.bfloat16)
         fm, bm = open_model(ft), open_model(base)
         pair = [p for p in pair_models(fm, bm).pairs if p.name.endswith("0.mlp.up_proj")][0]
-        dW, w0 = module_update(pair, fm, bm)
         from safetensors.numpy import load_file
 
         a = load_file(str(ft))[pair.ft_key].astype(np.float64)
         b = load_file(str(base))[pair.base_key].astype(np.float64)
+        dW, w0 = module_update(pair, fm, bm)
+        assert dW.dtype == np.float64 and np.array_equal(dW, a - b)
+        monkeypatch.setattr(finetune, "FLOAT64_UPDATE_BYTES", 0)  # as if it were an 8B embedding
+        dW, w0 = module_update(pair, fm, bm)
         assert dW.dtype == np.float32 and np.array_equal(dW.astype(np.float64), a - b)
         assert w0 == pytest.approx(np.linalg.norm(b), rel=1e-12)
         m = audit_module(pair, fm, bm)
