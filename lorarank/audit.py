@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from functools import partial
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from ._validate import check_choice, check_int, check_real
-from .adapters import Adapter, Buffers, LazyArray, LoraModule, families, parse_module_name
+from .adapters import Adapter, Buffers, LoraModule, parse_module_name
 from .adapters import family as family_info
 from .documents import json_clean
 from .errors import AdapterError, ConfigError
@@ -43,6 +42,7 @@ from .spectrum import (
     recommend_rank,
     stable_rank,
     truncation_error,
+    numerical_rank,
 )
 
 __all__ = [
@@ -50,7 +50,6 @@ __all__ = [
     "ModuleReport",
     "AuditReport",
     "Allocation",
-    "ResizeResult",
     "audit_adapter",
     "module_spectrum",
     "module_svd",
@@ -60,8 +59,8 @@ __all__ = [
     "BASE_TOP_K",
     "allocate_budget",
     "budget_curve",
-    "resize_adapter",
     "check_rule",
+    "allocate_spectra",
 ]
 
 #: Thresholds t of the energy ranks k(t) every module report carries.
@@ -284,7 +283,10 @@ class ModuleReport:
     params : int
         ``r * (d_out + d_in)``.
     params_after : int
-        ``recommended_rank * (d_out + d_in)``.
+        Parameters after a resize to ``recommended_rank``, as it would be written
+        (:func:`lorarank.resize.resize_plan`: ``k (d_out + d_in)``, plus ``d_out`` for a DoRA
+        magnitude vector; the stored count when the module stays as it is; 0 when it is left
+        out).
     family : str
         ``lora``, ``dora``, ``adalora``, ``loha``, ``lokr`` or ``locon-tucker``.
     spectrum_of : str
@@ -293,6 +295,11 @@ class ModuleReport:
         The r the file declares when it differs from the inner dimension (LoHa r, AdaLoRA init_r).
     kept_rank : int or None
         AdaLoRA: nonzero entries of E, the rank its budget left.
+    update_rank : int or None
+        The numerical rank of the reported spectrum (values above ``sigma_1 max(d_out, d_in)
+        eps``, as ``np.linalg.matrix_rank``): the rank of the update, which for LoHa (up to r²)
+        and LoKr (``rank(W1) rank(W2)``) exceeds the file's r (a lower bound for DoRA with base
+        weights, whose top values only are reported).
     magnitude : dict or None
         DoRA: ``{"min", "mean", "max"}`` of the magnitude vector m (and, with base weights,
         ``row_scale_min`` / ``row_scale_max`` of ``m / ||W0 + s B A||_row``).
@@ -332,6 +339,7 @@ class ModuleReport:
     spectrum_of: str = "update s*B@A"
     stored_rank: int | None = None
     kept_rank: int | None = None
+    update_rank: int | None = None
     magnitude: dict | None = None
     directional_singular_values: np.ndarray | None = None
     norm: float = 0.0
@@ -362,6 +370,7 @@ class ModuleReport:
             "spectrum_of": self.spectrum_of,
             "stored_rank": self.stored_rank,
             "kept_rank": self.kept_rank,
+            "update_rank": self.update_rank,
             "magnitude": None if self.magnitude is None else dict(self.magnitude),
             "norm": self.norm,
             "relative_size": self.relative_size,
@@ -497,6 +506,7 @@ def _report(module: LoraModule, s: np.ndarray, rule: str, value: float, *, base=
         params_after=k * (d_out + d_in), family=family,
         spectrum_of=spectrum_of(module, with_base=base is not None),
         stored_rank=getattr(module, "stored_rank", None), kept_rank=getattr(module, "kept_rank", None),
+        update_rank=numerical_rank(s, shape=(d_out, d_in)),
         magnitude=_magnitude_summary(magnitude, row_scale), directional_singular_values=directional,
         norm=norm, relative_size=relative, flags=flags,
     )
@@ -582,8 +592,9 @@ def audit_adapter(adapter: Adapter, *, rule: str = "energy", value: float = 0.99
             reports.append(rep)
             _tick(progress, i + 1, total)
     reports = against_base.label(reports, adapter, init, replayed=replayed, replay=replay)
+    reports, kept = _with_resize_plan(adapter.format, reports, rule, value)
     detected = {**adapter.describe(), "metadata": dict(getattr(adapter, "metadata", {}) or {})}
-    summary = _summary(adapter, reports, rule, value)
+    summary = _summary(adapter, reports, rule, value, kept=kept)
     summary["name"] = getattr(adapter, "name", "")
     summary["metadata"] = json_clean(detected["metadata"])
     if base is not None:
@@ -632,14 +643,32 @@ def _warnings(adapter: Adapter, reports: Sequence[ModuleReport]) -> list[str]:
     return out
 
 
-def _summary(adapter: Adapter, reports: Sequence[ModuleReport], rule: str, value: float) -> dict:
+def _with_resize_plan(fmt: str, reports: list[ModuleReport], rule: str, value: float
+                      ) -> tuple[list[ModuleReport], list[int]]:
+    """Each report's ``params_after`` and directions kept as the resize to the recommended ranks
+    would write them (:func:`lorarank.resize.resize_plan`: the one count the reading, the
+    Resize tab, the CLI and the report share). A DoRA module with base weights is resized by
+    its directional part's spectrum, so that is the one planned."""
+    from .resize import ModuleSize, resize_plan, resized_spectrum
+
+    targets = [m.recommended_rank if m.directional_singular_values is None
+               else recommend_rank(resized_spectrum(m), rule=rule, value=value) for m in reports]
+    plan = resize_plan(fmt, [ModuleSize.of_report(m) for m in reports], targets)
+    kept = [k if m.directional_singular_values is None else m.recommended_rank
+            for m, k in zip(reports, plan.kept)]
+    return [replace(m, params_after=n) for m, n in zip(reports, plan.params)], kept
+
+
+def _summary(adapter: Adapter, reports: Sequence[ModuleReport], rule: str, value: float, *,
+             kept: Sequence[int] | None = None) -> dict:
     params = sum(m.params for m in reports)
     after = sum(m.params_after for m in reports)
     # Energies relative to the largest sigma_1, so spectra near 1e160 do not overflow squared.
     peak = max((float(m.singular_values[0]) for m in reports if m.singular_values.size), default=0.0)
     unit = peak if peak > 0 else 1.0
     energy = sum(float(np.sum((m.singular_values / unit) ** 2)) for m in reports)
-    kept = sum(float(np.sum((m.singular_values[: m.recommended_rank] / unit) ** 2)) for m in reports)
+    kept_ranks = [m.recommended_rank for m in reports] if kept is None else kept
+    kept = sum(float(np.sum((m.singular_values[: k] / unit) ** 2)) for m, k in zip(reports, kept_ranks))
     recs = [m.recommended_rank for m in reports]
     families = list(dict.fromkeys(m.family for m in reports))
     return {
@@ -721,7 +750,7 @@ def allocate_budget(source: AuditReport | Adapter, *, rank_budget: int | None = 
     if (rank_budget is None) == (param_budget is None):
         raise ConfigError("give exactly one of `rank_budget` and `param_budget`")
     spectra, costs = _spectra_and_costs(source)
-    return _allocate(spectra, costs, rank_budget=rank_budget, param_budget=param_budget)
+    return allocate_spectra(spectra, costs, rank_budget=rank_budget, param_budget=param_budget)
 
 
 def _ordered(spectra: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
@@ -735,7 +764,9 @@ def _ordered(spectra: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, flo
     return energy[order], owner[order].astype(np.int64), float(energy.sum())
 
 
-def _allocate(spectra, costs, *, rank_budget=None, param_budget=None) -> Allocation:
+def allocate_spectra(spectra: Sequence[np.ndarray], costs: Sequence[int], *, rank_budget: int | None = None,
+                     param_budget: int | None = None) -> Allocation:
+    """:func:`allocate_budget` on spectra and per-direction costs (``d_out + d_in``) given directly."""
     energy, owner, total = _ordered(spectra)
     ranks = [0] * len(spectra)
     if rank_budget is not None:
@@ -781,207 +812,13 @@ def budget_curve(source: AuditReport | Adapter) -> dict:
 
 
 # ------------------------------------------------------------------------------------- resize
-@dataclass(frozen=True)
-class ResizeResult:
-    """A resized adapter and what the truncation cost.
-
-    Attributes
-    ----------
-    adapter : Adapter
-        Same format and module names; truncated modules have scale 1 and alpha = k.
-    ranks : dict of str to int
-        New rank per module.
-    errors : dict of str to float
-        Relative Frobenius error ``||dW_k - dW|| / ||dW||`` per module (0 when unchanged).
-    params_before, params_after : int
-    retained_energy : float
-        Over the whole adapter.
-    changed : int
-        Modules whose factors changed (0: the resize changes nothing).
-    notes : list of str
-        Sentences about what the resize did that a reader must know (a family converted to
-        plain LoRA, DoRA magnitudes kept, nothing to cut).
-    """
-
-    adapter: Adapter
-    ranks: dict[str, int]
-    errors: dict[str, float]
-    params_before: int
-    params_after: int
-    retained_energy: float
-    changed: int = 0
-    notes: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict:
-        """JSON-friendly summary (without the factors)."""
-        return {"format": self.adapter.format, "ranks": dict(self.ranks), "errors": dict(self.errors),
-                "params_before": self.params_before, "params_after": self.params_after,
-                "retained_energy": self.retained_energy,
-                "max_error": max(self.errors.values(), default=0.0),
-                "changed": self.changed, "notes": list(self.notes)}
+# The resize has its own module (lorarank.resize); these names are kept here for old imports.
+_MOVED_TO_RESIZE = ("resize_adapter", "ResizeResult", "converted_families")
 
 
-def converted_families() -> tuple[str, ...]:
-    """Families whose resize writes plain LoRA factors of the best rank-k approximation of the
-    update (each family's registration says so)."""
-    return tuple(name for name, f in families().items() if f.resize == "lora")
+def __getattr__(name: str):
+    if name in _MOVED_TO_RESIZE:
+        from . import resize
 
-
-def _as_lora(module: LoraModule, B: np.ndarray, A: np.ndarray, alpha: float) -> LoraModule:
-    changes = dict(A=A, B=B, scale=1.0, alpha=alpha)
-    if hasattr(module, "family"):
-        changes.update(family="lora" if _family(module) in converted_families() else _family(module),
-                       stored_rank=None, kept_rank=None, kron_left=None, stored_params=None)
-    return replace(module, **changes)
-
-
-def _store(arr: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
-    with np.errstate(over="ignore", invalid="ignore"):
-        out = arr.astype(dtype)
-    if not np.all(np.isfinite(out)):
-        raise ConfigError(f"module {name!r}: the resized factors overflow {dtype} (largest entry "
-                          f"{float(np.max(np.abs(arr))):.3g}); resize to a float64 .npz instead")
-    return out
-
-
-def _truncate(module: LoraModule, k: int, spectrum: np.ndarray) -> LoraModule:
-    # 1. dW = U S V^T from the factors (Kronecker-aware for LoKr); 2. split sqrt(S) between the
-    #    new factors so both are balanced; 3. the old scale lives in S, so the new scale is 1
-    #    (alpha = k). Families other than LoRA / DoRA become plain LoRA of the same update.
-    # The new factors are formed when used (written), not held: a resize preview of a large
-    # adapter costs its spectra only. Every entry of U_k sqrt(S_k) and sqrt(S_k) V_k^T is at
-    # most sqrt(sigma_1) in size, so whether they fit the stored dtype is known now.
-    dtype = module.B.dtype if module.B.dtype.kind not in "iub" else np.dtype(np.float32)
-    root_max = math.sqrt(float(spectrum[0])) if spectrum.size else 0.0
-    if not root_max <= float(np.finfo(dtype).max):
-        raise ConfigError(f"module {module.name!r}: the resized factors overflow {dtype} (entries up to "
-                          f"{root_max:.3g}); resize to a float64 .npz instead")
-    d_out, d_in = module.shape
-
-    def factor(which: str) -> np.ndarray:
-        u, sv, vt = module_svd(module, k)
-        root = np.sqrt(sv[:k])
-        return _store(u[:, :k] * root if which == "B" else root[:, None] * vt[:k], dtype, module.name)
-
-    new_b = LazyArray(partial(factor, "B"), (d_out, k), dtype)
-    new_a = LazyArray(partial(factor, "A"), (k, d_in), dtype)
-    return _as_lora(module, new_b, new_a, float(k))
-
-
-def resize_adapter(adapter: Adapter, *, rank: int | Mapping[str, int] | None = None,
-                   rule: str | None = None, value: float = 0.99, rank_budget: int | None = None,
-                   param_budget: int | None = None, progress: Progress | None = None) -> ResizeResult:
-    """Best lower-rank approximation of every module, from the factored SVD.
-
-    Give exactly one target:
-
-    Parameters
-    ----------
-    adapter : Adapter
-    rank : int or mapping of str to int, optional
-        New rank of every module, or per module name (modules not named stay as they are).
-    rule : str, optional
-        A rule of :data:`lorarank.spectrum.RANK_RULES` with ``value`` (``rule="energy",
-        value=0.99`` keeps 99 % of each module's energy).
-    rank_budget, param_budget : int, optional
-        A global budget allocated by largest ``sigma^2`` first (:func:`allocate_budget`).
-    progress : callable(done, total), optional
-
-    Returns
-    -------
-    ResizeResult
-
-    Raises
-    ------
-    ConfigError
-        A PEFT adapter whose init moved the base (PiSSA, OLoRA, ... saved without conversion):
-        its ``B @ A`` is not the update, so a resize of it would be a resize of the wrong
-        matrix (:mod:`lorarank.inits`; convert it first).
-
-    Notes
-    -----
-    A module whose target is >= its rank is returned unchanged (same factors, scale, alpha).
-    Otherwise ``B_k = U_k sqrt(S_k)``, ``A_k = sqrt(S_k) V_k^T`` in the stored dtype, scale 1:
-    by Eckart-Young ``B_k @ A_k`` is the closest rank-k matrix to ``dW``, with relative error
-    ``sqrt(sum_{i>k} sigma^2 / sum sigma^2)``. A target of 0 keeps one direction.
-    """
-    given = [x is not None for x in (rank, rule, rank_budget, param_budget)]
-    if sum(given) != 1:
-        raise ConfigError("give exactly one of `rank`, `rule`, `rank_budget` and `param_budget`")
-    from .inits import init_of
-
-    init = init_of(adapter)
-    if init.moves_base:
-        raise ConfigError(init.refusal("resize"))
-    with single_threaded_blas():
-        return _resize(adapter, rank=rank, rule=rule, value=value, rank_budget=rank_budget,
-                       param_budget=param_budget, progress=progress)
-
-
-def _resize(adapter, *, rank, rule, value, rank_budget, param_budget, progress) -> ResizeResult:
-    modules = adapter.modules
-    total = len(modules)
-    _tick(progress, 0, total)
-    buffers = Buffers()
-    spectra = [module_spectrum(m, buffers=buffers) for m in modules]
-    if rank is not None and not isinstance(rank, Mapping):
-        k = check_int("rank", rank, minimum=1)
-        targets = [k] * total
-    elif rank is not None:
-        names = {m.name for m in modules}
-        unknown = [n for n in rank if n not in names]
-        if unknown:
-            raise ConfigError(f"`rank` names module {unknown[0]!r}, which the adapter does not have")
-        targets = [check_int(f"rank[{m.name!r}]", rank[m.name], minimum=1) if m.name in rank else sp.size
-                   for m, sp in zip(modules, spectra)]
-    elif rule is not None:
-        rule, value = check_rule(rule, value)
-        targets = [recommend_rank(s, rule=rule, value=value) for s in spectra]
-    else:
-        costs = [sum(m.shape) for m in modules]
-        targets = _allocate(spectra, costs, rank_budget=rank_budget, param_budget=param_budget).ranks
-    convert = any(_family(m) in converted_families() for m in modules)
-    peak = max((float(sp[0]) for sp in spectra if sp.size), default=0.0)
-    unit = peak if peak > 0 else 1.0
-    new_modules, ranks, errors = [], {}, {}
-    kept = energy = 0.0
-    changed = 0
-    for i, (m, sp, k) in enumerate(zip(modules, spectra, targets)):
-        k = max(int(k), 1)
-        full = sp.size
-        if k >= full and not (convert and _family(m) in converted_families()):
-            new_modules.append(m)
-            errors[m.name] = 0.0
-            ranks[m.name] = min(k, m.rank)
-        else:
-            kk = min(k, full)
-            new_modules.append(_truncate(m, kk, sp))
-            errors[m.name] = truncation_error(sp, kk)
-            ranks[m.name] = kk
-            changed += int(kk < full or _family(m) in converted_families())
-        kept += float(np.sum((sp[: ranks[m.name]] / unit) ** 2))
-        energy += float(np.sum((sp / unit) ** 2))
-        _tick(progress, i + 1, total)
-    notes = []
-    families = list(dict.fromkeys(_family(m) for m in modules))
-    conv = [f for f in families if f in converted_families()]
-    if conv:
-        notes.append(f"{', '.join(conv)} modules are written as plain LoRA factors of the best rank-k "
-                     "approximation of the same update (the family cannot hold it otherwise); "
-                     "the parameter count can grow")
-    if "dora" in families:
-        notes.append("DoRA: the directional part s*B@A is truncated and the magnitude vector kept, so the "
-                     "merged weight changes by more than the directional truncation error")
-    if changed == 0:
-        notes.append("nothing to cut: every module's target rank is at or above its rank, so the adapter "
-                     "is unchanged")
-    scaling = adapter.scaling
-    if changed:
-        scaling += "; resized modules: scale folded into the factors (scale 1)"
-    resized = replace(adapter, modules=new_modules, scaling=scaling)
-    retained = kept / energy if energy > 0 else 1.0
-    if not math.isfinite(retained):
-        raise ConfigError("the resize's retained energy is not finite: the adapter's values overflow float64")
-    return ResizeResult(adapter=resized, ranks=ranks, errors=errors, params_before=adapter.num_params,
-                        params_after=resized.num_params, retained_energy=retained, changed=changed,
-                        notes=tuple(notes))
+        return getattr(resize, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -184,6 +184,16 @@ def build_parser() -> argparse.ArgumentParser:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--rank", type=int, help="new rank of every module")
     target.add_argument("--energy", type=float, help="keep this share of each module's energy (e.g. 0.99)")
+    target.add_argument("--sv-ratio", type=float, metavar="R",
+                        help="kohya's rule: keep sigma_i > sigma_1 / R (exactly those; kohya's own "
+                             "resize_lora.py keeps one more)")
+    target.add_argument("--sv-fro", type=float, metavar="T",
+                        help="kohya's rule: keep the smallest k whose Frobenius-norm share reaches T "
+                             "(energy share T^2)")
+    target.add_argument("--sv-cumulative", type=float, metavar="T",
+                        help="kohya's rule: keep the smallest k with sum_{i<=k} sigma_i >= T sum sigma")
+    p.add_argument("--max-rank", type=int, default=None, metavar="N",
+                   help="cap every module's rank (kohya's --new_rank with a dynamic method)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file or folder")
     p.add_argument("--force", action="store_true", help="replace output files that already exist")
     p.set_defaults(handler=_cmd_resize)
@@ -638,24 +648,50 @@ def _write_audit_html(report, path: str, *, source: str) -> None:
 # ---------------------------------------------------------------------------------- resize
 def _cmd_resize(args: argparse.Namespace) -> int:
     from .adapters import save_adapter
-    from .audit import resize_adapter
+    from .resize import resize_adapter
 
     (adapter,) = _audit_load([args.path])
+    rules = {"energy": args.energy, "sv_ratio": args.sv_ratio, "sv_fro": args.sv_fro,
+             "sv_cumulative": args.sv_cumulative}
+    rule = next((r for r, v in rules.items() if v is not None), None)
     if args.rank is not None:
-        result = resize_adapter(adapter, rank=args.rank)
+        result = resize_adapter(adapter, rank=args.rank, max_rank=args.max_rank)
     else:
-        result = resize_adapter(adapter, rule="energy", value=args.energy)
+        result = resize_adapter(adapter, rule=rule, value=rules[rule], max_rank=args.max_rank)
     fmt = "npz" if args.output.lower().endswith(".npz") else None
     written = save_adapter(result.adapter, args.output, format=fmt, overwrite=args.force)
-    changed = result.changed
     worst = max(result.errors.items(), key=lambda kv: kv[1])
-    print(f"resized {changed} of {len(adapter.modules)} modules; {result.params_before:,} -> "
+    print(f"resized {result.changed} of {len(adapter.modules)} modules; {result.params_before:,} -> "
           f"{result.params_after:,} parameters; retained energy {result.retained_energy:.4f}; "
           f"largest truncation error {worst[1]:.4f} ({_name(worst[0])})")
     for note in result.notes:
         print(clip(f"note: {note}"))
+    if rule in ("sv_ratio", "sv_fro", "sv_cumulative"):
+        print(clip(f"note: {_kohya_difference(adapter, result, rule, rules[rule], args.max_rank)}"))
     print(clip("wrote " + ", ".join(str(p) for p in written)))
     return 0
+
+
+def _kohya_difference(adapter, result, rule: str, value: float, max_rank: int | None) -> str:
+    """What kohya's own resize_lora.py (main) would keep under the same rule, in one sentence."""
+    from .audit import module_spectrum
+    from .resize import kohya_main_rank
+
+    more = extra = 0
+    for m in adapter.modules:
+        if result.ranks.get(m.name, 0) == 0 or m.scale == 0:
+            continue
+        s = module_spectrum(m) / abs(m.scale)  # kohya's rules see up @ down, without the scale
+        k = kohya_main_rank(s, rule=rule, value=value, min_dim=min(m.shape),
+                            new_rank=max_rank if max_rank is not None else m.rank)
+        if k > result.ranks[m.name]:
+            more += 1
+            extra += (k - result.ranks[m.name]) * sum(m.shape)
+    cap = f"--new_rank {max_rank}" if max_rank is not None else "--new_rank at the stored rank"
+    return (f"kohya's resize_lora.py (sd-scripts main) with --dynamic_method {rule} --dynamic_param {value:g} "
+            f"and {cap} would keep one direction more in {more} of {len(adapter.modules)} modules "
+            f"({extra:,} more parameters); lorarank keeps exactly the rule's k (sd-scripts PR #2194 does too "
+            f"for sv_fro and sv_cumulative)")
 
 
 # --------------------------------------------------------------------------------- extract

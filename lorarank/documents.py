@@ -26,7 +26,7 @@ from .errors import ConfigError
 
 __all__ = ["json_clean", "json_text", "json_bytes", "audit_document", "csv_text", "csv_safe_cell",
            "FORMULA_STARTS", "short_name",
-           "MODULE_COLUMNS", "module_row", "metadata_items", "split_list", "parse_numbers", "name_list",
+           "MODULE_COLUMNS", "module_row", "file_rank", "metadata_items", "split_list", "parse_numbers", "name_list",
            "PEFT_PREFIX"]
 
 
@@ -131,7 +131,11 @@ def short_name(name: str) -> str:
 MODULE_COLUMNS: dict[str, str] = {
     "module": "Module path without the factor suffix (and without PEFT's base_model.model.).",
     "shape": "d_out x d_in of the update dW = s·B·A.",
-    "r": "Stored rank: A is r x d_in, B is d_out x r.",
+    "r": "The rank the file stores. LoRA, DoRA, AdaLoRA, LoCon: the width of B and A (r x d_in, d_out x r), "
+         "the update's rank at most; LoHa: each Hadamard half's rank (the update has rank up to r²); LoKr: the "
+         "rank of the factorised half W2 (the update kron(W1, W2) has rank rank(W1)·rank(W2)).",
+    "update rank": "The rank of the update itself: its singular values above σ₁·max(d_out, d_in)·ε. The "
+                   "recommended rank is at most this; for LoHa and LoKr it can exceed the file's r.",
     "recommended rank": "The rank the chosen rule keeps.",
     "truncation error": "Relative Frobenius error of keeping only the recommended k directions: "
                         "√(Σ_{i>k} σᵢ² / Σσ²) (Eckart-Young: no rank-k "
@@ -162,6 +166,12 @@ def _field(module: Any, name: str) -> Any:
     return module.get(name) if isinstance(module, Mapping) else getattr(module, name, None)
 
 
+def file_rank(family: str | None, rank: int | None, stored_rank: int | None) -> int | None:
+    """The r a file states for a module: a LoHa half's rank (its exact factors are r² wide), else
+    the width of its factors (LoKr: the factorised half's rank)."""
+    return stored_rank if family == "loha" and stored_rank else rank
+
+
 def module_row(module: Any, *, top: int = 4) -> dict[str, Any]:
     """One audited module as a row keyed by :data:`MODULE_COLUMNS` (numbers as numbers).
 
@@ -189,7 +199,8 @@ def module_row(module: Any, *, top: int = 4) -> dict[str, Any]:
     return {
         "module": short_name(str(_field(module, "name") or "")),
         "shape": f"{shape[0]} x {shape[1]}",
-        "r": _field(module, "rank"),
+        "r": file_rank(_field(module, "family"), _field(module, "rank"), _field(module, "stored_rank")),
+        "update rank": _field(module, "update_rank"),
         "alpha": _field(module, "alpha"),
         "scale s": _field(module, "scale"),
         "sigma_1": sv[0] if sv else 0.0,

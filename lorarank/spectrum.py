@@ -396,8 +396,9 @@ def kohya_rank(singular_values: object, *, rule: str, value: float) -> int:
 
     Notes
     -----
-    kohya additionally clamps the result to ``q - 1`` so that a resize always drops a
-    direction; lorarank reports the rule's own answer and lets the caller decide.
+    kohya's ``resize_lora.py`` clamps this k to ``[1, min(d_out, d_in) - 1]`` and then keeps
+    one direction more (k + 1, at most its ``--new_rank``;
+    :func:`lorarank.resize.kohya_main_rank`); lorarank keeps the rule's own k.
     """
     s = check_spectrum(singular_values)
     rule = check_choice("rule", rule, ("sv_ratio", "sv_fro", "sv_cumulative"))

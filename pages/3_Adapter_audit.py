@@ -6,7 +6,7 @@ from lorarank.charts import (budget_chart, module_spectrum_chart, overlap_chart,
                              rank_map_chart)
 from lorarank.documents import json_clean, short_name
 from lorarank.errors import LoraRankError
-from ui import audit, common, examples, finetune_view, hub, layout, loaded, series
+from ui import audit, common, examples, finetune_view, hub, layout, loaded, resize_view, series
 from ui import report as report_ui
 
 page = common.setup_page(__file__)
@@ -222,72 +222,12 @@ with tabs["Budget"]:
                 params=allocation["params"]))
 
 # ---------------------------------------------------------------------------- resize
-def _resized(name: str):
-    """A deferred download: the resized files are built only when a button is clicked."""
-    return lambda: audit.resized_files(upload, alpha=alpha, scale=scale, target=target)[name]
-
-
 with tabs["Resize"]:
-    target = audit.ResizeTarget(by=resize_by, rule=rule, value=value or 0.0,
-                                rank_budget=int(budget) * n_modules)
+    target = resize_view.ResizeTarget(by=resize_by, rule=rule, value=value or 0.0,
+                                      rank_budget=int(budget) * n_modules)
     if layout.is_open(tabs["Resize"]):  # the preview resizes every module: only when shown
         with common.stop_on_error():
-            preview = audit.run_resize(upload, alpha=alpha, scale=scale, target=target)
-        ps = preview.summary
-        unchanged = audit.resize_is_identity(preview, report)
-        if unchanged:  # no "0.0 %" and no download of the very same adapter
-            st.info(audit.nothing_to_resize(report, target), icon=":material/info:")
-        else:
-            m1, m2, m3, m4 = st.columns(4)
-            m1.metric("parameters before", f"{ps['params_before']:,}")
-            m2.metric("parameters after", f"{ps['params_after']:,}",
-                      delta=f"{100 * (ps['params_after'] / ps['params_before'] - 1):.1f} %" if ps["params_before"] else None,
-                      delta_color="off")
-            m3.metric("retained energy", f"{100 * ps['retained_energy']:.2f} %",
-                      help="Σ of the kept σ² over Σσ², over the whole adapter.")
-            m4.metric("largest truncation error", f"{ps['max_error']:.3g}",
-                      help="max over modules of ||dW_k − dW||_F / ||dW||_F.")
-            st.caption(common.md(
-                "Resize by {target}: each module becomes the best rank-k approximation of its s·B·A "
-                "(B_k = U_k·sqrt(S_k), A_k = sqrt(S_k)·V_kᵀ, scale folded in, alpha = k); a module "
-                "already at or below k is left as it is. Written as {fmt}, the input's family.",
-                target=target.describe(), fmt=preview.write_format))
-            for note in ps.get("notes", []):
-                st.info(common.md_text(common.notation(note)), icon=":material/info:")
-        with st.expander("Per-module ranks and truncation errors"):
-            st.dataframe(audit.resize_table(preview, report), hide_index=True, key="audit_resize_table",
-                         column_config={
-                             **{n: st.column_config.Column(n, help=t) for n, t in audit.RESIZE_HELP.items()},
-                             "truncation error": st.column_config.NumberColumn(
-                                 "truncation error", help=audit.RESIZE_HELP["truncation error"], format="%.4g")})
-        if not unchanged:
-            weights_stem = next((n for n, _ in upload.files if not n.lower().endswith(".json")), "adapter")
-            weights_stem = weights_stem.rsplit(".", 1)[0] or "adapter"
-            if preview.write_format == "peft":
-                files = ["adapter_model.safetensors", "adapter_config.json"]
-                b1 = b2 = b3 = st.container(horizontal=True)
-                b1.download_button("Download resized adapter (.zip)", key=f"{audit.RESIZE_DOWNLOAD_KEY}_zip",
-                                   data=lambda: audit.zip_files(
-                                       audit.resized_files(upload, alpha=alpha, scale=scale, target=target),
-                                       folder="resized_adapter"),
-                                   file_name="lorarank-resized-adapter.zip", mime="application/zip",
-                                   on_click="ignore", icon=":material/download:",
-                                   help="adapter_model.safetensors + adapter_config.json (with rank_pattern "
-                                        "and alpha_pattern) in a folder PEFT can load.")
-                b2.download_button("adapter_model.safetensors", data=_resized(files[0]),
-                                   file_name=files[0], mime="application/octet-stream",
-                                   key=f"{audit.RESIZE_DOWNLOAD_KEY}_weights", on_click="ignore",
-                                   icon=":material/download:")
-                b3.download_button("adapter_config.json", data=_resized(files[1]), file_name=files[1],
-                                   mime="application/json", key=f"{audit.RESIZE_DOWNLOAD_KEY}_config",
-                                   on_click="ignore", icon=":material/download:")
-            else:
-                inner = "adapter.safetensors" if preview.write_format == "kohya" else "adapter.npz"
-                suffix = inner.rsplit(".", 1)[1]
-                st.download_button(f"Download resized adapter (.{suffix})", data=_resized(inner),
-                                   file_name=f"{weights_stem}-resized.{suffix}",
-                                   mime="application/octet-stream", key=f"{audit.RESIZE_DOWNLOAD_KEY}_file",
-                                   on_click="ignore", icon=":material/download:")
+            resize_view.section(upload, report, target, alpha=alpha, scale=scale)
 
 
 # --------------------------------------------------------------------------- compare

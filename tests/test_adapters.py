@@ -700,7 +700,7 @@ class TestWriters:
         rng = np.random.default_rng(33)
         a, b = pair(rng)
         adapter = load_adapter_bytes({"w.safetensors": save({"m.lora_A.weight": a, "m.lora_B.weight": b})})
-        with pytest.raises(ConfigError, match=r"`format` should be one of peft, kohya, npz; got 'onnx'"):
+        with pytest.raises(ConfigError, match=r"`format` should be one of peft, kohya, mlx, npz; got 'onnx'"):
             adapter_files(adapter, format="onnx")
 
     def test_transposed_cannot_be_kohya(self):

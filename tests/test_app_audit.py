@@ -21,7 +21,7 @@ from safetensors.numpy import save as st_save
 from streamlit.testing.v1 import AppTest
 
 from lorarank.adapters import load_adapter_bytes
-from ui import audit
+from ui import audit, resize_view
 from ui.common import md_plain
 from ui.layout import TAB_PARAM
 
@@ -600,8 +600,8 @@ class TestUiHelpers:
         """The resized PEFT files re-read to the truncated spectrum of every module."""
         files = sample_files("peft_llama_r8")
         up = audit.Upload.from_files(files)
-        target = audit.ResizeTarget(by="rule", rule="sv_ratio", value=4.0)
-        out = audit.resized_files(up, alpha=None, scale=None, target=target)
+        target = resize_view.ResizeTarget(by="rule", rule="sv_ratio", value=4.0)
+        out = resize_view.resized_files(up, alpha=None, scale=None, target=target)
         assert sorted(out) == ["adapter_config.json", "adapter_model.safetensors"]
         config = json.loads(out["adapter_config.json"])
         resized = load_adapter_bytes(out)
@@ -660,10 +660,10 @@ class TestReadingWords:
     def test_resize_that_would_grow(self):
         """A LoKr's recommended LoRA ranks cost more numbers than its own factors: said so."""
         text = self._reading([SAMPLES / "families" / "lycoris_lokr.safetensors"])
-        share = float(re.search(r"with \*\*([\d.]+) %\*\* of the parameters", text).group(1))
-        assert share > 100
-        assert text.endswith("takes more numbers than this file's own factors, so a resize to "
-                             "them would not shrink it.")
+        ratio = float(re.search(r"\*\*([\d.]+)x\*\* the file's", text).group(1))
+        assert ratio > 1
+        assert text.endswith("the file's own factors are the more compact form, so a resize to these "
+                             "ranks would not shrink it.")
 
     def test_lokr_full_halves_assume_nothing(self):
         """Every module of the LyCORIS LoKr sample has an alpha entry; its both-full modules

@@ -143,7 +143,7 @@ class TestAuditSamples:
         assert set(doc["modules"][0]) == {"name", "shape", "rank", "alpha", "scale", "singular_values",
                                           "energy_rank", "stable_rank", "entropy_rank", "recommended_rank",
                                           "family", "spectrum_of", "stored_rank", "kept_rank", "magnitude",
-                                          "norm", "relative_size", "flags"}
+                                          "norm", "relative_size", "flags", "update_rank"}
         assert doc["modules"][0]["family"] == "lora" and doc["modules"][0]["spectrum_of"] == "update s*B@A"
         assert set(doc["modules"][0]["energy_rank"]) == {"0.9", "0.95", "0.99"}
         assert doc["modules"][0]["name"] == "base_model.model.transformer.h.0.attn.c_attn"

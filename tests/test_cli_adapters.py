@@ -18,7 +18,7 @@ SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"sample adapters not found at {SAMPLES}")
 MODULE_KEYS = {"name", "shape", "rank", "alpha", "scale", "singular_values", "energy_rank", "stable_rank",
                "entropy_rank", "recommended_rank", "family", "spectrum_of", "stored_rank", "kept_rank", "magnitude", "norm",
-               "relative_size", "flags"}
+               "relative_size", "flags", "update_rank"}
 
 
 def run(capsys, *argv):

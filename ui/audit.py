@@ -28,9 +28,9 @@ import streamlit as st
 
 from lorarank.adapters import Adapter, adapter_files, load_adapter_bytes
 from lorarank.charts.report import budget_marks as _budget_marks
-from lorarank.audit import AuditReport, allocate_budget, audit_adapter, budget_curve, resize_adapter
+from lorarank.audit import AuditReport, allocate_budget, audit_adapter, budget_curve
 from lorarank.base import open_base_bytes
-from lorarank.documents import (MODULE_COLUMNS, audit_document, json_text, metadata_items,
+from lorarank.documents import (MODULE_COLUMNS, audit_document, file_rank, json_text, metadata_items,
                                 module_row, short_name)
 from lorarank.compare import Comparison, compare_adapters
 from lorarank.cost import audit_cost
@@ -42,15 +42,15 @@ from .common import Markdown, Setting, error_line, md, md_code, md_escape, notat
 from .common import table_height as common_table_height
 
 __all__ = [
-    "UPLOAD_KEY", "UPLOAD_B_KEY", "DOWNLOAD_KEY", "RESIZE_DOWNLOAD_KEY", "COMPARE_DOWNLOAD_KEY",
+    "UPLOAD_KEY", "UPLOAD_B_KEY", "DOWNLOAD_KEY", "COMPARE_DOWNLOAD_KEY",
     "RULE", "RULE_VALUES", "MAP_METRIC", "BUDGET", "RESIZE_BY", "ALPHA", "SCALE", "TOP",
     "MODULE_KEY", "COMPARE_KEY", "DEMO_KEY", "ALL_SETTINGS", "MAP_METRICS", "RULE_LABELS",
-    "Upload", "Detected", "ResizeTarget", "ResizePreview",
+    "Upload", "UPLOAD_HASH", "load_upload", "Detected",
     "rule_text", "assumed_scale", "without_alpha", "module_url_error", "COMPARE_MODULE_KEY",
-    "detect", "GATE_KEY", "COMPARE_GATE_KEY", "audit_gate", "guarded_compare", "run_audit", "run_budget", "run_resize", "resized_files", "zip_files",
+    "detect", "GATE_KEY", "COMPARE_GATE_KEY", "audit_gate", "guarded_compare", "run_audit", "run_budget", "zip_files",
     "run_compare", "demo_files", "demo_upload",
     "COLUMN_HELP", "module_table", "module_records", "table_height", "budget_marks", "cli_json_bytes", "detected_lines", "reading",
-    "RESIZE_HELP", "resize_table", "resize_is_identity", "nothing_to_resize", "COMPARE_HELP", "compare_table", "compare_reading",
+    "COMPARE_HELP", "compare_table", "compare_reading",
     "BASE_UPLOAD_KEY", "base_uploader", "BASE_HF_KEY", "base_hub_input", "family_notes", "metadata_rows", "show_family_details",
     "spectrum_label", "scale_override",
 ]
@@ -63,7 +63,6 @@ COMPARE_GATE_KEY = "audit_compare_gate"  # the same for the comparison
 UPLOAD_B_KEY = "audit_upload_b"
 BASE_UPLOAD_KEY = "audit_upload_base"
 DOWNLOAD_KEY = "audit_download"
-RESIZE_DOWNLOAD_KEY = "audit_resize_download"
 COMPARE_DOWNLOAD_KEY = "audit_compare_download"
 #: URL-bound keys drawn by the page itself (their options depend on the upload, or booleans).
 MODULE_KEY = "module"
@@ -191,10 +190,12 @@ class Upload:
         return sum(len(b) for _, b in self.files)
 
 
-_HASH = {Upload: lambda u: u.ident}
+#: ``st.cache_data`` hash functions: an :class:`Upload` is hashed by its identity.
+UPLOAD_HASH = {Upload: lambda u: u.ident}
 
 
-def _load(upload: Upload, alpha: float | None = None, scale: float | None = None) -> Adapter:
+def load_upload(upload: Upload, alpha: float | None = None, scale: float | None = None) -> Adapter:
+    """The upload read as an :class:`~lorarank.adapters.Adapter` (in memory, with the scale override)."""
     return load_adapter_bytes(list(upload.files), alpha=alpha, scale=scale)
 
 
@@ -237,11 +238,11 @@ class Detected:
     without_alpha: int = 0  # modules with s = 1 assumed for want of an alpha
 
 
-@st.cache_data(show_spinner=False, max_entries=16, hash_funcs=_HASH)
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs=UPLOAD_HASH)
 def detect(upload: Upload) -> Detected:
     """Read the upload as stored: format, orientation, scaling, dtypes, modules, parameters."""
     with guard.heavy_work("reading the upload"):
-        adapter = _load(upload)
+        adapter = load_upload(upload)
     return Detected(describe=adapter.describe(), assumed=assumed_scale(adapter),
                     names=tuple(m.name for m in adapter.modules), size=upload.size,
                     shapes=tuple((*m.shape, m.rank) for m in adapter.modules),
@@ -287,7 +288,7 @@ def guarded_compare(upload_a: Upload, upload_b: Upload, *, top: int) -> Comparis
         run=lambda: run_compare(upload_a, upload_b, top=top), kept=False)
 
 
-@st.cache_data(show_spinner=False, max_entries=32, hash_funcs=_HASH)
+@st.cache_data(show_spinner=False, max_entries=32, hash_funcs=UPLOAD_HASH)
 def run_audit(upload: Upload, *, alpha: float | None, scale: float | None, rule: str,
               value: float, base: Upload | None = None, base_hub: str | None = None) -> AuditReport:
     """Every module's spectrum and metrics (progress bar per module on a cache miss).
@@ -297,7 +298,7 @@ def run_audit(upload: Upload, *, alpha: float | None, scale: float | None, rule:
     module also gets ``||dW||_F / ||W0||_F`` and DoRA modules the exact spectrum of ``merged - W0``.
     """
     with guard.heavy_work("the audit"):
-        adapter = _load(upload, alpha, scale)
+        adapter = load_upload(upload, alpha, scale)
         weights = open_base_bytes(list(base.files)) if base is not None else None
         if weights is None and base_hub:
             from .hub_models import base_weights
@@ -310,7 +311,7 @@ def run_audit(upload: Upload, *, alpha: float | None, scale: float | None, rule:
     return report
 
 
-@st.cache_data(show_spinner=False, max_entries=32, hash_funcs=_HASH)
+@st.cache_data(show_spinner=False, max_entries=32, hash_funcs=UPLOAD_HASH)
 def run_budget(upload: Upload, *, alpha: float | None, scale: float | None, rule: str,
                value: float, mean_rank: int) -> tuple[dict, dict]:
     """``(budget curve, allocation of mean_rank x modules directions)`` as JSON-friendly dicts."""
@@ -318,66 +319,6 @@ def run_budget(upload: Upload, *, alpha: float | None, scale: float | None, rule
     curve = budget_curve(report)
     allocation = allocate_budget(report, rank_budget=int(mean_rank) * len(report.modules))
     return curve, allocation.to_dict()
-
-
-@dataclass(frozen=True)
-class ResizeTarget:
-    """What a resize aims at: the rule's per-module rank, or a global rank budget."""
-
-    by: str = "rule"
-    rule: str = "energy"
-    value: float = 0.99
-    rank_budget: int = 0
-
-    def kwargs(self) -> dict:
-        """Keyword arguments of :func:`lorarank.audit.resize_adapter`."""
-        if self.by == "budget":
-            return {"rank_budget": int(self.rank_budget)}
-        return {"rule": self.rule, "value": self.value}
-
-    def describe(self) -> str:
-        """``"rule energy share 0.99"`` or ``"global budget of 56 directions"``."""
-        if self.by == "budget":
-            return f"global budget of {self.rank_budget:,} directions"
-        return f"rule {rule_text(self.rule, self.value)}"
-
-
-@dataclass(frozen=True)
-class ResizePreview:
-    """What a resize does, without the factors (small, cacheable)."""
-
-    names: tuple[str, ...]
-    old_ranks: tuple[int, ...]
-    summary: dict
-    write_format: str
-
-
-@st.cache_data(show_spinner=False, max_entries=32, hash_funcs=_HASH)
-def run_resize(upload: Upload, *, alpha: float | None, scale: float | None,
-               target: ResizeTarget) -> ResizePreview:
-    """Resize with the engine and keep its numbers: ranks, errors, parameters, energy."""
-    with guard.heavy_work("the resize preview"):
-        adapter = _load(upload, alpha, scale)
-        with progress_bar("Resizing (best rank-k approximation per module)") as progress:
-            result = resize_adapter(adapter, progress=progress, **target.kwargs())
-    fmt = "peft" if adapter.format == "peft" else "kohya" if adapter.format == "kohya" else (
-        "peft" if any(m.transposed for m in adapter.modules) else "npz")
-    return ResizePreview(names=tuple(m.name for m in adapter.modules),
-                         old_ranks=tuple(m.rank for m in adapter.modules),
-                         summary=result.to_dict(), write_format=fmt)
-
-
-def resized_files(upload: Upload, *, alpha: float | None, scale: float | None,
-                  target: ResizeTarget) -> dict[str, bytes]:
-    """The resized adapter's files in the input's family (PEFT, kohya or npz), as bytes.
-
-    Not cached (the bytes can be as large as the upload): the page calls it only when a
-    download button is clicked.
-    """
-    with guard.QUEUE.slot():  # called by a download button, outside the script run: no notice
-        adapter = _load(upload, alpha, scale)
-        result = resize_adapter(adapter, **target.kwargs())
-        return adapter_files(result.adapter)
 
 
 def zip_files(files: Mapping[str, bytes], *, folder: str = "") -> bytes:
@@ -389,14 +330,14 @@ def zip_files(files: Mapping[str, bytes], *, folder: str = "") -> bytes:
     return buf.getvalue()
 
 
-@st.cache_data(show_spinner=False, max_entries=16, hash_funcs=_HASH)
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs=UPLOAD_HASH)
 def run_compare(upload_a: Upload, upload_b: Upload, *, top: int) -> Comparison:
     """Subspace similarity of the two adapters' A factors on their shared modules.
 
     phi uses the right singular vectors of A only, so no scale or alpha is involved.
     """
     with guard.heavy_work("the comparison"):
-        a, b = _load(upload_a), _load(upload_b)
+        a, b = load_upload(upload_a), load_upload(upload_b)
         with progress_bar("Comparing shared modules") as progress:
             comparison = compare_adapters(a, b, top=top, progress=progress)
     guard.mark_done(("compare", upload_a.ident, upload_b.ident, top))
@@ -433,7 +374,7 @@ def demo_upload(variant: str = "a") -> Upload:
 #: The module table's columns and their definitions (every per-module column but sigma_1, which
 #: the table lists among the top singular values).
 #: The answer sits next to the module: a phone shows both without scrolling sideways.
-_FIRST_COLUMNS = ("module", "recommended rank", "r")
+_FIRST_COLUMNS = ("module", "recommended rank", "update rank", "r")
 COLUMN_HELP: dict[str, str] = {
     **{k: MODULE_COLUMNS[k] for k in _FIRST_COLUMNS},
     **{k: v for k, v in MODULE_COLUMNS.items() if k not in _FIRST_COLUMNS and k != "sigma_1"}}
@@ -509,26 +450,65 @@ def detected_lines(detected: Detected, report: AuditReport) -> list[tuple[str, M
     return lines
 
 
+#: What the file's r means for a family whose update can have another rank (the reading says it).
+FAMILY_RANKS: dict[str, str] = {
+    "loha": "a LoHa module stores two Hadamard halves of rank r each, and their elementwise product, "
+            "the update, has rank up to r²",
+    "lokr": "a LoKr module's r is the rank of its factorised half W2, and the update kron(W1, W2) has "
+            "rank rank(W1)·rank(W2)",
+    "adalora": "an AdaLoRA module's r is the number of directions its budget kept (nonzero E entries) of the "
+               "init_r it started from",
+    "locon-tucker": "a LoCon Tucker module's update up·(mid × down) has rank at most its r",
+}
+
+
+def _span(lo: float, hi: float) -> Markdown:
+    return md("**{:g}**", lo) if lo == hi else md("**{:g}** to **{:g}**", lo, hi)
+
+
 def reading(report: AuditReport) -> Markdown:
-    """One plain-words sentence read off the summary (markdown)."""
+    """One plain-words sentence read off the summary (markdown).
+
+    For LoHa, LoKr, AdaLoRA and LoCon Tucker it says what the file's r means and what rank the
+    updates have, so "need rank 9 to 15" beside "r = 3" is not read as a contradiction, and
+    when the LoRA form of the recommended ranks is larger than the file, it says so plainly.
+    The parameter counts are the resize's own (:func:`lorarank.resize.resize_plan`).
+    """
     s = report.summary
     recs = s.get("recommended_rank") or {}
     if not recs:
         return Markdown("The adapter has no modules.")
-    ranks = s["ranks"]
-    stored = md("r = {}", ranks[0]) if len(ranks) == 1 else md("r = {}..{}", ranks[0], ranks[-1])
+    files = sorted({file_rank(m.family, m.rank, m.stored_rank) for m in report.modules})
+    stored = md("r = {}", files[0]) if len(files) == 1 else md("r = {}..{}", files[0], files[-1])
     share = s["params_after"] / s["params"] if s["params"] else 1.0
-    need = (md("**{}** each, against the stored {}", recs["min"], stored) if recs["min"] == recs["max"]
-            else md("**{}** to **{}** (median {:g}) of the stored {}", recs["min"], recs["max"],
-                    recs["median"], stored))  # not "8 to 8 (median 8)"
-    larger = (Markdown("") if share <= 1 else
-              Markdown(" A LoRA B·A of these ranks takes more numbers than this file's own factors, "
-                       "so a resize to them would not shrink it."))
-    return md("Under **{rule}** the modules need rank {need}: resizing every module to its "
-              "recommended rank keeps **{kept:.2f} %** of the update's energy (Σσ²) with "
-              "**{share:.1f} %** of the parameters ({before:,} -> {after:,}).{larger}",
-              rule=rule_text(report.rule, report.value), need=need, kept=100 * s["retained_energy"],
-              share=100 * share, before=s["params"], after=s["params_after"], larger=larger)
+    rule = rule_text(report.rule, report.value)
+    families = [f for f in dict.fromkeys(m.family for m in report.modules) if f in FAMILY_RANKS]
+    resize = md("resizing every module to its recommended rank keeps **{kept:.2f} %** of the update's "
+                "energy (Σσ²) with **{share:.1f} %** of the parameters ({before:,} -> {after:,})",
+                kept=100 * s["retained_energy"], share=100 * share, before=s["params"], after=s["params_after"])
+    if not families:
+        need = (md("**{}** each, against the stored {}", recs["min"], stored) if recs["min"] == recs["max"]
+                else md("**{}** to **{}** (median {:g}) of the stored {}", recs["min"], recs["max"],
+                        recs["median"], stored))  # not "8 to 8 (median 8)"
+        uniform = (Markdown("") if report.format != "mlx" or recs["min"] == recs["max"] else
+                   md(" An mlx-lm adapter holds one rank for every module, so a resize keeps {} in each.",
+                      recs["max"]))
+        return md("Under **{rule}** the modules need rank {need}: {resize}.{uniform}", rule=rule, need=need,
+                  resize=resize, uniform=uniform)
+    updates = [m.update_rank for m in report.modules if m.update_rank is not None]
+    need = _span(recs["min"], recs["max"])
+    if recs["min"] != recs["max"]:
+        need = md("{} (median {:g})", need, recs["median"])
+    ranks = md("; their updates have rank {}", _span(min(updates), max(updates))) if updates else Markdown("")
+    text = md("Under **{rule}** the modules' updates need rank {need}{ranks}, against the file's {stored}: "
+              "{why}.", rule=rule, need=need, ranks=ranks, stored=stored,
+              why="; ".join(FAMILY_RANKS[f] for f in families))
+    if share <= 1:
+        return md("{} Written as plain LoRA factors, {}.", text, resize)
+    return md("{text} Written as plain LoRA factors B·A of those ranks it would take **{after:,}** "
+              "parameters, **{ratio:.1f}x** the file's {before:,}: the file's own factors are the more "
+              "compact form, so a resize to these ranks would not shrink it.",
+              text=text, after=s["params_after"], ratio=share, before=s["params"])
 
 
 def spectrum_label(report: AuditReport) -> str:
@@ -655,57 +635,6 @@ def show_family_details(report: AuditReport) -> None:
         # and the page's first data frame stays the per-module table.
         with st.expander(f"What the file says about its training ({len(meta)} entries, as stated, not checked)"):
             st.json(dict(zip(meta["key"], meta["value"])), expanded=True)
-
-
-RESIZE_HELP: dict[str, str] = {
-    "module": COLUMN_HELP["module"],
-    "r": "Stored rank.",
-    "new r": "Rank after the resize (a target at or above r leaves the module unchanged).",
-    "params": "Parameters after the resize: new r x (d_out + d_in).",
-    "truncation error": "||dW_k - dW||_F / ||dW||_F of this module after the resize "
-                        "(0 when unchanged).",
-}
-
-
-def resize_is_identity(preview: ResizePreview, report: AuditReport) -> bool:
-    """Whether the resize would give back the adapter as it is: every module keeps at least
-    its stored rank, and every module is plain LoRA (other families are rewritten as LoRA, a
-    change even at full rank)."""
-    ranks = preview.summary["ranks"]
-    return (all(ranks[n] >= r for n, r in zip(preview.names, preview.old_ranks))
-            and all(m.family == "lora" for m in report.modules))
-
-
-def nothing_to_resize(report: AuditReport, target: ResizeTarget) -> Markdown:
-    """Markdown: the resize changes nothing, and which settings would change something
-    (energy shares below the current one, with what they keep; a global budget)."""
-    stored = sum(m.rank * sum(m.shape) for m in report.modules)
-    options = []
-    current = target.value if target.by == "rule" and target.rule == "energy" else 1.0
-    for share in ("0.95", "0.9"):
-        if float(share) >= current:
-            continue
-        keep = [min(int(m.energy_rank[share]), m.rank) for m in report.modules]
-        params = sum(k * sum(m.shape) for k, m in zip(keep, report.modules))
-        if params < stored:
-            options.append(md("energy share {} keeps {}..{} directions per module ({:.1f} % of the "
-                              "parameters)", share, min(keep), max(keep), 100 * params / stored))
-    top = max(m.rank for m in report.modules)
-    options.append(md("resize by the global budget with a mean rank below {} (set it in the Budget "
-                      "tab)", top))
-    return md("**Nothing to resize:** under {} every module keeps its stored rank, so the resized "
-              "adapter would be the one you have; there is no file to download. What would shrink "
-              "it: {}.", target.describe(), Markdown("; ").join(options))
-
-
-def resize_table(preview: ResizePreview, report: AuditReport) -> pd.DataFrame:
-    """Per-module ranks before and after and the truncation error of the resize."""
-    ranks, errors = preview.summary["ranks"], preview.summary["errors"]
-    shapes = {m.name: m.shape for m in report.modules}
-    rows = [{"module": short_name(n), "r": r, "new r": ranks[n],
-             "params": ranks[n] * sum(shapes[n]), "truncation error": errors[n]}
-            for n, r in zip(preview.names, preview.old_ranks)]
-    return pd.DataFrame(rows, columns=list(RESIZE_HELP))
 
 
 COMPARE_HELP: dict[str, str] = {

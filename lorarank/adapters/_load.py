@@ -386,7 +386,8 @@ def _build(tensors: Tensors, config: dict | None, source: str, *, alpha: float |
     extras = {k: _extra(tensors, k) for k in rest}
     return Adapter(format=fmt, modules=scaled, scaling=note, source=source,
                    config=config if fmt in ("peft", "mlx") else None, ignored=ignored,
-                   metadata=training_metadata(config, tensors.metadata, fmt), extras=extras, name=name)
+                   metadata=training_metadata(config, tensors.metadata, fmt), extras=extras, name=name,
+                   file_metadata=dict(tensors.metadata))
 
 
 def _peft_types() -> tuple[str, ...]:

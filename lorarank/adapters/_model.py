@@ -125,10 +125,11 @@ class LoraModule:
 
     @property
     def num_params(self) -> int:
-        """Parameters the file stores: ``stored_params`` when set, else ``q * (d_out + d_in)``."""
+        """Parameters the file stores: ``stored_params`` when set, else ``q * (d_out + d_in)``
+        (plus ``d_out`` for a DoRA magnitude vector)."""
         if self.stored_params is not None:
             return int(self.stored_params)
-        return int(self.A.size + self.B.size)
+        return int(self.A.size + self.B.size + (0 if self.magnitude is None else self.magnitude.size))
 
     @property
     def dtype(self) -> str:
@@ -175,6 +176,12 @@ class Adapter:
         writers put them back byte-identical.
     name : str
         The adapter's name inside a multi-adapter folder ("" for a single adapter).
+    file_metadata : dict of str to str
+        The safetensors ``__metadata__`` verbatim (kohya's ``ss_*`` keys, ``sshs_*`` hashes,
+        ``modelspec.*``), for writers that keep it.
+    dropped : tuple of str
+        Modules a resize left out (their update is exactly zero, or a budget gave them no
+        direction): writers write no keys for them, PEFT lists them in ``exclude_modules``.
     """
 
     format: str
@@ -186,6 +193,8 @@ class Adapter:
     metadata: dict = field(default_factory=dict)
     extras: dict[str, Extra] = field(default_factory=dict)
     name: str = ""
+    file_metadata: dict[str, str] = field(default_factory=dict, repr=False)
+    dropped: tuple[str, ...] = ()
 
     @property
     def families(self) -> list[str]:

@@ -1,4 +1,4 @@
-"""Writers: an :class:`Adapter` to PEFT, kohya or npz files (bytes, or a path).
+"""Writers: an :class:`Adapter` to PEFT, kohya, mlx-lm or npz files (bytes, or a path).
 
 Tensors are serialised with ``safetensors.serialize`` from raw buffers, so bfloat16 is written
 without ml_dtypes (rounded to nearest even from float32; exact for factors read as bfloat16),
@@ -6,8 +6,12 @@ and the tensors that are not LoRA factors (:attr:`Adapter.extras`: ``modules_to_
 trainable-token deltas, ``embed_tokens.base_layer``, ...) are written back byte-identical, with
 the config's ``modules_to_save`` / ``trainable_token_indices`` kept, so the library that wrote
 the input loads the output. Modules of another family (LoHa, LoKr, AdaLoRA, LoCon Tucker) are
-written as plain LoRA of the same update (PEFT config ``peft_type: LORA``); DoRA modules and
-LoKr Kronecker factors are refused (a plain LoRA pair cannot hold them).
+written as plain LoRA of the same update (PEFT config ``peft_type: LORA``). DoRA modules are
+written with their magnitude vector in PEFT (``lora_magnitude_vector``, ``use_dora``) and mlx-lm
+(``.m``) files, refused in the others; LoKr Kronecker factors are refused (resize converts
+them). A kohya file keeps the input's ``__metadata__`` (``ss_*``, ``modelspec.*``) with the
+``sshs_*`` hashes recomputed as kohya does; modules a resize left out get no keys (PEFT:
+``exclude_modules``).
 """
 
 from __future__ import annotations
@@ -24,14 +28,15 @@ import numpy as np
 from .._validate import check_choice
 from ..bounded import write_atomic
 from ..errors import ConfigError
+from ..spectrum import single_threaded_blas
 from ._model import Adapter
 from ._tensors import encode_bf16
 from .names import PEFT_PREFIX, parse_module_name
 
-__all__ = ["WRITE_FORMATS", "adapter_files", "save_adapter"]
+__all__ = ["WRITE_FORMATS", "adapter_files", "save_adapter", "default_write_format", "writable"]
 
 #: Formats lorarank writes.
-WRITE_FORMATS: tuple[str, ...] = ("peft", "kohya", "npz")
+WRITE_FORMATS: tuple[str, ...] = ("peft", "kohya", "mlx", "npz")
 _WRITE_DTYPES = ("float64", "float32", "float16", "bfloat16")
 # safetensors header dtype name -> safetensors.serialize dtype name
 _ST_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
@@ -132,6 +137,8 @@ def _peft_files(adapter: Adapter, dtype: str | None) -> dict[str, bytes]:
         b = m.B.reshape(m.B.shape + (1,) * (len(m.kernel) - 1)) if m.kernel else m.B
         specs.add(name + a_key, a, _target(m, dtype))
         specs.add(name + b_key, b, _target(m, dtype))
+        if m.magnitude is not None:  # DoRA: PEFT's key for a Linear layer's magnitude vector
+            specs.add(name + ".lora_magnitude_vector", np.asarray(m.magnitude), _target(m, dtype))
         inner = name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name
         ranks[inner] = m.rank
         alphas[inner] = _alpha_for(m.scale, m.rank, rslora)
@@ -148,12 +155,44 @@ def _peft_files(adapter: Adapter, dtype: str | None) -> dict[str, bytes]:
     config.setdefault("base_model_name_or_path", None)
     config.setdefault("fan_in_fan_out", False)
     config.update({"r": r0, "lora_alpha": a0, "rank_pattern": rank_pattern,
-                   "alpha_pattern": alpha_pattern, "use_rslora": rslora, "use_dora": False})
+                   "alpha_pattern": alpha_pattern, "use_rslora": rslora,
+                   "use_dora": any(m.magnitude is not None for m in adapter.modules)})
+    if adapter.dropped:
+        config["exclude_modules"] = _excluded(config.get("exclude_modules"), adapter)
     _add_extras(specs, adapter, "peft")
     return {
         "adapter_model.safetensors": specs.serialize({"format": "pt"}),
         "adapter_config.json": (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
     }
+
+
+def _excluded(existing: object, adapter: Adapter) -> list[str] | str:
+    """PEFT ``exclude_modules`` with the modules a resize left out added, in the form PEFT
+    matches (names inside the base model; a list matches a name or a dotted suffix, a string
+    is a regular expression matched whole)."""
+    names = [n[len(PEFT_PREFIX):] if n.startswith(PEFT_PREFIX) else n for n in adapter.dropped]
+    if isinstance(existing, str) and existing:
+        return f"(?:{existing})|(?:{'|'.join(re.escape(n) for n in names)})"
+    return [*(existing if isinstance(existing, list) else []), *names]
+
+
+def _kohya_metadata(adapter: Adapter, specs: "_Specs") -> dict[str, str] | None:
+    """The file's own ``__metadata__`` (kohya ``ss_*`` training facts, ``modelspec.*``) with the
+    ``sshs_*`` hashes recomputed the way kohya's ``train_util.precalculate_safetensors_hashes``
+    does: sha256 of the data after the header, and of 64 KiB at offset 1 MiB (first 8 hex
+    digits), of the file serialised with the ``ss_*`` keys only."""
+    meta = dict(adapter.file_metadata) if adapter.format == "kohya" else {}
+    if not meta:
+        return None
+    if any(k.startswith("sshs_") for k in meta):
+        import hashlib
+        import struct
+
+        blob = specs.serialize({k: v for k, v in meta.items() if k.startswith("ss_")})
+        start = 8 + struct.unpack("<Q", blob[:8])[0]
+        meta["sshs_model_hash"] = hashlib.sha256(blob[start:]).hexdigest()
+        meta["sshs_legacy_hash"] = hashlib.sha256(blob[0x100000:0x110000]).hexdigest()[:8]
+    return meta
 
 
 def _kohya_file(adapter: Adapter, dtype: str | None) -> dict[str, bytes]:
@@ -168,7 +207,37 @@ def _kohya_file(adapter: Adapter, dtype: str | None) -> dict[str, bytes]:
         specs.add(m.name + ".lora_up.weight", b, _target(m, dtype))
         specs.add(m.name + ".alpha", np.array(m.scale * m.rank), "float32")
     _add_extras(specs, adapter, "kohya")
-    return {"adapter.safetensors": specs.serialize()}
+    return {"adapter.safetensors": specs.serialize(_kohya_metadata(adapter, specs))}
+
+
+def _mlx_files(adapter: Adapter, dtype: str | None) -> dict[str, bytes]:
+    """mlx-lm's ``adapters.safetensors`` (``lora_a`` (in, r), ``lora_b`` (r, out), DoRA ``m``) and
+    its ``adapter_config.json`` with one ``lora_parameters.rank`` and ``scale`` for every module
+    (mlx-lm builds every layer at that rank and checks the shapes)."""
+    ranks = {m.rank for m in adapter.modules}
+    if len(ranks) > 1:
+        raise ConfigError(f"mlx-lm adapters hold one rank for every module (lora_parameters.rank); these "
+                          f"modules have ranks {', '.join(map(str, sorted(ranks)))}")
+    scales = {m.scale for m in adapter.modules}
+    scale = scales.pop() if len(scales) == 1 else 1.0  # differing scales: folded into lora_b
+    specs = _Specs()
+    for m in adapter.modules:
+        b = np.asarray(m.B)
+        if m.scale != scale:
+            b = b.astype(np.float64) * m.scale
+        specs.add(m.name + ".lora_a", np.ascontiguousarray(np.asarray(m.A).T), _target(m, dtype))
+        specs.add(m.name + ".lora_b", np.ascontiguousarray(b.T), _target(m, dtype))
+        if m.magnitude is not None:
+            specs.add(m.name + ".m", np.asarray(m.magnitude), _target(m, dtype))
+    _add_extras(specs, adapter, "mlx")
+    config = dict(adapter.config or {})
+    params = dict(config.get("lora_parameters") or {})
+    params.update(rank=ranks.pop(), scale=scale)
+    config["lora_parameters"] = params
+    config.setdefault("fine_tune_type", "dora" if any(m.magnitude is not None for m in adapter.modules)
+                      else "lora")
+    return {"adapters.safetensors": specs.serialize(),
+            "adapter_config.json": (json.dumps(config, indent=4) + "\n").encode()}
 
 
 def _npz_file(adapter: Adapter, dtype: str | None) -> dict[str, bytes]:
@@ -193,26 +262,52 @@ def _npz_file(adapter: Adapter, dtype: str | None) -> dict[str, bytes]:
     return {"adapter.npz": buf.getvalue()}
 
 
-def _default_write_format(adapter: Adapter) -> str:
-    if adapter.format in ("peft", "kohya"):
+def default_write_format(adapter: Adapter) -> str:
+    """The format an adapter is written in by default: its own family's (PEFT, kohya, mlx-lm);
+    others (diffusers, npz) as the simple ``.npz``, or PEFT when a module adds ``(B @ A)^T``."""
+    if adapter.format in ("peft", "kohya", "mlx"):
         return adapter.format
     if any(m.transposed for m in adapter.modules):
         return "peft"
     return "npz"
 
 
-def _check_writable(adapter: Adapter) -> None:
-    """Refuse what a plain-LoRA file cannot hold exactly, with one sentence."""
+def writable(adapter: Adapter, format: str | None = None) -> str | None:
+    """Why ``adapter`` cannot be written as ``format`` (one sentence), or None when it can.
+
+    Nothing is serialised: the checks are on the modules' families and shapes.
+    """
+    fmt = default_write_format(adapter) if format is None else format
+    try:
+        _check_writable(adapter, fmt)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def _check_writable(adapter: Adapter, fmt: str) -> None:
+    """Refuse what the format cannot hold exactly, with one sentence."""
     if adapter.format == "gguf":
         raise ConfigError("adapters read from GGUF are not written back: llama.cpp permuted the rows of their "
                           "q / k factors, so a PEFT or kohya file would not match the model")
+    if not adapter.modules:
+        raise ConfigError("no module is left to write: every module's update is exactly zero (or was given "
+                          "no direction), so the resized adapter would change nothing")
+    if fmt == "mlx" and adapter.format != "mlx":
+        raise ConfigError(f"only adapters read from mlx-lm are written as mlx-lm adapters (this one is "
+                          f"{adapter.format})")
     for m in adapter.modules:
         if m.kron_left is not None:
             raise ConfigError(f"module {m.name!r} is LoKr (a Kronecker product), which the writers do not store "
                               "as such; resize it first (the result is plain LoRA of the same update)")
-        if m.magnitude is not None:
-            raise ConfigError(f"module {m.name!r} is DoRA: its magnitude vector rescales W0 + s*B@A, so plain "
-                              "LoRA factors cannot express it; lorarank does not write DoRA adapters")
+        if m.magnitude is None:
+            continue
+        if fmt not in ("peft", "mlx"):
+            raise ConfigError(f"module {m.name!r} is DoRA, whose magnitude vector lorarank writes in PEFT and "
+                              f"mlx-lm files only, not as {fmt}")
+        if m.kernel or m.transposed:
+            raise ConfigError(f"module {m.name!r} is a DoRA {'convolution' if m.kernel else 'embedding'}, "
+                              "whose magnitude layout lorarank does not write (it writes DoRA Linear layers)")
 
 
 def adapter_files(adapter: Adapter, *, format: str | None = None,
@@ -237,13 +332,14 @@ def adapter_files(adapter: Adapter, *, format: str | None = None,
     dict of str to bytes
         File name -> content.
     """
-    fmt = _default_write_format(adapter) if format is None else check_choice("format", format, WRITE_FORMATS)
+    fmt = default_write_format(adapter) if format is None else check_choice("format", format, WRITE_FORMATS)
     target = None if dtype is None else check_choice("dtype", dtype, _WRITE_DTYPES)
-    if not adapter.modules:
-        raise ConfigError("the adapter has no modules to write")
-    _check_writable(adapter)
-    writer = {"peft": _peft_files, "kohya": _kohya_file, "npz": _npz_file}[fmt]
-    return writer(adapter, target)
+    _check_writable(adapter, fmt)
+    writer = {"peft": _peft_files, "kohya": _kohya_file, "mlx": _mlx_files, "npz": _npz_file}[fmt]
+    # A resized adapter's factors are formed here, one factored SVD per module: hundreds of
+    # small QRs, on one BLAS thread (threads spinning on shared cores made a save 60-73 s).
+    with single_threaded_blas():
+        return writer(adapter, target)
 
 
 def save_adapter(adapter: Adapter, path: str | os.PathLike, *, format: str | None = None,

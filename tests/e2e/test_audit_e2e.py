@@ -126,7 +126,7 @@ class TestUpload:
         assert page.get_by_test_id("stAlertContentError").count() == 0
         rows = table_rows(page)
         assert len(rows) == 14
-        assert all(row[2] == "8" for row in rows)      # r
+        assert all(row[2] == row[3] == "8" for row in rows)  # update rank, r
         recommended = {row[0]: int(row[1]) for row in rows}  # recommended rank: next to the module
         body = page.get_by_test_id("stMain").inner_text()
         assert "peft (adapter_model.safetensors + adapter_config.json)" in body
