@@ -311,7 +311,7 @@ def _run_ray(members, todo, options, address: str, finish) -> int:
         except Exception as exc:  # noqa: BLE001 - one sentence for an unreachable cluster
             raise ConfigError(f"--ray {address}: cannot connect to a Ray cluster ({one_line(exc)})") from None
     task = _ray.remote(num_cpus=1, max_retries=0)(audit_member)
-    n = max(1, int(_ray.available_resources().get("CPU", 1)) or 1)
+    n = max(1, int(_ray.cluster_resources().get("CPU", 1)) or 1)
     queue = list(todo)
     pending: dict = {}
     try:
