@@ -10,7 +10,7 @@ module, by Eckart-Young the most any rank-c adapter keeps), and the smallest cap
 share p of the fleet keeps at least t of its energy.
 
 :func:`shrink_to_cap` makes those copies with the existing resize
-(:func:`lorarank.audit.resize_adapter`, rank ``min(c, q)`` per module: plain LoRA of the best
+(:func:`lorarank.resize.resize_adapter`, rank ``min(c, q)`` per module: plain LoRA of the best
 rank-c approximation), and :func:`pad_adapter` pads every module to one rank R exactly: zero
 rows appended to A and zero columns to B, the scale unchanged (the PEFT config's alpha is
 chosen so that ``lora_alpha / R`` is the module's scale bit for bit), so ``s * B @ A`` is the
@@ -170,9 +170,9 @@ def plan_caps(rows: Sequence[dict], *, cap: int | None = None, keep: float = DEF
 # ------------------------------------------------------------------------------ the copies
 def shrink_to_cap(adapter, cap: int):
     """The adapter with every module at rank ``min(cap, q)``: the existing resize
-    (:func:`lorarank.audit.resize_adapter`), whose modules are the best rank-``cap``
+    (:func:`lorarank.resize.resize_adapter`), whose modules are the best rank-``cap``
     approximations (plain LoRA for the other families); unchanged when everything fits."""
-    from ..audit import resize_adapter
+    from ..resize import resize_adapter
 
     cap = check_int("cap", cap, minimum=1)
     return resize_adapter(adapter, rank=cap)
