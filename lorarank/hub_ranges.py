@@ -120,6 +120,10 @@ class _Link:
         except (HubError, ConfigError, AdapterError):
             raise
         except Exception as exc:  # noqa: BLE001 - one sentence for every library error
+            if "ReadTimeout" in type(exc).__name__:
+                raise HubError(f"{self.ref.uri}: the Hub sent nothing for {self.settings.timeout:g} s "
+                               f"while {path} was read, so the read was abandoned; try again later "
+                               "(LORARANK_HF_TIMEOUT)") from exc
             raise describe_hub_error(exc, self.ref, path) from exc
         data = b"".join(chunks)
         if len(data) != n:

@@ -385,9 +385,17 @@ class FakeHub:
     def _serve_blob(self, h, repo: HubRepo, path: str, *, head: bool) -> None:
         size = repo.size(path)
         if repo.stall or path in repo.declared:
-            # Headers of the whole file, then nothing until the server closes.
-            h.send_response(200)
-            h.send_header("Content-Length", str(size))
+            # Headers of the whole file (or of the range asked for), then nothing until the
+            # server closes.
+            match = re.fullmatch(r"bytes=(\d+)-(\d+)", h.headers.get("Range", "").strip())
+            if match and repo.ranges:
+                start, stop = int(match.group(1)), min(int(match.group(2)) + 1, size)
+                h.send_response(206)
+                h.send_header("Content-Range", f"bytes {start}-{stop - 1}/{size}")
+                h.send_header("Content-Length", str(stop - start))
+            else:
+                h.send_response(200)
+                h.send_header("Content-Length", str(size))
             h.end_headers()
             if not head:
                 h.wfile.flush()

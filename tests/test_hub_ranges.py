@@ -69,6 +69,8 @@ def repos() -> dict:
         # the Hub announces fewer bytes than the file holds
         "lorarank-test/understated-model": HubRepo(files={"model.safetensors": good},
                                                    understated={"model.safetensors": len(good) - 16}),
+        # answers every range with its headers, then nothing
+        "lorarank-test/stalled-model": HubRepo(files={"model.safetensors": good + b""}, stall=True),
     }
 
 
@@ -195,12 +197,13 @@ class TestHubFinetune:
     ("lorarank-test/lying-header", AdapterError, "its header does not describe its data exactly"),
     ("lorarank-test/understated-model", AdapterError, "not a valid safetensors file"),
     ("lorarank-test/does-not-exist", HubError, "was not found"),
+    ("lorarank-test/stalled-model", HubError, "the Hub sent nothing for 2 s while model.safetensors was read"),
 ])
 def test_one_sentence_errors(hub, repo, error, message):
     from lorarank.hub_ranges import open_hub_model
 
     with pytest.raises(error, match=message if "|" in message else re.escape(message)) as info:
-        open_hub_model(f"hf://{repo}", settings=HubSettings(timeout=5.0))
+        open_hub_model(f"hf://{repo}", settings=HubSettings(timeout=2.0))
     assert "\n" not in str(info.value)
     if repo != "lorarank-test/no-ranges":  # that server pushes the whole file; the client reads none of it
         assert hub.bytes_served <= 64 * 1024  # never more than a header's prefetch
