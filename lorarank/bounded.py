@@ -62,7 +62,7 @@ from .errors import MAX_MESSAGE_CHARS, AdapterError
 __all__ = [
     "MAX_JSON_BYTES", "MAX_JSON_DEPTH", "MAX_JSON_VALUES", "MAX_ZIP_MEMBERS", "MAX_ZIP_EXPANSION",
     "ZIP_SLACK", "MAX_MESSAGE_CHARS", "json_shape", "load_json", "ZipArchive", "ZipMember",
-    "regular_file", "read_file", "write_atomic", "clip",
+    "regular_file", "read_file", "write_atomic", "write_text", "clip",
 ]
 
 #: Largest JSON document parsed (bytes).
@@ -175,9 +175,21 @@ def load_json(name: str, data: bytes | bytearray | memoryview | str, *, what: st
                            f"{max_values:,}")
     try:
         text = raw if isinstance(raw, str) else bytes(raw).decode("utf-8")
-        return json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, a 5,000-digit integer
         raise AdapterError(f"{name} is not valid JSON ({clip(exc, 200)})") from exc
+    if _SURROGATE_ESCAPE.search(text):
+        # "\ud800" alone is no character: Python keeps it, but nothing can encode it (Arrow
+        # tables, UTF-8 output); safetensors' own parser refuses it. Pairs (emoji) are fine.
+        try:
+            json.dumps(doc, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise AdapterError(f"{name} is not valid JSON (a lone UTF-16 surrogate escape, "
+                               f"{clip(repr(exc.object[exc.start:exc.end]), 20)}, is not text)") from exc
+    return doc
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 # ---------------------------------------------------------------------------------------- zip
@@ -509,6 +521,17 @@ def write_atomic(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], obj
         if os.path.lexists(temp):
             os.unlink(temp)
     return target
+
+
+def write_text(path: str | os.PathLike, text: str, *, overwrite: bool = True) -> int:
+    """:func:`write_atomic` of ``text`` as UTF-8 (an HTML report); returns the bytes written.
+
+    Undecodable file names quoted in it (surrogates) are written as ``\\udcXX``, so encoding
+    never fails half way; the file appears whole or not at all.
+    """
+    data = text.encode("utf-8", "backslashreplace")
+    write_atomic(path, data, overwrite=overwrite)
+    return len(data)
 
 
 # --------------------------------------------------------------------------------------- text

@@ -16,7 +16,7 @@ from typing import Sequence
 from . import cli_base, finetune_cli
 from .documents import (audit_document, json_text, metadata_items, module_row, parse_numbers,
                         short_name, split_list)
-from .bounded import clip, write_atomic
+from .bounded import clip, write_text
 from .errors import ConfigError, LoraRankError
 
 __all__ = ["main", "build_parser"]
@@ -639,10 +639,8 @@ def _write_audit_html(report, path: str, *, source: str) -> None:
              ("parameters", f"{detected['params']:,} in the factors")]
     html = audit_report(audit_document([report]), source=source, facts=facts,
                         charts=audit_charts(report, rule_text=rule_text))
-    # Undecodable file names (surrogates) are written as \udcXX; the whole file or nothing.
-    data = html.encode("utf-8", "backslashreplace")
-    write_atomic(Path(path), data, overwrite=True)
-    print(clip(f"wrote {path} ({len(data) / 1e6:.1f} MB)"), file=sys.stderr)
+    written = write_text(Path(path), html)  # whole or nothing; undecodable names as \udcXX
+    print(clip(f"wrote {path} ({written / 1e6:.1f} MB)"), file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------- resize

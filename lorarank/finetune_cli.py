@@ -147,8 +147,10 @@ def run_audit_finetuned(args: argparse.Namespace, *, print_json, check_output) -
         html = finetune_html(report)
         from pathlib import Path
 
-        Path(args.html).write_text(html, encoding="utf-8")
-        print(f"wrote {args.html} ({len(html.encode()) / 1e6:.1f} MB)", file=sys.stderr)
+        from .bounded import clip, write_text
+
+        written = write_text(Path(args.html), html)  # whole or nothing (a temporary file, renamed)
+        print(clip(f"wrote {args.html} ({written / 1e6:.1f} MB)"), file=sys.stderr)
     code = INTERRUPTED if report.stopped else 0
     if args.json:
         print_json(report.to_dict())
@@ -159,9 +161,12 @@ def run_audit_finetuned(args: argparse.Namespace, *, print_json, check_output) -
         rows = report.table()
         sys.stdout.write(csv_text(rows, columns=list(rows[0]) if rows else []))
         return code
+    from .bounded import clip
+
     print(f"fine-tuned: {report.finetuned}; base: {report.base}; {report.total} weight matrices "
           f"in common" + (f" (stopped after {len(report.modules)})" if report.stopped else ""))
-    width = max([12] + [len(m.name) for m in report.modules])
+    names = {m.name: clip(m.name, 60) for m in report.modules}  # a 1 MiB name would pad every row
+    width = max([12] + [len(n) for n in names.values()])
     head = (f"{'module':<{width}} | {'d_out x d_in':>13} | "
             + " | ".join(f"{f'k({t:g})':>7}" for t in ENERGY_THRESHOLDS) + " | "
             + " | ".join(f"{f'err@{k}':>6}" for k in ERROR_RANKS)
@@ -172,7 +177,7 @@ def run_audit_finetuned(args: argparse.Namespace, *, print_json, check_output) -
     for m in report.modules:
         rel = "-" if m.relative_size is None else f"{m.relative_size:.4g}"
         s1 = float(m.singular_values[0]) if m.singular_values.size else 0.0
-        print(f"{m.name:<{width}} | {f'{m.shape[0]} x {m.shape[1]}':>13} | "
+        print(f"{names[m.name]:<{width}} | {f'{m.shape[0]} x {m.shape[1]}':>13} | "
               + " | ".join(f"{m.needs(t):>7}" for t in ENERGY_THRESHOLDS) + " | "
               + " | ".join(f"{m.lora_error[str(k)]:>6.3f}" for k in ERROR_RANKS)
               + f" | {s1:>9.4g} | {rel:>9} | {m.stable_rank:>7.2f} | {','.join(m.flags) or '-'}")
@@ -182,17 +187,17 @@ def run_audit_finetuned(args: argparse.Namespace, *, print_json, check_output) -
               f"largest |cos| with W0's is below {report.settings.epsilon:g}):")
         for m in report.modules:
             if m.intruders and m.intruders["count"]:
-                print(f"  {m.name}: {m.intruders['count']} at {m.intruders['indices']} "
-                      f"(share of ||W_ft||_F^2 {m.intruders['share']:.4f})")
+                print(clip(f"  {names[m.name]}: {m.intruders['count']} at {m.intruders['indices']} "
+                           f"(share of ||W_ft||_F^2 {m.intruders['share']:.4f})"))
     print()
     for sentence in finetune_reading(report):
-        print(sentence.replace("**", ""))
+        print(clip(sentence.replace("**", "")))
     changed = [o for o in report.others if o.changed]
     if report.others:
         print()
-        print(f"not audited: {len(report.others)} tensors ({len(changed)} changed by the fine-tune)"
-              + (": " + ", ".join(f"{o.name} ({o.kind})" for o in changed[:8])
-                 + (" ..." if len(changed) > 8 else "") if changed else ""))
+        print(clip(f"not audited: {len(report.others)} tensors ({len(changed)} changed by the fine-tune)"
+                   + (": " + ", ".join(f"{clip(o.name, 60)} ({o.kind})" for o in changed[:8])
+                      + (" ..." if len(changed) > 8 else "") if changed else "")))
     print()
     print("k(t) = smallest k with sum_{i<=k} sigma_i^2 >= t ||dW||_F^2 ('> K': more than the K values "
           "computed); err@k = ||dW - best rank-k||_F / ||dW||_F;")
@@ -239,18 +244,20 @@ def run_extract(args: argparse.Namespace, *, print_json) -> int:
     print(f"keeps {100 * s['kept_energy']['all']:.2f} % of sum ||W_ft - W0||_F^2 over these modules "
           f"(each module at least {100 * s['kept_energy']['min']:.2f} %); largest relative error "
           f"{s['error']['max']:.4f}")
+    from .bounded import clip
+
     if ex.unchanged:
-        print(f"unchanged (no LoRA needed): {', '.join(ex.unchanged)}")
+        print(clip(f"unchanged (no LoRA needed): {', '.join(ex.unchanged)}"))
     changed = [o for o in ex.others if o.changed]
     unknown = [o for o in ex.others if o.changed is None and o.kind in ("embedding", "norm", "bias", "vector")]
     if changed:
-        print(f"left out, changed by the fine-tune ({len(changed)}): "
-              + ", ".join(f"{o.name} ({o.kind})" for o in changed))
+        print(clip(f"left out, changed by the fine-tune ({len(changed)}): "
+                   + ", ".join(f"{o.name} ({o.kind})" for o in changed)))
     if unknown:
-        print(f"left out, not compared ({len(unknown)}): " + ", ".join(o.name for o in unknown))
+        print(clip(f"left out, not compared ({len(unknown)}): " + ", ".join(o.name for o in unknown)))
     if ex.stopped:
         print("stopped (Ctrl-C): the adapter holds the modules finished.")
-    print("wrote " + ", ".join(str(p) for p in written))
+    print(clip("wrote " + ", ".join(str(p) for p in written)))
     return code
 
 

@@ -205,8 +205,10 @@ def run(args: argparse.Namespace) -> int:
     if args.html is not None:
         from pathlib import Path
 
-        Path(args.html).write_text(fleet_report(doc), encoding="utf-8")
-        print(f"wrote {args.html}", file=sys.stderr)
+        from ..bounded import clip, write_text
+
+        write_text(Path(args.html), fleet_report(doc))  # whole or nothing (a temporary file, renamed)
+        print(clip(f"wrote {args.html}"), file=sys.stderr)
     if args.json:
         sys.stdout.write(json.dumps(doc, allow_nan=False) + "\n")
     elif args.csv:

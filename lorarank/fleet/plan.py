@@ -20,6 +20,7 @@ same matrix, as diffusers' hot-swap does (``prepare_model_for_compiled_hotswap``
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .._validate import check_int, check_real
+from ..bounded import write_atomic
 from ..errors import ConfigError
 
 __all__ = ["Plan", "plan_caps", "energy_at", "pad_adapter", "shrink_to_cap", "cap_files",
@@ -285,9 +287,9 @@ def apply_caps(members, rows: Sequence[dict], out: str | Path, *, cap: int | Non
                 folder.mkdir(exist_ok=True)
                 for fname, data in files.items():
                     target = folder / fname
-                    if target.exists() and not overwrite:
+                    if os.path.lexists(target) and not overwrite:
                         raise ConfigError(f"{target} already exists; pass --force to replace it")
-                    target.write_bytes(data)
+                    write_atomic(target, data, overwrite=overwrite)  # whole or nothing
                 record.update(ok=True, changed=summary["changed"],
                               retained_energy=summary["retained_energy"])
             except (KeyboardInterrupt, SystemExit):

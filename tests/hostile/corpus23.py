@@ -58,6 +58,7 @@ class Case:
     page: Page | None = None
     page_said: str | None = None  # the page's sentence when it differs from the CLI's
     after: Callable[[Path], None] | None = None  # checks the case's folder after the CLI ran
+    status_lines: bool = False  # the command reports progress on stderr before its error line
     file_limit: int | None = None  # RLIMIT_FSIZE of the CLI run (a disk that fills up)
 
 
@@ -505,7 +506,7 @@ def long_name_adapter() -> dict[str, bytes]:
 def check_text_bounded(stdout: str) -> None:
     """Three 1 MiB names: a table of a few kB (it padded every row to the longest name)."""
     assert len(stdout) < 20_000, len(stdout)
-    assert max(len(line) for line in stdout.splitlines()) < 400
+    assert max(len(line) for line in stdout.splitlines()) <= 1000  # a clipped sentence at most
 
 
 def cli_text(files: Callable[[], dict[str, bytes]]) -> Callable[[Path], list[str]]:
@@ -546,6 +547,22 @@ def nothing_half_written(folder: Path) -> None:
 def cli_html_cut(folder: Path) -> list[str]:
     """--html where the disk fills half way (RLIMIT_FSIZE, set by the runner for this case)."""
     return ["audit", *_write(folder / "in", {"a.safetensors": save(pair())}), "--html", str(folder / "report.html")]
+
+
+def cli_fleet_html_cut(folder: Path) -> list[str]:
+    """fleet --html where the disk fills half way: nothing half written (RLIMIT_FSIZE)."""
+    return ["fleet", *_write(folder / "in", {"a.safetensors": save(pair())}), "--html", str(folder / "fleet.html")]
+
+
+def cli_finetuned_long_names(folder: Path) -> list[str]:
+    """A fine-tune and its base whose one weight has a 1 MiB name: the text table stays small."""
+    name = "model." + "w" * 2**20 + ".weight"
+    rng = np.random.default_rng(4)
+    w0 = rng.standard_normal((16, 12)).astype(np.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "base.safetensors").write_bytes(save({name: w0}))
+    (folder / "ft.safetensors").write_bytes(save({name: w0 + 0.1 * rng.standard_normal((16, 12)).astype(np.float32)}))
+    return ["audit", "--finetuned", str(folder / "ft.safetensors"), "--base", str(folder / "base.safetensors")]
 
 
 def full_rank(n: int = 4096) -> dict[str, bytes]:
@@ -643,6 +660,9 @@ CASES: list[Case] = [
     Case("non-utf8-file-names", "paths", cli_nonutf8, check=check_nonutf8, after=report_written),
     Case("html-disk-full", "paths", cli_html_cut, "File too large", after=nothing_half_written,
          file_limit=64 * 2**10),
+    Case("fleet-html-disk-full", "paths", cli_fleet_html_cut, "File too large", after=nothing_half_written,
+         file_limit=64 * 2**10, status_lines=True),
+    Case("finetuned-1mib-name", "output", cli_finetuned_long_names, check=check_text_bounded),
     Case("full-rank-4096", "compute", audit(full_rank), check=check_full_rank),
     # links (no upload needed)
     Case("link-hf-phish", "links", None, page=Page("url", params={"hf": PHISH}), page_said="a Hub repo is"),
