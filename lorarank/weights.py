@@ -393,7 +393,7 @@ def open_model_bytes(files: Mapping[str, bytes] | Iterable[tuple[str, bytes]], *
             found, _ = parse_safetensors_header(name, len(data), lambda b, e, v=view: v[b:e], file=name)
             _merge(entries, found, label or name)
             views[name] = view
-        elif name.endswith("config.json") and name != "adapter_config.json":
+        elif name.rsplit("/", 1)[-1] == "config.json":  # not generation_config.json, adapter_config.json
             from .bounded import load_json
 
             if len(data) > MAX_CONFIG_BYTES:
@@ -402,5 +402,9 @@ def open_model_bytes(files: Mapping[str, bytes] | Iterable[tuple[str, bytes]], *
             config = doc if isinstance(doc, dict) else None
     if not views:
         raise AdapterError("the upload holds no .safetensors weights")
+    names = [str(n).rsplit("/", 1)[-1] for n, _ in items]
+    if "adapter_config.json" in names or any(".lora_A." in k or ".lora_down." in k for k in entries):
+        raise AdapterError(f"{label or ', '.join(views)} is a LoRA adapter, not a model: give the full "
+                           "model's weights (audit an adapter in the other tabs)")
     return ModelWeights(label or ", ".join(views), entries, lambda f, b, e: views[f][b:e],
                         files={k: len(v) for k, v in views.items()}, config=config)

@@ -104,7 +104,7 @@ class TestRealUploads:
         assert not at.exception
         assert any("Give the base model too" in i.value for i in at.info)
 
-    def test_unrelated_models_are_one_sentence(self):
+    def test_an_adapter_as_the_base_is_one_sentence(self):
         at = open_page()
         adapter = [(p.name, p.read_bytes(), "application/octet-stream")
                    for p in sorted((SAMPLES / "lora_r8").iterdir()) if p.suffix == ".safetensors"]
@@ -112,7 +112,7 @@ class TestRealUploads:
         at.file_uploader(key=fv.BASE_UPLOAD_KEY).set_value(adapter).run()
         assert not at.exception
         shown = [md_plain(e.value) for e in at.error]
-        assert len(shown) == 1 and "share no weight matrix of the same name and shape" in shown[0]
+        assert len(shown) == 1 and "is a LoRA adapter, not a model" in shown[0]
 
     def test_extracted_lora_download(self):
         """The extraction the download builds: rank 8 everywhere, loadable, the truncation's error."""

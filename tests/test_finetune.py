@@ -286,6 +286,13 @@ class TestSources:
         with pytest.raises(AdapterError, match="is a LoRA adapter .* not a model"):
             open_model(tmp_path)
 
+    def test_uploaded_adapter_is_not_a_model(self):
+        from safetensors.numpy import save
+
+        data = save({"base_model.model.x.lora_A.weight": np.ones((2, 3), dtype=np.float32)})
+        with pytest.raises(AdapterError, match="is a LoRA adapter, not a model"):
+            open_model_bytes([("adapter_model.safetensors", data)])
+
     def test_settings_are_checked(self):
         with pytest.raises(ConfigError, match="`max_rank` should be at least 1"):
             FinetuneSettings(max_rank=0)
