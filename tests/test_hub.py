@@ -19,6 +19,7 @@ from lorarank.audit import audit_adapter  # noqa: E402
 from lorarank.errors import ConfigError, HubError  # noqa: E402
 from lorarank.hub import (HubRef, HubSettings, fetch_adapter_files, load_hub_adapter,  # noqa: E402
                           parse_hub_uri, prune_cache)
+from ui.common import md_plain  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LLAMA = SAMPLES / "peft_llama_r8"
@@ -284,6 +285,6 @@ def test_page_refuses_a_hub_adapter_over_the_upload_limit(hub, tmp_path, monkeyp
         at.run()
     finally:
         config.set_option("server.maxUploadSize", before)
-    errors = " ".join(e.value for e in at.error)
+    errors = " ".join(md_plain(e.value) for e in at.error)  # the page escapes the Hub's text
     assert "adapter_model.safetensors is 5 MB, over this server's limit of 1.05 MB per request" in errors, errors
     assert not at.exception
