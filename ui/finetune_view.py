@@ -453,8 +453,8 @@ def _extraction(report: FinetuneReport, ft: ModelSource, base: ModelSource, sett
     left_out = (md("{names}{more}", names=Markdown(", ").join(md_code(getattr(o, "name", "")) for o in left[:6]),
                 more=f" and {len(left) - 6} more" if len(left) > 6 else "")
              if left else Markdown("nothing that changed"))
-    st.markdown(md("It holds {n:,} modules, {what}. Left out (a LoRA cannot hold them): {shown}. The "
-                   "downloaded config says what each module keeps in the CLI (`lorarank extract`).",
+    st.markdown(md("It holds {n:,} modules, {what}. Left out (a LoRA cannot hold them): {shown}. "
+                   "`lorarank extract` builds the same adapter and prints the energy each module keeps.",
                    n=len(ms), what=md_text(what), shown=left_out))
     base_name = base.uri.removeprefix("hf://").split("@")[0] if base.kind == "hub" else base.label
     st.download_button("Download the extracted LoRA (.zip)", key=f"{DOWNLOAD_KEY}_lora",
