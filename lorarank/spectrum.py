@@ -144,6 +144,8 @@ def svdvals_unchecked(B: np.ndarray, A: np.ndarray, scale: float, *, buffers=Non
     if B.shape[1] >= min(B.shape[0], A.shape[1]):
         # A rank at least one side (a full-rank 4096 x 4096 adapter): the core would be as
         # large as the update itself, so the two QRs only add work (a third of the time).
+        if narrow or a * b * B.shape[1] < 1e150:  # B @ A cannot overflow: no normalised copies
+            return _rescaled(np.linalg.svd(B @ A, compute_uv=False)[:q], abs(scale))
         B, A, unit = _normalised(B, A, scale)
         return _rescaled(np.linalg.svd(B @ A, compute_uv=False), unit)
     if not (_SAFE[0] <= b <= _SAFE[1] and _SAFE[0] <= a <= _SAFE[1]):

@@ -1,5 +1,8 @@
 """Every string that reaches Streamlit's markdown from the pages is escaped (issue 23).
 
+``st.html`` takes only the app's own constant text (HTML is not markdown: ``md`` would not
+escape it).
+
 A static walk of ``pages/`` and ``ui/``: every call that renders markdown (``st.error``,
 ``.warning``, ``.info``, ``.success``, ``.toast``, ``.markdown``, ``.caption``, ``.write``,
 ``.title``, ``.header``, ``.subheader``, ``.expander``) on any container, and every function
@@ -312,6 +315,11 @@ def scan(sources: dict[str, str]) -> tuple[list[Finding], int]:
                         checked += 1
                         if not checker.safe(arg, owner.get(node, tree), set()):
                             findings.append(Finding(rel, node.lineno, f"{name}= {ast.unparse(arg)[:150]}"))
+                if isinstance(node.func, ast.Attribute) and node.func.attr == "html" and node.args:
+                    checked += 1  # HTML is not markdown: only the app's own constant text goes there
+                    if not checker.literal(node.args[0]):
+                        findings.append(Finding(rel, node.lineno, ast.unparse(node)[:160]))
+                    continue
                 text = _sink_text(node)
                 if text is None:
                     continue
@@ -354,6 +362,9 @@ def test_every_markdown_sink_is_escaped():
     ("st.error(md_param(raw))", True),
     ("if isinstance(raw, Markdown): st.error(raw)", False),
     ("if isinstance(raw, str): st.error(raw)", True),
+    ("st.html(f'<b>{raw}</b>')", True),
+    ("st.html(md(raw))", True),
+    ("st.html('<style>b {}</style>')", False),
     ("(notices if notices is not None else st).error(error_line(exc))", False),
     ("_LOGGER.warning('x %s', name)", False),
 ])
