@@ -315,7 +315,8 @@ def run_audit(upload: Upload, *, alpha: float | None, scale: float | None, rule:
 def run_budget(upload: Upload, *, alpha: float | None, scale: float | None, rule: str,
                value: float, mean_rank: int) -> tuple[dict, dict]:
     """``(budget curve, allocation of mean_rank x modules directions)`` as JSON-friendly dicts."""
-    report = run_audit(upload, alpha=alpha, scale=scale, rule=rule, value=value)
+    # the same arguments as the page's own call (no base): a cache hit, not a second audit
+    report = run_audit(upload, alpha=alpha, scale=scale, rule=rule, value=value, base=None, base_hub=None)
     curve = budget_curve(report)
     allocation = allocate_budget(report, rank_budget=int(mean_rank) * len(report.modules))
     return curve, allocation.to_dict()
