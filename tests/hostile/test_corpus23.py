@@ -213,9 +213,12 @@ def open_page(case: Case) -> AppTest:
 def test_page(case: Case, monkeypatch):
     """One error box with the sentence (none for a success), no exception, no traceback, nothing
     rendered from the input, within bounds."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # Imported before HF_HUB_OFFLINE is set: huggingface_hub reads it at import, so a first
+    # import here would make offline mode the value monkeypatch restores (every Hub test that
+    # ran later in this process then saw "offline").
     from huggingface_hub import constants
 
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with open("/proc/self/clear_refs", "w") as fh:  # the peak so far is forgotten: this case's own
         fh.write("5")
