@@ -43,6 +43,8 @@ __all__ = [
 
 #: Most checkpoints one series may hold (each costs one read and a small summary).
 MAX_CHECKPOINTS = 1000
+#: Most entries of a run folder listed (its checkpoints and whatever else the trainer wrote).
+MAX_FOLDER_ENTRIES = 50_000
 #: Largest ``trainer_state.json`` read for its ``global_step`` (long runs log a lot).
 MAX_TRAINER_STATE = 64 * 2**20
 #: Most JSON values in one ``trainer_state.json`` (a log entry per logging step: 100,000 steps
@@ -177,6 +179,12 @@ def _checked_run(checkpoints: list[Checkpoint], notes: list[str], source: str) -
     return Run(checkpoints, notes)
 
 
+def _count(checkpoints: Sequence[Checkpoint]) -> None:
+    if len(checkpoints) > MAX_CHECKPOINTS:
+        raise ConfigError(f"a series holds at most {MAX_CHECKPOINTS} checkpoints, got more "
+                          f"({len(checkpoints):,} so far)")
+
+
 def check_steps(checkpoints: Sequence[Checkpoint]) -> None:
     """ConfigError unless the checkpoints are at most :data:`MAX_CHECKPOINTS`, each with a whole
     step from 0 to :data:`MAX_STEP`, no two with the same step."""
@@ -227,7 +235,14 @@ def find_checkpoints(path: str | os.PathLike, *, alpha: float | None = None,
         raise AdapterError(f"{root} is not a folder; --series takes a run folder with checkpoint-<step> subfolders")
     checkpoints, notes = [], []
     top_weights = []
-    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+    names = []
+    with os.scandir(root) as listing:  # counted before anything is sorted or read
+        for item in listing:
+            names.append(item.name)
+            if len(names) > MAX_FOLDER_ENTRIES:
+                raise AdapterError(f"{clip(str(root), 300)} holds over {MAX_FOLDER_ENTRIES:,} entries; a "
+                                   f"run folder holds at most {MAX_CHECKPOINTS} checkpoints")
+    for entry in (root / name for name in sorted(names)):
         step = step_from_name(entry.name)
         if entry.is_dir() and step is not None and _CHECKPOINT_DIR.match(entry.name):
             state = entry / "trainer_state.json"
@@ -239,6 +254,7 @@ def find_checkpoints(path: str | os.PathLike, *, alpha: float | None = None,
             checkpoints.append(Checkpoint(step, str(entry), partial(load, entry)))
         elif entry.is_file() and entry.suffix in WEIGHT_SUFFIXES:
             top_weights.append(entry.name)
+        _count(checkpoints)  # refused at the 1,001st, before reading more trainer states
     if top_weights and checkpoints:
         notes.append(f"{', '.join(top_weights)} at the top of {root.name} left out: no step in its name "
                      f"(the trainer's final save is usually the last checkpoint again).")
@@ -315,6 +331,7 @@ def _from_members(members: list[tuple[str, Callable[[], bytes]]], source: str,
             step = _resolve_step(step_from_name(dir_name), state, folder, notes)
             chosen = [weights] + (["adapter_config.json"] if "adapter_config.json" in entries else [])
             checkpoints.append(Checkpoint(step, folder, partial(_load_members, entries, chosen, override)))
+            _count(checkpoints)  # refused at the 1,001st, before inflating more trainer states
             continue
         numbered = [n for n in entries if step_from_name(n) is not None]
         configs = [n for n in entries if n.lower().endswith(".json")]
@@ -325,6 +342,7 @@ def _from_members(members: list[tuple[str, Callable[[], bytes]]], source: str,
             where = f"{folder}/{n}" if folder else n
             checkpoints.append(Checkpoint(step_from_name(n), where,
                                           partial(_load_members, entries, [n] + configs, override)))
+            _count(checkpoints)
         left_out.extend(f"{folder}/{n}" if folder else n for n in entries
                         if n.lower().endswith(WEIGHT_SUFFIXES) and n not in numbered)
     if left_out and checkpoints:
@@ -556,6 +574,9 @@ def plan_hub_series(spec: HubSeriesRef | str, *, token: str | None = None,
             state_path = _join(sub, _TRAINER_STATE)
             found.append((folder, hub.HubRef(spec.repo_id, commit, sub), paths,
                           state_path if state_path in listing else None, step_from_name(folder)))
+    if len(found) > MAX_CHECKPOINTS:  # before a trainer_state.json per checkpoint is downloaded
+        raise ConfigError(f"{spec.uri}: a series holds at most {MAX_CHECKPOINTS} checkpoints, got "
+                          f"{len(found):,}")
     # 2. The byte limit holds for the whole series, before any weights are downloaded.
     total = 0
     for _, ref, paths, state_path, _ in found:
