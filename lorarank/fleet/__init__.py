@@ -91,20 +91,13 @@ def flat_row(row: dict, caps: Sequence[int] = DEFAULT_CAPS) -> dict[str, Any]:
     return out
 
 
-def _formula_safe(value: Any) -> Any:
-    """Text that a spreadsheet would run as a formula gets a leading quote; other cells stay."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
-
-
 def fleet_csv(rows: Sequence[dict], caps: Sequence[int] = DEFAULT_CAPS) -> str:
     """The fleet table as CSV text (one line per adapter, :func:`csv_columns`), written by
-    :func:`lorarank.documents.csv_text`."""
+    :func:`lorarank.documents.csv_text` (which neutralises cells a spreadsheet would run)."""
     from ..documents import csv_text
 
     columns = csv_columns(caps)
-    flat = [{k: _formula_safe(v) for k, v in flat_row(row, caps).items()} for row in rows]
+    flat = [flat_row(row, caps) for row in rows]
     return csv_text(flat, columns=columns)
 
 
