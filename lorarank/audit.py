@@ -54,6 +54,7 @@ __all__ = [
     "module_spectrum",
     "module_svd",
     "dora_update",
+    "dora_merged_change",
     "spectrum_of",
     "COLLAPSE_RATIO",
     "BASE_TOP_K",
@@ -240,6 +241,49 @@ def dora_update(module: LoraModule, W0: np.ndarray, *, k: int = BASE_TOP_K,
     if not np.all(np.isfinite(values)) or not np.isfinite(norm):
         raise AdapterError(f"module {module.name!r}: DoRA's update overflows float64")
     return values, norm
+
+
+#: Rows per block when two DoRA merged weights are compared (bounded memory, exact).
+_ROW_BLOCK = 256
+
+
+def dora_merged_change(module: LoraModule, resized: LoraModule, base) -> float:
+    """How far a resize moves a DoRA module's merged weight, relative to its update.
+
+    ``||W'_k - W'||_F / ||W' - W0||_F`` with ``W' = diag(c) (W0 + s B A)``, ``c = m / ||W0 + s B
+    A||_row`` (PEFT, mlx-lm), and ``W'_k`` the same with the resized factors and the same m:
+    the library renormalises the rows of ``W0 + s B_k A_k``, so the merged weight moves by more
+    or less than the directional truncation error, and only the base weights tell.
+
+    Parameters
+    ----------
+    module, resized : LoraModule
+        The DoRA module before and after the resize (same magnitude vector).
+    base : lorarank.base.BaseWeights
+
+    Returns
+    -------
+    float
+        0 when the module's update is zero.
+
+    Notes
+    -----
+    Formed in blocks of :data:`_ROW_BLOCK` rows, exactly in float64: the difference of two
+    nearly equal merged weights loses its digits when expanded into Gram terms, and a block
+    of rows never holds the whole ``d_out x d_in`` matrix.
+    """
+    W0 = _base_weight(module, base)
+    c, s, B, A, _ = _dora_parts(module, W0)
+    ck, sk, Bk, Ak, _ = _dora_parts(resized, W0)
+    moved = update = 0.0
+    for start in range(0, W0.shape[0], _ROW_BLOCK):
+        rows = slice(start, start + _ROW_BLOCK)
+        w = W0[rows]
+        old = c[rows, None] * (w + s * (B[rows] @ A))
+        new = ck[rows, None] * (w + sk * (Bk[rows] @ Ak))
+        moved += float(np.sum((new - old) ** 2))
+        update += float(np.sum((old - w) ** 2))
+    return math.sqrt(moved) / math.sqrt(update) if update > 0 else 0.0
 
 
 def _frobenius(s: np.ndarray) -> float:

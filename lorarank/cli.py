@@ -194,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="kohya's rule: keep the smallest k with sum_{i<=k} sigma_i >= T sum sigma")
     p.add_argument("--max-rank", type=int, default=None, metavar="N",
                    help="cap every module's rank (kohya's --new_rank with a dynamic method)")
+    p.add_argument("--base", default=None, metavar="BASE",
+                   help="base model weights (as in audit): a DoRA adapter's note then says how far "
+                        "the merged weights move")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file or folder")
     p.add_argument("--force", action="store_true", help="replace output files that already exist")
     p.set_defaults(handler=_cmd_resize)
@@ -649,13 +652,18 @@ def _cmd_resize(args: argparse.Namespace) -> int:
     from .resize import resize_adapter
 
     (adapter,) = _audit_load([args.path])
+    base = None
+    if args.base is not None:
+        from .base import open_base
+
+        base = open_base(args.base)
     rules = {"energy": args.energy, "sv_ratio": args.sv_ratio, "sv_fro": args.sv_fro,
              "sv_cumulative": args.sv_cumulative}
     rule = next((r for r, v in rules.items() if v is not None), None)
     if args.rank is not None:
-        result = resize_adapter(adapter, rank=args.rank, max_rank=args.max_rank)
+        result = resize_adapter(adapter, rank=args.rank, max_rank=args.max_rank, base=base)
     else:
-        result = resize_adapter(adapter, rule=rule, value=rules[rule], max_rank=args.max_rank)
+        result = resize_adapter(adapter, rule=rule, value=rules[rule], max_rank=args.max_rank, base=base)
     fmt = "npz" if args.output.lower().endswith(".npz") else None
     written = save_adapter(result.adapter, args.output, format=fmt, overwrite=args.force)
     worst = max(result.errors.items(), key=lambda kv: kv[1])

@@ -44,7 +44,7 @@ import numpy as np
 
 from ._validate import check_int
 from .adapters import Adapter, Buffers, LazyArray, LoraModule, default_write_format, families, writable
-from .audit import allocate_spectra, check_rule, module_spectrum, module_svd
+from .audit import allocate_spectra, check_rule, dora_merged_change, module_spectrum, module_svd
 from .errors import ConfigError
 from .spectrum import recommend_rank, single_threaded_blas, truncation_error
 
@@ -224,6 +224,9 @@ class ResizeResult:
         The format the resized adapter is written in (the input's family).
     unwritable : str or None
         Why no file can be written (one sentence), or None.
+    merged_changes : dict of str to float or None
+        With base weights, for each resized DoRA module: how far its merged weight moves,
+        ``||W'_k - W'||_F / ||W' - W0||_F`` (:func:`lorarank.audit.dora_merged_change`).
     """
 
     adapter: Adapter
@@ -238,6 +241,7 @@ class ResizeResult:
     dropped: tuple[str, ...] = ()
     write_format: str = ""
     unwritable: str | None = None
+    merged_changes: dict[str, float] | None = None
 
     @property
     def shrinks(self) -> bool:
@@ -253,7 +257,8 @@ class ResizeResult:
                 "shrinks": self.shrinks, "retained_energy": self.retained_energy,
                 "max_error": max(self.errors.values(), default=0.0),
                 "changed": self.changed, "dropped": list(self.dropped), "notes": list(self.notes),
-                "unwritable": self.unwritable}
+                "unwritable": self.unwritable,
+                "merged_changes": None if self.merged_changes is None else dict(self.merged_changes)}
 
 
 # ----------------------------------------------------------------------------- new factors
@@ -317,7 +322,7 @@ def _truncate(module: LoraModule, k: int, width: int, spectrum: np.ndarray) -> L
 def resize_adapter(adapter: Adapter, *, rank: int | Mapping[str, int] | None = None,
                    rule: str | None = None, value: float = 0.99, rank_budget: int | None = None,
                    param_budget: int | None = None, max_rank: int | None = None,
-                   progress: Progress | None = None) -> ResizeResult:
+                   base=None, progress: Progress | None = None) -> ResizeResult:
     """Best lower-rank approximation of every module, from the factored SVD.
 
     Give exactly one target:
@@ -336,6 +341,9 @@ def resize_adapter(adapter: Adapter, *, rank: int | Mapping[str, int] | None = N
         (:func:`lorarank.audit.allocate_budget`); a module it gives no direction is left out.
     max_rank : int, optional
         Cap on every module's rank (kohya's ``--new_rank`` with a dynamic method).
+    base : lorarank.base.BaseWeights, optional
+        The base model's weights: each resized DoRA module then says how far its merged weight
+        moves (:attr:`ResizeResult.merged_changes`).
     progress : callable(done, total), optional
 
     Returns
@@ -368,7 +376,7 @@ def resize_adapter(adapter: Adapter, *, rank: int | Mapping[str, int] | None = N
         raise ConfigError(init.refusal("resize"))
     with single_threaded_blas():
         return _resize(adapter, rank=rank, rule=rule, value=value, rank_budget=rank_budget,
-                       param_budget=param_budget, max_rank=max_rank, progress=progress)
+                       param_budget=param_budget, max_rank=max_rank, base=base, progress=progress)
 
 
 def _targets(modules, spectra, *, rank, rule, value, rank_budget, param_budget) -> tuple[list[int], str]:
@@ -394,7 +402,7 @@ def _targets(modules, spectra, *, rank, rule, value, rank_budget, param_budget) 
     return allocation.ranks, how
 
 
-def _resize(adapter, *, rank, rule, value, rank_budget, param_budget, max_rank, progress) -> ResizeResult:
+def _resize(adapter, *, rank, rule, value, rank_budget, param_budget, max_rank, base, progress) -> ResizeResult:
     modules = adapter.modules
     total = len(modules)
     if progress is not None:
@@ -411,6 +419,7 @@ def _resize(adapter, *, rank, rule, value, rank_budget, param_budget, max_rank, 
     peak = max((float(sp[0]) for sp in spectra if sp.size), default=0.0)
     unit = peak if peak > 0 else 1.0
     new_modules, ranks, errors, params, dropped = [], {}, {}, {}, []
+    merged: dict[str, float] | None = {} if base is not None and "dora" in adapter.families else None
     kept = energy = 0.0
     changed = 0
     for i, (m, sp, k, w, n, same) in enumerate(zip(modules, spectra, plan.kept, plan.width, plan.params,
@@ -430,6 +439,8 @@ def _resize(adapter, *, rank, rule, value, rank_budget, param_budget, max_rank, 
             new_modules.append(new)
             errors[m.name] = truncation_error(sp, k)
             changed += 1
+            if merged is not None and m.family == "dora":
+                merged[m.name] = dora_merged_change(m, new, base)
         kept += float(np.sum((sp[: k] / unit) ** 2)) if sp.size else 0.0
         energy += float(np.sum((sp / unit) ** 2))
         if progress is not None:
@@ -447,10 +458,15 @@ def _resize(adapter, *, rank, rule, value, rank_budget, param_budget, max_rank, 
     fmt = default_write_format(adapter)
     reason = writable(resized, fmt) if changed else None
     notes = _notes(adapter, resized, plan, changed=changed, before=before, after=after, dropped=dropped)
+    if merged:
+        worst = max(merged, key=merged.get)
+        notes.append(f"with the base weights: the merged weights move by up to {merged[worst]:.3g} of their "
+                     f"update ||W' - W0||_F ({worst}), against a largest truncation error of s·B·A of "
+                     f"{max(errors[n] for n in merged):.3g}")
     return ResizeResult(adapter=resized, ranks=ranks, errors=errors, params_before=before,
                         params_after=after, retained_energy=retained, changed=changed,
                         notes=tuple(notes), params=params, dropped=tuple(dropped), write_format=fmt,
-                        unwritable=reason)
+                        unwritable=reason, merged_changes=merged)
 
 
 def _notes(adapter, resized, plan, *, changed, before, after, dropped) -> list[str]:

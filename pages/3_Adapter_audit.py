@@ -227,7 +227,7 @@ with tabs["Resize"]:
                                       rank_budget=int(budget) * n_modules)
     if layout.is_open(tabs["Resize"]):  # the preview resizes every module: only when shown
         with common.stop_on_error():
-            resize_view.section(upload, report, target, alpha=alpha, scale=scale)
+            resize_view.section(upload, report, target, alpha=alpha, scale=scale, base=base, base_hub=base_hub)
 
 
 # --------------------------------------------------------------------------- compare

@@ -134,3 +134,17 @@ def test_reading_says_what_the_lokr_rank_means():
     table = next(d.value for d in at.dataframe if "update rank" in d.value.columns)
     assert (table["recommended rank"] <= table["update rank"]).all()
     assert set(table["r"]) == {3}
+
+
+def test_dora_with_base_weights_shows_how_far_the_merged_weights_move():
+    at = resize_tab("peft_dora", {"energy": "0.9"})
+    at.file_uploader(key=audit.BASE_UPLOAD_KEY).set_value(
+        [("base_weights.safetensors", (FAMILIES / "peft_dora" / "base_weights.safetensors").read_bytes(),
+          "application/octet-stream")])
+    at = at.run()
+    assert not at.exception, at.exception
+    table = next(d.value for d in at.dataframe if "new r" in d.value.columns)
+    changed = table[table["new r"] < table["r"]]
+    assert len(changed) and changed["merged-weight change"].notna().all()
+    assert (changed["merged-weight change"] > 0).all()
+    assert any("merged weights move by up to" in i.value for i in at.info)

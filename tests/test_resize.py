@@ -346,3 +346,27 @@ def test_a_family_whose_lora_form_is_larger_says_so(case):
     result = resize_adapter(load_adapter(FAMILIES / case), rule="energy", value=0.99)
     assert not result.shrinks and result.params_after > result.params_before
     assert any("does not shrink the file" in n for n in result.notes)
+
+
+@needs_samples
+def test_dora_merged_change_with_base_weights(tmp_path, capsys):
+    """With the base weights each resized DoRA module says how far its merged weight moves,
+    ||W'_k - W'|| / ||W' - W0||, against the dense float64 merged weights on the real base."""
+    from lorarank.base import open_base
+
+    src = FAMILIES / "peft_dora"
+    adapter = load_adapter(src)
+    result = resize_adapter(adapter, rank=2, base=open_base(src / "base_weights.safetensors"))
+    W = load_file(str(src / "base_weights.safetensors"))
+    assert set(result.merged_changes) == {m.name for m in adapter.modules}
+    for m in adapter.modules:
+        W0 = W[m.name.removeprefix("base_model.model.") + ".weight"].astype(np.float64)
+        mag = np.asarray(m.magnitude, dtype=np.float64)
+        old = dora_merged(W0, dense(m), mag)
+        new = dora_merged(W0, best_rank_k(dense(m), 2), mag)
+        want = np.linalg.norm(new - old) / np.linalg.norm(old - W0)
+        assert result.merged_changes[m.name] == pytest.approx(want, rel=1e-3), m.name
+    assert any("merged weights move by up to" in n for n in result.notes)
+    assert main(["resize", str(src), "--rank", "2", "--base", str(src / "base_weights.safetensors"),
+                 "-o", str(tmp_path / "out")]) == 0
+    assert "merged weights move by up to" in capsys.readouterr().out

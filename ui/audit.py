@@ -45,7 +45,7 @@ __all__ = [
     "UPLOAD_KEY", "UPLOAD_B_KEY", "DOWNLOAD_KEY", "COMPARE_DOWNLOAD_KEY",
     "RULE", "RULE_VALUES", "MAP_METRIC", "BUDGET", "RESIZE_BY", "ALPHA", "SCALE", "TOP",
     "MODULE_KEY", "COMPARE_KEY", "DEMO_KEY", "ALL_SETTINGS", "MAP_METRICS", "RULE_LABELS",
-    "Upload", "UPLOAD_HASH", "load_upload", "Detected",
+    "Upload", "UPLOAD_HASH", "load_upload", "open_base_weights", "Detected",
     "rule_text", "assumed_scale", "without_alpha", "module_url_error", "COMPARE_MODULE_KEY",
     "detect", "GATE_KEY", "COMPARE_GATE_KEY", "audit_gate", "guarded_compare", "run_audit", "run_budget", "zip_files",
     "run_compare", "demo_files", "demo_upload",
@@ -288,6 +288,18 @@ def guarded_compare(upload_a: Upload, upload_b: Upload, *, top: int) -> Comparis
         run=lambda: run_compare(upload_a, upload_b, top=top), kept=False)
 
 
+def open_base_weights(adapter: Adapter, *, base: Upload | None, base_hub: str | None) -> Any:
+    """The base weights for ``adapter``'s modules: an uploaded ``.safetensors`` (or its shards),
+    or a pinned ``hf://owner/name@commit`` read by byte ranges; None without either."""
+    if base is not None:
+        return open_base_bytes(list(base.files))
+    if base_hub:
+        from .hub_models import base_weights
+
+        return base_weights(base_hub, [m.name for m in adapter.modules])
+    return None
+
+
 @st.cache_data(show_spinner=False, max_entries=32, hash_funcs=UPLOAD_HASH)
 def run_audit(upload: Upload, *, alpha: float | None, scale: float | None, rule: str,
               value: float, base: Upload | None = None, base_hub: str | None = None) -> AuditReport:
@@ -299,11 +311,7 @@ def run_audit(upload: Upload, *, alpha: float | None, scale: float | None, rule:
     """
     with guard.heavy_work("the audit"):
         adapter = load_upload(upload, alpha, scale)
-        weights = open_base_bytes(list(base.files)) if base is not None else None
-        if weights is None and base_hub:
-            from .hub_models import base_weights
-
-            weights = base_weights(base_hub, [m.name for m in adapter.modules])
+        weights = open_base_weights(adapter, base=base, base_hub=base_hub)
         with progress_bar(f"Auditing {len(adapter.modules):,} modules (factored SVDs)") as progress:
             report = audit_adapter(adapter, rule=rule, value=value, progress=progress,
                                    base=weights)

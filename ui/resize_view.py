@@ -11,7 +11,6 @@ LoRA form is larger than the input (LoKr, LoHa): one sentence says why instead.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
 
 import pandas as pd
 import streamlit as st
@@ -23,8 +22,8 @@ from lorarank.resize import ModuleSize, resize_adapter, resize_plan, resized_spe
 from lorarank.spectrum import numerical_rank
 
 from . import guard
-from .audit import (COLUMN_HELP, UPLOAD_HASH, Upload, load_upload, rule_text, short_name,
-                    zip_files)
+from .audit import (COLUMN_HELP, UPLOAD_HASH, Upload, load_upload, open_base_weights, rule_text,
+                    short_name, zip_files)
 from .common import Markdown, md, md_text, notation, progress_bar
 
 __all__ = ["RESIZE_DOWNLOAD_KEY", "RESIZE_HELP", "FORMAT_TEXT", "ResizeTarget", "ResizePreview",
@@ -87,12 +86,14 @@ class ResizePreview:
 
 @st.cache_data(show_spinner=False, max_entries=32, hash_funcs=UPLOAD_HASH)
 def run_resize(upload: Upload, *, alpha: float | None, scale: float | None,
-               target: ResizeTarget) -> ResizePreview:
-    """Resize with the engine and keep its numbers: ranks, errors, parameters, energy."""
+               target: ResizeTarget, base: Upload | None = None, base_hub: str | None = None) -> ResizePreview:
+    """Resize with the engine and keep its numbers: ranks, errors, parameters, energy (and, for
+    DoRA with base weights, how far each merged weight moves)."""
     with guard.heavy_work("the resize preview"):
         adapter = load_upload(upload, alpha, scale)
+        weights = open_base_weights(adapter, base=base, base_hub=base_hub) if "dora" in adapter.families else None
         with progress_bar("Resizing (best rank-k approximation per module)") as progress:
-            result = resize_adapter(adapter, progress=progress, **target.kwargs())
+            result = resize_adapter(adapter, progress=progress, base=weights, **target.kwargs())
     return ResizePreview(names=tuple(m.name for m in adapter.modules),
                          old_ranks=tuple(file_rank(m.family, m.rank, m.stored_rank) for m in adapter.modules),
                          summary=result.to_dict())
@@ -123,6 +124,9 @@ RESIZE_HELP: dict[str, str] = {
     "r": "The rank the file stores (LoHa: each Hadamard half's rank, the update's rank up to r²; LoKr: the "
          "factorised half's, the update's rank up to rank(W1)·r).",
     "parameters now": "Numbers the file stores for this module now (DoRA: with its magnitude vector).",
+    "merged-weight change": "DoRA with base weights: ||W'_k − W'||_F / ||W' − W0||_F, how far the merged "
+                            "weight moves when the library renormalises the rows of W0 + s·B_k·A_k with the "
+                            "same magnitudes m (only with base weights uploaded).",
     "parameters after": "Numbers the resized file stores for it: new r x (d_out + d_in), plus d_out for a "
                         "DoRA magnitude vector; as now when unchanged; 0 when left out. The same count as "
                         "the reading above the tabs.",
@@ -139,8 +143,12 @@ def resize_table(preview: ResizePreview, report: AuditReport) -> pd.DataFrame:
         rows.append({"module": short_name(n), "new r": s["ranks"][n], "truncation error": s["errors"][n],
                      "update rank": None if m is None else numerical_rank(resized_spectrum(m), shape=m.shape),
                      "r": r,
+                     "merged-weight change": (s.get("merged_changes") or {}).get(n),
                      "parameters now": None if m is None else m.params, "parameters after": s["params"][n]})
-    return pd.DataFrame(rows, columns=list(RESIZE_HELP))
+    frame = pd.DataFrame(rows, columns=list(RESIZE_HELP))
+    if not s.get("merged_changes"):
+        frame = frame.drop(columns="merged-weight change")
+    return frame
 
 
 def nothing_to_resize(report: AuditReport, target: ResizeTarget) -> Markdown:
@@ -218,10 +226,10 @@ def _downloads(upload: Upload, preview: ResizePreview, *, alpha: float | None, s
 
 
 def section(upload: Upload, report: AuditReport, target: ResizeTarget, *, alpha: float | None,
-            scale: float | None, notices: Sequence[Any] = ()) -> ResizePreview:
+            scale: float | None, base: Upload | None = None, base_hub: str | None = None) -> ResizePreview:
     """Draw the Resize tab's results (its widgets are the page's): the figures, what the resize
     keeps, the download or why there is none, the per-module table."""
-    preview = run_resize(upload, alpha=alpha, scale=scale, target=target)
+    preview = run_resize(upload, alpha=alpha, scale=scale, target=target, base=base, base_hub=base_hub)
     s = preview.summary
     if not s["changed"]:  # no "0.0 %" and no download of the very same adapter
         st.info(nothing_to_resize(report, target), icon=":material/info:")
@@ -253,6 +261,6 @@ def section(upload: Upload, report: AuditReport, target: ResizeTarget, *, alpha:
                      column_config={
                          **{n: st.column_config.Column(n, help=t) for n, t in RESIZE_HELP.items()},
                          "module": st.column_config.Column("module", help=RESIZE_HELP["module"], pinned=True),
-                         "truncation error": st.column_config.NumberColumn(
-                             "truncation error", help=RESIZE_HELP["truncation error"], format="%.4g")})
+                         **{n: st.column_config.NumberColumn(n, help=RESIZE_HELP[n], format="%.4g")
+                            for n in ("truncation error", "merged-weight change")}})
     return preview
