@@ -44,6 +44,10 @@ _LAZY = {
     "data": ("DataConfig", "Dataset", "make_dataset", "fit_data", "fit_data_runs", "fit_data_reference",
              "reduced_rank_losses", "data_noise_floor", "data_macs"),
     "stability": ("run_stability", "StabilityGrid", "stability_findings", "scale_for", "alpha_to_keep"),
+    "intruders": ("Intruders", "intruders_dense", "intruders_lowrank"),
+    "base_svd": ("BaseSVD", "BaseSVDCache"),
+    "inits": ("init_of", "convert_adapter"),
+    "mitigate": ("mitigate_adapter", "MitigationResult"),
 }
 _LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
 

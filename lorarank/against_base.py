@@ -21,7 +21,8 @@ from .adapters import Adapter
 from .errors import UnsupportedAdapterError
 from .inits import InitInfo, convert_adapter, init_of, moved_modules
 
-__all__ = ["prepare", "label", "intruder_fields", "summary_fields", "INIT_REPLAYED"]
+__all__ = ["prepare", "label", "intruder_fields", "summary_fields", "intruder_cost", "INIT_REPLAYED",
+           "INTRUDER_COLUMNS", "intruder_rows", "intruder_csv_rows", "map_records", "reading", "report_blocks"]
 
 #: ``spectrum_of`` of a module whose init was replayed from the base.
 INIT_REPLAYED = "update s*(B@A - B0@A0) ({name} init replayed from the base weights, {replay})"
@@ -74,6 +75,9 @@ def summary_fields(reports: Sequence, info: InitInfo, *, replayed: bool, base, a
     if info.moves_base and not replayed:
         warnings.append(info.sentence)
     out["spectrum_is_update"] = not (info.moves_base and not replayed)
+    if replayed:
+        # the file's own rank r: the exact update s*[B, -B0] @ [A; A0] has rank up to 2r
+        out["ranks"] = sorted({r.stored_rank if r.stored_rank is not None else r.rank for r in reports})
     if replayed and base is not None:
         half = sorted({base.dtype_of(n) for n in moved_modules(adapter)} & {"BF16", "F16"})
         if half:
@@ -96,3 +100,157 @@ def summary_fields(reports: Sequence, info: InitInfo, *, replayed: bool, base, a
             warnings.append(f"intruders not computed for {len(skipped)} of {len(with_intr)} modules "
                             f"({skipped[0].intruders['error'][len('not computed for '):]}), e.g. {skipped[0].name}")
     return out, warnings
+
+
+def intruder_cost(shapes: Sequence[tuple[int, int, int]], *, cached: bool):
+    """The work of :func:`lorarank.audit.audit_adapter` with ``intruders=True`` on modules of the
+    given ``(d_out, d_in, r)``.
+
+    Per module: the base's SVD unless ``cached`` (LAPACK ``gesdd`` in float32, about
+    ``4 m n q + 8 q^3`` flops at twice the float64 rate: counted as half as many MACs), then a few
+    passes over ``W0`` and ``U0`` with ``r`` columns (about ``6 m n r`` MACs) and the core's
+    eigenproblem; plus the audit itself (:func:`lorarank.cost.audit_cost`).
+
+    Returns
+    -------
+    lorarank.cost.WorkEstimate
+    """
+    from .cost import WorkEstimate, audit_cost
+
+    total = audit_cost(shapes)
+    for d_out, d_in, r in shapes:
+        m, n, r = int(d_out), int(d_in), int(r)
+        q = min(m, n)
+        macs = 6.0 * m * n * r + 40.0 * (q + r) * r * 200   # passes, plus ~200 Lanczos products
+        if not cached:
+            macs += 0.5 * (4.0 * m * n * q + 8.0 * q ** 3)
+        total = total + WorkEstimate(macs=macs, calls=400.0, bytes=8 * (m * n + m * q))
+    return total
+
+
+# ----------------------------------------------------------------- tables, reading, report
+#: The per-module table of intruders (page, HTML report): column -> definition.
+INTRUDER_COLUMNS: dict[str, str] = {
+    "module": "Module path without PEFT's base_model.model. prefix.",
+    "intruders": "How many of the top-k left singular vectors of W0 + dW have largest |cos| below epsilon with "
+                 "every left singular vector of W0 (PEFT's reduce_intruder_dimension).",
+    "which": "Which of the top-k directions are intruders (1 = largest singular value of W0 + dW).",
+    "smallest max|cos|": "The smallest, over the top-k directions, of the largest |cos| with any direction of W0.",
+    "share of W0 + dW": "The intruders' part of ||W0 + dW||_F^2: sum of their sigma^2 over it.",
+    "share of dW": "The update's energy along the intruders: ||U_I^T dW||_F^2 / ||dW||_F^2.",
+    "amplification": "||dW||_F / ||U_r^T W0 V_r||_F with U_r, V_r the singular vectors of dW (Hu et al. 2021, "
+                     "section 7.3): about 1 when the update reweights W0's own directions, large when it "
+                     "amplifies directions W0 barely uses.",
+    "|dW|/|W0|": "||dW||_F / ||W0||_F: the update's size relative to the base weight.",
+}
+
+
+def _short(name: str) -> str:
+    from .documents import short_name
+
+    return short_name(name)
+
+
+def intruder_rows(report) -> list[dict]:
+    """One row per module in :data:`INTRUDER_COLUMNS` order (1-based ``which``)."""
+    rows = []
+    for m in report.modules:
+        t = m.intruders or {}
+        computed = t.get("count") is not None
+        rows.append({
+            "module": _short(m.name),
+            "intruders": t.get("count"),
+            "which": (", ".join(str(i + 1) for i in t["indices"]) or "-") if computed else t.get("error", "-"),
+            "smallest max|cos|": min(t["max_cos"]) if computed and t.get("max_cos") else None,
+            "share of W0 + dW": t.get("share") if computed else None,
+            "share of dW": t.get("share_of_update") if computed else None,
+            "amplification": m.amplification,
+            "|dW|/|W0|": m.relative_size,
+        })
+    return rows
+
+
+def intruder_csv_rows(report) -> list[dict]:
+    """Flat rows for a CSV: PEFT's 0-based indices and every ``max_cos``, space-separated."""
+    rows = []
+    for m in report.modules:
+        t = m.intruders or {}
+        rows.append({
+            "name": m.name, "layer": m.layer, "module_type": m.module_type, "d_out": m.shape[0], "d_in": m.shape[1],
+            "top_k": t.get("top_k"), "epsilon": t.get("epsilon"), "intruders": t.get("count"),
+            "indices": " ".join(map(str, t.get("indices", []))),
+            "max_cos": " ".join(f"{c:.9g}" for c in t.get("max_cos", [])),
+            "share": t.get("share"), "share_of_update": t.get("share_of_update"),
+            "amplification": m.amplification, "relative_size": m.relative_size,
+            "spectrum_of": m.spectrum_of, "error": t.get("error"),
+        })
+    return rows
+
+
+def map_records(report) -> list[dict]:
+    """Records of :func:`lorarank.charts.intruder_map_chart` (1-based ``indices``)."""
+    out = []
+    for m in report.modules:
+        t = m.intruders or {}
+        out.append({"layer": m.layer, "module_type": m.module_type, "name": _short(m.name),
+                    "count": t.get("count"), "indices": [i + 1 for i in t.get("indices", [])],
+                    "max_cos": t.get("max_cos"), "share": t.get("share"), "amplification": m.amplification})
+    return out
+
+
+def reading(report, *, code=lambda text: f"`{text}`") -> str:
+    """What the intruder numbers say, in plain words (markdown; ``code`` formats a module name)."""
+    import statistics
+
+    s = report.summary.get("intruders") or {}
+    mods = [m for m in report.modules if (m.intruders or {}).get("count") is not None]
+    if not mods:
+        return "No module could be compared with the base (see the note above)."
+    k, eps = s.get("top_k"), s.get("epsilon")
+    amps = [m.amplification for m in mods if m.amplification is not None]
+    amp_text = ""
+    if amps:
+        med = statistics.median(amps)
+        amp_text = (f" The update amplifies directions W0 barely uses: median amplification factor **{med:.3g}** "
+                    "(Hu et al. 2021; about 1 when an update only reweights W0's own strong directions)."
+                    if med >= 2 else
+                    f" The update mostly works along directions W0 already uses strongly: median amplification "
+                    f"factor **{med:.3g}** (Hu et al. 2021; large when an update amplifies directions W0 barely "
+                    "uses).")
+    total = s.get("total", 0)
+    if not total:
+        return (f"**No intruder dimensions** in {len(mods)} modules: each of the top {k} directions of every "
+                f"W0 + dW has a direction of W0 within |cos| >= {eps:g}.{amp_text}")
+    worst = max(mods, key=lambda m: (m.intruders["count"], m.intruders["share"]))
+    shares = [m.intruders["share_of_update"] for m in mods if m.intruders["count"] and
+              m.intruders["share_of_update"] is not None]
+    upd = (f" Where they occur they carry a median **{100 * statistics.median(shares):.0f} %** of the update's "
+           "energy." if shares else "")
+    return (f"**{total} intruder dimensions in {s.get('modules_with_intruders', 0)} of {len(mods)} modules**: "
+            f"directions among the top {k} of W0 + dW with no direction of W0 within |cos| {eps:g}. The most in "
+            f"{code(_short(worst.name))}: {worst.intruders['count']} of its top {k}, holding "
+            f"{100 * worst.intruders['share']:.0f} % of its merged weight's energy.{upd}{amp_text} "
+            "Shuttleworth et al. (2024) tie such new high-ranking directions to forgetting outside the task; "
+            "mitigation (PEFT's reduce_intruder_dimension, `lorarank mitigate`) scales them down.")
+
+
+def report_blocks(report) -> list:
+    """The HTML report's section on the base (reading, map, table), or [] without intruders."""
+    if not any(m.intruders is not None for m in report.modules):
+        return []
+    from .charts.intruders import intruder_map_chart
+    from .report import ReportChart, ReportTable, ReportText
+
+    s = report.summary.get("intruders") or {}
+    rows = intruder_rows(report)
+    return [
+        ReportText("Against the base", [reading(report, code=lambda t: t).replace("**", "")]),
+        ReportChart("Intruder dimensions per module",
+                    intruder_map_chart(map_records(report), top_k=s.get("top_k", 10),
+                                       epsilon=float(s.get("epsilon", 0.5))).to_dict(validate=False),
+                    caption="How many of the top-k left singular vectors of W0 + dW have no left singular "
+                            "vector of W0 within |cos| epsilon (PEFT's definition); hover a cell for more."),
+        ReportTable("Intruders per module", list(INTRUDER_COLUMNS),
+                    [[r[c] for c in INTRUDER_COLUMNS] for r in rows], help=INTRUDER_COLUMNS,
+                    caption="Indices in the JSON document are 0-based as in PEFT; 'which' here counts from 1."),
+    ]

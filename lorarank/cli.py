@@ -640,8 +640,10 @@ def _write_audit_html(report, path: str, *, source: str) -> None:
              ("dtype", ", ".join(detected["dtypes"])),
              ("modules", f"{detected['modules']:,} (ranks {', '.join(map(str, detected['ranks']))})"),
              ("parameters", f"{detected['params']:,} in the factors")]
+    from .against_base import report_blocks
+
     html = audit_report(audit_document([report]), source=source, facts=facts,
-                        charts=audit_charts(report, rule_text=rule_text))
+                        charts=audit_charts(report, rule_text=rule_text), extra=report_blocks(report))
     written = write_text(Path(path), html)  # whole or nothing; undecodable names as \udcXX
     print(clip(f"wrote {path} ({written / 1e6:.1f} MB)"), file=sys.stderr)
 

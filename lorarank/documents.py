@@ -167,9 +167,10 @@ def _field(module: Any, name: str) -> Any:
 
 
 def file_rank(family: str | None, rank: int | None, stored_rank: int | None) -> int | None:
-    """The r a file states for a module: a LoHa half's rank (its exact factors are r² wide), else
-    the width of its factors (LoKr: the factorised half's rank)."""
-    return stored_rank if family == "loha" and stored_rank else rank
+    """The r a file states for a module: a LoHa half's rank (its exact factors are r² wide), a
+    PiSSA / OLoRA module's own r when its exact update (rank 2r) is audited, else the width of
+    its factors (LoKr: the factorised half's rank)."""
+    return stored_rank if family in ("loha", "lora") and stored_rank else rank
 
 
 def module_row(module: Any, *, top: int = 4) -> dict[str, Any]:

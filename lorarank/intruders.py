@@ -158,6 +158,9 @@ class LowRankAnalysis:
     vectors : tuple of ndarray or None
         With ``vectors=True`` and at least one intruder: ``(U_I (m, c), S_I (c,), V_I (n, c))``,
         the intruders' singular triplets of ``W`` (what mitigation removes a share of).
+    cosines : ndarray of shape (top_k, c) or None
+        With ``cos_columns=c``: ``|cos|`` of each top direction of ``W`` with ``W0``'s first
+        ``c`` left singular vectors (the picture of Shuttleworth et al.'s figures).
     """
 
     intruders: Intruders
@@ -165,6 +168,7 @@ class LowRankAnalysis:
     update_norm: float
     merged_norm: float
     vectors: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    cosines: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------------- chunked algebra
@@ -343,7 +347,7 @@ def _top_eigh(d: np.ndarray, X: np.ndarray, Z: np.ndarray, k: int, method: str) 
 @_one_blas_thread
 def intruders_lowrank(base: BaseSVD, W0: np.ndarray, L: np.ndarray, R: np.ndarray, *,
                       top_k: int = DEFAULT_TOP_K, epsilon: float = DEFAULT_EPSILON,
-                      method: str = "auto", vectors: bool = False) -> LowRankAnalysis:
+                      method: str = "auto", vectors: bool = False, cos_columns: int = 0) -> LowRankAnalysis:
     """Intruders and amplification of ``W = W0 + L @ R`` from ``W0``'s cached SVD.
 
     Parameters
@@ -362,6 +366,9 @@ def intruders_lowrank(base: BaseSVD, W0: np.ndarray, L: np.ndarray, R: np.ndarra
         ``iterative`` (Lanczos on products), ``auto`` (dense up to :data:`DENSE_CORE`).
     vectors : bool, default=False
         Also return the intruders' singular triplets (for mitigation).
+    cos_columns : int, default=0
+        Also return the ``|cos|`` of the top directions with ``W0``'s first ``cos_columns``
+        left singular vectors.
 
     Returns
     -------
@@ -449,8 +456,10 @@ def intruders_lowrank(base: BaseSVD, W0: np.ndarray, L: np.ndarray, R: np.ndarra
         u = _dot(U0, Yi[:q]) + P @ Yi[q:]
         v = (_tdot(W0, u) + R.T @ (M.T @ Yi)) / sig[idx]
         trip = (u, sig[idx], v)
+    cols = min(check_int("cos_columns", cos_columns, minimum=0), q)
     return LowRankAnalysis(intruders=result, amplification=amp, update_norm=update_norm,
-                           merged_norm=float(np.sqrt(merged_sq)), vectors=trip)
+                           merged_norm=float(np.sqrt(merged_sq)), vectors=trip,
+                           cosines=absq[:cols].T.copy() if cols else None)
 
 
 def mitigation_factors(L: np.ndarray, R: np.ndarray, vectors: tuple[np.ndarray, np.ndarray, np.ndarray], *,
@@ -513,7 +522,7 @@ def update_factors(module) -> tuple[np.ndarray, np.ndarray]:
 
 
 def module_against_base(module, base, *, cache, top_k: int = DEFAULT_TOP_K, epsilon: float = DEFAULT_EPSILON,
-                        vectors: bool = False, method: str = "auto") -> LowRankAnalysis:
+                        vectors: bool = False, method: str = "auto", cos_columns: int = 0) -> LowRankAnalysis:
     """:func:`intruders_lowrank` of an adapter module on its base weight, the base's SVD from
     ``cache`` (:class:`~lorarank.base_svd.BaseSVDCache`).
 
@@ -533,4 +542,5 @@ def module_against_base(module, base, *, cache, top_k: int = DEFAULT_TOP_K, epsi
     L, R = update_factors(module)
     W0 = base.stored(module.name, tuple(int(d) for d in module.shape), transposed=bool(module.transposed))
     svd = cache.get(W0)
-    return intruders_lowrank(svd, W0, L, R, top_k=top_k, epsilon=epsilon, vectors=vectors, method=method)
+    return intruders_lowrank(svd, W0, L, R, top_k=top_k, epsilon=epsilon, vectors=vectors, method=method,
+                             cos_columns=cos_columns)

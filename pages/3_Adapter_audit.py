@@ -6,7 +6,7 @@ from lorarank.charts import (budget_chart, module_spectrum_chart, overlap_chart,
                              rank_map_chart)
 from lorarank.documents import json_clean, short_name
 from lorarank.errors import LoraRankError
-from ui import audit, common, examples, finetune_view, hub, layout, loaded, resize_view, series
+from ui import audit, base_view, common, examples, finetune_view, hub, layout, loaded, resize_view, series
 from ui import report as report_ui
 
 page = common.setup_page(__file__)
@@ -27,9 +27,9 @@ layout.header(
 loaded_line = st.container()  # names the loaded adapter, under the title
 alerts = st.container()
 loaded.show_unreadable(alerts)  # files dropped on the last run that could not be read
-bad_url = common.check_url(audit.ALL_SETTINGS, state_key=audit.URL_ERRORS_KEY)
+bad_url = common.check_url(audit.ALL_SETTINGS + base_view.SETTINGS, state_key=audit.URL_ERRORS_KEY)
 
-TABS = ["Per module", "Rank map", "Spectrum", "Budget", "Resize", "Compare", series.TAB,
+TABS = ["Per module", "Rank map", "Spectrum", "Budget", "Resize", "Compare", base_view.TAB, series.TAB,
         finetune_view.TAB]
 DEFAULT_TAB = (series.TAB if series.linked() else finetune_view.TAB if finetune_view.linked()
                else None)
@@ -149,6 +149,10 @@ with summary:
     lines = audit.detected_lines(detected, report)
     st.markdown(" · ".join(common.md("**{}:** {}", label, text) for label, text in lines))
     audit.show_family_details(report)
+if not base_view.spectrum_is_update(report):  # a PiSSA / OLoRA file without its base: B@A is not the update
+    base_view.not_the_update(tabs, report, skip=(series.TAB, finetune_view.TAB))
+    finish()
+    st.stop()
 
 # --------------------------------------------------------------------------- table
 with tabs["Per module"]:
@@ -295,8 +299,12 @@ with tabs["Compare"]:
                                       caption="phi(i, j) for the module chosen above the chart: the "
                                               "top-i directions of A against the top-j of B.")
 
+# ------------------------------------------------------------------ against the base
+against = base_view.section(tabs[base_view.TAB], upload=upload, base=base, demo=demo, alpha=alpha,
+                            scale=scale, report=report, shapes=detected.shapes)
+
 finish()  # the work on the upload is done: no Stop button any more
 # ---------------------------------------------------------------------------- report
 report_ui.audit_button(upload=upload, report=report, detected=lines, alpha=alpha, scale=scale,
                        rule=rule, value=value, metric=metric, module=chosen, budget=budget,
-                       comparison=comparison, compare_module=pick)
+                       comparison=comparison, compare_module=pick, against=against)

@@ -248,3 +248,13 @@ class TestRealAdapters:
             np.testing.assert_allclose(B * signs, Bp, atol=5e-5 * np.abs(Bp).max())
             np.testing.assert_allclose(A * signs[:, None], Ap, atol=5e-5 * np.abs(Ap).max())
         assert changed == 20
+
+
+def test_cosine_picture_is_the_dense_one():
+    """cos_columns=c gives |U_top^T U0[:, :c]| of the dense SVDs (up to sign, so |.|)."""
+    W0, L, R = problem(90, 60, 5, seed=9)
+    got = intruders_lowrank(base_svd(W0, precision="float64"), W0, L, R, cos_columns=20).cosines
+    U = np.linalg.svd(W0 + L @ R)[0][:, :10]
+    U0 = np.linalg.svd(W0)[0][:, :20]
+    np.testing.assert_allclose(got, np.abs(U.T @ U0), atol=1e-10)
+    assert intruders_lowrank(base_svd(W0, precision="float64"), W0, L, R).cosines is None

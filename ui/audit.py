@@ -487,6 +487,10 @@ def reading(report: AuditReport) -> Markdown:
     recs = s.get("recommended_rank") or {}
     if not recs:
         return Markdown("The adapter has no modules.")
+    if s.get("spectrum_is_update") is False:  # a PiSSA / OLoRA file read without its base
+        return Markdown("**This file alone does not hold the adapter's update:** its init was cut out of the "
+                        "base weights, so ranks read off its B@A would be wrong (the note below says why). "
+                        "Upload the original base weights to audit the exact update.")
     files = sorted({file_rank(m.family, m.rank, m.stored_rank) for m in report.modules})
     stored = md("r = {}", files[0]) if len(files) == 1 else md("r = {}..{}", files[0], files[-1])
     share = s["params_after"] / s["params"] if s["params"] else 1.0

@@ -119,9 +119,10 @@ def stability_report_html(config: Any, *, findings: Sequence[str], heatmap: Mapp
 def audit_button(*, upload: Any, report: Any, detected: Sequence[tuple[str, str]],
                  alpha: float | None, scale: float | None, rule: str, value: float | None,
                  metric: str, module: str, budget: int, comparison: Any = None,
-                 compare_module: str | None = None) -> None:
+                 compare_module: str | None = None, against: Any = None) -> None:
     """The audit page's report button, for its current settings (built when clicked);
-    ``compare_module``: the module of the compare heatmap (default: ``module``)."""
+    ``compare_module``: the module of the compare heatmap (default: ``module``); ``against``:
+    the audit with intruders of the "Against the base" view, when it was computed."""
     from lorarank.charts import overlap_chart, phi_chart
 
     from . import audit as ui_audit
@@ -147,6 +148,10 @@ def audit_button(*, upload: Any, report: Any, detected: Sequence[tuple[str, str]
                             phi_chart(shown.phi, name=short_name(shown.name))
                             .to_dict(validate=False)),
             ]
+        if against is not None:
+            from lorarank.against_base import report_blocks
+
+            extra.extend(report_blocks(against))
         doc = json.loads(ui_audit.cli_json_bytes(report))
         return audit_report_html(
             doc, report=report, source=upload.label, detected=detected,

@@ -12,6 +12,7 @@ from .audit import *  # noqa: F401,F403  (Adapter audit; names in audit.__all__)
 from .stability import *  # noqa: F401,F403  (alpha/r stability; names in stability.__all__)
 from .series import *  # noqa: F401,F403  (rank over training; names in series.__all__)
 from .finetune import *  # noqa: F401,F403  (full fine-tunes; names in finetune.__all__)
+from .intruders import *  # noqa: F401,F403  (against the base; names in intruders.__all__)
 
 __all__ = [
     "PALETTE", "rank_label", "rank_color_scale", "downsample_index", "split_facets",

@@ -101,7 +101,8 @@ class TestColdDeepLink:
         assert len(table_rows(page)) == 14
         tabs = page.get_by_role("tab").all_inner_texts()
         assert [t.strip() for t in tabs] == ["Per module", "Rank map", "Spectrum", "Budget",
-                                             "Resize", "Compare", "Rank over training", "Full fine-tune"]
+                                             "Resize", "Compare", "Against the base", "Rank over training",
+                                             "Full fine-tune"]
         assert "layers.1.self_attn.v_proj" in select_text(page, "module")
         # Each tab draws its charts when it is opened (and only then).
         assert page.get_by_test_id("stVegaLiteChart").count() == 0
