@@ -22,7 +22,8 @@ from .errors import UnsupportedAdapterError
 from .inits import InitInfo, convert_adapter, init_of, moved_modules
 
 __all__ = ["prepare", "label", "intruder_fields", "summary_fields", "intruder_cost", "INIT_REPLAYED",
-           "INTRUDER_COLUMNS", "intruder_rows", "intruder_csv_rows", "map_records", "reading", "report_blocks"]
+           "INTRUDER_COLUMNS", "intruder_rows", "intruder_csv_rows", "map_records", "reading_facts", "reading",
+           "report_blocks"]
 
 #: ``spectrum_of`` of a module whose init was replayed from the base.
 INIT_REPLAYED = "update s*(B@A - B0@A0) ({name} init replayed from the base weights, {replay})"
@@ -198,44 +199,47 @@ def map_records(report) -> list[dict]:
     return out
 
 
-def reading(report, *, code=lambda text: f"`{text}`") -> str:
-    """What the intruder numbers say, in plain words (markdown; ``code`` formats a module name)."""
+def reading_facts(report) -> dict | None:
+    """The numbers a reading of the intruders is made of (None when no module was compared):
+    ``top_k``, ``epsilon``, ``modules``, ``modules_with_intruders``, ``total``, ``worst`` (short name
+    of the module with the most), ``worst_count``, ``worst_share``, ``share_of_update`` (median over
+    the modules with intruders, or None), ``amplification`` (median, or None)."""
     import statistics
 
     s = report.summary.get("intruders") or {}
     mods = [m for m in report.modules if (m.intruders or {}).get("count") is not None]
     if not mods:
-        return "No module could be compared with the base (see the note above)."
-    k, eps = s.get("top_k"), s.get("epsilon")
+        return None
     amps = [m.amplification for m in mods if m.amplification is not None]
-    amp_text = ""
-    if amps:
-        med = statistics.median(amps)
-        amp_text = (f" The update amplifies directions W0 barely uses: median amplification factor **{med:.3g}** "
-                    "(Hu et al. 2021; about 1 when an update only reweights W0's own strong directions)."
-                    if med >= 2 else
-                    f" The update mostly works along directions W0 already uses strongly: median amplification "
-                    f"factor **{med:.3g}** (Hu et al. 2021; large when an update amplifies directions W0 barely "
-                    "uses).")
-    total = s.get("total", 0)
-    if not total:
-        return (f"**No intruder dimensions** in {len(mods)} modules: each of the top {k} directions of every "
-                f"W0 + dW has a direction of W0 within |cos| >= {eps:g}.{amp_text}")
     worst = max(mods, key=lambda m: (m.intruders["count"], m.intruders["share"]))
-    shares = [m.intruders["share_of_update"] for m in mods if m.intruders["count"] and
-              m.intruders["share_of_update"] is not None]
-    upd = (f" Where they occur they carry a median **{100 * statistics.median(shares):.0f} %** of the update's "
-           "energy." if shares else "")
-    return (f"**{total} intruder dimensions in {s.get('modules_with_intruders', 0)} of {len(mods)} modules**: "
-            f"directions among the top {k} of W0 + dW with no direction of W0 within |cos| {eps:g}. The most in "
-            f"{code(_short(worst.name))}: {worst.intruders['count']} of its top {k}, holding "
-            f"{100 * worst.intruders['share']:.0f} % of its merged weight's energy.{upd}{amp_text} "
-            "Shuttleworth et al. (2024) tie such new high-ranking directions to forgetting outside the task; "
-            "mitigation (PEFT's reduce_intruder_dimension, `lorarank mitigate`) scales them down.")
+    shares = [m.intruders["share_of_update"] for m in mods
+              if m.intruders["count"] and m.intruders["share_of_update"] is not None]
+    return {"top_k": int(s.get("top_k", 10)), "epsilon": float(s.get("epsilon", 0.5)), "modules": len(mods),
+            "modules_with_intruders": int(s.get("modules_with_intruders", 0)), "total": int(s.get("total", 0)),
+            "worst": _short(worst.name), "worst_count": int(worst.intruders["count"]),
+            "worst_share": float(worst.intruders["share"]),
+            "share_of_update": statistics.median(shares) if shares else None,
+            "amplification": statistics.median(amps) if amps else None}
 
 
-def report_blocks(report) -> list:
-    """The HTML report's section on the base (reading, map, table), or [] without intruders."""
+def reading(report) -> str:
+    """The intruder numbers in one or two plain sentences (the HTML report of ``audit --html``)."""
+    f = reading_facts(report)
+    if f is None:
+        return "No module could be compared with the base."
+    amp = ("" if f["amplification"] is None else
+           f" Median amplification factor {f['amplification']:.3g} (Hu et al. 2021).")
+    if not f["total"]:
+        return (f"No intruder dimensions in {f['modules']} modules (top {f['top_k']}, epsilon {f['epsilon']:g})."
+                + amp)
+    return (f"{f['total']} intruder dimensions in {f['modules_with_intruders']} of {f['modules']} modules (top "
+            f"{f['top_k']}, epsilon {f['epsilon']:g}); the most in {f['worst']}: {f['worst_count']}, holding "
+            f"{100 * f['worst_share']:.0f} % of its merged weight's energy." + amp)
+
+
+def report_blocks(report, *, text: str | None = None) -> list:
+    """The HTML report's section on the base (reading, map, table), or [] without intruders;
+    ``text``: the reading to show (default :func:`reading`)."""
     if not any(m.intruders is not None for m in report.modules):
         return []
     from .charts.intruders import intruder_map_chart
@@ -244,7 +248,7 @@ def report_blocks(report) -> list:
     s = report.summary.get("intruders") or {}
     rows = intruder_rows(report)
     return [
-        ReportText("Against the base", [reading(report, code=lambda t: t).replace("**", "")]),
+        ReportText("Against the base", [reading(report) if text is None else text]),
         ReportChart("Intruder dimensions per module",
                     intruder_map_chart(map_records(report), top_k=s.get("top_k", 10),
                                        epsilon=float(s.get("epsilon", 0.5))).to_dict(validate=False),

@@ -19,8 +19,8 @@ import pandas as pd
 import streamlit as st
 
 from lorarank.adapters import adapter_files, load_adapter_bytes
-from lorarank.against_base import INTRUDER_COLUMNS, intruder_cost, intruder_csv_rows, intruder_rows, map_records
-from lorarank.against_base import reading as against_reading
+from lorarank.against_base import (INTRUDER_COLUMNS, intruder_cost, intruder_csv_rows, intruder_rows, map_records,
+                                   reading_facts)
 from lorarank.audit import AuditReport, audit_adapter
 from lorarank.base import open_base_bytes
 from lorarank.base_svd import shared_cache
@@ -31,8 +31,8 @@ from lorarank.mitigate import mitigate_adapter
 
 from . import guard, layout
 from .audit import Upload, demo_files, zip_files
-from .common import Setting, download_buttons, md_code, md_escape, progress_bar, setting_widget, show_chart, \
-    show_errors, stop_on_error, table_height
+from .common import (Markdown, Setting, download_buttons, md, md_code, md_escape, progress_bar, setting_widget,
+                     show_chart, show_errors, stop_on_error, table_height)
 
 __all__ = ["TAB", "TOP_K", "EPSILON", "LAMBDA", "MODULE_KEY", "SETTINGS", "demo_base", "run_against_base",
            "guarded_against_base", "module_cosines", "mitigated_files", "converted_files", "intruder_table",
@@ -176,9 +176,31 @@ def intruder_records(report: AuditReport) -> pd.DataFrame:
     return frame
 
 
-def reading(report: AuditReport) -> str:
-    """What the numbers say, in plain words (markdown; module names escaped)."""
-    return against_reading(report, code=md_code)
+def reading(report: AuditReport) -> Markdown:
+    """What the numbers say, in plain words (the engine's facts, :func:`lorarank.against_base.reading_facts`)."""
+    f = reading_facts(report)
+    if f is None:
+        return Markdown("No module could be compared with the base (see the note above).")
+    amp = Markdown("")
+    if f["amplification"] is not None:
+        amp = (md(" The update amplifies directions W0 barely uses: median amplification factor **{a:.3g}** "
+                  "(Hu et al. 2021; about 1 when an update only reweights W0's own strong directions).",
+                  a=f["amplification"]) if f["amplification"] >= 2 else
+               md(" The update mostly works along directions W0 already uses strongly: median amplification "
+                  "factor **{a:.3g}** (Hu et al. 2021; large when an update amplifies directions W0 barely uses).",
+                  a=f["amplification"]))
+    if not f["total"]:
+        return md("**No intruder dimensions** in {n:d} modules: each of the top {k:d} directions of every W0 + dW "
+                  "has a direction of W0 within |cos| >= {e:g}.{amp}", n=f["modules"], k=f["top_k"],
+                  e=f["epsilon"], amp=amp)
+    share = (md(" Where they occur they carry a median **{p:.0f} %** of the update's energy.", p=100 * f["share_of_update"])
+             if f["share_of_update"] is not None else Markdown(""))
+    return md("**{t:d} intruder dimensions in {w:d} of {n:d} modules**: directions among the top {k:d} of W0 + dW "
+              "with no direction of W0 within |cos| {e:g}. The most in {name!c}: {c:d} of its top {k:d}, holding "
+              "{s:.0f} % of its merged weight's energy.{share}{amp} Shuttleworth et al. (2024) tie such new "
+              "high-ranking directions to forgetting outside the task; the intruder-reduced adapter below scales "
+              "them down.", t=f["total"], w=f["modules_with_intruders"], n=f["modules"], k=f["top_k"],
+              e=f["epsilon"], name=f["worst"], c=f["worst_count"], s=100 * f["worst_share"], share=share, amp=amp)
 
 
 # ----------------------------------------------------------------------------------- section
@@ -268,11 +290,12 @@ def _cosine_picture(upload, base, result, *, alpha, scale, top_k, epsilon) -> No
         pic = module_cosines(upload, base, alpha=alpha, scale=scale, name=module.name, top_k=top_k, epsilon=epsilon)
     show_chart(cosine_chart(pic["cosines"], max_cos=pic["max_cos"], nearest=pic["nearest"],
                             intruders=pic["indices"], epsilon=epsilon, name=pick),
-               caption=f"Left: |cos| between the top {len(pic['max_cos'])} left singular vectors of W0 + dW (rows, 1 = "
-                       f"largest) and the first {pic['cosines'].shape[1]} of W0 (columns), as in Shuttleworth et al.'s "
-                       "figures: a direction the update kept from the base is a bright cell, an intruder a row "
-                       f"without one. Right: each row's largest |cos| over all {min(module.shape)} directions of W0; "
-                       f"the dashed rule is epsilon = {epsilon:g}.")
+               caption=md("Left: |cos| between the top {k:d} left singular vectors of W0 + dW (rows, 1 = largest) "
+                          "and the first {c:d} of W0 (columns), as in Shuttleworth et al.'s figures: a direction the "
+                          "update kept from the base is a bright cell, an intruder a row without one. Right: each "
+                          "row's largest |cos| over all {q:d} directions of W0; the dashed rule is epsilon = {e:g}.",
+                          k=len(pic["max_cos"]), c=int(pic["cosines"].shape[1]), q=int(min(module.shape)),
+                          e=float(epsilon)))
 
 
 def _mitigation(upload, base, result, *, alpha, scale, top_k, epsilon) -> None:
@@ -293,10 +316,10 @@ def _mitigation(upload, base, result, *, alpha, scale, top_k, epsilon) -> None:
                                         lam=float(lam)))
     _downloads(files_of, stem="intruder_reduced", key=MITIGATE_KEY,
                label=f"Download the intruder-reduced adapter (lambda {float(lam):g})",
-               note=f"Each of the {s['total']} intruders keeps {float(lam):g} of its weight: W0 + dW + "
-                    f"({float(lam):g} - 1) U_I S_I V_I^T, then the best rank-r factors of the new update (PEFT "
-                    "re-truncates it to the adapter's rank); modules without intruders are copied. Written in the "
-                    "input's format.")
+               note=md("Each of the {n:d} intruders keeps {lam:g} of its weight: W0 + dW + ({lam:g} - 1) "
+                       "U_I S_I V_I^T, then the best rank-r factors of the new update (PEFT re-truncates it to the "
+                       "adapter's rank); modules without intruders are copied. Written in the input's format.",
+                       n=int(s["total"]), lam=float(lam)))
 
 
 def _conversion(upload, base, result, *, alpha, scale) -> None:
@@ -309,11 +332,12 @@ def _conversion(upload, base, result, *, alpha, scale) -> None:
         return
     _downloads(lambda: converted_files(upload, base, alpha=alpha, scale=scale), stem="converted", key=CONVERT_KEY,
                label="Download the converted adapter (plain LoRA, rank 2r)",
-               note="A' = [A; A0], B' = [B, -B0] with the init replayed from the base you uploaded: a plain LoRA "
-                    "of rank 2r (init_lora_weights true) that loads on the original base and gives the trained model.")
+               note=Markdown("A' = [A; A0], B' = [B, -B0] with the init replayed from the base you uploaded: a "
+                             "plain LoRA of rank 2r (init_lora_weights true) that loads on the original base and "
+                             "gives the trained model."))
 
 
-def _downloads(files_of, *, stem: str, key: str, label: str, note: str) -> None:
+def _downloads(files_of, *, stem: str, key: str, label: str, note: Markdown) -> None:
     row = st.container(horizontal=True)
     row.download_button(f"{label} (.zip)", data=lambda: zip_files(files_of(), folder=stem),
                         file_name=f"lorarank-{stem}.zip", mime="application/zip", key=f"{key}_zip",

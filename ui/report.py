@@ -151,7 +151,9 @@ def audit_button(*, upload: Any, report: Any, detected: Sequence[tuple[str, str]
         if against is not None:
             from lorarank.against_base import report_blocks
 
-            extra.extend(report_blocks(against))
+            from . import base_view
+
+            extra.extend(report_blocks(against, text=_plain(base_view.reading(against))))
         doc = json.loads(ui_audit.cli_json_bytes(report))
         return audit_report_html(
             doc, report=report, source=upload.label, detected=detected,
