@@ -131,7 +131,10 @@ def cosine_chart(cosines: object, *, max_cos: Sequence[float], nearest: Sequence
                         legend=alt.Legend(orient="bottom")),
         tooltip=[alt.Tooltip("direction:N", title="direction of W0 + dW"),
                  alt.Tooltip("j:Q", title="W0 vector (0-based)"), alt.Tooltip("cos:Q", title="|cos|", format=".3f")],
-    ).properties(title=f"|cos| with the base's directions{': ' + name if name else ''}", height=alt.Step(18))
+    ).properties(title=f"|cos| with the base's directions{': ' + name if name else ''}", height=alt.Step(18),
+                 # a fixed width: 64 columns at Vega's default step (20 px) pushed the best-match
+                 # panel off a 1400 px page
+                 width=int(min(520, max(160, 8 * int(frame["j"].max() + 1 if len(frame) else 1)))))
     best = pd.DataFrame({"direction": labels, "max_cos": [float(c) for c in max_cos],
                          "nearest": [int(j) + 1 for j in nearest],
                          "intruder": ["yes" if i in marks else "no" for i in range(k)]})
@@ -144,5 +147,5 @@ def cosine_chart(cosines: object, *, max_cos: Sequence[float], nearest: Sequence
                  alt.Tooltip("nearest:Q", title="nearest W0 vector (1-based)"), alt.Tooltip("intruder:N")])
     rule = alt.Chart(pd.DataFrame({"epsilon": [float(epsilon)]})).mark_rule(strokeDash=[4, 3]).encode(
         x="epsilon:Q", tooltip=[alt.Tooltip("epsilon:Q", title="epsilon")])
-    side = alt.layer(bars, rule).properties(width=140, height=alt.Step(18), title="best match")
+    side = alt.layer(bars, rule).properties(width=130, height=alt.Step(18), title="best match")
     return alt.hconcat(heat, side).resolve_scale(color="independent")

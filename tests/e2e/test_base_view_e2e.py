@@ -39,7 +39,9 @@ def test_cold_deep_link(page, fresh_server, shot):
     body = page.get_by_test_id("stMain").inner_text()
     assert "intruder dimensions in" in body and "top 8" in body and "synthetic demo base" in body
     box = page.locator(".st-key-base_module")
-    assert "model.layers.0.mlp.up_proj" in (box.text_content() or "")
+    shown = (box.text_content() or "") + " ".join(box.locator("input").nth(i).input_value()
+                                                 for i in range(box.locator("input").count()))
+    assert "model.layers.0.mlp.up_proj" in shown
     charts_drawn(page, 2)
     assert "tab=Against+the+base" in page.url or "tab=Against%20the%20base" in page.url
 
