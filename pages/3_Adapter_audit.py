@@ -301,7 +301,7 @@ with tabs["Compare"]:
 
 # ------------------------------------------------------------------ against the base
 against = base_view.section(tabs[base_view.TAB], upload=upload, base=base, demo=demo, alpha=alpha,
-                            scale=scale, report=report, shapes=detected.shapes)
+                            scale=scale, report=report, shapes=detected.shapes, base_hub=base_hub)
 
 finish()  # the work on the upload is done: no Stop button any more
 # ---------------------------------------------------------------------------- report

@@ -159,3 +159,22 @@ class TestRealAdapters:
             assert np.linalg.norm(m.B.astype(float) @ m.A.astype(float) - want) <= 2e-5 * np.linalg.norm(want)
         with zipfile.ZipFile(io.BytesIO(audit.zip_files(files, folder="x"))) as z:
             assert sorted(z.namelist()) == ["x/adapter_config.json", "x/adapter_model.safetensors"]
+
+
+@needs_samples
+def test_cold_link_with_adapter_and_base_on_the_hub(monkeypatch, tmp_path):
+    """?hf=ADAPTER&base_hf=BASE&tab=Against+the+base: both read from the (fake) Hub, the base by
+    byte ranges; PEFT's counts on the first run, with nothing uploaded."""
+    from hubserver import FakeHub, HubRepo, point_client_at
+
+    adapter = dict(HubRepo.from_folder(SAMPLES / "lora_r8").files)
+    with FakeHub({"lorarank-test/lora-r8": HubRepo(files=adapter),
+                  "lorarank-test/llama-base": HubRepo.from_folder(SAMPLES / "base")}) as hub:
+        point_client_at(hub.url, monkeypatch)
+        monkeypatch.setenv("LORARANK_HF_CACHE", str(tmp_path / "cache"))
+        at = open_page({"hf": "lorarank-test/lora-r8", "base_hf": "lorarank-test/llama-base", **TAB})
+    assert not at.exception and not at.error, [md_plain(e.value) for e in at.error]
+    truth = json.loads((SAMPLES / "lora_r8.truth.json").read_text())["modules"]
+    got = table(at, "intruders")
+    assert dict(zip(got["module"], got["intruders"])) == {
+        k[len("base_model.model."):]: v["intruders"]["count"] for k, v in truth.items()}

@@ -22,7 +22,6 @@ from lorarank.adapters import adapter_files, load_adapter_bytes
 from lorarank.against_base import (INTRUDER_COLUMNS, intruder_cost, intruder_csv_rows, intruder_rows, map_records,
                                    reading_facts)
 from lorarank.audit import AuditReport, audit_adapter
-from lorarank.base import open_base_bytes
 from lorarank.base_svd import shared_cache
 from lorarank.charts import cosine_chart, intruder_map_chart
 from lorarank.documents import audit_document, json_text, short_name
@@ -30,7 +29,7 @@ from lorarank.inits import convert_adapter, init_of
 from lorarank.mitigate import mitigate_adapter
 
 from . import guard, layout
-from .audit import Upload, demo_files, zip_files
+from .audit import Upload, demo_files, open_base_weights, zip_files
 from .common import (Markdown, Setting, download_buttons, md, md_code, md_escape, progress_bar, setting_widget,
                      show_chart, show_errors, stop_on_error, table_height)
 
@@ -94,47 +93,54 @@ def _adapter(upload: Upload, alpha, scale):
     return load_adapter_bytes(list(upload.files), alpha=alpha, scale=scale)
 
 
-def _base(base: Upload):
-    return open_base_bytes(list(base.files))
+def _base(adapter, base: Upload | None, base_hub: str | None):
+    return open_base_weights(adapter, base=base, base_hub=base_hub)
+
+
+def _base_ident(base: Upload | None, base_hub: str | None) -> str:
+    return base.ident if base is not None else f"hub:{base_hub}"
 
 
 @st.cache_data(show_spinner=False, max_entries=16, hash_funcs=_HASH)
-def run_against_base(upload: Upload, base: Upload, *, alpha: float | None, scale: float | None,
-                     top_k: int, epsilon: float) -> AuditReport:
-    """The audit with base weights and intruders (every module), progress per module."""
+def run_against_base(upload: Upload, base: Upload | None, *, alpha: float | None, scale: float | None,
+                     top_k: int, epsilon: float, base_hub: str | None = None) -> AuditReport:
+    """The audit with base weights (an upload, or a pinned ``hf://`` base read by byte ranges)
+    and intruders (every module), progress per module."""
     with guard.heavy_work("the intruder dimensions"):
         adapter = _adapter(upload, alpha, scale)
         with progress_bar(f"Intruder dimensions of {len(adapter.modules):,} modules (the base's SVDs are "
                           "computed once and shared)") as progress:
-            report = audit_adapter(adapter, base=_base(base), intruders=True, top_k=top_k, epsilon=epsilon,
-                                   svd_cache=shared_cache(), progress=progress)
-    guard.mark_done(("base-svd", base.ident))
+            report = audit_adapter(adapter, base=_base(adapter, base, base_hub), intruders=True, top_k=top_k,
+                                   epsilon=epsilon, svd_cache=shared_cache(), progress=progress)
+    guard.mark_done(("base-svd", _base_ident(base, base_hub)))
     return report
 
 
-def guarded_against_base(upload: Upload, base: Upload, *, shapes, alpha, scale, top_k: int,
-                         epsilon: float) -> AuditReport | None:
+def guarded_against_base(upload: Upload, base: Upload | None, *, shapes, alpha, scale, top_k: int,
+                         epsilon: float, base_hub: str | None = None) -> AuditReport | None:
     """:func:`run_against_base` within the server's work budget (the base's SVDs dominate the
     first run on a base; later adapters on it cost their own products only)."""
-    cached = guard.is_done(("base-svd", base.ident))
-    seconds = intruder_cost(shapes, cached=cached).seconds
+    ident = _base_ident(base, base_hub)
+    seconds = intruder_cost(shapes, cached=guard.is_done(("base-svd", ident))).seconds
     return guard.guarded_run(
         seconds, key=GATE_KEY, what=f"intruder dimensions of {len(shapes):,} modules", kept=False,
-        ident=("against-base", upload.ident, base.ident, alpha, scale, top_k, epsilon),
+        ident=("against-base", upload.ident, ident, alpha, scale, top_k, epsilon),
         hint="Run `python -m lorarank audit PATH --base BASE --intruders` on your own machine (its disk "
              "cache keeps the base's SVDs for every later adapter).",
-        run=lambda: run_against_base(upload, base, alpha=alpha, scale=scale, top_k=top_k, epsilon=epsilon))
+        run=lambda: run_against_base(upload, base, alpha=alpha, scale=scale, top_k=top_k, epsilon=epsilon,
+                                     base_hub=base_hub))
 
 
 @st.cache_data(show_spinner=False, max_entries=32, hash_funcs=_HASH)
-def module_cosines(upload: Upload, base: Upload, *, alpha: float | None, scale: float | None, name: str,
-                   top_k: int, epsilon: float) -> dict:
+def module_cosines(upload: Upload, base: Upload | None, *, alpha: float | None, scale: float | None, name: str,
+                   top_k: int, epsilon: float, base_hub: str | None = None) -> dict:
     """The cosine picture of one module: ``|cos|`` of its top directions with the base's first 64."""
     from lorarank.against_base import prepare
     from lorarank.intruders import module_against_base
 
-    weights = _base(base)
-    work, _, _ = prepare(_adapter(upload, alpha, scale), weights)
+    adapter = _adapter(upload, alpha, scale)
+    weights = _base(adapter, base, base_hub)
+    work, _, _ = prepare(adapter, weights)
     module = work.module(name)
     analysis = module_against_base(module, weights, cache=shared_cache(), top_k=top_k, epsilon=epsilon,
                                    cos_columns=COS_COLUMNS)
@@ -143,19 +149,22 @@ def module_cosines(upload: Upload, base: Upload, *, alpha: float | None, scale: 
             "nearest": [int(j) for j in i.nearest], "indices": list(i.indices)}
 
 
-def mitigated_files(upload: Upload, base: Upload, *, alpha, scale, top_k: int, epsilon: float,
-                    lam: float) -> dict[str, bytes]:
+def mitigated_files(upload: Upload, base: Upload | None, *, alpha, scale, top_k: int, epsilon: float,
+                    lam: float, base_hub: str | None = None) -> dict[str, bytes]:
     """The intruder-reduced adapter's files (the input's format), built when a button asks."""
     with guard.QUEUE.slot():
-        result = mitigate_adapter(_adapter(upload, alpha, scale), _base(base), mitigation_lambda=lam, top_k=top_k,
+        adapter = _adapter(upload, alpha, scale)
+        result = mitigate_adapter(adapter, _base(adapter, base, base_hub), mitigation_lambda=lam, top_k=top_k,
                                   epsilon=epsilon, cache=shared_cache())
         return adapter_files(result.adapter)
 
 
-def converted_files(upload: Upload, base: Upload, *, alpha, scale) -> dict[str, bytes]:
+def converted_files(upload: Upload, base: Upload | None, *, alpha, scale,
+                    base_hub: str | None = None) -> dict[str, bytes]:
     """PEFT's conversion of a PiSSA / OLoRA adapter (rank 2r, plain LoRA), built when asked."""
     with guard.QUEUE.slot():
-        return adapter_files(convert_adapter(_adapter(upload, alpha, scale), _base(base)), format="peft")
+        adapter = _adapter(upload, alpha, scale)
+        return adapter_files(convert_adapter(adapter, _base(adapter, base, base_hub)), format="peft")
 
 
 # ------------------------------------------------------------------------------------ tables
@@ -212,7 +221,8 @@ def _intro_without_base(tab, report: AuditReport) -> None:
                     "the Hub), base model weights*) to audit the exact update, see its intruders and download the "
                     "converted adapter.", icon=":material/warning:")
     tab.markdown("**Upload the base model's weights** (its `.safetensors`, or the shards) under *Load another "
-                 "adapter (files or the Hub), base model weights* above: then this tab shows which modules got "
+                 "adapter (files or the Hub), base model weights* above, or name the base on the Hugging Face "
+                 "Hub there (the link then keeps it): then this tab shows which modules got "
                  "*intruder dimensions* (new top directions of W0 + dW unlike any of W0's, Shuttleworth et al. "
                  "2024), how much the update amplifies weak directions of W0 (Hu et al. 2021), and offers the "
                  "intruder-reduced adapter for download. Or switch on the synthetic demo.")
@@ -224,25 +234,25 @@ def init_of_report(report: AuditReport) -> dict:
 
 
 def section(tab: Any, *, upload: Upload, base: Upload | None, demo: bool, alpha, scale, report: AuditReport,
-            shapes) -> AuditReport | None:
+            shapes, base_hub: str | None = None) -> AuditReport | None:
     """Draw the "Against the base" tab; returns its audit with intruders (None when not computed)."""
     with tab:
         cols = st.columns(3)
         top_k = setting_widget(TOP_K, cols[0])
         epsilon = setting_widget(EPSILON, cols[1])
-        if base is None and not demo:
+        if base is None and not base_hub and not demo:
             _intro_without_base(st, report)
             return None
         if not layout.is_open(tab):  # the base's SVDs and the charts: only when the tab is shown
             st.caption("Open this tab to compute the intruder dimensions.")
             return None
-        if base is None:
+        if base is None and not base_hub:
             base = demo_base()
             st.info("Against the **synthetic demo base** (singular values 30 x 0.8^i along random directions): "
                     "upload your own adapter and its base to audit them.", icon=":material/science:")
         with stop_on_error():
             result = guarded_against_base(upload, base, shapes=shapes, alpha=alpha, scale=scale, top_k=int(top_k),
-                                          epsilon=float(epsilon))
+                                          epsilon=float(epsilon), base_hub=base_hub)
         if result is None:
             return None
         for note in result.summary.get("warnings", []):
@@ -254,7 +264,8 @@ def section(tab: Any, *, upload: Upload, base: Upload | None, demo: bool, alpha,
                    caption="One cell per layer and module type: how many of the top-k directions of W0 + dW are "
                            "intruders. Hover a cell for which ones, the smallest largest-|cos|, their share of "
                            "||W0 + dW||² and the amplification factor.")
-        _cosine_picture(upload, base, result, alpha=alpha, scale=scale, top_k=int(top_k), epsilon=float(epsilon))
+        _cosine_picture(upload, base, result, alpha=alpha, scale=scale, top_k=int(top_k), epsilon=float(epsilon),
+                        base_hub=base_hub)
         table = intruder_table(result)
         st.dataframe(table, hide_index=True, key="audit_base_table", height=table_height(len(table), max_rows=16),
                      column_config={
@@ -267,12 +278,13 @@ def section(tab: Any, *, upload: Upload, base: Upload | None, demo: bool, alpha,
                          json_bytes=json_text(audit_document([result])).encode("utf-8"))
         st.caption("The JSON is what `python -m lorarank audit PATH --base BASE --intruders --json` prints "
                    "(indices 0-based, as in PEFT); the CSV has one row per module.")
-        _mitigation(upload, base, result, alpha=alpha, scale=scale, top_k=int(top_k), epsilon=float(epsilon))
-        _conversion(upload, base, result, alpha=alpha, scale=scale)
+        _mitigation(upload, base, result, alpha=alpha, scale=scale, top_k=int(top_k), epsilon=float(epsilon),
+                    base_hub=base_hub)
+        _conversion(upload, base, result, alpha=alpha, scale=scale, base_hub=base_hub)
     return result
 
 
-def _cosine_picture(upload, base, result, *, alpha, scale, top_k, epsilon) -> None:
+def _cosine_picture(upload, base, result, *, alpha, scale, top_k, epsilon, base_hub) -> None:
     computed = [m for m in result.modules if (m.intruders or {}).get("count") is not None]
     if not computed:
         return
@@ -287,7 +299,8 @@ def _cosine_picture(upload, base, result, *, alpha, scale, top_k, epsilon) -> No
                              "link). Default: the one with the most intruders.")
     module = computed[names.index(pick)]
     with stop_on_error():
-        pic = module_cosines(upload, base, alpha=alpha, scale=scale, name=module.name, top_k=top_k, epsilon=epsilon)
+        pic = module_cosines(upload, base, alpha=alpha, scale=scale, name=module.name, top_k=top_k, epsilon=epsilon,
+                             base_hub=base_hub)
     show_chart(cosine_chart(pic["cosines"], max_cos=pic["max_cos"], nearest=pic["nearest"],
                             intruders=pic["indices"], epsilon=epsilon, name=pick),
                caption=md("Left: |cos| between the top {k:d} left singular vectors of W0 + dW (rows, 1 = largest) "
@@ -298,7 +311,7 @@ def _cosine_picture(upload, base, result, *, alpha, scale, top_k, epsilon) -> No
                           e=float(epsilon)))
 
 
-def _mitigation(upload, base, result, *, alpha, scale, top_k, epsilon) -> None:
+def _mitigation(upload, base, result, *, alpha, scale, top_k, epsilon, base_hub) -> None:
     st.markdown("**Intruder-reduced adapter** (PEFT's `reduce_intruder_dimension`, computed here without torch)")
     lam = setting_widget(LAMBDA, st.columns(3)[0])
     s = result.summary.get("intruders") or {}
@@ -313,7 +326,7 @@ def _mitigation(upload, base, result, *, alpha, scale, top_k, epsilon) -> None:
                    "unconverted PiSSA / OLoRA adapter would replay the init a second time.")
         return
     files_of = (lambda: mitigated_files(upload, base, alpha=alpha, scale=scale, top_k=top_k, epsilon=epsilon,
-                                        lam=float(lam)))
+                                        lam=float(lam), base_hub=base_hub))
     _downloads(files_of, stem="intruder_reduced", key=MITIGATE_KEY,
                label=f"Download the intruder-reduced adapter (lambda {float(lam):g})",
                note=md("Each of the {n:d} intruders keeps {lam:g} of its weight: W0 + dW + ({lam:g} - 1) "
@@ -322,7 +335,7 @@ def _mitigation(upload, base, result, *, alpha, scale, top_k, epsilon) -> None:
                        n=int(s["total"]), lam=float(lam)))
 
 
-def _conversion(upload, base, result, *, alpha, scale) -> None:
+def _conversion(upload, base, result, *, alpha, scale, base_hub) -> None:
     init = init_of_report(result)
     if not init.get("moves_base"):
         return
@@ -330,7 +343,8 @@ def _conversion(upload, base, result, *, alpha, scale) -> None:
     if not init.get("replayed"):
         st.caption("This init cannot be replayed from the base (see the note at the top), so there is no conversion.")
         return
-    _downloads(lambda: converted_files(upload, base, alpha=alpha, scale=scale), stem="converted", key=CONVERT_KEY,
+    _downloads(lambda: converted_files(upload, base, alpha=alpha, scale=scale, base_hub=base_hub), stem="converted",
+               key=CONVERT_KEY,
                label="Download the converted adapter (plain LoRA, rank 2r)",
                note=Markdown("A' = [A; A0], B' = [B, -B0] with the init replayed from the base you uploaded: a "
                              "plain LoRA of rank 2r (init_lora_weights true) that loads on the original base and "
