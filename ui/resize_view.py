@@ -235,13 +235,14 @@ def section(upload: Upload, report: AuditReport, target: ResizeTarget, *, alpha:
         st.info(nothing_to_resize(report, target), icon=":material/info:")
     else:
         before, after = s["params_before"], s["params_after"]
-        m1, m2, m3, m4 = st.columns(4)
-        m1.metric("parameters before", f"{before:,}", help=RESIZE_HELP["parameters now"])
-        m2.metric("parameters after", f"{after:,}", help=RESIZE_HELP["parameters after"],
+        # a row that wraps (two by two on a phone) rather than four columns stacked one per line
+        m1 = m2 = m3 = m4 = st.container(horizontal=True, gap="medium")
+        m1.metric("parameters before", f"{before:,}", help=RESIZE_HELP["parameters now"], width="content")
+        m2.metric("parameters after", f"{after:,}", help=RESIZE_HELP["parameters after"], width="content",
                   delta=f"{100 * (after / before - 1):+.1f} %" if before else None, delta_color="off")
-        m3.metric("retained energy", f"{100 * s['retained_energy']:.2f} %",
+        m3.metric("retained energy", f"{100 * s['retained_energy']:.2f} %", width="content",
                   help="Σ of the kept σ² over Σσ², over the whole adapter.")
-        m4.metric("largest truncation error", f"{s['max_error']:.3g}",
+        m4.metric("largest truncation error", f"{s['max_error']:.3g}", width="content",
                   help="max over modules of ||dW_k − dW||_F / ||dW||_F.")
         why = no_download(preview)
         if why is None:
