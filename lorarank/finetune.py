@@ -59,6 +59,8 @@ ERROR_RANKS: tuple[int, ...] = (8, 16, 64)
 DEFAULT_TOP = 64
 #: Singular values computed at most per module to find the energy ranks.
 DEFAULT_MAX_RANK = 256
+#: Stored bytes read per block of rows (each block is decoded and widened to float64 in flight).
+READ_BYTES = 4 * 2**20
 #: An update larger than this in float64 is held in float32 when both weights are 16-bit
 #: floats (an 8B model's embeddings and lm_head: 4.2 GB in float64); smaller ones in float64.
 FLOAT64_UPDATE_BYTES = 512 * 2**20
@@ -337,7 +339,7 @@ _OTHER_REASONS = {
 def _compare(ft: ModelWeights, base: ModelWeights, key: str, base_key: str) -> bool:
     """Whether two tensors' stored values differ (read a block at a time)."""
     info = ft.info(key)
-    step = max(1, (16 * 2**20) // max(1, info.nbytes // max(1, info.rows)))
+    step = max(1, READ_BYTES // max(1, info.nbytes // max(1, info.rows)))
     for start in range(0, info.rows, step):
         a = ft.read(key, start, start + step)
         b = base.read(base_key, start, start + step)
@@ -406,7 +408,8 @@ def module_update(pair: ModulePair, ft: ModelWeights, base: ModelWeights,
     W0 = np.empty_like(dW) if keep_base else None
     w0_sq = 0.0
     row_bytes = max(ft.info(pair.ft_key).nbytes, base.info(pair.base_key).nbytes) // max(1, rows)
-    step = max(1, (16 * 2**20) // max(1, row_bytes))
+    # blocks of about READ_BYTES stored bytes: each becomes two float64 copies in flight
+    step = max(1, READ_BYTES // max(1, row_bytes))
     for start in range(0, rows, step):
         if check is not None:
             check()
