@@ -114,14 +114,14 @@ def slope(xs: list[float], ys: list[float]) -> float:
     return float(np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)[0])
 
 
-def randomized_vs_dense(ft: Path, base: Path, names: list[str]) -> list[dict]:
-    """Per module type of layer 0: top_svd against np.linalg.svd on the same dW, same process."""
+def randomized_vs_dense(ft: Path, base: Path, names: list[str]):
+    """Per module type of layer 0: top_svd against np.linalg.svd on the same dW, same process
+    (yields one row per module as soon as it is measured)."""
     from lorarank.finetune import module_update, pair_models
     from lorarank.randsvd import top_svd
     from lorarank.weights import open_model
 
     fm, bm = open_model(ft), open_model(base)
-    out = []
     for pair in pair_models(fm, bm).pairs:
         if pair.layer != 0 or pair.module_type not in names:
             continue
@@ -133,11 +133,10 @@ def randomized_vs_dense(ft: Path, base: Path, names: list[str]) -> list[dict]:
         exact = np.linalg.svd(dW.astype(np.float64), compute_uv=False)
         slow = time.perf_counter() - t
         s1 = float(exact[0])
-        out.append({"module": pair.module_type, "shape": pair.shape, "randomized_s": fast, "dense_s": slow,
-                    "iterations": got.iterations, "max_err": float(np.max(np.abs(got.S - exact[:64]))) / s1,
-                    "bound": got.max_bound / s1, "load": os.getloadavg()[0]})
+        yield {"module": pair.module_type, "shape": pair.shape, "randomized_s": fast, "dense_s": slow,
+               "iterations": got.iterations, "max_err": float(np.max(np.abs(got.S - exact[:64]))) / s1,
+               "bound": got.max_bound / s1, "load": os.getloadavg()[0]}
         del dW
-    return out
 
 
 def main() -> None:
@@ -187,7 +186,7 @@ def main() -> None:
                 shape = f"{r['shape'][0]} x {r['shape'][1]}"
                 print(f"{r['module']:<10} {shape:>13} {r['randomized_s']:>10.2f}s {r['iterations']:>6} "
                       f"{r['dense_s']:>9.2f}s {r['dense_s'] / r['randomized_s']:>5.1f}x {r['max_err']:>11.1e} "
-                      f"{r['bound']:>9.1e} {r['load']:>5.1f}")
+                      f"{r['bound']:>9.1e} {r['load']:>5.1f}", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
