@@ -3,7 +3,6 @@
 import streamlit as st
 
 from ui import common, datamode, layout, sweep
-from ui import report as report_ui
 
 page = common.setup_page(__file__)
 
@@ -40,6 +39,8 @@ if datamode.is_data_mode(data_values):
         with tabs["Exact target"]:
             shown = sweep.show_results(config, note=datamode.EXACT_NOTE)
             if shown is not None:
+                from ui import report as report_ui  # pandas and the report's libraries: after the results
+
                 report_ui.sweep_button(*shown)
     st.stop()
 
@@ -68,5 +69,7 @@ if layout.is_open(tabs["Loss curves"]):
             caption="Loss 0.5·||s·B·A − T||_F² after each optimiser step, log scale. A curve "
                     "that ends early with a cross diverged.",
         )
+
+from ui import report as report_ui  # noqa: E402 - pandas and the report's libraries: after the results
 
 report_ui.sweep_button(run, charts)

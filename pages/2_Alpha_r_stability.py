@@ -4,7 +4,6 @@ import streamlit as st
 
 from lorarank.errors import LoraRankError
 from ui import common, datamode, layout
-from ui import report as report_ui
 from ui import stability as stab
 
 page = common.setup_page(__file__)
@@ -39,6 +38,16 @@ try:
     run = stab.guarded_grid(config)  # within the server's work budget, or what finished
     if run is not None:
         config = run.config
+        # The first result, before the heatmaps (whose pandas and Altair load after it): the
+        # largest learning rate each rule trains at, per rank.
+        with st.container(key=stab.SUMMARY_KEY):
+            st.markdown(common.markdown_table(
+                stab.stable_lr_rows(stab.findings(run, target_err=grid_values["target_err"])),
+                ["rule", *(f"r = {r}" for r in config.ranks)],
+                right=[f"r = {r}" for r in config.ranks]))
+        st.caption("Largest tested learning rate that trained without diverging, per scaling "
+                   "rule and rank ('> x': none diverged up to the largest tried; none: all "
+                   "did). The heatmaps below show every cell.")
         views = stab.grid_views(config, grid_values["target_err"])
 except LoraRankError as exc:  # one sentence; the calculator still works
     common.show_errors([common.error_line(exc)])
@@ -118,6 +127,8 @@ if run is not None:
                         "diverged).", rule=picked["rule"], norm=run.target_norm),
                 )
     with tabs["Grid"]:
+        from ui import report as report_ui  # pandas and the report's libraries: after the results
+
         report_ui.stability_button(config, views, [
             ("Loss curves", loss_spec, "Loss 0.5·||s·B·A − T||_F² after each step (log scale)."),
             ("Largest update norms", norm_spec, "Largest ||s·B·A||_F over the steps of each cell.")])

@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from lorarank.data import DataConfig, fit_data
 from lorarank.synthetic import make_target
+from markdown_tables import tables
 from ui.common import md_plain
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +36,7 @@ class TestSweepDataMode:
         at = open_page("pages/1_Rank_sweep.py", tab="Finite data", **SMALL)
         assert not at.exception
         assert at.radio(key="mode").value == "exact"
-        assert len(at.dataframe) == 1
+        assert len(at.dataframe) == 0 and len(tables(at)) == 1  # the exact table (markdown)
         assert any("Switch the training signal" in md_plain(c.value) for c in at.caption)
         assert not any("n → ∞ limit); the finite-data" in md_plain(c.value) for c in at.caption)
 
@@ -74,7 +75,7 @@ class TestSweepDataMode:
         at = open_page("pages/1_Rank_sweep.py", mode="data", samples="128,2048", tab="Exact target",
                        **SMALL)
         assert not at.exception and not at.error
-        assert len(at.dataframe) == 2 and "Eckart-Young optimum" in at.dataframe[1].value.columns
+        assert len(at.dataframe) == 1 and "Eckart-Young optimum" in tables(at)[0][0]
         assert any("This is the **exact target** T (the n → ∞ limit" in md_plain(c.value) for c in at.caption)
 
     def test_bad_samples_one_sentence(self):

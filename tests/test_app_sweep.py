@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 from lorarank.fit import DEFAULT_STEPS, fit_lora
 from lorarank.spectrum import eckart_young_errors
 from lorarank.synthetic import make_target
+from markdown_tables import tables
 from ui.common import md_plain
 from ui.layout import TAB_PARAM
 
@@ -30,8 +31,15 @@ def open_sweep(**query: str) -> AppTest:
 
 
 def table(at: AppTest):
-    """The results table the page shows."""
-    return at.dataframe[0].value
+    """The results table the page shows (a markdown table: it draws at once), as a frame with
+    whole numbers for r and steps run."""
+    import pandas as pd
+    from markdown_tables import tables
+
+    frame = pd.DataFrame(tables(at)[0])
+    for column in ("r", "steps run"):
+        frame[column] = frame[column].astype(int)
+    return frame
 
 
 def reading(at: AppTest) -> str:
@@ -289,4 +297,4 @@ class TestBadInput:
         at = open_sweep(**query)
         assert not at.exception
         assert [md_plain(e.value) for e in at.error] == [message]
-        assert not at.dataframe
+        assert not tables(at)

@@ -16,7 +16,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
@@ -61,6 +61,7 @@ __all__ = [
     "frame_csv",
     "table_height",
     "dash_missing",
+    "markdown_table",
     "number_column",
 ]
 
@@ -720,6 +721,21 @@ def show_chart(chart: Any, *, caption: Markdown | None = None) -> None:
         st.altair_chart(chart, width="stretch")
     if caption:
         st.caption(md_param(caption))
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *,
+                   right: Sequence[str] = ()) -> Markdown:
+    """``rows`` as a markdown table (every header and cell escaped; ``right``: columns aligned
+    right). A page's first table: it draws with the page's text, where ``st.dataframe`` first
+    loads and compiles the data grid's and Arrow's scripts (~0.7 s for a new visitor here,
+    ``benchmarks/bench_app.py``); for a few rows nobody needs to sort or scroll."""
+    header = Markdown(" | ").join(md_escape(c) for c in columns)
+    rule = Markdown(" | ").join(Markdown("---:") if c in right else Markdown("---") for c in columns)
+    body = Markdown("\n").join(
+        md("| {} |", Markdown(" | ").join(md_escape("-" if row.get(c) is None else row.get(c), limit=400)
+                                        for c in columns))
+        for row in rows)
+    return md("| {} |\n| {} |\n{}", header, rule, body)
 
 
 def dash_missing(frame: "pd.DataFrame", columns: Sequence[str], *,

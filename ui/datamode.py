@@ -11,13 +11,11 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
-from lorarank.charts import data_loss_chart, data_loss_frame, loss_chart, loss_focus, spectrum_chart
 from lorarank.cost import WorkEstimate, data_fit_cost, target_cost
 from lorarank.data import (DATA_DEFAULT_LR, DEFAULT_HELDOUT, DEFAULT_LABEL_NOISE, DataConfig,
                            data_findings, data_noise_floor, data_values, fit_data, make_dataset)
@@ -28,6 +26,9 @@ from lorarank.fit import FitResult
 from . import common, guard, layout
 from .common import Setting, chart_spec, progress_bar
 from .sweep import SweepConfig
+
+if TYPE_CHECKING:  # pandas and Altair load when a table or chart needs them (slow imports)
+    import pandas as pd
 
 __all__ = [
     "MODES", "MAX_SAMPLES_APP", "MAX_NS_APP", "MAX_HELDOUT_APP", "MAX_DATA_VALUES_APP", "DOWNLOAD_KEY",
@@ -325,8 +326,10 @@ def _sig(x: float | None, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}g}"
 
 
-def data_table(run: DataSweepRun) -> pd.DataFrame:
+def data_table(run: DataSweepRun) -> "pd.DataFrame":
     """The table shown on the page: one row per (n, r); diverged runs say so, never NaN."""
+    import pandas as pd
+
     rows = []
     for n, results in run.results:
         for res in results:
@@ -348,8 +351,10 @@ def _result_rows(run: DataSweepRun) -> list[dict]:
     return rows
 
 
-def data_records(run: DataSweepRun) -> pd.DataFrame:
+def data_records(run: DataSweepRun) -> "pd.DataFrame":
     """The CSV download: one row per (n, r), machine column names, empty cells when undefined."""
+    import pandas as pd
+
     frame = pd.DataFrame(_result_rows(run))
     frame["singular_values"] = [" ".join(f"{x:.9g}" for x in sv) for sv in frame["singular_values"]]
     for col in ("effective_rank", "diverged_at"):
@@ -392,6 +397,8 @@ class DataCharts:
 def data_charts(config: DataSweepConfig) -> DataCharts:
     """Held-out loss against r for every n, the spectra at the smallest n and the training
     loss curves per n (cached)."""
+    from lorarank.charts import data_loss_chart, data_loss_frame, loss_chart, loss_focus, spectrum_chart
+
     run = run_data_sweep(config)
     sweep = config.sweep
     noise_loss = 0.5 * sweep.d_out * config.label_noise**2 or None
@@ -551,8 +558,10 @@ def grid_caption(data: DataConfig | None, steps: int) -> str:
             f"Minibatch noise and the sample's covariance move where runs diverge.")
 
 
-def grid_losses_table(records) -> pd.DataFrame:
+def grid_losses_table(records) -> "pd.DataFrame":
     """Training and held-out loss per cell (data mode), '-' for a diverged cell."""
+    import pandas as pd
+
     rows = [{"rule": r.rule, "r": r.rank, "lr": f"{r.lr:g}", "training loss": _sig(r.train_loss),
              "held-out loss": _sig(r.heldout_loss),
              "relative error vs T": f"diverged at step {r.diverged_at}" if r.diverged else _sig(r.rel_err)}

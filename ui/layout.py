@@ -16,7 +16,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import streamlit as st
 
-from lorarank.charts import split_facets
 from ui.common import Markdown, Setting, md, md_param, setting_widget
 from ui.common import copy_link as common_copy_link
 from ui.glossary import term_links
@@ -152,6 +151,8 @@ def show_panels(spec: dict, *, columns: int = 3, caption: Markdown | None = None
     ``legend=False`` drops the per-panel legends: then the caption must say what the colours
     mean.
     """
+    from lorarank.charts import split_facets  # Altair loads with the first chart, not before
+
     title, panels = split_facets(spec, legend=legend)
     if title:
         st.markdown(md("**{}**", title))

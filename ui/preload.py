@@ -26,14 +26,18 @@ __all__ = ["MODULES", "lifespan", "preload"]
 
 _LOGGER = logging.getLogger(__name__)
 
-#: Imported at server start, heaviest first (what a page's first run would import): the
-#: libraries and helpers every page uses, then each registered page's modules
-#: (:func:`ui.navigation.preload_modules`).
-MODULES = (
-    "numpy", "pandas", "altair", "pyarrow",
-    "lorarank.charts", "lorarank.fit", "lorarank.data", "lorarank.cost", "lorarank.stability",
-    "ui.common", *preload_modules(), "ui.report", "ui.layout", "ui.guard", "ui.uploads",
-)
+#: Imported at server start, in the order a first visit needs them: the engine and the helpers
+#: a page uses before its first result, then pandas / pyarrow / Altair (its later tables and
+#: charts) and each registered page's modules (:func:`ui.navigation.preload_modules`). A
+#: visit that arrives while this runs waits on the import lock of a module being imported
+#: instead of importing it twice, so what it needs first should come first.
+MODULES = tuple(dict.fromkeys((
+    # first what a page needs before its first result (the Rank sweep's table needs no more),
+    "numpy", "lorarank.fit", "lorarank.data", "lorarank.cost", "lorarank.stability",
+    "ui.common", "ui.layout", "ui.guard", "ui.uploads", "ui.sweep", "ui.datamode",
+    # then the slow libraries the tables and charts after it use, and every page's modules
+    "pandas", "pyarrow", "altair", "lorarank.charts", *preload_modules(), "ui.report",
+)))
 
 
 def preload(modules: tuple[str, ...] | None = None) -> float:

@@ -10,13 +10,10 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-import pandas as pd
 import streamlit as st
 
-from lorarank.charts.stability import (records_frame, stability_heatmap, stability_loss_chart,
-                                       update_norm_chart)
 from lorarank.data import DataConfig
 from lorarank.cost import WorkEstimate, stability_cost
 from lorarank.documents import json_bytes, parse_numbers
@@ -32,13 +29,16 @@ from .common import parse_ranks as common_parse_ranks
 from .sweep import TARGET_SETTINGS as _SWEEP_TARGET_SETTINGS
 from .sweep import TargetConfig, alpha_unused
 
+if TYPE_CHECKING:  # pandas and Altair load after the first result (slow imports)
+    import pandas as pd
+
 __all__ = [
     "MAX_DIM_APP", "MAX_STEPS_APP", "MAX_RANKS_APP", "MAX_LRS_APP", "MAX_CELLS_APP",
     "URL_ERRORS_KEY", "DOWNLOAD_KEY", "RULES_KEY", "CURVE_MODES", "CURVE_KEYS",
     "CALC_NO_ALPHA_KEY", "TARGET_SETTINGS", "GRID_SETTINGS", "CALC_SETTINGS", "SETTINGS",
     "rules_widget", "url_rule_errors", "curve_widgets", "parse_ranks", "parse_lrs",
     "StabilityConfig", "StabilityRun", "run_grid", "GATE_KEY", "grid_estimate", "by_rank",
-    "finished_ranks", "guarded_grid", "findings", "windows_table", "WINDOW_HELP",
+    "finished_ranks", "guarded_grid", "findings", "stable_lr_rows", "windows_table", "WINDOW_HELP",
     "cells_table", "CELL_HELP", "cells_csv_frame", "row_records", "calculator", "alpha_unused",
 ]
 
@@ -53,6 +53,7 @@ MAX_CELLS_APP = 200
 URL_ERRORS_KEY = "stability_url_errors"
 DOWNLOAD_KEY = "stability_download"
 GATE_KEY = "stability_gate"  # prefix of the work-budget gate's keys (Run, Stop, approval)
+SUMMARY_KEY = "stability_summary"  # the container of the first table (stable lr per rule, rank)
 RULES_KEY = "rules"  # the multiselect of scaling rules, bound to ?rules=...&rules=...
 
 #: The sweep's target settings, with the app's smaller size limit for a grid.
@@ -347,12 +348,14 @@ WINDOW_HELP: dict[str, str] = {
 SGD_BOUND = "SGD bound 1/(s·σ₁)"
 
 
-def windows_table(run: StabilityRun, found: StabilityFindings) -> pd.DataFrame:
+def windows_table(run: StabilityRun, found: StabilityFindings) -> "pd.DataFrame":
     """One row per (rule, rank): where its learning-rate window sits.
 
     The SGD bound column is left out when the grid ran Adam: Adam's step does not scale with
     the gradient, so the bound says nothing about where it diverges.
     """
+    import pandas as pd
+
     rows = []
     for rule in found.rules:
         for w in rule.windows:
@@ -376,6 +379,20 @@ def windows_table(run: StabilityRun, found: StabilityFindings) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def stable_lr_rows(found: StabilityFindings) -> list[dict[str, Any]]:
+    """The page's first table: per rule, the largest tested learning rate that trained
+    without diverging at each rank ("> x" when none diverged, "none" when all did)."""
+    rows = []
+    for rule in found.rules:
+        row: dict[str, Any] = {"rule": rule.rule}
+        for w in rule.windows:
+            row[f"r = {w.rank}"] = ("none" if w.max_stable_lr is None else
+                                    f"> {w.max_stable_lr:g}" if w.min_diverged_lr is None else
+                                    f"{w.max_stable_lr:g}")
+        rows.append(row)
+    return rows
+
+
 #: Definition of every column of the cells table.
 CELL_HELP: dict[str, str] = {
     "rule": "Scaling rule.",
@@ -390,8 +407,10 @@ CELL_HELP: dict[str, str] = {
 }
 
 
-def cells_table(run: StabilityRun) -> pd.DataFrame:
+def cells_table(run: StabilityRun) -> "pd.DataFrame":
     """Every cell as the page shows it: diverged cells read "diverged at step N", never NaN."""
+    import pandas as pd
+
     rows = []
     for rec in run.grid.records:
         err = f"diverged at step {rec.diverged_at}" if rec.diverged else _g(rec.rel_err)
@@ -402,8 +421,10 @@ def cells_table(run: StabilityRun) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(CELL_HELP))
 
 
-def cells_csv_frame(run: StabilityRun) -> pd.DataFrame:
+def cells_csv_frame(run: StabilityRun) -> "pd.DataFrame":
     """The CSV download: one row per cell, machine column names, empty where not defined."""
+    from lorarank.charts.stability import records_frame
+
     return records_frame(run.grid.records)
 
 
@@ -420,8 +441,8 @@ class GridViews:
 
     findings: StabilityFindings
     heatmap: dict  # Vega-Lite spec
-    windows: pd.DataFrame
-    cells: pd.DataFrame
+    windows: "pd.DataFrame"
+    cells: "pd.DataFrame"
     csv: bytes
     json: bytes
 
@@ -433,6 +454,8 @@ def grid_views(config: StabilityConfig, target_err: float) -> GridViews:
     A rerun with unchanged inputs then costs a cache lookup instead of rebuilding (and
     re-validating) charts and re-serialising a few thousand loss values.
     """
+    from lorarank.charts.stability import stability_heatmap
+
     run = run_grid(config)
     found = findings(run, target_err=target_err)
     return GridViews(
@@ -450,6 +473,8 @@ def curve_specs(config: StabilityConfig, rule: str, *, lr: float | None, rank: i
                 title: str, color_by: str) -> tuple[dict, dict]:
     """Vega-Lite specs of the loss curves of one row or column of cells and of ``rule``'s
     update norms (cached)."""
+    from lorarank.charts.stability import stability_loss_chart, update_norm_chart
+
     run = run_grid(config)
     cells = row_records(run, rule, lr=lr, rank=rank)
     return (chart_spec(stability_loss_chart(cells, color_by=color_by, title=title)),
@@ -466,6 +491,8 @@ def calculator(values: Mapping[str, Any]) -> dict[str, Any]:
         ``table`` (a DataFrame: per keep mode, the new alpha and its s at the new rank) and
         ``same_alpha`` (s at the new rank if the alpha is left unchanged).
     """
+    import pandas as pd
+
     conv = values["calc_convention"]
     r, r_new = values["calc_r"], values["calc_r_new"]
     if conv == "mlx-lm":

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 from lorarank.cost import WorkEstimate, sweep_cost
@@ -20,19 +19,22 @@ from lorarank.fit import (DEFAULT_LR, DEFAULT_STEPS, OPTIMIZERS, SCALING_RULES, 
 from lorarank.spectrum import gavish_donoho_rank, noise_threshold
 from lorarank.synthetic import SPECTRA, Target, make_target
 
-from lorarank.charts import loss_chart, spectrum_chart
 
 from . import guard
-from .common import (Markdown, Setting, chart_spec, download_buttons, md, md_param, md_text, progress_bar,
-                     notation, stop_on_error, table_height, whole_run)
+from .common import (Markdown, Setting, chart_spec, download_buttons, markdown_table, md, md_param, md_text,
+                     notation, progress_bar, stop_on_error, whole_run)
 from .common import parse_ranks as common_parse_ranks
+
+if TYPE_CHECKING:  # pandas and Altair load after the first result (they are slow to import)
+    import pandas as pd
 
 __all__ = [
     "MAX_DIM_APP", "MAX_STEPS_APP", "MAX_RANKS_APP", "DOWNLOAD_KEY", "URL_ERRORS_KEY",
     "TARGET_SETTINGS", "TRAINING_SETTINGS", "SETTINGS",
     "parse_ranks", "TargetConfig", "SweepConfig", "SweepRun", "run_sweep", "GATE_KEY",
     "sweep_estimate", "by_rank", "finished_ranks", "guarded_run",
-    "SweepCharts", "sweep_charts", "COLUMN_HELP", "results_table", "results_records", "results_json", "reading",
+    "SweepCharts", "sweep_charts", "COLUMN_HELP", "results_rows", "results_table", "results_records", "results_json", "reading",
+    "TABLE_KEY",
     "show_results",
 ]
 
@@ -44,6 +46,7 @@ MAX_RANKS_APP = 12
 
 #: Session-state keys of this page that are not URL-bound.
 DOWNLOAD_KEY = "sweep_download"  # prefix of the two download buttons' keys
+TABLE_KEY = "sweep_table"  # the container of the results table
 URL_ERRORS_KEY = "sweep_url_errors"  # sentences about bad query parameters, across one rerun
 GATE_KEY = "sweep_gate"  # prefix of the work-budget gate's keys (Run, Stop, approval)
 
@@ -276,6 +279,8 @@ class SweepCharts:
 @st.cache_data(show_spinner=False, max_entries=64)
 def sweep_charts(config: SweepConfig) -> SweepCharts:
     """The spectrum and loss charts of :func:`run_sweep`'s result for ``config`` (cached)."""
+    from lorarank.charts import loss_chart, spectrum_chart
+
     run = run_sweep(config)
     max_index = min(run.target_values.size, max(max(config.ranks), run.signal_rank) + 4)
     spectrum = spectrum_chart(run.target_values,
@@ -305,8 +310,9 @@ def _sig(x: float, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
-def results_table(run: SweepRun, *, top: int = 6) -> pd.DataFrame:
-    """The table shown on the page: diverged fits read "diverged at step N", never NaN."""
+def results_rows(run: SweepRun, *, top: int = 6) -> list[dict[str, Any]]:
+    """The table shown on the page, one dict per rank: diverged fits read "diverged at step N",
+    never NaN."""
     rows = []
     for res in run.results:
         if res.diverged:
@@ -321,11 +327,20 @@ def results_table(run: SweepRun, *, top: int = 6) -> pd.DataFrame:
         rows.append({"r": res.rank, "scale s": _sig(res.scale), "final relative error": err,
                      "Eckart-Young optimum": _sig(res.optimal_rel_err), "effective rank": eff,
                      "steps run": res.steps, "top singular values": sv or "-"})
-    return pd.DataFrame(rows, columns=list(COLUMN_HELP))
+    return rows
 
 
-def results_records(run: SweepRun) -> pd.DataFrame:
+def results_table(run: SweepRun, *, top: int = 6) -> "pd.DataFrame":
+    """:func:`results_rows` as a data frame (the report's table)."""
+    import pandas as pd
+
+    return pd.DataFrame(results_rows(run, top=top), columns=list(COLUMN_HELP))
+
+
+def results_records(run: SweepRun) -> "pd.DataFrame":
     """The CSV download: one row per rank, machine column names, empty cells when diverged."""
+    import pandas as pd
+
     rows = []
     for res in run.results:
         d = res.to_dict()
@@ -364,12 +379,13 @@ def show_results(config: SweepConfig, *, note: Markdown = Markdown("")) -> tuple
     if run is None:
         return None
     config = run.config
-    st.dataframe(
-        results_table(run), hide_index=True, height=table_height(len(run.results)),
-        column_config={name: st.column_config.Column(name, help=text)
-                       for name, text in COLUMN_HELP.items()},
-        key="sweep_table",
-    )
+    # The first result: a markdown table draws at once (see ui.common.markdown_table).
+    with st.container(key=TABLE_KEY):
+        st.markdown(markdown_table(results_rows(run), list(COLUMN_HELP),
+                                   right=("r", "effective rank", "steps run")))
+    with st.expander("What the columns mean"):
+        st.markdown(Markdown("\n").join(md("- **{name}**: {text}", name=name, text=text)
+                                        for name, text in COLUMN_HELP.items()))
     st.caption(md(
         "Learning rate {lr:g} ({optimizer}), {steps} steps, alpha rule {rule}. Relative error is "
         "||s·B·A − T||_F / ||T||_F. Computed in {seconds:.2f} s.{note}", lr=config.lr_used,

@@ -16,12 +16,10 @@ pytestmark = pytest.mark.e2e
 
 
 def table_rows(page) -> list[list[str]]:
-    """Cell texts of the results table, row by row (the grid's accessible table)."""
-    grid = page.get_by_test_id("stDataFrame").first
-    rows = grid.locator("table tbody tr")
-    # The grid's accessible table is hidden and filled after the run: wait until it exists.
-    rows.first.locator("td").first.wait_for(state="attached", timeout=10_000)
-    return [row.locator("td").all_text_contents() for row in rows.all()]
+    """Cell texts of the results table (a markdown table in its keyed container), row by row."""
+    rows = page.locator(".st-key-sweep_table table tbody tr")
+    rows.first.wait_for(state="attached", timeout=10_000)
+    return [[t.strip() for t in row.locator("td").all_text_contents()] for row in rows.all()]
 
 
 def wait_for_ranks(page, ranks: list[str], *, timeout: float = 10.0) -> list[list[str]]:

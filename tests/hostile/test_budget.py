@@ -23,6 +23,7 @@ from lorarank.stability import run_stability
 from ui import guard
 from ui import stability as stab
 from ui import sweep
+from markdown_tables import tables
 from ui.common import md_plain
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -201,6 +202,7 @@ class TestPages:
         assert "estimated at about" in shown[0]
         assert f"at most {guard.MAX_SECONDS:.0f} s per request" in shown[0]
         assert not [d for d in at.dataframe if "r" in d.value.columns and "rel" in str(d.value.columns)]
+        assert not [t for t in tables(at) if "final relative error" in t[0]]  # the sweep's table
         assert seconds < 60, seconds  # a refusal, not a run (generous for a loaded machine)
 
     def test_issue10_sweep_waits_for_run(self):
@@ -211,7 +213,7 @@ class TestPages:
         assert time.perf_counter() - start < 60
         assert not at.exception and not at.error
         assert any("press Run to start it" in md_plain(m.value) for m in at.markdown)
-        assert len(at.dataframe) == 0
+        assert len(at.dataframe) == 0 and not tables(at)
         assert at.button(key=f"{sweep.GATE_KEY}_run").label == "Run"
 
     def test_stability_grid_192_cells_refused(self):
@@ -229,14 +231,14 @@ class TestPages:
         monkeypatch.setattr(guard, "ASK_SECONDS", 1e-6)
         at = open_page("pages/1_Rank_sweep.py", ranks="2,4", steps="300")
         assert not at.exception and not at.error
-        assert len(at.dataframe) == 0
+        assert len(at.dataframe) == 0 and not tables(at)
         assert any("press Run to start it" in md_plain(m.value) for m in at.markdown)
         at.button(key=f"{sweep.GATE_KEY}_run").click().run()
         assert not at.exception and not at.error
-        assert list(at.dataframe[0].value["r"]) == [2, 4]
+        assert [row["r"] for row in tables(at)[0]] == ["2", "4"]
         # A rerun with the same settings does not ask again.
         at.run()
-        assert list(at.dataframe[0].value["r"]) == [2, 4]
+        assert [row["r"] for row in tables(at)[0]] == ["2", "4"]
 
     def test_finished_ranks_are_kept(self, monkeypatch):
         """Ranks fitted one by one are shown when the whole sweep is not (yet) approved."""
@@ -248,7 +250,7 @@ class TestPages:
         assert any("press Run" in md_plain(m.value) for m in at2.markdown)
         assert any("Showing the ranks already fitted: r = 2, 4 of 2, 4, 16" in md_plain(c.value)
                    for c in at2.caption)
-        assert list(at2.dataframe[0].value["r"]) == [2, 4]
+        assert [row["r"] for row in tables(at2)[0]] == ["2", "4"]
 
 
 def test_rank_by_rank_grid_equals_batched():
@@ -406,8 +408,7 @@ class TestDataPages:
         shown = [md_plain(e.value) for e in at.error]
         assert len(shown) == 1 and "finite-data sweep is estimated at about" in shown[0], shown
         assert "per request" in shown[0]
-        assert any("r" in d.value.columns and "Eckart-Young optimum" in d.value.columns
-                   for d in at.dataframe)  # the exact sweep ran
+        assert any("Eckart-Young optimum" in t[0] for t in tables(at))  # the exact sweep ran
         assert not any("held-out loss" in d.value.columns for d in at.dataframe)
 
     def test_data_grid_is_gated_on_its_own_estimate(self, monkeypatch):
