@@ -86,8 +86,8 @@ requestAnimationFrame(wantResult);
 RESULTS = {
     "floor": '[data-testid="stMarkdownContainer"] p',
     "/": '[data-testid="stMain"] [data-testid="stPageLink"]',
-    "/Rank_sweep": '[data-testid="stMain"] [data-testid="stDataFrame"] canvas',
-    "/Alpha_r_stability": '[data-testid="stMain"] [data-testid="stVegaLiteChart"] .marks',
+    "/Rank_sweep": '[data-testid="stMain"] .st-key-sweep_table table',
+    "/Alpha_r_stability": '[data-testid="stMain"] .st-key-stability_summary table',
     "/Adapter_audit": '[data-testid="stMain"] [data-testid="stFileUploaderDropzone"]',
     "/Adapter_audit?demo=true": '[data-testid="stMain"] [data-testid="stDataFrame"] canvas',
     "/Fleet": '[data-testid="stMain"] [data-testid="stFileUploaderDropzone"]',
