@@ -100,7 +100,6 @@ def setup_page(script: str, *, icon: str | None = None) -> PageInfo:
 
     require_login()  # stops here with a sign-in screen when [auth] is configured
     forget_other_pages(title)
-    st.html(CHIP_STYLE)
     sidebar()
     return page
 
@@ -132,12 +131,14 @@ COPY_LINK_HTML = """<button id="lorarank-copy-link" type="button" title="Copy th
 def copy_link(container: Any = None) -> None:
     """Draw the "Copy link" button (:data:`COPY_LINK_HTML`) in ``container`` (default: here)."""
     where = st if container is None else container
-    where.html(COPY_LINK_HTML, width="content", unsafe_allow_javascript=True)
+    # one element for both: the chips' style (global CSS) rides along with the button
+    where.html(CHIP_STYLE + COPY_LINK_HTML, width="content", unsafe_allow_javascript=True)
 
 
 #: Selected options of a multiselect ("chips") are white text on the theme's primary colour,
 #: which in dark mode (#7b93ff, light enough for accents on a dark page) gives 2.8:1. Streamlit
 #: has no theme option for them: they get the light theme's indigo in both themes (5.7:1).
+#: Sent with every page's Copy link button (:func:`copy_link`): one element, not two.
 CHIP_STYLE = ('<style>[data-testid="stMultiSelectTagsContainer"] span[data-tag]'
               '{background-color:#3b5bdb !important;color:#ffffff !important}</style>')
 
