@@ -110,3 +110,22 @@ class TestServerStart:
         done = [r for r in caplog.records if r.name == "ui.preload" and "modules imported" in r.message]
         assert len(done) == (1 if starts else 0)
         assert not [r for r in caplog.records if r.name == "ui.preload" and r.levelname == "WARNING"]
+
+
+def test_warm_up_yields_to_a_visit(monkeypatch):
+    """A page run that starts holds the warm-up back YIELD_SECONDS (its own imports first);
+    with no visit it goes on at once."""
+    from ui import preload
+
+    now = [100.0]
+    waits = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    monkeypatch.setattr(preload, "_LAST_VISIT", [float("-inf")])
+    assert preload.wait_for_quiet(clock=lambda: now[0], sleep=sleep) == 0 and waits == []
+    monkeypatch.setattr(preload, "_LAST_VISIT", [now[0] - 0.5])  # a page started 0.5 s ago
+    waited = preload.wait_for_quiet(clock=lambda: now[0], sleep=sleep)
+    assert preload.YIELD_SECONDS - 0.5 <= waited < preload.YIELD_SECONDS - 0.5 + 0.06

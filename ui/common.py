@@ -88,6 +88,9 @@ def setup_page(script: str, *, icon: str | None = None) -> PageInfo:
     PageInfo
         The page's registry entry.
     """
+    from .preload import visiting
+
+    visiting()  # the server's warm-up waits: this visit's imports first
     page = page_for(script) or PageInfo(script, script, ":material/insights:", "")
     title = page.label
     st.set_page_config(page_title=f"{title} · lorarank", page_icon=icon or page.icon,

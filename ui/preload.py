@@ -18,11 +18,11 @@ import os
 import threading
 import time
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from .navigation import preload_modules
 
-__all__ = ["MODULES", "lifespan", "preload"]
+__all__ = ["MODULES", "YIELD_SECONDS", "lifespan", "preload", "visiting", "wait_for_quiet"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -40,12 +40,36 @@ MODULES = tuple(dict.fromkeys((
 )))
 
 
+#: A page run that starts holds the warm-up back this long: on a 2-core host the visitor's own
+#: imports (what its first result needs, see :data:`MODULES`) then do not share the CPU with
+#: the warm-up's (a cold Home visit waited on pandas and Altair it never uses).
+YIELD_SECONDS = 1.5
+_LAST_VISIT = [float("-inf")]
+
+
+def visiting() -> None:
+    """A page's script run starts (``ui.common.setup_page``): hold the warm-up back."""
+    _LAST_VISIT[0] = time.monotonic()
+
+
+def wait_for_quiet(*, clock: Callable[[], float] = time.monotonic,
+                   sleep: Callable[[float], None] = time.sleep) -> float:
+    """Wait until no page run started for :data:`YIELD_SECONDS`; returns the seconds waited
+    (by ``clock``)."""
+    began = clock()
+    while clock() - _LAST_VISIT[0] < YIELD_SECONDS:
+        sleep(0.05)
+    return clock() - began
+
+
 def preload(modules: tuple[str, ...] | None = None) -> float:
-    """Import ``modules`` (default :data:`MODULES`; a failure is logged, never raised);
-    returns the seconds spent."""
+    """Import ``modules`` (default :data:`MODULES`; a failure is logged, never raised), each
+    once no visitor's page run started for a moment (:func:`wait_for_quiet`); returns the
+    seconds spent."""
     modules = MODULES if modules is None else modules
     start = time.perf_counter()
     for name in modules:
+        wait_for_quiet()
         try:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 - a warm-up must never stop the server
