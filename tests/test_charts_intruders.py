@@ -37,7 +37,7 @@ class TestIntruderMap:
         chart = charts.intruder_map_chart(RECORDS, top_k=10, epsilon=0.5)
         spec = chart.to_dict()  # validates against the Vega-Lite schema
         assert all(tooltips(spec))
-        assert spec["title"] == "Intruder dimensions per module (top 10, epsilon 0.5)"
+        assert spec["title"] == "Intruders per module (top 10, ε 0.5)"
         assert isinstance(chart, alt.LayerChart)
 
 
@@ -54,8 +54,8 @@ class TestCosines:
         cos = np.abs(np.random.default_rng(0).standard_normal((10, 64))) / 4
         chart = charts.cosine_chart(cos, max_cos=cos.max(axis=1), nearest=cos.argmax(axis=1), intruders=[0, 3],
                                     epsilon=0.5, name="layers.0.q_proj")
-        spec = chart.to_dict()
-        heat, side = spec["hconcat"]
-        assert heat["title"] == "|cos| with the base's directions: layers.0.q_proj"
+        heat, side = (c.to_dict() for c in chart)
+        assert heat["width"] == side["width"] == "container"  # no page wider than a phone
+        assert heat["title"]["text"] == ["|cos| with the base's directions", "layers.0.q_proj"]
         assert "tooltip" in heat["encoding"] and all(tooltips(side))
         assert side["layer"][1]["mark"]["type"] == "rule"

@@ -301,14 +301,19 @@ def _cosine_picture(upload, base, result, *, alpha, scale, top_k, epsilon, base_
     with stop_on_error():
         pic = module_cosines(upload, base, alpha=alpha, scale=scale, name=module.name, top_k=top_k, epsilon=epsilon,
                              base_hub=base_hub)
-    show_chart(cosine_chart(pic["cosines"], max_cos=pic["max_cos"], nearest=pic["nearest"],
-                            intruders=pic["indices"], epsilon=epsilon, name=pick),
-               caption=md("Left: |cos| between the top {k:d} left singular vectors of W0 + dW (rows, 1 = largest) "
-                          "and the first {c:d} of W0 (columns), as in Shuttleworth et al.'s figures: a direction the "
-                          "update kept from the base is a bright cell, an intruder a row without one. Right: each "
-                          "row's largest |cos| over all {q:d} directions of W0; the dashed rule is epsilon = {e:g}.",
-                          k=len(pic["max_cos"]), c=int(pic["cosines"].shape[1]), q=int(min(module.shape)),
-                          e=float(epsilon)))
+    heat, side = cosine_chart(pic["cosines"], max_cos=pic["max_cos"], nearest=pic["nearest"],
+                              intruders=pic["indices"], epsilon=epsilon, name=pick)
+    left, right = st.columns([3, 1])  # stacked on a phone
+    with left:
+        show_chart(heat)
+    with right:
+        show_chart(side)
+    st.caption(md("Heatmap: |cos| between the top {k:d} left singular vectors of W0 + dW (rows, 1 = largest) "
+                  "and the first {c:d} of W0 (columns), as in Shuttleworth et al.'s figures: a direction the "
+                  "update kept from the base is a bright cell, an intruder a row without one. Best match: each "
+                  "row's largest |cos| over all {q:d} directions of W0; the dashed rule is epsilon = {e:g}.",
+                  k=len(pic["max_cos"]), c=int(pic["cosines"].shape[1]), q=int(min(module.shape)),
+                  e=float(epsilon)))
 
 
 def _mitigation(upload, base, result, *, alpha, scale, top_k, epsilon, base_hub) -> None:

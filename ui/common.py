@@ -138,12 +138,17 @@ def copy_link(container: Any = None) -> None:
     where.html(CHIP_STYLE + COPY_LINK_HTML, width="content", unsafe_allow_javascript=True)
 
 
-#: Selected options of a multiselect ("chips") are white text on the theme's primary colour,
-#: which in dark mode (#7b93ff, light enough for accents on a dark page) gives 2.8:1. Streamlit
-#: has no theme option for them: they get the light theme's indigo in both themes (5.7:1).
-#: Sent with every page's Copy link button (:func:`copy_link`): one element, not two.
+#: The pages' own CSS, sent with every page's Copy link button (:func:`copy_link`): one
+#: element, not two.
+#: - Selected options of a multiselect ("chips") are white text on the theme's primary colour,
+#:   which in dark mode (#7b93ff, light enough for accents on a dark page) gives 2.8:1. Streamlit
+#:   has no theme option for them: they get the light theme's indigo in both themes (5.7:1).
+#: - A markdown table (:func:`markdown_table`, a page's first result) wider than the window
+#:   scrolls inside itself, as a data grid does, instead of widening the page on a phone.
 CHIP_STYLE = ('<style>[data-testid="stMultiSelectTagsContainer"] span[data-tag]'
-              '{background-color:#3b5bdb !important;color:#ffffff !important}</style>')
+              '{background-color:#3b5bdb !important;color:#ffffff !important}'
+              '[data-testid="stMarkdownContainer"] table{display:block;max-width:100%;overflow-x:auto}'
+              '</style>')
 
 
 def forget_other_pages(title: str) -> None:

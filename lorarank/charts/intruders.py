@@ -72,7 +72,7 @@ def intruder_map_chart(records: Sequence[Mapping[str, object]], *, top_k: int, e
                alt.Tooltip("min_cos:Q", title="smallest max|cos|", format=".3f"),
                alt.Tooltip("share:Q", title="share of ||W0+dW||²", format=".3f"),
                alt.Tooltip("amplification:Q", title="amplification", format=".3g")]
-    title = f"Intruder dimensions per module (top {top_k}, epsilon {epsilon:g})"
+    title = f"Intruders per module (top {top_k}, ε {epsilon:g})"  # fits a phone's width
     heat = alt.Chart(frame).mark_rect(stroke="white", strokeWidth=0.5).encode(
         x=x, y=y, tooltip=tooltip,
         color=alt.condition("datum.count === null", alt.value("#cccccc"), alt.Color(
@@ -109,8 +109,9 @@ def _row_label(i: int, intruder: bool) -> str:
 
 
 def cosine_chart(cosines: object, *, max_cos: Sequence[float], nearest: Sequence[int],
-                 intruders: Sequence[int], epsilon: float, name: str = "") -> alt.HConcatChart:
-    """The cosine picture of one module, and each direction's best match.
+                 intruders: Sequence[int], epsilon: float, name: str = "") -> tuple[alt.Chart, alt.LayerChart]:
+    """The cosine picture of one module, and each direction's best match: two charts, each the
+    width of its container (a page draws them side by side, or stacked on a phone).
 
     Left: ``|cos|`` of every top direction of ``W0 + dW`` (rows, 1 = largest singular value)
     with the base's left singular vectors 1..c (columns); a base direction kept by the update
@@ -131,10 +132,11 @@ def cosine_chart(cosines: object, *, max_cos: Sequence[float], nearest: Sequence
                         legend=alt.Legend(orient="bottom")),
         tooltip=[alt.Tooltip("direction:N", title="direction of W0 + dW"),
                  alt.Tooltip("j:Q", title="W0 vector (0-based)"), alt.Tooltip("cos:Q", title="|cos|", format=".3f")],
-    ).properties(title=f"|cos| with the base's directions{': ' + name if name else ''}", height=alt.Step(18),
-                 # a fixed width: 64 columns at Vega's default step (20 px) pushed the best-match
-                 # panel off a 1400 px page
-                 width=int(min(520, max(160, 8 * int(frame["j"].max() + 1 if len(frame) else 1)))))
+    ).properties(title=alt.Title(["|cos| with the base's directions", name] if name else
+                                 "|cos| with the base's directions"),  # two lines: a phone's width
+                 height=alt.Step(18),
+                 # the container's width: 64 columns at Vega's default step (20 px) are 1280 px
+                 width="container")
     best = pd.DataFrame({"direction": labels, "max_cos": [float(c) for c in max_cos],
                          "nearest": [int(j) + 1 for j in nearest],
                          "intruder": ["yes" if i in marks else "no" for i in range(k)]})
@@ -147,5 +149,5 @@ def cosine_chart(cosines: object, *, max_cos: Sequence[float], nearest: Sequence
                  alt.Tooltip("nearest:Q", title="nearest W0 vector (1-based)"), alt.Tooltip("intruder:N")])
     rule = alt.Chart(pd.DataFrame({"epsilon": [float(epsilon)]})).mark_rule(strokeDash=[4, 3]).encode(
         x="epsilon:Q", tooltip=[alt.Tooltip("epsilon:Q", title="epsilon")])
-    side = alt.layer(bars, rule).properties(width=130, height=alt.Step(18), title="best match")
-    return alt.hconcat(heat, side).resolve_scale(color="independent")
+    side = alt.layer(bars, rule).properties(width="container", height=alt.Step(18), title="best match")
+    return heat, side

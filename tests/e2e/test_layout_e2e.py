@@ -94,7 +94,7 @@ def test_nothing_wider_than_the_window(browser, app_url, shot, label, size, sche
             page.wait_for_timeout(300)
             found = page.evaluate(_OVERFLOW_JS)
             if found["worst"] or found["scroll"] > width:
-                shot(page, f"overflow_{size}_{scheme}_{i}")
+                shot(page, f"overflow_{size}_{scheme}_{label}_{name}")
             assert found["scroll"] <= width, (label, name, found)
             assert found["worst"] == 0, (label, name, found)
             assert page.evaluate(_CHART_TEXT_JS) == [], (label, name)
