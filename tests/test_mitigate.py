@@ -121,3 +121,17 @@ class TestRealAdapter:
         assert "already exists" in capsys.readouterr().err
         assert main(args[:-2] + ["--lambda", "nan", "-o", str(tmp_path / "n")]) == 2
         assert capsys.readouterr().err == "lorarank: error: `mitigation_lambda` should be finite, got nan\n"
+
+    def test_audit_intruders_json_and_html(self, tmp_path, capsys):
+        """audit --base --intruders: the JSON's intruders objects (PRODUCT.md's keys) and the HTML
+        report's section against the base."""
+        out = tmp_path / "r.html"
+        assert main(["audit", str(SAMPLES / "lora_r8"), "--base", str(SAMPLES / "base"), "--intruders",
+                     "--cache", str(tmp_path / "c"), "--json", "--html", str(out)]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        m = doc["modules"][0]
+        assert {"top_k", "epsilon", "count", "indices", "max_cos", "share"} <= set(m["intruders"])
+        assert len(m["intruders"]["max_cos"]) == 10 and m["amplification"] > 1
+        assert doc["summary"]["intruders"]["total"] == 59
+        html = out.read_text()
+        assert "Intruders per module" in html and "59 intruder dimensions in 20 of 21 modules" in html
