@@ -32,7 +32,7 @@ import numpy as np
 from .bounded import clip, load_json, read_file, regular_file
 from .errors import AdapterError, ConfigError
 
-__all__ = ["BaseWeights", "open_base", "open_base_bytes", "canonical_name", "MAX_INDEX_BYTES",
+__all__ = ["BaseWeights", "open_base", "open_base_bytes", "canonical_name", "shard_paths", "MAX_INDEX_BYTES",
            "MAX_BASE_SHARDS", "MAX_BASE_TENSORS", "MAX_BASE_HEADER_BYTES"]
 
 #: Largest ``model.safetensors.index.json`` read (real ones are well under 1 MiB).
@@ -293,6 +293,33 @@ def _shard_entries(paths: list[Path], folder: str) -> tuple[dict, dict]:
     return entries, owner
 
 
+def shard_paths(p: Path, *, what: str = "base weights") -> list[Path]:
+    """The safetensors files of a folder: the shards its ``model.safetensors.index.json`` names
+    (each a file in the folder itself), else its ``*.safetensors`` files (the model readers'
+    one rule, :mod:`lorarank.weights` too). AdapterError (one sentence) otherwise."""
+    index = p / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = load_json(index.name, read_file(index, max_bytes=MAX_INDEX_BYTES,
+                                                         what="shard indexes"),
+                                   what="shard index")["weight_map"]  # type: ignore[index]
+            shards = sorted(set(weight_map.values()))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise AdapterError(f"{index.name} in {p.name} is not a valid shard index ({exc})") from exc
+        paths = []
+        for shard in shards:
+            shard_path = (p / str(shard))
+            if not isinstance(shard, str) or shard_path.parent.resolve() != p.resolve() or not shard_path.is_file():
+                raise AdapterError(f"{index.name} names shard {clip(repr(shard), 200)}, which is not a file "
+                                   f"in {p.name}")
+            paths.append(shard_path)
+        return paths
+    paths = sorted(f for f in p.glob("*.safetensors") if f.is_file())
+    if not paths:
+        raise AdapterError(f"{p.name} holds no .safetensors {what}")
+    return paths
+
+
 def open_base(path: str | os.PathLike) -> BaseWeights:
     """Open base weights lazily: a ``.safetensors`` file, a folder of shards, or ``hf://``.
 
@@ -327,26 +354,7 @@ def open_base(path: str | os.PathLike) -> BaseWeights:
     if not p.exists():
         raise AdapterError(f"base weights {clip(str(path), 300)!r} do not exist")
     if p.is_dir():
-        index = p / "model.safetensors.index.json"
-        if index.exists():
-            try:
-                weight_map = load_json(index.name, read_file(index, max_bytes=MAX_INDEX_BYTES,
-                                                             what="shard indexes"),
-                                       what="shard index")["weight_map"]  # type: ignore[index]
-                shards = sorted(set(weight_map.values()))
-            except (KeyError, TypeError, AttributeError) as exc:
-                raise AdapterError(f"{index.name} in {p.name} is not a valid shard index ({exc})") from exc
-            paths = []
-            for shard in shards:
-                shard_path = (p / str(shard))
-                if not isinstance(shard, str) or shard_path.parent.resolve() != p.resolve() or not shard_path.is_file():
-                    raise AdapterError(f"{index.name} names shard {clip(repr(shard), 200)}, which is not a file "
-                                       f"in {p.name}")
-                paths.append(shard_path)
-        else:
-            paths = sorted(f for f in p.glob("*.safetensors") if f.is_file())
-            if not paths:
-                raise AdapterError(f"{p.name} holds no .safetensors base weights")
+        paths = shard_paths(p, what="base weights")
         entries, owner = _shard_entries(paths, p.name)
         shards = _Shards(paths)
         return BaseWeights(p.name, entries, lambda key: shards.read(owner[key], key))

@@ -283,9 +283,20 @@ def factored_svd_cost(d_out: int, d_in: int, rank: int) -> WorkEstimate:
 
     Householder QR of an m x r matrix costs about ``2 m r^2`` flops (taken as MACs), the
     r x r core product r^3 and its SVD about ``10 r^3``.
+
+    A rank at least the smaller side (a full-rank 4096 x 4096 adapter) takes the engine's
+    other branch (:func:`lorarank.spectrum.factored_svdvals`): no QR, the product ``B @ A``
+    (``d_out d_in r`` MACs) and the singular values of that ``d_out x d_in`` matrix
+    (bidiagonalisation, ``2 m n^2 - 2 n^3 / 3`` MACs with ``m >= n``). Counting the QRs there
+    overstated a full-rank 4096 upload about six times (minutes shown for ~20 s of work).
     """
     d_out, d_in = _dims(d_out, d_in)
     r = check_int("rank", rank, minimum=1)
+    m, n = max(d_out, d_in), min(d_out, d_in)
+    if r >= n:
+        macs = float(d_out) * d_in * r + 2.0 * m * n * n - 2.0 * n**3 / 3
+        return WorkEstimate(macs=macs, calls=_CALLS_PER_MODULE,
+                            bytes=8 * (r * (d_out + d_in) + 2 * d_out * d_in))
     macs = 2.0 * r * r * (d_out + d_in) + 11.0 * r**3
     return WorkEstimate(macs=macs, calls=_CALLS_PER_MODULE,
                         bytes=8 * (r * (d_out + d_in) * 2 + 3 * r * r))

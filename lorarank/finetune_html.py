@@ -9,7 +9,7 @@ from typing import Sequence
 from .finetune import ENERGY_THRESHOLDS, ERROR_RANKS, FinetuneReport, finetune_reading
 from .report import ReportChart, ReportTable, ReportText, render_report
 
-__all__ = ["FINETUNE_COLUMNS", "finetune_rows", "finetune_charts", "finetune_html"]
+__all__ = ["FINETUNE_COLUMNS", "finetune_table", "finetune_rows", "finetune_charts", "finetune_html"]
 
 #: Columns of the per-module table, with their definitions (tooltips).
 FINETUNE_COLUMNS: dict[str, str] = {
@@ -23,19 +23,36 @@ FINETUNE_COLUMNS: dict[str, str] = {
     "sigma_1": "Largest singular value of dW.",
     "|dW|/|W0|": "||dW||_F / ||W0||_F.",
     "stable rank": "||dW||_F^2 / sigma_1^2.",
-    "flags": "unchanged: dW is exactly 0; not converged: the bound did not reach the tolerance.",
+    "intruders": "Intruder dimensions (PEFT's definition, --intruders): top-k left singular vectors of "
+                 "W_ft whose largest |cos| with every left singular vector of W0 is below epsilon.",
+    "flags": "unchanged: dW is exactly 0 (no LoRA needed); not converged: the bound did not reach "
+             "the tolerance.",
 }
 
 
+def finetune_table(report: FinetuneReport) -> tuple[list[str], list[list]]:
+    """The columns and rows of the per-module table (the page's and the report's): the
+    intruders column only where intruders were counted (``--intruders``)."""
+    columns, rows = list(FINETUNE_COLUMNS), finetune_rows(report)
+    at = columns.index("intruders")
+    if all(row[at] is None for row in rows):
+        columns.pop(at)
+        rows = [row[:at] + row[at + 1:] for row in rows]
+    return columns, rows
+
+
 def finetune_rows(report: FinetuneReport) -> list[list]:
-    """The table's rows, in :data:`FINETUNE_COLUMNS` order (unknown ranks as ``"> K"``)."""
+    """The table's rows, in :data:`FINETUNE_COLUMNS` order (unknown ranks as ``"> K"``;
+    intruders None when not counted)."""
     rows = []
     for m in report.modules:
         rows.append([m.name, m.kind, f"{m.shape[0]} x {m.shape[1]}",
                      *[m.needs(t) for t in ENERGY_THRESHOLDS],
                      *[m.lora_error[str(k)] for k in ERROR_RANKS],
                      float(m.singular_values[0]) if m.singular_values.size else 0.0,
-                     m.relative_size, m.stable_rank, ", ".join(m.flags) or "-"])
+                     m.relative_size, m.stable_rank,
+                     m.intruders["count"] if m.intruders is not None else None,
+                     ", ".join(m.flags) or "-"])
     return rows
 
 
@@ -81,8 +98,9 @@ def finetune_html(report: FinetuneReport, *, charts: Sequence[ReportChart] | Non
              ("settings", ", ".join(f"{k} {v}" for k, v in report.settings.to_dict().items())),
              ("singular values", f"each within {s.get('max_sv_bound', 0.0):.1g} sigma_1 of the true one")]
     reading = [p.replace("**", "") for p in finetune_reading(report)]
+    columns, rows = finetune_table(report)
     blocks = [ReportText("Summary", reading),
-              ReportTable("Per module", list(FINETUNE_COLUMNS), finetune_rows(report), help=FINETUNE_COLUMNS,
+              ReportTable("Per module", columns, rows, help=FINETUNE_COLUMNS,
                           caption="sigma_i are the singular values of dW = W_ft - W0. Hover a column "
                                   "header for its definition. The full document (top singular values "
                                   "of every module) is embedded as JSON (element id lorarank-document)."),

@@ -28,13 +28,12 @@ import numpy as np
 from .adapters import (check_safetensors_header, decode_bf16, safetensors_from_bytes,
                        safetensors_from_path, tensor_layout)
 from .bounded import regular_file
+from .base import MAX_INDEX_BYTES  # the one bound on shard indexes (base weights and models)
 from .errors import AdapterError, ConfigError
 
 __all__ = ["TensorInfo", "ModelWeights", "open_model", "open_model_bytes", "parse_safetensors_header",
            "MAX_INDEX_BYTES", "MAX_CONFIG_BYTES", "FLOAT_NAMES"]
 
-#: Largest ``model.safetensors.index.json`` read (real ones are well under 1 MiB).
-MAX_INDEX_BYTES = 16 * 2**20
 #: Largest ``config.json`` read (a model's config is a few kB).
 MAX_CONFIG_BYTES = 1 * 2**20
 #: Stored dtypes that are floats, with the numpy dtype their bytes are.
@@ -337,20 +336,9 @@ def open_model(source: str | os.PathLike, *, token: str | None = None, settings=
     if p.exists() and not p.is_dir():
         files = [regular_file(p, what="model weights")]
     elif p.is_dir():
-        index = p / "model.safetensors.index.json"
-        if index.is_file():
-            names = shard_names(_read_json(index, MAX_INDEX_BYTES, "shard index"), p.name)
-            files = []
-            for name in names:
-                f = p / name
-                if not f.is_file():
-                    raise AdapterError(f"model.safetensors.index.json names shard {name!r}, which is "
-                                       f"not a file in {p.name}")
-                files.append(f)
-        else:
-            files = sorted(f for f in p.glob("*.safetensors") if f.is_file())
-            if not files:
-                raise AdapterError(f"{p.name} holds no .safetensors weights")
+        from .base import shard_paths
+
+        files = shard_paths(p, what="weights")
         if (p / "adapter_config.json").is_file() and not (p / "config.json").is_file():
             raise AdapterError(f"{p.name} is a LoRA adapter (it has adapter_config.json), not a model; "
                                "audit it with `lorarank audit`")

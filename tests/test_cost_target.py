@@ -86,3 +86,17 @@ def test_rotation_without_the_matrix(d):
     moved = target.to_right_basis(X)
     assert "Vt" not in vars(target)
     assert np.allclose(moved, X @ target.Vt.T, atol=1e-13, rtol=0)
+
+
+def test_factored_svd_cost_follows_the_full_rank_branch():
+    """At r >= min(d_out, d_in) the engine forms B @ A and takes its values (no QR): the
+    estimate charges that product and one dense bidiagonalisation, not QRs of the factors
+    (a full-rank 4096 adapter was estimated ~6x too slow)."""
+    from lorarank.cost import factored_svd_cost
+
+    d, r = 4096, 4096
+    full = factored_svd_cost(d, d, r).macs
+    assert full == pytest.approx(d * d * r + 2 * d**3 - 2 * d**3 / 3)
+    low = factored_svd_cost(d, d, r - 1).macs  # one below: still the QR branch
+    assert low > 2 * full
+    assert factored_svd_cost(d, d, 16).macs == pytest.approx(2 * 16 * 16 * 2 * d + 11 * 16**3)

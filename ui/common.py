@@ -470,6 +470,9 @@ _NOTATION = (
     (re.compile(r"\bsigma_i\b"), "σᵢ"),
     (re.compile(r"\bsigma_(\d)\b"), lambda m: "σ" + m.group(1).translate(str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉"))),
     (re.compile(r" <= 1e-6 "), " ≤ 10⁻⁶·"),
+    (re.compile(r"\^2\b"), "²"),
+    (re.compile(r"<="), "≤"),
+    (re.compile(r">="), "≥"),
 )
 
 

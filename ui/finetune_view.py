@@ -26,14 +26,15 @@ import streamlit as st
 from lorarank.charts.finetune import FINETUNE_METRICS, finetune_map_chart, finetune_spectrum_chart, rank_needed_chart
 from lorarank.documents import csv_text, json_text
 from lorarank.errors import LoraRankError
-from lorarank.finetune import (ENERGY_THRESHOLDS, ERROR_RANKS, FinetuneReport, FinetuneSettings, LeftOut,
+from lorarank.finetune import (ERROR_RANKS, FinetuneReport, FinetuneSettings, LeftOut,
                                ModulePair, Pairing, audit_module, check_others, demo_models, estimate,
                                extract_lora, finetune_reading, finetune_report, format_left, pair_models)
+from lorarank.finetune_html import FINETUNE_COLUMNS, finetune_table
 from lorarank.weights import ModelWeights, open_model_bytes
 
 from . import guard, hub_models
 from .audit import Upload, zip_files
-from .common import (Markdown, Setting, check_url, error_line, md, md_code, md_text, setting_widget,
+from .common import (Markdown, Setting, check_url, error_line, md, md_code, md_text, notation, setting_widget,
                      show_chart, show_errors)
 
 __all__ = ["TAB", "SETTINGS", "URL_KEYS", "ModelSource", "linked", "section", "run_module", "plan",
@@ -193,40 +194,15 @@ def _run(pairing: Pairing, ft: ModelSource, base: ModelSource, settings: Finetun
 
 
 # ------------------------------------------------------------------------------- tables
-COLUMN_HELP: dict[str, str] = {
-    "module": "The weight's name in the fine-tuned model, without .weight.",
-    "kind": "linear, conv (kernel flattened to d_out x in*kh*kw) or embedding.",
-    "shape": "d_out x d_in of the update dW = W_ft - W0.",
-    **{f"k({t:g})": (f"LoRA rank for {100 * t:g} % of the energy: smallest k with Σ_(i≤k) σᵢ² ≥ "
-                     f"{t:g}·||dW||_F². '> K': more than the K singular values computed (never guessed).")
-       for t in ENERGY_THRESHOLDS},
-    **{f"error @ {k}": f"||dW - best rank-{k}||_F / ||dW||_F: what a LoRA of rank {k} cannot hold."
-       for k in ERROR_RANKS},
-    "sigma_1": "Largest singular value of dW.",
-    "|dW|/|W0|": "||dW||_F / ||W0||_F: the update's size relative to the base weight.",
-    "stable rank": "||dW||_F² / σ₁².",
-    "intruders": "Intruder dimensions (PEFT's definition): top-k left singular vectors of W_ft whose "
-                 "largest |cos| with every left singular vector of W0 is below epsilon.",
-    "flags": "unchanged: dW is exactly 0 (no LoRA needed); not converged: the error bound did not "
-             "reach the tolerance.",
-}
+#: The table's columns and their definitions: the report's (:data:`FINETUNE_COLUMNS`), in the
+#: pages' notation.
+COLUMN_HELP: dict[str, str] = {name: notation(text) for name, text in FINETUNE_COLUMNS.items()}
 
 
 def module_table(report: FinetuneReport) -> pd.DataFrame:
-    """The page's table: one row per module; unknown ranks as text "> K"."""
-    rows = []
-    for m in report.modules:
-        rows.append({"module": m.name, "kind": m.kind, "shape": f"{m.shape[0]} x {m.shape[1]}",
-                     **{f"k({t:g})": m.needs(t) for t in ENERGY_THRESHOLDS},
-                     **{f"error @ {k}": m.lora_error[str(k)] for k in ERROR_RANKS},
-                     "sigma_1": float(m.singular_values[0]) if m.singular_values.size else 0.0,
-                     "|dW|/|W0|": m.relative_size, "stable rank": m.stable_rank,
-                     "intruders": m.intruders["count"] if m.intruders is not None else None,
-                     "flags": ", ".join(m.flags) or "-"})
-    frame = pd.DataFrame(rows, columns=list(COLUMN_HELP))
-    if frame["intruders"].isna().all():
-        frame = frame.drop(columns="intruders")
-    return frame
+    """The page's table: one row per module (:func:`finetune_table`); unknown ranks as "> K"."""
+    columns, rows = finetune_table(report)
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _others_table(others) -> pd.DataFrame:
