@@ -71,6 +71,19 @@ def _dims(d_out: object, d_in: object) -> tuple[int, int]:
     return check_int("d_out", d_out, minimum=1), check_int("d_in", d_in, minimum=1)
 
 
+def _runs(d_out: object, d_in: object, ranks: Sequence[int], optimizer: object,
+          steps: object) -> tuple[int, int, list[int], str, int]:
+    """The checked arguments every fitting estimate takes: shape, ranks (at least one),
+    optimizer and steps."""
+    d_out, d_in = _dims(d_out, d_in)
+    optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
+    steps = check_int("steps", steps, minimum=1)
+    ranks = [check_int("rank", r, minimum=1) for r in ranks]
+    if not ranks:
+        raise ConfigError("`ranks` should list at least one rank")
+    return d_out, d_in, ranks, optimizer, steps
+
+
 def _blocks(d: int) -> tuple[int, int]:
     """(number, largest size) of the Haar blocks of one layer of a basis of d > HAAR_MAX rows."""
     nblocks = -(-d // BLOCK)
@@ -148,12 +161,7 @@ def fit_cost(d_out: int, d_in: int, ranks: Sequence[int], *, optimizer: str = "s
     steps : int
         Optimiser steps per run.
     """
-    d_out, d_in = _dims(d_out, d_in)
-    optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
-    steps = check_int("steps", steps, minimum=1)
-    ranks = [check_int("rank", r, minimum=1) for r in ranks]
-    if not ranks:
-        raise ConfigError("`ranks` should list at least one rank")
+    d_out, d_in, ranks, optimizer, steps = _runs(d_out, d_in, ranks, optimizer, steps)
     runs = [(r, 1.0, 1.0) for r in ranks]
     macs = calls = 0.0
     peak = 0
@@ -234,12 +242,7 @@ def data_fit_cost(d_out: int, d_in: int, ranks: Sequence[int], *, data: DataConf
         ``bytes`` counts the pairs (float64, training and held-out) and the largest batch of
         factors, gradients and per-step arrays.
     """
-    d_out, d_in = _dims(d_out, d_in)
-    optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
-    steps = check_int("steps", steps, minimum=1)
-    ranks = [check_int("rank", r, minimum=1) for r in ranks]
-    if not ranks:
-        raise ConfigError("`ranks` should list at least one rank")
+    d_out, d_in, ranks, optimizer, steps = _runs(d_out, d_in, ranks, optimizer, steps)
     if not isinstance(data, DataConfig):
         raise ConfigError(f"`data` should be a DataConfig, got {type(data).__name__}")
     full, batch = data.full_batch, data.batch

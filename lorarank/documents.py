@@ -12,6 +12,7 @@ One home for the pieces every output shares:
   table and the CLI's text table read it), with :data:`MODULE_COLUMNS` defining each column, and
   :func:`short_name`, a module's name for display.
 - Lists typed by people: :func:`split_list` and :func:`parse_numbers` (``"2, 4,16"``).
+- Durations in progress lines and estimates: :func:`format_seconds` (``"about 3 min"``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .errors import ConfigError
 __all__ = ["json_clean", "json_text", "json_bytes", "audit_document", "csv_text", "csv_safe_cell",
            "FORMULA_STARTS", "short_name",
            "MODULE_COLUMNS", "module_row", "file_rank", "metadata_items", "split_list", "parse_numbers", "name_list",
-           "PEFT_PREFIX"]
+           "format_seconds", "PEFT_PREFIX"]
 
 
 # ------------------------------------------------------------------------------------- JSON
@@ -237,6 +238,15 @@ def name_list(names: Sequence[str], limit: int = 5) -> str:
     """``"a, b, c and 4 more"``: the first ``limit`` names, then how many were left out."""
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def format_seconds(seconds: float) -> str:
+    """``"about 40 s"``, ``"about 3 min"``, ``"about 2.5 h"`` (never below ``"about 1 s"``)."""
+    if seconds < 90:
+        return f"about {max(seconds, 1):.0f} s"
+    if seconds < 5400:
+        return f"about {seconds / 60:.0f} min"
+    return f"about {seconds / 3600:.1f} h"
 
 
 def split_list(text: str, *, separators: str = ",;") -> list[str]:

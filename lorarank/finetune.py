@@ -39,6 +39,7 @@ import numpy as np
 
 from ._validate import check_choice, check_int, check_real
 from .adapters.names import PEFT_PREFIX, natural_key, parse_module_name
+from .documents import format_seconds
 from .errors import AdapterError, ConfigError, LoraRankError
 from .randsvd import DEFAULT_TOL, TopSVD, blocked_rmatmul, frobenius_squared, top_svd, uses_dense
 from .weights import ModelWeights
@@ -773,13 +774,7 @@ def finetune_report(pairing: Pairing, modules: Sequence[FinetuneModule], *,
 
 def format_left(seconds: float | None) -> str:
     """``", about 40 s left"`` (``""`` when unknown), for progress lines."""
-    if seconds is None:
-        return ""
-    if seconds < 90:
-        return f", about {max(seconds, 1):.0f} s left"
-    if seconds < 5400:
-        return f", about {seconds / 60:.0f} min left"
-    return f", about {seconds / 3600:.1f} h left"
+    return "" if seconds is None else f", {format_seconds(seconds)} left"
 
 
 def _stop_check(stop: Callable[[], bool] | None) -> Callable[[], None] | None:

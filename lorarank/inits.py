@@ -103,6 +103,41 @@ class InitInfo:
                 else str(self.value), "moves_base": self.moves_base, "replayable": self.replay is not None}
 
 
+#: Known inits that move the base: ``name -> (replay, label, why)``; ``replay`` names the init
+#: :func:`replay_init` can redo from the base (None: it cannot), ``why`` is the note, with
+#: ``{shown}`` the config's value and ``{convert}`` how to convert.
+_MOVED_INITS: dict[str, tuple[str | None, str, str]] = {
+    "pissa": ("pissa", "PiSSA", (
+        "This adapter was trained with PiSSA ({shown}) and saved without conversion: its B@A still holds "
+        "the top-r singular part of the base weight it was cut from, so the update is s*(B@A - B0@A0), not "
+        "s*B@A; give the original base weights to replay the init and audit the exact update, or {convert}.")),
+    "olora": ("olora", "OLoRA", (
+        "This adapter was trained with OLoRA ({shown}) and saved without conversion: its B@A still holds "
+        "Q_r R_r from the QR of the base weight, so the update is s*(B@A - B0@A0), not s*B@A; give the "
+        "original base weights to replay the init and audit the exact update, or {convert}.")),
+    "pissa_niter": (None, "PiSSA (randomised SVD)", (
+        "This adapter was trained with PiSSA's randomised SVD ({shown}) and saved without conversion: "
+        "B0@A0 came from a random SVD that cannot be replayed, and reloading it the documented way redoes "
+        "another random SVD, which does not give back the trained model; only a save converted at training "
+        "time (PEFT's path_initial_model_for_weight_conversion) can be audited.")),
+    "corda": (None, "CorDA", (
+        "This adapter was trained with CorDA ({shown}) and saved without conversion: B0@A0 came from the "
+        "training data's covariance, which the files do not hold, so the update s*(B@A - B0@A0) cannot be "
+        "recovered; only a save converted at training time (PEFT's path_initial_model_for_weight_conversion) "
+        "can be audited.")),
+    "loftq": (None, "LoftQ", (
+        "This adapter was trained with LoftQ ({shown}): the base was quantised and B0@A0 fitted to the "
+        "quantisation error, and neither the quantised base nor B0, A0 are in the files, so the update "
+        "cannot be recovered here; audit a save converted at training time instead.")),
+    "lora_ga": (None, "LoRA-GA", (
+        "This adapter was trained with LoRA-GA ({shown}) and saved without conversion: B0@A0 came from the "
+        "training data's gradients and was subtracted from the base; the files do not hold it, and PEFT's "
+        "documented reload (PeftModel.from_pretrained on the original base) does not subtract it, so it gives "
+        "W0 + s*B@A, not the trained model; only a save converted at training time (PEFT's "
+        "path_initial_model_for_weight_conversion) can be audited.")),
+}
+
+
 def init_of(adapter: Adapter) -> InitInfo:
     """Classify the adapter's ``init_lora_weights`` (PEFT LoRA configs; others start at zero).
 
@@ -118,40 +153,10 @@ def init_of(adapter: Adapter) -> InitInfo:
     if name in ZERO_START_INITS or value is None:
         return InitInfo(value, name if value is not None else "true", False, None, "", "")
     shown = f"init_lora_weights = {value!r}"
-    if name == "pissa":
-        return InitInfo(value, name, True, "pissa", _label("PiSSA"), (
-            f"This adapter was trained with PiSSA ({shown}) and saved without conversion: its B@A still holds "
-            "the top-r singular part of the base weight it was cut from, so the update is s*(B@A - B0@A0), not "
-            f"s*B@A; give the original base weights to replay the init and audit the exact update, or {_CONVERT}."))
-    if name == "olora":
-        return InitInfo(value, name, True, "olora", _label("OLoRA"), (
-            f"This adapter was trained with OLoRA ({shown}) and saved without conversion: its B@A still holds "
-            "Q_r R_r from the QR of the base weight, so the update is s*(B@A - B0@A0), not s*B@A; give the "
-            f"original base weights to replay the init and audit the exact update, or {_CONVERT}."))
-    if re.fullmatch(r"pissa_niter_\d+", name):
-        return InitInfo(value, name, True, None, _label("PiSSA (randomised SVD)"), (
-            f"This adapter was trained with PiSSA's randomised SVD ({shown}) and saved without conversion: "
-            "B0@A0 came from a random SVD that cannot be replayed, and reloading it the documented way redoes "
-            "another random SVD, which does not give back the trained model; only a save converted at training "
-            "time (PEFT's path_initial_model_for_weight_conversion) can be audited."))
-    if name == "corda":
-        return InitInfo(value, name, True, None, _label("CorDA"), (
-            f"This adapter was trained with CorDA ({shown}) and saved without conversion: B0@A0 came from the "
-            "training data's covariance, which the files do not hold, so the update s*(B@A - B0@A0) cannot be "
-            "recovered; only a save converted at training time (PEFT's path_initial_model_for_weight_conversion) "
-            "can be audited."))
-    if name == "loftq":
-        return InitInfo(value, name, True, None, _label("LoftQ"), (
-            f"This adapter was trained with LoftQ ({shown}): the base was quantised and B0@A0 fitted to the "
-            "quantisation error, and neither the quantised base nor B0, A0 are in the files, so the update "
-            "cannot be recovered here; audit a save converted at training time instead."))
-    if name == "lora_ga":
-        return InitInfo(value, name, True, None, _label("LoRA-GA"), (
-            f"This adapter was trained with LoRA-GA ({shown}) and saved without conversion: B0@A0 came from the "
-            "training data's gradients and was subtracted from the base; the files do not hold it, and PEFT's "
-            "documented reload (PeftModel.from_pretrained on the original base) does not subtract it, so it gives "
-            "W0 + s*B@A, not the trained model; only a save converted at training time (PEFT's "
-            "path_initial_model_for_weight_conversion) can be audited."))
+    known = _MOVED_INITS.get("pissa_niter" if re.fullmatch(r"pissa_niter_\d+", name) else name)
+    if known is not None:
+        replay, label, why = known
+        return InitInfo(value, name, True, replay, _label(label), why.format(shown=shown, convert=_CONVERT))
     return InitInfo(value, name, True, None, _label(f"init {value!r}"), (
         f"The config names an initialisation lorarank does not know ({shown}): if it starts B away from zero "
         "and subtracts that from the base, s*B@A is not the update, so the spectra are of B@A as stored; "

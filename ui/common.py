@@ -616,15 +616,13 @@ def progress_text(text: str, done: int, total: int, *, share: float,
         Fitting LoRA at r = 32: optimiser steps (900 of 3,000; rank 2 of 3, 52 % of the run;
         about 40 s left)
     """
-    from .guard import format_seconds
-
     words = [f"{done:,} of {total:,}"]
     if part is not None:
         label, item, index, count = part
         named = "" if label in text else f"{label}, "  # "at r = 32" already says which
         words.append(f"{named}{item} {index + 1} of {count}, {100 * share:.0f} % of the run")
     if share < 1.0 and spent > 1.0 and gained > 0.01:
-        words.append(f"{format_seconds(spent / gained * (1.0 - share))} left")
+        words.append(f"{documents.format_seconds(spent / gained * (1.0 - share))} left")
     return f"{text} ({'; '.join(words)})"
 
 

@@ -39,25 +39,24 @@ class Example:
     about: str
 
 
+def _peft(key: str, label: str, about: str) -> Example:
+    """An example saved by PEFT: the folder ``key`` with its weights and its config."""
+    return Example(key, label, (f"{key}/adapter_model.safetensors", f"{key}/adapter_config.json"), about)
+
+
 EXAMPLES: tuple[Example, ...] = (
-    Example("peft_llama_r8", "PEFT LoRA", ("peft_llama_r8/adapter_model.safetensors",
-                                           "peft_llama_r8/adapter_config.json"),
-            "PEFT LoRA r = 8 on the 7 linear layers of a small Llama, written by peft 0.21.2"),
-    Example("peft_gpt2_r4", "GPT-2 Conv1D", ("peft_gpt2_r4/adapter_model.safetensors",
-                                             "peft_gpt2_r4/adapter_config.json"),
-            "PEFT LoRA r = 4 on GPT-2's Conv1D layers (fan_in_fan_out), written by peft 0.21.2"),
-    Example("peft_dora", "PEFT DoRA", ("peft_dora/adapter_model.safetensors",
-                                       "peft_dora/adapter_config.json"),
-            "PEFT DoRA r = 6 (no base weights: its directional part is audited), written by peft 0.21.2"),
-    Example("peft_adalora", "PEFT AdaLoRA", ("peft_adalora/adapter_model.safetensors",
-                                             "peft_adalora/adapter_config.json"),
-            "PEFT AdaLoRA with ranks cut to 1..6 by its budget, written by peft 0.21.2"),
-    Example("peft_loha", "PEFT LoHa", ("peft_loha/adapter_model.safetensors",
-                                       "peft_loha/adapter_config.json"),
-            "PEFT LoHa r = 3 (Hadamard product), written by peft 0.21.2"),
-    Example("peft_lokr", "PEFT LoKr", ("peft_lokr/adapter_model.safetensors",
-                                       "peft_lokr/adapter_config.json"),
-            "PEFT LoKr r = 3 (Kronecker product), written by peft 0.21.2"),
+    _peft("peft_llama_r8", "PEFT LoRA",
+          "PEFT LoRA r = 8 on the 7 linear layers of a small Llama, written by peft 0.21.2"),
+    _peft("peft_gpt2_r4", "GPT-2 Conv1D",
+          "PEFT LoRA r = 4 on GPT-2's Conv1D layers (fan_in_fan_out), written by peft 0.21.2"),
+    _peft("peft_dora", "PEFT DoRA",
+          "PEFT DoRA r = 6 (no base weights: its directional part is audited), written by peft 0.21.2"),
+    _peft("peft_adalora", "PEFT AdaLoRA",
+          "PEFT AdaLoRA with ranks cut to 1..6 by its budget, written by peft 0.21.2"),
+    _peft("peft_loha", "PEFT LoHa",
+          "PEFT LoHa r = 3 (Hadamard product), written by peft 0.21.2"),
+    _peft("peft_lokr", "PEFT LoKr",
+          "PEFT LoKr r = 3 (Kronecker product), written by peft 0.21.2"),
     Example("lycoris_lokr", "LyCORIS LoKr", ("lycoris_lokr.safetensors",),
             "LyCORIS LoKr on a small diffusers UNet, kohya names, written by lycoris-lora 4.1.3"),
     Example("lycoris_locon_tucker", "LyCORIS LoCon", ("lycoris_locon_tucker.safetensors",),

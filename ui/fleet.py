@@ -32,7 +32,7 @@ from lorarank.fleet import (COLUMN_HELP, FleetOptions, Member, cap_files, expand
 from lorarank.fleet.rows import audit_member
 
 from . import guard
-from lorarank.documents import split_list
+from lorarank.documents import format_seconds, split_list
 
 from .common import Setting
 
@@ -201,7 +201,7 @@ def run_rows(fleet: Fleet, opts: FleetOptions) -> list[dict]:
                 elapsed = time.perf_counter() - start
                 left = sum(todo[k + 1:])
                 rate = audited / elapsed if elapsed > 0 and audited else 0.0
-                eta = f", about {guard.format_seconds(left / rate)} left" if rate and left else ""
+                eta = f", {format_seconds(left / rate)} left" if rate and left else ""
                 bar.progress((k + 1) / total, text=f"Auditing the fleet: {k + 1:,} of {total:,} adapters"
                              + (f", {rate:.3g}/s" if rate else "") + eta)
         finally:

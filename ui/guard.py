@@ -32,13 +32,15 @@ from typing import Callable, Hashable, Iterator, Sequence, TypeVar
 
 import streamlit as st
 
+from lorarank.documents import format_seconds
+
 from . import compat
 from .common import Markdown, md, md_param
 from .uploads import trim_memory
 
 __all__ = ["ASK_SECONDS", "MAX_SECONDS", "HEAVY_SLOTS", "WorkQueue", "QUEUE", "session_alive",
            "check_alive", "heavy_work", "mark_done", "is_done", "gate", "stop_button",
-           "format_seconds", "by_rank", "finished_ranks", "guarded_run"]
+           "by_rank", "finished_ranks", "guarded_run"]
 
 T = TypeVar("T")
 
@@ -208,15 +210,6 @@ def is_done(ident: Hashable) -> bool:
 # --------------------------------------------------------------------------------------------
 # The budget gate and the Stop button
 # --------------------------------------------------------------------------------------------
-
-def format_seconds(seconds: float) -> str:
-    """``"about 40 s"``, ``"about 3 min"``, ``"about 2.5 h"``."""
-    if seconds < 90:
-        return f"about {max(seconds, 1):.0f} s"
-    if seconds < 5400:
-        return f"about {seconds / 60:.0f} min"
-    return f"about {seconds / 3600:.1f} h"
-
 
 def _approve(key: str, ident: Hashable) -> None:
     st.session_state[f"{key}_approved"] = ident

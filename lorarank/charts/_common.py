@@ -20,6 +20,7 @@ __all__ = [
     "split_facets",
     "LOG_LABELS",
     "log_axis",
+    "spectrum_axes",
 ]
 
 #: Okabe-Ito colours (distinguishable with the common colour-vision deficiencies), in order;
@@ -75,6 +76,15 @@ def log_axis(**kwargs: Any) -> alt.Axis:
 def log_scale() -> alt.Scale:
     """A base-10 logarithmic scale that does not pad to zero."""
     return alt.Scale(type="log", base=10, zero=False, nice=False)
+
+
+def spectrum_axes(q: int, *, sigma_title: str) -> tuple[alt.X, alt.Y]:
+    """The x and y channels of a chart of one module's ``q`` singular values: the index i
+    (whole ticks, 1..q with half a step either side) and σᵢ on a log scale titled ``sigma_title``."""
+    x = alt.X("index:Q", title="index i", scale=alt.Scale(domain=[0.5, max(q, 1) + 0.5], nice=False),
+              axis=alt.Axis(tickMinStep=1, format="d"))
+    y = alt.Y("sigma:Q", title=sigma_title, scale=log_scale(), axis=alt.Axis(tickCount=6, format="~g"))
+    return x, y
 
 
 def _field_values(rows: Sequence[Mapping[str, Any]], field: str) -> list[float]:

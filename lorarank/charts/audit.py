@@ -12,7 +12,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from ._common import FLOOR_COLOR, PALETTE, TARGET_COLOR, downsample_index, log_scale
+from ._common import FLOOR_COLOR, PALETTE, TARGET_COLOR, downsample_index, spectrum_axes
 
 __all__ = [
     "rank_map_frame",
@@ -173,10 +173,7 @@ def module_spectrum_chart(singular_values: object, *, cut: int, name: str = "",
     """
     frame = module_spectrum_frame(singular_values, cut=cut)
     q = int(np.asarray(singular_values).size)
-    x = alt.X("index:Q", title="index i", scale=alt.Scale(domain=[0.5, max(q, 1) + 0.5], nice=False),
-              axis=alt.Axis(tickMinStep=1, format="d"))
-    y = alt.Y("sigma:Q", title="singular value σᵢ (log)", scale=log_scale(),
-              axis=alt.Axis(tickCount=6, format="~g"))
+    x, y = spectrum_axes(q, sigma_title="singular value σᵢ (log)")
     color = alt.Color("status:N", title=f"at rank {cut}",
                       scale=alt.Scale(domain=[_KEPT, _DROPPED], range=[PALETTE[0], TARGET_COLOR]))
     tooltip = [alt.Tooltip("index:Q", title="i"), alt.Tooltip("sigma:Q", title="σᵢ", format=".4~g"),

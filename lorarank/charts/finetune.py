@@ -13,7 +13,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from ._common import FLOOR_COLOR, PALETTE, TARGET_COLOR, log_scale
+from ._common import FLOOR_COLOR, PALETTE, TARGET_COLOR, log_scale, spectrum_axes
 
 __all__ = ["FINETUNE_METRICS", "finetune_map_frame", "finetune_map_chart", "rank_needed_frame",
            "rank_needed_chart", "finetune_spectrum_frame", "finetune_spectrum_chart"]
@@ -175,10 +175,7 @@ def finetune_spectrum_chart(singular_values: object, *, energy: float, name: str
     """
     frame = finetune_spectrum_frame(singular_values, energy=energy)
     q = int(np.asarray(singular_values).size)
-    x = alt.X("index:Q", title="index i", scale=alt.Scale(domain=[0.5, max(q, 1) + 0.5], nice=False),
-              axis=alt.Axis(tickMinStep=1, format="d"))
-    y = alt.Y("sigma:Q", title="singular value σᵢ of W_ft - W0 (log)", scale=log_scale(),
-              axis=alt.Axis(tickCount=6, format="~g"))
+    x, y = spectrum_axes(q, sigma_title="singular value σᵢ of W_ft - W0 (log)")
     tooltip = [alt.Tooltip("index:Q", title="i"), alt.Tooltip("sigma:Q", title="σᵢ", format=".4~g"),
                alt.Tooltip("share:Q", title="share of ||dW||_F^2 up to i", format=".4f")]
     line = alt.Chart(frame).mark_line(color=TARGET_COLOR, strokeWidth=1).encode(x=x, y=y)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError
+from ..documents import format_seconds
 from .rows import FleetOptions, audit_member, error_row, one_line
 from .sources import Member
 
@@ -88,16 +89,8 @@ class FleetProgress:
             parts.append(f"{self.rate:.3g}/s")
         eta = self.eta
         if eta is not None and self.done < self.total:
-            parts.append(f"about {_seconds(eta)} left")
+            parts.append(f"{format_seconds(eta)} left")
         return ", ".join(parts)
-
-
-def _seconds(s: float) -> str:
-    if s < 90:
-        return f"{max(s, 0):.0f} s"
-    if s < 5400:
-        return f"{s / 60:.0f} min"
-    return f"{s / 3600:.1f} h"
 
 
 @dataclass(frozen=True)
