@@ -42,7 +42,7 @@ SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 if not SAMPLES.is_dir():
     SAMPLES = Path("/work/shared/samples")
 
-__all__ = ["HubRepo", "FakeHub", "SAMPLES", "sample_repos"]
+__all__ = ["HubRepo", "FakeHub", "SAMPLES", "sample_repos", "wide_adapter"]
 
 
 @dataclass
@@ -138,6 +138,23 @@ def sample_repos() -> dict[str, HubRepo]:
             files={"adapter_config.json": (llama / "adapter_config.json").read_bytes()}),
         **run_repos(),
     }
+
+
+def wide_adapter(*, width: int = 1024, rank: int = 16, layers: int = 4) -> dict[str, bytes]:
+    """The files of a PEFT adapter of r = ``rank`` on ``width``-wide q_proj layers, written by
+    safetensors (1024: 0.5 MB; 4096: 2 MB)."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for layer in range(layers):
+        name = f"base_model.model.model.layers.{layer}.self_attn.q_proj"
+        tensors[name + ".lora_A.weight"] = rng.standard_normal((rank, width)).astype(np.float32)
+        tensors[name + ".lora_B.weight"] = rng.standard_normal((width, rank)).astype(np.float32)
+    config = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": ["q_proj"]}
+    return {"adapter_model.safetensors": save(tensors, metadata={"format": "pt"}),
+            "adapter_config.json": json.dumps(config).encode()}
 
 
 def run_repos() -> dict[str, list[HubRepo] | HubRepo]:
@@ -315,7 +332,7 @@ class FakeHub:
     PAGE = 3
 
     def _list(self, h, query: str, *, head: bool) -> None:
-        """``/api/models``: public repos filtered as the Hub does (author, search in the name,
+        """``/api/models``: public repos (and private ones the request's token may read) filtered as the Hub does (author, search in the name,
         every ``filter`` a tag), in name order, paged by ``PAGE`` with a ``Link`` header."""
         from urllib.parse import parse_qs, urlencode
 
@@ -331,8 +348,8 @@ class FakeHub:
             for candidate in _snapshots(entry):
                 if "main" in candidate.refs:
                     snap = candidate
-            if snap.private_token is not None:
-                continue
+            if snap.private_token is not None and not self._allowed(h, snap):
+                continue  # the Hub lists a private repo only to a token that may read it
             if author and repo_id.split("/")[0] != author:
                 continue
             if search and search.lower() not in repo_id.lower():
@@ -340,7 +357,8 @@ class FakeHub:
             if any(f not in snap.tags for f in filters):
                 continue
             found.append({"_id": snap.sha[:24], "id": repo_id, "modelId": repo_id, "sha": snap.sha,
-                          "tags": list(snap.tags), "private": False, "downloads": 0, "likes": 0,
+                          "tags": list(snap.tags), "private": snap.private_token is not None,
+                          "downloads": 0, "likes": 0,
                           "library_name": "peft" if "peft" in snap.tags else None,
                           "createdAt": "2026-12-01T00:00:00.000Z"})
         page = found[offset:offset + min(self.PAGE, limit)]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from hubserver import SAMPLES, FakeHub, HubRepo, point_client_at
+from hubserver import SAMPLES, FakeHub, HubRepo, point_client_at, wide_adapter
 from lorarank.fleet import FleetOptions, expand_sources, plan_caps, run_fleet
 from ui import fleet as fl
 from ui.common import md_plain
@@ -106,3 +106,77 @@ def test_too_many_adapters_is_refused(monkeypatch):
     monkeypatch.setattr(fl, "MAX_ADAPTERS", 1)
     with pytest.raises(ValueError, match="at most 1 per run"):
         fl.members(None, "hf://a/b, hf://c/d")
+
+
+def open_page_with_secrets(query: dict, secrets: dict) -> AppTest:
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    for key, value in secrets.items():
+        at.secrets[key] = value
+    at.run()
+    at.switch_page(PAGE)
+    for key, value in query.items():
+        at.query_params[key] = value
+    return at.run()
+
+
+def rendered(at: AppTest) -> str:
+    """Everything the page shows as text: messages, captions, tables, and the link."""
+    shown = [texts(at), " ".join(str(e.value) for e in at.get("warning")),
+             " ".join(f"{k}={v}" for k, v in at.query_params.items())]
+    for frame in at.dataframe:
+        shown.append(frame.value.to_csv())
+    return " ".join(shown)
+
+
+@needs_samples
+@pytest.mark.parametrize("screen", ["audit", "headers"])
+def test_hub_fleet_reads_private_repos_with_the_secrets_token_only(monkeypatch, tmp_path, screen):
+    """The Hub listing and each member's download use the app's secrets token (as the Adapter
+    audit page does); the token never reaches the link, the page or the rows."""
+    token = "hf_fleet_secret_7c1d"
+    repos = {"team/public-r8": HubRepo.from_folder(SAMPLES / "peft_llama_r8"),
+             "team/secret-r32": HubRepo.from_folder(SAMPLES / "peft_llama_r32_rslora", private_token=token)}
+    with FakeHub(repos) as hub:
+        point_client_at(hub.url, monkeypatch)
+        monkeypatch.setenv("LORARANK_HF_CACHE", str(tmp_path / f"cache-{screen}"))
+        query = {"q": "hf://team/*, hf://team/secret-r32", "cap": "8", "screen": screen}
+        # Without a token: the listing shows the public repo only; the private id is a failed row.
+        at = open_page_with_secrets(query, {})
+        assert not at.exception, at.exception
+        by = at.dataframe[0].value.set_index("source")
+        assert sorted(by.index) == ["hf://team/public-r8", "hf://team/secret-r32"]
+        assert bool(by.loc["hf://team/public-r8", "ok"]) and not bool(by.loc["hf://team/secret-r32", "ok"])
+        # With the secrets' token: the listing includes the private repo and it is read.
+        at = open_page_with_secrets(query, {"HF_TOKEN": token})
+        assert not at.exception, at.exception
+        frame = at.dataframe[0].value
+        by = frame.set_index("source")
+        assert sorted(by.index) == ["hf://team/public-r8", "hf://team/secret-r32"]
+        assert by["ok"].all(), by["error"].tolist()
+        assert by.loc["hf://team/secret-r32", "max_rank"] == 32
+        assert token not in rendered(at)
+
+
+@needs_samples
+def test_hub_fleet_downloads_keep_the_pages_byte_cap(monkeypatch, tmp_path):
+    """The members' downloads follow ui.hub.hub_settings(): the per-request byte cap is at most
+    the upload limit (a link cannot make the server hold more than an upload could)."""
+    from streamlit import config
+
+    repos = {"team/small": HubRepo.from_folder(SAMPLES / "peft_llama_r8"), "team/wide": HubRepo(files=wide_adapter(width=4096))}
+    assert len(repos["team/wide"].files["adapter_model.safetensors"]) > 2 * 2**20
+    with FakeHub(repos) as hub:
+        point_client_at(hub.url, monkeypatch)
+        monkeypatch.setenv("LORARANK_HF_CACHE", str(tmp_path / "cache"))
+        monkeypatch.delenv("LORARANK_HF_MAX_BYTES", raising=False)
+        before = config.get_option("server.maxUploadSize")
+        config.set_option("server.maxUploadSize", 1)
+        try:
+            at = open_page({"q": "hf://team/*", "cap": "8"})
+        finally:
+            config.set_option("server.maxUploadSize", before)
+        assert not at.exception, at.exception
+        by = at.dataframe[0].value.set_index("source")
+        assert bool(by.loc["hf://team/small", "ok"])
+        assert not bool(by.loc["hf://team/wide", "ok"])
+        assert "LORARANK_HF_MAX_BYTES" in by.loc["hf://team/wide", "error"]

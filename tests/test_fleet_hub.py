@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from hubserver import SAMPLES, FakeHub, HubRepo, point_client_at
+from hubserver import SAMPLES, FakeHub, HubRepo, point_client_at, wide_adapter
 from lorarank.fleet import FleetOptions, ResultCache, expand_sources, run_fleet
 
 pytestmark = pytest.mark.skipif(not (SAMPLES / "peft_llama_r8").is_dir(), reason="../shared/samples not present")
@@ -28,26 +28,8 @@ def repos() -> dict:
     out["fleet-org/full-model"] = HubRepo(files={"config.json": b"{}"}, tags=("transformers",))
     out["fleet-org/broken"] = HubRepo(files={"adapter_config.json": b"{}", "adapter_model.safetensors": b"nope"})
     out["other-org/llama-r8"] = HubRepo.from_folder(SAMPLES / "peft_llama_r8")
-    out["big-org/wide"] = HubRepo(files=_wide_adapter())
+    out["big-org/wide"] = HubRepo(files=wide_adapter())
     return out
-
-
-def _wide_adapter() -> dict[str, bytes]:
-    """A 0.5 MB PEFT adapter (r = 16 on 1024-wide layers), written by safetensors."""
-    import json
-
-    import numpy as np
-    from safetensors.numpy import save
-
-    rng = np.random.default_rng(0)
-    tensors = {}
-    for layer in range(4):
-        name = f"base_model.model.model.layers.{layer}.self_attn.q_proj"
-        tensors[name + ".lora_A.weight"] = rng.standard_normal((16, 1024)).astype(np.float32)
-        tensors[name + ".lora_B.weight"] = rng.standard_normal((1024, 16)).astype(np.float32)
-    config = {"peft_type": "LORA", "r": 16, "lora_alpha": 32, "target_modules": ["q_proj"]}
-    return {"adapter_model.safetensors": save(tensors, metadata={"format": "pt"}),
-            "adapter_config.json": json.dumps(config).encode()}
 
 
 @pytest.fixture

@@ -8,6 +8,9 @@ adapter at a time in this server process, inside one of the server's heavy-work 
 Stop keeps the adapters already done and a rerun continues from there. Shared-server limits:
 at most :data:`MAX_ADAPTERS` adapters and :data:`MAX_FLEET_BYTES` of adapter files per run,
 the work budget of :mod:`ui.guard` (estimated from the headers before anything is audited).
+Hub listings and downloads read the Hub as the Adapter audit page does (:class:`HubAccess`):
+the token from the server's secrets (never from the link; cached results are keyed by a salted
+fingerprint of it, not by the token) and :func:`ui.hub.hub_settings`' timeouts and byte cap.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import math
 import os
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import streamlit as st
@@ -31,10 +34,12 @@ from lorarank.fleet import (COLUMN_HELP, FleetOptions, Member, cap_files, expand
                             slug)
 from lorarank.fleet.rows import audit_member
 
-from . import guard
 from lorarank.documents import format_seconds, split_list
+from lorarank.hub import HubSettings
 
+from . import guard
 from .common import Setting
+from .hub import hub_settings, hub_token
 
 __all__ = ["SETTINGS", "Q", "KEEP", "SHARE", "SCREEN", "CAP_KEY", "UPLOAD_KEY", "MAX_ADAPTERS",
            "MAX_FLEET_BYTES", "Fleet", "members", "screen_rows", "estimate", "run_rows", "done_rows",
@@ -85,6 +90,7 @@ class Fleet:
     members: tuple[Member, ...]
     idents: tuple[str, ...]
     notes: tuple[str, ...]
+    access: HubAccess | None = None
 
     @property
     def ident(self) -> str:
@@ -99,9 +105,40 @@ def hub_sources(text: str) -> list[str]:
     return out
 
 
+#: Salt of :func:`_token_id` (per process: the fingerprint means nothing outside it).
+_TOKEN_SALT = os.urandom(16)
+
+
+def _token_id(token: str | None) -> str:
+    """Which token the server reads the Hub with, as a salted fingerprint: a cache key that
+    separates rows read with and without a token (or with a new one) and cannot give it back."""
+    if not token:
+        return ""
+    return hashlib.blake2b(token.encode(), key=_TOKEN_SALT, digest_size=12).hexdigest()
+
+
+@dataclass(frozen=True)
+class HubAccess:
+    """How this server reads the Hub: the secrets' token (never the link's) and the app's limits
+    (:func:`ui.hub.hub_settings`: timeouts, the per-request byte cap at most an upload's)."""
+
+    token: str | None = field(repr=False)
+    settings: HubSettings
+
+    @classmethod
+    def of_app(cls) -> "HubAccess":
+        return cls(hub_token(), hub_settings())
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What the cached results depend on, without the token itself."""
+        return _token_id(self.token), repr(self.settings)
+
+
 @st.cache_data(show_spinner=False, ttl=600, max_entries=64)
-def _expand_hub(sources: tuple[str, ...]) -> tuple[tuple[Member, ...], tuple[str, ...]]:
-    expansion = expand_sources(list(sources))
+def _expand_hub(sources: tuple[str, ...], access_key: tuple[str, str], _access: HubAccess
+                ) -> tuple[tuple[Member, ...], tuple[str, ...]]:
+    expansion = expand_sources(list(sources), token=_access.token, settings=_access.settings)
     return expansion.members, expansion.notes
 
 
@@ -124,8 +161,9 @@ def members(uploaded: Sequence[Any] | None, text: str) -> Fleet | None:
         idents.extend(f"upload:{upload_id}:{m.source}" for m in expansion.members)
         notes.extend(expansion.notes)
     sources = hub_sources(text)
-    if sources:
-        hub_members, hub_notes = _expand_hub(tuple(sources))
+    access = HubAccess.of_app() if sources else None
+    if access is not None:
+        hub_members, hub_notes = _expand_hub(tuple(sources), access.key, access)
         found.extend(hub_members)
         idents.extend(f"hub:{m.hub}" for m in hub_members)
         notes.extend(hub_notes)
@@ -135,7 +173,7 @@ def members(uploaded: Sequence[Any] | None, text: str) -> Fleet | None:
         raise ConfigError(f"the fleet holds {len(found):,} adapters; this shared server audits at most "
                           f"{MAX_ADAPTERS:,} per run (LORARANK_FLEET_MAX_ADAPTERS); run lorarank fleet "
                           "locally for more")
-    return Fleet(tuple(found), tuple(idents), tuple(notes))
+    return Fleet(tuple(found), tuple(idents), tuple(notes), access)
 
 
 def options(screen: str) -> FleetOptions:
@@ -143,14 +181,23 @@ def options(screen: str) -> FleetOptions:
 
 
 @st.cache_data(show_spinner=False, max_entries=4096, ttl=3600)
-def _row(ident: str, _member: Member, options: FleetOptions) -> dict:
-    """One adapter's row, cached by its identity (the member itself is not hashed)."""
-    return audit_member(_member, options)
+def _cached_row(ident: str, _member: Member, options: FleetOptions, access_key: tuple[str, str] | None,
+                _access: HubAccess | None) -> dict:
+    """One adapter's row, cached by its identity and, for the Hub, how it was read (the member
+    and the token are not hashed)."""
+    if _access is None or not _member.hub:
+        return audit_member(_member, options)
+    return audit_member(_member, options, token=_access.token, settings=_access.settings)
+
+
+def _row(fleet: Fleet, ident: str, member: Member, options: FleetOptions) -> dict:
+    access = fleet.access if member.hub else None
+    return _cached_row(ident, member, options, None if access is None else access.key, access)
 
 
 def screen_rows(fleet: Fleet) -> list[dict]:
     """Header rows of every member (cheap): sizes and shapes for the estimate."""
-    return [_row(ident, m, FleetOptions(screen=True)) for ident, m in zip(fleet.idents, fleet.members)]
+    return [_row(fleet, ident, m, FleetOptions(screen=True)) for ident, m in zip(fleet.idents, fleet.members)]
 
 
 def estimate(fleet: Fleet, screened: list[dict], opts: FleetOptions) -> tuple[float, int]:
@@ -178,14 +225,14 @@ def done_rows(fleet: Fleet, opts: FleetOptions) -> list[dict] | None:
     done = [guard.is_done(_row_ident(i, opts)) for i in fleet.idents]
     if not any(done):
         return None
-    return [_row(i, m, opts) for i, m, d in zip(fleet.idents, fleet.members, done) if d]
+    return [_row(fleet, i, m, opts) for i, m, d in zip(fleet.idents, fleet.members, done) if d]
 
 
 def run_rows(fleet: Fleet, opts: FleetOptions) -> list[dict]:
     """Every row, one adapter at a time in a heavy-work slot, with count, rate and time left."""
     todo = [not guard.is_done(_row_ident(i, opts)) for i in fleet.idents]
     if not any(todo):
-        return [_row(i, m, opts) for i, m in zip(fleet.idents, fleet.members)]
+        return [_row(fleet, i, m, opts) for i, m in zip(fleet.idents, fleet.members)]
     rows = []
     with guard.heavy_work("the fleet audit"):
         bar = st.progress(0.0, text="Auditing the fleet")
@@ -195,7 +242,7 @@ def run_rows(fleet: Fleet, opts: FleetOptions) -> list[dict]:
         try:
             for k, (ident, member) in enumerate(zip(fleet.idents, fleet.members)):
                 guard.check_alive()
-                rows.append(_row(ident, member, opts))
+                rows.append(_row(fleet, ident, member, opts))
                 guard.mark_done(_row_ident(ident, opts))
                 audited += todo[k]
                 elapsed = time.perf_counter() - start
@@ -263,7 +310,10 @@ def zip_bytes(fleet: Fleet, rows: Sequence[dict], *, cap: int, pad_to: int | Non
                 lines.append(f"{member.source}: not written ({row.get('error')})")
                 continue
             try:
-                files, summary = cap_files(load_member(member), cap=cap, pad_to=pad_to)
+                access = fleet.access if member.hub else None
+                adapter = (load_member(member) if access is None else
+                           load_member(member, token=access.token, settings=access.settings))
+                files, summary = cap_files(adapter, cap=cap, pad_to=pad_to)
             except Exception as exc:  # noqa: BLE001 - one adapter's failure is a line of the README
                 lines.append(f"{member.source}: not written ({' '.join(str(exc).split())[:300]})")
                 continue

@@ -302,14 +302,15 @@ def apply_caps(members, rows: Sequence[dict], out: str | Path, *, cap: int | Non
     return records
 
 
-def load_member(member):
-    """The Adapter of a member (a Hub adapter is downloaded into the bounded cache)."""
+def load_member(member, *, token: str | None = None, settings=None):
+    """The Adapter of a member (a Hub adapter is downloaded into the bounded cache, with
+    ``token`` and ``settings`` as in :func:`lorarank.hub.fetch_adapter_files`)."""
     from ..adapters import load_adapter, load_adapter_bytes
 
     if member.hub:
         from ..hub import load_hub_adapter
 
-        return load_hub_adapter(member.hub)[0]
+        return load_hub_adapter(member.hub, token=token, settings=settings)[0]
     if member.files is not None:
         return load_adapter_bytes(member.files)
     return load_adapter(member.path)

@@ -246,13 +246,14 @@ def _parse_config(name: str, data: bytes) -> dict:
     return parse_config(name, data)
 
 
-def _audit(member: Member, options: FleetOptions) -> dict[str, Any]:
+def _audit(member: Member, options: FleetOptions, *, token: str | None = None,
+           settings=None) -> dict[str, Any]:
     from ..audit import audit_adapter
 
     if member.hub:
         from ..hub import load_hub_adapter
 
-        adapter, fetched = load_hub_adapter(member.hub)
+        adapter, fetched = load_hub_adapter(member.hub, token=token, settings=settings)
         config = _parse_config("adapter_config.json", fetched.config.read_bytes()) if fetched.config else None
         report = audit_adapter(adapter, rule=options.rule, value=options.value)
         return row_from_report(report, source=member.source, revision=fetched.commit,
@@ -277,13 +278,14 @@ def _audit(member: Member, options: FleetOptions) -> dict[str, Any]:
                            options=options)
 
 
-def _screen(member: Member, options: FleetOptions) -> dict[str, Any]:
+def _screen(member: Member, options: FleetOptions, *, token: str | None = None,
+            settings=None) -> dict[str, Any]:
     from ..adapters.headers import header_entries_from_path, parse_header, screen_entries
 
     if member.hub:
         from ..hub import read_adapter_header
 
-        got = read_adapter_header(member.hub)
+        got = read_adapter_header(member.hub, token=token, settings=settings)
         config = _parse_config("adapter_config.json", got.config) if got.config is not None else None
         header = screen_entries(got.entries, config=config, source=got.name, metadata=got.metadata)
         return _screen_row(header, source=member.source, revision=got.commit, size=got.total_bytes,
@@ -339,8 +341,13 @@ def _screen_by_reading(member: Member, options: FleetOptions, *, size: int, conf
     }
 
 
-def audit_member(member: Member, options: FleetOptions) -> dict[str, Any]:
+def audit_member(member: Member, options: FleetOptions, *, token: str | None = None,
+                 settings=None) -> dict[str, Any]:
     """The fleet row of one adapter (see the module docstring); never raises.
+
+    ``token`` and ``settings`` (a :class:`lorarank.hub.HubSettings`) are for a Hub member, as
+    in :func:`lorarank.hub.fetch_adapter_files` (default: ``HF_TOKEN`` and the
+    ``LORARANK_HF_*`` limits of the environment).
 
     Pure in the sense that matters for scale-out: it depends only on its arguments and the
     files (or Hub commit) they name, keeps no state, and returns a small plain dict, so any
@@ -348,7 +355,8 @@ def audit_member(member: Member, options: FleetOptions) -> dict[str, Any]:
     """
     row = None
     try:
-        row = (_screen if options.screen else _audit)(member, options)   # the audit: one BLAS thread
+        row = (_screen if options.screen else _audit)(member, options, token=token,
+                                                      settings=settings)   # the audit: one BLAS thread
         return row
     except (KeyboardInterrupt, SystemExit):
         raise
