@@ -4,6 +4,7 @@ screening, the planner, padding and shrinking, the executors and the CLI contrac
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 from pathlib import Path
@@ -228,6 +229,68 @@ class TestCache:
         again = run_fleet(expand_sources([str(tmp_path / "y")]).members, FleetOptions(), workers=1, cache=cache)
         assert (again.audited, again.cached) == (1, 1)
         assert again.rows[0]["source"].endswith("y/a") and again.rows[0]["ok"] and not again.rows[1]["ok"]
+
+
+def _fifo(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)
+
+
+def _sparse(path: Path, size: int = 64 * 2**20) -> None:
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+
+
+#: What a shared, hostile or corrupted cache folder can hold where a row or the hash index is.
+HOSTILE_CACHE = {
+    "deep JSON": lambda p: p.write_bytes(b"[" * 200_000),
+    "a FIFO": _fifo,
+    "64 MiB": _sparse,
+    "a folder": lambda p: (p.unlink(missing_ok=True), p.mkdir()),
+    "not UTF-8": lambda p: p.write_bytes(b'{"ok": true, "format": "' + bytes([0xff, 0xfe]) + b'"}'),
+    "half a row": lambda p: p.write_text('{"ok": true, "stored_ranks": [4]}'),
+    "wrong types": lambda p: p.write_text(json.dumps(
+        {**json.loads(p.read_text()), "modules": "many", "energy_curve": [[1]]}) if p.is_file() else "{}"),
+    "a huge number": lambda p: p.write_text('{"ok": true, "max_rank": ' + "9" * 5000 + "}"),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("what", ["row", "index"])
+@pytest.mark.parametrize("damage", list(HOSTILE_CACHE))
+def test_hostile_cache_files_are_misses(tmp_path, capsys, what, damage):
+    """A cache file that is not a row the cache wrote (a FIFO, a deep or huge document, a row
+    of the wrong shape) is a cache miss: the CLI audits the adapter again and gives the same
+    row, without a traceback, a hang or reading more than the cache's byte caps."""
+    import tracemalloc
+
+    if damage == "a FIFO" and not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this system")
+    write_peft(tmp_path / "fleet" / "a", r=4, seed=1)
+    args = ["fleet", str(tmp_path / "fleet"), "--json", "--workers", "1", "--cache", str(tmp_path / "cache")]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    (row_file,) = (tmp_path / "cache" / "rows").rglob("*.json")
+    target = row_file if what == "row" else tmp_path / "cache" / "stat.json"
+    assert target.is_file()
+    HOSTILE_CACHE[damage](target)
+    tracemalloc.start()
+    try:
+        code = main(args)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "Traceback" not in captured.err
+    again = json.loads(captured.out)
+    assert again["adapters"] == first["adapters"]
+    assert peak < 32 * 2**20, f"{peak / 2**20:.0f} MiB traced reading a {damage} cache file"
+    if what == "row":  # audited again, not served from the damaged file
+        assert "0 from the cache" in captured.err, captured.err
+    if damage == "a folder":  # cannot be replaced: the run goes on, and says so in one line
+        (note,) = [line for line in captured.err.splitlines() if "cache could not be written" in line]
+        assert note.startswith("note: ") and "a rerun audits again" in note
 
 
 # ------------------------------------------------------------------------------- screening

@@ -187,6 +187,9 @@ def run(args: argparse.Namespace) -> int:
                 else "; with --cache DIR a rerun would continue from there")
         print(f"\nlorarank: stopped after {done} of {len(expansion.members)} adapters{kept}", file=sys.stderr)
         return 130
+    if cache is not None and cache.write_error:
+        print(f"note: the cache could not be written, so a rerun audits again ({cache.write_error})",
+              file=sys.stderr)
     plan = plan_caps(result.rows, cap=args.cap, keep=keep, share=share, caps=options.caps)
     doc = fleet_document(result, plan, options=options)
     print(f"fleet: {len(result.rows)} adapters, {result.audited} {'screened' if options.screen else 'audited'}"
