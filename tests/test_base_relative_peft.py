@@ -145,3 +145,30 @@ def test_audit_with_torch_replay_matches_truth_to_1e_6():
     for m in report.modules:
         t = np.array(truth[m.name]["singular_values"])
         assert np.max(np.abs(m.singular_values[: t.size] - t)) <= 1e-6 * t[0], m.name
+
+
+@pytest.mark.parametrize("case", ["pissa_raw", "olora_raw", "pissa_converted", "olora_converted"])
+def test_spectrum_with_base_is_peft_merge_minus_base_to_1e_6(case):
+    """Issue 18's bar, against PEFT itself (not the truth files): with the base, every module's
+    spectrum equals the singular values of float64 ``merge_and_unload() - W0`` of PEFT's own
+    documented loading to 1e-6 of sigma_1, raw (the init replayed as PEFT does it on load) and
+    converted; without the base a converted save is the same exact update, and a raw one shows
+    nothing as the update."""
+    truth = merged_updates(peft_model(SAMPLES / case))
+    assert len(truth) == 21
+    raw = case.endswith("_raw")
+    base = open_base(SAMPLES / "base")
+    with_base = audit_adapter(load_adapter(SAMPLES / case), base=base, replay="torch" if raw else "float64")
+    alone = audit_adapter(load_adapter(SAMPLES / case))
+    assert with_base.summary["spectrum_is_update"] is True
+    assert alone.summary["spectrum_is_update"] is (not raw)
+    for m, a in zip(with_base.modules, alone.modules):
+        s = np.linalg.svd(truth[m.name], compute_uv=False)
+        k = min(m.singular_values.size, s.size)
+        assert k >= 16 if raw else k >= 8
+        assert np.max(np.abs(m.singular_values[:k] - s[:k])) <= 1e-6 * s[0], m.name
+        if raw:
+            assert "NOT the update" in a.spectrum_of and not a.spectrum_of.startswith("update")
+        else:
+            assert a.spectrum_of == "update s*B@A"
+            assert np.max(np.abs(a.singular_values[:k] - s[:k])) <= 1e-6 * s[0], m.name
