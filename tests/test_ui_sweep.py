@@ -124,4 +124,4 @@ class TestReading:
     def test_no_rank_large_enough(self):
         """If every rank is below k, the reading says which r to try."""
         run = run_sweep(SweepConfig(true_rank=8, ranks=(2, 4)))
-        assert reading(run)[-1] == "No rank here captures all 8 directions above the noise: try r >= 8."
+        assert reading(run)[-1] == "No rank here captures all 8 directions above the noise: try r ≥ 8."

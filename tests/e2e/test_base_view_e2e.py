@@ -34,7 +34,8 @@ def test_cold_deep_link(page, fresh_server, shot):
     wait_for_app(page, timeout=120_000)
     shot(page, "against-base-cold")
     assert_no_exception(page)
-    assert page.get_by_test_id("stAlertContentError").count() == 0
+    errors = page.get_by_test_id("stAlertContentError")
+    assert errors.count() == 0, errors.all_inner_texts()
     assert input_value(page, "top_k") == "8" and input_value(page, "epsilon") == "0.400"
     body = page.get_by_test_id("stMain").inner_text()
     assert "intruder dimensions in" in body and "top 8" in body and "synthetic demo base" in body
@@ -42,7 +43,7 @@ def test_cold_deep_link(page, fresh_server, shot):
     shown = (box.text_content() or "") + " ".join(box.locator("input").nth(i).input_value()
                                                  for i in range(box.locator("input").count()))
     assert "model.layers.0.mlp.up_proj" in shown
-    charts_drawn(page, 2)
+    charts_drawn(page, 3)  # the map; the cosine heatmap and its best-match bars
     assert "tab=Against+the+base" in page.url or "tab=Against%20the%20base" in page.url
 
 
