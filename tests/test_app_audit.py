@@ -657,6 +657,15 @@ class TestReadingWords:
         assert "the modules need rank **8** each, against the stored r = 8:" in text
         assert " to **8**" not in text and "larger" not in text
 
+    def test_dora_without_base_names_the_directional_part(self):
+        """A DoRA file read without its base: the energy a resize keeps is the directional
+        part's (what the spectra are of), never called the update's."""
+        folder = SAMPLES / "families" / "peft_dora"
+        text = self._reading(sorted(p for p in folder.iterdir() if p.name.startswith("adapter_")))
+        assert "of the directional part's energy (Σσ²)" in text and "the update's energy" not in text
+        plain = self._reading(sorted((SAMPLES / "peft_llama_r8").iterdir()))
+        assert "of the update's energy (Σσ²)" in plain
+
     def test_resize_that_would_grow(self):
         """A LoKr's recommended LoRA ranks cost more numbers than its own factors: said so."""
         text = self._reading([SAMPLES / "families" / "lycoris_lokr.safetensors"])

@@ -496,9 +496,13 @@ def reading(report: AuditReport) -> Markdown:
     share = s["params_after"] / s["params"] if s["params"] else 1.0
     rule = rule_text(report.rule, report.value)
     families = [f for f in dict.fromkeys(m.family for m in report.modules) if f in FAMILY_RANKS]
-    resize = md("resizing every module to its recommended rank keeps **{kept:.2f} %** of the update's "
+    # DoRA without its base: the spectra (and so the energy kept) are the directional part's
+    whose = ("the directional part's" if any("directional part" in m.spectrum_of for m in report.modules)
+             else "the update's")
+    resize = md("resizing every module to its recommended rank keeps **{kept:.2f} %** of {whose} "
                 "energy (Σσ²) with **{share:.1f} %** of the parameters ({before:,} -> {after:,})",
-                kept=100 * s["retained_energy"], share=100 * share, before=s["params"], after=s["params_after"])
+                kept=100 * s["retained_energy"], whose=Markdown(whose), share=100 * share, before=s["params"],
+                after=s["params_after"])
     if not families:
         need = (md("**{}** each, against the stored {}", recs["min"], stored) if recs["min"] == recs["max"]
                 else md("**{}** to **{}** (median {:g}) of the stored {}", recs["min"], recs["max"],

@@ -29,6 +29,7 @@ from lorarank.inits import convert_adapter, init_of
 from lorarank.mitigate import mitigate_adapter
 
 from . import guard, layout
+from .loaded import inputs_label
 from .audit import Upload, demo_files, open_base_weights, zip_files
 from .common import (Markdown, Setting, download_buttons, md, md_code, md_escape, progress_bar, setting_widget,
                      show_chart, show_errors, stop_on_error, table_height)
@@ -215,17 +216,18 @@ def reading(report: AuditReport) -> Markdown:
 # ----------------------------------------------------------------------------------- section
 def _intro_without_base(tab, report: AuditReport) -> None:
     init = init_of_report(report)
+    box = inputs_label()  # the folded inputs above, by the name they show
     if init.get("moves_base"):
-        tab.warning("This adapter's B@A is not its update (its init was cut out of the base; see the note at the "
-                    "top). Upload the **original** base model's weights above (*Load another adapter (files or "
-                    "the Hub), base model weights*) to audit the exact update, see its intruders and download the "
-                    "converted adapter.", icon=":material/warning:")
-    tab.markdown("**Upload the base model's weights** (its `.safetensors`, or the shards) under *Load another "
-                 "adapter (files or the Hub), base model weights* above, or name the base on the Hugging Face "
-                 "Hub there (the link then keeps it): then this tab shows which modules got "
-                 "*intruder dimensions* (new top directions of W0 + dW unlike any of W0's, Shuttleworth et al. "
-                 "2024), how much the update amplifies weak directions of W0 (Hu et al. 2021), and offers the "
-                 "intruder-reduced adapter for download. Or switch on the synthetic demo.")
+        tab.warning(md("This adapter's B@A is not its update (its init was cut out of the base; see the note at "
+                       "the top). Upload the **original** base model's weights above (*{}*) to audit the exact "
+                       "update, see its intruders and download the converted adapter.", box),
+                    icon=":material/warning:")
+    tab.markdown(md("**Upload the base model's weights** (its `.safetensors`, or the shards) under *{}* above, "
+                    "or name the base on the Hugging Face Hub there (the link then keeps it): then this tab shows "
+                    "which modules got *intruder dimensions* (new top directions of W0 + dW unlike any of W0's, "
+                    "Shuttleworth et al. 2024), how much the update amplifies weak directions of W0 (Hu et al. "
+                    "2021), and offers the intruder-reduced adapter for download. Or switch on the synthetic "
+                    "demo.", box))
 
 
 def init_of_report(report: AuditReport) -> dict:

@@ -30,7 +30,8 @@ from .audit import DEMO_KEY, UPLOAD_KEY, Detected, Upload
 from .common import Markdown, md, md_code, md_param
 
 __all__ = ["LOADED_KEY", "GENERATION_KEY", "CLEAR_KEY", "uploader_key", "combine", "take",
-           "loaded", "clear", "unreadable", "show_unreadable", "UNREADABLE_KEY", "adapter_name", "header_row", "showing", "inputs_box"]
+           "loaded", "clear", "unreadable", "show_unreadable", "UNREADABLE_KEY", "adapter_name", "header_row", "showing", "inputs_box",
+           "inputs_label"]
 
 #: Session-state key of the loaded :class:`ui.audit.Upload`.
 LOADED_KEY = "audit_loaded"
@@ -196,6 +197,10 @@ def inputs_box(*, elsewhere: bool = False) -> Any:
                            expanded=False, icon=":material/upload_file:")
     if shown is None:
         return st.container()
-    label = ("Upload your own adapter (files or the Hub)" if shown == "demo"
-             else "Load another adapter (files or the Hub), base model weights")
-    return st.expander(label, expanded=False, icon=":material/upload_file:")
+    return st.expander(inputs_label(), expanded=False, icon=":material/upload_file:")
+
+
+def inputs_label() -> Markdown:
+    """The folded inputs' label while an adapter is shown (other tabs point at it by name)."""
+    return (Markdown("Upload your own adapter (files or the Hub)") if showing() == "demo"
+            else Markdown("Load another adapter (files or the Hub), base model weights"))
