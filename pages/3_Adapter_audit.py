@@ -169,7 +169,8 @@ with tabs["Per module"]:
         },
     )
     st.caption(
-        "σᵢ are the singular values of s·B·A. Energy rank k(t): smallest k with "
+        "σᵢ are the singular values of what *spectrum of* names above (s·B·A for plain LoRA). "
+        "Energy rank k(t): smallest k with "
         "Σ_{i≤k} σᵢ² ≥ t·Σσ². Stable rank: Σσ² / σ₁². Entropy rank: "
         "exp(−Σ p log p), pᵢ = σᵢ / Σσ. Recommended rank: what "
         + common.md("**{}**", audit.rule_text(rule, value)) + " keeps. Truncation error at k: "

@@ -154,3 +154,13 @@ def test_resized_family_loads_in_peft_as_lora(case, tmp_path):
         delta = layer.get_delta_weight("default").detach().numpy()
         np.testing.assert_allclose(delta, best_rank_k(dense(m), 2), atol=1e-6 * np.linalg.norm(dense(m), 2),
                                    err_msg=m.name)
+
+
+@pytest.mark.skipif(not FAMILIES.is_dir(), reason="samples not present")
+@pytest.mark.parametrize("name, own", [("peft_lokr", True), ("lycoris_loha.safetensors", True),
+                                       ("peft_dora", False), ("diffusers_unet_lora", False)])
+def test_orientation_names_the_factors_the_file_has(name, own):
+    """LoKr and LoHa files hold no A and B: their orientation line says so instead of
+    describing A (r, in), B (out, r)."""
+    note = load_adapter(FAMILIES / name).describe()["orientation"]
+    assert ("no A, B" in note) == own and ("A (r, in)" in note) != own, note
