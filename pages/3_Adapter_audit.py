@@ -204,7 +204,7 @@ with tabs["Spectrum"]:
             caption=common.md(
                 "Singular values of the {what} for {name!c} (r = {r}, s = {s:.4g}), log scale. Dashed: "
                 "the recommended rank {k} under {rule}; truncating there loses {err:.3g} of ||dW||_F. "
-                "Zero values are not drawn.", what=module.spectrum_of, name=chosen, r=module.rank,
+                "Zero values are not drawn.", what=common.notation(module.spectrum_of), name=chosen, r=module.rank,
                 s=module.scale, k=module.recommended_rank, rule=audit.rule_text(rule, value),
                 err=module.truncation_error))
 

@@ -687,3 +687,18 @@ class TestReadingWords:
         at = upload(open_page(), {path.name: path.read_bytes()})
         assert_clean(at)
         assert not [md_plain(w.value) for w in at.warning if "assumed" in md_plain(w.value)]
+
+
+@pytest.mark.parametrize("example", ["peft_dora", "peft_lokr"])
+def test_engine_phrases_in_the_pages_notation(example):
+    """Phrases the engine writes in ASCII (spectrum_of: 's*B@A', 'sum sigma^2') reach the page
+    in its notation (s·B·A, Σσ²) on every tab that shows them."""
+    import re
+
+    bad = re.compile(r"s\*B@A|s\*kron|\bsum sigma|\bsigma_i\b|\bsigma\^2")
+    for tab in ("Per module", "Spectrum", "Resize"):
+        at = open_page({"example": example, "tab": tab})
+        assert_clean(at)
+        texts = [md_plain(e.value) for kind in ("markdown", "caption", "warning", "info")
+                 for e in getattr(at, kind)]
+        assert texts and not [t for t in texts if bad.search(t)], (tab, [t for t in texts if bad.search(t)])
