@@ -109,7 +109,8 @@ def load_adapters(path: str | os.PathLike, *, config: str | os.PathLike | None =
 
 
 def _weights_in(folder: Path) -> list[Path]:
-    files = {p.name: p for p in folder.iterdir() if p.is_file()}
+    # Not folders: a FIFO named adapter_model.safetensors is chosen, then refused in one sentence.
+    files = {p.name: p for p in folder.iterdir() if not p.is_dir()}
     return [files[n] for n in choose_weights(files)[1]]
 
 
@@ -162,13 +163,13 @@ def load_adapter(path: str | os.PathLike, *, config: str | os.PathLike | None = 
         if chosen is None:
             names = ", ".join(p.name for p in weights)
             raise AdapterError(f"folder {path} holds several weights files ({names}); pass one of them")
-        weights_path = path / chosen
-        if (path / "adapter_config.json").is_file():
+        weights_path = regular_file(path / chosen, what="adapter weights")
+        if (path / "adapter_config.json").exists():   # a FIFO or folder there: one sentence, not "no config"
             config_path = path / "adapter_config.json"
         source = path.name
     else:
         weights_path = regular_file(path, what="adapter weights")
-        if (path.parent / "adapter_config.json").is_file():
+        if (path.parent / "adapter_config.json").exists():
             config_path = path.parent / "adapter_config.json"
         source = path.name
     if config is not None:
@@ -281,6 +282,12 @@ def _select_layouts(fmt: str, named: dict[str, dict[str, str]], source: str, res
             raise AdapterError(f"{source}: tensor {have!r} has no partner {what} "
                                f"for module {name or '(unnamed)'!r}")
         extra = sorted(set(roles) - {r for r, _ in best.roles})
+        if not extra:   # every role is known, spelled otherwise (``m.lora_A`` for ``m.lora_A.weight``)
+            spelled = dict(best.roles)
+            raise AdapterError(f"{source}: module {name or '(unnamed)'!r} has tensors "
+                               f"{', '.join(repr(roles[r]) for r in sorted(roles))}; {_kind(best.family)} "
+                               f"adapters in this format name them "
+                               f"{', '.join(repr(name + spelled[r]) for r in sorted(roles) if r in spelled)}")
         raise AdapterError(f"{source}: module {name or '(unnamed)'!r} mixes {_kind(best.family)} tensors "
                            f"with {', '.join(repr(roles[r]) for r in extra)}")
     return chosen

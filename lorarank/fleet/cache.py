@@ -213,5 +213,5 @@ def member_content(member: Member, *, file_hash=None, hub_key: str | None = None
     weights, cfg = local_files(Path(member.path))
     text = f"local|weights={hasher(weights)}|{weights.suffix.lower()}"
     if cfg is not None:
-        text += f"|config={_git_blob(cfg.read_bytes())}"
+        text += f"|config={_git_blob(read_file(cfg, max_bytes=MAX_JSON_BYTES, what='adapter configs'))}"
     return text

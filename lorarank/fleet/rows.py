@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from .._validate import check_int
+from ..bounded import regular_file
 from ..errors import ConfigError
 from .sources import WEIGHT_SUFFIXES, Member
 
@@ -225,9 +226,11 @@ def _screen_row(header, *, source: str, revision: str | None, size: int | None,
 # --------------------------------------------------------------------------------- reading
 def local_files(path: Path) -> tuple[Path, Path | None]:
     """``(weights, config)`` of a local member, as :func:`lorarank.adapters.load_adapter` picks them."""
+    if not path.is_dir():
+        regular_file(path, what="adapter weights")   # a FIFO would block open(): one sentence
     if path.is_file():
         cfg = path.parent / "adapter_config.json"
-        return path, cfg if cfg.is_file() else None
+        return path, cfg if cfg.exists() else None
     weights = sorted(p for p in path.iterdir() if p.suffix.lower() in WEIGHT_SUFFIXES and p.is_file()
                      and p.name != "base_weights.safetensors")
     preferred = [p for p in weights if p.name in ("adapter_model.safetensors", "adapters.safetensors")]
@@ -237,13 +240,21 @@ def local_files(path: Path) -> tuple[Path, Path | None]:
 
         load_adapter(path)   # raises the reader's own sentence (none, or several)
     cfg = path / "adapter_config.json"
-    return weights[0], cfg if cfg.is_file() else None
+    return weights[0], cfg if cfg.exists() else None
 
 
 def _parse_config(name: str, data: bytes) -> dict:
     from ..adapters import parse_config
 
     return parse_config(name, data)
+
+
+def _read_config(path: Path) -> dict:
+    """A local ``adapter_config.json``, read within the config bound (a 3 GiB file named so is
+    one sentence, not 3 GiB of memory)."""
+    from ..bounded import MAX_JSON_BYTES, read_file
+
+    return _parse_config(path.name, read_file(path, max_bytes=MAX_JSON_BYTES, what="adapter configs"))
 
 
 def _audit(member: Member, options: FleetOptions, *, token: str | None = None,
@@ -271,7 +282,7 @@ def _audit(member: Member, options: FleetOptions, *, token: str | None = None,
         path = Path(member.path)
         weights, cfg = local_files(path)
         adapter = load_adapter(path)
-        config = _parse_config(cfg.name, cfg.read_bytes()) if cfg else None
+        config = _read_config(cfg) if cfg else None
         size = weights.stat().st_size + (cfg.stat().st_size if cfg else 0)
     report = audit_adapter(adapter, rule=options.rule, value=options.value)
     return row_from_report(report, source=member.source, revision=None, size=size, config=config,
@@ -309,7 +320,7 @@ def _screen(member: Member, options: FleetOptions, *, token: str | None = None,
     else:
         path = Path(member.path)
         weights, cfg = local_files(path)
-        config = _parse_config(cfg.name, cfg.read_bytes()) if cfg else None
+        config = _read_config(cfg) if cfg else None
         size = weights.stat().st_size + (cfg.stat().st_size if cfg else 0)
         with open(weights, "rb") as fh:
             magic = fh.read(4)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 from urllib.parse import parse_qs
 
+from ..bounded import clip
 from ..errors import ConfigError, HubError
 
 __all__ = ["Member", "Expansion", "HubQuery", "expand_sources", "parse_hub_query", "is_hub_query",
@@ -196,8 +197,8 @@ def _is_adapter_folder(folder: Path) -> bool:
 
 
 def _local_members(path: Path, shown: str, out: list[Member], notes: list[str], depth: int = 0) -> None:
-    if path.is_file():
-        out.append(Member(source=shown, path=str(path)))
+    if path.is_file() or (path.exists() and not path.is_dir()):
+        out.append(Member(source=shown, path=str(path)))   # a FIFO or device: a row with its sentence
         return
     if not path.is_dir():
         raise FileNotFoundError(2, "No such file or directory", shown)
@@ -215,7 +216,8 @@ def _local_members(path: Path, shown: str, out: list[Member], notes: list[str], 
         sub = f"{shown.rstrip('/')}/{item.name}"
         if item.is_dir() and not item.is_symlink():
             _local_members(item, sub, out, notes, depth + 1)
-        elif item.is_file() and item.suffix.lower() in WEIGHT_SUFFIXES and item.name not in _NOT_ADAPTERS:
+        elif (item.suffix.lower() in WEIGHT_SUFFIXES and item.name not in _NOT_ADAPTERS
+              and (item.is_file() or item.exists())):   # a FIFO named *.safetensors: a row with its sentence
             out.append(Member(source=sub, path=str(item)))
 
 
@@ -290,6 +292,9 @@ def expand_sources(sources: Sequence[str], *, token: str | None = None, settings
             _local_members(Path(text), text, out, notes)
         if len(out) > max_members:
             raise ConfigError(f"the fleet holds more than {max_members:,} adapters; split it")
+    if not out:
+        raise ConfigError(f"no adapter weights (.safetensors, .npz or .gguf) found in "
+                          f"{clip(', '.join(map(str, sources)), 300)}")
     seen: set[tuple] = set()
     unique = []
     for m in out:

@@ -41,7 +41,8 @@ PHISH = ("x`](https://evil.example/login)[Session expired - sign in again](https
 # ------------------------------------------------------------------------------ the cases
 @dataclass(frozen=True)
 class Page:
-    """How the page gets a case: ``kind`` "audit" or "series" (uploads) or "url" (a link)."""
+    """How the page gets a case: ``kind`` "audit" or "series" (uploads to the Adapter audit page),
+    "url" (a link to it), "fleet" (uploads to the Fleet page) or "fleet-url" (a link to it)."""
 
     kind: str
     files: Callable[[], dict[str, bytes]] | None = None
@@ -60,6 +61,7 @@ class Case:
     after: Callable[[Path], None] | None = None  # checks the case's folder after the CLI ran
     status_lines: bool = False  # the command reports progress on stderr before its error line
     file_limit: int | None = None  # RLIMIT_FSIZE of the CLI run (a disk that fills up)
+    exit_code: int = 0  # of a ``check`` case: 1 for a fleet with a failed row (the fleet goes on)
 
 
 def _write(folder: Path, files: dict[str, bytes]) -> list[str]:
@@ -592,6 +594,219 @@ def formula_names() -> dict[str, bytes]:
     return {"formulas.safetensors": save(tensors)}
 
 
+# ------------------------------------------------------- variants of the same classes (verify)
+# The issue's classes again, as another corpus author would write them: the same bounds through
+# other doors (the fleet's own readers, a FIFO or a sparse file where a config or shard index
+# is expected, GGUF counts and lengths at 2^62-2^63, .npy headers inside an .npz, trainer
+# states just over the depth bound, the Fleet page's zip and link).
+def sparse(path: Path, size: int = 3 * 2**30) -> None:
+    """A file of ``size`` bytes that takes no disk (a reader that trusts it allocates them)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+
+
+def _fleet_folder(folder: Path) -> Path:
+    _write(folder / "fleet" / "a", peft(pair(), {"r": 4, "lora_alpha": 8}))
+    return folder / "fleet" / "a"
+
+
+def cli_fleet_sparse_config(*extra: str) -> Callable[[Path], list[str]]:
+    """A fleet member whose adapter_config.json is 3 GiB (sparse): read whole before the
+    config bound (screening, and the cache's content key) it took 3.1 GB."""
+    def build(folder: Path) -> list[str]:
+        sparse(_fleet_folder(folder) / "adapter_config.json")
+        return ["fleet", str(folder / "fleet"), "--json", "--workers", "1", *extra]
+    return build
+
+
+def cli_fleet_fifo(file: str, *extra: str) -> Callable[[Path], list[str]]:
+    """A fleet member with a FIFO where its config or weights are (the weights one was skipped
+    without a word: a fleet of 0 adapters, exit 0)."""
+    def build(folder: Path) -> list[str]:
+        target = _fleet_folder(folder) / file
+        target.unlink()
+        os.mkfifo(target)
+        return ["fleet", str(folder / "fleet"), "--json", "--workers", "1", *extra]
+    return build
+
+
+def fleet_row_error(said: str) -> Callable[[str], None]:
+    """The fleet went on: one row, failed, with ``said`` in its one-line error."""
+    def check(stdout: str) -> None:
+        (row,) = json.loads(stdout)["adapters"]
+        assert row["ok"] is False and said in row["error"] and "\n" not in row["error"], row
+    return check
+
+
+def cli_fleet_empty(folder: Path) -> list[str]:
+    (folder / "fleet" / "notes").mkdir(parents=True)
+    (folder / "fleet" / "notes" / "README.md").write_text("no adapter here")
+    return ["fleet", str(folder / "fleet"), "--json"]
+
+
+def cli_config_fifo(folder: Path) -> list[str]:
+    """A PEFT folder whose adapter_config.json is a FIFO: it was read as "no config: scale 1"."""
+    _write(folder, peft(pair()))
+    os.mkfifo(folder / "adapter_config.json")
+    return ["audit", "--json", str(folder)]
+
+
+def cli_series_fifo_weights(folder: Path) -> list[str]:
+    for step in (10, 20):
+        _write(folder / "run" / f"checkpoint-{step}", checkpoint({"global_step": step}, seed=step))
+    weights = folder / "run" / "checkpoint-10" / "adapter_model.safetensors"
+    weights.unlink()
+    os.mkfifo(weights)
+    return ["audit", "--series", str(folder / "run"), "--json"]
+
+
+def keys_without_suffix() -> dict[str, bytes]:
+    """PEFT keys without ``.weight`` (an .npz of ``m0.lora_A``): the sentence ended in "with"."""
+    return {"few.npz": hand_zip([(f"m0.lora_{r}.npy", npy(np.ones(s, np.float32)), len(npy(np.ones(s, np.float32))),
+                                  zipfile.ZIP_STORED) for r, s in (("A", (4, 8)), ("B", (6, 4)))])}
+
+
+def gguf_kv_count() -> dict[str, bytes]:
+    return {"a.gguf": _gguf_head(0, 2**63)}
+
+
+def gguf_key_length() -> dict[str, bytes]:
+    return {"a.gguf": _gguf_head(0, 1) + struct.pack("<Q", 2**62) + b"abc"}
+
+
+def gguf_alignment_zero() -> dict[str, bytes]:
+    return {"a.gguf": _gguf_head(0, 2) + _kv_str("general.type", "adapter") + _s(b"general.alignment")
+            + struct.pack("<II", 4, 0)}
+
+
+def gguf_dims_overflow() -> dict[str, bytes]:
+    """Four dimensions of 2^32: 2^128 elements, past int64."""
+    return {"a.gguf": _gguf_head(1, 1) + _kv_str("general.type", "adapter") + _s(b"blk.0.attn_q.weight.lora_a")
+            + struct.pack("<IQQQQIQ", 4, 2**32, 2**32, 2**32, 2**32, 0, 0)}
+
+
+def _npy_header(descr: str, shape: tuple[int, ...]) -> bytes:
+    text = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape!r}, }}"
+    text += " " * (63 - (10 + len(text)) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode()
+
+
+def npz_member(raw: bytes) -> Callable[[], dict[str, bytes]]:
+    """An .npz whose B member is ``raw`` (a .npy that lies or pickles)."""
+    def build() -> dict[str, bytes]:
+        a = npy(np.ones((4, 8), np.float32))
+        return {"a.npz": hand_zip([("m.lora_A.npy", a, len(a), zipfile.ZIP_STORED),
+                                   ("m.lora_B.npy", raw, len(raw), zipfile.ZIP_STORED)])}
+    return build
+
+
+def _base_folder(folder: Path, index: bytes | None = None) -> Path:
+    base = folder / "base"
+    base.mkdir(parents=True)
+    if index is not None:
+        (base / "model.safetensors.index.json").write_bytes(index)
+    return base
+
+
+def cli_index(make: Callable[[Path], None]) -> Callable[[Path], list[str]]:
+    """``audit --base FOLDER`` whose shard index is what ``make`` puts there."""
+    def build(folder: Path) -> list[str]:
+        base = _base_folder(folder)
+        (folder / "outside.safetensors").write_bytes(
+            save({"model.layers.0.self_attn.q_proj.weight": np.ones((6, 8), np.float32)}))
+        make(base / "model.safetensors.index.json")
+        return ["audit", "--json", *_write(folder / "in", peft(pair(), {"r": 4, "lora_alpha": 8})), "--base",
+                str(base)]
+    return build
+
+
+def fleet_zip(members: list[tuple[str, bytes | Packed, int, int]]) -> Callable[[], dict[str, bytes]]:
+    return lambda: {"fleet.zip": hand_zip(members)}
+
+
+def _fleet_adapter_members(folder: str, weights: bytes | Packed, said: int | None = None,
+                           method: int = zipfile.ZIP_STORED) -> list[tuple[str, bytes | Packed, int, int]]:
+    files = peft(pair(), {"r": 4, "lora_alpha": 8})
+    w = files["adapter_model.safetensors"]
+    return [(f"{folder}/adapter_config.json", files["adapter_config.json"], len(files["adapter_config.json"]),
+             zipfile.ZIP_STORED),
+            (f"{folder}/adapter_model.safetensors", weights, said if said is not None else len(w), method)]
+
+
+def fleet_phishing_names() -> dict[str, bytes]:
+    """Adapter folders named with link markup in a zip dropped on the Fleet page: shown as text."""
+    w = peft(pair())["adapter_model.safetensors"]
+    return {f"{PHISH}.zip": hand_zip(_fleet_adapter_members(f"runs/{PHISH}", w) + _fleet_adapter_members("runs/ok", w))}
+
+
+_W = peft(pair())["adapter_model.safetensors"]
+VARIANTS: list[Case] = [
+    Case("fleet-screen-3gib-config", "json", cli_fleet_sparse_config("--screen"),
+         check=fleet_row_error("adapter configs up to 16 MiB"), exit_code=1),
+    Case("fleet-cache-3gib-config", "json", cli_fleet_sparse_config("--cache", "cache"),
+         check=fleet_row_error("adapter configs up to 16 MiB"), exit_code=1),
+    Case("fleet-fifo-config", "paths", cli_fleet_fifo("adapter_config.json", "--cache", "cache"),
+         check=fleet_row_error("is a FIFO (named pipe)"), exit_code=1),
+    Case("fleet-fifo-weights", "paths", cli_fleet_fifo("adapter_model.safetensors", "--screen"),
+         check=fleet_row_error("is a FIFO (named pipe)"), exit_code=1),
+    Case("fleet-no-adapter", "paths", cli_fleet_empty, "no adapter weights (.safetensors, .npz or .gguf) found"),
+    Case("fifo-config", "paths", cli_config_fifo, "adapter_config.json is a FIFO (named pipe)"),
+    Case("series-fifo-weights", "paths", cli_series_fifo_weights, "adapter_model.safetensors is a FIFO"),
+    Case("keys-without-weight-suffix", "crash", audit(keys_without_suffix),
+         "LoRA adapters in this format name them 'm0.lora_A.weight', 'm0.lora_B.weight'",
+         page=Page("audit", keys_without_suffix)),
+    Case("gguf-2^63-keys", "gguf", audit(gguf_kv_count), "metadata keys; lorarank reads at most 10,000",
+         page=Page("audit", gguf_kv_count)),
+    Case("gguf-2^62-byte-key", "gguf", audit(gguf_key_length), "a GGUF metadata key is 4,611,686,018,427,387,904 bytes"),
+    Case("gguf-alignment-0", "gguf", audit(gguf_alignment_zero), "general.alignment 0 is not a power of two"),
+    Case("gguf-2^128-elements", "gguf", audit(gguf_dims_overflow), "the file has"),
+    Case("npy-shape-lie", "zip", audit(npz_member(_npy_header("<f4", (2**40,)) + b"\0" * 16)),
+         "declares shape (1099511627776,) (4398046511104 bytes) but its member holds 16 bytes",
+         page=Page("audit", npz_member(_npy_header("<f4", (2**40,)) + b"\0" * 16))),
+    Case("npy-pickle", "zip", audit(npz_member(_npy_header("|O", (2,)) + b"\x80\x04N." * 4)),
+         "holds pickled Python objects"),
+    Case("npy-2gib-header", "zip", audit(npz_member(b"\x93NUMPY\x02\x00" + struct.pack("<I", 2**31) + b"{" * 1000)),
+         "is not a valid .npy array"),
+    Case("state-65-deep", "json", series(lambda: run_zip({10: checkpoint(b'{"global_step": 10, "x": ' + b"[" * 65
+                                                                        + b"]" * 65 + b"}"),
+                                                          20: checkpoint({"global_step": 20}, seed=1)})),
+         "the trainer state nests 66 levels deep; lorarank reads at most 64",
+         page=Page("series", lambda: run_zip({10: checkpoint(b'{"global_step": 10, "x": ' + b"[" * 65 + b"]" * 65 + b"}"),
+                                              20: checkpoint({"global_step": 20}, seed=1)}))),
+    Case("state-step-nan", "steps", series(lambda: run_zip({10: checkpoint(b'{"global_step": NaN}'),
+                                                            20: checkpoint({"global_step": 20}, seed=1)})),
+         "has no whole-number global_step >= 0 (got nan)",
+         page=Page("series", lambda: run_zip({10: checkpoint(b'{"global_step": NaN}'),
+                                              20: checkpoint({"global_step": 20}, seed=1)}))),
+    Case("index-100k-deep", "json", cli_index(lambda p: p.write_bytes(b'{"weight_map": ' + b"[" * 100_000
+                                                                      + b"]" * 100_000 + b"}")),
+         "the shard index nests 100,001 levels deep"),
+    Case("index-3gib", "json", cli_index(sparse), "reads shard indexes up to 16 MiB"),
+    Case("index-outside-folder", "paths", cli_index(lambda p: p.write_text(json.dumps(
+        {"weight_map": {"model.layers.0.self_attn.q_proj.weight": "../outside.safetensors"}}))),
+         "names shard '../outside.safetensors', which is not a file in base"),
+    Case("index-fifo", "paths", cli_index(os.mkfifo), "model.safetensors.index.json is a FIFO (named pipe)"),
+    # the Fleet page's own doors
+    Case("fleet-zip-bzip2-lie", "zip", None,
+         page=Page("fleet", fleet_zip(_fleet_adapter_members("a", bzip2_zeros(), 1000, zipfile.ZIP_BZIP2))),
+         page_said="inflates past its declared size of 1,000 bytes"),
+    Case("fleet-zip-duplicate", "zip", None,
+         page=Page("fleet", fleet_zip([("a/adapter_model.safetensors", _W, len(_W), zipfile.ZIP_STORED)] * 2)),
+         page_said="appears twice in the archive"),
+    Case("fleet-zip-traversal", "paths", None,
+         page=Page("fleet", fleet_zip([("../../a/adapter_model.safetensors", _W, len(_W), zipfile.ZIP_STORED)])),
+         page_said="has an unsafe path"),
+    Case("fleet-zip-phishing-names", "links", None, page=Page("fleet", fleet_phishing_names)),
+    Case("link-fleet-q-phish", "links", None, page=Page("fleet-url", params={"q": "hf://" + PHISH}),
+         page_said="is not hf://owner/pattern"),
+    Case("link-fleet-author-phish", "links", None, page=Page("fleet-url", params={"q": "hf://?author=" + PHISH}),
+         page_said="author should be a user or organisation name"),
+    Case("link-fleet-settings-phish", "links", None,
+         page=Page("fleet-url", params={"keep": PHISH, "cap": PHISH}), page_said="The link sets"),
+]
+
+
 # ------------------------------------------------------------------------------------ cases
 CASES: list[Case] = [
     # GGUF metadata and tensors
@@ -681,4 +896,4 @@ CASES: list[Case] = [
          page=Page("url", params={"series_hf": "owner/name", "series_revisions": "main",
                                   "series_commits": PHISH}),
          page_said="a Hub revision is"),
-]
+] + VARIANTS

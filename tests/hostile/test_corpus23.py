@@ -9,7 +9,8 @@ Each case, as the earlier corpus (``test_corpus.py``) checks its own:
   under 1.5 GB and its CPU time under 20 s (three times that on a machine busier than its
   cores); an audit hook in the child records every file it opens for writing, renames or
   creates: nothing outside the case's temporary folder.
-- **Page**: the Adapter audit page (AppTest, the real scripts) with the case's upload or link:
+- **Page**: the Adapter audit page or the Fleet page (AppTest, the real scripts) with the case's
+  upload or link:
   one error box with the sentence (or none, for a success), no exception element, no
   traceback text, and nothing rendered from the input: outside code spans no element holds
   link markup or a bare link to the payload's domain. Its peak memory (the test process's
@@ -37,11 +38,13 @@ from streamlit.testing.v1 import AppTest
 import corpus23
 from corpus23 import CASES, Case
 from ui import audit as audit_ui
+from ui import fleet as fleet_ui
 from ui import series as series_ui
 from ui.common import md_plain
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = "pages/3_Adapter_audit.py"
+FLEET_PAGE = "pages/4_Fleet.py"
 #: The earlier corpus's bounds: 20 s and 1.5 GB per case.
 CPU_SECONDS = 20.0
 PEAK_MB = 1536
@@ -153,7 +156,7 @@ def test_cli(case: Case, case_dir: Path):
         assert last.startswith("lorarank: error: ") and case.said in last, stderr[-2000:]
         assert len(last) <= 1100, len(last)  # one readable line, whatever it quotes
     else:
-        assert proc.returncode == 0, (proc.returncode, stderr[-2000:])
+        assert proc.returncode == case.exit_code, (proc.returncode, stderr[-2000:])
         case.check(stdout)
     assert measured, "the child did not report (killed by a limit?)"
     assert measured["peak_kib"] / 1024 < PEAK_MB, measured
@@ -199,10 +202,10 @@ def open_page(case: Case) -> AppTest:
     for key, value in params.items():
         at.query_params[key] = value
     at.run()
-    at.switch_page(PAGE)
+    at.switch_page(FLEET_PAGE if case.page.kind.startswith("fleet") else PAGE)
     at.run()
-    if case.page.kind in ("audit", "series"):
-        key = audit_ui.UPLOAD_KEY if case.page.kind == "audit" else series_ui.UPLOAD_KEY
+    if case.page.kind in ("audit", "series", "fleet"):
+        key = {"audit": audit_ui.UPLOAD_KEY, "series": series_ui.UPLOAD_KEY, "fleet": fleet_ui.UPLOAD_KEY}[case.page.kind]
         at.file_uploader(key=key).set_value(
             [(name, data, "application/octet-stream") for name, data in case.page.files().items()])
         at.run()
