@@ -101,6 +101,17 @@ def point_client_at(url: str, monkeypatch) -> None:
     monkeypatch.delenv("HF_TOKEN", raising=False)
 
 
+def point_server_at(url: str, monkeypatch, cache: Path, **env: str) -> None:
+    """Set what an app server started next (the ``fresh_server`` fixture) inherits so that it
+    talks to the fake Hub at ``url``: ``HF_ENDPOINT``, a Hub cache of its own under ``cache``,
+    no ``HF_TOKEN`` from the machine, and ``env`` (``LORARANK_HF_TIMEOUT="10"``)."""
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setenv("LORARANK_HF_CACHE", str(cache))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+
+
 def _is_lfs(path: str) -> bool:
     return path.endswith((".safetensors", ".npz", ".bin", ".gguf"))
 

@@ -29,9 +29,10 @@ from lorarank.adapters import (
     save_adapter,
 )
 from lorarank.errors import AdapterError, ConfigError, UnsupportedAdapterError
+import testkit
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
-needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"sample adapters not found at {SAMPLES}")
+SAMPLES = testkit.SAMPLES
+needs_samples = testkit.needs(SAMPLES)
 P = "base_model.model.model.layers.0.self_attn.q_proj"
 
 

@@ -1,7 +1,6 @@
 """Corrupted adapter files: whatever the damage, the reader answers with one AdapterError."""
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,9 +9,10 @@ from hypothesis import strategies as st
 
 from lorarank import AdapterError, load_adapter_bytes
 from lorarank.audit import audit_adapter
+import testkit
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
-needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"samples folder not found at {SAMPLES}")
+SAMPLES = testkit.SAMPLES
+needs_samples = testkit.needs(SAMPLES)
 
 
 def _npz() -> bytes:

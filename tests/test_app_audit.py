@@ -24,8 +24,8 @@ from lorarank.adapters import load_adapter_bytes
 from ui import audit, resize_view
 from ui.common import md_plain
 from ui.layout import TAB_PARAM
+import testkit
 
-REPO = Path(__file__).resolve().parents[1]
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 PAGE = "pages/3_Adapter_audit.py"
 SAMPLE_NAMES = ("peft_llama_r8", "peft_llama_r32_rslora", "peft_llama_rank_pattern", "peft_gpt2_r4")
@@ -34,11 +34,7 @@ SAMPLE_NAMES = ("peft_llama_r8", "peft_llama_r32_rslora", "peft_llama_rank_patte
 # ----------------------------------------------------------------------------- helpers
 def open_page(query: dict | None = None) -> AppTest:
     """Run the home script, switch to the audit page (with ``query`` in the URL) and run it."""
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run()
-    at.switch_page(PAGE)
-    for key, value in (query or {}).items():
-        at.query_params[key] = value
-    return at.run()
+    return testkit.open_page(PAGE, query, timeout=60)
 
 
 def upload(at: AppTest, files: dict[str, bytes], key: str = audit.UPLOAD_KEY) -> AppTest:

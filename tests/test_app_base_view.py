@@ -20,8 +20,8 @@ from lorarank.base import open_base_bytes
 from ui import audit, base_view
 from ui.common import md_plain
 from ui.layout import TAB_PARAM
+import testkit
 
-REPO = Path(__file__).resolve().parents[1]
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "base_relative"
 needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"base_relative samples not found at {SAMPLES}")
 PAGE = "pages/3_Adapter_audit.py"
@@ -29,11 +29,7 @@ TAB = {TAB_PARAM: base_view.TAB}
 
 
 def open_page(query: dict) -> AppTest:
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
-    at.switch_page(PAGE)
-    for key, value in query.items():
-        at.query_params[key] = value
-    return at.run()
+    return testkit.open_page(PAGE, query)
 
 
 def put(at: AppTest, key: str, files: dict[str, bytes]) -> AppTest:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -12,22 +11,17 @@ from lorarank.data import DataConfig, fit_data
 from lorarank.synthetic import make_target
 from markdown_tables import tables
 from ui.common import md_plain
+import testkit
 
-ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "app.py")
 TIMEOUT = 120
 SMALL = {"ranks": "2,4,16", "steps": "600"}
 
 
 def open_page(page: str, **query: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    for key, value in query.items():
-        at.query_params[key] = value
-    return at.switch_page(page).run()
+    return testkit.open_page(page, query, timeout=TIMEOUT, home_first=False)
 
 
-def text(at: AppTest) -> str:
-    return " ".join(md_plain(m.value) for m in at.markdown)
+text = testkit.page_text
 
 
 class TestSweepDataMode:

@@ -17,18 +17,14 @@ from lorarank.finetune import FinetuneSettings
 from ui import finetune_view as fv
 from ui import guard
 from ui.common import md_plain
+import testkit
 
-REPO = Path(__file__).resolve().parents[1]
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "base_relative"
 PAGE = "pages/3_Adapter_audit.py"
 
 
 def open_page(query: dict | None = None) -> AppTest:
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
-    at.switch_page(PAGE)
-    for key, value in {"tab": fv.TAB, **(query or {})}.items():
-        at.query_params[key] = value
-    return at.run()
+    return testkit.open_page(PAGE, {"tab": fv.TAB, **(query or {})})
 
 
 def table(at: AppTest):
@@ -37,8 +33,7 @@ def table(at: AppTest):
     return frames[0]
 
 
-def text(at: AppTest) -> str:
-    return " ".join(md_plain(m.value) for m in at.markdown)
+text = testkit.page_text
 
 
 def model_files(folder: Path) -> list[tuple[str, bytes, str]]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -16,19 +15,15 @@ from hubserver import SAMPLES, FakeHub, HubRepo, point_client_at, wide_adapter
 from lorarank.fleet import FleetOptions, expand_sources, plan_caps, run_fleet
 from ui import fleet as fl
 from ui.common import md_plain
+import testkit
 
-REPO = Path(__file__).resolve().parents[1]
 PAGE = "pages/4_Fleet.py"
 needs_samples = pytest.mark.skipif(not (SAMPLES / "peft_llama_r8").is_dir(), reason="../shared/samples not present")
 CASES = ("peft_llama_r8", "peft_llama_r32_rslora", "peft_gpt2_r4")
 
 
 def open_page(query: dict | None = None) -> AppTest:
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
-    at.switch_page(PAGE)
-    for key, value in (query or {}).items():
-        at.query_params[key] = value
-    return at.run()
+    return testkit.open_page(PAGE, query)
 
 
 def fleet_zip() -> bytes:

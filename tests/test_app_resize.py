@@ -13,8 +13,8 @@ from streamlit.testing.v1 import AppTest
 from lorarank.adapters import load_adapter_bytes
 from ui import audit, resize_view
 from ui.common import md_plain
+import testkit
 
-REPO = Path(__file__).resolve().parents[1]
 FAMILIES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "families"
 pytestmark = pytest.mark.skipif(not FAMILIES.is_dir(), reason=f"family samples not found at {FAMILIES}")
 
@@ -28,11 +28,7 @@ def case_files(case: str) -> dict[str, bytes]:
 
 
 def resize_tab(case: str, query: dict | None = None) -> AppTest:
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
-    at.switch_page("pages/3_Adapter_audit.py")
-    for key, value in {"tab": "Resize", **(query or {})}.items():
-        at.query_params[key] = value
-    at = at.run()
+    at = testkit.open_page("pages/3_Adapter_audit.py", {"tab": "Resize", **(query or {})})
     at.file_uploader(key=audit.UPLOAD_KEY).set_value(
         [(n, d, "application/octet-stream") for n, d in case_files(case).items()])
     at = at.run()
@@ -110,11 +106,7 @@ def test_kohya_dora_is_refused_in_one_sentence_without_a_button(tmp_path):
         tensors[name + ".lora_up.weight"] = rng.standard_normal((24, 4)).astype(np.float32) * 0.1
         tensors[name + ".dora_scale"] = rng.uniform(0.5, 1.5, (24, 1)).astype(np.float32)
         tensors[name + ".alpha"] = np.array(4.0, dtype=np.float32)
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
-    at.switch_page("pages/3_Adapter_audit.py")
-    at.query_params["tab"] = "Resize"
-    at.query_params["energy"] = "0.5"
-    at = at.run()
+    at = testkit.open_page("pages/3_Adapter_audit.py", {"tab": "Resize", "energy": "0.5"})
     at.file_uploader(key=audit.UPLOAD_KEY).set_value([("dora.safetensors", save(tensors), "application/octet-stream")])
     at = at.run()
     assert not at.exception, at.exception

@@ -18,9 +18,9 @@ from streamlit.testing.v1 import AppTest
 
 from ui import series
 from ui.common import md_plain
+import testkit
 
-REPO = Path(__file__).resolve().parents[1]
-RUN = Path(__file__).resolve().parents[2] / "shared" / "samples" / "checkpoints" / "run"
+RUN = testkit.RUN
 needs_run = pytest.mark.skipif(not RUN.is_dir(), reason=f"checkpoint run not found at {RUN}")
 PAGE = "pages/3_Adapter_audit.py"
 STEPS = [15, 30, 45, 60, 75, 90]
@@ -28,21 +28,10 @@ STEPS = [15, 30, 45, 60, 75, 90]
 
 def open_page(query: dict | None = None) -> AppTest:
     """Run the home script, switch to the audit page (with ``query`` in the URL) and run it."""
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=90).run()
-    at.switch_page(PAGE)
-    for key, value in (query or {}).items():
-        at.query_params[key] = value
-    return at.run()
+    return testkit.open_page(PAGE, query, timeout=90)
 
 
-def run_zip() -> bytes:
-    """The real run folder zipped, as a user would before uploading it."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        for path in sorted(RUN.rglob("*")):
-            if path.is_file():
-                z.write(path, f"run/{path.relative_to(RUN).as_posix()}")
-    return buf.getvalue()
+run_zip = testkit.zip_folder
 
 
 def upload(at: AppTest, files: dict[str, bytes]) -> AppTest:

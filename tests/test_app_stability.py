@@ -15,6 +15,7 @@ from lorarank.synthetic import make_target
 from ui import stability as stab
 from ui.common import md_plain
 from ui.layout import TAB_PARAM
+import testkit
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -24,14 +25,10 @@ TIMEOUT = 90
 
 def open_page(**query) -> AppTest:
     """The page as a browser reaches it: app.py is the entry point, then the page runs."""
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    for key, value in query.items():
-        at.query_params[key] = value
-    return at.switch_page(PAGE).run()
+    return testkit.open_page(PAGE, query, timeout=TIMEOUT, home_first=False)
 
 
-def reading(at: AppTest) -> str:
-    return " ".join(md_plain(m.value) for m in at.markdown)
+reading = testkit.page_text
 
 
 def open_tab(at: AppTest, name: str) -> AppTest:

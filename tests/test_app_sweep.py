@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -15,19 +14,15 @@ from lorarank.synthetic import make_target
 from markdown_tables import tables
 from ui.common import md_plain
 from ui.layout import TAB_PARAM
+import testkit
 
-ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "app.py")
 PAGE = "pages/1_Rank_sweep.py"
 TIMEOUT = 60
 
 
 def open_sweep(**query: str) -> AppTest:
     """The page as a browser reaches it: app.py is the entry point, then the page runs."""
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    for key, value in query.items():
-        at.query_params[key] = value
-    return at.switch_page(PAGE).run()
+    return testkit.open_page(PAGE, query, timeout=TIMEOUT, home_first=False)
 
 
 def table(at: AppTest):
@@ -42,8 +37,7 @@ def table(at: AppTest):
     return frame
 
 
-def reading(at: AppTest) -> str:
-    return " ".join(md_plain(m.value) for m in at.markdown)
+reading = testkit.page_text
 
 
 class TestDefaults:

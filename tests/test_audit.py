@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -22,9 +21,10 @@ from lorarank.audit import (
     resize_adapter,
 )
 from lorarank.errors import ConfigError
+import testkit
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
-needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"sample adapters not found at {SAMPLES}")
+SAMPLES = testkit.SAMPLES
+needs_samples = testkit.needs(SAMPLES)
 SAMPLE_FOLDERS = ["peft_llama_r8", "peft_llama_r32_rslora", "peft_llama_rank_pattern", "peft_gpt2_r4"]
 
 

@@ -17,6 +17,7 @@ import pytest
 from lorarank.adapters import load_adapter, save_adapter
 from lorarank.audit import audit_adapter, module_spectrum, resize_adapter
 from lorarank.compare import compare_adapters
+import testkit
 
 FAMILIES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "families"
 pytestmark = pytest.mark.skipif(not FAMILIES.is_dir(), reason=f"family samples not found at {FAMILIES}")
@@ -25,17 +26,7 @@ RESIZABLE = ["peft_loha", "peft_lokr", "peft_adalora", "lycoris_loha.safetensors
              "lycoris_locon_tucker.safetensors", "peft_modules_to_save", "diffusers_unet_lora"]
 
 
-def dense(m) -> np.ndarray:
-    """Oracle: the module's update in the orientation of B @ A, formed densely (test only)."""
-    ba = m.scale * (m.B.astype(np.float64) @ m.A.astype(np.float64))
-    if m.kron_left is not None:
-        ba = np.kron(np.asarray(m.kron_left, dtype=np.float64), ba)
-    return ba
-
-
-def best_rank_k(M: np.ndarray, k: int) -> np.ndarray:
-    u, s, vt = np.linalg.svd(M, full_matrices=False)
-    return (u[:, :k] * s[:k]) @ vt[:k]
+dense, best_rank_k = testkit.dense, testkit.best_rank_k
 
 
 @pytest.mark.parametrize("case", RESIZABLE)
@@ -90,15 +81,7 @@ def test_dora_audit_says_what_its_spectrum_is_of():
 
 
 # ------------------------------------------------------------------------------- real peft
-def _peft():
-    try:
-        import peft  # noqa: F401
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        pytest.skip(f"the real-peft oracle needs peft, torch and transformers ({exc}); "
-                    "see requirements-oracles.txt")
-    return peft
+_peft = testkit.real_peft
 
 
 def test_resized_modules_to_save_loads_in_peft(tmp_path):

@@ -10,16 +10,14 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from ui import audit
+import testkit
 
-REPO = Path(__file__).resolve().parents[1]
 FAMILIES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "families"
 pytestmark = pytest.mark.skipif(not FAMILIES.is_dir(), reason=f"family samples not found at {FAMILIES}")
 
 
 def open_page() -> AppTest:
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
-    at.switch_page("pages/3_Adapter_audit.py")
-    return at.run()
+    return testkit.open_page("pages/3_Adapter_audit.py")
 
 
 def put(at: AppTest, key: str, files: dict[str, bytes]) -> AppTest:

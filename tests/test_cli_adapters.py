@@ -12,10 +12,11 @@ import pytest
 from safetensors.numpy import save, save_file
 
 from lorarank.cli import main
+import testkit
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
-needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"sample adapters not found at {SAMPLES}")
+SAMPLES = testkit.SAMPLES
+needs_samples = testkit.needs(SAMPLES)
 MODULE_KEYS = {"name", "shape", "rank", "alpha", "scale", "singular_values", "energy_rank", "stable_rank",
                "entropy_rank", "recommended_rank", "family", "spectrum_of", "stored_rank", "kept_rank", "magnitude", "norm",
                "relative_size", "flags", "update_rank"}

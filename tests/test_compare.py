@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +10,10 @@ import pytest
 from lorarank.adapters import Adapter, LoraModule, load_adapter
 from lorarank.compare import compare_adapters, principal_angles, right_singular_vectors, subspace_similarity
 from lorarank.errors import AdapterError, ConfigError
+import testkit
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
-needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"sample adapters not found at {SAMPLES}")
+SAMPLES = testkit.SAMPLES
+needs_samples = testkit.needs(SAMPLES)
 
 
 def naive_phi(A1, A2):

@@ -19,9 +19,10 @@ from lorarank.fleet import (FleetOptions, ResultCache, audit_member, cap_files, 
                             fleet_csv, fleet_document, members_from_uploads, pad_adapter, plan_caps,
                             run_fleet)
 from lorarank.fleet.rows import energy_curve
+import testkit
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
-needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"sample adapters not found at {SAMPLES}")
+SAMPLES = testkit.SAMPLES
+needs_samples = testkit.needs(SAMPLES)
 FAMILIES = ["peft_dora", "peft_adalora", "peft_loha", "peft_lokr", "peft_modules_to_save",
             "peft_multi_adapter/summarize", "peft_multi_adapter/translate",
             "diffusers_unet_lora/pytorch_lora_weights.safetensors", "lycoris_loha.safetensors",

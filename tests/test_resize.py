@@ -24,6 +24,7 @@ from lorarank.audit import audit_adapter
 from lorarank.cli import main
 from lorarank.resize import resize_adapter
 from lorarank.spectrum import kohya_rank, recommend_rank
+import testkit
 
 FAMILIES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "families"
 needs_samples = pytest.mark.skipif(not FAMILIES.is_dir(), reason=f"family samples not found at {FAMILIES}")
@@ -33,17 +34,7 @@ ALL_CASES = ["peft_dora", "mlx_dora", "peft_adalora", "peft_loha", "peft_lokr", 
              "diffusers_unet_lora"]
 
 
-def dense(m) -> np.ndarray:
-    """Oracle: ``scale * B @ A`` (the directional part for DoRA), formed densely (test only)."""
-    ba = m.scale * (np.asarray(m.B, dtype=np.float64) @ np.asarray(m.A, dtype=np.float64))
-    if m.kron_left is not None:
-        ba = np.kron(np.asarray(m.kron_left, dtype=np.float64), ba)
-    return ba
-
-
-def best_rank_k(M: np.ndarray, k: int) -> np.ndarray:
-    u, s, vt = np.linalg.svd(M, full_matrices=False)
-    return (u[:, :k] * s[:k]) @ vt[:k]
+dense, best_rank_k = testkit.dense, testkit.best_rank_k
 
 
 def dora_merged(W0: np.ndarray, direction: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -90,15 +81,7 @@ def test_dora_resize_keeps_magnitudes_and_truncates_the_direction(case, tmp_path
     assert result.params_after == sum(3 * sum(m.shape) + m.shape[0] for m in adapter.modules)
 
 
-def _peft():
-    try:
-        import peft
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        pytest.skip(f"the real-peft oracle needs peft, torch and transformers ({exc}); "
-                    "see requirements-oracles.txt")
-    return peft
+_peft = testkit.real_peft
 
 
 def _llama(peft_ok=True):

@@ -21,11 +21,13 @@ CHROMIUM_ARGS = [
 ]
 STARTUP_TIMEOUT = 30.0
 
-__all__ = ["REPO", "CHROMIUM", "CHROMIUM_ARGS", "AppServer", "wait_for_app", "open_tab", "set_number",
-           "assert_no_exception", "input_value", "error_sentences", "uploader", "adapter_uploader"]
+__all__ = ["REPO", "CHROMIUM", "CHROMIUM_ARGS", "AppServer", "free_port", "wait_for_app", "wait_for_any", "visit",
+           "open_tab", "set_number", "assert_no_exception", "alerts_are_inert", "input_value", "error_sentences",
+           "uploader", "adapter_uploader", "download", "zipped_adapter"]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (as the OS hands it out)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -40,7 +42,7 @@ class AppServer:
 
     def __init__(self, log_path: Path, *, script: str = "app.py",
                  env: dict[str, str] | None = None) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "wb")
@@ -97,6 +99,23 @@ def wait_for_app(page, *, timeout: float = 60_000) -> None:
                            timeout=timeout)
 
 
+def wait_for_any(page, *test_ids: str, timeout: float = 90_000) -> None:
+    """Wait until an element with one of the ``data-testid`` values shows (``"stDataFrame"``,
+    ``"stAlertContentError"``: a result or its error), then for the run to end."""
+    page.wait_for_selector(", ".join(f'[data-testid="{t}"]' for t in test_ids), timeout=timeout)
+    wait_for_app(page)
+
+
+def visit(page, url: str, shot=None, name: str = "") -> None:
+    """Open ``url`` and wait for its run to end; with the ``shot`` fixture, save screenshot
+    ``name``; then check that no exception box shows."""
+    page.goto(url)
+    wait_for_app(page)
+    if shot is not None:
+        shot(page, name)
+    assert_no_exception(page)
+
+
 def open_tab(page, name: str) -> None:
     """Open the page's tab ``name`` and wait for the rerun that draws it.
 
@@ -125,6 +144,44 @@ def set_number(page, key: str, value: object) -> None:
 def assert_no_exception(page) -> None:
     """The page shows no Streamlit exception box (no traceback)."""
     assert page.get_by_test_id("stException").count() == 0
+
+
+def alerts_are_inert(page) -> list[str]:
+    """The texts of the page's alert boxes (at least one), after checking that none renders
+    markup from what a user sent: no link, image, KaTeX or coloured span ("RED") inside."""
+    alerts = page.get_by_test_id("stAlert")
+    assert alerts.count() >= 1
+    for i in range(alerts.count()):
+        alert = alerts.nth(i)
+        html = alert.inner_html()
+        assert alert.locator("a").count() == 0, html
+        assert alert.locator("img").count() == 0, html
+        assert alert.locator(".katex").count() == 0, html
+        assert "RED" not in "".join(alert.locator("span[style*='color']").all_inner_texts()), html
+    return alerts.all_inner_texts()
+
+
+def download(page, button, path: Path) -> Path:
+    """Click ``button`` (a locator, or the accessible name of a button) and save the file it
+    sends at ``path``."""
+    if isinstance(button, str):
+        button = page.get_by_role("button", name=button)
+    with page.expect_download() as info:
+        button.click()
+    info.value.save_as(path)
+    return path
+
+
+def zipped_adapter(path: Path, folder: str) -> tuple[dict, dict]:
+    """``(tensors, config)`` of the PEFT adapter saved in folder ``folder`` of the zip at ``path``."""
+    import json
+    import zipfile
+
+    from safetensors.numpy import load
+
+    with zipfile.ZipFile(path) as archive:
+        return (load(archive.read(f"{folder}/adapter_model.safetensors")),
+                json.loads(archive.read(f"{folder}/adapter_config.json")))
 
 
 def uploader(page, key: str):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from apphelpers import adapter_uploader, assert_no_exception, input_value, open_tab, wait_for_app
+from apphelpers import adapter_uploader, assert_no_exception, input_value, open_tab, visit, wait_for_app
 from playwright.sync_api import expect
 from safetensors.numpy import load as st_load
 
@@ -75,11 +75,8 @@ class TestColdDeepLink:
     def test_settings_restored_on_a_cold_server(self, page, fresh_server, shot):
         """rule, value, map, budget, resize_by and compare come back from the URL, no error."""
         url = fresh_server()
-        page.goto(f"{url}/Adapter_audit?rule=sv_ratio&sv_ratio=4&map=stable_rank&budget=3"
-                  "&resize_by=budget&compare=true")
-        wait_for_app(page)
-        shot(page, "cold_deep_link")
-        assert_no_exception(page)
+        visit(page, f"{url}/Adapter_audit?rule=sv_ratio&sv_ratio=4&map=stable_rank&budget=3"
+                    "&resize_by=budget&compare=true", shot, "cold_deep_link")
         assert page.get_by_role("heading", name="Adapter audit").count() == 1
         assert "sv_ratio" in select_text(page, "rule")
         assert input_value(page, "sv_ratio") == "4.000"
@@ -93,10 +90,7 @@ class TestColdDeepLink:
     def test_demo_link_shows_the_whole_page(self, page, fresh_server, shot):
         """A link with demo=true renders the synthetic demo with every section and compare."""
         url = fresh_server()
-        page.goto(f"{url}/Adapter_audit?demo=true&compare=true&module=model.layers.1.self_attn.v_proj")
-        wait_for_app(page)
-        shot(page, "demo")
-        assert_no_exception(page)
+        visit(page, f"{url}/Adapter_audit?demo=true&compare=true&module=model.layers.1.self_attn.v_proj", shot, "demo")
         assert page.get_by_text("synthetic demo", exact=False).count() >= 1
         assert len(table_rows(page)) == 14
         tabs = page.get_by_role("tab").all_inner_texts()

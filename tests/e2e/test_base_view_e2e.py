@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import zipfile
 from pathlib import Path
 
 import pytest
-from apphelpers import assert_no_exception, adapter_uploader, input_value, set_number, uploader, wait_for_app
-from safetensors.numpy import load as st_load
+from apphelpers import (adapter_uploader, assert_no_exception, download, input_value, set_number, uploader,
+                        wait_for_app, zipped_adapter)
 
 pytestmark = pytest.mark.e2e
 
@@ -59,13 +57,8 @@ def test_settings_move_the_link_and_downloads(page, app_url, tmp_path):
         page.locator(".st-key-audit_base_download_csv").get_by_role("button").click()
     rows = list(csv.DictReader(io.StringIO(info.value.path().read_text())))
     assert len(rows) == 14 and {r["epsilon"] for r in rows} == {"0.3"}
-    with page.expect_download() as info:
-        page.get_by_role("button", name="Download the intruder-reduced adapter (lambda 0.75) (.zip)").click()
-    path = tmp_path / "m.zip"
-    info.value.save_as(path)
-    with zipfile.ZipFile(path) as z:
-        weights = st_load(z.read("intruder_reduced/adapter_model.safetensors"))
-        config = json.loads(z.read("intruder_reduced/adapter_config.json"))
+    path = download(page, "Download the intruder-reduced adapter (lambda 0.75) (.zip)", tmp_path / "m.zip")
+    weights, config = zipped_adapter(path, "intruder_reduced")
     assert config["r"] == 16 and len([k for k in weights if k.endswith("lora_A.weight")]) == 14
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from apphelpers import REPO, _free_port
+from apphelpers import REPO, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -63,7 +63,7 @@ def test_dockerfile_instructions():
 
 def test_image_command_serves_and_health_check_passes(tmp_path):
     instrs = instructions()
-    port = str(_free_port())
+    port = str(free_port())
     home = tmp_path / "home"
     home.mkdir()
     env = {**os.environ}

@@ -11,10 +11,10 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from apphelpers import assert_no_exception, error_sentences, open_tab, uploader, wait_for_app
+from apphelpers import assert_no_exception, error_sentences, open_tab, uploader, wait_for_any, wait_for_app
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hubserver import SAMPLES, FakeHub, HubRepo  # noqa: E402
+from hubserver import SAMPLES, FakeHub, HubRepo, point_server_at  # noqa: E402
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not (SAMPLES / "peft_llama_r8").is_dir(), reason="../shared/samples not present")]
@@ -26,16 +26,12 @@ def hub_server(fresh_server, monkeypatch, tmp_path):
     repos = {f"team/{c.replace('_', '-')}": HubRepo.from_folder(SAMPLES / c) for c in CASES}
     repos["team/a-model"] = HubRepo(files={"config.json": b"{}"}, tags=("transformers",))
     with FakeHub(repos) as hub:
-        monkeypatch.setenv("HF_ENDPOINT", hub.url)
-        monkeypatch.setenv("LORARANK_HF_CACHE", str(tmp_path / "hf-cache"))
-        monkeypatch.delenv("HF_TOKEN", raising=False)
+        point_server_at(hub.url, monkeypatch, tmp_path / "hf-cache")
         yield hub, fresh_server()
 
 
 def answer(page) -> str:
-    page.wait_for_selector('[data-testid="stAlertContentSuccess"], [data-testid="stAlertContentError"]',
-                           timeout=90_000)
-    wait_for_app(page)
+    wait_for_any(page, "stAlertContentSuccess", "stAlertContentError")
     return page.get_by_test_id("stAlertContentSuccess").first.inner_text()
 
 

@@ -17,25 +17,12 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from apphelpers import adapter_uploader, assert_no_exception, open_tab, uploader, wait_for_app
+from apphelpers import adapter_uploader, alerts_are_inert, assert_no_exception, open_tab, uploader, visit, wait_for_app
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hostile"))
 import corpus23  # noqa: E402  (the hostile corpus's builders)
 
 pytestmark = pytest.mark.e2e
-
-
-def alerts_are_inert(page) -> list[str]:
-    alerts = page.get_by_test_id("stAlert")
-    assert alerts.count() >= 1
-    for i in range(alerts.count()):
-        alert = alerts.nth(i)
-        html = alert.inner_html()
-        assert alert.locator("a").count() == 0, html
-        assert alert.locator("img").count() == 0, html
-        assert alert.locator(".katex").count() == 0, html
-        assert "RED" not in "".join(alert.locator("span[style*='color']").all_inner_texts()), html
-    return alerts.all_inner_texts()
 
 
 @pytest.mark.parametrize("query", [
@@ -44,9 +31,7 @@ def alerts_are_inert(page) -> list[str]:
 ], ids=["hf", "series-revisions"])
 def test_link_cannot_render_markup(page, app_url, query):
     """A link alone: the error names the bad value as text; no link, image or maths renders."""
-    page.goto(f"{app_url}/Adapter_audit?{urllib.parse.urlencode(query)}")
-    wait_for_app(page)
-    assert_no_exception(page)
+    visit(page, f"{app_url}/Adapter_audit?{urllib.parse.urlencode(query)}")
     texts = alerts_are_inert(page)
     assert any("evil.example" in t for t in texts), texts
 

@@ -13,7 +13,7 @@ import urllib.parse
 
 import pytest
 
-from apphelpers import assert_no_exception, wait_for_app
+from apphelpers import alerts_are_inert, visit
 
 pytestmark = pytest.mark.e2e
 
@@ -26,36 +26,19 @@ PAYLOADS = [
 ]
 
 
-def _alerts_are_inert(page) -> list[str]:
-    alerts = page.get_by_test_id("stAlert")
-    assert alerts.count() >= 1
-    for i in range(alerts.count()):
-        alert = alerts.nth(i)
-        assert alert.locator("a").count() == 0, alert.inner_html()
-        assert alert.locator("img").count() == 0, alert.inner_html()
-        assert alert.locator(".katex").count() == 0, alert.inner_html()
-        assert "RED" not in "".join(
-            alert.locator("span[style*='color']").all_inner_texts()), alert.inner_html()
-    return alerts.all_inner_texts()
-
-
 @pytest.mark.parametrize("payload", PAYLOADS)
 @pytest.mark.parametrize("path, key", [("Rank_sweep", "d_out"), ("Alpha_r_stability", "rules"),
                                        ("Rank_sweep", "ranks")])
 def test_url_value_cannot_render_markup(page, app_url, path, key, payload):
     """The bad value is named in the error box, as text: the evil link is shown, not linked."""
-    page.goto(f"{app_url}/{path}?{key}={urllib.parse.quote(payload)}")
-    wait_for_app(page)
-    assert_no_exception(page)
-    texts = _alerts_are_inert(page)
+    visit(page, f"{app_url}/{path}?{key}={urllib.parse.quote(payload)}")
+    texts = alerts_are_inert(page)
     assert any("evil.example" in t for t in texts), texts
 
 
 @pytest.mark.parametrize("payload", PAYLOADS[:2])
 def test_module_value_cannot_render_markup(page, app_url, payload):
     """``?module=`` on the audit page (demo adapter): the error names it without markup."""
-    page.goto(f"{app_url}/Adapter_audit?demo=true&module={urllib.parse.quote(payload)}")
-    wait_for_app(page)
-    assert_no_exception(page)
-    texts = _alerts_are_inert(page)
+    visit(page, f"{app_url}/Adapter_audit?demo=true&module={urllib.parse.quote(payload)}")
+    texts = alerts_are_inert(page)
     assert any("evil.example" in t for t in texts), texts

@@ -8,10 +8,10 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from apphelpers import assert_no_exception, error_sentences, wait_for_app
+from apphelpers import assert_no_exception, error_sentences, wait_for_any, wait_for_app
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hubserver import SAMPLES, FakeHub  # noqa: E402
+from hubserver import SAMPLES, FakeHub, point_server_at  # noqa: E402
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not (SAMPLES / "peft_llama_r8").is_dir(),
@@ -22,17 +22,12 @@ pytestmark = [pytest.mark.e2e,
 def hub_server(fresh_server, monkeypatch, tmp_path):
     """A fresh app server that talks to a fresh fake Hub (loopback only)."""
     with FakeHub() as hub:
-        monkeypatch.setenv("HF_ENDPOINT", hub.url)
-        monkeypatch.setenv("LORARANK_HF_CACHE", str(tmp_path / "hf-cache"))
-        monkeypatch.setenv("LORARANK_HF_TIMEOUT", "10")
-        monkeypatch.delenv("HF_TOKEN", raising=False)
+        point_server_at(hub.url, monkeypatch, tmp_path / "hf-cache", LORARANK_HF_TIMEOUT="10")
         yield hub, fresh_server()
 
 
 def wait_for_result(page) -> None:
-    page.wait_for_selector('[data-testid="stDataFrame"], [data-testid="stAlertContentError"]',
-                           timeout=90_000)
-    wait_for_app(page)
+    wait_for_any(page, "stDataFrame", "stAlertContentError")
 
 
 def test_cold_deep_link_shows_the_audit_and_pins_the_commit(page, hub_server, shot):

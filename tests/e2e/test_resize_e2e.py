@@ -3,13 +3,11 @@ gives a DoRA adapter; a LoKr gets no 'resized' file, and one sentence why."""
 
 from __future__ import annotations
 
-import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from apphelpers import adapter_uploader, assert_no_exception, open_tab, wait_for_app
+from apphelpers import adapter_uploader, assert_no_exception, download, open_tab, wait_for_app, zipped_adapter
 from safetensors.numpy import load as st_load
 
 pytestmark = pytest.mark.e2e
@@ -40,13 +38,8 @@ def test_dora_download_is_a_dora_adapter(page, app_url, tmp_path, shot):
     assert_no_exception(page)
     body = page.get_by_test_id("stMain").inner_text()
     assert "magnitude vector m is kept" in body and "No download" not in body
-    with page.expect_download() as info:
-        page.get_by_role("button", name="Download resized adapter (.zip)").click()
-    path = tmp_path / "resized.zip"
-    info.value.save_as(path)
-    with zipfile.ZipFile(path) as archive:
-        weights = st_load(archive.read("resized_adapter/adapter_model.safetensors"))
-        config = json.loads(archive.read("resized_adapter/adapter_config.json"))
+    path = download(page, "Download resized adapter (.zip)", tmp_path / "resized.zip")
+    weights, config = zipped_adapter(path, "resized_adapter")
     original = st_load((FAMILIES / "peft_dora" / "adapter_model.safetensors").read_bytes())
     assert config["use_dora"] is True
     mags = [k for k in original if k.endswith("lora_magnitude_vector")]

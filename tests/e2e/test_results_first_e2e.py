@@ -4,16 +4,13 @@ first screen, above the inputs (issue 22: they were at 843 / 1,695 px and 1,027 
 
 from __future__ import annotations
 
-import io
-import zipfile
-from pathlib import Path
-
 import pytest
 from apphelpers import assert_no_exception, uploader, wait_for_app
+import testkit
 
 pytestmark = pytest.mark.e2e
 
-RUN = Path(__file__).resolve().parents[3] / "shared" / "samples" / "checkpoints" / "run"
+RUN = testkit.RUN
 SIZES = {"desktop": (1400, 900), "phone": (390, 844)}
 
 #: Tops (px from the top of the page scrolled to its start) of the first element matching
@@ -39,13 +36,7 @@ def tops(page, wanted: dict[str, tuple[str, str | None]]) -> dict[str, int | Non
     return page.evaluate(_TOPS_JS, [[name, sel, text] for name, (sel, text) in wanted.items()])
 
 
-def run_zip() -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        for path in sorted(RUN.rglob("*")):
-            if path.is_file():
-                z.write(path, f"run/{path.relative_to(RUN).as_posix()}")
-    return buf.getvalue()
+run_zip = testkit.zip_folder
 
 
 @pytest.mark.skipif(not RUN.is_dir(), reason=f"checkpoint run not found at {RUN}")

@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
-import io
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from apphelpers import assert_no_exception, open_tab, uploader, wait_for_app
+from apphelpers import assert_no_exception, open_tab, uploader, visit, wait_for_app
 from safetensors.numpy import load_file
+import testkit
 
 pytestmark = pytest.mark.e2e
 
-RUN = Path(__file__).resolve().parents[3] / "shared" / "samples" / "checkpoints" / "run"
+RUN = testkit.RUN
 STEPS = [15, 30, 45, 60, 75, 90]
 TAB = "Rank over training"
 
 
-def run_zip() -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        for path in sorted(RUN.rglob("*")):
-            if path.is_file():
-                z.write(path, f"run/{path.relative_to(RUN).as_posix()}")
-    return buf.getvalue()
+run_zip = testkit.zip_folder
 
 
 def dense_spectra(step: int) -> dict[str, np.ndarray]:
@@ -64,10 +57,8 @@ def open_series_tab(page) -> None:
 def test_cold_link_then_real_run(page, fresh_server, tmp_path, shot):
     """A cold deep link keeps its series settings; the uploaded real run shows oracle numbers."""
     url = fresh_server()
-    page.goto(f"{url}/Adapter_audit?series_metric=stable_rank&series_top=2&series_step=45"
-              "&series_module=model.layers.0.self_attn.q_proj")
-    wait_for_app(page)
-    assert_no_exception(page)
+    visit(page, f"{url}/Adapter_audit?series_metric=stable_rank&series_top=2&series_step=45"
+                "&series_module=model.layers.0.self_attn.q_proj")
     open_series_tab(page)
     uploader(page, "audit_series_upload").set_input_files(files=[
         {"name": "run.zip", "mimeType": "application/zip", "buffer": run_zip()}])

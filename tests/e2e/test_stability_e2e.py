@@ -8,7 +8,7 @@ import json
 import re
 
 import pytest
-from apphelpers import assert_no_exception, error_sentences, input_value, set_number, wait_for_app
+from apphelpers import assert_no_exception, error_sentences, input_value, set_number, visit, wait_for_app
 
 pytestmark = pytest.mark.e2e
 
@@ -39,10 +39,7 @@ class TestColdDeepLink:
     def test_first_request_restores_every_setting(self, page, fresh_server, shot):
         """Target, grid, curve and calculator settings in the URL reach the page on a cold server."""
         url = fresh_server()
-        page.goto(f"{url}/Alpha_r_stability?{COLD_QUERY}")
-        wait_for_app(page)
-        shot(page, "stability_cold_deep_link")
-        assert_no_exception(page)
+        visit(page, f"{url}/Alpha_r_stability?{COLD_QUERY}", shot, "stability_cold_deep_link")
         assert page.get_by_role("heading", name="alpha/r stability").count() == 1
         assert [input_value(page, k) for k in ("d_out", "d_in", "steps", "seed")] == \
             ["48", "40", "120", "3"]
@@ -77,10 +74,7 @@ class TestColdDeepLink:
     ])
     def test_bad_value_is_one_sentence(self, page, app_url, shot, query, sentence):
         """A hand-edited bad value shows one error sentence and no traceback."""
-        page.goto(f"{app_url}/Alpha_r_stability?{query}")
-        wait_for_app(page)
-        shot(page, "stability_bad_" + re.sub(r"\W", "_", query))
-        assert_no_exception(page)
+        visit(page, f"{app_url}/Alpha_r_stability?{query}", shot, "stability_bad_" + re.sub(r"\W", "_", query))
         assert error_sentences(page) == [sentence]
 
 
@@ -89,10 +83,7 @@ class TestInteraction:
 
     def test_default_page_and_downloads(self, page, app_url, tmp_path, shot):
         """The default grid renders four heatmap panels; CSV and JSON downloads hold every cell."""
-        page.goto(f"{app_url}/Alpha_r_stability")
-        wait_for_app(page)
-        shot(page, "stability_default")
-        assert_no_exception(page)
+        visit(page, f"{app_url}/Alpha_r_stability", shot, "stability_default")
         assert "the window moves to larger learning rates as r grows" in markdown_text(page)
         with page.expect_download() as info:
             page.get_by_role("button", name="Download CSV").click()

@@ -8,7 +8,7 @@ import re
 import time
 
 import pytest
-from apphelpers import assert_no_exception, error_sentences, input_value, set_number, wait_for_app
+from apphelpers import assert_no_exception, error_sentences, input_value, set_number, visit, wait_for_app
 
 from ui.common import available_pages
 
@@ -42,11 +42,8 @@ class TestColdDeepLink:
     def test_first_request_restores_every_setting(self, page, fresh_server, shot):
         """The settings in the URL reach the widgets and the table on a cold server."""
         url = fresh_server()
-        page.goto(f"{url}/Rank_sweep?d_out=96&d_in=48&true_rank=6&spectrum=geometric"
-                  "&ranks=3,6,12&optimizer=adam&steps=300&seed=2")
-        wait_for_app(page)
-        shot(page, "cold_deep_link")
-        assert_no_exception(page)
+        visit(page, f"{url}/Rank_sweep?d_out=96&d_in=48&true_rank=6&spectrum=geometric"
+                    "&ranks=3,6,12&optimizer=adam&steps=300&seed=2", shot, "cold_deep_link")
         assert page.get_by_role("heading", name="Rank sweep").count() == 1
         assert [input_value(page, k) for k in ("d_out", "d_in", "true_rank", "steps", "seed")] \
             == ["96", "48", "6", "300", "2"]
@@ -62,10 +59,7 @@ class TestColdDeepLink:
         """Each page's URL as the first request of a fresh server runs that page, not home."""
         url = fresh_server()
         path = page_info.path.removeprefix("pages/").removesuffix(".py").split("_", 1)[1]
-        page.goto(f"{url}/{path}")
-        wait_for_app(page)
-        shot(page, f"cold_{path}")
-        assert_no_exception(page)
+        visit(page, f"{url}/{path}", shot, f"cold_{path}")
         assert page.get_by_role("heading", name=page_info.label, exact=True).count() == 1
         sidebar = page.get_by_test_id("stSidebar")
         assert sidebar.get_by_role("link", name=page_info.label).count() == 1
@@ -82,10 +76,7 @@ class TestColdDeepLink:
     ])
     def test_bad_value_is_one_sentence(self, page, app_url, shot, query, sentence):
         """A hand-edited bad value shows one error sentence and no traceback."""
-        page.goto(f"{app_url}/Rank_sweep?{query}")
-        wait_for_app(page)
-        shot(page, "bad_" + re.sub(r"\W", "_", query))
-        assert_no_exception(page)
+        visit(page, f"{app_url}/Rank_sweep?{query}", shot, "bad_" + re.sub(r"\W", "_", query))
         assert error_sentences(page) == [sentence.replace("`", "")]  # code spans rendered
 
 
@@ -151,10 +142,7 @@ class TestHome:
 
     def test_home_links_open_pages(self, page, app_url, shot):
         """The home page's link to the Rank sweep opens it; the sidebar link goes back."""
-        page.goto(app_url)
-        wait_for_app(page)
-        shot(page, "home")
-        assert_no_exception(page)
+        visit(page, app_url, shot, "home")
         assert page.get_by_text("h = W x + s · B A x").count() == 1
         main = page.get_by_test_id("stMain")
         main.get_by_role("link", name="Rank sweep").click()

@@ -115,6 +115,22 @@ def npy(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def zeros_member(zf: zipfile.ZipFile, name: str, shape: tuple[int, int]) -> None:
+    """Write member ``name`` of ``zf``: a .npy of float64 zeros of ``shape``, streamed in 16 MiB
+    chunks (a bomb built without holding it; deflated it shrinks about 1000 times)."""
+    head = np.lib.format.header_data_from_array_1_0(np.zeros(1))
+    head["shape"] = shape
+    hbuf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(hbuf, head)
+    with zf.open(name, "w", force_zip64=True) as member:
+        member.write(hbuf.getvalue())
+        chunk = b"\0" * (16 * 2**20)
+        left = shape[0] * shape[1] * 8
+        while left:
+            member.write(chunk[: min(left, len(chunk))])
+            left -= min(left, len(chunk))
+
+
 @dataclass(frozen=True)
 class Packed:
     """A member's bytes already compressed with ``method`` (a bomb built without inflating it)."""

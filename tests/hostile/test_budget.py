@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,9 +24,8 @@ from ui import stability as stab
 from ui import sweep
 from markdown_tables import tables
 from ui.common import md_plain
+import testkit
 
-ROOT = Path(__file__).resolve().parents[2]
-APP = str(ROOT / "app.py")
 TIMEOUT = 300
 
 
@@ -40,10 +38,7 @@ def forget_finished_work():
 
 
 def open_page(page: str, **query: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    for key, value in query.items():
-        at.query_params[key] = value
-    return at.switch_page(page).run()
+    return testkit.open_page(page, query, timeout=TIMEOUT, home_first=False)
 
 
 # ------------------------------------------------------------------------------ estimates

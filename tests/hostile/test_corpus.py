@@ -35,6 +35,7 @@ from streamlit.testing.v1 import AppTest
 
 from ui import audit as audit_ui
 from ui.common import md_plain
+from corpus23 import npy, peft, zeros_member
 
 ROOT = Path(__file__).resolve().parents[2]
 PEFT = "base_model.model."
@@ -51,19 +52,6 @@ def pair(name: str = "model.layers.0.self_attn.q_proj", r: int = 4, *, d_out: in
     b = np.zeros((d_out, r)) if zero else rng.standard_normal((d_out, r)) * scale
     return {f"{PEFT}{name}.lora_A.weight": a.astype(np.float32 if scale < 1e30 else np.float64),
             f"{PEFT}{name}.lora_B.weight": b.astype(np.float32 if scale < 1e30 else np.float64)}
-
-
-def peft(tensors: dict[str, np.ndarray], config: dict | bytes | None) -> dict[str, bytes]:
-    files = {"adapter_model.safetensors": save(tensors)}
-    if config is not None:
-        files["adapter_config.json"] = config if isinstance(config, bytes) else json.dumps(config).encode()
-    return files
-
-
-def npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    return buf.getvalue()
 
 
 def duplicated_npz() -> dict[str, bytes]:
@@ -93,18 +81,7 @@ def bomb_npz() -> dict[str, bytes]:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
         zf.writestr("q.A.npy", npy(np.ones((4, 64))))
-        n = 600 * 2**20 // 8
-        head = np.lib.format.header_data_from_array_1_0(np.zeros(1))
-        head["shape"] = (n // 4, 4)
-        hbuf = io.BytesIO()
-        np.lib.format.write_array_header_1_0(hbuf, head)
-        with zf.open("q.B.npy", "w", force_zip64=True) as member:
-            member.write(hbuf.getvalue())
-            chunk = b"\0" * (16 * 2**20)
-            left = n * 8
-            while left:
-                member.write(chunk[: min(left, len(chunk))])
-                left -= min(left, len(chunk))
+        zeros_member(zf, "q.B.npy", (600 * 2**20 // 8 // 4, 4))
     return {"bomb.npz": buf.getvalue()}
 
 

@@ -23,6 +23,7 @@ from safetensors.numpy import save
 
 from lorarank.adapters import load_adapter, load_adapter_bytes
 from lorarank.errors import AdapterError
+from corpus23 import npy, zeros_member
 
 ROOT = Path(__file__).resolve().parents[2]
 PEFT = "base_model.model."
@@ -162,12 +163,6 @@ class TestSafetensorsHeader:
 
 
 # ------------------------------------------------------------------------------ npz
-def npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    return buf.getvalue()
-
-
 class TestNpz:
     def test_duplicated_member(self):
         """Two members called A.npy: numpy silently used the last; now it is named."""
@@ -197,19 +192,9 @@ class TestNpz:
         with zipfile.ZipFile(path, "w") as zf:
             zf.writestr("A.npy", npy(rng.standard_normal((30 * 2**20 // 8 // 64, 64))),
                         compress_type=zipfile.ZIP_STORED)
-        n = 490 * 2**20 // 8   # float64 zeros: 490 MiB declared, deflated to about 0.5 MiB
         with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-            head = np.lib.format.header_data_from_array_1_0(np.zeros(1))
-            head["shape"] = (n // 64, 64)
-            hbuf = io.BytesIO()
-            np.lib.format.write_array_header_1_0(hbuf, head)
-            with zf.open("B.npy", "w", force_zip64=True) as member:
-                member.write(hbuf.getvalue())
-                chunk = b"\0" * (16 * 2**20)
-                left = n * 8
-                while left:
-                    member.write(chunk[: min(left, len(chunk))])
-                    left -= min(left, len(chunk))
+            # float64 zeros: 490 MiB declared, deflated to about 0.5 MiB
+            zeros_member(zf, "B.npy", (490 * 2**20 // 8 // 64, 64))
         with pytest.raises(AdapterError, match=r"would unpack to 5\d\d MiB; lorarank unpacks .npz files up to 512 MiB"):
             load_adapter(path)
 
