@@ -168,10 +168,14 @@ def _field(module: Any, name: str) -> Any:
 
 
 def file_rank(family: str | None, rank: int | None, stored_rank: int | None) -> int | None:
-    """The r a file states for a module: a LoHa half's rank (its exact factors are r² wide), a
-    PiSSA / OLoRA module's own r when its exact update (rank 2r) is audited, else the width of
-    its factors (LoKr: the factorised half's rank)."""
-    return stored_rank if family in ("loha", "lora") and stored_rank else rank
+    """The r a file states for a module, as its family registered it
+    (:attr:`lorarank.adapters.Family.file_rank`): its stored rank (a LoHa half's rank, whose
+    exact factors are r² wide; a PiSSA / OLoRA module's own r when its exact update, rank 2r,
+    is audited), else the width of its factors (LoKr: the factorised half's rank)."""
+    from .adapters import family as family_info
+
+    by_stored = family is not None and family_info(family).file_rank == "stored"
+    return stored_rank if by_stored and stored_rank else rank
 
 
 def module_row(module: Any, *, top: int = 4) -> dict[str, Any]:

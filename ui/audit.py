@@ -27,6 +27,7 @@ import pandas as pd
 import streamlit as st
 
 from lorarank.adapters import Adapter, adapter_files, load_adapter_bytes
+from lorarank.adapters import families as registered_families
 from lorarank.charts.report import budget_marks as _budget_marks
 from lorarank.audit import AuditReport, allocate_budget, audit_adapter, budget_curve
 from lorarank.base import open_base_bytes
@@ -459,16 +460,9 @@ def detected_lines(detected: Detected, report: AuditReport) -> list[tuple[str, M
     return lines
 
 
-#: What the file's r means for a family whose update can have another rank (the reading says it).
-FAMILY_RANKS: dict[str, str] = {
-    "loha": "a LoHa module stores two Hadamard halves of rank r each, and their elementwise product, "
-            "the update, has rank up to r²",
-    "lokr": "a LoKr module's r is the rank of its factorised half W2, and the update kron(W1, W2) has "
-            "rank rank(W1)·rank(W2)",
-    "adalora": "an AdaLoRA module's r is the number of directions its budget kept (nonzero E entries) of the "
-               "init_r it started from",
-    "locon-tucker": "a LoCon Tucker module's update up·(mid × down) has rank at most its r",
-}
+#: What the file's r means for a family whose update can have another rank (the reading says it),
+#: as each family registered it (:attr:`lorarank.adapters.Family.rank_note`).
+FAMILY_RANKS: dict[str, str] = {name: f.rank_note for name, f in registered_families().items() if f.rank_note}
 
 
 def _span(lo: float, hi: float) -> Markdown:

@@ -356,10 +356,12 @@ def module_layouts(keys: list[str], config: dict | None, source: str
             "'<module>.lora_A.weight' / '.lora_B.weight', '.lora_down.weight' / '.lora_up.weight', "
             "'.lora_a' / '.lora_b', 'hada_w1_a', 'lokr_w1' or 'A' / 'B'"
         )
-    # PEFT and LyCORIS name LoHa / LoKr tensors alike: a PEFT config or prefix makes them PEFT's.
+    # PEFT and LyCORIS name LoHa / LoKr tensors alike (families registered ``lycoris``): a PEFT
+    # config or prefix makes them PEFT's.
     if "kohya" in found and "peft" not in found:
-        lyco = {lay.family for _, lay in found["kohya"].values()} <= {"loha", "lokr"}
-        if lyco and (peft_type in ("LOHA", "LOKR") or all(n.startswith(PEFT_PREFIX) for n in found["kohya"])):
+        ported = {f.peft_type for f in _registry.families().values() if f.lycoris}
+        lyco = all(_registry.family(lay.family).lycoris for _, lay in found["kohya"].values())
+        if lyco and (peft_type in ported or all(n.startswith(PEFT_PREFIX) for n in found["kohya"])):
             found["peft"] = found.pop("kohya")
     if len(found) > 1:
         raise AdapterError(f"{source} mixes the key conventions of {' and '.join(sorted(found))}")

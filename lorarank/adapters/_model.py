@@ -109,10 +109,13 @@ class LoraModule:
 
     @property
     def unit_scale_by_design(self) -> bool:
-        """True for a LyCORIS LoKr whose two halves are both full matrices: LyCORIS trains it
-        with alpha forced to dim, so its scale is 1 by the library's rule, not an assumption
-        (the file has no alpha to read and none is asked for)."""
-        return self.family == "lokr" and self.stored_rank is None
+        """True for a LyCORIS LoKr whose two halves are both full matrices (a family whose r is
+        a half's dim, :attr:`Family.half_rank`, with no dim stored): LyCORIS trains it with
+        alpha forced to dim, so its scale is 1 by the library's rule, not an assumption (the
+        file has no alpha to read and none is asked for)."""
+        from ._registry import family
+
+        return self.stored_rank is None and family(self.family).half_rank
 
     @property
     def shape(self) -> tuple[int, int]:

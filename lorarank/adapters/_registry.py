@@ -3,8 +3,10 @@
 A family module (``lora.py``, ...) registers
 
 - one :class:`Family`: its name and label, what ``(B, A, scale)`` hold, the phrase saying what
-  its reported singular values are of, and what a resize writes (the family itself, or plain
-  LoRA factors of the same update);
+  its reported singular values are of, what a resize writes (the family itself, or plain LoRA
+  factors of the same update), and the family's own rules where it has any: its PEFT
+  ``peft_type`` and config keys, its scale rule, what the file's r means, the rank a plain LoRA
+  needs to hold it, and its modules' sizes from the tensors' shapes alone (screening);
 - one :class:`Layout` per naming convention it reads: the key suffix of each role (``"A"``,
   ``"B"``, ...) and a function that turns the tensors of one module into a :class:`LoraModule`
   (scale 1; scales are set afterwards from the file's alpha keys or config).
@@ -15,19 +17,29 @@ file (plus its tests): nothing else names it.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 from ._model import LoraModule
 from ._tensors import Tensors
 
-__all__ = ["Family", "register_family", "families", "family", "Layout", "register", "refuse",
+__all__ = ["Family", "register_family", "families", "family", "peft_family", "Layout", "register", "refuse",
            "classify", "select", "refusal", "layouts"]
 
 #: What a resize writes for a family's modules: the family itself, or plain LoRA factors of the
 #: best rank-k approximation of the same update.
 RESIZE_KINDS = ("own", "lora")
+#: The rank a plain LoRA needs to hold a family's module exactly: its stored rank q, or its
+#: spectrum's length (LoKr: ``min(o1, i1) * q``).
+LORA_RANKS = ("stored", "spectrum")
+#: The r a file states for a family's module: the width q of its factors, or its stored rank.
+FILE_RANKS = ("width", "stored")
+
+#: ``dims(fmt, shapes) -> (q, d_out, d_in, lora_rank)`` of one module from its tensors' shapes
+#: (``{role: shape}``), or None when they do not chain.
+Dims = Callable[[str, Mapping[str, tuple[int, ...]]], "tuple[int, int, int, int] | None"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,35 @@ class Family:
     peft_type : str, optional
         The ``peft_type`` of a PEFT config whose weights hold this family (``"LOHA"``); None when
         PEFT has no such type.
+    lycoris : bool, default=False
+        PEFT's port of a LyCORIS family: PEFT writes its tensors with LyCORIS's key suffixes
+        (``hada_w1_a``, ...; a PEFT config or the PEFT prefix tells the two apart), its config
+        names alpha ``alpha`` (not ``lora_alpha``), and its r is LyCORIS's stored dim.
+    half_rank : bool, default=False
+        Its r is the dim of one factorised half, absent when both halves are full matrices
+        (LoKr): LyCORIS then applies scale 1 (it trains them with alpha = dim), and PEFT keeps
+        its config's r for the scale, which the module then states as its stored rank.
+    dims : callable, optional
+        ``dims(fmt, shapes) -> (q, d_out, d_in, lora_rank)`` from the tensors' shapes alone
+        (``{role: shape}``), None when they do not chain: what screening a header reads
+        (:mod:`lorarank.adapters.headers`). Without it, screening refuses the family by name.
+    lora_rank : {"stored", "spectrum"}, default="stored"
+        The rank a plain LoRA needs to hold a module exactly (what a server's rank cap must
+        allow): its stored rank q, or its spectrum's length (LoKr).
+    file_rank : {"width", "stored"}, default="width"
+        The r the file states for a module (tables, reports): the width q of its exact factors,
+        or its stored rank when there is one (LoHa: a half's r, its factors are r² wide; LoRA: a
+        PiSSA / OLoRA module's own r when its exact update, rank 2r, is audited).
+    rank_note : str, optional
+        What the file's r means when the update can have another rank (LoHa: rank up to r²);
+        the audit's reading says it beside the recommended ranks.
+    scale_rule : callable, optional
+        ``scale_rule(alpha, r, rslora) -> scale`` when the family does not scale by
+        ``alpha / r`` (``alpha / sqrt(r)`` with rsLoRA): AdaLoRA's ``alpha / (r + 1e-5)``.
+    peft_scales : callable, optional
+        ``peft_scales(modules, config, name) -> (modules, note)``: the family's own reading of a
+        PEFT config's scale (AdaLoRA: ``init_r``, ``rank_pattern`` holds masks), instead of
+        the LoRA one (``r``, ``rank_pattern``, ``alpha_pattern``).
     """
 
     name: str
@@ -61,10 +102,31 @@ class Family:
     resize: str = "own"
     spectrum_with_base: str | None = None
     peft_type: str | None = None
+    lycoris: bool = False
+    half_rank: bool = False
+    dims: Dims | None = None
+    lora_rank: str = "stored"
+    file_rank: str = "width"
+    rank_note: str | None = None
+    scale_rule: Callable[[float, int, bool], float] | None = None
+    peft_scales: Callable[[list[LoraModule], dict, str], tuple[list[LoraModule], str]] | None = None
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_KINDS:
             raise ValueError(f"resize should be one of {RESIZE_KINDS}, got {self.resize!r}")
+        if self.lora_rank not in LORA_RANKS:
+            raise ValueError(f"lora_rank should be one of {LORA_RANKS}, got {self.lora_rank!r}")
+        if self.file_rank not in FILE_RANKS:
+            raise ValueError(f"file_rank should be one of {FILE_RANKS}, got {self.file_rank!r}")
+
+    def scale(self, alpha: float, r: int, rslora: bool = False) -> float:
+        """The scale of a module of rank ``r`` from ``alpha``: the family's rule, else
+        ``alpha / r`` (``alpha / sqrt(r)`` with rsLoRA); 0 for rank 0."""
+        if self.scale_rule is not None:
+            return self.scale_rule(alpha, r, rslora)
+        if r == 0:
+            return 0.0
+        return alpha / math.sqrt(r) if rslora else alpha / r
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -86,6 +148,11 @@ def families() -> dict[str, Family]:
 def family(name: str) -> Family:
     """The registered family ``name``; an unknown name gets a neutral entry naming it."""
     return _FAMILIES.get(name) or Family(name, name, f"({name})", f"update ({name})")
+
+
+def peft_family(peft_type: str) -> Family | None:
+    """The first registered family whose PEFT ``peft_type`` is ``peft_type`` (``"LOHA"``), or None."""
+    return next((f for f in _FAMILIES.values() if f.peft_type == str(peft_type).upper()), None)
 
 
 @dataclass(frozen=True)

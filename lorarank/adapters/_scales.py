@@ -26,15 +26,15 @@ import numpy as np
 from ..errors import AdapterError
 from ._config import number, peft_pattern_key
 from ._model import LoraModule
+from ._registry import family, peft_family
 from ._tensors import Tensors
 from .names import PEFT_PREFIX
 
-__all__ = ["apply_scales", "check_scale", "MAX_SCALE", "config_bool"]
+__all__ = ["apply_scales", "check_scale", "MAX_SCALE", "config_bool", "int_field"]
 
 #: Largest |scale| lorarank accepts: beyond it sums of squared singular values overflow float64
 #: for ordinary factor sizes, so the numbers shown would be inf or NaN.
 MAX_SCALE = 1e12
-_ADALORA_EPS = 1e-5
 
 
 def check_scale(value: float, where: str) -> float:
@@ -61,12 +61,7 @@ def _r_eff(m: LoraModule) -> int:
 
 
 def _user_rule(m: LoraModule, a: float, rslora: bool) -> float:
-    r = _r_eff(m)
-    if m.family == "adalora":
-        return a / (r + _ADALORA_EPS)
-    if r == 0:
-        return 0.0
-    return a / math.sqrt(r) if rslora else a / r
+    return family(m.family).scale(a, _r_eff(m), rslora)
 
 
 def apply_scales(fmt: str, modules: list[LoraModule], tensors: Tensors, alpha_keys: dict[str, str],
@@ -121,7 +116,7 @@ def apply_scales(fmt: str, modules: list[LoraModule], tensors: Tensors, alpha_ke
     else:
         note = (f"alpha / r for the {with_alpha} modules with an alpha entry, scale 1 for the "
                 f"{n_plain - with_alpha} without")
-    if any(m.family in ("loha", "lokr") for m in modules):
+    if any(family(m.family).lycoris for m in modules):
         note += " (r = the stored LyCORIS dim)"
     if both_full:
         note += (f"; scale 1 for the {both_full} LoKr modules whose two halves are both full "
@@ -139,7 +134,9 @@ def _scalar(tensors: Tensors, key: str, source: str) -> float:
     return value
 
 
-def _int_field(name: str, field_name: str, value: object, *, minimum: int = 1) -> int:
+def int_field(name: str, field_name: str, value: object, *, minimum: int = 1) -> int:
+    """``value`` of config field ``field_name`` if it is an integer >= ``minimum``, else one
+    sentence naming the file ``name``, the field and the value."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         kind = "a positive integer" if minimum == 1 else "a non-negative integer"
         raise AdapterError(f"{name}: `{field_name}` should be {kind}, got {value!r}")
@@ -148,10 +145,13 @@ def _int_field(name: str, field_name: str, value: object, *, minimum: int = 1) -
 
 def peft_scales(modules: list[LoraModule], config: dict, source: str, rslora: bool, *,
                 name: str = "adapter_config.json", strip: str = PEFT_PREFIX) -> tuple[list[LoraModule], str]:
-    """PEFT's scale per module from its config (LORA, DoRA, ADALORA, LOHA, LOKR)."""
+    """PEFT's scale per module from its config (LORA, DoRA, ADALORA, LOHA, LOKR): the family's
+    own rule where it registered one (:attr:`lorarank.adapters.Family.peft_scales`), else
+    alpha / r (or / sqrt(r)) with ``rank_pattern`` and ``alpha_pattern``."""
     peft_type = str(config.get("peft_type") or "LORA").upper()
-    alpha_field = "alpha" if peft_type in ("LOHA", "LOKR") else "lora_alpha"
-    r_default = _int_field(name, "r", config.get("r", 8))
+    fam = peft_family(peft_type)
+    alpha_field = "alpha" if fam is not None and fam.lycoris else "lora_alpha"
+    r_default = int_field(name, "r", config.get("r", 8))
     alpha_default = number(name, alpha_field, config.get(alpha_field, 8))
     rank_pattern = config.get("rank_pattern") or {}
     alpha_pattern = config.get("alpha_pattern") or {}
@@ -159,18 +159,9 @@ def peft_scales(modules: list[LoraModule], config: dict, source: str, rslora: bo
         if not isinstance(pattern, dict):
             raise AdapterError(f"{name}: `{field_name}` should be an object, got {pattern!r}")
     fan_in_fan_out = config_bool(config, "fan_in_fan_out", name)
+    if fam is not None and fam.peft_scales is not None:
+        return fam.peft_scales(modules, config, name, alpha=alpha_default, fan_in_fan_out=fan_in_fan_out)
     out = []
-    if peft_type == "ADALORA":
-        # rank_pattern holds AdaLoRA's boolean masks, not ranks; ranknum stays at init_r.
-        init_r = _int_field(name, "init_r", config.get("init_r", 12))
-        for m in modules:
-            ranknum = init_r if m.rank else 0   # a module pruned to rank 0 reloads with ranknum 0
-            s = check_scale(alpha_default / (ranknum + _ADALORA_EPS), f"{name} lora_alpha = {alpha_default:g}")
-            out.append(replace(m, scale=s, alpha=alpha_default, stored_rank=init_r,
-                               transposed=m.transposed or fan_in_fan_out))
-        note = (f"PEFT AdaLoRA adapter_config.json: scale = lora_alpha / (ranknum + 1e-5) with "
-                f"ranknum = init_r = {init_r}; lora_E folded into A")
-        return out, note
     for m in modules:
         inner = m.name[len(strip):] if strip and m.name.startswith(strip) else m.name
         r_key = peft_pattern_key(rank_pattern, inner, field_name="rank_pattern")
@@ -179,7 +170,8 @@ def peft_scales(modules: list[LoraModule], config: dict, source: str, rslora: bo
         if isinstance(r, bool) or not isinstance(r, int) or r < 1:
             raise AdapterError(f"{name}: rank_pattern[{r_key!r}] should be a positive integer, got {r!r}")
         a = number(name, f"alpha_pattern[{a_key!r}]", alpha_pattern[a_key]) if a_key is not None else alpha_default
-        stored = m.stored_rank if m.stored_rank is not None else (None if m.family == "lokr" else m.rank)
+        half = family(m.family).half_rank   # LoKr: PEFT's r stands even where both halves are full
+        stored = m.stored_rank if m.stored_rank is not None else (None if half else m.rank)
         if stored is not None and r != stored:
             where = f"rank_pattern[{r_key!r}]" if r_key is not None else "`r`"
             raise AdapterError(f"{source}: module {m.name!r} has rank {stored} in the weights but "
@@ -187,14 +179,14 @@ def peft_scales(modules: list[LoraModule], config: dict, source: str, rslora: bo
         s = a / math.sqrt(r) if rslora else a / r
         s = check_scale(s, f"{name} {alpha_field} = {a:g}")
         out.append(replace(m, scale=s, alpha=a, transposed=m.transposed or fan_in_fan_out,
-                           stored_rank=m.stored_rank if m.family != "lokr" else r))
+                           stored_rank=r if half else m.stored_rank))
     formula = "lora_alpha / sqrt(r) (use_rslora)" if rslora else f"{alpha_field} / r"
     extra = []
     if rank_pattern:
         extra.append("rank_pattern")
     if alpha_pattern:
         extra.append("alpha_pattern")
-    kind = {"LOHA": "LoHa ", "LOKR": "LoKr "}.get(peft_type, "")
+    kind = f"{fam.label} " if fam is not None and fam.lycoris else ""
     note = f"PEFT {kind}adapter_config.json: scale = {formula}"
     if extra:
         note += " with per-module " + " and ".join(extra)

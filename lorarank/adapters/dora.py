@@ -20,7 +20,7 @@ from ..errors import AdapterError, UnsupportedAdapterError
 from ._model import LoraModule
 from ._registry import Family, Layout, register, register_family
 from ._tensors import Tensors
-from .lora import read_factor, read_pair
+from .lora import lora_dims, read_factor, read_pair
 
 __all__: list[str] = []
 
@@ -49,7 +49,8 @@ register_family(Family(
     "of W0 + s*B@A by the magnitude vector",
     resize="own",
     spectrum_with_base="update merged - W0 (DoRA, exact with the base weights)",
-    peft_type="LORA"))
+    peft_type="LORA",
+    dims=lora_dims))
 
 for _fmt, _a, _b, _m, _layout in (
     ("peft", ".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector", "ab"),

@@ -28,6 +28,7 @@ from typing import Callable, Mapping
 
 from ..bounded import regular_file
 from ..errors import AdapterError
+from . import _registry
 from ._load import module_layouts
 from ._tensors import check_safetensors_header, tensor_layout
 
@@ -154,54 +155,14 @@ def _check(cond: bool, source: str, name: str, shapes: dict) -> None:
 
 def _module_dims(family: str, fmt: str, shapes: dict[str, tuple[int, ...]], source: str,
                  name: str) -> tuple[int, int, int, int]:
-    """``(q, d_out, d_in, lora rank)`` of one module from its tensors' shapes, by the family's rule."""
-    s = shapes
-    if any(len(v) == 0 for v in s.values()):
-        _check(False, source, name, s)
-    if family in ("lora", "dora"):
-        a, b = s["A"], s["B"]
-        _check(len(a) >= 2 and len(b) >= 2, source, name, s)
-        if fmt == "mlx":                       # lora_a (in, r), lora_b (r, out)
-            _check(len(a) == 2 and len(b) == 2 and a[1] == b[0], source, name, s)
-            return a[1], b[1], a[0], a[1]
-        _check(a[0] == b[1], source, name, s)
-        return a[0], b[0], _prod(a[1:]), a[0]
-    if family == "adalora":
-        a, b = s["A"], s["B"]
-        _check(len(a) == 2 and len(b) == 2 and a[0] == b[1], source, name, s)
-        return a[0], b[0], a[1], a[0]
-    if family == "locon-tucker":               # down (r, in, 1, 1), mid (r, r, k, k), up (out, r, 1, 1)
-        down, mid, up = s["A"], s["mid"], s["B"]
-        _check(len(down) >= 2 and len(up) >= 2 and len(mid) >= 3, source, name, s)
-        return up[1], up[0], down[1] * _prod(mid[2:]), up[1]
-    if family == "loha":
-        ranks, outs, ins = [], [], []
-        for n in (1, 2):
-            wa, wb, t = s[f"w{n}a"], s[f"w{n}b"], s.get(f"t{n}")
-            _check(len(wa) == 2 and len(wb) >= 2, source, name, s)
-            if t is not None:                  # wa (r, out), wb (r, in), t (r, r, k, k)
-                ranks.append(t[0]); outs.append(wa[1]); ins.append(wb[1] * _prod(t[2:]))
-            else:                              # wa (out, r), wb (r, in[, k, k])
-                ranks.append(wa[1]); outs.append(wa[0]); ins.append(_prod(wb[1:]))
-        _check(outs[0] == outs[1] and ins[0] == ins[1], source, name, s)
-        return ranks[0] * ranks[1], outs[0], ins[0], ranks[0] * ranks[1]
-    if family == "lokr":
-        if "w1" in s:
-            o1, i1 = s["w1"][0], _prod(s["w1"][1:])
-        else:
-            _check("w1a" in s and "w1b" in s, source, name, s)
-            o1, i1 = s["w1a"][0], _prod(s["w1b"][1:])
-        if "w2" in s:
-            o2, i2 = s["w2"][0], _prod(s["w2"][1:])
-            q = min(o2, i2)
-        else:
-            _check("w2a" in s and "w2b" in s, source, name, s)
-            if "t2" in s:                      # w2a (r, out), w2b (r, in), t2 (r, r, k, k)
-                q, o2, i2 = s["t2"][0], s["w2a"][1], s["w2b"][1] * _prod(s["t2"][2:])
-            else:
-                q, o2, i2 = s["w2a"][1], s["w2a"][0], _prod(s["w2b"][1:])
-        return q, o1 * o2, i1 * i2, min(o1, i1) * min(q, o2, i2)
-    raise AdapterError(f"{source}: module {name!r} is of family {family!r}, which screening does not know")
+    """``(q, d_out, d_in, lora rank)`` of one module from its tensors' shapes, by the rule its
+    family registered (:attr:`lorarank.adapters.Family.dims`)."""
+    rule = _registry.family(family).dims
+    if rule is None:
+        raise AdapterError(f"{source}: module {name!r} is of family {family!r}, which screening does not know")
+    dims = None if any(len(v) == 0 for v in shapes.values()) else rule(fmt, shapes)
+    _check(dims is not None, source, name, shapes)
+    return dims
 
 
 def screen_entries(entries: Entries, *, config: dict | None, source: str,

@@ -9,6 +9,8 @@ conv LoRA of rank r (written back as one, with ``lora_down`` of shape (r, in, kh
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import AdapterError
@@ -42,10 +44,19 @@ def _read_locon_tucker(tensors: Tensors, name: str, keys: dict[str, str], source
                       stored_params=stored_size(tensors, keys))
 
 
+def _dims(fmt: str, s) -> tuple[int, int, int, int] | None:
+    down, mid, up = s["A"], s["mid"], s["B"]   # down (r, in, 1, 1), mid (r, r, k, k), up (out, r, 1, 1)
+    if len(down) < 2 or len(up) < 2 or len(mid) < 3:
+        return None
+    return up[1], up[0], down[1] * math.prod(mid[2:]), up[1]
+
+
 register_family(Family(
     "locon-tucker", "LyCORIS LoCon (Tucker)",
     "dW = scale * up @ (mid x down), the Tucker core folded into A",
-    "update s*up@(mid x down) (LoCon, Tucker core folded into the factors)", resize="lora"))
+    "update s*up@(mid x down) (LoCon, Tucker core folded into the factors)", resize="lora",
+    dims=_dims,
+    rank_note="a LoCon Tucker module's update up·(mid × down) has rank at most its r"))
 
 register(Layout(format="kohya", family="locon-tucker",
                 roles=(("A", ".lora_down.weight"), ("B", ".lora_up.weight"), ("mid", ".lora_mid.weight")),

@@ -16,6 +16,8 @@ exact rank-r factorisation is ``B = wa.T`` and ``A[i, (r, k)] = sum_j t[i, j, k]
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import AdapterError
@@ -82,13 +84,33 @@ def _read_loha(tensors: Tensors, name: str, keys: dict[str, str], source: str) -
                       stored_params=stored_size(tensors, keys))
 
 
+def _dims(fmt: str, s) -> tuple[int, int, int, int] | None:
+    ranks, outs, ins = [], [], []
+    for n in (1, 2):
+        wa, wb, t = s[f"w{n}a"], s[f"w{n}b"], s.get(f"t{n}")
+        if len(wa) != 2 or len(wb) < 2:
+            return None
+        if t is not None:                  # wa (r, out), wb (r, in), t (r, r, k, k)
+            ranks.append(t[0]); outs.append(wa[1]); ins.append(wb[1] * math.prod(t[2:]))
+        else:                              # wa (out, r), wb (r, in[, k, k])
+            ranks.append(wa[1]); outs.append(wa[0]); ins.append(math.prod(wb[1:]))
+    if outs[0] != outs[1] or ins[0] != ins[1]:
+        return None
+    return ranks[0] * ranks[1], outs[0], ins[0], ranks[0] * ranks[1]
+
+
 # LyCORIS / kohya and PEFT use the same suffixes; the loader tells them apart (config, prefix).
 register_family(Family(
     "loha", "LoHa",
     "dW = scale * (B1 A1) * (B2 A2), as the exact rank-r1*r2 row-wise Khatri-Rao product",
     "update s*(W1a@W1b)*(W2a@W2b) (LoHa, exact rank-r1*r2 Khatri-Rao factors)",
     resize="lora",
-    peft_type="LOHA"))
+    peft_type="LOHA",
+    lycoris=True,
+    dims=_dims,
+    file_rank="stored",
+    rank_note="a LoHa module stores two Hadamard halves of rank r each, and their elementwise product, "
+              "the update, has rank up to r²"))
 
 register(Layout(format="kohya", family="loha",
                 roles=(("w1a", ".hada_w1_a"), ("w1b", ".hada_w1_b"), ("w2a", ".hada_w2_a"),

@@ -11,6 +11,8 @@ both halves are full (LyCORIS then applies scale 1; PEFT still applies alpha / r
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import AdapterError
@@ -84,11 +86,37 @@ def _read_lokr(tensors: Tensors, name: str, keys: dict[str, str], source: str) -
                       stored_params=stored_size(tensors, keys))
 
 
+def _dims(fmt: str, s) -> tuple[int, int, int, int] | None:
+    if "w1" in s:
+        o1, i1 = s["w1"][0], math.prod(s["w1"][1:])
+    elif "w1a" in s and "w1b" in s:
+        o1, i1 = s["w1a"][0], math.prod(s["w1b"][1:])
+    else:
+        return None
+    if "w2" in s:
+        o2, i2 = s["w2"][0], math.prod(s["w2"][1:])
+        q = min(o2, i2)
+    elif "w2a" in s and "w2b" in s:
+        if "t2" in s:                      # w2a (r, out), w2b (r, in), t2 (r, r, k, k)
+            q, o2, i2 = s["t2"][0], s["w2a"][1], s["w2b"][1] * math.prod(s["t2"][2:])
+        else:
+            q, o2, i2 = s["w2a"][1], s["w2a"][0], math.prod(s["w2b"][1:])
+    else:
+        return None
+    return q, o1 * o2, i1 * i2, min(o1, i1) * min(q, o2, i2)
+
+
 register_family(Family(
     "lokr", "LoKr", "dW = scale * kron(kron_left, B @ A)",
     "update s*kron(W1, W2) (LoKr, products of the halves' singular values)",
     resize="lora",
-    peft_type="LOKR"))
+    peft_type="LOKR",
+    lycoris=True,
+    half_rank=True,
+    dims=_dims,
+    lora_rank="spectrum",
+    rank_note="a LoKr module's r is the rank of its factorised half W2, and the update kron(W1, W2) has "
+              "rank rank(W1)·rank(W2)"))
 
 register(Layout(format="kohya", family="lokr",
                 roles=(("w1", ".lokr_w1"), ("w1a", ".lokr_w1_a"), ("w1b", ".lokr_w1_b"),

@@ -16,6 +16,7 @@ Orientation comes from the key names only, never from shapes.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import numpy as np
@@ -25,7 +26,7 @@ from ._model import LoraModule
 from ._registry import Family, Layout, register, register_family
 from ._tensors import Tensors, all_finite
 
-__all__ = ["FORMATS", "read_pair", "read_factor", "stored_size"]
+__all__ = ["FORMATS", "read_pair", "read_factor", "stored_size", "lora_dims"]
 
 #: Formats lorarank reads, with where their scale comes from.
 FORMATS: dict[str, str] = {
@@ -111,10 +112,27 @@ def read_pair(layout: str, tensors: Tensors, name: str, keys: dict[str, str], so
     return LoraModule(name, a, b, 1.0, transposed=transposed, kernel=kernel)
 
 
+def lora_dims(fmt: str, s) -> tuple[int, int, int, int] | None:
+    """``(q, d_out, d_in, lora rank)`` of a LoRA (or DoRA) module from its factors' shapes alone,
+    None when they do not chain (screening a header: :class:`~lorarank.adapters._registry.Family`)."""
+    a, b = s["A"], s["B"]
+    if len(a) < 2 or len(b) < 2:
+        return None
+    if fmt == "mlx":                       # lora_a (in, r), lora_b (r, out)
+        if len(a) != 2 or len(b) != 2 or a[1] != b[0]:
+            return None
+        return a[1], b[1], a[0], a[1]
+    if a[0] != b[1]:
+        return None
+    return a[0], b[0], math.prod(a[1:]), a[0]
+
+
 register_family(Family(
     "lora", "LoRA", "dW = scale * B @ A", "update s*B@A",
     resize="own",
-    peft_type="LORA"))
+    peft_type="LORA",
+    dims=lora_dims,
+    file_rank="stored"))
 
 for _fmt, _a, _b, _layout in _PAIRS:
     register(Layout(format=_fmt, family="lora", roles=(("A", _a), ("B", _b)), required=("A", "B"),

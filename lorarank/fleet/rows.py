@@ -165,9 +165,16 @@ def energy_curve(spectra, *, length: int | None = None) -> list[float]:
 
 
 def lora_rank(family: str, rank: int, spectrum_size: int) -> int:
-    """The rank a plain LoRA needs to hold a module exactly: its stored rank q, except for
-    LoKr, whose Kronecker product has rank up to ``min(o1, i1) * q`` (its spectrum's length)."""
-    return int(spectrum_size) if family == "lokr" else int(rank)
+    """The rank a plain LoRA needs to hold a module exactly, as its family registered it
+    (:attr:`lorarank.adapters.Family.lora_rank`): its stored rank q, or its spectrum's length
+    (LoKr, whose Kronecker product has rank up to ``min(o1, i1) * q``)."""
+    return int(spectrum_size) if _by_spectrum(family) else int(rank)
+
+
+def _by_spectrum(family: str) -> bool:
+    from ..adapters import family as family_info
+
+    return family_info(family).lora_rank == "spectrum"
 
 
 def _at_caps(curve: list[float], caps, max_rank: int | None) -> dict[str, float]:
@@ -340,7 +347,7 @@ def _screen_by_reading(member: Member, options: FleetOptions, *, size: int, conf
     from ..audit import module_spectrum
 
     ranks = adapter.ranks
-    sizes = [lora_rank(m.family, m.rank, module_spectrum(m).size if m.family == "lokr" else m.rank)
+    sizes = [lora_rank(m.family, m.rank, module_spectrum(m).size if _by_spectrum(m.family) else m.rank)
              for m in adapter.modules]
     return {
         "source": member.source, "revision": None, "ok": True, "error": None,
