@@ -104,14 +104,7 @@ def test_too_many_adapters_is_refused(monkeypatch):
 
 
 def open_page_with_secrets(query: dict, secrets: dict) -> AppTest:
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
-    for key, value in secrets.items():
-        at.secrets[key] = value
-    at.run()
-    at.switch_page(PAGE)
-    for key, value in query.items():
-        at.query_params[key] = value
-    return at.run()
+    return testkit.open_page(PAGE, query, secrets=secrets)
 
 
 def rendered(at: AppTest) -> str:

@@ -34,15 +34,18 @@ def needs(path: Path):
 
 
 def open_page(page: str, query: Mapping[str, Any] | None = None, *, timeout: float = 120,
-              home_first: bool = True):
+              home_first: bool = True, secrets: Mapping[str, Any] | None = None):
     """An ``AppTest`` of ``page`` (``"pages/3_Adapter_audit.py"``) with ``query`` in its URL, run.
 
     ``home_first``: the home script runs first, then the page (a visitor who came from home);
-    otherwise the page's run is the first (a link opened on a new session).
+    otherwise the page's run is the first (a link opened on a new session). ``secrets``: the
+    app's ``st.secrets`` (``{"HF_TOKEN": ...}``).
     """
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=timeout)
+    for key, value in (secrets or {}).items():
+        at.secrets[key] = value
     if home_first:
         at.run()
     for key, value in (query or {}).items():
