@@ -254,7 +254,9 @@ def _orientation_note(adapter: Adapter) -> str:
         "kohya": "lora_down is A (r, in), lora_up is B (out, r); conv kernels flattened",
         "diffusers": "down is A (r, in), up is B (out, r)",
     }
-    if adapter.modules and all(m.family in ("lokr", "loha") for m in adapter.modules):
+    from ._registry import family
+
+    if adapter.modules and all(family(m.family).lycoris for m in adapter.modules):  # LoKr, LoHa
         return "the family's own factors as stored (Kronecker halves or Hadamard pairs; no A, B)"
     note = notes.get(adapter.format, "A (r, in), B (out, r) as stored")
     if any(m.transposed for m in adapter.modules):

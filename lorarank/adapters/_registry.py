@@ -65,7 +65,8 @@ class Family:
         The ``peft_type`` of a PEFT config whose weights hold this family (``"LOHA"``); None when
         PEFT has no such type.
     lycoris : bool, default=False
-        PEFT's port of a LyCORIS family: PEFT writes its tensors with LyCORIS's key suffixes
+        PEFT's port of a LyCORIS family: its tensors are the family's own factors (Kronecker
+        halves, Hadamard pairs; no A and B), which PEFT names with LyCORIS's key suffixes
         (``hada_w1_a``, ...; a PEFT config or the PEFT prefix tells the two apart), its config
         names alpha ``alpha`` (not ``lora_alpha``), and its r is LyCORIS's stored dim.
     half_rank : bool, default=False
