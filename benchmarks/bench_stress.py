@@ -104,9 +104,10 @@ async def session(browser, url: str, files: list[str], timeout_ms: float) -> dic
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
     page = await context.new_page()
     out: dict[str, float] = {"_context": context}  # type: ignore[dict-item]
+    # Each page's first result (the pages draw it as a markdown table: bench_app.RESULTS).
     for name, path, selector in (
-            ("sweep", "Rank_sweep", '[data-testid="stDataFrame"]'),
-            ("stability", "Alpha_r_stability", '[data-testid="stDataFrame"]')):
+            ("sweep", "Rank_sweep", '[data-testid="stMain"] .st-key-sweep_table table'),
+            ("stability", "Alpha_r_stability", '[data-testid="stMain"] .st-key-stability_summary table')):
         start = time.perf_counter()
         await page.goto(f"{url}/{path}", timeout=timeout_ms)
         await wait_for(page, selector, timeout_ms)
@@ -117,7 +118,8 @@ async def session(browser, url: str, files: list[str], timeout_ms: float) -> dic
     # The adapter uploader by its key (the page also has a series-run uploader).
     await page.locator(".st-key-audit_upload").get_by_test_id(
         "stFileUploaderDropzoneInput").set_input_files(files=files)
-    await wait_for(page, '[data-testid="stDataFrame"], [data-testid="stAlertContentError"]', timeout_ms)
+    await wait_for(page, '[data-testid="stDataFrame"], [data-testid="stMain"] .st-key-audit_table, '
+                         '[data-testid="stAlertContentError"]', timeout_ms)
     if await page.get_by_test_id("stAlertContentError").count():
         raise RuntimeError("audit error: " + " | ".join(
             await page.get_by_test_id("stAlertContentError").all_inner_texts()))
