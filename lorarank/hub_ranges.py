@@ -32,7 +32,7 @@ from .errors import AdapterError, ConfigError, HubError
 from .hub import (HubRef, HubSettings, describe_hub_error, endpoint, format_bytes, is_hub_uri,
                   list_repo, parse_hub_uri, request_token)
 from .weights import MAX_CONFIG_BYTES, MAX_INDEX_BYTES, ModelWeights, TensorInfo, check_counts, \
-    parse_safetensors_header, shard_names
+    merge_entries, parse_safetensors_header, shard_names
 
 __all__ = ["RemoteModel", "open_hub_model", "base_from_config", "HEADER_PREFETCH", "choose_model_files"]
 
@@ -230,11 +230,7 @@ def open_hub_model(source: str | HubRef, *, token: str | None = None,
         size = _size(listing, path, ref)
         found, _ = parse_safetensors_header(f"{pinned} {path}", size, _header_reader(link, path, size),
                                             file=path)
-        for key, info in found.items():
-            if key in entries:
-                raise AdapterError(f"tensor {key!r} appears in two files of {pinned} "
-                                   f"({entries[key].file} and {path})")
-            entries[key] = info
+        merge_entries(entries, found, pinned)
         check_counts(len(paths), pinned, tensors=len(entries))
         sizes[path] = size
     return RemoteModel(ref, link, entries, sizes, config)

@@ -32,7 +32,7 @@ from .base import MAX_INDEX_BYTES  # the one bound on shard indexes (base weight
 from .errors import AdapterError, ConfigError
 
 __all__ = ["TensorInfo", "ModelWeights", "open_model", "open_model_bytes", "parse_safetensors_header",
-           "MAX_INDEX_BYTES", "MAX_CONFIG_BYTES", "FLOAT_NAMES"]
+           "MAX_INDEX_BYTES", "MAX_CONFIG_BYTES", "FLOAT_NAMES", "merge_entries"]
 
 #: Largest ``config.json`` read (a model's config is a few kB).
 MAX_CONFIG_BYTES = 1 * 2**20
@@ -275,7 +275,9 @@ def check_counts(shards: int, source: str, *, tensors: int = 0, header_bytes: in
 _check_counts = check_counts
 
 
-def _merge(entries: dict[str, TensorInfo], more: Mapping[str, TensorInfo], source: str) -> None:
+def merge_entries(entries: dict[str, TensorInfo], more: Mapping[str, TensorInfo], source: str) -> None:
+    """Add one shard's tensors ``more`` to ``entries`` (in place); a tensor named in two shards
+    of ``source`` is one sentence naming both files."""
     for key, info in more.items():
         if key in entries:
             raise AdapterError(f"tensor {key!r} appears in two files of {source} "
@@ -356,7 +358,7 @@ def open_model(source: str | os.PathLike, *, token: str | None = None, settings=
         headers += min(int.from_bytes(head, "little"), f.stat().st_size) if len(head) == 8 else 0
         _check_counts(len(files), p.name, header_bytes=headers)
         found, size = _open_file(f, f.name)
-        _merge(entries, found, p.name)
+        merge_entries(entries, found, p.name)
         _check_counts(len(files), p.name, tensors=len(entries))
         paths[f.name] = f
         sizes[f.name] = size
@@ -379,7 +381,7 @@ def open_model_bytes(files: Mapping[str, bytes] | Iterable[tuple[str, bytes]], *
             safetensors_from_bytes(name, data)  # bounded header, exact layout, library verdict
             view = memoryview(data)
             found, _ = parse_safetensors_header(name, len(data), lambda b, e, v=view: v[b:e], file=name)
-            _merge(entries, found, label or name)
+            merge_entries(entries, found, label or name)
             views[name] = view
         elif name.rsplit("/", 1)[-1] == "config.json":  # not generation_config.json, adapter_config.json
             from .bounded import load_json

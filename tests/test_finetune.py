@@ -280,6 +280,23 @@ class TestSources:
         with pytest.raises(AdapterError, match="names shard '../base/model.safetensors'"):
             open_model(ft.parent)
 
+    def test_a_tensor_in_two_shards_is_refused(self, tmp_path):
+        """Two shards naming the same tensor: one sentence naming both files (weights.merge_entries,
+        the rule the Hub's byte-range reader shares)."""
+        ft, _ = toy_pair(tmp_path)
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(ft))
+        first = sorted(tensors)[0]
+        save(tmp_path / "twice" / "model-00001-of-00002.safetensors", tensors)
+        save(tmp_path / "twice" / "model-00002-of-00002.safetensors", {first: tensors[first]})
+        index = {"weight_map": {k: "model-00001-of-00002.safetensors" for k in tensors}}
+        index["weight_map"][first + ".copy"] = "model-00002-of-00002.safetensors"
+        (tmp_path / "twice" / "model.safetensors.index.json").write_text(json.dumps(index))
+        with pytest.raises(AdapterError, match=rf"tensor '{first}' appears in two files of .* "
+                                               r"\(model-00001-of-00002.safetensors and model-00002-of-00002.safetensors\)"):
+            open_model(tmp_path / "twice")
+
     def test_an_adapter_folder_is_not_a_model(self, tmp_path):
         (tmp_path / "adapter_config.json").write_text("{}")
         save(tmp_path / "adapter_model.safetensors", {"x.lora_A.weight": np.ones((2, 3))})
