@@ -39,7 +39,12 @@ Helpers (``apphelpers.py``)
 ``wait_for_app(page)``: wait until the script run finished (connected, not running, no
 skeleton), as Streamlit's own e2e suite does. Call it after ``goto`` and every interaction.
 ``set_number(page, key, value)``: type into the number input whose widget key is ``key`` and
-commit with Enter.
+commit with Enter. ``visit(page, url, shot, name)``: open a link, wait, screenshot, and check
+no exception box shows. ``wait_for_any(page, "stDataFrame", "stAlertContentError")``: a result
+or its error. ``download(page, button, path)`` and ``zipped_adapter(path, folder)``: a download
+and the PEFT adapter in a zip. ``alerts_are_inert(page)``: alert texts, checked to render no
+markup. Helpers for every test folder (AppTest pages, samples, oracles) are in
+``tests/testkit.py``.
 """
 
 from __future__ import annotations
