@@ -8,6 +8,7 @@ make the summary large.
 from __future__ import annotations
 
 import json
+import math
 
 __all__ = ["training_metadata", "KOHYA_KEYS", "PEFT_KEYS"]
 
@@ -47,7 +48,8 @@ def _tags(text: str) -> dict[str, int] | str:
         for tags in data.values():
             if isinstance(tags, dict):
                 for tag, n in tags.items():
-                    if isinstance(n, (int, float)) and not isinstance(n, bool):
+                    # JSON's Infinity / NaN and negative counts are not counts (int(inf) raises)
+                    if isinstance(n, (int, float)) and not isinstance(n, bool) and math.isfinite(n) and n >= 0:
                         counts[str(tag)[:80]] = counts.get(str(tag)[:80], 0) + int(n)
     top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
     return dict(top)

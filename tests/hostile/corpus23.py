@@ -756,8 +756,31 @@ def fleet_phishing_names() -> dict[str, bytes]:
     return {f"{PHISH}.zip": hand_zip(_fleet_adapter_members(f"runs/{PHISH}", w) + _fleet_adapter_members("runs/ok", w))}
 
 
+def kohya_tags(tags: str) -> Callable[[], dict[str, bytes]]:
+    """A kohya LoRA whose ``ss_tag_frequency`` (JSON inside the safetensors metadata) is ``tags``."""
+    def build() -> dict[str, bytes]:
+        rng = np.random.default_rng(2)
+        name = "lora_unet_down_blocks_0_attentions_0_proj_in"
+        return {"k.safetensors": save({f"{name}.lora_down.weight": rng.standard_normal((4, 8)).astype(np.float32),
+                                       f"{name}.lora_up.weight": rng.standard_normal((6, 4)).astype(np.float32),
+                                       f"{name}.alpha": np.array(4.0, np.float32)},
+                                      metadata={"ss_tag_frequency": tags, "ss_network_dim": "4"})}
+    return build
+
+
+#: Counts JSON allows and no count is (int(Infinity) raised OverflowError: a traceback, CLI and page).
+TAGS_NOT_COUNTS = '{"d": {"inf": Infinity, "nan": NaN, "neg": -5, "big": 1e308, "ok": 3}}'
+
+
+def check_tags(stdout: str) -> None:
+    tags = json.loads(stdout)["summary"]["metadata"]["ss_tag_frequency (top 10)"]
+    assert tags == {"big": int(1e308), "ok": 3}, tags
+
+
 _W = peft(pair())["adapter_model.safetensors"]
 VARIANTS: list[Case] = [
+    Case("kohya-tags-infinity", "crash", audit(kohya_tags(TAGS_NOT_COUNTS)), check=check_tags,
+         page=Page("audit", kohya_tags(TAGS_NOT_COUNTS))),
     Case("fleet-screen-3gib-config", "json", cli_fleet_sparse_config("--screen"),
          check=fleet_row_error("adapter configs up to 16 MiB"), exit_code=1),
     Case("fleet-cache-3gib-config", "json", cli_fleet_sparse_config("--cache", "cache"),
