@@ -39,6 +39,7 @@ import numpy as np
 
 from ._validate import check_choice, check_int, check_real
 from .adapters.names import PEFT_PREFIX, natural_key, parse_module_name
+from .bounded import clip
 from .documents import format_seconds
 from .errors import AdapterError, ConfigError, LoraRankError
 from .randsvd import DEFAULT_TOL, TopSVD, blocked_rmatmul, frobenius_squared, top_svd, uses_dense
@@ -1104,9 +1105,12 @@ def extract_lora(finetuned: ModelWeights, base: ModelWeights, *, rank: int | Non
                 else:
                     B, A = U, UtM
                 s1 = float(svd.S[0]) if svd.S.size else 0.0
-                modules.append(LoraModule(PEFT_PREFIX + pair.name,
-                                          np.ascontiguousarray(A, dtype=np.float32),
-                                          np.ascontiguousarray(B, dtype=np.float32), 1.0, alpha=float(k),
+                with np.errstate(over="ignore"):
+                    A32, B32 = np.ascontiguousarray(A, dtype=np.float32), np.ascontiguousarray(B, dtype=np.float32)
+                if not (np.isfinite(A32).all() and np.isfinite(B32).all()):
+                    raise AdapterError(f"{clip(pair.name, 200)}: the update W_ft - W0 is too large for float32 "
+                                       f"LoRA factors (sigma_1 = {s1:.4g}); no LoRA of it can be written")
+                modules.append(LoraModule(PEFT_PREFIX + pair.name, A32, B32, 1.0, alpha=float(k),
                                           transposed=pair.transposed, kernel=pair.kernel))
                 done.append(ExtractedModule(pair.name, k, pair.shape, min(kept, 1.0),
                                             math.sqrt(max(0.0, 1.0 - kept)),

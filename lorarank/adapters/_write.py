@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .._validate import check_choice
-from ..bounded import write_atomic
+from ..bounded import clip, write_atomic
 from ..errors import ConfigError
 from ..spectrum import single_threaded_blas
 from ._model import Adapter
@@ -81,10 +81,18 @@ class _Specs:
     def add(self, key: str, arr: np.ndarray, dtype: str) -> None:
         """Add ``arr`` stored as ``dtype`` (one of float64, float32, float16, bfloat16)."""
         arr = np.asarray(arr)
-        if dtype == "bfloat16":
-            buf = encode_bf16(arr.astype(np.float32, copy=False))
-        else:
-            buf = np.ascontiguousarray(arr.astype(np.dtype(dtype).newbyteorder("<"), copy=False))
+        with np.errstate(over="ignore", invalid="ignore"):
+            if dtype == "bfloat16":
+                buf = encode_bf16(arr.astype(np.float32, copy=False))
+                overflow = not bool(np.all((buf & 0x7F80) != 0x7F80))
+            else:
+                buf = np.ascontiguousarray(arr.astype(np.dtype(dtype).newbyteorder("<"), copy=False))
+                overflow = buf.dtype.kind == "f" and not bool(np.isfinite(buf).all())
+            if overflow and bool(np.isfinite(np.asarray(arr, dtype=np.float64)).all()):
+                # A finite value past the dtype's range would be written as inf: refuse, never save it.
+                raise ConfigError(f"tensor {clip(key, 200)!r} does not fit in {dtype}: its largest |value| is "
+                                  f"{float(np.max(np.abs(np.asarray(arr, dtype=np.float64)))):.4g}; write it as "
+                                  f"float32 or float64")
         self.items[key] = (dtype, tuple(int(d) for d in arr.shape), buf)
 
     def add_raw(self, key: str, st_dtype: str, shape: tuple[int, ...], data: bytes) -> None:

@@ -777,8 +777,32 @@ def check_tags(stdout: str) -> None:
     assert tags == {"big": int(1e308), "ok": 3}, tags
 
 
+def cli_extract_overflow(delta: float, *extra: str) -> Callable[[Path], list[str]]:
+    """``extract`` of a fine-tune whose update (or its factors in ``--dtype``) is past the
+    float range: the factors were written as inf, with "keeps 100.00 %" and a numpy warning."""
+    def build(folder: Path) -> list[str]:
+        rng = np.random.default_rng(0)
+        w0 = rng.standard_normal((6, 8)).astype(np.float32)
+        ft = (w0 + delta * np.sign(rng.standard_normal((6, 8)))).astype(np.float32) if delta > 1e30 else \
+            (w0 + delta * rng.standard_normal((6, 8))).astype(np.float32)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "base.safetensors").write_bytes(save({"m.weight": -np.abs(ft) if delta > 1e30 else w0}))
+        (folder / "ft.safetensors").write_bytes(save({"m.weight": np.abs(ft) if delta > 1e30 else ft}))
+        return ["extract", str(folder / "ft.safetensors"), "--base", str(folder / "base.safetensors"), "--rank", "2",
+                "-o", str(folder / "out"), *extra]
+    return build
+
+
+def nothing_extracted(folder: Path) -> None:
+    assert not (folder / "out").exists() or not list((folder / "out").iterdir()), list((folder / "out").iterdir())
+
+
 _W = peft(pair())["adapter_model.safetensors"]
 VARIANTS: list[Case] = [
+    Case("extract-float32-overflow", "base", cli_extract_overflow(3e38), "too large for float32 LoRA factors",
+         after=nothing_extracted),
+    Case("extract-float16-overflow", "base", cli_extract_overflow(1e5, "--dtype", "float16"),
+         "does not fit in float16", after=nothing_extracted),
     Case("kohya-tags-infinity", "crash", audit(kohya_tags(TAGS_NOT_COUNTS)), check=check_tags,
          page=Page("audit", kohya_tags(TAGS_NOT_COUNTS))),
     Case("fleet-screen-3gib-config", "json", cli_fleet_sparse_config("--screen"),
