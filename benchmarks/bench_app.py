@@ -89,7 +89,7 @@ RESULTS = {
     "/Rank_sweep": '[data-testid="stMain"] .st-key-sweep_table table',
     "/Alpha_r_stability": '[data-testid="stMain"] .st-key-stability_summary table',
     "/Adapter_audit": '[data-testid="stMain"] [data-testid="stFileUploaderDropzone"]',
-    "/Adapter_audit?demo=true": '[data-testid="stMain"] [data-testid="stDataFrame"] canvas',
+    "/Adapter_audit?demo=true": '[data-testid="stMain"] .st-key-audit_summary table',
     "/Fleet": '[data-testid="stMain"] [data-testid="stFileUploaderDropzone"]',
     "/Glossary": '[data-testid="stMain"] h3',
 }

@@ -6,30 +6,20 @@ metrics, and reading, auditing, resizing and comparing real adapters.
 """
 
 from .errors import AdapterError, ConfigError, HubError, LoraRankError, UnsupportedAdapterError
-from .spectrum import (
-    RANK_RULES,
-    FactoredSVD,
-    eckart_young_errors,
-    energy_rank,
-    entropy_rank,
-    factored_svd,
-    factored_svdvals,
-    gavish_donoho_rank,
-    gavish_donoho_threshold,
-    noise_threshold,
-    kohya_rank,
-    numerical_rank,
-    recommend_rank,
-    stable_rank,
-    truncation_error,
-)
 
 
 __version__ = "0.1.0"
 
 # Adapter reading pulls in safetensors (and gguf, regex when needed): load it on first use (PEP 562)
-# so that `python -m lorarank sweep` and the Rank sweep page do not pay for them.
+# so that `python -m lorarank sweep` and the Rank sweep page do not pay for them; importing the
+# package itself (``lorarank.errors``, ``lorarank.documents``) imports no numpy.
 _LAZY = {
+    # The spectrum's metrics need numpy, which the app's text-only pages (Home, Glossary) never
+    # import: loaded with the first of these names too.
+    "spectrum": ("RANK_RULES", "FactoredSVD", "eckart_young_errors", "energy_rank", "entropy_rank",
+                 "factored_svd", "factored_svdvals", "gavish_donoho_rank", "gavish_donoho_threshold",
+                 "noise_threshold", "kohya_rank", "numerical_rank", "recommend_rank", "stable_rank",
+                 "truncation_error"),
     # The fitting and synthetic-target modules are not needed to read or audit an adapter.
     "fit": ("DEFAULT_LR", "DEFAULT_STEPS", "OPTIMIZERS", "SCALING_RULES", "FitResult", "fit_lora",
             "fit_lora_reference", "init_lora", "lora_scale"),

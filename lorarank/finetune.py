@@ -46,12 +46,35 @@ from .randsvd import DEFAULT_TOL, TopSVD, blocked_rmatmul, frobenius_squared, to
 from .weights import ModelWeights
 
 __all__ = [
+    "FINETUNE_METRICS",
     "ENERGY_THRESHOLDS", "ERROR_RANKS", "DEFAULT_TOP", "DEFAULT_MAX_RANK", "FinetuneSettings",
     "ModulePair", "LeftOut", "Pairing", "pair_models", "FinetuneModule", "FinetuneReport",
     "audit_module", "audit_finetune", "finetune_report", "finetune_reading", "Stopped",
     "ExtractedModule", "Extraction", "extract_lora", "module_update", "Progress", "format_left",
     "check_others", "estimate", "demo_models",
 ]
+
+#: Rank-map metrics of a fine-tune (a :meth:`FinetuneReport.table` column -> label).
+FINETUNE_METRICS: dict[str, str] = {
+    "energy_rank_0.5": "LoRA rank for 50 % of the energy",
+    "energy_rank_0.9": "LoRA rank for 90 % of the energy",
+    "energy_rank_0.99": "LoRA rank for 99 % of the energy",
+    "lora_error_8": "error of the best rank 8",
+    "lora_error_16": "error of the best rank 16",
+    "lora_error_64": "error of the best rank 64",
+    "relative_size": "||dW|| / ||W0||",
+    "stable_rank": "stable rank",
+}
+FINETUNE_METRICS: dict[str, str] = {
+    "energy_rank_0.5": "LoRA rank for 50 % of the energy",
+    "energy_rank_0.9": "LoRA rank for 90 % of the energy",
+    "energy_rank_0.99": "LoRA rank for 99 % of the energy",
+    "lora_error_8": "error of the best rank 8",
+    "lora_error_16": "error of the best rank 16",
+    "lora_error_64": "error of the best rank 64",
+    "relative_size": "||dW|| / ||W0||",
+    "stable_rank": "stable rank",
+}
 
 #: Energy shares t of the ranks k(t) every module reports.
 ENERGY_THRESHOLDS: tuple[float, ...] = (0.5, 0.9, 0.99)

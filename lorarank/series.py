@@ -54,6 +54,7 @@ from .errors import AdapterError, ConfigError
 from .spectrum import single_threaded_blas
 
 __all__ = [
+    "SERIES_METRICS",
     "ModuleSeries",
     "SeriesReport",
     "audit_series",
@@ -61,6 +62,22 @@ __all__ = [
     "settled_index",
     "top_right_vectors",
 ]
+
+#: Per-module numbers the rank-over-steps chart can draw: table column -> label.
+SERIES_METRICS: dict[str, str] = {
+    "recommended_rank": "recommended rank",
+    "energy_rank_0.9": "energy rank k(0.9)",
+    "energy_rank_0.99": "energy rank k(0.99)",
+    "stable_rank": "stable rank",
+    "sigma_1": "σ₁",
+}
+SERIES_METRICS: dict[str, str] = {
+    "recommended_rank": "recommended rank",
+    "energy_rank_0.9": "energy rank k(0.9)",
+    "energy_rank_0.99": "energy rank k(0.99)",
+    "stable_rank": "stable rank",
+    "sigma_1": "σ₁",
+}
 
 Progress = Callable[[int, int], None]
 CheckpointHook = Callable[[int, "Checkpoint", AuditReport], None]

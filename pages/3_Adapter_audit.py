@@ -2,8 +2,6 @@
 
 import streamlit as st
 
-from lorarank.charts import (budget_chart, module_spectrum_chart, overlap_chart, phi_chart,
-                             rank_map_chart)
 from lorarank.documents import json_clean, short_name
 from lorarank.errors import LoraRankError
 from ui import audit, base_view, common, examples, finetune_view, hub, layout, loaded, resize_view, series
@@ -156,6 +154,14 @@ if not base_view.spectrum_is_update(report):  # a PiSSA / OLoRA file without its
 
 # --------------------------------------------------------------------------- table
 with tabs["Per module"]:
+    # The first result: by module type, a markdown table that draws with the page's text (the full
+    # grid under it loads the data grid's scripts first, see ui.common.markdown_table)
+    with st.container(key=audit.TYPE_TABLE_KEY):
+        st.markdown(common.markdown_table(audit.type_rows(report), list(audit.TYPE_COLUMNS),
+                                          right=("modules",)))
+        st.caption("One row per module type (every module, sortable, in the table below). "
+                   + "; ".join(f"{name}: {text}" for name, text in list(audit.TYPE_COLUMNS.items())[1:])
+                   + ".")
     numbers = ("alpha", "scale s", "stable rank", "entropy rank", "truncation error", "|dW|/|W0|")
     table = common.dash_missing(audit.module_table(report), numbers)  # "-", never "None"
     st.dataframe(
@@ -178,6 +184,10 @@ with tabs["Per module"]:
     )
     common.download_buttons(audit.module_records(report), stem="lorarank-audit",
                             key=audit.DOWNLOAD_KEY, json_bytes=audit.cli_json_bytes(report))
+
+# Altair loads here, after the first table (a page without an audit never needs it)
+from lorarank.charts import (budget_chart, module_spectrum_chart, overlap_chart, phi_chart,  # noqa: E402
+                             rank_map_chart)
 
 # ------------------------------------------------------------------------- rank map
 if layout.is_open(tabs["Rank map"]):

@@ -2,7 +2,6 @@
 
 import streamlit as st
 
-from lorarank.charts.fleet import fleet_cap_chart, fleet_rank_chart
 from lorarank.fleet import plan_caps
 from ui import common, layout
 from ui import fleet as fl
@@ -86,6 +85,8 @@ with answer:
               help=f"The smallest cap at which {100 * plan.share:g} % of the adapters keep at least "
                    f"{100 * plan.keep:g} % of their energy" + (" (headers only: fit as they are)."
                                                               if plan.screened else "."))
+
+from lorarank.charts.fleet import fleet_cap_chart, fleet_rank_chart  # noqa: E402 - Altair loads with the results
 
 tabs = layout.sections(["Table", "Ranks", "Cap", "Downloads"])
 with tabs["Table"]:

@@ -124,8 +124,33 @@ def test_warm_up_yields_to_a_visit(monkeypatch):
         waits.append(seconds)
         now[0] += seconds
 
+    idle = lambda: False  # noqa: E731 - no page is running
     monkeypatch.setattr(preload, "_LAST_VISIT", [float("-inf")])
-    assert preload.wait_for_quiet(clock=lambda: now[0], sleep=sleep) == 0 and waits == []
+    assert preload.wait_for_quiet(clock=lambda: now[0], sleep=sleep, running=idle) == 0 and waits == []
     monkeypatch.setattr(preload, "_LAST_VISIT", [now[0] - 0.5])  # a page started 0.5 s ago
-    waited = preload.wait_for_quiet(clock=lambda: now[0], sleep=sleep)
+    waited = preload.wait_for_quiet(clock=lambda: now[0], sleep=sleep, running=idle)
     assert preload.YIELD_SECONDS - 0.5 <= waited < preload.YIELD_SECONDS - 0.5 + 0.06
+
+
+def test_warm_up_waits_for_running_pages(monkeypatch):
+    """While a page's script runs (however long ago it started), the warm-up starts no import;
+    it goes on YIELD_SECONDS after the run ended. Streamlit runs scripts in threads named
+    ScriptRunner.scriptThread: an AppTest run is one, seen while it runs."""
+    from streamlit.testing.v1 import AppTest
+
+    from ui import preload
+
+    now = [100.0]
+    runs = iter([True] * 40 + [False] * 1000)  # a run of 2 s (40 polls of 0.05 s), then idle
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    monkeypatch.setattr(preload, "_LAST_VISIT", [now[0] - 60])  # it started long ago
+    waited = preload.wait_for_quiet(clock=lambda: now[0], sleep=sleep, running=lambda: next(runs))
+    assert 2.0 + preload.YIELD_SECONDS - 0.06 <= waited <= 2.0 + preload.YIELD_SECONDS + 0.06
+
+    script = ("import streamlit as st\nfrom ui import preload\n"
+              "st.session_state['running'] = preload.pages_running()\n")
+    at = AppTest.from_string(script, default_timeout=TIMEOUT).run()
+    assert not at.exception and at.session_state["running"] is True

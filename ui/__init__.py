@@ -28,9 +28,9 @@ Modules
 ``ui.home``
     ``render()``: the home page, drawn by ``app.py`` on each visit.
 ``ui.preload``
-    ``lifespan``: the ``st.App`` lifespan of ``app.py``; when the server starts it imports the
-    pages' heavy modules (pandas, Altair, the engine, ``ui.*``) in a daemon thread, so a
-    fresh server's first visitor does not wait for them.
+    ``lifespan``: the ``st.App`` lifespan of ``app.py``; it imports the pages' heavy modules
+    (pandas, Altair, the engine, ``ui.*``) in a daemon thread while no page runs (it yields to
+    every visitor, the first one included), so the pages visited next do not wait for them.
 ``ui.auth``
     ``require_login()`` (called by ``setup_page``): a sign-in screen when the secrets configure
     ``st.login`` (``[auth]``), else nothing.

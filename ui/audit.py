@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import statistics
 import zipfile
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
-import pandas as pd
 import streamlit as st
 
 from lorarank.adapters import Adapter, adapter_files, load_adapter_bytes
 from lorarank.adapters import families as registered_families
-from lorarank.charts.report import budget_marks as _budget_marks
 from lorarank.audit import AuditReport, allocate_budget, audit_adapter, budget_curve
 from lorarank.base import open_base_bytes
 from lorarank.documents import (MODULE_COLUMNS, audit_document, file_rank, json_text, metadata_items,
@@ -42,10 +41,14 @@ from . import guard
 from .common import Markdown, Setting, error_line, md, md_code, md_escape, notation, progress_bar, setting_widget
 from .common import table_height as common_table_height
 
+if TYPE_CHECKING:  # pandas loads with the first table, not with the page (a cold server's first render)
+    import pandas as pd
+
 __all__ = [
     "UPLOAD_KEY", "UPLOAD_B_KEY", "DOWNLOAD_KEY", "COMPARE_DOWNLOAD_KEY",
     "RULE", "RULE_VALUES", "MAP_METRIC", "BUDGET", "RESIZE_BY", "ALPHA", "SCALE", "TOP",
     "MODULE_KEY", "COMPARE_KEY", "DEMO_KEY", "ALL_SETTINGS", "MAP_METRICS", "RULE_LABELS",
+    "TYPE_COLUMNS", "TYPE_TABLE_KEY", "type_rows",
     "Upload", "UPLOAD_HASH", "load_upload", "open_base_weights", "Detected",
     "rule_text", "assumed_scale", "without_alpha", "module_url_error", "COMPARE_MODULE_KEY",
     "detect", "GATE_KEY", "COMPARE_GATE_KEY", "audit_gate", "guarded_compare", "run_audit", "run_budget", "zip_files",
@@ -392,11 +395,57 @@ COLUMN_HELP: dict[str, str] = {
 
 def module_table(report: AuditReport, *, top: int = 4) -> pd.DataFrame:
     """The table shown on the page: one row per module, numbers as numbers."""
+    import pandas as pd
     rows = [module_row(m, top=top) for m in report.modules]
     frame = pd.DataFrame(rows, columns=list(COLUMN_HELP))
     if frame["|dW|/|W0|"].isna().all():
         frame = frame.drop(columns="|dW|/|W0|")
     return frame
+
+
+#: The per-module-type summary above the full table (:func:`type_rows`): column -> definition.
+TYPE_COLUMNS: dict[str, str] = {
+    "module type": "the module's name without its layer (q_proj, down_proj, ...)",
+    "modules": "how many modules of this type the adapter has",
+    "r": "the stored rank, as in the table below (lowest..highest over the modules)",
+    "recommended rank": "what the chosen rule keeps, lowest..highest over the modules (median)",
+    "stable rank": "Σσ² / σ₁², lowest..highest over the modules",
+    "truncation error": "√(Σ_{i>k} σᵢ² / Σσ²) at the recommended rank k, the largest over the modules",
+}
+#: The container of the summary (a page's first result: ``benchmarks/bench_app.py`` finds its table).
+TYPE_TABLE_KEY = "audit_summary"
+
+
+def _range_text(values: Sequence[float | None], *, fmt: str = "{:g}", median: bool = False) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    lo, hi = fmt.format(min(values)), fmt.format(max(values))
+    if lo == hi:
+        return lo
+    text = f"{lo}..{hi}"
+    if median:
+        text += f" (median {statistics.median(values):g})"
+    return text
+
+
+def type_rows(report: AuditReport) -> list[dict[str, Any]]:
+    """One row per module type (:data:`TYPE_COLUMNS`, cells as text), in the order the types
+    first appear: the page's first table, read at a glance above the full per-module grid."""
+    groups: dict[str, list[Any]] = {}
+    for m in report.modules:
+        groups.setdefault(m.module_type or short_name(m.name), []).append(m)
+    rows = []
+    for kind, modules in groups.items():
+        rows.append({
+            "module type": kind,
+            "modules": len(modules),
+            "r": _range_text([file_rank(m.family, m.rank, m.stored_rank) for m in modules]),
+            "recommended rank": _range_text([m.recommended_rank for m in modules], median=True),
+            "stable rank": _range_text([m.stable_rank for m in modules], fmt="{:.3g}"),
+            "truncation error": f"{max(m.truncation_error for m in modules):.3g}",
+        })
+    return rows
 
 
 def table_height(rows: int, *, max_rows: int = 16) -> int:
@@ -406,12 +455,14 @@ def table_height(rows: int, *, max_rows: int = 16) -> int:
 
 def budget_marks(report: AuditReport, allocation: Mapping[str, Any], *, budget: int) -> list[dict]:
     """The points marked on the budget curve: the chosen budget, the rule, the stored adapter."""
+    from lorarank.charts.report import budget_marks as _budget_marks
     return _budget_marks(report, allocation, budget=budget,
                          rule_text=rule_text(report.rule, report.value))
 
 
 def module_records(report: AuditReport) -> pd.DataFrame:
     """The CSV download: the engine's flat rows plus every singular value (space-separated)."""
+    import pandas as pd
     frame = pd.DataFrame(report.table())
     frame["singular_values"] = [" ".join(f"{x:.9g}" for x in m.singular_values)
                                 for m in report.modules]
@@ -536,6 +587,7 @@ def family_notes(report: AuditReport) -> list[str]:
 
 def metadata_rows(report: AuditReport) -> pd.DataFrame:
     """What the file says about its training, one row per key (values as text)."""
+    import pandas as pd
     items = metadata_items(report.detected.get("metadata") or {}, limit=400)
     return pd.DataFrame([{"key": k, "value": v} for k, v in items], columns=["key", "value"])
 
@@ -666,6 +718,7 @@ COMPARE_HELP: dict[str, str] = {
 
 def compare_table(comparison: Comparison) -> pd.DataFrame:
     """One row per shared module."""
+    import pandas as pd
     rows = [{"module": short_name(r["name"]), "r_A": r["rank_a"], "r_B": r["rank_b"],
              "phi(1, 1)": r["phi_1_1"], "k": r["top"], "phi(k, k)": r["top_overlap"],
              "chance": r["chance"], "smallest angle (deg)": r["smallest_angle_deg"]}

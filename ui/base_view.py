@@ -12,10 +12,9 @@ SVDs live in the process-wide :func:`lorarank.base_svd.shared_cache`, shared by 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 from lorarank.adapters import adapter_files, load_adapter_bytes
@@ -23,7 +22,6 @@ from lorarank.against_base import (INTRUDER_COLUMNS, intruder_cost, intruder_csv
                                    reading_facts)
 from lorarank.audit import AuditReport, audit_adapter
 from lorarank.base_svd import shared_cache
-from lorarank.charts import cosine_chart, intruder_map_chart
 from lorarank.documents import audit_document, json_text, short_name
 from lorarank.inits import convert_adapter, init_of
 from lorarank.mitigate import mitigate_adapter
@@ -33,6 +31,9 @@ from .loaded import inputs_label
 from .audit import Upload, demo_files, open_base_weights, zip_files
 from .common import (Markdown, Setting, download_buttons, md, md_code, md_escape, progress_bar, setting_widget,
                      show_chart, show_errors, stop_on_error, table_height)
+
+if TYPE_CHECKING:  # pandas loads with the first table, not with the page (a cold server's first render)
+    import pandas as pd
 
 __all__ = ["TAB", "TOP_K", "EPSILON", "LAMBDA", "MODULE_KEY", "SETTINGS", "demo_base", "run_against_base",
            "guarded_against_base", "module_cosines", "mitigated_files", "converted_files", "intruder_table",
@@ -175,11 +176,13 @@ TABLE_HELP = INTRUDER_COLUMNS
 
 def intruder_table(report: AuditReport) -> pd.DataFrame:
     """One row per module, as the page shows it (numbers as numbers)."""
+    import pandas as pd
     return pd.DataFrame(intruder_rows(report), columns=list(TABLE_HELP))
 
 
 def intruder_records(report: AuditReport) -> pd.DataFrame:
     """The CSV download: one flat row per module, PEFT's 0-based indices, every max|cos|."""
+    import pandas as pd
     frame = pd.DataFrame(intruder_csv_rows(report))
     if "layer" in frame:
         frame["layer"] = frame["layer"].astype("Int64")
@@ -238,6 +241,7 @@ def init_of_report(report: AuditReport) -> dict:
 def section(tab: Any, *, upload: Upload, base: Upload | None, demo: bool, alpha, scale, report: AuditReport,
             shapes, base_hub: str | None = None) -> AuditReport | None:
     """Draw the "Against the base" tab; returns its audit with intruders (None when not computed)."""
+    from lorarank.charts import intruder_map_chart
     with tab:
         cols = st.columns(3)
         top_k = setting_widget(TOP_K, cols[0])
@@ -287,6 +291,7 @@ def section(tab: Any, *, upload: Upload, base: Upload | None, demo: bool, alpha,
 
 
 def _cosine_picture(upload, base, result, *, alpha, scale, top_k, epsilon, base_hub) -> None:
+    from lorarank.charts import cosine_chart
     computed = [m for m in result.modules if (m.intruders or {}).get("count") is not None]
     if not computed:
         return

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import streamlit as st
 
-from lorarank.charts.finetune import FINETUNE_METRICS, finetune_map_chart, finetune_spectrum_chart, rank_needed_chart
 from lorarank.documents import csv_text, json_text
 from lorarank.errors import LoraRankError
-from lorarank.finetune import (ERROR_RANKS, FinetuneReport, FinetuneSettings, LeftOut,
+from lorarank.finetune import (ERROR_RANKS, FINETUNE_METRICS, FinetuneReport, FinetuneSettings, LeftOut,
                                ModulePair, Pairing, audit_module, check_others, demo_models, estimate,
                                extract_lora, finetune_reading, finetune_report, format_left, pair_models)
 from lorarank.finetune_html import FINETUNE_COLUMNS, finetune_table
@@ -36,6 +34,9 @@ from . import guard, hub_models
 from .audit import Upload, zip_files
 from .common import (Markdown, Setting, check_url, error_line, md, md_code, md_text, notation, setting_widget,
                      show_chart, show_errors)
+
+if TYPE_CHECKING:  # pandas loads with the first table, not with the page (a cold server's first render)
+    import pandas as pd
 
 __all__ = ["TAB", "SETTINGS", "URL_KEYS", "ModelSource", "linked", "section", "run_module", "plan",
            "demo_sources", "extracted_files", "module_table", "COLUMN_HELP"]
@@ -201,11 +202,13 @@ COLUMN_HELP: dict[str, str] = {name: notation(text) for name, text in FINETUNE_C
 
 def module_table(report: FinetuneReport) -> pd.DataFrame:
     """The page's table: one row per module (:func:`finetune_table`); unknown ranks as "> K"."""
+    import pandas as pd
     columns, rows = finetune_table(report)
     return pd.DataFrame(rows, columns=columns)
 
 
 def _others_table(others) -> pd.DataFrame:
+    import pandas as pd
     return pd.DataFrame([{"tensor": o.name, "kind": o.kind,
                           "changed": {True: "yes", False: "no", None: "not compared"}[o.changed],
                           "why": o.reason} for o in others], columns=["tensor", "kind", "changed", "why"])
@@ -335,6 +338,7 @@ def section(*, shown: bool = True) -> None:
 
 def _show(report: FinetuneReport, head: Any, ft: ModelSource, base: ModelSource,
           settings: FinetuneSettings) -> None:
+    from lorarank.charts.finetune import finetune_map_chart, finetune_spectrum_chart, rank_needed_chart
     with head:
         st.markdown(f"**Fine-tuned:** {md_code(report.finetuned)} · **base:** {md_code(report.base)} · "
                     f"{report.total:,} weight matrices in common")

@@ -8,6 +8,15 @@ thread only imports modules: it computes nothing, holds no session's data, and a
 arrives while it is still running waits on Python's import locks for the module being
 imported instead of importing it a second time. ``LORARANK_PRELOAD=0`` in the server's
 environment turns it off (``benchmarks/bench_app.py --compare-preload`` measures both).
+
+It yields to visitors: a module is only started while no page's script is running and none ran
+for :data:`YIELD_SECONDS` (:func:`wait_for_quiet`), counted from the server's start too. On a
+2-core host two threads importing at once halve each other's speed, and a module in progress
+cannot be paused: a cold server's first visitor, who usually arrives within a second of the
+start (often the one who woke it), waited for the warm-up's imports on top of its own
+(Glossary, cold: +1.2 s over the floor with a warm-up that started at once, +0.3 s without;
+the audit page +1.2 s and +0.9 s), as did the new sessions right after it. So the first visit
+imports what it needs itself, and the warm-up fills the idle time after it, for the next pages.
 """
 
 from __future__ import annotations
@@ -22,29 +31,34 @@ from typing import Any, AsyncIterator, Callable
 
 from .navigation import preload_modules
 
-__all__ = ["MODULES", "YIELD_SECONDS", "lifespan", "preload", "visiting", "wait_for_quiet"]
+__all__ = ["MODULES", "YIELD_SECONDS", "lifespan", "preload", "visiting", "wait_for_quiet", "pages_running"]
 
 _LOGGER = logging.getLogger(__name__)
 
-#: Imported at server start, in the order a first visit needs them: the engine and the helpers
-#: a page uses before its first result, then pandas / pyarrow / Altair (its later tables and
-#: charts) and each registered page's modules (:func:`ui.navigation.preload_modules`). A
-#: visit that arrives while this runs waits on the import lock of a module being imported
-#: instead of importing it twice, so what it needs first should come first.
+#: Imported at server start, in the order a first visit needs them: what every page imports
+#: before its first element (``ui.common``, the layout, numpy and the engine's metrics), the
+#: Rank sweep's engine (its table needs no more), then the slow libraries the later tables and
+#: charts use (pandas, pyarrow, Altair) and every registered page's modules
+#: (:func:`ui.navigation.preload_modules`). A visit that arrives while this runs waits on the
+#: import lock of a module being imported instead of importing it twice, so what it needs
+#: first comes first, and the slowest come last.
 MODULES = tuple(dict.fromkeys((
-    # first what a page needs before its first result (the Rank sweep's table needs no more),
-    "numpy", "lorarank.fit", "lorarank.data", "lorarank.cost", "lorarank.stability",
-    "ui.common", "ui.layout", "ui.guard", "ui.uploads", "ui.sweep", "ui.datamode",
-    # then the slow libraries the tables and charts after it use, and every page's modules
+    "ui.common", "ui.layout", "ui.glossary", "ui.auth", "ui.uploads", "numpy", "lorarank.spectrum",
+    "lorarank.fit", "lorarank.data", "lorarank.cost", "lorarank.stability",
+    "ui.guard", "ui.sweep", "ui.datamode",
     "pandas", "pyarrow", "altair", "lorarank.charts", *preload_modules(), "ui.report",
 )))
 
 
-#: A page run that starts holds the warm-up back this long: on a 2-core host the visitor's own
-#: imports (what its first result needs, see :data:`MODULES`) then do not share the CPU with
-#: the warm-up's (a cold Home visit waited on pandas and Altair it never uses).
+#: The warm-up starts a module only when no page has been running for this long: on a 2-core
+#: host the visitors' own imports and renders then never share the CPU with the warm-up's (a
+#: cold Home visit waited on pandas and Altair it never uses; new sessions right after a cold
+#: visit waited on the rest).
 YIELD_SECONDS = 1.5
 _LAST_VISIT = [float("-inf")]
+
+#: The thread Streamlit runs a session's script in (``ScriptRunner.start``); it ends with the run.
+SCRIPT_THREAD = "ScriptRunner.scriptThread"
 
 
 def visiting() -> None:
@@ -52,20 +66,29 @@ def visiting() -> None:
     _LAST_VISIT[0] = time.monotonic()
 
 
+def pages_running() -> bool:
+    """Whether some session's script is running now (its Streamlit script thread is alive)."""
+    return any(thread.name == SCRIPT_THREAD and thread.is_alive() for thread in threading.enumerate())
+
+
 def wait_for_quiet(*, clock: Callable[[], float] = time.monotonic,
-                   sleep: Callable[[float], None] = time.sleep) -> float:
-    """Wait until no page run started for :data:`YIELD_SECONDS`; returns the seconds waited
-    (by ``clock``)."""
+                   sleep: Callable[[float], None] = time.sleep,
+                   running: Callable[[], bool] = pages_running) -> float:
+    """Wait until no page run started, and none was running, for :data:`YIELD_SECONDS`;
+    returns the seconds waited (by ``clock``). ``running()``: whether a page runs now."""
     began = clock()
-    while clock() - _LAST_VISIT[0] < YIELD_SECONDS:
+    while True:
+        now = clock()
+        if running():
+            _LAST_VISIT[0] = now  # the quiet period starts when the run ends
+        elif now - _LAST_VISIT[0] >= YIELD_SECONDS:
+            return now - began
         sleep(0.05)
-    return clock() - began
 
 
 def preload(modules: tuple[str, ...] | None = None) -> float:
     """Import ``modules`` (default :data:`MODULES`; a failure is logged, never raised), each
-    once no visitor's page run started for a moment (:func:`wait_for_quiet`); returns the
-    seconds spent."""
+    once no page has run for a moment (:func:`wait_for_quiet`); returns the seconds spent."""
     modules = MODULES if modules is None else modules
     start = time.perf_counter()
     for name in modules:
@@ -82,7 +105,9 @@ def preload(modules: tuple[str, ...] | None = None) -> float:
 @asynccontextmanager
 async def lifespan(_app: Any) -> AsyncIterator[None]:
     """``st.App`` lifespan: start :func:`preload` in a daemon thread (unless the environment
-    sets ``LORARANK_PRELOAD=0``); the server starts at once."""
+    sets ``LORARANK_PRELOAD=0``), which waits :data:`YIELD_SECONDS` before its first import
+    (and while pages run); the server starts at once."""
     if os.environ.get("LORARANK_PRELOAD", "1").strip() != "0":
+        visiting()  # the server starts: its first visitor is usually on the way
         threading.Thread(target=preload, name="lorarank-preload", daemon=True).start()
     yield

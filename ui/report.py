@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-import pandas as pd
 import streamlit as st
 
 from lorarank.documents import short_name
 from lorarank.report import ReportChart, ReportTable, ReportText, audit_report, render_report
+
+if TYPE_CHECKING:  # pandas loads with the first table, not with the page (a cold server's first render)
+    import pandas as pd
 
 __all__ = ["report_button", "frame_table", "audit_report_html", "audit_button",
            "sweep_report_html", "stability_report_html", "sweep_button", "stability_button",

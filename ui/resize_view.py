@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pandas as pd
+from typing import TYPE_CHECKING
+
 import streamlit as st
 
 from lorarank.adapters import adapter_files
@@ -25,6 +26,9 @@ from . import guard
 from .audit import (COLUMN_HELP, UPLOAD_HASH, Upload, load_upload, open_base_weights, rule_text,
                     short_name, zip_files)
 from .common import Markdown, md, md_text, notation, progress_bar
+
+if TYPE_CHECKING:  # pandas loads with the first table, not with the page (a cold server's first render)
+    import pandas as pd
 
 __all__ = ["RESIZE_DOWNLOAD_KEY", "RESIZE_HELP", "FORMAT_TEXT", "ResizeTarget", "ResizePreview",
            "run_resize", "resized_files", "resize_table", "nothing_to_resize",
@@ -135,6 +139,7 @@ RESIZE_HELP: dict[str, str] = {
 
 def resize_table(preview: ResizePreview, report: AuditReport) -> pd.DataFrame:
     """Per-module ranks and parameters before and after, and the truncation error."""
+    import pandas as pd
     s = preview.summary
     by_name = {m.name: m for m in report.modules}
     rows = []

@@ -13,18 +13,16 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 from lorarank.adapters import adapter_files
-from lorarank.charts import SERIES_METRICS, phi_over_steps_chart, rank_map_chart, rank_over_steps_chart
 from lorarank.documents import json_clean, short_name, split_list
 from lorarank.errors import LoraRankError
 from lorarank.checkpoints import HubSeries, HubSeriesRef, checkpoints_from_files, plan_hub_series
-from lorarank.series import SeriesReport, audit_series
+from lorarank.series import SERIES_METRICS, SeriesReport, audit_series
 from lorarank.synthetic import make_demo_run
 
 from .audit import MAP_METRICS, Upload, rule_text
@@ -34,6 +32,9 @@ from .common import (Markdown, Setting, check_url, dash_missing, download_button
 from .examples import run_upload
 from .hub import hub_settings  # the page's Hub limits (byte cap = the upload limit)
 from .hub import hub_token
+
+if TYPE_CHECKING:  # pandas loads with the first table, not with the page (a cold server's first render)
+    import pandas as pd
 
 __all__ = [
     "TAB", "UPLOAD_KEY", "DOWNLOAD_KEY", "URL_ERRORS_KEY", "DEMO_KEY", "STEP_KEY", "MODULE_KEY", "NO_MODULE",
@@ -227,6 +228,7 @@ ADAPTER_HELP: dict[str, str] = {
 
 def adapter_table(report: SeriesReport) -> pd.DataFrame:
     """The whole adapter per checkpoint (over the modules present in every checkpoint)."""
+    import pandas as pd
     out = [{"step": a["step"], "checkpoint": report.label(i), "directions": a["directions"],
             "median rank": a["recommended_rank_median"], "mean k(0.9)": a.get("energy_rank_0.9_mean"),
             "mean k(0.99)": a.get("energy_rank_0.99_mean"), "mean stable rank": a["stable_rank_mean"],
@@ -402,6 +404,8 @@ def section(*, rule: str, value: float | None) -> None:
                       "`lorarank audit --series DIR --json` prints).",
                       n=len(report.modules), rule=rule_text(report.rule, report.value)))
         table = rows(report)
+        import pandas as pd  # loads with the first table
+
         frame = pd.DataFrame(table)  # no shared module: no rows, no columns (the JSON has each audit)
         download_buttons(frame.drop(columns=["name"], errors="ignore"), stem="lorarank-series",
                          key=DOWNLOAD_KEY, json_data=json_clean(report.to_dict()))
@@ -413,6 +417,7 @@ def section(*, rule: str, value: float | None) -> None:
 
 def _charts(report: SeriesReport, table: list[dict], metric: str) -> None:
     """The section's three charts with their choosers."""
+    from lorarank.charts import phi_over_steps_chart, rank_map_chart, rank_over_steps_chart
     # Rank over steps, with one module on demand.
     names = [NO_MODULE] + [short_name(m.name) for m in report.modules]
     bad = url_choice_error(MODULE_KEY, names, "module", "no single module")

@@ -13,22 +13,12 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from ..finetune import FINETUNE_METRICS  # defined with the table (the page's chooser needs no Altair)
 from ._common import FLOOR_COLOR, PALETTE, TARGET_COLOR, log_scale, spectrum_axes
 
 __all__ = ["FINETUNE_METRICS", "finetune_map_frame", "finetune_map_chart", "rank_needed_frame",
            "rank_needed_chart", "finetune_spectrum_frame", "finetune_spectrum_chart"]
 
-#: Rank-map metrics of a fine-tune (a :meth:`FinetuneReport.table` column -> label).
-FINETUNE_METRICS: dict[str, str] = {
-    "energy_rank_0.5": "LoRA rank for 50 % of the energy",
-    "energy_rank_0.9": "LoRA rank for 90 % of the energy",
-    "energy_rank_0.99": "LoRA rank for 99 % of the energy",
-    "lora_error_8": "error of the best rank 8",
-    "lora_error_16": "error of the best rank 16",
-    "lora_error_64": "error of the best rank 64",
-    "relative_size": "||dW|| / ||W0||",
-    "stable_rank": "stable rank",
-}
 _UNKNOWN = "#9e9e9e"
 _PAD = {"top": 16, "left": 5, "right": 5, "bottom": 5}
 

@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 import altair as alt
 import pandas as pd
 
+from ..series import SERIES_METRICS  # defined with the table (the page's chooser needs no Altair)
 from ._common import PALETTE
 
 __all__ = [
@@ -23,14 +24,6 @@ __all__ = [
     "phi_over_steps_chart",
 ]
 
-#: Per-module numbers the rank-over-steps chart can draw: table column -> label.
-SERIES_METRICS: dict[str, str] = {
-    "recommended_rank": "recommended rank",
-    "energy_rank_0.9": "energy rank k(0.9)",
-    "energy_rank_0.99": "energy rank k(0.99)",
-    "stable_rank": "stable rank",
-    "sigma_1": "σ₁",
-}
 _PAD = {"top": 16, "left": 5, "right": 5, "bottom": 5}
 _MODULE_COLOR = PALETTE[-1]  # mid grey, as PALETTE replaces black: black vanished on the dark theme
 _NEXT, _LAST = "next checkpoint", "last checkpoint"  # legend "phi with": short enough for a phone

@@ -45,8 +45,9 @@ def upload_sample(page, name: str) -> None:
 
 
 def first_screen_tops(page) -> dict:
-    """Tops (px from the window's top, page scrolled to its start) of the first results and of
-    the visible adapter inputs; None for what is not shown."""
+    """Tops (px from the window's top, page scrolled to its start) of the first results (the
+    reading, the summary table by module type, the per-module grid) and of the visible adapter
+    inputs; None for what is not shown."""
     return page.evaluate("""() => {
       for (const el of document.querySelectorAll('[data-testid="stMain"], [data-testid="stAppScrollToBottomContainer"]'))
         el.scrollTop = 0;
@@ -58,6 +59,7 @@ def first_screen_tops(page) -> dict:
       const inputs = [...document.querySelectorAll('[data-testid="stFileUploaderDropzone"], [data-testid="stTextInput"]')]
         .filter(shown);
       return {reading: top(reading), table: top(document.querySelector('[data-testid="stDataFrame"]')),
+              summary: top(document.querySelector('.st-key-audit_summary table')),
               inputs: inputs.length ? Math.min(...inputs.map(top)) : null};
     }""")
 
@@ -129,7 +131,8 @@ class TestUpload:
         # Results first: once loaded, the uploader, Hub field and base weights fold away, and the
         # reading and the table are on the first screen (they were ~850 px further down).
         tops = first_screen_tops(page)
-        assert tops["inputs"] is None and tops["reading"] < tops["table"] < 900, tops
+        assert tops["inputs"] is None and tops["reading"] < tops["summary"] < tops["table"], tops
+        assert tops["summary"] < 900, tops  # the first table: by module type, the full grid under it
         page.set_viewport_size({"width": 390, "height": 844})  # a phone: no input stack first
         page.wait_for_timeout(300)
         tops = first_screen_tops(page)

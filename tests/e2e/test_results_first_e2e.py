@@ -131,15 +131,17 @@ def test_window_table_shows_every_row(page, app_url):
 
 
 def test_first_result_is_a_plain_table(page, app_url):
-    """The Rank sweep's and alpha/r stability's first result is a markdown table, drawn with the
-    page's text: a data grid or a chart first loads and compiles its own scripts (~0.7-0.9 s
-    for a new visitor here, benchmarks/bench_app.py), so they come after it."""
+    """The Rank sweep's, alpha/r stability's and the audit's (the demo: by module type) first
+    result is a markdown table, drawn with the page's text: a data grid or a chart first loads
+    and compiles its own scripts (~0.7-0.9 s for a new visitor here, benchmarks/bench_app.py),
+    so they come after it."""
     first_js = """() => {
       const el = document.querySelector('[data-testid="stMain"]').querySelector(
         '[data-testid="stMarkdownContainer"] table, [data-testid="stDataFrame"], [data-testid="stVegaLiteChart"]');
       return el ? (el.tagName === 'TABLE' ? 'table: ' + el.querySelector('th').innerText : el.dataset.testid) : null;
     }"""
-    for path, first in (("/Rank_sweep", "table: r"), ("/Alpha_r_stability", "table: rule")):
+    for path, first in (("/Rank_sweep", "table: r"), ("/Alpha_r_stability", "table: rule"),
+                        ("/Adapter_audit?demo=true", "table: module type")):
         page.goto(app_url + path)
         wait_for_app(page, timeout=120_000)
         assert_no_exception(page)

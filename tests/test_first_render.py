@@ -1,0 +1,88 @@
+"""What a page imports before its first result (issue 22, first render).
+
+On a cold server a page's first visit pays for every module its script imports before its first
+element: pandas, pyarrow and Altair cost ~1-2 s here, numpy ~0.2 s (benchmarks/bench_app.py).
+The pages that show no table or chart at their defaults (Home, Glossary; the Adapter audit and
+the Fleet page before an upload) must not import them; the audit's first result on the demo
+(a markdown table) comes before them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAVY = ("numpy", "pandas", "pyarrow", "altair")
+
+#: Each page opened in a fresh process (AppTest, as a first visit), then the heavy modules loaded.
+_SCRIPT = r"""
+import json, sys
+from streamlit.testing.v1 import AppTest
+
+page, query = sys.argv[1], json.loads(sys.argv[2])
+at = AppTest.from_file(sys.argv[3], default_timeout=120).run()
+if page != "app.py":
+    at.switch_page(page)
+for key, value in query.items():
+    at.query_params[key] = value
+at.run()
+print(json.dumps({"exception": [e.value for e in at.exception],
+                  "loaded": [m for m in sys.argv[4].split(",") if m in sys.modules]}))
+"""
+
+
+def first_visit(page: str, query: dict | None = None) -> dict:
+    out = subprocess.run([sys.executable, "-c", _SCRIPT, page, json.dumps(query or {}),
+                          str(ROOT / "app.py"), ",".join(HEAVY)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("page, query, absent", [
+    ("app.py", None, HEAVY),
+    ("pages/5_Glossary.py", None, HEAVY),
+    ("pages/3_Adapter_audit.py", None, ("pandas", "pyarrow", "altair")),
+    ("pages/4_Fleet.py", None, ("pandas", "pyarrow", "altair")),
+])
+def test_text_pages_import_no_table_or_chart_library(page, query, absent):
+    """Home and the Glossary are text: no numpy, pandas, pyarrow or Altair. The audit and the
+    Fleet page before an upload show an uploader: no pandas, pyarrow or Altair (they loaded
+    with ui.audit, ui.series, ui.finetune_view and the charts imported at the top)."""
+    seen = first_visit(page, query)
+    assert seen["exception"] == []
+    assert [m for m in seen["loaded"] if m in absent] == []
+
+
+def test_audit_first_table_sums_up_the_grid_by_module_type():
+    """The audit's first result (the demo) is a markdown table by module type: each row's
+    counts and ranges are those of the per-module grid under it, grouped by the module's type."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from markdown_tables import tables
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    at.switch_page("pages/3_Adapter_audit.py")
+    at.query_params["demo"] = "true"
+    at.run()
+    assert not at.exception
+    summary = tables(at)[0]
+    grid = next(d.value for d in at.dataframe if "recommended rank" in d.value.columns)
+    kinds = grid["module"].str.rsplit(".", n=1).str[-1]
+    assert [row["module type"] for row in summary] == list(dict.fromkeys(kinds))
+    for row in summary:
+        mine = grid[kinds == row["module type"]]
+        lo, hi = mine["recommended rank"].min(), mine["recommended rank"].max()
+        assert row["modules"] == str(len(mine))
+        assert row["recommended rank"].split(" (")[0] == (f"{lo}" if lo == hi else f"{lo}..{hi}")
+        assert row["r"] == "16"
+        assert float(row["truncation error"]) == pytest.approx(mine["truncation error"].max(), rel=1e-2)
+    # the planted ranks of the demo (its info line): q_proj and k_proj 2 ... down_proj 8
+    planted = {"q_proj": "2", "k_proj": "2", "gate_proj": "3", "up_proj": "4", "o_proj": "5",
+               "v_proj": "6", "down_proj": "8"}
+    assert {row["module type"]: row["recommended rank"] for row in summary} == planted
