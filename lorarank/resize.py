@@ -43,7 +43,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ._validate import check_int
-from .adapters import Adapter, Buffers, LazyArray, LoraModule, default_write_format, families, writable
+from .adapters import Adapter, Buffers, LazyArray, LoraModule, default_write_format, families, family, writable
 from .audit import allocate_spectra, check_rule, dora_merged_change, module_spectrum, module_svd
 from .errors import ConfigError
 from .spectrum import recommend_rank, single_threaded_blas, truncation_error
@@ -479,7 +479,8 @@ def _notes(adapter, resized, plan, *, changed, before, after, dropped) -> list[s
                 f"({ratio:.2f}x)")
         verdict = ("so it does not shrink the file: its own factors store this update more compactly "
                    "than any B·A of the rank the update needs" if after >= before else "a smaller file")
-        notes.append(f"{', '.join(conv)} modules are written as plain LoRA factors of the best rank-k "
+        labels = ", ".join(family(name).label for name in conv)   # "AdaLoRA", as people write it
+        notes.append(f"{labels} modules are written as plain LoRA factors of the best rank-k "
                      f"approximation of the same update (the family's own form cannot hold it); {size}, "
                      f"{verdict}")
     if "dora" in families and changed:

@@ -685,13 +685,13 @@ class TestReadingWords:
         assert not [md_plain(w.value) for w in at.warning if "assumed" in md_plain(w.value)]
 
 
-@pytest.mark.parametrize("example", ["peft_dora", "peft_lokr"])
+@pytest.mark.parametrize("example", ["peft_dora", "peft_lokr", "peft_adalora"])
 def test_engine_phrases_in_the_pages_notation(example):
     """Phrases the engine writes in ASCII (spectrum_of: 's*B@A', 'sum sigma^2') reach the page
     in its notation (s·B·A, Σσ²) on every tab that shows them."""
     import re
 
-    bad = re.compile(r"s\*B@A|s\*kron|\bsum sigma|\bsigma_i\b|\bsigma\^2")
+    bad = re.compile(r"s\*B@|s\*kron|\bsum sigma|\bsigma_i\b|\bsigma\^2|^[a-z]+ modules are written")
     for tab in ("Per module", "Spectrum", "Resize"):
         at = open_page({"example": example, "tab": tab})
         assert_clean(at)

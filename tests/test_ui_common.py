@@ -170,6 +170,7 @@ class TestNotation:
             "DoRA: the directional part s·B·A keeps Σσ² of σᵢ"
         assert notation("collapsed (sigma_2 <= 1e-6 sigma_1)") == "collapsed (σ₂ ≤ 10⁻⁶·σ₁)"
         assert notation("update s*kron(W1, W2)") == "update s·kron(W1, W2)"
+        assert notation("update s*B@(A*E) (AdaLoRA)") == "update s·B·(A⊙E) (AdaLoRA)"
         assert notation("above the noise floor (sigma > 0.185)") == "above the noise floor (σ > 0.185)"
         assert notation("sigma_max") == "sigma_max"  # a setting's name stays
 

@@ -462,6 +462,7 @@ def md_plain(markdown: str) -> str:
 _NOTATION = (
     (re.compile(r"\bs\*\(B@A - B0@A0\)"), "s·(B·A − B0·A0)"),
     (re.compile(r"\bs\*B@A\b"), "s·B·A"),
+    (re.compile(r"\bs\*B@\(A\*E\)"), "s·B·(A⊙E)"),
     (re.compile(r"\bs\*(?=kron|\()"), "s·"),
     (re.compile(r"\bB@A\b"), "B·A"),
     (re.compile(r"\bsum sigma\^2\b"), "Σσ²"),
