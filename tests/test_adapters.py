@@ -354,6 +354,9 @@ class TestFormats:
         ("lora_te_text_model_encoder_layers_3_mlp_fc1", (3, "mlp_fc1")),
         ("transformer.h.11.attn.c_attn", (11, "c_attn")),
         ("lm_head", (None, "lm_head")),
+        ("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_out.0", (1, "to_out.0")),
+        ("unet.mid_block.attentions.0.transformer_blocks.0.ff.net.2", (0, "net.2")),
+        ("model.layers.0.experts.7", (0, "experts.7")),
     ])
     def test_parse_module_name(self, name, expected):
         """Layer and module type for the rank map."""

@@ -19,12 +19,15 @@ def parse_module_name(name: str) -> tuple[int | None, str]:
 
     The layer is the first integer component (``model.layers.7.mlp.up_proj`` -> 7, kohya
     ``lora_te_text_model_encoder_layers_3_mlp_fc1`` -> 3); the type is the last dotted
-    component (``up_proj``) or, for underscore-only names, what follows the layer (``mlp_fc1``).
+    component (``up_proj``), with the one before it when the last is a number (diffusers'
+    ``attn1.to_out.0`` -> ``to_out.0``, ``ff.net.2`` -> ``net.2``: a bare ``0`` names no module type)
+    or, for underscore-only names, what follows the layer (``mlp_fc1``).
     """
     match = _LAYER.search(name)
     layer = int(match.group(1)) if match and len(match.group(1)) <= _MAX_DIGITS else None
     if "." in name:
-        kind = name.rsplit(".", 1)[-1]
+        parts = name.rsplit(".", 2)
+        kind = ".".join(parts[-2:]) if parts[-1].isdecimal() and not parts[-2].isdecimal() else parts[-1]
     elif match:
         kind = name[match.end():].lstrip("._") or name
     else:
