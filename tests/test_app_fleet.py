@@ -168,3 +168,26 @@ def test_hub_fleet_downloads_keep_the_pages_byte_cap(monkeypatch, tmp_path):
         assert bool(by.loc["hf://team/small", "ok"])
         assert not bool(by.loc["hf://team/wide", "ok"])
         assert "LORARANK_HF_MAX_BYTES" in by.loc["hf://team/wide", "error"]
+
+
+@needs_samples
+def test_a_link_cannot_make_the_server_crawl_the_hub(monkeypatch, tmp_path):
+    """A link's Hub queries are bounded before any listing call (at most MAX_HUB_QUERIES), and a
+    listing stops one repo past what the page would audit, whatever the query's limit= says."""
+    repos = {f"team/a{i}": HubRepo.from_folder(SAMPLES / "peft_gpt2_r4") for i in range(7)}
+    with FakeHub(repos) as hub:
+        point_client_at(hub.url, monkeypatch)
+        monkeypatch.setenv("LORARANK_HF_CACHE", str(tmp_path / "cache"))
+        many = ",".join(f"hf://?author=team{i}" for i in range(fl.MAX_HUB_QUERIES + 1))
+        at = open_page({"q": many})
+        assert not at.exception
+        (shown,) = [md_plain(e.value) for e in at.error]
+        assert f"names {fl.MAX_HUB_QUERIES + 1} Hub queries; this shared server lists at most" in shown
+        assert not [p for _, p in hub.requests if p.startswith("/api/models")]
+        monkeypatch.setattr(fl, "MAX_ADAPTERS", 2)
+        at = open_page({"q": "hf://?author=team&limit=100000"})
+        assert not at.exception
+        (shown,) = [md_plain(e.value) for e in at.error]
+        assert "more than 2 adapters" in shown
+        listings = [p for _, p in hub.requests if p == "/api/models"]
+        assert len(listings) == 1, listings  # 3 repos (one page of the fake Hub), not all 7

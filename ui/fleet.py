@@ -30,8 +30,8 @@ import streamlit as st
 from lorarank.cost import audit_cost
 from lorarank.errors import ConfigError
 from lorarank.fleet import (COLUMN_HELP, FleetOptions, Member, cap_files, expand_sources, fleet_csv,
-                            fleet_document, fleet_report, flat_row, load_member, members_from_uploads,
-                            slug)
+                            fleet_document, fleet_report, flat_row, is_hub_query, load_member,
+                            members_from_uploads, slug)
 from lorarank.fleet.rows import audit_member
 
 from lorarank.documents import format_seconds, split_list
@@ -63,6 +63,8 @@ def _env_int(name: str, default: int) -> int:
 
 #: Adapters one run of the page may hold, and bytes of adapter files (uploads or Hub).
 MAX_ADAPTERS = _env_int("LORARANK_FLEET_MAX_ADAPTERS", 200)
+#: Hub queries (listing calls) one link may ask for: a link is not a crawler.
+MAX_HUB_QUERIES = 10
 MAX_FLEET_BYTES = _env_int("LORARANK_FLEET_MAX_BYTES", 2_000_000_000)
 
 Q = Setting("q", "Hub adapters or a query", "",
@@ -138,7 +140,8 @@ class HubAccess:
 @st.cache_data(show_spinner=False, ttl=600, max_entries=64)
 def _expand_hub(sources: tuple[str, ...], access_key: tuple[str, str], _access: HubAccess
                 ) -> tuple[tuple[Member, ...], tuple[str, ...]]:
-    expansion = expand_sources(list(sources), token=_access.token, settings=_access.settings)
+    expansion = expand_sources(list(sources), token=_access.token, settings=_access.settings,
+                               max_members=MAX_ADAPTERS)
     return expansion.members, expansion.notes
 
 
@@ -161,9 +164,20 @@ def members(uploaded: Sequence[Any] | None, text: str) -> Fleet | None:
         idents.extend(f"upload:{upload_id}:{m.source}" for m in expansion.members)
         notes.extend(expansion.notes)
     sources = hub_sources(text)
+    queries = sum(1 for src in sources if is_hub_query(src))
+    if queries > MAX_HUB_QUERIES:   # each is a listing call: refused before the first
+        raise ConfigError(f"the link names {queries:,} Hub queries; this shared server lists at most "
+                          f"{MAX_HUB_QUERIES} per run; run lorarank fleet locally for more")
     access = HubAccess.of_app() if sources else None
     if access is not None:
-        hub_members, hub_notes = _expand_hub(tuple(sources), access.key, access)
+        try:
+            hub_members, hub_notes = _expand_hub(tuple(sources), access.key, access)
+        except ConfigError as exc:
+            if not str(exc).startswith("the fleet holds more than"):
+                raise
+            raise ConfigError(f"the fleet holds more than {MAX_ADAPTERS:,} adapters; this shared server audits "
+                              f"at most {MAX_ADAPTERS:,} per run (LORARANK_FLEET_MAX_ADAPTERS); run lorarank "
+                              "fleet locally for more") from None
         found.extend(hub_members)
         idents.extend(f"hub:{m.hub}" for m in hub_members)
         notes.extend(hub_notes)

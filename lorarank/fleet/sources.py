@@ -236,12 +236,14 @@ def _glob_members(pattern: str, out: list[Member], notes: list[str]) -> None:
 
 
 # ------------------------------------------------------------------------------------ the Hub
-def _hub_members(query: HubQuery, *, token: str | None, settings, notes: list[str]) -> list[Member]:
+def _hub_members(query: HubQuery, *, token: str | None, settings, notes: list[str],
+                 max_members: int = MAX_MEMBERS) -> list[Member]:
     from ..hub import list_adapter_repos
 
+    # A listing past max_members would be refused anyway: list one more, not the query's limit.
     repos, skipped = list_adapter_repos(author=query.author, base_model=query.base_model,
-                                        search=query.search, limit=query.limit, token=token,
-                                        settings=settings)
+                                        search=query.search, limit=min(query.limit, max_members + 1),
+                                        token=token, settings=settings)
     if query.pattern:
         repos = [r for r in repos if fnmatch.fnmatchcase(r.split("/", 1)[1], query.pattern)]
     if skipped:
@@ -282,7 +284,8 @@ def expand_sources(sources: Sequence[str], *, token: str | None = None, settings
     for text in sources:
         text = str(text).strip()
         if is_hub_query(text):
-            out.extend(_hub_members(parse_hub_query(text), token=token, settings=settings, notes=notes))
+            out.extend(_hub_members(parse_hub_query(text), token=token, settings=settings, notes=notes,
+                                    max_members=max_members))
         elif text.startswith(_HUB):
             ref = parse_hub_uri(text)
             out.append(Member(source=ref.uri, hub=ref.uri))
