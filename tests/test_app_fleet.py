@@ -191,3 +191,32 @@ def test_a_link_cannot_make_the_server_crawl_the_hub(monkeypatch, tmp_path):
         assert "more than 2 adapters" in shown
         listings = [p for _, p in hub.requests if p == "/api/models"]
         assert len(listings) == 1, listings  # 3 repos (one page of the fake Hub), not all 7
+
+
+def test_a_zip_unpacks_to_at_most_an_upload(monkeypatch):
+    """A zip's members are held in memory: its declared unpacked size is bounded by the upload
+    limit (a 256 MB zip at the 16x ratio the zip reader allows would otherwise hold 4 GB)."""
+    import numpy as np
+    from safetensors.numpy import save
+    from streamlit import config
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(3):   # 3 x 0.6 MB of zeros: a few kB zipped, honest sizes
+            tensors = {"base_model.model.m.lora_A.weight": np.zeros((16, 4096), np.float32),
+                       "base_model.model.m.lora_B.weight": np.zeros((4096, 16), np.float32)}
+            z.writestr(f"runs/a{i}/adapter_model.safetensors", save(tensors))
+            z.writestr(f"runs/a{i}/adapter_config.json", json.dumps({"r": 16, "lora_alpha": 16}))
+    data = buf.getvalue()
+    assert len(data) < 100_000
+    before = config.get_option("server.maxUploadSize")
+    config.set_option("server.maxUploadSize", 1)
+    try:
+        at = open_page()
+        at.file_uploader(key=fl.UPLOAD_KEY).set_value([("runs.zip", data, "application/zip")])
+        at.run()
+    finally:
+        config.set_option("server.maxUploadSize", before)
+    assert not at.exception
+    (shown,) = [md_plain(e.value) for e in at.error]
+    assert "runs.zip would unpack to" in shown and "up to 1 MiB" in shown

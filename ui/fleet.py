@@ -7,7 +7,9 @@ adapter at a time in this server process, inside one of the server's heavy-work 
 (:func:`ui.guard.heavy_work`), each cached by the adapter's identity (``st.cache_data``), so
 Stop keeps the adapters already done and a rerun continues from there. Shared-server limits:
 at most :data:`MAX_ADAPTERS` adapters and :data:`MAX_FLEET_BYTES` of adapter files per run,
-the work budget of :mod:`ui.guard` (estimated from the headers before anything is audited).
+the work budget of :mod:`ui.guard` (estimated from the headers before anything is audited); a
+dropped zip unpacks to at most ``server.maxUploadSize`` (its members are held in memory), a link
+asks for at most :data:`MAX_HUB_QUERIES` Hub listings.
 Hub listings and downloads read the Hub as the Adapter audit page does (:class:`HubAccess`):
 the token from the server's secrets (never from the link; cached results are keyed by a salted
 fingerprint of it, not by the token) and :func:`ui.hub.hub_settings`' timeouts and byte cap.
@@ -158,7 +160,8 @@ def members(uploaded: Sequence[Any] | None, text: str) -> Fleet | None:
     notes: list[str] = []
     if uploaded:
         files = [(f.name, f.getvalue()) for f in uploaded]
-        expansion = members_from_uploads(files)
+        # A zip's members are held in memory: at most what one upload could hold, unpacked.
+        expansion = members_from_uploads(files, max_zip_bytes=int(st.get_option("server.maxUploadSize")) * 2**20)
         upload_id = "|".join(f"{f.file_id}:{f.name}:{f.size}" for f in uploaded)
         found.extend(expansion.members)
         idents.extend(f"upload:{upload_id}:{m.source}" for m in expansion.members)

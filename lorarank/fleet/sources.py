@@ -316,13 +316,14 @@ MAX_ZIP_MEMBERS = 20_000
 MAX_ZIP_BYTES = 4 * 2**30
 
 
-def members_from_uploads(files: Iterable[tuple[str, bytes]]) -> Expansion:
+def members_from_uploads(files: Iterable[tuple[str, bytes]], *, max_zip_bytes: int = MAX_ZIP_BYTES) -> Expansion:
     """Members from uploaded files: weights files, configs and zips of adapter folders.
 
     Each weights file is one adapter; a config joins the weights file in its folder (inside a
     zip: the same folder; loose uploads have no folders, so a lone config pairs with a lone
     weights file only). A zip's members are grouped by folder, bounded by
-    :data:`MAX_ZIP_MEMBERS` and :data:`MAX_ZIP_BYTES` declared bytes before inflating.
+    :data:`MAX_ZIP_MEMBERS` and ``max_zip_bytes`` (default :data:`MAX_ZIP_BYTES`) declared
+    unpacked bytes per zip, checked before inflating (its members are held in memory).
 
     Raises
     ------
@@ -334,7 +335,7 @@ def members_from_uploads(files: Iterable[tuple[str, bytes]]) -> Expansion:
     notes: list[str] = []
     for name, data in files:
         if str(name).lower().endswith(".zip"):
-            for folder, items in _zip_folders(str(name), data).items():
+            for folder, items in _zip_folders(str(name), data, max_bytes=max_zip_bytes).items():
                 folders.setdefault(folder, []).extend(items)
         else:
             loose.append((str(name), bytes(data)))
@@ -364,12 +365,12 @@ def members_from_uploads(files: Iterable[tuple[str, bytes]]) -> Expansion:
     return Expansion(tuple(members), tuple(notes))
 
 
-def _zip_folders(name: str, data: bytes) -> dict[str, list[tuple[str, bytes]]]:
+def _zip_folders(name: str, data: bytes, *, max_bytes: int = MAX_ZIP_BYTES) -> dict[str, list[tuple[str, bytes]]]:
     """The adapter files of a zip, by folder, read with the bounded reader
     (:class:`lorarank.bounded.ZipArchive`: directory checked first, members streamed)."""
     from ..bounded import ZipArchive
 
-    archive = ZipArchive(name, data, max_members=MAX_ZIP_MEMBERS, max_bytes=MAX_ZIP_BYTES)
+    archive = ZipArchive(name, data, max_members=MAX_ZIP_MEMBERS, max_bytes=max_bytes)
     out: dict[str, list[tuple[str, bytes]]] = {}
     for member in archive.files():
         path = member.name.replace("\\", "/")
