@@ -124,7 +124,17 @@ def _progress_printer():
     return show
 
 
+def _line(text: object, limit: int = 100_000) -> str:
+    """Text from files and folder names as one terminal-safe line: control characters (ANSI
+    escapes, OSC 8 links, carriage returns) become spaces (:func:`lorarank.bounded.clip`)."""
+    from ..bounded import clip
+
+    return clip(text, limit)
+
+
 def _print_table(rows, caps, plan) -> None:
+    rows = [{**r, "source": _line(r["source"]), "format": _line(r.get("format") or ""),
+             "family": _line(r.get("family") or ""), "error": _line(r.get("error") or "", 1000)} for r in rows]
     width = min(60, max([10, *(len(r["source"]) for r in rows)]))
     heads = [f"e@{c}" for c in caps]
     print(f"{'source':<{width}} | {'format':<9} | {'family':<12} | {'max r':>5} | {'rec. med':>8} | "
@@ -146,7 +156,7 @@ def _print_table(rows, caps, plan) -> None:
               + (f" ({len(r['warnings'])} warning{'s' if len(r['warnings']) != 1 else ''})"
                  if r["warnings"] else ""))
     print()
-    print(plan.sentence())
+    print(_line(plan.sentence()))
     print("max r = the largest module rank (what a server's max_lora_rank must allow); rec. med = median "
           "recommended rank; e@c = share of sum sigma^2 kept with every module cut to rank c.")
 
@@ -170,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     cache = ResultCache(args.cache) if args.cache else None
     expansion = expand_sources(args.sources)
     for note in expansion.notes:
-        print(f"note: {note}", file=sys.stderr)
+        print(_line(f"note: {note}", 2000), file=sys.stderr)
     shown = _progress_printer()
     last = []
 
@@ -204,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"fleet: wrote {written} of {len(records)} adapters into {args.apply}", file=sys.stderr)
         for r in records:
             if not r["ok"] and r["error"] and not r["error"].startswith("not written"):
-                print(f"fleet: {r['source']}: {r['error']}", file=sys.stderr)
+                print(_line(f"fleet: {r['source']}: {r['error']}", 2000), file=sys.stderr)
     if args.html is not None:
         from pathlib import Path
 

@@ -797,8 +797,35 @@ def nothing_extracted(folder: Path) -> None:
     assert not (folder / "out").exists() or not list((folder / "out").iterdir()), list((folder / "out").iterdir())
 
 
+#: A terminal's own phishing: an OSC 8 hyperlink, a screen clear, a colour, a carriage return.
+TERMINAL = "\x1b]8;;https://evil.example/login\x07Session expired\x1b]8;;\x07\x1b[2J\x1b[31mRED\r\x08"
+
+
+def check_no_control(stdout: str) -> None:
+    """Text output quotes names from files without their control characters."""
+    bad = sorted({hex(ord(ch)) for ch in stdout if ord(ch) < 32 and ch != "\n"})
+    assert not bad, bad
+
+
+def cli_fleet_terminal(folder: Path) -> list[str]:
+    """An adapter folder whose name carries terminal escapes: the fleet's text table printed it."""
+    _write(folder / "fleet" / f"run{TERMINAL.replace('/', '_')}", peft(pair(), {"r": 4, "lora_alpha": 8}))
+    return ["fleet", str(folder / "fleet"), "--workers", "1"]
+
+
+def terminal_names() -> dict[str, bytes]:
+    return {"a.safetensors": save(pair(f"model.layers.0.{TERMINAL}.q_proj"))}
+
+
+def cli_compare_terminal(folder: Path) -> list[str]:
+    return ["compare", *_write(folder / "a", terminal_names()), *_write(folder / "b", terminal_names())]
+
+
 _W = peft(pair())["adapter_model.safetensors"]
 VARIANTS: list[Case] = [
+    Case("fleet-terminal-escapes", "links", cli_fleet_terminal, check=check_no_control),
+    Case("audit-terminal-escapes", "links", cli_text(terminal_names), check=check_no_control),
+    Case("compare-terminal-escapes", "links", cli_compare_terminal, check=check_no_control),
     Case("extract-float32-overflow", "base", cli_extract_overflow(3e38), "too large for float32 LoRA factors",
          after=nothing_extracted),
     Case("extract-float16-overflow", "base", cli_extract_overflow(1e5, "--dtype", "float16"),
