@@ -56,6 +56,9 @@ class TestCosines:
                                     epsilon=0.5, name="layers.0.q_proj")
         heat, side = (c.to_dict() for c in chart)
         assert heat["width"] == side["width"] == "container"  # no page wider than a phone
+        assert heat["encoding"]["color"]["scale"] == {"scheme": "greys", "domain": [0, 1]}  # 1 is black
+        # the bars name their rows themselves (on a phone they stand below the heatmap)
+        assert side["layer"][0]["encoding"]["y"].get("axis", {}) is not None
         assert heat["title"]["text"] == ["|cos| with the base's directions", "layers.0.q_proj"]
         assert "tooltip" in heat["encoding"] and all(tooltips(side))
         assert side["layer"][1]["mark"]["type"] == "rule"

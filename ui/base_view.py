@@ -317,7 +317,7 @@ def _cosine_picture(upload, base, result, *, alpha, scale, top_k, epsilon, base_
         show_chart(side)
     st.caption(md("Heatmap: |cos| between the top {k:d} left singular vectors of W0 + dW (rows, 1 = largest) "
                   "and the first {c:d} of W0 (columns), as in Shuttleworth et al.'s figures: a direction the "
-                  "update kept from the base is a bright cell, an intruder a row without one. Best match: each "
+                  "update kept from the base is a dark cell (|cos| near 1), an intruder a row without one. Best match: each "
                   "row's largest |cos| over all {q:d} directions of W0; the dashed rule is epsilon = {e:g}.",
                   k=len(pic["max_cos"]), c=int(pic["cosines"].shape[1]), q=int(min(module.shape)),
                   e=float(epsilon)))

@@ -115,7 +115,7 @@ def cosine_chart(cosines: object, *, max_cos: Sequence[float], nearest: Sequence
 
     Left: ``|cos|`` of every top direction of ``W0 + dW`` (rows, 1 = largest singular value)
     with the base's left singular vectors 1..c (columns); a base direction kept by the update
-    is a bright cell, an intruder a row without one. Right: each row's largest ``|cos|`` over
+    is a dark cell (greys: 0 white, 1 black), an intruder a row without one. Right: each row's largest ``|cos|`` over
     *all* base directions, with ``epsilon`` as a rule (bars left of it are intruders).
     """
     frame = cosine_frame(cosines, intruders=intruders)
@@ -142,7 +142,7 @@ def cosine_chart(cosines: object, *, max_cos: Sequence[float], nearest: Sequence
                          "intruder": ["yes" if i in marks else "no" for i in range(k)]})
     bars = alt.Chart(best).mark_bar().encode(
         x=alt.X("max_cos:Q", title="largest |cos| over all", scale=alt.Scale(domain=[0, 1])),
-        y=alt.Y("direction:N", sort=labels, axis=None),
+        y=alt.Y("direction:N", sort=labels, title=None),  # its own labels: stacked on a phone
         color=alt.Color("intruder:N", scale=alt.Scale(domain=["yes", "no"], range=[FLOOR_COLOR, "#7f7f7f"]),
                         legend=alt.Legend(orient="bottom", title="intruder")),
         tooltip=[alt.Tooltip("direction:N"), alt.Tooltip("max_cos:Q", title="largest |cos|", format=".3f"),
