@@ -32,12 +32,17 @@ with st.expander("Adapters", expanded=True):
     st.caption("Or name Hub adapters in the sidebar (kept in the link): hf://owner/name, hf://owner/* "
                "for every adapter of a user or organisation, hf://?base_model=owner/name for the "
                "adapters of a base model.")
+    examples = st.toggle("Add the real example adapters (one of every family)", key=fl.EXAMPLES_KEY,
+                         bind="query-params",
+                         help="The 11 real adapters in the repository's examples/ folder (PEFT LoRA, "
+                              "DoRA, AdaLoRA, LoHa, LoKr, LyCORIS, diffusers, mlx-lm, GGUF), each written "
+                              "by its own library: a fleet to try the page on.")
 
 with common.stop_on_error():
-    fleet = fl.members(uploaded, settings["q"])
+    fleet = fl.members(uploaded, settings["q"], examples=examples)
 if fleet is None:
-    answer.info("Drop adapter files or a zip above, or name Hub adapters in the sidebar, to see which "
-                "fit a serving cap.", icon=":material/dataset:")
+    answer.info("Drop adapter files or a zip below, name Hub adapters in the sidebar, or add the real "
+                "examples, to see which fit a serving cap.", icon=":material/dataset:")
     st.stop()
 for note in fleet.notes:
     st.caption(common.md_escape(note))

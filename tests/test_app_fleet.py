@@ -220,3 +220,22 @@ def test_a_zip_unpacks_to_at_most_an_upload(monkeypatch):
     assert not at.exception
     (shown,) = [md_plain(e.value) for e in at.error]
     assert "runs.zip would unpack to" in shown and "up to 1 MiB" in shown
+
+
+def test_real_examples_in_one_click():
+    """?examples=true: the 11 real example adapters (one of every family) are the fleet, each row
+    the CLI's row of the same files, named as in the repository (never a server path)."""
+    at = open_page({"examples": "true", "cap": "8"})
+    assert not at.exception, at.exception
+    frame = at.dataframe[0].value
+    assert len(frame) == len(fl.example_sources()) == 11
+    assert all(s.startswith("examples/") and "/work" not in s for s in frame["source"]), list(frame["source"])
+    assert frame["ok"].all(), frame[["source", "error"]]
+    local = run_fleet(expand_sources(fl.example_sources()).members, FleetOptions(), workers=1).rows
+    by = frame.set_index("source")
+    assert "examples/diffusers_unet_lora/pytorch_lora_weights.safetensors" in by.index
+    for row in local:
+        name = "examples/" + row["source"].split("/examples/", 1)[1]
+        assert by.loc[name, "max_rank"] == row["max_rank"], name
+        assert by.loc[name, "rec_max"] == row["recommended_rank"]["max"], name
+    assert md_plain(at.success[0].value).startswith("At cap 8, ")

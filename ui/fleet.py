@@ -24,7 +24,7 @@ import math
 import os
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import streamlit as st
@@ -147,8 +147,25 @@ def _expand_hub(sources: tuple[str, ...], access_key: tuple[str, str], _access: 
     return expansion.members, expansion.notes
 
 
-def members(uploaded: Sequence[Any] | None, text: str) -> Fleet | None:
-    """The fleet of uploads and Hub text (None when both are empty).
+#: URL-bound key of the switch that adds the real example adapters (``?examples=true``).
+EXAMPLES_KEY = "examples"
+
+
+def example_sources() -> list[str]:
+    """The real example adapters shipped in ``examples/`` (one of every family), as fleet
+    sources: a PEFT / mlx folder, or the weights file itself."""
+    from .examples import EXAMPLES, FOLDER
+
+    out = []
+    for ex in EXAMPLES:
+        first = FOLDER / ex.files[0]
+        out.append(str(first.parent if len(ex.files) > 1 else first))
+    return out
+
+
+def members(uploaded: Sequence[Any] | None, text: str, *, examples: bool = False) -> Fleet | None:
+    """The fleet of uploads, the real examples (``examples``) and Hub text (None when all are
+    empty).
 
     Raises
     ------
@@ -166,6 +183,13 @@ def members(uploaded: Sequence[Any] | None, text: str) -> Fleet | None:
         found.extend(expansion.members)
         idents.extend(f"upload:{upload_id}:{m.source}" for m in expansion.members)
         notes.extend(expansion.notes)
+    if examples:   # named as in the repository (rows never show the server's own paths)
+        from .examples import FOLDER
+
+        shipped = [replace(m, source="examples/" + os.path.relpath(m.path or m.source, FOLDER))
+                   for m in expand_sources(example_sources()).members]
+        found.extend(shipped)
+        idents.extend(f"example:{m.source}" for m in shipped)
     sources = hub_sources(text)
     queries = sum(1 for src in sources if is_hub_query(src))
     if queries > MAX_HUB_QUERIES:   # each is a listing call: refused before the first
