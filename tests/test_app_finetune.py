@@ -142,3 +142,21 @@ class TestBudget:
         assert any("**Stopped.**" in m.value for m in at.markdown)
         assert any("Showing the 16 of 16 modules measured before the stop" in c.value for c in at.caption)
         assert "(stopped after 16 of 16 modules)" in text(at)
+
+
+def test_an_update_past_float32_has_no_extraction_download():
+    """An update whose sigma_1 is past float32's range: the extraction says so in one sentence
+    instead of a download that fails with a generic message (or writes inf factors)."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    rng = np.random.default_rng(0)
+    w0 = (rng.uniform(0.5, 1.0, (6, 8)) * 3e38).astype(np.float32)
+    at = open_page()
+    at.file_uploader(key=fv.FT_UPLOAD_KEY).set_value([("ft.safetensors", save({"m.weight": w0}), "application/octet-stream")])
+    at.file_uploader(key=fv.BASE_UPLOAD_KEY).set_value([("base.safetensors", save({"m.weight": -w0}),
+                                                         "application/octet-stream")]).run()
+    assert not at.exception
+    shown = [md_plain(e.value) for e in at.error]
+    assert len(shown) == 1 and "too large for float32 LoRA factors" in shown[0], shown
+    assert not [b for b in at.get("download_button") if "extracted" in str(b.proto.label)]

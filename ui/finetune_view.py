@@ -407,6 +407,10 @@ def _show(report: FinetuneReport, head: Any, ft: ModelSource, base: ModelSource,
                             "audited, and the JSON document; opens offline.")
 
 
+#: Largest float32: an update with sigma_1 above it has no float32 LoRA factors (A = S V^T).
+_FLOAT32_MAX = 3.4028234663852886e38  # np.finfo(np.float32).max
+
+
 def _extraction(report: FinetuneReport, ft: ModelSource, base: ModelSource, settings: FinetuneSettings) -> None:
     st.markdown("**Extract a LoRA** from the fine-tune: a PEFT adapter (adapter_model.safetensors + "
                 "adapter_config.json) whose update is the best rank-k approximation of each module's "
@@ -417,6 +421,12 @@ def _extraction(report: FinetuneReport, ft: ModelSource, base: ModelSource, sett
     ms = [m for m in report.modules if m.kind != "embedding" and "unchanged" not in m.flags]
     if not ms:
         st.info("No linear or conv weight changed: there is nothing to extract.", icon=":material/info:")
+        return
+    too_big = [m for m in ms if m.singular_values.size and float(m.singular_values[0]) > _FLOAT32_MAX]
+    if too_big:   # the download would fail with a generic "Failed to generate file": say why here
+        st.error(md("{name}: the update W_ft − W0 is too large for float32 LoRA factors (σ₁ = {s}); no LoRA "
+                    "of it can be written.", name=too_big[0].name, s=f"{float(too_big[0].singular_values[0]):.4g}"),
+                 icon=":material/error:")
         return
     if by == "energy":
         ranks = [m.energy_rank[f"{value:g}"] if f"{value:g}" in m.energy_rank else None for m in ms]
