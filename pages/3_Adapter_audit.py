@@ -34,6 +34,10 @@ DEFAULT_TAB = (series.TAB if series.linked() else finetune_view.TAB if finetune_
 # ------------------------------------------- upload (folded away once an adapter is shown)
 # the tabs with inputs of their own fold the adapter inputs away
 ON_SERIES = layout.opening(TABS, default=DEFAULT_TAB) in (series.TAB, finetune_view.TAB)
+# Rank over training and Full fine-tune have inputs of their own (uploaders, Hub fields, switches):
+# drawn once their tab was opened in this session or the link names their settings, so a first
+# visit's browser does not load the scripts of every widget kind of every tab before the uploader
+OPENED = layout.opened(TABS, default=DEFAULT_TAB, key=audit.TABS_OPENED_KEY)
 inputs = loaded.inputs_box(elsewhere=ON_SERIES)
 with inputs:
     uploaded = st.file_uploader(
@@ -87,34 +91,53 @@ summary = st.container()  # what was detected and the reading, filled once there
 
 # ------------------------------------------------- sections, each with its own inputs first
 tabs = layout.sections(TABS, default=DEFAULT_TAB)
+
+
+def drawn(*keys: str) -> bool:
+    """Whether a tab's settings are drawn: once there is an adapter (or a run to follow) they
+    set what the tab shows; before, only when the link or this session already set them (a
+    copied link shows its settings), so a first visit loads no widget kind it does not use."""
+    return (upload is not None or ON_SERIES
+            or any(key in st.query_params or key in st.session_state for key in keys))
+
+
 with tabs["Per module"]:
-    cols = st.columns([1.3, 1, 3])
-    rule = common.setting_widget(audit.RULE, cols[0])
-    value_setting = audit.RULE_VALUES.get(rule)
-    if value_setting is not None:
-        value = common.setting_widget(value_setting, cols[1])
-    else:
-        value = None
-        cols[1].caption("The entropy rule has no value: it keeps ceil(entropy rank) directions.")
+    if drawn(audit.RULE.key, *(v.key for v in audit.RULE_VALUES.values())):
+        cols = st.columns([1.3, 1, 3])
+        rule = common.setting_widget(audit.RULE, cols[0])
+        value_setting = audit.RULE_VALUES.get(rule)
+        if value_setting is not None:
+            value = common.setting_widget(value_setting, cols[1])
+        else:
+            value = None
+            cols[1].caption("The entropy rule has no value: it keeps ceil(entropy rank) directions.")
+    else:  # nothing to apply them to: the defaults
+        rule = audit.RULE.default
+        value = audit.RULE_VALUES[rule].default if rule in audit.RULE_VALUES else None
 with tabs["Rank map"]:
-    metric = common.setting_widget(audit.MAP_METRIC, st.columns([1, 2])[0])
+    metric = (common.setting_widget(audit.MAP_METRIC, st.columns([1, 2])[0]) if drawn(audit.MAP_METRIC.key)
+              else audit.MAP_METRIC.default)
 with tabs["Budget"]:
-    budget = common.setting_widget(audit.BUDGET, st.columns([1, 2])[0])
+    budget = (common.setting_widget(audit.BUDGET, st.columns([1, 2])[0]) if drawn(audit.BUDGET.key)
+              else audit.BUDGET.default)
 with tabs["Resize"]:
-    resize_by = common.setting_widget(audit.RESIZE_BY, st.columns([1, 2])[0])
+    resize_by = (common.setting_widget(audit.RESIZE_BY, st.columns([1, 2])[0]) if drawn(audit.RESIZE_BY.key)
+                 else audit.RESIZE_BY.default)
 with tabs["Compare"]:
-    compare = st.toggle("Compare with a second adapter", key=audit.COMPARE_KEY,
-                        bind="query-params",
-                        help="Upload a second adapter (e.g. the same task at another rank) and "
-                             "see whether both learned the same directions.")
+    compare = drawn(audit.COMPARE_KEY) and st.toggle(
+        "Compare with a second adapter", key=audit.COMPARE_KEY, bind="query-params",
+        help="Upload a second adapter (e.g. the same task at another rank) and see whether both "
+             "learned the same directions.")
 with alerts:
     common.show_errors(bad_url)
 
 # ------------------------------------------------- rank over training (its own upload)
 with tabs[series.TAB]:
-    series.section(rule=rule, value=value)
+    if series.TAB in OPENED or series.linked():
+        series.section(rule=rule, value=value)
 with tabs[finetune_view.TAB]:  # a full fine-tune and its base (its own inputs)
-    finetune_view.section(shown=layout.is_open(tabs[finetune_view.TAB]))
+    if finetune_view.TAB in OPENED or finetune_view.linked():
+        finetune_view.section(shown=layout.is_open(tabs[finetune_view.TAB]))
 
 if upload is None:
     for name, tab in tabs.items():

@@ -27,8 +27,9 @@ STEPS = [15, 30, 45, 60, 75, 90]
 
 
 def open_page(query: dict | None = None) -> AppTest:
-    """Run the home script, switch to the audit page (with ``query`` in the URL) and run it."""
-    return testkit.open_page(PAGE, query, timeout=90)
+    """Run the home script, switch to the audit page on its Rank over training tab (with
+    ``query`` in the URL) and run it: the section's inputs are drawn once its tab is opened."""
+    return testkit.open_page(PAGE, {"tab": series.TAB, **(query or {})}, timeout=90)
 
 
 run_zip = testkit.zip_folder

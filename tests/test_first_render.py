@@ -86,3 +86,38 @@ def test_audit_first_table_sums_up_the_grid_by_module_type():
     planted = {"q_proj": "2", "k_proj": "2", "gate_proj": "3", "up_proj": "4", "o_proj": "5",
                "v_proj": "6", "down_proj": "8"}
     assert {row["module type"]: row["recommended rank"] for row in summary} == planted
+
+
+def test_audit_first_visit_draws_only_what_it_shows():
+    """Before an adapter is loaded the audit page draws its uploader and Hub field, not the
+    tabs' settings nor the Rank over training / Full fine-tune inputs (each widget kind loads its
+    own scripts in the browser before the uploader shows). A link that sets a tab's settings
+    shows them; a link naming a section, or opening its tab, draws that section's inputs; an
+    adapter brings every setting back."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import testkit
+
+    from ui import audit, finetune_view, series
+
+    page = "pages/3_Adapter_audit.py"
+    at = testkit.open_page(page)
+    assert not at.exception
+    assert len(at.file_uploader) == 1 and at.file_uploader[0].key == audit.UPLOAD_KEY
+    keys = {w.key for kind in (at.radio, at.number_input, at.selectbox, at.toggle) for w in kind}
+    assert keys == {audit.DEMO_KEY}, keys
+    # a copied link with settings shows them (a cold deep link restores them)
+    at = testkit.open_page(page, {"rule": "sv_ratio", "sv_ratio": "4", "budget": "3", "compare": "true"})
+    assert not at.exception
+    shown = {w.key: w.value for kind in (at.radio, at.number_input, at.selectbox, at.toggle) for w in kind}
+    assert shown["rule"] == "sv_ratio" and shown["sv_ratio"] == 4 and shown["budget"] == 3, shown
+    assert shown[audit.COMPARE_KEY] is True
+    # the sections' own inputs, once their tab is opened (or the link names them)
+    at = testkit.open_page(page, {"tab": series.TAB})
+    assert series.UPLOAD_KEY in {u.key for u in at.file_uploader}
+    at = testkit.open_page(page, {"tab": finetune_view.TAB})
+    assert finetune_view.FT_UPLOAD_KEY in {u.key for u in at.file_uploader}
+    # the demo adapter: every tab's settings
+    at = testkit.open_page(page, {"demo": "true"})
+    assert not at.exception
+    assert {"rule", "energy", "map", "budget", "resize_by", audit.COMPARE_KEY} <= {
+        w.key for kind in (at.radio, at.number_input, at.selectbox, at.toggle) for w in kind}

@@ -48,7 +48,7 @@ __all__ = [
     "UPLOAD_KEY", "UPLOAD_B_KEY", "DOWNLOAD_KEY", "COMPARE_DOWNLOAD_KEY",
     "RULE", "RULE_VALUES", "MAP_METRIC", "BUDGET", "RESIZE_BY", "ALPHA", "SCALE", "TOP",
     "MODULE_KEY", "COMPARE_KEY", "DEMO_KEY", "ALL_SETTINGS", "MAP_METRICS", "RULE_LABELS",
-    "TYPE_COLUMNS", "TYPE_TABLE_KEY", "type_rows",
+    "TYPE_COLUMNS", "TYPE_TABLE_KEY", "type_rows", "TABS_OPENED_KEY",
     "Upload", "UPLOAD_HASH", "load_upload", "open_base_weights", "Detected",
     "rule_text", "assumed_scale", "without_alpha", "module_url_error", "COMPARE_MODULE_KEY",
     "detect", "GATE_KEY", "COMPARE_GATE_KEY", "audit_gate", "guarded_compare", "run_audit", "run_budget", "zip_files",
@@ -402,6 +402,9 @@ def module_table(report: AuditReport, *, top: int = 4) -> pd.DataFrame:
         frame = frame.drop(columns="|dW|/|W0|")
     return frame
 
+
+#: Session-state key: the page's tabs opened so far (:func:`ui.layout.opened`).
+TABS_OPENED_KEY = "audit_tabs_opened"
 
 #: The per-module-type summary above the full table (:func:`type_rows`): column -> definition.
 TYPE_COLUMNS: dict[str, str] = {

@@ -20,8 +20,8 @@ from ui.common import Markdown, Setting, md, md_param, setting_widget
 from ui.common import copy_link as common_copy_link
 from ui.glossary import term_links
 
-__all__ = ["header", "settings_group", "sections", "opening", "is_open", "show_panels", "SETTINGS_HINT",
-           "TAB_PARAM"]
+__all__ = ["header", "settings_group", "sections", "opening", "opened", "is_open", "show_panels",
+           "SETTINGS_HINT", "TAB_PARAM"]
 
 #: Said under the title of a page whose inputs are in the sidebar.
 SETTINGS_HINT = ("Settings are in the sidebar (on a phone, open it with the » button at the top "
@@ -134,6 +134,24 @@ def opening(names: Sequence[str], *, default: str | None = None) -> str:
         if value in names:
             return str(value)
     return default if default is not None else names[0]
+
+
+def opened(names: Sequence[str], *, default: str | None = None, key: str) -> set[str]:
+    """The tabs opened so far in this session, this run's (:func:`opening`) included; kept in
+    session state under ``key`` (a key of the page's own prefix).
+
+    A section whose inputs are many (an uploader, the Hub fields, switches) may draw them only
+    once its tab has been opened: every widget of every tab is drawn in the browser on a first
+    visit, each kind loading its own scripts before the page's first result shows (Adapter
+    audit, ``benchmarks/bench_app.py``). Once opened, a section is drawn on every run, so what
+    its widgets hold (a file, a setting in the link) stays while another tab is open.
+    """
+    seen = st.session_state.get(key)
+    if not isinstance(seen, set):
+        seen = set()
+    seen.add(opening(names, default=default))
+    st.session_state[key] = seen
+    return seen
 
 
 def is_open(tab: Any) -> bool:

@@ -53,8 +53,10 @@ MODULES = tuple(dict.fromkeys((
 #: The warm-up starts a module only when no page has been running for this long: on a 2-core
 #: host the visitors' own imports and renders then never share the CPU with the warm-up's (a
 #: cold Home visit waited on pandas and Altair it never uses; new sessions right after a cold
-#: visit waited on the rest).
-YIELD_SECONDS = 1.5
+#: visit waited on the rest). Longer than the gap between one visit's end and the next one's
+#: script start when a teammate opens a link right after another (~1-1.5 s here: a new tab
+#: loads Streamlit's front end first); at 1.5 s the warm-up slipped into that gap.
+YIELD_SECONDS = 3.0
 _LAST_VISIT = [float("-inf")]
 
 #: The thread Streamlit runs a session's script in (``ScriptRunner.start``); it ends with the run.
