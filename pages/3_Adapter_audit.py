@@ -182,9 +182,9 @@ with tabs["Per module"]:
     with st.container(key=audit.TYPE_TABLE_KEY):
         st.markdown(common.markdown_table(audit.type_rows(report), list(audit.TYPE_COLUMNS),
                                           right=("modules",)))
-        st.caption("One row per module type (every module, sortable, in the table below). "
-                   + "; ".join(f"{name}: {text}" for name, text in list(audit.TYPE_COLUMNS.items())[1:])
-                   + ".")
+        st.caption(common.md_text("One row per module type (every module, sortable, in the table below). "
+                                  + "; ".join(f"{name}: {text}" for name, text in list(audit.TYPE_COLUMNS.items())[1:])
+                                  + "."))
     numbers = ("alpha", "scale s", "stable rank", "entropy rank", "truncation error", "|dW|/|W0|")
     table = common.dash_missing(audit.module_table(report), numbers)  # "-", never "None"
     st.dataframe(
