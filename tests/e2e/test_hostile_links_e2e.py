@@ -36,6 +36,18 @@ def test_link_cannot_render_markup(page, app_url, query):
     assert any("evil.example" in t for t in texts), texts
 
 
+@pytest.mark.parametrize("query", [
+    {"q": "hf://" + corpus23.PHISH},
+    {"q": "hf://?author=" + corpus23.PHISH},
+    {"keep": corpus23.PHISH},
+], ids=["fleet-q", "fleet-author", "fleet-keep"])
+def test_fleet_link_cannot_render_markup(page, app_url, query):
+    """The Fleet page's link (its Hub sources and settings): the error names the value as text."""
+    visit(page, f"{app_url}/Fleet?{urllib.parse.urlencode(query)}")
+    texts = alerts_are_inert(page)
+    assert any("evil.example" in t for t in texts), texts
+
+
 def test_zip_member_names_cannot_render_markup(page, app_url):
     """A zipped run whose left-out file is named with link markup: the note shows the name."""
     page.goto(f"{app_url}/Adapter_audit?tab={urllib.parse.quote('Rank over training')}")
