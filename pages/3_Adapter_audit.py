@@ -140,8 +140,8 @@ with tabs[finetune_view.TAB]:  # a full fine-tune and its base (its own inputs)
         finetune_view.section(shown=layout.is_open(tabs[finetune_view.TAB]))
 
 if upload is None:
-    for name, tab in tabs.items():
-        if name not in (series.TAB, finetune_view.TAB):
+    for name, tab in tabs.items():  # said in the open tab (opening another reruns the page)
+        if name not in (series.TAB, finetune_view.TAB) and layout.is_open(tab):
             tab.caption("Upload an adapter above (or switch on the synthetic demo) to see this.")
     st.stop()
 

@@ -20,7 +20,11 @@ layout.header(
 )
 answer = st.container()   # the planner's answer, first
 bad_url = common.check_url(fl.SETTINGS, state_key=fl.URL_ERRORS_KEY)
-settings = layout.settings_group("Fleet", fl.SETTINGS)
+# The planner's settings (energy to keep, share of the fleet) are drawn under the sources once
+# there is a fleet to plan (or the link or the session set them): a first visit loads no widget
+# kind it does not use before its uploader shows (benchmarks/bench_app.py)
+box = st.sidebar.expander("Fleet", expanded=True)
+settings = layout.settings_group("Fleet", (fl.Q, fl.SCREEN), container=box)
 common.show_errors(bad_url)
 
 with st.expander("Adapters", expanded=True):
@@ -40,6 +44,9 @@ with st.expander("Adapters", expanded=True):
 
 with common.stop_on_error():
     fleet = fl.members(uploaded, settings["q"], examples=examples)
+planner = (fl.KEEP, fl.SHARE)
+if fleet is not None or any(p.key in st.query_params or p.key in st.session_state for p in planner):
+    settings.update(layout.settings_group("Fleet", planner, container=box))
 if fleet is None:
     answer.info("Drop adapter files or a zip below, name Hub adapters in the sidebar, or add the real "
                 "examples, to see which fit a serving cap.", icon=":material/dataset:")

@@ -121,3 +121,24 @@ def test_audit_first_visit_draws_only_what_it_shows():
     assert not at.exception
     assert {"rule", "energy", "map", "budget", "resize_by", audit.COMPARE_KEY} <= {
         w.key for kind in (at.radio, at.number_input, at.selectbox, at.toggle) for w in kind}
+
+
+def test_fleet_first_visit_draws_the_planner_once_there_is_a_fleet():
+    """The Fleet page's planner settings (energy to keep, share of the fleet) appear once there
+    are adapters to plan, or when the link sets them; its sources (Hub query, read mode, the
+    uploader) always."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import testkit
+
+    from ui import fleet as fl
+
+    def numbers(at) -> dict:
+        return {w.key: w.value for w in at.number_input}
+
+    at = testkit.open_page("pages/4_Fleet.py")
+    assert not at.exception and numbers(at) == {}
+    assert at.text_input(key=fl.Q.key) is not None and len(at.file_uploader) == 1
+    at = testkit.open_page("pages/4_Fleet.py", {fl.KEEP.key: "0.95"})
+    assert not at.exception and numbers(at) == {fl.KEEP.key: 0.95, fl.SHARE.key: fl.SHARE.default}
+    at = testkit.open_page("pages/4_Fleet.py", {fl.EXAMPLES_KEY: "true"}, timeout=300)
+    assert not at.exception and set(numbers(at)) == {fl.KEEP.key, fl.SHARE.key}
