@@ -165,6 +165,10 @@ def default_cache_dir() -> Path:
     return Path(root) / "base-svd"
 
 
+#: Largest .npy header of a cached S (numpy writes 128 bytes; version 2+ headers may be longer).
+_NPY_HEADER_MAX = 4096
+
+
 class BaseSVDCache:
     """SVDs of base weights, by content, in memory (LRU, bounded) and on disk (bounded).
 
@@ -278,13 +282,15 @@ class BaseSVDCache:
         path_u, path_s = self._paths(key)
         if not (path_u.is_file() and path_s.is_file()):
             return None
-        try:
+        m, n = int(shape[0]), int(shape[1])
+        q = min(m, n)
+        try:  # a damaged or foreign file: a miss, never a read of its declared size (S is read whole)
+            if path_s.stat().st_size > _NPY_HEADER_MAX + 8 * q:
+                return None
             S = np.load(path_s, allow_pickle=False)
             U = np.load(path_u, allow_pickle=False, mmap_mode="r")
         except (OSError, ValueError, EOFError):
             return None
-        m, n = int(shape[0]), int(shape[1])
-        q = min(m, n)
         want = _PRECISIONS[self.precision]
         if (U.ndim != 2 or U.shape != (m, q) or U.dtype != want or S.shape != (q,) or S.dtype != np.float64
                 or not np.all(np.isfinite(S)) or np.any(S < 0) or np.any(np.diff(S) > 0)

@@ -97,7 +97,7 @@ class TestCache:
         assert len(list(tmp_path.glob("*.U.npy"))) == 2
         assert not cache.contains(weight(20))
 
-    @pytest.mark.parametrize("damage", ["truncate", "shape", "nan"])
+    @pytest.mark.parametrize("damage", ["truncate", "shape", "nan", "huge S"])
     def test_damaged_entry_recomputed(self, tmp_path, damage):
         """A damaged or foreign disk entry is recomputed (and replaced), never trusted."""
         W = weight(5)
@@ -108,10 +108,23 @@ class TestCache:
             path_u.write_bytes(path_u.read_bytes()[:100])
         elif damage == "shape":
             np.save(path_u, np.zeros((3, 3), dtype=np.float32))
+        elif damage == "huge S":   # a .npy of 2^28 float64 (2 GiB, sparse on disk): a miss, not read
+            with open(path_s, "wb") as fh:
+                np.lib.format.write_array_header_1_0(fh, {"descr": "<f8", "fortran_order": False,
+                                                          "shape": (2**28,)})
+                fh.truncate(2**31 + 128)
         else:
             np.save(path_s, np.full(40, np.nan))
+        import tracemalloc
+
         cache = BaseSVDCache(directory=tmp_path)
-        svd = cache.get(W)
+        tracemalloc.start()
+        try:
+            svd = cache.get(W)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 64 * 2**20, peak
         assert cache.stats["computed"] == 1
         np.testing.assert_allclose(svd.S, base_svd(W).S)
         assert BaseSVDCache(directory=tmp_path).get(W).S.shape == (40,)
