@@ -90,7 +90,7 @@ def test_real_example_in_one_click(browser, app_url, shot):
         assert "Showing the real example LyCORIS LoKr" in body
         assert "Loaded: lycoris_lokr.safetensors" in body
         shot(page, "example_dark")
-        page.get_by_text("Upload your own adapter").click()  # the inputs fold; the pills are in them
+        page.get_by_test_id("stExpander").get_by_text("Upload your own adapter").click()  # the inputs fold; the pills are in them
         ratio = page.evaluate("""() => {
           const rgba = (css) => { const v = css.match(/[\\d.]+/g).map(Number); return [v[0], v[1], v[2], v.length > 3 ? v[3] : 1]; };
           const lum = ([r, g, b]) => { const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
