@@ -90,6 +90,8 @@ def write_large(folder: Path, n: int) -> int:
 
 
 CPU: dict[tuple, float] = {}
+#: Tasks each configuration's executor ran (``FleetResult.tasks``: adapters are grouped into tasks).
+TASKS: dict[tuple, int] = {}
 
 
 def _cpu(dask_client=None) -> float:
@@ -116,8 +118,13 @@ def timed(members, options, repeats: int, **where) -> tuple[float, list]:
             best = wall
             CPU[(id(members), options.screen, str(where))] = _cpu(client if not isinstance(client, str) else None) - c
         rows = result.rows
+        TASKS[(id(members), options.screen, str(where))] = getattr(result, "tasks", len(members))
     assert all(r["ok"] for r in rows), [r["error"] for r in rows if not r["ok"]][:3]
     return best, rows
+
+
+def tasks_of(members, options, **where) -> int | None:
+    return TASKS.get((id(members), options.screen, str(where)))
 
 
 def cpu_of(members, options, **where) -> float:
@@ -188,8 +195,9 @@ def main() -> None:
         size = write_large(tmp / "large", args.large)
         print(f"wrote {args.small} small adapters and {args.large} x {size / 1e6:.1f} MB 8B-shaped ones "
               f"in {time.perf_counter() - t:.0f} s")
-        fleets = {"small": expand_sources([str(tmp / "small")]).members,
-                  "8B": expand_sources([str(tmp / "large")]).members}
+        fleets = {name: expand_sources([str(tmp / folder)]).members
+                  for name, folder, count in (("small", "small", args.small), ("8B", "large", args.large))
+                  if count > 0}
         audit, screen = FleetOptions(), FleetOptions(screen=True)
         results, reference, two_workers = {}, {}, {}
         # 1. Local executors first (a single-threaded process: the pool forks its workers).
@@ -222,7 +230,7 @@ def main() -> None:
                                                dashboard_address=None)
             dask_client = distributed.Client(cluster)
             ray = ray_mod
-            warm = fleets["small"][:8]
+            warm = next(iter(fleets.values()))[:8]
             run_fleet(warm, audit, ray="auto")
             run_fleet(warm, audit, dask=dask_client)
             print(f"Ray and Dask started and warmed in {time.perf_counter() - t:.0f} s (not timed below)")
@@ -239,6 +247,9 @@ def main() -> None:
                                   f"{[k for k in a if a[k] != b[k]]}: {[(a[k], b[k]) for k in a if a[k] != b[k]][:1]}")
                             break
                 cpu_d = cpu_of(members, audit, dask=dask_client)
+                results[name]["tasks: 2 processes / ray / dask"] = (
+                    f"{tasks_of(members, audit, workers=2)} / {tasks_of(members, audit, ray='auto')} / "
+                    f"{tasks_of(members, audit, dask=dask_client)}")
                 results[name].update({"ray /s": n / r_t, "dask /s": n / d_t,
                                       "CPU s/adapter, dask": cpu_d / n,
                                       "projected dask overhead on idle cores": cpu_d / cpu_of(members, audit, workers=2) - 1,
@@ -258,9 +269,10 @@ def main() -> None:
                 elif key != "adapters":
                     print(f"  {key:<36} {value:.1f}")
         print()
-        peak, idle = one_audit_rss(fleets["8B"][0].path and Path(fleets["8B"][0].path))
-        print(f"peak RSS of one process auditing one 8B-shaped adapter: {peak:.0f} MiB "
-              f"(the same process with lorarank imported and nothing read: {idle:.0f} MiB)")
+        if "8B" in fleets:
+            peak, idle = one_audit_rss(Path(fleets["8B"][0].path))
+            print(f"peak RSS of one process auditing one 8B-shaped adapter: {peak:.0f} MiB "
+                  f"(the same process with lorarank imported and nothing read: {idle:.0f} MiB)")
         if ray is not None:
             peaks = ray.get([ray.remote(num_cpus=1)(worker_rss).remote() for _ in range(4)])
             print(f"peak RSS of the Ray workers after the runs: {sorted(set(p // 1024 for p in peaks))} MiB")

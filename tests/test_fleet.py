@@ -17,7 +17,7 @@ from safetensors.numpy import load_file, save_file
 from lorarank.cli import main
 from lorarank.fleet import (FleetOptions, ResultCache, audit_member, cap_files, energy_at, expand_sources,
                             fleet_csv, fleet_document, members_from_uploads, pad_adapter, plan_caps,
-                            run_fleet)
+                            plan_tasks, run_fleet)
 from lorarank.fleet.rows import energy_curve
 import testkit
 
@@ -368,8 +368,108 @@ def test_processes_give_the_serial_rows(tmp_path):
     pooled = run_fleet(members, FleetOptions(), workers=2, progress=seen.append)
     assert pooled.executor == "processes" and serial.executor == "serial"
     assert pooled.rows == serial.rows
-    assert seen[0].done == 0 and seen[-1].done == len(members) and seen[-1].failed == 5
-    assert "adapters" in seen[-1].text()
+    # Batches: the bad members share tasks with good ones and are still rows of their own.
+    tasks = plan_tasks(members, range(len(members)), FleetOptions(), workers=2)
+    assert pooled.tasks == len(tasks) == 2 and serial.tasks == len(members)
+    assert all(any(serial.rows[i]["ok"] for i in t) and any(not serial.rows[i]["ok"] for i in t) for t in tasks)
+    # Progress still counts adapters, one call per adapter, in steps of one.
+    assert [p.done for p in seen] == list(range(len(members) + 1))
+    assert seen[-1].failed == 5 and "adapters" in seen[-1].text()
+
+
+def test_batches_with_the_cache(tmp_path):
+    """Only the cache's misses are planned into tasks: a rerun after adding one adapter runs one
+    task of one adapter, and the rows are the serial ones, in member order."""
+    fleet = tmp_path / "fleet"
+    for i in range(6):
+        write_peft(fleet / f"g{i}", r=2 + i, seed=40 + i)
+    cache = ResultCache(tmp_path / "cache")
+    first = run_fleet(expand_sources([str(fleet)]).members, FleetOptions(), workers=2, cache=cache)
+    assert (first.audited, first.cached, first.tasks) == (6, 0, 2)
+    write_peft(fleet / "g2b", r=5, seed=99)
+    members = expand_sources([str(fleet)]).members
+    again = run_fleet(members, FleetOptions(), workers=2, cache=cache)
+    assert (again.audited, again.cached, again.tasks) == (1, 6, 1)
+    assert again.rows == run_fleet(members, FleetOptions(), workers=1).rows
+
+
+def _sized(folder: Path, name: str, size: int) -> Path:
+    """A file of ``size`` bytes that costs no disk (sparse): the planner only looks at sizes."""
+    path = folder / name
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+    return path
+
+
+def test_plan_groups_small_adapters_and_leaves_large_ones_alone(tmp_path):
+    """Every index once; small adapters grouped in member order; an adapter over LARGE_BYTES (or
+    of unknown size: the Hub) alone; at least one task per worker; tasks largest first."""
+    from lorarank.fleet import Member
+    from lorarank.fleet.runner import LARGE_BYTES, TASK_SECONDS, estimated_seconds
+
+    members = []
+    for i in range(300):
+        if i in (7, 150):
+            members.append(Member(source=f"big{i}", path=str(_sized(tmp_path, f"big{i}.safetensors", LARGE_BYTES + 1))))
+        elif i == 200:
+            members.append(Member(source="hf://org/x", hub="hf://org/x"))
+        elif i == 250:
+            members.append(Member(source="up", files=(("up.safetensors", bytes(50_000)),)))
+        else:
+            members.append(Member(source=f"s{i}", path=str(_sized(tmp_path, f"s{i}.safetensors", 100_000 + 997 * i))))
+    folder = write_peft(tmp_path / "folder", r=4, seed=0)
+    members.append(Member(source="folder", path=str(folder)))
+    todo = [i for i in range(len(members)) if i % 10 != 3]   # cache hits are not planned
+    for screen in (False, True):
+        for workers in (1, 2, 7):
+            tasks = plan_tasks(members, todo, FleetOptions(screen=screen), workers=workers)
+            assert sorted(i for t in tasks for i in t) == todo
+            alone = {t[0] for t in tasks if len(t) == 1}
+            assert {7, 150, 200} <= alone and all(len(t) == 1 for t in tasks if {7, 150, 200} & set(t))
+            groups = [t for t in tasks if not {7, 150, 200} & set(t)]
+            cost = [sum(estimated_seconds(members[i], FleetOptions(screen=screen)) for i in t) for t in tasks]
+            assert cost == sorted(cost, reverse=True)   # largest first
+            for t in groups:   # consecutive in member order, at most the largest task's estimate
+                assert list(t) == [i for i in todo if t[0] <= i <= t[-1] and i not in (7, 150, 200)]
+                assert len(t) == 1 or sum(estimated_seconds(members[i], FleetOptions(screen=screen))
+                                          for i in t) <= 1.5 * TASK_SECONDS[1]
+            assert len(tasks) >= min(workers, len(todo)) and len(groups) < len(todo) / 10
+            assert tasks[0] == (200,)   # unknown size first (it may be the largest)
+    # Guided: in member order, the groups' estimates shrink towards the end of the fleet.
+    groups = sorted((t for t in plan_tasks(members, todo, FleetOptions(), workers=2) if len(t) > 1),
+                    key=lambda t: t[0])
+    cost = [sum(estimated_seconds(members[i], FleetOptions()) for i in t) for t in groups]
+    assert len(groups) > 4 and cost[0] > 2 * cost[-2]
+    assert plan_tasks(members, [], FleetOptions(), workers=2) == []
+    assert plan_tasks(members, [5], FleetOptions(), workers=2) == [(5,)]
+
+
+def test_a_dead_worker_costs_no_batch(tmp_path):
+    """A worker killed mid-run (as the OOM killer does) breaks the pool; the batches in flight are
+    split and each adapter audited again alone, so every row is still the serial one."""
+    import multiprocessing
+    import signal
+
+    fleet = tmp_path / "fleet"
+    for i in range(40):
+        write_peft(fleet / f"g{i:02d}", r=4 + i % 5, seed=30 + i, d=64)
+    (fleet / "text.safetensors").write_text("not a safetensors file")
+    members = expand_sources([str(fleet)]).members
+    serial = run_fleet(members, FleetOptions(), workers=1)
+    killed, seen = [], []
+
+    def progress(p) -> None:   # after the first adapter's row, one pool worker is killed
+        seen.append(p)
+        if p.done and not killed:
+            children = multiprocessing.active_children()
+            if children:
+                os.kill(children[0].pid, signal.SIGKILL)
+                killed.append(children[0].pid)
+
+    pooled = run_fleet(members, FleetOptions(), workers=2, progress=progress)
+    assert killed
+    assert pooled.rows == serial.rows
+    assert seen[-1].done == len(members) and seen[-1].failed == 1
 
 
 # ------------------------------------------------------------------------------- planner

@@ -1,5 +1,6 @@
 """The fleet on real clusters: a local Ray (``ray.init(num_cpus=2)``) and a Dask ``LocalCluster``
-(two worker processes) give exactly the rows of local processes, failures included.
+(two worker processes) give exactly the rows of local processes, failures included, in member
+order, with the adapters grouped into tasks (bad members inside batches of good ones).
 
 One cluster of each per test session (their start-up is the cost, ~10 s for Ray on two busy
 cores); skipped with the reason when Ray or Dask distributed is not installed.
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lorarank.fleet import FleetOptions, expand_sources, run_fleet
+from lorarank.fleet import FleetOptions, expand_sources, plan_tasks, run_fleet
 from test_fleet import SAMPLES, bad_fleet, write_peft
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +60,16 @@ def fleet(tmp_path_factory):
     return members, run_fleet(members, FleetOptions(), workers=2)
 
 
+def check_batches(members, result, screen) -> None:
+    """The run was made of the planned tasks: fewer than adapters, each failing member in a
+    task with good ones, and every row where its member is."""
+    tasks = plan_tasks(members, range(len(members)), FleetOptions(screen=screen), workers=2)
+    assert result.tasks == len(tasks) < len(members)
+    ok = [r["ok"] for r in result.rows]
+    assert any(any(ok[i] for i in t) and not all(ok[i] for i in t) for t in tasks)
+    assert [r["source"] for r in result.rows] == [m.source for m in members]
+
+
 @pytest.mark.parametrize("screen", [False, True])
 def test_ray_gives_the_local_rows(ray_cluster, fleet, screen):
     members, local = fleet
@@ -68,6 +79,7 @@ def test_ray_gives_the_local_rows(ray_cluster, fleet, screen):
     assert on_ray.executor == "ray" and on_ray.workers == 2
     assert on_ray.rows == local.rows
     assert sum(not r["ok"] for r in on_ray.rows) == 5
+    check_batches(members, on_ray, screen)
 
 
 @pytest.mark.parametrize("screen", [False, True])
@@ -78,6 +90,7 @@ def test_dask_gives_the_local_rows(dask_client, fleet, screen):
     on_dask = run_fleet(members, FleetOptions(screen=screen), dask=dask_client)
     assert on_dask.executor == "dask" and on_dask.workers == 2
     assert on_dask.rows == local.rows
+    check_batches(members, on_dask, screen)
 
 
 def test_dask_by_address(dask_client, fleet):

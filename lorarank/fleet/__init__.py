@@ -24,15 +24,15 @@ from typing import Any, Sequence
 from .cache import ResultCache
 from .plan import (DEFAULT_KEEP, DEFAULT_SHARE, Plan, apply_caps, cap_files, energy_at, load_member, pad_adapter,
                    plan_caps, shrink_to_cap, slug)
-from .rows import DEFAULT_CAPS, FleetOptions, audit_member, energy_curve, error_row, row_from_report
-from .runner import EXECUTORS, FleetProgress, FleetResult, default_workers, run_fleet
+from .rows import DEFAULT_CAPS, FleetOptions, audit_member, audit_members, energy_curve, error_row, row_from_report
+from .runner import EXECUTORS, FleetProgress, FleetResult, default_workers, plan_tasks, run_fleet
 from .sources import (Expansion, HubQuery, Member, expand_sources, is_hub_query, members_from_uploads,
                       parse_hub_query)
 
 __all__ = [
     "Member", "Expansion", "HubQuery", "expand_sources", "members_from_uploads", "is_hub_query",
-    "parse_hub_query", "FleetOptions", "DEFAULT_CAPS", "audit_member", "row_from_report", "error_row",
-    "energy_curve", "ResultCache", "run_fleet", "FleetResult", "FleetProgress", "EXECUTORS",
+    "parse_hub_query", "FleetOptions", "DEFAULT_CAPS", "audit_member", "audit_members", "row_from_report", "error_row",
+    "energy_curve", "ResultCache", "run_fleet", "plan_tasks", "FleetResult", "FleetProgress", "EXECUTORS",
     "default_workers", "Plan", "plan_caps", "energy_at", "DEFAULT_KEEP", "DEFAULT_SHARE",
     "shrink_to_cap", "pad_adapter", "cap_files", "apply_caps", "load_member", "slug", "fleet_document",
     "fleet_csv", "csv_columns", "flat_row", "fleet_report", "fleet_charts", "COLUMN_HELP",
@@ -113,7 +113,7 @@ def fleet_document(result: FleetResult | Sequence[dict], plan: Plan, *,
                        screen=options.screen)
     if isinstance(result, FleetResult):
         summary.update(audited=result.audited, cached=result.cached, executor=result.executor,
-                       workers=result.workers)
+                       workers=result.workers, tasks=result.tasks)
     return {"adapters": [dict(r) for r in rows], "plan": plan.to_dict(), "summary": summary}
 
 

@@ -203,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_caps(result.rows, cap=args.cap, keep=keep, share=share, caps=options.caps)
     doc = fleet_document(result, plan, options=options)
     print(f"fleet: {len(result.rows)} adapters, {result.audited} {'screened' if options.screen else 'audited'}"
-          f" ({result.executor}, {result.workers} worker{'s' if result.workers != 1 else ''}), "
+          f" ({result.executor}, {result.workers} worker{'s' if result.workers != 1 else ''}"
+          f"{f', {result.tasks} tasks' if result.executor != 'serial' else ''}), "
           f"{result.cached} from the cache, {result.failed} failed, {result.seconds:.2f} s",
           file=sys.stderr)
     if args.apply is not None:

@@ -49,7 +49,7 @@ from ..bounded import regular_file
 from ..errors import ConfigError
 from .sources import WEIGHT_SUFFIXES, Member
 
-__all__ = ["DEFAULT_CAPS", "MAX_CAP", "FleetOptions", "audit_member", "row_from_report",
+__all__ = ["DEFAULT_CAPS", "MAX_CAP", "FleetOptions", "audit_member", "audit_members", "row_from_report",
            "error_row", "energy_curve", "ROW_VERSION", "one_line", "local_files", "lora_rank"]
 
 #: Serving caps the rows report by default (vLLM ``max_lora_rank`` choices).
@@ -383,6 +383,25 @@ def audit_member(member: Member, options: FleetOptions, *, token: str | None = N
     finally:
         if not options.screen and (row is None or (row.get("bytes") or 0) > _TRIM_BYTES):
             _trim()
+
+
+def audit_members(members, options: FleetOptions, *, token: str | None = None,
+                  settings=None) -> list[dict[str, Any]]:
+    """The rows of several members, one after another: one batch, i.e. one task of an executor.
+
+    Parameters
+    ----------
+    members : sequence of Member
+        Audited in this order; each holds the worker's memory alone while it is audited.
+    options : FleetOptions
+
+    Returns
+    -------
+    list of dict
+        ``[audit_member(m, options) for m in members]``: a member that cannot be read is its own
+        error row, the others' rows are unaffected (the batch never fails for one member).
+    """
+    return [audit_member(m, options, token=token, settings=settings) for m in members]
 
 
 #: Adapters above this size give their freed memory back to the system after the audit.

@@ -11,10 +11,19 @@ Executors (one per call, all giving the same rows in the same order):
     ``forkserver`` from a threaded one (a web server, a process holding a Ray or Dask client).
 ``ray``
     A Ray cluster: ``ray.init(address=ADDRESS)`` unless Ray is already initialised in this
-    process; each adapter is one ``@ray.remote(num_cpus=1)`` task.
+    process; each task is one ``@ray.remote(num_cpus=1)`` call.
 ``dask``
-    Dask distributed: ``distributed.Client(ADDRESS)`` (or a given ``Client``); each adapter
-    is one task.
+    Dask distributed: ``distributed.Client(ADDRESS)`` (or a given ``Client``).
+
+The parallel executors run tasks of several adapters (:func:`plan_tasks`): small adapters are
+grouped, in member order, into tasks of roughly equal estimated cost (from the files' sizes),
+so an engine's own cost per task (~10 ms of CPU on Dask or Ray, against ~3 ms to audit a small
+adapter) is paid once per group; an adapter over :data:`LARGE_BYTES` (or of unknown size: the
+Hub) is a task alone. A task is :func:`~lorarank.fleet.rows.audit_members`: one adapter after
+another, each its own row (a bad member is its own error row, never its batch's); when a task
+itself fails (its worker died), each of its adapters runs again as a task alone, and an
+adapter that was alone in a failed task gets the error (with local processes, so do the
+others alone in flight when the pool broke). Progress counts adapters as their tasks finish.
 
 Ray and Dask are optional (``pip install lorarank[ray]`` / ``lorarank[dask]``) and imported
 only here, only when asked. Workers on other machines must see the same files (a shared
@@ -35,10 +44,11 @@ from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError
 from ..documents import format_seconds
-from .rows import FleetOptions, audit_member, error_row, one_line
+from .rows import FleetOptions, audit_member, audit_members, error_row, one_line
 from .sources import Member
 
-__all__ = ["FleetProgress", "FleetResult", "run_fleet", "EXECUTORS", "default_workers"]
+__all__ = ["FleetProgress", "FleetResult", "run_fleet", "EXECUTORS", "default_workers", "plan_tasks",
+           "member_bytes", "estimated_seconds", "LARGE_BYTES", "TASK_SECONDS"]
 
 EXECUTORS = ("serial", "processes", "ray", "dask")
 #: Hub listings resolved at once (for cache keys): network-bound, not CPU-bound.
@@ -95,7 +105,9 @@ class FleetProgress:
 
 @dataclass(frozen=True)
 class FleetResult:
-    """Rows in the order of the members, and how they were obtained."""
+    """Rows in the order of the members, and how they were obtained (``tasks``: how many tasks
+    the executor ran them in, as planned by :func:`plan_tasks`; the serial executor's one per
+    adapter)."""
 
     rows: list[dict]
     executor: str
@@ -105,6 +117,7 @@ class FleetResult:
     seconds: float
     notes: tuple[str, ...] = ()
     keys: tuple[str | None, ...] = field(default=(), repr=False)
+    tasks: int = 0
 
     @property
     def failed(self) -> int:
@@ -187,24 +200,26 @@ def run_fleet(members: Sequence[Member], options: FleetOptions, *, workers: int 
 
     tick()
     if ray is not None:
-        executor, n = "ray", _run_ray(members, todo, options, ray, finish)
+        executor = "ray"
+        n, tasks = _run_ray(members, todo, options, ray, finish)
     elif dask is not None:
-        executor, n = "dask", _run_dask(members, todo, options, dask, finish)
+        executor = "dask"
+        n, tasks = _run_dask(members, todo, options, dask, finish)
     else:
         n = default_workers() if workers is None else workers
         n = max(1, min(n, len(todo))) if todo else n
         if n == 1:
-            executor = "serial"
+            executor, tasks = "serial", len(todo)
             for i in todo:
                 finish(i, audit_member(members[i], options))
         else:
             executor = "processes"
-            _run_processes(members, todo, options, n, finish)
+            tasks = _run_processes(members, todo, options, n, finish)
     if cache is not None:
         cache.flush()
     return FleetResult(rows=[r for r in rows], executor=executor, workers=n, audited=len(todo),
                        cached=cached, seconds=time.perf_counter() - start, notes=tuple(notes),
-                       keys=tuple(keys))
+                       keys=tuple(keys), tasks=tasks)
 
 
 def _keys(members: list[Member], options: FleetOptions, cache):
@@ -240,9 +255,136 @@ def _keys(members: list[Member], options: FleetOptions, cache):
     return keys, revisions, early
 
 
+# -------------------------------------------------------------------------------- tasks
+#: An adapter whose files are larger than this (or whose size is not known before it is read: a
+#: Hub adapter, a folder too long to list) is a task of its own, so a task never holds more than
+#: one large adapter and a worker's memory stays that of one audit.
+LARGE_BYTES = 8 * 2**20
+#: Smallest and largest task, in estimated seconds of one core. Small adapters (a few ms each)
+#: are grouped up to this so that an engine's own cost per task (~10 ms of CPU on Dask and Ray)
+#: stays a few per cent; within it, tasks shrink towards the end of the fleet (guided
+#: scheduling: ``remaining / (2 x workers)``) so that no worker is left with a long last task.
+TASK_SECONDS = (0.05, 0.5)
+#: The estimate of one adapter's cost on one core: fixed + per byte of its files (measured in
+#: ``benchmarks/bench_fleet.py``: ~3 ms for a 180 kB PEFT adapter, ~0.5 s for 84 MB; headers
+#: alone ~1 ms and ~25 ms).
+_FIXED_SECONDS = {False: 2e-3, True: 1e-3}
+_SECONDS_PER_BYTE = {False: 6e-9, True: 3e-10}
+#: Entries of an adapter folder listed for its size; a longer folder is a task of its own.
+_LIST_LIMIT = 256
+
+
+def member_bytes(member: Member) -> int | None:
+    """The size of a member's files as the driver sees them without reading them (``os.stat``),
+    or None when it is not known before the adapter is read (a Hub adapter, a folder of more
+    than a few hundred entries). A path that cannot be listed counts 0 bytes: its worker
+    says why in one quick error row."""
+    if member.hub:
+        return None
+    if member.files is not None:
+        return sum(len(b) for _, b in member.files)
+    from .sources import WEIGHT_SUFFIXES
+
+    try:
+        info = os.stat(member.path)
+        if not os.path.isdir(member.path):
+            return info.st_size
+        total = 0
+        with os.scandir(member.path) as entries:
+            for k, entry in enumerate(entries):
+                if k >= _LIST_LIMIT:
+                    return None
+                name = entry.name.lower()
+                if (name.endswith(WEIGHT_SUFFIXES) or name.endswith(".json")) and entry.is_file():
+                    total += entry.stat().st_size
+        return total
+    except (OSError, TypeError, ValueError):
+        return 0
+
+
+def estimated_seconds(member: Member, options: FleetOptions) -> float:
+    """What one core is expected to spend on ``member`` (the planner's cost model: a fixed part
+    and one per byte of its files); ``inf`` when its size is not known before it is read."""
+    size = member_bytes(member)
+    if size is None:
+        return float("inf")
+    return _FIXED_SECONDS[options.screen] + _SECONDS_PER_BYTE[options.screen] * size
+
+
+def plan_tasks(members: Sequence[Member], todo: Sequence[int], options: FleetOptions, *,
+               workers: int) -> list[tuple[int, ...]]:
+    """Group the members to audit into tasks of roughly equal estimated cost.
+
+    Parameters
+    ----------
+    members : sequence of Member
+    todo : sequence of int
+        Indices into ``members`` still to audit (cache misses), in member order.
+    options : FleetOptions
+        ``options.screen`` picks the cost model (headers cost less than audits).
+    workers : int
+        Workers that will run the tasks (local processes, cluster CPUs).
+
+    Returns
+    -------
+    list of tuple of int
+        Every index of ``todo`` exactly once. A large adapter (over :data:`LARGE_BYTES`, or of
+        unknown size) is a task alone; small ones are grouped in member order, consecutive
+        indices, each group estimated at most ``TASK_SECONDS[1]``, smaller towards the end, and
+        at least ``workers`` tasks when there are that many members. Tasks come largest first
+        (longest-processing-time order: the long ones start first, the short ones fill in).
+    """
+    workers = max(1, int(workers))
+    lo, hi = TASK_SECONDS
+    alone: list[tuple[float, tuple[int, ...]]] = []
+    small: list[tuple[int, float]] = []
+    for i in todo:
+        size = member_bytes(members[i])
+        cost = estimated_seconds(members[i], options)
+        if size is None or size > LARGE_BYTES:
+            alone.append((cost, (i,)))
+        else:
+            small.append((i, cost))
+    total = sum(c for _, c in small)
+    spread = total / workers   # one task per worker at most: every worker gets work
+    groups: list[tuple[float, list[int], float]] = []   # (cost, indices, target)
+    remaining = total
+    for i, c in small:
+        if not groups or groups[-1][0] + c > groups[-1][2]:
+            groups.append((0.0, [], min(hi, max(lo, remaining / (2 * workers)), spread)))
+        cost, group, target = groups[-1]
+        group.append(i)
+        groups[-1] = (cost + c, group, target)
+        remaining -= c
+    if len(groups) > 1 and groups[-1][0] < groups[-1][2] / 2 and \
+            groups[-2][0] + groups[-1][0] <= min(hi, 1.5 * groups[-2][2]):
+        last = groups.pop()   # a short remainder joins the group before it
+        groups[-1] = (groups[-1][0] + last[0], groups[-1][1] + last[1], groups[-1][2])
+    tasks = alone + [(cost, tuple(group)) for cost, group, _ in groups]
+    tasks.sort(key=lambda t: -t[0])   # stable: equal costs keep member order
+    return [t for _, t in tasks]
+
+
+def _outcome(task: tuple[int, ...], rows, failure: str | None, members, queue, finish) -> None:
+    """A finished task: its rows, or, when the task itself failed (its worker died), each of its
+    members again as a task of its own (so one crashing adapter takes no other row with it), and
+    a member that failed alone is an error row."""
+    if failure is None:
+        for i, row in zip(task, rows):
+            finish(i, row)
+    elif len(task) > 1:
+        queue.extendleft((i,) for i in reversed(task))
+    else:
+        finish(task[0], error_row(members[task[0]], failure))
+
+
+_DIED = "the worker process auditing this adapter died (out of memory or a crash)"
+
+
 # ------------------------------------------------------------------------------ executors
-def _run_processes(members, todo, options, n: int, finish) -> None:
+def _run_processes(members, todo, options, n: int, finish) -> int:
     import multiprocessing
+    from collections import deque
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
@@ -256,33 +398,44 @@ def _run_processes(members, todo, options, n: int, finish) -> None:
     ctx = multiprocessing.get_context(method)
     if method == "forkserver":
         ctx.set_forkserver_preload(["lorarank.fleet.rows", "lorarank.audit"])
-    queue = list(todo)
+    queue = deque(plan_tasks(members, todo, options, workers=n))
+    planned = len(queue)
     window = 2 * n
     while queue:
         with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
             pending: dict = {}
-            broken = False
             try:
                 while queue or pending:
-                    while queue and len(pending) < window and not broken:
-                        i = queue.pop(0)
-                        pending[pool.submit(audit_member, members[i], options)] = i
+                    broken = False
+                    while queue and len(pending) < window:
+                        task = queue.popleft()
+                        try:
+                            pending[pool.submit(audit_members, [members[i] for i in task], options)] = task
+                        except BrokenProcessPool:
+                            _outcome(task, None, _DIED, members, queue, finish)
+                            broken = True
+                            break
+                    if not pending:
+                        break
                     got, _ = wait(list(pending), return_when=FIRST_COMPLETED)
                     for fut in got:
-                        i = pending.pop(fut)
+                        task = pending.pop(fut)
                         try:
-                            finish(i, fut.result())
+                            rows = fut.result()
                         except BrokenProcessPool:
-                            # A worker died (killed for memory, a crash in a library): this
-                            # adapter and those in flight with it get the error; the rest go on
-                            # in a new pool.
+                            # A worker died (killed for memory, a crash in a library): the tasks
+                            # in flight with it end too; batches are split and run again in a new
+                            # pool, an adapter that was alone gets the error.
                             broken = True
-                            finish(i, error_row(members[i], "the worker process auditing this "
-                                                "adapter died (out of memory or a crash)"))
+                            _outcome(task, None, _DIED, members, queue, finish)
+                        else:
+                            _outcome(task, rows, None, members, queue, finish)
                     if broken:
-                        for fut, i in pending.items():
-                            finish(i, error_row(members[i], "the worker process auditing this "
-                                                "adapter died (out of memory or a crash)"))
+                        wait(list(pending))
+                        for fut, task in pending.items():
+                            failed = fut.exception() is not None
+                            _outcome(task, None if failed else fut.result(), _DIED if failed else None,
+                                     members, queue, finish)
                         pending.clear()
                         break
             except BaseException:
@@ -290,9 +443,12 @@ def _run_processes(members, todo, options, n: int, finish) -> None:
                     fut.cancel()
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
+    return planned
 
 
-def _run_ray(members, todo, options, address: str, finish) -> int:
+def _run_ray(members, todo, options, address: str, finish) -> tuple[int, int]:
+    from collections import deque
+
     try:
         import ray as _ray
     except ImportError:
@@ -303,31 +459,34 @@ def _run_ray(members, todo, options, address: str, finish) -> int:
                       include_dashboard=False)
         except Exception as exc:  # noqa: BLE001 - one sentence for an unreachable cluster
             raise ConfigError(f"--ray {address}: cannot connect to a Ray cluster ({one_line(exc)})") from None
-    task = _ray.remote(num_cpus=1, max_retries=0)(audit_member)
+    task_fn = _ray.remote(num_cpus=1, max_retries=0)(audit_members)
     n = max(1, int(_ray.cluster_resources().get("CPU", 1)) or 1)
-    queue = list(todo)
+    queue = deque(plan_tasks(members, todo, options, workers=n))
+    planned = len(queue)
     pending: dict = {}
     try:
         while queue or pending:
             while queue and len(pending) < 2 * n:
-                i = queue.pop(0)
-                pending[task.remote(members[i], options)] = i
+                task = queue.popleft()
+                pending[task_fn.remote([members[i] for i in task], options)] = task
             ready, _ = _ray.wait(list(pending), num_returns=1)
             for ref in ready:
-                i = pending.pop(ref)
+                task = pending.pop(ref)
                 try:
-                    row = _ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - a worker crash is this member's row
-                    row = error_row(members[i], f"the Ray task failed: {one_line(exc)}")
-                finish(i, row)
+                    rows, failure = _ray.get(ref), None
+                except Exception as exc:  # noqa: BLE001 - a worker crash: each member again, alone
+                    rows, failure = None, f"the Ray task failed: {one_line(exc)}"
+                _outcome(task, rows, failure, members, queue, finish)
     except BaseException:
         for ref in pending:
             _ray.cancel(ref, force=True)
         raise
-    return n
+    return n, planned
 
 
-def _run_dask(members, todo, options, dask: Any, finish) -> int:
+def _run_dask(members, todo, options, dask: Any, finish) -> tuple[int, int]:
+    from collections import deque
+
     try:
         from distributed import Client, as_completed
     except ImportError:
@@ -342,28 +501,30 @@ def _run_dask(members, todo, options, dask: Any, finish) -> int:
         client = dask
     try:
         n = max(1, sum(w.get("nthreads", 1) for w in client.scheduler_info().get("workers", {}).values()))
-        queue = list(todo)
+        queue = deque(plan_tasks(members, todo, options, workers=n))
+        planned = len(queue)
         pending: dict = {}
         stream = as_completed()
-        while queue and len(pending) < 2 * n:
-            i = queue.pop(0)
-            fut = client.submit(audit_member, members[i], options, pure=False)
-            pending[fut.key] = i
+
+        def submit() -> None:
+            task = queue.popleft()
+            fut = client.submit(audit_members, [members[i] for i in task], options, pure=False)
+            pending[fut.key] = task
             stream.add(fut)
+
+        while queue and len(pending) < 2 * n:
+            submit()
         for fut in stream:
-            i = pending.pop(fut.key)
+            task = pending.pop(fut.key)
             try:
-                row = fut.result()
-            except Exception as exc:  # noqa: BLE001 - a worker crash is this member's row
-                row = error_row(members[i], f"the Dask task failed: {one_line(exc)}")
+                rows, failure = fut.result(), None
+            except Exception as exc:  # noqa: BLE001 - a worker crash: each member again, alone
+                rows, failure = None, f"the Dask task failed: {one_line(exc)}"
             fut.release()
-            finish(i, row)
-            if queue:
-                j = queue.pop(0)
-                nxt = client.submit(audit_member, members[j], options, pure=False)
-                pending[nxt.key] = j
-                stream.add(nxt)
-        return n
+            _outcome(task, rows, failure, members, queue, finish)
+            while queue and len(pending) < 2 * n:
+                submit()
+        return n, planned
     finally:
         if own:
             client.close()
