@@ -132,7 +132,8 @@ class TestRealAdapters:
         at = put(at, audit.BASE_UPLOAD_KEY, folder("base"))
         assert not at.exception and not at.error
         text = " ".join(readings(at))
-        assert "(pissa init replayed from the base weights, float64)" in text
+        assert "(pissa init replayed from the base weights, float64: the exact update of the definition; " \
+               "PEFT's own float32 init differs from it by rounding, about 1e-6 of σ₁)" in text
         assert "of the stored r = 8" in text and "No intruder dimensions** in 21 modules" in text
         assert f"{base_view.CONVERT_KEY}_zip" in {b.key for b in at.get("download_button")}
         files = base_view.converted_files(audit.Upload.from_files(folder("pissa_raw")),
