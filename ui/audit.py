@@ -55,7 +55,7 @@ __all__ = [
     "run_compare", "demo_files", "demo_upload",
     "COLUMN_HELP", "module_table", "module_records", "table_height", "budget_marks", "cli_json_bytes", "detected_lines", "reading",
     "COMPARE_HELP", "compare_table", "compare_reading",
-    "BASE_UPLOAD_KEY", "base_uploader", "BASE_HF_KEY", "base_hub_input", "family_notes", "metadata_rows", "show_family_details",
+    "BASE_UPLOAD_KEY", "base_uploader", "BASE_HF_KEY", "base_hub_input", "family_notes", "show_family_details",
     "spectrum_label", "scale_override",
 ]
 
@@ -588,13 +588,6 @@ def family_notes(report: AuditReport) -> list[str]:
     return [notation(w) for w in report.summary.get("warnings", [])]
 
 
-def metadata_rows(report: AuditReport) -> pd.DataFrame:
-    """What the file says about its training, one row per key (values as text)."""
-    import pandas as pd
-    items = metadata_items(report.detected.get("metadata") or {}, limit=400)
-    return pd.DataFrame([{"key": k, "value": v} for k, v in items], columns=["key", "value"])
-
-
 def scale_override(detected: Detected) -> tuple[float | None, float | None]:
     """The alpha (or mlx-lm scale) input when the file has none, under a message that says
     what is in use: "s = 1 assumed" until the user sets a value, then the value set.
@@ -695,12 +688,12 @@ def show_family_details(report: AuditReport) -> None:
     """Family warnings, what the spectra are of, and the file's own training metadata."""
     for note in family_notes(report):
         st.warning(md_escape(note), icon=":material/warning:")
-    meta = metadata_rows(report)
-    if len(meta):
+    meta = metadata_items(report.detected.get("metadata") or {}, limit=400)
+    if meta:
         # st.json, not a data frame or markdown: the values come from the file and render as text,
-        # and the page's first data frame stays the per-module table.
+        # and the page's first data frame stays the per-module table (no pandas before the first table)
         with st.expander(f"What the file says about its training ({len(meta)} entries, as stated, not checked)"):
-            st.json(dict(zip(meta["key"], meta["value"])), expanded=True)
+            st.json(dict(meta), expanded=True)
 
 
 COMPARE_HELP: dict[str, str] = {
