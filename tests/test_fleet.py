@@ -393,6 +393,26 @@ def test_batches_with_the_cache(tmp_path):
     assert again.rows == run_fleet(members, FleetOptions(), workers=1).rows
 
 
+def test_a_stop_keeps_the_finished_rows(tmp_path):
+    """Ctrl-C (here raised by the progress callback, as the CLI's handler sees it) in the middle
+    of a batched run: the rows finished before it are in the cache, and the rerun reuses them."""
+    fleet = tmp_path / "fleet"
+    for i in range(8):
+        write_peft(fleet / f"g{i}", r=2 + i, seed=60 + i)
+    members = expand_sources([str(fleet)]).members
+    cache = ResultCache(tmp_path / "cache")
+
+    def stop(p) -> None:
+        if p.done >= 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_fleet(members, FleetOptions(), workers=2, cache=cache, progress=stop)
+    again = run_fleet(members, FleetOptions(), workers=2, cache=ResultCache(tmp_path / "cache"))
+    assert again.cached >= 3 and again.audited == len(members) - again.cached
+    assert again.rows == run_fleet(members, FleetOptions(), workers=1).rows
+
+
 def _sized(folder: Path, name: str, size: int) -> Path:
     """A file of ``size`` bytes that costs no disk (sparse): the planner only looks at sizes."""
     path = folder / name
