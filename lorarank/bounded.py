@@ -79,12 +79,11 @@ ZIP_SLACK = 64 * 2**20
 
 _CHUNK = 256 * 2**10
 _QUOTE, _BACKSLASH = ord('"'), ord("\\")
-_OPEN = np.zeros(256, dtype=np.int8)
-_OPEN[[ord("["), ord("{")]] = 1
-_CLOSE = np.zeros(256, dtype=np.int8)
-_CLOSE[[ord("]"), ord("}")]] = 1
-_SEPARATOR = np.zeros(256, dtype=bool)
-_SEPARATOR[[ord(","), ord(":"), ord("["), ord("{")]] = True
+#: The bytes that shape a JSON document: 1 opens a level, 2 closes one, 3 separates values.
+_KIND = np.zeros(256, dtype=np.uint8)
+_KIND[[ord("["), ord("{")]] = 1
+_KIND[[ord("]"), ord("}")]] = 2
+_KIND[[ord(","), ord(":")]] = 3
 
 
 # --------------------------------------------------------------------------------------- JSON
@@ -108,29 +107,40 @@ def json_shape(data: bytes | bytearray | memoryview) -> tuple[int, int]:
         n = b.size
         # 1. Escaped characters: preceded by an odd run of backslashes.
         bs = b == _BACKSLASH
-        idx = np.arange(n, dtype=np.int64)
-        last_other = np.maximum.accumulate(np.where(bs, -1, idx))  # last non-backslash <= i
-        # backslashes right before i: i - 1 - last_other[i - 1], or from the chunk start
-        before = np.empty(n, dtype=np.int64)
-        before[0] = run
-        if n > 1:
-            prev = last_other[:-1]
-            before[1:] = np.where(prev >= 0, idx[1:] - 1 - prev, idx[1:] + run)
-        escaped = (before & 1).astype(bool)
-        # 2. Inside or outside strings: unescaped quotes toggle.
-        quotes = (b == _QUOTE) & ~escaped
-        parity = (np.cumsum(quotes, dtype=np.int64) + inside) & 1
-        outside = (parity == 0) & ~quotes
+        if run == 0 and not bs.any():   # no backslash at all (a safetensors header): none escaped
+            quotes = b == _QUOTE
+            last_other = None
+        else:
+            idx = np.arange(n, dtype=np.int64)
+            last_other = np.maximum.accumulate(np.where(bs, -1, idx))  # last non-backslash <= i
+            # backslashes right before i: i - 1 - last_other[i - 1], or from the chunk start
+            before = np.empty(n, dtype=np.int64)
+            before[0] = run
+            if n > 1:
+                prev = last_other[:-1]
+                before[1:] = np.where(prev >= 0, idx[1:] - 1 - prev, idx[1:] + run)
+            escaped = (before & 1).astype(bool)
+            # 2. Inside or outside strings: unescaped quotes toggle.
+            quotes = (b == _QUOTE) & ~escaped
+        # Only the structural characters matter: each is outside a string when an even number
+        # of unescaped quotes (plus the carried state) stands before it in the chunk.
+        qpos = np.flatnonzero(quotes)
+        kind = _KIND[b]
+        spos = np.flatnonzero(kind)
+        out = ((np.searchsorted(qpos, spos) + inside) & 1) == 0
+        k = kind[spos[out]]
         # 3. Depth and separators outside strings.
-        step = (_OPEN[b] - _CLOSE[b]) * outside
-        levels = np.cumsum(step, dtype=np.int64) + depth
-        if n:
-            peak = max(peak, int(levels.max()))
+        if k.size:
+            levels = np.cumsum((k == 1).astype(np.int64) - (k == 2), dtype=np.int64) + depth
+            peak = max(peak, depth, int(levels.max()))
             depth = int(levels[-1])
-        values += int(np.count_nonzero(_SEPARATOR[b] & outside))
-        inside = int(parity[-1]) if n else inside
-        tail = n - 1 - int(last_other[-1]) if n else 0
-        run = tail + run if n and last_other[-1] < 0 else tail
+        values += int(np.count_nonzero(k != 2))   # openings and separators
+        inside = (inside + qpos.size) & 1
+        if last_other is None:
+            run = 0
+        else:
+            tail = n - 1 - int(last_other[-1]) if n else 0
+            run = tail + run if n and last_other[-1] < 0 else tail
     return peak, values
 
 

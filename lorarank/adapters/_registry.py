@@ -17,6 +17,7 @@ file (plus its tests): nothing else names it.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -189,11 +190,12 @@ def register(layout: Layout) -> Layout:
     """Add a layout; earlier registrations win when two suffixes match the same key."""
     _LAYOUTS.append(layout)
     _SUFFIXES.clear()
+    _select_by_suffixes.cache_clear()
     return layout
 
 
 # suffix -> (format, role) of its first registration, built on first use (classify's fast path)
-_SUFFIXES: dict[str, tuple[str, str]] = {}
+_SUFFIXES: dict[str, tuple] = {}  # "" -> ("", "dotted" or "", most dots in a suffix)
 
 
 def refuse(pattern: str, kind: str) -> None:
@@ -226,14 +228,20 @@ def classify(key: str) -> tuple[str, str, str] | None:
         for layout in _LAYOUTS:
             for role, suffix in layout.roles:
                 _SUFFIXES.setdefault(suffix, (layout.format, role))
-        _SUFFIXES[""] = ("", "dotted" if all(s.startswith(".") for s in _SUFFIXES) else "")
+        dotted = all(s.startswith(".") for s in _SUFFIXES)
+        _SUFFIXES[""] = ("", "dotted" if dotted else "", max((s.count(".") for s in _SUFFIXES), default=0))
     if _SUFFIXES[""][1] == "dotted":
-        at = key.find(".")
-        while at >= 0:
+        # only the tails of at most as many components as the longest suffix can match
+        tails, at = [], len(key)
+        for _ in range(_SUFFIXES[""][2]):
+            at = key.rfind(".", 0, at)
+            if at < 0:
+                break
+            tails.append(at)
+        for at in reversed(tails):
             hit = _SUFFIXES.get(key[at:])
             if hit is not None:
                 return hit[0], key[:at], hit[1]
-            at = key.find(".", at + 1)
         return None
     best: tuple[int, str, str, str] | None = None
     for layout in _LAYOUTS:
@@ -254,6 +262,17 @@ def select(fmt: str, name: str, keys: dict[str, str]) -> Layout | None:
     Among layouts whose suffixes name every key and whose required roles are all present, the
     one with the most required roles wins (LoRA + magnitude is DoRA, not LoRA).
     """
-    fits = [lay for lay in _LAYOUTS if lay.format == fmt and _names_keys(lay, name, keys)
+    # A layout names a key when the key is the module's name plus the layout's suffix for that
+    # role: the answer depends only on each role's suffix, so it is looked up once per shape of
+    # module (an 8B adapter's 224 modules have one or two shapes).
+    if not all(key.startswith(name) for key in keys.values()):
+        return None
+    return _select_by_suffixes(fmt, frozenset((role, key[len(name):]) for role, key in keys.items()))
+
+
+@functools.lru_cache(maxsize=4096)
+def _select_by_suffixes(fmt: str, suffixes: frozenset) -> Layout | None:
+    keys = {role: suffix for role, suffix in suffixes}
+    fits = [lay for lay in _LAYOUTS if lay.format == fmt and _names_keys(lay, "", keys)
             and set(lay.required) <= set(keys)]
     return max(fits, key=lambda lay: len(lay.required)) if fits else None

@@ -57,6 +57,38 @@ class TestJson:
             assert depth == depth_of(doc), text
             assert values >= 1
 
+    @pytest.mark.parametrize("chunk", [1, 3, 64, 256 * 2**10])
+    def test_equals_a_plain_scan(self, monkeypatch, chunk):
+        """Oracle for the vectorised scan (fast path without backslashes, structural characters
+        only): a byte-by-byte scan gives the same (depth, values), on JSON and on any bytes."""
+        def plain(text: bytes) -> tuple[int, int]:
+            depth = peak = run = 0   # run: backslashes just before (an odd run escapes a quote)
+            values, inside = 1, False
+            for c in text:
+                if c == 0x5C:
+                    run += 1
+                    continue
+                escaped, run = run % 2 == 1, 0
+                if c == 0x22:
+                    inside = inside if escaped else not inside
+                elif not inside:
+                    if c in b"[{":
+                        depth += 1
+                        peak = max(peak, depth)
+                        values += 1
+                    elif c in b"]}":
+                        depth -= 1
+                    elif c in b",:":
+                        values += 1
+            return peak, values
+
+        monkeypatch.setattr(bounded, "_CHUNK", chunk)
+        rng = random.Random(7 + chunk)
+        texts = [json.dumps(random_document(rng)).encode() for _ in range(60)]
+        texts += [bytes(rng.choice(b'[]{},:"\\ab') for _ in range(rng.randint(0, 300))) for _ in range(60)]
+        for text in texts:
+            assert json_shape(text) == plain(text), text
+
     def test_values_bound_separators(self):
         """The value count bounds what json.loads creates: here exactly its 8 values and keys."""
         assert json_shape(b'{"a": [1, 2, {"b": "x,y:z"}]}') == (3, 8)

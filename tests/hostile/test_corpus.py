@@ -267,9 +267,9 @@ def test_two_all_zero_adapters_compare_both_ways(tmp_path):
     out, _ = run_cli("compare", *a, *b)
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "zero" in out.stderr and "largely the same" not in out.stdout + out.stderr
-    at = open_audit_page()
+    at = upload(open_audit_page(), files)   # the tabs' settings are drawn once an adapter is loaded
     at.toggle(key=audit_ui.COMPARE_KEY).set_value(True)
-    at = upload(upload(at.run(), files), files, key=audit_ui.UPLOAD_B_KEY)
+    at = upload(at.run(), files, key=audit_ui.UPLOAD_B_KEY)
     assert not at.exception
     text = md_plain(page_text(at))
     assert "largely the same" not in text
