@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import math
+import operator
 import struct
 from pathlib import Path
 from typing import Callable
@@ -187,27 +188,36 @@ def tensor_layout(header: dict, data_len: int) -> dict[str, tuple[str, tuple[int
 ITEMSIZE = _ITEMSIZE
 
 
+_by_offsets = operator.itemgetter(2, 3)
+
+
 def _layout(header: dict, data_len: int) -> dict[str, tuple[str, tuple[int, ...], int, int]] | None:
     """``{name: (dtype, shape, begin, end)}`` when the header describes the data exactly as the
     safetensors format requires (known dtypes, byte counts matching the shapes, offsets covering
     the data from 0 to its end with no gap and no overlap), else None."""
     out = {}
-    for key, info in header.items():
+    for key, info in header.items():   # plain loops: a header of thousands of tensors
         if key == "__metadata__":
             continue
         if not isinstance(info, dict):
             return None
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if (dtype not in _ITEMSIZE or not isinstance(shape, list) or not isinstance(offsets, list)
-                or len(offsets) != 2
-                or not all(type(d) is int and d >= 0 for d in (*shape, *offsets))):
+        if (type(dtype) is not str or dtype not in _ITEMSIZE or not isinstance(shape, list)
+                or not isinstance(offsets, list) or len(offsets) != 2):
             return None
         begin, end = offsets
-        if end - begin != math.prod(shape) * _ITEMSIZE[dtype]:
+        if type(begin) is not int or type(end) is not int or begin < 0 or end < 0:
+            return None
+        count = _ITEMSIZE[dtype]
+        for d in shape:
+            if type(d) is not int or d < 0:
+                return None
+            count *= d
+        if end - begin != count:
             return None
         out[key] = (dtype, tuple(shape), begin, end)
     position = 0
-    for _, _, begin, end in sorted(out.values(), key=lambda v: (v[2], v[3])):
+    for _, _, begin, end in sorted(out.values(), key=_by_offsets):
         if begin != position:
             return None
         position = end

@@ -144,7 +144,7 @@ def header_entries_from_path(path: str | Path):
 
 
 def _prod(dims) -> int:
-    return int(math.prod(int(d) for d in dims))
+    return int(math.prod(map(int, dims)))
 
 
 def _check(cond: bool, source: str, name: str, shapes: dict) -> None:
@@ -192,7 +192,7 @@ def screen_entries(entries: Entries, *, config: dict | None, source: str,
         fmt = "diffusers"
     modules = []
     for name, (roles, layout) in named.items():
-        shapes = {role: tuple(int(d) for d in entries[key][1]) for role, key in roles.items()}
+        shapes = {role: tuple(map(int, entries[key][1])) for role, key in roles.items()}
         q, d_out, d_in, lora_rank = _module_dims(layout.family, layout.format, shapes, source, name)
         first = roles.get("A") or roles.get("w1a") or roles.get("w1") or next(iter(roles.values()))
         dtype = DTYPE_NAMES.get(entries[first][0], entries[first][0])
