@@ -65,16 +65,6 @@ FINETUNE_METRICS: dict[str, str] = {
     "relative_size": "||dW|| / ||W0||",
     "stable_rank": "stable rank",
 }
-FINETUNE_METRICS: dict[str, str] = {
-    "energy_rank_0.5": "LoRA rank for 50 % of the energy",
-    "energy_rank_0.9": "LoRA rank for 90 % of the energy",
-    "energy_rank_0.99": "LoRA rank for 99 % of the energy",
-    "lora_error_8": "error of the best rank 8",
-    "lora_error_16": "error of the best rank 16",
-    "lora_error_64": "error of the best rank 64",
-    "relative_size": "||dW|| / ||W0||",
-    "stable_rank": "stable rank",
-}
 
 #: Energy shares t of the ranks k(t) every module reports.
 ENERGY_THRESHOLDS: tuple[float, ...] = (0.5, 0.9, 0.99)

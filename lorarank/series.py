@@ -71,13 +71,6 @@ SERIES_METRICS: dict[str, str] = {
     "stable_rank": "stable rank",
     "sigma_1": "σ₁",
 }
-SERIES_METRICS: dict[str, str] = {
-    "recommended_rank": "recommended rank",
-    "energy_rank_0.9": "energy rank k(0.9)",
-    "energy_rank_0.99": "energy rank k(0.99)",
-    "stable_rank": "stable rank",
-    "sigma_1": "σ₁",
-}
 
 Progress = Callable[[int, int], None]
 CheckpointHook = Callable[[int, "Checkpoint", AuditReport], None]
