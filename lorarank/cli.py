@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default=None, metavar="BASE",
                    help="base model weights (as in audit): a DoRA adapter's note then says how far "
                         "the merged weights move")
+    p.add_argument("--dtype", default=None, choices=("float32", "float64", "float16", "bfloat16"),
+                   help="store the factors in this dtype (default: each module's own, as read)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file or folder")
     p.add_argument("--force", action="store_true", help="replace output files that already exist")
     p.set_defaults(handler=_cmd_resize)
@@ -663,11 +665,12 @@ def _cmd_resize(args: argparse.Namespace) -> int:
              "sv_cumulative": args.sv_cumulative}
     rule = next((r for r, v in rules.items() if v is not None), None)
     if args.rank is not None:
-        result = resize_adapter(adapter, rank=args.rank, max_rank=args.max_rank, base=base)
+        result = resize_adapter(adapter, rank=args.rank, max_rank=args.max_rank, base=base, dtype=args.dtype)
     else:
-        result = resize_adapter(adapter, rule=rule, value=rules[rule], max_rank=args.max_rank, base=base)
+        result = resize_adapter(adapter, rule=rule, value=rules[rule], max_rank=args.max_rank, base=base,
+                                dtype=args.dtype)
     fmt = "npz" if args.output.lower().endswith(".npz") else None
-    written = save_adapter(result.adapter, args.output, format=fmt, overwrite=args.force)
+    written = save_adapter(result.adapter, args.output, format=fmt, dtype=args.dtype, overwrite=args.force)
     worst = max(result.errors.items(), key=lambda kv: kv[1])
     print(f"resized {result.changed} of {len(adapter.modules)} modules; {result.params_before:,} -> "
           f"{result.params_after:,} parameters; retained energy {result.retained_energy:.4f}; "

@@ -42,7 +42,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ._validate import check_int
+from ._validate import check_choice, check_int
 from .adapters import Adapter, Buffers, LazyArray, LoraModule, default_write_format, families, family, writable
 from .audit import allocate_spectra, check_rule, dora_merged_change, module_spectrum, module_svd
 from .errors import ConfigError
@@ -268,25 +268,40 @@ def _as_lora(module: LoraModule, B, A, alpha: float) -> LoraModule:
                    kept_rank=None, kron_left=None, stored_params=None)
 
 
-def _store(arr: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
+def _store(arr: np.ndarray, dtype: np.dtype, name: str, stored: str) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
         out = arr.astype(dtype)
     if not np.all(np.isfinite(out)):
-        raise ConfigError(f"module {name!r}: the resized factors overflow {dtype} (largest entry "
-                          f"{float(np.max(np.abs(arr))):.3g}); resize to a float64 .npz instead")
+        raise ConfigError(overflow_sentence(name, float(np.max(np.abs(arr))), stored))
     return out
+
+
+def overflow_sentence(name: str, largest: float, dtype: str) -> str:
+    """The one sentence that says a resized module's factors do not fit ``dtype``, and what to do."""
+    wider = "float32" if dtype in ("float16", "bfloat16") else "float64"
+    def number(v: float) -> str:
+        return f"{v:,.0f}" if v < 1e7 else f"{v:.4g}"
+
+    return (f"module {name!r}: its resized factors reach {number(largest)}, past the largest {dtype} value "
+            f"({number(_finfo_max(dtype))}), so they cannot be stored as {dtype}; write {wider} factors instead "
+            f"(`python -m lorarank resize ... --dtype {wider}`)")
+
+
+def _finfo_max(dtype: str) -> float:
+    return 3.3895313892515355e38 if dtype == "bfloat16" else float(np.finfo(np.dtype(dtype)).max)
 
 
 class _Factors:
     """One factored SVD per module, shared by its two new factors: the writer takes B and A
-    of a module one after the other, so the SVD is computed once and dropped after both."""
+    of a module one after the other, so the SVD is computed once and dropped after both (a
+    factor taken again, as the writer's dry run then the writer do, is formed again)."""
 
-    def __init__(self, module: LoraModule, k: int, width: int, dtype: np.dtype):
-        self.module, self.k, self.width, self.dtype = module, k, width, dtype
+    def __init__(self, module: LoraModule, k: int, width: int, dtype: np.dtype, stored: str):
+        self.module, self.k, self.width, self.dtype, self.stored = module, k, width, dtype, stored
         self._parts: dict[str, np.ndarray] = {}
 
     def take(self, which: str) -> np.ndarray:
-        if not self._parts:  # adapter_files runs this on one BLAS thread (issue 22)
+        if which not in self._parts:  # adapter_files runs this on one BLAS thread (issue 22)
             u, sv, vt = module_svd(self.module, self.k)
             root = np.sqrt(sv[: self.k])
             d_out, d_in = self.module.shape
@@ -294,35 +309,42 @@ class _Factors:
             a = np.zeros((self.width, d_in))
             b[:, : self.k] = u[:, : self.k] * root
             a[: self.k] = root[:, None] * vt[: self.k]
-            self._parts = {"B": _store(b, self.dtype, self.module.name),
-                           "A": _store(a, self.dtype, self.module.name)}
+            self._parts = {"B": _store(b, self.dtype, self.module.name, self.stored),
+                           "A": _store(a, self.dtype, self.module.name, self.stored)}
         out = self._parts.pop(which)
         return out
 
 
-def _truncate(module: LoraModule, k: int, width: int, spectrum: np.ndarray) -> LoraModule:
+#: A resized factor's entries are at most sqrt(sigma_1) (|U_ij|, |V_ij| <= 1); the bound given to
+#: the writer's dry run is that, widened by far more than the rounding of the two SVDs apart.
+_BOUND_SLACK = 1 + 1e-9
+
+
+def _truncate(module: LoraModule, k: int, width: int, spectrum: np.ndarray, dtype: str | None) -> LoraModule:
     # 1. dW = U S V^T from the factors (Kronecker-aware for LoKr); 2. split sqrt(S) between the
     #    new factors so both are balanced; 3. the old scale lives in S, so the new scale is 1
     #    (alpha = k); 4. a uniform-rank format gets zero directions up to its width.
-    # Every entry of U_k sqrt(S_k) and sqrt(S_k) V_k^T is at most sqrt(sigma_1) in size, so
-    # whether they fit the stored dtype is known now.
-    dtype = module.B.dtype if module.B.dtype.kind not in "iub" else np.dtype(np.float32)
-    root_max = math.sqrt(float(spectrum[0])) if spectrum.size else 0.0
-    if not root_max <= float(np.finfo(dtype).max):
-        raise ConfigError(f"module {module.name!r}: the resized factors overflow {dtype} (entries up to "
-                          f"{root_max:.3g}); resize to a float64 .npz instead")
+    # Every entry of U_k sqrt(S_k) and sqrt(S_k) V_k^T is at most sqrt(sigma_1) in size: the
+    # writer's dry run (adapters.writable(values=True)) settles with that bound whether they
+    # fit the stored dtype, and forms them only when it does not.
+    stored = dtype or module.dtype
+    if stored not in ("float64", "float32", "float16", "bfloat16"):
+        stored = "float32"   # as the writer stores other dtypes
+    held = np.dtype(np.float32 if stored == "bfloat16" else stored)
+    bound = math.sqrt(float(spectrum[0])) * _BOUND_SLACK if spectrum.size else 0.0
     d_out, d_in = module.shape
-    parts = _Factors(module, k, width, dtype)
-    new_b = LazyArray(lambda: parts.take("B"), (d_out, width), dtype)
-    new_a = LazyArray(lambda: parts.take("A"), (width, d_in), dtype)
-    return _as_lora(module, new_b, new_a, float(k))
+    parts = _Factors(module, k, width, held, stored)
+    new_b = LazyArray(lambda: parts.take("B"), (d_out, width), held, bound=bound)
+    new_a = LazyArray(lambda: parts.take("A"), (width, d_in), held, bound=bound)
+    return replace(_as_lora(module, new_b, new_a, float(k)),
+                   stored_dtype="bfloat16" if stored == "bfloat16" else None)
 
 
 # ---------------------------------------------------------------------------------- resize
 def resize_adapter(adapter: Adapter, *, rank: int | Mapping[str, int] | None = None,
                    rule: str | None = None, value: float = 0.99, rank_budget: int | None = None,
                    param_budget: int | None = None, max_rank: int | None = None,
-                   base=None, progress: Progress | None = None) -> ResizeResult:
+                   base=None, dtype: str | None = None, progress: Progress | None = None) -> ResizeResult:
     """Best lower-rank approximation of every module, from the factored SVD.
 
     Give exactly one target:
@@ -344,6 +366,9 @@ def resize_adapter(adapter: Adapter, *, rank: int | Mapping[str, int] | None = N
     base : lorarank.base.BaseWeights, optional
         The base model's weights: each resized DoRA module then says how far its merged weight
         moves (:attr:`ResizeResult.merged_changes`).
+    dtype : {"float64", "float32", "float16", "bfloat16"}, optional
+        The dtype the resized factors are stored in; default: each module's own. (Unchanged
+        modules keep theirs; pass the same ``dtype`` to the writer to store them so too.)
     progress : callable(done, total), optional
 
     Returns
@@ -369,6 +394,8 @@ def resize_adapter(adapter: Adapter, *, rank: int | Mapping[str, int] | None = N
         raise ConfigError("give exactly one of `rank`, `rule`, `rank_budget` and `param_budget`")
     if max_rank is not None:
         max_rank = check_int("max_rank", max_rank, minimum=1)
+    if dtype is not None:
+        dtype = check_choice("dtype", dtype, ("float64", "float32", "float16", "bfloat16"))
     from .inits import init_of
 
     init = init_of(adapter)
@@ -376,7 +403,7 @@ def resize_adapter(adapter: Adapter, *, rank: int | Mapping[str, int] | None = N
         raise ConfigError(init.refusal("resize"))
     with single_threaded_blas():
         return _resize(adapter, rank=rank, rule=rule, value=value, rank_budget=rank_budget,
-                       param_budget=param_budget, max_rank=max_rank, base=base, progress=progress)
+                       param_budget=param_budget, max_rank=max_rank, base=base, dtype=dtype, progress=progress)
 
 
 def _targets(modules, spectra, *, rank, rule, value, rank_budget, param_budget) -> tuple[list[int], str]:
@@ -402,7 +429,7 @@ def _targets(modules, spectra, *, rank, rule, value, rank_budget, param_budget) 
     return allocation.ranks, how
 
 
-def _resize(adapter, *, rank, rule, value, rank_budget, param_budget, max_rank, base, progress) -> ResizeResult:
+def _resize(adapter, *, rank, rule, value, rank_budget, param_budget, max_rank, base, dtype, progress) -> ResizeResult:
     modules = adapter.modules
     total = len(modules)
     if progress is not None:
@@ -433,7 +460,7 @@ def _resize(adapter, *, rank, rule, value, rank_budget, param_budget, max_rank, 
             errors[m.name] = truncation_error(sp, 0) if sp.size and sp[0] > 0 else 0.0
             changed += 1
         else:
-            new = _truncate(m, k, w, sp)
+            new = _truncate(m, k, w, sp, dtype)
             if new.num_params != n:  # pragma: no cover - the plan and the module must agree
                 raise AssertionError(f"{m.name}: {new.num_params} parameters written, {n} planned")
             new_modules.append(new)
@@ -456,7 +483,9 @@ def _resize(adapter, *, rank, rule, value, rank_budget, param_budget, max_rank, 
         raise ConfigError("the resize's retained energy is not finite: the adapter's values overflow float64")
     before, after = adapter.num_params, sum(params.values())
     fmt = default_write_format(adapter)
-    reason = writable(resized, fmt) if changed else None
+    # the writer's dry run: every refusal adapter_files would raise, a value too large for the
+    # stored dtype included, known now (resized factors settled by their bound sqrt(sigma_1))
+    reason = writable(resized, fmt, dtype=dtype, values=True) if changed else None
     notes = _notes(adapter, resized, plan, changed=changed, before=before, after=after, dropped=dropped)
     if merged:
         worst = max(merged, key=merged.get)

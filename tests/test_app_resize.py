@@ -140,3 +140,44 @@ def test_dora_with_base_weights_shows_how_far_the_merged_weights_move():
     assert len(changed) and changed["merged-weight change"].notna().all()
     assert (changed["merged-weight change"] > 0).all()
     assert any("merged weights move by up to" in i.value for i in at.info)
+
+
+def _upload_files(files: list[tuple[str, bytes]], query: dict | None = None) -> AppTest:
+    at = testkit.open_page("pages/3_Adapter_audit.py", {"tab": "Resize", **(query or {})})
+    at.file_uploader(key=audit.UPLOAD_KEY).set_value([(n, d, "application/octet-stream") for n, d in files])
+    at = at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_a_resize_past_float16_says_so_without_a_button():
+    """Resized factors of 65,529 do not fit the float16 input (the click failed with Streamlit's
+    'Failed to generate file for download', or the preview was one error): the preview stays, no
+    button, one sentence with the way out; just under the limit the download is offered and its
+    file is the writer's."""
+    at = _upload_files(testkit.float16_peft(46336.0))
+    assert downloads(at) == [] and metric(at, "parameters after") == "32"
+    (why,) = [md_plain(w.value) for w in at.warning if "No download" in w.value]
+    assert "cannot be stored as float16" in why and "--dtype float32" in why and "65,529" in why
+    assert not at.error
+    at = _upload_files(testkit.float16_peft(46304.0, spread=True))
+    assert downloads(at) == ["Download resized adapter (.zip)", "adapter_model.safetensors", "adapter_config.json"]
+    up = audit.Upload.from_files(dict(testkit.float16_peft(46304.0, spread=True)))
+    files = resize_view.resized_files(up, alpha=None, scale=None, target=resize_view.ResizeTarget())
+    assert load_adapter_bytes(files).modules[0].rank == 1
+
+
+def test_an_npz_with_other_arrays_says_so_without_a_button():
+    """The writer refuses arrays lorarank's .npz cannot keep; the tab offered the download anyway."""
+    import io
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    np.savez(buf, **{"layer0.A": rng.standard_normal((4, 32)), "layer0.B": rng.standard_normal((32, 4)),
+                     "layer0.alpha": np.array(4.0), "extra_head": rng.standard_normal(8)})
+    at = _upload_files([("a.npz", buf.getvalue())], {"energy": "0.5"})
+    assert downloads(at) == []
+    (why,) = [md_plain(w.value) for w in at.warning if "No download" in w.value]
+    assert "extra_head" in why and "remove it from the file" in why

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from lorarank.adapters import Adapter, LoraModule, load_adapter, save_adapter
+from lorarank.adapters import Adapter, LoraModule, adapter_files, load_adapter, save_adapter
 from lorarank.audit import audit_adapter, module_spectrum, resize_adapter
 from lorarank.base import open_base
 from lorarank.cli import main
@@ -110,10 +110,14 @@ class TestOverflow:
         assert not (tmp_path / "o.npz").exists()
 
     def test_resize_that_does_not_fit_float32_is_an_error(self):
+        """Said by the resize (its preview: no file offered) and refused by the writer, in the same words."""
         m = module("model.layers.0.q", 30, 20, 6, scale=1e300)
         f32 = LoraModule(m.name, m.A.astype(np.float32), m.B.astype(np.float32), 1e300)
-        with pytest.raises(ConfigError, match="overflow float32"):
-            resize_adapter(adapter([f32]), rank=3)
+        result = resize_adapter(adapter([f32]), rank=3)
+        assert "cannot be stored as float32" in result.unwritable and "--dtype float64" in result.unwritable
+        with pytest.raises(ConfigError) as refused:
+            adapter_files(result.adapter)
+        assert str(refused.value) == result.unwritable
 
 
 class TestResizeNotes:

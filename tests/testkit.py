@@ -25,7 +25,8 @@ SAMPLES = REPO.parent / "shared" / "samples"
 #: A real checkpoint run folder (PEFT saves at several steps).
 RUN = SAMPLES / "checkpoints" / "run"
 
-__all__ = ["REPO", "SAMPLES", "RUN", "needs", "open_page", "page_text", "zip_folder", "real_peft", "dense", "best_rank_k"]
+__all__ = ["REPO", "SAMPLES", "RUN", "needs", "open_page", "page_text", "zip_folder", "real_peft", "dense", "best_rank_k",
+           "F16_MODULE", "float16_peft"]
 
 
 def needs(path: Path):
@@ -97,3 +98,33 @@ def best_rank_k(M: np.ndarray, k: int) -> np.ndarray:
     """Oracle: the best rank-``k`` approximation of ``M`` (Eckart-Young, dense SVD)."""
     u, s, vt = np.linalg.svd(M, full_matrices=False)
     return (u[:, :k] * s[:k]) @ vt[:k]
+
+
+#: The module of :func:`float16_peft` (a PEFT q_proj).
+F16_MODULE = "base_model.model.model.layers.0.self_attn.q_proj"
+
+
+def float16_peft(x: float, y: float | None = None, *, spread: bool = False, d: int = 16,
+                 dtype: Any = np.float16) -> list[tuple[str, bytes]]:
+    """A float16 PEFT adapter (r = 2, alpha = 2) whose rank-1 resize has factors of a known size:
+    its files as ``(name, bytes)``.
+
+    Two equal directions make an update of rank 1, so ``--rank 1`` (or any rule) resizes it.
+    Default: ``B[0, :] = x``, ``A[:, 0] = y`` (``y = x`` unless given): the resized factors hold
+    ``sqrt(2 x y)`` at [0, 0], and nothing larger (their bound ``sqrt(sigma_1)`` is that entry).
+    ``spread=True``: every entry ``x``, so the resized factors' entries are all ``x sqrt(2)``,
+    a ``sqrt(d)``-th of the bound. Past 65504 the resized factors do not fit float16.
+    """
+    import json
+
+    from safetensors.numpy import save
+
+    if spread:
+        A, B = np.full((2, d), x), np.full((d, 2), x)
+    else:
+        A, B = np.zeros((2, d)), np.zeros((d, 2))
+        B[0, :] = x
+        A[:, 0] = x if y is None else y
+    config = {"peft_type": "LORA", "r": 2, "lora_alpha": 2, "target_modules": ["q_proj"]}
+    weights = save({F16_MODULE + ".lora_A.weight": A.astype(dtype), F16_MODULE + ".lora_B.weight": B.astype(dtype)})
+    return [("adapter_model.safetensors", weights), ("adapter_config.json", json.dumps(config).encode())]

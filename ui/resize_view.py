@@ -4,8 +4,12 @@ its library loads and that is smaller than the input (issue 22).
 The preview is the engine's resize (:func:`lorarank.resize.resize_adapter`) without its factors:
 ranks, errors, parameters (the plan's one count, the same the audit's reading states), notes,
 the format it writes and, when it cannot write one, why. No download button is drawn for a
-resize that changes nothing, that cannot be written (DoRA in a kohya file, ...) or whose plain
-LoRA form is larger than the input (LoKr, LoHa): one sentence says why instead.
+resize that changes nothing, that cannot be written (DoRA in a kohya file, resized factors past
+the float16 input's range, arrays a .npz cannot keep, ...) or whose plain LoRA form is larger
+than the input (LoKr, LoHa): one sentence says why instead. Whether it can be written is the
+writer's dry run, made by the resize itself (:attr:`lorarank.resize.ResizeResult.unwritable`),
+so a button is drawn only for a file the writer writes: Streamlit 1.67 shows a deferred
+download's failure only as "Failed to generate file for download" (streamlit#13466).
 """
 
 from __future__ import annotations

@@ -395,14 +395,20 @@ class LazyArray(np.lib.mixins.NDArrayOperatorsMixin):
         Returns the ndarray of ``shape`` and ``dtype``.
     shape : tuple of int
     dtype : numpy dtype
+    bound : float, optional
+        An upper bound on every ``|entry|`` known without computing the array (a resized
+        factor's ``sqrt(sigma_1)``): the writer's dry run (:func:`lorarank.adapters.writable`
+        with ``values=True``) settles with it whether the array fits its stored dtype.
     """
 
-    __slots__ = ("_make", "shape", "dtype")
+    __slots__ = ("_make", "shape", "dtype", "bound")
 
-    def __init__(self, make: Callable[[], np.ndarray], shape: tuple[int, ...], dtype: object):
+    def __init__(self, make: Callable[[], np.ndarray], shape: tuple[int, ...], dtype: object,
+                 *, bound: float | None = None):
         self._make = make
         self.shape = tuple(int(d) for d in shape)
         self.dtype = np.dtype(dtype)
+        self.bound = None if bound is None else float(bound)
 
     @property
     def ndim(self) -> int:

@@ -22,6 +22,7 @@ import math
 import os
 import re
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from ..bounded import clip, write_atomic
 from ..errors import ConfigError
 from ..spectrum import single_threaded_blas
 from ._model import Adapter
-from ._tensors import encode_bf16
+from ._tensors import Bf16Array, LazyArray, encode_bf16
 from .names import PEFT_PREFIX, parse_module_name
 
 __all__ = ["WRITE_FORMATS", "adapter_files", "save_adapter", "default_write_format", "writable"]
@@ -72,28 +73,37 @@ def _alpha_for(scale: float, r: int, rslora: bool) -> float:
     return value
 
 
+def _cast(key: str, arr: np.ndarray, dtype: str) -> np.ndarray:
+    """``arr`` as the bytes the writer stores for ``dtype`` (one of float64, float32, float16,
+    bfloat16), or ConfigError when a finite value would be stored as inf: the one check of
+    whether values fit, used by the writers and by their dry run (:func:`writable`)."""
+    arr = np.asarray(arr)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if dtype == "bfloat16":
+            buf = encode_bf16(arr.astype(np.float32, copy=False))
+            overflow = not bool(np.all((buf & 0x7F80) != 0x7F80))
+        else:
+            buf = np.ascontiguousarray(arr.astype(np.dtype(dtype).newbyteorder("<"), copy=False))
+            overflow = buf.dtype.kind == "f" and not bool(np.isfinite(buf).all())
+        if overflow and bool(np.isfinite(np.asarray(arr, dtype=np.float64)).all()):
+            # A finite value past the dtype's range would be written as inf: refuse, never save it.
+            raise ConfigError(f"tensor {clip(key, 200)!r} does not fit in {dtype}: its largest |value| is "
+                              f"{float(np.max(np.abs(np.asarray(arr, dtype=np.float64)))):.4g}; write it as "
+                              f"float32 or float64")
+    return buf
+
+
 class _Specs:
     """Tensors to serialise: name -> (serialize dtype name, shape, contiguous buffer)."""
+
+    dry = False
 
     def __init__(self):
         self.items: dict[str, tuple[str, tuple[int, ...], np.ndarray]] = {}
 
     def add(self, key: str, arr: np.ndarray, dtype: str) -> None:
         """Add ``arr`` stored as ``dtype`` (one of float64, float32, float16, bfloat16)."""
-        arr = np.asarray(arr)
-        with np.errstate(over="ignore", invalid="ignore"):
-            if dtype == "bfloat16":
-                buf = encode_bf16(arr.astype(np.float32, copy=False))
-                overflow = not bool(np.all((buf & 0x7F80) != 0x7F80))
-            else:
-                buf = np.ascontiguousarray(arr.astype(np.dtype(dtype).newbyteorder("<"), copy=False))
-                overflow = buf.dtype.kind == "f" and not bool(np.isfinite(buf).all())
-            if overflow and bool(np.isfinite(np.asarray(arr, dtype=np.float64)).all()):
-                # A finite value past the dtype's range would be written as inf: refuse, never save it.
-                raise ConfigError(f"tensor {clip(key, 200)!r} does not fit in {dtype}: its largest |value| is "
-                                  f"{float(np.max(np.abs(np.asarray(arr, dtype=np.float64)))):.4g}; write it as "
-                                  f"float32 or float64")
-        self.items[key] = (dtype, tuple(int(d) for d in arr.shape), buf)
+        self.items[key] = (dtype, tuple(int(d) for d in arr.shape), _cast(key, arr, dtype))
 
     def add_raw(self, key: str, st_dtype: str, shape: tuple[int, ...], data: bytes) -> None:
         """Add stored bytes as they are (non-LoRA tensors, byte-identical)."""
@@ -109,6 +119,49 @@ class _Specs:
         out = bytes(serialize(specs, metadata=metadata))
         del specs   # the buffers in self.items stayed alive while serialize read them
         return out
+
+
+class _DryRun(_Specs):
+    """The writers' dry run: every refusal they would raise, without keeping or serialising a
+    tensor. A lazy tensor whose :attr:`LazyArray.bound` fits its dtype is not formed (every
+    entry is at most the bound, and rounding to a dtype is monotone in ``|x|``); a stored
+    array already in that dtype is not cast (the readers refuse inf and NaN); any other one is
+    cast by the writer's own :func:`_cast`, so the verdict is the writer's."""
+
+    dry = True
+
+    def add(self, key: str, arr: np.ndarray, dtype: str) -> None:
+        if isinstance(arr, LazyArray):
+            if isinstance(arr, Bf16Array) and dtype == "bfloat16":
+                return  # bfloat16 bits read from the file: stored as they were
+            if arr.bound is not None:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    probe = np.array([arr.bound], dtype=np.float64).astype(arr.dtype)
+                if bool(np.isfinite(probe).all()):
+                    try:
+                        _cast(key, probe, dtype)
+                        return
+                    except ConfigError:
+                        pass  # the bound does not settle it: the tensor itself does
+        elif isinstance(arr, np.ndarray) and arr.dtype == np.dtype(dtype):
+            return
+        _cast(key, arr, dtype)
+
+    def add_raw(self, key: str, st_dtype: str, shape: tuple[int, ...], data: bytes) -> None:
+        if st_dtype not in _ST_NAMES:
+            super().add_raw(key, st_dtype, shape, data)
+
+    def serialize(self, metadata: dict[str, str] | None = None) -> bytes:
+        return b""
+
+
+def _lazy(arr, shape: tuple[int, ...], how: Callable[[np.ndarray], np.ndarray], *, factor: float = 1.0):
+    """``how(arr)`` of ``shape``, formed when used if ``arr`` is lazy (its bound times ``factor``)."""
+    if not isinstance(arr, LazyArray):
+        return how(np.asarray(arr))
+    bound = None if arr.bound is None else arr.bound * abs(factor)
+    dtype = arr.dtype if factor == 1.0 else np.dtype(np.float64)
+    return LazyArray(lambda: how(arr.materialize()), shape, dtype, bound=bound)
 
 
 def _target(m, dtype: str | None) -> str:
@@ -127,22 +180,30 @@ def _add_extras(specs: _Specs, adapter: Adapter, fmt: str) -> None:
         specs.add_raw(key, extra.dtype, extra.shape, extra.data)
 
 
-def _peft_files(adapter: Adapter, dtype: str | None) -> dict[str, bytes]:
+def _kernel_shaped(m) -> tuple[object, object]:
+    """A module's ``(A, B)`` as stored: convolution factors with their kernel axes (lazy ones
+    stay lazy, with their bound)."""
+    if not m.kernel:
+        return m.A, m.B
+    a_shape = (m.rank,) + tuple(m.kernel)
+    b_shape = tuple(m.B.shape) + (1,) * (len(m.kernel) - 1)
+    return (_lazy(m.A, a_shape, lambda x: x.reshape(a_shape)), _lazy(m.B, b_shape, lambda x: x.reshape(b_shape)))
+
+
+def _peft_files(adapter: Adapter, dtype: str | None, specs: _Specs) -> dict[str, bytes]:
     config = dict(adapter.config or {})
     if str(config.get("peft_type") or "LORA").upper() != "LORA":
         # LoHa / LoKr / AdaLoRA written as plain LoRA of the same update: a LoRA config.
         config = {k: config[k] for k in _LORA_KEEP if k in config}
         config["peft_type"] = "LORA"
     rslora = config.get("use_rslora", False) is True if adapter.format == "peft" else False
-    specs = _Specs()
     ranks: dict[str, int] = {}
     alphas: dict[str, float] = {}
     for m in adapter.modules:
         name = m.name if adapter.format == "peft" else PEFT_PREFIX + m.name
         embedding = m.transposed and not config.get("fan_in_fan_out", False)
         a_key, b_key = (".lora_embedding_A", ".lora_embedding_B") if embedding else (".lora_A.weight", ".lora_B.weight")
-        a = m.A.reshape((m.rank,) + m.kernel) if m.kernel else m.A
-        b = m.B.reshape(m.B.shape + (1,) * (len(m.kernel) - 1)) if m.kernel else m.B
+        a, b = _kernel_shaped(m)
         specs.add(name + a_key, a, _target(m, dtype))
         specs.add(name + b_key, b, _target(m, dtype))
         if m.magnitude is not None:  # DoRA: PEFT's key for a Linear layer's magnitude vector
@@ -203,22 +264,20 @@ def _kohya_metadata(adapter: Adapter, specs: "_Specs") -> dict[str, str] | None:
     return meta
 
 
-def _kohya_file(adapter: Adapter, dtype: str | None) -> dict[str, bytes]:
-    specs = _Specs()
+def _kohya_file(adapter: Adapter, dtype: str | None, specs: _Specs) -> dict[str, bytes]:
     for m in adapter.modules:
         if m.transposed:
             raise ConfigError(f"module {m.name!r} adds (B @ A)^T, which the kohya format cannot express; "
                               "write peft or npz instead")
-        a = m.A.reshape((m.rank,) + m.kernel) if m.kernel else m.A
-        b = m.B.reshape(m.B.shape + (1,) * (len(m.kernel) - 1)) if m.kernel else m.B
+        a, b = _kernel_shaped(m)
         specs.add(m.name + ".lora_down.weight", a, _target(m, dtype))
         specs.add(m.name + ".lora_up.weight", b, _target(m, dtype))
         specs.add(m.name + ".alpha", np.array(m.scale * m.rank), "float32")
     _add_extras(specs, adapter, "kohya")
-    return {"adapter.safetensors": specs.serialize(_kohya_metadata(adapter, specs))}
+    return {"adapter.safetensors": specs.serialize(None if specs.dry else _kohya_metadata(adapter, specs))}
 
 
-def _mlx_files(adapter: Adapter, dtype: str | None) -> dict[str, bytes]:
+def _mlx_files(adapter: Adapter, dtype: str | None, specs: _Specs) -> dict[str, bytes]:
     """mlx-lm's ``adapters.safetensors`` (``lora_a`` (in, r), ``lora_b`` (r, out), DoRA ``m``) and
     its ``adapter_config.json`` with one ``lora_parameters.rank`` and ``scale`` for every module
     (mlx-lm builds every layer at that rank and checks the shapes)."""
@@ -228,13 +287,14 @@ def _mlx_files(adapter: Adapter, dtype: str | None) -> dict[str, bytes]:
                           f"modules have ranks {', '.join(map(str, sorted(ranks)))}")
     scales = {m.scale for m in adapter.modules}
     scale = scales.pop() if len(scales) == 1 else 1.0  # differing scales: folded into lora_b
-    specs = _Specs()
     for m in adapter.modules:
-        b = np.asarray(m.B)
-        if m.scale != scale:
-            b = b.astype(np.float64) * m.scale
-        specs.add(m.name + ".lora_a", np.ascontiguousarray(np.asarray(m.A).T), _target(m, dtype))
-        specs.add(m.name + ".lora_b", np.ascontiguousarray(b.T), _target(m, dtype))
+        (d_out, rank), (_, d_in) = m.B.shape, m.A.shape
+        folded = m.scale if m.scale != scale else 1.0
+        b = _lazy(m.B, (rank, d_out), factor=folded,
+                  how=lambda x, s=folded: np.ascontiguousarray((x if s == 1.0 else x.astype(np.float64) * s).T))
+        specs.add(m.name + ".lora_a", _lazy(m.A, (d_in, rank), lambda x: np.ascontiguousarray(x.T)),
+                  _target(m, dtype))
+        specs.add(m.name + ".lora_b", b, _target(m, dtype))
         if m.magnitude is not None:
             specs.add(m.name + ".m", np.asarray(m.magnitude), _target(m, dtype))
     _add_extras(specs, adapter, "mlx")
@@ -248,11 +308,16 @@ def _mlx_files(adapter: Adapter, dtype: str | None) -> dict[str, bytes]:
             "adapter_config.json": (json.dumps(config, indent=4) + "\n").encode()}
 
 
-def _npz_file(adapter: Adapter, dtype: str | None) -> dict[str, bytes]:
+def _npz_file(adapter: Adapter, dtype: str | None, specs: _Specs) -> dict[str, bytes]:
     if adapter.extras:
+        n = len(adapter.extras)
         few = ", ".join(repr(k) for k in list(adapter.extras)[:2])
-        raise ConfigError(f"the simple npz format keeps LoRA factors only, and the adapter holds "
-                          f"{len(adapter.extras)} other tensors ({few}); write {adapter.format} to keep them")
+        what = f"{n} other {'tensor' if n == 1 else 'tensors'} ({few})"
+        if adapter.format == "npz":
+            raise ConfigError(f"the .npz holds {what} besides its LoRA factors, and lorarank's .npz writer keeps "
+                              f"LoRA factors only; remove {'it' if n == 1 else 'them'} from the file to write it")
+        raise ConfigError(f"the simple npz format keeps LoRA factors only, and the adapter holds {what}; "
+                          f"write {adapter.format} to keep {'it' if n == 1 else 'them'}")
     arrays: dict[str, np.ndarray] = {}
     for m in adapter.modules:
         if m.transposed:
@@ -260,14 +325,22 @@ def _npz_file(adapter: Adapter, dtype: str | None) -> dict[str, bytes]:
                               "express; write peft instead")
         # .npy has no bfloat16: such factors are written as float32 (exact).
         target = _target(m, dtype)
-        target = np.dtype(np.float32 if target == "bfloat16" else target)
+        target = "float32" if target == "bfloat16" else target
         prefix = f"{m.name}." if m.name else ""
-        arrays[prefix + "A"] = np.ascontiguousarray(np.asarray(m.A).astype(target, copy=False))
-        arrays[prefix + "B"] = np.ascontiguousarray(np.asarray(m.B).astype(target, copy=False))
+        for part, arr in (("A", m.A), ("B", m.B)):
+            specs.add(prefix + part, arr, target)   # the same range check as the safetensors writers
+            if not specs.dry:
+                arrays[prefix + part] = specs.items.pop(prefix + part)[2].astype(target, copy=False)
         arrays[prefix + "alpha"] = np.array(m.scale * m.rank, dtype=np.float64)
+    if specs.dry:
+        return {}
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return {"adapter.npz": buf.getvalue()}
+
+
+_WRITERS: dict[str, Callable[[Adapter, str | None, _Specs], dict[str, bytes]]] = {
+    "peft": _peft_files, "kohya": _kohya_file, "mlx": _mlx_files, "npz": _npz_file}
 
 
 def default_write_format(adapter: Adapter) -> str:
@@ -280,14 +353,40 @@ def default_write_format(adapter: Adapter) -> str:
     return "npz"
 
 
-def writable(adapter: Adapter, format: str | None = None) -> str | None:
+def writable(adapter: Adapter, format: str | None = None, *, dtype: str | None = None,
+             values: bool = False) -> str | None:
     """Why ``adapter`` cannot be written as ``format`` (one sentence), or None when it can.
 
-    Nothing is serialised: the checks are on the modules' families and shapes.
+    Nothing is serialised. Without ``values`` the checks are on the modules' families and
+    shapes only. With ``values=True`` it is the writer's dry run (the page's pre-flight before
+    it offers a download): every refusal :func:`adapter_files` would raise, including a value
+    too large for the stored dtype, said before any file is built. A lazy factor whose bound
+    (:attr:`LazyArray.bound`, a resized factor's ``sqrt(sigma_1)``) fits is not formed, nor is
+    a stored array already in its dtype cast, so the dry run of a resize that fits costs one
+    comparison per tensor; a tensor the bound does not settle is formed and checked exactly as
+    the writer checks it, so both give the same verdict.
+
+    Parameters
+    ----------
+    adapter : Adapter
+    format : {"peft", "kohya", "mlx", "npz"}, optional
+        Default: :func:`default_write_format`.
+    dtype : {"float64", "float32", "float16", "bfloat16"}, optional
+        As in :func:`adapter_files`.
+    values : bool, default=False
+        Also check that every value fits the dtype it is stored in.
+
+    Returns
+    -------
+    str or None
     """
-    fmt = default_write_format(adapter) if format is None else format
     try:
+        fmt = default_write_format(adapter) if format is None else check_choice("format", format, WRITE_FORMATS)
+        target = None if dtype is None else check_choice("dtype", dtype, _WRITE_DTYPES)
         _check_writable(adapter, fmt)
+        if values:
+            with single_threaded_blas():  # a factor formed here is formed as the writer forms it
+                _WRITERS[fmt](adapter, target, _DryRun())
     except ConfigError as exc:
         return str(exc)
     return None
@@ -343,11 +442,10 @@ def adapter_files(adapter: Adapter, *, format: str | None = None,
     fmt = default_write_format(adapter) if format is None else check_choice("format", format, WRITE_FORMATS)
     target = None if dtype is None else check_choice("dtype", dtype, _WRITE_DTYPES)
     _check_writable(adapter, fmt)
-    writer = {"peft": _peft_files, "kohya": _kohya_file, "mlx": _mlx_files, "npz": _npz_file}[fmt]
     # A resized adapter's factors are formed here, one factored SVD per module: hundreds of
     # small QRs, on one BLAS thread (threads spinning on shared cores made a save 60-73 s).
     with single_threaded_blas():
-        return writer(adapter, target)
+        return _WRITERS[fmt](adapter, target, _Specs())
 
 
 def save_adapter(adapter: Adapter, path: str | os.PathLike, *, format: str | None = None,

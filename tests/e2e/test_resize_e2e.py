@@ -1,5 +1,7 @@
 """The Resize tab in headless Chromium with the real family samples (issue 22): a DoRA download
-gives a DoRA adapter; a LoKr gets no 'resized' file, and one sentence why."""
+gives a DoRA adapter; a LoKr gets no 'resized' file, and one sentence why; a float16 adapter
+whose resized factors do not fit float16 gets no button but the sentence, and one just under
+the limit gets a button whose click gives the file."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import testkit
 from apphelpers import adapter_uploader, assert_no_exception, download, open_tab, wait_for_app, zipped_adapter
 from safetensors.numpy import load as st_load
 
@@ -58,3 +61,43 @@ def test_lokr_offers_no_larger_file(page, app_url, shot):
     assert page.get_by_role("button", name="Download resized adapter (.zip)").count() == 0
     warning = page.get_by_test_id("stAlertContentWarning").filter(has_text="No download").inner_text()
     assert "the LoRA form is larger" in warning and "756" in warning
+
+
+def upload_files(page, files: list[tuple[str, bytes]]) -> None:
+    adapter_uploader(page).set_input_files(files=[{"name": n, "mimeType": "application/octet-stream", "buffer": d}
+                                                  for n, d in files])
+    page.wait_for_selector('[data-testid="stDataFrame"], [data-testid="stAlertContentError"]', timeout=60_000)
+    wait_for_app(page)
+
+
+def test_float16_overflow_says_why_and_draws_no_button(page, app_url, tmp_path, shot):
+    """Resized factors reaching 65,529 cannot be stored as float16: the preview is shown, one
+    sentence says why and what to do, no download button (whose click could only fail with
+    Streamlit's "Failed to generate file for download"). Just under the limit (65,484, formed
+    exactly: the bound sqrt(sigma_1) is 4x that) the button is there and its click gives the file."""
+    page.goto(f"{app_url}/Adapter_audit")
+    wait_for_app(page)
+    upload_files(page, testkit.float16_peft(46336.0))
+    open_tab(page, "Resize")
+    shot(page, "float16-overflow-resize")
+    assert_no_exception(page)
+    assert page.get_by_test_id("stAlertContentError").count() == 0
+    main = page.get_by_test_id("stMain")
+    assert main.get_by_test_id("stMetric").filter(has_text="parameters after").count() == 1
+    assert main.get_by_test_id("stDownloadButton").filter(has_text="resized").count() == 0
+    assert main.get_by_role("button", name="adapter_model.safetensors").count() == 0
+    warning = main.get_by_test_id("stAlertContentWarning").filter(has_text="No download").inner_text()
+    assert "its resized factors reach 65,529, past the largest float16 value (65,504)" in warning
+    assert "--dtype float32" in warning
+
+    page.goto(f"{app_url}/Adapter_audit")
+    wait_for_app(page)
+    upload_files(page, testkit.float16_peft(46304.0, spread=True))
+    open_tab(page, "Resize")
+    assert_no_exception(page)
+    assert page.get_by_test_id("stAlertContentWarning").filter(has_text="No download").count() == 0
+    path = download(page, "Download resized adapter (.zip)", tmp_path / "resized.zip")
+    weights, config = zipped_adapter(path, "resized_adapter")
+    b = weights[testkit.F16_MODULE + ".lora_B.weight"]
+    assert b.dtype == np.float16 and b.shape == (16, 1) and np.isfinite(b).all()
+    assert float(np.abs(b).max()) == pytest.approx(46304.0 * np.sqrt(2), rel=1e-3)
