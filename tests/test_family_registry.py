@@ -55,6 +55,7 @@ def toy_family():
         _registry._FAMILIES.clear()
         _registry._FAMILIES.update(saved[0])
         _registry._LAYOUTS[:] = saved[1]
+        _registry.changed()
 
 
 def test_a_new_family_needs_nothing_else(toy_family):

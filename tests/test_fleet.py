@@ -15,6 +15,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from lorarank.cli import main
+from lorarank.errors import AdapterError
 from lorarank.fleet import (FleetOptions, ResultCache, audit_member, cap_files, energy_at, expand_sources,
                             fleet_csv, fleet_document, members_from_uploads, pad_adapter, plan_caps,
                             plan_tasks, run_fleet)
@@ -309,26 +310,107 @@ def test_screen_rows_agree_with_audit_rows(case):
 
 
 def test_screen_reads_headers_only(tmp_path, monkeypatch):
-    """Screening a local file reads its header and never the tensors."""
-    folder = write_peft(tmp_path / "a", r=8, seed=0, d=256)
+    """Screening a local file reads its header (in one read of at most 8 KiB with its first
+    bytes) and never the tensors."""
+    from lorarank.fleet import rows
+
+    folder = write_peft(tmp_path / "a", r=64, seed=0, d=256)
     weights = folder / "adapter_model.safetensors"
-    reads = []
-    real_open = open
+    fds, reads = set(), []
+    real_open, real_read = os.open, os.read
 
-    def spy(path, mode="r", *args, **kwargs):
-        fh = real_open(path, mode, *args, **kwargs)
-        if str(path) == str(weights):
-            orig = fh.read
-            fh.read = lambda n=-1: reads.append(n) or orig(n)
-        return fh
+    def spy_open(path, *args, **kwargs):
+        fd = real_open(path, *args, **kwargs)
+        if os.fspath(path) == str(weights):
+            fds.add(fd)
+        return fd
 
-    monkeypatch.setattr("builtins.open", spy)
+    def spy_read(fd, n):
+        data = real_read(fd, n)
+        if fd in fds:
+            reads.append(len(data))
+        return data
+
+    monkeypatch.setattr(os, "open", spy_open)
+    monkeypatch.setattr(os, "read", spy_read)
     (member,) = expand_sources([str(folder)]).members
     row = audit_member(member, FleetOptions(screen=True))
-    assert row["ok"] and row["stored_ranks"] == [8]
+    assert row["ok"] and row["stored_ranks"] == [64]
     header_len = struct.unpack("<Q", weights.read_bytes()[:8])[0]
-    assert sum(n for n in reads if n and n > 0) <= 8 + header_len + 4
-    assert weights.stat().st_size > 20 * (8 + header_len)
+    assert reads, "the weights were not read through os.read"
+    assert sum(reads) <= max(8 + header_len, rows._FIRST_READ)
+    assert weights.stat().st_size > 20 * max(8 + header_len, rows._FIRST_READ)
+
+
+def test_screen_header_long_header_read_on(tmp_path):
+    """A header longer than the first read is read on from the file, and screened as the
+    audit reads it (many modules: a ~20 KiB header)."""
+    folder = write_peft(tmp_path / "long", r=4, seed=1, layers=40, d=16)
+    weights = folder / "adapter_model.safetensors"
+    assert struct.unpack("<Q", weights.read_bytes()[:8])[0] > 16 * 2**10
+    (member,) = expand_sources([str(folder)]).members
+    full = audit_member(member, FleetOptions())
+    screen = audit_member(member, FleetOptions(screen=True))
+    assert screen["ok"], screen["error"]
+    for key in ("stored_ranks", "max_rank", "modules", "params", "bytes"):
+        assert screen[key] == full[key], key
+
+
+@needs_samples
+@pytest.mark.parametrize("case", ["families/peft_lokr", "families/lycoris_loha.safetensors",
+                                  "families/diffusers_unet_lora/pytorch_lora_weights.safetensors", "peft_llama_r8"])
+def test_screen_header_memo_equals_a_fresh_screen(case):
+    """A header seen before is answered from the memo: the answer equals parsing and screening
+    it afresh; the file's size, the config's presence and its peft_type are part of the key,
+    and a registry change forgets every kept answer."""
+    from lorarank.adapters import _registry
+    from lorarank.adapters import headers as H
+    from lorarank.fleet.rows import _local_names, _parse_config
+
+    weights, cfg = _local_names(str(SAMPLES / case))
+    data = Path(weights).read_bytes()
+    config = _parse_config("adapter_config.json", Path(cfg).read_bytes()) if cfg else None
+
+    def reader():
+        pos = [8]
+
+        def read(n):
+            pos[0] += n
+            return data[pos[0] - n:pos[0]]
+        return read
+
+    entries, meta = H.parse_header("w", data[:8], reader(), len(data))
+    fresh = H.screen_entries(entries, config=config, source="w", metadata=meta)
+    H._SEEN.clear()
+    first = H.screen_header("w", data[:8], reader(), len(data), config=config)
+    again = H.screen_header("w", data[:8], reader(), len(data), config=config)
+    assert first == fresh and again is first
+    # another size: not the same file, the memo does not answer (and the layout check refuses it)
+    with pytest.raises(AdapterError, match="does not describe its data exactly"):
+        H.screen_header("w", data[:8], reader(), len(data) + 2, config=config)
+    # another peft_type: its own answer (here the refusal of an unknown type, never kept)
+    other = dict(config or {}, peft_type="IA3")
+    for _ in range(2):
+        with pytest.raises(AdapterError, match="IA3"):
+            H.screen_header("w", data[:8], reader(), len(data), config=other)
+    generation = _registry.generation()
+    _registry.changed()
+    assert _registry.generation() == generation + 1
+    assert H.screen_header("w", data[:8], reader(), len(data), config=config) is not first
+
+
+def test_screen_header_memo_is_bounded(tmp_path):
+    """The memo keeps at most a few dozen headers of at most 64 KiB: a fleet of distinct
+    headers (or a hostile one) cannot grow it."""
+    from lorarank.adapters import headers as H
+
+    H._SEEN.clear()
+    for i in range(3 * H._SEEN_MAX):
+        folder = write_peft(tmp_path / f"m{i}", r=2 + i % 7, seed=i, layers=1 + i // 7, d=8)
+        (member,) = expand_sources([str(folder)]).members
+        assert audit_member(member, FleetOptions(screen=True))["ok"]
+        assert len(H._SEEN) <= H._SEEN_MAX
+    assert all(len(key[0]) <= H._SEEN_BYTES for key in H._SEEN)
 
 
 # ------------------------------------------------------------------------------- uploads

@@ -134,11 +134,29 @@ class Family:
 _FAMILIES: dict[str, Family] = {}
 
 
+#: Bumped whenever what is registered changes: results derived from the registry and kept
+#: (:func:`lorarank.adapters.headers.screen_header`'s memo) carry it in their keys.
+_GENERATION = [0]
+
+
+def generation() -> int:
+    """How many times the registry changed (families, layouts, refusals)."""
+    return _GENERATION[0]
+
+
+def changed() -> None:
+    """Forget what was derived from the registry (after a change, e.g. a test restoring it)."""
+    _GENERATION[0] += 1
+    _SUFFIXES.clear()
+    _select_by_suffixes.cache_clear()
+
+
 def register_family(family: Family) -> Family:
     """Add a family (its name must be new)."""
     if family.name in _FAMILIES:
         raise ValueError(f"family {family.name!r} is registered twice")
     _FAMILIES[family.name] = family
+    _GENERATION[0] += 1
     return family
 
 
@@ -189,8 +207,7 @@ _REFUSED: list[tuple[re.Pattern[str], str]] = []
 def register(layout: Layout) -> Layout:
     """Add a layout; earlier registrations win when two suffixes match the same key."""
     _LAYOUTS.append(layout)
-    _SUFFIXES.clear()
-    _select_by_suffixes.cache_clear()
+    changed()
     return layout
 
 
@@ -201,6 +218,7 @@ _SUFFIXES: dict[str, tuple] = {}  # "" -> ("", "dotted" or "", most dots in a su
 def refuse(pattern: str, kind: str) -> None:
     """Recognise keys matching ``pattern`` as ``kind`` and refuse them (not read yet)."""
     _REFUSED.append((re.compile(pattern), kind))
+    _GENERATION[0] += 1
 
 
 def layouts() -> tuple[Layout, ...]:

@@ -30,10 +30,10 @@ from ..bounded import regular_file
 from ..errors import AdapterError
 from . import _registry
 from ._load import module_layouts
-from ._tensors import check_safetensors_header, tensor_layout
+from ._tensors import MAX_HEADER_BYTES, check_safetensors_header, tensor_layout
 
 __all__ = ["HeaderModule", "HeaderAdapter", "parse_header", "header_entries_from_path",
-           "screen_entries", "DTYPE_NAMES"]
+           "screen_entries", "screen_header", "DTYPE_NAMES"]
 
 #: safetensors dtype name -> the name the audit reports (numpy's, and ``bfloat16``).
 DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
@@ -143,10 +143,6 @@ def header_entries_from_path(path: str | Path):
         return parse_header(path.name, fh.read(8), fh.read, size)
 
 
-def _prod(dims) -> int:
-    return int(math.prod(map(int, dims)))
-
-
 def _check(cond: bool, source: str, name: str, shapes: dict) -> None:
     if not cond:
         shown = ", ".join(f"{role} {tuple(s)}" for role, s in shapes.items())
@@ -184,20 +180,94 @@ def screen_entries(entries: Entries, *, config: dict | None, source: str,
     HeaderAdapter
         Modules in the order the full reader sorts them.
     """
-    from .names import natural_key
-
-    keys = list(entries)
-    fmt, named, _, _ = module_layouts(keys, config, source)
+    fmt, named = _grouping(entries, config, source)
     if fmt == "peft" and config is None and "lora_adapter_metadata" in (metadata or {}):
         fmt = "diffusers"
     modules = []
-    for name, (roles, layout) in named.items():
+    for name, roles, layout, first in named:
         shapes = {role: tuple(map(int, entries[key][1])) for role, key in roles.items()}
         q, d_out, d_in, lora_rank = _module_dims(layout.family, layout.format, shapes, source, name)
-        first = roles.get("A") or roles.get("w1a") or roles.get("w1") or next(iter(roles.values()))
         dtype = DTYPE_NAMES.get(entries[first][0], entries[first][0])
-        params = sum(_prod(entries[key][1]) for key in roles.values())
+        params = sum(map(math.prod, shapes.values()))
         modules.append(HeaderModule(name, layout.family, int(q), (int(d_out), int(d_in)), dtype, params,
                                     int(lora_rank)))
-    modules.sort(key=lambda m: natural_key(m.name))
     return HeaderAdapter(format=fmt, modules=modules, metadata=dict(metadata or {}))
+
+
+#: Groupings of tensor names already made (:func:`_grouping`), at most this many, each of at
+#: most ``_GROUPING_CHARS`` characters of names.
+_GROUPINGS: dict[tuple, tuple[str, list]] = {}
+_GROUPINGS_MAX = 32
+_GROUPING_CHARS = 256 * 2**10
+
+
+def _grouping(entries: Entries, config: dict | None, source: str) -> tuple[str, list]:
+    """``(format, [(module, {role: key}, layout, first key)])`` of a header's tensor names, in
+    the full reader's module order.
+
+    A pure function of the names and the config's ``peft_type`` (:func:`module_layouts` reads
+    nothing else), so a fleet of adapters trained on one base with the same target modules
+    groups its names once: the grouping is kept for the last few distinct name sets. Failures
+    are never kept (each file gets its own sentence), and only names of a bounded total
+    length are (a hostile header cannot fill the memory).
+    """
+    from .names import natural_key
+
+    keys = tuple(entries)
+    peft_type = None if config is None else config.get("peft_type")
+    keep = peft_type is None or (isinstance(peft_type, str) and len(peft_type) < 64)
+    memo = (keys, config is None, peft_type if keep else None, _registry.generation())
+    got = _GROUPINGS.get(memo) if keep else None
+    if got is not None:
+        return got
+    fmt, named, _, _ = module_layouts(list(keys), config, source)
+    order = sorted(named, key=natural_key)
+    got = (fmt, [(name, named[name][0], named[name][1],
+                  (named[name][0].get("A") or named[name][0].get("w1a") or named[name][0].get("w1")
+                   or next(iter(named[name][0].values()))))
+                 for name in order])
+    if keep and sum(map(len, keys)) <= _GROUPING_CHARS:
+        if len(_GROUPINGS) >= _GROUPINGS_MAX:
+            _GROUPINGS.clear()
+        _GROUPINGS[memo] = got
+    return got
+
+
+#: Screened headers already seen (:func:`screen_header`), at most this many, each of at most
+#: ``_SEEN_BYTES`` bytes of header text.
+_SEEN: dict[tuple, HeaderAdapter] = {}
+_SEEN_MAX = 64
+_SEEN_BYTES = 64 * 2**10
+
+
+def screen_header(source: str, head: bytes, read: Callable[[int], bytes], size: int, *,
+                  config: dict | None) -> HeaderAdapter:
+    """:func:`screen_entries` of :func:`parse_header`: an adapter file screened from its header.
+
+    Parameters are those of :func:`parse_header` (``read`` is called at most once) and
+    ``config`` as in :func:`screen_entries`.
+
+    The answer is a pure function of the header's bytes, the file's size and the config's
+    ``peft_type`` and presence, so a header seen before (adapters trained with one recipe at
+    one rank on one base store byte-identical headers: the same names, shapes, dtypes and
+    offsets) is answered from a small memo keyed by those bytes, not parsed again. Only
+    headers that parsed and screened without error are kept, at most :data:`_SEEN_MAX` of at
+    most 64 KiB each; :func:`screen_entries` then returns an equal :class:`HeaderAdapter`
+    (tested).
+    """
+    peft_type = None if config is None else config.get("peft_type")
+    length = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else -1
+    if (not 0 <= length <= min(_SEEN_BYTES, size - 8)
+            or not (peft_type is None or (isinstance(peft_type, str) and len(peft_type) < 64))):
+        entries, meta = parse_header(source, head, read, size)   # not kept: checked and said as always
+        return screen_entries(entries, config=config, source=source, metadata=meta)
+    text = read(length)
+    key = (text, size, config is None, peft_type, _registry.generation())
+    header = _SEEN.get(key)
+    if header is None:
+        entries, meta = parse_header(source, head, lambda n: text, size)
+        header = screen_entries(entries, config=config, source=source, metadata=meta)
+        if len(_SEEN) >= _SEEN_MAX:
+            _SEEN.clear()
+        _SEEN[key] = header
+    return header

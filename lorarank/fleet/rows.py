@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from .._validate import check_int
-from ..bounded import regular_file
+from ..bounded import MAX_JSON_BYTES, open_regular, read_exact, read_file, regular_file
 from ..errors import ConfigError
 from .sources import WEIGHT_SUFFIXES, Member
 
@@ -233,21 +233,35 @@ def _screen_row(header, *, source: str, revision: str | None, size: int | None,
 # --------------------------------------------------------------------------------- reading
 def local_files(path: Path) -> tuple[Path, Path | None]:
     """``(weights, config)`` of a local member, as :func:`lorarank.adapters.load_adapter` picks them."""
-    if not path.is_dir():
+    weights, cfg = _local_names(os.fspath(path))
+    return Path(weights), Path(cfg) if cfg else None
+
+
+def _local_names(path: str) -> tuple[str, str | None]:
+    """:func:`local_files` on plain strings (the screening's path: no :mod:`pathlib` objects)."""
+    try:
+        listing = os.scandir(path)   # one listing; DirEntry.is_file needs no stat for most files
+    except NotADirectoryError:
         regular_file(path, what="adapter weights")   # a FIFO would block open(): one sentence
-    if path.is_file():
-        cfg = path.parent / "adapter_config.json"
-        return path, cfg if cfg.exists() else None
-    weights = sorted(p for p in path.iterdir() if p.suffix.lower() in WEIGHT_SUFFIXES and p.is_file()
-                     and p.name != "base_weights.safetensors")
-    preferred = [p for p in weights if p.name in ("adapter_model.safetensors", "adapters.safetensors")]
+        cfg = os.path.join(os.path.dirname(path), "adapter_config.json")
+        return path, cfg if os.path.exists(cfg) else None
+    weights, has_config = [], False
+    with listing as entries:
+        for entry in entries:
+            name = entry.name
+            if name == "adapter_config.json":
+                has_config = entry.is_file() or os.path.exists(entry.path)  # as Path.exists: a folder too
+            elif (os.path.splitext(name)[1].lower() in WEIGHT_SUFFIXES and entry.is_file()
+                  and name != "base_weights.safetensors"):
+                weights.append(name)
+    weights.sort()
+    preferred = [n for n in weights if n in ("adapter_model.safetensors", "adapters.safetensors")]
     weights = preferred or weights
     if len(weights) != 1:
         from ..adapters import load_adapter
 
         load_adapter(path)   # raises the reader's own sentence (none, or several)
-    cfg = path / "adapter_config.json"
-    return weights[0], cfg if cfg.exists() else None
+    return os.path.join(path, weights[0]), os.path.join(path, "adapter_config.json") if has_config else None
 
 
 def _parse_config(name: str, data: bytes) -> dict:
@@ -256,12 +270,15 @@ def _parse_config(name: str, data: bytes) -> dict:
     return parse_config(name, data)
 
 
-def _read_config(path: Path) -> dict:
-    """A local ``adapter_config.json``, read within the config bound (a 3 GiB file named so is
-    one sentence, not 3 GiB of memory)."""
-    from ..bounded import MAX_JSON_BYTES, read_file
+def _read_config_bytes(path: str | Path) -> bytes:
+    """A local ``adapter_config.json``'s bytes, read within the config bound (a 3 GiB file named
+    so is one sentence, not 3 GiB of memory)."""
+    return read_file(path, max_bytes=MAX_JSON_BYTES, what="adapter configs")
 
-    return _parse_config(path.name, read_file(path, max_bytes=MAX_JSON_BYTES, what="adapter configs"))
+
+def _read_config(path: Path) -> dict:
+    """A local ``adapter_config.json``, parsed (:func:`_read_config_bytes`)."""
+    return _parse_config(path.name, _read_config_bytes(path))
 
 
 def _audit(member: Member, options: FleetOptions, *, token: str | None = None,
@@ -298,7 +315,7 @@ def _audit(member: Member, options: FleetOptions, *, token: str | None = None,
 
 def _screen(member: Member, options: FleetOptions, *, token: str | None = None,
             settings=None) -> dict[str, Any]:
-    from ..adapters.headers import header_entries_from_path, parse_header, screen_entries
+    from ..adapters.headers import screen_entries, screen_header
 
     if member.hub:
         from ..hub import read_adapter_header
@@ -323,20 +340,31 @@ def _screen(member: Member, options: FleetOptions, *, token: str | None = None,
             pos[0] += n
             return chunk
 
-        entries, meta = parse_header(name, data[:8], read, len(data))
+        header = screen_header(name, data[:8], read, len(data), config=config)
     else:
-        path = Path(member.path)
-        weights, cfg = local_files(path)
-        config = _read_config(cfg) if cfg else None
-        size = weights.stat().st_size + (cfg.stat().st_size if cfg else 0)
-        with open(weights, "rb") as fh:
-            magic = fh.read(4)
-        if weights.suffix.lower() != ".safetensors" or magic == b"GGUF" or magic[:2] == b"PK":
-            return _screen_by_reading(member, options, size=size, config=config)
-        entries, meta = header_entries_from_path(weights)
-        name = weights.name
-    header = screen_entries(entries, config=config, source=name, metadata=meta)
+        weights, cfg = _local_names(os.fspath(member.path))
+        raw = _read_config_bytes(cfg) if cfg else b""
+        config = _parse_config("adapter_config.json", raw) if cfg else None
+        name = os.path.basename(weights)
+        fd, file_size = open_regular(weights, what="adapter weights")   # one open: size, magic, header
+        try:
+            size = file_size + len(raw)
+            first = read_exact(fd, _FIRST_READ)   # the length and, for most adapters, the whole header
+            if not name.lower().endswith(".safetensors") or first[:4] == b"GGUF" or first[:2] == b"PK":
+                return _screen_by_reading(member, options, size=size, config=config)
+
+            def read(n: int) -> bytes:   # the header: what the first read holds, then the file
+                held = first[8:8 + n]
+                return held if len(held) == n or len(first) < _FIRST_READ else held + read_exact(fd, n - len(held))
+
+            header = screen_header(name, first[:8], read, file_size, config=config)
+        finally:
+            os.close(fd)
     return _screen_row(header, source=member.source, revision=None, size=size, config=config)
+
+
+#: Bytes of a weights file the screening reads at once (8 of length and a small header).
+_FIRST_READ = 8 * 2**10
 
 
 def _screen_by_reading(member: Member, options: FleetOptions, *, size: int, config: dict | None) -> dict:

@@ -198,6 +198,43 @@ class TestPaths:
         with pytest.raises(AdapterError, match=r"adapter.safetensors is a FIFO \(named pipe\)"):
             regular_file(fifo)
 
+    @pytest.mark.parametrize("make", ["fifo", "socket", "folder", "missing"])
+    def test_read_file_names_what_is_not_a_file(self, tmp_path, make):
+        """read_file opens without blocking and checks the open descriptor: a FIFO, a socket or
+        a folder is one sentence at once (never a wait for a writer), a missing file an OSError."""
+        import socket
+        import time
+
+        path = tmp_path / "adapter_config.json"
+        if make == "fifo":
+            os.mkfifo(path)
+        elif make == "socket":
+            sock = socket.socket(socket.AF_UNIX)
+            sock.bind(str(path))
+        elif make == "folder":
+            path.mkdir()
+        start = time.perf_counter()
+        if make == "missing":
+            with pytest.raises(FileNotFoundError):
+                read_file(path, max_bytes=100)
+        else:
+            kind = {"fifo": r"a FIFO \(named pipe\)", "socket": "a socket", "folder": "a folder"}[make]
+            with pytest.raises(AdapterError, match=rf"adapter_config.json is {kind}; lorarank reads regular files"):
+                read_file(path, max_bytes=100)
+        assert time.perf_counter() - start < 5
+
+    @pytest.mark.parametrize("size", [0, 1, 99, 100, 101, 70_000])
+    def test_read_file_reads_exactly_the_file(self, tmp_path, size):
+        """The whole file, in one read when it is what its size said, refused past the bound."""
+        path = tmp_path / "c.json"
+        data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        path.write_bytes(data)
+        if size > 100 and size != 70_000:
+            with pytest.raises(AdapterError, match="lorarank reads input up to"):
+                read_file(path, max_bytes=100)
+        else:
+            assert read_file(path, max_bytes=max(size, 100)) == data
+
     def test_size_checked_before_reading(self, tmp_path):
         big = tmp_path / "config.json"
         with open(big, "wb") as fh:
