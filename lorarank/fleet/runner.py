@@ -305,7 +305,11 @@ def member_bytes(member: Member) -> int | None:
 def estimated_seconds(member: Member, options: FleetOptions) -> float:
     """What one core is expected to spend on ``member`` (the planner's cost model: a fixed part
     and one per byte of its files); ``inf`` when its size is not known before it is read."""
-    size = member_bytes(member)
+    return _seconds(member_bytes(member), options)
+
+
+def _seconds(size: int | None, options: FleetOptions) -> float:
+    """:func:`estimated_seconds` of a member of ``size`` bytes (None: not known)."""
     if size is None:
         return float("inf")
     return _FIXED_SECONDS[options.screen] + _SECONDS_PER_BYTE[options.screen] * size
@@ -340,7 +344,7 @@ def plan_tasks(members: Sequence[Member], todo: Sequence[int], options: FleetOpt
     small: list[tuple[int, float]] = []
     for i in todo:
         size = member_bytes(members[i])
-        cost = estimated_seconds(members[i], options)
+        cost = _seconds(size, options)   # one listing per member
         if size is None or size > LARGE_BYTES:
             alone.append((cost, (i,)))
         else:
@@ -401,6 +405,28 @@ def _run_processes(members, todo, options, n: int, finish) -> int:
     queue = deque(plan_tasks(members, todo, options, workers=n))
     planned = len(queue)
     window = 2 * n
+    if method == "fork":
+        # What forked workers use is imported once, here, not in each of them; and the
+        # parent's objects are frozen out of the collector's reach while they run: a
+        # collection in a worker would otherwise write to every inherited object and copy
+        # every page of the parent (Python's gc.freeze documentation).
+        import gc
+
+        from .. import audit  # noqa: F401
+        from ..adapters import load_adapter  # noqa: F401
+
+        gc.freeze()
+    try:
+        return _pool_loop(members, queue, options, n, finish, ctx, window, planned)
+    finally:
+        if method == "fork":
+            gc.unfreeze()
+
+
+def _pool_loop(members, queue, options, n: int, finish, ctx, window: int, planned: int) -> int:
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
     while queue:
         with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
             pending: dict = {}
