@@ -412,8 +412,9 @@ def _run_processes(members, todo, options, n: int, finish) -> int:
         # every page of the parent (Python's gc.freeze documentation).
         import gc
 
-        from .. import audit  # noqa: F401
+        from .. import against_base, audit, hub, inits, resize  # noqa: F401 - what an audit imports
         from ..adapters import load_adapter  # noqa: F401
+        import safetensors  # noqa: F401
 
         gc.freeze()
     try:
