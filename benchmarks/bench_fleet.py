@@ -9,8 +9,9 @@ for each half of the fleet (the figures are ratios, so the machine's load matter
    and the ratio (target: 2 workers >= 1.7x one);
 2. the same on a local Ray (``ray.init(num_cpus=2)``) and a Dask ``LocalCluster`` (2 worker
    processes, 1 thread each; without Dask's ``MALLOC_TRIM_THRESHOLD_``, see :func:`dask_env`),
-   both started and warmed before timing: the overhead against 2 local processes (target
-   <= 20 %); the local pool's start is inside its timing, the clusters' is not;
+   one engine at a time (an idle cluster's own processes take 5-10 % of a core from the
+   other), each started and warmed before timing: the overhead against 2 local processes
+   (target <= 20 %); the local pool's start is inside its timing, the clusters' is not;
 3. header screening, 1 worker, against the full audit, 1 worker (target >= 50x): as the
    fleet is (adapters of one recipe at one rank store byte-identical headers, which the
    screening answers once, :func:`lorarank.adapters.headers.screen_header`), and again with
@@ -149,6 +150,38 @@ def headers_parsed_anew():
         headers._SEEN_BYTES = saved
 
 
+def start_engine(label: str, *, dask_trim: bool):
+    """``(run_fleet keyword, stop)`` of a local Ray (2 CPUs) or Dask ``LocalCluster`` (2 worker
+    processes, 1 thread each)."""
+    if label == "ray":
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+        return {"ray": "auto"}, ray.shutdown
+    import distributed
+
+    dask_env(keep_trim=dask_trim)
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=None)
+    client = distributed.Client(cluster)
+
+    def stop() -> None:
+        client.close()
+        cluster.close()
+    return {"dask": client}, stop
+
+
+def engine_peaks(label: str, where: dict) -> list[int]:
+    """Peak resident memory (MiB) of the engine's worker processes."""
+    if label == "ray":
+        import ray
+
+        got = ray.get([ray.remote(num_cpus=1)(worker_rss).remote() for _ in range(4)])
+        return sorted({p // 1024 for p in got})
+    return sorted(p // 1024 for p in where["dask"].run(worker_rss).values())
+
+
 def dask_env(*, keep_trim: bool) -> None:
     """Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which turns off glibc's
     dynamic mmap threshold: every large numpy temporary is then mmap'ed and unmapped, and an
@@ -238,71 +271,62 @@ def main() -> None:
                              "screen s/adapter": scr / n,
                              "screen vs audit, every header new": one / new,
                              "screen s/adapter, every header new": new / n}
-        # 2. The clusters, started and warmed outside the timings.
-        ray = dask_client = cluster = None
+        # 2. The clusters, one at a time (each started, warmed outside the timings, measured on
+        # both halves, then shut down: an idle cluster's own processes use ~5-10 % of a core,
+        # which would be charged to the other engine).
+        peaks: dict[str, list[int]] = {}
         if not args.no_clusters:
-            import distributed
-            import ray as ray_mod
-
-            t = time.perf_counter()
-            ray_mod.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                         runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-            dask_env(keep_trim=args.dask_trim)
-            cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                               dashboard_address=None)
-            dask_client = distributed.Client(cluster)
-            ray = ray_mod
-            warm = next(iter(fleets.values()))[:8]
-            run_fleet(warm, audit, ray="auto")
-            run_fleet(warm, audit, dask=dask_client)
-            print(f"Ray and Dask started and warmed in {time.perf_counter() - t:.0f} s (not timed below)")
+            for label in ("ray", "dask"):
+                t = time.perf_counter()
+                where, stop = start_engine(label, dask_trim=args.dask_trim)
+                run_fleet(next(iter(fleets.values()))[:8], audit, **where)
+                print(f"{label} started and warmed in {time.perf_counter() - t:.0f} s (not timed below)")
+                try:
+                    for name, members in fleets.items():
+                        n = len(members)
+                        took, got = timed(members, audit, args.repeats, **where)
+                        same = sum(a == b for a, b in zip(reference[name], got))
+                        results[name][f"{label} rows identical"] = f"{same} of {n}"
+                        for a, b in zip(reference[name], got):
+                            if a != b:
+                                print(f"{label}: {a['source']} differs in "
+                                      f"{[k for k in a if a[k] != b[k]]}: {[(a[k], b[k]) for k in a if a[k] != b[k]][:1]}")
+                                break
+                        results[name][f"tasks, {label}"] = tasks_of(members, audit, **where)
+                        results[name][f"{label} /s"] = n / took
+                        if label == "dask":
+                            cpu_d = cpu_of(members, audit, **where)
+                            results[name]["CPU s/adapter, dask"] = cpu_d / n
+                            results[name]["projected dask overhead on idle cores"] = (
+                                cpu_d / cpu_of(members, audit, workers=2) - 1)
+                        results[name][f"{label} overhead vs 2 processes"] = took / two_workers[name] - 1
+                    peaks[label] = engine_peaks(label, where)
+                finally:
+                    stop()
             for name, members in fleets.items():
-                n = len(members)
-                r_t, rows_r = timed(members, audit, args.repeats, ray="auto")
-                d_t, rows_d = timed(members, audit, args.repeats, dask=dask_client)
-                for label, got in (("ray", rows_r), ("dask", rows_d)):
-                    same = sum(a == b for a, b in zip(reference[name], got))
-                    results[name][f"{label} rows identical"] = f"{same} of {n}"
-                    for a, b in zip(reference[name], got):
-                        if a != b:
-                            print(f"{label}: {a['source']} differs in "
-                                  f"{[k for k in a if a[k] != b[k]]}: {[(a[k], b[k]) for k in a if a[k] != b[k]][:1]}")
-                            break
-                cpu_d = cpu_of(members, audit, dask=dask_client)
-                results[name]["tasks: 2 processes / ray / dask"] = (
-                    f"{tasks_of(members, audit, workers=2)} / {tasks_of(members, audit, ray='auto')} / "
-                    f"{tasks_of(members, audit, dask=dask_client)}")
-                results[name].update({"ray /s": n / r_t, "dask /s": n / d_t,
-                                      "CPU s/adapter, dask": cpu_d / n,
-                                      "projected dask overhead on idle cores": cpu_d / cpu_of(members, audit, workers=2) - 1,
-                                      "ray overhead vs 2 processes": r_t / two_workers[name] - 1,
-                                      "dask overhead vs 2 processes": d_t / two_workers[name] - 1})
+                results[name]["tasks, 2 processes"] = tasks_of(members, audit, workers=2)
         for name, line in results.items():
             print(f"\n{name}: {line['adapters']} adapters")
             for key, value in line.items():
+                if key == "adapters":
+                    continue
                 if "overhead" in key:
                     print(f"  {key:<36} {100 * value:+.1f} %")
                 elif "speedup" in key or "vs audit" in key:
                     print(f"  {key:<36} {value:.2f}x")
                 elif "s/adapter" in key:
                     print(f"  {key:<36} {1000 * value:.2f} ms")
-                elif isinstance(value, str):
+                elif isinstance(value, (str, int)) or value is None:
                     print(f"  {key:<36} {value}")
-                elif key != "adapters":
+                else:
                     print(f"  {key:<36} {value:.1f}")
         print()
         if "8B" in fleets:
             peak, idle = one_audit_rss(Path(fleets["8B"][0].path))
             print(f"peak RSS of one process auditing one 8B-shaped adapter: {peak:.0f} MiB "
                   f"(the same process with lorarank imported and nothing read: {idle:.0f} MiB)")
-        if ray is not None:
-            peaks = ray.get([ray.remote(num_cpus=1)(worker_rss).remote() for _ in range(4)])
-            print(f"peak RSS of the Ray workers after the runs: {sorted(set(p // 1024 for p in peaks))} MiB")
-            dpeaks = dask_client.run(worker_rss)
-            print(f"peak RSS of the Dask workers after the runs: {sorted(p // 1024 for p in dpeaks.values())} MiB")
-            dask_client.close()
-            cluster.close()
-            ray.shutdown()
+        for label, values in peaks.items():
+            print(f"peak RSS of the {label.capitalize()} workers after the runs: {values} MiB")
         print(f"\nload after: {os.getloadavg()}")
         print(json.dumps(results))
 
