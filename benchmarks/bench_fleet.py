@@ -19,12 +19,13 @@ for each half of the fleet (the figures are ratios, so the machine's load matter
 4. peak memory: of one audit of an 8B-shaped adapter in a fresh process (what a worker holds),
    and of each Ray / Dask worker after the whole large fleet.
 
-Every configuration runs ``--repeats`` times and the best is kept. It prints the machine's load
-(``os.getloadavg``) before and after, and the CPU seconds per adapter of each local and Dask
-run (this process, its reaped worker processes, the Dask workers): with Linux's autogroup
-scheduling, a session's processes share one slice of a busy machine, so on a shared machine
-two workers cannot beat one in wall time, and ``2 x CPU(1 worker) / CPU(2 workers)`` projects
-the speedup on two idle cores. Rows of every executor are checked to be identical.
+Every configuration runs ``--repeats`` times (the small half's ``--small-repeats``) and the
+best is kept. It prints the machine's load (``os.getloadavg``) before and after, and the CPU
+seconds per adapter of each local and Dask run (this process, its reaped worker processes, the
+Dask workers): with Linux's autogroup scheduling, a session's processes share one slice of a
+busy machine, so on a shared machine two workers cannot beat one in wall time, and ``2 x CPU(1
+worker) / CPU(2 workers)`` projects the speedup on two idle cores. Rows of every executor are
+checked to be identical.
 
 Usage: ``python benchmarks/bench_fleet.py [--small 500] [--large 50] [--repeats 2] [--no-clusters]``
 (about 10 minutes on a busy 2-core machine with the defaults; 4.2 GB of temporary files).
@@ -108,6 +109,12 @@ def _cpu(dask_client=None) -> float:
     if dask_client is not None:
         total += sum(dask_client.run(time.process_time).values())
     return total
+
+
+def repeats(args, half: str) -> int:
+    """Runs of each configuration of a half: the small half's take ~1 s, so one busy second
+    moves a ratio by 15 %; more of them cost little."""
+    return args.small_repeats if half == "small" else args.repeats
 
 
 def timed(members, options, repeats: int, **where) -> tuple[float, list]:
@@ -230,7 +237,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", type=int, default=500)
     parser.add_argument("--large", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each configuration (best kept)")
+    parser.add_argument("--small-repeats", type=int, default=5,
+                        help="the same for the small half, whose configurations take about a second each")
     parser.add_argument("--no-clusters", action="store_true", help="skip Ray and Dask")
     parser.add_argument("--dask-trim", action="store_true",
                         help="keep Dask's default MALLOC_TRIM_THRESHOLD_=65536 in its workers (~3x the "
@@ -254,11 +263,12 @@ def main() -> None:
         # 1. Local executors first (a single-threaded process: the pool forks its workers).
         for name, members in fleets.items():
             n = len(members)
-            one, rows1 = timed(members, audit, args.repeats, workers=1)
-            two, rows2 = timed(members, audit, args.repeats, workers=2)
-            scr, rows_s = timed(members, screen, args.repeats, workers=1)
+            reps = repeats(args, name)
+            one, rows1 = timed(members, audit, reps, workers=1)
+            two, rows2 = timed(members, audit, reps, workers=2)
+            scr, rows_s = timed(members, screen, reps, workers=1)
             with headers_parsed_anew():
-                new, rows_n = timed(members, screen, args.repeats, workers=1)
+                new, rows_n = timed(members, screen, reps, workers=1)
             assert rows1 == rows2 and rows_s == rows_n
             reference[name], two_workers[name] = rows1, two
             cpu1, cpu2 = cpu_of(members, audit, workers=1), cpu_of(members, audit, workers=2)
@@ -284,7 +294,7 @@ def main() -> None:
                 try:
                     for name, members in fleets.items():
                         n = len(members)
-                        took, got = timed(members, audit, args.repeats, **where)
+                        took, got = timed(members, audit, repeats(args, name), **where)
                         same = sum(a == b for a, b in zip(reference[name], got))
                         results[name][f"{label} rows identical"] = f"{same} of {n}"
                         for a, b in zip(reference[name], got):
