@@ -459,6 +459,45 @@ def test_processes_give_the_serial_rows(tmp_path):
     assert seen[-1].failed == 5 and "adapters" in seen[-1].text()
 
 
+def test_forked_workers_leave_the_collector_as_it_was(tmp_path):
+    """The pool freezes the parent's objects out of the collector while forked workers run
+    (no copy of every inherited page) and unfreezes them after, also when a run fails."""
+    import gc
+    import subprocess
+    import sys
+    import textwrap
+
+    for i in range(3):
+        write_peft(tmp_path / f"g{i}", r=2 + i, seed=i)
+    code = textwrap.dedent(f"""
+        import gc, threading
+        from lorarank.fleet import FleetOptions, expand_sources, run_fleet
+        assert threading.active_count() == 1   # a one-thread parent: the pool forks
+        import lorarank.fleet.runner as runner
+        members = expand_sources([{str(tmp_path / "g*")!r}]).members
+        serial = run_fleet(members, FleetOptions(), workers=1).rows
+        real = runner.audit_members
+
+        def seen(batch, options, **kw):   # what a worker's collector sees of the parent
+            with open({str(tmp_path / "frozen.txt")!r}, "a") as fh:
+                fh.write(f"{{gc.get_freeze_count()}}\\n")
+            return real(batch, options, **kw)
+
+        runner.audit_members = seen
+        before = gc.get_freeze_count()
+        result = run_fleet(members, FleetOptions(), workers=2)
+        assert result.executor == "processes" and result.rows == serial
+        assert gc.get_freeze_count() == before == 0, gc.get_freeze_count()
+        print("ok")
+    """)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    counts = [int(n) for n in (tmp_path / "frozen.txt").read_text().split()]
+    assert counts and all(n > 10_000 for n in counts), counts   # the parent's objects, frozen
+    assert gc.get_freeze_count() == 0
+
+
 def test_batches_with_the_cache(tmp_path):
     """Only the cache's misses are planned into tasks: a rerun after adding one adapter runs one
     task of one adapter, and the rows are the serial ones, in member order."""
