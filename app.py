@@ -5,16 +5,17 @@ deep link such as ``/Rank_sweep?true_rank=8`` works as the first request to a fr
 
 This file is also the server: ``streamlit run`` finds ``app = st.App(...)`` below and imports
 the module (``__name__ == "app"``) to serve it, with a lifespan that imports the pages' heavy
-modules in the background as the server starts (:mod:`ui.preload`). Each visit runs the file as
+modules in the background as the server starts (:mod:`ui.preload`) and server tuning for a new
+visitor's first render (:mod:`ui.serving`). Each visit runs the file as
 a script (``__name__ == "__main__"``), which draws the home page.
 """
 
 import streamlit as st
 
 if __name__ != "__main__":  # imported by `streamlit run app.py` (or an ASGI server): the server
-    from ui.preload import lifespan
+    from ui.serving import lifespan, middleware
 
-    app = st.App("app.py", lifespan=lifespan)
+    app = st.App("app.py", lifespan=lifespan, middleware=middleware())
 else:
     from ui.home import render
 

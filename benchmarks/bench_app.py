@@ -16,6 +16,9 @@ For every existing page (home, Rank sweep, ...), with its default settings:
 
 Floor: the same measurement, in the same run, of a minimal Streamlit app (one ``st.write``,
 same Streamlit, config and browser), printed first; "ours minus floor" is what the app adds.
+Beside it, the same minimal app served with the app's socket fix (``ui.serving.no_delay``:
+stock Streamlit's server leaves Nagle's algorithm on, ~40 ms per small file on a kept-alive
+connection); "ours minus that" is what the pages add over Streamlit's minimum on the same server.
 
 Targets (PRODUCT.md turn 4, issue 22): every page's first result within 0.3 s of the floor for a
 new session on a warm server and within 1 s of it on a cold one, measured in the same rounds;
@@ -105,13 +108,7 @@ def page_urls() -> list[tuple[str, str]]:
     """(label, path) of every existing page, home first."""
     from ui.common import available_pages
 
-    out = []
-    for page in available_pages():
-        if page.path == "app.py":
-            out.append((page.label, "/"))
-        else:
-            out.append((page.label, "/" + Path(page.path).stem.split("_", 1)[1]))
-    return out
+    return [(page.label, page.url_path) for page in available_pages()]
 
 
 def _finished_after(page, since_ms: float, timeout: float = 60.0) -> float:
@@ -151,6 +148,28 @@ def _last_message_after(page, since_ms: float, *, quiet_ms: float = 600.0,
 
 FLOOR_LABEL = "floor: minimal app"
 FLOOR_APP = 'import streamlit as st\n\nst.write("hello")\n'
+#: The same minimal app served with the app's socket fix (ui.serving.no_delay: Nagle's algorithm
+#: off on the server's connections), measured beside the floor: the app's server is faster than
+#: stock Streamlit's at sending the front end's small files, so "ours minus this" is what the
+#: pages add over Streamlit's own minimum on the same server.
+TUNED_FLOOR_LABEL = "floor, same socket fix"
+TUNED_FLOOR_APP = '''import streamlit as st
+
+if __name__ != "__main__":  # the server: st.App with ui.serving's socket fix only
+    from contextlib import asynccontextmanager
+
+    from ui.serving import no_delay
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        no_delay()
+        yield
+
+    app = st.App(__file__, lifespan=lifespan)
+else:
+    st.write("hello")
+'''
+FLOORS = (FLOOR_LABEL, TUNED_FLOOR_LABEL)
 
 
 def _first_render(browser, url: str, want: str) -> tuple[float, float, object, object]:
@@ -215,7 +234,7 @@ def measure_all(browser, targets: list[tuple], *, cold: int, warm: int,
         for k, (label, script, url_path, *env) in enumerate(targets):
             if runs[label] and "error" in runs[label][-1]:
                 continue
-            want = RESULTS["floor"] if label == FLOOR_LABEL else RESULTS[url_path]
+            want = RESULTS["floor"] if label in FLOORS else RESULTS[url_path]
             runs[label].append(one_server(browser, url_path, script=script, warm=per_round_warm,
                                           reruns=per_round_rerun, log=tmp / f"server-{k}-{i}.log",
                                           env=env[0] if env else None, want=want))
@@ -268,7 +287,10 @@ def main(argv: list[str] | None = None) -> int:
             # Run from the repository like the app (same .streamlit/config.toml, same server).
             floor_script = Path(tmp) / "floor_app.py"
             floor_script.write_text(FLOOR_APP)
-            targets.insert(0, (FLOOR_LABEL, str(floor_script), "/"))
+            tuned_script = Path(tmp) / "floor_tuned_app.py"
+            tuned_script.write_text(TUNED_FLOOR_APP)
+            targets[:0] = [(FLOOR_LABEL, str(floor_script), "/"),
+                           (TUNED_FLOOR_LABEL, str(tuned_script), "/", {"PYTHONPATH": str(REPO)})]
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             results = measure_all(browser, targets, cold=args.cold, warm=args.warm,
@@ -276,11 +298,12 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             browser.close()
     floor = results.pop(FLOOR_LABEL, None)
+    tuned = results.pop(TUNED_FLOOR_LABEL, None)
 
     machine = f"{platform.processor() or platform.machine()}, Python {platform.python_version()}"
     if args.json:
         print(json.dumps({"machine": machine, "load_before": load_before, "load_after": load(),
-                          "seconds": time.perf_counter() - began, "floor": floor,
+                          "seconds": time.perf_counter() - began, "floor": floor, "tuned_floor": tuned,
                           "pages": results}, indent=2))
         return 0
     print(f"App speed in headless Chromium ({machine}); medians over {args.cold} fresh servers "
@@ -295,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     def cell(r: dict, key: str, base: dict) -> str:
         return "-" if r.get(key) is None else f"{r[key]:.2f} s" + gap(r[key], base.get(key))
 
-    rows = ([(FLOOR_LABEL, floor)] if floor else []) + list(results.items())
+    rows = ([(FLOOR_LABEL, floor)] if floor else []) + ([(TUNED_FLOOR_LABEL, tuned)] if tuned else []) \
+        + list(results.items())
     verdicts = []
     for label, r in rows:
         if "error" in r:
@@ -306,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:<28} {r['server_start_s']:>10.2f} s {cell(r, 'first_render_s', base):>20} "
               f"{cell(r, 'warm_session_s', base):>20} {cell(r, 'first_render_done_s', base):>18} "
               f"{cell(r, 'warm_session_done_s', base):>18} {rerun:>8}")
-        if base and r.get("warm_session_s") is not None:
+        if base and r is not tuned and r.get("warm_session_s") is not None:
             warm_ok = r["warm_session_s"] - base["warm_session_s"] <= 0.3
             cold_ok = r["first_render_s"] - base["first_render_s"] <= 1.0
             verdicts.append(f"{label}: warm {'ok' if warm_ok else 'OVER'}, cold "
@@ -318,6 +342,13 @@ def main(argv: list[str] | None = None) -> int:
         print("targets (issue 22): first result within floor + 0.3 s for a new session on a warm "
               "server, floor + 1 s on a cold one; rerun <= 0.3 s")
         print("; ".join(verdicts))
+    if tuned and "error" not in tuned:
+        print("against the floor served with the app's socket fix (ui.serving.no_delay), same "
+              "rounds: " + "; ".join(
+                  f"{label}: warm {r['warm_session_s'] - tuned['warm_session_s']:+.2f}, cold "
+                  f"{r['first_render_s'] - tuned['first_render_s']:+.2f}"
+                  for label, r in results.items()
+                  if "error" not in r and r.get("warm_session_s") is not None))
     print("server start: `streamlit run` to a healthy /_stcore/health (the app's preload of its "
           "imports runs in the background after that)")
     return 0

@@ -31,6 +31,11 @@ Modules
     ``lifespan``: the ``st.App`` lifespan of ``app.py``; it imports the pages' heavy modules
     (pandas, Altair, the engine, ``ui.*``) in a daemon thread while no page runs (it yields to
     every visitor, the first one included), so the pages visited next do not wait for them.
+``ui.serving``
+    ``lifespan`` and ``middleware()`` of ``app.py``'s ``st.App``: TCP_NODELAY on the server's
+    socket (stock Streamlit leaves Nagle's algorithm on: ~40 ms per small file of the front end
+    on a kept-alive connection), then the warm-up's lifespan; a page link's index page names the
+    app's base address, so the front end's first health probe is the right one.
 ``ui.auth``
     ``require_login()`` (called by ``setup_page``): a sign-in screen when the secrets configure
     ``st.login`` (``[auth]``), else nothing.

@@ -56,6 +56,15 @@ class PageInfo:
     state_prefix: str = ""
     modules: tuple[str, ...] = ()
 
+    @property
+    def url_path(self) -> str:
+        """The page's address on the server: ``/`` for the home page, else the script's name
+        without its number (``pages/3_Adapter_audit.py``: ``/Adapter_audit``), as Streamlit's
+        page discovery names it."""
+        if self.path == "app.py":
+            return "/"
+        return "/" + Path(self.path).stem.split("_", 1)[-1]
+
 
 #: Every page of the app, in navigation order. A page whose file does not exist yet is skipped
 #: by :func:`available_pages`, so the home page and the sidebar never link to a missing file.

@@ -1,7 +1,7 @@
 """Server-start warm-up: import what the pages need before the first visitor asks.
 
 ``streamlit run app.py`` finds ``app = st.App(...)`` in ``app.py`` and serves it with
-:func:`lifespan`, which starts :func:`preload` in a daemon thread when the server starts. A
+:func:`lifespan` (entered by :func:`ui.serving.lifespan`), which starts :func:`preload` in a daemon thread when the server starts. A
 page's first script run on a fresh server otherwise spends seconds importing pandas, Altair
 (with jsonschema) and the engine before it computes anything (benchmarks/bench_app.py). The
 thread only imports modules: it computes nothing, holds no session's data, and a page that

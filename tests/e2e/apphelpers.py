@@ -37,18 +37,21 @@ class AppServer:
     """A ``streamlit run app.py`` subprocess on a free port; ``stop()`` ends it by its PID.
 
     ``env``: variables added to this process's environment for the server (``TMPDIR``,
-    ``LORARANK_*`` limits).
+    ``LORARANK_*`` limits). ``base_url_path``: ``server.baseUrlPath`` (the app is then served
+    under ``url + "/" + base_url_path``; ``url`` stays the origin).
     """
 
     def __init__(self, log_path: Path, *, script: str = "app.py",
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, base_url_path: str = "") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self._health = f"{self.url}/{base_url_path.strip('/') + '/' if base_url_path.strip('/') else ''}_stcore/health"
         self.log_path = log_path
         self._log = open(log_path, "wb")
         cmd = [sys.executable, "-m", "streamlit", "run", script, "--server.headless", "true",
                "--server.address", "127.0.0.1", "--server.port", str(self.port),
-               "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+               "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+               *(["--server.baseUrlPath", base_url_path] if base_url_path else [])]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT,
                                      env=None if env is None else {**os.environ, **env})
@@ -62,7 +65,7 @@ class AppServer:
                 self.stop()
                 raise RuntimeError(f"streamlit exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=1) as resp:
+                with urllib.request.urlopen(self._health, timeout=1) as resp:
                     if resp.read().decode().strip() == "ok":
                         return time.perf_counter() - self.started
             except OSError:

@@ -102,3 +102,40 @@ def test_sign_in_gate_in_the_browser(page, fresh_server, monkeypatch, tmp_path):
         assert main.get_by_test_id("stNumberInput").count() == 0
         assert main.get_by_test_id("stDataFrame").count() == 0
         assert main.get_by_test_id("stFileUploader").count() == 0
+
+
+def _health_paths(page, url: str) -> list[str]:
+    """Open ``url`` and wait for its run; the paths of the health probes the page made."""
+    from urllib.parse import urlparse
+
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(urlparse(request.url).path))
+    page.goto(url)
+    wait_for_app(page)
+    assert_no_exception(page)
+    return [path for path in asked if path.endswith("/_stcore/health")]
+
+
+def test_a_page_link_probes_the_app_address_first(page, app_url):
+    """A link to a page (``/Adapter_audit``) asks the app's own address whether the server is
+    up: Streamlit's front end alone asked ``/Adapter_audit/_stcore/health`` first, got a 404 and
+    waited 100 ms before the right probe (ui.serving.DeepLinkBase names the base address)."""
+    probes = _health_paths(page, f"{app_url}/Adapter_audit")
+    assert probes == ["/_stcore/health"]
+    page.get_by_test_id("stFileUploaderDropzone").wait_for()
+
+
+def test_a_page_link_under_a_path_prefix(page, tmp_path):
+    """Served under ``server.baseUrlPath``, a copied link (``/lr/Adapter_audit?example=...``)
+    probes ``/lr/_stcore/health`` at once, opens the example it names and keeps its address."""
+    from apphelpers import AppServer
+
+    server = AppServer(tmp_path / "prefixed.log", base_url_path="lr")
+    try:
+        probes = _health_paths(page, f"{server.url}/lr/Adapter_audit?example=PEFT+DoRA")
+        assert probes == ["/lr/_stcore/health"]
+        page.get_by_text("Showing the real example").wait_for()
+        assert page.evaluate("new URLSearchParams(location.search).get('example')") == "PEFT DoRA"
+        assert page.evaluate("location.pathname") == "/lr/Adapter_audit"
+    finally:
+        server.stop()
