@@ -20,6 +20,7 @@ The metrics take a spectrum ``sigma_1 >= ... >= sigma_q >= 0`` and follow PRODUC
 from __future__ import annotations
 
 import math
+import sys
 from typing import NamedTuple
 
 import numpy as np
@@ -259,19 +260,24 @@ def single_threaded_blas():
 
     Many small products and thin QRs gain nothing from threads, and OpenBLAS's spinning
     threads make them many times slower when the cores are busy (measured 30x on two busy
-    cores). Built on ``threadpoolctl``, which finds the BLAS numpy actually loaded: found once
-    per process (a :class:`~threadpoolctl.ThreadpoolController` kept for later calls), since
-    looking through the loaded libraries costs ~0.24 ms a call, a tenth of a small adapter's
-    audit, against ~7 us with the kept controller.
+    cores). Built on ``threadpoolctl``, which finds the BLAS libraries the process loaded
+    (numpy's, and scipy's own, which the base-SVD and intruder paths use): a
+    :class:`~threadpoolctl.ThreadpoolController` is kept for later calls, since looking through
+    the loaded libraries costs ~0.24 ms a call, a tenth of a small adapter's audit, against
+    ~7 us with the kept controller. It is found again when modules were imported since (a BLAS
+    comes with the extension module that loads it: scipy after the first call was left with
+    its threads).
     """
-    controller = _CONTROLLER[0]
-    if controller is None:
-        controller = _CONTROLLER[0] = ThreadpoolController()
+    controller, seen = _CONTROLLER
+    if controller is None or seen != len(sys.modules):
+        controller = ThreadpoolController()
+        _CONTROLLER[:] = [controller, len(sys.modules)]
     return controller.limit(limits=1, user_api="blas")
 
 
-#: The BLAS libraries this process loaded (:func:`single_threaded_blas`), found on first use.
-_CONTROLLER: list = [None]
+#: The BLAS libraries this process loaded (:func:`single_threaded_blas`), and how many modules
+#: were imported when they were found.
+_CONTROLLER: list = [None, 0]
 
 
 def factored_svd(B: object, A: object, *, scale: float = 1.0) -> FactoredSVD:
