@@ -46,7 +46,7 @@ from typing import Callable
 import numpy as np
 
 from ._validate import check_choice
-from .adapters import Adapter, LoraModule
+from .adapters import Adapter, LoraModule, held_as
 from .errors import ConfigError
 
 __all__ = ["InitInfo", "init_of", "moved_modules", "replay_init", "convert_adapter", "REPLAYS",
@@ -309,7 +309,8 @@ def convert_adapter(adapter: Adapter, base, *, replay: str = "float64", keep_flo
             new_a, new_b = np.vstack([A, A0]), np.hstack([B, -B0])
             if not keep_float64:
                 dtype = m.A.dtype if m.A.dtype.kind == "f" else np.dtype(np.float32)
-                new_a, new_b = new_a.astype(dtype), new_b.astype(dtype)
+                what = f"module {m.name!r}: the converted factors [A; A0], [B, -B0]"
+                new_a, new_b = held_as(new_a, dtype, what=what), held_as(new_b, dtype, what=what)
             alpha = None if m.alpha is None else float(m.alpha) * (
                 np.sqrt(2.0) if config.get("use_rslora") is True else 2.0)
             m = replace(m, A=new_a, B=new_b, alpha=alpha, stored_dtype=m.dtype)

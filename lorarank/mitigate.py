@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from ._validate import check_real
-from .adapters import Adapter
+from .adapters import Adapter, held_as
 from .errors import ConfigError, UnsupportedAdapterError
 from .intruders import DEFAULT_EPSILON, DEFAULT_LAMBDA, DEFAULT_TOP_K, mitigation_factors, module_against_base
 from .spectrum import factored_svd, single_threaded_blas, truncation_error
@@ -153,4 +153,5 @@ def _mitigated(m, analysis, lam: float, cut: dict):
     A = np.zeros((r, vt.shape[1]))
     B[:, :root.size] = u[:, :r] * root
     A[:root.size] = root[:, None] * vt[:r]
-    return replace(m, B=B.astype(dtype), A=A.astype(dtype), stored_dtype=m.dtype)
+    what = f"module {m.name!r}: the intruder-reduced factors"
+    return replace(m, B=held_as(B, dtype, what=what), A=held_as(A, dtype, what=what), stored_dtype=m.dtype)

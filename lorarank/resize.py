@@ -43,7 +43,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ._validate import check_choice, check_int
-from .adapters import Adapter, Buffers, LazyArray, LoraModule, default_write_format, families, family, writable
+from .adapters import (Adapter, Buffers, LazyArray, LoraModule, default_write_format, families, family, held_as,
+                       writable)
 from .audit import allocate_spectra, check_rule, dora_merged_change, module_spectrum, module_svd
 from .errors import ConfigError
 from .spectrum import recommend_rank, single_threaded_blas, truncation_error
@@ -269,11 +270,10 @@ def _as_lora(module: LoraModule, B, A, alpha: float) -> LoraModule:
 
 
 def _store(arr: np.ndarray, dtype: np.dtype, name: str, stored: str) -> np.ndarray:
-    with np.errstate(over="ignore", invalid="ignore"):
-        out = arr.astype(dtype)
-    if not np.all(np.isfinite(out)):
-        raise ConfigError(overflow_sentence(name, float(np.max(np.abs(arr))), stored))
-    return out
+    try:
+        return held_as(arr, dtype, what=f"module {name!r}: its resized factors")
+    except ConfigError:  # the same verdict, in the words that say what to do
+        raise ConfigError(overflow_sentence(name, float(np.max(np.abs(arr))), stored)) from None
 
 
 def overflow_sentence(name: str, largest: float, dtype: str) -> str:

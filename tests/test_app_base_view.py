@@ -178,3 +178,27 @@ def test_cold_link_with_adapter_and_base_on_the_hub(monkeypatch, tmp_path):
     got = table(at, "intruders")
     assert dict(zip(got["module"], got["intruders"])) == {
         k[len("base_model.model."):]: v["intruders"]["count"] for k, v in truth.items()}
+
+
+@needs_samples
+def test_no_mitigation_button_for_a_copy_the_writer_refuses():
+    """lora_r8 as a .npz with one other array, and its base: the intruder-reduced copy is written
+    as .npz, which keeps LoRA factors only, so its button's click could only fail ('Failed to
+    generate file for download'): no button, the writer's sentence instead."""
+    import io
+
+    adapter = load_adapter_bytes(list(folder("lora_r8").items()))
+    arrays = {"extra_head": np.ones(8)}
+    for m in adapter.modules:
+        arrays.update({m.name + ".A": np.asarray(m.A), m.name + ".B": np.asarray(m.B),
+                       m.name + ".alpha": np.array(m.scale * m.rank)})
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    at = open_page(TAB)
+    at = put(at, audit.UPLOAD_KEY, {"lora_r8.npz": buf.getvalue()})
+    at = put(at, audit.BASE_UPLOAD_KEY, folder("base"))
+    assert not at.exception and not at.error
+    assert "59 intruder dimensions in 20 of 21 modules" in " ".join(readings(at))
+    assert f"{base_view.MITIGATE_KEY}_zip" not in {b.key for b in at.get("download_button")}
+    (why,) = [md_plain(w.value) for w in at.warning if "No download" in w.value]
+    assert "'extra_head'" in why and "keeps LoRA factors only" in why

@@ -177,3 +177,44 @@ def test_an_npz_with_other_arrays_is_said_before_the_download():
     result = resize_adapter(load_adapter_bytes([("a.npz", buf.getvalue())]), rank=2)
     assert result.unwritable == _writer_verdict(result.adapter)
     assert "'extra_head'" in result.unwritable and "remove it from the file" in result.unwritable
+
+
+def test_mitigation_past_float16_is_refused_not_written_as_inf():
+    """The intruder-reduced factors were cast to the module's dtype unchecked: past float16 they
+    became inf, and the writer wrote the inf (it refuses only finite values that overflow)."""
+    from lorarank.base_svd import BaseSVDCache
+    from lorarank.mitigate import mitigate_adapter
+    from test_mitigate import conv1d_case
+
+    adapter, base, _ = conv1d_case()
+    m = adapter.modules[0]
+    f16 = Adapter(format="peft", modules=[LoraModule(m.name, m.A.astype(np.float16), m.B.astype(np.float16),
+                                                     m.scale, alpha=m.alpha, transposed=True)],
+                  scaling="test", source="test", config=adapter.config)
+    with pytest.raises(ConfigError, match="intruder-reduced factors reach .* cannot be stored as float16"):
+        mitigate_adapter(f16, base, mitigation_lambda=1e12, cache=BaseSVDCache(precision="float64"))
+    kept = mitigate_adapter(f16, base, mitigation_lambda=0.5, cache=BaseSVDCache(precision="float64"))
+    assert np.isfinite(np.asarray(kept.adapter.modules[0].B)).all()
+
+
+def test_conversion_past_float16_is_refused_not_written_as_inf():
+    """PiSSA's B0 = U_r sqrt(S_r / scale) of a base weight near 1e12: no float16 holds it."""
+    from safetensors.numpy import save as st_save
+
+    from lorarank.base import open_base_bytes
+    from lorarank.inits import convert_adapter
+
+    rng = np.random.default_rng(0)
+    name = "base_model.model.model.layers.0.self_attn.q_proj"
+    mod = LoraModule(name, rng.standard_normal((4, 12)).astype(np.float16),
+                     rng.standard_normal((10, 4)).astype(np.float16), 2.0, alpha=8.0)
+    adapter = Adapter(format="peft", modules=[mod], scaling="test", source="test",
+                      config={"peft_type": "LORA", "r": 4, "lora_alpha": 8, "init_lora_weights": "pissa"})
+
+    def base_of(size: float):
+        weight = (rng.standard_normal((10, 12)) * size).astype(np.float32)
+        return open_base_bytes({"model.safetensors": st_save({"model.layers.0.self_attn.q_proj.weight": weight})})
+
+    with pytest.raises(ConfigError, match="converted factors .* cannot be stored as float16"):
+        convert_adapter(adapter, base_of(1e12))
+    assert np.isfinite(np.asarray(convert_adapter(adapter, base_of(1.0)).modules[0].B)).all()

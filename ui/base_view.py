@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import streamlit as st
 
-from lorarank.adapters import adapter_files, load_adapter_bytes
+from lorarank.adapters import adapter_files, load_adapter_bytes, writable
 from lorarank.against_base import (INTRUDER_COLUMNS, intruder_cost, intruder_csv_rows, intruder_rows, map_records,
                                    reading_facts)
 from lorarank.audit import AuditReport, audit_adapter
@@ -28,7 +28,7 @@ from lorarank.mitigate import mitigate_adapter
 
 from . import guard, layout
 from .loaded import inputs_label
-from .audit import Upload, demo_files, open_base_weights, zip_files
+from .audit import UPLOAD_HASH, Upload, demo_files, open_base_weights, zip_files
 from .common import (Markdown, Setting, download_buttons, md, md_code, md_escape, progress_bar, setting_widget,
                      show_chart, show_errors, stop_on_error, table_height)
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pandas loads with the first table, not with the page (a col
     import pandas as pd
 
 __all__ = ["TAB", "TOP_K", "EPSILON", "LAMBDA", "MODULE_KEY", "SETTINGS", "demo_base", "run_against_base",
-           "guarded_against_base", "module_cosines", "mitigated_files", "converted_files", "intruder_table",
+           "guarded_against_base", "module_cosines", "mitigated_files", "converted_files", "write_refusal", "intruder_table",
            "intruder_records", "reading", "section", "TABLE_HELP", "spectrum_is_update", "not_the_update"]
 
 TAB = "Against the base"
@@ -159,6 +159,18 @@ def mitigated_files(upload: Upload, base: Upload | None, *, alpha, scale, top_k:
         result = mitigate_adapter(adapter, _base(adapter, base, base_hub), mitigation_lambda=lam, top_k=top_k,
                                   epsilon=epsilon, cache=shared_cache())
         return adapter_files(result.adapter)
+
+
+@st.cache_data(show_spinner=False, max_entries=32, hash_funcs=UPLOAD_HASH)
+def write_refusal(upload: Upload, *, alpha, scale, format: str | None = None) -> str | None:
+    """Why the intruder-reduced (``format`` None: the input's) or converted (``"peft"``) copy of
+    the upload could not be written, in the writer's sentence, or None: the writer's dry run
+    (:func:`lorarank.adapters.writable`) on what the copy keeps of the input (its modules'
+    families and layouts, its other tensors), made before a download button is drawn
+    (Streamlit 1.67 says of a failed deferred download only "Failed to generate file for
+    download"). The new factors' values are known only when the copy is made; the engine
+    refuses any that its dtype cannot hold rather than write inf."""
+    return writable(_adapter(upload, alpha, scale), format, values=True)
 
 
 def converted_files(upload: Upload, base: Upload | None, *, alpha, scale,
@@ -339,7 +351,8 @@ def _mitigation(upload, base, result, *, alpha, scale, top_k, epsilon, base_hub)
         return
     files_of = (lambda: mitigated_files(upload, base, alpha=alpha, scale=scale, top_k=top_k, epsilon=epsilon,
                                         lam=float(lam), base_hub=base_hub))
-    _downloads(files_of, stem="intruder_reduced", key=MITIGATE_KEY,
+    _downloads(files_of, refusal=write_refusal(upload, alpha=alpha, scale=scale), stem="intruder_reduced",
+               key=MITIGATE_KEY,
                label=f"Download the intruder-reduced adapter (lambda {float(lam):g})",
                note=md("Each of the {n:d} intruders keeps {lam:g} of its weight: W0 + dW + ({lam:g} - 1) "
                        "U_I S_I V_I^T, then the best rank-r factors of the new update (PEFT re-truncates it to the "
@@ -356,14 +369,17 @@ def _conversion(upload, base, result, *, alpha, scale, base_hub) -> None:
         st.caption("This init cannot be replayed from the base (see the note at the top), so there is no conversion.")
         return
     _downloads(lambda: converted_files(upload, base, alpha=alpha, scale=scale, base_hub=base_hub), stem="converted",
-               key=CONVERT_KEY,
+               refusal=write_refusal(upload, alpha=alpha, scale=scale, format="peft"), key=CONVERT_KEY,
                label="Download the converted adapter (plain LoRA, rank 2r)",
                note=Markdown("A' = [A; A0], B' = [B, -B0] with the init replayed from the base you uploaded: a "
                              "plain LoRA of rank 2r (init_lora_weights true) that loads on the original base and "
                              "gives the trained model."))
 
 
-def _downloads(files_of, *, stem: str, key: str, label: str, note: Markdown) -> None:
+def _downloads(files_of, *, refusal: str | None, stem: str, key: str, label: str, note: Markdown) -> None:
+    if refusal is not None:  # no button whose click could only fail
+        st.warning(md("**No download:** {}.", refusal), icon=":material/block:")
+        return
     row = st.container(horizontal=True)
     row.download_button(f"{label} (.zip)", data=lambda: zip_files(files_of(), folder=stem),
                         file_name=f"lorarank-{stem}.zip", mime="application/zip", key=f"{key}_zip",

@@ -46,7 +46,7 @@ from ._model import Adapter, Extra, LoraModule
 from ._registry import Family, families, family
 from ._tensors import (ITEMSIZE, MAX_NPZ_EXPANSION, Buffers, LazyArray, check_safetensors_header, decode_bf16,
                        safetensors_from_bytes, safetensors_from_path, tensor_layout)
-from ._write import WRITE_FORMATS, adapter_files, default_write_format, save_adapter, writable
+from ._write import WRITE_FORMATS, adapter_files, default_write_format, held_as, save_adapter, writable
 from .lora import FORMATS
 from .names import parse_module_name
 
@@ -57,7 +57,7 @@ __all__ = [
     "FORMATS", "FAMILIES", "Family", "families", "family", "WRITE_FORMATS", "LoraModule", "Adapter",
     "Extra", "Buffers", "load_adapter",
     "load_adapter_bytes", "load_adapters", "module_layouts", "named_adapters", "choose_weights",
-    "WEIGHT_SUFFIXES", "PREFERRED_WEIGHTS", "adapter_files", "save_adapter", "default_write_format", "writable", "parse_module_name",
+    "WEIGHT_SUFFIXES", "PREFERRED_WEIGHTS", "adapter_files", "save_adapter", "default_write_format", "writable", "held_as", "parse_module_name",
     "peft_pattern_key", "check_override", "MAX_NPZ_EXPANSION", "parse_config", "ITEMSIZE",
     "LazyArray", "check_safetensors_header", "decode_bf16", "safetensors_from_bytes",
     "safetensors_from_path", "tensor_layout"

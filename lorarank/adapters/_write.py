@@ -34,7 +34,7 @@ from ._model import Adapter
 from ._tensors import Bf16Array, LazyArray, encode_bf16
 from .names import PEFT_PREFIX, parse_module_name
 
-__all__ = ["WRITE_FORMATS", "adapter_files", "save_adapter", "default_write_format", "writable"]
+__all__ = ["WRITE_FORMATS", "adapter_files", "save_adapter", "default_write_format", "writable", "held_as"]
 
 #: Formats lorarank writes.
 WRITE_FORMATS: tuple[str, ...] = ("peft", "kohya", "mlx", "npz")
@@ -91,6 +91,28 @@ def _cast(key: str, arr: np.ndarray, dtype: str) -> np.ndarray:
                               f"{float(np.max(np.abs(np.asarray(arr, dtype=np.float64)))):.4g}; write it as "
                               f"float32 or float64")
     return buf
+
+
+def held_as(arr: np.ndarray, dtype: object, *, what: str) -> np.ndarray:
+    """``arr`` cast to the float ``dtype`` new factors are held in, or ConfigError when a finite
+    value is past that dtype's range (numpy would make it inf, and inf would be written).
+
+    Parameters
+    ----------
+    arr : ndarray
+    dtype : numpy dtype
+    what : str
+        What the values are, for the sentence (``"module 'q': the converted factors"``).
+    """
+    dtype = np.dtype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.asarray(arr).astype(dtype)
+    if dtype.kind == "f" and not bool(np.isfinite(out).all()) and bool(np.isfinite(arr).all()):
+        largest = float(np.max(np.abs(arr)))
+        raise ConfigError(f"{what} reach {largest:.4g}, past the largest {dtype} value "
+                          f"({float(np.finfo(dtype).max):.5g}), so they cannot be stored as {dtype} like the "
+                          f"input's factors")
+    return out
 
 
 class _Specs:
