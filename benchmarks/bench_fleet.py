@@ -34,7 +34,6 @@ Usage: ``python benchmarks/bench_fleet.py [--small 500] [--large 50] [--repeats 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -52,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import llama8b  # noqa: E402
+from lorarank.adapters.headers import header_memo  # noqa: E402
 from lorarank.fleet import FleetOptions, expand_sources, run_fleet  # noqa: E402
 
 
@@ -141,20 +141,6 @@ def tasks_of(members, options, **where) -> int | None:
 
 def cpu_of(members, options, **where) -> float:
     return CPU.get((id(members), options.screen, str(where)), float("nan"))
-
-
-@contextlib.contextmanager
-def headers_parsed_anew():
-    """Screening with every header parsed and screened as if never seen (the memo of
-    :func:`lorarank.adapters.headers.screen_header` off; names are still grouped once)."""
-    from lorarank.adapters import headers
-
-    saved = headers._SEEN_BYTES
-    headers._SEEN_BYTES = -1
-    try:
-        yield
-    finally:
-        headers._SEEN_BYTES = saved
 
 
 def start_engine(label: str, *, dask_trim: bool):
@@ -267,7 +253,7 @@ def main() -> None:
             one, rows1 = timed(members, audit, reps, workers=1)
             two, rows2 = timed(members, audit, reps, workers=2)
             scr, rows_s = timed(members, screen, reps, workers=1)
-            with headers_parsed_anew():
+            with header_memo(enabled=False):   # every header parsed as if never seen
                 new, rows_n = timed(members, screen, reps, workers=1)
             assert rows1 == rows2 and rows_s == rows_n
             reference[name], two_workers[name] = rows1, two

@@ -385,6 +385,10 @@ def test_screen_header_memo_equals_a_fresh_screen(case):
     first = H.screen_header("w", data[:8], reader(), len(data), config=config)
     again = H.screen_header("w", data[:8], reader(), len(data), config=config)
     assert first == fresh and again is first
+    with H.header_memo(enabled=False):   # every header parsed as new: equal, not the kept one
+        anew = H.screen_header("w", data[:8], reader(), len(data), config=config)
+        assert anew == first and anew is not first
+    assert H.screen_header("w", data[:8], reader(), len(data), config=config) is first
     # another size: not the same file, the memo does not answer (and the layout check refuses it)
     with pytest.raises(AdapterError, match="does not describe its data exactly"):
         H.screen_header("w", data[:8], reader(), len(data) + 2, config=config)

@@ -20,11 +20,12 @@ Not known from a header: scales (alphas may sit in the data), AdaLoRA's kept ran
 
 from __future__ import annotations
 
+import contextlib
 import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 from ..bounded import regular_file
 from ..errors import AdapterError
@@ -33,7 +34,7 @@ from ._load import module_layouts
 from ._tensors import MAX_HEADER_BYTES, check_safetensors_header, tensor_layout
 
 __all__ = ["HeaderModule", "HeaderAdapter", "parse_header", "header_entries_from_path",
-           "screen_entries", "screen_header", "DTYPE_NAMES"]
+           "screen_entries", "screen_header", "header_memo", "DTYPE_NAMES"]
 
 #: safetensors dtype name -> the name the audit reports (numpy's, and ``bfloat16``).
 DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
@@ -238,6 +239,22 @@ def _grouping(entries: Entries, config: dict | None, source: str) -> tuple[str, 
 _SEEN: dict[tuple, HeaderAdapter] = {}
 _SEEN_MAX = 64
 _SEEN_BYTES = 64 * 2**10
+#: Whether :func:`screen_header` uses its memo (:func:`header_memo`).
+_MEMO = [True]
+
+
+@contextlib.contextmanager
+def header_memo(*, enabled: bool) -> Iterator[None]:
+    """Within the block, :func:`screen_header` answers headers seen before from its memo
+    (``enabled``, the default outside any block) or parses and screens every header as new
+    (what a fleet whose headers all differ costs, e.g. kohya files with per-run metadata;
+    ``benchmarks/bench_fleet.py`` measures both). Process-wide, for benchmarks and tests."""
+    saved = _MEMO[0]
+    _MEMO[0] = bool(enabled)
+    try:
+        yield
+    finally:
+        _MEMO[0] = saved
 
 
 def screen_header(source: str, head: bytes, read: Callable[[int], bytes], size: int, *,
@@ -257,7 +274,7 @@ def screen_header(source: str, head: bytes, read: Callable[[int], bytes], size: 
     """
     peft_type = None if config is None else config.get("peft_type")
     length = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else -1
-    if (not 0 <= length <= min(_SEEN_BYTES, size - 8)
+    if (not _MEMO[0] or not 0 <= length <= min(_SEEN_BYTES, size - 8)
             or not (peft_type is None or (isinstance(peft_type, str) and len(peft_type) < 64))):
         entries, meta = parse_header(source, head, read, size)   # not kept: checked and said as always
         return screen_entries(entries, config=config, source=source, metadata=meta)
