@@ -36,6 +36,7 @@ hashes; Hub listings in a few threads) and only the misses are sent to workers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -424,12 +425,51 @@ def _run_processes(members, todo, options, n: int, finish) -> int:
             gc.unfreeze()
 
 
+#: Seconds the workers get to exit once their pool is shut down, before they are terminated.
+_EXIT_GRACE = 5.0
+
+
+@contextlib.contextmanager
+def _stopping(pool, before: set[int]):
+    """``pool``, shut down on leaving with every worker it started gone.
+
+    A worker killed (the OOM killer) while it waited for a task held the task queue's lock;
+    when another worker's last result arrives together with that death, the pool reads the
+    result, finds no work left and waits for each worker to take its stop signal from the
+    queue, which the survivor can never do (the lock is held by a dead process): the run
+    never ended (one run in four of tests/test_fleet.py's killed-worker case). Once the
+    results are in, workers still alive after :data:`_EXIT_GRACE` seconds are terminated
+    (then killed), so the shutdown returns; every row has been received by then.
+    """
+    import multiprocessing
+
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        ours = [c for c in multiprocessing.active_children() if c.pid not in before]
+        deadline = time.monotonic() + _EXIT_GRACE
+        for proc in ours:
+            proc.join(max(0.0, deadline - time.monotonic()))
+        for proc in ours:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(1.0)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1.0)
+        pool.shutdown(wait=True)   # the pool's own threads end once its workers are gone
+
+
 def _pool_loop(members, queue, options, n: int, finish, ctx, window: int, planned: int) -> int:
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
+    import multiprocessing
+
     while queue:
-        with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
+        before = {c.pid for c in multiprocessing.active_children()}
+        with _stopping(ProcessPoolExecutor(max_workers=n, mp_context=ctx), before) as pool:
             pending: dict = {}
             try:
                 while queue or pending:
