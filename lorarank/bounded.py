@@ -500,10 +500,7 @@ def open_regular(path: str | os.PathLike, *, what: str = "input") -> tuple[int, 
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except IsADirectoryError:
-        regular_file(path, what=what)
-        raise
-    except OSError:   # a socket cannot be opened: say what it is (or re-raise what happened)
+    except OSError:   # a folder or a socket cannot be opened: say what it is (or re-raise what happened)
         regular_file(path, what=what)
         raise
     try:
@@ -552,9 +549,7 @@ def read_file(path: str | os.PathLike, *, max_bytes: int, what: str = "input") -
         # the size just seen plus one byte (a read of max_bytes + 1 would allocate that much for
         # a 200-byte config); a file that grew since is read on, up to the bound
         data = os.read(fd, size + 1)   # one call: a regular file reads short only at its end
-        if len(data) < size:   # it shrank, or a file system that reads short: read on to the end
-            data += read_exact(fd, max_bytes + 1 - len(data))
-        elif len(data) > size:
+        if len(data) != size:   # it grew, or a file system read short: read on, up to the bound
             data += read_exact(fd, max_bytes + 1 - len(data))
     finally:
         os.close(fd)

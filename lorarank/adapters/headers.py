@@ -27,14 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
-from ..bounded import regular_file
 from ..errors import AdapterError
 from . import _registry
 from ._load import module_layouts
 from ._tensors import MAX_HEADER_BYTES, check_safetensors_header, tensor_layout
 
-__all__ = ["HeaderModule", "HeaderAdapter", "parse_header", "header_entries_from_path",
-           "screen_entries", "screen_header", "header_memo", "DTYPE_NAMES"]
+__all__ = ["HeaderModule", "HeaderAdapter", "parse_header", "screen_entries", "screen_header",
+           "header_memo", "DTYPE_NAMES"]
 
 #: safetensors dtype name -> the name the audit reports (numpy's, and ``bfloat16``).
 DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
@@ -136,14 +135,6 @@ def parse_header(source: str, head: bytes, read: Callable[[int], bytes], size: i
     return {k: (dtype, shape) for k, (dtype, shape, _, _) in sorted(layout.items())}, metadata
 
 
-def header_entries_from_path(path: str | Path):
-    """:func:`parse_header` of a local file: two small reads, no tensor data."""
-    path = regular_file(path, what="adapter weights")  # a FIFO would block open()
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        return parse_header(path.name, fh.read(8), fh.read, size)
-
-
 def _check(cond: bool, source: str, name: str, shapes: dict) -> None:
     if not cond:
         shown = ", ".join(f"{role} {tuple(s)}" for role, s in shapes.items())
@@ -202,6 +193,15 @@ _GROUPINGS_MAX = 32
 _GROUPING_CHARS = 256 * 2**10
 
 
+def _config_key(config: dict | None) -> tuple | None:
+    """What of the config the screening reads (its presence and ``peft_type``), as a memo key;
+    None when that is not a short string (such a config is screened, never kept)."""
+    peft_type = None if config is None else config.get("peft_type")
+    if peft_type is None or (isinstance(peft_type, str) and len(peft_type) < 64):
+        return (config is None, peft_type)
+    return None
+
+
 def _grouping(entries: Entries, config: dict | None, source: str) -> tuple[str, list]:
     """``(format, [(module, {role: key}, layout, first key)])`` of a header's tensor names, in
     the full reader's module order.
@@ -215,19 +215,19 @@ def _grouping(entries: Entries, config: dict | None, source: str) -> tuple[str, 
     from .names import natural_key
 
     keys = tuple(entries)
-    peft_type = None if config is None else config.get("peft_type")
-    keep = peft_type is None or (isinstance(peft_type, str) and len(peft_type) < 64)
-    memo = (keys, config is None, peft_type if keep else None, _registry.generation())
-    got = _GROUPINGS.get(memo) if keep else None
+    config_key = _config_key(config)
+    memo = (keys, config_key, _registry.generation())
+    got = _GROUPINGS.get(memo) if config_key is not None else None
     if got is not None:
         return got
     fmt, named, _, _ = module_layouts(list(keys), config, source)
-    order = sorted(named, key=natural_key)
-    got = (fmt, [(name, named[name][0], named[name][1],
-                  (named[name][0].get("A") or named[name][0].get("w1a") or named[name][0].get("w1")
-                   or next(iter(named[name][0].values()))))
-                 for name in order])
-    if keep and sum(map(len, keys)) <= _GROUPING_CHARS:
+    modules = []
+    for name in sorted(named, key=natural_key):
+        roles, layout = named[name]
+        first = roles.get("A") or roles.get("w1a") or roles.get("w1") or next(iter(roles.values()))
+        modules.append((name, roles, layout, first))
+    got = (fmt, modules)
+    if config_key is not None and sum(map(len, keys)) <= _GROUPING_CHARS:
         if len(_GROUPINGS) >= _GROUPINGS_MAX:
             _GROUPINGS.clear()
         _GROUPINGS[memo] = got
@@ -272,14 +272,13 @@ def screen_header(source: str, head: bytes, read: Callable[[int], bytes], size: 
     most 64 KiB each; :func:`screen_entries` then returns an equal :class:`HeaderAdapter`
     (tested).
     """
-    peft_type = None if config is None else config.get("peft_type")
+    config_key = _config_key(config)
     length = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else -1
-    if (not _MEMO[0] or not 0 <= length <= min(_SEEN_BYTES, size - 8)
-            or not (peft_type is None or (isinstance(peft_type, str) and len(peft_type) < 64))):
+    if not _MEMO[0] or not 0 <= length <= min(_SEEN_BYTES, size - 8) or config_key is None:
         entries, meta = parse_header(source, head, read, size)   # not kept: checked and said as always
         return screen_entries(entries, config=config, source=source, metadata=meta)
     text = read(length)
-    key = (text, size, config is None, peft_type, _registry.generation())
+    key = (text, size, config_key, _registry.generation())
     header = _SEEN.get(key)
     if header is None:
         entries, meta = parse_header(source, head, lambda n: text, size)

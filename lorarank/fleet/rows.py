@@ -331,7 +331,7 @@ def _screen(member: Member, options: FleetOptions, *, token: str | None = None,
         config = _parse_config("adapter_config.json", configs[0]) if configs else None
         name, data = weights[0]
         size = sum(len(b) for _, b in member.files)
-        if not name.lower().endswith(".safetensors") or data[:4] == b"GGUF" or data[:2] == b"PK":
+        if not _safetensors_named(name, data[:4]):
             return _screen_by_reading(member, options, size=size, config=config)
         pos = [8]
 
@@ -350,7 +350,7 @@ def _screen(member: Member, options: FleetOptions, *, token: str | None = None,
         try:
             size = file_size + len(raw)
             first = read_exact(fd, _FIRST_READ)   # the length and, for most adapters, the whole header
-            if not name.lower().endswith(".safetensors") or first[:4] == b"GGUF" or first[:2] == b"PK":
+            if not _safetensors_named(name, first[:4]):
                 return _screen_by_reading(member, options, size=size, config=config)
 
             def read(n: int) -> bytes:   # the header: what the first read holds, then the file
@@ -361,6 +361,12 @@ def _screen(member: Member, options: FleetOptions, *, token: str | None = None,
         finally:
             os.close(fd)
     return _screen_row(header, source=member.source, revision=None, size=size, config=config)
+
+
+def _safetensors_named(name: str, magic: bytes) -> bool:
+    """Whether a weights file is screened from a safetensors header: named so and not a GGUF
+    file or a zip (an ``.npz``) under that name (those are read instead)."""
+    return name.lower().endswith(".safetensors") and magic != b"GGUF" and magic[:2] != b"PK"
 
 
 #: Bytes of a weights file the screening reads at once (8 of length and a small header).

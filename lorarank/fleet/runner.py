@@ -419,7 +419,8 @@ def _run_processes(members, todo, options, n: int, finish) -> int:
 
         gc.freeze()
     try:
-        return _pool_loop(members, queue, options, n, finish, ctx, window, planned)
+        _pool_loop(members, queue, options, n, finish, ctx, window)
+        return planned
     finally:
         if method == "fork":
             gc.unfreeze()
@@ -430,7 +431,7 @@ _EXIT_GRACE = 5.0
 
 
 @contextlib.contextmanager
-def _stopping(pool, before: set[int]):
+def _stopping(pool):
     """``pool``, shut down on leaving with every worker it started gone.
 
     A worker killed (the OOM killer) while it waited for a task held the task queue's lock;
@@ -443,6 +444,7 @@ def _stopping(pool, before: set[int]):
     """
     import multiprocessing
 
+    before = {c.pid for c in multiprocessing.active_children()}   # the pool starts its workers later
     try:
         yield pool
     finally:
@@ -461,15 +463,12 @@ def _stopping(pool, before: set[int]):
         pool.shutdown(wait=True)   # the pool's own threads end once its workers are gone
 
 
-def _pool_loop(members, queue, options, n: int, finish, ctx, window: int, planned: int) -> int:
+def _pool_loop(members, queue, options, n: int, finish, ctx, window: int) -> None:
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    import multiprocessing
-
     while queue:
-        before = {c.pid for c in multiprocessing.active_children()}
-        with _stopping(ProcessPoolExecutor(max_workers=n, mp_context=ctx), before) as pool:
+        with _stopping(ProcessPoolExecutor(max_workers=n, mp_context=ctx)) as pool:
             pending: dict = {}
             try:
                 while queue or pending:
@@ -510,7 +509,6 @@ def _pool_loop(members, queue, options, n: int, finish, ctx, window: int, planne
                     fut.cancel()
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
-    return planned
 
 
 def _run_ray(members, todo, options, address: str, finish) -> tuple[int, int]:
