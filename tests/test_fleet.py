@@ -618,6 +618,27 @@ def test_a_dead_worker_costs_no_batch(tmp_path):
     assert seen[-1].done == len(members) and seen[-1].failed == 1
 
 
+def test_a_pooled_run_leaves_no_thread_or_process_behind(tmp_path):
+    """Every pooled run returns with its workers reaped and its pool's threads ended. The pool's
+    own thread and a join from the caller's once raced to reap the same worker: the loser saw it
+    alive, and in about one run in four the pool's thread outlived the run, so the next run in
+    the process saw a threaded parent and started its workers through forkserver."""
+    import multiprocessing
+    import threading
+
+    fleet = tmp_path / "fleet"
+    for i in range(6):
+        write_peft(fleet / f"g{i}", r=2 + i, seed=80 + i, d=32)
+    members = expand_sources([str(fleet)]).members
+    serial = run_fleet(members, FleetOptions(), workers=1).rows
+    threads = set(threading.enumerate())
+    children = {c.pid for c in multiprocessing.active_children()}
+    for _ in range(20):
+        assert run_fleet(members, FleetOptions(), workers=2).rows == serial
+        assert set(threading.enumerate()) <= threads
+        assert {c.pid for c in multiprocessing.active_children()} <= children
+
+
 # ------------------------------------------------------------------------------- planner
 def test_plan_against_brute_force():
     """fit / shrink / the smallest cap, checked by counting directly."""

@@ -432,35 +432,54 @@ _EXIT_GRACE = 5.0
 
 @contextlib.contextmanager
 def _stopping(pool):
-    """``pool``, shut down on leaving with every worker it started gone.
+    """``pool``, shut down on leaving, its workers and threads gone when this returns.
 
     A worker killed (the OOM killer) while it waited for a task held the task queue's lock;
     when another worker's last result arrives together with that death, the pool reads the
     result, finds no work left and waits for each worker to take its stop signal from the
-    queue, which the survivor can never do (the lock is held by a dead process): the run
-    never ended (one run in four of tests/test_fleet.py's killed-worker case). Once the
-    results are in, workers still alive after :data:`_EXIT_GRACE` seconds are terminated
-    (then killed), so the shutdown returns; every row has been received by then.
+    queue, which the survivor can never do: the shutdown never returned. A watchdog thread
+    terminates (then kills) the workers still running :data:`_EXIT_GRACE` seconds after the
+    results are in (at once when the run was interrupted), so the shutdown returns.
+
+    Only the pool's own thread waits for (reaps) its workers; the watchdog watches their
+    sentinels. A second ``join`` from this thread raced with it: the loser's ``waitpid``
+    failed, the worker looked alive, was sent a signal after it was gone, and the pool's
+    thread outlived the run (a later run then saw a threaded process and used forkserver).
     """
     import multiprocessing
+    import threading
 
     before = {c.pid for c in multiprocessing.active_children()}   # the pool starts its workers later
+    grace = _EXIT_GRACE
     try:
         yield pool
+    except BaseException:
+        grace = 0.0   # interrupted: the rows still being computed are not wanted
+        raise
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
         ours = [c for c in multiprocessing.active_children() if c.pid not in before]
-        deadline = time.monotonic() + _EXIT_GRACE
-        for proc in ours:
-            proc.join(max(0.0, deadline - time.monotonic()))
-        for proc in ours:
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(1.0)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(1.0)
-        pool.shutdown(wait=True)   # the pool's own threads end once its workers are gone
+        watchdog = threading.Timer(grace, _end_workers, args=(ours,))
+        watchdog.start()
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            watchdog.cancel()
+            watchdog.join()
+
+
+def _end_workers(procs) -> None:
+    """Terminate, then kill, the processes of ``procs`` that have not exited (their sentinel
+    is not ready: not exited, so not reaped, so their pid is still theirs)."""
+    from multiprocessing.connection import wait as ready
+
+    for stop in ("terminate", "kill"):
+        gone = set(ready([p.sentinel for p in procs], timeout=0))
+        running = [p for p in procs if p.sentinel not in gone]
+        if not running:
+            return
+        for proc in running:
+            getattr(proc, stop)()
+        ready([p.sentinel for p in running], timeout=1.0)
 
 
 def _pool_loop(members, queue, options, n: int, finish, ctx, window: int) -> None:
@@ -507,7 +526,6 @@ def _pool_loop(members, queue, options, n: int, finish, ctx, window: int) -> Non
             except BaseException:
                 for fut in pending:
                     fut.cancel()
-                pool.shutdown(wait=False, cancel_futures=True)
                 raise
 
 
