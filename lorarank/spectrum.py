@@ -19,6 +19,7 @@ The metrics take a spectrum ``sigma_1 >= ... >= sigma_q >= 0`` and follow PRODUC
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from typing import NamedTuple
@@ -266,12 +267,15 @@ def single_threaded_blas():
     the loaded libraries costs ~0.24 ms a call, a tenth of a small adapter's audit, against
     ~7 us with the kept controller. It is found again when modules were imported since (a BLAS
     comes with the extension module that loads it: scipy after the first call was left with
-    its threads).
+    its threads). When every BLAS already uses one thread (a fleet's worker process), the count
+    is left alone: set again in a forked process, OpenBLAS starts its thread pool anew.
     """
     controller, seen = _CONTROLLER
     if controller is None or seen != len(sys.modules):
         controller = ThreadpoolController()
         _CONTROLLER[:] = [controller, len(sys.modules)]
+    if all(lib.num_threads == 1 for lib in controller.lib_controllers if lib.user_api == "blas"):
+        return contextlib.nullcontext()
     return controller.limit(limits=1, user_api="blas")
 
 

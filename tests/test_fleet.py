@@ -502,6 +502,62 @@ def test_forked_workers_leave_the_collector_as_it_was(tmp_path):
     assert gc.get_freeze_count() == 0
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc (Linux)")
+def test_local_workers_keep_blas_to_one_thread(tmp_path):
+    """Each local worker (forked from a one-thread parent, or through forkserver from a threaded
+    one) runs BLAS on one thread, whatever the parent's BLAS uses, and has no thread but its own
+    after an audit: a worker that set the count itself restarted OpenBLAS's thread pool, whose
+    new thread spun ~0.1 s on a core the other worker needed. The parent's setting is left as
+    it was."""
+    import subprocess
+    import sys
+    import textwrap
+
+    for i in range(3):
+        write_peft(tmp_path / f"g{i}", r=2 + i, seed=i)
+    (tmp_path / "spy").mkdir()
+    (tmp_path / "spy" / "blas_spy.py").write_text(textwrap.dedent(f"""
+        import os
+        from threadpoolctl import threadpool_info
+        from lorarank.fleet import rows
+
+        def blas():
+            return sorted({{lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}})
+
+        def seen(batch, options, **kw):   # the real audit, then what the worker's BLAS uses
+            out = rows.audit_members(batch, options, **kw)
+            with open({str(tmp_path / "threads.txt")!r}, "a") as fh:
+                fh.write(f"{{blas()}} {{len(os.listdir('/proc/self/task'))}}\\n")
+            return out
+    """))
+    code = textwrap.dedent(f"""
+        import threading
+        from threadpoolctl import threadpool_limits
+        from lorarank.fleet import FleetOptions, expand_sources, run_fleet
+        import lorarank.fleet.runner as runner
+        import blas_spy
+        threadpool_limits(limits=2, user_api="blas")
+        members = expand_sources([{str(tmp_path / "g*")!r}]).members
+        serial = run_fleet(members, FleetOptions(), workers=1).rows
+        runner.audit_members = blas_spy.seen
+        assert threading.active_count() == 1   # forked workers
+        assert run_fleet(members, FleetOptions(), workers=2).rows == serial
+        stop = threading.Event()
+        threading.Thread(target=stop.wait).start()   # a threaded parent: forkserver
+        try:
+            assert run_fleet(members, FleetOptions(), workers=2).rows == serial
+        finally:
+            stop.set()
+        print(blas_spy.blas())
+    """)
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, str(tmp_path / "spy")]))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=180)
+    assert done.returncode == 0 and done.stdout.strip() == "[2]", done.stderr[-2000:]
+    lines = (tmp_path / "threads.txt").read_text().splitlines()
+    assert len(lines) >= 4 and set(lines) == {"[1] 1"}, lines
+
+
 def test_batches_with_the_cache(tmp_path):
     """Only the cache's misses are planned into tasks: a rerun after adding one adapter runs one
     task of one adapter, and the rows are the serial ones, in member order."""

@@ -287,11 +287,8 @@ def member_bytes(member: Member) -> int | None:
     from .sources import WEIGHT_SUFFIXES
 
     try:
-        info = os.stat(member.path)
-        if not os.path.isdir(member.path):
-            return info.st_size
         total = 0
-        with os.scandir(member.path) as entries:
+        with os.scandir(member.path) as entries:   # a folder (most members); a file raises
             for k, entry in enumerate(entries):
                 if k >= _LIST_LIMIT:
                     return None
@@ -299,6 +296,11 @@ def member_bytes(member: Member) -> int | None:
                 if (name.endswith(WEIGHT_SUFFIXES) or name.endswith(".json")) and entry.is_file():
                     total += entry.stat().st_size
         return total
+    except NotADirectoryError:
+        try:
+            return os.stat(member.path).st_size
+        except (OSError, TypeError, ValueError):
+            return 0
     except (OSError, TypeError, ValueError):
         return 0
 
@@ -401,8 +403,8 @@ def _run_processes(members, todo, options, n: int, finish) -> int:
     method = ("fork" if "fork" in methods and threading.active_count() == 1 else
               "forkserver" if "forkserver" in methods else "spawn")
     ctx = multiprocessing.get_context(method)
-    if method == "forkserver":
-        ctx.set_forkserver_preload(["lorarank.fleet.rows", "lorarank.audit"])
+    if method == "forkserver":   # its workers inherit what the forkserver imported and set
+        ctx.set_forkserver_preload(["lorarank.fleet._forkserver"])
     queue = deque(plan_tasks(members, todo, options, workers=n))
     planned = len(queue)
     window = 2 * n
@@ -418,8 +420,18 @@ def _run_processes(members, todo, options, n: int, finish) -> int:
         import safetensors  # noqa: F401
 
         gc.freeze()
+    # Workers are one per core: BLAS threads in them would only take cores from each other.
+    # Forked workers inherit the parent's thread count as it is while they start, so BLAS is
+    # set to one thread here and the workers never set it themselves: setting it in a forked
+    # process starts OpenBLAS's thread pool again, whose new thread spins ~0.1 s on a core the
+    # other worker needs (55-90 ms of CPU per worker, measured; Dask's and Ray's workers
+    # start with OMP_NUM_THREADS=1 for the same reason). Forkserver's workers inherit it from
+    # the forkserver (lorarank.fleet._forkserver).
+    from ..spectrum import single_threaded_blas
+
     try:
-        _pool_loop(members, queue, options, n, finish, ctx, window)
+        with single_threaded_blas():
+            _pool_loop(members, queue, options, n, finish, ctx, window)
         return planned
     finally:
         if method == "fork":
