@@ -91,7 +91,26 @@ class TestInRange:
         assert UploadedFile.__deepcopy__._lorarank_shares
 
 
+    def test_deep_link_base_is_served(self):
+        """Within the tested versions the app's server puts DeepLinkBase in front of Streamlit."""
+        from ui import serving
+
+        assert [m.cls for m in serving.middleware()] == [serving.DeepLinkBase]
+
+
 class TestOutOfRange:
+    def test_deep_link_base_falls_back(self):
+        """Outside the tested versions the server gets no middleware (the front end's own first
+        probe), and one warning names the fix, the version and the range."""
+        proc = _run(_OUT_OF_RANGE + """
+from ui import serving
+assert serving.middleware() == [] and serving.middleware() == []
+print("ok")
+""")
+        assert proc.stdout.strip().endswith("ok")
+        warnings = [ln for ln in proc.stderr.splitlines() if "ui.compat WARNING" in ln]
+        assert len(warnings) == 1 and "'deep_link_base' fix" in warnings[0] and "99.0" in warnings[0], proc.stderr
+
     def test_upload_fixes_fall_back_and_log_once(self):
         """Outside the tested versions nothing is patched, an upload parses with Starlette's own
         code, and each fix logs one warning naming itself, the version and the range."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ui import serving
+from ui import compat, serving
 
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
@@ -157,10 +157,10 @@ def test_a_page_address_names_the_base(run_async, path):
     original = (static / "index.html").read_bytes()
     assert status == 200
     assert "content-encoding" not in headers
-    assert int(headers["content-length"]) == len(body) == len(original) + len(serving.BASE_SCRIPT)
+    assert int(headers["content-length"]) == len(body) == len(original) + len(compat.BASE_SCRIPT)
     assert "etag" not in headers and "last-modified" not in headers
-    assert body.replace(serving.BASE_SCRIPT, b"", 1) == original
-    assert body.index(serving.BASE_SCRIPT) < body.index(b"</head>")
+    assert body.replace(compat.BASE_SCRIPT, b"", 1) == original
+    assert body.index(compat.BASE_SCRIPT) < body.index(b"</head>")
 
 
 @pytest.mark.parametrize("path", ["/", "/Unknown_page", "/Adapter_audit/_stcore/health",
@@ -172,7 +172,7 @@ def test_other_addresses_pass_through(run_async, path):
     got = _get(run_async, app, path)
     inner = _get(run_async, app.app, path)
     assert got == inner
-    assert serving.BASE_SCRIPT not in got[2]
+    assert compat.BASE_SCRIPT not in got[2]
 
 
 def test_other_methods_and_non_html_pass_through(run_async):
@@ -185,7 +185,7 @@ def test_other_methods_and_non_html_pass_through(run_async):
     script_app = serving.DeepLinkBase(app.app, pages=(name,))
     got = _get(run_async, script_app, f"/static/js/{name}", gzip=False)
     assert got == _get(run_async, app.app, f"/static/js/{name}", gzip=False)
-    assert got[0] == 200 and serving.BASE_SCRIPT not in got[2]
+    assert got[0] == 200 and compat.BASE_SCRIPT not in got[2]
 
 
 def test_page_names_are_the_registered_pages():

@@ -35,6 +35,12 @@ The fixes
     ``get_script_run_ctx`` (``streamlit.runtime.scriptrunner_utils``) and
     ``Runtime.is_active_session``: whether the browser of the running script is still there, so
     abandoned work stops. Fallback: work runs to its end.
+``deep_link_base`` (Streamlit's front end)
+    ``window.__streamlit.BACKEND_BASE_URL`` (:data:`BASE_SCRIPT`), the front end's setting for
+    hosts that embed it, read before its first request: the index page served at a page's own
+    address names the app's base address, so the first health probe is the right one
+    (:class:`ui.serving.DeepLinkBase`). Fallback: no middleware; the front end probes the page's
+    address first (a 404 and 100 ms more for a new visitor opening a page link).
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from typing import Any, Awaitable, Callable, Iterable
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-__all__ = ["Fix", "FIXES", "installed_version", "usable", "spool_in_memory", "share_whole_reads",
+__all__ = ["Fix", "FIXES", "BASE_SCRIPT", "installed_version", "usable", "spool_in_memory", "share_whole_reads",
            "share_deep_copies", "running_session_id", "session_is_active", "runtime",
            "runtime_sessions", "runtime_event_loop", "upload_store_session_ids"]
 
@@ -100,6 +106,10 @@ FIXES: dict[str, Fix] = {fix.name: fix for fix in (
         "AppSession.session_state",
         "when Streamlit shuts down expired disconnected sessions itself, or offers a public "
         "session list"),
+    Fix("deep_link_base", "streamlit", ">=1.67.0,<1.68",
+        "the front end's window.__streamlit.BACKEND_BASE_URL, read before its first health probe",
+        "when Streamlit's front end, opened at a page's address, asks the app's own health "
+        "address first"),
     Fix("script_session", "streamlit", ">=1.67.0,<1.68",
         "streamlit.runtime.scriptrunner_utils.script_run_context.get_script_run_ctx, "
         "Runtime.is_active_session",
@@ -144,6 +154,18 @@ def usable(name: str, *, version: Version | None = None) -> bool:
                         "using the library's own behaviour (%s). See ui/compat.py.",
                         fix.library, found, name, fix.tested, fix.remove_when)
     return False
+
+
+# --------------------------------------------------------------------------------------------
+# A page link's base address (Streamlit's front end; used by ui.serving.DeepLinkBase)
+# --------------------------------------------------------------------------------------------
+
+#: Put into the index page served at a page's address: the app's base address is the parent
+#: of that address. Our own constant markup; a host that already set ``window.__streamlit``
+#: keeps its own. Served only where :func:`usable` says ``deep_link_base`` holds.
+BASE_SCRIPT = (b'<script>if(!window.__streamlit){const p=location.pathname.replace(/\\/+$/,"");'
+               b'window.__streamlit={BACKEND_BASE_URL:location.origin+p.slice(0,p.lastIndexOf("/")+1)}}'
+               b'</script>')
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,9 @@ than it needs to be (``benchmarks/bench_app.py``):
   and asks ``/_stcore/health``. The index page served for a page's own address now names the
   app's base address (``window.__streamlit.BACKEND_BASE_URL``, Streamlit's setting for hosts
   that embed it: the parent of the page's address, so a path prefix such as
-  ``server.baseUrlPath`` or a proxy's is kept), and the first probe is the right one.
+  ``server.baseUrlPath`` or a proxy's is kept), and the first probe is the right one. That
+  relies on the front end's internals, so it is served only on the Streamlit versions it was
+  tested on (``deep_link_base`` in :mod:`ui.compat`).
 
 Neither changes what a page shows; both only change how fast the same bytes arrive.
 """
@@ -31,6 +33,8 @@ import socket
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 
+from . import compat
+from .compat import BASE_SCRIPT
 from .navigation import available_pages
 
 __all__ = ["no_delay", "DeepLinkBase", "BASE_SCRIPT", "page_names", "middleware", "lifespan"]
@@ -81,12 +85,6 @@ def no_delay(fds: Iterable[int] | None = None) -> int:
     return count
 
 
-#: Put into the index page served at a page's address: the app's base address is the parent
-#: of that address. Our own constant markup; a host that already set ``window.__streamlit``
-#: keeps its own.
-BASE_SCRIPT = (b'<script>if(!window.__streamlit){const p=location.pathname.replace(/\\/+$/,"");'
-               b'window.__streamlit={BACKEND_BASE_URL:location.origin+p.slice(0,p.lastIndexOf("/")+1)}}'
-               b'</script>')
 
 
 def page_names() -> frozenset[str]:
@@ -163,10 +161,11 @@ class DeepLinkBase:
 
 
 def middleware() -> list[Any]:
-    """The middleware list for ``st.App``: :class:`DeepLinkBase`."""
+    """The middleware list for ``st.App``: :class:`DeepLinkBase`, on the Streamlit versions its
+    reliance on the front end was tested on (``deep_link_base`` in :mod:`ui.compat`), else none."""
     from starlette.middleware import Middleware
 
-    return [Middleware(DeepLinkBase)]
+    return [Middleware(DeepLinkBase)] if compat.usable("deep_link_base") else []
 
 
 @asynccontextmanager
