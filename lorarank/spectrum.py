@@ -22,7 +22,8 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from typing import NamedTuple
+import threading
+from typing import Iterator, NamedTuple
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -256,8 +257,10 @@ def _rescaled(s: np.ndarray, unit: float) -> np.ndarray:
     return out
 
 
-def single_threaded_blas():
-    """Context manager: BLAS uses one thread inside the block (restored afterwards).
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """Context manager: BLAS uses one thread inside the block (restored when the last block
+    open in the process closes).
 
     Many small products and thin QRs gain nothing from threads, and OpenBLAS's spinning
     threads make them many times slower when the cores are busy (measured 30x on two busy
@@ -267,21 +270,55 @@ def single_threaded_blas():
     the loaded libraries costs ~0.24 ms a call, a tenth of a small adapter's audit, against
     ~7 us with the kept controller. It is found again when modules were imported since (a BLAS
     comes with the extension module that loads it: scipy after the first call was left with
-    its threads). When every BLAS already uses one thread (a fleet's worker process), the count
-    is left alone: set again in a forked process, OpenBLAS starts its thread pool anew.
+    its threads).
+
+    The thread count is the process's, not the thread's, so the blocks of every thread count
+    as one (a shared server audits for several sessions at once): the count is set when the
+    first opens and restored when the last closes, never while another thread is inside.
+    When every BLAS already uses one thread (a fleet's worker process) nothing is set: set
+    again in a forked process, OpenBLAS starts its thread pool anew and its new thread spins.
     """
-    controller, seen = _CONTROLLER
-    if controller is None or seen != len(sys.modules):
-        controller = ThreadpoolController()
-        _CONTROLLER[:] = [controller, len(sys.modules)]
-    if all(lib.num_threads == 1 for lib in controller.lib_controllers if lib.user_api == "blas"):
-        return contextlib.nullcontext()
-    return controller.limit(limits=1, user_api="blas")
+    with _GUARD:
+        controller, seen = _CONTROLLER
+        if controller is None or seen != len(sys.modules):
+            controller = ThreadpoolController()
+            _CONTROLLER[:] = [controller, len(sys.modules)]
+        if any(lib.num_threads != 1 for lib in controller.lib_controllers if lib.user_api == "blas"):
+            _release(controller)
+            _OPEN[1].append((controller, controller.limit(limits=1, user_api="blas")))
+            _release(controller)
+        _OPEN[0] += 1
+    try:
+        yield
+    finally:
+        with _GUARD:
+            _OPEN[0] -= 1
+            if _OPEN[0] == 0:
+                while _OPEN[1]:   # the latest first: each restores what it found
+                    controller, limiter = _OPEN[1].pop()
+                    _release(controller)
+                    limiter.restore_original_limits()
+                    _release(controller)
+
+
+def _release(controller: ThreadpoolController) -> None:
+    """Let any thread set OpenBLAS's thread count next. threadpoolctl (3.8) ignores a count set
+    by another thread than the one that set it last while that one lives; the guard's own
+    changes are made one at a time under ``_GUARD`` by whichever thread opens the first block
+    or closes the last, so it hands control back after each."""
+    for lib in controller.lib_controllers:
+        clear = getattr(lib, "clear_controlling_thread", None)
+        if clear is not None:
+            clear(force=True)
 
 
 #: The BLAS libraries this process loaded (:func:`single_threaded_blas`), and how many modules
 #: were imported when they were found.
 _CONTROLLER: list = [None, 0]
+#: Blocks of :func:`single_threaded_blas` open in this process (all threads), and the limits to
+#: restore when the last one closes; changed under ``_GUARD``.
+_OPEN: list = [0, []]
+_GUARD = threading.Lock()
 
 
 def factored_svd(B: object, A: object, *, scale: float = 1.0) -> FactoredSVD:

@@ -99,6 +99,43 @@ class TestModuleSpectrum:
         assert blas_threads() == before
         np.testing.assert_allclose(inner, module_spectrum(m), rtol=1e-12)
 
+    def test_single_threaded_blas_holds_while_any_thread_is_inside(self):
+        """The thread count is the process's: two sessions' audits overlap on a shared server.
+        Thread a opens the guard, b opens it, a leaves while b is still inside: BLAS keeps one
+        thread for b (it went back to two there before), and the count is restored once both
+        have left."""
+        import threading
+
+        from threadpoolctl import threadpool_info, threadpool_limits
+
+        def blas_threads():
+            return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+        a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+        seen = []
+
+        def a():
+            with single_threaded_blas():
+                a_in.set()
+                b_in.wait(10)
+            a_out.set()
+
+        def b():
+            a_in.wait(10)
+            with single_threaded_blas():
+                b_in.set()
+                a_out.wait(10)
+                seen.append(blas_threads())
+
+        with threadpool_limits(limits=2, user_api="blas"):
+            threads = [threading.Thread(target=f) for f in (a, b)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(20)
+            assert seen == [{1}]
+            assert blas_threads() == {2}
+
 
 @needs_samples
 class TestAuditSamples:
