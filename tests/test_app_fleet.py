@@ -239,3 +239,26 @@ def test_real_examples_in_one_click():
         assert by.loc[name, "max_rank"] == row["max_rank"], name
         assert by.loc[name, "rec_max"] == row["recommended_rank"]["max"], name
     assert md_plain(at.success[0].value).startswith("At cap 8, ")
+
+
+def test_done_records_depend_on_how_the_hub_was_read():
+    """What the server remembers as done (the fleet for the work budget, each row) includes how
+    the Hub was read, as the rows' cache does: a fleet audited with one token is not taken as done
+    for another (its rows would be computed past the budget, outside the work slot)."""
+    from lorarank.fleet import Member
+    from ui.hub import hub_settings
+
+    settings = hub_settings()
+    hub = (Member(source="hf://team/x", hub="hf://team/x"),)
+    upload = (Member(source="a.safetensors", files=(("a.safetensors", b"x"),)),)
+    opts = FleetOptions()
+
+    def fleet(members, idents, token):
+        return fl.Fleet(members, idents, (), fl.HubAccess(token, settings))
+
+    a, b = fleet(hub, ("hub:hf://team/x",), None), fleet(hub, ("hub:hf://team/x",), "hf_other_token")
+    assert a.ident != b.ident and a.ident == fleet(hub, ("hub:hf://team/x",), None).ident
+    assert fl._row_ident(a, "hub:hf://team/x", opts) != fl._row_ident(b, "hub:hf://team/x", opts)
+    # An upload's row is the same whatever token the server holds.
+    u1, u2 = fleet(upload, ("upload:1:a",), None), fleet(upload, ("upload:1:a",), "hf_other_token")
+    assert fl._row_ident(u1, "upload:1:a", opts) == fl._row_ident(u2, "upload:1:a", opts)

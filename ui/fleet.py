@@ -98,7 +98,11 @@ class Fleet:
 
     @property
     def ident(self) -> str:
-        return hashlib.blake2b("|".join(self.idents).encode(), digest_size=12).hexdigest()
+        """The fleet's identity for the work budget: its members and, when it reads the Hub, how
+        (the token's id and the limits: the rows' cache key), so a fleet audited with one token
+        is not taken as done, and let past the budget, for another."""
+        parts = list(self.idents) + ([repr(self.access.key)] if self.access is not None else [])
+        return hashlib.blake2b("|".join(parts).encode(), digest_size=12).hexdigest()
 
 
 def hub_sources(text: str) -> list[str]:
@@ -257,13 +261,17 @@ def estimate(fleet: Fleet, screened: list[dict], opts: FleetOptions) -> tuple[fl
     return seconds, size
 
 
-def _row_ident(ident: str, opts: FleetOptions) -> tuple:
-    return ("fleet_row", ident, opts.key())
+def _row_ident(fleet: Fleet, ident: str, opts: FleetOptions) -> tuple:
+    """What the server remembers as done for one row: its identity, the options and, for a Hub
+    adapter, how it was read (the row cache's key, so a row done with one token is not taken
+    as done for a session with another, which would then compute it outside the work slot)."""
+    access = fleet.access.key if fleet.access is not None and ident.startswith("hub:") else None
+    return ("fleet_row", ident, opts.key(), access)
 
 
 def done_rows(fleet: Fleet, opts: FleetOptions) -> list[dict] | None:
     """Rows already computed on this server (after a Stop), or None when none are."""
-    done = [guard.is_done(_row_ident(i, opts)) for i in fleet.idents]
+    done = [guard.is_done(_row_ident(fleet, i, opts)) for i in fleet.idents]
     if not any(done):
         return None
     return [_row(fleet, i, m, opts) for i, m, d in zip(fleet.idents, fleet.members, done) if d]
@@ -271,7 +279,7 @@ def done_rows(fleet: Fleet, opts: FleetOptions) -> list[dict] | None:
 
 def run_rows(fleet: Fleet, opts: FleetOptions) -> list[dict]:
     """Every row, one adapter at a time in a heavy-work slot, with count, rate and time left."""
-    todo = [not guard.is_done(_row_ident(i, opts)) for i in fleet.idents]
+    todo = [not guard.is_done(_row_ident(fleet, i, opts)) for i in fleet.idents]
     if not any(todo):
         return [_row(fleet, i, m, opts) for i, m in zip(fleet.idents, fleet.members)]
     rows = []
@@ -284,7 +292,7 @@ def run_rows(fleet: Fleet, opts: FleetOptions) -> list[dict]:
             for k, (ident, member) in enumerate(zip(fleet.idents, fleet.members)):
                 guard.check_alive()
                 rows.append(_row(fleet, ident, member, opts))
-                guard.mark_done(_row_ident(ident, opts))
+                guard.mark_done(_row_ident(fleet, ident, opts))
                 audited += todo[k]
                 elapsed = time.perf_counter() - start
                 left = sum(todo[k + 1:])
