@@ -500,45 +500,40 @@ def _pool_loop(members, queue, options, n: int, finish, ctx, window: int) -> Non
 
     while queue:
         with _stopping(ProcessPoolExecutor(max_workers=n, mp_context=ctx)) as pool:
-            pending: dict = {}
-            try:
-                while queue or pending:
-                    broken = False
-                    while queue and len(pending) < window:
-                        task = queue.popleft()
-                        try:
-                            pending[pool.submit(audit_members, [members[i] for i in task], options)] = task
-                        except BrokenProcessPool:
-                            _outcome(task, None, _DIED, members, queue, finish)
-                            broken = True
-                            break
-                    if not pending:
+            pending: dict = {}   # what is still queued is cancelled by _stopping's shutdown
+            while queue or pending:
+                broken = False
+                while queue and len(pending) < window:
+                    task = queue.popleft()
+                    try:
+                        pending[pool.submit(audit_members, [members[i] for i in task], options)] = task
+                    except BrokenProcessPool:
+                        _outcome(task, None, _DIED, members, queue, finish)
+                        broken = True
                         break
-                    got, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-                    for fut in got:
-                        task = pending.pop(fut)
-                        try:
-                            rows = fut.result()
-                        except BrokenProcessPool:
-                            # A worker died (killed for memory, a crash in a library): the tasks
-                            # in flight with it end too; batches are split and run again in a new
-                            # pool, an adapter that was alone gets the error.
-                            broken = True
-                            _outcome(task, None, _DIED, members, queue, finish)
-                        else:
-                            _outcome(task, rows, None, members, queue, finish)
-                    if broken:
-                        wait(list(pending))
-                        for fut, task in pending.items():
-                            failed = fut.exception() is not None
-                            _outcome(task, None if failed else fut.result(), _DIED if failed else None,
-                                     members, queue, finish)
-                        pending.clear()
-                        break
-            except BaseException:
-                for fut in pending:
-                    fut.cancel()
-                raise
+                if not pending:
+                    break
+                got, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                for fut in got:
+                    task = pending.pop(fut)
+                    try:
+                        rows = fut.result()
+                    except BrokenProcessPool:
+                        # A worker died (killed for memory, a crash in a library): the tasks
+                        # in flight with it end too; batches are split and run again in a new
+                        # pool, an adapter that was alone gets the error.
+                        broken = True
+                        _outcome(task, None, _DIED, members, queue, finish)
+                    else:
+                        _outcome(task, rows, None, members, queue, finish)
+                if broken:
+                    wait(list(pending))
+                    for fut, task in pending.items():
+                        failed = fut.exception() is not None
+                        _outcome(task, None if failed else fut.result(), _DIED if failed else None,
+                                 members, queue, finish)
+                    pending.clear()
+                    break
 
 
 def _run_ray(members, todo, options, address: str, finish) -> tuple[int, int]:
